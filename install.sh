@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One set-up path for satnetem on Debian/Ubuntu: system packages, then a virtual environment in .venv
+# with the Python dependencies and satnetem itself. Idempotent: running it again changes nothing that
+# is already in place. The Vagrant provisioner calls this same script.
+#
+#   sudo ./install.sh            # everything: emulator, routing daemons, netem test VM, tests
+#   SATNETEM_MINIMAL=1 ./install.sh   # only the Python environment (plan/report, no root needed)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+venv=${SATNETEM_VENV:-$here/.venv}
+
+# System packages, grouped by what needs them.
+apt_packages=(
+  # Python for the venv (Debian's python3 is the one Mininet's module is installed for)
+  python3 python3-venv python3-dev gcc
+  # the emulator: namespaces, veths, qdiscs, traffic
+  mininet iproute2 iputils-ping iperf3 iptables tcpdump procps psmisc kmod
+  # the userspace shaper (NFQUEUE)
+  libnetfilter-queue-dev
+  # routing daemons
+  bird2
+  # the netem test VM: a stock Debian kernel booted under qemu (the host kernel may lack sch_netem)
+  qemu-system-x86 linux-image-amd64 busybox-static cpio
+)
+
+say() { printf 'install.sh: %s\n' "$*"; }
+
+missing=()
+if [ -z "${SATNETEM_MINIMAL:-}" ]; then
+  for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "these system packages are missing and installing them needs root: ${missing[*]}"
+    say "run: sudo $0"
+    exit 1
+  fi
+  say "installing system packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  say "system packages already installed"
+fi
+
+py=/usr/bin/python3
+[ -x "$py" ] || py=$(command -v python3)
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating virtual environment $venv (with system site-packages, for Debian's Mininet module)"
+  "$py" -m venv --system-site-packages "$venv"
+fi
+stamp="$venv/.satnetem-installed"
+if [ ! -f "$stamp" ] || [ "$here/setup.cfg" -nt "$stamp" ] || [ "$here/install.sh" -nt "$stamp" ]; then
+  say "installing satnetem and its Python dependencies into $venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  "$venv/bin/python" -m pip install -q -e "$here[test]"
+  touch "$stamp"
+else
+  say "Python environment up to date"
+fi
+say "done: run '$venv/bin/satnetem --help'"

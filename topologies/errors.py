@@ -1,0 +1,43 @@
+"""The one error hierarchy of satnetem: every failure a user can cause or meet is one of these."""
+
+from __future__ import annotations
+
+
+class SatnetemError(Exception):
+    """Base of every error satnetem raises on purpose."""
+
+
+class ConfigError(SatnetemError):
+    """A scenario, TLE file or command-line value is malformed or out of range.
+
+    The message names what was wrong and where (file, line, key) so the user can fix it.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.key = key
+        where = []
+        if file is not None:
+            where.append(f"{file}:{line}" if line is not None else str(file))
+        if key is not None:
+            where.append(f"key '{key}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class TopologyError(SatnetemError):
+    """The constellation or its links cannot be built as asked (e.g. no +Grid can be formed)."""
+
+
+class ApplyError(SatnetemError):
+    """A change to the live network failed; names the node, link and operation."""
+
+    def __init__(self, message: str, *, node: str | None = None, link: str | None = None,
+                 operation: str | None = None) -> None:
+        self.node = node
+        self.link = link
+        self.operation = operation
+        parts = [f"{k}={v}" for k, v in (("node", node), ("link", link), ("operation", operation)) if v]
+        super().__init__(f"{message} ({', '.join(parts)})" if parts else message)
