@@ -285,7 +285,7 @@ class Timeline:
         arrays = {k: getattr(self, k) for k in ("state", "peer", "delay_ms", "rate_mbps", "loss_pct",
                                                  "link_a", "link_class", "link_role", "sat_lla")}
         with open(path, "wb") as f:
-            np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+            np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8), **arrays)
         return path
 
     @classmethod

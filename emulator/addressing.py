@@ -1,0 +1,286 @@
+"""The addressing plan: IPv4 addresses, prefixes and interface names, derived from a timeline.
+
+Pure and deterministic: the same node and link tables always give the same plan, so a run can be
+replayed and a user can work out any address by hand. All addresses live inside 10.0.0.0/8; they
+exist only inside the emulation's own network namespaces.
+
+Default plan (:class:`AddressPlan`)
+-----------------------------------
+* **Router loopbacks** (satellites and gateways): one /32 each from ``10.64.0.0/10``, the r-th router
+  (in node-table order) gets ``10.64.0.0 + r + 1``. It is the address to ping a router at and the
+  source of packets a router originates.
+* **Link slots** (ISLs and gateway antennas): one /31 each from ``10.0.0.0/10``; slot ``l`` gets
+  ``10.0.0.0 + 2 l`` at its near end (``link_a``: satellite or gateway) and ``+ 1`` at its far end.
+  A gateway antenna keeps its /31 across handovers: the satellite end moves, its address does not,
+  so the gateway's routes through that antenna stay valid.
+* **Access links** (a host to its gateway, a compute node to its satellite): the j-th access link gets
+  a host subnet from ``10.128.0.0/9`` (/24 by default); the router end is ``.1``, the host ``.2``.
+  The subnet is the host's destination prefix in every routing table.
+
+Capacity of the default plan: 2,097,152 link slots, 4,194,302 routers, 32,768 access links. A
+scenario that needs more raises :class:`~topologies.errors.ConfigError` before anything is built.
+
+Interface names (at most 15 characters, unique in each namespace)
+------------------------------------------------------------------
+* ISL ends: ``fore``/``aft`` for an intra-plane ISL (near/far end), ``right``/``left`` for an
+  inter-plane one; if a satellite would get one of those names twice (not a +Grid), all of its ISL
+  ends are named ``isl<slot>`` instead.
+* Gateway antenna: ``ant<k>`` at the gateway (its k-th antenna), ``g<slot>`` at the satellite, a
+  name no other interface uses, so moving it into another satellite never collides.
+* Access link: ``eth0`` at the host or compute node, ``h<slot>`` at the gateway or satellite.
+* Interface indices are fixed too: ``2 + 2 l`` for the near end of slot ``l`` and ``3 + 2 l`` for the
+  far end (``lo`` is 1 in every namespace), unique across the whole emulation so a moved interface
+  keeps its index.
+
+Node names must match ``^[a-z][a-z0-9-]{0,30}$``: they become process arguments, file names and
+Mininet names, so anything else (upper case, spaces, shell metacharacters) is refused up front.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from topologies.errors import ConfigError
+from topologies.timeline import LINK_CLASSES, LINK_ROLES, Timeline
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+ROUTER_KINDS = ("sat", "gateway")
+HOST_KINDS = ("host", "compute")
+
+_ISL = LINK_CLASSES.index("isl")
+_GSL = LINK_CLASSES.index("gsl")
+_ACCESS = LINK_CLASSES.index("access")
+_INTRA = LINK_ROLES.index("intra")
+_INTER = LINK_ROLES.index("inter")
+
+
+def check_node_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` is a safe node name (see the module docstring)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"node name {name!r} is not allowed: node names must match {NAME_RE.pattern} "
+                          "(lower-case letter first, then lower-case letters, digits or '-', at most "
+                          "31 characters)", key="nodes.name")
+
+
+def ip_str(addr: int) -> str:
+    """Dotted-quad text of an IPv4 address held as an integer."""
+    return str(ipaddress.IPv4Address(int(addr)))
+
+
+@dataclass(frozen=True)
+class AddressPlan:
+    """Where each kind of address comes from (CIDR prefixes inside 10.0.0.0/8).
+
+    Parameters
+    ----------
+    link_pool : str
+        One /31 per link slot (ISL or gateway antenna).
+    loopback_pool : str
+        One /32 per router (satellite or gateway).
+    host_pool : str
+        One subnet of length ``host_prefix_len`` per access link.
+    host_prefix_len : int
+        Prefix length of a host subnet, 16..30.
+    """
+
+    link_pool: str = "10.0.0.0/10"
+    loopback_pool: str = "10.64.0.0/10"
+    host_pool: str = "10.128.0.0/9"
+    host_prefix_len: int = 24
+
+    def __post_init__(self) -> None:
+        ten = ipaddress.IPv4Network("10.0.0.0/8")
+        nets = []
+        for key in ("link_pool", "loopback_pool", "host_pool"):
+            value = getattr(self, key)
+            try:
+                net = ipaddress.IPv4Network(value)
+            except ValueError as e:
+                raise ConfigError(f"{key} {value!r} is not an IPv4 prefix: {e}", key=key) from None
+            if not net.subnet_of(ten):
+                raise ConfigError(f"{key} {value} is outside 10.0.0.0/8", key=key)
+            nets.append((key, net))
+        for i, (ka, a) in enumerate(nets):
+            for kb, b in nets[i + 1:]:
+                if a.overlaps(b):
+                    raise ConfigError(f"{ka} {a} overlaps {kb} {b}", key=kb)
+        host = ipaddress.IPv4Network(self.host_pool)
+        if not host.prefixlen <= self.host_prefix_len <= 30 or self.host_prefix_len < 16:
+            raise ConfigError(f"host_prefix_len {self.host_prefix_len} must be in "
+                              f"{max(16, host.prefixlen)}..30", key="host_prefix_len")
+
+    @property
+    def max_links(self) -> int:
+        return ipaddress.IPv4Network(self.link_pool).num_addresses // 2
+
+    @property
+    def max_routers(self) -> int:
+        return ipaddress.IPv4Network(self.loopback_pool).num_addresses - 2
+
+    @property
+    def max_access(self) -> int:
+        return ipaddress.IPv4Network(self.host_pool).num_addresses >> (32 - self.host_prefix_len)
+
+    def assign(self, timeline: Timeline) -> "Addressing":
+        """Validate the timeline's node and link tables and address them.
+
+        Raises
+        ------
+        ConfigError
+            A node name is unsafe, a node kind unknown, the link table inconsistent with the node
+            kinds, or the scenario needs more addresses than this plan has.
+        """
+        return _assign(self, timeline)
+
+
+@dataclass(frozen=True)
+class Addressing:
+    """Addresses and interface names of one timeline under one plan.
+
+    Addresses are integers (``ip_str`` for text). Shapes: per node ``(n_nodes,)``, per link
+    ``(n_links,)``. ``loopback`` is 0 for hosts; ``prefix``/``prefix_len`` is a node's destination
+    prefix (its loopback /32 for a router, its subnet for a host); ``gateway_addr`` is the default
+    gateway of a host (0 for routers). ``addr_a``/``addr_b``, ``ifname_a``/``ifname_b``,
+    ``ifindex_a``/``ifindex_b`` describe the near and far end of each link slot.
+    """
+
+    plan: AddressPlan
+    is_router: np.ndarray
+    loopback: np.ndarray
+    prefix: np.ndarray
+    prefix_len: np.ndarray
+    gateway_addr: np.ndarray
+    access_link: np.ndarray
+    addr_a: np.ndarray
+    addr_b: np.ndarray
+    link_prefix_len: np.ndarray
+    ifname_a: tuple[str, ...]
+    ifname_b: tuple[str, ...]
+    ifindex_a: np.ndarray
+    ifindex_b: np.ndarray
+
+    def address_of(self, node: int) -> str:
+        """The address to reach ``node`` at: a router's loopback, a host's own address."""
+        if self.is_router[node]:
+            return ip_str(self.loopback[node])
+        return ip_str(self.addr_a[self.access_link[node]])
+
+
+def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
+    n_nodes = len(tl.nodes)
+    kinds = np.empty(n_nodes, dtype=object)
+    seen: set[str] = set()
+    for i, node in enumerate(tl.nodes):
+        check_node_name(node.name)
+        if node.name in seen:
+            raise ConfigError(f"node name {node.name!r} is used twice", key="nodes.name")
+        seen.add(node.name)
+        if node.kind not in ROUTER_KINDS + HOST_KINDS:
+            raise ConfigError(f"node {node.name!r} has unknown kind {node.kind!r}; known: "
+                              f"{', '.join(ROUTER_KINDS + HOST_KINDS)}", key="nodes.kind")
+        kinds[i] = node.kind
+    is_router = np.isin(kinds, ROUTER_KINDS)
+    routers = np.flatnonzero(is_router)
+    n_links = tl.n_links
+    cls = tl.link_class
+    access = np.flatnonzero(cls == _ACCESS)
+    if len(routers) > plan.max_routers:
+        raise ConfigError(f"{len(routers)} routers need more loopback addresses than {plan.loopback_pool} "
+                          f"holds ({plan.max_routers}): more nodes than names allow", key="loopback_pool")
+    if n_links > plan.max_links:
+        raise ConfigError(f"{n_links} link slots need more /31 prefixes than {plan.link_pool} holds "
+                          f"({plan.max_links}): more links than names allow", key="link_pool")
+    if len(access) > plan.max_access:
+        raise ConfigError(f"{len(access)} access links need more /{plan.host_prefix_len} subnets than "
+                          f"{plan.host_pool} holds ({plan.max_access}): more hosts than names allow",
+                          key="host_pool")
+
+    # --- consistency of the link table with the node kinds --------------------------------------
+    a = tl.link_a.astype(np.int64)
+    peer = tl.peer
+    if n_links and (a.min() < 0 or a.max() >= n_nodes or peer.max(initial=-1) >= n_nodes):
+        raise ConfigError("link table refers to a node index outside the node table", key="link_a")
+    kind_a = kinds[a] if n_links else np.empty(0, object)
+    isl = np.flatnonzero(cls == _ISL)
+    gsl = np.flatnonzero(cls == _GSL)
+    for idx, want_a, label in ((isl, ("sat",), "isl"), (gsl, ("gateway",), "gsl"),
+                               (access, HOST_KINDS, "access")):
+        bad = idx[~np.isin(kind_a[idx], want_a)]
+        if len(bad):
+            raise ConfigError(f"{label} link slot {int(bad[0])} starts at node "
+                              f"{tl.nodes[int(a[bad[0]])].name!r} of kind {kind_a[bad[0]]!r}, "
+                              f"expected {' or '.join(want_a)}", key="link_a")
+    fixed = np.concatenate([isl, access])
+    if len(fixed) and ((peer[fixed] != peer[fixed, :1]).any() or (peer[fixed, 0] < 0).any()):
+        raise ConfigError("an ISL or access link slot changes or lacks its peer; only gateway antennas "
+                          "hand over", key="peer")
+    if len(gsl):
+        gp = peer[gsl]
+        bad = (gp >= 0) & ~np.isin(kinds[np.maximum(gp, 0)], ("sat",))
+        if bad.any():
+            raise ConfigError("a gateway antenna points at a node that is not a satellite", key="peer")
+    if len(isl) and not np.isin(kinds[peer[isl, 0]], ("sat",)).all():
+        raise ConfigError("an ISL ends at a node that is not a satellite", key="peer")
+
+    # --- loopbacks and link /31s ----------------------------------------------------------------
+    loop_base = int(ipaddress.IPv4Network(plan.loopback_pool).network_address)
+    loopback = np.zeros(n_nodes, np.int64)
+    loopback[routers] = loop_base + 1 + np.arange(len(routers))
+    link_base = int(ipaddress.IPv4Network(plan.link_pool).network_address)
+    addr_a = link_base + 2 * np.arange(n_links, dtype=np.int64)
+    addr_b = addr_a + 1
+    link_plen = np.full(n_links, 31, np.int64)
+    prefix = loopback.copy()
+    prefix_len = np.where(is_router, 32, 0).astype(np.int64)
+    gateway_addr = np.zeros(n_nodes, np.int64)
+    access_link = np.full(n_nodes, -1, np.int64)
+
+    # --- host subnets ------------------------------------------------------------------------------
+    host_base = int(ipaddress.IPv4Network(plan.host_pool).network_address)
+    subnet = host_base + (np.arange(len(access), dtype=np.int64) << (32 - plan.host_prefix_len))
+    addr_b[access] = subnet + 1  # router end
+    addr_a[access] = subnet + 2  # host end
+    link_plen[access] = plan.host_prefix_len
+    hosts = a[access]
+    counts = np.bincount(hosts, minlength=n_nodes)
+    host_nodes = np.flatnonzero(~is_router)
+    bad = host_nodes[counts[host_nodes] != 1]
+    if len(bad):
+        raise ConfigError(f"{kinds[bad[0]]} node {tl.nodes[int(bad[0])].name!r} has "
+                          f"{int(counts[bad[0]])} access links, expected exactly one", key="link_a")
+    prefix[hosts] = subnet
+    prefix_len[hosts] = plan.host_prefix_len
+    gateway_addr[hosts] = subnet + 1
+    access_link[hosts] = access
+
+    # --- interface names ---------------------------------------------------------------------------
+    names_a = [""] * n_links
+    names_b = [""] * n_links
+    role = tl.link_role
+    per_node: dict[int, list[tuple[int, int, str]]] = {}
+    for l in isl.tolist():
+        r = int(role[l])
+        na, nb = ("fore", "aft") if r == _INTRA else ("right", "left") if r == _INTER else ("", "")
+        per_node.setdefault(int(a[l]), []).append((l, 0, na))
+        per_node.setdefault(int(peer[l, 0]), []).append((l, 1, nb))
+    for ends in per_node.values():
+        names = [n for _, _, n in ends]
+        clash = "" in names or len(set(names)) != len(names)
+        for l, side, n in ends:
+            (names_a if side == 0 else names_b)[l] = f"isl{l}" if clash else n
+    antenna_no: dict[int, int] = {}
+    for l in gsl.tolist():
+        k = antenna_no.get(int(a[l]), 0)
+        antenna_no[int(a[l])] = k + 1
+        names_a[l] = f"ant{k}"
+        names_b[l] = f"g{l}"
+    for l in access.tolist():
+        names_a[l] = "eth0"
+        names_b[l] = f"h{l}"
+    ifindex_a = 2 + 2 * np.arange(n_links, dtype=np.int64)
+    return Addressing(plan, is_router, loopback, prefix, prefix_len, gateway_addr, access_link,
+                      addr_a, addr_b, link_plen, tuple(names_a), tuple(names_b), ifindex_a, ifindex_a + 1)

@@ -1,0 +1,220 @@
+"""The ``satnetem`` command line: plan, run, cli, clean, protocols.
+
+Only this module prints; everything else logs. A :class:`SatnetemError` ends the command with its
+message and exit status 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from topologies.errors import ConfigError, SatnetemError
+from topologies.scenario import Scenario, default_scenario, load_scenario
+from topologies.timeline import LINK_CLASSES, Reason, Timeline
+
+log = logging.getLogger("satnetem")
+
+
+def _scenario(args: argparse.Namespace) -> Scenario:
+    sc = load_scenario(args.scenario) if args.scenario else default_scenario()
+    if getattr(args, "tle", None):
+        import dataclasses
+
+        from topologies.scenario import ConstellationConfig
+
+        tle = str(Path(args.tle).resolve())
+        if not Path(tle).is_file():
+            raise ConfigError("TLE file not found", file=args.tle)
+        sc = dataclasses.replace(sc, constellation=ConstellationConfig(tle=tle),
+                                 raw={**sc.raw, "constellation": {"tle": tle}})
+    return sc
+
+
+def _pairs(args: argparse.Namespace, sc: Scenario, tl: Timeline) -> list[tuple[str, str]]:
+    if getattr(args, "pair", None):
+        out = []
+        for p in args.pair:
+            a, sep, b = p.partition(",")
+            if not sep or not a or not b:
+                raise ConfigError(f"--pair takes two node names separated by a comma, got {p!r}")
+            tl.node_index(a), tl.node_index(b)
+            out.append((a, b))
+        return out
+    pairs = [(p.src, p.dst) for p in sc.probes]
+    if not pairs:
+        hosts = [tl.nodes[i].name for i in tl.nodes_of("host")]
+        pairs = [(hosts[0], hosts[1])] if len(hosts) >= 2 else []
+    return pairs
+
+
+def _stats(x: np.ndarray) -> dict[str, float | None]:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"min": None, "median": None, "max": None}
+    return {"min": float(np.min(x)), "median": float(np.median(x)), "max": float(np.max(x))}
+
+
+def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """What a user wants to know about a timeline, as a JSON-able dict."""
+    from routing.graph import path_delays_ms
+
+    isl = tl.link_class == LINK_CLASSES.index("isl")
+    gsl = tl.link_class == LINK_CLASSES.index("gsl")
+    st = tl.state[isl]
+    by_reason = {Reason(r).label: round(float(np.mean(np.sum(st == r, axis=0))), 1)
+                 for r in np.unique(st)}
+    gsl_peer = tl.peer[gsl]
+    handovers = int(np.sum(gsl_peer[:, 1:] != gsl_peer[:, :-1]))
+    gw_names = [tl.nodes[int(i)].name for i in tl.link_a[gsl]]
+    per_gw: dict[str, int] = {}
+    for name, row in zip(gw_names, gsl_peer):
+        per_gw[name] = per_gw.get(name, 0) + int(np.sum(row[1:] != row[:-1]))
+    gsl_up = np.mean(tl.state[gsl] == Reason.UP) if gsl.any() else 0.0
+    out: dict[str, Any] = {
+        "start": tl.start.isoformat(),
+        "step_s": tl.step_s,
+        "steps": tl.n_steps,
+        "nodes": {k: len(tl.nodes_of(k)) for k in ("sat", "gateway", "host", "compute")},
+        "constellation": tl.report.get("constellation", {}),
+        "isl": {"links": int(isl.sum()), "mean_per_step_by_state": by_reason},
+        "gsl": {"antennas": int(gsl.sum()), "up_fraction": round(float(gsl_up), 3),
+                "handovers": handovers, "handovers_per_gateway": per_gw},
+        "paths": [],
+        "timings_s": tl.report.get("timings_s", {}),
+    }
+    for a, b in pairs:
+        one_way = path_delays_ms(tl, tl.node_index(a), tl.node_index(b))
+        reach = np.isfinite(one_way)
+        out["paths"].append({"src": a, "dst": b, "reachable_fraction": round(float(reach.mean()), 3),
+                             "one_way_ms": _stats(one_way), "rtt_ms": _stats(2 * one_way)})
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
+    c = s["constellation"]
+    n = s["nodes"]
+    print(f"satnetem plan: {s['steps']} steps of {s['step_s']:g} s from {s['start']}")
+    print(f"  constellation  {c.get('source', '?')}: {n['sat']} satellites in {c.get('planes', '?')} planes")
+    if c.get("excluded"):
+        left = sum(c["excluded"].values())
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["excluded"].items(), key=lambda kv: -kv[1]))
+        print(f"  left out       {left} satellites ({reasons})")
+    print(f"  nodes          {n['gateway']} gateways, {n['host']} ground hosts, {n['compute']} compute nodes")
+    isl = s["isl"]
+    states = ", ".join(f"{k} {v:g}" for k, v in sorted(isl["mean_per_step_by_state"].items(),
+                                                        key=lambda kv: (kv[0] != "up", -kv[1])))
+    print(f"  ISLs           {isl['links']} +Grid links; per step on average: {states}")
+    g = s["gsl"]
+    print(f"  GSLs           {g['antennas']} gateway antennas, up {100 * g['up_fraction']:.1f}% of the time, "
+          f"{g['handovers']} handovers")
+    for p in s["paths"]:
+        r = p["rtt_ms"]
+        o = p["one_way_ms"]
+        print(f"  {p['src']} -> {p['dst']}: one-way ms min/median/max {_fmt(o['min'])}/{_fmt(o['median'])}/"
+              f"{_fmt(o['max'])}, RTT {_fmt(r['min'])}/{_fmt(r['median'])}/{_fmt(r['max'])}, "
+              f"reachable {100 * p['reachable_fraction']:.0f}% of steps")
+    if out_path:
+        print(f"  timeline       written to {out_path}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from topologies.plan import plan_scenario
+
+    sc = _scenario(args)
+    tl = plan_scenario(sc)
+    out = Path(args.output) if args.output else None
+    if out:
+        tl.save(out)
+    summary = plan_summary(tl, _pairs(args, sc, tl))
+    if args.json:
+        if out:
+            summary["timeline"] = str(out)
+        print(json.dumps(summary, indent=2))
+    else:
+        print_plan(summary, out)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    return run(args)
+
+
+def cmd_cli(args: argparse.Namespace) -> int:
+    from .runner import interactive
+
+    return interactive(args)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .clean import clean
+
+    report = clean()
+    print(f"satnetem clean: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="satnetem", description="Emulate inter-satellite laser networks "
+                                "with real packets.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (debug detail with -vv)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pl = sub.add_parser("plan", help="compute the timeline of a scenario (no root)")
+    pl.add_argument("scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)")
+    pl.add_argument("--tle", help="plan straight from a TLE file (defaults for everything else)")
+    pl.add_argument("-o", "--output", help="write the timeline to this .npz file")
+    pl.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pl.add_argument("--pair", action="append", metavar="A,B",
+                    help="report predicted delay between these two nodes (repeatable)")
+    pl.set_defaults(func=cmd_plan)
+
+    for name, helptext, func in (("run", "build the network, play the timeline, probe, write results",
+                                  cmd_run),
+                                 ("cli", "the Mininet CLI on the live constellation while the clock runs",
+                                  cmd_cli)):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)")
+        r.add_argument("--timeline", help="replay a timeline saved by 'plan -o' instead of planning")
+        r.add_argument("--shaper", choices=("auto", "netem", "userspace"), default=None,
+                       help="link shaping backend (default: the scenario's, else auto)")
+        r.add_argument("--speed", type=float, default=None, help="playback speed factor (default 1)")
+        r.add_argument("--duration", type=float, default=None, help="play only this many seconds")
+        r.add_argument("-o", "--results", default=None, help="results folder (default results/<time>)")
+        r.set_defaults(func=func)
+
+    c = sub.add_parser("clean", help="remove everything a crashed run may have left, and nothing else")
+    c.set_defaults(func=cmd_clean)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING
+    if args.verbose:
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except SatnetemError as e:
+        print(f"satnetem: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("satnetem: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Real-time playback of a timeline: apply each step's diff at its time and record how late it was."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepRecord:
+    step: int
+    due_s: float  # wall-clock seconds after playback start when the step was due
+    late_ms: float  # how much later than due the step was fully applied
+    apply_ms: float  # time spent applying it
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Playback:
+    """Plays steps ``first..last`` of a timeline in real time (scaled by ``speed``).
+
+    ``apply(step)`` is called at each step's due time and returns a dict of statistics. Stop early
+    with :meth:`stop` (thread-safe): the loop returns at once.
+    """
+
+    step_s: float
+    first: int
+    last: int
+    apply: Callable[[int], dict[str, Any]]
+    speed: float = 1.0
+    on_step: Callable[[StepRecord], None] | None = None
+    records: list[StepRecord] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    started_at: float | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, t0: float | None = None) -> list[StepRecord]:
+        """Play; ``t0`` (``time.monotonic()``) is the moment step ``first`` counts as applied."""
+        self.started_at = t0 = time.monotonic() if t0 is None else t0
+        wall_step = self.step_s / self.speed
+        for k in range(self.first + 1, self.last + 1):
+            due = t0 + (k - self.first) * wall_step
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                break
+            begin = time.monotonic()
+            stats = self.apply(k) or {}
+            end = time.monotonic()
+            rec = StepRecord(step=k, due_s=due - t0, late_ms=(end - due) * 1e3,
+                             apply_ms=(end - begin) * 1e3, stats=stats)
+            self.records.append(rec)
+            if self.on_step:
+                self.on_step(rec)
+        return self.records
+
+    def lateness_summary(self) -> dict[str, float | int | None]:
+        late = np.array([r.late_ms for r in self.records])
+        app = np.array([r.apply_ms for r in self.records])
+        if not len(late):
+            return {"steps": 0, "late_ms_median": None, "late_ms_p95": None, "late_ms_max": None,
+                    "apply_ms_median": None, "apply_ms_p95": None}
+        return {"steps": int(len(late)),
+                "late_ms_median": float(np.median(late)), "late_ms_p95": float(np.percentile(late, 95)),
+                "late_ms_max": float(late.max()),
+                "apply_ms_median": float(np.median(app)), "apply_ms_p95": float(np.percentile(app, 95))}

@@ -1,0 +1,324 @@
+"""``satnetem run`` and ``satnetem cli``: build the live network, play the timeline, probe, tear down."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from topologies.errors import ConfigError, SatnetemError
+from topologies.scenario import (DEFAULT_SCENARIO_TOML, ProbeSpec, Scenario, default_scenario, load_scenario,
+                                 scenario_from_table)
+from topologies.timeline import Timeline
+
+from .clock import Playback, StepRecord
+from .probes import PingProbe
+
+log = logging.getLogger(__name__)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[Scenario, Timeline]:
+    """The scenario and its timeline: planned now, or replayed from ``--timeline``."""
+    if args.timeline:
+        tl = Timeline.load(args.timeline)
+        if args.scenario:
+            sc = load_scenario(args.scenario)
+        elif tl.scenario:
+            sc = scenario_from_table(tl.scenario, f"{args.timeline} (embedded scenario)")
+        else:
+            sc = default_scenario()
+        return sc, tl
+    from topologies.plan import plan_scenario
+
+    sc = load_scenario(args.scenario) if args.scenario else default_scenario()
+    _say(f"planning '{sc.name}' ({sc.time.n_steps} steps of {sc.time.step_s:g} s) ...")
+    t = time.monotonic()
+    tl = plan_scenario(sc)
+    _say(f"  planned in {time.monotonic() - t:.1f} s: {len(tl.nodes_of('sat'))} satellites, "
+         f"{len(tl.nodes_of('gateway'))} gateways, {tl.n_links} link slots")
+    return sc, tl
+
+
+def check_probes(sc: Scenario, tl: Timeline) -> list[ProbeSpec]:
+    """The scenario's probes, or default ones: ping between ground hosts and to a compute node."""
+    probes = list(sc.probes)
+    names = {n.name for n in tl.nodes}
+    for i, p in enumerate(probes):
+        for end, key in ((p.src, "src"), (p.dst, "dst")):
+            if end not in names:
+                raise ConfigError(f"probe endpoint {end!r} is not a node of this network", file=sc.source,
+                                  key=f"probes[{i}].{key}")
+    if not probes:
+        hosts = [tl.nodes[i].name for i in tl.nodes_of("host")]
+        dcs = [tl.nodes[i].name for i in tl.nodes_of("compute")]
+        if len(hosts) >= 2:
+            probes.append(ProbeSpec(src=hosts[0], dst=hosts[1]))
+        if hosts and dcs:
+            probes.append(ProbeSpec(src=hosts[0], dst=dcs[0]))
+    return probes
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "kernel": platform.release()}
+    for pkg in ("satnetem", "numpy", "sgp4", "pyroute2", "networkx", "scipy", "mininet"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def results_dir(args: argparse.Namespace, sc: Scenario) -> Path:
+    if args.results:
+        d = Path(args.results)
+    else:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        d = Path("results") / f"{stamp}-{sc.name}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "probes").mkdir(exist_ok=True)
+    return d
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) end the run like Ctrl-C does: through the teardown in ``finally``."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise SatnetemError("this command builds network namespaces and needs root: run it with sudo")
+
+
+def predicted_rtt_ms(tl: Timeline, src: str, dst: str) -> np.ndarray:
+    """(n_steps,) RTT along the shortest-delay path both ways, NaN where unreachable."""
+    from routing.graph import path_delays_ms
+
+    a, b = tl.node_index(src), tl.node_index(dst)
+    return path_delays_ms(tl, a, b) + path_delays_ms(tl, b, a)
+
+
+def _stats(x: np.ndarray) -> dict[str, float | None]:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"p50": None, "p95": None, "p99": None, "min": None, "max": None}
+    return {"p50": float(np.percentile(x, 50)), "p95": float(np.percentile(x, 95)),
+            "p99": float(np.percentile(x, 99)), "min": float(x.min()), "max": float(x.max())}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, play, probe, write the results folder, tear down. Returns the exit status."""
+    _require_root()
+    sc, tl = load_inputs(args)
+    probes = check_probes(sc, tl)
+    speed = args.speed if args.speed is not None else sc.emulation.speed
+    if not 0.01 <= speed <= 100:
+        raise ConfigError(f"--speed must be in [0.01, 100], got {speed}")
+    last = tl.n_steps - 1
+    if args.duration is not None:
+        if args.duration <= 0:
+            raise ConfigError(f"--duration must be > 0, got {args.duration}")
+        last = min(last, int(round(args.duration / tl.step_s)))
+    play_s = (last + 1) * tl.step_s / speed
+
+    from routing.base import get_protocol
+
+    from .network import Emulation
+    from .shaping import make_shaper
+
+    protocol = get_protocol(sc.routing.protocol)
+    out = results_dir(args, sc)
+    if sc.source == "<built-in>":
+        (out / "scenario.toml").write_text(DEFAULT_SCENARIO_TOML)
+    elif not args.timeline or args.scenario:
+        shutil.copyfile(sc.source, out / "scenario.toml")
+    (out / "scenario.json").write_text(json.dumps(sc.raw, indent=2, default=str))
+    tl.save(out / "timeline.npz")
+    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+
+    shaper, why = make_shaper(args.shaper or sc.emulation.shaper)
+    _say(f"shaper: {why}")
+    summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "shaper": shaper.name,
+                               "shaper_reason": why, "protocol": protocol.name, "speed": speed,
+                               "steps_planned": last + 1, "step_s": tl.step_s, "complete": False}
+    steps_csv = open(out / "steps.csv", "w", newline="")
+    steps_w = csv.writer(steps_csv)
+    steps_w.writerow(["step", "due_s", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
+                      "param_changes", "routes_changed"])
+    emu = None
+    t0_unix = time.time()
+    running: list[PingProbe] = []
+    playback: Playback | None = None
+    try:
+        with _signals_raise():
+            emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
+            t = time.monotonic()
+            _say(f"building {len(tl.nodes)} nodes and {tl.n_links} links ...")
+            emu.build()
+            summary["build_s"] = round(time.monotonic() - t, 2)
+            _say(f"  built in {summary['build_s']} s; playing {last + 1} steps ({play_s:.0f} s wall clock)")
+
+            def on_step(rec: StepRecord) -> None:
+                s = rec.stats
+                steps_w.writerow([rec.step, f"{rec.due_s:.3f}", f"{rec.late_ms:.2f}", f"{rec.apply_ms:.2f}",
+                                  s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
+                                  s.get("param_changes", 0), s.get("routes_changed", 0)])
+                steps_csv.flush()
+                if rec.step % max(1, int(10 / tl.step_s)) == 0:
+                    _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms")
+
+            playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step)
+            t0 = time.monotonic()
+            t0_unix = time.time()
+            timers = []
+            for p in probes:
+                dur = p.duration_s if p.duration_s is not None else play_s - p.start_s / speed
+
+                def start(p: ProbeSpec = p, dur: float = dur) -> None:
+                    running.append(PingProbe(emu.node(p.src), p.src, p.dst, emu.address_of(p.dst),
+                                             p.rate_pps, max(1.0, dur),
+                                             out / "probes" / f"{p.src}--{p.dst}.ping.txt"))
+
+                if p.start_s > 0:
+                    timers.append(threading.Timer(p.start_s / speed, start))
+                    timers[-1].start()
+                else:
+                    start()
+            playback.run(t0)
+            for tm in timers:
+                tm.cancel()
+            for pr in running:
+                pr.wait(timeout_s=5)
+            summary["complete"] = True
+    except KeyboardInterrupt:
+        _say("interrupted: tearing down")
+        for pr in running:
+            pr.stop()
+    finally:
+        steps_csv.close()
+        t = time.monotonic()
+        if emu is not None:
+            emu.stop()
+        shaper.close()
+        summary["teardown_s"] = round(time.monotonic() - t, 2)
+        if playback is not None:
+            summary["lateness"] = playback.lateness_summary()
+            summary["probes"] = _probe_results(tl, running, t0_unix, speed, out)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, out)
+    return 0 if summary["complete"] else 130
+
+
+def _probe_results(tl: Timeline, running: list[PingProbe], t0_unix: float, speed: float,
+                   out: Path) -> list[dict[str, Any]]:
+    res = []
+    with open(out / "samples.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["probe", "t_s", "step", "seq", "rtt_ms", "predicted_rtt_ms"])
+        for pr in running:
+            s = pr.samples()
+            pred_all = predicted_rtt_ms(tl, pr.src, pr.dst)
+            t_rel = (s.sent_unix_s - t0_unix) * speed
+            step = np.clip(np.floor(t_rel / tl.step_s).astype(int), 0, tl.n_steps - 1)
+            pred = pred_all[step] if len(step) else np.array([])
+            name = f"{pr.src}--{pr.dst}"
+            for i in range(len(s.seq)):
+                w.writerow([name, f"{t_rel[i]:.4f}", step[i], s.seq[i],
+                            "" if np.isnan(s.rtt_ms[i]) else f"{s.rtt_ms[i]:.3f}",
+                            "" if np.isnan(pred[i]) else f"{pred[i]:.3f}"])
+            err = s.rtt_ms - pred
+            res.append({"probe": name, "kind": "ping", "sent": int(len(s.seq)), "lost": s.lost,
+                        "loss_pct": round(100 * s.lost / len(s.seq), 2) if len(s.seq) else None,
+                        "rtt_ms": _stats(s.rtt_ms), "predicted_rtt_ms": _stats(pred),
+                        "error_ms": _stats(err), "abs_error_ms": _stats(np.abs(err))})
+    return res
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _print_summary(s: dict[str, Any], out: Path) -> None:
+    _say("")
+    _say(f"satnetem run '{s['scenario']}': {'complete' if s['complete'] else 'INTERRUPTED'}, "
+         f"shaper {s['shaper']}, routing {s['protocol']}, speed {s['speed']:g}")
+    if "build_s" in s:
+        _say(f"  bring-up {s['build_s']} s, teardown {s.get('teardown_s', '-')} s")
+    late = s.get("lateness") or {}
+    if late.get("steps"):
+        _say(f"  steps applied {late['steps']}: late median {_fmt(late['late_ms_median'])} ms, "
+             f"p95 {_fmt(late['late_ms_p95'])} ms; apply median {_fmt(late['apply_ms_median'])} ms")
+    for p in s.get("probes", []):
+        r, e = p["rtt_ms"], p["error_ms"]
+        _say(f"  {p['probe']}: {p['sent']} sent, {p['lost']} lost; RTT p50/p95/p99 {_fmt(r['p50'])}/"
+             f"{_fmt(r['p95'])}/{_fmt(r['p99'])} ms; measured - predicted p50 {_fmt(e['p50'])} ms")
+    _say(f"  results: {out}")
+
+
+def interactive(args: argparse.Namespace) -> int:
+    """Mininet's CLI on the live constellation while the clock runs in the background."""
+    _require_root()
+    sc, tl = load_inputs(args)
+    from mininet.cli import CLI
+
+    from routing.base import get_protocol
+
+    from .network import Emulation
+    from .shaping import make_shaper
+
+    protocol = get_protocol(sc.routing.protocol)
+    speed = args.speed if args.speed is not None else sc.emulation.speed
+    shaper, why = make_shaper(args.shaper or sc.emulation.shaper)
+    _say(f"shaper: {why}")
+    emu = None
+    playback = None
+    try:
+        with _signals_raise():
+            emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
+            emu.build()
+            playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed)
+            th = threading.Thread(target=playback.run, name="satnetem-clock", daemon=True)
+            th.start()
+            _say(f"clock running ({tl.n_steps} steps of {tl.step_s:g} s at speed {speed:g}); "
+                 f"nodes: e.g. {', '.join(n.name for n in tl.nodes[-4:])}. 'exit' ends the emulation.")
+            CLI(emu.net)
+    finally:
+        if playback is not None:
+            playback.stop()
+        if emu is not None:
+            emu.stop()
+        shaper.close()
+    return 0
+
+
+def main() -> None:  # pragma: no cover - convenience for python -m emulator.runner
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["run", *sys.argv[1:]]))

@@ -1,0 +1,143 @@
+"""Graph algorithms on one snapshot: up links as a sparse graph, shortest paths, next hops.
+
+Pure (numpy and scipy only; no root, no pyroute2). Every up link slot is an edge in both directions
+between its near node (``link_a``) and its current peer, weighted by its one-way delay in ms (or by
+1 per hop). Shortest paths towards a set of destinations come from one vectorised Dijkstra run on the
+reversed graph, started at the destinations: the predecessor of node ``v`` in the tree grown from
+destination ``d`` is ``v``'s next hop towards ``d``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from topologies.errors import ConfigError
+from topologies.timeline import Snapshot
+
+#: Added to every edge weight: scipy treats a stored zero as "no edge" in some paths, and among
+#: paths of equal delay the one with fewer hops wins.
+HOP_EPSILON = 1e-6
+METRICS = ("delay", "hops")
+
+
+@dataclass(frozen=True)
+class LinkGraph:
+    """Directed edges of the up links of one snapshot (both directions of each link).
+
+    Arrays have shape (n_edges,), sorted by ``src * n_nodes + dst``. Between two nodes joined by
+    several up links (two antennas of a gateway on one satellite), only the lightest is kept.
+    """
+
+    n_nodes: int
+    src: np.ndarray
+    dst: np.ndarray
+    link: np.ndarray
+    weight: np.ndarray
+
+    def matrix(self) -> csr_matrix:
+        """The (n_nodes, n_nodes) weight matrix, ``[u, v]`` = weight of the edge u -> v."""
+        return csr_matrix((self.weight, (self.src, self.dst)), shape=(self.n_nodes, self.n_nodes))
+
+    def link_between(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Link index carrying u -> v for each pair (same shapes), -1 where there is none."""
+        u = np.asarray(u, np.int64)
+        v = np.asarray(v, np.int64)
+        keys = self.src.astype(np.int64) * self.n_nodes + self.dst
+        q = u * self.n_nodes + v
+        pos = np.clip(np.searchsorted(keys, q), 0, max(len(keys) - 1, 0))
+        found = (len(keys) > 0) & (u >= 0) & (v >= 0)
+        if len(keys):
+            found &= keys[pos] == q
+        return np.where(found, self.link[pos] if len(keys) else -1, -1)
+
+
+def build_graph(link_a: np.ndarray, snapshot: Snapshot, n_nodes: int, metric: str = "delay") -> LinkGraph:
+    """Graph of the up links of ``snapshot``.
+
+    Parameters
+    ----------
+    link_a : ndarray, shape (n_links,)
+        Near node of each link slot.
+    snapshot : Snapshot
+        State, peer and params (delay_ms in column 0) of each link slot.
+    n_nodes : int
+        Number of nodes in the node table.
+    metric : {"delay", "hops"}
+        Edge weight: one-way delay in ms, or 1 per hop (both plus :data:`HOP_EPSILON`).
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown routing metric {metric!r}; known: {', '.join(METRICS)}", key="metric")
+    up = np.flatnonzero(snapshot.up & (snapshot.peer >= 0))
+    a = np.asarray(link_a, np.int64)[up]
+    b = snapshot.peer[up].astype(np.int64)
+    w = (snapshot.params[up, 0].astype(np.float64) if metric == "delay" else np.ones(len(up))) + HOP_EPSILON
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    link = np.concatenate([up, up]).astype(np.int64)
+    weight = np.concatenate([w, w])
+    keys = src * n_nodes + dst
+    order = np.lexsort((link, weight, keys))  # by key, then lightest, then lowest link index
+    keys = keys[order]
+    first = np.ones(len(keys), bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keep = order[first]
+    return LinkGraph(n_nodes, src[keep], dst[keep], link[keep], weight[keep])
+
+
+def next_hops(graph: LinkGraph, destinations: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shortest paths from every node towards each destination.
+
+    Parameters
+    ----------
+    graph : LinkGraph
+    destinations : ndarray, shape (n_dest,)
+        Node indices.
+
+    Returns
+    -------
+    dist : ndarray, shape (n_dest, n_nodes), float64
+        Path weight from each node to each destination (ms for the delay metric, hop-epsilon
+        included); ``inf`` where unreachable.
+    next_hop : ndarray, shape (n_dest, n_nodes), int32
+        Next node from each node towards each destination; -1 at the destination and where unreachable.
+    link : ndarray, shape (n_dest, n_nodes), int32
+        Link slot carrying that hop; -1 where ``next_hop`` is -1.
+    """
+    destinations = np.asarray(destinations, np.int64)
+    n = graph.n_nodes
+    if len(destinations) == 0:
+        empty = np.empty((0, n))
+        return empty, empty.astype(np.int32), empty.astype(np.int32)
+    dist, pred = dijkstra(graph.matrix().T.tocsr(), directed=True, indices=destinations,
+                          return_predecessors=True)
+    nh = np.where(pred < 0, -1, pred).astype(np.int32)
+    nodes = np.broadcast_to(np.arange(n), nh.shape)
+    link = graph.link_between(nodes, nh).astype(np.int32)
+    return dist, nh, link
+
+
+def path(graph: LinkGraph, src: int, dst: int) -> tuple[list[int], list[int], float]:
+    """Shortest path from ``src`` to ``dst``: (nodes, links, sum of edge weights).
+
+    Returns ``([], [], inf)`` if ``dst`` is unreachable. With the delay metric the weight is the
+    one-way delay in ms (plus :data:`HOP_EPSILON` per hop).
+    """
+    dist, nh, link = next_hops(graph, np.array([dst]))
+    if not np.isfinite(dist[0, src]):
+        return [], [], float("inf")
+    nodes, links = [src], []
+    v = src
+    while v != dst:
+        links.append(int(link[0, v]))
+        v = int(nh[0, v])
+        nodes.append(v)
+    return nodes, links, float(dist[0, src])
+
+
+def path_delay_ms(snapshot: Snapshot, links: list[int]) -> float:
+    """Sum of the one-way delays (ms) of ``links`` in ``snapshot``, without any hop epsilon."""
+    return float(snapshot.params[np.asarray(links, np.int64), 0].astype(np.float64).sum())

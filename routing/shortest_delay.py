@@ -1,0 +1,23 @@
+"""Shortest-delay routing: every router forwards on the path of least one-way propagation delay."""
+
+from __future__ import annotations
+
+from topologies.timeline import Snapshot, Timeline
+
+from .base import RoutingProtocol, RouteTable, destinations, register
+from .graph import build_graph, next_hops
+
+
+@register
+class ShortestDelay(RoutingProtocol):
+    """Dijkstra on the up links of each snapshot, weighted by delay_ms (ties: fewer hops)."""
+
+    name = "shortest-delay"
+    metric = "delay"
+
+    def compute(self, timeline: Timeline, step: int, snapshot: Snapshot | None = None) -> RouteTable:
+        snap = snapshot if snapshot is not None else timeline.snapshot(step)
+        graph = build_graph(timeline.link_a, snap, len(timeline.nodes), self.metric)
+        dest = destinations(timeline, self.all_loopbacks)
+        dist, nh, link = next_hops(graph, dest)
+        return RouteTable(step, dest, nh, link, dist)

@@ -1,0 +1,523 @@
+"""Laser inter-satellite links: the +Grid link table and each link's state and delay over time.
+
+:func:`plus_grid` builds the fixed table of candidate ISLs from the constellation's (shell, plane,
+slot) labels; :func:`isl_states` decides, for every link and step, whether it is up and if not why
+(a :class:`~topologies.timeline.Reason`), and its propagation delay.
+
+Reason precedence (the first that applies is reported)::
+
+    INVALID > TERMINALS > SEAM > OCCLUDED > RANGE > POLAR > TRACKING > OUTAGE > ACQUIRING > UP
+
+Missing positions make every other test meaningless, so INVALID comes first; then the structural
+reasons that hold for the whole run (TERMINALS, SEAM); then geometry (line of sight before the range
+limit, because with the default range limit the two coincide and "the Earth is in the way" is the
+more useful answer), then the terminal's own limits, and last the transient states of a link that
+is geometrically fine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ConfigError, TopologyError
+from .frames import EARTH_RADIUS_KM, ecef_to_geodetic
+from .outages import apply_acquisition, pointing_outages, steps_for
+from .timeline import C_KM_S, LINK_ROLES, Reason
+
+log = logging.getLogger(__name__)
+
+ROLE_INTRA = LINK_ROLES.index("intra")
+ROLE_INTER = LINK_ROLES.index("inter")
+PORTS = ("fore", "aft", "left", "right")
+
+#: Links are evaluated in blocks of this many, so temporaries stay a few MB for 600+ steps.
+_BLOCK_LINKS = 256
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float, *, integer: bool = False,
+                 none_ok: bool = False, lo_open: bool = False) -> None:
+    """Raise ConfigError naming the field, the value and the allowed range."""
+    if value is None and none_ok:
+        return
+    if integer:
+        ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    else:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi)
+    if not ok:
+        left = "(" if lo_open else "["
+        allowed = f"{'an integer' if integer else 'a number'} in {left}{lo}, {hi}]"
+        if none_ok:
+            allowed += " or none"
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}", key=name)
+
+
+@dataclass(frozen=True)
+class IslConfig:
+    """Laser terminal model for all ISLs.
+
+    Attributes
+    ----------
+    terminals : int
+        Laser terminals per satellite, 0..4. 4 is the full +Grid (fore, aft, left, right). Fewer
+        drop links by a fixed rule (see :func:`plus_grid`).
+    max_range_km : float or None
+        Longest usable link, km. None (default): the Hypatia-style geometric limit from the shells'
+        nominal altitudes, ``sqrt((R + h_a)^2 - (R + m)^2) + sqrt((R + h_b)^2 - (R + m)^2)`` with
+        ``R = EARTH_RADIUS_KM`` and ``m = atmosphere_margin_km`` (5014 km for 550 km). A number models a
+        terminal whose link budget ends there.
+    atmosphere_margin_km : float
+        A link is OCCLUDED when the straight segment between the satellites comes closer to the
+        Earth's centre than ``EARTH_RADIUS_KM + atmosphere_margin_km``. 80 km (as Hypatia): below about
+        that height the beam crosses the denser atmosphere.
+    polar_cutoff_deg : float or None
+        Inter-plane (left/right) links are down while either end is above this geodetic |latitude|,
+        deg; None disables it. Near the poles neighbouring planes cross, the left/right partners swap
+        sides and the pointing angles sweep fast, so operators switch cross-plane links off there
+        (Iridium does). 75 deg is a modelling choice, not a datasheet figure: it never affects a
+        53 deg shell and removes the crossing region of a polar one.
+    max_slew_rate_deg_s : float or None
+        Largest line-of-sight angular rate, deg/s, that a terminal can follow, measured in the
+        satellite's orbital (LVLH) frame; the larger of the two ends counts. None disables it.
+        Default 1.0 deg/s: an assumption, not a datasheet figure. +Grid neighbours in co-rotating
+        planes need well under 0.1 deg/s, while satellites on counter-rotating planes (a star seam)
+        need tenths of a degree to degrees per second near closest approach, so the limit separates
+        the two without pretending to know a particular terminal.
+    acquisition_s : float
+        Time a link stays down (ACQUIRING) after it becomes available again, s. Links available at the
+        first step are taken as already acquired. 5 s is an assumption for a modern LEO terminal
+        (pointing, acquisition and tracking lock take seconds to tens of seconds).
+    rate_mbps, loss_pct : float
+        Rate (each direction) and random loss given to every ISL.
+    outage_mtbf_s : float or None
+        Mean up time between random pointing outages of one link, s; None: no random outages.
+    outage_mean_duration_s : float
+        Mean duration of a random outage, s.
+    seed : int
+        Seed of the random outages.
+    """
+
+    terminals: int = 4
+    max_range_km: float | None = None
+    atmosphere_margin_km: float = 80.0
+    polar_cutoff_deg: float | None = 75.0
+    max_slew_rate_deg_s: float | None = 1.0
+    acquisition_s: float = 5.0
+    rate_mbps: float = 100.0
+    loss_pct: float = 0.0
+    outage_mtbf_s: float | None = None
+    outage_mean_duration_s: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("terminals", self.terminals, 0, 4, integer=True)
+        _check_range("max_range_km", self.max_range_km, 0.0, 1e6, none_ok=True, lo_open=True)
+        _check_range("atmosphere_margin_km", self.atmosphere_margin_km, 0.0, 1000.0)
+        _check_range("polar_cutoff_deg", self.polar_cutoff_deg, 0.0, 90.0, none_ok=True)
+        _check_range("max_slew_rate_deg_s", self.max_slew_rate_deg_s, 0.0, 360.0, none_ok=True,
+                     lo_open=True)
+        _check_range("acquisition_s", self.acquisition_s, 0.0, 3600.0)
+        _check_range("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
+        _check_range("loss_pct", self.loss_pct, 0.0, 100.0)
+        _check_range("outage_mtbf_s", self.outage_mtbf_s, 0.0, 1e9, none_ok=True, lo_open=True)
+        _check_range("outage_mean_duration_s", self.outage_mean_duration_s, 0.0, 1e6, lo_open=True)
+        _check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+
+
+@dataclass(frozen=True)
+class IslTopology:
+    """The fixed table of candidate ISLs (one entry per undirected link).
+
+    Attributes
+    ----------
+    pairs : ndarray, (n_isl, 2) int32
+        Satellite indices of the two ends (``a``, ``b``).
+    role : ndarray, (n_isl,) uint8
+        ``LINK_ROLES`` index: 0 intra (fore/aft in a plane), 1 inter (left/right to a neighbour plane).
+    port_a, port_b : ndarray, (n_isl,) str
+        Terminal used at each end: ``"fore"``/``"aft"`` for intra links (``a``'s fore is ``b``'s aft:
+        ``b`` is the next satellite along the orbit), ``"right"``/``"left"`` for inter links (``a`` is
+        in plane ``p``, ``b`` in plane ``p + 1``).
+    seam : ndarray, (n_isl,) bool
+        Across the seam of a Walker-star shell: always down (SEAM). Kept in the table so the report
+        shows them; the terminal exists but has no usable partner.
+    dropped : ndarray, (n_isl,) bool
+        Dropped because the satellites have fewer than 4 terminals: always down (TERMINALS). Only
+        present when :func:`plus_grid` was asked to keep them.
+    altitude_km : ndarray, (n_isl,) float64
+        Nominal altitudes of the ends' shells (lower of the two), km; NaN if unknown. Used for the
+        default range limit.
+    stats : dict
+        Counts for the run report: links, intra, inter, seam, terminals_dropped, unmatched (satellites
+        left without a left/right partner by ragged planes).
+    """
+
+    pairs: NDArray[np.int32]
+    role: NDArray[np.uint8]
+    port_a: NDArray[np.str_]
+    port_b: NDArray[np.str_]
+    seam: NDArray[np.bool_]
+    dropped: NDArray[np.bool_]
+    altitude_km: NDArray[np.float64]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.pairs)
+        if self.pairs.shape != (n, 2):
+            raise TopologyError(f"pairs must have shape (n, 2), got {self.pairs.shape}")
+        for name in ("role", "port_a", "port_b", "seam", "dropped", "altitude_km"):
+            if getattr(self, name).shape != (n,):
+                raise TopologyError(f"{name} must have shape ({n},), got {getattr(self, name).shape}")
+
+    @property
+    def n_isl(self) -> int:
+        return int(len(self.pairs))
+
+    def degree(self, n_sats: int, *, include_down: bool = False) -> NDArray[np.int64]:
+        """Links per satellite, (n_sats,); by default without the permanently down SEAM/TERMINALS ones."""
+        keep = np.ones(self.n_isl, bool) if include_down else ~(self.seam | self.dropped)
+        return np.bincount(self.pairs[keep].ravel(), minlength=n_sats)
+
+
+def _circ_dist_deg(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    d = np.mod(a - b, 360.0)
+    return np.minimum(d, 360.0 - d)
+
+
+def _match_planes(u_p: NDArray[np.float64], u_q: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """One-to-one partners between two planes by nearest argument of latitude.
+
+    Equal sizes: the cyclic shift with the least total angular mismatch (keeps the along-track order,
+    as a Walker pattern's phasing does). Ragged sizes: a minimum-cost assignment, leaving the extras
+    of the larger plane unmatched. Returns positions into ``u_p`` and ``u_q``.
+    """
+    m_p, m_q = len(u_p), len(u_q)
+    if m_p == 0 or m_q == 0:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    if m_p == m_q:
+        i = np.arange(m_p)
+        shifts = (i[:, None] + i[None, :]) % m_q  # [shift, i] -> position in q
+        cost = _circ_dist_deg(u_p[None, :], u_q[shifts]).sum(axis=1)
+        best = int(np.argmin(cost))
+        return i, shifts[best]
+    from scipy.optimize import linear_sum_assignment
+
+    cost = _circ_dist_deg(u_p[:, None], u_q[None, :])
+    rows, cols = linear_sum_assignment(cost)
+    return rows.astype(np.intp), cols.astype(np.intp)
+
+
+def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slot: NDArray[np.integer],
+                     u_deg: NDArray[np.floating], patterns: tuple[str, ...],
+                     altitudes_km: tuple[float, ...] | None = None, terminals: int = 4,
+                     keep_dropped: bool = False) -> IslTopology:
+    """+Grid from plain label arrays (what :func:`plus_grid` does once it has read the constellation).
+
+    Parameters
+    ----------
+    shell, plane, slot : array_like, (n_sats,) int
+        Shell index, plane within the shell (0..P-1 by RAAN), position in the plane (by argument of
+        latitude).
+    u_deg : array_like, (n_sats,) float
+        Argument of latitude at one common time, deg; used to pick inter-plane partners.
+    patterns : tuple of str
+        ``"delta"`` or ``"star"`` per shell.
+    altitudes_km : tuple of float, optional
+        Nominal altitude per shell, km (for the default range limit).
+    terminals : int
+        Laser terminals per satellite, 0..4. Rule for fewer than 4 (deterministic, no degree ever
+        exceeds ``terminals``): 3 keeps fore/aft and inter-plane links only between planes ``2k`` and
+        ``2k + 1`` (no wrap-around; with an odd plane count the last plane has none); 2 keeps only
+        fore/aft; 1 keeps fore/aft links from slot ``2k`` to ``2k + 1`` only; 0 keeps nothing.
+    keep_dropped : bool
+        Keep the links dropped for lack of terminals in the table, permanently down (TERMINALS).
+
+    Raises
+    ------
+    TopologyError
+        Inconsistent labels.
+    """
+    shell = np.asarray(shell, dtype=np.int64)
+    plane = np.asarray(plane, dtype=np.int64)
+    slot = np.asarray(slot, dtype=np.int64)
+    u_deg = np.asarray(u_deg, dtype=np.float64)
+    n = len(shell)
+    if not (plane.shape == slot.shape == u_deg.shape == (n,)):
+        raise TopologyError("shell, plane, slot and u_deg must all have shape (n_sats,)")
+    if n and shell.max() >= len(patterns):
+        raise TopologyError(f"shell index {int(shell.max())} but only {len(patterns)} patterns")
+    if not 0 <= terminals <= 4:
+        raise ConfigError(f"terminals must be an integer in [0, 4], got {terminals!r}", key="terminals")
+    alts = altitudes_km if altitudes_km is not None else tuple(math.nan for _ in patterns)
+
+    a_l: list[NDArray[np.int64]] = []
+    b_l: list[NDArray[np.int64]] = []
+    role_l: list[NDArray[np.uint8]] = []
+    seam_l: list[NDArray[np.bool_]] = []
+    drop_l: list[NDArray[np.bool_]] = []
+    alt_l: list[NDArray[np.float64]] = []
+    unmatched = 0
+    for k, pattern in enumerate(patterns):
+        in_shell = np.flatnonzero(shell == k)
+        if in_shell.size == 0:
+            continue
+        planes = np.unique(plane[in_shell])
+        members: dict[int, NDArray[np.int64]] = {}
+        for p in planes:
+            idx = in_shell[plane[in_shell] == p]
+            members[int(p)] = idx[np.argsort(slot[idx], kind="stable")]
+        # intra-plane rings: slot i -> next slot (fore of a = aft of b)
+        for idx in members.values():
+            m = len(idx)
+            if m < 2:
+                continue
+            i = np.arange(m if m > 2 else 1)
+            a_l.append(idx[i])
+            b_l.append(idx[(i + 1) % m])
+            role_l.append(np.full(len(i), ROLE_INTRA, np.uint8))
+            seam_l.append(np.zeros(len(i), bool))
+            if terminals >= 2:
+                drop = np.zeros(len(i), bool)
+            elif terminals == 1:
+                drop = (i % 2 == 1) | (i + 1 >= m)
+            else:
+                drop = np.ones(len(i), bool)
+            drop_l.append(drop)
+            alt_l.append(np.full(len(i), alts[k], np.float64))
+        # inter-plane: plane p -> p + 1, wrapping P-1 -> 0 (across the seam for a star shell)
+        order = sorted(members)
+        n_planes = len(order)
+        plane_pairs = [(order[j], order[(j + 1) % n_planes], j) for j in range(n_planes)]
+        if n_planes < 2:
+            plane_pairs = []
+        elif n_planes == 2:
+            plane_pairs = plane_pairs[:1]
+        matched_sats: set[int] = set()
+        for p, q, j in plane_pairs:
+            ip, iq = members[p], members[q]
+            rp, rq = _match_planes(u_deg[ip], u_deg[iq])
+            ok = np.isfinite(u_deg[ip[rp]]) & np.isfinite(u_deg[iq[rq]])
+            rp, rq = rp[ok], rq[ok]
+            is_wrap = j == n_planes - 1
+            a_l.append(ip[rp])
+            b_l.append(iq[rq])
+            role_l.append(np.full(len(rp), ROLE_INTER, np.uint8))
+            seam_l.append(np.full(len(rp), is_wrap and pattern == "star", bool))
+            drop_l.append(np.full(len(rp), terminals < 3 or (terminals == 3 and (j % 2 == 1 or is_wrap)),
+                                  bool))
+            alt_l.append(np.full(len(rp), alts[k], np.float64))
+            matched_sats.update(ip[rp].tolist())
+            matched_sats.update(iq[rq].tolist())
+        if n_planes >= 2:
+            unmatched += int(in_shell.size - len(matched_sats & set(in_shell.tolist())))
+
+    def cat(parts: list[Any], dtype: Any) -> Any:
+        return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
+
+    a = cat(a_l, np.int32)
+    b = cat(b_l, np.int32)
+    role = cat(role_l, np.uint8)
+    seam = cat(seam_l, bool)
+    dropped = cat(drop_l, bool)
+    alt = cat(alt_l, np.float64)
+    n_dropped = int(dropped.sum())
+    if not keep_dropped:
+        keep = ~dropped
+        a, b, role, seam, dropped, alt = a[keep], b[keep], role[keep], seam[keep], dropped[keep], alt[keep]
+    intra = role == ROLE_INTRA
+    port_a = np.where(intra, "fore", "right")
+    port_b = np.where(intra, "aft", "left")
+    stats = {"links": int(len(a)), "intra": int(intra.sum()), "inter": int((~intra).sum()),
+             "seam": int(seam.sum()), "terminals_dropped": n_dropped, "unmatched": unmatched}
+    log.debug("+Grid: %s", stats)
+    return IslTopology(pairs=np.stack([a, b], axis=1).reshape(-1, 2).astype(np.int32), role=role,
+                       port_a=port_a, port_b=port_b, seam=seam, dropped=dropped, altitude_km=alt,
+                       stats=stats)
+
+
+def _epoch_of(constellation: Any) -> datetime:
+    """A common time for the whole constellation: the first satellite's element epoch."""
+    sat = constellation.satrecs[0]
+    jd = float(sat.jdsatepoch) - 2440587.5 + float(sat.jdsatepochF)
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(days=jd)
+
+
+def plus_grid(constellation: Any, cfg: IslConfig | None = None, *, when: datetime | None = None,
+              keep_dropped: bool = False) -> IslTopology:
+    """The +Grid ISL table of a constellation: fore/aft in each plane, left/right to neighbour planes.
+
+    Links stay within a shell. Intra-plane links join consecutive slots into a ring. Inter-plane
+    links join plane ``p`` to plane ``p + 1``; each satellite is paired with the satellite of the next
+    plane closest in argument of latitude, one-to-one (for a Walker delta this follows the phasing F,
+    also across the wrap from plane P-1 to plane 0; for ragged TLE planes it is a minimum-cost
+    matching, so no satellite ever gets two right or two left partners). A Walker-star shell keeps its
+    P-1 -> 0 links in the table, marked ``seam`` (always down, counted in ``stats["seam"]``).
+
+    Parameters
+    ----------
+    constellation : Constellation
+        Satellites with shell/plane/slot labels.
+    cfg : IslConfig, optional
+        Only ``terminals`` is used here (see :func:`plus_grid_arrays` for the rule with fewer than 4).
+    when : datetime, optional
+        Time at which arguments of latitude are compared; default the first satellite's TLE epoch.
+        Within a shell the planes precess together, so the choice hardly matters.
+    keep_dropped : bool
+        Keep links dropped for lack of terminals, permanently down (TERMINALS).
+
+    Returns
+    -------
+    IslTopology
+    """
+    cfg = cfg or IslConfig()
+    if constellation.n_sats == 0:
+        return plus_grid_arrays(np.empty(0, int), np.empty(0, int), np.empty(0, int), np.empty(0),
+                                tuple(s.pattern for s in constellation.shells))
+    u = constellation.argument_of_latitude_deg(when or _epoch_of(constellation))
+    return plus_grid_arrays(constellation.shell, constellation.plane, constellation.slot, u,
+                            tuple(s.pattern for s in constellation.shells),
+                            tuple(float(s.altitude_km) for s in constellation.shells),
+                            terminals=cfg.terminals, keep_dropped=keep_dropped)
+
+
+def max_isl_range_km(altitude_a_km: Any, altitude_b_km: Any, atmosphere_margin_km: float = 80.0) -> Any:
+    """Longest line of sight between two satellites that stays above ``R + margin``, km.
+
+    ``sqrt((R + h_a)^2 - (R + m)^2) + sqrt((R + h_b)^2 - (R + m)^2)``; NaN if either is below ``m``.
+
+    Examples
+    --------
+    >>> round(float(max_isl_range_km(550.0, 550.0)))
+    5014
+    """
+    rm = EARTH_RADIUS_KM + atmosphere_margin_km
+    ha = np.asarray(altitude_a_km, dtype=np.float64)
+    hb = np.asarray(altitude_b_km, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt((EARTH_RADIUS_KM + ha) ** 2 - rm**2) + np.sqrt((EARTH_RADIUS_KM + hb) ** 2 - rm**2)
+
+
+def _norm(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.sqrt(np.einsum("...i,...i->...", x, x))
+
+
+def los_rate_deg_s(r_a_km: NDArray[np.float64], v_a_km_s: NDArray[np.float64],
+                   r_b_km: NDArray[np.float64], v_b_km_s: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Angular rate of the line of sight a -> b in a's orbital (LVLH) frame, deg/s.
+
+    ``|r_rel x (v_rel - w x r_rel)| / |r_rel|^2`` with ``r_rel = r_b - r_a``, ``v_rel = v_b - v_a``
+    (inertial, e.g. TEME) and ``w = r_a x v_a / |r_a|^2`` the rotation rate of a's orbital frame.
+    Shapes broadcast over leading axes; vectors on the last axis.
+    """
+    r_rel = r_b_km - r_a_km
+    v_rel = v_b_km_s - v_a_km_s
+    w = np.cross(r_a_km, v_a_km_s) / np.einsum("...i,...i->...", r_a_km, r_a_km)[..., None]
+    v_frame = v_rel - np.cross(w, r_rel)
+    d2 = np.einsum("...i,...i->...", r_rel, r_rel)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.degrees(_norm(np.cross(r_rel, v_frame)) / d2)
+
+
+def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None
+               ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """State and delay of every ISL at every step.
+
+    Parameters
+    ----------
+    topo : IslTopology
+        From :func:`plus_grid`.
+    ephem : Ephemeris
+        Needs ``r_teme_km``, ``v_teme_km_s`` (n_sat, n_t, 3), ``r_ecef_km`` (n_sat, n_t, 3), ``valid``
+        (n_sat, n_t) and ``step_s``.
+    cfg : IslConfig, optional
+        Terminal model; default ``IslConfig()``.
+
+    Returns
+    -------
+    state : ndarray, (n_isl, n_t) uint8
+        :class:`Reason` code (precedence in the module docstring).
+    delay_ms : ndarray, (n_isl, n_t) float32
+        ``|r_b - r_a| / c`` in ms at every step, also while the link is down (0 where a position is
+        missing, i.e. state INVALID, so that diffs stay quiet).
+    """
+    cfg = cfg or IslConfig()
+    r = np.asarray(ephem.r_teme_km, dtype=np.float64)
+    v = np.asarray(ephem.v_teme_km_s, dtype=np.float64)
+    valid = np.asarray(ephem.valid, dtype=bool)
+    n_sat, n_t = valid.shape
+    n = topo.n_isl
+    state = np.zeros((n, n_t), np.uint8)
+    delay_ms = np.zeros((n, n_t), np.float32)
+    if n == 0 or n_t == 0:
+        return state, delay_ms
+    if topo.pairs.max() >= n_sat:
+        raise TopologyError(f"ISL table refers to satellite {int(topo.pairs.max())} but the ephemeris "
+                            f"has {n_sat}")
+
+    if cfg.polar_cutoff_deg is not None and np.any(topo.role == ROLE_INTER):
+        lat_deg, _lon, _alt = ecef_to_geodetic(np.asarray(ephem.r_ecef_km, dtype=np.float64))
+        polar_sat = np.abs(lat_deg) > cfg.polar_cutoff_deg
+    else:
+        polar_sat = np.zeros((n_sat, n_t), bool)
+
+    if cfg.max_range_km is not None:
+        max_range = np.full(n, cfg.max_range_km)
+    else:
+        max_range = max_isl_range_km(topo.altitude_km, topo.altitude_km, cfg.atmosphere_margin_km)
+    r_min = EARTH_RADIUS_KM + cfg.atmosphere_margin_km
+
+    for lo in range(0, n, _BLOCK_LINKS):
+        hi = min(n, lo + _BLOCK_LINKS)
+        ia = topo.pairs[lo:hi, 0]
+        ib = topo.pairs[lo:hi, 1]
+        ra, rb = r[ia], r[ib]
+        d = rb - ra
+        dist = _norm(d)
+        delay_ms[lo:hi] = dist / C_KM_S * 1000.0
+        # closest approach of the segment to the Earth's centre
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.clip(-np.einsum("...i,...i->...", ra, d) / (dist**2), 0.0, 1.0)
+        closest = _norm(ra + t[..., None] * d)
+        occluded = closest < r_min
+        with np.errstate(invalid="ignore"):
+            too_far = dist > np.where(np.isnan(max_range[lo:hi]), np.inf, max_range[lo:hi])[:, None]
+        polar = (topo.role[lo:hi] == ROLE_INTER)[:, None] & (polar_sat[ia] | polar_sat[ib])
+        if cfg.max_slew_rate_deg_s is not None:
+            va, vb = v[ia], v[ib]
+            rate = np.fmax(los_rate_deg_s(ra, va, rb, vb), los_rate_deg_s(rb, vb, ra, va))
+            tracking = rate > cfg.max_slew_rate_deg_s
+        else:
+            tracking = np.zeros_like(occluded)
+        invalid = ~(valid[ia] & valid[ib])
+        s = state[lo:hi]
+        # lowest precedence first; later assignments win
+        s[tracking] = Reason.TRACKING
+        s[polar] = Reason.POLAR
+        s[too_far] = Reason.RANGE
+        s[occluded] = Reason.OCCLUDED
+        s[topo.seam[lo:hi]] = Reason.SEAM
+        s[topo.dropped[lo:hi]] = Reason.TERMINALS
+        s[invalid] = Reason.INVALID
+        delay_ms[lo:hi][invalid] = 0.0
+
+    geometric_ok = state == Reason.UP
+    outage = pointing_outages(n, n_t, ephem.step_s, cfg.outage_mtbf_s, cfg.outage_mean_duration_s,
+                              cfg.seed)
+    outage &= geometric_ok
+    acquiring = apply_acquisition(geometric_ok & ~outage, None, steps_for(cfg.acquisition_s, ephem.step_s))
+    state[outage] = Reason.OUTAGE
+    state[acquiring] = Reason.ACQUIRING
+    return state, delay_ms
+
+
+def reason_counts(state: NDArray[np.uint8]) -> dict[str, int]:
+    """Link-steps per reason label (for reports), e.g. ``{"up": 1200, "polar": 40}``."""
+    counts = np.bincount(state.ravel(), minlength=len(Reason))
+    return {Reason(i).label: int(c) for i, c in enumerate(counts) if c}

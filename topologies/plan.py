@@ -1,0 +1,206 @@
+"""From a scenario to a timeline: constellation, propagation, ISLs, gateways, hosts, compute nodes."""
+
+from __future__ import annotations
+
+import logging
+import time as _time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .constellation import Constellation, Shell
+from .errors import ConfigError
+from .frames import ecef_to_geodetic
+from .ground import GroundSite, builtin_cities
+from .gsl import gsl_assign
+from .isl import isl_states, plus_grid
+from .propagate import propagate
+from .scenario import Scenario
+from .timeline import LINK_CLASSES, LINK_ROLES, Node, Reason, Timeline
+
+log = logging.getLogger(__name__)
+
+
+def build_constellation(sc: Scenario) -> Constellation:
+    """The satellites the scenario asks for: a preset, explicit Walker shells, or a TLE file."""
+    from .walker import PRESETS, walker_constellation
+
+    cc = sc.constellation
+    if cc.tle:
+        from .shells import constellation_from_tle
+        from .tle import load_tle
+
+        records = load_tle(sc.resolve(cc.tle))
+        return constellation_from_tle(records, inclination_deg=cc.tle_inclination_deg,
+                                      altitude_km=cc.tle_altitude_km)
+    if cc.shells:
+        shells = [Shell(name=s.name, pattern=s.pattern, altitude_km=s.altitude_km,
+                        inclination_deg=s.inclination_deg, planes=s.planes,
+                        sats_per_plane=s.sats_per_plane, phasing=s.phasing) for s in cc.shells]
+        return walker_constellation(shells, sc.time.start)
+    preset = cc.preset or "starlink-shell1"
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; known presets: {', '.join(sorted(PRESETS))}",
+                          file=sc.source, key="constellation.preset")
+    return walker_constellation([PRESETS[preset]], sc.time.start)
+
+
+def ground_sites(sc: Scenario) -> list[GroundSite]:
+    """Gateways: the first ``ground.cities`` built-in cities, then the scenario's own sites."""
+    sites = [GroundSite(name=f"gs-{s.name}", lat_deg=s.lat_deg, lon_deg=s.lon_deg, alt_m=s.alt_m,
+                        antennas=s.antennas) for s in builtin_cities(sc.ground.cities)]
+    sites += [GroundSite(name=s.name, lat_deg=s.lat_deg, lon_deg=s.lon_deg, alt_m=s.alt_m,
+                         antennas=s.antennas) for s in sc.ground.sites]
+    names = [s.name for s in sites]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"gateway name(s) used twice: {', '.join(sorted(dup))} (a [[ground.sites]] entry "
+                          f"clashes with a built-in city)", file=sc.source, key="ground.sites")
+    return sites
+
+
+@dataclass(frozen=True)
+class PlanTimings:
+    constellation_s: float
+    propagate_s: float
+    isl_s: float
+    gsl_s: float
+    assemble_s: float
+
+
+def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> Timeline:
+    """Compute the whole timeline of a scenario (no root, no kernel).
+
+    Raises
+    ------
+    ConfigError
+        A name the scenario refers to does not exist (a host's gateway, a compute node's satellite).
+    """
+    t0 = _time.perf_counter()
+    const = constellation if constellation is not None else build_constellation(sc)
+    t1 = _time.perf_counter()
+    n_steps = sc.time.n_steps
+    eph = propagate(const, sc.time.start, sc.time.step_s, n_steps)
+    t2 = _time.perf_counter()
+    isl_cfg = sc.isl_config()
+    topo = plus_grid(const, isl_cfg)
+    isl_state, isl_delay = isl_states(topo, eph, isl_cfg)
+    t3 = _time.perf_counter()
+    sites = ground_sites(sc)
+    gsl_cfg = sc.gsl_config()
+    gsl = gsl_assign(sites, eph, gsl_cfg)
+    t4 = _time.perf_counter()
+
+    n_sat = const.n_sats
+    nodes: list[Node] = []
+    for i, name in enumerate(const.names):
+        nodes.append(Node(name, "sat", {"shell": int(const.shell[i]), "plane": int(const.plane[i]),
+                                        "slot": int(const.slot[i])}))
+    gw_index: dict[str, int] = {}
+    for s in sites:
+        gw_index[s.name] = len(nodes)
+        nodes.append(Node(s.name, "gateway", {"lat_deg": s.lat_deg, "lon_deg": s.lon_deg, "alt_m": s.alt_m,
+                                              "antennas": s.antennas or gsl_cfg.antennas}))
+    sat_index = {name: i for i, name in enumerate(const.names)}
+
+    # hosts: the scenario's, plus one behind every gateway that has none
+    hosts = [(h.name, h.gateway, f"hosts[{i}]") for i, h in enumerate(sc.hosts)]
+    taken = {h[0] for h in hosts} | set(gw_index) | set(sat_index)
+    if sc.ground.host_per_gateway:
+        with_host = {h[1] for h in hosts}
+        for s in sites:
+            if s.name not in with_host:
+                name = "h-" + (s.name[3:] if s.name.startswith("gs-") else s.name)
+                if name not in taken:
+                    hosts.append((name, s.name, "ground"))
+                    taken.add(name)
+    access: list[tuple[int, int]] = []
+    for name, gw, key in hosts:
+        if gw not in gw_index:
+            raise ConfigError(f"host {name!r} names gateway {gw!r}, which does not exist; gateways: "
+                              f"{', '.join(sorted(gw_index)) or 'none'}", file=sc.source,
+                              key=f"{key}.gateway")
+        if name in sat_index or name in gw_index:
+            raise ConfigError(f"host name {name!r} is already a node's name", file=sc.source, key=f"{key}.name")
+        access.append((len(nodes), gw_index[gw]))
+        nodes.append(Node(name, "host", {"gateway": gw}))
+    for i, c in enumerate(sc.compute):
+        if c.satellite not in sat_index:
+            example = ", ".join(const.names[:3])
+            raise ConfigError(f"compute node {c.name!r} names satellite {c.satellite!r}, which does not exist "
+                              f"(satellites are named like {example}, ...)", file=sc.source,
+                              key=f"compute[{i}].satellite")
+        if c.name in taken:
+            raise ConfigError(f"compute node name {c.name!r} is already a node's name", file=sc.source,
+                              key=f"compute[{i}].name")
+        access.append((len(nodes), sat_index[c.satellite]))
+        nodes.append(Node(c.name, "compute", {"satellite": c.satellite}))
+
+    # link table: ISLs, then gateway antennas, then access links
+    n_isl = len(topo.pairs)
+    n_gsl = len(gsl.site)
+    n_acc = len(access)
+    n_links = n_isl + n_gsl + n_acc
+    link_a = np.empty(n_links, np.int32)
+    link_class = np.empty(n_links, np.uint8)
+    link_role = np.empty(n_links, np.uint8)
+    state = np.empty((n_links, n_steps), np.uint8)
+    peer = np.empty((n_links, n_steps), np.int32)
+    delay = np.empty((n_links, n_steps), np.float32)
+    rate = np.empty((n_links, n_steps), np.float32)
+    loss = np.empty((n_links, n_steps), np.float32)
+
+    isl = slice(0, n_isl)
+    link_a[isl] = topo.pairs[:, 0]
+    link_class[isl] = LINK_CLASSES.index("isl")
+    link_role[isl] = topo.role
+    state[isl] = isl_state
+    peer[isl] = topo.pairs[:, 1:2]
+    delay[isl] = isl_delay
+    rate[isl] = isl_cfg.rate_mbps
+    loss[isl] = isl_cfg.loss_pct
+
+    gs = slice(n_isl, n_isl + n_gsl)
+    link_a[gs] = np.array([gw_index[sites[s].name] for s in gsl.site], np.int32)
+    link_class[gs] = LINK_CLASSES.index("gsl")
+    link_role[gs] = LINK_ROLES.index("gsl")
+    state[gs] = gsl.state
+    peer[gs] = gsl.peer
+    delay[gs] = gsl.delay_ms
+    rate[gs] = gsl_cfg.rate_mbps
+    loss[gs] = gsl_cfg.loss_pct
+
+    ac = slice(n_isl + n_gsl, n_links)
+    if n_acc:
+        acc = np.array(access, np.int32)
+        link_a[ac] = acc[:, 0]
+        peer[ac] = acc[:, 1:2]
+    link_class[ac] = LINK_CLASSES.index("access")
+    link_role[ac] = LINK_ROLES.index("access")
+    state[ac] = Reason.UP
+    delay[ac] = 0.0
+    rate[ac] = sc.emulation.access_rate_mbps
+    loss[ac] = 0.0
+
+    lat, lon, alt = ecef_to_geodetic(eph.r_ecef_km)
+    sat_lla = np.stack([lat, lon, alt], axis=-1).astype(np.float32)
+    t5 = _time.perf_counter()
+
+    report: dict[str, Any] = {
+        "constellation": {
+            "source": const.source,
+            "satellites": n_sat,
+            "shells": [s.__dict__ | {} for s in const.shells] if hasattr(const.shells[0], "__dict__") else [],
+            "planes": int(sum(len(set(const.plane[const.shell == k].tolist()))
+                              for k in range(len(const.shells)))),
+            "excluded": dict(const.excluded),
+        },
+        "timings_s": {"constellation": t1 - t0, "propagate": t2 - t1, "isl": t3 - t2, "gsl": t4 - t3,
+                      "assemble": t5 - t4},
+    }
+    if hasattr(topo, "stats"):
+        report["isl_topology"] = topo.stats
+    return Timeline(start=sc.time.start, step_s=sc.time.step_s, nodes=nodes, link_a=link_a,
+                    link_class=link_class, link_role=link_role, state=state, peer=peer, delay_ms=delay,
+                    rate_mbps=rate, loss_pct=loss, sat_lla=sat_lla, scenario=sc.raw, report=report)

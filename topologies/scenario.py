@@ -1,0 +1,544 @@
+"""The scenario file: a TOML description of one experiment, loaded and validated in one place.
+
+Every section maps onto a frozen dataclass. Loading checks every key against that dataclass: an
+unknown key, a value of the wrong type or out of range is a :class:`ConfigError` that names the file,
+the line, the key and what is allowed. With no file, :func:`default_scenario` gives the built-in one.
+
+Example (every section is optional; missing keys take the defaults documented in README.md)::
+
+    name = "two-cities"
+
+    [time]
+    start = "2023-07-18T12:00:00Z"
+    duration_s = 120
+    step_s = 1.0
+
+    [constellation]
+    preset = "starlink-shell1"          # or: tle = "starlink.tle", tle_inclination_deg = 53.0
+
+    [isl]
+    acquisition_s = 2.0
+
+    [gsl]
+    min_elevation_deg = 25.0
+
+    [[ground.sites]]
+    name = "gs-london"
+    lat_deg = 51.5
+    lon_deg = -0.13
+
+    [[hosts]]
+    name = "h-london"
+    gateway = "gs-london"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+#: Node names end up in interface labels, process titles and command lines: keep them boring.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+NAME_RULE = "lower-case letters, digits and '-', starting with a letter, at most 31 characters"
+
+DEFAULT_START = datetime(2023, 7, 18, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def check_name(name: Any, what: str, ctx: "_Ctx", key: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ctx.error(f"{what} name {name!r} is not allowed: use {NAME_RULE}", key)
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimeConfig:
+    start: datetime = DEFAULT_START
+    duration_s: float = 60.0
+    step_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.step_s <= 3600:
+            raise ValueError(f"step_s must be in (0, 3600], got {self.step_s}")
+        if not 0 < self.duration_s <= 7 * 86400:
+            raise ValueError(f"duration_s must be in (0, 604800], got {self.duration_s}")
+        if self.duration_s < self.step_s:
+            raise ValueError(f"duration_s ({self.duration_s}) is shorter than step_s ({self.step_s})")
+
+    @property
+    def n_steps(self) -> int:
+        return max(1, int(round(self.duration_s / self.step_s)))
+
+
+@dataclass(frozen=True)
+class ShellSpec:
+    """One Walker shell given in full in the scenario."""
+
+    name: str = "shell"
+    pattern: str = "delta"
+    altitude_km: float = 550.0
+    inclination_deg: float = 53.0
+    planes: int = 72
+    sats_per_plane: int = 22
+    phasing: int = 1
+
+    def __post_init__(self) -> None:
+        if self.pattern not in ("delta", "star"):
+            raise ValueError(f"pattern must be 'delta' or 'star', got {self.pattern!r}")
+        if not 160 <= self.altitude_km <= 2000:
+            raise ValueError(f"altitude_km must be in [160, 2000] (LEO), got {self.altitude_km}")
+        if not 0 <= self.inclination_deg <= 180:
+            raise ValueError(f"inclination_deg must be in [0, 180], got {self.inclination_deg}")
+        if not 1 <= self.planes <= 1000:
+            raise ValueError(f"planes must be in [1, 1000], got {self.planes}")
+        if not 1 <= self.sats_per_plane <= 1000:
+            raise ValueError(f"sats_per_plane must be in [1, 1000], got {self.sats_per_plane}")
+        if not 0 <= self.phasing < max(self.planes, 1):
+            raise ValueError(f"phasing F must be in [0, planes-1] = [0, {self.planes - 1}], got {self.phasing}")
+
+
+@dataclass(frozen=True)
+class ConstellationConfig:
+    preset: str | None = None
+    shells: tuple[ShellSpec, ...] = ()
+    tle: str | None = None
+    tle_inclination_deg: float | None = None
+    tle_altitude_km: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k, v in (("preset", self.preset), ("shells", self.shells), ("tle", self.tle)) if v]
+        if len(given) > 1:
+            raise ValueError(f"give only one of preset, shells and tle (got {', '.join(given)})")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    name: str
+    lat_deg: float
+    lon_deg: float
+    alt_m: float = 0.0
+    antennas: int | None = None
+
+    def __post_init__(self) -> None:
+        if not -90 <= self.lat_deg <= 90:
+            raise ValueError(f"lat_deg must be in [-90, 90], got {self.lat_deg}")
+        if not -180 <= self.lon_deg <= 360:
+            raise ValueError(f"lon_deg must be in [-180, 360], got {self.lon_deg}")
+        if not -500 <= self.alt_m <= 9000:
+            raise ValueError(f"alt_m must be in [-500, 9000], got {self.alt_m}")
+        if self.antennas is not None and not 1 <= self.antennas <= 16:
+            raise ValueError(f"antennas must be in [1, 16], got {self.antennas}")
+
+
+@dataclass(frozen=True)
+class GroundConfig:
+    #: how many of the built-in 100 most populous cities become gateways (first N by population)
+    cities: int = 0
+    sites: tuple[SiteSpec, ...] = ()
+    #: one ground host behind every gateway, named h-<gateway without 'gs-'>
+    host_per_gateway: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cities <= 100:
+            raise ValueError(f"cities must be in [0, 100] (the built-in list has 100), got {self.cities}")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    name: str
+    satellite: str
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    protocol: str = "shortest-delay"
+
+
+@dataclass(frozen=True)
+class EmulationConfig:
+    shaper: str = "auto"
+    speed: float = 1.0
+    #: a delay change smaller than this (against what is applied) is not pushed to the kernel
+    delay_tolerance_ms: float = 0.01
+    #: rate of the access links (host to gateway, compute node to satellite)
+    access_rate_mbps: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.shaper not in ("auto", "netem", "userspace"):
+            raise ValueError(f"shaper must be one of auto, netem, userspace; got {self.shaper!r}")
+        if not 0.01 <= self.speed <= 100:
+            raise ValueError(f"speed must be in [0.01, 100], got {self.speed}")
+        if not 0 <= self.delay_tolerance_ms <= 1:
+            raise ValueError(f"delay_tolerance_ms must be in [0, 1], got {self.delay_tolerance_ms}")
+        if not 0 < self.access_rate_mbps <= 100_000:
+            raise ValueError(f"access_rate_mbps must be in (0, 100000], got {self.access_rate_mbps}")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """A measurement flow (issue 5 adds more kinds)."""
+
+    src: str
+    dst: str
+    kind: str = "ping"
+    start_s: float = 0.0
+    duration_s: float | None = None
+    rate_pps: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ping",):
+            raise ValueError(f"kind must be 'ping', got {self.kind!r}")
+        if self.start_s < 0:
+            raise ValueError(f"start_s must be >= 0, got {self.start_s}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+        if not 0 < self.rate_pps <= 1000:
+            raise ValueError(f"rate_pps must be in (0, 1000], got {self.rate_pps}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "default"
+    seed: int = 1
+    time: TimeConfig = TimeConfig()
+    constellation: ConstellationConfig = ConstellationConfig()
+    isl: dict[str, Any] = field(default_factory=dict)
+    gsl: dict[str, Any] = field(default_factory=dict)
+    ground: GroundConfig = GroundConfig()
+    hosts: tuple[HostSpec, ...] = ()
+    compute: tuple[ComputeSpec, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
+    emulation: EmulationConfig = EmulationConfig()
+    probes: tuple[ProbeSpec, ...] = ()
+    #: where the scenario came from (file path or "<built-in>"); relative paths resolve against its folder
+    source: str = "<built-in>"
+    #: the raw TOML table, kept so a run folder can store exactly what was asked
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).parent if self.source != "<built-in>" else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def isl_config(self):
+        from .isl import IslConfig
+        return _build_from(IslConfig, self.isl, _Ctx(self.source, None), "isl")
+
+    def gsl_config(self):
+        from .gsl import GslConfig
+        return _build_from(GslConfig, self.gsl, _Ctx(self.source, None), "gsl")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+class _Ctx:
+    """Where values come from, to say so in errors."""
+
+    def __init__(self, file: str, text: str | None) -> None:
+        self.file = file
+        self.lines = text.splitlines() if text else []
+
+    def line_of(self, dotted: str) -> int | None:
+        """Best-effort line number of a dotted key (``gsl.min_elevation_deg``, ``hosts[1].name``)."""
+        if not self.lines:
+            return None
+        parts = dotted.split(".")
+        last = re.sub(r"\[\d+\]$", "", parts[-1])
+        tables = [re.sub(r"\[(\d+)\]$", "", p) for p in parts[:-1]]
+        index = [int(m.group(1)) if (m := re.search(r"\[(\d+)\]$", p)) else 0 for p in parts[:-1]]
+        start = 0
+        if tables:
+            header = ".".join(tables)
+            seen = -1
+            want = index[-1]
+            for i, line in enumerate(self.lines):
+                s = line.strip()
+                if s in (f"[{header}]", f"[[{header}]]"):
+                    seen += 1
+                    if seen == want:
+                        start = i + 1
+                        break
+            else:
+                # key given inline (e.g. ``isl = { ... }``) or as a dotted key
+                for i, line in enumerate(self.lines):
+                    if re.match(rf"^\s*{re.escape(tables[0])}\s*[.=]", line):
+                        return i + 1
+                return None
+        for i in range(start, len(self.lines)):
+            s = self.lines[i].strip()
+            if i > start and s.startswith("[") and tables:
+                break
+            if re.match(rf"^{re.escape(last)}\s*=", s):
+                return i + 1
+        return None
+
+    def error(self, message: str, key: str) -> ConfigError:
+        return ConfigError(message, file=self.file, line=self.line_of(key), key=key)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_type(value: Any, tp: Any, ctx: _Ctx, key: str) -> Any:
+    """Check ``value`` against a dataclass field annotation; coerce int->float and str->datetime."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, ctx, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ctx.error(f"expected {' or '.join(_type_name(a) for a in args if a is not type(None))}, "
+                        f"got {type(value).__name__} {value!r}", key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.error(f"expected a number, got {type(value).__name__} {value!r}", key)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ctx.error(f"expected an integer, got {type(value).__name__} {value!r}", key)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ctx.error(f"expected true or false, got {type(value).__name__} {value!r}", key)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ctx.error(f"expected a string, got {type(value).__name__} {value!r}", key)
+        return value
+    if tp is datetime:
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime.combine(value, time(0), tzinfo=timezone.utc)
+        if isinstance(value, str):
+            try:
+                d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ctx.error(f"expected a UTC date-time like 2023-07-18T12:00:00Z, got {value!r}",
+                                key) from None
+            return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+        raise ctx.error(f"expected a UTC date-time like 2023-07-18T12:00:00Z, got {value!r}", key)
+    if tp is typing.Any or tp is dict or typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ctx.error(f"expected a table, got {type(value).__name__}", key)
+        return value
+    raise TypeError(f"scenario loader does not handle field type {tp!r} ({key})")
+
+
+def _build_from(cls: type, table: Any, ctx: _Ctx, key: str,
+                nested: dict[str, Any] | None = None) -> Any:
+    """Construct dataclass ``cls`` from a TOML table, checking keys and types against its fields."""
+    if not isinstance(table, dict):
+        raise ctx.error(f"expected a table, got {type(table).__name__} {table!r}", key)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    nested = nested or {}
+    for k in table:
+        if k not in fields or k in ("source", "raw"):
+            allowed = ", ".join(sorted(n for n in fields if n not in ("source", "raw")))
+            raise ctx.error(f"unknown key '{k}' in [{key}]; allowed keys: {allowed}",
+                            f"{key}.{k}" if key else k)
+    kwargs: dict[str, Any] = {}
+    for k, v in table.items():
+        sub = f"{key}.{k}" if key else k
+        if k in nested:
+            kwargs[k] = nested[k](v, ctx, sub)
+        else:
+            kwargs[k] = _check_type(v, hints[k], ctx, sub)
+    missing = [n for n, f in fields.items()
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and n not in kwargs]
+    if missing:
+        raise ctx.error(f"missing required key(s): {', '.join(missing)}", f"{key}.{missing[0]}" if key
+                        else missing[0])
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(str(e), file=ctx.file, line=ctx.line_of(f"{key}.{e.key}") if e.key else None,
+                          key=f"{key}.{e.key}" if e.key else key) from None
+    except (ValueError, TypeError) as e:
+        # a __post_init__ check: find which key it names, for the line number
+        msg = str(e)
+        named = next((k for k in table if re.match(rf"^{re.escape(k)}\b", msg)), None)
+        where = f"{key}.{named}" if named else key
+        raise ctx.error(msg, where) from None
+
+
+def _list_of(cls: type, check: Any = None):
+    def build(value: Any, ctx: _Ctx, key: str) -> tuple:
+        if not isinstance(value, list):
+            raise ctx.error(f"expected an array of tables ([[{key}]]), got {type(value).__name__}", key)
+        items = tuple(_build_from(cls, v, ctx, f"{key}[{i}]") for i, v in enumerate(value))
+        if check:
+            for i, item in enumerate(items):
+                check(item, ctx, f"{key}[{i}]")
+        return items
+    return build
+
+
+def _check_named(item: Any, ctx: _Ctx, key: str) -> None:
+    check_name(item.name, key.split("[")[0].split(".")[-1].rstrip("s"), ctx, f"{key}.name")
+
+
+def _table(cls: type, nested: dict[str, Any] | None = None):
+    return lambda value, ctx, key: _build_from(cls, value, ctx, key, nested)
+
+
+def _raw_table(value: Any, ctx: _Ctx, key: str) -> dict[str, Any]:
+    """[isl] and [gsl] are checked against their dataclasses when the plan is built (lazily, so this
+    module loads without them); here only the shape is checked, then validated at once below."""
+    if not isinstance(value, dict):
+        raise ctx.error(f"expected a table, got {type(value).__name__}", key)
+    return dict(value)
+
+
+def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
+    nested = {
+        "time": _table(TimeConfig),
+        "constellation": _table(ConstellationConfig, {"shells": _list_of(ShellSpec)}),
+        "isl": _raw_table,
+        "gsl": _raw_table,
+        "ground": _table(GroundConfig, {"sites": _list_of(SiteSpec, _check_named)}),
+        "hosts": _list_of(HostSpec, _check_named),
+        "compute": _list_of(ComputeSpec, _check_named),
+        "routing": _table(RoutingConfig),
+        "emulation": _table(EmulationConfig),
+        "probes": _list_of(ProbeSpec),
+    }
+    sc = _build_from(Scenario, table, ctx, "", nested)
+    sc = dataclasses.replace(sc, source=ctx.file, raw=table)
+    # validate the link sections now, so a bad [isl]/[gsl] key fails at load time with its line
+    from .gsl import GslConfig
+    from .isl import IslConfig
+    _build_from(IslConfig, sc.isl, ctx, "isl")
+    _build_from(GslConfig, sc.gsl, ctx, "gsl")
+    _check_references(sc, ctx)
+    return sc
+
+
+def _check_references(sc: Scenario, ctx: _Ctx) -> None:
+    """Names must be unique; hosts must name a gateway; probes must name known endpoints."""
+    seen: dict[str, str] = {}
+
+    def claim(name: str, key: str) -> None:
+        if name in seen:
+            raise ctx.error(f"name '{name}' is used twice (also at {seen[name]})", key)
+        seen[name] = key
+
+    for i, s in enumerate(sc.ground.sites):
+        claim(s.name, f"ground.sites[{i}].name")
+    for i, h in enumerate(sc.hosts):
+        claim(h.name, f"hosts[{i}].name")
+    for i, c in enumerate(sc.compute):
+        claim(c.name, f"compute[{i}].name")
+    if sc.constellation.tle:
+        p = sc.resolve(sc.constellation.tle)
+        if not p.is_file():
+            raise ctx.error(f"TLE file {str(p)!r} does not exist", "constellation.tle")
+
+
+def scenario_from_table(table: dict[str, Any], source: str) -> Scenario:
+    """Validate an already-parsed scenario table (e.g. the copy embedded in a saved timeline)."""
+    return _scenario_from_table(table, _Ctx(source, None))
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load and validate a scenario TOML file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, not TOML, or has an unknown key, a wrong type or an out-of-range value; the
+        message names the file, the line and the key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("scenario file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read scenario: {e}", file=str(path)) from None
+    return parse_scenario(text, str(path))
+
+
+def parse_scenario(text: str, source: str = "<string>") -> Scenario:
+    ctx = _Ctx(source, text)
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ConfigError(f"not valid TOML: {e}", file=source,
+                          line=int(m.group(1)) if m else None) from None
+    return _scenario_from_table(table, ctx)
+
+
+DEFAULT_SCENARIO_TOML = """\
+# The built-in default scenario: Starlink's first shell (72 planes x 22 satellites, 550 km, 53 deg),
+# two gateways an ocean apart, a ground host behind each and a compute node in orbit.
+name = "default"
+seed = 1
+
+[time]
+start = "2023-07-18T12:00:00Z"
+duration_s = 60
+step_s = 1.0
+
+[constellation]
+preset = "starlink-shell1"
+
+[[ground.sites]]
+name = "gs-london"
+lat_deg = 51.5074
+lon_deg = -0.1278
+
+[[ground.sites]]
+name = "gs-new-york"
+lat_deg = 40.7128
+lon_deg = -74.0060
+
+[[compute]]
+name = "dc-0-0"
+satellite = "sat-0-0"
+
+[[probes]]
+src = "h-london"
+dst = "h-new-york"
+
+[[probes]]
+src = "h-london"
+dst = "dc-0-0"
+"""
+
+
+def default_scenario() -> Scenario:
+    """The built-in scenario used when no file is given."""
+    return parse_scenario(DEFAULT_SCENARIO_TOML, "<built-in>")
