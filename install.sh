@@ -22,6 +22,8 @@ apt_packages=(
   bird2
   # the netem test VM: a stock Debian kernel booted under qemu (the host kernel may lack sch_netem)
   qemu-system-x86 linux-image-amd64 busybox-static cpio
+  # checks of the lab and scripts
+  vagrant shellcheck
 )
 
 say() { printf 'install.sh: %s\n' "$*"; }
@@ -56,7 +58,7 @@ stamp="$venv/.satnetem-installed"
 if [ ! -f "$stamp" ] || [ "$here/setup.cfg" -nt "$stamp" ] || [ "$here/install.sh" -nt "$stamp" ]; then
   say "installing satnetem and its Python dependencies into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
-  "$venv/bin/python" -m pip install -q -e "$here[test]"
+  "$venv/bin/python" -m pip install -q -e "${here}[test]"
   touch "$stamp"
 else
   say "Python environment up to date"

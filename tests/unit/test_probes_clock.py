@@ -1,0 +1,48 @@
+"""Ping output parsing and the playback clock (no root)."""
+
+import time
+
+import numpy as np
+
+from emulator.clock import Playback
+from emulator.probes import parse_ping
+
+PING = """PING 10.1.0.3 (10.1.0.3) 56(84) bytes of data.
+[1700000000.120000] 64 bytes from 10.1.0.3: icmp_seq=1 ttl=58 time=20.0 ms
+[1700000000.330000] 64 bytes from 10.1.0.3: icmp_seq=2 ttl=58 time=30.0 ms
+[1700000000.720000] 64 bytes from 10.1.0.3: icmp_seq=4 ttl=58 time=20.5 ms
+
+--- 10.1.0.3 ping statistics ---
+5 packets transmitted, 3 received, 40% packet loss, time 801ms
+"""
+
+
+def test_parse_ping_marks_lost_requests_and_send_times():
+    s = parse_ping(PING, start_unix_s=1700000000.1, interval_s=0.2)
+    assert s.seq.tolist() == [1, 2, 3, 4, 5]
+    assert s.lost == 2
+    assert np.isnan(s.rtt_ms[2]) and np.isnan(s.rtt_ms[4])
+    assert s.rtt_ms[1] == 30.0
+    assert abs(s.sent_unix_s[0] - 1700000000.100) < 1e-6  # reply time minus RTT
+    assert abs(s.sent_unix_s[2] - (1700000000.1 + 2 * 0.2)) < 1e-6  # lost: from the schedule
+
+
+def test_playback_applies_every_step_on_time_and_records_lateness():
+    applied = []
+    pb = Playback(step_s=0.05, first=0, last=6, apply=lambda k: applied.append((k, time.monotonic())) or {})
+    t0 = time.monotonic()
+    pb.run(t0)
+    assert [k for k, _ in applied] == [1, 2, 3, 4, 5, 6]
+    for k, t in applied:
+        assert t >= t0 + k * 0.05 - 1e-3  # never early
+    s = pb.lateness_summary()
+    assert s["steps"] == 6 and s["late_ms_median"] >= 0
+
+
+def test_playback_speed_and_stop():
+    pb = Playback(step_s=1.0, first=0, last=1000, apply=lambda k: {}, speed=20.0)
+    pb.on_step = lambda rec: pb.stop() if rec.step == 3 else None
+    t = time.monotonic()
+    pb.run()
+    assert [r.step for r in pb.records] == [1, 2, 3]
+    assert time.monotonic() - t < 1.0  # 3 steps of 1 s at speed 20 = 0.15 s
