@@ -63,7 +63,7 @@ def _stats(x: np.ndarray) -> dict[str, float | None]:
 
 def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """What a user wants to know about a timeline, as a JSON-able dict."""
-    from routing.graph import path_delays_ms
+    from routing.paths import path_delays_ms
 
     isl = tl.link_class == LINK_CLASSES.index("isl")
     gsl = tl.link_class == LINK_CLASSES.index("gsl")

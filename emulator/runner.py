@@ -119,7 +119,7 @@ def _require_root() -> None:
 
 def predicted_rtt_ms(tl: Timeline, src: str, dst: str) -> np.ndarray:
     """(n_steps,) RTT along the shortest-delay path both ways, NaN where unreachable."""
-    from routing.graph import path_delays_ms
+    from routing.paths import path_delays_ms
 
     a, b = tl.node_index(src), tl.node_index(dst)
     return path_delays_ms(tl, a, b) + path_delays_ms(tl, b, a)

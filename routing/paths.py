@@ -1,0 +1,67 @@
+"""Paths over a whole timeline: predicted one-way delay between two nodes at every step, the path
+itself at one step, and the path a route table actually installs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from topologies.timeline import Timeline
+
+from .base import RouteTable
+from .graph import build_graph, next_hops, path, path_delay_ms
+
+
+def path_delays_ms(tl: Timeline, src: int, dst: int, metric: str = "delay") -> np.ndarray:
+    """One-way delay (ms) along the shortest path from ``src`` to ``dst`` at every step.
+
+    Returns
+    -------
+    ndarray, shape (n_steps,), float64
+        Sum of the link delays along the path (the metric only chooses the path); NaN where
+        ``dst`` is unreachable.
+    """
+    out = np.full(tl.n_steps, np.nan)
+    n = len(tl.nodes)
+    for k in range(tl.n_steps):
+        snap = tl.snapshot(k)
+        _, links, w = path(build_graph(tl.link_a, snap, n, metric), src, dst)
+        if np.isfinite(w):
+            out[k] = path_delay_ms(snap, links)
+    return out
+
+
+def shortest_path(tl: Timeline, src: int, dst: int, step: int, metric: str = "delay") -> list[int]:
+    """Node indices of the shortest path at ``step`` (empty if unreachable)."""
+    nodes, _, _ = path(build_graph(tl.link_a, tl.snapshot(step), len(tl.nodes), metric), src, dst)
+    return nodes
+
+
+def table_path(table: RouteTable, src: int, dst: int, max_hops: int = 10_000) -> tuple[list[int], list[int]]:
+    """Follow a route table's next hops from ``src`` to ``dst``: (nodes, links); empty if no route.
+
+    Raises
+    ------
+    ValueError
+        The table loops (a next hop revisits a node).
+    """
+    rows = np.flatnonzero(table.destinations == dst)
+    if not len(rows):
+        return [], []
+    r = rows[0]
+    nodes, links = [src], []
+    v = src
+    seen = {src}
+    while v != dst:
+        nh = int(table.next_hop[r, v])
+        if nh < 0:
+            return [], []
+        links.append(int(table.link[r, v]))
+        v = nh
+        if v in seen or len(nodes) > max_hops:
+            raise ValueError(f"route table of step {table.step} loops at node {v} towards {dst}")
+        seen.add(v)
+        nodes.append(v)
+    return nodes, links
+
+
+__all__ = ["path_delays_ms", "shortest_path", "table_path", "next_hops"]
