@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,8 +33,8 @@ def as_utc(when: datetime) -> datetime:
     if not isinstance(when, datetime):
         raise ConfigError(f"expected a datetime, got {type(when).__name__}", key="start")
     if when.tzinfo is None:
-        return when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
 
 
 def julian_date(when: datetime) -> tuple[float, float]:
@@ -54,7 +54,7 @@ def julian_date(when: datetime) -> tuple[float, float]:
 
 def datetime_from_jd(jd: float, fr: float) -> datetime:
     """Inverse of :func:`julian_date` (to the microsecond), an aware UTC datetime."""
-    base = datetime(2000, 1, 1, 12, tzinfo=timezone.utc)  # JD 2451545.0
+    base = datetime(2000, 1, 1, 12, tzinfo=UTC)  # JD 2451545.0
     days = (jd - 2451545.0) + fr
     return base + timedelta(microseconds=round(days * 86_400e6))
 
