@@ -12,10 +12,14 @@ percentage for netem loss -- pyroute2 turns it into a u32 fraction).
 
 from __future__ import annotations
 
+import errno
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from topologies.errors import ConfigError
 
@@ -100,7 +104,7 @@ class Shaper(ABC):
     def forget(self, port: Port) -> None:
         """The interface is gone or moved to another namespace: the next ``set`` on it adds again."""
 
-    def release_node(self, node: str, ns_path: str) -> None:  # noqa: B027 - optional hook
+    def release_node(self, node: str, ns_path: str) -> None:
         """The namespace is being torn down: drop whatever the backend holds in it (default: nothing)."""
 
     @abstractmethod
@@ -113,7 +117,7 @@ class Shaper(ABC):
 
 def rate_bytes_per_s(rate_mbps: float) -> int:
     """Mbit/s -> bytes per second, as htb's u32 ``rate`` field wants it."""
-    return max(1, int(round(rate_mbps * 1e6 / 8)))
+    return max(1, round(rate_mbps * 1e6 / 8))
 
 
 def htb_class_kwargs(shape: LinkShape, mtu_bytes: int = 1500) -> dict[str, Any]:
@@ -151,7 +155,7 @@ def netem_kwargs(shape: LinkShape) -> dict[str, Any]:
     """
     return {
         "parent": CLASS_HANDLE,
-        "delay": int(round(shape.delay_ms * 1000)),  # us
+        "delay": round(shape.delay_ms * 1000),  # us
         "loss": float(shape.loss_pct),  # percent
         "limit": netem_limit_packets(shape),  # packets
     }
@@ -164,7 +168,13 @@ def apply_htb(ipr: Any, ifindex: int, shape: LinkShape, first: bool) -> None:
     otherwise the class is changed in place.
     """
     if first:
-        ipr.tc("replace", "htb", ifindex, ROOT_HANDLE, default=CLASS_HANDLE & 0xFFFF)
+        # sch_htb has no "change" operation, so "replace" on a live htb root fails (EINVAL). A root left
+        # by an earlier run (EEXIST) is kept and its class replaced in place below.
+        try:
+            ipr.tc("add", "htb", ifindex, ROOT_HANDLE, default=CLASS_HANDLE & 0xFFFF)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
         ipr.tc("replace-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))
     else:
         ipr.tc("change-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))

@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -81,9 +81,9 @@ NFTA_CMP_OP = 2
 NFTA_CMP_DATA = 3
 NFT_CMP_NEQ = 1
 NFTA_DATA_VALUE = 1
-NFTA_QUEUE_NUM = 1
-NFTA_QUEUE_TOTAL = 2
-NFTA_QUEUE_FLAGS = 3
+NFTA_TARGET_NAME = 1
+NFTA_TARGET_REV = 2
+NFTA_TARGET_INFO = 3
 NF_INET_POST_ROUTING = 4
 NF_IP_PRI_MANGLE = -150
 LOOPBACK_IFINDEX = 1  # lo is the first device of every network namespace
@@ -214,7 +214,7 @@ def nft_queue_ruleset(table: str, queue_num: int, seq: int, install: bool = True
 
         table inet <table> {
             chain postrouting { type filter hook postrouting priority mangle; policy accept;
-                                meta oif != lo queue num <queue_num> }
+                                meta oif != lo xt target NFQUEUE --queue-num <queue_num> }
         }
 
     Adding the table, deleting it and adding it again in one batch makes installation idempotent.
@@ -239,8 +239,11 @@ def nft_queue_ruleset(table: str, queue_num: int, seq: int, install: bool = True
             _expr("meta", attr_be32(NFTA_META_KEY, NFT_META_OIF), attr_be32(NFTA_META_DREG, NFT_REG_1)),
             _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, NFT_CMP_NEQ),
                   nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", LOOPBACK_IFINDEX)))),
-            _expr("queue", attr_be16(NFTA_QUEUE_NUM, queue_num), attr_be16(NFTA_QUEUE_TOTAL, 1),
-                  attr_be16(NFTA_QUEUE_FLAGS, 0)),
+            # The native "queue" expression (nft_queue) is often not built; the xtables NFQUEUE target
+            # through nft_compat (what iptables-nft uses) is. xt_NFQ_info_v3: queuenum, queues_total,
+            # flags (u16 each), padded to 8 bytes.
+            _expr("target", attr_str(NFTA_TARGET_NAME, "NFQUEUE"), attr_be32(NFTA_TARGET_REV, 3),
+                  attr(NFTA_TARGET_INFO, struct.pack("=HHHxx", queue_num, 1, 0))),
         )
         msgs.append(nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, fl | NLM_F_CREATE | NLM_F_APPEND, seq + 5,
                           NFPROTO_INET, 0, attr_str(NFTA_RULE_TABLE, table)
@@ -285,7 +288,7 @@ def request(sock: socket.socket, data: bytes, seqs: set[int], timeout_s: float =
                 if a != 0:
                     raise OSError(-a, f"netlink request seq {b}: {os.strerror(-a)}")
                 pending.discard(b)
-    except socket.timeout:
+    except TimeoutError:
         raise OSError(errno.ETIMEDOUT, f"no netlink ack for seq {sorted(pending)}") from None
     finally:
         sock.settimeout(old)

@@ -1,0 +1,144 @@
+"""Throughput of the userspace shaping backend: iperf3 TCP and UDP across 4 shaped hops (5 ms per direction
+per hop, 10000 Mbit/s so the rate does not limit) against the same path on plain veths.
+
+Needs root. Prints Mbit/s, packets/s and the CPU use of the delay daemon. Run:
+
+    sudo .venv/bin/python bench/bench_userspace_throughput.py [--runs 3] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emulator.netns import entered, iproute_in
+from emulator.shaping.base import LinkShape, Port
+from emulator.shaping.userspace import UserspaceShaper
+
+NODES = ("h1", "r1", "r2", "r3", "h2")
+DST = "10.78.4.2"
+
+
+def build(tag: str):
+    names = {n: f"{tag}-{n}" for n in NODES}
+    iprs, ports = {}, []
+    for n in NODES:
+        subprocess.run(["ip", "netns", "add", names[n]], check=True)
+        iprs[n] = iproute_in(f"/run/netns/{names[n]}", n)
+    for i in range(4):
+        left, right = NODES[i], NODES[i + 1]
+        lif, rif = f"{left}-{right}", f"{right}-{left}"
+        iprs[left].link("add", ifname=lif, kind="veth", peer={"ifname": rif, "net_ns_fd": names[right]})
+        for node, ifname, host in ((left, lif, 1), (right, rif, 2)):
+            idx = iprs[node].link_lookup(ifname=ifname)[0]
+            iprs[node].addr("add", index=idx, address=f"10.78.{i + 1}.{host}", prefixlen=24)
+            iprs[node].link("set", index=idx, state="up")
+            ports.append(Port(node, f"/run/netns/{names[node]}", ifname, idx))
+    for i, n in enumerate(NODES):
+        iprs[n].link("set", index=iprs[n].link_lookup(ifname="lo")[0], state="up")
+        if i > 0:  # towards h1
+            for j in range(1, i):
+                iprs[n].route("add", dst=f"10.78.{j}.0/24", gateway=f"10.78.{i}.1")
+        if i < 4:  # towards h2
+            for j in range(i + 2, 5):
+                iprs[n].route("add", dst=f"10.78.{j}.0/24", gateway=f"10.78.{i + 1}.2")
+        with entered(f"/run/netns/{names[n]}"), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("1")
+    return names, iprs, ports
+
+
+def teardown(names, iprs) -> None:
+    for ipr in iprs.values():
+        ipr.close()
+    for name in names.values():
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(names, udp: bool, seconds: int, port: int) -> dict:
+    server = subprocess.Popen(["ip", "netns", "exec", names["h2"], "iperf3", "-s", "-1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.4)
+        argv = ["ip", "netns", "exec", names["h1"], "iperf3", "-c", DST, "-p", str(port), "-t", str(seconds),
+                "-O", "1", "-J"]
+        if udp:
+            argv += ["-u", "-b", "1G", "-l", "1400"]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    finally:
+        server.kill()
+        server.wait()
+    end = json.loads(out)["end"]
+    if udp:
+        s = end["sum"]
+        return {"mbps": s["bits_per_second"] / 1e6 * (1 - s["lost_percent"] / 100),
+                "pps": (s["packets"] - s["lost_packets"]) / s["seconds"], "lost_pct": s["lost_percent"]}
+    s = end["sum_received"]
+    return {"mbps": s["bits_per_second"] / 1e6, "pps": None, "lost_pct": None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    print(f"machine: {platform.node()} {platform.platform()} cpus={os.cpu_count()} "
+          f"python={platform.python_version()}")
+    print(f"command: {' '.join(sys.argv)}")
+    results: dict[str, list[dict]] = {}
+    for mode in ("plain", "shaped"):
+        names, iprs, ports = build(f"cbn{os.getpid() % 10000}{mode[0]}")
+        sh = None
+        try:
+            if mode == "shaped":
+                sh = UserspaceShaper()
+                for n in NODES:
+                    sh.prepare_node(n, f"/run/netns/{names[n]}", iprs[n])
+                sh.set([(p, LinkShape(delay_ms=5.0, rate_mbps=10000.0)) for p in ports], iprs.__getitem__)
+            rtt = subprocess.run(["ip", "netns", "exec", names["h1"], "ping", "-c", "5", "-i", "0.1", DST],
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            print(f"[{mode}] ping: {rtt}")
+            for proto in ("tcp", "udp"):
+                for run in range(args.runs):
+                    c0, t0 = cpu_s(sh.pid if sh else None), time.monotonic()
+                    q0 = sh.stats()["queued"] if sh else 0
+                    r = iperf(names, proto == "udp", args.seconds, 5400 + run)
+                    dt = time.monotonic() - t0
+                    r["daemon_cpu_pct"] = 100 * (cpu_s(sh.pid if sh else None) - c0) / dt if sh else None
+                    r["daemon_pkts_per_s"] = (sh.stats()["queued"] - q0) / dt if sh else None
+                    results.setdefault(f"{mode}/{proto}", []).append(r)
+                    print(f"[{mode}] {proto} run {run + 1}: {r}")
+            if sh:
+                print(f"[{mode}] daemon stats: {sh.stats()}")
+        finally:
+            if sh:
+                sh.close()
+            teardown(names, iprs)
+    print("\nmedians over runs:")
+    for key, rs in results.items():
+        def med(k: str, rs=rs):
+            vals = [r[k] for r in rs if r[k] is not None]
+            return f"{statistics.median(vals):.1f}" if vals else "-"
+        print(f"  {key:12s} Mbit/s={med('mbps'):>8s}  iperf pkts/s={med('pps'):>8s}  "
+              f"daemon queued pkts/s={med('daemon_pkts_per_s'):>8s}  daemon CPU%={med('daemon_cpu_pct'):>6s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

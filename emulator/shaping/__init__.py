@@ -1,0 +1,97 @@
+"""Link shaping backends: delay, rate and loss on the egress of each emulated link direction.
+
+``make_shaper("auto")`` picks ``netem`` when the kernel has sch_netem and otherwise ``userspace`` (htb for
+rate, one delay daemon for delay and loss). Both implement :class:`~emulator.shaping.base.Shaper`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+
+from emulator.shaping.base import LinkShape, Port, Shaper
+from topologies.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "netem", "userspace")
+CLONE_NEWNET = 0x40000000
+
+__all__ = ["KINDS", "LinkShape", "Port", "Shaper", "make_shaper", "probe_netem"]
+
+
+def probe_netem() -> tuple[bool, str]:
+    """Try to add a netem qdisc on ``lo`` of a throw-away network namespace.
+
+    The namespace is made with unshare(2) in a short-lived thread (the caller's threads never move) and
+    disappears when the probe's netlink socket is closed. Nothing is left behind.
+
+    Returns
+    -------
+    (available, detail) : tuple[bool, str]
+        ``detail`` is the kernel's answer, for the reason line.
+    """
+    result: list[tuple[bool, str]] = []
+
+    def probe() -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from emulator.netns import setns
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                result.append((False, f"unshare(CLONE_NEWNET): {os.strerror(err)}"))
+                return
+            try:
+                ipr = IPRoute()
+            finally:
+                setns(own)
+            try:
+                ipr.tc("add", "netem", 1, 0x10000, delay=1000)
+                ipr.tc("del", "netem", 1, 0x10000)
+                result.append((True, "netem qdisc added and removed in a scratch namespace"))
+            except (NetlinkError, OSError) as e:  # (2, 'No such file or directory') when sch_netem is absent
+                result.append((False, f"adding a netem qdisc failed: {e}"))
+            finally:
+                ipr.close()
+        finally:
+            os.close(own)
+
+    t = threading.Thread(target=probe, name="netem-probe")
+    t.start()
+    t.join()
+    return result[0] if result else (False, "probe thread failed")
+
+
+def make_shaper(kind: str = "auto") -> tuple[Shaper, str]:
+    """Build the shaping backend ``kind`` (auto | netem | userspace).
+
+    Returns
+    -------
+    (shaper, reason) : tuple[Shaper, str]
+        ``reason`` is one line saying which backend and why.
+
+    Raises
+    ------
+    ConfigError
+        ``kind`` is unknown (the message lists the known ones).
+    """
+    from emulator.shaping.netem import NetemShaper
+    from emulator.shaping.userspace import UserspaceShaper
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown shaper {kind!r}; known: {', '.join(KINDS)}", key="shaper")
+    if kind == "netem":
+        return NetemShaper(), "netem: requested"
+    if kind == "userspace":
+        return UserspaceShaper(), "userspace: requested"
+    ok, detail = probe_netem()
+    if ok:
+        return NetemShaper(), "netem: sch_netem available"
+    return UserspaceShaper(), f"userspace: kernel has no sch_netem (probe: {detail})"
