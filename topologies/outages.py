@@ -35,7 +35,7 @@ def steps_for(duration_s: float, step_s: float) -> int:
         raise ConfigError(f"step_s must be > 0, got {step_s}", key="step_s")
     if duration_s < 0:
         raise ConfigError(f"duration must be >= 0 s, got {duration_s}")
-    return int(math.ceil(duration_s / step_s - _STEP_EPS))
+    return math.ceil(duration_s / step_s - _STEP_EPS)
 
 
 def apply_acquisition(available: np.ndarray, partner_changed: np.ndarray | None,

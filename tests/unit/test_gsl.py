@@ -1,0 +1,177 @@
+"""Gateway antenna assignment (topologies/gsl.py), checked against frames.look_angles."""
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from topologies.constellation import Shell
+from topologies.errors import ConfigError
+from topologies.frames import geodetic_to_ecef_km, look_angles
+from topologies.ground import GroundSite, builtin_cities
+from topologies.gsl import GslConfig, gsl_assign, reconfiguration_boundaries
+from topologies.propagate import propagate
+from topologies.timeline import C_KM_S, Reason
+from topologies.walker import PRESETS, walker_constellation
+
+START = datetime(2023, 7, 18, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def starlink():
+    const = walker_constellation([PRESETS["starlink-shell1"]], START)
+    return propagate(const, START, 1.0, 300)
+
+
+@pytest.fixture(scope="module")
+def sites():
+    return builtin_cities(4) + [GroundSite("gs-north", 80.0, 10.0)]  # 80 deg N: no 53 deg satellite
+
+
+def reference(site, eph):
+    """Elevation (deg) and range (km) of every satellite from the site, (n_sat, n_t); NaN if invalid."""
+    pos = geodetic_to_ecef_km(site.lat_deg, site.lon_deg, site.alt_m)
+    el, _az, rng = look_angles(pos, site.lat_deg, site.lon_deg, eph.r_ecef_km)
+    return np.where(eph.valid, el, np.nan), rng
+
+
+def peer_values(arr, peer):
+    t = np.arange(peer.shape[-1])
+    return np.where(peer >= 0, arr[np.maximum(peer, 0), t], np.nan)
+
+
+def test_mask_respected_and_elevation_delay_match_an_independent_reference(starlink, sites):
+    cfg = GslConfig(min_elevation_deg=25.0)
+    res = gsl_assign(sites, starlink, cfg)
+    assert len(res.site) == len(sites) and res.peer.shape == (len(sites), 300)
+    for i, site in enumerate(sites):
+        el, rng = reference(site, starlink)
+        peer = res.peer[i]
+        have = peer >= 0
+        assert (peer_values(el, peer)[have] >= 25.0 - 1e-9).all()
+        np.testing.assert_allclose(res.elevation_deg[i][have], peer_values(el, peer)[have], atol=1e-3)
+        np.testing.assert_allclose(res.delay_ms[i][have], peer_values(rng, peer)[have] / C_KM_S * 1000.0,
+                                   rtol=1e-6)
+        assert (res.state[i][have] == Reason.UP).all()
+        # idle exactly when nothing is above the mask
+        assert np.array_equal(~have, np.nanmax(el, axis=0) < 25.0)
+        assert (res.state[i][~have] == Reason.NO_SATELLITE).all()
+        assert (res.delay_ms[i][~have] == 0).all() and np.isnan(res.elevation_deg[i][~have]).all()
+    assert (res.peer[-1] == -1).all()  # the 80 deg N site never sees a 53 deg shell above 25 deg
+    assert (res.peer[:-1] >= 0).mean() > 0.99
+
+
+@pytest.mark.parametrize("policy", ["highest-elevation", "longest-visibility", "nearest"])
+def test_sparse_shell_idles_exactly_when_nothing_is_above_the_mask(policy):
+    const = walker_constellation([Shell("sparse", "delta", 550.0, 53.0, 8, 12, 3)], START)
+    eph = propagate(const, START, 10.0, 360)
+    sites = builtin_cities(6)
+    res = gsl_assign(sites, eph, GslConfig(min_elevation_deg=30.0, policy=policy))
+    for i, site in enumerate(sites):
+        el, _ = reference(site, eph)
+        have = res.peer[i] >= 0
+        assert np.array_equal(have, np.nanmax(el, axis=0) >= 30.0)
+        assert (peer_values(el, res.peer[i])[have] >= 30.0).all()
+    assert 0.05 < (res.peer >= 0).mean() < 0.95  # both cases occur
+
+
+def test_without_hysteresis_highest_elevation_is_the_argmax_and_hysteresis_reduces_handovers(starlink, sites):
+    eager = gsl_assign(sites[:4], starlink, GslConfig(hysteresis_deg=0.0))
+    for i, site in enumerate(sites[:4]):
+        el, _ = reference(site, starlink)
+        assert np.array_equal(eager.peer[i], np.nanargmax(el, axis=0))
+    calm = gsl_assign(sites[:4], starlink, GslConfig(hysteresis_deg=10.0))
+    assert calm.n_handovers < eager.n_handovers
+    assert (calm.handovers_per_slot <= eager.handovers_per_slot).all()
+
+
+def test_longest_visibility_keeps_a_satellite_until_it_sets(starlink, sites):
+    res = gsl_assign(sites[:4], starlink, GslConfig(policy="longest-visibility"))
+    eager = gsl_assign(sites[:4], starlink, GslConfig(hysteresis_deg=0.0))
+    assert res.n_handovers < eager.n_handovers
+    for i, site in enumerate(sites[:4]):
+        el, _ = reference(site, starlink)
+        p = res.peer[i]
+        for k in np.flatnonzero(p[1:] != p[:-1]) + 1:
+            assert p[k - 1] < 0 or el[p[k - 1], k] < 25.0  # left only because it set
+            visible = el[:, k] >= 25.0
+            # the new one stays up at least as long as any other visible satellite
+            stay = [np.argmin(np.append(el[s, k:] >= 25.0, False)) for s in np.flatnonzero(visible)]
+            assert np.argmin(np.append(el[p[k], k:] >= 25.0, False)) == max(stay)
+
+
+def test_nearest_and_highest_elevation_differ_across_shells_of_different_altitude():
+    const = walker_constellation([Shell("low", "delta", 550.0, 53.0, 24, 20, 1),
+                                  Shell("high", "delta", 1150.0, 53.0, 24, 20, 5)], START)
+    eph = propagate(const, START, 2.0, 200)
+    sites = builtin_cities(3)
+    high = gsl_assign(sites, eph, GslConfig(policy="highest-elevation", hysteresis_deg=0.0))
+    near = gsl_assign(sites, eph, GslConfig(policy="nearest", hysteresis_km=0.0))
+    assert not np.array_equal(high.peer, near.peer)
+    both = (high.peer >= 0) & (near.peer >= 0)
+    assert (near.delay_ms[both] <= high.delay_ms[both] + 1e-6).all()
+    assert (high.elevation_deg[both] >= near.elevation_deg[both] - 1e-4).all()
+
+
+def test_reconfiguration_slots_restrict_handovers_and_cover_the_slot(starlink, sites):
+    cfg = GslConfig(reconfiguration_interval_s=15.0, hysteresis_deg=0.0)
+    res = gsl_assign(sites[:4], starlink, cfg)
+    boundary = reconfiguration_boundaries(START, 1.0, 300, 15.0)
+    assert np.flatnonzero(boundary).tolist() == list(range(0, 300, 15))
+    changed = np.zeros_like(res.peer, bool)
+    changed[:, 1:] = (res.peer[:, 1:] != res.peer[:, :-1]) & (res.peer[:, 1:] >= 0)
+    assert changed.any()
+    assert not (changed & ~boundary).any()  # a new satellite only at a slot boundary
+    for i, site in enumerate(sites[:4]):
+        el, _ = reference(site, starlink)
+        for k in range(0, 300, 15):  # Starlink density: a satellite that covers the slot always exists
+            sat = res.peer[i, k]
+            assert sat >= 0 and (el[sat, k:k + 15] >= 25.0).all()
+    free = gsl_assign(sites[:4], starlink, GslConfig(hysteresis_deg=0.0))
+    assert res.n_handovers < free.n_handovers
+
+
+def test_boundaries_align_to_utc_multiples_of_the_interval():
+    start = datetime(2023, 7, 18, 12, 0, 7, tzinfo=UTC)
+    b = reconfiguration_boundaries(start, 1.0, 40, 15.0)
+    assert np.flatnonzero(b).tolist() == [0, 8, 23, 38]
+    assert reconfiguration_boundaries(start, 1.0, 5, None).all()
+
+
+def test_antennas_of_a_site_never_share_a_satellite(starlink):
+    sites = [GroundSite("gs-a", 40.7, -74.0, antennas=3), GroundSite("gs-b", 51.5, -0.1)]
+    res = gsl_assign(sites, starlink, GslConfig(antennas=2, hysteresis_deg=2.0))
+    assert res.site.tolist() == [0, 0, 0, 1, 1] and res.antenna.tolist() == [0, 1, 2, 0, 1]
+    for s in (0, 1):
+        p = res.peer[res.site == s]
+        for k in range(p.shape[1]):
+            used = p[:, k][p[:, k] >= 0]
+            assert len(set(used.tolist())) == len(used)
+        assert (p >= 0).all()  # plenty of satellites above New York and London
+
+
+def test_handover_is_followed_by_acquisition(starlink, sites):
+    res = gsl_assign(sites[:2], starlink, GslConfig(hysteresis_deg=0.0, acquisition_s=2.0))
+    seen = 0
+    for p, s in zip(res.peer, res.state):
+        for k in np.flatnonzero(p[1:] != p[:-1]) + 1:
+            if p[k] >= 0 and k + 2 < len(p) and (p[k:k + 3] == p[k]).all():
+                assert s[k:k + 3].tolist() == [Reason.ACQUIRING, Reason.ACQUIRING, Reason.UP]
+                seen += 1
+        assert s[0] == Reason.UP
+    assert seen > 0
+
+
+@pytest.mark.parametrize("field, value", [
+    ("min_elevation_deg", 90.0), ("antennas", 0), ("policy", "random"), ("hysteresis_deg", -1.0),
+    ("reconfiguration_interval_s", 0.0), ("loss_pct", -0.5),
+])
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ConfigError) as e:
+        GslConfig(**{field: value})
+    assert e.value.key == field and repr(value) in str(e.value)
+
+
+def test_unknown_policy_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="highest-elevation, longest-visibility, nearest"):
+        GslConfig(policy="best")

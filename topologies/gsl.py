@@ -1,0 +1,314 @@
+"""Ground-to-satellite links: which satellite each gateway antenna points at, step by step.
+
+Every antenna of every ground site is one link slot. At each step the antenna keeps its satellite or
+hands over to another according to a policy, with hysteresis and optionally only at the boundaries of
+fixed reconfiguration intervals (Starlink schedules its ground-satellite assignments in 15 s slots).
+Satellites carry any number of ground links (no per-satellite antenna limit is modelled).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ConfigError
+from .frames import geodetic_to_ecef_km
+from .ground import GroundSite
+from .outages import apply_acquisition, steps_for
+from .timeline import C_KM_S, Reason
+
+log = logging.getLogger(__name__)
+
+__all__ = ["POLICIES", "GroundSite", "GslConfig", "GslResult", "gsl_assign", "reconfiguration_boundaries"]
+
+POLICIES = ("highest-elevation", "longest-visibility", "nearest")
+
+#: Score bonus that makes "stays visible for the whole reconfiguration slot" the first sort key.
+_COVER_BONUS = 1e9
+
+
+def _number(name: str, value: Any, lo: float, hi: float, *, none_ok: bool = False,
+            lo_open: bool = False, hi_open: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi))
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name} must be a number in {rng}{' or none' if none_ok else ''}, got {value!r}",
+                          key=name)
+
+
+@dataclass(frozen=True)
+class GslConfig:
+    """How gateway antennas pick satellites.
+
+    Attributes
+    ----------
+    min_elevation_deg : float
+        Elevation mask, deg, [0, 90): a satellite below it is not usable. 25 deg is the mask in
+        SpaceX's FCC filings for Starlink gateways (Hypatia uses it too).
+    antennas : int
+        Antennas per site unless the site says otherwise, 1..16. Antennas of one site always point
+        at distinct satellites.
+    policy : str
+        ``"highest-elevation"``: the satellite highest in the sky. ``"nearest"``: the shortest slant
+        range (differs from the former across shells of different altitude). ``"longest-visibility"``:
+        the satellite that stays above the mask longest from now on; kept until it sets.
+    hysteresis_deg : float
+        highest-elevation: leave a still-visible satellite only for one higher by more than this, deg.
+    hysteresis_km : float
+        nearest: leave a still-visible satellite only for one nearer by more than this, km.
+    acquisition_s : float
+        Time an antenna is down (ACQUIRING) after pointing at a new satellite, s. Default 0:
+        gateways usually make the new link before breaking the old one (several dishes, or phased
+        arrays); set it for a single dish that must slew and re-acquire.
+    reconfiguration_interval_s : float or None
+        Handovers only at multiples of this interval (counted in UTC from midnight, like Starlink's
+        15 s slots); the new satellite must stay visible for the whole slot when any such one exists.
+        A satellite lost in the middle of a slot leaves the antenna idle (NO_SATELLITE) until the next
+        boundary. None: handovers at any step.
+    rate_mbps, loss_pct : float
+        Rate (each direction) and random loss of every GSL.
+    """
+
+    min_elevation_deg: float = 25.0
+    antennas: int = 1
+    policy: str = "highest-elevation"
+    hysteresis_deg: float = 5.0
+    hysteresis_km: float = 50.0
+    acquisition_s: float = 0.0
+    reconfiguration_interval_s: float | None = None
+    rate_mbps: float = 100.0
+    loss_pct: float = 0.0
+
+    def __post_init__(self) -> None:
+        _number("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)
+        if isinstance(self.antennas, bool) or not isinstance(self.antennas, int) or not 1 <= self.antennas <= 16:
+            raise ConfigError(f"antennas must be an integer in [1, 16], got {self.antennas!r}", key="antennas")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}", key="policy")
+        _number("hysteresis_deg", self.hysteresis_deg, 0.0, 90.0)
+        _number("hysteresis_km", self.hysteresis_km, 0.0, 1e5)
+        _number("acquisition_s", self.acquisition_s, 0.0, 3600.0)
+        _number("reconfiguration_interval_s", self.reconfiguration_interval_s, 0.0, 86400.0, none_ok=True,
+                lo_open=True)
+        _number("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
+        _number("loss_pct", self.loss_pct, 0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class GslResult:
+    """Gateway antenna link slots over time.
+
+    Attributes
+    ----------
+    sites : tuple of GroundSite
+    site, antenna : ndarray, (n_slots,) int32
+        Site index into ``sites`` and antenna number within the site, per link slot.
+    peer : ndarray, (n_slots, n_t) int32
+        Satellite index, -1 when the antenna has none.
+    state : ndarray, (n_slots, n_t) uint8
+        UP, ACQUIRING, NO_SATELLITE (nothing usable above the mask) or INVALID (no satellite has a
+        valid position at that step).
+    delay_ms : ndarray, (n_slots, n_t) float32
+        Slant range / c, ms; 0 without a peer.
+    elevation_deg : ndarray, (n_slots, n_t) float32
+        Elevation of the peer, deg; NaN without a peer.
+    """
+
+    sites: tuple[GroundSite, ...]
+    site: NDArray[np.int32]
+    antenna: NDArray[np.int32]
+    peer: NDArray[np.int32]
+    state: NDArray[np.uint8]
+    delay_ms: NDArray[np.float32]
+    elevation_deg: NDArray[np.float32]
+
+    @property
+    def handovers_per_slot(self) -> NDArray[np.int64]:
+        """Number of peer changes of each link slot (gaining, losing or switching a satellite)."""
+        return np.count_nonzero(np.diff(self.peer, axis=1), axis=1)
+
+    @property
+    def n_handovers(self) -> int:
+        """Peer changes over all link slots."""
+        return int(self.handovers_per_slot.sum())
+
+
+def reconfiguration_boundaries(start: datetime, step_s: float, n_steps: int,
+                               interval_s: float | None) -> NDArray[np.bool_]:
+    """Steps at which a handover may happen, (n_steps,) bool.
+
+    Step 0 always; then the first step at or after each multiple of ``interval_s`` seconds since
+    midnight UTC. None: every step.
+    """
+    if interval_s is None:
+        return np.ones(n_steps, bool)
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    midnight = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    t0_s = (start - midnight).total_seconds()
+    t = t0_s + np.arange(n_steps) * step_s
+    slot = np.floor(t / interval_s + 1e-9)
+    out = np.ones(n_steps, bool)
+    out[1:] = slot[1:] != slot[:-1]
+    return out
+
+
+def _steps_to_next(boundary: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """For each step, how many steps until the next boundary (the rest of its slot, itself included)."""
+    n = len(boundary)
+    idx = np.arange(n)
+    nxt = np.where(boundary, idx, n)
+    nxt[0] = n  # step 0 opens the first slot; look for the next one
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    # nxt[k] is the first boundary >= k; we need the first boundary > k
+    nb = np.empty(n, np.int64)
+    nb[:-1] = nxt[1:]
+    nb[-1] = n
+    return nb - idx
+
+
+def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = None) -> GslResult:
+    """Assign satellites to every antenna of every site at every step.
+
+    Parameters
+    ----------
+    sites : sequence of GroundSite
+    ephem : Ephemeris
+        Needs ``r_ecef_km`` (n_sat, n_t, 3), ``valid`` (n_sat, n_t), ``start`` and ``step_s``.
+    cfg : GslConfig, optional
+
+    Returns
+    -------
+    GslResult
+        Link slots ordered by site, then antenna.
+    """
+    cfg = cfg or GslConfig()
+    sites = tuple(sites)
+    r = np.asarray(ephem.r_ecef_km, dtype=np.float64)
+    valid = np.asarray(ephem.valid, dtype=bool)
+    n_sat, n_t = valid.shape
+    n_ant = [s.antennas or cfg.antennas for s in sites]
+    n_slots = int(sum(n_ant))
+    site_idx = np.repeat(np.arange(len(sites), dtype=np.int32), n_ant)
+    ant_idx = np.concatenate([np.arange(a, dtype=np.int32) for a in n_ant]) if n_ant else np.empty(0, np.int32)
+    peer = np.full((n_slots, n_t), -1, np.int32)
+    rng_km = np.zeros((n_slots, n_t), np.float64)
+    elev = np.full((n_slots, n_t), np.nan, np.float32)
+    if n_slots == 0 or n_t == 0:
+        return GslResult(sites, site_idx, ant_idx, peer, np.zeros((n_slots, n_t), np.uint8),
+                         np.zeros((n_slots, n_t), np.float32), elev)
+
+    # time-major positions so each step's satellites are contiguous: (n_t, n_sat, 3)
+    r_t = np.ascontiguousarray(r.transpose(1, 0, 2))
+    valid_t = np.ascontiguousarray(valid.T)
+    r_t = np.where(valid_t[..., None], r_t, 0.0)
+    soa = np.ascontiguousarray(r_t.reshape(-1, 3).T)  # (3, n_t * n_sat): fast matrix-vector products
+    r2 = np.einsum("ij,ij->j", soa, soa).reshape(n_t, n_sat)
+    sin_mask = math.sin(math.radians(cfg.min_elevation_deg))
+    boundary = reconfiguration_boundaries(ephem.start, ephem.step_s, n_t, cfg.reconfiguration_interval_s)
+    slotted = cfg.reconfiguration_interval_s is not None
+    slot_left = _steps_to_next(boundary)
+    any_valid = np.asarray(valid_t.any(axis=1), dtype=bool)
+    idx_t = np.arange(n_t)
+
+    row = 0
+    for si, site in enumerate(sites):
+        lat, lon = math.radians(site.lat_deg), math.radians(site.lon_deg)
+        up = np.array([math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)])
+        pos = geodetic_to_ecef_km(site.lat_deg, site.lon_deg, site.alt_m)
+        # |r - s|^2 = |r|^2 - 2 r.s + |s|^2 and (r - s).up, both from matrix-vector products
+        rs, ru = (np.stack([pos, up]) @ soa).reshape(2, n_t, n_sat)
+        d2 = r2 - 2.0 * rs
+        d2 += float(pos @ pos)
+        h = ru - float(pos @ up)  # height of the satellite above the site's horizon plane, km
+        # visible: valid and h >= sin(mask) * range, tested without a square root over all satellites
+        vis_all = valid_t & (h >= 0.0) & (h * h >= (sin_mask * sin_mask) * d2)
+        # from here on only satellites visible at some step (tens out of thousands)
+        cols = np.flatnonzero(vis_all.any(axis=0))
+        vis = vis_all[:, cols]
+        rng = np.sqrt(np.maximum(d2[:, cols], 1e-12))
+        sin_el = h[:, cols] / rng
+        # steps each satellite stays visible from step k on (k included)
+        nf = np.where(vis, n_t, idx_t[:, None])
+        nf = np.minimum.accumulate(nf[::-1], axis=0)[::-1]
+        rem = nf - idx_t[:, None]
+        if cfg.policy == "highest-elevation":
+            score = sin_el.copy()
+        elif cfg.policy == "nearest":
+            score = -rng
+        else:
+            score = rem + 0.5 * sin_el  # ties in remaining time go to the higher satellite
+        covers = rem >= slot_left[:, None]
+        if slotted:
+            score = score + np.where(covers, _COVER_BONUS, 0.0)
+        score = np.where(vis, score, -np.inf)
+        a = n_ant[si]
+        n_cols = len(cols)
+        if n_cols == 0:
+            row += a
+            continue
+        if a == 1:
+            top = np.argmax(score, axis=1)[:, None]
+        else:
+            k = min(a, n_cols)
+            part = np.argpartition(-score, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(score, part, axis=1), axis=1)
+            top = np.take_along_axis(part, order, axis=1)
+        top_ok = np.isfinite(np.take_along_axis(score, top, axis=1))
+        top_l = np.where(top_ok, top, -1).tolist()
+        cur = [-1] * a
+        out = peer[row:row + a]
+        for k in range(n_t):
+            for j in range(a):
+                c = cur[j]
+                if c >= 0 and not vis[k, c]:
+                    c = -1
+                if slotted and not boundary[k]:
+                    cur[j] = c
+                    continue
+                others = cur[:j] + cur[j + 1:]
+                b = next((s for s in top_l[k] if s >= 0 and s not in others), -1)
+                if c < 0 or b < 0 or b == c:
+                    new = b if c < 0 else c
+                elif slotted and covers[k, b] and not covers[k, c]:
+                    new = b
+                elif slotted and covers[k, c] and not covers[k, b]:
+                    new = c
+                elif cfg.policy == "highest-elevation":
+                    gain_deg = math.degrees(math.asin(min(1.0, sin_el[k, b])) - math.asin(min(1.0, sin_el[k, c])))
+                    new = b if gain_deg > cfg.hysteresis_deg else c
+                elif cfg.policy == "nearest":
+                    new = b if rng[k, c] - rng[k, b] > cfg.hysteresis_km else c
+                else:  # longest-visibility: keep a satellite until it sets
+                    new = c
+                cur[j] = new
+            out[:, k] = cur
+        have = out >= 0
+        tk = np.broadcast_to(idx_t, out.shape)
+        sat = np.where(have, out, 0)
+        rng_km[row:row + a] = np.where(have, rng[tk, sat], 0.0)
+        elev[row:row + a] = np.where(have, np.degrees(np.arcsin(np.clip(sin_el[tk, sat], -1, 1))), np.nan)
+        out[have] = cols[out[have]]  # column positions -> satellite indices
+        row += a
+
+    have = peer >= 0
+    previous = np.empty_like(peer)
+    previous[:, 0] = peer[:, 0]
+    previous[:, 1:] = peer[:, :-1]
+    acquiring = apply_acquisition(have, have & (peer != previous), steps_for(cfg.acquisition_s, ephem.step_s))
+    state = np.where(have, Reason.UP, np.where(any_valid[None, :], Reason.NO_SATELLITE, Reason.INVALID))
+    state = np.where(acquiring, Reason.ACQUIRING, state).astype(np.uint8)
+    delay_ms = (rng_km / C_KM_S * 1000.0).astype(np.float32)
+    result = GslResult(sites, site_idx, ant_idx, peer, state, delay_ms, elev)
+    log.debug("GSL: %d slots, %d handovers", n_slots, result.n_handovers)
+    return result
