@@ -32,8 +32,10 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         tle = str(Path(args.tle).resolve())
         if not Path(tle).is_file():
             raise ConfigError("TLE file not found", file=args.tle)
-        sc = dataclasses.replace(sc, constellation=ConstellationConfig(tle=tle),
-                                 raw={**sc.raw, "constellation": {"tle": tle}})
+        incl = getattr(args, "shell_inclination", None)
+        sc = dataclasses.replace(sc, constellation=ConstellationConfig(tle=tle, tle_inclination_deg=incl),
+                                 raw={**sc.raw, "constellation": {"tle": tle} | (
+                                     {"tle_inclination_deg": incl} if incl is not None else {})})
     return sc
 
 
@@ -110,6 +112,10 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
         left = sum(c["excluded"].values())
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["excluded"].items(), key=lambda kv: -kv[1]))
         print(f"  left out       {left} satellites ({reasons})")
+    if c.get("shells_in_file"):
+        found = ", ".join(f"{x['inclination_deg']:g} deg/{x['altitude_km']:.0f} km ({x['satellites']})"
+                          for x in c["shells_in_file"])
+        print(f"  shells in file {found}")
     print(f"  nodes          {n['gateway']} gateways, {n['host']} ground hosts, {n['compute']} compute nodes")
     isl = s["isl"]
     states = ", ".join(f"{k} {v:g}" for k, v in sorted(isl["mean_per_step_by_state"].items(),
@@ -175,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="compute the timeline of a scenario (no root)")
     pl.add_argument("scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)")
     pl.add_argument("--tle", help="plan straight from a TLE file (defaults for everything else)")
+    pl.add_argument("--shell-inclination", type=float, metavar="DEG",
+                    help="with --tle: build the shell nearest this inclination (default: the most populous)")
     pl.add_argument("-o", "--output", help="write the timeline to this .npz file")
     pl.add_argument("--json", action="store_true", help="print the summary as JSON")
     pl.add_argument("--pair", action="append", metavar="A,B",

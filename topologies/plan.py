@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time as _time
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         "constellation": {
             "source": const.source,
             "satellites": n_sat,
-            "shells": [s.__dict__ | {} for s in const.shells] if hasattr(const.shells[0], "__dict__") else [],
+            "shells": [dataclasses.asdict(s) for s in const.shells],
             "planes": int(sum(len(set(const.plane[const.shell == k].tolist()))
                               for k in range(len(const.shells)))),
             "excluded": dict(const.excluded),
@@ -199,8 +200,15 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         "timings_s": {"constellation": t1 - t0, "propagate": t2 - t1, "isl": t3 - t2, "gsl": t4 - t3,
                       "assemble": t5 - t4},
     }
-    if hasattr(topo, "stats"):
-        report["isl_topology"] = topo.stats
+    report["isl_topology"] = {k: (int(v) if isinstance(v, (int, np.integer)) else v)
+                              for k, v in topo.stats.items()}
+    if sc.constellation.tle:
+        from .shells import find_shells
+        from .tle import load_tle
+
+        report["constellation"]["shells_in_file"] = [
+            {"inclination_deg": round(float(c.inclination_deg), 2), "altitude_km": round(float(c.altitude_km), 1),
+             "satellites": int(c.n_sats)} for c in find_shells(load_tle(sc.resolve(sc.constellation.tle)))]
     return Timeline(start=sc.time.start, step_s=sc.time.step_s, nodes=nodes, link_a=link_a,
                     link_class=link_class, link_role=link_role, state=state, peer=peer, delay_ms=delay,
                     rate_mbps=rate, loss_pct=loss, sat_lla=sat_lla, scenario=sc.raw, report=report)

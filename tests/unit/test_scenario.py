@@ -52,7 +52,7 @@ gateway = "gs-a"
     ("[time]\nduration_s = 'long'\n", "time.duration_s", 2, "expected a number"),
     ("[time]\nstep_s = -1.0\n", "time.step_s", 2, "step_s must be in"),
     ("[gsl]\nmin_elevation_deg = 95.0\n", "gsl.min_elevation_deg", 2, "min_elevation_deg"),
-    ("[isl]\nterminals = 0\n", "isl.terminals", 2, "terminals"),
+    ("[isl]\nterminals = 5\n", "isl.terminals", 2, "terminals"),
     ("[isl]\nlaser_colour = 'green'\n", "isl.laser_colour", 2, "unknown key"),
     ("[[ground.sites]]\nname = 'gs-x; rm -rf /'\nlat_deg = 1\nlon_deg = 2\n", "ground.sites[0].name", 2,
      "not allowed"),

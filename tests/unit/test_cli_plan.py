@@ -1,0 +1,88 @@
+"""`satnetem plan` as a user runs it: default scenario, a real TLE snapshot, errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from emulator.cli import main
+from topologies.timeline import Timeline
+
+ROOT = Path(__file__).resolve().parents[2]
+TLE = ROOT / "topologies" / "data" / "starlink-2023-07.tle"
+
+
+def run_json(capsys, *argv):
+    assert main(["plan", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_default_scenario_reports_constellation_links_and_paths(capsys, tmp_path):
+    out = tmp_path / "tl.npz"
+    s = run_json(capsys, "-o", str(out))
+    assert s["nodes"] == {"sat": 1584, "gateway": 2, "host": 2, "compute": 1}
+    assert s["isl"]["links"] == 3168
+    assert s["constellation"]["planes"] == 72
+    london_ny = s["paths"][0]
+    assert (london_ny["src"], london_ny["dst"]) == ("h-london", "h-new-york")
+    # London - New York is ~5,570 km on the ground: via 550 km satellites the one-way delay must be
+    # at least ground distance / c (18.6 ms) and well below a detour around the planet
+    assert 18.6 < london_ny["one_way_ms"]["min"] <= london_ny["one_way_ms"]["max"] < 40
+    assert london_ny["rtt_ms"]["median"] == 2 * london_ny["one_way_ms"]["median"]
+    tl = Timeline.load(out)
+    assert tl.n_steps == 60 and len(tl.nodes_of("sat")) == 1584
+
+
+def test_plan_on_the_real_starlink_snapshot_builds_the_53_degree_shell(capsys):
+    s = run_json(capsys, "--tle", str(TLE), "--shell-inclination", "53.0")
+    c = s["constellation"]
+    placed, left = s["nodes"]["sat"], sum(c["excluded"].values())
+    assert placed + left == 4428  # every TLE is placed or accounted for
+    assert 1000 < placed < 1600 and 60 <= c["planes"] <= 80
+    assert {"decaying", "other shell"} <= set(c["excluded"])
+    assert abs(c["shells"][0]["inclination_deg"] - 53.0) < 0.2
+    # the +Grid on ragged real planes: at most 4 links per satellite
+    assert s["isl"]["links"] <= 2 * placed
+
+
+def test_plan_prints_a_readable_summary(capsys):
+    assert main(["plan", "--pair", "h-london,dc-0-0"]) == 0
+    text = capsys.readouterr().out
+    assert "1584 satellites in 72 planes" in text
+    assert "h-london -> dc-0-0" in text
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gsl]\nmin_elevation_deg = 'high'\n")
+    for argv, words in ((["plan", str(bad)], f"{bad}:2, key 'gsl.min_elevation_deg': expected a number"),
+                        (["plan", "--pair", "h-london,nowhere"], "unknown node 'nowhere'"),
+                        (["plan", "--tle", str(tmp_path / "none.tle")], "TLE file not found")):
+        r = subprocess.run([sys.executable, "-m", "emulator.cli", *argv], cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 2, r.stderr
+        assert words in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_malformed_tle_file_is_reported_with_its_line(tmp_path):
+    lines = TLE.read_text().splitlines()[:6]
+    lines[4] = lines[4][:-1] + str((int(lines[4][-1]) + 1) % 10)  # break line 2's checksum
+    f = tmp_path / "broken.tle"
+    f.write_text("\n".join(lines) + "\n")
+    r = subprocess.run([sys.executable, "-m", "emulator.cli", "plan", "--tle", str(f)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{f}:5" in r.stderr and "checksum" in r.stderr
+
+
+def test_walker_star_preset_has_seam_links_down(capsys, tmp_path):
+    sc = tmp_path / "iridium.toml"
+    sc.write_text('[constellation]\npreset = "iridium"\n[time]\nduration_s = 600\nstep_s = 10\n'
+                  '[gsl]\nmin_elevation_deg = 10.0\n[[ground.sites]]\nname = "gs-a"\nlat_deg = 0\nlon_deg = 0\n')
+    s = run_json(capsys, str(sc))
+    states = s["isl"]["mean_per_step_by_state"]
+    assert states.get("seam", 0) > 0 and states.get("polar", 0) > 0
+    assert np.isclose(sum(states.values()), s["isl"]["links"], atol=0.6)
