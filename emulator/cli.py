@@ -49,7 +49,7 @@ def _pairs(args: argparse.Namespace, sc: Scenario, tl: Timeline) -> list[tuple[s
             tl.node_index(a), tl.node_index(b)
             out.append((a, b))
         return out
-    pairs = [(p.src, p.dst) for p in sc.probes]
+    pairs = list(dict.fromkeys((t.src, t.dst) for t in sc.traffic if t.dst))
     if not pairs:
         hosts = [tl.nodes[i].name for i in tl.nodes_of("host")]
         pairs = [(hosts[0], hosts[1])] if len(hosts) >= 2 else []

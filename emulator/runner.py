@@ -22,8 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from topologies.errors import ConfigError, SatnetemError
-from topologies.scenario import (DEFAULT_SCENARIO_TOML, ProbeSpec, Scenario, default_scenario, load_scenario,
-                                 scenario_from_table)
+from topologies.scenario import (DEFAULT_SCENARIO_TOML, Scenario, TrafficSpec, check_traffic_endpoints,
+                                 default_scenario, load_scenario, scenario_from_table)
 from topologies.timeline import Timeline
 
 from .clock import Playback, StepRecord
@@ -58,22 +58,17 @@ def load_inputs(args: argparse.Namespace) -> tuple[Scenario, Timeline]:
     return sc, tl
 
 
-def check_probes(sc: Scenario, tl: Timeline) -> list[ProbeSpec]:
+def check_probes(sc: Scenario, tl: Timeline) -> list[TrafficSpec]:
     """The scenario's probes, or default ones: ping between ground hosts and to a compute node."""
-    probes = list(sc.probes)
-    names = {n.name for n in tl.nodes}
-    for i, p in enumerate(probes):
-        for end, key in ((p.src, "src"), (p.dst, "dst")):
-            if end not in names:
-                raise ConfigError(f"probe endpoint {end!r} is not a node of this network", file=sc.source,
-                                  key=f"probes[{i}].{key}")
+    probes = list(sc.traffic)
+    check_traffic_endpoints(sc, {n.name for n in tl.nodes}, {n.name: n.kind for n in tl.nodes})
     if not probes:
         hosts = [tl.nodes[i].name for i in tl.nodes_of("host")]
         dcs = [tl.nodes[i].name for i in tl.nodes_of("compute")]
         if len(hosts) >= 2:
-            probes.append(ProbeSpec(src=hosts[0], dst=hosts[1]))
+            probes.append(TrafficSpec(src=hosts[0], dst=hosts[1]))
         if hosts and dcs:
-            probes.append(ProbeSpec(src=hosts[0], dst=dcs[0]))
+            probes.append(TrafficSpec(src=hosts[0], dst=dcs[0]))
     return probes
 
 
@@ -201,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             for p in probes:
                 dur = p.duration_s if p.duration_s is not None else play_s - p.start_s / speed
 
-                def start(p: ProbeSpec = p, dur: float = dur) -> None:
+                def start(p: TrafficSpec = p, dur: float = dur) -> None:
                     running.append(PingProbe(emu.node(p.src), p.src, p.dst, emu.address_of(p.dst),
                                              p.rate_pps, max(1.0, dur),
                                              out / "probes" / f"{p.src}--{p.dst}.ping.txt"))

@@ -17,7 +17,7 @@ from .ground import GroundSite, builtin_cities
 from .gsl import gsl_assign
 from .isl import isl_states, plus_grid
 from .propagate import propagate
-from .scenario import Scenario
+from .scenario import Scenario, check_traffic_endpoints
 from .timeline import LINK_CLASSES, LINK_ROLES, Node, Reason, Timeline
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
                               key=f"compute[{i}].name")
         access.append((len(nodes), sat_index[c.satellite]))
         nodes.append(Node(c.name, "compute", {"satellite": c.satellite}))
+
+    check_traffic_endpoints(sc, {n.name for n in nodes}, {n.name: n.kind for n in nodes})
 
     # link table: ISLs, then gateway antennas, then access links
     n_isl = len(topo.pairs)

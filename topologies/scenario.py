@@ -191,26 +191,57 @@ class EmulationConfig:
             raise ValueError(f"access_rate_mbps must be in (0, 100000], got {self.access_rate_mbps}")
 
 
+TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request")
+REQUEST_POLICIES = ("nearest", "fixed", "round-robin")
+
+
 @dataclass(frozen=True)
-class ProbeSpec:
-    """A measurement flow (issue 5 adds more kinds)."""
+class TrafficSpec:
+    """One measurement flow between two nodes (``[[traffic]]``).
+
+    ``kind``: ``ping`` (ICMP RTT), ``udp-probe`` (sequence-numbered timestamped datagrams: one-way
+    delay, loss, reordering), ``iperf3-tcp`` / ``iperf3-udp`` (throughput), ``path`` (TTL-limited
+    probes recording the path taken), ``request`` (requests to the service on compute nodes; ``dst``
+    is the fixed target, or the candidates are all compute nodes for ``nearest``/``round-robin``).
+    """
 
     src: str
-    dst: str
+    dst: str = ""
     kind: str = "ping"
+    name: str = ""
     start_s: float = 0.0
     duration_s: float | None = None
     rate_pps: float = 5.0
+    rate_mbps: float = 10.0
+    size_bytes: int = 64
+    policy: str = "fixed"
+    work_ms: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("ping",):
-            raise ValueError(f"kind must be 'ping', got {self.kind!r}")
+        if self.kind not in TRAFFIC_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(TRAFFIC_KINDS)}; got {self.kind!r}")
         if self.start_s < 0:
             raise ValueError(f"start_s must be >= 0, got {self.start_s}")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
         if not 0 < self.rate_pps <= 1000:
             raise ValueError(f"rate_pps must be in (0, 1000], got {self.rate_pps}")
+        if not 0 < self.rate_mbps <= 10_000:
+            raise ValueError(f"rate_mbps must be in (0, 10000], got {self.rate_mbps}")
+        if not 16 <= self.size_bytes <= 1400:
+            raise ValueError(f"size_bytes must be in [16, 1400], got {self.size_bytes}")
+        if self.policy not in REQUEST_POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(REQUEST_POLICIES)}; got {self.policy!r}")
+        if not 0 <= self.work_ms <= 10_000:
+            raise ValueError(f"work_ms must be in [0, 10000], got {self.work_ms}")
+        if self.kind != "request" and not self.dst:
+            raise ValueError(f"dst must name a node for kind {self.kind!r}")
+        if self.kind == "request" and self.policy == "fixed" and not self.dst:
+            raise ValueError("dst must name a compute node for a request with policy 'fixed'")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.kind}:{self.src}--{self.dst or self.policy}"
 
 
 @dataclass(frozen=True)
@@ -226,7 +257,7 @@ class Scenario:
     compute: tuple[ComputeSpec, ...] = ()
     routing: RoutingConfig = RoutingConfig()
     emulation: EmulationConfig = EmulationConfig()
-    probes: tuple[ProbeSpec, ...] = ()
+    traffic: tuple[TrafficSpec, ...] = ()
     #: where the scenario came from (file path or "<built-in>"); relative paths resolve against its folder
     source: str = "<built-in>"
     #: the raw TOML table, kept so a run folder can store exactly what was asked
@@ -432,7 +463,7 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
         "compute": _list_of(ComputeSpec, _check_named),
         "routing": _table(RoutingConfig),
         "emulation": _table(EmulationConfig),
-        "probes": _list_of(ProbeSpec),
+        "traffic": _list_of(TrafficSpec),
     }
     sc = _build_from(Scenario, table, ctx, "", nested)
     sc = dataclasses.replace(sc, source=ctx.file, raw=table)
@@ -460,10 +491,41 @@ def _check_references(sc: Scenario, ctx: _Ctx) -> None:
         claim(h.name, f"hosts[{i}].name")
     for i, c in enumerate(sc.compute):
         claim(c.name, f"compute[{i}].name")
+    labels: dict[str, int] = {}
+    for i, t in enumerate(sc.traffic):
+        if t.name:
+            check_name(t.name, "traffic", ctx, f"traffic[{i}].name")
+        if t.label in labels:
+            raise ctx.error(f"traffic entry {i} has the same name {t.label!r} as entry {labels[t.label]}; "
+                            f"give one of them a distinct 'name'", f"traffic[{i}].name")
+        labels[t.label] = i
     if sc.constellation.tle:
         p = sc.resolve(sc.constellation.tle)
         if not p.is_file():
             raise ctx.error(f"TLE file {str(p)!r} does not exist", "constellation.tle")
+
+
+def check_traffic_endpoints(sc: Scenario, names: set[str], kinds: dict[str, str]) -> None:
+    """Every traffic entry must name nodes that exist (``kinds``: node name -> node kind).
+
+    Raises
+    ------
+    ConfigError
+        Naming the entry (``traffic[i].src``/``dst``) and the unknown name.
+    """
+    ctx = _Ctx(sc.source, None)
+    if sc.source not in ("<built-in>",) and Path(sc.source).is_file():
+        ctx = _Ctx(sc.source, Path(sc.source).read_text(encoding="utf-8"))
+    for i, t in enumerate(sc.traffic):
+        for end, key in ((t.src, "src"), (t.dst, "dst")):
+            if key == "dst" and not end:
+                continue
+            if end not in names:
+                raise ctx.error(f"traffic entry {t.label!r}: {key} {end!r} is not a node of this network",
+                                f"traffic[{i}].{key}")
+        if t.kind == "request" and t.dst and kinds.get(t.dst) != "compute":
+            raise ctx.error(f"traffic entry {t.label!r}: requests go to compute nodes, and {t.dst!r} is a "
+                            f"{kinds.get(t.dst)}", f"traffic[{i}].dst")
 
 
 def scenario_from_table(table: dict[str, Any], source: str) -> Scenario:
@@ -529,11 +591,13 @@ lon_deg = -74.0060
 name = "dc-0-0"
 satellite = "sat-0-0"
 
-[[probes]]
+[[traffic]]
+kind = "ping"
 src = "h-london"
 dst = "h-new-york"
 
-[[probes]]
+[[traffic]]
+kind = "ping"
 src = "h-london"
 dst = "dc-0-0"
 """

@@ -64,6 +64,11 @@ gateway = "gs-a"
      "hosts[0].name", 6, "used twice"),
     ("[constellation]\ntle = 'nope.tle'\n", "constellation.tle", 2, "does not exist"),
     ("[constellation]\npreset = 'iridium'\ntle = 'x.tle'\n", "constellation", None, "only one of"),
+    ("[[traffic]]\nsrc = 'h-a'\ndst = 'h-b'\nkind = 'carrier-pigeon'\n", "traffic[0].kind", 4, "kind must be"),
+    ("[[traffic]]\nsrc = 'h-a'\ndst = 'h-b'\nrate_pps = -5\n", "traffic[0].rate_pps", 4, "rate_pps must be"),
+    ("[[traffic]]\nsrc = 'h-a'\ndst = 'h-b'\n[[traffic]]\nsrc = 'h-a'\ndst = 'h-b'\n", "traffic[1].name",
+     None, "same name"),
+    ("[[traffic]]\nsrc = 'h-a'\nkind = 'udp-probe'\n", "traffic[0]", None, "dst must name a node"),
 ])
 def test_malformed_scenarios_name_file_line_and_key(tmp_path, text, key, line, words):
     p = write(tmp_path, text)
@@ -91,3 +96,26 @@ def test_missing_file(tmp_path):
 def test_parse_from_string_names_source():
     with pytest.raises(ConfigError, match="<string>"):
         parse_scenario("[routing]\nprotocol = 3\n")
+
+
+def test_traffic_to_an_unknown_endpoint_names_the_entry(tmp_path):
+    from topologies.plan import plan_scenario
+
+    p = write(tmp_path, """
+[time]
+duration_s = 2
+[constellation]
+preset = "iridium"
+[[ground.sites]]
+name = "gs-a"
+lat_deg = 0
+lon_deg = 0
+[[traffic]]
+name = "lost"
+src = "h-a"
+dst = "h-nowhere"
+""")
+    with pytest.raises(ConfigError) as e:
+        plan_scenario(load_scenario(p))
+    assert e.value.key == "traffic[0].dst" and e.value.line == 13
+    assert "'lost'" in str(e.value) and "h-nowhere" in str(e.value)
