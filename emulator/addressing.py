@@ -60,7 +60,7 @@ _INTER = LINK_ROLES.index("inter")
 
 def check_node_name(name: str) -> None:
     """Raise ConfigError unless ``name`` is a safe node name (see the module docstring)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(f"node name {name!r} is not allowed: node names must match {NAME_RE.pattern} "
                           "(lower-case letter first, then lower-case letters, digits or '-', at most "
                           "31 characters)", key="nodes.name")
@@ -125,7 +125,7 @@ class AddressPlan:
     def max_access(self) -> int:
         return ipaddress.IPv4Network(self.host_pool).num_addresses >> (32 - self.host_prefix_len)
 
-    def assign(self, timeline: Timeline) -> "Addressing":
+    def assign(self, timeline: Timeline) -> Addressing:
         """Validate the timeline's node and link tables and address them.
 
         Raises

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from topologies.timeline import Snapshot, Timeline
 
-from .base import RoutingProtocol, RouteTable, destinations, register
+from .base import RouteTable, RoutingProtocol, destinations, register
 from .graph import build_graph, next_hops
 
 

@@ -1,0 +1,539 @@
+"""The live network: one namespace per node, one veth per link slot, addresses, shaping and routes,
+kept equal to the timeline step by step.
+
+:class:`Emulation` builds step 0 (:meth:`~Emulation.build`), then moves to any step by applying the
+difference between what is *applied* and what the timeline wants (:meth:`~Emulation.apply_step`), in
+an order that never strands a route: links up and handovers, then delay/rate/loss, then routes, then
+links down. Applying the same step twice changes nothing.
+
+Kernel work goes through netlink only: veths are created with both ends directly in their target
+namespaces (one RTM_NEWLINK each), addresses, link states and routes are sent in batches on one
+socket per namespace (:mod:`emulator.rtnl`), sysctls are written under /proc/sys from inside the
+namespace (setns), never by forking ``ip``, ``tc`` or ``sysctl``.
+
+A gateway antenna is a veth whose satellite end moves: at a handover it is moved into the new
+satellite's namespace, keeping its name (``g<slot>``), index and address; while the antenna has no
+satellite the end is parked, down, in the gateway's own namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import resource
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from routing.base import RouteTable, RoutingProtocol, get_protocol
+from topologies.errors import ApplyError, ConfigError
+from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
+
+from . import rtnl
+from .addressing import Addressing, AddressPlan, ip_str
+from .clean import STATE_DIR, find_ours, kill_and_wait
+from .netns import entered, iproute_in
+from .nodes import EmulatedNet, EmuNode, start_nodes, stop_nodes
+
+log = logging.getLogger(__name__)
+
+RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+_GSL = LINK_CLASSES.index("gsl")
+_ACCESS = LINK_CLASSES.index("access")
+_CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+
+#: sysctls written in every namespace (before any veth exists, so "default" reaches every interface).
+SYSCTLS_ALL = {
+    "net/ipv4/conf/all/rp_filter": "0",
+    "net/ipv4/conf/default/rp_filter": "0",
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+}
+SYSCTLS_ROUTER = {"net/ipv4/ip_forward": "1"}
+
+
+@dataclass
+class StepStats:
+    """What one :meth:`Emulation.apply_step` did; timings in ms."""
+
+    step: int
+    links_up: int = 0
+    links_down: int = 0
+    handovers: int = 0
+    param_changes: int = 0
+    routes_changed: int = 0
+    routes_deleted: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style access (the runner reads counts by name)."""
+        return getattr(self, key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("step", "links_up", "links_down", "handovers",
+                                              "param_changes", "routes_changed", "routes_deleted",
+                                              "timings_ms")}
+
+
+class Emulation:
+    """A timeline made real in network namespaces.
+
+    Parameters
+    ----------
+    timeline : Timeline
+    shaper : emulator.shaping.Shaper
+        Shaping backend; the emulation owns it from here on and closes it in :meth:`stop`.
+    protocol : RoutingProtocol or str
+        Routing protocol (or its registered name).
+    delay_tolerance_ms : float
+        Delay changes up to this much (against the applied delay) are not applied, ms.
+    run_id : str, optional
+        Marks this run's processes (``satnetem:<run_id>:<node>``); default ``<pid>-<random>``.
+    address_plan : AddressPlan, optional
+        Address pools (default: :class:`AddressPlan()`).
+
+    Raises
+    ------
+    ConfigError
+        Unsafe node names, inconsistent tables or too many nodes/links for the plan: raised here,
+        before anything is built.
+    """
+
+    def __init__(self, timeline: Timeline, shaper: Any, protocol: RoutingProtocol | str,
+                 delay_tolerance_ms: float = 0.01, run_id: str | None = None,
+                 address_plan: AddressPlan | None = None) -> None:
+        if not delay_tolerance_ms >= 0:
+            raise ConfigError(f"delay_tolerance_ms must be >= 0 ms, got {delay_tolerance_ms}",
+                              key="delay_tolerance_ms")
+        self.run_id = run_id or f"{os.getpid()}-{secrets.token_hex(3)}"
+        if not RUN_ID_RE.fullmatch(self.run_id):
+            raise ConfigError(f"run id {self.run_id!r} must match {RUN_ID_RE.pattern}", key="run_id")
+        self.timeline = timeline
+        self.shaper = shaper
+        self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+        self.delay_tolerance_ms = float(delay_tolerance_ms)
+        self.addr: Addressing = (address_plan or AddressPlan()).assign(timeline)
+        n = len(timeline.nodes)
+        self.n_nodes = n
+        self.names = [nd.name for nd in timeline.nodes]
+        self.is_router = self.addr.is_router
+        self.link_a = timeline.link_a.astype(np.int64)
+        self.is_gsl = timeline.link_class == _GSL
+        self.is_access = timeline.link_class == _ACCESS
+        self.nodes: list[EmuNode] = []
+        self.net: EmulatedNet | None = None
+        self._rtnl: list[rtnl.Rtnl | None] = []
+        self._ipr: dict[int, Any] = {}
+        self._far: np.ndarray = np.full(timeline.n_links, -1, np.int64)  # namespace of each far end
+        self.applied: Snapshot = timeline.empty_snapshot()
+        self.routes: RouteTable | None = None
+        self._inst_nh: np.ndarray = np.empty((0, n), np.int32)
+        self._inst_link: np.ndarray = np.empty((0, n), np.int32)
+        self._dest_row: dict[int, int] = {}
+        self._built = False
+        self._stopped = False
+        self.build_timings_ms: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------ public API
+    def __enter__(self) -> Emulation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def node(self, name: str) -> EmuNode:
+        """The Mininet node called ``name`` (has ``cmd``/``popen``)."""
+        i = self.timeline.node_index(name)
+        if not self.nodes:
+            raise ApplyError("the emulation is not built", node=name, operation="node")
+        return self.nodes[i]
+
+    def address_of(self, name: str) -> str:
+        """The IPv4 address to reach node ``name`` at (a router's loopback, a host's own address)."""
+        return self.addr.address_of(self.timeline.node_index(name))
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the node shells."""
+        return [n.pid for n in self.nodes if n.shell is not None]
+
+    def build(self) -> None:
+        """Create every node, link, address, sysctl, shaping and route of step 0."""
+        if self._built or self._stopped:
+            raise ApplyError("build() may be called once, before stop()", operation="build")
+        self._built = True
+        t = {}
+        t0 = time.perf_counter()
+        try:
+            _raise_fd_limit(8 * self.n_nodes + 256)
+            self.nodes = start_nodes(((nd.name, nd.kind) for nd in self.timeline.nodes), self.run_id)
+            self._write_state()
+            self.net = EmulatedNet(self.nodes, self.stop)
+            t["shells"] = _ms(t0)
+            t1 = time.perf_counter()
+            self._rtnl = [rtnl.Rtnl(nd.ns_path, nd.name) for nd in self.nodes]
+            self._sysctls()
+            t["sysctls"] = _ms(t1)
+            t1 = time.perf_counter()
+            target = self.timeline.snapshot(0)
+            self._create_links(target)
+            t["links"] = _ms(t1)
+            t1 = time.perf_counter()
+            for i, nd in enumerate(self.nodes):
+                self.shaper.prepare_node(nd.name, nd.ns_path, self._ipr_of(nd.name))
+            self.applied = target
+            self._shape(np.arange(self.timeline.n_links), target)
+            t["shaping"] = _ms(t1)
+            t1 = time.perf_counter()
+            self._routes_init()
+            self._host_routes()
+            self._update_routes(0, target)
+            t["routes"] = _ms(t1)
+            t["total"] = _ms(t0)
+            self.build_timings_ms = t
+            log.info("built %d nodes, %d links in %.0f ms (%s)", self.n_nodes, self.timeline.n_links,
+                     t["total"], ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def apply_step(self, step: int) -> StepStats:
+        """Bring the live network to timeline step ``step``; return counts and timings (ms).
+
+        Raises
+        ------
+        ApplyError
+            A kernel request failed (names the node, link and operation).
+        """
+        if not self._built or self._stopped:
+            raise ApplyError("the emulation is not running", operation="apply_step")
+        t0 = time.perf_counter()
+        target = self.timeline.snapshot(step)
+        d = diff(self.applied, target, self.delay_tolerance_ms)
+        stats = StepStats(step)
+        new_state = self.applied.state.copy()
+        new_state[d.state_links] = d.new_state
+        up_now = new_state == 0
+        # 1. links up and handovers to a satellite
+        moved = d.peer_links[d.new_peer >= 0]
+        went_up = d.went_up
+        self._move_far_ends(moved, d.new_peer[d.new_peer >= 0], up_now)
+        self._set_links(went_up, True, both=True)
+        stats.links_up = len(went_up)
+        stats.handovers = len(d.peer_links)
+        applied = Snapshot(step, new_state, self.applied.peer.copy(), self.applied.params.copy())
+        applied.peer[moved] = d.new_peer[d.new_peer >= 0]
+        t1 = time.perf_counter()
+        stats.timings_ms["links_up"] = (t1 - t0) * 1e3
+        # 2. delay, rate, loss (and the shaping of moved ends)
+        applied.params[d.param_links] = d.new_params
+        reshape = np.union1d(d.param_links, moved)
+        self._shape(reshape, applied)
+        stats.param_changes = len(d.param_links)
+        t2 = time.perf_counter()
+        stats.timings_ms["params"] = (t2 - t1) * 1e3
+        # 3. routes
+        stats.routes_changed, stats.routes_deleted = self._update_routes(step, applied)
+        t3 = time.perf_counter()
+        stats.timings_ms["routes"] = (t3 - t2) * 1e3
+        # 4. links down, then antennas that lost their satellite are parked at their gateway
+        went_down = d.went_down
+        self._set_links(went_down, False, both=True)
+        parked = d.peer_links[d.new_peer < 0]
+        self._move_far_ends(parked, np.full(len(parked), -1), up_now)
+        applied.peer[parked] = -1
+        stats.links_down = len(went_down)
+        self.applied = applied
+        t4 = time.perf_counter()
+        stats.timings_ms["links_down"] = (t4 - t3) * 1e3
+        stats.timings_ms["total"] = (t4 - t0) * 1e3
+        return stats
+
+    def stop(self) -> None:
+        """Tear everything down: shaper, processes in our namespaces, shells, sockets. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self.shaper is not None:
+                self.shaper.close()
+        except Exception as e:  # noqa: BLE001 - teardown continues whatever the shaper says
+            log.warning("closing the shaper failed: %s", e)
+        for s in self._rtnl:
+            if s is not None:
+                s.close()
+        self._rtnl = []
+        for ipr in self._ipr.values():
+            try:
+                ipr.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._ipr.clear()
+        pids, _ = find_ours(self.run_id)  # shells and whatever runs in their namespaces
+        kill_and_wait(pids)
+        stop_nodes(self.nodes)
+        try:
+            (STATE_DIR / f"{self.run_id}.json").unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------------------ build steps
+    def _write_state(self) -> None:
+        try:
+            STATE_DIR.mkdir(parents=True, exist_ok=True)
+            (STATE_DIR / f"{self.run_id}.json").write_text(json.dumps(
+                {"run_id": self.run_id, "pid": os.getpid(), "shells": self.pids,
+                 "netns_inodes": [os.stat(nd.ns_path).st_ino for nd in self.nodes]}))
+        except OSError as e:
+            log.warning("cannot write state file under %s: %s", STATE_DIR, e)
+
+    def _sysctls(self) -> None:
+        for i, nd in enumerate(self.nodes):
+            values = dict(SYSCTLS_ALL)
+            if self.is_router[i]:
+                values.update(SYSCTLS_ROUTER)
+            with entered(nd.ns_path, nd.name):
+                for key, value in values.items():
+                    try:
+                        with open(f"/proc/sys/{key}", "w") as f:
+                            f.write(value)
+                    except OSError as e:
+                        raise ApplyError(f"cannot set sysctl {key}={value}: {e.strerror}", node=nd.name,
+                                         operation="sysctl") from None
+
+    def _ns_fd(self, node: int) -> int:
+        try:
+            return os.open(self.nodes[node].ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ApplyError(f"cannot open namespace: {e.strerror}", node=self.names[node],
+                             operation="open netns") from None
+
+    def _create_links(self, snap: Snapshot) -> None:
+        a = self.addr
+        far = np.where(snap.peer >= 0, snap.peer, self.link_a)  # idle antennas park at the gateway
+        self._far = far.astype(np.int64)
+        fds = [self._ns_fd(i) for i in range(self.n_nodes)]
+        try:
+            root = rtnl.Rtnl(None)
+            try:
+                batch = rtnl.Batch()
+                for l in range(self.timeline.n_links):
+                    na, nb = int(self.link_a[l]), int(far[l])
+                    batch.add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                              rtnl.veth_body(a.ifname_a[l], int(a.ifindex_a[l]), fds[na],
+                                             a.ifname_b[l], int(a.ifindex_b[l]), fds[nb]),
+                              f"veth {self.names[na]}:{a.ifname_a[l]} -- {self.names[nb]}:{a.ifname_b[l]}")
+                root.check(batch, "create veth")
+            finally:
+                root.close()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        # addresses and link states, one batch per namespace
+        batches = [rtnl.Batch() for _ in range(self.n_nodes)]
+        for i in range(self.n_nodes):
+            batches[i].add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(1, True), "lo up")
+            if self.is_router[i]:
+                batches[i].add(rtnl.RTM_NEWADDR, _CREATE, rtnl.addr_body(1, int(a.loopback[i]), 32),
+                               f"loopback {ip_str(a.loopback[i])}")
+                self.nodes[i].add_intf("lo", 0, ip_str(a.loopback[i]), 32)
+            else:
+                self.nodes[i].add_intf("lo", 0, "127.0.0.1", 8)
+        up = snap.up
+        for l in range(self.timeline.n_links):
+            na, nb = int(self.link_a[l]), int(far[l])
+            self._queue_end(batches[na], na, l, 0, bool(up[l]))
+            if snap.peer[l] >= 0:
+                self._queue_end(batches[nb], nb, l, 1, bool(up[l]))
+        for i, b in enumerate(batches):
+            self._rtnl[i].check(b, "configure interfaces")
+
+    def _queue_end(self, batch: rtnl.Batch, node: int, link: int, side: int, up: bool) -> None:
+        """Address one end of ``link`` in ``node``'s namespace and set it up/down (queued)."""
+        a = self.addr
+        name = a.ifname_a[link] if side == 0 else a.ifname_b[link]
+        index = int(a.ifindex_a[link] if side == 0 else a.ifindex_b[link])
+        addr = int(a.addr_a[link] if side == 0 else a.addr_b[link])
+        plen = int(a.link_prefix_len[link])
+        batch.add(rtnl.RTM_NEWADDR, _CREATE, rtnl.addr_body(index, addr, plen), f"address of {name}")
+        batch.add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
+        self.nodes[node].add_intf(name, index, ip_str(addr), plen)
+
+    def _ipr_of(self, name: str) -> Any:
+        i = self.timeline.node_index(name)
+        if i not in self._ipr:
+            self._ipr[i] = iproute_in(self.nodes[i].ns_path, name)
+        return self._ipr[i]
+
+    def _port(self, link: int, side: int) -> Any:
+        from .shaping import Port
+
+        node = int(self.link_a[link]) if side == 0 else int(self._far[link])
+        a = self.addr
+        return Port(self.names[node], self.nodes[node].ns_path,
+                    a.ifname_a[link] if side == 0 else a.ifname_b[link],
+                    int(a.ifindex_a[link] if side == 0 else a.ifindex_b[link]))
+
+    def _shape(self, links: np.ndarray, snap: Snapshot) -> None:
+        """Shape both directions of ``links`` (skipping parked ends) with ``snap``'s parameters."""
+        if len(links) == 0:
+            return
+        from .shaping import LinkShape
+
+        items = []
+        params = snap.params[links].astype(np.float64)
+        for l, (delay_ms, rate_mbps, loss_pct) in zip(links.tolist(), params.tolist()):
+            shape = LinkShape(delay_ms, rate_mbps, loss_pct)
+            items.append((self._port(l, 0), shape))
+            if snap.peer[l] >= 0:
+                items.append((self._port(l, 1), shape))
+        self.shaper.set(items, self._ipr_of)
+
+    # ------------------------------------------------------------------------------ link changes
+    def _set_links(self, links: np.ndarray, up: bool, both: bool) -> None:
+        """Admin up/down both ends of ``links`` (a parked far end stays down)."""
+        if len(links) == 0:
+            return
+        batches: dict[int, rtnl.Batch] = {}
+        a = self.addr
+        for l in links.tolist():
+            ends = [(int(self.link_a[l]), int(a.ifindex_a[l]), a.ifname_a[l])]
+            if both and not (self.is_gsl[l] and self._far[l] == self.link_a[l]):
+                ends.append((int(self._far[l]), int(a.ifindex_b[l]), a.ifname_b[l]))
+            for node, index, name in ends:
+                batches.setdefault(node, rtnl.Batch()).add(
+                    rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
+                if not up:
+                    self._forget_routes_via(node, l)
+        for node, b in batches.items():
+            self._rtnl[node].check(b, "link up" if up else "link down")
+
+    def _move_far_ends(self, links: np.ndarray, new_peer: np.ndarray, up_now: np.ndarray) -> None:
+        """Move the satellite end of gateway antennas ``links`` to ``new_peer`` (-1: park at the gateway)."""
+        a = self.addr
+        for l, p in zip(links.tolist(), np.asarray(new_peer).tolist()):
+            old = int(self._far[l])
+            new = int(p) if p >= 0 else int(self.link_a[l])
+            if old == new:
+                continue
+            index, name = int(a.ifindex_b[l]), a.ifname_b[l]
+            was_parked = old == int(self.link_a[l])
+            if not was_parked:
+                try:
+                    self.shaper.forget(self._port(l, 1))
+                except Exception as e:  # noqa: BLE001 - the port is going away anyway
+                    log.warning("shaper.forget(%s) failed: %s", name, e)
+            fd = self._ns_fd(new)
+            try:
+                b = rtnl.Batch()
+                b.add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, False, ns_fd=fd),
+                      f"move {name} from {self.names[old]} to {self.names[new]}")
+                self._rtnl[old].check(b, "handover")
+            finally:
+                os.close(fd)
+            self._forget_routes_via(old, l)
+            self.nodes[old].drop_intf(name)
+            self._far[l] = new
+            if p >= 0:
+                b = rtnl.Batch()
+                self._queue_end(b, new, l, 1, bool(up_now[l]))
+                self._rtnl[new].check(b, "handover")
+                if up_now[l]:  # the gateway end may have been down with the antenna idle
+                    b = rtnl.Batch()
+                    b.add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(int(a.ifindex_a[l]), True),
+                          f"{a.ifname_a[l]} up")
+                    self._rtnl[int(self.link_a[l])].check(b, "handover")
+            else:
+                self.nodes[new].add_intf(name, index, None, None)
+
+    # ------------------------------------------------------------------------------ routes
+    def _routes_init(self) -> None:
+        table = self.protocol.compute(self.timeline, 0, self.applied)
+        nd = len(table.destinations)
+        self._inst_nh = np.full((nd, self.n_nodes), -1, np.int32)
+        self._inst_link = np.full((nd, self.n_nodes), -1, np.int32)
+        self._dest_row = {int(d): i for i, d in enumerate(table.destinations)}
+        self._inst_dest = table.destinations.copy()
+
+    def _forget_routes_via(self, node: int, link: int) -> None:
+        """The kernel flushed ``node``'s routes through ``link`` (interface down or moved)."""
+        if self._inst_link.size:
+            col = self._inst_link[:, node]
+            gone = col == link
+            self._inst_nh[gone, node] = -1
+            col[gone] = -1
+
+    def _host_routes(self) -> None:
+        a = self.addr
+        for i in np.flatnonzero(~self.is_router).tolist():
+            l = int(a.access_link[i])
+            b = rtnl.Batch()
+            b.add(rtnl.RTM_NEWROUTE, _CREATE,
+                  rtnl.route_body(0, 0, int(a.gateway_addr[i]), int(a.ifindex_a[l]), int(a.addr_a[l])),
+                  f"default via {ip_str(a.gateway_addr[i])}")
+            self._rtnl[i].check(b, "default route")
+
+    def _update_routes(self, step: int, snap: Snapshot) -> tuple[int, int]:
+        """Install the routes of ``step`` (computed on ``snap``, the state the kernel has by now) that
+        differ from the installed ones; delete the ones that vanished."""
+        table = self.protocol.compute(self.timeline, step, snap)
+        if not np.array_equal(table.destinations, self._inst_dest):
+            raise ApplyError("the routing protocol changed its destination set", operation="routes")
+        self.routes = table
+        nh, link = table.next_hop, table.link
+        a = self.addr
+        dest = table.destinations
+        # a host/compute prefix is on-link at its attachment router: the kernel's connected route serves it
+        onlink = (nh == dest[:, None]) & ~self.is_router[dest][:, None]
+        want_nh = np.where(onlink, -1, nh)
+        want_link = np.where(onlink, -1, link)
+        changed = ((want_nh != self._inst_nh) | (want_link != self._inst_link)) & self.is_router[None, :]
+        rows, routers = np.nonzero(changed)
+        if len(rows) == 0:
+            return 0, 0
+        l = want_link[rows, routers].astype(np.int64)
+        add = l >= 0
+        la = self.link_a[np.maximum(l, 0)]
+        near = la == routers
+        gw = np.where(near, a.addr_b[np.maximum(l, 0)], a.addr_a[np.maximum(l, 0)])
+        oif = np.where(near, a.ifindex_a[np.maximum(l, 0)], a.ifindex_b[np.maximum(l, 0)])
+        dnode = dest[rows]
+        pfx, plen, src = a.prefix[dnode], a.prefix_len[dnode], a.loopback[routers]
+        batches: dict[int, rtnl.Batch] = {}
+        n_del = 0
+        for k, r in enumerate(routers.tolist()):
+            b = batches.get(r)
+            if b is None:
+                b = batches[r] = rtnl.Batch()
+            if add[k]:
+                b.add(rtnl.RTM_NEWROUTE, _CREATE,
+                      rtnl.route_body(int(pfx[k]), int(plen[k]), int(gw[k]), int(oif[k]), int(src[k])),
+                      f"route {ip_str(pfx[k])}/{plen[k]} via {ip_str(gw[k])}")
+            elif self._inst_nh[rows[k], r] >= 0:
+                b.add(rtnl.RTM_DELROUTE, 0, rtnl.route_del_body(int(pfx[k]), int(plen[k])),
+                      f"delete route {ip_str(pfx[k])}/{plen[k]}", ignore=(3,))  # ESRCH: already gone
+                n_del += 1
+        for r, b in batches.items():
+            if len(b):
+                self._rtnl[r].check(b, "routes")
+        self._inst_nh[rows, routers] = want_nh[rows, routers]
+        self._inst_link[rows, routers] = want_link[rows, routers]
+        return int(add.sum()), n_del
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _raise_fd_limit(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("open-file limit %d is below the %d this emulation wants", new, want)

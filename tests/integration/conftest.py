@@ -1,0 +1,82 @@
+"""Root fixtures for tests that build real namespaces, and the end-of-session check that nothing of
+ours is left: no marked process, no new named namespace, no new interface in the root namespace."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+
+class NullShaper:
+    """Test double for tests where shaping is irrelevant (topology, handover, routes): shapes nothing."""
+
+    name = "null"
+
+    def __init__(self) -> None:
+        self.prepared: set[str] = set()
+        self.shaped: dict[tuple[str, int], object] = {}
+        self.closed = False
+
+    def prepare_node(self, node, ns_path, ipr) -> None:
+        self.prepared.add(node)
+
+    def set(self, items, ipr_of) -> None:
+        for port, shape in items:
+            self.shaped[port.key] = shape
+
+    def forget(self, port) -> None:
+        self.shaped.pop(port.key, None)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+#: Names our interfaces have (emulator.addressing); other engineers' and the host's are not ours to judge.
+_OURS = re.compile(r"^(fore|aft|left|right|isl\d+|g\d+|ant\d+|h\d+)$")
+
+
+def _root_state() -> tuple[set[str], set[str]]:
+    links = {n for n in os.listdir("/sys/class/net") if _OURS.match(n)}
+    netns = ({n for n in os.listdir("/var/run/netns") if n.startswith("satnetem-")}
+             if Path("/var/run/netns").is_dir() else set())
+    return links, netns
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """Fail the session if tests leave processes, namespaces or root-namespace interfaces behind."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from emulator.clean import find_ours
+
+    before_pids, _ = find_ours()
+    links, netns = _root_state()
+    yield
+    after_pids, inodes = find_ours()
+    left = after_pids - before_pids
+    links2, netns2 = _root_state()
+    assert not left, f"processes of ours left behind: {sorted(left)} in {len(inodes)} namespaces"
+    assert links2 <= links, f"interfaces left in the root namespace: {sorted(links2 - links)}"
+    assert netns2 <= netns, f"named namespaces left behind: {sorted(netns2 - netns)}"
+
+
+@pytest.fixture
+def make_emulation(request):
+    """Factory: build an Emulation; every one built is stopped at teardown, even if the test fails."""
+    from emulator.network import Emulation
+
+    made: list[Emulation] = []
+
+    def make(timeline, shaper=None, protocol="shortest-delay", **kw) -> Emulation:
+        emu = Emulation(timeline, shaper if shaper is not None else NullShaper(), protocol, **kw)
+        made.append(emu)
+        emu.build()
+        return emu
+
+    yield make
+    for emu in made:
+        emu.stop()

@@ -1,0 +1,195 @@
+"""The live network against what a user would check: pings, RTTs, handovers, outages, teardown."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from statistics import median
+
+import pytest
+from handmade import GSL_A, GSL_B, OUTAGE_ISL, grid_timeline
+
+from routing.graph import build_graph, path, path_delay_ms
+
+pytestmark = pytest.mark.root
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ping(emu, src: str, dst_addr: str, count: int = 3, interval_s: float = 0.1, extra: str = "") -> tuple[int, list[float]]:
+    """(packets received, RTTs in ms) of ``count`` pings from node ``src``."""
+    out = emu.node(src).cmd(f"ping -n -c {count} -i {interval_s} -W 1 {extra} {dst_addr}")
+    if "Network is unreachable" in out:
+        return 0, []
+    m = re.search(r"(\d+) received", out)
+    assert m, out
+    return int(m.group(1)), [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def intf_names(emu, node: str) -> set[str]:
+    out = emu.node(node).cmd("ls /sys/class/net")
+    return set(out.split())
+
+
+def oper_up(emu, node: str, ifname: str) -> bool:
+    flags = int(emu.node(node).cmd(f"cat /sys/class/net/{ifname}/flags").strip(), 16)
+    return bool(flags & 1)
+
+
+def test_rtt_equals_prediction_with_userspace_shaper(make_emulation):
+    shaping = pytest.importorskip("emulator.shaping")
+    tl = grid_timeline()
+    shaper, _ = shaping.make_shaper("userspace")
+    emu = make_emulation(tl, shaper)
+    ia, ib = tl.node_index("h-a"), tl.node_index("h-b")
+    snap = tl.snapshot(0)
+    graph = build_graph(tl.link_a, snap, len(tl.nodes))
+    nodes_ab, links_ab, _ = path(graph, ia, ib)
+    _, links_ba, _ = path(graph, ib, ia)
+    isl_hops = sum(1 for l in links_ab if tl.link_class[l] == 0)
+    assert isl_hops >= 4
+    # the kernel forwards on that path: each router's installed next hop is the predicted one
+    for here, nxt in zip(nodes_ab[1:-2], nodes_ab[2:-1]):
+        assert emu.routes.routes_of(here)[ib][0] == nxt
+    predicted_ms = path_delay_ms(snap, links_ab) + path_delay_ms(snap, links_ba)
+    got, rtts = ping(emu, "h-a", emu.address_of("h-b"), count=20, interval_s=0.05)
+    assert got == 20
+    emu.apply_step(4)  # same topology, every delay 0 ms
+    got0, base = ping(emu, "h-a", emu.address_of("h-b"), count=20, interval_s=0.05)
+    assert got0 == 20
+    measured_ms = median(rtts) - median(base)
+    assert abs(measured_ms - predicted_ms) <= max(1.0, 0.03 * predicted_ms), (measured_ms, predicted_ms)
+
+
+def test_handover_moves_the_antenna_and_traffic_resumes(make_emulation):
+    tl = grid_timeline()
+    emu = make_emulation(tl)
+    dst = emu.address_of("h-b")
+    assert ping(emu, "h-a", dst)[0] == 3
+    ifname = f"g{GSL_B}"
+    assert ifname in intf_names(emu, "sat-2-2")
+    stats = emu.apply_step(1)
+    assert stats.handovers == 1 and stats.links_down == 1
+    assert ifname not in intf_names(emu, "sat-2-2")
+    assert ifname in intf_names(emu, "sat-2-3")
+    assert oper_up(emu, "sat-2-3", ifname)
+    assert ping(emu, "h-a", dst)[0] == 3
+    # and back (a step can be reached from any applied state)
+    emu.apply_step(0)
+    assert ifname in intf_names(emu, "sat-2-2")
+    assert ping(emu, "h-a", dst)[0] == 3
+
+
+def test_isl_in_outage_carries_nothing(make_emulation):
+    tl = grid_timeline()
+    emu = make_emulation(tl)
+    near, far = "sat-1-0", "sat-1-1"
+    far_addr = emu.addr.addr_b[OUTAGE_ISL]
+    from emulator.addressing import ip_str
+
+    # step 0: the ISL carries pings forced onto it
+    assert ping(emu, near, ip_str(far_addr), extra="-I fore")[0] == 3
+    emu.apply_step(1)  # OUTAGE on sat-1-0 -> sat-1-1
+    assert not oper_up(emu, near, "fore") and not oper_up(emu, far, "aft")
+    assert ping(emu, near, ip_str(far_addr), extra="-I fore")[0] == 0
+    # no installed route uses the link, and traffic between the hosts goes around it
+    assert not (emu.routes.link == OUTAGE_ISL).any()
+    assert "dev fore" not in emu.node(near).cmd("ip route")
+    assert ping(emu, "h-a", emu.address_of("h-b"))[0] == 3
+    assert ping(emu, "h-a", emu.address_of(far))[0] == 3  # the far satellite is still reachable
+
+
+def test_antenna_without_satellite_then_back(make_emulation):
+    tl = grid_timeline()
+    emu = make_emulation(tl)
+    dst = emu.address_of("h-b")
+    emu.apply_step(2)  # gw-a's antenna has no satellite
+    assert not oper_up(emu, "gw-a", "ant0")
+    assert f"g{GSL_A}" in intf_names(emu, "gw-a")  # parked at its gateway
+    assert ping(emu, "h-a", dst, count=2)[0] == 0
+    emu.apply_step(3)  # on sat-0-1
+    assert f"g{GSL_A}" in intf_names(emu, "sat-0-1")
+    assert ping(emu, "h-a", dst)[0] == 3
+    assert ping(emu, "c-1", dst)[0] == 3  # the compute node reaches the ground too
+
+
+def test_applying_a_step_twice_changes_nothing(make_emulation):
+    tl = grid_timeline()
+    emu = make_emulation(tl)
+    emu.apply_step(1)
+    routes = {n: emu.node(n).cmd("ip route") for n in ("gw-b", "sat-2-3", "sat-1-0")}
+    again = emu.apply_step(1)
+    assert (again.links_up, again.links_down, again.handovers, again.param_changes,
+            again.routes_changed, again.routes_deleted) == (0, 0, 0, 0, 0, 0)
+    assert routes == {n: emu.node(n).cmd("ip route") for n in routes}
+
+
+def test_stop_leaves_no_process_or_namespace(make_emulation):
+    from emulator.clean import find_ours
+
+    emu = make_emulation(grid_timeline())
+    pids = emu.pids
+    sleeper = emu.node("h-a").popen(["sleep", "300"])  # a process started in a node dies with it
+    deadline = time.monotonic() + 5
+    while sleeper.pid not in find_ours(emu.run_id)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)  # mnexec joins the namespace just after it starts
+    pids2, inodes = find_ours(emu.run_id)
+    assert len(inodes) == len(pids) and set(pids) < pids2
+    emu.stop()
+    emu.stop()  # idempotent
+    assert find_ours(emu.run_id) == (set(), set())
+    assert not [p for p in pids2 if alive(p)]
+    sleeper.wait(timeout=5)
+
+
+def test_clean_after_kill_9(tmp_path):
+    from emulator.clean import clean, find_ours
+
+    run_id = f"kill9-{os.getpid()}"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO / 'tests')!r})
+        from handmade import grid_timeline
+        from emulator.network import Emulation
+        sys.path.insert(0, {str(REPO / 'tests' / 'integration')!r})
+        from conftest import NullShaper
+        emu = Emulation(grid_timeline(), NullShaper(), "shortest-delay", run_id={run_id!r})
+        emu.build()
+        emu.node("h-a").popen(["sleep", "300"])
+        print("READY", flush=True)
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", line
+        pids, inodes = find_ours(run_id)
+        assert len(inodes) == len(grid_timeline().nodes)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        report = clean(run_id)
+        assert report.ok and report.namespaces == len(inodes)
+        # the shells may die with the killed emulator (their pty hangs up); the process started in a
+        # node does not, and clean finds it through the namespace recorded in the state file
+        assert report.killed
+        assert not [p for p in pids - {proc.pid} if alive(p)]
+        assert find_ours(run_id) == (set(), set())
+        assert not Path(f"/run/satnetem/{run_id}.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        clean(run_id)

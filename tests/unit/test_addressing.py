@@ -1,0 +1,103 @@
+"""The addressing plan: safe names, unique addresses and interface names, capacity limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import numpy as np
+import pytest
+from handmade import GSL_A, OUTAGE_ISL, grid_timeline
+
+from emulator.addressing import AddressPlan, check_node_name, ip_str
+from topologies.errors import ConfigError
+
+
+@pytest.mark.parametrize("bad", ["h;rm -rf /", "H-a", "1sat", "sat a", "sat$(id)", "a" * 32, "", "sat_1",
+                                 "gw`x`", "h\n"])
+def test_unsafe_names_are_refused(bad):
+    with pytest.raises(ConfigError, match="not allowed"):
+        check_node_name(bad)
+    with pytest.raises(ConfigError, match="not allowed"):
+        AddressPlan().assign(grid_timeline(names={"h-a": bad}))
+
+
+def test_emulation_refuses_bad_input_before_building_anything():
+    from emulator.clean import find_ours
+    from emulator.network import Emulation
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"shaper.{name} used before validation")
+
+    with pytest.raises(ConfigError, match="not allowed"):
+        Emulation(grid_timeline(names={"gw-a": "gw;reboot"}), Untouchable(), "shortest-delay", run_id="badname")
+    with pytest.raises(ConfigError, match="more links than names allow"):
+        Emulation(grid_timeline(), Untouchable(), "shortest-delay", run_id="toosmall",
+                  address_plan=AddressPlan(link_pool="10.0.0.0/27"))
+    if os.geteuid() == 0:
+        assert find_ours("badname") == (set(), set()) and find_ours("toosmall") == (set(), set())
+
+
+def test_capacity_limits_raise():
+    tl = grid_timeline()
+    with pytest.raises(ConfigError, match="more links than names allow"):
+        AddressPlan(link_pool="10.0.0.0/27").assign(tl)  # 16 slots for 37
+    AddressPlan(link_pool="10.0.0.0/25").assign(tl)  # 64 slots suffice
+    with pytest.raises(ConfigError, match="more nodes than names allow"):
+        AddressPlan(loopback_pool="10.64.0.0/28").assign(tl)  # 14 loopbacks for 18 routers
+    with pytest.raises(ConfigError, match="more hosts than names allow"):
+        AddressPlan(host_pool="10.128.0.0/23", host_prefix_len=24).assign(tl)  # 2 subnets for 3
+
+
+@pytest.mark.parametrize("kw", [dict(link_pool="192.168.0.0/16"), dict(link_pool="10.64.0.0/12"),
+                                dict(host_prefix_len=31), dict(link_pool="nonsense")])
+def test_bad_plans(kw):
+    with pytest.raises(ConfigError):
+        AddressPlan(**kw)
+
+
+def test_addresses_unique_inside_10_8_and_paired():
+    tl = grid_timeline()
+    a = AddressPlan().assign(tl)
+    routers = np.flatnonzero(a.is_router)
+    all_addrs = np.concatenate([a.loopback[routers], a.addr_a, a.addr_b])
+    assert len(np.unique(all_addrs)) == len(all_addrs)
+    assert all(ipaddress.IPv4Address(int(x)) in ipaddress.IPv4Network("10.0.0.0/8") for x in all_addrs)
+    for l in range(tl.n_links):  # both ends in one prefix of the link's length
+        net = ipaddress.IPv4Network(f"{ip_str(a.addr_a[l])}/{a.link_prefix_len[l]}", strict=False)
+        assert ipaddress.IPv4Address(int(a.addr_b[l])) in net
+    h = tl.node_index("h-a")
+    assert a.address_of(h) == "10.128.0.2" and ip_str(a.gateway_addr[h]) == "10.128.0.1"
+    assert a.address_of(tl.node_index("sat-0-0")) == "10.64.0.1"
+    again = AddressPlan().assign(grid_timeline())  # deterministic
+    for f in ("loopback", "prefix", "prefix_len", "addr_a", "addr_b", "ifindex_a", "ifindex_b"):
+        assert np.array_equal(getattr(again, f), getattr(a, f))
+    assert again.ifname_a == a.ifname_a and again.ifname_b == a.ifname_b
+
+
+def test_interface_names_short_and_unique_per_namespace_at_every_step():
+    tl = grid_timeline()
+    a = AddressPlan().assign(tl)
+    assert a.ifname_a[OUTAGE_ISL] == "fore" and a.ifname_b[OUTAGE_ISL] == "aft"
+    assert a.ifname_a[GSL_A] == "ant0" and a.ifname_b[GSL_A] == f"g{GSL_A}"
+    for k in range(tl.n_steps):
+        per_ns: dict[int, list[str]] = {}
+        idx_ns: dict[int, list[int]] = {}
+        for l in range(tl.n_links):
+            far = int(tl.peer[l, k]) if tl.peer[l, k] >= 0 else int(tl.link_a[l])
+            for node, name, idx in ((int(tl.link_a[l]), a.ifname_a[l], a.ifindex_a[l]),
+                                    (far, a.ifname_b[l], a.ifindex_b[l])):
+                per_ns.setdefault(node, []).append(name)
+                idx_ns.setdefault(node, []).append(int(idx))
+        for node, names in per_ns.items():
+            assert len(set(names)) == len(names), (k, tl.nodes[node].name, names)
+            assert all(len(n) <= 15 for n in names)
+            assert 1 not in idx_ns[node] and len(set(idx_ns[node])) == len(idx_ns[node])
+
+
+def test_not_a_grid_falls_back_to_numbered_names():
+    tl = grid_timeline()
+    tl.link_role[:] = 0  # every ISL "intra": a satellite would have two "fore"
+    a = AddressPlan().assign(tl)
+    assert a.ifname_a[0] == "isl0" and a.ifname_b[0] == "isl0"

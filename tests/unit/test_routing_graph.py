@@ -1,0 +1,85 @@
+"""Shortest paths and next hops against networkx, on a hand-made timeline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import networkx as nx
+import numpy as np
+import pytest
+from handmade import GSL_A, OUTAGE_ISL, grid_timeline
+
+from routing.base import destinations, get_protocol
+from routing.graph import HOP_EPSILON, build_graph, next_hops, path, path_delay_ms
+from topologies.errors import ConfigError
+
+
+def reference(tl, step):
+    g = nx.Graph()
+    g.add_nodes_from(range(len(tl.nodes)))
+    for l in range(tl.n_links):
+        if tl.state[l, step] == 0 and tl.peer[l, step] >= 0:
+            g.add_edge(int(tl.link_a[l]), int(tl.peer[l, step]), weight=float(tl.delay_ms[l, step]) + HOP_EPSILON)
+    return g
+
+
+@pytest.mark.parametrize("step", range(5))
+def test_distances_and_next_hops_match_networkx(step):
+    tl = grid_timeline()
+    snap = tl.snapshot(step)
+    graph = build_graph(tl.link_a, snap, len(tl.nodes))
+    dest = destinations(tl)
+    dist, nh, link = next_hops(graph, dest)
+    g = reference(tl, step)
+    for i, d in enumerate(dest):
+        ref = nx.single_source_dijkstra_path_length(g, int(d))
+        for v in range(len(tl.nodes)):
+            if v in ref:
+                assert dist[i, v] == pytest.approx(ref[v], abs=1e-4)
+                if v != d:  # the next hop lies on a shortest path and its link joins the two
+                    w = int(nh[i, v])
+                    assert dist[i, v] == pytest.approx(g[v][w]["weight"] + dist[i, w], abs=1e-4)
+                    l = int(link[i, v])
+                    assert {int(tl.link_a[l]), int(snap.peer[l])} == {v, w} and snap.up[l]
+            else:
+                assert not np.isfinite(dist[i, v]) and nh[i, v] == -1 and link[i, v] == -1
+
+
+def test_down_links_are_avoided_and_unreachable_is_minus_one():
+    tl = grid_timeline()
+    table = get_protocol("shortest-delay").compute(tl, 1)
+    assert not (table.link == OUTAGE_ISL).any()
+    table2 = get_protocol("shortest-delay").compute(tl, 2)  # gw-a has no satellite: h-a is cut off
+    row = list(table2.destinations).index(tl.node_index("h-a"))
+    assert table2.next_hop[row, tl.node_index("sat-3-3")] == -1
+    assert tl.node_index("h-a") not in table2.routes_of(tl.node_index("sat-0-0"))
+
+
+def test_path_delay_and_parallel_links():
+    tl = grid_timeline()
+    snap = tl.snapshot(0)
+    ia, ib = tl.node_index("h-a"), tl.node_index("h-b")
+    nodes, links, w = path(build_graph(tl.link_a, snap, len(tl.nodes)), ia, ib)
+    assert nodes[0] == ia and nodes[-1] == ib and len(links) == len(nodes) - 1
+    assert w == pytest.approx(path_delay_ms(snap, links) + HOP_EPSILON * len(links))
+    # a second, slower antenna of gw-a on the same satellite is never chosen
+    params = snap.params.copy()
+    peer = np.append(snap.peer, snap.peer[GSL_A])
+    from topologies.timeline import Snapshot
+    snap2 = Snapshot(0, np.append(snap.state, 0), peer, np.vstack([params, params[GSL_A] + [5, 0, 0]]))
+    g2 = build_graph(np.append(tl.link_a, tl.link_a[GSL_A]), snap2, len(tl.nodes))
+    assert path(g2, ia, ib)[1] == links
+
+
+def test_unknown_protocol_lists_known_ones():
+    with pytest.raises(ConfigError, match="shortest-delay"):
+        get_protocol("ospf-magic")
+    with pytest.raises(ConfigError, match="unknown routing metric"):
+        build_graph(np.zeros(0), grid_timeline().snapshot(0), 1, metric="bandwidth")
+
+
+def test_routing_imports_without_pyroute2_or_mininet():
+    code = ("import sys, routing.base, routing.graph, routing.shortest_delay; "
+            "bad = [m for m in ('pyroute2', 'mininet') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
