@@ -2,17 +2,30 @@
 one delay daemon (:mod:`emulator.shaping.delayd`) that serves every port of every namespace.
 
 The daemon is started on the first ``prepare_node`` with an argument list (no shell) and spoken to over
-its stdin/stdout with one JSON line per request. Per namespace it binds an nfnetlink_queue and installs
-one nf_tables rule over netlink; no process is forked per namespace or per port.
+its stdin/stdout with one JSON line per request. Per namespace it binds an nfnetlink_queue and keeps an
+nf_tables table whose rules queue only the held interfaces; no process is forked per namespace or port.
+
+Where a port's packets are held: at the receiving end, as they arrive on ``port.peer`` in the peer's
+namespace (prerouting), when the port names its peer -- the fast way for TCP, see
+:mod:`emulator.shaping.delayd` --; otherwise as they leave ``port`` (postrouting).
+
+An arriving packet is time-stamped by the kernel before prerouting, and sockets that ask for receive
+time stamps (``ping`` does, for its RTT) would see it as arrived before its hold, one hop's delay too
+early. So on each interface held at ingress a three-instruction cls_bpf program clears ``skb->tstamp``
+at tc ingress; the socket then stamps the packet when it is read, after the hold.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import errno
 import json
 import logging
 import os
+import platform
 import select
+import struct
 import subprocess
 import sys
 import threading
@@ -28,6 +41,60 @@ from topologies.errors import ApplyError
 
 log = logging.getLogger(__name__)
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+
+# --------------------------------------------------------------------------- rx time-stamp clearing (cls_bpf)
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_SCHED_CLS = 3
+_SKB_TSTAMP_OFFSET = 152  # offsetof(struct __sk_buff, tstamp), linux/bpf.h (stable UAPI)
+# r0 = 0 (TC_ACT_OK); *(u64 *)(r1 + tstamp) = r0; exit   -- struct bpf_insn: code, dst|src<<4, off, imm
+_CLEAR_TSTAMP_INSNS = (struct.pack("<BBhi", 0xB7, 0x00, 0, 0)
+                       + struct.pack("<BBhi", 0x7B, 0x01, _SKB_TSTAMP_OFFSET, 0)
+                       + struct.pack("<BBhi", 0x95, 0x00, 0, 0))
+INGRESS_HANDLE = 0xFFFF0000  # the ingress qdisc "ffff:"
+_FILTER_NAME = "satnetem_rxts"
+
+
+def load_clear_tstamp_prog() -> int:
+    """Load the tc program that zeroes ``skb->tstamp``; returns its fd (the caller closes it).
+
+    Raises
+    ------
+    OSError
+        bpf(2) is missing or refused the program.
+    """
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {platform.machine()}")
+    insns = ctypes.create_string_buffer(_CLEAR_TSTAMP_INSNS, len(_CLEAR_TSTAMP_INSNS))
+    lic = ctypes.create_string_buffer(b"GPL")
+    # union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf,
+    # kern_version, prog_flags, prog_name[16]; the rest zero.
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=IIQQIIQII16s", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(_CLEAR_TSTAMP_INSNS) // 8,
+                     ctypes.addressof(insns), ctypes.addressof(lic), 0, 0, 0, 0, 0, b"satnetem_rxts")
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_PROG_LOAD), attr, ctypes.c_uint(len(attr)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf(BPF_PROG_LOAD): {os.strerror(err)}")
+    return int(fd)
+
+
+def attach_clear_tstamp(ipr: Any, ifindex: int, prog_fd: int) -> None:
+    """Put the program on ``ifindex``'s tc ingress (ingress qdisc ffff: + one direct-action bpf filter).
+
+    Idempotent: an ingress qdisc or our filter already there is kept.
+    """
+    for call in (lambda: ipr.tc("add", "ingress", ifindex, INGRESS_HANDLE),
+                 lambda: ipr.tc("add-filter", "bpf", ifindex, 1, parent=INGRESS_HANDLE, prio=1,
+                                fd=prog_fd, name=_FILTER_NAME, direct_action=True)):
+        try:
+            call()
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
 
 
 class UserspaceShaper(Shaper):
@@ -55,8 +122,12 @@ class UserspaceShaper(Shaper):
         self._lock = threading.Lock()
         self._next_id = 0
         self._ns_of_node: dict[str, str] = {}
-        self._shaped: dict[tuple[str, int], LinkShape] = {}
+        # port key -> (shape, where its packets are held: (ns_path, ifindex, ingress))
+        self._shaped: dict[tuple[str, int], tuple[LinkShape, tuple[str, int, bool]]] = {}
         self._closed = False
+        self._rxts_prog_fd: int | None = None
+        self._rxts_failed = False  # warned once that receive time stamps will be early
+        self._rxts_done: set[tuple[str, int]] = set()  # (ns_path, ifindex) carrying the program
 
     # ----------------------------------------------------------------- daemon
 
@@ -90,7 +161,10 @@ class UserspaceShaper(Shaper):
                 proc.stdin.flush()
             except BrokenPipeError:
                 raise ApplyError(f"delay daemon died (exit {proc.poll()})", operation=op) from None
-            ready, _, _ = select.select([proc.stdout], [], [], self.reply_timeout_s)
+            # poll, not select: with thousands of namespaces open, descriptors exceed FD_SETSIZE
+            poller = select.poll()
+            poller.register(proc.stdout, select.POLLIN)
+            ready = poller.poll(self.reply_timeout_s * 1000)
             if not ready:
                 raise ApplyError(f"delay daemon did not answer in {self.reply_timeout_s} s", operation=op)
             line = proc.stdout.readline()
@@ -104,9 +178,15 @@ class UserspaceShaper(Shaper):
                 raise ApplyError(f"delay daemon: {reply.get('error')}", operation=op)
             return reply
 
-    def stats(self) -> dict[str, Any]:
-        """Counters of the daemon: queued, verdicts, dropped, unshaped, held, late_mean_us, late_max_us."""
-        reply = self._call("stats")
+    def stats(self, reset_late_max: bool = False) -> dict[str, Any]:
+        """Counters of the daemon since it started.
+
+        Keys: queued, verdicts, dropped, unshaped (packets, cumulative), held (packets held now),
+        verdict_errors, released, late_sum_us, late_mean_us, late_max_us (how late packets were released
+        after their due time, us), lead_us (how early the timer is armed), namespaces, held_interfaces.
+        ``reset_late_max`` zeroes the maximum lateness after reporting it (to measure one interval).
+        """
+        reply = self._call("stats", reset_late_max=reset_late_max)
         return {k: v for k, v in reply.items() if k not in ("id", "ok")}
 
     # ----------------------------------------------------------------- Shaper
@@ -120,38 +200,89 @@ class UserspaceShaper(Shaper):
             raise ApplyError(str(e), node=node, operation="attach namespace to delay daemon") from None
         self._ns_of_node[node] = ns_path
 
+    @staticmethod
+    def hold_of(port: Port) -> tuple[str, int, bool]:
+        """Where the daemon holds ``port``'s packets: (namespace path, ifindex, ingress)."""
+        if port.peer is not None:
+            return (port.peer.ns_path, port.peer.ifindex, True)
+        return (port.ns_path, port.ifindex, False)
+
+    def _check_prepared(self, port: Port, what: Port) -> None:
+        if self._ns_of_node.get(what.node) != what.ns_path:
+            raise ApplyError(f"namespace {what.ns_path} of {what.node} was not prepared (prepare_node first)",
+                             node=port.node, link=port.ifname, operation="shape")
+
     def set(self, items: Sequence[tuple[Port, LinkShape]], ipr_of: Callable[[str], Any]) -> None:
-        changed: list[tuple[Port, LinkShape]] = []
+        changed: list[tuple[Port, LinkShape, tuple[str, int, bool]]] = []
+        moved: list[tuple[str, int, bool]] = []
         for port, shape in items:
-            if self._ns_of_node.get(port.node) != port.ns_path:
-                raise ApplyError(f"namespace {port.ns_path} was not prepared (prepare_node first)",
-                                 node=port.node, link=port.ifname, operation="shape")
+            self._check_prepared(port, port)
+            if port.peer is not None:
+                self._check_prepared(port, port.peer)
+            hold = self.hold_of(port)
             old = self._shaped.get(port.key)
-            if old == shape:
+            if old == (shape, hold):
                 continue
-            if old is None or old.rate_mbps != shape.rate_mbps:
+            old_shape = old[0] if old is not None else None
+            if old_shape is None or old_shape.rate_mbps != shape.rate_mbps:
                 try:
-                    apply_htb(ipr_of(port.node), port.ifindex, shape, first=old is None)
+                    apply_htb(ipr_of(port.node), port.ifindex, shape, first=old_shape is None)
                 except (NetlinkError, OSError) as e:
                     raise ApplyError(f"htb {'add' if old is None else 'change'} failed: {e}", node=port.node,
                                      link=port.ifname, operation="tc htb") from e
-            changed.append((port, shape))
+            if old is not None and old[1] != hold:  # the peer moved (handover) or appeared
+                moved.append(old[1])
+            changed.append((port, shape, hold))
+        for port, _shape, (ns, idx, ingress) in changed:
+            if ingress and (ns, idx) not in self._rxts_done and port.peer is not None:
+                self._clear_rx_tstamps(ipr_of, port.peer)
         if changed:
-            self._call("set", ports=[[p.ns_path, p.ifindex, s.delay_ms, s.loss_pct] for p, s in changed])
-            for port, shape in changed:
-                self._shaped[port.key] = shape
+            self._call("set", ports=[[ns, idx, s.delay_ms, s.loss_pct, ingress]
+                                     for _p, s, (ns, idx, ingress) in changed],
+                       forget=[list(h) for h in moved])
+            for port, shape, hold in changed:
+                self._shaped[port.key] = (shape, hold)
+
+    def _clear_rx_tstamps(self, ipr_of: Callable[[str], Any], peer: Port) -> None:
+        if self._rxts_failed:
+            return
+        try:
+            if self._rxts_prog_fd is None:
+                self._rxts_prog_fd = load_clear_tstamp_prog()
+            attach_clear_tstamp(ipr_of(peer.node), peer.ifindex, self._rxts_prog_fd)
+        except (OSError, NetlinkError) as e:
+            # Shaping itself is right; only receive time stamps (ping's RTT) come out early.
+            self._rxts_failed = True
+            log.warning("cannot clear receive time stamps on %s/%s (%s): programs reading them (ping) "
+                        "will see RTTs short by the delay of the last hop", peer.node, peer.ifname, e)
+            return
+        self._rxts_done.add((peer.ns_path, peer.ifindex))
 
     def forget(self, port: Port) -> None:
-        if self._shaped.pop(port.key, None) is not None and self.pid is not None:
-            self._call("forget", ns=port.ns_path, ifindex=port.ifindex)
+        """Stop holding ``port``'s packets wherever they were held (its ``peer`` now need not be given)."""
+        old = self._shaped.pop(port.key, None)
+        if old is not None and self.pid is not None:
+            ns, ifindex, ingress = old[1]
+            self._call("forget", ns=ns, ifindex=ifindex, ingress=ingress)
 
     def release_node(self, node: str, ns_path: str) -> None:
-        """Unbind the namespace's queue and remove its rule (before the namespace is torn down)."""
+        """Unbind the namespace's queue and remove its table (before the namespace is torn down).
+
+        Ports of other namespaces whose packets were held here are forgotten too (the next ``set`` on
+        them adds again).
+        """
         if self._ns_of_node.pop(node, None) is None:
             return
-        for key in [k for k in self._shaped if k[0] == ns_path]:
-            del self._shaped[key]
+        self._rxts_done = {k for k in self._rxts_done if k[0] != ns_path}
+        elsewhere = []  # holds in other namespaces of this namespace's ports
+        for key, (_shape, hold) in list(self._shaped.items()):
+            if key[0] == ns_path or hold[0] == ns_path:
+                del self._shaped[key]
+                if hold[0] != ns_path:
+                    elsewhere.append(list(hold))
         if self.pid is not None:
+            if elsewhere:
+                self._call("set", ports=[], forget=elsewhere)
             self._call("release_ns", ns=ns_path)
 
     def close(self) -> None:
@@ -163,6 +294,10 @@ class UserspaceShaper(Shaper):
             proc, self._proc = self._proc, None
         self._ns_of_node.clear()
         self._shaped.clear()
+        self._rxts_done.clear()
+        if self._rxts_prog_fd is not None:  # the filters keep their own reference to the program
+            os.close(self._rxts_prog_fd)
+            self._rxts_prog_fd = None
         if proc is None:
             return
         try:

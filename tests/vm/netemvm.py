@@ -21,11 +21,11 @@ import codecs
 import ctypes
 import ctypes.util
 import dataclasses
+import gzip
 import hashlib
 import json
 import logging
 import lzma
-import gzip
 import os
 import re
 import secrets
@@ -38,8 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, TextIO
+from typing import TextIO
 
 from topologies.errors import ConfigError, SatnetemError
 
@@ -507,11 +508,11 @@ def qemu_command(config: VmConfig, kernel: KernelImage, initrd: Path,
            "-display", "none", "-monitor", "none", "-serial", "stdio",
            "-m", str(config.memory_mb), "-smp", str(config.cpus),
            "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", append,
-           "-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,"
-                      "multidevs=remap"]
+           "-virtfs", ("local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,"
+                       "multidevs=remap")]
     for tag, path in share_tags:
-        cmd += ["-virtfs", f"local,path={_qemu_opt(str(path))},mount_tag={tag},"
-                           "security_model=passthrough,multidevs=remap"]
+        cmd += ["-virtfs", (f"local,path={_qemu_opt(str(path))},mount_tag={tag},"
+                            "security_model=passthrough,multidevs=remap")]
     return cmd
 
 
@@ -551,7 +552,7 @@ class VmResult:
     exit_code: int
     boot_s: float
     total_s: float
-    output: str
+    output: str = dataclasses.field(repr=False)  # the whole console: too long for an assertion message
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -618,16 +619,18 @@ def run_in_vm(argv: Sequence[str], config: VmConfig = VmConfig(), *, stream: Tex
             f.write(job)  # the kernel unpacks concatenated archives in order
         cmd = qemu_command(config, kernel, initrd, share_tags)
         log.info("booting %s: %s", kernel.version, " ".join(cmd))
-        return _drive(cmd, config, nonce, stream, list(argv))
+        return _drive(cmd, config, nonce, stream, list(argv), initrd)
     finally:
         initrd.unlink(missing_ok=True)
 
 
-def _drive(cmd: list[str], config: VmConfig, nonce: str, stream: TextIO | None, argv: list[str]) -> VmResult:
+def _drive(cmd: list[str], config: VmConfig, nonce: str, stream: TextIO | None, argv: list[str],
+           initrd: Path) -> VmResult:
     start = time.monotonic()
     deadline = start + config.timeout_s
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)
+                            # one prctl(2) in the child: no locks, no allocation, so safe with threads
+                            preexec_fn=_die_with_parent)  # noqa: PLW1509
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     output: list[str] = []
     pending = ""
@@ -656,6 +659,9 @@ def _drive(cmd: list[str], config: VmConfig, nonce: str, stream: TextIO | None, 
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
+                # qemu loaded the initrd before the guest could print anything: drop the file now, so
+                # not even a harness killed with SIGKILL leaves it behind.
+                initrd.unlink(missing_ok=True)
                 text = decoder.decode(chunk).replace("\r", "")
                 output.append(text)
                 if stream is not None:
