@@ -164,6 +164,17 @@ def cmd_cli(args: argparse.Namespace) -> int:
     return interactive(args)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    s = report(args.results)
+    from .runner import print_summary
+
+    print_summary(s, Path(args.results))
+    print(f"  plots: {len(s.get('plots', []))} files in {Path(args.results) / 'plots'}")
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from .clean import clean
 
@@ -202,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--duration", type=float, default=None, help="play only this many seconds")
         r.add_argument("-o", "--results", default=None, help="results folder (default results/<time>)")
         r.set_defaults(func=func)
+
+    rp = sub.add_parser("report", help="rebuild the summary and plots of a results folder (no root)")
+    rp.add_argument("results", help="results folder written by 'satnetem run'")
+    rp.set_defaults(func=cmd_report)
 
     c = sub.add_parser("clean", help="remove everything a crashed run may have left, and nothing else")
     c.set_defaults(func=cmd_clean)

@@ -81,11 +81,13 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_rtt(samples, tl: Timeline | None, folder: Path) -> list[Path]:
+def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None = None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(samples), 1, figsize=(10, 3.2 * len(samples)), squeeze=False)
     ho, outage = _events(tl) if tl is not None else (np.array([]), np.array([]))
+    if played_s is not None:
+        ho, outage = ho[ho <= played_s], outage[outage <= played_s]
     for ax, (probe, s) in zip(axes[:, 0], samples.items()):
         ok = np.isfinite(s["rtt_ms"])
         ax.plot(s["t_s"][ok], s["rtt_ms"][ok], ".", ms=3, label="measured RTT")
@@ -217,6 +219,22 @@ def plot_map(tl: Timeline, folder: Path, steps: list[int], pairs: list[tuple[str
     return paths
 
 
+def played_steps(folder: Path, tl: Timeline | None) -> int:
+    """How many steps of the timeline the run got through (all of them if unknown)."""
+    n = tl.n_steps if tl is not None else 0
+    path = folder / "steps.csv"
+    if path.is_file():
+        last = 0
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    last = max(last, int(row["step"]))
+                except (KeyError, ValueError):
+                    break  # a line cut short by an interrupted run
+        return max(1, min(n, last + 1)) if n else last + 1
+    return n
+
+
 def report(folder: str | Path) -> dict[str, Any]:
     """Rebuild ``summary.json`` (probe statistics) and every plot of a results folder."""
     import matplotlib
@@ -240,14 +258,14 @@ def report(folder: str | Path) -> dict[str, Any]:
     plots = folder / "plots"
     plots.mkdir(exist_ok=True)
     written: list[Path] = []
+    played = played_steps(folder, tl)
     if samples:
-        written += plot_rtt(samples, tl, plots)
+        written += plot_rtt(samples, tl, plots, played * tl.step_s if tl is not None else None)
         written += plot_loss(samples, plots)
         written += plot_error_cdf(samples, plots)
     if tl is not None:
         pairs = [tuple(p.split("--", 1)) for p in samples] or []
-        n = tl.n_steps
-        written += plot_map(tl, plots, sorted({0, n // 2, n - 1}), [p for p in pairs if len(p) == 2])
+        written += plot_map(tl, plots, sorted({0, played // 2, played - 1}), [p for p in pairs if len(p) == 2])
     summary["plots"] = [str(p.relative_to(folder)) for p in written]
     sp.write_text(json.dumps(summary, indent=2))
     return summary

@@ -227,7 +227,13 @@ def run(args: argparse.Namespace) -> int:
             summary["lateness"] = playback.lateness_summary()
             summary["probes"] = _probe_results(tl, running, t0_unix, speed, out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_summary(summary, out)
+    try:
+        from .report import report
+
+        summary = report(out)
+    except Exception as e:  # noqa: BLE001 - the measurements are on disk; plots can be redone with 'report'
+        log.warning("plots failed (%s); 'satnetem report %s' retries", e, out)
+    print_summary(summary, out)
     return 0 if summary["complete"] else 130
 
 
@@ -260,10 +266,10 @@ def _fmt(v: float | None, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
-def _print_summary(s: dict[str, Any], out: Path) -> None:
+def print_summary(s: dict[str, Any], out: Path) -> None:
     _say("")
-    _say(f"satnetem run '{s['scenario']}': {'complete' if s['complete'] else 'INTERRUPTED'}, "
-         f"shaper {s['shaper']}, routing {s['protocol']}, speed {s['speed']:g}")
+    _say(f"satnetem run '{s.get('scenario', '?')}': {'complete' if s.get('complete') else 'INTERRUPTED'}, "
+         f"shaper {s.get('shaper')}, routing {s.get('protocol')}, speed {s.get('speed', 1):g}")
     if "build_s" in s:
         _say(f"  bring-up {s['build_s']} s, teardown {s.get('teardown_s', '-')} s")
     late = s.get("lateness") or {}
