@@ -178,9 +178,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from .clean import clean
 
-    report = clean()
-    print(f"satnetem clean: {report}")
-    return 0
+    report = clean(args.run_id)
+    print(f"satnetem clean: killed {len(report.killed)} processes in {report.namespaces} namespaces, "
+          f"removed {len(report.netns_removed)} named namespaces and {len(report.state_files_removed)} "
+          f"state files" + (f"; STILL RUNNING: {report.remaining}" if report.remaining else ""))
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     c = sub.add_parser("clean", help="remove everything a crashed run may have left, and nothing else")
+    c.add_argument("--run-id", default=None, help="only what this run left (default: every run's leftovers)")
     c.set_defaults(func=cmd_clean)
     return p
 

@@ -64,6 +64,25 @@ def nothing_left_behind():
     assert netns2 <= netns, f"named namespaces left behind: {sorted(netns2 - netns)}"
 
 
+IN_VM = os.environ.get("SATNETEM_IN_VM") == "1"
+
+
+@pytest.fixture(params=["userspace", "netem"])
+def backend(request):
+    """Each shaping backend in turn: the userspace one on this machine's kernel, netem where the kernel has
+    sch_netem (inside the VM of tests/vm, which .ci/run boots for the netem tests)."""
+    from emulator.shaping import probe_netem
+
+    if request.param == "netem":
+        ok, why = probe_netem()
+        if not ok:
+            pytest.skip(f"netem backend: {why}; tests/integration/test_netem_vm.py runs it in a VM with a "
+                        f"stock kernel")
+    elif IN_VM:
+        pytest.skip("inside the netem VM only the netem backend is tested")
+    return request.param
+
+
 @pytest.fixture
 def make_emulation(request):
     """Factory: build an Emulation; every one built is stopped at teardown, even if the test fails."""
