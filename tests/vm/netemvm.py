@@ -504,7 +504,9 @@ def qemu_command(config: VmConfig, kernel: KernelImage, initrd: Path,
                  share_tags: Sequence[tuple[str, Path]]) -> list[str]:
     """The qemu argument list: TCG, serial console on stdio, the host root and shares over 9p."""
     append = "console=ttyS0 panic=-1 rdinit=/init" + ("" if config.boot_log else " quiet loglevel=3")
-    cmd = [config.qemu, "-accel", "tcg", "-nodefaults", "-no-user-config", "-no-reboot",
+    # -cpu max: TCG's default model (qemu64) lacks instructions that today's numpy wheels need (SSE4.2 and
+    # up: x86-64-v2), which would kill the guest's Python with "Illegal instruction"
+    cmd = [config.qemu, "-accel", "tcg", "-cpu", "max", "-nodefaults", "-no-user-config", "-no-reboot",
            "-display", "none", "-monitor", "none", "-serial", "stdio",
            "-m", str(config.memory_mb), "-smp", str(config.cpus),
            "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", append,
