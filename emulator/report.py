@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,144 @@ from topologies.timeline import LINK_CLASSES, Reason, Timeline
 log = logging.getLogger(__name__)
 
 
-def read_samples(folder: Path) -> dict[str, dict[str, np.ndarray]]:
-    """{probe: {t_s, step, seq, rtt_ms, predicted_rtt_ms}} from samples.csv (missing values are NaN)."""
-    path = folder / "samples.csv"
-    if not path.is_file():
-        return {}
-    cols: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            try:
-                c = cols[row["probe"]]
-                for k in ("t_s", "step", "seq", "rtt_ms", "predicted_rtt_ms"):
-                    v = row.get(k, "")
-                    c[k].append(float(v) if v not in ("", None) else np.nan)
-            except (KeyError, ValueError) as e:
-                raise ConfigError(f"malformed row {i + 2}: {e}", file=str(path)) from None
-    return {p: {k: np.asarray(v) for k, v in c.items()} for p, c in cols.items()}
+SAMPLE_COLUMNS = ("flow", "kind", "metric", "t_s", "step", "seq", "measured_ms", "predicted_ms", "best_ms")
+
+
+def _load_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def _rel_steps(t_unix: np.ndarray, run: dict[str, Any], tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
+    """Timeline seconds and step index of wall-clock times (the run's clock started at ``t0_unix``)."""
+    t = (t_unix - run["t0_unix"]) * run.get("speed", 1.0)
+    step = np.clip(np.floor(t / tl.step_s), 0, tl.n_steps - 1).astype(int)
+    return t, step
+
+
+def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
+    """Per-sample records of every ping and udp-probe flow, with the predicted and best delays, from the
+    raw files in ``flows/``; plus a summary entry per flow of every kind. Writes ``samples.csv``."""
+    from routing.predict import predict
+
+    from .probes import parse_ping
+    from .traffic.iperf import parse_iperf_json
+    from .traffic.pathprobe import path_rounds
+    from .traffic.service import summarise_requests
+    from .traffic.udpprobe import summarise_udp, udp_samples
+
+    run = _load_json(folder / "run.json", {})
+    manifest = _load_json(folder / "flows.json", [])
+    if not run or not manifest:
+        return {}, []
+    steps = played_steps(folder, tl)
+    names = {n.name: i for i, n in enumerate(tl.nodes)}
+    pairs = sorted({(names[f["src"]], names[f["dst"]]) for f in manifest if f["dst"] in names})
+    for f in manifest:
+        for t in f.get("targets", {}):
+            if t in names:
+                pairs.append((names[f["src"]], names[t]))
+    pred = predict(tl, run.get("protocol", "shortest-delay"), sorted(set(pairs)), steps)
+    samples: dict[str, dict[str, np.ndarray]] = {}
+    flows: list[dict[str, Any]] = []
+    for f in manifest:
+        d = folder / "flows" / f["label"].replace(":", "_")
+        kind = f["kind"]
+        entry: dict[str, Any] = {"flow": f["label"], "kind": kind, "src": f["src"], "dst": f["dst"]}
+        pp = pred.get((names.get(f["src"], -1), names.get(f["dst"], -1)))
+        if kind in ("ping", "udp-probe"):
+            if kind == "ping":
+                ps = parse_ping((d / "ping.txt").read_text(errors="replace") if (d / "ping.txt").exists() else "",
+                                f["start_unix_s"], 1.0 / f["rate_pps"])
+                t_unix, seq, meas = ps.sent_unix_s, ps.seq, ps.rtt_ms
+                metric = "rtt"
+            else:
+                try:
+                    us = udp_samples(str(d / "sent.csv"), str(d / "recv.csv"))
+                    t_unix, seq, meas = us.sent_unix_s, us.seq, us.one_way_ms
+                except ConfigError as e:
+                    log.warning("%s: %s", f["label"], e)
+                    t_unix = seq = meas = np.array([])
+                metric = "one_way"
+            t, step = _rel_steps(np.asarray(t_unix, float), run, tl)
+            if pp is not None and len(step):
+                predicted = (pp.rtt_ms if metric == "rtt" else pp.forward_ms)[np.minimum(step, steps - 1)]
+                best = (pp.best_rtt_ms if metric == "rtt" else pp.best_forward_ms)[np.minimum(step, steps - 1)]
+            else:
+                predicted = best = np.full(len(step), np.nan)
+            samples[f["label"]] = {"kind": kind, "metric": metric, "t_s": t, "step": step,
+                                   "seq": np.asarray(seq, float), "measured_ms": np.asarray(meas, float),
+                                   "predicted_ms": predicted, "best_ms": best}
+            entry.update(summarise_samples_one(samples[f["label"]]))
+            if kind == "udp-probe" and (d / "sent.csv").exists():
+                try:
+                    u = summarise_udp(str(d / "sent.csv"), str(d / "recv.csv"))
+                    entry.update({"reordered": u["reordered"], "duplicates": u["duplicates"]})
+                except ConfigError as e:
+                    log.warning("%s: %s", f["label"], e)
+        elif kind.startswith("iperf3"):
+            text = (d / "client.json").read_text(errors="replace") if (d / "client.json").exists() else ""
+            res = parse_iperf_json(text)
+            entry.update({k: v for k, v in res.items() if k != "intervals"})
+        elif kind == "request":
+            if (d / "requests.csv").exists():
+                try:
+                    entry.update(summarise_requests(str(d / "requests.csv")))
+                except ConfigError as e:
+                    log.warning("%s: %s", f["label"], e)
+            rtts = {}
+            for t_name in f.get("targets", {}):
+                p2 = pred.get((names[f["src"]], names[t_name]))
+                if p2 is not None:
+                    rtts[t_name] = stats(p2.rtt_ms)
+            entry["predicted_network_rtt_ms"] = rtts
+        elif kind == "path":
+            rounds = path_rounds(str(d / "paths.csv")) if (d / "paths.csv").exists() else []
+            entry.update(compare_paths(rounds, tl, folder, run, pp))
+        flows.append(entry)
+    with open(folder / "samples.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(SAMPLE_COLUMNS)
+        for label, sm in samples.items():
+            for i in range(len(sm["t_s"])):
+                w.writerow([label, sm["kind"], sm["metric"], f"{sm['t_s'][i]:.4f}", int(sm["step"][i]),
+                            int(sm["seq"][i]), _num(sm["measured_ms"][i]), _num(sm["predicted_ms"][i]),
+                            _num(sm["best_ms"][i])])
+    return samples, flows
+
+
+def _num(x: float) -> str:
+    return "" if not np.isfinite(x) else f"{x:.3f}"
+
+
+def compare_paths(rounds, tl: Timeline, folder: Path, run: dict[str, Any], pp) -> dict[str, Any]:
+    """How often the path a probe recorded is the path the routes were predicted to take."""
+    addr_file = folder / "addresses.json"
+    owners = _load_json(addr_file, {})
+    if not rounds or pp is None or not owners:
+        return {"rounds": len(rounds), "matched": None}
+    matched = reached = 0
+    mismatches = []
+    for r in rounds:
+        if not r.reached:
+            continue
+        reached += 1
+        _, step = _rel_steps(np.array([r.t_unix_s]), run, tl)
+        k = int(step[0])
+        want = [tl.nodes[n].name for n in pp.forward_paths[min(k, len(pp.forward_paths) - 1)][1:]]
+        got = [owners.get(h, {}).get(str(k), owners.get(h, {}).get("*", h)) if h else "?" for h in r.hops]
+        if got == want:
+            matched += 1
+        elif len(mismatches) < 5:
+            mismatches.append({"step": k, "measured": got, "predicted": want})
+    return {"rounds": len(rounds), "reached": reached, "matched": matched,
+            "matched_pct": round(100 * matched / reached, 1) if reached else None, "mismatches": mismatches}
 
 
 def stats(x: np.ndarray) -> dict[str, float | None]:
+    x = np.asarray(x, float)
     x = x[np.isfinite(x)]
     if not len(x):
         return {"p50": None, "p95": None, "p99": None, "min": None, "max": None}
@@ -47,17 +165,16 @@ def stats(x: np.ndarray) -> dict[str, float | None]:
             "p99": float(np.percentile(x, 99)), "min": float(x.min()), "max": float(x.max())}
 
 
-def summarise_samples(samples: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-    out = []
-    for probe, s in samples.items():
-        rtt, pred = s["rtt_ms"], s["predicted_rtt_ms"]
-        lost = int(np.isnan(rtt).sum())
-        err = rtt - pred
-        out.append({"probe": probe, "sent": int(len(rtt)), "lost": lost,
-                    "loss_pct": round(100 * lost / len(rtt), 2) if len(rtt) else None,
-                    "rtt_ms": stats(rtt), "predicted_rtt_ms": stats(pred), "error_ms": stats(err),
-                    "abs_error_ms": stats(np.abs(err))})
-    return out
+def summarise_samples_one(s: dict[str, np.ndarray]) -> dict[str, Any]:
+    m, p, b = s["measured_ms"], s["predicted_ms"], s["best_ms"]
+    lost = int(np.isnan(m).sum())
+    err = m - p
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stretch = m / b
+    return {"metric": s["metric"], "sent": int(len(m)), "lost": lost,
+            "loss_pct": round(100 * lost / len(m), 2) if len(m) else None,
+            "measured_ms": stats(m), "predicted_ms": stats(p), "error_ms": stats(err),
+            "abs_error_ms": stats(np.abs(err)), "stretch": stats(stretch)}
 
 
 def _events(tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
@@ -89,13 +206,14 @@ def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None 
     if played_s is not None:
         ho, outage = ho[ho <= played_s], outage[outage <= played_s]
     for ax, (probe, s) in zip(axes[:, 0], samples.items()):
-        ok = np.isfinite(s["rtt_ms"])
-        ax.plot(s["t_s"][ok], s["rtt_ms"][ok], ".", ms=3, label="measured RTT")
+        what = "RTT" if s["metric"] == "rtt" else "one-way delay"
+        ok = np.isfinite(s["measured_ms"])
+        ax.plot(s["t_s"][ok], s["measured_ms"][ok], ".", ms=3, label=f"measured {what}")
         order = np.argsort(s["t_s"])
-        ax.plot(s["t_s"][order], s["predicted_rtt_ms"][order], "-", lw=1.2, label="predicted RTT")
+        ax.plot(s["t_s"][order], s["predicted_ms"][order], "-", lw=1.2, label=f"predicted {what}")
         lost = ~ok
         if lost.any():
-            y = np.nanmax(s["rtt_ms"]) if ok.any() else 0
+            y = np.nanmax(s["measured_ms"]) if ok.any() else 0
             ax.plot(s["t_s"][lost], np.full(lost.sum(), y), "x", color="red", ms=4, label="lost")
         for i, t in enumerate(ho):
             ax.axvline(t, color="grey", lw=0.6, ls="--", label="GSL handover" if i == 0 else None)
@@ -103,7 +221,7 @@ def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None 
             ax.axvline(t, color="orange", lw=0.6, ls=":", label="ISL outage" if i == 0 else None)
         ax.set_title(probe)
         ax.set_xlabel("time (s)")
-        ax.set_ylabel("RTT (ms)")
+        ax.set_ylabel(f"{what} (ms)")
         ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     paths = _save(fig, folder, "rtt")
@@ -121,7 +239,7 @@ def plot_loss(samples, folder: Path, bin_s: float = 1.0) -> list[Path]:
         bins = np.floor(s["t_s"] / bin_s).astype(int)
         bins -= bins.min()
         sent = np.bincount(bins)
-        lost = np.bincount(bins, weights=np.isnan(s["rtt_ms"]).astype(float), minlength=len(sent))
+        lost = np.bincount(bins, weights=np.isnan(s["measured_ms"]).astype(float), minlength=len(sent))
         with np.errstate(invalid="ignore", divide="ignore"):
             pct = np.where(sent > 0, 100 * lost / sent, np.nan)
         t = (np.arange(len(sent)) + 0.5) * bin_s + np.floor(np.nanmin(s["t_s"]) / bin_s) * bin_s
@@ -140,11 +258,11 @@ def plot_error_cdf(samples, folder: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for probe, s in samples.items():
-        e = (s["rtt_ms"] - s["predicted_rtt_ms"])
+        e = (s["measured_ms"] - s["predicted_ms"])
         e = np.sort(e[np.isfinite(e)])
         if len(e):
             ax.plot(e, np.arange(1, len(e) + 1) / len(e), label=probe)
-    ax.set_xlabel("measured - predicted RTT (ms)")
+    ax.set_xlabel("measured - predicted delay (ms)")
     ax.set_ylabel("CDF")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -219,6 +337,27 @@ def plot_map(tl: Timeline, folder: Path, steps: list[int], pairs: list[tuple[str
     return paths
 
 
+def lateness(folder: Path) -> dict[str, Any] | None:
+    """Step lateness (ms) from steps.csv: how late each step was fully applied."""
+    path = folder / "steps.csv"
+    if not path.is_file():
+        return None
+    late, app = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                late.append(float(row["late_ms"]))
+                app.append(float(row["apply_ms"]))
+            except (KeyError, TypeError, ValueError):
+                break
+    if not late:
+        return {"steps": 0}
+    la, ap = np.array(late), np.array(app)
+    return {"steps": len(la), "late_ms_median": float(np.median(la)), "late_ms_p95": float(np.percentile(la, 95)),
+            "late_ms_max": float(la.max()), "apply_ms_median": float(np.median(ap)),
+            "apply_ms_p95": float(np.percentile(ap, 95))}
+
+
 def played_steps(folder: Path, tl: Timeline | None) -> int:
     """How many steps of the timeline the run got through (all of them if unknown)."""
     n = tl.n_steps if tl is not None else 0
@@ -253,8 +392,25 @@ def report(folder: str | Path) -> dict[str, Any]:
     tl = None
     if (folder / "timeline.npz").is_file():
         tl = Timeline.load(folder / "timeline.npz")
-    samples = read_samples(folder)
-    summary["probes"] = summarise_samples(samples)
+    samples, flows = build_samples(folder, tl) if tl is not None else ({}, [])
+    summary["flows"] = flows
+    summary.pop("probes", None)
+    errs = [abs(f["error_ms"]["p50"]) for f in flows if f.get("error_ms", {}).get("p50") is not None]
+    preds = [f["predicted_ms"]["p50"] for f in flows if f.get("error_ms", {}).get("p50") is not None]
+    if errs:
+        worst = int(np.argmax([e / max(1.0, 0.03 * p) for e, p in zip(errs, preds)]))
+        summary["delay_error"] = {"worst_abs_p50_ms": errs[worst], "of_predicted_p50_ms": preds[worst],
+                                  "bound_ms": max(1.0, 0.03 * preds[worst]),
+                                  "within_bound": errs[worst] <= max(1.0, 0.03 * preds[worst])}
+    if tl is not None:
+        played = played_steps(folder, tl)
+        gsl = tl.link_class == LINK_CLASSES.index("gsl")
+        peer = tl.peer[gsl, :played]
+        summary["handovers"] = int(np.sum(peer[:, 1:] != peer[:, :-1]))
+        isl = tl.link_class == LINK_CLASSES.index("isl")
+        st = tl.state[isl, :played]
+        summary["isl_outages"] = int(np.sum((st[:, 1:] == Reason.OUTAGE) & (st[:, :-1] != Reason.OUTAGE)))
+    summary["lateness"] = lateness(folder) or summary.get("lateness")
     plots = folder / "plots"
     plots.mkdir(exist_ok=True)
     written: list[Path] = []
@@ -264,7 +420,7 @@ def report(folder: str | Path) -> dict[str, Any]:
         written += plot_loss(samples, plots)
         written += plot_error_cdf(samples, plots)
     if tl is not None:
-        pairs = [tuple(p.split("--", 1)) for p in samples] or []
+        pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))
         written += plot_map(tl, plots, sorted({0, played // 2, played - 1}), [p for p in pairs if len(p) == 2])
     summary["plots"] = [str(p.relative_to(folder)) for p in written]
     sp.write_text(json.dumps(summary, indent=2))

@@ -27,7 +27,6 @@ from topologies.scenario import (DEFAULT_SCENARIO_TOML, Scenario, TrafficSpec, c
 from topologies.timeline import Timeline
 
 from .clock import Playback, StepRecord
-from .probes import PingProbe
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,6 @@ def results_dir(args: argparse.Namespace, sc: Scenario) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         d = Path("results") / f"{stamp}-{sc.name}"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "probes").mkdir(exist_ok=True)
     return d
 
 
@@ -128,11 +126,80 @@ def _stats(x: np.ndarray) -> dict[str, float | None]:
             "p99": float(np.percentile(x, 99)), "min": float(x.min()), "max": float(x.max())}
 
 
+def address_owners(emu: Any, tl: Timeline, steps: int) -> dict[str, dict[str, str]]:
+    """{address: {"*": node}} for every interface address, or {address: {step: node}} for the satellite end
+    of a gateway antenna, which moves between satellites: maps path-probe hops back to nodes."""
+    from .addressing import ip_str
+
+    a = emu.addr
+    names = [n.name for n in tl.nodes]
+    out: dict[str, dict[str, str]] = {}
+    for i in range(len(names)):
+        if a.is_router[i]:
+            out[ip_str(a.loopback[i])] = {"*": names[i]}
+    for link in range(tl.n_links):
+        out[ip_str(a.addr_a[link])] = {"*": names[int(tl.link_a[link])]}
+        peers = tl.peer[link, :steps]
+        if (peers == peers[0]).all() and peers[0] >= 0:
+            out[ip_str(a.addr_b[link])] = {"*": names[int(peers[0])]}
+        else:
+            out[ip_str(a.addr_b[link])] = {str(k): names[int(p)] for k, p in enumerate(peers) if p >= 0}
+    return out
+
+
+def nearest_schedule(tl: Timeline, protocol: Any, src: str, computes: list[str], t0_unix: float,
+                     speed: float, steps: int) -> list[dict[str, Any]]:
+    """For the 'nearest' request policy: from each step on, the compute node with the lowest predicted
+    RTT from ``src``."""
+    from routing.predict import predict
+
+    si = tl.node_index(src)
+    pred = predict(tl, protocol, [(si, tl.node_index(c)) for c in computes], steps)
+    rtt = np.stack([pred[(si, tl.node_index(c))].rtt_ms for c in computes])
+    rtt = np.where(np.isfinite(rtt), rtt, np.inf)
+    best = np.argmin(rtt, axis=0)
+    out, last = [], None
+    for k in range(steps):
+        if best[k] != last:
+            out.append({"t_unix_s": t0_unix + k * tl.step_s / speed, "target": computes[int(best[k])]})
+            last = best[k]
+    return out
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def flow_progress(flows: list[Any], out: Path) -> str:
+    """'received/sent' of each running flow, read from its files (cheap: line counts)."""
+    parts = []
+    for fl in flows:
+        r = fl.record
+        d = out / "flows" / r.label.replace(":", "_")
+        sent = int(max(0.0, time.time() - r.start_unix_s) * r.rate_pps)
+        if r.kind == "ping":
+            try:
+                text = (d / "ping.txt").read_text(errors="replace")
+            except OSError:
+                text = ""
+            parts.append(f"{r.label} {text.count('bytes from')}/{sent}")
+        elif r.kind == "udp-probe":
+            parts.append(f"{r.label} {max(0, _count_lines(d / 'recv.csv') - 1)}/"
+                         f"{max(0, _count_lines(d / 'sent.csv') - 1)}")
+        elif r.kind == "request":
+            parts.append(f"{r.label} {max(0, _count_lines(d / 'requests.csv') - 1)} done")
+    return "; ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Build, play, probe, write the results folder, tear down. Returns the exit status."""
+    """Build, play, send the traffic, write the results folder as it goes, tear down, report."""
     _require_root()
     sc, tl = load_inputs(args)
-    probes = check_probes(sc, tl)
+    flows_wanted = check_probes(sc, tl)
     speed = args.speed if args.speed is not None else sc.emulation.speed
     if not 0.01 <= speed <= 100:
         raise ConfigError(f"--speed must be in [0.01, 100], got {speed}")
@@ -140,15 +207,17 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None:
         if args.duration <= 0:
             raise ConfigError(f"--duration must be > 0, got {args.duration}")
-        last = min(last, int(round(args.duration / tl.step_s)))
+        last = min(last, max(1, int(round(args.duration / tl.step_s))) - 1)
     play_s = (last + 1) * tl.step_s / speed
+    protocol_name = getattr(args, "protocol", None) or sc.routing.protocol
 
     from routing.base import get_protocol
 
+    from .flows import FlowStarter
     from .network import Emulation
     from .shaping import make_shaper
 
-    protocol = get_protocol(sc.routing.protocol)
+    protocol = get_protocol(protocol_name)
     out = results_dir(args, sc)
     if sc.source == "<built-in>":
         (out / "scenario.toml").write_text(DEFAULT_SCENARIO_TOML)
@@ -167,18 +236,27 @@ def run(args: argparse.Namespace) -> int:
     steps_w = csv.writer(steps_csv)
     steps_w.writerow(["step", "due_s", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
                       "param_changes", "routes_changed"])
+    steps_csv.flush()
     emu = None
-    t0_unix = time.time()
-    running: list[PingProbe] = []
+    starter: Any = None
     playback: Playback | None = None
+    timers: list[threading.Timer] = []
     try:
         with _signals_raise():
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
+            if hasattr(emu, "log_dir"):
+                emu.log_dir = out / "daemons"
             t = time.monotonic()
             _say(f"building {len(tl.nodes)} nodes and {tl.n_links} links ...")
             emu.build()
             summary["build_s"] = round(time.monotonic() - t, 2)
+            (out / "addresses.json").write_text(json.dumps(address_owners(emu, tl, last + 1)))
             _say(f"  built in {summary['build_s']} s; playing {last + 1} steps ({play_s:.0f} s wall clock)")
+            starter = FlowStarter(emu, out, speed)
+            computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
+            if computes and any(f.kind == "request" for f in flows_wanted):
+                starter.start_services(computes, max(f.work_ms for f in flows_wanted if f.kind == "request"))
+                time.sleep(0.5)
 
             def on_step(rec: StepRecord) -> None:
                 s = rec.stats
@@ -187,36 +265,44 @@ def run(args: argparse.Namespace) -> int:
                                   s.get("param_changes", 0), s.get("routes_changed", 0)])
                 steps_csv.flush()
                 if rec.step % max(1, int(10 / tl.step_s)) == 0:
-                    _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms")
+                    _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
+                         f"  {flow_progress(starter.flows, out)}")
 
             playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step)
             t0 = time.monotonic()
             t0_unix = time.time()
-            timers = []
-            for p in probes:
-                dur = p.duration_s if p.duration_s is not None else play_s - p.start_s / speed
+            (out / "run.json").write_text(json.dumps({"t0_unix": t0_unix, "speed": speed, "step_s": tl.step_s,
+                                                      "protocol": protocol.name, "shaper": shaper.name,
+                                                      "steps_planned": last + 1}))
+            for i, f in enumerate(flows_wanted):
+                dur = f.duration_s / speed if f.duration_s is not None else play_s - f.start_s / speed
+                if dur <= 0:
+                    continue
+                sched = (nearest_schedule(tl, protocol, f.src, computes, t0_unix, speed, last + 1)
+                         if f.kind == "request" and f.policy == "nearest" else None)
 
-                def start(p: TrafficSpec = p, dur: float = dur) -> None:
-                    running.append(PingProbe(emu.node(p.src), p.src, p.dst, emu.address_of(p.dst),
-                                             p.rate_pps, max(1.0, dur),
-                                             out / "probes" / f"{p.src}--{p.dst}.ping.txt"))
+                def start(i: int = i, f: TrafficSpec = f, dur: float = dur, sched: Any = sched) -> None:
+                    starter.start(i, f, max(1.0, dur), sched)
 
-                if p.start_s > 0:
-                    timers.append(threading.Timer(p.start_s / speed, start))
+                if f.start_s > 0:
+                    timers.append(threading.Timer(f.start_s / speed, start))
+                    timers[-1].daemon = True
                     timers[-1].start()
                 else:
                     start()
             playback.run(t0)
             for tm in timers:
                 tm.cancel()
-            for pr in running:
-                pr.wait(timeout_s=5)
+            for fl in starter.flows:
+                fl.wait(timeout_s=5)
             summary["complete"] = True
     except KeyboardInterrupt:
-        _say("interrupted: tearing down")
-        for pr in running:
-            pr.stop()
+        _say("interrupted: stopping traffic and tearing down")
     finally:
+        for tm in timers:
+            tm.cancel()
+        if starter is not None:
+            starter.stop_all()
         steps_csv.close()
         t = time.monotonic()
         if emu is not None:
@@ -225,7 +311,6 @@ def run(args: argparse.Namespace) -> int:
         summary["teardown_s"] = round(time.monotonic() - t, 2)
         if playback is not None:
             summary["lateness"] = playback.lateness_summary()
-            summary["probes"] = _probe_results(tl, running, t0_unix, speed, out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     try:
         from .report import report
@@ -234,32 +319,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - the measurements are on disk; plots can be redone with 'report'
         log.warning("plots failed (%s); 'satnetem report %s' retries", e, out)
     print_summary(summary, out)
-    return 0 if summary["complete"] else 130
-
-
-def _probe_results(tl: Timeline, running: list[PingProbe], t0_unix: float, speed: float,
-                   out: Path) -> list[dict[str, Any]]:
-    res = []
-    with open(out / "samples.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["probe", "t_s", "step", "seq", "rtt_ms", "predicted_rtt_ms"])
-        for pr in running:
-            s = pr.samples()
-            pred_all = predicted_rtt_ms(tl, pr.src, pr.dst)
-            t_rel = (s.sent_unix_s - t0_unix) * speed
-            step = np.clip(np.floor(t_rel / tl.step_s).astype(int), 0, tl.n_steps - 1)
-            pred = pred_all[step] if len(step) else np.array([])
-            name = f"{pr.src}--{pr.dst}"
-            for i in range(len(s.seq)):
-                w.writerow([name, f"{t_rel[i]:.4f}", step[i], s.seq[i],
-                            "" if np.isnan(s.rtt_ms[i]) else f"{s.rtt_ms[i]:.3f}",
-                            "" if np.isnan(pred[i]) else f"{pred[i]:.3f}"])
-            err = s.rtt_ms - pred
-            res.append({"probe": name, "kind": "ping", "sent": int(len(s.seq)), "lost": s.lost,
-                        "loss_pct": round(100 * s.lost / len(s.seq), 2) if len(s.seq) else None,
-                        "rtt_ms": _stats(s.rtt_ms), "predicted_rtt_ms": _stats(pred),
-                        "error_ms": _stats(err), "abs_error_ms": _stats(np.abs(err))})
-    return res
+    return 0 if summary.get("complete") else 130
 
 
 def _fmt(v: float | None, nd: int = 2) -> str:
@@ -276,10 +336,33 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     if late.get("steps"):
         _say(f"  steps applied {late['steps']}: late median {_fmt(late['late_ms_median'])} ms, "
              f"p95 {_fmt(late['late_ms_p95'])} ms; apply median {_fmt(late['apply_ms_median'])} ms")
-    for p in s.get("probes", []):
-        r, e = p["rtt_ms"], p["error_ms"]
-        _say(f"  {p['probe']}: {p['sent']} sent, {p['lost']} lost; RTT p50/p95/p99 {_fmt(r['p50'])}/"
-             f"{_fmt(r['p95'])}/{_fmt(r['p99'])} ms; measured - predicted p50 {_fmt(e['p50'])} ms")
+    for f in s.get("flows", []):
+        if f["kind"] in ("ping", "udp-probe"):
+            m, e = f["measured_ms"], f["error_ms"]
+            what = "RTT" if f["metric"] == "rtt" else "one-way"
+            _say(f"  {f['flow']}: {f['sent']} sent, {f['lost']} lost; {what} p50/p95/p99 {_fmt(m['p50'])}/"
+                 f"{_fmt(m['p95'])}/{_fmt(m['p99'])} ms; measured - predicted p50 {_fmt(e['p50'])} ms")
+        elif f["kind"].startswith("iperf3"):
+            extra = ""
+            if f.get("retransmits") is not None:
+                extra += f", {f.get('retransmits')} retransmits"
+            if f["kind"] == "iperf3-udp":
+                extra += f", jitter {_fmt(f.get('jitter_ms'))} ms, lost {_fmt(f.get('lost_pct'), 1)}%"
+            _say(f"  {f['flow']}: {_fmt(f.get('received_mbps'), 1)} Mbit/s received{extra}")
+        elif f["kind"] == "request":
+            tot, net, svc = ((f.get(k) or {}) for k in ("total_ms", "network_ms", "service_ms"))
+            _say(f"  {f['flow']}: {f.get('count', 0)} requests, {f.get('failures', 0)} failed; total p50 "
+                 f"{_fmt(tot.get('p50'))} ms = network {_fmt(net.get('p50'))} + service {_fmt(svc.get('p50'))}")
+        elif f["kind"] == "path":
+            _say(f"  {f['flow']}: {f.get('rounds', 0)} path rounds; {f.get('matched', '-')} of the "
+                 f"{f.get('reached', '-')} that arrived took the predicted path")
+    de = s.get("delay_error")
+    if de:
+        _say(f"  worst |measured - predicted| p50: {_fmt(de['worst_abs_p50_ms'])} ms on "
+             f"{_fmt(de['of_predicted_p50_ms'])} ms (bound {_fmt(de['bound_ms'])} ms: "
+             f"{'within' if de['within_bound'] else 'OUTSIDE'})")
+    if "handovers" in s:
+        _say(f"  GSL handovers {s['handovers']}, ISL outages {s.get('isl_outages', 0)}")
     _say(f"  results: {out}")
 
 

@@ -72,7 +72,54 @@ def test_rtt_equals_prediction(make_emulation, backend):
     got0, base = ping(emu, "h-a", emu.address_of("h-b"), count=20, interval_s=0.05)
     assert got0 == 20
     measured_ms = median(rtts) - median(base)
+    if os.environ.get("SATNETEM_IN_VM") == "1":
+        # Under qemu's emulated CPU every netem-delayed traversal costs extra timer latency that the
+        # zero-delay baseline does not have; it is measured on one veth pair and added (a real kernel
+        # has none of it: the bound below is the one users get).
+        hops = sum(1 for l in links_ab + links_ba if snap.params[l, 0] > 0)
+        predicted_ms += hops * vm_netem_overhead_ms()
     assert abs(measured_ms - predicted_ms) <= max(1.0, 0.03 * predicted_ms), (measured_ms, predicted_ms)
+
+
+def vm_netem_overhead_ms(delay_ms: float = 10.0) -> float:
+    """Extra one-way latency of a netem-delayed traversal on this machine, from a ping across one
+    veth pair with and without ``delay_ms`` of netem on one side."""
+    from pyroute2 import IPRoute, netns
+
+    names = (f"snvm-{os.getpid()}-a", f"snvm-{os.getpid()}-b")
+    try:
+        for n in names:
+            netns.create(n)
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="snvm0", kind="veth", peer={"ifname": "snvm1", "net_ns_fd": names[1]},
+                     net_ns_fd=names[0])
+        for n, ifn, ip in ((names[0], "snvm0", "10.250.0.1"), (names[1], "snvm1", "10.250.0.2")):
+            with _ipr_in(n) as ipr:
+                idx = ipr.link_lookup(ifname=ifn)[0]
+                ipr.addr("add", index=idx, address=ip, prefixlen=30)
+                ipr.link("set", index=idx, state="up")
+
+        def rtt() -> float:
+            out = subprocess.run(["ip", "netns", "exec", names[0], "ping", "-n", "-q", "-c", "20", "-i", "0.05",
+                                  "10.250.0.2"], capture_output=True, text=True, timeout=60).stdout
+            return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
+
+        base = rtt()
+        with _ipr_in(names[0]) as ipr:
+            ipr.tc("add", "netem", ipr.link_lookup(ifname="snvm0")[0], handle="1:", delay=int(delay_ms * 1000))
+        return max(0.0, rtt() - base - delay_ms)
+    finally:
+        for n in names:
+            try:
+                netns.remove(n)
+            except OSError:
+                pass
+
+
+def _ipr_in(name: str):
+    from emulator.netns import iproute_in
+
+    return iproute_in(f"/var/run/netns/{name}")
 
 
 def test_handover_moves_the_antenna_and_traffic_resumes(make_emulation, backend):
@@ -162,7 +209,7 @@ def test_stop_leaves_no_process_or_namespace(make_emulation, backend):
     emu = make_emulation(grid_timeline(), shaping.make_shaper(backend)[0])
     pids = emu.pids
     sleeper = emu.node("h-a").popen(["sleep", "300"])  # a process started in a node dies with it
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # slow under the emulated CPU of the netem VM
     while sleeper.pid not in find_ours(emu.run_id)[0] and time.monotonic() < deadline:
         time.sleep(0.05)  # mnexec joins the namespace just after it starts
     pids2, inodes = find_ours(emu.run_id)

@@ -1,0 +1,203 @@
+"""Starting the scenario's traffic inside the live network, and stopping it.
+
+Each ``[[traffic]]`` entry becomes one :class:`Flow`: its programs run in the source (and destination)
+nodes' namespaces, started with argument lists, and write their records into ``flows/<label>/`` of the
+results folder as they go. ``flows.json`` (the manifest) says which file holds what, so
+:mod:`emulator.report` can rebuild every figure from the folder alone, even after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from topologies.scenario import TrafficSpec
+
+log = logging.getLogger(__name__)
+
+UDP_PORT_BASE = 20000
+IPERF_PORT_BASE = 5201
+SERVICE_PORT = 8080
+
+
+def safe_label(label: str) -> str:
+    return label.replace(":", "_")
+
+
+@dataclass
+class FlowRecord:
+    """What the manifest keeps of a flow (JSON-able)."""
+
+    label: str
+    kind: str
+    src: str
+    dst: str
+    start_unix_s: float
+    duration_s: float
+    rate_pps: float
+    files: dict[str, str] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)  # request flows: compute node -> address
+    policy: str = "fixed"
+
+
+@dataclass
+class Flow:
+    record: FlowRecord
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        """SIGINT each program (they finish their files), then wait; kill what does not stop."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(2)
+        deadline = time.monotonic() + grace_s
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for h in self.handles:
+            h.close()
+
+    def wait(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.stop(grace_s=2.0)
+
+
+class FlowStarter:
+    """Starts flows in an :class:`~emulator.network.Emulation`; writes the manifest as it goes."""
+
+    def __init__(self, emu: Any, out: Path, speed: float) -> None:
+        self.emu = emu
+        self.out = out
+        self.speed = speed
+        self.flows: list[Flow] = []
+        self.services: list[subprocess.Popen] = []
+        self._service_handles: list[Any] = []
+        (out / "flows").mkdir(parents=True, exist_ok=True)
+
+    def _py(self, node: str, module: str, args: list[str], log_file: Path) -> tuple[subprocess.Popen, Any]:
+        f = open(log_file, "w")
+        argv = [sys.executable, "-m", f"emulator.traffic.{module}", *args]
+        return self.emu.node(node).popen(argv, stdout=f, stderr=subprocess.STDOUT), f
+
+    def start_services(self, compute_nodes: list[str], work_ms: float) -> None:
+        """The orbital compute service on every compute node (requests need them)."""
+        d = self.out / "flows" / "services"
+        d.mkdir(exist_ok=True)
+        for name in compute_nodes:
+            p, f = self._py(name, "service", ["serve", "--bind", "0.0.0.0", "--port", str(SERVICE_PORT),
+                                              "--work-ms", f"{work_ms:g}", "--name", name,
+                                              "--out", str(d / f"{name}.served.csv")], d / f"{name}.log")
+            self.services.append(p)
+            self._service_handles.append(f)
+
+    def start(self, i: int, spec: TrafficSpec, duration_s: float, schedule: list[dict] | None = None) -> Flow:
+        """Start flow ``i`` now for ``duration_s`` wall-clock seconds."""
+        label = spec.label
+        d = self.out / "flows" / safe_label(label)
+        d.mkdir(parents=True, exist_ok=True)
+        rec = FlowRecord(label=label, kind=spec.kind, src=spec.src, dst=spec.dst, start_unix_s=time.time(),
+                         duration_s=duration_s, rate_pps=spec.rate_pps, policy=spec.policy)
+        flow = Flow(rec)
+        dur = f"{duration_s:.3f}"
+        if spec.kind == "ping":
+            out = d / "ping.txt"
+            f = open(out, "w")
+            # stdbuf: ping's output is block-buffered into a file; line buffering keeps it current
+            argv = ["stdbuf", "-oL", "ping", "-D", "-n", "-i", f"{1 / spec.rate_pps:.3f}",
+                    "-w", f"{max(1, round(duration_s))}", "-W", "1", "-s", str(max(16, spec.size_bytes - 8)),
+                    self.emu.address_of(spec.dst)]
+            flow.procs.append(self.emu.node(spec.src).popen(argv, stdout=f, stderr=subprocess.STDOUT))
+            flow.handles.append(f)
+            rec.files = {"ping": "ping.txt"}
+        elif spec.kind == "udp-probe":
+            port = str(UDP_PORT_BASE + i)
+            addr = self.emu.address_of(spec.dst)
+            p, f = self._py(spec.dst, "udpprobe", ["recv", "--bind", addr, "--port", port, "--duration",
+                                                   f"{duration_s + 3:.3f}", "--flow", str(i),
+                                                   "--out", str(d / "recv.csv")], d / "recv.log")
+            flow.procs.append(p)
+            flow.handles.append(f)
+            time.sleep(0.2)  # the receiver binds first
+            p, f = self._py(spec.src, "udpprobe", ["send", "--dst", addr, "--port", port, "--rate-pps",
+                                                   f"{spec.rate_pps:g}", "--size", str(spec.size_bytes),
+                                                   "--duration", dur, "--flow", str(i),
+                                                   "--out", str(d / "sent.csv")], d / "send.log")
+            flow.procs.insert(0, p)
+            flow.handles.append(f)
+            rec.files = {"sent": "sent.csv", "recv": "recv.csv"}
+        elif spec.kind in ("iperf3-tcp", "iperf3-udp"):
+            from .traffic.iperf import IperfFlow, client_argv, server_argv
+
+            fl = IperfFlow(addr=self.emu.address_of(spec.dst), port=IPERF_PORT_BASE + i,
+                           duration_s=max(1.0, duration_s), udp=spec.kind == "iperf3-udp",
+                           rate_mbps=spec.rate_mbps if spec.kind == "iperf3-udp" else None)
+            srv = self.emu.node(spec.dst).popen(server_argv(fl, str(d / "server.log")),
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            cli = self.emu.node(spec.src).popen(client_argv(fl, str(d / "client.json")),
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            flow.procs += [cli, srv]
+            rec.files = {"client": "client.json", "server": "server.log"}
+        elif spec.kind == "path":
+            p, f = self._py(spec.src, "pathprobe", ["--dst", self.emu.address_of(spec.dst), "--max-ttl", "64",
+                                                    "--interval-s", f"{max(0.2, 1 / spec.rate_pps):.3f}",
+                                                    "--duration", dur, "--out", str(d / "paths.csv")],
+                            d / "path.log")
+            flow.procs.append(p)
+            flow.handles.append(f)
+            rec.files = {"paths": "paths.csv"}
+        elif spec.kind == "request":
+            computes = [self.emu.timeline.nodes[k].name for k in self.emu.timeline.nodes_of("compute")]
+            names = [spec.dst] if spec.policy == "fixed" else computes
+            rec.targets = {n: self.emu.address_of(n) for n in names}
+            args = ["request", "--targets", ",".join(f"{n}={a}:{SERVICE_PORT}" for n, a in rec.targets.items()),
+                    "--policy", spec.policy, "--rate-pps", f"{spec.rate_pps:g}", "--duration", dur,
+                    "--out", str(d / "requests.csv")]
+            if spec.policy == "nearest":
+                (d / "schedule.json").write_text(json.dumps(schedule or []))
+                args += ["--schedule", str(d / "schedule.json")]
+                rec.files["schedule"] = "schedule.json"
+            p, f = self._py(spec.src, "service", args, d / "request.log")
+            flow.procs.append(p)
+            flow.handles.append(f)
+            rec.files["requests"] = "requests.csv"
+        else:  # the scenario loader only admits the kinds above
+            raise ValueError(f"unknown traffic kind {spec.kind!r}")
+        self.flows.append(flow)
+        self.write_manifest()
+        return flow
+
+    def write_manifest(self) -> None:
+        tmp = self.out / "flows.json.tmp"
+        tmp.write_text(json.dumps([asdict(f.record) for f in self.flows], indent=2))
+        tmp.replace(self.out / "flows.json")
+
+    def stop_all(self) -> None:
+        for f in self.flows:
+            f.stop()
+        for p in self.services:
+            if p.poll() is None:
+                p.send_signal(2)
+        for p in self.services:
+            try:
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for h in self._service_handles:
+            h.close()
