@@ -175,6 +175,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    return compare(args)
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from .clean import clean
 
@@ -183,6 +189,20 @@ def cmd_clean(args: argparse.Namespace) -> int:
           f"removed {len(report.netns_removed)} named namespaces and {len(report.state_files_removed)} "
           f"state files" + (f"; STILL RUNNING: {report.remaining}" if report.remaining else ""))
     return 0 if report.ok else 1
+
+
+def cmd_protocols(args: argparse.Namespace) -> int:
+    from routing.base import available_protocols
+
+    rows = available_protocols()
+    if args.json:
+        print(json.dumps([{"name": n, "origin": o, "description": d} for n, o, d in rows], indent=2))
+        return 0
+    width = max((len(n) for n, _, _ in rows), default=0)
+    for name, origin, desc in rows:
+        print(f"{name:<{width}}  {desc}")
+        print(f"{'':<{width}}  from {origin}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,9 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-o", "--results", default=None, help="results folder (default results/<time>)")
         r.set_defaults(func=func)
 
+    cp = sub.add_parser("compare", help="the same timeline and traffic under several routing protocols")
+    cp.add_argument("scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)")
+    cp.add_argument("--protocols", required=True, help="comma-separated protocol names (see 'satnetem protocols')")
+    cp.add_argument("--timeline", help="use this saved timeline instead of planning")
+    cp.add_argument("--shaper", choices=("auto", "netem", "userspace"), default=None)
+    cp.add_argument("--speed", type=float, default=None)
+    cp.add_argument("--duration", type=float, default=None, help="play only this many seconds per protocol")
+    cp.add_argument("-o", "--results", default=None, help="comparison folder (default results/<time>-compare)")
+    cp.set_defaults(func=cmd_compare)
+
     rp = sub.add_parser("report", help="rebuild the summary and plots of a results folder (no root)")
     rp.add_argument("results", help="results folder written by 'satnetem run'")
     rp.set_defaults(func=cmd_report)
+
+    pr = sub.add_parser("protocols", help="list the routing protocols: built-in and installed plugins (no root)")
+    pr.add_argument("--json", action="store_true", help="print the list as JSON")
+    pr.set_defaults(func=cmd_protocols)
 
     c = sub.add_parser("clean", help="remove everything a crashed run may have left, and nothing else")
     c.add_argument("--run-id", default=None, help="only what this run left (default: every run's leftovers)")

@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     steps_csv = open(out / "steps.csv", "w", newline="")
     steps_w = csv.writer(steps_csv)
     steps_w.writerow(["step", "due_s", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
-                      "param_changes", "routes_changed"])
+                      "param_changes", "routes_changed", "routes_ms"])
     steps_csv.flush()
     emu = None
     starter: Any = None
@@ -262,7 +262,8 @@ def run(args: argparse.Namespace) -> int:
                 s = rec.stats
                 steps_w.writerow([rec.step, f"{rec.due_s:.3f}", f"{rec.late_ms:.2f}", f"{rec.apply_ms:.2f}",
                                   s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
-                                  s.get("param_changes", 0), s.get("routes_changed", 0)])
+                                  s.get("param_changes", 0), s.get("routes_changed", 0),
+                                  f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}"])
                 steps_csv.flush()
                 if rec.step % max(1, int(10 / tl.step_s)) == 0:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
