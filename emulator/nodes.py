@@ -79,6 +79,16 @@ class EmuNode(Node):
     def ns_path(self) -> str:
         return f"/proc/{self.pid}/ns/net"
 
+    def popen(self, *args, **kwargs):
+        """As Mininet's ``Node.popen``, but joining only the node's *network* namespace.
+
+        ``mnexec -a`` also joins the shell's mount namespace, which resets the root directory: run from
+        a chroot (the netem test VM runs the host's tree that way) the program then cannot find its
+        files. ``setsid`` detaches it from our terminal as ``mnexec -d`` does.
+        """
+        kwargs.setdefault("mncmd", ["setsid", "nsenter", f"--net={self.ns_path}", "--"])
+        return super().popen(*args, **kwargs)
+
     def add_intf(self, name: str, port: int, ip: str | None, prefix_len: int | None) -> Intf:
         """Record an interface that already exists in this namespace (no commands run)."""
         intf = Intf.__new__(Intf)
