@@ -46,6 +46,7 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PREFSRC = 7
+RTA_MULTIPATH = 9
 RT_TABLE_MAIN = 254
 #: Protocol number of the routes satnetem installs ("proto 4"/static in ``ip route``).
 RTPROT_STATIC = 4
@@ -57,6 +58,7 @@ _HDR = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_RTNH = struct.Struct("=HBBi")  # struct rtnexthop: len, flags, hops (weight - 1), ifindex
 _BATCH = 256
 
 
@@ -77,7 +79,7 @@ def _name(kind: int, text: str) -> bytes:
     return _attr(kind, text.encode() + b"\0")
 
 
-def veth_body(ifname: str, ifindex: int, ns_fd: int, peer_ifname: str, peer_ifindex: int,
+def veth_body(ifname: str, ifindex: int, ns_fd: int | None, peer_ifname: str, peer_ifindex: int,
               peer_ns_fd: int) -> bytes:
     """RTM_NEWLINK payload creating a veth pair with each end directly in its namespace.
 
@@ -87,8 +89,9 @@ def veth_body(ifname: str, ifindex: int, ns_fd: int, peer_ifname: str, peer_ifin
     peer = _IFINFO.pack(0, 0, peer_ifindex, 0, 0) + _name(IFLA_IFNAME, peer_ifname) \
         + _u32(IFLA_NET_NS_FD, peer_ns_fd)
     info = _name(IFLA_INFO_KIND, "veth") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
-    return (_IFINFO.pack(0, 0, ifindex, 0, 0) + _name(IFLA_IFNAME, ifname)
-            + _u32(IFLA_NET_NS_FD, ns_fd) + _attr(IFLA_LINKINFO, info))
+    own = _u32(IFLA_NET_NS_FD, ns_fd) if ns_fd is not None else b""  # None: the socket's namespace
+    return (_IFINFO.pack(0, 0, ifindex, 0, 0) + _name(IFLA_IFNAME, ifname) + own
+            + _attr(IFLA_LINKINFO, info))
 
 
 def link_set_body(ifindex: int, up: bool | None = None, ns_fd: int | None = None) -> bytes:
@@ -112,6 +115,23 @@ def route_body(dst: int, dst_len: int, gateway: int, oif: int, prefsrc: int = 0)
     if dst_len:
         body += _ip(RTA_DST, dst)
     body += _ip(RTA_GATEWAY, gateway) + _u32(RTA_OIF, oif)
+    if prefsrc:
+        body += _ip(RTA_PREFSRC, prefsrc)
+    return body
+
+
+def multipath_route_body(dst: int, dst_len: int, hops: list[tuple[int, int]], prefsrc: int = 0) -> bytes:
+    """RTM_NEWROUTE payload: ``dst/dst_len nexthop via gw1 dev oif1 nexthop via gw2 dev oif2 ...``
+    (equal weights) in the main table; ``hops`` is [(gateway, oif), ...], at least one."""
+    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE,
+                       RTN_UNICAST, 0)
+    if dst_len:
+        body += _ip(RTA_DST, dst)
+    nexthops = b""
+    for gateway, oif in hops:
+        gw = _ip(RTA_GATEWAY, gateway)
+        nexthops += _RTNH.pack(_RTNH.size + len(gw), 0, 0, oif) + gw
+    body += _attr(RTA_MULTIPATH, nexthops)
     if prefsrc:
         body += _ip(RTA_PREFSRC, prefsrc)
     return body

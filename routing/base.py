@@ -1,12 +1,15 @@
 """The routing-protocol interface, the route table it produces, and the registry of protocols.
 
-A protocol computes, for one step of a timeline, the next hop of every router towards every
-destination. Protocols register under a name (:func:`register`) or through the entry-point group
-``satnetem.routing``; :func:`get_protocol` finds them by name.
+A protocol computes, for one step of a timeline, the next hop (or, for multipath protocols, up to
+``k`` next hops) of every router towards every destination. Protocols register under a name
+(:func:`register`) or through the entry-point group ``satnetem.routing``; :func:`get_protocol` finds
+them by name and :func:`available_protocols` lists them with where they come from.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -15,7 +18,13 @@ import numpy as np
 from topologies.errors import ConfigError
 from topologies.timeline import Snapshot, Timeline
 
+log = logging.getLogger(__name__)
+
 ENTRY_POINT_GROUP = "satnetem.routing"
+#: Modules of the built-in protocols, imported (so that they register) before any lookup. A module
+#: that is not there (a protocol still being written) is skipped.
+BUILTIN_MODULES = ("routing.shortest_delay", "routing.min_hop", "routing.ecmp", "routing.predictive",
+                   "routing.ospf")
 #: Up to this many routers, every router's loopback is a destination (so every satellite answers
 #: ping); above it only gateways, hosts and compute nodes are, to keep tables small.
 ALL_LOOPBACKS_MAX_ROUTERS = 200
@@ -27,6 +36,11 @@ class RouteTable:
 
     ``destinations`` has shape (n_dest,); ``next_hop``, ``link`` (int32, -1 = none) and ``dist``
     (float64, path weight, ``inf`` = unreachable) have shape (n_dest, n_nodes).
+
+    A multipath protocol also gives ``mp_next_hop`` and ``mp_link``, shape (n_dest, n_nodes, k), int32:
+    up to ``k`` next hops (and the link slots carrying them) per destination and node, -1 padded at
+    the end of each row, column 0 equal to ``next_hop``/``link``. Without them the table is single
+    path (``width`` 1).
     """
 
     step: int
@@ -34,18 +48,52 @@ class RouteTable:
     next_hop: np.ndarray
     link: np.ndarray
     dist: np.ndarray
+    mp_next_hop: np.ndarray | None = None
+    mp_link: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = (len(self.destinations), self.next_hop.shape[1] if self.next_hop.ndim == 2 else 0)
         for name in ("next_hop", "link", "dist"):
             if getattr(self, name).shape != shape:
                 raise ValueError(f"RouteTable.{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if (self.mp_next_hop is None) != (self.mp_link is None):
+            raise ValueError("RouteTable.mp_next_hop and mp_link come together (both or neither)")
+        if self.mp_next_hop is not None and self.mp_link is not None:
+            for name in ("mp_next_hop", "mp_link"):
+                arr = getattr(self, name)
+                if arr.ndim != 3 or arr.shape[:2] != shape or arr.shape[2] < 1:
+                    raise ValueError(f"RouteTable.{name} has shape {arr.shape}, expected {shape + ('k',)}")
+            if not (np.array_equal(self.mp_next_hop[:, :, 0], self.next_hop)
+                    and np.array_equal(self.mp_link[:, :, 0], self.link)):
+                raise ValueError("RouteTable.mp_next_hop[:, :, 0] / mp_link[:, :, 0] must equal "
+                                 "next_hop / link")
+
+    @property
+    def width(self) -> int:
+        """Most next hops a (destination, node) pair may have: ``k``, or 1 for a single-path table."""
+        return 1 if self.mp_link is None else int(self.mp_link.shape[2])
+
+    def links_wide(self) -> np.ndarray:
+        """Link slots of every next hop, shape (n_dest, n_nodes, width), -1 padded."""
+        return self.link[:, :, None] if self.mp_link is None else self.mp_link
+
+    def next_hops_wide(self) -> np.ndarray:
+        """Next-hop nodes, shape (n_dest, n_nodes, width), -1 padded."""
+        return self.next_hop[:, :, None] if self.mp_next_hop is None else self.mp_next_hop
 
     def routes_of(self, router: int) -> dict[int, tuple[int, int]]:
-        """{destination node index: (next-hop node index, link index)} for one router."""
+        """{destination node index: (next-hop node index, link index)} for one router (first next
+        hop only; see :meth:`multipath_of`)."""
         nh = self.next_hop[:, router]
         ok = np.flatnonzero(nh >= 0)
         return {int(self.destinations[i]): (int(nh[i]), int(self.link[i, router])) for i in ok}
+
+    def multipath_of(self, router: int) -> dict[int, list[tuple[int, int]]]:
+        """{destination node index: [(next-hop node index, link index), ...]} for one router."""
+        nh = self.next_hops_wide()[:, router]
+        lk = self.links_wide()[:, router]
+        return {int(self.destinations[i]): [(int(v), int(l)) for v, l in zip(nh[i], lk[i]) if v >= 0]
+                for i in np.flatnonzero(nh[:, 0] >= 0)}
 
 
 def destinations(timeline: Timeline, all_loopbacks: bool | None = None) -> np.ndarray:
@@ -83,10 +131,43 @@ def register(cls: type[RoutingProtocol]) -> type[RoutingProtocol]:
     return cls
 
 
+def _load_builtins() -> None:
+    for module in BUILTIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # the module exists but something it needs does not
+                raise
+
+
+#: Entry points that failed to load: name -> the error, reported when that name is asked for.
+_BROKEN: dict[str, tuple[str, str]] = {}
+_ORIGIN: dict[str, str] = {}
+
+
 def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in PROTOCOLS:
-            PROTOCOLS[ep.name] = ep.load()
+        if ep.name in PROTOCOLS or ep.name in _BROKEN:
+            continue
+        dist = getattr(ep, "dist", None)
+        origin = f"entry point {ep.value}" + (f" ({dist.name} {dist.version})" if dist is not None else "")
+        try:
+            cls = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not hide the working ones
+            _BROKEN[ep.name] = (origin, f"{type(e).__name__}: {e}")
+            log.warning("routing protocol %r cannot be loaded from %s: %s", ep.name, origin, e)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, RoutingProtocol)):
+            _BROKEN[ep.name] = (origin, f"{cls!r} is not a RoutingProtocol subclass")
+            log.warning("routing protocol %r from %s is not a RoutingProtocol subclass", ep.name, origin)
+            continue
+        PROTOCOLS[ep.name] = cls
+        _ORIGIN[ep.name] = origin
+
+
+def _known() -> list[str]:
+    names = set(PROTOCOLS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names)
 
 
 def get_protocol(name: str, **options: object) -> RoutingProtocol:
@@ -95,13 +176,45 @@ def get_protocol(name: str, **options: object) -> RoutingProtocol:
     Raises
     ------
     ConfigError
-        No protocol has that name; the message lists the known ones.
+        No protocol has that name (the message lists the known ones, built-in and installed), or the
+        plugin that provides it cannot be loaded.
     """
-    import routing.shortest_delay  # noqa: F401  (registers the built-in protocol)
-
+    _load_builtins()
     if name not in PROTOCOLS:
         _load_entry_points()
+    if name in _BROKEN:
+        origin, why = _BROKEN[name]
+        raise ConfigError(f"routing protocol {name!r} cannot be loaded from {origin}: {why}",
+                          key="routing.protocol")
     if name not in PROTOCOLS:
-        raise ConfigError(f"unknown routing protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}",
+        raise ConfigError(f"unknown routing protocol {name!r}; known: {', '.join(_known())}",
                           key="routing.protocol")
     return PROTOCOLS[name](**options)  # type: ignore[arg-type]
+
+
+def describe(cls: type) -> str:
+    """First line of ``cls``'s docstring (a protocol's one-line description)."""
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+def available_protocols() -> list[tuple[str, str, str]]:
+    """Every protocol that :func:`get_protocol` can make, sorted by name.
+
+    Returns
+    -------
+    list of (name, origin, description)
+        ``origin`` is ``"built-in (module)"`` or ``"entry point module:attr (dist version)"``;
+        ``description`` is the first line of the class docstring, or why a plugin cannot be loaded.
+    """
+    _load_builtins()
+    _load_entry_points()
+    out = []
+    for name, cls in PROTOCOLS.items():
+        origin = _ORIGIN.get(name) or (f"built-in ({cls.__module__})" if cls.__module__.startswith("routing.")
+                                       else f"registered in {cls.__module__}")
+        out.append((name, origin, describe(cls)))
+    for name, (origin, why) in _BROKEN.items():
+        if name not in PROTOCOLS:
+            out.append((name, origin, f"cannot be loaded: {why}"))
+    return sorted(out)

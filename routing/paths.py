@@ -64,4 +64,4 @@ def table_path(table: RouteTable, src: int, dst: int, max_hops: int = 10_000) ->
     return nodes, links
 
 
-__all__ = ["path_delays_ms", "shortest_path", "table_path", "next_hops"]
+__all__ = ["next_hops", "path_delays_ms", "shortest_path", "table_path"]
