@@ -9,7 +9,8 @@ What is ours is recognised, never guessed from broad names:
   given, only those whose command line names the run or that live in one of its namespaces);
 * any process in a namespace recorded in a state file ``/run/satnetem/<run_id>.json`` (so that
   processes started in a node are found even after the node's shell died with a killed emulator);
-* named namespaces ``/var/run/netns/satnetem-*`` and state files ``/run/satnetem/<run_id>*``.
+* named namespaces ``/var/run/netns/satnetem-*``, state files ``/run/satnetem/<run_id>*`` and run
+  folders ``/run/satnetem/<run_id>/`` (routing daemons' configurations, sockets and default logs).
 
 Network namespaces and the veths in them vanish with their last process; ``clean`` kills with
 SIGKILL, waits for the processes to be gone and reports anything still alive. It never touches
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -168,6 +170,9 @@ def clean(run_id: str | None = None) -> CleanReport:
             if p.is_file():
                 p.unlink(missing_ok=True)
                 report.state_files_removed.append(str(p))
+            elif p.is_dir() and not p.is_symlink() and RUN_ID_RE.fullmatch(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+                report.state_files_removed.append(str(p) + "/")
     # a namespace lives on while any process is in it: check none is
     if inodes:
         left = [pid for pid, _, ino in _processes() if ino in inodes and pid not in _protected()]

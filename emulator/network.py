@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from routing.base import RouteTable, RoutingProtocol, get_protocol
+from routing.daemon import is_daemon_driven
 from topologies.errors import ApplyError, ConfigError
 from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
 
@@ -96,6 +97,9 @@ class Emulation:
         Marks this run's processes (``satnetem:<run_id>:<node>``); default ``<pid>-<random>``.
     address_plan : AddressPlan, optional
         Address pools (default: :class:`AddressPlan()`).
+    log_dir : str or Path, optional
+        Where routing daemons (daemon-driven protocols such as ``ospf``) write their logs, one file
+        per node; default: the run's folder under /run/satnetem, removed at :meth:`stop`.
 
     Raises
     ------
@@ -106,7 +110,7 @@ class Emulation:
 
     def __init__(self, timeline: Timeline, shaper: Any, protocol: RoutingProtocol | str,
                  delay_tolerance_ms: float = 0.01, run_id: str | None = None,
-                 address_plan: AddressPlan | None = None) -> None:
+                 address_plan: AddressPlan | None = None, log_dir: Any = None) -> None:
         if not delay_tolerance_ms >= 0:
             raise ConfigError(f"delay_tolerance_ms must be >= 0 ms, got {delay_tolerance_ms}",
                               key="delay_tolerance_ms")
@@ -118,6 +122,8 @@ class Emulation:
         self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
         self.delay_tolerance_ms = float(delay_tolerance_ms)
         self.addr: Addressing = (address_plan or AddressPlan()).assign(timeline)
+        self.log_dir = log_dir
+        self.daemon_driven = is_daemon_driven(self.protocol)
         n = len(timeline.nodes)
         self.n_nodes = n
         self.names = [nd.name for nd in timeline.nodes]
@@ -190,9 +196,13 @@ class Emulation:
             self._shape(np.arange(self.timeline.n_links), target)
             t["shaping"] = _ms(t1)
             t1 = time.perf_counter()
-            self._routes_init()
-            self._host_routes()
-            self._update_routes(0, target)
+            if self.daemon_driven:  # routing daemons find the routes; hosts keep their default route
+                self._host_routes()
+                self.protocol.start(self)
+            else:
+                self._routes_init()
+                self._host_routes()
+                self._update_routes(0, target)
             t["routes"] = _ms(t1)
             t["total"] = _ms(t0)
             self.build_timings_ms = t
@@ -238,7 +248,8 @@ class Emulation:
         t2 = time.perf_counter()
         stats.timings_ms["params"] = (t2 - t1) * 1e3
         # 3. routes
-        stats.routes_changed, stats.routes_deleted = self._update_routes(step, applied)
+        if not self.daemon_driven:
+            stats.routes_changed, stats.routes_deleted = self._update_routes(step, applied)
         t3 = time.perf_counter()
         stats.timings_ms["routes"] = (t3 - t2) * 1e3
         # 4. links down, then antennas that lost their satellite are parked at their gateway
@@ -251,6 +262,10 @@ class Emulation:
         self.applied = applied
         t4 = time.perf_counter()
         stats.timings_ms["links_down"] = (t4 - t3) * 1e3
+        if self.daemon_driven:  # the daemons see links go up/down themselves; tell them costs, handovers
+            self.protocol.update(self, step, applied, d)
+            stats.timings_ms["daemons"] = (time.perf_counter() - t4) * 1e3
+            t4 = time.perf_counter()
         stats.timings_ms["total"] = (t4 - t0) * 1e3
         return stats
 
@@ -274,6 +289,11 @@ class Emulation:
             except Exception:  # noqa: BLE001
                 pass
         self._ipr.clear()
+        if self.daemon_driven:  # before the namespaces go: the daemons' files go with them
+            try:
+                self.protocol.stop(self)
+            except Exception as e:  # noqa: BLE001 - teardown continues whatever the daemons say
+                log.warning("stopping the routing daemons failed: %s", e)
         pids, _ = find_ours(self.run_id)  # shells and whatever runs in their namespaces
         kill_and_wait(pids)
         stop_nodes(self.nodes)
@@ -319,18 +339,19 @@ class Emulation:
         self._far = far.astype(np.int64)
         fds = [self._ns_fd(i) for i in range(self.n_nodes)]
         try:
-            root = rtnl.Rtnl(None)
-            try:
-                batch = rtnl.Batch()
-                for l in range(self.timeline.n_links):
-                    na, nb = int(self.link_a[l]), int(far[l])
-                    batch.add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                              rtnl.veth_body(a.ifname_a[l], int(a.ifindex_a[l]), fds[na],
-                                             a.ifname_b[l], int(a.ifindex_b[l]), fds[nb]),
-                              f"veth {self.names[na]}:{a.ifname_a[l]} -- {self.names[nb]}:{a.ifname_b[l]}")
-                root.check(batch, "create veth")
-            finally:
-                root.close()
+            # Each pair is created through the near end's own namespace socket. Sent from the root
+            # namespace with a fixed ifindex, kernels before 6.x look the index up in the root namespace
+            # first and answer EEXIST whenever the host happens to have a device with that index.
+            create = [rtnl.Batch() for _ in range(self.n_nodes)]
+            for l in range(self.timeline.n_links):
+                na, nb = int(self.link_a[l]), int(far[l])
+                create[na].add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                               rtnl.veth_body(a.ifname_a[l], int(a.ifindex_a[l]), None,
+                                              a.ifname_b[l], int(a.ifindex_b[l]), fds[nb]),
+                               f"veth {self.names[na]}:{a.ifname_a[l]} -- {self.names[nb]}:{a.ifname_b[l]}")
+            for na, batch in enumerate(create):
+                if len(batch):
+                    self._rtnl[na].check(batch, "create veth")
         finally:
             for fd in fds:
                 os.close(fd)
@@ -453,20 +474,42 @@ class Emulation:
 
     # ------------------------------------------------------------------------------ routes
     def _routes_init(self) -> None:
+        """Size the record of installed routes: ``_inst_nh`` (n_dest, n_nodes) is the first next hop
+        (-1: no route, -2: a multipath route that may survive with fewer next hops), ``_inst_link``
+        (n_dest, n_nodes, width) the link slots of every next hop."""
         table = self.protocol.compute(self.timeline, 0, self.applied)
         nd = len(table.destinations)
         self._inst_nh = np.full((nd, self.n_nodes), -1, np.int32)
-        self._inst_link = np.full((nd, self.n_nodes), -1, np.int32)
+        self._inst_link = np.full((nd, self.n_nodes, table.width), -1, np.int32)
         self._dest_row = {int(d): i for i, d in enumerate(table.destinations)}
         self._inst_dest = table.destinations.copy()
+        if table.width > 1:
+            self._multipath_hash()
+
+    def _multipath_hash(self) -> None:
+        """Hash multipath routes on the L4 5-tuple in every router (namespace sysctl, not the host's),
+        so that flows between the same two hosts spread over the next hops."""
+        for i in np.flatnonzero(self.is_router).tolist():
+            nd = self.nodes[i]
+            with entered(nd.ns_path, nd.name):
+                try:
+                    with open("/proc/sys/net/ipv4/fib_multipath_hash_policy", "w") as f:
+                        f.write("1")
+                except OSError as e:
+                    raise ApplyError(f"cannot set sysctl net/ipv4/fib_multipath_hash_policy=1: {e.strerror}",
+                                     node=nd.name, operation="sysctl") from None
 
     def _forget_routes_via(self, node: int, link: int) -> None:
-        """The kernel flushed ``node``'s routes through ``link`` (interface down or moved)."""
+        """The kernel flushed ``node``'s routes through ``link`` (interface down or moved); a
+        multipath route may instead live on with its other next hops: mark it unknown (-2) so the
+        next update replaces or deletes it."""
         if self._inst_link.size:
-            col = self._inst_link[:, node]
-            gone = col == link
-            self._inst_nh[gone, node] = -1
-            col[gone] = -1
+            links = self._inst_link[:, node]  # (n_dest, width), a view
+            gone = (links == link).any(axis=1)
+            multi = (links >= 0).sum(axis=1) > 1
+            self._inst_nh[gone & ~multi, node] = -1
+            self._inst_nh[gone & multi, node] = -2
+            links[gone] = -1
 
     def _host_routes(self) -> None:
         a = self.addr
@@ -480,28 +523,34 @@ class Emulation:
 
     def _update_routes(self, step: int, snap: Snapshot) -> tuple[int, int]:
         """Install the routes of ``step`` (computed on ``snap``, the state the kernel has by now) that
-        differ from the installed ones; delete the ones that vanished."""
+        differ from the installed ones; delete the ones that vanished. A route with several next hops
+        (a multipath table) is one RTM_NEWROUTE with RTA_MULTIPATH."""
         table = self.protocol.compute(self.timeline, step, snap)
         if not np.array_equal(table.destinations, self._inst_dest):
             raise ApplyError("the routing protocol changed its destination set", operation="routes")
+        if table.width != self._inst_link.shape[2]:
+            raise ApplyError(f"the routing protocol changed its number of next hops per route from "
+                             f"{self._inst_link.shape[2]} to {table.width}", operation="routes")
         self.routes = table
-        nh, link = table.next_hop, table.link
+        nh, link = table.next_hop, table.links_wide()
         a = self.addr
         dest = table.destinations
         # a host/compute prefix is on-link at its attachment router: the kernel's connected route serves it
         onlink = (nh == dest[:, None]) & ~self.is_router[dest][:, None]
         want_nh = np.where(onlink, -1, nh)
-        want_link = np.where(onlink, -1, link)
-        changed = ((want_nh != self._inst_nh) | (want_link != self._inst_link)) & self.is_router[None, :]
+        want_link = np.where(onlink[:, :, None], -1, link)
+        changed = (((want_nh != self._inst_nh) | (want_link != self._inst_link).any(axis=2))
+                   & self.is_router[None, :])
         rows, routers = np.nonzero(changed)
         if len(rows) == 0:
             return 0, 0
-        l = want_link[rows, routers].astype(np.int64)
-        add = l >= 0
-        la = self.link_a[np.maximum(l, 0)]
-        near = la == routers
-        gw = np.where(near, a.addr_b[np.maximum(l, 0)], a.addr_a[np.maximum(l, 0)])
-        oif = np.where(near, a.ifindex_a[np.maximum(l, 0)], a.ifindex_b[np.maximum(l, 0)])
+        l = want_link[rows, routers].astype(np.int64)  # (n_changed, width), -1 padded
+        valid = l >= 0
+        add = valid.any(axis=1)
+        lc = np.maximum(l, 0)
+        near = self.link_a[lc] == routers[:, None]
+        gw = np.where(near, a.addr_b[lc], a.addr_a[lc])
+        oif = np.where(near, a.ifindex_a[lc], a.ifindex_b[lc])
         dnode = dest[rows]
         pfx, plen, src = a.prefix[dnode], a.prefix_len[dnode], a.loopback[routers]
         batches: dict[int, rtnl.Batch] = {}
@@ -511,10 +560,14 @@ class Emulation:
             if b is None:
                 b = batches[r] = rtnl.Batch()
             if add[k]:
-                b.add(rtnl.RTM_NEWROUTE, _CREATE,
-                      rtnl.route_body(int(pfx[k]), int(plen[k]), int(gw[k]), int(oif[k]), int(src[k])),
-                      f"route {ip_str(pfx[k])}/{plen[k]} via {ip_str(gw[k])}")
-            elif self._inst_nh[rows[k], r] >= 0:
+                hops = [(int(g), int(o)) for g, o in zip(gw[k][valid[k]], oif[k][valid[k]])]
+                if len(hops) == 1:
+                    body = rtnl.route_body(int(pfx[k]), int(plen[k]), hops[0][0], hops[0][1], int(src[k]))
+                else:
+                    body = rtnl.multipath_route_body(int(pfx[k]), int(plen[k]), hops, int(src[k]))
+                b.add(rtnl.RTM_NEWROUTE, _CREATE, body, f"route {ip_str(pfx[k])}/{plen[k]} via "
+                      + ", ".join(ip_str(g) for g, _ in hops))
+            elif self._inst_nh[rows[k], r] != -1:  # installed, or a multipath route that may be
                 b.add(rtnl.RTM_DELROUTE, 0, rtnl.route_del_body(int(pfx[k]), int(plen[k])),
                       f"delete route {ip_str(pfx[k])}/{plen[k]}", ignore=(3,))  # ESRCH: already gone
                 n_del += 1

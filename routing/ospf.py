@@ -1,0 +1,348 @@
+"""OSPF run by real BIRD 2 daemons, one per router namespace: the configuration they get, and the protocol.
+
+Everything that decides *what* a daemon is told is pure and lives here: link costs from delays
+(:func:`link_costs`), the OSPF interfaces of a node (:func:`node_interfaces`) and the BIRD
+configuration text (:func:`bird_config`). Starting, reconfiguring and stopping the daemons is
+:mod:`emulator.daemons`' job; :class:`Ospf` imports it only when an emulation calls it.
+
+The OSPF model
+--------------
+* One backbone area; every ISL end and gateway antenna is a point-to-point interface (``type ptp``)
+  with hello/dead timers tuned for fast failure detection (defaults 1 s / 3 s) and BIRD's
+  ``check link``, so an interface set down by the emulator drops its adjacency at once.
+* A router's loopback /32 is its router id and a stub network; the access interface of a host's
+  gateway or a compute node's satellite (``h<slot>``) is a stub network carrying the host's subnet.
+* Cost of a link = ``round(delay_ms * cost_per_ms)`` clipped to 1..65535 (default 100 per ms, i.e.
+  10 us resolution up to 655 ms), so OSPF's shortest path is the shortest-delay path of the
+  centralised ``shortest-delay`` protocol, up to that resolution and to ties.
+* Routes are exported to the kernel with the loopback as preferred source.
+
+Timing limits that come from OSPF itself (RFC 2328, kept by BIRD): a router re-originates its
+router-LSA at most every 5 s (MinLSInterval), and BIRD runs SPF on a ``tick`` (default 1 s). A cost
+change pushed within 5 s of the previous one for the same router therefore reaches the network
+late, and so does a link failure right after a cost change: that is how OSPF behaves, not an
+emulation artefact.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from topologies.errors import ApplyError, ConfigError
+from topologies.timeline import LINK_CLASSES, Diff, Snapshot
+
+from .base import register
+from .daemon import DaemonProtocol
+
+log = logging.getLogger(__name__)
+
+_ACCESS = LINK_CLASSES.index("access")
+MAX_COST = 65535
+#: BIRD interface names are matched as patterns; ours never contain pattern or quote characters.
+_SAFE_IFNAME = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+@dataclass(frozen=True)
+class OspfOptions:
+    """OSPF timers and cost scale.
+
+    Parameters
+    ----------
+    hello_s : int
+        Hello interval, s (>= 1).
+    dead_s : int
+        Router dead interval, s (> ``hello_s``): a neighbour silent this long is dropped.
+    retransmit_s : int
+        LSA retransmission interval, s (>= 2, BIRD's minimum).
+    tick_s : int
+        Period of BIRD's SPF and LSDB housekeeping, s (>= 1).
+    cost_per_ms : float
+        OSPF cost per ms of one-way delay (> 0); costs are clipped to 1..65535.
+    cost_tolerance_pct : float
+        A link's new cost is pushed to the daemons only when it differs from the cost they have by
+        more than this percentage (0: every change). Each push re-originates a router-LSA that every
+        router floods and runs SPF on, so pushing the slow drift of every inter-plane ISL each step
+        would keep the whole constellation busy; OSPF's paths are then shortest-delay within this
+        tolerance per link.
+    ecmp : bool
+        Install equal-cost multipath routes (off: one next hop, as the centralised protocols).
+    """
+
+    hello_s: int = 1
+    dead_s: int = 3
+    retransmit_s: int = 2
+    tick_s: int = 1
+    cost_per_ms: float = 100.0
+    cost_tolerance_pct: float = 5.0
+    ecmp: bool = False
+
+    def __post_init__(self) -> None:
+        for key, low in (("hello_s", 1), ("dead_s", 2), ("retransmit_s", 2), ("tick_s", 1)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 65535:
+                raise ConfigError(f"{key} must be a whole number of seconds in {low}..65535, got {value!r}",
+                                  key=f"routing.ospf.{key}")
+        if self.dead_s <= self.hello_s:
+            raise ConfigError(f"dead_s ({self.dead_s} s) must be longer than hello_s ({self.hello_s} s)",
+                              key="routing.ospf.dead_s")
+        if not (isinstance(self.cost_per_ms, (int, float)) and 0 < self.cost_per_ms < 1e6):
+            raise ConfigError(f"cost_per_ms must be in (0, 1e6), got {self.cost_per_ms!r}",
+                              key="routing.ospf.cost_per_ms")
+        if not (isinstance(self.cost_tolerance_pct, (int, float)) and 0 <= self.cost_tolerance_pct < 100):
+            raise ConfigError(f"cost_tolerance_pct must be in [0, 100), got {self.cost_tolerance_pct!r}",
+                              key="routing.ospf.cost_tolerance_pct")
+        if not isinstance(self.ecmp, bool):
+            raise ConfigError(f"ecmp must be true or false, got {self.ecmp!r}", key="routing.ospf.ecmp")
+
+
+@dataclass(frozen=True)
+class OspfInterface:
+    """One interface of a router as OSPF sees it: a point-to-point link with a cost, or a stub."""
+
+    name: str
+    cost: int
+    stub: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 15 or not set(self.name) <= _SAFE_IFNAME:
+            raise ConfigError(f"interface name {self.name!r} is not a plain Linux interface name",
+                              key="interface")
+        if not 1 <= int(self.cost) <= MAX_COST:
+            raise ConfigError(f"OSPF cost of {self.name} must be in 1..{MAX_COST}, got {self.cost}",
+                              key="cost")
+
+
+def link_costs(delay_ms: np.ndarray, cost_per_ms: float = 100.0) -> np.ndarray:
+    """OSPF cost of each link from its one-way delay.
+
+    Parameters
+    ----------
+    delay_ms : ndarray, shape (n_links,)
+        One-way delay, ms.
+    cost_per_ms : float
+        Cost units per ms.
+
+    Returns
+    -------
+    ndarray of int32, shape (n_links,)
+        ``round(delay_ms * cost_per_ms)`` clipped to 1..65535 (a non-finite delay gets 65535).
+
+    >>> link_costs(np.array([0.0, 2.34, 1e9]))
+    array([    1,   234, 65535], dtype=int32)
+    """
+    d = np.asarray(delay_ms, dtype=np.float64) * cost_per_ms
+    d = np.where(np.isfinite(d), d, MAX_COST)
+    return np.clip(np.rint(d), 1, MAX_COST).astype(np.int32)
+
+
+def costs_to_push(pushed: np.ndarray, wanted: np.ndarray, tolerance_pct: float) -> np.ndarray:
+    """The costs the daemons should have: ``wanted`` where it differs from ``pushed`` by more than
+    ``tolerance_pct`` percent of ``pushed``, else ``pushed`` (shapes (n_links,)).
+
+    >>> costs_to_push(np.array([100, 100, 100]), np.array([104, 106, 1]), 5.0).tolist()
+    [100, 106, 1]
+    """
+    pushed = np.asarray(pushed)
+    wanted = np.asarray(wanted)
+    move = np.abs(wanted.astype(np.float64) - pushed) > pushed * (tolerance_pct / 100.0)
+    return np.where(move, wanted, pushed).astype(np.int32)
+
+
+def node_interfaces(node: int, link_a: np.ndarray, far: np.ndarray, link_class: np.ndarray,
+                    ifname_a: tuple[str, ...] | list[str], ifname_b: tuple[str, ...] | list[str],
+                    cost: np.ndarray) -> list[OspfInterface]:
+    """The OSPF interfaces of router ``node`` with the links where they are now.
+
+    Parameters
+    ----------
+    node : int
+        Node index of a router (satellite or gateway).
+    link_a : ndarray, shape (n_links,)
+        Near node of each link slot.
+    far : ndarray, shape (n_links,)
+        Node whose namespace holds the far end of each slot now; a parked gateway antenna has its
+        gateway here (its far end is down and is left out).
+    link_class : ndarray, shape (n_links,)
+        :data:`topologies.timeline.LINK_CLASSES` index of each slot.
+    ifname_a, ifname_b : sequence of str, length n_links
+        Interface names of the near and far ends.
+    cost : ndarray of int, shape (n_links,)
+        OSPF cost of each slot (see :func:`link_costs`).
+
+    Returns
+    -------
+    list of OspfInterface
+        Point-to-point ISL and antenna ends (with their cost), then stub access interfaces (a host's
+        subnet), in link-slot order.
+    """
+    link_a = np.asarray(link_a)
+    far = np.asarray(far)
+    access = np.asarray(link_class) == _ACCESS
+    near = np.flatnonzero((link_a == node) & ~access)
+    far_ends = np.flatnonzero((far == node) & (link_a != node))
+    ptp = [OspfInterface(ifname_a[l], int(cost[l])) for l in near.tolist()]
+    ptp += [OspfInterface(ifname_b[l], int(cost[l])) for l in far_ends[~access[far_ends]].tolist()]
+    stubs = [OspfInterface(ifname_b[l], 1, stub=True) for l in far_ends[access[far_ends]].tolist()]
+    return sorted(ptp, key=lambda i: i.name) + stubs
+
+
+def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOptions | None = None,
+                log_path: str | None = None, node: str = "", hidden: tuple[str, ...] = ()) -> str:
+    """The BIRD 2 configuration of one router.
+
+    Parameters
+    ----------
+    router_id : str
+        The router's loopback address (dotted quad): router id, stub /32 and preferred source of the
+        routes exported to the kernel.
+    interfaces : list of OspfInterface
+        From :func:`node_interfaces`.
+    options : OspfOptions, optional
+    log_path : str, optional
+        File BIRD logs to (with millisecond timestamps); none: no log.
+    node : str
+        Node name, for the header comment only.
+    hidden : tuple of str
+        Prefixes (CIDR) whose subnets this router does not announce as stub networks: the link /31s,
+        which are no destination (as with the centralised protocols) and would double every table.
+
+    Returns
+    -------
+    str
+        Configuration text; the same inputs always give the same text, so an unchanged text means
+        nothing to push.
+
+    Raises
+    ------
+    ConfigError
+        ``router_id`` is not an IPv4 address, a ``hidden`` prefix is not an IPv4 prefix, or
+        ``log_path`` contains a quote or a newline.
+    """
+    o = options or OspfOptions()
+    try:
+        rid = str(ipaddress.IPv4Address(router_id))
+    except ValueError:
+        raise ConfigError(f"router id {router_id!r} is not an IPv4 address", key="router_id") from None
+    try:
+        hide = [str(ipaddress.IPv4Network(h)) for h in hidden]
+    except ValueError as e:
+        raise ConfigError(f"hidden prefix: {e}", key="hidden") from None
+    lines = [f"# satnetem: OSPF of node {node} (generated; rewritten when a cost or interface changes)"]
+    if log_path is not None:
+        if any(c in log_path for c in '"\n\\'):
+            raise ConfigError(f"log path {log_path!r} must not contain quotes, backslashes or newlines",
+                              key="log_dir")
+        lines += [f'log "{log_path}" all;', "timeformat log iso long ms;"]
+    lines += [
+        f"router id {rid};",
+        "protocol device { scan time 60; }",
+        "protocol kernel {",
+        f"  ipv4 {{ import none; export filter {{ krt_prefsrc = {rid}; accept; }}; }};",
+        "  learn no;",
+        "  scan time 60;",
+        "}",
+        "protocol ospf v2 ospf1 {",
+        "  ipv4 { import all; export none; };",
+        f"  ecmp {'yes' if o.ecmp else 'no'};",
+        f"  tick {o.tick_s};",
+        "  area 0 {",
+        *(f"    stubnet {h} {{ hidden; summary; }};" for h in hide),
+        f'    interface "lo" {rid}/32 {{ stub yes; cost 1; }};',
+    ]
+    timers = f"hello {o.hello_s}; dead {o.dead_s}; retransmit {o.retransmit_s}; check link yes;"
+    for i in interfaces:
+        if i.stub:
+            lines.append(f'    interface "{i.name}" {{ stub yes; cost {i.cost}; }};')
+        else:
+            lines.append(f'    interface "{i.name}" {{ type ptp; cost {i.cost}; {timers} }};')
+    lines += ["  };", "}", ""]
+    return "\n".join(lines)
+
+
+@register
+class Ospf(DaemonProtocol):
+    """OSPFv2 in BIRD 2 daemons, one per router (satellites and gateways); hosts keep a default route.
+
+    Parameters
+    ----------
+    all_loopbacks : bool, optional
+        Accepted for interface compatibility; OSPF always announces every loopback.
+    options : OspfOptions, optional
+        Timers and cost scale.
+    **fields
+        Or the fields of :class:`OspfOptions` directly (``hello_s=1, dead_s=4``).
+
+    One instance drives one emulation at a time.
+    """
+
+    name = "ospf"
+
+    def __init__(self, all_loopbacks: bool | None = None, options: OspfOptions | None = None,
+                 **fields: Any) -> None:
+        super().__init__(all_loopbacks)
+        if options is not None and fields:
+            raise ConfigError("give either options or its fields, not both", key="routing.ospf")
+        self.options = options if options is not None else OspfOptions(**fields)
+        self.daemons: Any = None  # emulator.daemons.BirdDaemons while running
+        self._cost = np.empty(0, np.int32)  # cost pushed to the daemons, per link slot
+        self._text: dict[int, str] = {}  # configuration each router's daemon has
+
+    # ------------------------------------------------------------------------------ pure helpers
+    def configs(self, emu: Any, routers: np.ndarray, applied: Snapshot, cost: np.ndarray) -> dict[int, str]:
+        """Configuration text of each router in ``routers`` for the links as in ``applied``."""
+        a = emu.addr
+        far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
+        link_class = emu.timeline.link_class
+        out = {}
+        for r in routers.tolist():
+            ifs = node_interfaces(r, emu.link_a, far, link_class, a.ifname_a, a.ifname_b, cost)
+            out[r] = bird_config(_ip(a.loopback[r]), ifs, self.options, self.daemons.log_path(emu.names[r]),
+                                 emu.names[r], hidden=(a.plan.link_pool,))
+        return out
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def start(self, emu: Any) -> None:
+        from emulator.daemons import BirdDaemons
+
+        if self.daemons is not None:
+            raise ApplyError("this Ospf instance already drives an emulation", operation="ospf start")
+        routers = np.flatnonzero(emu.is_router)
+        self.daemons = BirdDaemons(emu.run_id, log_dir=getattr(emu, "log_dir", None))
+        self._cost = link_costs(emu.applied.params[:, 0], self.options.cost_per_ms)
+        self._text = self.configs(emu, routers, emu.applied, self._cost)
+        self.daemons.start([(emu.nodes[r], self._text[r]) for r in routers.tolist()])
+        log.info("ospf: %d BIRD daemons started", len(routers))
+
+    def update(self, emu: Any, step: int, applied: Snapshot, diff: Diff) -> None:
+        if self.daemons is None:
+            raise ApplyError("ospf is not started", operation="ospf update")
+        cost = costs_to_push(self._cost, link_costs(applied.params[:, 0], self.options.cost_per_ms),
+                             self.options.cost_tolerance_pct)
+        changed = np.flatnonzero(cost != self._cost)
+        far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
+        touched = [emu.link_a[changed], far[changed], diff.old_peer, diff.new_peer]
+        nodes = np.unique(np.concatenate([np.asarray(t, np.int64) for t in touched]))
+        nodes = nodes[nodes >= 0]
+        nodes = nodes[emu.is_router[nodes]]
+        texts = self.configs(emu, nodes, applied, cost)
+        push = {r: t for r, t in texts.items() if self._text.get(r) != t}
+        if push:
+            self.daemons.reconfigure([(emu.names[r], t) for r, t in push.items()])
+            self._text.update(push)
+        self._cost = cost
+        log.debug("ospf step %d: %d cost changes, %d daemons reconfigured", step, len(changed), len(push))
+
+    def stop(self, emu: Any) -> None:
+        if self.daemons is not None:
+            self.daemons.stop()
+            self.daemons = None
+        self._text = {}
+
+
+def _ip(addr: int) -> str:
+    return str(ipaddress.IPv4Address(int(addr)))

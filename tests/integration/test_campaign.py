@@ -1,0 +1,134 @@
+"""Measurement campaigns as a user runs them: `satnetem run` writes a complete results folder with
+real plots, `satnetem report` rebuilds it, Ctrl-C halfway leaves a readable folder."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.root
+REPO = Path(__file__).resolve().parents[2]
+CAMPAIGN = REPO / "examples" / "campaign.toml"
+
+
+def satnetem(*argv: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emulator.cli", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_real_png(path: Path) -> None:
+    """A plot with data on it, not empty axes: a sizeable PNG whose pixels vary."""
+    import matplotlib.image as mpimg
+
+    assert path.stat().st_size > 15_000, path
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+    colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 50, f"{path} has {len(colours)} colours: empty axes?"
+    assert float(np.var(img[..., :3])) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    out = tmp_path_factory.mktemp("campaign") / "results"
+    r = satnetem("run", str(CAMPAIGN), "--duration", "30", "-o", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_campaign_writes_every_file(campaign):
+    out, _ = campaign
+    for name in ("scenario.toml", "scenario.json", "timeline.npz", "versions.json", "run.json", "flows.json",
+                 "steps.csv", "samples.csv", "summary.json", "addresses.json"):
+        assert (out / name).is_file(), name
+    versions = json.loads((out / "versions.json").read_text())
+    assert {"satnetem", "python", "kernel", "numpy", "sgp4"} <= set(versions)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["seed"] == 7
+    kinds = {f["kind"] for f in summary["flows"]}
+    assert kinds == {"ping", "udp-probe", "path", "iperf3-tcp", "request"}
+    for f in summary["flows"]:
+        if f["kind"] in ("ping", "udp-probe"):
+            assert f["sent"] > 100 and f["loss_pct"] < 5, f
+            for k in ("p50", "p95", "p99"):
+                assert f["measured_ms"][k] is not None
+        if f["kind"] == "iperf3-tcp":
+            assert f["received_mbps"] > 1, f
+        if f["kind"] == "path":
+            assert f["reached"] > 5 and f["matched"] >= 0.8 * f["reached"], f
+    assert summary["lateness"]["steps"] >= 25
+
+
+def test_request_to_compute_node_is_answered_and_split(campaign):
+    out, _ = campaign
+    req = next(f for f in json.loads((out / "summary.json").read_text())["flows"] if f["kind"] == "request")
+    assert req["ok"] > 20 and req["failures"] == 0
+    # service time is the 10 ms of work the scenario asks for; network time is at least the predicted RTT
+    assert 8 <= req["service_ms"]["p50"] <= 60
+    target = next(iter(req["per_target"]))
+    assert req["network_ms"]["p50"] >= 0.9 * req["predicted_network_rtt_ms"][target]["p50"]
+
+
+def test_plots_are_real_images(campaign):
+    out, stdout = campaign
+    plots = out / "plots"
+    for name in ("rtt", "loss", "rtt_error_cdf"):
+        assert_real_png(plots / f"{name}.png")
+        assert (plots / f"{name}.svg").stat().st_size > 5_000
+    maps = sorted(plots.glob("map_t*.png"))
+    assert maps
+    for m in maps:
+        assert_real_png(m)
+    assert "results:" in stdout and "sent" in stdout  # the one-screen summary
+
+
+def test_report_rebuilds_summary_and_plots_without_the_network(campaign):
+    out, _ = campaign
+    before = json.loads((out / "summary.json").read_text())
+    for p in (out / "plots").iterdir():
+        p.unlink()
+    (out / "samples.csv").unlink()
+    r = satnetem("report", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    after = json.loads((out / "summary.json").read_text())
+    assert [f["flow"] for f in after["flows"]] == [f["flow"] for f in before["flows"]]
+    ping = [f for f in after["flows"] if f["kind"] == "ping"][0]
+    assert ping["measured_ms"] == [f for f in before["flows"] if f["kind"] == "ping"][0]["measured_ms"]
+    assert_real_png(out / "plots" / "rtt.png")
+
+
+def test_sigint_halfway_leaves_a_folder_report_reads(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "run", str(CAMPAIGN), "-o", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        line = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if "t=   10.0 s" in line or not line:
+                break
+        assert "t=   10.0 s" in line, line
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, rest[-2000:]
+    assert "INTERRUPTED" in rest
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False
+    r = satnetem("report", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((out / "summary.json").read_text())
+    ping = [f for f in again["flows"] if f["kind"] == "ping"][0]
+    assert 50 <= ping["sent"] <= 200  # about 10-15 s at 10 per second: the folder holds what ran
+    assert_real_png(out / "plots" / "rtt.png")
