@@ -1,9 +1,12 @@
 """Throughput of the userspace shaping backend: iperf3 TCP and UDP across 4 shaped hops (5 ms per direction
 per hop, 10000 Mbit/s so the rate does not limit) against the same path on plain veths.
 
-Needs root. Prints Mbit/s, packets/s and the CPU use of the delay daemon. Run:
+Two ways of holding packets are compared: ``peer`` (each port names the other end of its veth, packets are
+held as they arrive there -- what the emulator does) and ``egress`` (held as they leave the sender, where
+TCP Small Queues throttles TCP). Needs root. Prints Mbit/s, packets/s, the CPU use of the delay daemon
+and its lateness figures. Run:
 
-    sudo .venv/bin/python bench/bench_userspace_throughput.py [--runs 3] [--seconds 5]
+    sudo .venv/bin/python bench/bench_userspace_throughput.py [--runs 3] [--seconds 5] [--modes plain,peer,egress]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,11 +30,12 @@ from emulator.shaping.userspace import UserspaceShaper
 
 NODES = ("h1", "r1", "r2", "r3", "h2")
 DST = "10.78.4.2"
+UDP_BYTES = 1400  # UDP payload per datagram
 
 
 def build(tag: str):
     names = {n: f"{tag}-{n}" for n in NODES}
-    iprs, ports = {}, []
+    iprs, ends, peered = {}, [], []
     for n in NODES:
         subprocess.run(["ip", "netns", "add", names[n]], check=True)
         iprs[n] = iproute_in(f"/run/netns/{names[n]}", n)
@@ -42,7 +47,9 @@ def build(tag: str):
             idx = iprs[node].link_lookup(ifname=ifname)[0]
             iprs[node].addr("add", index=idx, address=f"10.78.{i + 1}.{host}", prefixlen=24)
             iprs[node].link("set", index=idx, state="up")
-            ports.append(Port(node, f"/run/netns/{names[node]}", ifname, idx))
+            ends.append(Port(node, f"/run/netns/{names[node]}", ifname, idx))
+        left_end, right_end = ends[-2:]
+        peered += [replace(left_end, peer=right_end), replace(right_end, peer=left_end)]
     for i, n in enumerate(NODES):
         iprs[n].link("set", index=iprs[n].link_lookup(ifname="lo")[0], state="up")
         if i > 0:  # towards h1
@@ -53,7 +60,7 @@ def build(tag: str):
                 iprs[n].route("add", dst=f"10.78.{j}.0/24", gateway=f"10.78.{i + 1}.2")
         with entered(f"/run/netns/{names[n]}"), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
-    return names, iprs, ports
+    return names, iprs, ends, peered
 
 
 def teardown(names, iprs) -> None:
@@ -71,24 +78,27 @@ def cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def iperf(names, udp: bool, seconds: int, port: int) -> dict:
+def iperf(names, udp: bool, seconds: int, port: int, udp_mbps: float = 1000.0) -> dict:
     server = subprocess.Popen(["ip", "netns", "exec", names["h2"], "iperf3", "-s", "-1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.4)
         argv = ["ip", "netns", "exec", names["h1"], "iperf3", "-c", DST, "-p", str(port), "-t", str(seconds),
-                "-O", "1", "-J"]
-        if udp:
-            argv += ["-u", "-b", "1G", "-l", "1400"]
+                "-J"]
+        if not udp:
+            argv += ["-O", "1"]  # skip slow start; for UDP iperf3's loss count would include omitted packets
+        else:
+            argv += ["-u", "-b", f"{udp_mbps:g}M", "-l", str(UDP_BYTES)]
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     finally:
         server.kill()
         server.wait()
     end = json.loads(out)["end"]
     if udp:
-        s = end["sum"]
-        return {"mbps": s["bits_per_second"] / 1e6 * (1 - s["lost_percent"] / 100),
-                "pps": (s["packets"] - s["lost_packets"]) / s["seconds"], "lost_pct": s["lost_percent"]}
+        # The receiver's own counts: datagrams that arrived, per second.
+        s = end["sum_received"]
+        pps = (s["packets"] - s["lost_packets"]) / s["seconds"]
+        return {"mbps": pps * UDP_BYTES * 8 / 1e6, "pps": pps, "lost_pct": s["lost_percent"]}
     s = end["sum_received"]
     return {"mbps": s["bits_per_second"] / 1e6, "pps": None, "lost_pct": None}
 
@@ -97,16 +107,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--modes", default="plain,peer,egress",
+                    help="comma-separated: plain (no shaping), peer (hold at the receiving end), egress")
+    ap.add_argument("--protos", default="tcp,udp", help="comma-separated: tcp, udp (offered --udp-mbps)")
+    ap.add_argument("--udp-mbps", default="1000,100", help="comma-separated offered UDP rates, Mbit/s")
     args = ap.parse_args()
     print(f"machine: {platform.node()} {platform.platform()} cpus={os.cpu_count()} "
           f"python={platform.python_version()}")
     print(f"command: {' '.join(sys.argv)}")
     results: dict[str, list[dict]] = {}
-    for mode in ("plain", "shaped"):
-        names, iprs, ports = build(f"cbn{os.getpid() % 10000}{mode[0]}")
+    for mode in args.modes.split(","):
+        names, iprs, ends, peered = build(f"cbn{os.getpid() % 10000}{mode[0]}")
         sh = None
         try:
-            if mode == "shaped":
+            if mode != "plain":
+                ports = peered if mode == "peer" else ends
                 sh = UserspaceShaper()
                 for n in NODES:
                     sh.prepare_node(n, f"/run/netns/{names[n]}", iprs[n])
@@ -114,16 +129,28 @@ def main() -> int:
             rtt = subprocess.run(["ip", "netns", "exec", names["h1"], "ping", "-c", "5", "-i", "0.1", DST],
                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             print(f"[{mode}] ping: {rtt}")
-            for proto in ("tcp", "udp"):
+            tests = [("tcp", 0.0)] if "tcp" in args.protos.split(",") else []
+            if "udp" in args.protos.split(","):
+                tests += [("udp", float(r)) for r in args.udp_mbps.split(",")]
+            for proto, udp_mbps in tests:
+                label = proto if proto == "tcp" else f"udp{udp_mbps:g}M"
                 for run in range(args.runs):
                     c0, t0 = cpu_s(sh.pid if sh else None), time.monotonic()
-                    q0 = sh.stats()["queued"] if sh else 0
-                    r = iperf(names, proto == "udp", args.seconds, 5400 + run)
+                    st0 = sh.stats(reset_late_max=True) if sh else None
+                    r = iperf(names, proto == "udp", args.seconds, 5400 + run, udp_mbps)
                     dt = time.monotonic() - t0
+                    st1 = sh.stats() if sh else None
                     r["daemon_cpu_pct"] = 100 * (cpu_s(sh.pid if sh else None) - c0) / dt if sh else None
-                    r["daemon_pkts_per_s"] = (sh.stats()["queued"] - q0) / dt if sh else None
-                    results.setdefault(f"{mode}/{proto}", []).append(r)
-                    print(f"[{mode}] {proto} run {run + 1}: {r}")
+                    r["daemon_pkts_per_s"] = (st1["queued"] - st0["queued"]) / dt if sh else None
+                    if sh:
+                        # lateness over this run only (the daemon's counters are cumulative)
+                        n_rel = st1["released"] - st0["released"]
+                        r["late_mean_us"] = (st1["late_sum_us"] - st0["late_sum_us"]) / n_rel if n_rel else 0.0
+                        r["late_max_us"] = st1["late_max_us"]
+                        r["busy_max_us"] = st1["busy_max_us"]
+                        r["busy_cpu_us"] = st1["busy_cpu_us"]
+                    results.setdefault(f"{mode}/{label}", []).append(r)
+                    print(f"[{mode}] {label} run {run + 1}: {r}")
             if sh:
                 print(f"[{mode}] daemon stats: {sh.stats()}")
         finally:
@@ -133,10 +160,12 @@ def main() -> int:
     print("\nmedians over runs:")
     for key, rs in results.items():
         def med(k: str, rs=rs):
-            vals = [r[k] for r in rs if r[k] is not None]
+            vals = [r[k] for r in rs if r.get(k) is not None]
             return f"{statistics.median(vals):.1f}" if vals else "-"
-        print(f"  {key:12s} Mbit/s={med('mbps'):>8s}  iperf pkts/s={med('pps'):>8s}  "
-              f"daemon queued pkts/s={med('daemon_pkts_per_s'):>8s}  daemon CPU%={med('daemon_cpu_pct'):>6s}")
+        print(f"  {key:18s} Mbit/s={med('mbps'):>8s}  iperf pkts/s={med('pps'):>8s}  "
+              f"daemon queued pkts/s={med('daemon_pkts_per_s'):>8s}  daemon CPU%={med('daemon_cpu_pct'):>6s}  "
+              f"late mean/max us={med('late_mean_us')}/{med('late_max_us')}  "
+              f"longest daemon pass us={med('busy_max_us')} (on CPU {med('busy_cpu_us')})")
     return 0
 
 

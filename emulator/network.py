@@ -394,11 +394,16 @@ class Emulation:
     def _port(self, link: int, side: int) -> Any:
         from .shaping import Port
 
-        node = int(self.link_a[link]) if side == 0 else int(self._far[link])
-        a = self.addr
-        return Port(self.names[node], self.nodes[node].ns_path,
-                    a.ifname_a[link] if side == 0 else a.ifname_b[link],
-                    int(a.ifindex_a[link] if side == 0 else a.ifindex_b[link]))
+        def end(side: int, peer: Any = None) -> Any:
+            node = int(self.link_a[link]) if side == 0 else int(self._far[link])
+            a = self.addr
+            return Port(self.names[node], self.nodes[node].ns_path,
+                        a.ifname_a[link] if side == 0 else a.ifname_b[link],
+                        int(a.ifindex_a[link] if side == 0 else a.ifindex_b[link]), peer)
+
+        # the receiving end: the userspace shaper holds this direction's packets there (after the veth has
+        # detached them from the sending socket, so TCP is not throttled by its own small queues)
+        return end(side, end(1 - side))
 
     def _shape(self, links: np.ndarray, snap: Snapshot) -> None:
         """Shape both directions of ``links`` (skipping parked ends) with ``snap``'s parameters."""

@@ -1,6 +1,7 @@
 """The shaping contract (one link direction = one port) and the one place where units become kernel units.
 
-Every backend shapes the *egress* of a sending interface. The emulator hands a backend many
+Every backend shapes what a sending interface sends (the rate always on its egress; the userspace
+backend holds packets at the receiving end when the port names its ``peer``). The emulator hands a backend many
 ``(Port, LinkShape)`` pairs at once; the backend adds shaping the first time it sees a port and changes it
 in place afterwards (never delete + add on a live link).
 
@@ -67,19 +68,39 @@ class LinkShape:
 
 @dataclass(frozen=True)
 class Port:
-    """One interface in one network namespace: the sending end of one link direction."""
+    """One interface in one network namespace: the sending end of one link direction.
+
+    Attributes
+    ----------
+    node, ns_path, ifname, ifindex
+        The node's name, its network namespace (``/proc/PID/ns/net`` or a bind mount), the interface's
+        name and index in that namespace.
+    peer : Port or None
+        The other end of the veth, which receives what this port sends. Backends that delay in user
+        space hold this port's packets as they arrive at ``peer`` (after crossing the veth the packet
+        no longer belongs to the sending socket, so TCP is not throttled by TCP Small Queues); the rate
+        stays on this port's egress. ``None``: everything happens on this port's egress. The netem
+        backend shapes the egress in any case.
+    """
 
     node: str
     ns_path: str
     ifname: str
     ifindex: int
+    peer: Port | None = None
 
     def __post_init__(self) -> None:
         if not self.ns_path:
             raise ConfigError(f"Port {self.node}/{self.ifname}: empty ns_path", key="ns_path")
-        if not isinstance(self.ifindex, int) or self.ifindex < 1:
+        if isinstance(self.ifindex, bool) or not isinstance(self.ifindex, int) or self.ifindex < 1:
             raise ConfigError(f"Port {self.node}/{self.ifname}: ifindex must be an int >= 1, "
                               f"got {self.ifindex!r}", key="ifindex")
+        if self.peer is not None:
+            if not isinstance(self.peer, Port):
+                raise ConfigError(f"Port {self.node}/{self.ifname}: peer must be a Port or None, "
+                                  f"got {self.peer!r}", key="peer")
+            if self.peer.key == self.key:
+                raise ConfigError(f"Port {self.node}/{self.ifname}: peer is the port itself", key="peer")
 
     @property
     def key(self) -> tuple[str, int]:

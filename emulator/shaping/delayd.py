@@ -1,24 +1,32 @@
 """The delay daemon: one process that holds packets of every shaped port of every namespace for their
 port's delay (and drops a seeded-random fraction of them), for kernels without sch_netem.
 
-How a packet is delayed: in each attached namespace an nf_tables chain at postrouting/mangle sends every
-packet not leaving through ``lo`` to nfnetlink_queue ``queue_num``; the daemon reads only the packet id
-and the outgoing ifindex (copy mode META, GSO super-packets queued whole) and gives its ACCEPT verdict
-when the packet is due. Per port, release = max(arrival + delay, previous release on that port), so a
-link never reorders, not even while its delay shrinks. A timerfd armed at the earliest due time wakes
-the single-threaded epoll loop with sub-millisecond precision.
+Where a packet is held: each attached namespace gets an nf_tables table with two base chains at mangle
+priority, prerouting and postrouting, whose rules send to nfnetlink_queue ``queue_num`` only the packets
+of held interfaces -- arriving on one (``meta iif``, *ingress* hold) or leaving through one (``meta oif``,
+*egress* hold). Unheld interfaces are not detoured through user space. An ingress hold at the receiving
+end of a veth is what TCP needs: at the sender's postrouting the skb still belongs to the local socket
+and TCP Small Queues lets only a couple of packets per socket sit below TCP, so a held packet stalls the
+flow; once across the veth it is orphaned and no longer counts against the socket.
+
+The daemon reads only the packet id, hook and interface (copy mode META, GSO super-packets queued whole)
+and gives its ACCEPT verdict when the packet is due. Per held interface, release = max(arrival + delay,
+previous release), so a link never reorders, not even while its delay shrinks. A timerfd armed at the
+earliest due time wakes the single-threaded epoll loop with sub-millisecond precision.
 
 Control: JSON lines on stdin, one reply line per request on stdout::
 
-    {"id": 1, "op": "ns", "ns": "/proc/123/ns/net"}        attach a namespace (bind queue, add rule)
-    {"id": 2, "op": "set", "ports": [[ns, ifindex, delay_ms, loss_pct], ...]}
-    {"id": 3, "op": "forget", "ns": ns, "ifindex": 7}
-    {"id": 4, "op": "release_ns", "ns": ns}               unbind, delete the rule, close the socket
+    {"id": 1, "op": "ns", "ns": "/proc/123/ns/net"}        attach a namespace (bind queue, add table)
+    {"id": 2, "op": "set", "ports": [[ns, ifindex, delay_ms, loss_pct, ingress], ...],
+                           "forget": [[ns, ifindex, ingress], ...]}      (forget first; both optional)
+    {"id": 3, "op": "forget", "ns": ns, "ifindex": 7, "ingress": false}
+    {"id": 4, "op": "release_ns", "ns": ns}               unbind, delete the table, close the socket
     {"id": 5, "op": "stats"}
-    {"id": 6, "op": "close"}                               remove every rule and exit
+    {"id": 6, "op": "close"}                               remove every table and exit
 
-The daemon exits (removing its rules where the namespaces still exist) on "close", on EOF of stdin, on
-SIGTERM, and when its parent dies (PR_SET_PDEATHSIG). Run as ``python -m emulator.shaping.delayd``.
+``ingress`` (default false) says whether ``ifindex``'s arriving (true) or departing (false) packets are
+held. The daemon exits (removing its tables where the namespaces still exist) on "close", on EOF of
+stdin, on SIGTERM, and when its parent dies (PR_SET_PDEATHSIG). Run as ``python -m emulator.shaping.delayd``.
 """
 
 from __future__ import annotations
@@ -113,8 +121,9 @@ class Namespace:
     path: str
     nsfd: int
     sock: socket.socket
-    ports: dict[int, PortState] = field(default_factory=dict)
+    ports: dict[int, PortState] = field(default_factory=dict)  # by nfnl.hold_key(ifindex, ingress)
     out: list[bytes] = field(default_factory=list)
+    ruled: frozenset[int] = frozenset()  # hold keys the kernel's rules queue now
 
 
 @dataclass
@@ -127,6 +136,8 @@ class Stats:
     late_max_ns: int = 0
     released: int = 0
     verdict_errors: int = 0
+    busy_max_ns: int = 0  # longest single pass of the loop (receiving + releasing), wall clock, ns
+    busy_cpu_ns: int = 0  # CPU time of that pass, ns (much less than busy_max_ns: we were preempted)
 
 
 class Daemon:
@@ -184,8 +195,8 @@ class Daemon:
             s = self._next_seq()
             nfnl.request(sock, nfnl.queue_config(self.queue_num, s, maxlen=self.maxlen,
                                                  flags=nfnl.NFQA_CFG_F_GSO), {s})
-            # The queue is bound before the rule exists, so no packet meets an unbound queue.
-            self._ruleset(nsfd, install=True)
+            # The queue is bound before any rule exists, so no packet meets an unbound queue.
+            self._table(nsfd, install=True)
         except BaseException:
             if sock is not None:
                 sock.close()
@@ -197,67 +208,119 @@ class Daemon:
         self.by_fd[sock.fileno()] = ns
         self.ep.register(sock.fileno(), select.EPOLLIN)
 
-    def _ruleset(self, nsfd: int, install: bool) -> None:
+    def _nft(self, nsfd: int, build) -> None:
+        """Send one nf_tables batch ``build(seq) -> (data, seqs)`` in the namespace and wait for its acks."""
         def run() -> None:
             t = nfnl.open_socket(1 << 16)
             try:
-                s = self._next_seq()
-                data = nfnl.nft_queue_ruleset(self.table, self.queue_num, s, install=install)
-                nfnl.request(t, data, {s + i for i in range(1, 6 if install else 3)})
+                data, seqs = build(1)  # a fresh socket: its sequence numbers need only be unique on it
+                nfnl.request(t, data, seqs)
             finally:
                 t.close()
 
         self._in_ns(nsfd, run)
 
+    def _table(self, nsfd: int, install: bool) -> None:
+        self._nft(nsfd, lambda seq: nfnl.nft_table_batch(self.table, seq, install=install))
+
+    def _sync_rules(self, ns: Namespace) -> None:
+        """Make the namespace's queue rules name exactly its held interfaces (if they do not already)."""
+        keys = frozenset(ns.ports)
+        if keys == ns.ruled:
+            return
+        egress = [k >> 1 for k in keys if not k & 1]
+        ingress = [k >> 1 for k in keys if k & 1]
+        self._nft(ns.nsfd, lambda seq: nfnl.nft_hold_rules_batch(self.table, self.queue_num, seq,
+                                                                  egress, ingress))
+        ns.ruled = keys
+
     def release(self, path: str) -> None:
         ns = self.namespaces.pop(path, None)
         if ns is None:
             return
+        # Rules go first (no new packets are queued), then held packets are released, then the table:
+        # deleting its chains would make the kernel drop whatever is still queued in the namespace.
+        ns.ports.clear()
         try:
-            self._ruleset(ns.nsfd, install=False)
+            self._sync_rules(ns)
         except OSError as e:
-            log.warning("removing delay rule in %s: %s", path, e)
-        # Held packets of this namespace are released now: unbinding would drop them anyway.
+            log.warning("removing delay rules in %s: %s", path, e)
         self._flush(everything_of=ns)
+        try:
+            self._table(ns.nsfd, install=False)
+        except OSError as e:
+            log.warning("removing delay table in %s: %s", path, e)
         self.ep.unregister(ns.sock.fileno())
         del self.by_fd[ns.sock.fileno()]
         ns.sock.close()
         os.close(ns.nsfd)
 
-    def set_ports(self, ports: list[list[Any]]) -> None:
-        for path, ifindex, delay_ms, loss_pct in ports:
-            ns = self.namespaces.get(path)
-            if ns is None:
-                raise ValueError(f"namespace {path} not attached")
+    def _ns(self, path: str) -> Namespace:
+        ns = self.namespaces.get(path)
+        if ns is None:
+            raise ValueError(f"namespace {path} not attached")
+        return ns
+
+    def set_ports(self, ports: list[list[Any]], forget: list[list[Any]] = ()) -> None:
+        """Forget then add/change held interfaces; then update the rules of the namespaces touched.
+
+        All entries are checked before any is applied, so a bad request changes nothing.
+        """
+        parsed = []
+        for entry in ports:
+            path, ifindex, delay_ms, loss_pct = entry[:4]
+            ingress = bool(entry[4]) if len(entry) > 4 else False
             delay_ns = round(float(delay_ms) * 1e6)
             loss = float(loss_pct) / 100.0
-            if delay_ns < 0 or not 0.0 <= loss <= 1.0:
+            if delay_ns < 0 or not 0.0 <= loss <= 1.0 or int(ifindex) < 1:
                 raise ValueError(f"bad shape for {path}/{ifindex}: {delay_ms} ms, {loss_pct} %")
-            st = ns.ports.get(int(ifindex))
+            parsed.append((self._ns(path), nfnl.hold_key(int(ifindex), ingress), delay_ns, loss))
+        gone = []
+        for entry in forget:
+            path, ifindex = entry[:2]
+            ingress = bool(entry[2]) if len(entry) > 2 else False
+            ns = self.namespaces.get(path)  # a released namespace has nothing left to forget
+            if ns is not None:
+                gone.append((ns, nfnl.hold_key(int(ifindex), ingress)))
+        touched: dict[str, Namespace] = {}
+        for ns, key in gone:
+            ns.ports.pop(key, None)
+            touched[ns.path] = ns
+        for ns, key, delay_ns, loss in parsed:
+            st = ns.ports.get(key)
             if st is None:
-                ns.ports[int(ifindex)] = PortState(delay_ns, loss)
+                ns.ports[key] = PortState(delay_ns, loss)
             else:
                 st.delay_ns = delay_ns
                 st.loss = loss
+            touched[ns.path] = ns
+        for ns in touched.values():
+            self._sync_rules(ns)
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "ns":
             self.attach(req["ns"])
         elif op == "set":
-            self.set_ports(req["ports"])
+            self.set_ports(req.get("ports", []), req.get("forget", []))
         elif op == "forget":
-            ns = self.namespaces.get(req["ns"])
-            if ns is not None:
-                ns.ports.pop(int(req["ifindex"]), None)
+            self.set_ports([], [[req["ns"], req["ifindex"], req.get("ingress", False)]])
         elif op == "release_ns":
             self.release(req["ns"])
         elif op == "stats":
             st = self.stats
-            return {"queued": st.queued, "verdicts": st.accepted, "dropped": st.dropped,
-                    "unshaped": st.unshaped, "held": len(self.heap), "verdict_errors": st.verdict_errors,
-                    "late_mean_us": st.late_sum_ns / st.released / 1e3 if st.released else 0.0,
-                    "late_max_us": st.late_max_ns / 1e3, "lead_us": self.lead_ns / 1e3, "namespaces": len(self.namespaces)}
+            reply = {"queued": st.queued, "verdicts": st.accepted, "dropped": st.dropped,
+                     "unshaped": st.unshaped, "held": len(self.heap), "verdict_errors": st.verdict_errors,
+                     "released": st.released, "late_sum_us": st.late_sum_ns / 1e3,
+                     "late_mean_us": st.late_sum_ns / st.released / 1e3 if st.released else 0.0,
+                     "late_max_us": st.late_max_ns / 1e3, "busy_max_us": st.busy_max_ns / 1e3,
+                     "busy_cpu_us": st.busy_cpu_ns / 1e3,
+                     "lead_us": self.lead_ns / 1e3,
+                     "namespaces": len(self.namespaces),
+                     "held_interfaces": sum(len(ns.ports) for ns in self.namespaces.values())}
+            if req.get("reset_late_max"):
+                st.late_max_ns = st.busy_max_ns = st.busy_cpu_ns = 0
+            return reply
         elif op == "close":
             self.running = False
         else:
@@ -299,13 +362,17 @@ class Daemon:
             except BlockingIOError:
                 return
             now = time.monotonic_ns()
-            for kind, pid, outdev in nfnl.parse_messages(buf, n):
+            # Reading must not starve releasing: under a flood the socket never drains, and every packet
+            # already held would be released late by as long as reading went on (this was the ~64 ms
+            # maximum lateness under a UDP flood). Stop after this batch once something is due.
+            due_break = bool(heap) and heap[0][0] <= now + self.lead_ns
+            for kind, pid, key in nfnl.parse_messages(buf, n):
                 if kind == nfnl.NLMSG_ERROR:
                     if pid:
                         st.verdict_errors += 1  # e.g. verdict for a packet whose device went away
                     continue
                 st.queued += 1
-                port = ports.get(outdev)
+                port = ports.get(key)
                 if port is None:
                     st.unshaped += 1
                     ns.out.append(nfnl.verdict(self.queue_num, pid, True))
@@ -319,6 +386,8 @@ class Daemon:
                 port.last_release_ns = rel
                 self.seq += 1
                 heapq.heappush(heap, (rel, self.seq, ns, pid))
+            if due_break:
+                return
 
     def _flush(self, everything_of: Namespace | None = None) -> None:
         heap, st = self.heap, self.stats
@@ -357,9 +426,12 @@ class Daemon:
             self.timer.arm(max(heap[0][0] - self.lead_ns, 1) if heap else 0)
 
     def run(self) -> None:
+        st = self.stats
         while self.running:
             timeout = 0 if (self.heap and self.heap[0][0] <= time.monotonic_ns()) else -1
-            for fd, _ev in self.ep.poll(timeout):
+            events = self.ep.poll(timeout)
+            t0, c0 = time.monotonic_ns(), time.thread_time_ns()
+            for fd, _ev in events:
                 if fd == self.timer.fd:
                     armed = self.timer.armed_ns
                     self.timer.clear()
@@ -374,6 +446,10 @@ class Daemon:
                     if ns is not None:
                         self._receive(ns)
             self._flush()
+            # Lateness beyond this figure is time the daemon was not on a CPU, not work it did.
+            busy = time.monotonic_ns() - t0
+            if busy > st.busy_max_ns:
+                st.busy_max_ns, st.busy_cpu_ns = busy, time.thread_time_ns() - c0
 
     def shutdown(self) -> None:
         for path in list(self.namespaces):
@@ -391,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", default=DEFAULT_TABLE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--maxlen", type=int, default=65536, help="packets held per namespace, at most")
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="scheduling niceness (netem runs in softirq, ahead of every process; the daemon "
+                         "standing in for it should not wait behind the traffic generators)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="delayd: %(levelname)s %(message)s", stream=sys.stderr)
     # Die with the emulator (the thread that started us, strictly), and keep timer wake-ups exact.
@@ -398,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     _libc.prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
     if os.getppid() == 1:
         return 1
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+    except OSError as e:
+        log.warning("cannot set niceness %d (%s): release times will suffer more under load", args.nice, e)
     daemon = Daemon(args.queue_num, args.table, args.seed, args.maxlen)
 
     def on_term(_signum: int, _frame: Any) -> None:

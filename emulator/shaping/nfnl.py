@@ -1,5 +1,5 @@
 """A minimal raw nfnetlink client: nfnetlink_queue (bind, configure, read packet ids, verdicts) and the
-few nf_tables messages that send a namespace's outgoing packets to that queue.
+few nf_tables messages that send the packets of held interfaces (leaving or arriving) to that queue.
 
 No libnetfilter_queue / libnftnl: messages are packed with :mod:`struct` from the kernel's UAPI layouts
 (linux/netfilter/nfnetlink.h, nfnetlink_queue.h, nf_tables.h). Only what the delay daemon needs is here.
@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -38,6 +38,7 @@ NFQNL_MSG_VERDICT = 1
 NFQNL_MSG_CONFIG = 2
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
+NFQA_IFINDEX_INDEV = 5
 NFQA_IFINDEX_OUTDEV = 6
 NFQA_CFG_CMD = 1
 NFQA_CFG_PARAMS = 2
@@ -58,6 +59,7 @@ NFT_MSG_NEWTABLE = 0
 NFT_MSG_DELTABLE = 2
 NFT_MSG_NEWCHAIN = 3
 NFT_MSG_NEWRULE = 6
+NFT_MSG_DELRULE = 8
 NFTA_TABLE_NAME = 1
 NFTA_CHAIN_TABLE = 1
 NFTA_CHAIN_NAME = 3
@@ -74,19 +76,25 @@ NFTA_EXPR_NAME = 1
 NFTA_EXPR_DATA = 2
 NFTA_META_DREG = 1
 NFTA_META_KEY = 2
+NFT_META_IIF = 4
 NFT_META_OIF = 5
 NFT_REG_1 = 1
 NFTA_CMP_SREG = 1
 NFTA_CMP_OP = 2
 NFTA_CMP_DATA = 3
+NFT_CMP_EQ = 0
 NFT_CMP_NEQ = 1
 NFTA_DATA_VALUE = 1
 NFTA_TARGET_NAME = 1
 NFTA_TARGET_REV = 2
 NFTA_TARGET_INFO = 3
+NF_INET_PRE_ROUTING = 0
 NF_INET_POST_ROUTING = 4
 NF_IP_PRI_MANGLE = -150
 LOOPBACK_IFINDEX = 1  # lo is the first device of every network namespace
+# The two base chains of the daemon's table: (name, hook, meta key matched by the hold rules).
+EGRESS_CHAIN = "postrouting"
+INGRESS_CHAIN = "prerouting"
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big endian, packed by the caller)
@@ -94,6 +102,8 @@ _NLATTR = struct.Struct("=HH")
 _VERDICT_MSG_LEN = 16 + 4 + 4 + 8  # nlmsghdr + nfgenmsg + nlattr + nfqnl_msg_verdict_hdr
 _VERDICT_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
 _PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
+_PACKET_HDR = struct.Struct(">IHB")
+_BE32 = struct.Struct(">I")
 
 
 def _align4(n: int) -> int:
@@ -164,11 +174,18 @@ def _pack_verdict(queue_num: int, packet_id: int, code: int) -> bytes:
             + struct.pack(">II", code, packet_id))
 
 
+def hold_key(ifindex: int, ingress: bool) -> int:
+    """The daemon's key of a held interface: ``ifindex * 2 + 1`` for arrivals on it (held at prerouting),
+    ``ifindex * 2`` for departures through it (held at postrouting). One int, so lookups stay cheap."""
+    return (ifindex << 1) | (1 if ingress else 0)
+
+
 def parse_messages(buf: bytes | memoryview, n: int) -> Iterator[tuple[int, int, int]]:
     """Walk the netlink messages in ``buf[:n]``.
 
-    Yields ``(kind, a, b)``: for a queued packet ``(NFQNL_MSG_PACKET, packet_id, out_ifindex)``
-    (``out_ifindex`` 0 if the kernel sent none); for an error/ack ``(NLMSG_ERROR, -errno or 0, seq)``.
+    Yields ``(kind, a, b)``: for a queued packet ``(NFQNL_MSG_PACKET, packet_id, key)`` where ``key`` is
+    :func:`hold_key` of the input interface for a packet queued at prerouting and of the output interface
+    otherwise (ifindex 0 if the kernel sent none); for an error/ack ``(NLMSG_ERROR, -errno or 0, seq)``.
     Other messages are skipped.
     """
     off = 0
@@ -182,19 +199,25 @@ def parse_messages(buf: bytes | memoryview, n: int) -> Iterator[tuple[int, int, 
             pos = off + 20  # skip nlmsghdr + nfgenmsg
             end = off + length
             packet_id = -1
-            outdev = 0
+            hook = -1
+            indev = outdev = 0
             while pos + 4 <= end:
                 alen, atype = unpack_attr(buf, pos)
                 if alen < 4:
                     break
                 atype &= 0x3FFF
-                if atype == NFQA_PACKET_HDR:
-                    packet_id = struct.unpack_from(">I", buf, pos + 4)[0]
+                if atype == NFQA_PACKET_HDR:  # nfqnl_msg_packet_hdr: be32 id, be16 hw_protocol, u8 hook
+                    packet_id, _proto, hook = _PACKET_HDR.unpack_from(buf, pos + 4)
+                elif atype == NFQA_IFINDEX_INDEV:
+                    indev = _BE32.unpack_from(buf, pos + 4)[0]
                 elif atype == NFQA_IFINDEX_OUTDEV:
-                    outdev = struct.unpack_from(">I", buf, pos + 4)[0]
+                    outdev = _BE32.unpack_from(buf, pos + 4)[0]
                 pos += _align4(alen)
             if packet_id >= 0:
-                yield (NFQNL_MSG_PACKET, packet_id, outdev)
+                if hook == NF_INET_PRE_ROUTING:
+                    yield (NFQNL_MSG_PACKET, packet_id, (indev << 1) | 1)
+                else:
+                    yield (NFQNL_MSG_PACKET, packet_id, outdev << 1)
         elif mtype == NLMSG_ERROR:
             err = struct.unpack_from("=i", buf, off + 16)[0]
             err_seq = struct.unpack_from("=I", buf, off + 16 + 4 + 8)[0] if length >= 36 else seq
@@ -209,16 +232,29 @@ def _expr(name: str, *data: bytes) -> bytes:
     return nested(NFTA_LIST_ELEM, attr_str(NFTA_EXPR_NAME, name), nested(NFTA_EXPR_DATA, *data))
 
 
-def nft_queue_ruleset(table: str, queue_num: int, seq: int, install: bool = True) -> bytes:
-    """One nf_tables transaction (batch) that (re)creates, or with ``install=False`` deletes, the table::
+def _batch(seq: int, msgs: list[bytes]) -> bytes:
+    begin = nfmsg(0, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, b"")
+    end = nfmsg(0, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + len(msgs) + 1, socket.AF_UNSPEC,
+                NFNL_SUBSYS_NFTABLES, b"")
+    return begin + b"".join(msgs) + end
+
+
+def nft_table_batch(table: str, seq: int, install: bool = True) -> tuple[bytes, set[int]]:
+    """One nf_tables transaction that (re)creates, or with ``install=False`` deletes, the daemon's table::
 
         table inet <table> {
-            chain postrouting { type filter hook postrouting priority mangle; policy accept;
-                                meta oif != lo xt target NFQUEUE --queue-num <queue_num> }
+            chain prerouting  { type filter hook prerouting  priority mangle; policy accept; }
+            chain postrouting { type filter hook postrouting priority mangle; policy accept; }
         }
 
-    Adding the table, deleting it and adding it again in one batch makes installation idempotent.
-    Every message asks for an ack so that errors are reported.
+    The chains start empty: nothing is queued until :func:`nft_hold_rules_batch` names interfaces.
+    Adding the table, deleting it and adding it again in one batch makes installation idempotent (a
+    table left by a killed daemon is replaced). Every message asks for an ack.
+
+    Returns
+    -------
+    (data, seqs) : tuple[bytes, set[int]]
+        The batch and the sequence numbers whose acks to wait for.
     """
     fl = NLM_F_REQUEST | NLM_F_ACK
     msgs = [nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE, fl | NLM_F_CREATE, seq + 1, NFPROTO_INET, 0,
@@ -228,30 +264,60 @@ def nft_queue_ruleset(table: str, queue_num: int, seq: int, install: bool = True
     if install:
         msgs.append(nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE, fl | NLM_F_CREATE, seq + 3, NFPROTO_INET,
                           0, attr_str(NFTA_TABLE_NAME, table)))
-        hook = nested(NFTA_CHAIN_HOOK, attr_be32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING),
-                      attr_be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_MANGLE))
-        msgs.append(nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, fl | NLM_F_CREATE, seq + 4, NFPROTO_INET,
-                          0, attr_str(NFTA_CHAIN_TABLE, table) + attr_str(NFTA_CHAIN_NAME, "postrouting")
-                          + hook + attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
-                          + attr_str(NFTA_CHAIN_TYPE, "filter")))
-        exprs = nested(
-            NFTA_RULE_EXPRESSIONS,
-            _expr("meta", attr_be32(NFTA_META_KEY, NFT_META_OIF), attr_be32(NFTA_META_DREG, NFT_REG_1)),
-            _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, NFT_CMP_NEQ),
-                  nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", LOOPBACK_IFINDEX)))),
-            # The native "queue" expression (nft_queue) is often not built; the xtables NFQUEUE target
-            # through nft_compat (what iptables-nft uses) is. xt_NFQ_info_v3: queuenum, queues_total,
-            # flags (u16 each), padded to 8 bytes.
-            _expr("target", attr_str(NFTA_TARGET_NAME, "NFQUEUE"), attr_be32(NFTA_TARGET_REV, 3),
-                  attr(NFTA_TARGET_INFO, struct.pack("=HHHxx", queue_num, 1, 0))),
-        )
-        msgs.append(nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, fl | NLM_F_CREATE | NLM_F_APPEND, seq + 5,
-                          NFPROTO_INET, 0, attr_str(NFTA_RULE_TABLE, table)
-                          + attr_str(NFTA_RULE_CHAIN, "postrouting") + exprs))
-    begin = nfmsg(0, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, b"")
-    end = nfmsg(0, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + len(msgs) + 1, socket.AF_UNSPEC,
-                NFNL_SUBSYS_NFTABLES, b"")
-    return begin + b"".join(msgs) + end
+        for chain, hooknum in ((INGRESS_CHAIN, NF_INET_PRE_ROUTING), (EGRESS_CHAIN, NF_INET_POST_ROUTING)):
+            hook = nested(NFTA_CHAIN_HOOK, attr_be32(NFTA_HOOK_HOOKNUM, hooknum),
+                          attr_be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_MANGLE))
+            msgs.append(nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, fl | NLM_F_CREATE, seq + 1 + len(msgs),
+                              NFPROTO_INET, 0, attr_str(NFTA_CHAIN_TABLE, table) + attr_str(NFTA_CHAIN_NAME, chain)
+                              + hook + attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+                              + attr_str(NFTA_CHAIN_TYPE, "filter")))
+    return _batch(seq, msgs), set(range(seq + 1, seq + 1 + len(msgs)))
+
+
+def nft_hold_rules_batch(table: str, queue_num: int, seq: int, egress: Iterable[int],
+                         ingress: Iterable[int]) -> tuple[bytes, set[int]]:
+    """One nf_tables transaction that replaces every rule of the daemon's two chains::
+
+        chain postrouting { meta oif <i> xt target NFQUEUE --queue-num <queue_num>   (for i in egress) }
+        chain prerouting  { meta iif <i> xt target NFQUEUE --queue-num <queue_num>   (for i in ingress) }
+
+    Only rules change, never chains: removing a base chain unregisters its hook, and the kernel then
+    drops every packet queued in that namespace (nfqnl_nf_hook_drop). The transaction is atomic, so no
+    packet sees a half-updated chain.
+
+    Parameters
+    ----------
+    egress, ingress : iterable of int
+        ifindexes whose departing (resp. arriving) packets are queued.
+
+    Returns
+    -------
+    (data, seqs) : tuple[bytes, set[int]]
+        The batch and the sequence numbers whose acks to wait for.
+    """
+    fl = NLM_F_REQUEST | NLM_F_ACK
+    # A DELRULE naming only table and chain deletes every rule of the chain.
+    msgs = [nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_DELRULE, fl, seq + 1 + i, NFPROTO_INET, 0,
+                  attr_str(NFTA_RULE_TABLE, table) + attr_str(NFTA_RULE_CHAIN, chain))
+            for i, chain in enumerate((INGRESS_CHAIN, EGRESS_CHAIN))]
+    for chain, meta_key, ifindexes in ((EGRESS_CHAIN, NFT_META_OIF, egress),
+                                       (INGRESS_CHAIN, NFT_META_IIF, ingress)):
+        for ifindex in sorted(set(ifindexes)):
+            exprs = nested(
+                NFTA_RULE_EXPRESSIONS,
+                _expr("meta", attr_be32(NFTA_META_KEY, meta_key), attr_be32(NFTA_META_DREG, NFT_REG_1)),
+                _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, NFT_CMP_EQ),
+                      nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", ifindex)))),
+                # The native "queue" expression (nft_queue) is often not built; the xtables NFQUEUE target
+                # through nft_compat (what iptables-nft uses) is. xt_NFQ_info_v3: queuenum, queues_total,
+                # flags (u16 each), padded to 8 bytes.
+                _expr("target", attr_str(NFTA_TARGET_NAME, "NFQUEUE"), attr_be32(NFTA_TARGET_REV, 3),
+                      attr(NFTA_TARGET_INFO, struct.pack("=HHHxx", queue_num, 1, 0))),
+            )
+            msgs.append(nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, fl | NLM_F_CREATE | NLM_F_APPEND,
+                              seq + 1 + len(msgs), NFPROTO_INET, 0, attr_str(NFTA_RULE_TABLE, table)
+                              + attr_str(NFTA_RULE_CHAIN, chain) + exprs))
+    return _batch(seq, msgs), set(range(seq + 1, seq + 1 + len(msgs)))
 
 
 # --------------------------------------------------------------------------- sockets

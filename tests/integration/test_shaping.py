@@ -1,7 +1,9 @@
 """Shaping backends on a real chain of namespaces h1 - r1 - r2 - h2, checked with ping and iperf3.
 
 The same tests run on both backends; ``netem`` skips with the kernel's answer when sch_netem is missing
-(it runs in the qemu VM harness). Every direction of every hop is shaped (6 ports).
+(it runs in the qemu VM harness). Every direction of every hop is shaped (6 ports). The ports name their
+``peer`` as the emulator does (the userspace backend then holds packets at the receiving end); the
+userspace backend also runs once without peers (``userspace-egress``: packets held as they leave).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import re
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -65,7 +67,8 @@ def _daemon_pids() -> set[int]:
 class Chain:
     names: dict[str, str]  # node -> netns name
     iprs: dict[str, object] = field(default_factory=dict)
-    ports: list[Port] = field(default_factory=list)  # the 6 sending ends
+    ports: list[Port] = field(default_factory=list)  # the 6 sending ends, without peers
+    peered: list[Port] = field(default_factory=list)  # the same, each naming the other end of its veth
 
     def path(self, node: str) -> str:
         return f"/run/netns/{self.names[node]}"
@@ -80,7 +83,6 @@ class Chain:
 @pytest.fixture(scope="module")
 def chain():
     _require_root()
-    before_ns = _ns_list()
     names = {n: f"{_TAG}-{n}" for n in _NODES}
     ch = Chain(names)
     try:
@@ -96,6 +98,8 @@ def chain():
                 ipr.addr("add", index=idx, address=addr, prefixlen=24)
                 ipr.link("set", index=idx, state="up")
                 ch.ports.append(Port(node, ch.path(node), ifname, idx))
+            left_end, right_end = ch.ports[-2:]
+            ch.peered += [replace(left_end, peer=right_end), replace(right_end, peer=left_end)]
         for n in _NODES:
             ipr = ch.iprs[n]
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
@@ -110,40 +114,70 @@ def chain():
         for n in _NODES:
             if names[n] in _ns_list():
                 subprocess.run(["ip", "netns", "del", names[n]], check=False)
+        # Ours only: other runs on this machine may add theirs meanwhile (conftest checks the session).
         assert not set(names.values()) & _ns_list(), "namespace left behind"
-        assert _ns_list() <= before_ns
 
 
-@pytest.fixture(params=["userspace", "netem"])
+@dataclass
+class Shaped:
+    """A backend under test and the ports it is given (with or without peers)."""
+
+    sh: object
+    ports: list[Port]
+    kind: str
+
+    def set_all(self, chain: Chain, shape: LinkShape) -> None:
+        self.sh.set([(p, shape) for p in self.ports], chain.ipr_of)
+
+    def port(self, ifname: str) -> Port:
+        return next(p for p in self.ports if p.ifname == ifname)
+
+
+@pytest.fixture(params=["userspace-peer", "userspace-egress", "netem-peer"])
 def shaper(request, chain):
-    if request.param == "netem":
+    kind, mode = request.param.split("-")
+    if kind == "netem":
         ok, detail = probe_netem()
         if not ok:
             pytest.skip(f"kernel has no sch_netem ({detail}); runs in the qemu VM harness")
-    daemons_before = _daemon_pids()
-    sh, _reason = make_shaper(request.param)
+    sh, _reason = make_shaper(kind)
+    pid = None
     try:
         for n in _NODES:
             sh.prepare_node(n, chain.path(n), chain.iprs[n])
-        yield sh
+        pid = getattr(sh, "pid", None)
+        yield Shaped(sh, chain.peered if mode == "peer" else chain.ports, request.param)
     finally:
         sh.close()
-        assert _daemon_pids() <= daemons_before, "delay daemon left running"
+        # Our own daemon only: other runs on this machine may have theirs.
+        assert pid is None or pid not in _daemon_pids(), "delay daemon left running"
 
 
-def _shape_all(sh, chain: Chain, shape: LinkShape) -> None:
-    sh.set([(p, shape) for p in chain.ports], chain.ipr_of)
+def _shape_all(sh: Shaped, chain: Chain, shape: LinkShape) -> None:
+    sh.set_all(chain, shape)
 
 
-def _ping(chain: Chain, count: int, interval_s: float = 0.02, wait_s: int = 2) -> tuple[float, float, str]:
-    """Ping h2 from h1; returns (loss %, avg rtt ms or nan, full output)."""
-    out = subprocess.run(chain.exec_argv("h1", "ping", "-n", "-c", str(count), "-i", str(interval_s),
-                                         "-W", str(wait_s), H2_ADDR),
-                         check=False, capture_output=True, text=True,
-                         timeout=count * interval_s + wait_s + 10).stdout
-    loss = float(re.search(r"([\d.]+)% packet loss", out).group(1))
-    m = re.search(r"= [\d.]+/([\d.]+)/", out)
-    return loss, float(m.group(1)) if m else float("nan"), out
+def _ping(chain: Chain, count: int, interval_s: float = 0.02, wait_s: int = 2,
+          expect_replies: bool = True) -> tuple[float, float, str]:
+    """Ping h2 from h1; returns (loss %, median rtt ms or nan, full output).
+
+    With ``expect_replies`` ping waits (up to a deadline of a few seconds) for every reply, so an echo
+    delayed by a busy machine is not counted as lost.
+    The median, not ping's average: on a loaded machine a few echoes are late by milliseconds (the daemon
+    or ping itself not being scheduled), which says nothing about the configured delay.
+    """
+    deadline_s = int(count * interval_s + wait_s + 3)
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval_s), "-W", str(wait_s), H2_ADDR]
+    if expect_replies:
+        argv[1:1] = ["-w", str(deadline_s)]
+    out = subprocess.run(chain.exec_argv("h1", *argv), check=False, capture_output=True, text=True,
+                         timeout=deadline_s + 10).stdout
+    replies = {int(q): float(t) for q, t in re.findall(r"icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms", out)}
+    # Loss among the ``count`` requests asked for (with -w ping sends until ``count`` replies came, so the
+    # one in flight then would count as lost in its own summary).
+    loss = 100.0 * sum(1 for q in range(1, count + 1) if q not in replies) / count
+    rtts = sorted(replies[q] for q in range(1, count + 1) if q in replies)
+    return loss, rtts[len(rtts) // 2] if rtts else float("nan"), out
 
 
 def test_rtt_equals_sum_of_configured_delays(shaper, chain):
@@ -157,12 +191,23 @@ def test_rtt_equals_sum_of_configured_delays(shaper, chain):
     assert abs((rtt_ms - base_ms) - expected_ms) <= max(1.0, 0.03 * expected_ms), (base_ms, rtt_ms)
 
 
+def _lateness_ms(sh: Shaped) -> float:
+    """Worst lateness the userspace daemon reported since the last call (0 for netem), ms."""
+    if sh.kind.startswith("userspace"):
+        return sh.sh.stats(reset_late_max=True)["late_max_us"] / 1e3
+    return 0.0
+
+
 def test_delay_changes_in_place_without_loss_or_reordering(shaper, chain):
-    _shape_all(shaper, chain, LinkShape(delay_ms=1.0, rate_mbps=1000.0))
+    _shape_all(shaper, chain, LinkShape(delay_ms=0.0, rate_mbps=1000.0))
     _ping(chain, 3)
+    _, base_ms, _ = _ping(chain, 10)
+    _shape_all(shaper, chain, LinkShape(delay_ms=1.0, rate_mbps=1000.0))
+    _lateness_ms(shaper)
     # 10 ms interval, RTT up to 120 ms: a dozen echoes in flight when the delay shrinks from 20 to 2 ms.
-    proc = subprocess.Popen(chain.exec_argv("h1", "ping", "-n", "-c", "250", "-i", "0.01", "-W", "2", H2_ADDR),
-                            stdout=subprocess.PIPE, text=True)
+    # -w: wait for every reply (up to 10 s) rather than ping's 2 x RTT after the last request.
+    proc = subprocess.Popen(chain.exec_argv("h1", "ping", "-n", "-c", "250", "-w", "10", "-i", "0.01", "-W", "2",
+                                            H2_ADDR), stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)
         _shape_all(shaper, chain, LinkShape(delay_ms=20.0, rate_mbps=1000.0))
@@ -173,42 +218,119 @@ def test_delay_changes_in_place_without_loss_or_reordering(shaper, chain):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    late_ms = _lateness_ms(shaper)
     replies = [(int(s), float(t)) for s, t in re.findall(r"icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms", out)]
-    seqs = [s for s, _ in replies]
-    assert "0% packet loss" in out and len(seqs) == 250, out[-400:]
-    assert seqs == sorted(seqs) and "DUP" not in out, "replies reordered or duplicated"
+    replies = [(q, t) for q, t in replies if q <= 250]  # -w may send one or two more
+    seqs = [q for q, _ in replies]
+    assert "DUP" not in out and seqs == sorted(seqs), "replies reordered or duplicated"
+    assert seqs == list(range(1, 251)), f"lost: {sorted(set(range(1, 251)) - set(seqs))}"
     rtts = [t for _, t in replies]
-    assert max(rtts) == pytest.approx(120.0, abs=3.0)  # 6 x 20 ms seen while the long delay held
-    assert sum(rtts[-20:]) / 20 == pytest.approx(12.0, abs=1.5)  # 6 x 2 ms at the end
+    # While the long delay held, echoes took 6 x 20 ms: never less (the daemon releases at most 0.2 ms
+    # early per hop), and more only by the base RTT, scheduling noise and what the daemon says it was late.
+    # Under load the machine may be slow, which must show up in the daemon's own figure, not be guessed.
+    slack_ms = base_ms + 2.0 + 6 * late_ms
+    assert 120.0 - 1.5 <= max(rtts) <= 120.0 + slack_ms, (max(rtts), base_ms, late_ms)
+    # At the end, 6 x 2 ms: the median of the last 20 is robust to one echo delayed by a busy machine.
+    tail = sorted(rtts[-20:])[10]
+    assert 12.0 - 1.0 <= tail <= 12.0 + base_ms + 2.0, (rtts[-20:], base_ms)
 
 
 def test_loss_100_drops_everything_and_0_restores(shaper, chain):
     _shape_all(shaper, chain, LinkShape(delay_ms=1.0, rate_mbps=1000.0))
-    h1_out = next(p for p in chain.ports if p.node == "h1")
-    shaper.set([(h1_out, LinkShape(delay_ms=1.0, rate_mbps=1000.0, loss_pct=100.0))], chain.ipr_of)
-    loss, _, _ = _ping(chain, 20, wait_s=1)
+    h1_out = shaper.port("h1-r1")
+    shaper.sh.set([(h1_out, LinkShape(delay_ms=1.0, rate_mbps=1000.0, loss_pct=100.0))], chain.ipr_of)
+    loss, _, _ = _ping(chain, 20, wait_s=1, expect_replies=False)
     assert loss == 100.0
-    shaper.set([(h1_out, LinkShape(delay_ms=1.0, rate_mbps=1000.0, loss_pct=0.0))], chain.ipr_of)
+    shaper.sh.set([(h1_out, LinkShape(delay_ms=1.0, rate_mbps=1000.0, loss_pct=0.0))], chain.ipr_of)
     loss, _, _ = _ping(chain, 20)
     assert loss == 0.0
 
 
-def test_rate_limits_an_iperf3_flow(shaper, chain):
-    _shape_all(shaper, chain, LinkShape(delay_ms=1.0, rate_mbps=1000.0))
-    r1_to_r2 = next(p for p in chain.ports if p.ifname == "r1-r2")
-    shaper.set([(r1_to_r2, LinkShape(delay_ms=1.0, rate_mbps=20.0))], chain.ipr_of)
-    port = "5301"
+def _iperf3_tcp_mbps(chain: Chain, port: str, seconds: int = 4) -> float:
     server = subprocess.Popen(chain.exec_argv("h2", "iperf3", "-s", "-1", "-p", port),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        res = subprocess.run(chain.exec_argv("h1", "iperf3", "-c", H2_ADDR, "-p", port, "-t", "4", "-O", "1",
-                                             "-J"), check=True, capture_output=True, text=True, timeout=30)
-        mbps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+        res = subprocess.run(chain.exec_argv("h1", "iperf3", "-c", H2_ADDR, "-p", port, "-t", str(seconds),
+                                             "-O", "1", "-J"), check=True, capture_output=True, text=True,
+                             timeout=seconds + 30)
+        return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
     finally:
         server.kill()
         server.wait()
+
+
+def test_rate_limits_an_iperf3_flow(shaper, chain):
+    _shape_all(shaper, chain, LinkShape(delay_ms=1.0, rate_mbps=1000.0))
+    shaper.sh.set([(shaper.port("r1-r2"), LinkShape(delay_ms=1.0, rate_mbps=20.0))], chain.ipr_of)
+    mbps = _iperf3_tcp_mbps(chain, "5301")
     assert 0.8 * 20.0 <= mbps <= 1.05 * 20.0, mbps
+
+
+def test_tcp_fills_a_shaped_path_when_ports_name_their_peer(shaper, chain):
+    """The reason for holding at the receiving end: TCP is not throttled by TCP Small Queues."""
+    if shaper.kind == "userspace-egress":
+        pytest.skip("held at the sender, TCP gets a few Mbit/s (TCP Small Queues); see the benchmark")
+    if shaper.kind.startswith("netem"):
+        # netem delays inside the kernel (no TSQ issue); its tests run under qemu TCG, where throughput
+        # measures the emulated CPU rather than the shaping.
+        pytest.skip("concerns the userspace backend's hold only")
+    _shape_all(shaper, chain, LinkShape(delay_ms=5.0, rate_mbps=200.0))
+    mbps = _iperf3_tcp_mbps(chain, "5302")
+    # 30 ms RTT, 200 Mbit/s: a working path gets close to the rate; the egress hold got under 10.
+    assert 0.5 * 200.0 <= mbps <= 1.05 * 200.0, mbps
+
+
+def _held_interfaces(sh) -> int:
+    return sh.stats()["held_interfaces"]
+
+
+def test_userspace_holds_only_shaped_ports_and_forget_moves_cleanly(chain):
+    """Unshaped interfaces are not detoured through the daemon; forget and a change of peer (a handover
+    of the far end) leave the hold exactly where the port's shaping says."""
+    _require_root()
+    sh, _ = make_shaper("userspace")
+    try:
+        for n in _NODES:
+            sh.prepare_node(n, chain.path(n), chain.iprs[n])
+        zero = LinkShape(delay_ms=0.0, rate_mbps=1000.0)
+        sh.set([(p, zero) for p in chain.peered], chain.ipr_of)
+        _ping(chain, 3)
+        _, base_ms, _ = _ping(chain, 10)
+        hop1 = [p for p in chain.peered if p.ifname in ("h1-r1", "r1-h1")]
+        for p in chain.peered:
+            sh.forget(p)
+        assert _held_interfaces(sh) == 0
+        five = LinkShape(delay_ms=5.0, rate_mbps=1000.0)
+        sh.set([(p, five) for p in hop1], chain.ipr_of)
+        assert _held_interfaces(sh) == 2
+        # r2 -> h2 crosses no shaped port: none of its packets reaches the daemon.
+        q0 = sh.stats()["queued"]
+        r2_ping = subprocess.run(chain.exec_argv("r2", "ping", "-n", "-c", "5", "-i", "0.02", H2_ADDR),
+                                 check=False, capture_output=True, text=True, timeout=20)
+        assert r2_ping.returncode == 0 and sh.stats()["queued"] == q0
+        loss, rtt_ms, _ = _ping(chain, 20)
+        assert loss == 0 and abs(rtt_ms - base_ms - 10.0) <= 1.0, (rtt_ms, base_ms)
+        assert sh.stats()["queued"] >= q0 + 2 * 20
+
+        h1_out = next(p for p in hop1 if p.ifname == "h1-r1")
+        sh.forget(h1_out)
+        assert _held_interfaces(sh) == 1
+        loss, rtt_ms, _ = _ping(chain, 20)
+        assert loss == 0 and abs(rtt_ms - base_ms - 5.0) <= 1.0, (rtt_ms, base_ms)
+        sh.forget(h1_out)  # twice is harmless
+
+        # The same port held at its own egress (no peer), then moved back to the receiving end.
+        sh.set([(replace(h1_out, peer=None), five)], chain.ipr_of)
+        assert _held_interfaces(sh) == 2
+        loss, rtt_ms, _ = _ping(chain, 20)
+        assert loss == 0 and abs(rtt_ms - base_ms - 10.0) <= 1.0, (rtt_ms, base_ms)
+        sh.set([(h1_out, five)], chain.ipr_of)
+        assert _held_interfaces(sh) == 2  # not 3: the egress hold was dropped
+        loss, rtt_ms, _ = _ping(chain, 20)
+        assert loss == 0 and abs(rtt_ms - base_ms - 10.0) <= 1.0, (rtt_ms, base_ms)
+    finally:
+        sh.close()
 
 
 def test_close_leaves_no_process_and_no_rule(chain):
@@ -217,7 +339,7 @@ def test_close_leaves_no_process_and_no_rule(chain):
     try:
         for n in _NODES:
             sh.prepare_node(n, chain.path(n), chain.iprs[n])
-        _shape_all(sh, chain, LinkShape(delay_ms=5.0, rate_mbps=1000.0))
+        sh.set([(p, LinkShape(delay_ms=5.0, rate_mbps=1000.0)) for p in chain.peered], chain.ipr_of)
         pid = sh.pid
         assert pid is not None and _ping(chain, 5)[1] > 25.0
     finally:

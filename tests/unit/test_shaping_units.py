@@ -89,30 +89,102 @@ def test_verdict_message_layout():
     assert struct.unpack_from(">I", nfnl.verdict(1, 2, accept=False), 24)[0] == nfnl.NF_DROP
 
 
-def test_parse_packet_and_error_messages():
-    pkt = nfnl.nfmsg(nfnl.NFNL_SUBSYS_QUEUE, nfnl.NFQNL_MSG_PACKET, 0, 0, socket.AF_INET, 4711,
-                     nfnl.attr(nfnl.NFQA_PACKET_HDR, struct.pack(">IHB", 77, 0x0800, 4))
-                     + nfnl.attr(5, struct.pack(">I", 3))  # in-device: ignored
-                     + nfnl.attr_be32(nfnl.NFQA_IFINDEX_OUTDEV, 9))
+def _packet(packet_id: int, hook: int, indev: int, outdev: int) -> bytes:
+    body = nfnl.attr(nfnl.NFQA_PACKET_HDR, struct.pack(">IHB", packet_id, 0x0800, hook))
+    if indev:
+        body += nfnl.attr_be32(nfnl.NFQA_IFINDEX_INDEV, indev)
+    if outdev:
+        body += nfnl.attr_be32(nfnl.NFQA_IFINDEX_OUTDEV, outdev)
+    return nfnl.nfmsg(nfnl.NFNL_SUBSYS_QUEUE, nfnl.NFQNL_MSG_PACKET, 0, 0, socket.AF_INET, 4711, body)
+
+
+def test_parse_keys_packets_by_output_at_postrouting_and_input_at_prerouting():
+    forwarded_out = _packet(77, nfnl.NF_INET_POST_ROUTING, indev=3, outdev=9)  # forwarded: both devices
+    arriving = _packet(78, nfnl.NF_INET_PRE_ROUTING, indev=3, outdev=0)
     err = struct.pack("=IHHII", 36, nfnl.NLMSG_ERROR, 0, 0, 0) + struct.pack("=i", -2) \
         + struct.pack("=IHHII", 32, 0, 0, 1234, 0)
-    buf = pkt + err
-    assert list(nfnl.parse_messages(buf, len(buf))) == [(nfnl.NFQNL_MSG_PACKET, 77, 9),
-                                                        (nfnl.NLMSG_ERROR, -2, 1234)]
+    buf = forwarded_out + arriving + err
+    assert list(nfnl.parse_messages(buf, len(buf))) == [
+        (nfnl.NFQNL_MSG_PACKET, 77, nfnl.hold_key(9, ingress=False)),
+        (nfnl.NFQNL_MSG_PACKET, 78, nfnl.hold_key(3, ingress=True)),
+        (nfnl.NLMSG_ERROR, -2, 1234)]
     assert list(nfnl.parse_messages(buf, 10)) == []  # a truncated buffer yields nothing
+    # the same ifindex held both ways gives two distinct keys
+    assert len({nfnl.hold_key(3, True), nfnl.hold_key(3, False), nfnl.hold_key(1, True)}) == 3
 
 
-def test_nft_ruleset_batch_is_framed_and_aligned():
-    data = nfnl.nft_queue_ruleset("t", 4711, 100)
-    off, types = 0, []
+def _walk_batch(data: bytes) -> list[tuple[int, int, bytes]]:
+    off, msgs = 0, []
     while off < len(data):
         length, mtype, _f, seq, _p = struct.unpack_from("=IHHII", data, off)
-        assert length % 4 == 0
-        types.append((mtype, seq))
+        assert length % 4 == 0 and length >= 20
+        msgs.append((mtype, seq, data[off + 20:off + length]))
         off += length
     assert off == len(data)
-    assert types[0] == (nfnl.NFNL_MSG_BATCH_BEGIN, 100) and types[-1][0] == nfnl.NFNL_MSG_BATCH_END
-    assert [t & 0xFF for t, _ in types[1:-1]] == [nfnl.NFT_MSG_NEWTABLE, nfnl.NFT_MSG_DELTABLE,
-                                                  nfnl.NFT_MSG_NEWTABLE, nfnl.NFT_MSG_NEWCHAIN,
-                                                  nfnl.NFT_MSG_NEWRULE]
-    assert b"NFQUEUE\0" in data
+    return msgs
+
+
+def test_nft_table_batch_creates_two_empty_base_chains():
+    data, seqs = nfnl.nft_table_batch("t", 100)
+    msgs = _walk_batch(data)
+    assert msgs[0][:2] == (nfnl.NFNL_MSG_BATCH_BEGIN, 100) and msgs[-1][0] == nfnl.NFNL_MSG_BATCH_END
+    assert [t & 0xFF for t, _s, _b in msgs[1:-1]] == [nfnl.NFT_MSG_NEWTABLE, nfnl.NFT_MSG_DELTABLE,
+                                                      nfnl.NFT_MSG_NEWTABLE, nfnl.NFT_MSG_NEWCHAIN,
+                                                      nfnl.NFT_MSG_NEWCHAIN]
+    assert seqs == {seq for _t, seq, _b in msgs[1:-1]}  # every message is acked
+    assert b"prerouting\0" in data and b"postrouting\0" in data and b"NFQUEUE" not in data
+    removal, rseqs = nfnl.nft_table_batch("t", 1, install=False)
+    assert [t & 0xFF for t, _s, _b in _walk_batch(removal)[1:-1]] == [nfnl.NFT_MSG_NEWTABLE,
+                                                                     nfnl.NFT_MSG_DELTABLE]
+    assert len(rseqs) == 2
+
+
+def _meta_key_and_ifindex(rule_body: bytes) -> tuple[int, int]:
+    """(meta key, compared ifindex) of one NEWRULE built by nft_hold_rules_batch."""
+    meta = struct.pack("=HH", 8, nfnl.NFTA_META_KEY)
+    i = rule_body.index(meta)
+    key = struct.unpack_from(">I", rule_body, i + 4)[0]
+    value = struct.pack("=HHHH", 12, nfnl.NFTA_CMP_DATA | nfnl.NLA_F_NESTED, 8, nfnl.NFTA_DATA_VALUE)
+    j = rule_body.index(value)
+    return key, struct.unpack_from("=I", rule_body, j + 8)[0]
+
+
+def test_nft_hold_rules_match_exactly_the_held_interfaces():
+    data, seqs = nfnl.nft_hold_rules_batch("t", 4711, 1, egress=[7, 5, 7], ingress=[3])
+    msgs = _walk_batch(data)[1:-1]
+    assert [t & 0xFF for t, _s, _b in msgs] == [nfnl.NFT_MSG_DELRULE] * 2 + [nfnl.NFT_MSG_NEWRULE] * 3
+    assert seqs == {seq for _t, seq, _b in msgs}
+    rules = [_meta_key_and_ifindex(b) for _t, _s, b in msgs[2:]]
+    assert rules == [(nfnl.NFT_META_OIF, 5), (nfnl.NFT_META_OIF, 7),
+                                              (nfnl.NFT_META_IIF, 3)]
+    assert all(b"NFQUEUE\0" in b and struct.pack("=H", 4711) in b for _t, _s, b in msgs[2:])
+    assert [b"postrouting\0" in b for _t, _s, b in msgs[2:]] == [True, True, False]
+    # nothing held: both chains are emptied and no rule is added
+    empty, _ = nfnl.nft_hold_rules_batch("t", 4711, 1, egress=[], ingress=[])
+    assert [t & 0xFF for t, _s, _b in _walk_batch(empty)[1:-1]] == [nfnl.NFT_MSG_DELRULE] * 2
+
+
+def test_port_peer_is_validated_and_decides_where_userspace_holds():
+    from emulator.shaping.userspace import UserspaceShaper
+
+    a = Port("r1", "/run/netns/x-r1", "r1-r2", 5)
+    b = Port("r2", "/run/netns/x-r2", "r2-r1", 9)
+    with pytest.raises(ConfigError) as e:
+        Port("r1", "/run/netns/x-r1", "r1-r2", 5, peer=("r2", 9))
+    assert e.value.key == "peer"
+    with pytest.raises(ConfigError):
+        Port("r1", "/run/netns/x-r1", "r1-r2", 5, peer=a)
+    with pytest.raises(ConfigError):
+        Port("r1", "/run/netns/x-r1", "r1-r2", True)
+    assert UserspaceShaper.hold_of(a) == ("/run/netns/x-r1", 5, False)
+    assert UserspaceShaper.hold_of(Port("r1", "/run/netns/x-r1", "r1-r2", 5, peer=b)) == ("/run/netns/x-r2", 9, True)
+
+
+def test_clear_tstamp_program_is_three_instructions_storing_zero_into_skb_tstamp():
+    from emulator.shaping import userspace
+
+    insns = userspace._CLEAR_TSTAMP_INSNS
+    assert len(insns) == 3 * 8
+    decoded = [struct.unpack_from("<BBhi", insns, i) for i in range(0, 24, 8)]
+    # mov r0, 0 ; stxdw [r1 + offsetof(__sk_buff, tstamp)], r0 ; exit
+    assert decoded == [(0xB7, 0x00, 0, 0), (0x7B, 0x01, 152, 0), (0x95, 0x00, 0, 0)]

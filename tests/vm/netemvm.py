@@ -500,6 +500,10 @@ def _qemu_opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
+#: folders the guest replaces with an empty tmpfs
+HIDDEN_IN_GUEST = (Path("/tmp"), Path("/run"))
+
+
 def qemu_command(config: VmConfig, kernel: KernelImage, initrd: Path,
                  share_tags: Sequence[tuple[str, Path]]) -> list[str]:
     """The qemu argument list: TCG, serial console on stdio, the host root and shares over 9p."""
@@ -608,7 +612,14 @@ def run_in_vm(argv: Sequence[str], config: VmConfig = VmConfig(), *, stream: Tex
     kernel = find_kernel(version=config.kernel_version)
     base = build_base_initramfs(kernel, config.extra_modules, config.cache_dir)
     nonce = secrets.token_hex(8)
-    share_tags = [(f"share{i}", p.resolve()) for i, p in enumerate(config.shares)]
+    shares = [p.resolve() for p in config.shares]
+    # The guest lays fresh tmpfs over /tmp and /run: a checkout or venv there (CI may clone into /tmp)
+    # would vanish, so such folders are shared into the guest at the same path.
+    for p in (Path(cwd or os.getcwd()).resolve(), Path(sys.prefix).resolve()):
+        hidden = any(p == h or h in p.parents for h in HIDDEN_IN_GUEST)
+        if hidden and not any(p == s or s in p.parents for s in shares):
+            shares.append(p)
+    share_tags = [(f"share{i}", p) for i, p in enumerate(shares)]
     venv = sys.prefix if sys.prefix != sys.base_prefix else None
     env = guest_environment(os.environ, config.env, venv)
     job = cpio_newc(job_entries(argv, env, cwd or os.getcwd(), nonce, sys.executable, share_tags))
