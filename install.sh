@@ -20,11 +20,19 @@ apt_packages=(
   libnetfilter-queue-dev
   # routing daemons
   bird2
-  # the netem test VM: a stock Debian kernel booted under qemu (the host kernel may lack sch_netem)
-  qemu-system-x86 linux-image-amd64 busybox-static cpio
-  # checks of the lab and scripts
-  vagrant shellcheck
+  # the netem test VM: a stock distribution kernel booted under qemu (the host kernel may lack sch_netem)
+  qemu-system-x86 busybox-static cpio
+  # checks of the scripts
+  shellcheck
 )
+# The stock kernel image package differs between distributions. Debian also ships vagrant, which the
+# tests use to validate the lab's Vagrantfile (Ubuntu dropped it; there that test skips).
+# shellcheck disable=SC1091
+. /etc/os-release 2>/dev/null || true
+case "${ID:-debian}" in
+  ubuntu) apt_packages+=(linux-image-generic) ;;
+  *) apt_packages+=(linux-image-amd64 vagrant) ;;
+esac
 
 say() { printf 'install.sh: %s\n' "$*"; }
 
