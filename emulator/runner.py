@@ -367,12 +367,35 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     _say(f"  results: {out}")
 
 
+def _constellation_cli(net: Any, emu: Any) -> None:
+    """Mininet's CLI, taught our node names: they contain '-', which Python's cmd module does not treat
+    as part of a command word, and a node name after the command is replaced by its address."""
+    from mininet.cli import CLI
+    from mininet.log import lg
+
+    lg.propagate = False  # Mininet prints through its own handler; ours would print it twice
+
+    class ConstellationCLI(CLI):
+        identchars = CLI.identchars + "-"
+        prompt = "satnetem> "
+
+        def default(self, line: str) -> None:
+            first, args, line = self.parseline(line)
+            if first in self.mn and args:
+                words = [emu.address_of(w) if w in self.mn else w for w in args.split(" ")]
+                node = self.mn[first]
+                node.sendCmd(" ".join(words))
+                self.waitForNode(node)
+            else:
+                super().default(line)
+
+    ConstellationCLI(net)
+
+
 def interactive(args: argparse.Namespace) -> int:
     """Mininet's CLI on the live constellation while the clock runs in the background."""
     _require_root()
     sc, tl = load_inputs(args)
-    from mininet.cli import CLI
-
     from routing.base import get_protocol
 
     from .network import Emulation
@@ -393,7 +416,7 @@ def interactive(args: argparse.Namespace) -> int:
             th.start()
             _say(f"clock running ({tl.n_steps} steps of {tl.step_s:g} s at speed {speed:g}); "
                  f"nodes: e.g. {', '.join(n.name for n in tl.nodes[-4:])}. 'exit' ends the emulation.")
-            CLI(emu.net)
+            _constellation_cli(emu.net, emu)
     finally:
         if playback is not None:
             playback.stop()
