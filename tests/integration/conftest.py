@@ -45,6 +45,26 @@ def _root_state() -> tuple[set[str], set[str]]:
     return links, netns
 
 
+#: Every process this test session starts inherits this variable, so the end-of-session check can tell
+#: our leftovers from processes of other runs on the same machine.
+SESSION_MARK = f"{os.getpid()}-{os.urandom(4).hex()}"
+os.environ["SATNETEM_TEST_SESSION"] = SESSION_MARK
+
+
+def _session_pids() -> set[int]:
+    want = f"SATNETEM_TEST_SESSION={SESSION_MARK}".encode()
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if want in f.read().split(b"\0"):
+                        out.add(int(d))
+            except OSError:
+                pass
+    return out - {os.getpid()}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
     """Fail the session if tests leave processes, namespaces or root-namespace interfaces behind."""
@@ -57,7 +77,7 @@ def nothing_left_behind():
     links, netns = _root_state()
     yield
     after_pids, inodes = find_ours()
-    left = after_pids - before_pids
+    left = (after_pids - before_pids) & _session_pids()
     links2, netns2 = _root_state()
     assert not left, f"processes of ours left behind: {sorted(left)} in {len(inodes)} namespaces"
     assert links2 <= links, f"interfaces left in the root namespace: {sorted(links2 - links)}"
