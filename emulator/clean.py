@@ -70,9 +70,9 @@ def _protected() -> set[int]:
     return pids
 
 
-def _processes() -> list[tuple[int, list[str], int | None]]:
+def _processes() -> list[tuple[int, list[str], int]]:
     """(pid, argv, network-namespace inode) of every process we can read."""
-    out = []
+    out: list[tuple[int, list[str], int]] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -97,7 +97,8 @@ def find_ours(run_id: str | None = None) -> tuple[set[int], set[int]]:
     inodes |= _state_inodes(run_id) - {root_ns}
     pids = set(shells)
     for pid, argv, ino in procs:
-        if ino in inodes or any(DELAYD in a for a in argv) and (run_id is None or any(run_id in a for a in argv)):
+        ours_daemon = any(DELAYD in a for a in argv) and (run_id is None or any(run_id in a for a in argv))
+        if ino in inodes or ours_daemon:
             pids.add(pid)
     return pids - _protected(), inodes
 

@@ -132,3 +132,19 @@ def test_sigint_halfway_leaves_a_folder_report_reads(tmp_path):
     ping = [f for f in again["flows"] if f["kind"] == "ping"][0]
     assert 50 <= ping["sent"] <= 200  # about 10-15 s at 10 per second: the folder holds what ran
     assert_real_png(out / "plots" / "rtt.png")
+
+
+def test_default_scenario_run_writes_the_whole_folder(tmp_path):
+    """`satnetem run` with no scenario: the built-in Starlink shell, results and plots, one-screen summary."""
+    out = tmp_path / "default"
+    r = satnetem("run", "--duration", "10", "-o", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["scenario"] == "default"
+    assert {f["flow"] for f in summary["flows"]} == {"ping:h-london--h-new-york", "ping:h-london--dc-0-0"}
+    for f in summary["flows"]:
+        assert f["sent"] >= 40 and f["lost"] <= 2, f
+    for name in ("rtt", "loss", "rtt_error_cdf"):
+        assert_real_png(out / "plots" / f"{name}.png")
+    assert "1584 satellites" in r.stdout or "1589 nodes" in r.stdout
+    assert r.stdout.count("\n") < 60  # a one-screen run log and summary
