@@ -100,6 +100,9 @@ class NullShaper:
     def prepare_node(self, node, ns_path, ipr):
         pass
 
+    def prepare_nodes(self, nodes, ipr_of, all_ports_held=False):
+        pass
+
     def set(self, items, ipr_of):
         pass
 

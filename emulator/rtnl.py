@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from topologies.errors import ApplyError
 
@@ -33,6 +34,23 @@ RTM_DELLINK = 17
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
+RTM_NEWQDISC = 36
+RTM_NEWTCLASS = 40
+RTM_NEWTFILTER = 44
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_HTB_PARMS = 1
+TCA_HTB_INIT = 2
+TCA_BPF_FD = 6
+TCA_BPF_NAME = 7
+TCA_BPF_FLAGS = 8
+TCA_BPF_FLAG_ACT_DIRECT = 1
+TC_H_ROOT = 0xFFFFFFFF
+TC_H_INGRESS = 0xFFFFFFF1
+TC_LINKLAYER_ETHERNET = 1
+ETH_P_ALL = 0x0003
+#: psched ticks are 64 ns (PSCHED_SHIFT 6 in include/net/pkt_sched.h): htb's buffer fields are in ticks.
+PSCHED_TICK_NS = 64
 IFF_UP = 0x1
 IFLA_IFNAME = 3
 IFLA_LINKINFO = 18
@@ -58,6 +76,8 @@ _HDR = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg: family, ifindex, handle, parent, info
+_RATESPEC = struct.Struct("=BBHhHI")  # struct tc_ratespec: cell_log, linklayer, overhead, cell_align, mpu, rate
 _RTNH = struct.Struct("=HBBi")  # struct rtnexthop: len, flags, hops (weight - 1), ifindex
 _BATCH = 256
 
@@ -137,6 +157,46 @@ def multipath_route_body(dst: int, dst_len: int, hops: list[tuple[int, int]], pr
     return body
 
 
+def _tcmsg(ifindex: int, handle: int, parent: int, info: int = 0) -> bytes:
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, info)
+
+
+def htb_qdisc_body(ifindex: int, handle: int, default_minor: int) -> bytes:
+    """RTM_NEWQDISC payload: root htb qdisc ``handle``; unclassified traffic goes to ``default_minor``."""
+    glob = struct.pack("=IIIII", 3, 10, default_minor, 0, 0)  # tc_htb_glob: version, rate2quantum, defcls, ..
+    return (_tcmsg(ifindex, handle, TC_H_ROOT) + _name(TCA_KIND, "htb")
+            + _attr(TCA_OPTIONS, _attr(TCA_HTB_INIT, glob)))
+
+
+def htb_class_body(ifindex: int, handle: int, parent: int, rate_bytes_s: int, burst_bytes: int,
+                   quantum_bytes: int) -> bytes:
+    """RTM_NEWTCLASS payload: htb class ``handle`` with rate = ceil = ``rate_bytes_s`` (bytes/s, u32) and a
+    burst of ``burst_bytes``.
+
+    The rate specs say link layer "ethernet", so the kernel computes transmission times itself and wants
+    no rate table (it reads one only from old, link-layer-unaware tc).
+    """
+    rate = _RATESPEC.pack(0, TC_LINKLAYER_ETHERNET, 0, -1, 0, rate_bytes_s)
+    buffer_ticks = min(int(burst_bytes * 1e9 / rate_bytes_s / PSCHED_TICK_NS), 0xFFFFFFFF)
+    opt = rate + rate + struct.pack("=IIIII", buffer_ticks, buffer_ticks, quantum_bytes, 0, 0)
+    return (_tcmsg(ifindex, handle, parent) + _name(TCA_KIND, "htb")
+            + _attr(TCA_OPTIONS, _attr(TCA_HTB_PARMS, opt)))
+
+
+def ingress_qdisc_body(ifindex: int) -> bytes:
+    """RTM_NEWQDISC payload: the ingress qdisc ``ffff:``."""
+    return _tcmsg(ifindex, 0xFFFF0000, TC_H_INGRESS) + _name(TCA_KIND, "ingress")
+
+
+def bpf_filter_body(ifindex: int, parent: int, prio: int, handle: int, prog_fd: int, name: str) -> bytes:
+    """RTM_NEWTFILTER payload: a direct-action cls_bpf filter running program ``prog_fd`` (a descriptor of
+    this process) on every protocol, under ``parent``."""
+    info = (prio << 16) | socket.htons(ETH_P_ALL)
+    opts = (_u32(TCA_BPF_FD, prog_fd) + _name(TCA_BPF_NAME, name)
+            + _u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT))
+    return _tcmsg(ifindex, handle, parent, info) + _name(TCA_KIND, "bpf") + _attr(TCA_OPTIONS, opts)
+
+
 def route_del_body(dst: int, dst_len: int) -> bytes:
     """RTM_DELROUTE payload for ``dst/dst_len`` in the main table."""
     body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
@@ -148,7 +208,7 @@ class Request:
     msg_type: int
     flags: int
     body: bytes
-    what: str  # for error messages: "link fore on sat-0-0", ...
+    what: Any  # for error messages: "link fore on sat-0-0", ... or a callable giving it (on failure only)
     ignore: tuple[int, ...] = ()  # errnos that count as success (e.g. ESRCH on delete)
 
 
@@ -158,7 +218,9 @@ class Batch:
 
     requests: list[Request] = field(default_factory=list)
 
-    def add(self, msg_type: int, flags: int, body: bytes, what: str, ignore: tuple[int, ...] = ()) -> None:
+    def add(self, msg_type: int, flags: int, body: bytes, what: Any, ignore: tuple[int, ...] = ()) -> None:
+        """Queue one request; ``what`` names it in error messages: a str, or a callable returning one (so
+        that hot paths format descriptions only when something failed)."""
         self.requests.append(Request(msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, body, what, ignore))
 
     def __len__(self) -> int:
@@ -222,5 +284,6 @@ class Rtnl:
         if failures:
             req, err = failures[0]
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise ApplyError(f"{req.what}: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{more}",
+            what = req.what() if callable(req.what) else req.what
+            raise ApplyError(f"{what}: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{more}",
                              node=self.node, operation=operation)

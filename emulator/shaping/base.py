@@ -117,6 +117,14 @@ class Shaper(ABC):
     def prepare_node(self, node: str, ns_path: str, ipr: Any) -> None:
         """Prepare one namespace, once, before any of its ports is shaped."""
 
+    def prepare_nodes(self, nodes: Sequence[tuple[str, str]], ipr_of: Callable[[str], Any],
+                      all_ports_held: bool = False) -> None:
+        """Prepare many namespaces, ``[(node, ns_path), ...]`` (default: :meth:`prepare_node` on each);
+        backends that can do it in one go override this. ``all_ports_held`` promises that every
+        interface of these namespaces but ``lo`` will be the ``peer`` of a shaped port."""
+        for node, ns_path in nodes:
+            self.prepare_node(node, ns_path, ipr_of(node))
+
     @abstractmethod
     def set(self, items: Sequence[tuple[Port, LinkShape]], ipr_of: Callable[[str], Any]) -> None:
         """Add or change (in place) the shaping of many ports; ``ipr_of(node)`` gives that node's IPRoute."""

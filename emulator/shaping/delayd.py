@@ -17,6 +17,8 @@ earliest due time wakes the single-threaded epoll loop with sub-millisecond prec
 Control: JSON lines on stdin, one reply line per request on stdout::
 
     {"id": 1, "op": "ns", "ns": "/proc/123/ns/net"}        attach a namespace (bind queue, add table)
+    {"id": 1, "op": "ns", "ns": [path, ...], "ingress_all": true}   attach many; queue every arrival
+                                                           (but lo's) with one rule that never changes
     {"id": 2, "op": "set", "ports": [[ns, ifindex, delay_ms, loss_pct, ingress], ...],
                            "forget": [[ns, ifindex, ingress], ...]}      (forget first; both optional)
     {"id": 3, "op": "forget", "ns": ns, "ifindex": 7, "ingress": false}
@@ -63,6 +65,7 @@ DEFAULT_QUEUE_NUM = 4711
 DEFAULT_TABLE = "satnetem_delay"
 _MAX_VERDICTS_PER_SEND = 4096  # 32 B each: stays well under the socket's send buffer
 _MAX_RECV_PER_WAKE = 1024
+_MAX_READ_LAG_US = 2_000_000  # an arrival stamp older than this is not ours: count from the read
 _MAX_LEAD_NS = 200_000  # never release more than 0.2 ms early  # fairness between namespaces and the timer
 
 
@@ -124,6 +127,7 @@ class Namespace:
     ports: dict[int, PortState] = field(default_factory=dict)  # by nfnl.hold_key(ifindex, ingress)
     out: list[bytes] = field(default_factory=list)
     ruled: frozenset[int] = frozenset()  # hold keys the kernel's rules queue now
+    ingress_all: bool = False  # one rule queues every arrival (but lo's); ingress keys need no rule
 
 
 @dataclass
@@ -138,6 +142,8 @@ class Stats:
     verdict_errors: int = 0
     busy_max_ns: int = 0  # longest single pass of the loop (receiving + releasing), wall clock, ns
     busy_cpu_ns: int = 0  # CPU time of that pass, ns (much less than busy_max_ns: we were preempted)
+    stamped: int = 0  # packets whose delay counted from their arrival stamp (the mark)
+    read_lag_sum_ns: int = 0  # sum over those of (read time - arrival time), ns
 
 
 class Daemon:
@@ -183,7 +189,12 @@ class Daemon:
         self.nl_seq += n
         return s
 
-    def attach(self, path: str) -> None:
+    def attach(self, path: str, ingress_all: bool = False) -> None:
+        """Attach one namespace: open its queue socket there, bind the queue, install the empty table.
+
+        Both are sent on the one socket (it carries no packet until a rule names an interface), so a
+        namespace costs two setns(2) calls and two round trips.
+        """
         if path in self.namespaces:
             return
         nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -191,19 +202,21 @@ class Daemon:
         try:
             sock = self._in_ns(nsfd, nfnl.open_socket)
             s = self._next_seq()
-            nfnl.request(sock, nfnl.queue_config(self.queue_num, s, bind=True), {s})
-            s = self._next_seq()
-            nfnl.request(sock, nfnl.queue_config(self.queue_num, s, maxlen=self.maxlen,
-                                                 flags=nfnl.NFQA_CFG_F_GSO), {s})
+            cfg = (nfnl.queue_config(self.queue_num, s, bind=True)
+                   + nfnl.queue_config(self.queue_num, s + 1, maxlen=self.maxlen, flags=nfnl.NFQA_CFG_F_GSO))
+            nfnl.request(sock, cfg, {s, s + 1})
             # The queue is bound before any rule exists, so no packet meets an unbound queue.
-            self._table(nsfd, install=True)
+            # One transaction: each waits for an RCU grace period after the previous one.
+            data, seqs = nfnl.nft_table_batch(self.table, self._next_seq(16), install=True,
+                                              ingress_all_queue=self.queue_num if ingress_all else None)
+            nfnl.request(sock, data, seqs)
         except BaseException:
             if sock is not None:
                 sock.close()
             os.close(nsfd)
             raise
         sock.setblocking(False)
-        ns = Namespace(path, nsfd, sock)
+        ns = Namespace(path, nsfd, sock, ingress_all=ingress_all)
         self.namespaces[path] = ns
         self.by_fd[sock.fileno()] = ns
         self.ep.register(sock.fileno(), select.EPOLLIN)
@@ -225,13 +238,13 @@ class Daemon:
 
     def _sync_rules(self, ns: Namespace) -> None:
         """Make the namespace's queue rules name exactly its held interfaces (if they do not already)."""
-        keys = frozenset(ns.ports)
+        keys = frozenset(k for k in ns.ports if not (ns.ingress_all and k & 1))
         if keys == ns.ruled:
             return
         egress = [k >> 1 for k in keys if not k & 1]
         ingress = [k >> 1 for k in keys if k & 1]
         self._nft(ns.nsfd, lambda seq: nfnl.nft_hold_rules_batch(self.table, self.queue_num, seq,
-                                                                  egress, ingress))
+                                                                  egress, ingress, ns.ingress_all))
         ns.ruled = keys
 
     def release(self, path: str) -> None:
@@ -241,6 +254,8 @@ class Daemon:
         # Rules go first (no new packets are queued), then held packets are released, then the table:
         # deleting its chains would make the kernel drop whatever is still queued in the namespace.
         ns.ports.clear()
+        ns.ingress_all = False
+        ns.ruled = frozenset((-1,))  # force the rules out, the catch-all one included
         try:
             self._sync_rules(ns)
         except OSError as e:
@@ -299,8 +314,10 @@ class Daemon:
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
-        if op == "ns":
-            self.attach(req["ns"])
+        if op == "ns":  # one path, or a list of paths (bring-up: one request for every namespace)
+            paths = req["ns"]
+            for path in ([paths] if isinstance(paths, str) else paths):
+                self.attach(path, bool(req.get("ingress_all", False)))
         elif op == "set":
             self.set_ports(req.get("ports", []), req.get("forget", []))
         elif op == "forget":
@@ -315,7 +332,8 @@ class Daemon:
                      "late_mean_us": st.late_sum_ns / st.released / 1e3 if st.released else 0.0,
                      "late_max_us": st.late_max_ns / 1e3, "busy_max_us": st.busy_max_ns / 1e3,
                      "busy_cpu_us": st.busy_cpu_ns / 1e3,
-                     "lead_us": self.lead_ns / 1e3,
+                     "lead_us": self.lead_ns / 1e3, "stamped": st.stamped,
+                     "read_lag_mean_us": st.read_lag_sum_ns / st.stamped / 1e3 if st.stamped else 0.0,
                      "namespaces": len(self.namespaces),
                      "held_interfaces": sum(len(ns.ports) for ns in self.namespaces.values())}
             if req.get("reset_late_max"):
@@ -366,7 +384,8 @@ class Daemon:
             # already held would be released late by as long as reading went on (this was the ~64 ms
             # maximum lateness under a UDP flood). Stop after this batch once something is due.
             due_break = bool(heap) and heap[0][0] <= now + self.lead_ns
-            for kind, pid, key in nfnl.parse_messages(buf, n):
+            now_us = now // 1000
+            for kind, pid, key, mark in nfnl.parse_messages_marked(buf, n):
                 if kind == nfnl.NLMSG_ERROR:
                     if pid:
                         st.verdict_errors += 1  # e.g. verdict for a packet whose device went away
@@ -381,7 +400,17 @@ class Daemon:
                     st.dropped += 1
                     ns.out.append(nfnl.verdict(self.queue_num, pid, False))
                     continue
-                rel = now + port.delay_ns
+                # An arrival held at ingress carries its arrival time (us, 32 bits) in the mark, stamped
+                # at tc ingress (see emulator.shaping.userspace): the delay counts from there, not from
+                # when we got round to reading it. No mark (or an implausible one): from now.
+                arrived = now
+                if mark and key & 1:
+                    ago_us = (now_us - mark) & 0xFFFFFFFF
+                    if ago_us <= _MAX_READ_LAG_US:
+                        arrived = (now_us - ago_us) * 1000 + 500  # +500: the stamp was truncated
+                        st.stamped += 1
+                        st.read_lag_sum_ns += now - arrived
+                rel = arrived + port.delay_ns
                 rel = max(rel, port.last_release_ns)
                 port.last_release_ns = rel
                 self.seq += 1
@@ -452,11 +481,41 @@ class Daemon:
                 st.busy_max_ns, st.busy_cpu_ns = busy, time.thread_time_ns() - c0
 
     def shutdown(self) -> None:
-        for path in list(self.namespaces):
+        """Release every held packet and delete every table, fast: one nf_tables batch per namespace sent
+        on the namespace's own queue socket (no setns, no new socket), without waiting between them.
+
+        nfnetlink runs a batch inside ``send``, so the tables are gone when it returns; the acks are only
+        read for errors. Closing a socket unbinds its queue.
+        """
+        for ns in list(self.namespaces.values()):
+            self._flush(everything_of=ns)
+        pending: list[tuple[Namespace, set[int]]] = []
+        for ns in self.namespaces.values():
+            data, seqs = nfnl.nft_table_batch(self.table, self._next_seq(16), install=False)
             try:
-                self.release(path)
+                ns.sock.setblocking(True)
+                ns.sock.sendall(data)
+                pending.append((ns, seqs))
+            except OSError as e:  # the namespace is already gone with its table
+                log.debug("removing delay table in %s: %s", ns.path, e)
+        for ns, seqs in pending:
+            try:
+                ns.sock.settimeout(0.5)
+                while seqs:
+                    n = ns.sock.recv_into(self.buf)
+                    for kind, a, b in nfnl.parse_messages(self.buf, n):
+                        if kind == nfnl.NLMSG_ERROR and b in seqs:
+                            seqs.discard(b)
+                            # ENOENT on DELTABLE cannot happen (NEWTABLE precedes it in the batch)
+                            if a:
+                                log.warning("removing delay table in %s: %s", ns.path, os.strerror(-a))
             except OSError as e:
-                log.warning("releasing %s: %s", path, e)
+                log.debug("acks of table removal in %s: %s", ns.path, e)
+        for ns in list(self.namespaces.values()):
+            ns.sock.close()
+            os.close(ns.nsfd)
+        self.namespaces.clear()
+        self.by_fd.clear()
         self.timer.close()
         self.ep.close()
 

@@ -38,6 +38,7 @@ NFQNL_MSG_VERDICT = 1
 NFQNL_MSG_CONFIG = 2
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
+NFQA_MARK = 3
 NFQA_IFINDEX_INDEV = 5
 NFQA_IFINDEX_OUTDEV = 6
 NFQA_CFG_CMD = 1
@@ -186,8 +187,15 @@ def parse_messages(buf: bytes | memoryview, n: int) -> Iterator[tuple[int, int, 
     Yields ``(kind, a, b)``: for a queued packet ``(NFQNL_MSG_PACKET, packet_id, key)`` where ``key`` is
     :func:`hold_key` of the input interface for a packet queued at prerouting and of the output interface
     otherwise (ifindex 0 if the kernel sent none); for an error/ack ``(NLMSG_ERROR, -errno or 0, seq)``.
-    Other messages are skipped.
+    Other messages are skipped. :func:`parse_messages_marked` also gives each packet's mark.
     """
+    for kind, a, b, _mark in parse_messages_marked(buf, n):
+        yield kind, a, b
+
+
+def parse_messages_marked(buf: bytes | memoryview, n: int) -> Iterator[tuple[int, int, int, int]]:
+    """As :func:`parse_messages`, with a fourth element: the packet's ``skb->mark`` (0 when the kernel
+    sent none: it sends NFQA_MARK only for a non-zero mark; 0 for errors)."""
     off = 0
     unpack_hdr = _NLMSGHDR.unpack_from
     unpack_attr = _NLATTR.unpack_from
@@ -200,7 +208,7 @@ def parse_messages(buf: bytes | memoryview, n: int) -> Iterator[tuple[int, int, 
             end = off + length
             packet_id = -1
             hook = -1
-            indev = outdev = 0
+            indev = outdev = mark = 0
             while pos + 4 <= end:
                 alen, atype = unpack_attr(buf, pos)
                 if alen < 4:
@@ -212,16 +220,18 @@ def parse_messages(buf: bytes | memoryview, n: int) -> Iterator[tuple[int, int, 
                     indev = _BE32.unpack_from(buf, pos + 4)[0]
                 elif atype == NFQA_IFINDEX_OUTDEV:
                     outdev = _BE32.unpack_from(buf, pos + 4)[0]
+                elif atype == NFQA_MARK:
+                    mark = _BE32.unpack_from(buf, pos + 4)[0]
                 pos += _align4(alen)
             if packet_id >= 0:
                 if hook == NF_INET_PRE_ROUTING:
-                    yield (NFQNL_MSG_PACKET, packet_id, (indev << 1) | 1)
+                    yield (NFQNL_MSG_PACKET, packet_id, (indev << 1) | 1, mark)
                 else:
-                    yield (NFQNL_MSG_PACKET, packet_id, outdev << 1)
+                    yield (NFQNL_MSG_PACKET, packet_id, outdev << 1, mark)
         elif mtype == NLMSG_ERROR:
             err = struct.unpack_from("=i", buf, off + 16)[0]
             err_seq = struct.unpack_from("=I", buf, off + 16 + 4 + 8)[0] if length >= 36 else seq
-            yield (NLMSG_ERROR, err, err_seq)
+            yield (NLMSG_ERROR, err, err_seq, 0)
         off += _align4(length)
 
 
@@ -239,7 +249,8 @@ def _batch(seq: int, msgs: list[bytes]) -> bytes:
     return begin + b"".join(msgs) + end
 
 
-def nft_table_batch(table: str, seq: int, install: bool = True) -> tuple[bytes, set[int]]:
+def nft_table_batch(table: str, seq: int, install: bool = True,
+                    ingress_all_queue: int | None = None) -> tuple[bytes, set[int]]:
     """One nf_tables transaction that (re)creates, or with ``install=False`` deletes, the daemon's table::
 
         table inet <table> {
@@ -247,7 +258,9 @@ def nft_table_batch(table: str, seq: int, install: bool = True) -> tuple[bytes, 
             chain postrouting { type filter hook postrouting priority mangle; policy accept; }
         }
 
-    The chains start empty: nothing is queued until :func:`nft_hold_rules_batch` names interfaces.
+    The chains start empty -- nothing is queued until :func:`nft_hold_rules_batch` names interfaces --
+    unless ``ingress_all_queue`` is a queue number: prerouting then gets the catch-all rule of
+    :func:`nft_hold_rules_batch` (``ingress_all``) in the same transaction.
     Adding the table, deleting it and adding it again in one batch makes installation idempotent (a
     table left by a killed daemon is replaced). Every message asks for an ack.
 
@@ -271,11 +284,15 @@ def nft_table_batch(table: str, seq: int, install: bool = True) -> tuple[bytes, 
                               NFPROTO_INET, 0, attr_str(NFTA_CHAIN_TABLE, table) + attr_str(NFTA_CHAIN_NAME, chain)
                               + hook + attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
                               + attr_str(NFTA_CHAIN_TYPE, "filter")))
+        if ingress_all_queue is not None:
+            msgs.append(_queue_rule(table, ingress_all_queue, seq + 1 + len(msgs), INGRESS_CHAIN,
+                                    NFT_META_IIF,
+                                    NFT_CMP_NEQ, LOOPBACK_IFINDEX))
     return _batch(seq, msgs), set(range(seq + 1, seq + 1 + len(msgs)))
 
 
 def nft_hold_rules_batch(table: str, queue_num: int, seq: int, egress: Iterable[int],
-                         ingress: Iterable[int]) -> tuple[bytes, set[int]]:
+                         ingress: Iterable[int], ingress_all: bool = False) -> tuple[bytes, set[int]]:
     """One nf_tables transaction that replaces every rule of the daemon's two chains::
 
         chain postrouting { meta oif <i> xt target NFQUEUE --queue-num <queue_num>   (for i in egress) }
@@ -289,6 +306,10 @@ def nft_hold_rules_batch(table: str, queue_num: int, seq: int, egress: Iterable[
     ----------
     egress, ingress : iterable of int
         ifindexes whose departing (resp. arriving) packets are queued.
+    ingress_all : bool
+        Also queue every packet arriving on any interface but ``lo`` (``meta iif != 1``): one rule that
+        never changes when ports come and go (each nf_tables transaction waits for an RCU grace period
+        after the previous one, 10-20 ms; a handover would otherwise cost two).
 
     Returns
     -------
@@ -303,21 +324,32 @@ def nft_hold_rules_batch(table: str, queue_num: int, seq: int, egress: Iterable[
     for chain, meta_key, ifindexes in ((EGRESS_CHAIN, NFT_META_OIF, egress),
                                        (INGRESS_CHAIN, NFT_META_IIF, ingress)):
         for ifindex in sorted(set(ifindexes)):
-            exprs = nested(
-                NFTA_RULE_EXPRESSIONS,
-                _expr("meta", attr_be32(NFTA_META_KEY, meta_key), attr_be32(NFTA_META_DREG, NFT_REG_1)),
-                _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, NFT_CMP_EQ),
-                      nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", ifindex)))),
-                # The native "queue" expression (nft_queue) is often not built; the xtables NFQUEUE target
-                # through nft_compat (what iptables-nft uses) is. xt_NFQ_info_v3: queuenum, queues_total,
-                # flags (u16 each), padded to 8 bytes.
-                _expr("target", attr_str(NFTA_TARGET_NAME, "NFQUEUE"), attr_be32(NFTA_TARGET_REV, 3),
-                      attr(NFTA_TARGET_INFO, struct.pack("=HHHxx", queue_num, 1, 0))),
-            )
-            msgs.append(nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, fl | NLM_F_CREATE | NLM_F_APPEND,
-                              seq + 1 + len(msgs), NFPROTO_INET, 0, attr_str(NFTA_RULE_TABLE, table)
-                              + attr_str(NFTA_RULE_CHAIN, chain) + exprs))
+            msgs.append(_queue_rule(table, queue_num, seq + 1 + len(msgs), chain, meta_key, NFT_CMP_EQ,
+                                    ifindex))
+    if ingress_all:
+        msgs.append(_queue_rule(table, queue_num, seq + 1 + len(msgs), INGRESS_CHAIN, NFT_META_IIF,
+                                NFT_CMP_NEQ,
+                                LOOPBACK_IFINDEX))
     return _batch(seq, msgs), set(range(seq + 1, seq + 1 + len(msgs)))
+
+
+def _queue_rule(table: str, queue_num: int, seq: int, chain: str, meta_key: int, cmp_op: int,
+                ifindex: int) -> bytes:
+    """NEWRULE ``meta <iif|oif> <==|!=> ifindex  xt target NFQUEUE --queue-num queue_num``, appended."""
+    exprs = nested(
+        NFTA_RULE_EXPRESSIONS,
+        _expr("meta", attr_be32(NFTA_META_KEY, meta_key), attr_be32(NFTA_META_DREG, NFT_REG_1)),
+        _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, cmp_op),
+              nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", ifindex)))),
+        # The native "queue" expression (nft_queue) is often not built; the xtables NFQUEUE target
+        # through nft_compat (what iptables-nft uses) is. xt_NFQ_info_v3: queuenum, queues_total,
+        # flags (u16 each), padded to 8 bytes.
+        _expr("target", attr_str(NFTA_TARGET_NAME, "NFQUEUE"), attr_be32(NFTA_TARGET_REV, 3),
+              attr(NFTA_TARGET_INFO, struct.pack("=HHHxx", queue_num, 1, 0))),
+    )
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
+    return nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, flags, seq, NFPROTO_INET, 0,
+                 attr_str(NFTA_RULE_TABLE, table) + attr_str(NFTA_RULE_CHAIN, chain) + exprs)
 
 
 # --------------------------------------------------------------------------- sockets

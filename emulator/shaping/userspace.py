@@ -11,8 +11,13 @@ namespace (prerouting), when the port names its peer -- the fast way for TCP, se
 
 An arriving packet is time-stamped by the kernel before prerouting, and sockets that ask for receive
 time stamps (``ping`` does, for its RTT) would see it as arrived before its hold, one hop's delay too
-early. So on each interface held at ingress a three-instruction cls_bpf program clears ``skb->tstamp``
-at tc ingress; the socket then stamps the packet when it is read, after the hold.
+early. So on each interface held at ingress a small cls_bpf program at tc ingress clears ``skb->tstamp``
+(the socket then stamps the packet when it is read, after the hold) and writes the arrival time into
+``skb->mark``: CLOCK_MONOTONIC microseconds truncated to 32 bits (``bpf_ktime_get_ns() / 1000``). The
+daemon reads the mark with the packet and releases it at *arrival* + delay, not at the moment it happened
+to read it + delay (its wake-up latency, 50-150 us per hop, would otherwise add up along a path). The
+mark is scrubbed when the packet crosses the next veth into another namespace, and satnetem installs no
+fwmark rule, so nothing else sees it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from emulator.shaping.base import LinkShape, Port, Shaper, apply_htb
+from emulator import rtnl
+from emulator.shaping.base import CLASS_HANDLE, ROOT_HANDLE, LinkShape, Port, Shaper, htb_class_kwargs
 from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_TABLE
 from topologies.errors import ApplyError
 
@@ -47,17 +53,32 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 _BPF_PROG_LOAD = 5
 _BPF_PROG_TYPE_SCHED_CLS = 3
-_SKB_TSTAMP_OFFSET = 152  # offsetof(struct __sk_buff, tstamp), linux/bpf.h (stable UAPI)
-# r0 = 0 (TC_ACT_OK); *(u64 *)(r1 + tstamp) = r0; exit   -- struct bpf_insn: code, dst|src<<4, off, imm
-_CLEAR_TSTAMP_INSNS = (struct.pack("<BBhi", 0xB7, 0x00, 0, 0)
-                       + struct.pack("<BBhi", 0x7B, 0x01, _SKB_TSTAMP_OFFSET, 0)
-                       + struct.pack("<BBhi", 0x95, 0x00, 0, 0))
+_SKB_MARK_OFFSET = 8  # offsetof(struct __sk_buff, mark), linux/bpf.h (stable UAPI)
+_SKB_TSTAMP_OFFSET = 152  # offsetof(struct __sk_buff, tstamp)
+_BPF_FUNC_KTIME_GET_NS = 5  # CLOCK_MONOTONIC, ns
+
+
+def _insn(code: int, dst: int, src: int, off: int, imm: int) -> bytes:
+    """One struct bpf_insn: opcode, dst_reg | src_reg << 4, s16 offset, s32 immediate."""
+    return struct.pack("<BBhi", code, dst | (src << 4), off, imm)
+
+
+# r6 = r1 (ctx); r0 = bpf_ktime_get_ns(); r0 /= 1000; *(u32 *)(r6 + mark) = r0;
+# r0 = 0; *(u64 *)(r6 + tstamp) = r0; exit (r0 = 0: TC_ACT_OK)
+_RXTS_INSNS = (_insn(0xBF, 6, 1, 0, 0)
+               + _insn(0x85, 0, 0, 0, _BPF_FUNC_KTIME_GET_NS)
+               + _insn(0x37, 0, 0, 0, 1000)
+               + _insn(0x63, 6, 0, _SKB_MARK_OFFSET, 0)
+               + _insn(0xB7, 0, 0, 0, 0)
+               + _insn(0x7B, 6, 0, _SKB_TSTAMP_OFFSET, 0)
+               + _insn(0x95, 0, 0, 0, 0))
 INGRESS_HANDLE = 0xFFFF0000  # the ingress qdisc "ffff:"
 _FILTER_NAME = "satnetem_rxts"
 
 
 def load_clear_tstamp_prog() -> int:
-    """Load the tc program that zeroes ``skb->tstamp``; returns its fd (the caller closes it).
+    """Load the tc program that stamps the arrival time (us) into ``skb->mark`` and zeroes
+    ``skb->tstamp``; returns its fd (the caller closes it).
 
     Raises
     ------
@@ -67,12 +88,12 @@ def load_clear_tstamp_prog() -> int:
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
         raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {platform.machine()}")
-    insns = ctypes.create_string_buffer(_CLEAR_TSTAMP_INSNS, len(_CLEAR_TSTAMP_INSNS))
+    insns = ctypes.create_string_buffer(_RXTS_INSNS, len(_RXTS_INSNS))
     lic = ctypes.create_string_buffer(b"GPL")
     # union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf,
     # kern_version, prog_flags, prog_name[16]; the rest zero.
     attr = ctypes.create_string_buffer(128)
-    struct.pack_into("=IIQQIIQII16s", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(_CLEAR_TSTAMP_INSNS) // 8,
+    struct.pack_into("=IIQQIIQII16s", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(_RXTS_INSNS) // 8,
                      ctypes.addressof(insns), ctypes.addressof(lic), 0, 0, 0, 0, 0, b"satnetem_rxts")
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_PROG_LOAD), attr, ctypes.c_uint(len(attr)))
@@ -128,6 +149,7 @@ class UserspaceShaper(Shaper):
         self._rxts_prog_fd: int | None = None
         self._rxts_failed = False  # warned once that receive time stamps will be early
         self._rxts_done: set[tuple[str, int]] = set()  # (ns_path, ifindex) carrying the program
+        self._rt: dict[str, rtnl.Rtnl] = {}  # ns_path -> raw rtnetlink socket in it (tc in batches)
 
     # ----------------------------------------------------------------- daemon
 
@@ -195,13 +217,28 @@ class UserspaceShaper(Shaper):
     # ----------------------------------------------------------------- Shaper
 
     def prepare_node(self, node: str, ns_path: str, ipr: Any) -> None:
-        if self._ns_of_node.get(node) == ns_path:
+        self.prepare_nodes([(node, ns_path)])
+
+    def prepare_nodes(self, nodes: Sequence[tuple[str, str]], ipr_of: Callable[[str], Any] | None = None,
+                      all_ports_held: bool = False) -> None:
+        """Prepare many namespaces, ``[(node, ns_path), ...]``, with one request to the daemon.
+
+        ``all_ports_held``: every interface of these namespaces but ``lo`` will be the ``peer`` of a shaped
+        port (the emulator's case). The daemon then queues every arrival with one fixed rule per namespace
+        and no rule changes when a port comes, goes or moves (an unheld arrival is passed on at once).
+        """
+        todo = [(node, path) for node, path in nodes if self._ns_of_node.get(node) != path]
+        if not todo:
             return
         try:
-            self._call("ns", ns=ns_path)
+            self._call("ns", ns=[path for _node, path in todo], ingress_all=all_ports_held)
         except ApplyError as e:
-            raise ApplyError(str(e), node=node, operation="attach namespace to delay daemon") from None
-        self._ns_of_node[node] = ns_path
+            raise ApplyError(str(e), node=todo[0][0] if len(todo) == 1 else None,
+                             operation="attach namespaces to delay daemon") from None
+        for node, path in todo:
+            self._ns_of_node[node] = path
+            if path not in self._rt:
+                self._rt[path] = rtnl.Rtnl(path, node)
 
     @staticmethod
     def hold_of(port: Port) -> tuple[str, int, bool]:
@@ -216,8 +253,13 @@ class UserspaceShaper(Shaper):
                              node=port.node, link=port.ifname, operation="shape")
 
     def set(self, items: Sequence[tuple[Port, LinkShape]], ipr_of: Callable[[str], Any]) -> None:
+        """Shape many ports: tc work (htb, and the ingress program where packets are held at arrival) in
+        one rtnetlink batch per namespace, then one request to the daemon for every delay and loss."""
         changed: list[tuple[Port, LinkShape, tuple[str, int, bool]]] = []
         moved: list[tuple[str, int, bool]] = []
+        batches: dict[str, rtnl.Batch] = {}
+        nodes: dict[str, str] = {}
+        rxts: list[Port] = []
         for port, shape in items:
             self._check_prepared(port, port)
             if port.peer is not None:
@@ -228,17 +270,33 @@ class UserspaceShaper(Shaper):
                 continue
             old_shape = old[0] if old is not None else None
             if old_shape is None or old_shape.rate_mbps != shape.rate_mbps:
-                try:
-                    apply_htb(ipr_of(port.node), port.ifindex, shape, first=old_shape is None)
-                except (NetlinkError, OSError) as e:
-                    raise ApplyError(f"htb {'add' if old is None else 'change'} failed: {e}", node=port.node,
-                                     link=port.ifname, operation="tc htb") from e
+                b = batches.setdefault(port.ns_path, rtnl.Batch())
+                nodes[port.ns_path] = port.node
+                if old_shape is None:  # a root left by an earlier run (EEXIST) is kept, its class replaced
+                    b.add(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                          rtnl.htb_qdisc_body(port.ifindex, ROOT_HANDLE, CLASS_HANDLE & 0xFFFF),
+                          f"htb root on {port.ifname}", ignore=(errno.EEXIST,))
+                kw = htb_class_kwargs(shape)
+                b.add(rtnl.RTM_NEWTCLASS, rtnl.NLM_F_CREATE,
+                      rtnl.htb_class_body(port.ifindex, CLASS_HANDLE, ROOT_HANDLE, kw["rate"], kw["burst"],
+                                          kw["quantum"]),
+                      f"htb class {shape.rate_mbps} Mbit/s on {port.ifname}")
             if old is not None and old[1] != hold:  # the peer moved (handover) or appeared
                 moved.append(old[1])
             changed.append((port, shape, hold))
-        for port, _shape, (ns, idx, ingress) in changed:
-            if ingress and (ns, idx) not in self._rxts_done and port.peer is not None:
-                self._clear_rx_tstamps(ipr_of, port.peer)
+            if hold[2] and (hold[0], hold[1]) not in self._rxts_done and port.peer is not None:
+                rxts.append(port.peer)
+        if rxts and not self._rxts_failed:
+            self._queue_rx_stamps(rxts, batches, nodes)
+        for path, b in batches.items():
+            failures = self._rt[path].run(b)
+            rx_fail = [(r, e) for r, e in failures if str(r.what).startswith("ingress")]
+            shaping_fail = [(r, e) for r, e in failures if not str(r.what).startswith("ingress")]
+            if shaping_fail:
+                r, e = shaping_fail[0]
+                raise ApplyError(f"{r.what}: {os.strerror(e)}", node=nodes[path], operation="tc htb")
+            if rx_fail:
+                self._rx_stamp_failed(nodes[path], rx_fail[0][0].what, os.strerror(rx_fail[0][1]))
         if changed:
             self._call("set", ports=[[ns, idx, s.delay_ms, s.loss_pct, ingress]
                                      for _p, s, (ns, idx, ingress) in changed],
@@ -246,20 +304,36 @@ class UserspaceShaper(Shaper):
             for port, shape, hold in changed:
                 self._shaped[port.key] = (shape, hold)
 
-    def _clear_rx_tstamps(self, ipr_of: Callable[[str], Any], peer: Port) -> None:
-        if self._rxts_failed:
-            return
+    def _queue_rx_stamps(self, peers: list[Port], batches: dict[str, rtnl.Batch],
+                         nodes: dict[str, str]) -> None:
+        """Queue the ingress qdisc and the stamping program on each of ``peers`` (see module docstring)."""
         try:
             if self._rxts_prog_fd is None:
                 self._rxts_prog_fd = load_clear_tstamp_prog()
-            attach_clear_tstamp(ipr_of(peer.node), peer.ifindex, self._rxts_prog_fd)
-        except (OSError, NetlinkError) as e:
-            # Shaping itself is right; only receive time stamps (ping's RTT) come out early.
-            self._rxts_failed = True
-            log.warning("cannot clear receive time stamps on %s/%s (%s): programs reading them (ping) "
-                        "will see RTTs short by the delay of the last hop", peer.node, peer.ifname, e)
+        except OSError as e:
+            self._rx_stamp_failed(peers[0].node, "loading the program", str(e))
             return
-        self._rxts_done.add((peer.ns_path, peer.ifindex))
+        for peer in peers:
+            key = (peer.ns_path, peer.ifindex)
+            if key in self._rxts_done:
+                continue
+            b = batches.setdefault(peer.ns_path, rtnl.Batch())
+            nodes.setdefault(peer.ns_path, peer.node)
+            b.add(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                  rtnl.ingress_qdisc_body(peer.ifindex),
+                  f"ingress qdisc on {peer.ifname}", ignore=(errno.EEXIST,))
+            b.add(rtnl.RTM_NEWTFILTER, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                  rtnl.bpf_filter_body(peer.ifindex, INGRESS_HANDLE, 1, 1, self._rxts_prog_fd, _FILTER_NAME),
+                  f"ingress bpf filter on {peer.ifname}", ignore=(errno.EEXIST,))
+            self._rxts_done.add(key)
+
+    def _rx_stamp_failed(self, node: str, what: str, why: str) -> None:
+        if not self._rxts_failed:
+            # Shaping itself is right; receive time stamps (ping's RTT) come out early by the last hop's
+            # delay, and delays count from when the daemon reads a packet (a little longer than asked).
+            log.warning("cannot stamp arrivals on %s (%s: %s): programs reading receive time stamps (ping) "
+                        "will see RTTs short by the delay of the last hop", node, what, why)
+        self._rxts_failed = True
 
     def forget(self, port: Port) -> None:
         """Stop holding ``port``'s packets wherever they were held (its ``peer`` now need not be given)."""
@@ -277,6 +351,9 @@ class UserspaceShaper(Shaper):
         if self._ns_of_node.pop(node, None) is None:
             return
         self._rxts_done = {k for k in self._rxts_done if k[0] != ns_path}
+        rt = self._rt.pop(ns_path, None)
+        if rt is not None:
+            rt.close()
         elsewhere = []  # holds in other namespaces of this namespace's ports
         for key, (_shape, hold) in list(self._shaped.items()):
             if key[0] == ns_path or hold[0] == ns_path:
@@ -298,6 +375,9 @@ class UserspaceShaper(Shaper):
         self._ns_of_node.clear()
         self._shaped.clear()
         self._rxts_done.clear()
+        for rt in self._rt.values():
+            rt.close()
+        self._rt.clear()
         if self._rxts_prog_fd is not None:  # the filters keep their own reference to the program
             os.close(self._rxts_prog_fd)
             self._rxts_prog_fd = None

@@ -180,11 +180,57 @@ def test_port_peer_is_validated_and_decides_where_userspace_holds():
     assert UserspaceShaper.hold_of(Port("r1", "/run/netns/x-r1", "r1-r2", 5, peer=b)) == ("/run/netns/x-r2", 9, True)
 
 
-def test_clear_tstamp_program_is_three_instructions_storing_zero_into_skb_tstamp():
+def test_rx_stamp_program_stamps_arrival_us_into_mark_and_clears_tstamp():
     from emulator.shaping import userspace
 
-    insns = userspace._CLEAR_TSTAMP_INSNS
-    assert len(insns) == 3 * 8
-    decoded = [struct.unpack_from("<BBhi", insns, i) for i in range(0, 24, 8)]
-    # mov r0, 0 ; stxdw [r1 + offsetof(__sk_buff, tstamp)], r0 ; exit
-    assert decoded == [(0xB7, 0x00, 0, 0), (0x7B, 0x01, 152, 0), (0x95, 0x00, 0, 0)]
+    insns = userspace._RXTS_INSNS
+    assert len(insns) % 8 == 0
+    decoded = [struct.unpack_from("<BBhi", insns, i) for i in range(0, len(insns), 8)]
+    assert decoded == [
+        (0xBF, 0x16, 0, 0),  # mov r6, r1 (keep the context across the helper call)
+        (0x85, 0x00, 0, 5),  # call bpf_ktime_get_ns (CLOCK_MONOTONIC, ns)
+        (0x37, 0x00, 0, 1000),  # r0 /= 1000 -> us
+        (0x63, 0x06, 8, 0),  # stxw [r6 + offsetof(__sk_buff, mark)], r0
+        (0xB7, 0x00, 0, 0),  # mov r0, 0
+        (0x7B, 0x06, 152, 0),  # stxdw [r6 + offsetof(__sk_buff, tstamp)], r0
+        (0x95, 0x00, 0, 0),  # exit (TC_ACT_OK)
+    ]
+
+
+def test_parse_gives_the_mark_of_queued_packets():
+    arriving = _packet(5, nfnl.NF_INET_PRE_ROUTING, indev=3, outdev=0)
+    marked = nfnl.nfmsg(nfnl.NFNL_SUBSYS_QUEUE, nfnl.NFQNL_MSG_PACKET, 0, 0, socket.AF_INET, 4711,
+                        nfnl.attr(nfnl.NFQA_PACKET_HDR,
+                                  struct.pack(">IHB", 6, 0x0800, nfnl.NF_INET_PRE_ROUTING))
+                        + nfnl.attr_be32(nfnl.NFQA_MARK, 0xFFFFFFFE)
+                        + nfnl.attr_be32(nfnl.NFQA_IFINDEX_INDEV, 3))
+    buf = arriving + marked
+    assert list(nfnl.parse_messages_marked(buf, len(buf))) == [
+        (nfnl.NFQNL_MSG_PACKET, 5, nfnl.hold_key(3, True), 0),
+        (nfnl.NFQNL_MSG_PACKET, 6, nfnl.hold_key(3, True), 0xFFFFFFFE)]
+
+
+def test_catch_all_ingress_rule_queues_every_arrival_but_lo():
+    data, seqs = nfnl.nft_hold_rules_batch("t", 4711, 1, egress=[], ingress=[], ingress_all=True)
+    msgs = _walk_batch(data)[1:-1]
+    assert [t & 0xFF for t, _s, _b in msgs] == [nfnl.NFT_MSG_DELRULE] * 2 + [nfnl.NFT_MSG_NEWRULE]
+    body = msgs[-1][2]
+    assert _meta_key_and_ifindex(body) == (nfnl.NFT_META_IIF, nfnl.LOOPBACK_IFINDEX)
+    assert struct.pack(">I", nfnl.NFT_CMP_NEQ) in body and b"prerouting\0" in body
+    table, _ = nfnl.nft_table_batch("t", 1, ingress_all_queue=4711)
+    assert [t & 0xFF for t, _s, _b in _walk_batch(table)[1:-1]][-1] == nfnl.NFT_MSG_NEWRULE
+
+
+def test_htb_class_message_carries_rate_and_burst_in_kernel_units():
+    from emulator import rtnl
+
+    body = rtnl.htb_class_body(7, 0x10001, 0x10000, rate_bytes_s=12_500_000, burst_bytes=15_140,
+                               quantum_bytes=1514)
+    family, ifindex, handle, parent, _info = struct.unpack_from("=BxxxiIII", body)
+    assert (ifindex, handle, parent) == (7, 0x10001, 0x10000)
+    i = body.index(struct.pack("=HH", 4 + 2 * 12 + 20, rtnl.TCA_HTB_PARMS))
+    rate = struct.unpack_from("=BBHhHI", body, i + 4)
+    assert rate[1] == rtnl.TC_LINKLAYER_ETHERNET and rate[5] == 12_500_000
+    buffer_ticks = struct.unpack_from("=I", body, i + 4 + 24)[0]
+    # 15,140 B at 100 Mbit/s take 1.2112 ms = 18,925 ticks of 64 ns
+    assert buffer_ticks == 18925
