@@ -245,7 +245,8 @@ def test_failing_command_fails_and_timeout_kills_qemu() -> None:
 #: The project's netem-backend tests, run inside the VM (they skip on a host kernel without sch_netem):
 #: (test file relative to the checkout, pytest -k expression).
 VM_SUITES = (("tests/integration/test_shaping.py", "netem"),
-             ("tests/integration/test_network.py", "netem"))
+             ("tests/integration/test_network.py", "netem"),
+             ("tests/integration/test_commands.py", "netem"))
 
 
 @pytest.mark.parametrize("path, select", VM_SUITES)
