@@ -167,7 +167,13 @@ def cmd_cli(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
-    s = report(args.results)
+    at = None
+    if args.map_at:
+        try:
+            at = [float(x) for x in args.map_at.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--map-at takes seconds separated by commas, got {args.map_at!r}") from None
+    s = report(args.results, at)
     from .runner import print_summary
 
     print_summary(s, Path(args.results))
@@ -248,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rebuild the summary and plots of a results folder (no root)")
     rp.add_argument("results", help="results folder written by 'satnetem run'")
+    rp.add_argument("--map-at", metavar="S,S,...", help="draw the map at these times (s) of the run "
+                    "(default: start, middle, end)")
     rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("protocols", help="list the routing protocols: built-in and installed plugins (no root)")

@@ -374,7 +374,7 @@ def played_steps(folder: Path, tl: Timeline | None) -> int:
     return n
 
 
-def report(folder: str | Path) -> dict[str, Any]:
+def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str, Any]:
     """Rebuild ``summary.json`` (probe statistics) and every plot of a results folder."""
     import matplotlib
 
@@ -421,7 +421,17 @@ def report(folder: str | Path) -> dict[str, Any]:
         written += plot_error_cdf(samples, plots)
     if tl is not None:
         pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))
-        written += plot_map(tl, plots, sorted({0, played // 2, played - 1}), [p for p in pairs if len(p) == 2])
+        if map_at_s:
+            bad = [t for t in map_at_s if not 0 <= t < played * tl.step_s]
+            if bad:
+                raise ConfigError(f"map times {bad} are outside the run (0 to {played * tl.step_s:g} s)",
+                                  key="--map-at")
+            steps = sorted({int(t / tl.step_s) for t in map_at_s})
+        else:
+            steps = sorted({0, played // 2, played - 1})
+        for old in plots.glob("map_t*.*"):  # maps of other times, from an earlier report
+            old.unlink()
+        written += plot_map(tl, plots, steps, [p for p in pairs if len(p) == 2])
     summary["plots"] = [str(p.relative_to(folder)) for p in written]
     sp.write_text(json.dumps(summary, indent=2))
     return summary
