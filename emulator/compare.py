@@ -13,6 +13,7 @@ import copy
 import csv
 import json
 import logging
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def losses_around_events(samples_csv: Path, events: list[tuple[float, str]]) -> 
     for t_ev, what in events:
         lost = 0
         recovery = []
-        for flow, rs in rows.items():
+        for rs in rows.values():
             window = [(t, ok) for t, ok in rs if t_ev <= t < t_ev + EVENT_WINDOW_S]
             lost += sum(1 for _, ok in window if not ok)
             first_lost = next((t for t, ok in window if not ok), None)
@@ -105,10 +106,9 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
 
 def compare(args: argparse.Namespace) -> int:
     """Run the scenario once per protocol; print one table; write compare.json and plots/compare.png."""
+    from datetime import datetime
+
     from routing.base import get_protocol
-
-    from datetime import datetime, timezone
-
     from topologies.scenario import default_scenario, load_scenario
 
     from .runner import run
@@ -119,7 +119,7 @@ def compare(args: argparse.Namespace) -> int:
     for n in names:
         get_protocol(n)  # unknown names fail here, before anything is built
     sc = load_scenario(args.scenario) if args.scenario else default_scenario()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     top = Path(args.results) if args.results else Path("results") / f"{stamp}-{sc.name}-compare"
     top.mkdir(parents=True, exist_ok=True)
     if args.timeline is None:

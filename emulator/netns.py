@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from topologies.errors import ApplyError
 

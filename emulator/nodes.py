@@ -15,6 +15,7 @@ import pty
 import select
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from mininet.link import Intf
 from mininet.net import Mininet
@@ -163,7 +164,10 @@ class EmulatedNet(Mininet):
     def __init__(self, nodes: list[EmuNode], stop_callback) -> None:
         self.topo = None
         self.hosts = list(nodes)
-        self.switches, self.controllers, self.links, self.terms = [], [], [], []
+        self.switches: list[Any] = []
+        self.controllers: list[Any] = []
+        self.links: list[Any] = []
+        self.terms: list[Any] = []
         self.nameToNode = {n.name: n for n in nodes}
         self.built = True
         self.autoSetMacs = self.autoStaticArp = self.autoPinCpus = False

@@ -13,17 +13,25 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from topologies.errors import ConfigError, SatnetemError
-from topologies.scenario import (DEFAULT_SCENARIO_TOML, Scenario, TrafficSpec, check_traffic_endpoints,
-                                 default_scenario, load_scenario, scenario_from_table)
+from topologies.scenario import (
+    DEFAULT_SCENARIO_TOML,
+    Scenario,
+    TrafficSpec,
+    check_traffic_endpoints,
+    default_scenario,
+    load_scenario,
+    scenario_from_table,
+)
 from topologies.timeline import Timeline
 
 from .clock import Playback, StepRecord
@@ -85,7 +93,7 @@ def results_dir(args: argparse.Namespace, sc: Scenario) -> Path:
     if args.results:
         d = Path(args.results)
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         d = Path("results") / f"{stamp}-{sc.name}"
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -103,6 +103,9 @@ def penalise(full: LinkGraph, kept: LinkGraph) -> tuple[LinkGraph, float]:
     extra = ~np.isin(keys_full, keys_kept)
     keys = np.concatenate([keys_kept, keys_full[extra]])
     order = np.argsort(keys, kind="stable")
-    cat = lambda a, b: np.concatenate([a, b])[order]
+
+    def cat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b])[order]
+
     return LinkGraph(n, cat(kept.src, full.src[extra]), cat(kept.dst, full.dst[extra]),
                      cat(kept.link, full.link[extra]), cat(kept.weight, full.weight[extra] + penalty)), penalty

@@ -71,7 +71,8 @@ class IslConfig:
     max_range_km : float or None
         Longest usable link, km. None (default): the Hypatia-style geometric limit from the shells'
         nominal altitudes, ``sqrt((R + h_a)^2 - (R + m)^2) + sqrt((R + h_b)^2 - (R + m)^2)`` with
-        ``R = EARTH_RADIUS_KM`` and ``m = atmosphere_margin_km`` (about 5016.6 km at 550 km, Hypatia's 5016 km for Starlink). A number models a
+        ``R = EARTH_RADIUS_KM`` and ``m = atmosphere_margin_km`` (about 5016.6 km at 550 km, Hypatia's 5016 km
+        for Starlink). A number models a
         terminal whose link budget ends there.
     atmosphere_margin_km : float
         A link is OCCLUDED when the straight segment between the satellites comes closer to the

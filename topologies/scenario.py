@@ -40,7 +40,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,10 @@ from .errors import ConfigError
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 NAME_RULE = "lower-case letters, digits and '-', starting with a letter, at most 31 characters"
 
-DEFAULT_START = datetime(2023, 7, 18, 12, 0, 0, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2023, 7, 18, 12, 0, 0, tzinfo=UTC)
 
 
-def check_name(name: Any, what: str, ctx: "_Ctx", key: str) -> str:
+def check_name(name: Any, what: str, ctx: _Ctx, key: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ctx.error(f"{what} name {name!r} is not allowed: use {NAME_RULE}", key)
     return name
@@ -367,16 +367,16 @@ def _check_type(value: Any, tp: Any, ctx: _Ctx, key: str) -> Any:
         return value
     if tp is datetime:
         if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
         if isinstance(value, date) and not isinstance(value, datetime):
-            return datetime.combine(value, time(0), tzinfo=timezone.utc)
+            return datetime.combine(value, time(0), tzinfo=UTC)
         if isinstance(value, str):
             try:
                 d = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
                 raise ctx.error(f"expected a UTC date-time like 2023-07-18T12:00:00Z, got {value!r}",
                                 key) from None
-            return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+            return d if d.tzinfo else d.replace(tzinfo=UTC)
         raise ctx.error(f"expected a UTC date-time like 2023-07-18T12:00:00Z, got {value!r}", key)
     if tp is typing.Any or tp is dict or typing.get_origin(tp) is dict:
         if not isinstance(value, dict):

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class Snapshot:
     def up(self) -> np.ndarray:
         return self.state == Reason.UP
 
-    def apply(self, diff: "Diff") -> "Snapshot":
+    def apply(self, diff: Diff) -> Snapshot:
         """Return the snapshot with ``diff`` applied (self is unchanged)."""
         state = self.state.copy()
         peer = self.peer.copy()
@@ -155,7 +156,7 @@ class Diff:
     def empty(self) -> bool:
         return not (len(self.state_links) or len(self.peer_links) or len(self.param_links))
 
-    def inverse(self) -> "Diff":
+    def inverse(self) -> Diff:
         return Diff(self.to_step, self.from_step,
                     self.state_links, self.new_state, self.old_state,
                     self.peer_links, self.new_peer, self.old_peer,
@@ -276,7 +277,7 @@ class Timeline:
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "start": self.start.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "start": self.start.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "step_s": self.step_s,
             "nodes": [{"name": n.name, "kind": n.kind, "info": n.info} for n in self.nodes],
             "scenario": self.scenario,
@@ -289,7 +290,7 @@ class Timeline:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Timeline":
+    def load(cls, path: str | Path) -> Timeline:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:

@@ -133,7 +133,7 @@ class Shaper(ABC):
     def forget(self, port: Port) -> None:
         """The interface is gone or moved to another namespace: the next ``set`` on it adds again."""
 
-    def release_node(self, node: str, ns_path: str) -> None:
+    def release_node(self, node: str, ns_path: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """The namespace is being torn down: drop whatever the backend holds in it (default: nothing)."""
 
     @abstractmethod

@@ -92,9 +92,9 @@ def test_rtt_on_a_planned_walker_constellation(make_emulation, backend):
     bound = max(1.0, 0.03 * predicted_ms)
     if backend == "netem":
         # inside the qemu VM: its emulated CPU adds timer latency per delayed traversal (measured)
-        from test_network import vm_netem_overhead_ms
-
         import os
+
+        from test_network import vm_netem_overhead_ms
         if os.environ.get("SATNETEM_IN_VM") == "1":
             predicted_ms += (len(links_ab) + len(links_ba)) * vm_netem_overhead_ms()
     assert abs(measured_ms - predicted_ms) <= bound, (measured_ms, predicted_ms, bound)

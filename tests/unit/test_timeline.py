@@ -1,6 +1,6 @@
 """Timeline: snapshots, diffs and their inverses, the file format."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ def make_timeline(n_links=6, n_steps=8, seed=0):
     rate = np.full((n_links, n_steps), 100.0)
     rate[0, 4:] = 50.0
     loss = np.zeros((n_links, n_steps))
-    return Timeline(start=datetime(2023, 7, 18, 12, tzinfo=timezone.utc), step_s=1.0, nodes=nodes,
+    return Timeline(start=datetime(2023, 7, 18, 12, tzinfo=UTC), step_s=1.0, nodes=nodes,
                     link_a=np.zeros(n_links, np.int32), link_class=np.zeros(n_links, np.uint8),
                     link_role=np.zeros(n_links, np.uint8), state=state.astype(np.uint8),
                     peer=peer.astype(np.int32), delay_ms=delay.astype(np.float32),
