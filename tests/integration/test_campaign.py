@@ -151,3 +151,20 @@ def test_default_scenario_run_writes_the_whole_folder(tmp_path):
         assert_real_png(out / "plots" / f"{name}.png")
     assert "1584 satellites" in r.stdout or "1589 nodes" in r.stdout
     assert r.stdout.count("\n") < 60  # a one-screen run log and summary
+
+
+def test_run_replays_a_saved_timeline_exactly(tmp_path):
+    from topologies.timeline import Timeline
+
+    saved = tmp_path / "campaign.npz"
+    r = satnetem("plan", str(CAMPAIGN), "-o", str(saved), timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "replay"
+    r = satnetem("run", "--timeline", str(saved), "--duration", "5", "-o", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = Timeline.load(saved), Timeline.load(out / "timeline.npz")
+    for name in ("state", "peer", "delay_ms", "rate_mbps", "loss_pct", "link_a", "sat_lla"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["scenario"] == "campaign"  # the scenario embedded in the file
+    assert {f["kind"] for f in summary["flows"]} >= {"ping", "udp-probe"}
