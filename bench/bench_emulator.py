@@ -3,7 +3,7 @@ with the same network built and updated through stock Mininet calls.
 
     sudo .venv/bin/python bench/bench_emulator.py            # 72x22 +Grid (1,584 sats), 20 gateways
     sudo .venv/bin/python bench/bench_emulator.py --small    # 12x8, 4 gateways: a quick run
-    options: --shaper null|userspace  --steps 60  --no-stock
+    options: --shaper null|userspace  --steps 60  --no-stock  --runs 3 (medians over runs)
 
 Synthetic timeline (numpy, no orbits): 3,168 ISLs (fore and right of every satellite, wrapping), one
 antenna per gateway, one host per gateway. Every step: a rotating tenth of the inter-plane ISLs change
@@ -94,6 +94,29 @@ def memory_of(pids: set[int]) -> tuple[float, float]:
     return rss / 1024, pss / 1024
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs since boot."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return f[3] + f[4], sum(f)
+
+
+def settle(idle_pct: float = 85.0, window_s: float = 1.0, max_s: float = 120.0) -> float:
+    """Wait until the CPUs are at least ``idle_pct`` idle over ``window_s``; return the seconds waited.
+
+    The kernel frees deleted namespaces (and the veths in them) in a workqueue after the last reference
+    is gone, i.e. after teardown returns: a run started meanwhile competes with it, and its figures
+    would be the previous run's cleanup as much as its own.
+    """
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_s:
+        i0, n0 = _cpu_times()
+        time.sleep(window_s)
+        i1, n1 = _cpu_times()
+        if n1 > n0 and 100.0 * (i1 - i0) / (n1 - n0) >= idle_pct:
+            break
+    return time.perf_counter() - t0
+
+
 class NullShaper:
     name = "null"
 
@@ -132,17 +155,26 @@ def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int) -> dict:
         rss, pss = memory_of(pids)
         steps = []
         counts = []
+        phases: dict[str, list[float]] = {}
+        timings = []
         for k in range(1, n_steps + 1):
             s = emu.apply_step(k)
             steps.append(s.timings_ms["total"])
+            timings.append(s.timings_ms)
+            for key, v in s.timings_ms.items():
+                phases.setdefault(key, []).append(v)
             counts.append((s.links_up, s.links_down, s.handovers, s.param_changes, s.routes_changed))
         ping = emu.node("h-0").cmd(f"ping -c1 -W2 {emu.address_of('h-1')}")
     finally:
         t = time.perf_counter()
         emu.stop()
         down_s = time.perf_counter() - t
+    cleanup_s = settle()
     return {"bringup_s": up_s, "teardown_s": down_s, "rss_mb": rss, "pss_mb": pss, "steps_ms": steps,
+            "kernel_cleanup_s": cleanup_s,
             "build_ms": emu.build_timings_ms, "counts": np.mean(counts, axis=0).round(1).tolist(),
+            "phases_ms": {k: float(np.median(v)) for k, v in phases.items() if k != "total"},
+            "slowest": sorted(timings, key=lambda t: -t["total"])[:3],
             "ping_ok": " 0% packet loss" in ping}
 
 
@@ -192,14 +224,27 @@ def bench_stock(tl: Timeline, n_steps: int) -> dict:
         t = time.perf_counter()
         net.stop()
         down_s = time.perf_counter() - t
-    return {"bringup_s": up_s, "teardown_s": down_s, "rss_mb": rss, "pss_mb": pss, "steps_ms": steps}
+    return {"bringup_s": up_s, "teardown_s": down_s, "rss_mb": rss, "pss_mb": pss, "steps_ms": steps,
+            "kernel_cleanup_s": settle()}
 
 
 def describe(name: str, r: dict) -> str:
     s = np.array(r["steps_ms"])
-    return (f"{name:10s} bring-up {r['bringup_s']:7.2f} s   teardown {r['teardown_s']:6.2f} s   "
+    return (f"{name:10s} bring-up {r['bringup_s']:7.2f} s   teardown {r['teardown_s']:6.2f} s "
+            f"(+ kernel busy {r['kernel_cleanup_s']:4.1f} s after)   "
             f"memory RSS {r['rss_mb']:8.0f} MB (PSS {r['pss_mb']:6.0f} MB)   "
             f"step median {np.median(s):8.1f} ms  p95 {np.percentile(s, 95):8.1f} ms")
+
+
+def summary(runs: list[dict]) -> dict:
+    """Medians over runs of the figures :func:`describe` prints (step median/p95 per run first)."""
+    steps = [np.array(r["steps_ms"]) for r in runs]
+    return {"bringup_s": float(np.median([r["bringup_s"] for r in runs])),
+            "teardown_s": float(np.median([r["teardown_s"] for r in runs])),
+            "rss_mb": float(np.median([r["rss_mb"] for r in runs])),
+            "pss_mb": float(np.median([r["pss_mb"] for r in runs])),
+            "step_median_ms": float(np.median([np.median(s) for s in steps])),
+            "step_p95_ms": float(np.median([np.percentile(s, 95) for s in steps]))}
 
 
 def main() -> None:
@@ -208,23 +253,86 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--shaper", default="userspace", choices=("null", "userspace", "netem", "auto"))
     p.add_argument("--no-stock", action="store_true", help="skip the stock Mininet side")
+    p.add_argument("--runs", type=int, default=1, help="satnetem runs (medians printed when > 1)")
     args = p.parse_args()
+    if args.runs < 1 or args.steps < 1:
+        sys.exit("--runs and --steps must be >= 1")
     if os.geteuid() != 0:
         sys.exit("bench_emulator needs root (it builds network namespaces)")
     planes, per, gws = (12, 8, 4) if args.small else (72, 22, 20)
     tl = synthetic_timeline(planes, per, gws, args.steps + 1)
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, kernel {platform.release()}, "
-          f"python {platform.python_version()}")
-    print(f"command: {' '.join(sys.argv)}")
+    print(f"machine: {platform.node()} {platform.machine()} {_cpu_model()}, {os.cpu_count()} cores, "
+          f"{_mem_total_gb():.1f} GB, kernel {platform.release()}, python {platform.python_version()}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
+    print(f"date:    {datetime.now(UTC).isoformat(timespec='seconds')}")
     print(f"network: {planes}x{per} = {planes * per} satellites, {gws} gateways, {gws} hosts, "
           f"{len(tl.nodes)} nodes, {tl.n_links} links; {args.steps} steps; shaper {args.shaper}")
-    ours = bench_satnetem(tl, args.shaper, args.steps)
-    print(describe("satnetem", ours))
-    print(f"           build phases (ms): {', '.join(f'{k} {v:.0f}' for k, v in ours['build_ms'].items())}")
-    print(f"           mean per step (links up, down, handovers, param changes, routes changed): "
-          f"{ours['counts']}; h-0 -> h-1 ping after the run: {'ok' if ours['ping_ok'] else 'FAILED'}")
+    waited = settle()
+    print(f"waited {waited:.0f} s for the CPUs to be >= 85% idle; before each run and after each teardown "
+          "the bench waits the same way (the kernel frees namespaces after teardown returns)")
+    runs = []
+    for i in range(args.runs):
+        ours = bench_satnetem(tl, args.shaper, args.steps)
+        runs.append(ours)
+        print(describe("satnetem" if args.runs == 1 else f"run {i + 1}", ours))
+        print(f"           build phases (ms): {', '.join(f'{k} {v:.0f}' for k, v in ours['build_ms'].items())}")
+        print(f"           step phases, median (ms): "
+              f"{', '.join(f'{k} {v:.1f}' for k, v in ours['phases_ms'].items())}")
+        for ph in ours["slowest"]:
+            print(f"           slow step {ph['total']:6.1f} ms: "
+                  f"{', '.join(f'{k} {v:.1f}' for k, v in ph.items() if k != 'total')}")
+        print(f"           mean per step (links up, down, handovers, param changes, routes changed): "
+              f"{ours['counts']}; h-0 -> h-1 ping after the run: {'ok' if ours['ping_ok'] else 'FAILED'}")
+    m = summary(runs)
+    if args.runs > 1:
+        print(f"satnetem, medians of {args.runs} runs: bring-up {m['bringup_s']:.2f} s, teardown "
+              f"{m['teardown_s']:.2f} s, RSS {m['rss_mb']:.0f} MB (PSS {m['pss_mb']:.0f} MB), step median "
+              f"{m['step_median_ms']:.1f} ms, step p95 {m['step_p95_ms']:.1f} ms")
+    print(f"targets: bring-up <= 20 s: {_ok(m['bringup_s'] <= 20)}, teardown <= 10 s: "
+          f"{_ok(m['teardown_s'] <= 10)}, memory (PSS) <= 3 GB: {_ok(m['pss_mb'] <= 3072)}, step p95 <= 100 ms: "
+          f"{_ok(m['step_p95_ms'] <= 100)}")
     if not args.no_stock:
-        print(describe("stock", bench_stock(tl, args.steps)))
+        stock = bench_stock(tl, args.steps)
+        print(describe("stock", stock))
+        st = summary([stock])
+        print("ratios (stock / satnetem; > 1: satnetem is better): "
+              f"bring-up {st['bringup_s'] / m['bringup_s']:.1f}x, teardown {st['teardown_s'] / m['teardown_s']:.1f}x "
+              f"({_down_total(stock) / np.median([_down_total(r) for r in runs]):.1f}x counting the kernel's "
+              "cleanup after it), "
+              f"RSS {st['rss_mb'] / m['rss_mb']:.2f}x, PSS {st['pss_mb'] / m['pss_mb']:.2f}x, "
+              f"step median {st['step_median_ms'] / m['step_median_ms']:.1f}x, "
+              f"step p95 {st['step_p95_ms'] / m['step_p95_ms']:.1f}x "
+              "(stock's step does no routing: its step ratio is a lower bound)")
+
+
+def _down_total(r: dict) -> float:
+    """Teardown plus the time the kernel stayed busy freeing namespaces after it, s."""
+    return r["teardown_s"] + r["kernel_cleanup_s"]
+
+
+def _ok(good: bool) -> str:
+    return "met" if good else "MISSED"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def _mem_total_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
 
 
 if __name__ == "__main__":

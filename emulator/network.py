@@ -4,7 +4,8 @@ kept equal to the timeline step by step.
 :class:`Emulation` builds step 0 (:meth:`~Emulation.build`), then moves to any step by applying the
 difference between what is *applied* and what the timeline wants (:meth:`~Emulation.apply_step`), in
 an order that never strands a route: links up and handovers, then delay/rate/loss, then routes, then
-links down. Applying the same step twice changes nothing.
+links down. Applying the same step twice changes nothing. While the kernel moves antennas (the slow
+part of a step), the route computation and the shaping of links that stay put run alongside.
 
 Kernel work goes through netlink only: veths are created with both ends directly in their target
 namespaces (one RTM_NEWLINK each), addresses, link states and routes are sent in batches on one
@@ -18,12 +19,15 @@ satellite the end is parked, down, in the gateway's own namespace.
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import logging
 import os
 import re
 import resource
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,6 +147,7 @@ class Emulation:
         self._dest_row: dict[int, int] = {}
         self._built = False
         self._stopped = False
+        self._gc_frozen = False
         self.build_timings_ms: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------ public API
@@ -211,6 +216,11 @@ class Emulation:
             t["routes"] = _ms(t1)
             t["total"] = _ms(t0)
             self.build_timings_ms = t
+            # The build leaves ~10^6 long-lived objects (nodes, interfaces, Mininet shells); a full
+            # collection that scans them all takes ~50 ms and would land inside some step. Frozen, they
+            # are left out of every collection until stop().
+            gc.freeze()
+            self._gc_frozen = True
             log.info("built %d nodes, %d links in %.0f ms (%s)", self.n_nodes, self.timeline.n_links,
                      t["total"], ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
         except BaseException:
@@ -234,34 +244,52 @@ class Emulation:
         new_state = self.applied.state.copy()
         new_state[d.state_links] = d.new_state
         up_now = new_state == 0
-        # 1. links up and handovers to a satellite
         moved = d.peer_links[d.new_peer >= 0]
         went_up = d.went_up
-        self._move_far_ends(moved, d.new_peer[d.new_peer >= 0], up_now)
+        # the state the kernel will have after steps 1 and 2: what routes are computed on
+        applied = Snapshot(step, new_state, self.applied.peer.copy(), self.applied.params.copy())
+        applied.peer[moved] = d.new_peer[d.new_peer >= 0]
+        applied.params[d.param_links] = d.new_params
+        # 1. handovers to a satellite. Each move keeps the kernel busy ~20 ms (rcu_barrier under the rtnl
+        # lock) in a send that releases the GIL: the route computation and the shaping of links that stay
+        # where they are run meanwhile, from this thread.
+        moves = self._start_moves(moved, d.new_peer[d.new_peer >= 0])
+        if moves is not None:
+            stats.timings_ms["moves_kernel"] = 0.0
+        table = None
+        t_compute = 0.0
+        try:
+            if not self.daemon_driven:
+                tc = time.perf_counter()
+                table = self._compute_routes(step, applied)
+                t_compute = _ms(tc)
+            # 2. delay, rate, loss of links that stay (moved ends are shaped once they have arrived)
+            stay = np.setdiff1d(d.param_links, moved)
+            self._shape(stay, applied)
+        finally:
+            self._finish_moves(moves, up_now)
         self._set_links(went_up, True, both=True)
         stats.links_up = len(went_up)
         stats.handovers = len(d.peer_links)
-        applied = Snapshot(step, new_state, self.applied.peer.copy(), self.applied.params.copy())
-        applied.peer[moved] = d.new_peer[d.new_peer >= 0]
         t1 = time.perf_counter()
-        stats.timings_ms["links_up"] = (t1 - t0) * 1e3
-        # 2. delay, rate, loss (and the shaping of moved ends)
-        applied.params[d.param_links] = d.new_params
-        reshape = np.union1d(d.param_links, moved)
-        self._shape(reshape, applied)
+        stats.timings_ms["links_up"] = (t1 - t0) * 1e3  # includes the overlapped work below
+        stats.timings_ms["compute_overlapped"] = t_compute
+        if moves is not None:
+            stats.timings_ms["moves_kernel"] = moves.kernel_ms
+        self._shape(moved, applied)
         stats.param_changes = len(d.param_links)
         t2 = time.perf_counter()
         stats.timings_ms["params"] = (t2 - t1) * 1e3
         # 3. routes
-        if not self.daemon_driven:
-            stats.routes_changed, stats.routes_deleted = self._update_routes(step, applied)
+        if table is not None:
+            stats.routes_changed, stats.routes_deleted = self._install_routes(table)
         t3 = time.perf_counter()
         stats.timings_ms["routes"] = (t3 - t2) * 1e3
         # 4. links down, then antennas that lost their satellite are parked at their gateway
         went_down = d.went_down
         self._set_links(went_down, False, both=True)
         parked = d.peer_links[d.new_peer < 0]
-        self._move_far_ends(parked, np.full(len(parked), -1), up_now)
+        self._finish_moves(self._start_moves(parked, np.full(len(parked), -1)), up_now)
         applied.peer[parked] = -1
         stats.links_down = len(went_down)
         self.applied = applied
@@ -279,6 +307,9 @@ class Emulation:
         if self._stopped:
             return
         self._stopped = True
+        if self._gc_frozen:
+            gc.unfreeze()
+            self._gc_frozen = False
         try:
             if self.shaper is not None:
                 self.shaper.close()
@@ -444,12 +475,15 @@ class Emulation:
         for node, b in batches.items():
             self._rtnl[node].check(b, "link up" if up else "link down")
 
-    def _move_far_ends(self, links: np.ndarray, new_peer: np.ndarray, up_now: np.ndarray) -> None:
-        """Move the satellite end of gateway antennas ``links`` to ``new_peer`` (-1: park at the gateway).
+    def _start_moves(self, links: np.ndarray, new_peer: np.ndarray) -> _Moves | None:
+        """Start moving the satellite end of gateway antennas ``links`` to ``new_peer`` (-1: park at the
+        gateway) in a worker thread; :meth:`_finish_moves` waits for it and does the rest.
 
-        Each move costs the kernel 15-20 ms (dev_change_net_namespace), under the rtnl lock: sending the
-        moves out of different namespaces from concurrent threads was measured to gain nothing, so they
-        are sent one batch per source namespace, in turn.
+        Each move costs the kernel 15-20 ms (dev_change_net_namespace waits in rcu_barrier) under the
+        rtnl lock: sending the moves out of different namespaces from concurrent threads was measured to
+        gain nothing, so the worker sends them one batch per source namespace, in turn. Until
+        :meth:`_finish_moves`, the caller may do pure work and shaping of other links, but must not use
+        the rtnetlink sockets of the source namespaces.
         """
         a = self.addr
         moves: list[tuple[int, int, int, int]] = []  # (link, old ns, new ns, new peer or -1)
@@ -465,23 +499,45 @@ class Emulation:
                     log.warning("shaper.forget(%s) failed: %s", a.ifname_b[l], e)
             moves.append((l, old, new, int(p)))
         if not moves:
-            return
-        by_old: dict[int, rtnl.Batch] = {}
-        fds = []
+            return None
+        job = _Moves(moves)
         try:
             for l, old, new, _p in moves:
                 fd = self._ns_fd(new)
-                fds.append(fd)
-                by_old.setdefault(old, rtnl.Batch()).add(
+                job.fds.append(fd)
+                job.by_old.setdefault(old, rtnl.Batch()).add(
                     rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(int(a.ifindex_b[l]), False, ns_fd=fd),
                     f"move {a.ifname_b[l]} from {self.names[old]} to {self.names[new]}")
-            for old, b in by_old.items():
-                self._rtnl[old].check(b, "handover")
-        finally:
-            for fd in fds:
-                os.close(fd)
+        except BaseException:
+            job.close_fds()
+            raise
+
+        def send() -> None:
+            t = time.perf_counter()
+            try:
+                for old, b in job.by_old.items():
+                    self._rtnl[old].check(b, "handover")
+            except BaseException as e:  # noqa: BLE001 - handed to the caller by _finish_moves
+                job.error = e
+            job.kernel_ms = _ms(t)
+
+        job.thread = threading.Thread(target=send, name="satnetem-handover", daemon=True)
+        job.thread.start()
+        return job
+
+    def _finish_moves(self, job: _Moves | None, up_now: np.ndarray) -> None:
+        """Wait for the moves of :meth:`_start_moves`, then address and set up the moved ends (or record
+        them parked) and bring up gateway ends that were down with their antenna idle."""
+        if job is None:
+            return
+        assert job.thread is not None
+        job.thread.join()
+        job.close_fds()
+        if job.error is not None:
+            raise job.error
+        a = self.addr
         after: dict[int, rtnl.Batch] = {}
-        for l, old, new, p in moves:
+        for l, old, new, p in job.moves:
             name = a.ifname_b[l]
             self._forget_routes_via(old, l)
             self.nodes[old].drop_intf(name)
@@ -548,14 +604,29 @@ class Emulation:
 
     def _update_routes(self, step: int, snap: Snapshot) -> tuple[int, int]:
         """Install the routes of ``step`` (computed on ``snap``, the state the kernel has by now) that
-        differ from the installed ones; delete the ones that vanished. A route with several next hops
-        (a multipath table) is one RTM_NEWROUTE with RTA_MULTIPATH."""
+        differ from the installed ones; delete the ones that vanished."""
+        return self._install_routes(self._compute_routes(step, snap))
+
+    def _compute_routes(self, step: int, snap: Snapshot) -> RouteTable:
+        """The protocol's table for ``step`` on ``snap`` (pure: no kernel work), checked against the
+        installed record."""
         table = self.protocol.compute(self.timeline, step, snap)
         if not np.array_equal(table.destinations, self._inst_dest):
             raise ApplyError("the routing protocol changed its destination set", operation="routes")
         if table.width != self._inst_link.shape[2]:
             raise ApplyError(f"the routing protocol changed its number of next hops per route from "
                              f"{self._inst_link.shape[2]} to {table.width}", operation="routes")
+        return table
+
+    def _install_routes(self, table: RouteTable) -> tuple[int, int]:
+        """Bring the kernel's routes to ``table``: the changed ones, as RTM_NEWROUTE (replace) or
+        RTM_DELROUTE. A route with several next hops (a multipath table) is one RTM_NEWROUTE with
+        RTA_MULTIPATH.
+
+        Single-next-hop routes and deletions, nearly all of them, are packed as numpy records (no Python
+        code per route) and sent without acknowledgements (:meth:`rtnl.Rtnl.run_packed`); the first
+        failure, if any, is raised once every namespace has had its messages.
+        """
         self.routes = table
         nh, link = table.next_hop, table.links_wide()
         a = self.addr
@@ -569,45 +640,102 @@ class Emulation:
         rows, routers = np.nonzero(changed)
         if len(rows) == 0:
             return 0, 0
+        order = np.argsort(routers, kind="stable")  # group by namespace
+        rows, routers = rows[order], routers[order]
         l = want_link[rows, routers].astype(np.int64)  # (n_changed, width), -1 padded
         valid = l >= 0
-        add = valid.any(axis=1)
+        n_hops = valid.sum(axis=1)
+        add = n_hops > 0
         lc = np.maximum(l, 0)
         near = self.link_a[lc] == routers[:, None]
         gw = np.where(near, a.addr_b[lc], a.addr_a[lc])
         oif = np.where(near, a.ifindex_a[lc], a.ifindex_b[lc])
         dnode = dest[rows]
         pfx, plen, src = a.prefix[dnode], a.prefix_len[dnode], a.loopback[routers]
-        batches: dict[int, rtnl.Batch] = {}
-        n_del = 0
-        # plain lists: indexing numpy arrays element by element is what made this loop slow
-        pfx_l, plen_l, src_l = pfx.tolist(), plen.tolist(), src.tolist()
-        gw_l, oif_l, valid_l, add_l = gw.tolist(), oif.tolist(), valid.tolist(), add.tolist()
-        installed_l = (self._inst_nh[rows, routers] != -1).tolist()
-        for k, r in enumerate(routers.tolist()):
-            b = batches.get(r)
-            if b is None:
-                b = batches[r] = rtnl.Batch()
-            p, n = pfx_l[k], plen_l[k]
-            if add_l[k]:
-                hops = [(g, o) for g, o, v in zip(gw_l[k], oif_l[k], valid_l[k]) if v]
-                if len(hops) == 1:
-                    body = rtnl.route_body(p, n, hops[0][0], hops[0][1], src_l[k])
+        installed = self._inst_nh[rows, routers] != -1  # installed, or a multipath route that may be
+        packable = (plen > 0) & (src != 0)
+        single = add & (n_hops == 1) & packable
+        delete = ~add & installed & packable
+        first = np.argmax(valid, axis=1)  # the one valid next hop of a single-hop route
+        k_add = np.flatnonzero(single)
+        k_del = np.flatnonzero(delete)
+        add_msgs = rtnl.route_msgs(pfx[k_add], plen[k_add], gw[k_add, first[k_add]], oif[k_add, first[k_add]],
+                                   src[k_add], _CREATE)
+        del_msgs = rtnl.route_del_msgs(pfx[k_del], plen[k_del])
+        # everything else (multipath routes, routes without a prefix length or source): one at a time
+        slow = np.flatnonzero((add & ~single) | (~add & installed & ~packable)).tolist()
+        # namespaces: boundaries of each router's run in the (sorted) add and delete messages
+        r_add, r_del = routers[k_add], routers[k_del]
+        todo = np.unique(np.concatenate([r_add, r_del]))
+        a_lo, a_hi = np.searchsorted(r_add, todo, "left"), np.searchsorted(r_add, todo, "right")
+        d_lo, d_hi = np.searchsorted(r_del, todo, "left"), np.searchsorted(r_del, todo, "right")
+        failure: tuple[int, int, int, int, int, int] | None = None  # (router, part, row, errno, a_lo, d_lo)
+        n_fail = 0
+        for r, alo, ahi, dlo, dhi in zip(todo.tolist(), a_lo.tolist(), a_hi.tolist(), d_lo.tolist(),
+                                         d_hi.tolist()):
+            packed = rtnl.Packed()
+            packed.add(add_msgs[alo:ahi])
+            packed.add(del_msgs[dlo:dhi], ignore=(errno.ESRCH,))  # already gone
+            fails = self._rtnl[r].run_packed(packed)
+            n_fail += len(fails)
+            if fails and failure is None:
+                failure = (r, *fails[0], alo, dlo)
+        if failure is not None:
+            r, part, row, err, alo, dlo = failure
+            if part < 0:
+                what = "routes (error reports lost)"
+            elif part == 0:  # parts: this router's adds, then its deletes
+                k = int(k_add[alo + row])
+                what = f"route {ip_str(pfx[k])}/{plen[k]} via {ip_str(gw[k, first[k]])}"
+            else:
+                k = int(k_del[dlo + row])
+                what = f"delete route {ip_str(pfx[k])}/{plen[k]}"
+            more = f" (and {n_fail - 1} more)" if n_fail > 1 else ""
+            raise ApplyError(f"{what}: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{more}",
+                             node=self.names[r], operation="routes")
+        n_slow_del = 0
+        if slow:
+            batches: dict[int, rtnl.Batch] = {}
+            pfx_l, plen_l, src_l = pfx.tolist(), plen.tolist(), src.tolist()
+            for k in slow:
+                r = int(routers[k])
+                b = batches.setdefault(r, rtnl.Batch())
+                p, n = pfx_l[k], plen_l[k]
+                if add[k]:
+                    hops = [(int(g), int(o)) for g, o, v in zip(gw[k], oif[k], valid[k]) if v]
+                    if len(hops) == 1:
+                        body = rtnl.route_body(p, n, hops[0][0], hops[0][1], src_l[k])
+                    else:
+                        body = rtnl.multipath_route_body(p, n, hops, src_l[k])
+                    b.add(rtnl.RTM_NEWROUTE, _CREATE, body,
+                          lambda p=p, n=n, h=hops: f"route {ip_str(p)}/{n} via "
+                          + ", ".join(ip_str(g) for g, _ in h))
                 else:
-                    body = rtnl.multipath_route_body(p, n, hops, src_l[k])
-                b.add(rtnl.RTM_NEWROUTE, _CREATE, body,
-                      lambda p=p, n=n, h=hops: f"route {ip_str(p)}/{n} via "
-                      + ", ".join(ip_str(g) for g, _ in h))
-            elif installed_l[k]:  # installed, or a multipath route that may be
-                b.add(rtnl.RTM_DELROUTE, 0, rtnl.route_del_body(p, n),
-                      lambda p=p, n=n: f"delete route {ip_str(p)}/{n}", ignore=(3,))  # ESRCH: already gone
-                n_del += 1
-        for r, b in batches.items():
-            if len(b):
+                    b.add(rtnl.RTM_DELROUTE, 0, rtnl.route_del_body(p, n),
+                          lambda p=p, n=n: f"delete route {ip_str(p)}/{n}", ignore=(errno.ESRCH,))
+                    n_slow_del += 1
+            for r, b in batches.items():
                 self._rtnl[r].check(b, "routes")
         self._inst_nh[rows, routers] = want_nh[rows, routers]
         self._inst_link[rows, routers] = want_link[rows, routers]
-        return int(add.sum()), n_del
+        return int(add.sum()), len(k_del) + n_slow_del
+
+
+@dataclass
+class _Moves:
+    """Handovers under way in a worker thread (see :meth:`Emulation._start_moves`)."""
+
+    moves: list[tuple[int, int, int, int]]
+    by_old: dict[int, rtnl.Batch] = field(default_factory=dict)
+    fds: list[int] = field(default_factory=list)
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+    kernel_ms: float = 0.0  # how long the moves took in the kernel, ms
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
 def _ms(t0: float) -> float:

@@ -277,3 +277,51 @@ def test_clean_after_kill_9(tmp_path, backend):
             proc.kill()
             proc.wait()
         clean(run_id)
+
+
+def _kernel_routes(emu, node: str) -> dict[str, tuple[str, int]]:
+    """{"prefix/len": (gateway, oif)} of the routes satnetem installed in ``node`` (proto static)."""
+    from emulator import rtnl
+    from emulator.netns import iproute_in
+
+    ipr = iproute_in(emu.node(node).ns_path, node)
+    try:
+        out = {}
+        for r in ipr.get_routes(family=2, table=254):
+            if r.get("proto") != rtnl.RTPROT_STATIC or not r["dst_len"]:
+                continue
+            out[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = (r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF"))
+        return out
+    finally:
+        ipr.close()
+
+
+def _table_routes(emu, router: int) -> dict[str, tuple[str, int]]:
+    """The same, as the route table of the last applied step says they must be."""
+    from emulator.addressing import ip_str
+
+    a, table = emu.addr, emu.routes
+    out = {}
+    for row, d in enumerate(table.destinations.tolist()):
+        nh, l = int(table.next_hop[row, router]), int(table.link[row, router])
+        if nh < 0 or (nh == d and not a.is_router[d]):  # none, or on-link (the connected route serves it)
+            continue
+        near = int(emu.link_a[l]) == router
+        gw = a.addr_b[l] if near else a.addr_a[l]
+        oif = a.ifindex_a[l] if near else a.ifindex_b[l]
+        out[f"{ip_str(a.prefix[d])}/{a.prefix_len[d]}"] = (ip_str(gw), int(oif))
+    return out
+
+
+def test_kernel_routes_equal_the_route_table_step_by_step(make_emulation):
+    """Every router's installed routes (packed in batches, sent to all namespaces before any answer is
+    read) are the table's, through handovers, an outage, an idle antenna and back to step 0."""
+    tl = grid_timeline()
+    emu = make_emulation(tl)
+    routers = [i for i in range(len(tl.nodes)) if emu.is_router[i]]
+    for step in (0, 1, 2, 3, 0):
+        if step or emu.applied.step != 0:
+            emu.apply_step(step)
+        for r in routers:
+            name = tl.nodes[r].name
+            assert _kernel_routes(emu, name) == _table_routes(emu, r), f"step {step}, {name}"
