@@ -90,6 +90,9 @@ def make_server(bind: str, port: int, work_ms: float, name: str, rec: CsvLog | N
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = 120  # an idle kept-alive connection is dropped after this many seconds
+        # headers and body go out in two writes: with Nagle's algorithm the body would wait for the
+        # client's ACK of the headers, one extra round trip over the constellation
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             t0 = time.perf_counter()

@@ -76,7 +76,9 @@ def test_request_to_compute_node_is_answered_and_split(campaign):
     # service time is the 10 ms of work the scenario asks for; network time is at least the predicted RTT
     assert 8 <= req["service_ms"]["p50"] <= 60
     target = next(iter(req["per_target"]))
-    assert req["network_ms"]["p50"] >= 0.9 * req["predicted_network_rtt_ms"][target]["p50"]
+    predicted = req["predicted_network_rtt_ms"][target]["p50"]
+    # one round trip per request on a kept-alive connection (plus the two ends' HTTP handling)
+    assert 0.9 * predicted <= req["network_ms"]["p50"] <= predicted + max(3.0, 0.1 * predicted), (req, predicted)
 
 
 def test_plots_are_real_images(campaign):
