@@ -84,25 +84,6 @@ def equal_cost_next_hops(graph: LinkGraph, dist: np.ndarray, max_paths: int,
     nh_out[di, src[ei], rank] = dst[ei]
     link_out[di, src[ei], rank] = graph.link[ei]
     return nh_out, link_out
-    src, dst, w = graph.src, graph.dst, graph.weight
-    du = dist[:, src]  # (n_dest, n_edges)
-    dv = dist[:, dst]
-    cost = dv + w[None, :]
-    slack = tolerance + _REL_EPS * np.where(np.isfinite(du), np.maximum(np.abs(du), 1.0), 1.0)
-    ok = np.isfinite(dv) & (dv < du) & (cost <= du + slack)
-    di, ei = np.nonzero(ok)
-    key = di.astype(np.int64) * n + src[ei]
-    order = np.lexsort((graph.link[ei], cost[di, ei], key))
-    di, ei, key = di[order], ei[order], key[order]
-    first = np.ones(len(key), bool)
-    first[1:] = key[1:] != key[:-1]
-    pos = np.arange(len(key))
-    rank = pos - np.maximum.accumulate(np.where(first, pos, 0))
-    keep = rank < max_paths
-    di, ei, rank = di[keep], ei[keep], rank[keep]
-    nh_out[di, src[ei], rank] = dst[ei]
-    link_out[di, src[ei], rank] = graph.link[ei]
-    return nh_out, link_out
 
 
 @register
