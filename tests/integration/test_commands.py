@@ -97,4 +97,5 @@ def test_rtt_on_a_planned_walker_constellation(make_emulation, backend):
         from test_network import vm_netem_overhead_ms
         if os.environ.get("SATNETEM_IN_VM") == "1":
             predicted_ms += (len(links_ab) + len(links_ba)) * vm_netem_overhead_ms()
+            bound += 0.1 * (len(links_ab) + len(links_ba))  # its variation between measurements
     assert abs(measured_ms - predicted_ms) <= bound, (measured_ms, predicted_ms, bound)

@@ -87,7 +87,11 @@ def test_rtt_equals_prediction(make_emulation, backend):
         assert got1 == 20
         per_hop_ms = (median(one) - median(base) - hops * 1.0) / hops
         predicted_ms += hops * max(0.0, per_hop_ms)
-    assert abs(measured_ms - predicted_ms) <= max(1.0, 0.03 * predicted_ms), (measured_ms, predicted_ms)
+    # the emulated CPU's timer latency also varies from one measurement to the next: up to 0.1 ms per
+    # delayed traversal is allowed for that inside the VM only
+    vm_allowance_ms = 0.1 * sum(1 for l in links_ab + links_ba if snap.params[l, 0] > 0) if in_vm else 0.0
+    assert abs(measured_ms - predicted_ms) <= max(1.0, 0.03 * predicted_ms) + vm_allowance_ms, (
+        measured_ms, predicted_ms, vm_allowance_ms)
 
 
 def vm_netem_overhead_ms(delay_ms: float = 10.0) -> float:

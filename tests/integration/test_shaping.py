@@ -193,8 +193,10 @@ def test_rtt_equals_sum_of_configured_delays(shaper, chain):
         _shape_all(shaper, chain, LinkShape(delay_ms=1.0, rate_mbps=1000.0))
         _, one_ms, _ = _ping(chain, 40)
         expected_ms += 6 * max(0.0, (one_ms - base_ms - 6 * 1.0) / 6)
+    # and that latency varies between measurements: 0.1 ms per traversal allowed, in the VM only
+    allowance_ms = 6 * 0.1 if os.environ.get("SATNETEM_IN_VM") == "1" else 0.0
     assert loss0 == 0 and loss5 == 0
-    assert abs((rtt_ms - base_ms) - expected_ms) <= max(1.0, 0.03 * expected_ms), (base_ms, rtt_ms)
+    assert abs((rtt_ms - base_ms) - expected_ms) <= max(1.0, 0.03 * expected_ms) + allowance_ms, (base_ms, rtt_ms)
 
 
 def _lateness_ms(sh: Shaped) -> float:
