@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class SatnetemError(Exception):
     """Base of every error satnetem raises on purpose."""
@@ -41,3 +44,18 @@ class ApplyError(SatnetemError):
         self.operation = operation
         parts = [f"{k}={v}" for k, v in (("node", node), ("link", link), ("operation", operation)) if v]
         super().__init__(f"{message} ({', '.join(parts)})" if parts else message)
+
+
+def check_range(name: str, value: Any, lo: float, hi: float, *, integer: bool = False, none_ok: bool = False,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise :class:`ConfigError` naming the field, the value and the allowed range unless ``value`` is a
+    finite number (an int if ``integer``) in the range, or None where ``none_ok``."""
+    if value is None and none_ok:
+        return
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (lo < value if lo_open else lo <= value) \
+        and (value < hi if hi_open else value <= hi)
+    if not ok:
+        allowed = (f"{'an integer' if integer else 'a number'} in {'(' if lo_open else '['}{lo}, {hi}"
+                   f"{')' if hi_open else ']'}{' or none' if none_ok else ''}")
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}", key=name)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigError
+from .errors import ConfigError, check_range
 from .frames import geodetic_to_ecef_km
 from .ground import GroundSite
 from .outages import apply_acquisition, steps_for
@@ -32,18 +32,6 @@ POLICIES = ("highest-elevation", "longest-visibility", "nearest")
 
 #: Score bonus that makes "stays visible for the whole reconfiguration slot" the first sort key.
 _COVER_BONUS = 1e9
-
-
-def _number(name: str, value: Any, lo: float, hi: float, *, none_ok: bool = False,
-            lo_open: bool = False, hi_open: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi))
-    if not ok:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ConfigError(f"{name} must be a number in {rng}{' or none' if none_ok else ''}, got {value!r}",
-                          key=name)
 
 
 @dataclass(frozen=True)
@@ -90,18 +78,18 @@ class GslConfig:
     loss_pct: float = 0.0
 
     def __post_init__(self) -> None:
-        _number("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)
+        check_range("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)
         if isinstance(self.antennas, bool) or not isinstance(self.antennas, int) or not 1 <= self.antennas <= 16:
             raise ConfigError(f"antennas must be an integer in [1, 16], got {self.antennas!r}", key="antennas")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}", key="policy")
-        _number("hysteresis_deg", self.hysteresis_deg, 0.0, 90.0)
-        _number("hysteresis_km", self.hysteresis_km, 0.0, 1e5)
-        _number("acquisition_s", self.acquisition_s, 0.0, 3600.0)
-        _number("reconfiguration_interval_s", self.reconfiguration_interval_s, 0.0, 86400.0, none_ok=True,
+        check_range("hysteresis_deg", self.hysteresis_deg, 0.0, 90.0)
+        check_range("hysteresis_km", self.hysteresis_km, 0.0, 1e5)
+        check_range("acquisition_s", self.acquisition_s, 0.0, 3600.0)
+        check_range("reconfiguration_interval_s", self.reconfiguration_interval_s, 0.0, 86400.0, none_ok=True,
                 lo_open=True)
-        _number("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
-        _number("loss_pct", self.loss_pct, 0.0, 100.0)
+        check_range("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
+        check_range("loss_pct", self.loss_pct, 0.0, 100.0)
 
 
 @dataclass(frozen=True)

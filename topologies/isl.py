@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigError, TopologyError
+from .errors import ConfigError, TopologyError, check_range
 from .frames import EARTH_RADIUS_KM, ecef_to_geodetic
 from .outages import apply_acquisition, pointing_outages, steps_for
 from .timeline import C_KM_S, LINK_ROLES, Reason
@@ -39,24 +39,6 @@ PORTS = ("fore", "aft", "left", "right")
 
 #: Links are evaluated in blocks of this many, so temporaries stay a few MB for 600+ steps.
 _BLOCK_LINKS = 256
-
-
-def _check_range(name: str, value: Any, lo: float, hi: float, *, integer: bool = False,
-                 none_ok: bool = False, lo_open: bool = False) -> None:
-    """Raise ConfigError naming the field, the value and the allowed range."""
-    if value is None and none_ok:
-        return
-    if integer:
-        ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
-    else:
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi)
-    if not ok:
-        left = "(" if lo_open else "["
-        allowed = f"{'an integer' if integer else 'a number'} in {left}{lo}, {hi}]"
-        if none_ok:
-            allowed += " or none"
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}", key=name)
 
 
 @dataclass(frozen=True)
@@ -119,18 +101,18 @@ class IslConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_range("terminals", self.terminals, 0, 4, integer=True)
-        _check_range("max_range_km", self.max_range_km, 0.0, 1e6, none_ok=True, lo_open=True)
-        _check_range("atmosphere_margin_km", self.atmosphere_margin_km, 0.0, 1000.0)
-        _check_range("polar_cutoff_deg", self.polar_cutoff_deg, 0.0, 90.0, none_ok=True)
-        _check_range("max_slew_rate_deg_s", self.max_slew_rate_deg_s, 0.0, 360.0, none_ok=True,
+        check_range("terminals", self.terminals, 0, 4, integer=True)
+        check_range("max_range_km", self.max_range_km, 0.0, 1e6, none_ok=True, lo_open=True)
+        check_range("atmosphere_margin_km", self.atmosphere_margin_km, 0.0, 1000.0)
+        check_range("polar_cutoff_deg", self.polar_cutoff_deg, 0.0, 90.0, none_ok=True)
+        check_range("max_slew_rate_deg_s", self.max_slew_rate_deg_s, 0.0, 360.0, none_ok=True,
                      lo_open=True)
-        _check_range("acquisition_s", self.acquisition_s, 0.0, 3600.0)
-        _check_range("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
-        _check_range("loss_pct", self.loss_pct, 0.0, 100.0)
-        _check_range("outage_mtbf_s", self.outage_mtbf_s, 0.0, 1e9, none_ok=True, lo_open=True)
-        _check_range("outage_mean_duration_s", self.outage_mean_duration_s, 0.0, 1e6, lo_open=True)
-        _check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        check_range("acquisition_s", self.acquisition_s, 0.0, 3600.0)
+        check_range("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
+        check_range("loss_pct", self.loss_pct, 0.0, 100.0)
+        check_range("outage_mtbf_s", self.outage_mtbf_s, 0.0, 1e9, none_ok=True, lo_open=True)
+        check_range("outage_mean_duration_s", self.outage_mean_duration_s, 0.0, 1e6, lo_open=True)
+        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
 
 
 @dataclass(frozen=True)
