@@ -19,6 +19,7 @@ import csv
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -106,6 +107,21 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def run_program(prog: str, body: Callable[[threading.Event], Any]) -> int:
+    """Run a program's ``body(stop)`` with SIGINT/SIGTERM setting ``stop``; bad input exits 2 and an OS
+    error 1, each with one line on stderr naming the program (never a traceback)."""
+    stop = stop_on_signals()
+    try:
+        body(stop)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def read_records(path: str | os.PathLike[str],

@@ -45,7 +45,7 @@ from typing import Any
 
 from topologies.errors import ConfigError
 
-from . import CsvLog, deadline_after, read_records, setup_cli_logging, stop_on_signals
+from . import CsvLog, deadline_after, read_records, run_program, setup_cli_logging
 
 log = logging.getLogger(__name__)
 
@@ -276,16 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     setup_cli_logging(a.verbose)
-    stop = stop_on_signals()
-    try:
-        run(PathProbeConfig(a.dst, a.max_ttl, a.interval_s, a.duration, a.timeout_s), a.out, stop)
-    except ConfigError as e:
-        print(f"pathprobe: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"pathprobe: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_program("pathprobe", lambda stop: run(
+        PathProbeConfig(a.dst, a.max_ttl, a.interval_s, a.duration, a.timeout_s), a.out, stop))
 
 
 if __name__ == "__main__":

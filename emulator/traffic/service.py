@@ -53,7 +53,7 @@ import numpy as np
 
 from topologies.errors import ConfigError
 
-from . import CsvLog, deadline_after, read_records, setup_cli_logging, stop_on_signals
+from . import CsvLog, deadline_after, read_records, run_program, setup_cli_logging
 
 log = logging.getLogger(__name__)
 
@@ -455,21 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
     setup_cli_logging(a.verbose)
-    stop = stop_on_signals()
-    try:
+    def body(stop: threading.Event) -> None:
         if a.cmd == "serve":
             serve(a.bind, a.port, a.work_ms, a.name, a.duration, a.out, stop)
         else:
             cfg = RequestConfig(parse_targets(a.targets, a.port), a.policy, a.rate_pps, a.duration, a.schedule,
                                 a.timeout_s)
             run_requests(cfg, a.out, stop)
-    except ConfigError as e:
-        print(f"service: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"service: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_program("service", body)
 
 
 if __name__ == "__main__":

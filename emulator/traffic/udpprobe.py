@@ -28,6 +28,7 @@ import math
 import socket
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ import numpy as np
 
 from topologies.errors import ConfigError
 
-from . import CsvLog, deadline_after, read_records, setup_cli_logging, stop_on_signals
+from . import CsvLog, deadline_after, read_records, run_program, setup_cli_logging
 
 log = logging.getLogger(__name__)
 
@@ -311,19 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     a = p.parse_args(argv)
     setup_cli_logging(a.verbose)
-    stop = stop_on_signals()
-    try:
+    def body(stop: threading.Event) -> None:
         if a.cmd == "recv":
             receive(a.bind, a.port, a.duration, a.out, a.flow, stop)
         else:
             send(SendConfig(a.dst, a.port, a.rate_pps, a.size, a.duration, a.flow), a.out, stop)
-    except ConfigError as e:
-        print(f"udpprobe: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"udpprobe: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_program("udpprobe", body)
 
 
 if __name__ == "__main__":
