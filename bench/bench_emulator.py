@@ -4,6 +4,8 @@ with the same network built and updated through stock Mininet calls.
     sudo .venv/bin/python bench/bench_emulator.py            # 72x22 +Grid (1,584 sats), 20 gateways
     sudo .venv/bin/python bench/bench_emulator.py --small    # 12x8, 4 gateways: a quick run
     options: --shaper null|userspace  --steps 60  --no-stock  --runs 3 (medians over runs)
+             --speed 1 (steps played in real time, as `satnetem run` does; 0: back to back, no time
+             between steps for moving antennas' spare veth pairs ahead)
 
 Synthetic timeline (numpy, no orbits): 3,168 ISLs (fore and right of every satellite, wrapping), one
 antenna per gateway, one host per gateway. Every step: a rotating tenth of the inter-plane ISLs change
@@ -16,6 +18,10 @@ kernel lacks), ``net.stop()`` for teardown. Its step update runs one ``tc qdisc 
 process per changed link direction (the rate is all tbf can express; stock Mininet's TCLink.config
 does the same kind of tc call per change) and one ``ip link set ... netns`` per handover; it has no
 routing, so its figures are a lower bound for stock.
+
+satnetem side: steps are played by the emulator's own clock (:class:`emulator.clock.Playback`), which
+between steps calls ``prepare_ahead`` (moves the spare veth pairs of antennas to their next satellites);
+the step figures are the time to apply each step, the "ahead" figures the work done between steps.
 
 Targets: bring-up <= 20 s, teardown <= 10 s, memory <= 3 GB, step apply p95 <= 100 ms.
 """
@@ -136,8 +142,9 @@ class NullShaper:
         pass
 
 
-def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int) -> dict:
+def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int, speed: float) -> dict:
     from emulator.clean import find_ours
+    from emulator.clock import Playback
     from emulator.network import Emulation
 
     if shaper_kind == "null":
@@ -157,13 +164,20 @@ def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int) -> dict:
         counts = []
         phases: dict[str, list[float]] = {}
         timings = []
-        for k in range(1, n_steps + 1):
+
+        def apply(k: int):
             s = emu.apply_step(k)
             steps.append(s.timings_ms["total"])
             timings.append(s.timings_ms)
             for key, v in s.timings_ms.items():
                 phases.setdefault(key, []).append(v)
-            counts.append((s.links_up, s.links_down, s.handovers, s.param_changes, s.routes_changed))
+            counts.append((s.links_up, s.links_down, s.handovers, s.moves_in_step, s.param_changes,
+                           s.routes_changed))
+            return s
+
+        play = Playback(tl.step_s, 0, n_steps, apply, speed if speed > 0 else 1e9, ahead=emu.prepare_ahead)
+        play.run()
+        ahead = [r.ahead_ms for r in play.records[:-1]]
         ping = emu.node("h-0").cmd(f"ping -c1 -W2 {emu.address_of('h-1')}")
     finally:
         t = time.perf_counter()
@@ -171,7 +185,7 @@ def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int) -> dict:
         down_s = time.perf_counter() - t
     cleanup_s = settle()
     return {"bringup_s": up_s, "teardown_s": down_s, "rss_mb": rss, "pss_mb": pss, "steps_ms": steps,
-            "kernel_cleanup_s": cleanup_s,
+            "kernel_cleanup_s": cleanup_s, "ahead_ms": ahead,
             "build_ms": emu.build_timings_ms, "counts": np.mean(counts, axis=0).round(1).tolist(),
             "phases_ms": {k: float(np.median(v)) for k, v in phases.items() if k != "total"},
             "slowest": sorted(timings, key=lambda t: -t["total"])[:3],
@@ -254,9 +268,13 @@ def main() -> None:
     p.add_argument("--shaper", default="userspace", choices=("null", "userspace", "netem", "auto"))
     p.add_argument("--no-stock", action="store_true", help="skip the stock Mininet side")
     p.add_argument("--runs", type=int, default=1, help="satnetem runs (medians printed when > 1)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="playback speed of the satnetem side (1: real time; 0: back to back)")
     args = p.parse_args()
     if args.runs < 1 or args.steps < 1:
         sys.exit("--runs and --steps must be >= 1")
+    if not args.speed >= 0:
+        sys.exit("--speed must be >= 0")
     if os.geteuid() != 0:
         sys.exit("bench_emulator needs root (it builds network namespaces)")
     planes, per, gws = (12, 8, 4) if args.small else (72, 22, 20)
@@ -267,13 +285,14 @@ def main() -> None:
     print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     print(f"date:    {datetime.now(UTC).isoformat(timespec='seconds')}")
     print(f"network: {planes}x{per} = {planes * per} satellites, {gws} gateways, {gws} hosts, "
-          f"{len(tl.nodes)} nodes, {tl.n_links} links; {args.steps} steps; shaper {args.shaper}")
+          f"{len(tl.nodes)} nodes, {tl.n_links} links; {args.steps} steps; shaper {args.shaper}; "
+          f"satnetem steps played {'back to back' if args.speed == 0 else f'at speed {args.speed:g}'}")
     waited = settle()
     print(f"waited {waited:.0f} s for the CPUs to be >= 85% idle; before each run and after each teardown "
           "the bench waits the same way (the kernel frees namespaces after teardown returns)")
     runs = []
     for i in range(args.runs):
-        ours = bench_satnetem(tl, args.shaper, args.steps)
+        ours = bench_satnetem(tl, args.shaper, args.steps, args.speed)
         runs.append(ours)
         print(describe("satnetem" if args.runs == 1 else f"run {i + 1}", ours))
         print(f"           build phases (ms): {', '.join(f'{k} {v:.0f}' for k, v in ours['build_ms'].items())}")
@@ -282,8 +301,13 @@ def main() -> None:
         for ph in ours["slowest"]:
             print(f"           slow step {ph['total']:6.1f} ms: "
                   f"{', '.join(f'{k} {v:.1f}' for k, v in ph.items() if k != 'total')}")
-        print(f"           mean per step (links up, down, handovers, param changes, routes changed): "
-              f"{ours['counts']}; h-0 -> h-1 ping after the run: {'ok' if ours['ping_ok'] else 'FAILED'}")
+        print(f"           mean per step (links up, down, handovers, antenna moves in the step, param changes, "
+              f"routes changed): {ours['counts']}; h-0 -> h-1 ping after the run: "
+              f"{'ok' if ours['ping_ok'] else 'FAILED'}")
+        if ours["ahead_ms"]:
+            a = np.array(ours["ahead_ms"])
+            print(f"           between steps (prepare_ahead, off the clock): median {np.median(a):.1f} ms, "
+                  f"p95 {np.percentile(a, 95):.1f} ms, max {a.max():.1f} ms")
     m = summary(runs)
     if args.runs > 1:
         print(f"satnetem, medians of {args.runs} runs: bring-up {m['bringup_s']:.2f} s, teardown "

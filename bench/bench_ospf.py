@@ -111,7 +111,7 @@ def live_path(emu, src: str, dst_addr: str, max_hops: int = 200) -> list[tuple[s
     """(node, output interface) hops the kernels forward on from router ``src`` to ``dst_addr``."""
     hops, node = [], src
     ends = {}
-    a, snap = emu.addr, emu.applied
+    a, snap = emu.ends, emu.applied  # the veth pair that carries each slot now
     far = np.where(snap.peer >= 0, snap.peer, emu.link_a)
     for l in range(emu.timeline.n_links):
         ends[(emu.names[int(emu.link_a[l])], a.ifname_a[l])] = (l, emu.names[int(far[l])])

@@ -11,14 +11,17 @@ Default plan (:class:`AddressPlan`)
   source of packets a router originates.
 * **Link slots** (ISLs and gateway antennas): one /31 each from ``10.0.0.0/10``; slot ``l`` gets
   ``10.0.0.0 + 2 l`` at its near end (``link_a``: satellite or gateway) and ``+ 1`` at its far end.
-  A gateway antenna keeps its /31 across handovers: the satellite end moves, its address does not,
-  so the gateway's routes through that antenna stay valid.
+* **Gateway antennas** have two veth pairs each (make-before-break handovers, see
+  :mod:`emulator.network`): the first uses the slot's /31 above, the second (the *spare*) a /31 from
+  the same pool after all slots: the j-th antenna slot (in link-table order) gets
+  ``10.0.0.0 + 2 (n_links + j)``. Each pair keeps its /31 wherever its satellite end sits.
 * **Access links** (a host to its gateway, a compute node to its satellite): the j-th access link gets
   a host subnet from ``10.128.0.0/9`` (/24 by default); the router end is ``.1``, the host ``.2``.
   The subnet is the host's destination prefix in every routing table.
 
-Capacity of the default plan: 2,097,152 link slots, 4,194,302 routers, 32,768 access links. A
-scenario that needs more raises :class:`~topologies.errors.ConfigError` before anything is built.
+Capacity of the default plan: 2,097,152 /31s (link slots plus one spare per antenna), 4,194,302
+routers, 32,768 access links. A scenario that needs more raises
+:class:`~topologies.errors.ConfigError` before anything is built.
 
 Interface names (at most 15 characters, unique in each namespace)
 ------------------------------------------------------------------
@@ -26,11 +29,13 @@ Interface names (at most 15 characters, unique in each namespace)
   inter-plane one; if a satellite would get one of those names twice (not a +Grid), all of its ISL
   ends are named ``isl<slot>`` instead.
 * Gateway antenna: ``ant<k>`` at the gateway (its k-th antenna), ``g<slot>`` at the satellite, a
-  name no other interface uses, so moving it into another satellite never collides.
+  name no other interface uses, so moving it into another satellite never collides; the spare pair
+  is ``ant<k>b`` / ``g<slot>b``. Which of the two carries the antenna at a step alternates with
+  handovers (:class:`LinkEnds` tracks it).
 * Access link: ``eth0`` at the host or compute node, ``h<slot>`` at the gateway or satellite.
 * Interface indices are fixed too: ``2 + 2 l`` for the near end of slot ``l`` and ``3 + 2 l`` for the
-  far end (``lo`` is 1 in every namespace), unique across the whole emulation so a moved interface
-  keeps its index.
+  far end (``lo`` is 1 in every namespace); the j-th antenna's spare pair gets ``2 + 2 (n_links + j)``
+  and ``+ 1``. They are unique across the whole emulation so a moved interface keeps its index.
 
 Node names must match ``^[a-z][a-z0-9-]{0,30}$``: they become process arguments, file names and
 Mininet names, so anything else (upper case, spaces, shell metacharacters) is refused up front.
@@ -40,7 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -145,7 +150,9 @@ class Addressing:
     ``(n_links,)``. ``loopback`` is 0 for hosts; ``prefix``/``prefix_len`` is a node's destination
     prefix (its loopback /32 for a router, its subnet for a host); ``gateway_addr`` is the default
     gateway of a host (0 for routers). ``addr_a``/``addr_b``, ``ifname_a``/``ifname_b``,
-    ``ifindex_a``/``ifindex_b`` describe the near and far end of each link slot.
+    ``ifindex_a``/``ifindex_b`` describe the near and far end of each link slot (its first veth pair);
+    the ``spare_*`` arrays the second pair of each gateway antenna slot (0 or "" for other slots,
+    ``has_spare`` False).
     """
 
     plan: AddressPlan
@@ -162,6 +169,26 @@ class Addressing:
     ifname_b: tuple[str, ...]
     ifindex_a: np.ndarray
     ifindex_b: np.ndarray
+    has_spare: np.ndarray
+    spare_addr_a: np.ndarray
+    spare_addr_b: np.ndarray
+    spare_ifname_a: tuple[str, ...]
+    spare_ifname_b: tuple[str, ...]
+    spare_ifindex_a: np.ndarray
+    spare_ifindex_b: np.ndarray
+
+    def pair_end(self, link: int, pair: int, side: int) -> tuple[str, int, int]:
+        """(interface name, index, address) of one end (``side`` 0 near, 1 far) of veth pair ``pair``
+        (0 first, 1 spare) of ``link``."""
+        if pair == 0:
+            if side == 0:
+                return self.ifname_a[link], int(self.ifindex_a[link]), int(self.addr_a[link])
+            return self.ifname_b[link], int(self.ifindex_b[link]), int(self.addr_b[link])
+        if not self.has_spare[link]:
+            raise IndexError(f"link slot {link} has no spare veth pair")
+        if side == 0:
+            return self.spare_ifname_a[link], int(self.spare_ifindex_a[link]), int(self.spare_addr_a[link])
+        return self.spare_ifname_b[link], int(self.spare_ifindex_b[link]), int(self.spare_addr_b[link])
 
     def address_of(self, node: int) -> str:
         """The address to reach ``node`` at: a router's loopback, a host's own address."""
@@ -191,9 +218,11 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     if len(routers) > plan.max_routers:
         raise ConfigError(f"{len(routers)} routers need more loopback addresses than {plan.loopback_pool} "
                           f"holds ({plan.max_routers}): more nodes than names allow", key="loopback_pool")
-    if n_links > plan.max_links:
-        raise ConfigError(f"{n_links} link slots need more /31 prefixes than {plan.link_pool} holds "
-                          f"({plan.max_links}): more links than names allow", key="link_pool")
+    n_spare = int((cls == _GSL).sum())
+    if n_links + n_spare > plan.max_links:
+        raise ConfigError(f"{n_links} link slots and {n_spare} spare antenna pairs need more /31 prefixes "
+                          f"than {plan.link_pool} holds ({plan.max_links}): more links than names allow",
+                          key="link_pool")
     if len(access) > plan.max_access:
         raise ConfigError(f"{len(access)} access links need more /{plan.host_prefix_len} subnets than "
                           f"{plan.host_pool} holds ({plan.max_access}): more hosts than names allow",
@@ -282,5 +311,46 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
         names_a[l] = "eth0"
         names_b[l] = f"h{l}"
     ifindex_a = 2 + 2 * np.arange(n_links, dtype=np.int64)
+
+    # --- spare pairs of gateway antennas ------------------------------------------------------------
+    has_spare = cls == _GSL
+    j = np.cumsum(has_spare) - 1  # j-th antenna slot
+    spare_a = np.where(has_spare, link_base + 2 * (n_links + j), 0).astype(np.int64)
+    spare_b = np.where(has_spare, spare_a + 1, 0)
+    spare_ifa = np.where(has_spare, 2 + 2 * (n_links + j), 0).astype(np.int64)
+    spare_ifb = np.where(has_spare, spare_ifa + 1, 0)
+    spare_na = tuple(f"{names_a[l]}b" if has_spare[l] else "" for l in range(n_links))
+    spare_nb = tuple(f"{names_b[l]}b" if has_spare[l] else "" for l in range(n_links))
     return Addressing(plan, is_router, loopback, prefix, prefix_len, gateway_addr, access_link,
-                      addr_a, addr_b, link_plen, tuple(names_a), tuple(names_b), ifindex_a, ifindex_a + 1)
+                      addr_a, addr_b, link_plen, tuple(names_a), tuple(names_b), ifindex_a, ifindex_a + 1,
+                      has_spare, spare_a, spare_b, spare_na, spare_nb, spare_ifa, spare_ifb)
+
+
+@dataclass
+class LinkEnds:
+    """The veth pair that carries each link slot now (a gateway antenna alternates between its two
+    pairs at handovers): near/far addresses, names and indices per slot, changed by :meth:`use`.
+    Shapes as in :class:`Addressing`."""
+
+    addressing: Addressing
+    pair: np.ndarray = field(init=False)
+    addr_a: np.ndarray = field(init=False)
+    addr_b: np.ndarray = field(init=False)
+    ifindex_a: np.ndarray = field(init=False)
+    ifindex_b: np.ndarray = field(init=False)
+    ifname_a: list[str] = field(init=False)
+    ifname_b: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        a = self.addressing
+        self.pair = np.zeros(len(a.addr_a), np.int8)
+        self.addr_a, self.addr_b = a.addr_a.copy(), a.addr_b.copy()
+        self.ifindex_a, self.ifindex_b = a.ifindex_a.copy(), a.ifindex_b.copy()
+        self.ifname_a, self.ifname_b = list(a.ifname_a), list(a.ifname_b)
+
+    def use(self, link: int, pair: int) -> None:
+        """Make veth pair ``pair`` (0 or 1) the one that carries ``link``."""
+        a = self.addressing
+        self.ifname_a[link], self.ifindex_a[link], self.addr_a[link] = a.pair_end(link, pair, 0)
+        self.ifname_b[link], self.ifindex_b[link], self.addr_b[link] = a.pair_end(link, pair, 1)
+        self.pair[link] = pair

@@ -20,6 +20,7 @@ class StepRecord:
     due_s: float  # wall-clock seconds after playback start when the step was due
     late_ms: float  # how much later than due the step was fully applied
     apply_ms: float  # time spent applying it
+    ahead_ms: float = 0.0  # time spent preparing later steps after it (off the clock, before the next one)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -27,8 +28,10 @@ class StepRecord:
 class Playback:
     """Plays steps ``first..last`` of a timeline in real time (scaled by ``speed``).
 
-    ``apply(step)`` is called at each step's due time and returns a dict of statistics. Stop early
-    with :meth:`stop` (thread-safe): the loop returns at once.
+    ``apply(step)`` is called at each step's due time and returns a dict of statistics. After it,
+    ``ahead(step, next_due)`` (optional) may prepare later steps until ``next_due`` (``time.monotonic()``
+    of the next step's due time); it is called once before the first step too. Stop early with
+    :meth:`stop` (thread-safe): the loop returns at once.
     """
 
     step_s: float
@@ -37,6 +40,7 @@ class Playback:
     apply: Callable[[int], dict[str, Any]]
     speed: float = 1.0
     on_step: Callable[[StepRecord], None] | None = None
+    ahead: Callable[[int, float], Any] | None = None
     records: list[StepRecord] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None
@@ -52,6 +56,8 @@ class Playback:
         """Play; ``t0`` (``time.monotonic()``) is the moment step ``first`` counts as applied."""
         self.started_at = t0 = time.monotonic() if t0 is None else t0
         wall_step = self.step_s / self.speed
+        if self.ahead is not None and self.last > self.first:
+            self.ahead(self.first, t0 + wall_step)
         for k in range(self.first + 1, self.last + 1):
             due = t0 + (k - self.first) * wall_step
             if self._stop.wait(max(0.0, due - time.monotonic())):
@@ -59,8 +65,12 @@ class Playback:
             begin = time.monotonic()
             stats = self.apply(k) or {}
             end = time.monotonic()
+            ahead_ms = 0.0
+            if self.ahead is not None and k < self.last and not self._stop.is_set():
+                self.ahead(k, due + wall_step)
+                ahead_ms = (time.monotonic() - end) * 1e3
             rec = StepRecord(step=k, due_s=due - t0, late_ms=(end - due) * 1e3,
-                             apply_ms=(end - begin) * 1e3, stats=stats)
+                             apply_ms=(end - begin) * 1e3, ahead_ms=ahead_ms, stats=stats)
             self.records.append(rec)
             if self.on_step:
                 self.on_step(rec)

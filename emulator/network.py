@@ -4,17 +4,23 @@ kept equal to the timeline step by step.
 :class:`Emulation` builds step 0 (:meth:`~Emulation.build`), then moves to any step by applying the
 difference between what is *applied* and what the timeline wants (:meth:`~Emulation.apply_step`), in
 an order that never strands a route: links up and handovers, then delay/rate/loss, then routes, then
-links down. Applying the same step twice changes nothing. While the kernel moves antennas (the slow
-part of a step), the route computation and the shaping of links that stay put run alongside.
+links down. Applying the same step twice changes nothing.
 
 Kernel work goes through netlink only: veths are created with both ends directly in their target
 namespaces (one RTM_NEWLINK each), addresses, link states and routes are sent in batches on one
 socket per namespace (:mod:`emulator.rtnl`), sysctls are written under /proc/sys from inside the
 namespace (setns), never by forking ``ip``, ``tc`` or ``sysctl``.
 
-A gateway antenna is a veth whose satellite end moves: at a handover it is moved into the new
-satellite's namespace, keeping its name (``g<slot>``), index and address; while the antenna has no
-satellite the end is parked, down, in the gateway's own namespace.
+Handovers are make-before-break. A gateway antenna has two veth pairs (``ant<k>``/``g<slot>`` and
+``ant<k>b``/``g<slot>b``, :mod:`emulator.addressing`): the *active* one joins the gateway to its
+satellite, the *spare* one waits, down, with its satellite end already in the namespace of the next
+satellite the timeline gives that antenna. At a handover the spare comes up, shaping and routes turn
+to it, then the old pair goes down where it is. Moving an interface between namespaces costs the
+kernel 15-20 ms (spikes of several hundred) under the global rtnl lock, so it is kept off the clock:
+:meth:`Emulation.prepare_ahead`, called between steps, moves the old pair on to the satellite after
+next. Only a spare that is not in place when its handover comes (steps applied out of order, or no
+time between them) is moved during the step; while it moves, the route computation and the shaping
+of other links run alongside. An antenna without a satellite keeps its pair, down, where it was.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from topologies.errors import ApplyError, ConfigError
 from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
 
 from . import rtnl
-from .addressing import Addressing, AddressPlan, ip_str
+from .addressing import Addressing, AddressPlan, LinkEnds, ip_str
 from .clean import STATE_DIR, find_ours, kill_and_wait
 from .netns import entered, iproute_in
 from .nodes import EmulatedNet, EmuNode, start_nodes, stop_nodes
@@ -70,6 +76,7 @@ class StepStats:
     links_up: int = 0
     links_down: int = 0
     handovers: int = 0
+    moves_in_step: int = 0
     param_changes: int = 0
     routes_changed: int = 0
     routes_deleted: int = 0
@@ -80,7 +87,7 @@ class StepStats:
         return getattr(self, key, default)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("step", "links_up", "links_down", "handovers",
+        return {k: getattr(self, k) for k in ("step", "links_up", "links_down", "handovers", "moves_in_step",
                                               "param_changes", "routes_changed", "routes_deleted",
                                               "timings_ms")}
 
@@ -139,7 +146,12 @@ class Emulation:
         self.net: EmulatedNet | None = None
         self._rtnl: list[rtnl.Rtnl | None] = []
         self._ipr: dict[int, Any] = {}
-        self._far: np.ndarray = np.full(timeline.n_links, -1, np.int64)  # namespace of each far end
+        self.ends = LinkEnds(self.addr)  # which veth pair carries each slot now
+        # namespace holding the far end of each slot's veth pairs (column 1: antennas' spares only, else -1)
+        self._pfar: np.ndarray = np.full((timeline.n_links, 2), -1, np.int64)
+        self._far: np.ndarray = np.full(timeline.n_links, -1, np.int64)  # ... of the active pair
+        self._antennas = np.flatnonzero(self.addr.has_spare)
+        self._spares_at = np.empty(0, np.int64)  # step each spare was placed for at build
         self.applied: Snapshot = timeline.empty_snapshot()
         self.routes: RouteTable | None = None
         self._inst_nh: np.ndarray = np.empty((0, n), np.int32)
@@ -204,6 +216,7 @@ class Emulation:
                     self.shaper.prepare_node(nd.name, nd.ns_path, self._ipr_of(nd.name))
             self.applied = target
             self._shape(np.arange(self.timeline.n_links), target)
+            self._shape_spares(self._antennas, self._spares_at)
             t["shaping"] = _ms(t1)
             t1 = time.perf_counter()
             if self.daemon_driven:  # routing daemons find the routes; hosts keep their default route
@@ -244,18 +257,26 @@ class Emulation:
         new_state = self.applied.state.copy()
         new_state[d.state_links] = d.new_state
         up_now = new_state == 0
-        moved = d.peer_links[d.new_peer >= 0]
-        went_up = d.went_up
         # the state the kernel will have after steps 1 and 2: what routes are computed on
         applied = Snapshot(step, new_state, self.applied.peer.copy(), self.applied.params.copy())
-        applied.peer[moved] = d.new_peer[d.new_peer >= 0]
+        applied.peer[d.peer_links] = d.new_peer
         applied.params[d.param_links] = d.new_params
-        # 1. handovers to a satellite. Each move keeps the kernel busy ~20 ms (rcu_barrier under the rtnl
-        # lock) in a send that releases the GIL: the route computation and the shaping of links that stay
-        # where they are run meanwhile, from this thread.
-        moves = self._start_moves(moved, d.new_peer[d.new_peer >= 0])
-        if moves is not None:
-            stats.timings_ms["moves_kernel"] = 0.0
+        # 1. handovers: the spare pair takes over (moved now only if prepare_ahead did not put it there)
+        switch, moves = [], []
+        for l, p in zip(d.peer_links.tolist(), d.new_peer.tolist()):
+            if p < 0:  # no satellite: the pair goes down where it is (with the state change, step 4)
+                continue
+            act = int(self.ends.pair[l])
+            if self._pfar[l, act] == p:  # back on the satellite its pair is still at
+                continue
+            if self._pfar[l, 1 - act] != p:
+                moves.append((l, 1 - act, p))
+            switch.append(l)
+        stats.moves_in_step = len(moves)
+        # Each move keeps the kernel busy ~20 ms (rcu_barrier under the rtnl lock) in a send that releases
+        # the GIL: the route computation and the shaping of links that stay where they are run meanwhile.
+        job = self._start_moves(moves)
+        switched = np.asarray(switch, np.int64)
         table = None
         t_compute = 0.0
         try:
@@ -263,20 +284,26 @@ class Emulation:
                 tc = time.perf_counter()
                 table = self._compute_routes(step, applied)
                 t_compute = _ms(tc)
-            # 2. delay, rate, loss of links that stay (moved ends are shaped once they have arrived)
-            stay = np.setdiff1d(d.param_links, moved)
-            self._shape(stay, applied)
+            # 2. delay, rate, loss of links that keep their pair
+            self._shape(np.setdiff1d(d.param_links, switched), applied)
         finally:
-            self._finish_moves(moves, up_now)
-        self._set_links(went_up, True, both=True)
-        stats.links_up = len(went_up)
+            self._finish_moves(job)
+        old_pairs = []
+        for l in switch:
+            old = int(self.ends.pair[l])
+            self.ends.use(l, 1 - old)
+            self._far[l] = self._pfar[l, 1 - old]
+            old_pairs.append((l, old))
+        attached = d.peer_links[(d.new_peer >= 0) & up_now[d.peer_links]]
+        self._set_links(np.union1d(d.went_up, attached), True, applied.peer)
+        stats.links_up = len(d.went_up)
         stats.handovers = len(d.peer_links)
         t1 = time.perf_counter()
         stats.timings_ms["links_up"] = (t1 - t0) * 1e3  # includes the overlapped work below
         stats.timings_ms["compute_overlapped"] = t_compute
-        if moves is not None:
-            stats.timings_ms["moves_kernel"] = moves.kernel_ms
-        self._shape(moved, applied)
+        if job is not None:
+            stats.timings_ms["moves_kernel"] = job.kernel_ms
+        self._shape(switched, applied)
         stats.param_changes = len(d.param_links)
         t2 = time.perf_counter()
         stats.timings_ms["params"] = (t2 - t1) * 1e3
@@ -285,13 +312,10 @@ class Emulation:
             stats.routes_changed, stats.routes_deleted = self._install_routes(table)
         t3 = time.perf_counter()
         stats.timings_ms["routes"] = (t3 - t2) * 1e3
-        # 4. links down, then antennas that lost their satellite are parked at their gateway
-        went_down = d.went_down
-        self._set_links(went_down, False, both=True)
-        parked = d.peer_links[d.new_peer < 0]
-        self._finish_moves(self._start_moves(parked, np.full(len(parked), -1)), up_now)
-        applied.peer[parked] = -1
-        stats.links_down = len(went_down)
+        # 4. links down, and the pairs handed over from (no route uses them any more)
+        self._set_links(d.went_down, False, applied.peer)
+        self._pairs_down(old_pairs)
+        stats.links_down = len(d.went_down)
         self.applied = applied
         t4 = time.perf_counter()
         stats.timings_ms["links_down"] = (t4 - t3) * 1e3
@@ -301,6 +325,40 @@ class Emulation:
             t4 = time.perf_counter()
         stats.timings_ms["total"] = (t4 - t0) * 1e3
         return stats
+
+    def prepare_ahead(self, step: int, until: float | None = None) -> int:
+        """Between steps: put each antenna's spare pair on the next satellite the timeline gives the
+        antenna after ``step`` (moved, addressed, shaped with the parameters of the step it will be
+        used at, and left down), so that the handover itself moves nothing.
+
+        Parameters
+        ----------
+        step : int
+            The step just applied.
+        until : float, optional
+            ``time.monotonic()`` deadline (the next step's due time): no move is started within 50 ms
+            of it; the rest wait for the next call (or are moved by the handover itself).
+
+        Returns
+        -------
+        int
+            Spare pairs moved.
+        """
+        if not self._built or self._stopped or not len(self._antennas):
+            return 0
+        slots = self._antennas
+        act = self.ends.pair[slots].astype(np.int64)
+        want, at = self._next_peers(slots, step, self._pfar[slots, act])
+        todo = np.flatnonzero((want >= 0) & (want != self._pfar[slots, 1 - act]))
+        done = 0
+        for i in todo.tolist():
+            if until is not None and time.monotonic() > until - 0.05:
+                break
+            l = int(slots[i])
+            self._finish_moves(self._start_moves([(l, 1 - int(act[i]), int(want[i]))]))
+            self._shape_spares([l], [int(at[i])])
+            done += 1
+        return done
 
     def stop(self) -> None:
         """Tear everything down: shaper, processes in our namespaces, shells, sockets. Idempotent."""
@@ -369,22 +427,48 @@ class Emulation:
             raise ApplyError(f"cannot open namespace: {e.strerror}", node=self.names[node],
                              operation="open netns") from None
 
+    def _next_peers(self, slots: np.ndarray, step: int, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For antenna ``slots``: the first satellite after ``step`` that is not ``current`` (per slot),
+        and the step it comes at; -1 where the timeline gives none."""
+        peer = self.timeline.peer[slots, step + 1:]
+        if peer.shape[1] == 0:
+            none = np.full(len(slots), -1, np.int64)
+            return none, none.copy()
+        ok = (peer >= 0) & (peer != np.asarray(current)[:, None])
+        has = ok.any(axis=1)
+        first = ok.argmax(axis=1)
+        nxt = np.where(has, peer[np.arange(len(slots)), first], -1)
+        return nxt.astype(np.int64), np.where(has, step + 1 + first, -1).astype(np.int64)
+
     def _create_links(self, snap: Snapshot) -> None:
         a = self.addr
-        far = np.where(snap.peer >= 0, snap.peer, self.link_a)  # idle antennas park at the gateway
-        self._far = far.astype(np.int64)
+        la = self.link_a
+        # The active pair's far end at the slot's satellite (an idle antenna: at the first satellite it
+        # will have); an antenna's spare at the satellite after that; a far end with nowhere to go is
+        # parked, down, at its gateway.
+        far = np.where(snap.peer >= 0, snap.peer, la).astype(np.int64)
+        ant = self._antennas
+        idle = ant[snap.peer[ant] < 0]
+        nxt, _ = self._next_peers(idle, snap.step, la[idle])
+        far[idle] = np.where(nxt >= 0, nxt, la[idle])
+        self._pfar[:, 0] = far
+        self._far = far.copy()
+        nxt, spare_at = self._next_peers(ant, snap.step, far[ant])
+        self._pfar[ant, 1] = np.where(nxt >= 0, nxt, la[ant])
+        pairs = [(l, 0) for l in range(self.timeline.n_links)] + [(l, 1) for l in ant.tolist()]
         fds = [self._ns_fd(i) for i in range(self.n_nodes)]
         try:
             # Each pair is created through the near end's own namespace socket. Sent from the root
             # namespace with a fixed ifindex, kernels before 6.x look the index up in the root namespace
             # first and answer EEXIST whenever the host happens to have a device with that index.
             create = [rtnl.Batch() for _ in range(self.n_nodes)]
-            for l in range(self.timeline.n_links):
-                na, nb = int(self.link_a[l]), int(far[l])
+            for l, pair in pairs:
+                na, nb = int(la[l]), int(self._pfar[l, pair])
+                name_a, index_a, _ = a.pair_end(l, pair, 0)
+                name_b, index_b, _ = a.pair_end(l, pair, 1)
                 create[na].add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                               rtnl.veth_body(a.ifname_a[l], int(a.ifindex_a[l]), None,
-                                              a.ifname_b[l], int(a.ifindex_b[l]), fds[nb]),
-                               f"veth {self.names[na]}:{a.ifname_a[l]} -- {self.names[nb]}:{a.ifname_b[l]}")
+                               rtnl.veth_body(name_a, index_a, None, name_b, index_b, fds[nb]),
+                               f"veth {self.names[na]}:{name_a} -- {self.names[nb]}:{name_b}")
             for na, batch in enumerate(create):
                 if len(batch):
                     self._rtnl[na].check(batch, "create veth")
@@ -402,21 +486,24 @@ class Emulation:
             else:
                 self.nodes[i].add_intf("lo", 0, "127.0.0.1", 8)
         up = snap.up
-        for l in range(self.timeline.n_links):
-            na, nb = int(self.link_a[l]), int(far[l])
-            self._queue_end(batches[na], na, l, 0, bool(up[l]))
-            if snap.peer[l] >= 0:
-                self._queue_end(batches[nb], nb, l, 1, bool(up[l]))
+        for l, pair in pairs:
+            na, nb = int(la[l]), int(self._pfar[l, pair])
+            on = bool(up[l]) and pair == 0
+            self._queue_end(batches[na], na, l, pair, 0, on)
+            if nb != na:
+                self._queue_end(batches[nb], nb, l, pair, 1, on and snap.peer[l] >= 0)
+            else:
+                name, index, _ = a.pair_end(l, pair, 1)
+                self.nodes[nb].add_intf(name, index, None, None)
         for i, b in enumerate(batches):
             self._rtnl[i].check(b, "configure interfaces")
+        self._spares_at = spare_at
 
-    def _queue_end(self, batch: rtnl.Batch, node: int, link: int, side: int, up: bool) -> None:
-        """Address one end of ``link`` in ``node``'s namespace and set it up/down (queued)."""
-        a = self.addr
-        name = a.ifname_a[link] if side == 0 else a.ifname_b[link]
-        index = int(a.ifindex_a[link] if side == 0 else a.ifindex_b[link])
-        addr = int(a.addr_a[link] if side == 0 else a.addr_b[link])
-        plen = int(a.link_prefix_len[link])
+    def _queue_end(self, batch: rtnl.Batch, node: int, link: int, pair: int, side: int, up: bool) -> None:
+        """Address one end (``side``) of veth pair ``pair`` of ``link`` in ``node``'s namespace and set
+        it up/down (queued)."""
+        name, index, addr = self.addr.pair_end(link, pair, side)
+        plen = int(self.addr.link_prefix_len[link])
         batch.add(rtnl.RTM_NEWADDR, _CREATE, rtnl.addr_body(index, addr, plen), f"address of {name}")
         batch.add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
         self.nodes[node].add_intf(name, index, ip_str(addr), plen)
@@ -427,22 +514,25 @@ class Emulation:
             self._ipr[i] = iproute_in(self.nodes[i].ns_path, name)
         return self._ipr[i]
 
-    def _port(self, link: int, side: int) -> Any:
+    def _port(self, link: int, side: int, pair: int | None = None) -> Any:
+        """The shaper's port for one direction of ``link`` (sent from ``side``) on veth pair ``pair``
+        (default: the active one)."""
         from .shaping import Port
 
+        p = int(self.ends.pair[link]) if pair is None else pair
+
         def end(side: int, peer: Any = None) -> Any:
-            node = int(self.link_a[link]) if side == 0 else int(self._far[link])
-            a = self.addr
-            return Port(self.names[node], self.nodes[node].ns_path,
-                        a.ifname_a[link] if side == 0 else a.ifname_b[link],
-                        int(a.ifindex_a[link] if side == 0 else a.ifindex_b[link]), peer)
+            node = int(self.link_a[link]) if side == 0 else int(self._pfar[link, p])
+            name, index, _ = self.addr.pair_end(link, p, side)
+            return Port(self.names[node], self.nodes[node].ns_path, name, index, peer)
 
         # the receiving end: the userspace shaper holds this direction's packets there (after the veth has
         # detached them from the sending socket, so TCP is not throttled by its own small queues)
         return end(side, end(1 - side))
 
     def _shape(self, links: np.ndarray, snap: Snapshot) -> None:
-        """Shape both directions of ``links`` (skipping parked ends) with ``snap``'s parameters."""
+        """Shape both directions of ``links``' active pairs (one direction while an antenna has no
+        satellite) with ``snap``'s parameters."""
         if len(links) == 0:
             return
         from .shaping import LinkShape
@@ -456,17 +546,35 @@ class Emulation:
                 items.append((self._port(l, 1), shape))
         self.shaper.set(items, self._ipr_of)
 
+    def _shape_spares(self, links: Any, steps: Any) -> None:
+        """Shape both directions of the spare pairs of antenna ``links`` with the parameters of the
+        timeline ``steps`` they will be used at (a parked spare, or a step of -1, is skipped)."""
+        from .shaping import LinkShape
+
+        tl = self.timeline
+        items = []
+        for l, k in zip(np.asarray(links).tolist(), np.asarray(steps).tolist()):
+            pair = 1 - int(self.ends.pair[l])
+            if k < 0 or self._pfar[l, pair] == self.link_a[l]:
+                continue
+            shape = LinkShape(float(tl.delay_ms[l, k]), float(tl.rate_mbps[l, k]), float(tl.loss_pct[l, k]))
+            items += [(self._port(l, 0, pair), shape), (self._port(l, 1, pair), shape)]
+        if items:
+            self.shaper.set(items, self._ipr_of)
+
     # ------------------------------------------------------------------------------ link changes
-    def _set_links(self, links: np.ndarray, up: bool, both: bool) -> None:
-        """Admin up/down both ends of ``links`` (a parked far end stays down)."""
+    def _set_links(self, links: np.ndarray, up: bool, peer: np.ndarray) -> None:
+        """Admin up/down both ends of ``links``' active pairs (``peer``: the slots' peers now; the far
+        end of an antenna without a satellite is not brought up)."""
         if len(links) == 0:
             return
         batches: dict[int, rtnl.Batch] = {}
-        a = self.addr
+        e = self.ends
         for l in links.tolist():
-            ends = [(int(self.link_a[l]), int(a.ifindex_a[l]), a.ifname_a[l])]
-            if both and not (self.is_gsl[l] and self._far[l] == self.link_a[l]):
-                ends.append((int(self._far[l]), int(a.ifindex_b[l]), a.ifname_b[l]))
+            ends = [(int(self.link_a[l]), int(e.ifindex_a[l]), e.ifname_a[l])]
+            far = int(self._far[l])
+            if far != self.link_a[l] and (not up or peer[l] >= 0):
+                ends.append((far, int(e.ifindex_b[l]), e.ifname_b[l]))
             for node, index, name in ends:
                 batches.setdefault(node, rtnl.Batch()).add(
                     rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
@@ -475,9 +583,22 @@ class Emulation:
         for node, b in batches.items():
             self._rtnl[node].check(b, "link up" if up else "link down")
 
-    def _start_moves(self, links: np.ndarray, new_peer: np.ndarray) -> _Moves | None:
-        """Start moving the satellite end of gateway antennas ``links`` to ``new_peer`` (-1: park at the
-        gateway) in a worker thread; :meth:`_finish_moves` waits for it and does the rest.
+    def _pairs_down(self, pairs: list[tuple[int, int]]) -> None:
+        """Set both ends of the ``(link, pair)`` veth pairs down (pairs handed over from: the routes
+        through them were replaced, so no installed record is forgotten)."""
+        batches: dict[int, rtnl.Batch] = {}
+        for l, pair in pairs:
+            for side, node in ((0, int(self.link_a[l])), (1, int(self._pfar[l, pair]))):
+                name, index, _ = self.addr.pair_end(l, pair, side)
+                batches.setdefault(node, rtnl.Batch()).add(
+                    rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, False), f"{name} down")
+        for node, b in batches.items():
+            self._rtnl[node].check(b, "handover")
+
+    def _start_moves(self, moves: list[tuple[int, int, int]]) -> _Moves | None:
+        """Start moving the satellite ends of antenna veth pairs, ``[(link, pair, new namespace), ...]``,
+        in a worker thread; :meth:`_finish_moves` waits for it and does the rest. Only pairs that carry
+        no traffic (down) are moved.
 
         Each move costs the kernel 15-20 ms (dev_change_net_namespace waits in rcu_barrier) under the
         rtnl lock: sending the moves out of different namespaces from concurrent threads was measured to
@@ -486,28 +607,28 @@ class Emulation:
         the rtnetlink sockets of the source namespaces.
         """
         a = self.addr
-        moves: list[tuple[int, int, int, int]] = []  # (link, old ns, new ns, new peer or -1)
-        for l, p in zip(links.tolist(), np.asarray(new_peer).tolist()):
-            old = int(self._far[l])
-            new = int(p) if p >= 0 else int(self.link_a[l])
+        todo: list[tuple[int, int, int, int]] = []  # (link, pair, old ns, new ns)
+        for l, pair, new in moves:
+            old = int(self._pfar[l, pair])
             if old == new:
                 continue
-            if old != int(self.link_a[l]):  # not parked: the shaper held its packets there
+            if old != int(self.link_a[l]):  # its shaping (and held packets) leave with it
                 try:
-                    self.shaper.forget(self._port(l, 1))
+                    self.shaper.forget(self._port(l, 1, pair))
                 except Exception as e:  # noqa: BLE001 - the port is going away anyway
-                    log.warning("shaper.forget(%s) failed: %s", a.ifname_b[l], e)
-            moves.append((l, old, new, int(p)))
-        if not moves:
+                    log.warning("shaper.forget(%s) failed: %s", a.pair_end(l, pair, 1)[0], e)
+            todo.append((l, pair, old, int(new)))
+        if not todo:
             return None
-        job = _Moves(moves)
+        job = _Moves(todo)
         try:
-            for l, old, new, _p in moves:
+            for l, pair, old, new in todo:
                 fd = self._ns_fd(new)
                 job.fds.append(fd)
+                name, index, _ = a.pair_end(l, pair, 1)
                 job.by_old.setdefault(old, rtnl.Batch()).add(
-                    rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(int(a.ifindex_b[l]), False, ns_fd=fd),
-                    f"move {a.ifname_b[l]} from {self.names[old]} to {self.names[new]}")
+                    rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, False, ns_fd=fd),
+                    f"move {name} from {self.names[old]} to {self.names[new]}")
         except BaseException:
             job.close_fds()
             raise
@@ -525,9 +646,9 @@ class Emulation:
         job.thread.start()
         return job
 
-    def _finish_moves(self, job: _Moves | None, up_now: np.ndarray) -> None:
-        """Wait for the moves of :meth:`_start_moves`, then address and set up the moved ends (or record
-        them parked) and bring up gateway ends that were down with their antenna idle."""
+    def _finish_moves(self, job: _Moves | None) -> None:
+        """Wait for the moves of :meth:`_start_moves`, then address the moved ends (down) in their new
+        namespaces, or record them parked at their gateway."""
         if job is None:
             return
         assert job.thread is not None
@@ -535,21 +656,17 @@ class Emulation:
         job.close_fds()
         if job.error is not None:
             raise job.error
-        a = self.addr
         after: dict[int, rtnl.Batch] = {}
-        for l, old, new, p in job.moves:
-            name = a.ifname_b[l]
-            self._forget_routes_via(old, l)
+        for l, pair, old, new in job.moves:
+            name, index, _ = self.addr.pair_end(l, pair, 1)
             self.nodes[old].drop_intf(name)
-            self._far[l] = new
-            if p >= 0:
-                self._queue_end(after.setdefault(new, rtnl.Batch()), new, l, 1, bool(up_now[l]))
-                if up_now[l]:  # the gateway end may have been down with the antenna idle
-                    after.setdefault(int(self.link_a[l]), rtnl.Batch()).add(
-                        rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(int(a.ifindex_a[l]), True),
-                        f"{a.ifname_a[l]} up")
+            self._pfar[l, pair] = new
+            if pair == self.ends.pair[l]:
+                self._far[l] = new
+            if new != self.link_a[l]:
+                self._queue_end(after.setdefault(new, rtnl.Batch()), new, l, pair, 1, False)
             else:
-                self.nodes[new].add_intf(name, int(a.ifindex_b[l]), None, None)
+                self.nodes[new].add_intf(name, index, None, None)
         for node, b in after.items():
             self._rtnl[node].check(b, "handover")
 
@@ -648,8 +765,9 @@ class Emulation:
         add = n_hops > 0
         lc = np.maximum(l, 0)
         near = self.link_a[lc] == routers[:, None]
-        gw = np.where(near, a.addr_b[lc], a.addr_a[lc])
-        oif = np.where(near, a.ifindex_a[lc], a.ifindex_b[lc])
+        e = self.ends  # the veth pair that carries each slot now
+        gw = np.where(near, e.addr_b[lc], e.addr_a[lc])
+        oif = np.where(near, e.ifindex_a[lc], e.ifindex_b[lc])
         dnode = dest[rows]
         pfx, plen, src = a.prefix[dnode], a.prefix_len[dnode], a.loopback[routers]
         installed = self._inst_nh[rows, routers] != -1  # installed, or a multipath route that may be
@@ -725,7 +843,7 @@ class Emulation:
 class _Moves:
     """Handovers under way in a worker thread (see :meth:`Emulation._start_moves`)."""
 
-    moves: list[tuple[int, int, int, int]]
+    moves: list[tuple[int, int, int, int]]  # (link, pair, old namespace, new namespace)
     by_old: dict[int, rtnl.Batch] = field(default_factory=dict)
     fds: list[int] = field(default_factory=list)
     thread: threading.Thread | None = None

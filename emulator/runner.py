@@ -146,12 +146,17 @@ def address_owners(emu: Any, tl: Timeline, steps: int) -> dict[str, dict[str, st
         if a.is_router[i]:
             out[ip_str(a.loopback[i])] = {"*": names[i]}
     for link in range(tl.n_links):
-        out[ip_str(a.addr_a[link])] = {"*": names[int(tl.link_a[link])]}
+        near, far = [a.addr_a[link]], [a.addr_b[link]]
+        if a.has_spare[link]:  # an antenna's second veth pair: the same ends while it carries the slot
+            near.append(a.spare_addr_a[link])
+            far.append(a.spare_addr_b[link])
         peers = tl.peer[link, :steps]
-        if (peers == peers[0]).all() and peers[0] >= 0:
-            out[ip_str(a.addr_b[link])] = {"*": names[int(peers[0])]}
-        else:
-            out[ip_str(a.addr_b[link])] = {str(k): names[int(p)] for k, p in enumerate(peers) if p >= 0}
+        for addr_a, addr_b in zip(near, far):
+            out[ip_str(addr_a)] = {"*": names[int(tl.link_a[link])]}
+            if (peers == peers[0]).all() and peers[0] >= 0:
+                out[ip_str(addr_b)] = {"*": names[int(peers[0])]}
+            else:
+                out[ip_str(addr_b)] = {str(k): names[int(p)] for k, p in enumerate(peers) if p >= 0}
     return out
 
 
@@ -243,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     steps_csv = open(out / "steps.csv", "w", newline="")
     steps_w = csv.writer(steps_csv)
     steps_w.writerow(["step", "due_s", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
-                      "param_changes", "routes_changed", "routes_ms"])
+                      "param_changes", "routes_changed", "routes_ms", "moves_in_step", "ahead_ms"])
     steps_csv.flush()
     emu = None
     starter: Any = None
@@ -271,13 +276,14 @@ def run(args: argparse.Namespace) -> int:
                 steps_w.writerow([rec.step, f"{rec.due_s:.3f}", f"{rec.late_ms:.2f}", f"{rec.apply_ms:.2f}",
                                   s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
                                   s.get("param_changes", 0), s.get("routes_changed", 0),
-                                  f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}"])
+                                  f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}",
+                                  s.get("moves_in_step", 0), f"{rec.ahead_ms:.2f}"])
                 steps_csv.flush()
                 if rec.step % max(1, int(10 / tl.step_s)) == 0:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
                          f"  {flow_progress(starter.flows, out)}")
 
-            playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step)
+            playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead)
             t0 = time.monotonic()
             t0_unix = time.time()
             (out / "run.json").write_text(json.dumps({"t0_unix": t0_unix, "speed": speed, "step_s": tl.step_s,
@@ -419,7 +425,7 @@ def interactive(args: argparse.Namespace) -> int:
         with _signals_raise():
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
             emu.build()
-            playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed)
+            playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead)
             th = threading.Thread(target=playback.run, name="satnetem-clock", daemon=True)
             th.start()
             _say(f"clock running ({tl.n_steps} steps of {tl.step_s:g} s at speed {speed:g}); "

@@ -296,11 +296,12 @@ class Ospf(DaemonProtocol):
     def configs(self, emu: Any, routers: np.ndarray, applied: Snapshot, cost: np.ndarray) -> dict[int, str]:
         """Configuration text of each router in ``routers`` for the links as in ``applied``."""
         a = emu.addr
+        ends = emu.ends  # the veth pair that carries each slot now (an antenna alternates between two)
         far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
         link_class = emu.timeline.link_class
         out = {}
         for r in routers.tolist():
-            ifs = node_interfaces(r, emu.link_a, far, link_class, a.ifname_a, a.ifname_b, cost)
+            ifs = node_interfaces(r, emu.link_a, far, link_class, ends.ifname_a, ends.ifname_b, cost)
             out[r] = bird_config(_ip(a.loopback[r]), ifs, self.options, self.daemons.log_path(emu.names[r]),
                                  emu.names[r], hidden=(a.plan.link_pool,))
         return out
@@ -325,7 +326,8 @@ class Ospf(DaemonProtocol):
                              self.options.cost_tolerance_pct)
         changed = np.flatnonzero(cost != self._cost)
         far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
-        touched = [emu.link_a[changed], far[changed], diff.old_peer, diff.new_peer]
+        # a handover also renames the gateway's antenna interface (its other veth pair takes over)
+        touched = [emu.link_a[changed], far[changed], diff.old_peer, diff.new_peer, emu.link_a[diff.peer_links]]
         nodes = np.unique(np.concatenate([np.asarray(t, np.int64) for t in touched]))
         nodes = nodes[nodes >= 0]
         nodes = nodes[emu.is_router[nodes]]

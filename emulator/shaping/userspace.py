@@ -336,7 +336,10 @@ class UserspaceShaper(Shaper):
         self._rxts_failed = True
 
     def forget(self, port: Port) -> None:
-        """Stop holding ``port``'s packets wherever they were held (its ``peer`` now need not be given)."""
+        """Stop holding ``port``'s packets wherever they were held (its ``peer`` now need not be given).
+        Its interface is leaving its namespace: the arrival stamping there goes with it (a move drops
+        the interface's qdiscs), so it is added again if the interface ever comes back."""
+        self._rxts_done.discard(port.key)
         old = self._shaped.pop(port.key, None)
         if old is not None and self.pid is not None:
             ns, ifindex, ingress = old[1]

@@ -135,25 +135,70 @@ def _ipr_in(name: str):
     return iproute_in(f"/var/run/netns/{name}")
 
 
-def test_handover_moves_the_antenna_and_traffic_resumes(make_emulation, backend):
+def test_handover_switches_to_the_waiting_pair_and_traffic_resumes(make_emulation, backend):
     from emulator import shaping
 
     tl = grid_timeline()
     emu = make_emulation(tl, shaping.make_shaper(backend)[0])
     dst = emu.address_of("h-b")
     assert ping(emu, "h-a", dst)[0] == 3
-    ifname = f"g{GSL_B}"
-    assert ifname in intf_names(emu, "sat-2-2")
+    first, spare = f"g{GSL_B}", f"g{GSL_B}b"
+    assert oper_up(emu, "sat-2-2", first) and oper_up(emu, "gw-b", "ant0")
+    # the second pair waits, down, on the satellite the antenna hands over to at step 1
+    assert spare in intf_names(emu, "sat-2-3") and not oper_up(emu, "sat-2-3", spare)
     stats = emu.apply_step(1)
-    assert stats.handovers == 1 and stats.links_down == 1
-    assert ifname not in intf_names(emu, "sat-2-2")
-    assert ifname in intf_names(emu, "sat-2-3")
-    assert oper_up(emu, "sat-2-3", ifname)
+    assert stats.handovers == 1 and stats.links_down == 1 and stats.moves_in_step == 0
+    assert oper_up(emu, "sat-2-3", spare) and oper_up(emu, "gw-b", "ant0b")
+    assert not oper_up(emu, "sat-2-2", first) and not oper_up(emu, "gw-b", "ant0")
     assert ping(emu, "h-a", dst)[0] == 3
-    # and back (a step can be reached from any applied state)
-    emu.apply_step(0)
-    assert ifname in intf_names(emu, "sat-2-2")
+    # and back (a step can be reached from any applied state): the first pair is still on sat-2-2
+    assert emu.apply_step(0).moves_in_step == 0
+    assert oper_up(emu, "sat-2-2", first) and not oper_up(emu, "sat-2-3", spare)
     assert ping(emu, "h-a", dst)[0] == 3
+
+
+def rtt_error_ms(emu, tl, step: int, base_ms: float) -> tuple[float, float]:
+    """(|measured - predicted| RTT c-1 <-> h-b, predicted) at ``step``, ms; ``base_ms`` is the
+    zero-delay RTT on the same path (the emulator's own overhead)."""
+    ia, ib = tl.node_index("c-1"), tl.node_index("h-b")
+    snap = tl.snapshot(step)
+    graph = build_graph(tl.link_a, snap, len(tl.nodes))
+    predicted = path_delay_ms(snap, path(graph, ia, ib)[1]) + path_delay_ms(snap, path(graph, ib, ia)[1])
+    got, rtts = ping(emu, "c-1", emu.address_of("h-b"), count=10, interval_s=0.05)
+    assert got == 10
+    return abs(median(rtts) - base_ms - predicted), predicted
+
+
+def test_spares_moved_ahead_or_during_the_step_carry_the_predicted_rtt(make_emulation):
+    """gw-b's antenna visits three satellites: the handover to the third finds the spare pair on the
+    first (no prepare_ahead between the steps) and moves it during the step; prepare_ahead puts it in
+    place for the next one, which then moves nothing. Shaping follows the pair either way."""
+    from handmade import sat_index
+
+    from emulator import shaping
+
+    tl = grid_timeline()
+    tl.peer[GSL_B, 2] = sat_index(2, 0)  # sat-2-2, sat-2-3, sat-2-0, sat-2-3, sat-2-2
+    emu = make_emulation(tl, shaping.make_shaper("userspace")[0])
+    emu.apply_step(4)  # every delay 0: the baseline
+    base = median(ping(emu, "c-1", emu.address_of("h-b"), count=10, interval_s=0.05)[1])
+    assert emu.apply_step(0).moves_in_step == 0
+    assert emu.apply_step(1).moves_in_step == 0  # to the spare placed at build
+    stats = emu.apply_step(2)
+    assert stats.handovers == 2 and stats.moves_in_step == 1  # (gw-a loses its satellite too)
+    assert oper_up(emu, "sat-2-0", f"g{GSL_B}")
+    err, predicted = rtt_error_ms(emu, tl, 2, base)
+    assert err <= max(1.0, 0.03 * predicted), (err, predicted)
+    assert emu.apply_step(3).moves_in_step == 0  # the other pair is still on sat-2-3
+    assert emu.prepare_ahead(3) == 1  # step 4 wants sat-2-2: the idle pair goes there now
+    assert f"g{GSL_B}" in intf_names(emu, "sat-2-2") and f"g{GSL_B}" not in intf_names(emu, "sat-2-0")
+    assert not oper_up(emu, "sat-2-2", f"g{GSL_B}")
+    assert emu.prepare_ahead(3) == 0  # nothing left to do
+    assert emu.apply_step(4).moves_in_step == 0
+    tl.delay_ms[:, 4] = tl.delay_ms[:, 0]  # (step 4 with step 0's delays, to check the shaping)
+    emu.apply_step(4)
+    err, predicted = rtt_error_ms(emu, tl, 4, base)
+    assert err <= max(1.0, 0.03 * predicted), (err, predicted)
 
 
 def test_isl_in_outage_carries_nothing(make_emulation, backend):
@@ -181,12 +226,11 @@ def test_antenna_without_satellite_then_back(make_emulation):
     tl = grid_timeline()
     emu = make_emulation(tl)
     dst = emu.address_of("h-b")
-    emu.apply_step(2)  # gw-a's antenna has no satellite
-    assert not oper_up(emu, "gw-a", "ant0")
-    assert f"g{GSL_A}" in intf_names(emu, "gw-a")  # parked at its gateway
+    emu.apply_step(2)  # gw-a's antenna has no satellite: its pair goes down where it is
+    assert not oper_up(emu, "gw-a", "ant0") and not oper_up(emu, "sat-0-0", f"g{GSL_A}")
     assert ping(emu, "h-a", dst, count=2)[0] == 0
-    emu.apply_step(3)  # on sat-0-1
-    assert f"g{GSL_A}" in intf_names(emu, "sat-0-1")
+    emu.apply_step(3)  # on sat-0-1, where the second pair has waited since the build
+    assert oper_up(emu, "sat-0-1", f"g{GSL_A}b") and oper_up(emu, "gw-a", "ant0b")
     assert ping(emu, "h-a", dst)[0] == 3
     assert ping(emu, "c-1", dst)[0] == 3  # the compute node reaches the ground too
 
@@ -310,9 +354,9 @@ def _table_routes(emu, router: int) -> dict[str, tuple[str, int]]:
         nh, l = int(table.next_hop[row, router]), int(table.link[row, router])
         if nh < 0 or (nh == d and not a.is_router[d]):  # none, or on-link (the connected route serves it)
             continue
-        near = int(emu.link_a[l]) == router
-        gw = a.addr_b[l] if near else a.addr_a[l]
-        oif = a.ifindex_a[l] if near else a.ifindex_b[l]
+        near, e = int(emu.link_a[l]) == router, emu.ends  # e: the veth pair that carries each slot now
+        gw = e.addr_b[l] if near else e.addr_a[l]
+        oif = e.ifindex_a[l] if near else e.ifindex_b[l]
         out[f"{ip_str(a.prefix[d])}/{a.prefix_len[d]}"] = (ip_str(gw), int(oif))
     return out
 

@@ -86,7 +86,7 @@ def wait_converged(emu, timeout_s: float = CONVERGE_S) -> float:
 
 def follow(emu, tables, src: int, dst: int) -> tuple[list[int], float]:
     """Links and one-way delay (ms) of the path the kernels forward on from router ``src`` to ``dst``."""
-    a, snap = emu.addr, emu.applied
+    a, snap = emu.ends, emu.applied  # the veth pair that carries each slot now
     far = np.where(snap.peer >= 0, snap.peer, emu.link_a)
     by_end = {}
     for l in range(emu.timeline.n_links):
@@ -202,13 +202,14 @@ def test_handover_and_cost_changes_reach_the_daemons(make_emulation):
     emu = make_emulation(grid_timeline(), protocol="ospf")
     wait_converged(emu)
     d = emu.protocol.daemons
-    g = f"g{GSL_B}"
-    assert g in d.conf_path("sat-2-2").read_text()
-    emu.apply_step(1)  # gw-b's antenna moves from sat-2-2 to sat-2-3; one ISL in outage
-    assert g in d.conf_path("sat-2-3").read_text() and g not in d.conf_path("sat-2-2").read_text()
+    g, spare = f"g{GSL_B}", f"g{GSL_B}b"
+    assert f'"{g}"' in d.conf_path("sat-2-2").read_text()
+    emu.apply_step(1)  # gw-b's antenna hands over from sat-2-2 to sat-2-3 (its second veth pair); one ISL in outage
+    assert f'"{spare}"' in d.conf_path("sat-2-3").read_text() and g not in d.conf_path("sat-2-2").read_text()
+    assert '"ant0b"' in d.conf_path("gw-b").read_text() and '"ant0"' not in d.conf_path("gw-b").read_text()
     deadline = time.monotonic() + CONVERGE_S
-    while "Full/PtP" not in d.command("sat-2-3", f'show ospf neighbors "{g}"'):
-        assert time.monotonic() < deadline, "no adjacency on the moved antenna"
+    while "Full/PtP" not in d.command("sat-2-3", f'show ospf neighbors "{spare}"'):
+        assert time.monotonic() < deadline, "no adjacency on the antenna's new pair"
         time.sleep(0.2)
     wait_converged(emu)
     assert ping_ok(emu, "h-a", emu.address_of("h-b"))

@@ -53,8 +53,8 @@ def table_gateways(emu, router: str, dest: str) -> list[str]:
     hops = emu.routes.multipath_of(r).get(d, [])
     if [v for v, _ in hops] == [d]:  # a host on this router's own subnet: the connected route serves it
         return []
-    a = emu.addr
-    return sorted(ip_str(a.addr_b[l] if int(emu.link_a[l]) == r else a.addr_a[l]) for _, l in hops)
+    e = emu.ends  # the veth pair that carries each slot now
+    return sorted(ip_str(e.addr_b[l] if int(emu.link_a[l]) == r else e.addr_a[l]) for _, l in hops)
 
 
 # ------------------------------------------------------------------------------------- every protocol
