@@ -61,8 +61,13 @@ def test_addresses_unique_inside_10_8_and_paired():
     tl = grid_timeline()
     a = AddressPlan().assign(tl)
     routers = np.flatnonzero(a.is_router)
-    all_addrs = np.concatenate([a.loopback[routers], a.addr_a, a.addr_b])
+    spare = np.flatnonzero(a.has_spare)
+    assert spare.tolist() == [GSL_A, GSL_A + 1]  # one spare veth pair per gateway antenna, none elsewhere
+    all_addrs = np.concatenate([a.loopback[routers], a.addr_a, a.addr_b, a.spare_addr_a[spare],
+                                a.spare_addr_b[spare]])
     assert len(np.unique(all_addrs)) == len(all_addrs)
+    for l in spare.tolist():  # a spare's ends share a /31 too
+        assert a.spare_addr_b[l] == a.spare_addr_a[l] + 1 and a.spare_addr_a[l] % 2 == 0
     assert all(ipaddress.IPv4Address(int(x)) in ipaddress.IPv4Network("10.0.0.0/8") for x in all_addrs)
     for l in range(tl.n_links):  # both ends in one prefix of the link's length
         net = ipaddress.IPv4Network(f"{ip_str(a.addr_a[l])}/{a.link_prefix_len[l]}", strict=False)
@@ -81,6 +86,9 @@ def test_interface_names_short_and_unique_per_namespace_at_every_step():
     a = AddressPlan().assign(tl)
     assert a.ifname_a[OUTAGE_ISL] == "fore" and a.ifname_b[OUTAGE_ISL] == "aft"
     assert a.ifname_a[GSL_A] == "ant0" and a.ifname_b[GSL_A] == f"g{GSL_A}"
+    assert a.spare_ifname_a[GSL_A] == "ant0b" and a.spare_ifname_b[GSL_A] == f"g{GSL_A}b"
+    every = np.concatenate([a.ifindex_a, a.ifindex_b, a.spare_ifindex_a[a.has_spare], a.spare_ifindex_b[a.has_spare]])
+    assert len(np.unique(every)) == len(every) and every.min() == 2  # unique emulation-wide (moves keep them)
     for k in range(tl.n_steps):
         per_ns: dict[int, list[str]] = {}
         idx_ns: dict[int, list[int]] = {}
@@ -101,3 +109,20 @@ def test_not_a_grid_falls_back_to_numbered_names():
     tl.link_role[:] = 0  # every ISL "intra": a satellite would have two "fore"
     a = AddressPlan().assign(tl)
     assert a.ifname_a[0] == "isl0" and a.ifname_b[0] == "isl0"
+
+
+def test_link_ends_follow_the_pair_in_use():
+    from emulator.addressing import LinkEnds
+
+    a = AddressPlan().assign(grid_timeline())
+    e = LinkEnds(a)
+    assert e.ifname_b[GSL_A] == f"g{GSL_A}" and e.addr_a[GSL_A] == a.addr_a[GSL_A]
+    e.use(GSL_A, 1)
+    assert (e.ifname_a[GSL_A], e.ifname_b[GSL_A]) == ("ant0b", f"g{GSL_A}b")
+    assert (e.addr_a[GSL_A], e.addr_b[GSL_A]) == (a.spare_addr_a[GSL_A], a.spare_addr_b[GSL_A])
+    assert (e.ifindex_a[GSL_A], e.ifindex_b[GSL_A]) == (a.spare_ifindex_a[GSL_A], a.spare_ifindex_b[GSL_A])
+    assert e.ifname_a[GSL_A + 1] == "ant0" and e.pair[GSL_A + 1] == 0  # the other antenna is untouched
+    e.use(GSL_A, 0)
+    assert e.ifname_b[GSL_A] == f"g{GSL_A}" and e.ifindex_a[GSL_A] == a.ifindex_a[GSL_A]
+    with pytest.raises(IndexError):
+        e.use(OUTAGE_ISL, 1)  # an ISL has one pair

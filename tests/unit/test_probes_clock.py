@@ -46,3 +46,19 @@ def test_playback_speed_and_stop():
     pb.run()
     assert [r.step for r in pb.records] == [1, 2, 3]
     assert time.monotonic() - t < 1.0  # 3 steps of 1 s at speed 20 = 0.15 s
+
+
+def test_playback_prepares_ahead_between_steps_off_the_clock():
+    calls = []
+
+    def ahead(k, until):
+        calls.append((k, until, time.monotonic()))
+        time.sleep(0.02)  # work between steps: must not make the next step late
+
+    pb = Playback(step_s=0.1, first=0, last=4, apply=lambda k: {}, ahead=ahead)
+    t0 = time.monotonic()
+    pb.run(t0)
+    assert [k for k, _, _ in calls] == [0, 1, 2, 3]  # before the first step, after each but the last
+    for k, until, at in calls:
+        assert abs(until - (t0 + (k + 1) * 0.1)) < 1e-6 and at < until  # the next step's due time
+    assert all(r.ahead_ms >= 19 for r in pb.records[:-1]) and pb.records[-1].ahead_ms == 0
