@@ -156,7 +156,8 @@ class Daemon:
         self.rng = random.Random(seed)
         self.namespaces: dict[str, Namespace] = {}
         self.by_fd: dict[int, Namespace] = {}
-        self.heap: list[tuple[int, int, Namespace, int]] = []
+        # (release time ns, seq, namespace, packet id, mark to set at release or None)
+        self.heap: list[tuple[int, int, Namespace, int, int | None]] = []
         self.seq = 0
         self.nl_seq = 1
         self.stats = Stats()
@@ -404,17 +405,21 @@ class Daemon:
                 # at tc ingress (see emulator.shaping.userspace): the delay counts from there, not from
                 # when we got round to reading it. No mark (or an implausible one): from now.
                 arrived = now
+                stamped = False
                 if mark and key & 1:
                     ago_us = (now_us - mark) & 0xFFFFFFFF
                     if ago_us <= _MAX_READ_LAG_US:
                         arrived = (now_us - ago_us) * 1000 + 500  # +500: the stamp was truncated
                         st.stamped += 1
                         st.read_lag_sum_ns += now - arrived
+                        stamped = True
                 rel = arrived + port.delay_ns
                 rel = max(rel, port.last_release_ns)
                 port.last_release_ns = rel
                 self.seq += 1
-                heapq.heappush(heap, (rel, self.seq, ns, pid))
+                # a stamped packet leaves with the mark it came with (0: crossing the veth scrubbed it), so
+                # that fwmark rules inside the node see what they would without the emulator
+                heapq.heappush(heap, (rel, self.seq, ns, pid, 0 if stamped else None))
             if due_break:
                 return
 
@@ -425,7 +430,7 @@ class Daemon:
             keep = []
             for item in heap:
                 if item[2] is everything_of:
-                    everything_of.out.append(nfnl.verdict(self.queue_num, item[3], True))
+                    everything_of.out.append(nfnl.verdict(self.queue_num, item[3], True, item[4]))
                 else:
                     keep.append(item)
             heapq.heapify(keep)
@@ -434,8 +439,8 @@ class Daemon:
         # a packet leaves at its due time rather than one wake-up later.
         due = now + self.lead_ns
         while heap and heap[0][0] <= due:
-            rel, _, ns, pid = heapq.heappop(heap)
-            ns.out.append(nfnl.verdict(self.queue_num, pid, True))
+            rel, _, ns, pid, mark = heapq.heappop(heap)
+            ns.out.append(nfnl.verdict(self.queue_num, pid, True, mark))
             late = now - rel
             st.late_sum_ns += late
             st.released += 1

@@ -159,9 +159,14 @@ def queue_config(queue_num: int, seq: int, *, bind: bool | None = None, maxlen: 
                  queue_num, body)
 
 
-def verdict(queue_num: int, packet_id: int, accept: bool) -> bytes:
-    """NFQNL_MSG_VERDICT for one packet, no ack requested (errors still come back as NLMSG_ERROR)."""
-    return _pack_verdict(queue_num, packet_id, NF_ACCEPT if accept else NF_DROP)
+def verdict(queue_num: int, packet_id: int, accept: bool, mark: int | None = None) -> bytes:
+    """NFQNL_MSG_VERDICT for one packet, no ack requested (errors still come back as NLMSG_ERROR);
+    ``mark``: also set the packet's ``skb->mark`` to this value."""
+    msg = _pack_verdict(queue_num, packet_id, NF_ACCEPT if accept else NF_DROP)
+    if mark is None:
+        return msg
+    return _NLMSGHDR.pack(_VERDICT_MSG_LEN + 8, _VERDICT_TYPE, NLM_F_REQUEST, 0, 0) + msg[16:] + attr_be32(
+        NFQA_MARK, mark)
 
 
 _VERDICT_HEAD = struct.Struct("=IHHIIBB")  # nlmsghdr + family, version

@@ -16,8 +16,8 @@ early. So on each interface held at ingress a small cls_bpf program at tc ingres
 ``skb->mark``: CLOCK_MONOTONIC microseconds truncated to 32 bits (``bpf_ktime_get_ns() / 1000``). The
 daemon reads the mark with the packet and releases it at *arrival* + delay, not at the moment it happened
 to read it + delay (its wake-up latency, 50-150 us per hop, would otherwise add up along a path). The
-mark is scrubbed when the packet crosses the next veth into another namespace, and satnetem installs no
-fwmark rule, so nothing else sees it.
+daemon's verdict sets the mark back to 0, what the packet had on arrival (crossing a veth into another
+namespace scrubs it), so fwmark rules inside a node see what they would without the emulator.
 """
 
 from __future__ import annotations

@@ -373,3 +373,22 @@ def test_kernel_routes_equal_the_route_table_step_by_step(make_emulation):
         for r in routers:
             name = tl.nodes[r].name
             assert _kernel_routes(emu, name) == _table_routes(emu, r), f"step {step}, {name}"
+
+
+def test_held_packets_leave_with_the_mark_they_came_with(make_emulation):
+    """The userspace backend carries a packet's arrival time in skb->mark while it holds it; after the
+    hold the mark is what it was (0), so fwmark rules inside a node see what they would without it."""
+    from emulator import shaping
+
+    shaper = shaping.make_shaper("userspace")[0]
+    emu = make_emulation(grid_timeline(), shaper)
+    h = emu.node("h-b")
+    for rule in ("-p icmp -m mark ! --mark 0", "-p icmp"):
+        h.cmd(f"iptables -t mangle -A INPUT {rule}")
+    assert ping(emu, "h-a", emu.address_of("h-b"), count=5)[0] == 5
+    out = h.cmd("iptables -t mangle -L INPUT -v -n -x")
+    counts = [int(line.split()[0]) for line in out.splitlines()[2:] if line.strip()]  # rules in order
+    assert len(counts) == 2, out
+    marked, total = counts
+    assert total >= 5 and marked == 0, out
+    assert shaper.stats()["stamped"] > 0  # the arrivals were stamped (and so held from their arrival)

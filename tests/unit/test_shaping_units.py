@@ -87,6 +87,10 @@ def test_verdict_message_layout():
     assert struct.unpack_from("=HH", data, 20) == (12, nfnl.NFQA_VERDICT_HDR)
     assert struct.unpack_from(">II", data, 24) == (nfnl.NF_ACCEPT, 0xDEADBEEF)
     assert struct.unpack_from(">I", nfnl.verdict(1, 2, accept=False), 24)[0] == nfnl.NF_DROP
+    marked = nfnl.verdict(4711, 0xDEADBEEF, accept=True, mark=0)  # the same, and skb->mark set to 0
+    assert struct.unpack_from("=I", marked)[0] == len(marked) == 40 and marked[4:16] == data[4:16]
+    assert marked[16:32] == data[16:32]
+    assert struct.unpack_from("=HH", marked, 32) == (8, nfnl.NFQA_MARK) and struct.unpack_from(">I", marked, 36)[0] == 0
 
 
 def _packet(packet_id: int, hook: int, indev: int, outdev: int) -> bytes:
