@@ -180,15 +180,13 @@ class Addressing:
     def pair_end(self, link: int, pair: int, side: int) -> tuple[str, int, int]:
         """(interface name, index, address) of one end (``side`` 0 near, 1 far) of veth pair ``pair``
         (0 first, 1 spare) of ``link``."""
-        if pair == 0:
-            if side == 0:
-                return self.ifname_a[link], int(self.ifindex_a[link]), int(self.addr_a[link])
-            return self.ifname_b[link], int(self.ifindex_b[link]), int(self.addr_b[link])
-        if not self.has_spare[link]:
+        if pair and not self.has_spare[link]:
             raise IndexError(f"link slot {link} has no spare veth pair")
-        if side == 0:
-            return self.spare_ifname_a[link], int(self.spare_ifindex_a[link]), int(self.spare_addr_a[link])
-        return self.spare_ifname_b[link], int(self.spare_ifindex_b[link]), int(self.spare_addr_b[link])
+        names, index, addr = ((self.ifname_a, self.ifindex_a, self.addr_a),
+                              (self.ifname_b, self.ifindex_b, self.addr_b),
+                              (self.spare_ifname_a, self.spare_ifindex_a, self.spare_addr_a),
+                              (self.spare_ifname_b, self.spare_ifindex_b, self.spare_addr_b))[2 * pair + side]
+        return names[link], int(index[link]), int(addr[link])
 
     def address_of(self, node: int) -> str:
         """The address to reach ``node`` at: a router's loopback, a host's own address."""

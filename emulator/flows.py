@@ -117,10 +117,12 @@ class FlowStarter:
         if spec.kind == "ping":
             out = d / "ping.txt"
             f = open(out, "w")
-            # stdbuf: ping's output is block-buffered into a file; line buffering keeps it current
+            # stdbuf: ping's output is block-buffered into a file; line buffering keeps it current.
+            # -c, not -w: a deadline would end ping before the last request's reply could arrive (and
+            # count it lost); with -c it waits for that reply (up to -W) after the last request.
             argv = ["stdbuf", "-oL", "ping", "-D", "-n", "-i", f"{1 / spec.rate_pps:.3f}",
-                    "-w", f"{max(1, round(duration_s))}", "-W", "1", "-s", str(max(16, spec.size_bytes - 8)),
-                    self.emu.address_of(spec.dst)]
+                    "-c", str(max(1, round(duration_s * spec.rate_pps))), "-W", "1",
+                    "-s", str(max(16, spec.size_bytes - 8)), self.emu.address_of(spec.dst)]
             flow.procs.append(self.emu.node(spec.src).popen(argv, stdout=f, stderr=subprocess.STDOUT))
             flow.handles.append(f)
             rec.files = {"ping": "ping.txt"}

@@ -30,6 +30,21 @@ def sat_index(p: int, s: int) -> int:
     return (p % N_PLANES) * N_PER_PLANE + (s % N_PER_PLANE)
 
 
+def grid_isls() -> tuple[list[int], list[int], list[str], list[str], list[float]]:
+    """The +Grid's ISL slots (intra-plane first, then inter-plane) as lists: near node, far node, link
+    class, role, delay at step 0 (ms); links of other kinds are appended after them."""
+    a, b, cls, role, d0 = [], [], [], [], []
+    for p in range(N_PLANES):
+        for s in range(N_PER_PLANE):
+            a.append(sat_index(p, s)); b.append(sat_index(p, s + 1))
+            cls.append("isl"); role.append("intra"); d0.append(2.0 + 0.1 * s + 0.01 * p)
+    for p in range(N_PLANES):
+        for s in range(N_PER_PLANE):
+            a.append(sat_index(p, s)); b.append(sat_index(p + 1, s))
+            cls.append("isl"); role.append("inter"); d0.append(3.0 + 0.1 * p + 0.01 * s)
+    return a, b, cls, role, d0
+
+
 def grid_timeline(rate_mbps: float = 100.0, names: dict[str, str] | None = None) -> Timeline:
     """The timeline described in the module docstring. ``names`` renames nodes (for bad-input tests)."""
     nodes = [Node(sat_name(p, s), "sat", {"shell": 0, "plane": p, "slot": s})
@@ -43,15 +58,7 @@ def grid_timeline(rate_mbps: float = 100.0, names: dict[str, str] | None = None)
     if names:
         nodes = [Node(names.get(n.name, n.name), n.kind, n.info) for n in nodes]
 
-    a, b, cls, role, d0 = [], [], [], [], []
-    for p in range(N_PLANES):
-        for s in range(N_PER_PLANE):
-            a.append(sat_index(p, s)); b.append(sat_index(p, s + 1))
-            cls.append("isl"); role.append("intra"); d0.append(2.0 + 0.1 * s + 0.01 * p)
-    for p in range(N_PLANES):
-        for s in range(N_PER_PLANE):
-            a.append(sat_index(p, s)); b.append(sat_index(p + 1, s))
-            cls.append("isl"); role.append("inter"); d0.append(3.0 + 0.1 * p + 0.01 * s)
+    a, b, cls, role, d0 = grid_isls()
     gsl_a = len(a)
     a += [gw_a, gw_b]; b += [sat_index(0, 0), sat_index(2, 2)]
     cls += ["gsl", "gsl"]; role += ["gsl", "gsl"]; d0 += [1.5, 1.7]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from handmade import GSL_B, N_PER_PLANE, N_PLANES, OUTAGE_ISL, grid_timeline, sat_index, sat_name
+from handmade import GSL_B, N_PER_PLANE, N_PLANES, OUTAGE_ISL, grid_isls, grid_timeline, sat_index, sat_name
 
 from routing.paths import table_path
 from topologies.timeline import LINK_CLASSES, LINK_ROLES, Node, Reason, Timeline
@@ -141,15 +141,7 @@ def two_antenna_timeline(n_steps: int = 14) -> Timeline:
     gw_a, gw_b, h_a, h_b = n_sat, n_sat + 1, n_sat + 2, n_sat + 3
     nodes += [Node("gw-a", "gateway", {"antennas": 2}), Node("gw-b", "gateway", {"antennas": 1}),
               Node("h-a", "host", {"gateway": "gw-a"}), Node("h-b", "host", {"gateway": "gw-b"})]
-    a, b, cls, role, d0 = [], [], [], [], []
-    for p in range(N_PLANES):
-        for s in range(N_PER_PLANE):
-            a.append(sat_index(p, s)); b.append(sat_index(p, s + 1))
-            cls.append("isl"); role.append("intra"); d0.append(2.0 + 0.1 * s + 0.01 * p)
-    for p in range(N_PLANES):
-        for s in range(N_PER_PLANE):
-            a.append(sat_index(p, s)); b.append(sat_index(p + 1, s))
-            cls.append("isl"); role.append("inter"); d0.append(3.0 + 0.1 * p + 0.01 * s)
+    a, b, cls, role, d0 = grid_isls()
     a += [gw_a, gw_a, gw_b, h_a, h_b]
     b += [sat_index(0, 0), sat_index(1, 0), sat_index(2, 2), gw_a, gw_b]
     cls += ["gsl"] * 3 + ["access"] * 2
