@@ -1,5 +1,5 @@
-"""The live network: one namespace per node, one veth per link slot, addresses, shaping and routes,
-kept equal to the timeline step by step.
+"""The live network: one namespace per node, one veth per link slot (two per gateway antenna), addresses,
+shaping and routes, kept equal to the timeline step by step.
 
 :class:`Emulation` builds step 0 (:meth:`~Emulation.build`), then moves to any step by applying the
 difference between what is *applied* and what the timeline wants (:meth:`~Emulation.apply_step`), in
