@@ -205,11 +205,12 @@ class UserspaceShaper(Shaper):
 
         Keys: queued, verdicts, dropped, unshaped (packets, cumulative), held (packets held now),
         verdict_errors, released, late_sum_us, late_mean_us, late_max_us (how late packets were released
-        after their due time, us), busy_max_us and busy_cpu_us (longest single pass of the daemon's loop,
-        wall clock, and the CPU time of that pass, us: the difference is time the daemon was preempted),
-        lead_us (how early the timer is armed), namespaces,
-        held_interfaces. ``reset_late_max`` zeroes both maxima after reporting them (to measure one
-        interval).
+        after their due time, us, measured when their verdicts were sent), late_p50_us and late_p99_us
+        (quantiles of that lateness in 5 us bins, negative when released early; None beyond 10 ms),
+        busy_max_us and busy_cpu_us (longest single pass of the daemon's loop, wall clock, and the CPU
+        time of that pass, us: the difference is time the daemon was preempted), lead_us (how early the
+        timer is armed), stamped, read_lag_mean_us, namespaces, held_interfaces. ``reset_late_max`` zeroes
+        both maxima after reporting them (to measure one interval).
         """
         reply = self._call("stats", reset_late_max=reset_late_max)
         return {k: v for k, v in reply.items() if k not in ("id", "ok")}

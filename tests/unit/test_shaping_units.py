@@ -238,3 +238,23 @@ def test_htb_class_message_carries_rate_and_burst_in_kernel_units():
     buffer_ticks = struct.unpack_from("=I", body, i + 4 + 24)[0]
     # 15,140 B at 100 Mbit/s take 1.2112 ms = 18,925 ticks of 64 ns
     assert buffer_ticks == 18925
+
+
+def test_lateness_quantiles_from_the_histogram():
+    from emulator.shaping import delayd
+
+    st = delayd.Stats()
+    assert st.late_quantile_us(0.5) is None  # nothing released yet
+    width = delayd._LATE_BIN_NS
+    low = delayd._LATE_LOW_NS
+
+    def add(late_ns: int, n: int = 1) -> None:
+        st.late_hist[min(max((late_ns + low) // width, 0), delayd._LATE_BINS)] += n
+
+    add(-20_000, 60)  # 60 packets released 20 us early
+    add(40_000, 39)  # 39 released 40 us late
+    add(50_000_000)  # one 50 ms late: beyond the last bin
+    # bin centres: the 20 us early bin is [-20, -15) us, the 40 us late one [40, 45) us
+    assert st.late_quantile_us(0.5) == pytest.approx(-17.5)
+    assert st.late_quantile_us(0.99) == pytest.approx(42.5)
+    assert st.late_quantile_us(1.0) is None
