@@ -356,6 +356,11 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     if late.get("steps"):
         _say(f"  steps applied {late['steps']}: late median {_fmt(late['late_ms_median'])} ms, "
              f"p95 {_fmt(late['late_ms_p95'])} ms; apply median {_fmt(late['apply_ms_median'])} ms")
+    sh = s.get("shaper_stats")
+    if sh and sh.get("released"):
+        _say(f"  delay daemon: {sh['released']} packets held and released, {sh.get('dropped', 0)} dropped; "
+             f"release lateness p50 {_fmt(sh.get('late_p50_us'), 1)} us, p99 {_fmt(sh.get('late_p99_us'), 1)} us, "
+             f"max {_fmt(sh.get('late_max_us'), 1)} us")
     for f in s.get("flows", []):
         if f["kind"] in ("ping", "udp-probe"):
             m, e = f["measured_ms"], f["error_ms"]
