@@ -319,11 +319,11 @@ def run(args: argparse.Namespace) -> int:
         if starter is not None:
             starter.stop_all()
         steps_csv.close()
-        if hasattr(shaper, "stats"):
-            try:  # the userspace shaper's own account of its release times, for reading delay errors
-                summary["shaper_stats"] = shaper.stats()
-            except Exception as e:  # noqa: BLE001 - a dead daemon must not stop the teardown
-                log.warning("shaper statistics unavailable: %s", e)
+        try:  # the backend's own account (the userspace daemon's release times), for reading delay errors
+            if counters := shaper.stats():
+                summary["shaper_stats"] = counters
+        except Exception as e:  # noqa: BLE001 - a dead daemon must not stop the teardown
+            log.warning("shaper statistics unavailable: %s", e)
         t = time.monotonic()
         if emu is not None:
             emu.stop()

@@ -136,6 +136,10 @@ class Shaper(ABC):
     def release_node(self, node: str, ns_path: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """The namespace is being torn down: drop whatever the backend holds in it (default: nothing)."""
 
+    def stats(self, reset_late_max: bool = False) -> dict[str, Any]:
+        """The backend's own counters (default: none; the kernel's qdiscs keep theirs)."""
+        return {}
+
     @abstractmethod
     def close(self) -> None:
         """Stop processes and remove what the backend created; idempotent."""

@@ -183,7 +183,7 @@ class Daemon:
         self.by_fd: dict[int, Namespace] = {}
         # (release time ns, seq, namespace, packet id, mark to set at release or None)
         self.heap: list[tuple[int, int, Namespace, int, int | None]] = []
-        self.dirty: list[Namespace] = []  # namespaces with verdicts to send (repeats allowed)
+        self.dirty: list[Namespace] = []  # namespaces with verdicts to send, each added as its out fills
         self.seq = 0
         self.nl_seq = 1
         self.stats = Stats()
@@ -402,6 +402,8 @@ class Daemon:
     def _receive(self, ns: Namespace) -> None:
         sock, buf, heap, rng, st = ns.sock, self.buf, self.heap, self.rng, self.stats
         ports = ns.ports
+        if not ns.out:
+            self.dirty.append(ns)  # for the verdicts given at once (unshaped, dropped); skipped if none
         for _ in range(_MAX_RECV_PER_WAKE):
             try:
                 n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
@@ -447,8 +449,6 @@ class Daemon:
                 # a stamped packet leaves with the mark it came with (0: crossing the veth scrubbed it), so
                 # that fwmark rules inside the node see what they would without the emulator
                 heapq.heappush(heap, (rel, self.seq, ns, pid, 0 if stamped else None))
-            if ns.out:
-                self.dirty.append(ns)
             if due_break:
                 return
 
@@ -459,8 +459,9 @@ class Daemon:
             keep = []
             for item in heap:
                 if item[2] is everything_of:
+                    if not everything_of.out:
+                        self.dirty.append(everything_of)
                     everything_of.out.append(nfnl.verdict(self.queue_num, item[3], True, item[4]))
-                    self.dirty.append(everything_of)
                 else:
                     keep.append(item)
             heapq.heapify(keep)
@@ -472,8 +473,9 @@ class Daemon:
         released = []
         while heap and heap[0][0] <= due:
             rel, _, ns, pid, mark = heapq.heappop(heap)
+            if not ns.out:
+                dirty.append(ns)
             ns.out.append(nfnl.verdict(self.queue_num, pid, True, mark))
-            dirty.append(ns)
             released.append(rel)
         # Only the namespaces with verdicts waiting: a loop over all of them (1,600 in a Starlink shell)
         # would add its own time to every release.
