@@ -88,6 +88,11 @@ def chain():
     try:
         for n in _NODES:
             subprocess.run(["ip", "netns", "add", names[n]], check=True)
+            # IPv4 only, as in the emulator: IPv6's own chatter (router solicitations, MLD reports) at
+            # unpredictable times would reach the daemon and upset the tests that count its packets
+            for key in ("all", "default"):
+                with entered(ch.path(n), n), open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
+                    f.write("1")
             ch.iprs[n] = iproute_in(ch.path(n), n)
         for left, lif, laddr, right, rif, raddr in _HOPS:
             ipl = ch.iprs[left]
