@@ -67,6 +67,7 @@ def _stats(x: np.ndarray) -> dict[str, float | None]:
 def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """What a user wants to know about a timeline, as a JSON-able dict."""
     from routing.paths import path_delays_ms
+    from topologies.connectivity import connectivity
 
     isl = tl.link_class == LINK_CLASSES.index("isl")
     gsl = tl.link_class == LINK_CLASSES.index("gsl")
@@ -97,6 +98,16 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         reach = np.isfinite(one_way)
         out["paths"].append({"src": a, "dst": b, "reachable_fraction": round(float(reach.mean()), 3),
                              "one_way_ms": _stats(one_way), "rtt_ms": _stats(2 * one_way)})
+    conn = connectivity(tl, pairs)
+    out["connectivity"] = {
+        "components": {k: int(f(conn.components)) for k, f in (("min", np.min), ("median", np.median),
+                                                               ("max", np.max))},
+        "largest_min": int(conn.largest.min()),
+        "isolated_max": int(conn.isolated.max()),
+        "pairs": [{"src": p.src, "dst": p.dst, "connected_fraction": round(p.connected_fraction, 4),
+                   "first_split": p.first_split} for p in conn.pairs],
+        "warnings": [w for w in (p.warning() for p in conn.pairs) if w],
+    }
     return out
 
 
@@ -131,6 +142,15 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
         print(f"  {p['src']} -> {p['dst']}: one-way ms min/median/max {_fmt(o['min'])}/{_fmt(o['median'])}/"
               f"{_fmt(o['max'])}, RTT {_fmt(r['min'])}/{_fmt(r['median'])}/{_fmt(r['max'])}, "
               f"reachable {100 * p['reachable_fraction']:.0f}% of steps")
+    cn = s["connectivity"]
+    comp = cn["components"]
+    print(f"  connectivity   components per step min/median/max {comp['min']}/{comp['median']}/{comp['max']}, "
+          f"largest at least {cn['largest_min']} of {sum(n.values())} nodes, "
+          f"at most {cn['isolated_max']} with no link up")
+    for p in cn["pairs"]:
+        print(f"  {p['src']} ~ {p['dst']}: connected in {100 * p['connected_fraction']:.1f}% of steps")
+    for w in cn["warnings"]:
+        print(f"  warning: {w}")
     if out_path:
         print(f"  timeline       written to {out_path}")
 

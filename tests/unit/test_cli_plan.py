@@ -33,6 +33,10 @@ def test_plan_default_scenario_reports_constellation_links_and_paths(capsys, tmp
     assert london_ny["rtt_ms"]["median"] == 2 * london_ny["one_way_ms"]["median"]
     tl = Timeline.load(out)
     assert tl.n_steps == 60 and len(tl.nodes_of("sat")) == 1584
+    # a full +Grid with both gateways in view: one component, every pair always connected
+    conn = s["connectivity"]
+    assert conn["components"] == {"min": 1, "median": 1, "max": 1}
+    assert [p["connected_fraction"] for p in conn["pairs"]] == [1.0, 1.0] and conn["warnings"] == []
 
 
 def test_plan_on_the_real_starlink_snapshot_builds_the_53_degree_shell(capsys):
