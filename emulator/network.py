@@ -35,6 +35,7 @@ import resource
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +164,18 @@ class Emulation:
         self.build_timings_ms: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------ public API
+    #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
+    #: applied (and routes are computed on it): the scripting API's failures (:mod:`emulator.api`). Only
+    #: what is applied changes; the timeline itself does not, so protocols that read its future
+    #: (``predictive``) cannot see an unplanned failure coming.
+    target_filter: Callable[[Snapshot], Snapshot] | None = None
+
+    def target(self, step: int) -> Snapshot:
+        """The snapshot :meth:`apply_step` brings the network to: the timeline's, through
+        :attr:`target_filter` if one is set."""
+        snap = self.timeline.snapshot(step)
+        return snap if self.target_filter is None else self.target_filter(snap)
+
     def __enter__(self) -> Emulation:
         return self
 
@@ -251,7 +264,7 @@ class Emulation:
         if not self._built or self._stopped:
             raise ApplyError("the emulation is not running", operation="apply_step")
         t0 = time.perf_counter()
-        target = self.timeline.snapshot(step)
+        target = self.target(step)
         d = diff(self.applied, target, self.delay_tolerance_ms)
         stats = StepStats(step)
         new_state = self.applied.state.copy()

@@ -70,6 +70,7 @@ class Reason(IntEnum):
     NO_SATELLITE = 8  # gateway antenna with no satellite above the elevation mask
     INVALID = 9  # an endpoint has no valid position (SGP4 failure, decayed)
     TERMINALS = 10  # no free laser terminal on an endpoint
+    FAILED = 11  # forced down by a script (emulator.api fail()): never in a planned timeline
 
     @property
     def label(self) -> str:
