@@ -16,8 +16,8 @@ apt_packages=(
   python3 python3-venv python3-dev gcc
   # the emulator: namespaces, veths, qdiscs, traffic
   mininet iproute2 iputils-ping iperf3 iptables tcpdump procps psmisc kmod
-  # the userspace shaper (NFQUEUE)
-  libnetfilter-queue-dev
+  # the userspace shaper (NFQUEUE): its compiled delay daemon, and the CPU hog of its benchmarks
+  libnetfilter-queue-dev libmnl-dev stress-ng
   # routing daemons
   bird2
   # the netem test VM: a stock distribution kernel booted under qemu (the host kernel may lack sch_netem)
@@ -70,5 +70,19 @@ if [ ! -f "$stamp" ] || [ "$here/setup.cfg" -nt "$stamp" ] || [ "$here/install.s
   touch "$stamp"
 else
   say "Python environment up to date"
+fi
+# The compiled delay daemon of the userspace shaper, rebuilt when its source changes. The binary stays out
+# of git (build/ is ignored); it is built beside and moved into place, so a running daemon is not disturbed.
+delayd_src="$here/emulator/shaping/delayd.c"
+delayd_bin="$here/build/satnetem-delayd"
+if [ -z "${SATNETEM_MINIMAL:-}" ]; then
+  if [ ! -x "$delayd_bin" ] || [ "$delayd_src" -nt "$delayd_bin" ]; then
+    say "building the delay daemon $delayd_bin"
+    mkdir -p "$here/build"
+    gcc -O2 -g -Wall -Wextra -o "$delayd_bin.new" "$delayd_src" -lnetfilter_queue -lmnl
+    mv -f "$delayd_bin.new" "$delayd_bin"
+  else
+    say "delay daemon up to date"
+  fi
 fi
 say "done: run '$venv/bin/satnetem --help'"

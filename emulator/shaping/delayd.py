@@ -1,159 +1,92 @@
-"""The delay daemon: one process that holds packets of every shaped port of every namespace for their
-port's delay (and drops a seeded-random fraction of them), for kernels without sch_netem.
+"""Driver of the compiled delay daemon (``delayd.c``): starts its shard processes, gives each a share of
+the namespaces, and speaks their line protocol. No packet passes through Python.
 
-Where a packet is held: each attached namespace gets an nf_tables table with two base chains at mangle
-priority, prerouting and postrouting, whose rules send to nfnetlink_queue ``queue_num`` only the packets
-of held interfaces -- arriving on one (``meta iif``, *ingress* hold) or leaving through one (``meta oif``,
-*egress* hold). Unheld interfaces are not detoured through user space. An ingress hold at the receiving
-end of a veth is what TCP needs: at the sender's postrouting the skb still belongs to the local socket
-and TCP Small Queues lets only a couple of packets per socket sit below TCP, so a held packet stalls the
-flow; once across the veth it is orphaned and no longer counts against the socket.
+Each shard is one process of ``satnetem-delayd`` (built by ``install.sh`` into ``build/``) with one control
+socket (a socketpair end handed over as ``--ctl-fd``; no path, no abstract name). A namespace belongs to
+one shard for as long as it is attached: the shard with the fewest namespaces that is still under its
+open-file limit, so that ``shards`` processes share the load and a constellation of 10,744 namespaces
+under a per-process limit of 4,096 gets ``ceil(10,744 / (4,096 - margin))`` processes or more (a shard
+costs one socket per namespace). Requests are one line each (see the C source); nf_tables batches and the
+queue configuration are built here with :mod:`emulator.shaping.nfnl` and sent hex encoded.
 
-The daemon reads only the packet id, hook and interface (copy mode META, GSO super-packets queued whole)
-and gives its ACCEPT verdict when the packet is due. Per held interface, release = max(arrival + delay,
-previous release), so a link never reorders, not even while its delay shrinks. A timerfd armed at the
-earliest due time wakes the single-threaded epoll loop with sub-millisecond precision. The timer is
-armed early by the measured time from its expiry to the verdicts' hand-over to the kernel (wake-up plus
-the loop's own work; the kernel forwards the packet, up to the next hop's arrival stamp, within that
-send), so that a packet leaves, on average, when it is due.
-
-Control: JSON lines on stdin, one reply line per request on stdout::
-
-    {"id": 1, "op": "ns", "ns": "/proc/123/ns/net"}        attach a namespace (bind queue, add table)
-    {"id": 1, "op": "ns", "ns": [path, ...], "ingress_all": true}   attach many; queue every arrival
-                                                           (but lo's) with one rule that never changes
-    {"id": 2, "op": "set", "ports": [[ns, ifindex, delay_ms, loss_pct, ingress], ...],
-                           "forget": [[ns, ifindex, ingress], ...]}      (forget first; both optional)
-    {"id": 3, "op": "forget", "ns": ns, "ifindex": 7, "ingress": false}
-    {"id": 4, "op": "release_ns", "ns": ns}               unbind, delete the table, close the socket
-    {"id": 5, "op": "stats"}
-    {"id": 6, "op": "close"}                               remove every table and exit
-
-``ingress`` (default false) says whether ``ifindex``'s arriving (true) or departing (false) packets are
-held. The daemon exits (removing its tables where the namespaces still exist) on "close", on EOF of
-stdin, on SIGTERM, and when its parent dies (PR_SET_PDEATHSIG). Run as ``python -m emulator.shaping.delayd``.
+The shard processes run with argv[0] ``emulator.shaping.delayd`` (what ``emulator.clean`` looks for), die
+with the thread that started them (PR_SET_PDEATHSIG) and remove their tables on the way out.
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import ctypes.util
-import heapq
-import json
+import hashlib
 import logging
 import os
-import random
+import resource
 import select
-import signal
 import socket
-import sys
+import subprocess
+import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from emulator.netns import setns
 from emulator.shaping import nfnl
+from topologies.errors import ApplyError
 
 log = logging.getLogger(__name__)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-PR_SET_PDEATHSIG = 1
-PR_SET_TIMERSLACK = 29
-CLOCK_MONOTONIC = 1
-TFD_NONBLOCK = 0o4000
-TFD_CLOEXEC = 0o2000000
-TFD_TIMER_ABSTIME = 1
 DEFAULT_QUEUE_NUM = 4711
 DEFAULT_TABLE = "satnetem_delay"
-_MAX_VERDICTS_PER_SEND = 4096  # 32 B each: stays well under the socket's send buffer
-_MAX_RECV_PER_WAKE = 1024
-_MAX_READ_LAG_US = 2_000_000  # an arrival stamp older than this is not ours: count from the read
-_MAX_LEAD_NS = 200_000  # never release more than 0.2 ms early (tests rely on it)
+#: argv[0] of every shard process: emulator.clean and the tests recognise the daemon by it.
+PROCESS_NAME = "emulator.shaping.delayd"
+BINARY_ENV = "SATNETEM_DELAYD"  # path of the daemon binary, overriding the build directory's
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BUILT_BINARY = _PROJECT_ROOT / "build" / "satnetem-delayd"
+#: Bytes of each queued packet copied to the daemon: IPv4 header (20-60 B) and the L4 fields of the loss
+#: decision (ports, TCP sequence numbers, the start of a UDP payload).
+COPY_BYTES = 64
+#: Files a shard keeps open besides its namespace sockets (control, epoll, timer, signal, own namespace,
+#: stdio) with room to spare.
+FD_MARGIN = 32
+# lateness histogram of the daemon: 5 us bins from -1 ms to +10 ms; the last bin is everything later
+LATE_BIN_NS = 5_000
+LATE_LOW_NS = 1_000_000
+LATE_BINS = 2_200
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+def binary_path() -> Path | None:
+    """The daemon binary: ``$SATNETEM_DELAYD`` if set, else ``build/satnetem-delayd``; None if missing."""
+    env = os.environ.get(BINARY_ENV)
+    p = Path(env) if env else BUILT_BINARY
+    return p if p.is_file() and os.access(p, os.X_OK) else None
 
 
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+def link_id(node: str, ifname: str) -> int:
+    """64-bit identity of the link direction sent by ``node``'s ``ifname``: an input of the loss decision,
+    the same in every run of a scenario (unlike ifindexes and namespace paths)."""
+    return int.from_bytes(hashlib.blake2b(f"{node}/{ifname}".encode(), digest_size=8).digest(), "little")
 
 
-class TimerFd:
-    """CLOCK_MONOTONIC timerfd (Python 3.11 has no os.timerfd_*), armed at absolute ns deadlines."""
-
-    def __init__(self) -> None:
-        fd = _libc.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
-        self.fd = fd
-        self.armed_ns = 0
-        self._spec = _Itimerspec()
-
-    def arm(self, deadline_ns: int) -> None:
-        """Fire at monotonic time ``deadline_ns``; 0 disarms."""
-        if deadline_ns == self.armed_ns:
-            return
-        self._spec.it_value.tv_sec, self._spec.it_value.tv_nsec = divmod(deadline_ns, 1_000_000_000)
-        if deadline_ns and self._spec.it_value.tv_sec == 0 and self._spec.it_value.tv_nsec == 0:
-            self._spec.it_value.tv_nsec = 1
-        if _libc.timerfd_settime(self.fd, TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
-        self.armed_ns = deadline_ns
-
-    def clear(self) -> None:
-        try:
-            os.read(self.fd, 8)
-        except BlockingIOError:
-            pass
-        self.armed_ns = 0
-
-    def close(self) -> None:
-        os.close(self.fd)
+def open_file_limit() -> int:
+    """The open-file limit a shard can reach (it raises its soft limit to the hard one)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if hard != resource.RLIM_INFINITY else 1 << 20
 
 
-@dataclass
-class PortState:
-    delay_ns: int
-    loss: float  # probability in [0, 1]
-    last_release_ns: int = 0
-
-
-@dataclass(eq=False)
-class Namespace:
-    path: str
-    nsfd: int
-    sock: socket.socket
-    ports: dict[int, PortState] = field(default_factory=dict)  # by nfnl.hold_key(ifindex, ingress)
-    out: list[bytes] = field(default_factory=list)
-    ruled: frozenset[int] = frozenset()  # hold keys the kernel's rules queue now
-    ingress_all: bool = False  # one rule queues every arrival (but lo's); ingress keys need no rule
-
-
-_LATE_BIN_NS = 5_000
-_LATE_LOW_NS = 1_000_000
-_LATE_BINS = 2_200  # -1 ms to +10 ms
+def shards_needed(namespaces: int, limit: int) -> int:
+    """Minimum shard processes for ``namespaces`` under a per-process open-file limit ``limit``."""
+    per = limit - FD_MARGIN
+    if per < 1:
+        raise ApplyError(f"open-file limit {limit} leaves no room for namespace sockets (margin {FD_MARGIN})",
+                         operation="delay daemon")
+    return -(-namespaces // per)
 
 
 @dataclass
 class Stats:
-    queued: int = 0
-    accepted: int = 0
-    dropped: int = 0
-    unshaped: int = 0
-    late_sum_ns: int = 0
-    late_max_ns: int = 0
-    released: int = 0
-    verdict_errors: int = 0
-    busy_max_ns: int = 0  # longest single pass of the loop (receiving + releasing), wall clock, ns
-    busy_cpu_ns: int = 0  # CPU time of that pass, ns (much less than busy_max_ns: we were preempted)
-    stamped: int = 0  # packets whose delay counted from their arrival stamp (the mark)
-    read_lag_sum_ns: int = 0  # sum over those of (read time - arrival time), ns
-    # release lateness histogram: _LATE_BIN_NS wide bins from -_LATE_LOW_NS; the last bin is everything later
-    late_hist: list[int] = field(default_factory=lambda: [0] * (_LATE_BINS + 1))
+    """Counters summed over the shards and their merged lateness histogram."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    late_hist: list[int] = field(default_factory=lambda: [0] * (LATE_BINS + 1))
 
     def late_quantile_us(self, q: float) -> float | None:
         """The ``q`` quantile of release lateness (us, bin centre; negative: released early), or None when
@@ -165,449 +98,352 @@ class Stats:
         for i, c in enumerate(self.late_hist):
             seen += c
             if seen >= want and c:
-                if i == _LATE_BINS:
+                if i == LATE_BINS:
                     return None
-                return (i * _LATE_BIN_NS - _LATE_LOW_NS + _LATE_BIN_NS / 2) / 1e3
+                return (i * LATE_BIN_NS - LATE_LOW_NS + LATE_BIN_NS / 2) / 1e3
         return None
 
 
-class Daemon:
-    """State and event loop of the delay daemon (see module docstring)."""
+@dataclass(eq=False)
+class _Shard:
+    index: int
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    ids: dict[str, int] = field(default_factory=dict)  # ns path -> id in this shard
+    free_ids: list[int] = field(default_factory=list)
+    rbuf: bytes = b""
 
-    def __init__(self, queue_num: int, table: str, seed: int, maxlen: int) -> None:
-        self.queue_num = queue_num
-        self.table = table
-        self.maxlen = maxlen
-        self.rng = random.Random(seed)
-        self.namespaces: dict[str, Namespace] = {}
-        self.by_fd: dict[int, Namespace] = {}
-        # (release time ns, seq, namespace, packet id, mark to set at release or None)
-        self.heap: list[tuple[int, int, Namespace, int, int | None]] = []
-        self.dirty: list[Namespace] = []  # namespaces with verdicts to send, each added as its out fills
-        self.seq = 0
-        self.nl_seq = 1
-        self.stats = Stats()
-        self.lead_ns = 0
-        self.timer = TimerFd()
-        self.ep = select.epoll()
-        self.ep.register(self.timer.fd, select.EPOLLIN)
-        self.ctl_in = 0  # stdin
-        os.set_blocking(self.ctl_in, False)
-        self.ep.register(self.ctl_in, select.EPOLLIN)
-        self.ctl_buf = b""
-        self.running = True
-        self.buf = bytearray(1 << 16)
+    def new_id(self) -> int:
+        return self.free_ids.pop() if self.free_ids else len(self.ids)
 
-    # ----------------------------------------------------------------- control
 
-    def _in_ns(self, nsfd: int, fn):
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+@dataclass
+class _Ns:
+    shard: _Shard
+    nsid: int
+    ingress_all: bool
+    keys: set[int] = field(default_factory=set)  # nfnl.hold_key of the held interfaces
+    ruled: frozenset[int] = frozenset()  # keys the kernel's rules queue now
+
+
+class DelayDaemon:
+    """The compiled delay daemon's shards, driven over their control sockets.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the loss decisions (0 <= seed < 2**64).
+    shards : int or None
+        Shard processes to start (None: one per CPU core); more are started when the open-file limit
+        requires it.
+    rt_priority : int
+        0: normal scheduling at niceness -10; 1-99: SCHED_FIFO at that priority.
+    pool : int
+        Packets a shard can hold at once (beyond it, a packet is dropped and counted in ``overflow``).
+    maxlen : int
+        Kernel queue length per namespace, packets.
+    """
+
+    def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
+                 shards: int | None = None, rt_priority: int = 0, pool: int = 1 << 20, maxlen: int = 65536,
+                 reply_timeout_s: float = 30.0, binary: Path | None = None) -> None:
+        if not 0 <= seed < 2**64:
+            raise ApplyError(f"delay daemon seed {seed} not in [0, 2**64)", operation="delay daemon")
+        if shards is not None and shards < 1:
+            raise ApplyError(f"delay daemon shards must be >= 1, got {shards}", operation="delay daemon")
+        if not 0 <= rt_priority <= 99:
+            raise ApplyError(f"delay daemon rt_priority must be in [0, 99], got {rt_priority}",
+                             operation="delay daemon")
+        self.seed, self.queue_num, self.table = seed, queue_num, table
+        self.want_shards = shards or os.cpu_count() or 1
+        self.rt_priority, self.pool, self.maxlen = rt_priority, pool, maxlen
+        self.reply_timeout_s = reply_timeout_s
+        self.binary = binary or binary_path()
+        self.per_shard = open_file_limit() - FD_MARGIN
+        self.shards: list[_Shard] = []
+        self.ns: dict[str, _Ns] = {}
+        self._seq = 1
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ----------------------------------------------------------------- processes
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.proc.pid for s in self.shards if s.proc.poll() is None]
+
+    def _spawn(self) -> _Shard:
+        if self.binary is None:
+            raise ApplyError(f"the compiled delay daemon is not built ({BUILT_BINARY} missing): run ./install.sh",
+                             operation="start delay daemon")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        exit_batch, _ = nfnl.nft_table_batch(self.table, 1, install=False)
+        argv = [PROCESS_NAME, "--ctl-fd", str(theirs.fileno()), "--queue-num", str(self.queue_num),
+                "--seed", str(self.seed), "--pool", str(self.pool), "--exit-batch", exit_batch.hex()]
+        if self.rt_priority:
+            argv += ["--rt-priority", str(self.rt_priority)]
+        log.info("starting delay daemon shard %d: %s %s", len(self.shards), self.binary, argv[1:])
         try:
-            setns(nsfd)
-            try:
-                return fn()
-            finally:
-                setns(own)
+            proc = subprocess.Popen(argv, executable=str(self.binary), pass_fds=(theirs.fileno(),),
+                                    stdin=subprocess.DEVNULL, close_fds=True)
         finally:
-            os.close(own)
+            theirs.close()
+        shard = _Shard(len(self.shards), proc, ours)
+        self.shards.append(shard)
+        return shard
 
-    def _next_seq(self, n: int = 10) -> int:
-        s = self.nl_seq
-        self.nl_seq += n
+    def _next_seq(self, n: int = 32) -> int:
+        s = self._seq
+        self._seq = (self._seq + n) % (1 << 30) or 1
         return s
 
-    def attach(self, path: str, ingress_all: bool = False) -> None:
-        """Attach one namespace: open its queue socket there, bind the queue, install the empty table.
+    # ----------------------------------------------------------------- protocol
 
-        Both are sent on the one socket (it carries no packet until a rule names an interface), so a
-        namespace costs two setns(2) calls and two round trips.
+    def _exchange(self, work: dict[_Shard, list[str]], op: str) -> dict[_Shard, list[str]]:
+        """Send each shard its request lines and collect one reply line per request, all shards at once
+        (they work in parallel; writing and reading are interleaved so neither side's buffer fills)."""
+        out = {s: "".join(line + "\n" for line in lines).encode() for s, lines in work.items() if lines}
+        want = {s: len(work[s]) for s in out}
+        got: dict[_Shard, list[str]] = {s: [] for s in out}
+        poller = select.poll()
+        by_fd = {}
+        for s in out:
+            s.sock.setblocking(False)
+            by_fd[s.sock.fileno()] = s
+            poller.register(s.sock, select.POLLIN | select.POLLOUT)
+        pending = dict(want)
+
+        deadline = time.monotonic() + self.reply_timeout_s
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ApplyError(f"delay daemon did not answer in {self.reply_timeout_s} s", operation=op)
+            for fd, ev in poller.poll(left * 1000):
+                s = by_fd[fd]
+                if ev & select.POLLOUT and out[s]:
+                    try:
+                        n = s.sock.send(out[s])
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as e:
+                        raise ApplyError(f"delay daemon shard {s.index} gone ({e}; exit {s.proc.poll()})",
+                                         operation=op) from None
+                    out[s] = out[s][n:]
+                    if not out[s]:
+                        poller.modify(fd, select.POLLIN)
+                if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    try:
+                        chunk = s.sock.recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        raise ApplyError(f"delay daemon shard {s.index} died (exit {s.proc.wait()})",
+                                         operation=op)
+                    s.rbuf += chunk
+                    *lines, s.rbuf = s.rbuf.split(b"\n")
+                    got[s] += [line.decode() for line in lines]
+                    if len(got[s]) >= want[s]:
+                        pending.pop(s, None)
+                        poller.unregister(fd)
+        return got
+
+    def _call(self, op: str, work: dict[_Shard, list[str]]) -> dict[_Shard, list[str]]:
+        if self._closed:
+            raise ApplyError("delay daemon is closed", operation=op)
+        return self._exchange(work, op)
+
+    @staticmethod
+    def _check(replies: Iterable[str], op: str) -> None:
+        for r in replies:
+            if not r.startswith("ok"):
+                raise ApplyError(f"delay daemon: {r[4:] if r.startswith('err ') else r}", operation=op)
+
+    # ----------------------------------------------------------------- operations
+
+    def _pick_shard(self, load: dict[_Shard, int]) -> _Shard:
+        while len(self.shards) < self.want_shards:
+            load[self._spawn()] = 0
+        free = [s for s in self.shards if load[s] < self.per_shard]
+        if not free:  # every shard at its open-file limit: one more process
+            s = self._spawn()
+            load[s] = 0
+            return s
+        return min(free, key=lambda s: (load[s], s.index))
+
+    def attach(self, paths: Sequence[str], ingress_all: bool = False) -> None:
+        """Attach namespaces (by path): bind a queue there and install the (empty) table; with
+        ``ingress_all`` the table queues every arrival but lo's with one rule that never changes.
+
+        Raises
+        ------
+        ApplyError
+            A namespace could not be attached (the message names it); the others stay attached.
         """
-        if path in self.namespaces:
-            return
-        nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        sock = None
-        try:
-            sock = self._in_ns(nsfd, nfnl.open_socket)
-            s = self._next_seq()
-            cfg = (nfnl.queue_config(self.queue_num, s, bind=True)
-                   + nfnl.queue_config(self.queue_num, s + 1, maxlen=self.maxlen, flags=nfnl.NFQA_CFG_F_GSO))
-            nfnl.request(sock, cfg, {s, s + 1})
-            # The queue is bound before any rule exists, so no packet meets an unbound queue.
-            # One transaction: each waits for an RCU grace period after the previous one.
-            data, seqs = nfnl.nft_table_batch(self.table, self._next_seq(16), install=True,
-                                              ingress_all_queue=self.queue_num if ingress_all else None)
-            nfnl.request(sock, data, seqs)
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            os.close(nsfd)
-            raise
-        sock.setblocking(False)
-        ns = Namespace(path, nsfd, sock, ingress_all=ingress_all)
-        self.namespaces[path] = ns
-        self.by_fd[sock.fileno()] = ns
-        self.ep.register(sock.fileno(), select.EPOLLIN)
+        with self._lock:
+            todo = [p for p in dict.fromkeys(paths) if p not in self.ns]
+            if not todo:
+                return
+            load = {s: len(s.ids) for s in self.shards}
+            work: dict[_Shard, list[str]] = {}
+            placed: dict[_Shard, list[tuple[str, int]]] = {}
+            for path in todo:
+                s = self._pick_shard(load)
+                nsid = s.new_id()
+                s.ids[path] = nsid  # reserved; undone below on failure
+                load[s] += 1
+                seq = self._next_seq()
+                setup = (nfnl.queue_config(self.queue_num, seq, bind=True)
+                         + nfnl.queue_config(self.queue_num, seq + 1, maxlen=self.maxlen,
+                                             flags=nfnl.NFQA_CFG_F_GSO, copy_bytes=COPY_BYTES))
+                # The queue is bound before any rule exists, so no packet meets an unbound queue.
+                batch, _ = nfnl.nft_table_batch(self.table, seq + 2, install=True,
+                                                ingress_all_queue=self.queue_num if ingress_all else None)
+                work.setdefault(s, []).append(f"ns {nsid} {path.encode().hex()} {(setup + batch).hex()}")
+                placed.setdefault(s, []).append((path, nsid))
+            replies = self._call("attach namespaces to delay daemon", work)
+            first_err = None
+            for s, rs in replies.items():
+                for (path, nsid), r in zip(placed[s], rs, strict=True):
+                    if r.startswith("ok"):
+                        self.ns[path] = _Ns(s, nsid, ingress_all)
+                    else:
+                        del s.ids[path]
+                        s.free_ids.append(nsid)
+                        first_err = first_err or f"{path}: {r[4:]}"
+            if first_err:
+                raise ApplyError(f"delay daemon: {first_err}", operation="attach namespaces to delay daemon")
 
-    def _nft(self, nsfd: int, build) -> None:
-        """Send one nf_tables batch ``build(seq) -> (data, seqs)`` in the namespace and wait for its acks."""
-        def run() -> None:
-            t = nfnl.open_socket(1 << 16)
-            try:
-                data, seqs = build(1)  # a fresh socket: its sequence numbers need only be unique on it
-                nfnl.request(t, data, seqs)
-            finally:
-                t.close()
-
-        self._in_ns(nsfd, run)
-
-    def _table(self, nsfd: int, install: bool) -> None:
-        self._nft(nsfd, lambda seq: nfnl.nft_table_batch(self.table, seq, install=install))
-
-    def _sync_rules(self, ns: Namespace) -> None:
-        """Make the namespace's queue rules name exactly its held interfaces (if they do not already)."""
-        keys = frozenset(k for k in ns.ports if not (ns.ingress_all and k & 1))
-        if keys == ns.ruled:
-            return
+    def _rules_line(self, n: _Ns) -> str | None:
+        """The nft request that makes the namespace's rules name exactly its held interfaces, if needed."""
+        keys = frozenset(k for k in n.keys if not (n.ingress_all and k & 1))
+        if keys == n.ruled:
+            return None
         egress = [k >> 1 for k in keys if not k & 1]
         ingress = [k >> 1 for k in keys if k & 1]
-        self._nft(ns.nsfd, lambda seq: nfnl.nft_hold_rules_batch(self.table, self.queue_num, seq,
-                                                                  egress, ingress, ns.ingress_all))
-        ns.ruled = keys
+        data, _ = nfnl.nft_hold_rules_batch(self.table, self.queue_num, self._next_seq(len(keys) + 8),
+                                            egress, ingress, n.ingress_all)
+        n.ruled = keys
+        return f"nft {n.nsid} {data.hex()}"
+
+    def set_ports(self, ports: Sequence[tuple[str, int, float, float, bool, int]],
+                  forget: Sequence[tuple[str, int, bool]] = ()) -> None:
+        """Forget then add/change held interfaces, then update the rules of the namespaces touched.
+
+        ``ports``: (ns path, ifindex, delay_ms, loss_pct, ingress, link id); ``forget``: (ns path, ifindex,
+        ingress). Every entry is checked before any is sent.
+        """
+        with self._lock:
+            per: dict[_Shard, tuple[list[str], list[str]]] = {}
+            touched: dict[str, _Ns] = {}
+            for path, ifindex, delay_ms, loss_pct, ingress, lid in ports:
+                n = self.ns.get(path)
+                if n is None:
+                    raise ApplyError(f"namespace {path} not attached to the delay daemon", operation="shape")
+                delay_ns = round(delay_ms * 1e6)
+                if delay_ns < 0 or not 0 <= loss_pct <= 100 or ifindex < 1:
+                    raise ApplyError(f"bad shape for {path}/{ifindex}: {delay_ms} ms, {loss_pct} %",
+                                     operation="shape")
+                per.setdefault(n.shard, ([], []))[0].append(
+                    f"{n.nsid} {ifindex} {int(ingress)} {delay_ns} {float(loss_pct)!r} {lid & (2**64 - 1)}")
+            for path, ifindex, ingress in forget:
+                n = self.ns.get(path)
+                if n is not None:  # a released namespace has nothing left to forget
+                    per.setdefault(n.shard, ([], []))[1].append(f"{n.nsid} {ifindex} {int(ingress)}")
+                    n.keys.discard(nfnl.hold_key(ifindex, ingress))
+                    touched[path] = n
+            for path, ifindex, _d, _l, ingress, _lid in ports:
+                n = self.ns[path]
+                n.keys.add(nfnl.hold_key(ifindex, ingress))
+                touched[path] = n
+            work: dict[_Shard, list[str]] = {}
+            for s, (p, f) in per.items():
+                work[s] = [" ".join(["set", str(len(p)), str(len(f)), *p, *f])]
+            for n in touched.values():
+                line = self._rules_line(n)
+                if line:
+                    work.setdefault(n.shard, []).append(line)
+            for rs in self._call("shape", work).values():
+                self._check(rs, "shape")
 
     def release(self, path: str) -> None:
-        ns = self.namespaces.pop(path, None)
-        if ns is None:
-            return
-        # Rules go first (no new packets are queued), then held packets are released, then the table:
-        # deleting its chains would make the kernel drop whatever is still queued in the namespace.
-        ns.ports.clear()
-        ns.ingress_all = False
-        ns.ruled = frozenset((-1,))  # force the rules out, the catch-all one included
-        try:
-            self._sync_rules(ns)
-        except OSError as e:
-            log.warning("removing delay rules in %s: %s", path, e)
-        self._flush(everything_of=ns)
-        try:
-            self._table(ns.nsfd, install=False)
-        except OSError as e:
-            log.warning("removing delay table in %s: %s", path, e)
-        self.ep.unregister(ns.sock.fileno())
-        del self.by_fd[ns.sock.fileno()]
-        ns.sock.close()
-        os.close(ns.nsfd)
-
-    def _ns(self, path: str) -> Namespace:
-        ns = self.namespaces.get(path)
-        if ns is None:
-            raise ValueError(f"namespace {path} not attached")
-        return ns
-
-    def set_ports(self, ports: list[list[Any]], forget: list[list[Any]] = ()) -> None:
-        """Forget then add/change held interfaces; then update the rules of the namespaces touched.
-
-        All entries are checked before any is applied, so a bad request changes nothing.
-        """
-        parsed = []
-        for entry in ports:
-            path, ifindex, delay_ms, loss_pct = entry[:4]
-            ingress = bool(entry[4]) if len(entry) > 4 else False
-            delay_ns = round(float(delay_ms) * 1e6)
-            loss = float(loss_pct) / 100.0
-            if delay_ns < 0 or not 0.0 <= loss <= 1.0 or int(ifindex) < 1:
-                raise ValueError(f"bad shape for {path}/{ifindex}: {delay_ms} ms, {loss_pct} %")
-            parsed.append((self._ns(path), nfnl.hold_key(int(ifindex), ingress), delay_ns, loss))
-        gone = []
-        for entry in forget:
-            path, ifindex = entry[:2]
-            ingress = bool(entry[2]) if len(entry) > 2 else False
-            ns = self.namespaces.get(path)  # a released namespace has nothing left to forget
-            if ns is not None:
-                gone.append((ns, nfnl.hold_key(int(ifindex), ingress)))
-        touched: dict[str, Namespace] = {}
-        for ns, key in gone:
-            ns.ports.pop(key, None)
-            touched[ns.path] = ns
-        for ns, key, delay_ns, loss in parsed:
-            st = ns.ports.get(key)
-            if st is None:
-                ns.ports[key] = PortState(delay_ns, loss)
-            else:
-                st.delay_ns = delay_ns
-                st.loss = loss
-            touched[ns.path] = ns
-        for ns in touched.values():
-            self._sync_rules(ns)
-
-    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req.get("op")
-        if op == "ns":  # one path, or a list of paths (bring-up: one request for every namespace)
-            paths = req["ns"]
-            for path in ([paths] if isinstance(paths, str) else paths):
-                self.attach(path, bool(req.get("ingress_all", False)))
-        elif op == "set":
-            self.set_ports(req.get("ports", []), req.get("forget", []))
-        elif op == "forget":
-            self.set_ports([], [[req["ns"], req["ifindex"], req.get("ingress", False)]])
-        elif op == "release_ns":
-            self.release(req["ns"])
-        elif op == "stats":
-            st = self.stats
-            reply = {"queued": st.queued, "verdicts": st.accepted, "dropped": st.dropped,
-                     "unshaped": st.unshaped, "held": len(self.heap), "verdict_errors": st.verdict_errors,
-                     "released": st.released, "late_sum_us": st.late_sum_ns / 1e3,
-                     "late_mean_us": st.late_sum_ns / st.released / 1e3 if st.released else 0.0,
-                     "late_max_us": st.late_max_ns / 1e3, "late_p50_us": st.late_quantile_us(0.5),
-                     "late_p99_us": st.late_quantile_us(0.99), "busy_max_us": st.busy_max_ns / 1e3,
-                     "busy_cpu_us": st.busy_cpu_ns / 1e3,
-                     "lead_us": self.lead_ns / 1e3, "stamped": st.stamped,
-                     "read_lag_mean_us": st.read_lag_sum_ns / st.stamped / 1e3 if st.stamped else 0.0,
-                     "namespaces": len(self.namespaces),
-                     "held_interfaces": sum(len(ns.ports) for ns in self.namespaces.values())}
-            if req.get("reset_late_max"):
-                st.late_max_ns = st.busy_max_ns = st.busy_cpu_ns = 0
-            return reply
-        elif op == "close":
-            self.running = False
-        else:
-            raise ValueError(f"unknown op {op!r}")
-        return {}
-
-    def _control(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.ctl_in, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:  # the emulator went away
-                self.running = False
-                break
-            self.ctl_buf += chunk
-        while b"\n" in self.ctl_buf:
-            line, self.ctl_buf = self.ctl_buf.split(b"\n", 1)
-            if not line.strip():
-                continue
-            rid = None
-            try:
-                req = json.loads(line)
-                rid = req.get("id")
-                reply = {"id": rid, "ok": True, **self.handle(req)}
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                reply = {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"}
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
-
-    # ----------------------------------------------------------------- data path
-
-    def _receive(self, ns: Namespace) -> None:
-        sock, buf, heap, rng, st = ns.sock, self.buf, self.heap, self.rng, self.stats
-        ports = ns.ports
-        if not ns.out:
-            self.dirty.append(ns)  # for the verdicts given at once (unshaped, dropped); skipped if none
-        for _ in range(_MAX_RECV_PER_WAKE):
-            try:
-                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+        """Unbind the namespace's queue and remove its table, releasing what is held there now."""
+        with self._lock:
+            n = self.ns.pop(path, None)
+            if n is None:
                 return
-            now = time.monotonic_ns()
-            # Reading must not starve releasing: under a flood the socket never drains, and every packet
-            # already held would be released late by as long as reading went on (this was the ~64 ms
-            # maximum lateness under a UDP flood). Stop after this batch once something is due.
-            due_break = bool(heap) and heap[0][0] <= now + self.lead_ns
-            now_us = now // 1000
-            for kind, pid, key, mark in nfnl.parse_messages_marked(buf, n):
-                if kind == nfnl.NLMSG_ERROR:
-                    if pid:
-                        st.verdict_errors += 1  # e.g. verdict for a packet whose device went away
+            before = b""
+            if n.ruled or n.ingress_all:  # rules out first: no new packets while the held ones leave
+                before, _ = nfnl.nft_hold_rules_batch(self.table, self.queue_num, self._next_seq(), [], [], False)
+            after, _ = nfnl.nft_table_batch(self.table, self._next_seq(), install=False)
+            del n.shard.ids[path]
+            n.shard.free_ids.append(n.nsid)
+            replies = self._call("release namespace", {n.shard: [f"release {n.nsid} {before.hex()} {after.hex()}"]})
+            for r in replies[n.shard]:
+                if not r.startswith("ok"):
+                    log.warning("releasing %s: %s", path, r)
+
+    def stats(self, reset_late_max: bool = False) -> dict[str, Any]:
+        """Counters of every shard since it started, summed (maxima: the largest), with lateness
+        quantiles from the merged histogram. See :meth:`UserspaceShaper.stats` for the keys."""
+        with self._lock:
+            if not self.shards:
+                return {}
+            replies = self._call("stats", {s: [f"stats {int(reset_late_max)}"] for s in self.shards})
+        st = Stats()
+        per_shard_cpu_s = []
+        for s in self.shards:
+            r = replies[s][0]
+            self._check([r], "stats")
+            for item in r.split()[1:]:
+                k, v = item.split("=", 1)
+                if k == "hist":
+                    if v != "-":
+                        for pair in v.split(","):
+                            b, count = pair.split(":")
+                            st.late_hist[int(b)] += int(count)
                     continue
-                st.queued += 1
-                port = ports.get(key)
-                if port is None:
-                    st.unshaped += 1
-                    ns.out.append(nfnl.verdict(self.queue_num, pid, True))
-                    continue
-                if port.loss and rng.random() < port.loss:
-                    st.dropped += 1
-                    ns.out.append(nfnl.verdict(self.queue_num, pid, False))
-                    continue
-                # An arrival held at ingress carries its arrival time (us, 32 bits) in the mark, stamped
-                # at tc ingress (see emulator.shaping.userspace): the delay counts from there, not from
-                # when we got round to reading it. No mark (or an implausible one): from now.
-                arrived = now
-                stamped = False
-                if mark and key & 1:
-                    ago_us = (now_us - mark) & 0xFFFFFFFF
-                    if ago_us <= _MAX_READ_LAG_US:
-                        arrived = (now_us - ago_us) * 1000 + 500  # +500: the stamp was truncated
-                        st.stamped += 1
-                        st.read_lag_sum_ns += now - arrived
-                        stamped = True
-                rel = arrived + port.delay_ns
-                rel = max(rel, port.last_release_ns)
-                port.last_release_ns = rel
-                self.seq += 1
-                # a stamped packet leaves with the mark it came with (0: crossing the veth scrubbed it), so
-                # that fwmark rules inside the node see what they would without the emulator
-                heapq.heappush(heap, (rel, self.seq, ns, pid, 0 if stamped else None))
-            if due_break:
+                iv = int(v)
+                if k.endswith("_max_ns") or k in ("busy_cpu_ns", "lead_ns", "rt_priority", "pool"):
+                    st.counters[k] = max(st.counters.get(k, iv), iv)
+                else:
+                    st.counters[k] = st.counters.get(k, 0) + iv
+                if k == "cpu_ns":
+                    per_shard_cpu_s.append(iv / 1e9)
+        c = st.counters
+        released, stamped = c.get("released", 0), c.get("stamped", 0)
+        return {"queued": c["queued"], "verdicts": c["verdicts"], "dropped": c["dropped"],
+                "overflow": c["overflow"], "unshaped": c["unshaped"], "held": c["held"],
+                "verdict_errors": c["verdict_errors"], "released": released,
+                "late_sum_us": c["late_sum_ns"] / 1e3,
+                "late_mean_us": c["late_sum_ns"] / released / 1e3 if released else 0.0,
+                "late_max_us": c["late_max_ns"] / 1e3, "late_p50_us": st.late_quantile_us(0.5),
+                "late_p99_us": st.late_quantile_us(0.99), "busy_max_us": c["busy_max_ns"] / 1e3,
+                "busy_cpu_us": c["busy_cpu_ns"] / 1e3, "lead_us": c["lead_ns"] / 1e3, "stamped": stamped,
+                "read_lag_mean_us": c["read_lag_sum_ns"] / stamped / 1e3 if stamped else 0.0,
+                "namespaces": c["namespaces"], "held_interfaces": c["held_interfaces"],
+                "shards": len(self.shards), "cpu_s_per_shard": per_shard_cpu_s,
+                "rt_priority": c["rt_priority"], "backend": "compiled"}
+
+    def close(self) -> None:
+        """Ask every shard to remove its tables and exit; kill one that has not within 5 s. Idempotent."""
+        with self._lock:
+            if self._closed:
                 return
-
-    def _flush(self, everything_of: Namespace | None = None) -> None:
-        heap, st = self.heap, self.stats
-        now = time.monotonic_ns()
-        if everything_of is not None:
-            keep = []
-            for item in heap:
-                if item[2] is everything_of:
-                    if not everything_of.out:
-                        self.dirty.append(everything_of)
-                    everything_of.out.append(nfnl.verdict(self.queue_num, item[3], True, item[4]))
-                else:
-                    keep.append(item)
-            heapq.heapify(keep)
-            self.heap[:] = keep
-        # Release up to ``lead_ns`` early: the measured time from the timer's expiry to the verdicts
-        # being sent, so that on average a packet leaves at its due time rather than that much later.
-        due = now + self.lead_ns
-        dirty = self.dirty
-        released = []
-        while heap and heap[0][0] <= due:
-            rel, _, ns, pid, mark = heapq.heappop(heap)
-            if not ns.out:
-                dirty.append(ns)
-            ns.out.append(nfnl.verdict(self.queue_num, pid, True, mark))
-            released.append(rel)
-        # Only the namespaces with verdicts waiting: a loop over all of them (1,600 in a Starlink shell)
-        # would add its own time to every release.
-        for ns in dirty:
-            if not ns.out:
-                continue
-            out = ns.out
-            st.accepted += len(out)
-            for i in range(0, len(out), _MAX_VERDICTS_PER_SEND):
-                try:
-                    ns.sock.send(b"".join(out[i:i + _MAX_VERDICTS_PER_SEND]))
-                except OSError as e:
-                    log.error("verdicts to %s: %s", ns.path, e)
-            ns.out = []
-        dirty.clear()
-        if released:
-            # lateness as the packet sees it: from its due time to its verdict's hand-over to the kernel
-            sent, hist = time.monotonic_ns(), st.late_hist
-            for rel in released:
-                late = sent - rel
-                b = (late + _LATE_LOW_NS) // _LATE_BIN_NS
-                hist[0 if b < 0 else b if b < _LATE_BINS else _LATE_BINS] += 1
-                st.late_sum_ns += late
-                st.late_max_ns = max(st.late_max_ns, late)
-            st.released += len(released)
-        if everything_of is None:
-            self.timer.arm(max(heap[0][0] - self.lead_ns, 1) if heap else 0)
-
-    def run(self) -> None:
-        st = self.stats
-        while self.running:
-            timeout = 0 if (self.heap and self.heap[0][0] <= time.monotonic_ns()) else -1
-            events = self.ep.poll(timeout)
-            t0, c0 = time.monotonic_ns(), time.thread_time_ns()
-            armed = 0
-            for fd, _ev in events:
-                if fd == self.timer.fd:
-                    armed = self.timer.armed_ns
-                    self.timer.clear()
-                elif fd == self.ctl_in:
-                    self._control()
-                else:
-                    ns = self.by_fd.get(fd)
-                    if ns is not None:
-                        self._receive(ns)
-            self._flush()
-            if armed:
-                # EWMA (1/16) of the time from the timer's expiry to the verdicts being sent (by then the
-                # kernel has forwarded the packets), bounded to [0, _MAX_LEAD_NS].
-                err = min(max(time.monotonic_ns() - armed, 0), _MAX_LEAD_NS)
-                self.lead_ns += (err - self.lead_ns) >> 4
-            # Lateness beyond this figure is time the daemon was not on a CPU, not work it did.
-            busy = time.monotonic_ns() - t0
-            if busy > st.busy_max_ns:
-                st.busy_max_ns, st.busy_cpu_ns = busy, time.thread_time_ns() - c0
-
-    def shutdown(self) -> None:
-        """Release every held packet and delete every table, fast: one nf_tables batch per namespace sent
-        on the namespace's own queue socket (no setns, no new socket), without waiting between them.
-
-        nfnetlink runs a batch inside ``send``, so the tables are gone when it returns; the acks are only
-        read for errors. Closing a socket unbinds its queue.
-        """
-        for ns in list(self.namespaces.values()):
-            self._flush(everything_of=ns)
-        pending: list[tuple[Namespace, set[int]]] = []
-        for ns in self.namespaces.values():
-            data, seqs = nfnl.nft_table_batch(self.table, self._next_seq(16), install=False)
+            self._closed = True
+            shards, self.shards = self.shards, []
+            self.ns.clear()
+        for s in shards:
             try:
-                ns.sock.setblocking(True)
-                ns.sock.sendall(data)
-                pending.append((ns, seqs))
-            except OSError as e:  # the namespace is already gone with its table
-                log.debug("removing delay table in %s: %s", ns.path, e)
-        for ns, seqs in pending:
+                s.sock.setblocking(True)
+                s.sock.sendall(b"close\n")
+                s.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        for s in shards:
             try:
-                ns.sock.settimeout(0.5)
-                while seqs:
-                    n = ns.sock.recv_into(self.buf)
-                    for kind, a, b in nfnl.parse_messages(self.buf, n):
-                        if kind == nfnl.NLMSG_ERROR and b in seqs:
-                            seqs.discard(b)
-                            # ENOENT on DELTABLE cannot happen (NEWTABLE precedes it in the batch)
-                            if a:
-                                log.warning("removing delay table in %s: %s", ns.path, os.strerror(-a))
-            except OSError as e:
-                log.debug("acks of table removal in %s: %s", ns.path, e)
-        for ns in list(self.namespaces.values()):
-            ns.sock.close()
-            os.close(ns.nsfd)
-        self.namespaces.clear()
-        self.by_fd.clear()
-        self.timer.close()
-        self.ep.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m emulator.shaping.delayd", description=__doc__.split("\n")[0])
-    ap.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE_NUM)
-    ap.add_argument("--table", default=DEFAULT_TABLE)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--maxlen", type=int, default=65536, help="packets held per namespace, at most")
-    ap.add_argument("--nice", type=int, default=-10,
-                    help="scheduling niceness (netem runs in softirq, ahead of every process; the daemon "
-                         "standing in for it should not wait behind the traffic generators)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="delayd: %(levelname)s %(message)s", stream=sys.stderr)
-    # Die with the emulator (the thread that started us, strictly), and keep timer wake-ups exact.
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    _libc.prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    if os.getppid() == 1:
-        return 1
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-    except OSError as e:
-        log.warning("cannot set niceness %d (%s): release times will suffer more under load", args.nice, e)
-    daemon = Daemon(args.queue_num, args.table, args.seed, args.maxlen)
-
-    def on_term(_signum: int, _frame: Any) -> None:
-        daemon.running = False
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the emulator handles ^C and closes us
-    try:
-        daemon.run()
-    except SystemExit:
-        pass
-    finally:
-        daemon.shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                s.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log.warning("delay daemon shard %d (pid %d) did not exit; killing it", s.index, s.proc.pid)
+                s.proc.kill()
+                s.proc.wait()
+            s.sock.close()

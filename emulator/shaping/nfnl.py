@@ -1,23 +1,20 @@
-"""A minimal raw nfnetlink client: nfnetlink_queue (bind, configure, read packet ids, verdicts) and the
-few nf_tables messages that send the packets of held interfaces (leaving or arriving) to that queue.
+"""nfnetlink messages for the delay daemon: the nfnetlink_queue configuration (bind, copy mode, length,
+flags) and the few nf_tables transactions that send the packets of held interfaces (leaving or arriving)
+to that queue, built here and handed to the compiled daemon (``delayd.c``) as opaque batches, which it
+sends inside each namespace. Verdict and packet layouts are kept for the tests that check the kernel's
+side of the protocol.
 
-No libnetfilter_queue / libnftnl: messages are packed with :mod:`struct` from the kernel's UAPI layouts
-(linux/netfilter/nfnetlink.h, nfnetlink_queue.h, nf_tables.h). Only what the delay daemon needs is here.
-Pure functions build and parse bytes; :class:`QueueSocket` owns one socket.
+No libnftnl: messages are packed with :mod:`struct` from the kernel's UAPI layouts
+(linux/netfilter/nfnetlink.h, nfnetlink_queue.h, nf_tables.h). Pure functions build and parse bytes.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 import struct
 from collections.abc import Iterable, Iterator
 
 NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_NO_ENOBUFS = 5
-SO_RCVBUFFORCE = 33
 
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -49,6 +46,7 @@ NFQA_CFG_FLAGS = 5
 NFQNL_CFG_CMD_BIND = 1
 NFQNL_CFG_CMD_UNBIND = 2
 NFQNL_COPY_META = 1
+NFQNL_COPY_PACKET = 2
 NFQA_CFG_F_FAIL_OPEN = 0x1
 NFQA_CFG_F_GSO = 0x4
 NF_DROP = 0
@@ -143,14 +141,16 @@ def nfmsg(subsys: int, msg: int, flags: int, seq: int, family: int, res_id: int,
 
 
 def queue_config(queue_num: int, seq: int, *, bind: bool | None = None, maxlen: int | None = None,
-                 flags: int | None = None) -> bytes:
-    """NFQNL_MSG_CONFIG: optionally bind/unbind, set copy mode META (no payload), queue length, flags."""
+                 flags: int | None = None, copy_bytes: int = 0) -> bytes:
+    """NFQNL_MSG_CONFIG: optionally bind/unbind, or set the copy mode (META, no payload, or with
+    ``copy_bytes`` > 0 PACKET: the first ``copy_bytes`` bytes of each packet), queue length, flags."""
     body = b""
     if bind is not None:
         cmd = NFQNL_CFG_CMD_BIND if bind else NFQNL_CFG_CMD_UNBIND
         body += attr(NFQA_CFG_CMD, struct.pack(">BBH", cmd, 0, 0))
     else:
-        body += attr(NFQA_CFG_PARAMS, struct.pack(">IB", 0, NFQNL_COPY_META))
+        mode = NFQNL_COPY_PACKET if copy_bytes > 0 else NFQNL_COPY_META
+        body += attr(NFQA_CFG_PARAMS, struct.pack(">IB", copy_bytes, mode))
         if maxlen is not None:
             body += attr_be32(NFQA_CFG_QUEUE_MAXLEN, maxlen)
         if flags is not None:
@@ -355,43 +355,3 @@ def _queue_rule(table: str, queue_num: int, seq: int, chain: str, meta_key: int,
     flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
     return nfmsg(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, flags, seq, NFPROTO_INET, 0,
                  attr_str(NFTA_RULE_TABLE, table) + attr_str(NFTA_RULE_CHAIN, chain) + exprs)
-
-
-# --------------------------------------------------------------------------- sockets
-
-
-def open_socket(rcvbuf_bytes: int = 8 << 20) -> socket.socket:
-    """A NETLINK_NETFILTER socket in the calling thread's current network namespace."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf_bytes)
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
-    s.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
-    s.bind((0, 0))
-    return s
-
-
-def request(sock: socket.socket, data: bytes, seqs: set[int], timeout_s: float = 5.0) -> None:
-    """Send ``data`` and wait for the acks of every sequence number in ``seqs``; raise OSError on a nack.
-
-    Only for set-up on a socket that carries no packets yet (packet messages would be discarded).
-    """
-    sock.sendall(data)
-    pending = set(seqs)
-    old = sock.gettimeout()
-    sock.settimeout(timeout_s)
-    try:
-        buf = bytearray(65536)
-        while pending:
-            n = sock.recv_into(buf)
-            for kind, a, b in parse_messages(buf, n):
-                if kind != NLMSG_ERROR:
-                    continue
-                if a != 0:
-                    raise OSError(-a, f"netlink request seq {b}: {os.strerror(-a)}")
-                pending.discard(b)
-    except TimeoutError:
-        raise OSError(errno.ETIMEDOUT, f"no netlink ack for seq {sorted(pending)}") from None
-    finally:
-        sock.settimeout(old)

@@ -1,9 +1,12 @@
 """The userspace backend, for kernels without sch_netem: rate with htb in the kernel, delay and loss in
-one delay daemon (:mod:`emulator.shaping.delayd`) that serves every port of every namespace.
+the compiled delay daemon (``delayd.c``, driven by :mod:`emulator.shaping.delayd`) that serves every port
+of every namespace from a few shard processes (one per core by default, more if the open-file limit asks).
 
-The daemon is started on the first ``prepare_node`` with an argument list (no shell) and spoken to over
-its stdin/stdout with one JSON line per request. Per namespace it binds an nfnetlink_queue and keeps an
-nf_tables table whose rules queue only the held interfaces; no process is forked per namespace or port.
+The shards are started on the first ``prepare_node`` with an argument list (no shell) and spoken to over
+socketpairs. Per namespace a shard binds an nfnetlink_queue and keeps an nf_tables table whose rules
+queue only the held interfaces; no process is forked per namespace or port. Loss is decided per packet
+from the run's seed, the link and the packet's identity (:mod:`emulator.shaping.delayd`), so the same
+scenario and seed drop the same packets.
 
 Where a port's packets are held: at the receiving end, as they arrive on ``port.peer`` in the peer's
 namespace (prerouting), when the port names its peer -- the fast way for TCP, see
@@ -25,28 +28,25 @@ from __future__ import annotations
 import atexit
 import ctypes
 import errno
-import json
 import logging
 import os
 import platform
-import select
 import struct
-import subprocess
-import sys
-import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from emulator import rtnl
 from emulator.shaping.base import CLASS_HANDLE, ROOT_HANDLE, LinkShape, Port, Shaper, htb_class_kwargs
-from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_TABLE
+from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_TABLE, DelayDaemon, link_id
 from topologies.errors import ApplyError
 
 log = logging.getLogger(__name__)
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+#: rtnetlink sockets kept open for tc work, one per namespace, least recently used closed first: the
+#: emulator process must stay under its open-file limit with 10,000 namespaces.
+_RT_CACHE = 256
 
 # --------------------------------------------------------------------------- rx time-stamp clearing (cls_bpf)
 
@@ -119,29 +119,31 @@ def attach_clear_tstamp(ipr: Any, ifindex: int, prog_fd: int) -> None:
 
 
 class UserspaceShaper(Shaper):
-    """htb rate in the kernel + the delay daemon for delay and loss.
+    """htb rate in the kernel + the compiled delay daemon for delay and loss.
 
     Parameters
     ----------
     seed : int
-        Seed of the daemon's loss RNG.
+        Seed of the daemon's loss decisions.
     queue_num : int
         nfnetlink_queue number used in every namespace (queues are per namespace).
     reply_timeout_s : float
         How long to wait for the daemon to answer one request, s.
+    shards : int or None
+        Daemon processes (None: one per CPU core, more when the open-file limit requires).
+    rt_priority : int
+        0: the daemon runs at niceness -10; 1-99: at SCHED_FIFO with that priority.
     """
 
     name = "userspace"
 
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
-                 reply_timeout_s: float = 30.0) -> None:
+                 reply_timeout_s: float = 30.0, shards: int | None = None, rt_priority: int = 0) -> None:
         self.seed = seed
         self.queue_num = queue_num
         self.table = table
-        self.reply_timeout_s = reply_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
-        self._next_id = 0
+        self._daemon = DelayDaemon(seed, queue_num, table, shards=shards, rt_priority=rt_priority,
+                                   reply_timeout_s=reply_timeout_s)
         self._ns_of_node: dict[str, str] = {}
         # port key -> (shape, where its packets are held: (ns_path, ifindex, ingress))
         self._shaped: dict[tuple[str, int], tuple[LinkShape, tuple[str, int, bool]]] = {}
@@ -149,71 +151,51 @@ class UserspaceShaper(Shaper):
         self._rxts_prog_fd: int | None = None
         self._rxts_failed = False  # warned once that receive time stamps will be early
         self._rxts_done: set[tuple[str, int]] = set()  # (ns_path, ifindex) carrying the program
-        self._rt: dict[str, rtnl.Rtnl] = {}  # ns_path -> raw rtnetlink socket in it (tc in batches)
+        self._rt: OrderedDict[str, rtnl.Rtnl] = OrderedDict()  # ns_path -> raw rtnetlink socket (tc batches)
+        atexit.register(self.close)
 
     # ----------------------------------------------------------------- daemon
 
     @property
+    def pids(self) -> list[int]:
+        """Process ids of the delay daemon's running shards."""
+        return self._daemon.pids
+
+    @property
     def pid(self) -> int | None:
-        """Process id of the delay daemon, or None if not running."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        """Process id of the first running shard of the delay daemon, or None."""
+        pids = self.pids
+        return pids[0] if pids else None
 
-    def _start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
-        argv = [sys.executable, "-m", "emulator.shaping.delayd", "--queue-num", str(self.queue_num),
-                "--table", self.table, "--seed", str(self.seed)]
-        log.info("starting delay daemon: %s", argv)
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                      close_fds=True)
-        atexit.register(self.close)
+    def _live(self, op: str) -> DelayDaemon:
+        if self._closed:
+            raise ApplyError("userspace shaper is closed", operation=op)
+        return self._daemon
 
-    def _call(self, op: str, **args: Any) -> dict[str, Any]:
-        with self._lock:
-            if self._closed:
-                raise ApplyError("userspace shaper is closed", operation=op)
-            if self._proc is None:
-                self._start()
-            proc = self._proc
-            assert proc is not None and proc.stdin is not None and proc.stdout is not None
-            self._next_id += 1
-            rid = self._next_id
-            try:
-                proc.stdin.write(json.dumps({"id": rid, "op": op, **args}).encode() + b"\n")
-                proc.stdin.flush()
-            except BrokenPipeError:
-                raise ApplyError(f"delay daemon died (exit {proc.poll()})", operation=op) from None
-            # poll, not select: with thousands of namespaces open, descriptors exceed FD_SETSIZE
-            poller = select.poll()
-            poller.register(proc.stdout, select.POLLIN)
-            ready = poller.poll(self.reply_timeout_s * 1000)
-            if not ready:
-                raise ApplyError(f"delay daemon did not answer in {self.reply_timeout_s} s", operation=op)
-            line = proc.stdout.readline()
-            if not line:
-                raise ApplyError(f"delay daemon died (exit {proc.wait()})", operation=op)
-            reply = json.loads(line)
-            if reply.get("id") != rid:
-                raise ApplyError(f"delay daemon answered request {reply.get('id')}, expected {rid}",
-                                 operation=op)
-            if not reply.get("ok"):
-                raise ApplyError(f"delay daemon: {reply.get('error')}", operation=op)
-            return reply
+    def _rtnl(self, path: str, node: str) -> rtnl.Rtnl:
+        rt = self._rt.get(path)
+        if rt is None:
+            rt = self._rt[path] = rtnl.Rtnl(path, node)
+            while len(self._rt) > _RT_CACHE:
+                self._rt.popitem(last=False)[1].close()
+        else:
+            self._rt.move_to_end(path)
+        return rt
 
     def stats(self, reset_late_max: bool = False) -> dict[str, Any]:
-        """Counters of the daemon since it started.
+        """Counters of the daemon since it started, summed over its shards ({} before it started).
 
-        Keys: queued, verdicts, dropped, unshaped (packets, cumulative), held (packets held now),
-        verdict_errors, released, late_sum_us, late_mean_us, late_max_us (how late packets were released
-        after their due time, us, measured when their verdicts were sent), late_p50_us and late_p99_us
-        (quantiles of that lateness in 5 us bins, negative when released early; None beyond 10 ms),
-        busy_max_us and busy_cpu_us (longest single pass of the daemon's loop, wall clock, and the CPU
-        time of that pass, us: the difference is time the daemon was preempted), lead_us (how early the
-        timer is armed), stamped, read_lag_mean_us, namespaces, held_interfaces. ``reset_late_max`` zeroes
-        both maxima after reporting them (to measure one interval).
+        Keys: queued, verdicts, dropped (of which overflow: the shard's packet pool was full), unshaped
+        (packets, cumulative), held (packets held now), verdict_errors, released, late_sum_us,
+        late_mean_us, late_max_us (how late packets were released after their due time, us, measured when
+        their verdicts were sent), late_p50_us and late_p99_us (quantiles of that lateness in 5 us bins,
+        negative when released early; None beyond 10 ms), busy_max_us and busy_cpu_us (longest single
+        pass of a shard's loop, wall clock, and the CPU time of that pass, us: the difference is time the
+        shard was preempted), lead_us (how early the timer is armed), stamped, read_lag_mean_us,
+        namespaces, held_interfaces, shards, cpu_s_per_shard (CPU seconds each shard used), rt_priority
+        (0: not real-time), backend. ``reset_late_max`` zeroes the maxima after reporting them.
         """
-        reply = self._call("stats", reset_late_max=reset_late_max)
-        return {k: v for k, v in reply.items() if k not in ("id", "ok")}
+        return self._live("stats").stats(reset_late_max)
 
     # ----------------------------------------------------------------- Shaper
 
@@ -232,14 +214,12 @@ class UserspaceShaper(Shaper):
         if not todo:
             return
         try:
-            self._call("ns", ns=[path for _node, path in todo], ingress_all=all_ports_held)
+            self._live("prepare").attach([path for _node, path in todo], ingress_all=all_ports_held)
         except ApplyError as e:
             raise ApplyError(str(e), node=todo[0][0] if len(todo) == 1 else None,
                              operation="attach namespaces to delay daemon") from None
         for node, path in todo:
             self._ns_of_node[node] = path
-            if path not in self._rt:
-                self._rt[path] = rtnl.Rtnl(path, node)
 
     @staticmethod
     def hold_of(port: Port) -> tuple[str, int, bool]:
@@ -290,7 +270,7 @@ class UserspaceShaper(Shaper):
         if rxts and not self._rxts_failed:
             self._queue_rx_stamps(rxts, batches, nodes)
         for path, b in batches.items():
-            failures = self._rt[path].run(b)
+            failures = self._rtnl(path, nodes[path]).run(b)
             rx_fail = [(r, e) for r, e in failures if str(r.what).startswith("ingress")]
             shaping_fail = [(r, e) for r, e in failures if not str(r.what).startswith("ingress")]
             if shaping_fail:
@@ -299,9 +279,8 @@ class UserspaceShaper(Shaper):
             if rx_fail:
                 self._rx_stamp_failed(nodes[path], rx_fail[0][0].what, os.strerror(rx_fail[0][1]))
         if changed:
-            self._call("set", ports=[[ns, idx, s.delay_ms, s.loss_pct, ingress]
-                                     for _p, s, (ns, idx, ingress) in changed],
-                       forget=[list(h) for h in moved])
+            self._live("shape").set_ports([(ns, idx, s.delay_ms, s.loss_pct, ingress, link_id(p.node, p.ifname))
+                                           for p, s, (ns, idx, ingress) in changed], forget=moved)
             for port, shape, hold in changed:
                 self._shaped[port.key] = (shape, hold)
 
@@ -342,9 +321,8 @@ class UserspaceShaper(Shaper):
         the interface's qdiscs), so it is added again if the interface ever comes back."""
         self._rxts_done.discard(port.key)
         old = self._shaped.pop(port.key, None)
-        if old is not None and self.pid is not None:
-            ns, ifindex, ingress = old[1]
-            self._call("forget", ns=ns, ifindex=ifindex, ingress=ingress)
+        if old is not None and not self._closed:
+            self._daemon.set_ports([], [old[1]])
 
     def release_node(self, node: str, ns_path: str) -> None:
         """Unbind the namespace's queue and remove its table (before the namespace is torn down).
@@ -363,19 +341,17 @@ class UserspaceShaper(Shaper):
             if key[0] == ns_path or hold[0] == ns_path:
                 del self._shaped[key]
                 if hold[0] != ns_path:
-                    elsewhere.append(list(hold))
-        if self.pid is not None:
+                    elsewhere.append(hold)
+        if not self._closed:
             if elsewhere:
-                self._call("set", ports=[], forget=elsewhere)
-            self._call("release_ns", ns=ns_path)
+                self._daemon.set_ports([], elsewhere)
+            self._daemon.release(ns_path)
 
     def close(self) -> None:
-        """Ask the daemon to remove its rules and exit; kill it if it does not within 5 s. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            proc, self._proc = self._proc, None
+        """Ask the daemon to remove its rules and exit (killed if it does not within 5 s). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self._ns_of_node.clear()
         self._shaped.clear()
         self._rxts_done.clear()
@@ -385,20 +361,5 @@ class UserspaceShaper(Shaper):
         if self._rxts_prog_fd is not None:  # the filters keep their own reference to the program
             os.close(self._rxts_prog_fd)
             self._rxts_prog_fd = None
-        if proc is None:
-            return
-        try:
-            if proc.poll() is None and proc.stdin is not None:
-                proc.stdin.write(b'{"id": 0, "op": "close"}\n')
-                proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.warning("delay daemon %d did not exit; killing it", proc.pid)
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        self._daemon.close()
         atexit.unregister(self.close)

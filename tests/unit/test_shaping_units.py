@@ -245,11 +245,11 @@ def test_lateness_quantiles_from_the_histogram():
 
     st = delayd.Stats()
     assert st.late_quantile_us(0.5) is None  # nothing released yet
-    width = delayd._LATE_BIN_NS
-    low = delayd._LATE_LOW_NS
+    width = delayd.LATE_BIN_NS
+    low = delayd.LATE_LOW_NS
 
     def add(late_ns: int, n: int = 1) -> None:
-        st.late_hist[min(max((late_ns + low) // width, 0), delayd._LATE_BINS)] += n
+        st.late_hist[min(max((late_ns + low) // width, 0), delayd.LATE_BINS)] += n
 
     add(-20_000, 60)  # 60 packets released 20 us early
     add(40_000, 39)  # 39 released 40 us late

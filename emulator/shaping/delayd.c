@@ -1,0 +1,1262 @@
+/*
+ * delayd.c - the compiled delay daemon of the userspace shaper: holds the queued packets of shaped ports
+ * for their port's delay and drops a seeded, reproducible fraction of them. One shard of it: the Python
+ * driver (emulator/shaping/delayd.py) starts several of these processes and gives each a share of the
+ * namespaces, so that every core is used and each process stays under its open-file limit.
+ *
+ * The packet path, per shard, one thread:
+ *   - one nfnetlink_queue socket per attached namespace, all in one epoll set; packets read in batches
+ *     (recvmmsg), copy mode PACKET with a short range (the IP and L4 headers, for the loss decision);
+ *   - per held port a FIFO of (packet id, due time) threaded through one preallocated pool of entries
+ *     (no allocation on the packet path; a full pool drops the packet and counts it);
+ *     due = max(arrival + delay, previous due of the port), so a port never reorders;
+ *   - a binary heap of the ports by their first due time; one timerfd armed at the earliest due time
+ *     (CLOCK_MONOTONIC, absolute, early by the measured wake-up-to-verdict lead);
+ *   - verdicts collected per namespace and sent with one send(2) per namespace and pass (NF_ACCEPT; a
+ *     packet whose arrival stamp came in the mark leaves with mark 0, what it had on arrival).
+ * Loss: drop when hash(seed, port's link id, packet identity) < loss * 2^64, the identity being the
+ * addresses, protocol, IP ID, ports and the first L4 sequence/payload bytes: the same packet meets the same
+ * fate whatever the interleaving, and a retransmission (new IP ID, new TCP time stamp) draws again.
+ *
+ * The nf_tables rules and the queue configuration are built by the Python driver (emulator/shaping/nfnl.py)
+ * and handed over as opaque netlink batches; this program sends them on the namespace's queue socket and
+ * waits for their acks, holding and releasing packets meanwhile.
+ *
+ * Control: one request per line on the control socket (--ctl-fd, a socketpair end), one reply line each
+ * ("ok ..." or "err <message>"). Paths and batches are hex encoded, so no quoting exists:
+ *   ns <id> <hex path> <hex setup batch>            attach namespace <id> (a small integer chosen by the driver)
+ *   nft <id> <hex batch>                             send a batch there and wait for its acks
+ *   set <np> <nf> {<id> <ifindex> <ingress> <delay_ns> <loss_pct> <link_id>}*np {<id> <ifindex> <ingress>}*nf
+ *   release <id> <hex batch before> <hex batch after> send "before" (rules out), release everything held
+ *                                                    there, send "after" (table out), close the socket
+ *   stats <reset>                                    counters as key=value, lateness histogram as bin:count
+ *   close                                            remove every table (--exit-batch) and exit
+ * It also exits (removing its tables) on EOF of the control socket, on SIGTERM and when its parent dies.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libmnl/libmnl.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef NFNL_MSG_BATCH_BEGIN  /* linux/netfilter/nfnetlink.h has them; an older copy may not */
+#define NFNL_MSG_BATCH_BEGIN NLMSG_MIN_TYPE
+#define NFNL_MSG_BATCH_END (NLMSG_MIN_TYPE + 1)
+#endif
+#ifndef SO_RCVBUFFORCE
+#define SO_RCVBUFFORCE 33
+#endif
+#ifndef SO_SNDBUFFORCE
+#define SO_SNDBUFFORCE 32
+#endif
+
+#define NIL UINT32_MAX
+#define ENTRY_END 0x7FFFFFFFu     /* end of a port's FIFO in entry.next */
+#define STAMPED_BIT 0x80000000u  /* in entry.next: the packet came with an arrival stamp (clear its mark) */
+#define RECV_BATCH 64            /* messages per recvmmsg */
+#define RECV_BUF 4096            /* bytes per message buffer: a queued packet is ~200 B with 64 B copied */
+#define MAX_RECV_PER_WAKE 1024   /* packets read from one socket per pass before releasing is looked at */
+#define VREC_MAX 16384           /* verdicts collected before they are sent */
+#define VERDICTS_PER_SEND 2048   /* 40 B each: well under the socket's send buffer */
+#define MAX_READ_LAG_US 2000000  /* an arrival stamp older than this is not ours: count from the read */
+#define MAX_LEAD_NS 200000       /* never release more than 0.2 ms early (the tests rely on it) */
+#define LATE_BIN_NS 5000         /* lateness histogram: 5 us bins from -1 ms to +10 ms, then "later" */
+#define LATE_LOW_NS 1000000
+#define LATE_BINS 2200
+#define EV_TIMER 0xFFFFFFF0u
+#define EV_CTL 0xFFFFFFF1u
+#define EV_SIG 0xFFFFFFF2u
+
+struct entry {           /* one held packet, in its port's FIFO */
+    uint64_t due_ns;
+    uint32_t id;         /* nfqueue packet id */
+    uint32_t next;       /* next entry index | STAMPED_BIT */
+};
+
+struct port {
+    uint64_t delay_ns, loss_thr, link_id, last_due_ns;
+    uint32_t head, tail; /* FIFO of entries (NIL when empty) */
+    int32_t heap_pos;    /* index in the timer heap, -1 when empty */
+    int32_t ns;          /* namespace id, -1: slot free */
+    uint32_t key;        /* ifindex << 1 | ingress */
+    bool loss_all;       /* 100 %: drop every packet */
+    bool live;           /* in the lookup table; a forgotten port drains, then its slot is freed */
+};
+
+struct vrec { uint32_t id, next; uint8_t accept, clear_mark; };
+
+struct ns {
+    int fd;              /* -1: id unused */
+    uint32_t vhead, vtail;  /* verdicts waiting (vrec indices) */
+    bool dirty;
+    int held;            /* packets held now */
+    uint32_t ack_lo, ack_hi; int ack_pending, ack_err;  /* a set-up batch in flight */
+};
+
+struct stats {
+    uint64_t queued, accepted, dropped, overflow, unshaped, released, verdict_errors, stamped;
+    int64_t late_sum_ns, late_max_ns, read_lag_sum_ns, busy_max_ns, busy_cpu_ns;
+    uint64_t hist[LATE_BINS + 1];
+};
+
+static struct {
+    uint64_t seed;
+    uint16_t queue_num;
+    int ctl, ep, tfd, sfd, own_ns;
+    int rt_prio;
+    bool running;
+    struct ns *ns; int nns;                 /* by id */
+    struct port *ports; int nports, ports_cap; int free_port;
+    uint32_t *table; uint32_t table_mask;   /* open addressing: port index by (ns, key) */
+    int32_t *heap; int heap_len;            /* port indices, ordered by their first entry's due time */
+    struct entry *pool; uint32_t pool_cap, pool_bump, pool_free;
+    struct vrec vrec[VREC_MAX]; uint32_t nvrec;
+    uint64_t vdue[VREC_MAX]; uint32_t nvdue; /* due times of the releases in vrec, for their lateness */
+    int dirty[VREC_MAX]; int ndirty;
+    uint64_t armed_ns, lead_ns;
+    struct stats st;
+    char *ctlbuf; size_t ctllen, ctlcap;
+    unsigned char *exit_batch; size_t exit_len;
+    char err[512];
+} D;
+
+static char rbufs[RECV_BATCH][RECV_BUF];
+static char sendbuf[VERDICTS_PER_SEND * 48];
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "delayd: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(D.err, sizeof D.err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ the loss decision */
+
+/* splitmix64's finaliser: a bijective 64-bit mix, every input bit reaching every output bit */
+static inline uint64_t mix64(uint64_t z)
+{
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t be(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Hash of a packet's identity: IPv4 addresses, protocol, IP ID, L4 ports and eight bytes that tell the
+ * packets of one flow apart (TCP sequence and ack numbers, the start of a UDP payload, ICMP id and sequence).
+ * Other packets (IPv6, truncated) hash what was copied of them. */
+static uint64_t packet_hash(uint64_t h, const unsigned char *p, int len)
+{
+    if (len >= 20 && (p[0] >> 4) == 4) {
+        int hl = (p[0] & 15) * 4, proto = p[9];
+        bool first_fragment = (be(p + 6, 2) & 0x1FFF) == 0;
+        const unsigned char *l4 = p + hl;
+        int l4len = len - hl;
+        uint64_t ports = 0, extra = 0;
+        if (first_fragment && hl >= 20) {
+            if (proto == 6 && l4len >= 12) {            /* TCP: ports, seq, ack */
+                ports = be(l4, 4);
+                extra = be(l4 + 4, 8);
+            } else if (proto == 17 && l4len >= 8) {     /* UDP: ports, first payload bytes */
+                ports = be(l4, 4);
+                extra = l4len >= 16 ? be(l4 + 8, 8) : be(l4 + 8, l4len - 8);
+            } else if (proto == 1 && l4len >= 8) {      /* ICMP: type, code, id, sequence (no checksum) */
+                ports = be(l4, 2);
+                extra = be(l4 + 4, 4);
+            }
+        }
+        h = mix64(h ^ be(p + 12, 8));                                   /* saddr, daddr */
+        h = mix64(h ^ ((uint64_t)proto << 48 | be(p + 4, 2) << 32 | ports)); /* proto, IP ID, ports */
+        return mix64(h ^ extra);
+    }
+    for (int i = 0; i + 8 <= len && i < 64; i += 8)
+        h = mix64(h ^ be(p + i, 8));
+    return h;
+}
+
+/* ------------------------------------------------------------------ ports: lookup table and timer heap */
+
+static inline uint64_t port_hkey(int ns, uint32_t key) { return mix64((uint64_t)ns << 32 | key); }
+
+static int port_find(int ns, uint32_t key)
+{
+    if (!D.table)
+        return -1;
+    for (uint32_t i = port_hkey(ns, key) & D.table_mask;; i = (i + 1) & D.table_mask) {
+        uint32_t pi = D.table[i];
+        if (pi == NIL)
+            return -1;
+        if (D.ports[pi].ns == ns && D.ports[pi].key == key)
+            return (int)pi;
+    }
+}
+
+static void table_insert(uint32_t pi)
+{
+    uint32_t i = port_hkey(D.ports[pi].ns, D.ports[pi].key) & D.table_mask;
+    while (D.table[i] != NIL)
+        i = (i + 1) & D.table_mask;
+    D.table[i] = pi;
+}
+
+static void table_grow(int live)
+{
+    uint32_t want = 64;
+    while (want < (uint32_t)live * 2 + 2)
+        want <<= 1;
+    if (D.table && D.table_mask + 1 >= want)
+        return;
+    uint32_t *old = D.table, oldn = D.table ? D.table_mask + 1 : 0;
+    D.table = malloc(sizeof *D.table * want);
+    if (!D.table)
+        die("out of memory");
+    memset(D.table, 0xFF, sizeof *D.table * want);
+    D.table_mask = want - 1;
+    for (uint32_t i = 0; i < oldn; i++)
+        if (old[i] != NIL)
+            table_insert(old[i]);
+    free(old);
+}
+
+static void table_remove(uint32_t pi)
+{
+    uint32_t i = port_hkey(D.ports[pi].ns, D.ports[pi].key) & D.table_mask;
+    while (D.table[i] != pi)
+        i = (i + 1) & D.table_mask;
+    /* backward-shift deletion keeps linear probing correct without tombstones */
+    for (uint32_t j = (i + 1) & D.table_mask; D.table[j] != NIL; j = (j + 1) & D.table_mask) {
+        uint32_t home = port_hkey(D.ports[D.table[j]].ns, D.ports[D.table[j]].key) & D.table_mask;
+        if (((j - home) & D.table_mask) >= ((j - i) & D.table_mask)) {
+            D.table[i] = D.table[j];
+            i = j;
+        }
+    }
+    D.table[i] = NIL;
+}
+
+static inline uint64_t head_due(int32_t pi) { return D.pool[D.ports[pi].head].due_ns; }
+
+static void heap_set(int pos, int32_t pi)
+{
+    D.heap[pos] = pi;
+    D.ports[pi].heap_pos = pos;
+}
+
+static void heap_up(int pos)
+{
+    int32_t pi = D.heap[pos];
+    uint64_t d = head_due(pi);
+    while (pos > 0) {
+        int parent = (pos - 1) / 2;
+        if (head_due(D.heap[parent]) <= d)
+            break;
+        heap_set(pos, D.heap[parent]);
+        pos = parent;
+    }
+    heap_set(pos, pi);
+}
+
+static void heap_down(int pos)
+{
+    int32_t pi = D.heap[pos];
+    uint64_t d = head_due(pi);
+    for (;;) {
+        int c = 2 * pos + 1;
+        if (c >= D.heap_len)
+            break;
+        if (c + 1 < D.heap_len && head_due(D.heap[c + 1]) < head_due(D.heap[c]))
+            c++;
+        if (head_due(D.heap[c]) >= d)
+            break;
+        heap_set(pos, D.heap[c]);
+        pos = c;
+    }
+    heap_set(pos, pi);
+}
+
+static void heap_remove(int pos)
+{
+    int32_t pi = D.heap[pos];
+    D.ports[pi].heap_pos = -1;
+    D.heap_len--;
+    if (pos == D.heap_len)
+        return;
+    heap_set(pos, D.heap[D.heap_len]);
+    heap_up(pos);
+    heap_down(D.ports[D.heap[pos]].heap_pos);
+}
+
+static void port_free(int32_t pi)
+{
+    D.ports[pi].ns = -1;
+    D.ports[pi].head = D.free_port < 0 ? NIL : (uint32_t)D.free_port;  /* free list through head */
+    D.free_port = pi;
+}
+
+static int32_t port_alloc(void)
+{
+    if (D.free_port >= 0) {
+        int32_t pi = D.free_port;
+        D.free_port = D.ports[pi].head == NIL ? -1 : (int32_t)D.ports[pi].head;
+        return pi;
+    }
+    if (D.nports == D.ports_cap) {
+        int cap = D.ports_cap ? D.ports_cap * 2 : 256;
+        D.ports = realloc(D.ports, sizeof *D.ports * cap);
+        D.heap = realloc(D.heap, sizeof *D.heap * cap);
+        if (!D.ports || !D.heap)
+            die("out of memory");
+        D.ports_cap = cap;
+    }
+    return D.nports++;
+}
+
+/* ------------------------------------------------------------------ verdicts */
+
+static void add_verdict(int ns, uint32_t id, bool accept, bool clear_mark)
+{
+    struct ns *n = &D.ns[ns];
+    struct vrec *v = &D.vrec[D.nvrec];
+    v->id = id;
+    v->next = NIL;
+    v->accept = accept;
+    v->clear_mark = clear_mark;
+    if (n->vhead == NIL)
+        n->vhead = D.nvrec;
+    else
+        D.vrec[n->vtail].next = D.nvrec;
+    n->vtail = D.nvrec++;
+    if (!n->dirty) {
+        n->dirty = true;
+        D.dirty[D.ndirty++] = ns;
+    }
+}
+
+static void account_lateness(uint64_t sent)
+{
+    for (uint32_t i = 0; i < D.nvdue; i++) {
+        int64_t late = (int64_t)(sent - D.vdue[i]);
+        int64_t b = (late + LATE_LOW_NS) / LATE_BIN_NS;
+        D.st.hist[late + LATE_LOW_NS < 0 ? 0 : b < LATE_BINS ? b : LATE_BINS]++;
+        D.st.late_sum_ns += late;
+        if (late > D.st.late_max_ns)
+            D.st.late_max_ns = late;
+    }
+    D.st.released += D.nvdue;
+    D.nvdue = 0;
+}
+
+static void send_verdicts(void)
+{
+    for (int k = 0; k < D.ndirty; k++) {
+        struct ns *n = &D.ns[D.dirty[k]];
+        n->dirty = false;
+        size_t off = 0;
+        int count = 0;
+        for (uint32_t vi = n->vhead; vi != NIL; vi = D.vrec[vi].next) {
+            struct vrec *v = &D.vrec[vi];
+            struct nlmsghdr *nlh = nfq_nlmsg_put(sendbuf + off, NFQNL_MSG_VERDICT, D.queue_num);
+            nfq_nlmsg_verdict_put(nlh, (int)v->id, v->accept ? NF_ACCEPT : NF_DROP);
+            if (v->clear_mark)
+                nfq_nlmsg_verdict_put_mark(nlh, 0);
+            off += NLMSG_ALIGN(nlh->nlmsg_len);
+            if (v->accept)
+                D.st.accepted++;
+            if (++count == VERDICTS_PER_SEND || v->next == NIL) {
+                if (n->fd >= 0 && send(n->fd, sendbuf, off, 0) < 0)
+                    D.st.verdict_errors += count;
+                off = 0;
+                count = 0;
+            }
+        }
+        n->vhead = n->vtail = NIL;
+    }
+    D.ndirty = 0;
+    D.nvrec = 0;
+    if (D.nvdue)
+        account_lateness(now_ns());
+}
+
+/* Release (ACCEPT) the first entry of port pi. */
+static void release_head(int32_t pi)
+{
+    struct port *p = &D.ports[pi];
+    uint32_t ei = p->head;
+    struct entry *e = &D.pool[ei];
+    if (D.nvrec == VREC_MAX)
+        send_verdicts();
+    add_verdict(p->ns, e->id, true, (e->next & STAMPED_BIT) != 0);
+    D.vdue[D.nvdue++] = e->due_ns;
+    uint32_t nx = e->next & ~STAMPED_BIT;
+    p->head = nx == ENTRY_END ? NIL : nx;
+    if (p->head == NIL)
+        p->tail = NIL;
+    e->next = D.pool_free;
+    D.pool_free = ei;
+    D.ns[p->ns].held--;
+}
+
+/* Release what is due (up to lead_ns early), or with everything_of >= 0 all that namespace holds now. */
+static void release_due(int everything_of)
+{
+    if (everything_of >= 0) {
+        for (int32_t pi = 0; pi < D.nports; pi++) {
+            if (D.ports[pi].ns != everything_of || D.ports[pi].heap_pos < 0)
+                continue;
+            while (D.ports[pi].head != NIL)
+                release_head(pi);
+            heap_remove(D.ports[pi].heap_pos);
+            if (!D.ports[pi].live)
+                port_free(pi);
+        }
+    } else {
+        uint64_t due = now_ns() + D.lead_ns;
+        while (D.heap_len && head_due(D.heap[0]) <= due) {
+            int32_t pi = D.heap[0];
+            while (D.ports[pi].head != NIL && D.pool[D.ports[pi].head].due_ns <= due)
+                release_head(pi);
+            if (D.ports[pi].head == NIL) {
+                heap_remove(0);
+                if (!D.ports[pi].live)
+                    port_free(pi);
+            } else {
+                heap_down(0);
+            }
+        }
+    }
+    send_verdicts();
+}
+
+static void arm_timer(void)
+{
+    uint64_t at = 0;
+    if (D.heap_len) {
+        uint64_t d = head_due(D.heap[0]);
+        at = d > D.lead_ns + 1 ? d - D.lead_ns : 1;
+    }
+    if (at == D.armed_ns)
+        return;
+    struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000ull), (long)(at % 1000000000ull)}};
+    if (timerfd_settime(D.tfd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+        die("timerfd_settime: %s", strerror(errno));
+    D.armed_ns = at;
+}
+
+/* ------------------------------------------------------------------ the packet path */
+
+static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
+{
+    const struct nlattr *a;
+    uint32_t id = 0, indev = 0, outdev = 0, mark = 0;
+    int hook = -1, plen = 0;
+    const unsigned char *payload = NULL;
+    bool have_id = false;
+    mnl_attr_for_each(a, nlh, sizeof(struct nfgenmsg)) {
+        switch (mnl_attr_get_type(a)) {
+        case NFQA_PACKET_HDR: {
+            const struct nfqnl_msg_packet_hdr *ph = mnl_attr_get_payload(a);
+            id = ntohl(ph->packet_id);
+            hook = ph->hook;
+            have_id = true;
+            break;
+        }
+        case NFQA_MARK: mark = ntohl(mnl_attr_get_u32(a)); break;
+        case NFQA_IFINDEX_INDEV: indev = ntohl(mnl_attr_get_u32(a)); break;
+        case NFQA_IFINDEX_OUTDEV: outdev = ntohl(mnl_attr_get_u32(a)); break;
+        case NFQA_PAYLOAD:
+            payload = mnl_attr_get_payload(a);
+            plen = mnl_attr_get_payload_len(a);
+            break;
+        }
+    }
+    if (!have_id)
+        return;
+    D.st.queued++;
+    uint32_t key = hook == NF_INET_PRE_ROUTING ? (indev << 1 | 1) : (outdev << 1);
+    int pi = port_find(nsid, key);
+    if (D.nvrec == VREC_MAX)
+        send_verdicts();
+    if (pi < 0) {
+        D.st.unshaped++;
+        add_verdict(nsid, id, true, false);
+        return;
+    }
+    struct port *p = &D.ports[pi];
+    if (p->loss_all || (p->loss_thr && packet_hash(mix64(D.seed ^ p->link_id), payload, plen) < p->loss_thr)) {
+        D.st.dropped++;
+        add_verdict(nsid, id, false, false);
+        return;
+    }
+    /* An arrival held at ingress carries its arrival time (us, 32 bits) in the mark, stamped at tc ingress:
+     * the delay counts from there, not from when this process got round to reading it. */
+    uint64_t arrived = now;
+    bool stamped = false;
+    if (mark && (key & 1)) {
+        uint64_t now_us = now / 1000;
+        uint64_t ago_us = (now_us - mark) & 0xFFFFFFFFull;
+        if (ago_us <= MAX_READ_LAG_US) {
+            arrived = (now_us - ago_us) * 1000 + 500;  /* +500: the stamp was truncated */
+            stamped = true;
+            D.st.stamped++;
+            D.st.read_lag_sum_ns += (int64_t)(now - arrived);
+        }
+    }
+    uint32_t ei;
+    if (D.pool_free != NIL) {
+        ei = D.pool_free;
+        D.pool_free = D.pool[ei].next;
+    } else if (D.pool_bump < D.pool_cap) {
+        ei = D.pool_bump++;
+    } else {
+        D.st.overflow++;
+        D.st.dropped++;
+        add_verdict(nsid, id, false, false);
+        return;
+    }
+    uint64_t due = arrived + p->delay_ns;
+    if (due < p->last_due_ns)
+        due = p->last_due_ns;
+    p->last_due_ns = due;
+    struct entry *e = &D.pool[ei];
+    e->due_ns = due;
+    e->id = id;
+    e->next = stamped ? (ENTRY_END | STAMPED_BIT) : ENTRY_END;
+    if (p->head == NIL) {
+        p->head = p->tail = ei;
+        heap_set(D.heap_len++, pi);
+        heap_up(D.heap_len - 1);
+    } else {
+        struct entry *t = &D.pool[p->tail];
+        t->next = (t->next & STAMPED_BIT) | ei;
+        p->tail = ei;
+    }
+    D.ns[nsid].held++;
+}
+
+/* Handle the messages of one buffer: packets, and acks/errors (of a set-up batch or of verdicts). */
+static void on_messages(int nsid, const char *buf, int len, uint64_t now)
+{
+    struct ns *n = &D.ns[nsid];
+    const struct nlmsghdr *nlh = (const struct nlmsghdr *)buf;
+    for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+        if (nlh->nlmsg_type == ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)) {
+            on_packet(nsid, nlh, now);
+        } else if (nlh->nlmsg_type == NLMSG_ERROR && nlh->nlmsg_len >= NLMSG_LENGTH(sizeof(struct nlmsgerr))) {
+            const struct nlmsgerr *err = mnl_nlmsg_get_payload(nlh);
+            uint32_t seq = err->msg.nlmsg_seq;
+            if (n->ack_pending && seq >= n->ack_lo && seq <= n->ack_hi) {
+                n->ack_pending--;
+                if (err->error && !n->ack_err)
+                    n->ack_err = -err->error;
+            } else if (err->error) {
+                D.st.verdict_errors++;  /* e.g. a verdict for a packet whose device went away */
+            }
+        }
+    }
+}
+
+static void receive(int nsid)
+{
+    static struct mmsghdr msgs[RECV_BATCH];
+    static struct iovec iov[RECV_BATCH];
+    int total = 0;
+    while (total < MAX_RECV_PER_WAKE && D.ns[nsid].fd >= 0) {
+        for (int i = 0; i < RECV_BATCH; i++) {
+            iov[i].iov_base = rbufs[i];
+            iov[i].iov_len = RECV_BUF;
+            memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int got = recvmmsg(D.ns[nsid].fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
+        if (got <= 0)
+            return;
+        uint64_t now = now_ns();
+        /* Reading must not starve releasing: under a flood the socket never drains, and every packet held
+         * would be released late by as long as reading went on. Stop after this batch once something is due. */
+        bool due_break = D.heap_len && head_due(D.heap[0]) <= now + D.lead_ns;
+        for (int i = 0; i < got; i++)
+            on_messages(nsid, rbufs[i], (int)msgs[i].msg_len, now);
+        total += got;
+        if (due_break || got < RECV_BATCH)
+            return;
+    }
+}
+
+/* ------------------------------------------------------------------ namespaces and set-up batches */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decode hex text in place; returns the byte count, -1 on bad input. */
+static long unhex(char *s)
+{
+    size_t n = strlen(s);
+    if (n % 2)
+        return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        s[i] = (char)(hi << 4 | lo);
+    }
+    s[n / 2] = 0;
+    return (long)(n / 2);
+}
+
+/* Send a netlink batch on a namespace's queue socket and wait (up to timeout_ms) for the ack of every
+ * message in it that asks for one, holding and releasing packets meanwhile. 0, or -1 with D.err set. */
+static int send_batch(int nsid, const unsigned char *data, size_t len, int timeout_ms)
+{
+    struct ns *n = &D.ns[nsid];
+    uint32_t lo = UINT32_MAX, hi = 0;
+    int want = 0;
+    size_t off = 0;
+    while (off + sizeof(struct nlmsghdr) <= len) {
+        const struct nlmsghdr *h = (const struct nlmsghdr *)(data + off);
+        if (h->nlmsg_len < sizeof *h || off + h->nlmsg_len > len)
+            return fail("malformed batch");
+        if (h->nlmsg_flags & NLM_F_ACK) {
+            want++;
+            if (h->nlmsg_seq < lo) lo = h->nlmsg_seq;
+            if (h->nlmsg_seq > hi) hi = h->nlmsg_seq;
+        }
+        off += NLMSG_ALIGN(h->nlmsg_len);
+    }
+    n->ack_lo = lo;
+    n->ack_hi = hi;
+    n->ack_pending = want;
+    n->ack_err = 0;
+    /* One send per nf_tables transaction (BATCH_BEGIN .. BATCH_END) and one for each run of plain messages
+     * (queue configuration): nfnetlink treats a send as a transaction only when it starts with BATCH_BEGIN. */
+    off = 0;
+    while (off < len) {
+        size_t end = off;
+        bool in_batch = ((const struct nlmsghdr *)(data + off))->nlmsg_type == NFNL_MSG_BATCH_BEGIN;
+        while (end < len) {
+            const struct nlmsghdr *h = (const struct nlmsghdr *)(data + end);
+            if (end > off && !in_batch && h->nlmsg_type == NFNL_MSG_BATCH_BEGIN)
+                break;
+            end += NLMSG_ALIGN(h->nlmsg_len);
+            if (in_batch && h->nlmsg_type == NFNL_MSG_BATCH_END)
+                break;
+        }
+        if (end > len)
+            end = len;
+        if (send(n->fd, data + off, end - off, 0) < 0) {
+            n->ack_pending = 0;
+            return fail("send: %s", strerror(errno));
+        }
+        off = end;
+    }
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    while (n->ack_pending) {
+        uint64_t t = now_ns();
+        if (t >= deadline) {
+            n->ack_pending = 0;
+            return fail("no ack from the kernel");
+        }
+        int wait_ms = (int)((deadline - t) / 1000000ull) + 1;
+        if (D.heap_len) {
+            uint64_t d = head_due(D.heap[0]);
+            int until_due = d <= t ? 0 : (int)((d - t) / 1000000ull);
+            if (until_due < wait_ms)
+                wait_ms = until_due;
+        }
+        struct pollfd pfd = {n->fd, POLLIN, 0};
+        int r = poll(&pfd, 1, wait_ms);
+        if (r > 0)
+            receive(nsid);
+        if (D.heap_len && head_due(D.heap[0]) <= now_ns() + D.lead_ns)
+            release_due(-1);
+    }
+    if (n->ack_err)
+        return fail("%s", strerror(n->ack_err));
+    return 0;
+}
+
+static int ns_attach(int nsid, const char *path, const unsigned char *setup, size_t setup_len)
+{
+    if (nsid < 0 || nsid > 1 << 24)
+        return fail("bad namespace id %d", nsid);
+    if (nsid >= D.nns) {
+        int cap = nsid + 1 > D.nns * 2 ? nsid + 1 : D.nns * 2;
+        D.ns = realloc(D.ns, sizeof *D.ns * cap);
+        if (!D.ns)
+            die("out of memory");
+        for (int i = D.nns; i < cap; i++)
+            D.ns[i] = (struct ns){.fd = -1, .vhead = NIL, .vtail = NIL};
+        D.nns = cap;
+    }
+    if (D.ns[nsid].fd >= 0)
+        return fail("namespace id %d in use", nsid);
+    int nsfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0)
+        return fail("%s: %s", path, strerror(errno));
+    if (setns(nsfd, CLONE_NEWNET) < 0) {
+        int e = errno;
+        close(nsfd);
+        return fail("setns %s: %s", path, strerror(e));
+    }
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_NETFILTER);
+    int e = errno;
+    if (setns(D.own_ns, CLONE_NEWNET) < 0)
+        die("setns back: %s", strerror(errno));
+    close(nsfd);
+    if (fd < 0)
+        return fail("socket in %s: %s", path, strerror(e));
+    int rcv = 8 << 20, snd = 4 << 20, one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &snd, sizeof snd) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, sizeof snd);
+    setsockopt(fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof one);
+    struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        e = errno;
+        close(fd);
+        return fail("bind in %s: %s", path, strerror(e));
+    }
+    D.ns[nsid] = (struct ns){.fd = fd, .vhead = NIL, .vtail = NIL};
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)nsid};
+    if (epoll_ctl(D.ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+        die("epoll_ctl: %s", strerror(errno));
+    /* The queue is bound and configured before the batch's rules (if any) can queue a packet. */
+    if (send_batch(nsid, setup, setup_len, 5000) < 0) {
+        char why[sizeof D.err];
+        snprintf(why, sizeof why, "set-up in %.200s: %.250s", path, D.err);
+        epoll_ctl(D.ep, EPOLL_CTL_DEL, fd, NULL);
+        release_due(nsid);
+        close(fd);
+        D.ns[nsid].fd = -1;
+        return fail("%s", why);
+    }
+    return 0;
+}
+
+static void ns_close(int nsid)
+{
+    struct ns *n = &D.ns[nsid];
+    for (int32_t pi = 0; pi < D.nports; pi++) {
+        if (D.ports[pi].ns == nsid && D.ports[pi].live) {
+            table_remove(pi);
+            D.ports[pi].live = false;
+            if (D.ports[pi].heap_pos < 0)
+                port_free(pi);
+        }
+    }
+    release_due(nsid);  /* frees the drained ports too */
+    epoll_ctl(D.ep, EPOLL_CTL_DEL, n->fd, NULL);
+    close(n->fd);
+    n->fd = -1;
+}
+
+/* ------------------------------------------------------------------ control */
+
+static char *tok(char **s)
+{
+    char *p = *s;
+    while (*p == ' ')
+        p++;
+    if (!*p)
+        return NULL;
+    char *start = p;
+    while (*p && *p != ' ')
+        p++;
+    if (*p)
+        *p++ = 0;
+    *s = p;
+    return start;
+}
+
+static bool tok_u64(char **s, uint64_t *out)
+{
+    char *t = tok(s), *end;
+    if (!t)
+        return false;
+    errno = 0;
+    *out = strtoull(t, &end, 0);
+    return !errno && !*end && t[0] != '-';
+}
+
+static bool ns_ok(uint64_t id) { return id < (uint64_t)D.nns && D.ns[id].fd >= 0; }
+
+struct setport { uint64_t ns, ifindex, ingress, delay_ns, link_id; double loss_pct; };
+
+static int op_set(char *s)
+{
+    uint64_t np, nf;
+    if (!tok_u64(&s, &np) || !tok_u64(&s, &nf) || np > 1 << 24 || nf > 1 << 24)
+        return fail("set: bad counts");
+    struct setport *sp = calloc(np + nf + 1, sizeof *sp);
+    if (!sp)
+        die("out of memory");
+    int rc = 0;
+    /* every entry is checked before any is applied, so a bad request changes nothing */
+    for (uint64_t i = 0; i < np + nf && !rc; i++) {
+        struct setport *q = &sp[i];
+        if (!tok_u64(&s, &q->ns) || !tok_u64(&s, &q->ifindex) || !tok_u64(&s, &q->ingress))
+            rc = fail("set: entry %" PRIu64 " malformed", i);
+        else if (q->ifindex < 1 || q->ifindex > 0x7FFFFFFF || q->ingress > 1)
+            rc = fail("set: entry %" PRIu64 ": bad ifindex or ingress", i);
+        else if (i < np) {
+            char *t, *end;
+            if (!tok_u64(&s, &q->delay_ns) || !(t = tok(&s)) || !tok_u64(&s, &q->link_id))
+                rc = fail("set: entry %" PRIu64 " malformed", i);
+            else if (q->loss_pct = strtod(t, &end), *end || !(q->loss_pct >= 0 && q->loss_pct <= 100))
+                rc = fail("set: entry %" PRIu64 ": loss %s not in [0, 100] %%", i, t);
+            else if (!ns_ok(q->ns))
+                rc = fail("set: namespace %" PRIu64 " not attached", q->ns);
+        }
+    }
+    if (!rc) {
+        for (uint64_t i = np; i < np + nf; i++) {  /* forget first */
+            if (!ns_ok(sp[i].ns))
+                continue;  /* a released namespace has nothing left to forget */
+            int pi = port_find((int)sp[i].ns, (uint32_t)(sp[i].ifindex << 1 | sp[i].ingress));
+            if (pi < 0)
+                continue;
+            table_remove(pi);
+            D.ports[pi].live = false;
+            if (D.ports[pi].heap_pos < 0)
+                port_free(pi);
+        }
+        int live = 0;
+        for (int i = 0; i < D.nports; i++)
+            live += D.ports[i].ns >= 0 && D.ports[i].live;
+        table_grow(live + (int)np);
+        for (uint64_t i = 0; i < np; i++) {
+            struct setport *q = &sp[i];
+            uint32_t key = (uint32_t)(q->ifindex << 1 | q->ingress);
+            int pi = port_find((int)q->ns, key);
+            if (pi < 0) {
+                pi = port_alloc();
+                D.ports[pi] = (struct port){.head = NIL, .tail = NIL, .heap_pos = -1, .ns = (int32_t)q->ns,
+                                            .key = key, .live = true};
+                table_insert((uint32_t)pi);
+            }
+            struct port *p = &D.ports[pi];
+            p->delay_ns = q->delay_ns;
+            p->link_id = q->link_id;
+            p->loss_all = q->loss_pct >= 100.0;
+            /* loss as a fraction of 2^64: a hash below it drops */
+            p->loss_thr = p->loss_all ? UINT64_MAX : (uint64_t)(q->loss_pct / 100.0 * 18446744073709551616.0);
+        }
+    }
+    free(sp);
+    return rc;
+}
+
+static void reply(const char *fmt, ...)
+{
+    static char out[1 << 16];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, sizeof out - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof out - 2)
+        n = sizeof out - 2;
+    out[n++] = '\n';
+    for (int off = 0; off < n;) {
+        ssize_t w = write(D.ctl, out + off, n - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN) {
+                struct pollfd pfd = {D.ctl, POLLOUT, 0};
+                poll(&pfd, 1, 1000);
+                continue;
+            }
+            D.running = false;
+            return;
+        }
+        off += w;
+    }
+}
+
+static void op_stats(char *s)
+{
+    uint64_t reset = 0;
+    tok_u64(&s, &reset);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    int nns = 0, held_if = 0, held = 0;
+    for (int i = 0; i < D.nns; i++) {
+        nns += D.ns[i].fd >= 0;
+        held += D.ns[i].fd >= 0 ? D.ns[i].held : 0;
+    }
+    for (int i = 0; i < D.nports; i++)
+        held_if += D.ports[i].ns >= 0 && D.ports[i].live;
+    /* the histogram, sparse: bin:count pairs */
+    static char hist[LATE_BINS * 24];
+    size_t off = 0;
+    hist[0] = 0;
+    for (int b = 0; b <= LATE_BINS; b++)
+        if (D.st.hist[b])
+            off += snprintf(hist + off, sizeof hist - off, "%s%d:%" PRIu64, off ? "," : "", b, D.st.hist[b]);
+    reply("ok queued=%" PRIu64 " verdicts=%" PRIu64 " dropped=%" PRIu64 " overflow=%" PRIu64
+          " unshaped=%" PRIu64 " held=%d verdict_errors=%" PRIu64 " released=%" PRIu64
+          " late_sum_ns=%" PRId64 " late_max_ns=%" PRId64 " busy_max_ns=%" PRId64 " busy_cpu_ns=%" PRId64
+          " lead_ns=%" PRIu64 " stamped=%" PRIu64 " read_lag_sum_ns=%" PRId64 " namespaces=%d"
+          " held_interfaces=%d cpu_ns=%" PRIu64 " rt_priority=%d pool=%u hist=%s",
+          D.st.queued, D.st.accepted, D.st.dropped, D.st.overflow, D.st.unshaped, held,
+          D.st.verdict_errors, D.st.released, D.st.late_sum_ns, D.st.late_max_ns, D.st.busy_max_ns,
+          D.st.busy_cpu_ns, D.lead_ns, D.st.stamped, D.st.read_lag_sum_ns, nns, held_if,
+          (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull
+              + (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull,
+          D.rt_prio, D.pool_cap, off ? hist : "-");
+    if (reset)
+        D.st.late_max_ns = D.st.busy_max_ns = D.st.busy_cpu_ns = 0;
+}
+
+static void handle(char *line)
+{
+    char *s = line, *op = tok(&s);
+    int rc = 0;
+    if (!op) {
+        reply("err empty request");
+        return;
+    }
+    if (!strcmp(op, "ns") || !strcmp(op, "nft") || !strcmp(op, "release")) {
+        uint64_t id;
+        char *a = NULL, *b = NULL, *c = NULL;
+        long la = 0, lb = 0, lc = 0;
+        if (!tok_u64(&s, &id) || id > 1 << 24 || !(a = tok(&s)) || (la = unhex(a)) < 0)
+            rc = fail("%s: malformed request", op);
+        else if (!strcmp(op, "ns")) {
+            if (!(b = tok(&s)) || (lb = unhex(b)) <= 0)
+                rc = fail("ns: malformed set-up batch");
+            else
+                rc = ns_attach((int)id, a, (unsigned char *)b, (size_t)lb);
+        } else if (!ns_ok(id)) {
+            rc = fail("%s: namespace %" PRIu64 " not attached", op, id);
+        } else if (!strcmp(op, "nft")) {
+            rc = la ? send_batch((int)id, (unsigned char *)a, (size_t)la, 5000) : 0;
+        } else {
+            /* rules out first (no new packets), then what is held goes, then the table: deleting its
+             * chains would make the kernel drop whatever is still queued in the namespace */
+            if (!(c = tok(&s)) || (lc = unhex(c)) < 0)
+                rc = fail("release: malformed request");
+            int rc1 = rc || !la ? 0 : send_batch((int)id, (unsigned char *)a, (size_t)la, 2000);
+            if (!rc) {
+                char why[sizeof D.err] = "";
+                if (rc1)
+                    snprintf(why, sizeof why, "%s", D.err);
+                for (int32_t pi = 0; pi < D.nports; pi++)
+                    if (D.ports[pi].ns == (int)id && D.ports[pi].live) {
+                        table_remove(pi);
+                        D.ports[pi].live = false;
+                        if (D.ports[pi].heap_pos < 0)
+                            port_free(pi);
+                    }
+                release_due((int)id);
+                int rc2 = lc ? send_batch((int)id, (unsigned char *)c, (size_t)lc, 2000) : 0;
+                ns_close((int)id);
+                if (rc1)
+                    rc = fail("removing rules: %s", why);
+                else if (rc2)
+                    rc = fail("removing table: %s", D.err);
+            }
+        }
+    } else if (!strcmp(op, "set")) {
+        rc = op_set(s);
+    } else if (!strcmp(op, "stats")) {
+        op_stats(s);
+        return;
+    } else if (!strcmp(op, "close")) {
+        D.running = false;
+        return;  /* the reply is the exit */
+    } else {
+        rc = fail("unknown op %s", op);
+    }
+    if (rc)
+        reply("err %s", D.err);
+    else
+        reply("ok");
+}
+
+static void control(void)
+{
+    for (;;) {
+        if (D.ctlcap - D.ctllen < 65536) {
+            D.ctlcap = D.ctlcap ? D.ctlcap * 2 : 1 << 20;
+            D.ctlbuf = realloc(D.ctlbuf, D.ctlcap);
+            if (!D.ctlbuf)
+                die("out of memory");
+        }
+        ssize_t n = read(D.ctl, D.ctlbuf + D.ctllen, D.ctlcap - D.ctllen - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n <= 0) {  /* the driver went away */
+            D.running = false;
+            break;
+        }
+        D.ctllen += (size_t)n;
+    }
+    size_t start = 0;
+    for (size_t i = 0; i < D.ctllen && D.running; i++) {
+        if (D.ctlbuf[i] != '\n')
+            continue;
+        D.ctlbuf[i] = 0;
+        handle(D.ctlbuf + start);
+        start = i + 1;
+    }
+    memmove(D.ctlbuf, D.ctlbuf + start, D.ctllen - start);
+    D.ctllen -= start;
+}
+
+/* ------------------------------------------------------------------ main loop and shutdown */
+
+static void run(void)
+{
+    struct epoll_event evs[256];
+    while (D.running) {
+        int timeout = D.heap_len && head_due(D.heap[0]) <= now_ns() + D.lead_ns ? 0 : -1;
+        int n = epoll_wait(D.ep, evs, 256, timeout);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait: %s", strerror(errno));
+        }
+        uint64_t t0 = now_ns(), c0 = cpu_ns(), fired = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t tag = evs[i].data.u32;
+            if (tag == EV_TIMER) {
+                uint64_t x;
+                if (read(D.tfd, &x, sizeof x) == sizeof x)
+                    fired = D.armed_ns;
+                D.armed_ns = 0;
+            } else if (tag == EV_CTL) {
+                control();
+            } else if (tag == EV_SIG) {
+                struct signalfd_siginfo si;
+                if (read(D.sfd, &si, sizeof si) > 0)
+                    D.running = false;
+            } else if (tag < (uint32_t)D.nns && D.ns[tag].fd >= 0) {
+                receive((int)tag);
+            }
+        }
+        release_due(-1);
+        arm_timer();
+        uint64_t t1 = now_ns();
+        if (fired) {
+            /* EWMA (1/16) of the time from the timer's expiry to the verdicts' hand-over to the kernel
+             * (by then the kernel has forwarded the packets), bounded to [0, MAX_LEAD_NS] */
+            int64_t err = (int64_t)(t1 - fired);
+            err = err < 0 ? 0 : err > MAX_LEAD_NS ? MAX_LEAD_NS : err;
+            D.lead_ns = (uint64_t)((int64_t)D.lead_ns + ((err - (int64_t)D.lead_ns) >> 4));
+        }
+        /* lateness beyond this figure is time the daemon was not on a CPU, not work it did */
+        if ((int64_t)(t1 - t0) > D.st.busy_max_ns) {
+            D.st.busy_max_ns = (int64_t)(t1 - t0);
+            D.st.busy_cpu_ns = (int64_t)(cpu_ns() - c0);
+        }
+    }
+}
+
+/* Release everything held and delete every table: the exit batch sent on each namespace's own queue socket
+ * (no setns), all first, then the acks collected; closing a socket unbinds its queue. */
+static void shutdown_all(void)
+{
+    for (int i = 0; i < D.nns; i++)
+        if (D.ns[i].fd >= 0)
+            release_due(i);
+    for (int i = 0; i < D.nns; i++) {
+        if (D.ns[i].fd < 0 || !D.exit_len)
+            continue;
+        int fl = fcntl(D.ns[i].fd, F_GETFL);
+        fcntl(D.ns[i].fd, F_SETFL, fl & ~O_NONBLOCK);
+        if (send(D.ns[i].fd, D.exit_batch, D.exit_len, 0) < 0)
+            continue;  /* the namespace is already gone with its table */
+    }
+    for (int i = 0; i < D.nns; i++) {
+        if (D.ns[i].fd < 0)
+            continue;
+        struct pollfd pfd = {D.ns[i].fd, POLLIN, 0};
+        while (D.exit_len && poll(&pfd, 1, 200) > 0) {
+            ssize_t n = recv(D.ns[i].fd, rbufs[0], RECV_BUF, MSG_DONTWAIT);
+            if (n <= 0)
+                break;
+            /* acks only (no rules left to queue anything); stop at the last one */
+            const struct nlmsghdr *h = (const struct nlmsghdr *)rbufs[0];
+            int len = (int)n;
+            bool last = false;
+            for (; mnl_nlmsg_ok(h, len); h = mnl_nlmsg_next(h, &len))
+                if (h->nlmsg_type == NLMSG_ERROR) {
+                    const struct nlmsgerr *e = mnl_nlmsg_get_payload(h);
+                    const struct nlmsghdr *ex = (const struct nlmsghdr *)D.exit_batch;
+                    uint32_t max_seq = 0;
+                    for (int l = (int)D.exit_len; mnl_nlmsg_ok(ex, l); ex = mnl_nlmsg_next(ex, &l))
+                        if (ex->nlmsg_flags & NLM_F_ACK && ex->nlmsg_seq > max_seq)
+                            max_seq = ex->nlmsg_seq;
+                    if (e->msg.nlmsg_seq == max_seq)
+                        last = true;
+                }
+            if (last)
+                break;
+        }
+        close(D.ns[i].fd);
+        D.ns[i].fd = -1;
+    }
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: delayd --ctl-fd FD [--queue-num N] [--seed S] [--pool ENTRIES] "
+                    "[--exit-batch HEX] [--rt-priority P] [--nice N]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    long pool = 1 << 20, nice_val = -10;
+    D.ctl = -1;
+    D.queue_num = 4711;
+    D.free_port = -1;
+    D.pool_free = NIL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            usage();
+        char *end;
+        errno = 0;
+        if (!strcmp(a, "--ctl-fd")) D.ctl = (int)strtol(v, &end, 10);
+        else if (!strcmp(a, "--queue-num")) D.queue_num = (uint16_t)strtoul(v, &end, 10);
+        else if (!strcmp(a, "--seed")) D.seed = strtoull(v, &end, 0);
+        else if (!strcmp(a, "--pool")) pool = strtol(v, &end, 10);
+        else if (!strcmp(a, "--rt-priority")) D.rt_prio = (int)strtol(v, &end, 10);
+        else if (!strcmp(a, "--nice")) nice_val = strtol(v, &end, 10);
+        else if (!strcmp(a, "--exit-batch")) {
+            size_t n = strlen(v);
+            D.exit_batch = malloc(n + 1);
+            memcpy(D.exit_batch, v, n + 1);
+            long l = unhex((char *)D.exit_batch);
+            if (l < 0)
+                die("--exit-batch: not hex");
+            D.exit_len = (size_t)l;
+            end = (char *)"";
+        } else usage();
+        if (errno || *end)
+            die("bad value for %s: %s", a, v);
+        i++;
+    }
+    if (D.ctl < 0 || pool < 1 || pool > 0x7FFFFFFE)
+        usage();
+    /* Die with the driver (the thread that started us, strictly), and keep timer wake-ups exact. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    prctl(PR_SET_TIMERSLACK, 1UL);
+    if (getppid() == 1)
+        return 1;
+    /* Namespace sockets count against the open-file limit: take the hard limit (the driver sizes shards
+     * by it). */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (D.rt_prio > 0) {
+        struct sched_param sp = {.sched_priority = D.rt_prio};
+        if (sched_setscheduler(0, SCHED_FIFO, &sp) < 0) {
+            fprintf(stderr, "delayd: cannot run at SCHED_FIFO %d: %s\n", D.rt_prio, strerror(errno));
+            D.rt_prio = 0;
+        }
+    } else if (setpriority(PRIO_PROCESS, 0, (int)nice_val) < 0) {
+        /* netem runs in softirq, ahead of every process; standing in for it, wait behind no traffic generator */
+        fprintf(stderr, "delayd: cannot set niceness %ld: %s\n", nice_val, strerror(errno));
+    }
+    D.pool_cap = (uint32_t)pool;
+    D.pool = malloc(sizeof *D.pool * (size_t)pool);  /* pages are touched as the pool is first used */
+    if (!D.pool)
+        die("cannot allocate %ld entries", pool);
+    D.own_ns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (D.own_ns < 0)
+        die("own namespace: %s", strerror(errno));
+    D.ep = epoll_create1(EPOLL_CLOEXEC);
+    D.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    sigset_t ss;
+    sigemptyset(&ss);
+    sigaddset(&ss, SIGTERM);
+    sigprocmask(SIG_BLOCK, &ss, NULL);
+    signal(SIGINT, SIG_IGN);  /* the emulator handles ^C and closes us */
+    signal(SIGPIPE, SIG_IGN);
+    D.sfd = signalfd(-1, &ss, SFD_NONBLOCK | SFD_CLOEXEC);
+    fcntl(D.ctl, F_SETFL, fcntl(D.ctl, F_GETFL) | O_NONBLOCK);
+    fcntl(D.ctl, F_SETFD, FD_CLOEXEC);
+    if (D.ep < 0 || D.tfd < 0 || D.sfd < 0)
+        die("epoll/timerfd/signalfd: %s", strerror(errno));
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.u32 = EV_TIMER;
+    epoll_ctl(D.ep, EPOLL_CTL_ADD, D.tfd, &ev);
+    ev.data.u32 = EV_CTL;
+    if (epoll_ctl(D.ep, EPOLL_CTL_ADD, D.ctl, &ev) < 0)
+        die("control fd %d: %s", D.ctl, strerror(errno));
+    ev.data.u32 = EV_SIG;
+    epoll_ctl(D.ep, EPOLL_CTL_ADD, D.sfd, &ev);
+    D.running = true;
+    run();
+    shutdown_all();
+    return 0;
+}
