@@ -81,8 +81,9 @@ def test_python_examples_run():
 
     for where, code in blocks("python"):
         compile(code, where, "exec")
-        if where != "README.md":
-            continue  # the plugin's README uses the installed plugin: tests/integration/test_protocols.py
+        if where != "README.md" or "emulator.api" in code:
+            continue  # the plugin's README uses the installed plugin: tests/integration/test_protocols.py;
+            # the scripting examples: test_scripting_examples_run
         ns: dict = {"__name__": "docs_example"}
         exec(compile(code, where, "exec"), ns)  # noqa: S102 - our own documentation's example
         classes = [v for v in ns.values() if isinstance(v, type) and getattr(v, "name", "") and
@@ -96,6 +97,18 @@ def test_python_examples_run():
         assert isinstance(table, RouteTable)
         nodes, _ = table_path(table, tl.node_index("h-a"), tl.node_index("h-b"))
         assert nodes and nodes[-1] == tl.node_index("h-b")
+
+
+def test_scripting_examples_run(monkeypatch, capsys):
+    """The README's plan-only scripting example runs (no root); the live one needs root: it is compiled
+    above, and tests/integration/test_api.py runs the same flow (examples/scripted.py) on a live network."""
+    monkeypatch.chdir(ROOT)
+    codes = [code for where, code in blocks("python") if where == "README.md" and "emulator.api" in code]
+    assert any("open_emulation(" in c for c in codes) and any("plan_only(" in c for c in codes)
+    for code in codes:
+        if "open_emulation(" not in code:
+            exec(compile(code, "README.md", "exec"), {"__name__": "docs_example"})  # noqa: S102
+    assert " ms -> " in capsys.readouterr().out
 
 
 def test_example_scenarios_plan():
