@@ -112,8 +112,31 @@ def next_hops(graph: LinkGraph, destinations: np.ndarray) -> tuple[np.ndarray, n
     if len(destinations) == 0:
         empty = np.empty((0, n))
         return empty, empty.astype(np.int32), empty.astype(np.int32)
-    dist, pred = dijkstra(graph.matrix().T.tocsr(), directed=True, indices=destinations,
-                          return_predecessors=True)
+    # A destination with one neighbour (a host or compute node behind its access link) is reached by
+    # every other node through that neighbour: its tree is the neighbour's plus one hop, so only the
+    # neighbour needs a Dijkstra run. With a host behind every gateway this halves the runs, ~1.6 ms
+    # each on a 10,744-satellite constellation.
+    src_sorted = graph.src.astype(np.int64)
+    first = np.searchsorted(src_sorted, destinations)
+    deg = np.bincount(src_sorted, minlength=n)
+    leaf = deg[destinations] == 1
+    nb = np.where(leaf, graph.dst[np.minimum(first, max(len(src_sorted) - 1, 0))], -1).astype(np.int64)
+    leaf &= (nb >= 0) & (deg[np.maximum(nb, 0)] > 1)  # two nodes joined only to each other: run both
+    nb[~leaf] = -1
+    sources = np.unique(np.concatenate([destinations[~leaf], nb[leaf]]))
+    dist_s, pred_s = dijkstra(graph.matrix().T.tocsr(), directed=True, indices=sources,
+                              return_predecessors=True)
+    rows = np.searchsorted(sources, np.where(leaf, nb, destinations))
+    dist = dist_s[rows]
+    pred = pred_s[rows]
+    if leaf.any():
+        li = np.flatnonzero(leaf)
+        d, g = destinations[li], nb[li]
+        w = graph.weight[first[li]]  # the leaf's one edge d -> g; g -> d weighs the same (both directions)
+        dist[li] += w[:, None]
+        dist[li, d] = 0.0
+        pred[li, g] = d
+        pred[li, d] = -9999
     nh = np.where(pred < 0, -1, pred).astype(np.int32)
     nodes = np.broadcast_to(np.arange(n), nh.shape)
     link = graph.link_between(nodes, nh).astype(np.int32)

@@ -83,3 +83,48 @@ def test_routing_imports_without_pyroute2_or_mininet():
     code = ("import sys, routing.base, routing.graph, routing.shortest_delay; "
             "bad = [m for m in ('pyroute2', 'mininet') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_leaf_destinations_match_networkx_on_random_graphs():
+    # next_hops reaches a one-neighbour destination through its neighbour's tree: check it where leaves
+    # share a neighbour, a leaf's neighbour is itself a destination, two nodes are joined only to each
+    # other, and a leaf hangs off an unreachable island
+    from topologies.timeline import Snapshot
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        n_core, n_leaf = 25, 12
+        n = n_core + n_leaf + 2
+        core_a = rng.integers(0, n_core, 60)
+        core_b = rng.integers(0, n_core, 60)
+        keep = core_a != core_b
+        leaf_nb = rng.integers(0, n_core, n_leaf)
+        a = np.concatenate([core_a[keep], np.arange(n_core, n_core + n_leaf), [n - 2]])
+        b = np.concatenate([core_b[keep], leaf_nb, [n - 1]])
+        w = rng.uniform(0.5, 9.0, len(a))
+        snap = Snapshot(0, np.zeros(len(a), np.uint8), b.astype(np.int32),
+                        np.stack([w, np.full(len(a), 100.0), np.zeros(len(a))], axis=1).astype(np.float32))
+        graph = build_graph(a, snap, n)
+        dest = np.unique(np.concatenate([np.arange(n_core, n_core + n_leaf), leaf_nb[:3], [n - 2, n - 1],
+                                         rng.integers(0, n_core, 3)]))
+        dist, nh, link = next_hops(graph, dest)
+        g = nx.Graph()
+        g.add_nodes_from(range(n))
+        for l in range(len(a)):
+            u, v, wt = int(a[l]), int(b[l]), float(snap.params[l, 0]) + HOP_EPSILON
+            if not g.has_edge(u, v) or g[u][v]["weight"] > wt:
+                g.add_edge(u, v, weight=wt)
+        for i, d in enumerate(dest):
+            ref = nx.single_source_dijkstra_path_length(g, int(d))
+            for v in range(n):
+                if v not in ref:
+                    assert not np.isfinite(dist[i, v]) and nh[i, v] == -1 and link[i, v] == -1
+                    continue
+                assert dist[i, v] == pytest.approx(ref[v], abs=1e-6)
+                if v == d:
+                    assert nh[i, v] == -1
+                    continue
+                x = int(nh[i, v])
+                assert dist[i, v] == pytest.approx(g[v][x]["weight"] + dist[i, x], abs=1e-6)
+                l = int(link[i, v])
+                assert {int(a[l]), int(b[l])} == {v, x}
