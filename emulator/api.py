@@ -551,14 +551,23 @@ class LiveEmulation(Experiment):
 
         _constellation_cli(self.emulation.net, self.emulation)
 
+    def _apply(self, step: int) -> Any:
+        emu = self.emulation
+        was_down = emu.is_access & (emu.applied.state != Reason.UP)
+        stats = emu.apply_step(step)
+        back = np.flatnonzero(was_down & (emu.applied.state == Reason.UP))
+        if len(back):  # a failed host's or compute node's link is back: the kernel dropped its default route
+            emu.reinstall_host_routes(back)
+        return stats
+
     def _move(self, step: int) -> None:
-        self.emulation.apply_step(step)
+        self._apply(step)
         if step < self.last_step:  # spare antenna pairs to their next satellites, as between clock steps
             self.emulation.prepare_ahead(step)
 
     def _apply_on_clock(self, step: int) -> Any:
         with self._lock:
-            stats = self.emulation.apply_step(step)
+            stats = self._apply(step)
             self._step = step
             return stats
 

@@ -176,6 +176,19 @@ class Emulation:
         snap = self.timeline.snapshot(step)
         return snap if self.target_filter is None else self.target_filter(snap)
 
+    def reinstall_host_routes(self, links: np.ndarray) -> None:
+        """Install again the default route of the host or compute node behind each access link in
+        ``links`` (up by now). The kernel drops that route while the link is down, which only a script's
+        failure does: :mod:`emulator.api` calls this when such a link comes back."""
+        a = self.addr
+        for l in np.asarray(links, np.int64).tolist():
+            i = int(self.link_a[l])  # an access link's near end is its host (topologies.plan)
+            b = rtnl.Batch()
+            b.add(rtnl.RTM_NEWROUTE, _CREATE,
+                  rtnl.route_body(0, 0, int(a.gateway_addr[i]), int(a.ifindex_a[l]), int(a.addr_a[l])),
+                  f"default via {ip_str(a.gateway_addr[i])}")
+            self._rtnl[i].check(b, "default route")
+
     def __enter__(self) -> Emulation:
         return self
 
