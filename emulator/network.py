@@ -78,6 +78,7 @@ class StepStats:
     links_down: int = 0
     handovers: int = 0
     moves_in_step: int = 0
+    routes_prefetched: bool = False  # the route table was computed between steps (prefetch_routes)
     param_changes: int = 0
     routes_changed: int = 0
     routes_deleted: int = 0
@@ -90,7 +91,7 @@ class StepStats:
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("step", "links_up", "links_down", "handovers", "moves_in_step",
                                               "param_changes", "routes_changed", "routes_deleted",
-                                              "timings_ms")}
+                                              "routes_prefetched", "timings_ms")}
 
 
 class Emulation:
@@ -162,6 +163,8 @@ class Emulation:
         self._stopped = False
         self._gc_frozen = False
         self.build_timings_ms: dict[str, float] = {}
+        self._prefetched: tuple[Snapshot, RouteTable] | None = None
+        self._compute_s = 0.0  # how long the last prefetched route computation took
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -308,7 +311,10 @@ class Emulation:
         try:
             if not self.daemon_driven:
                 tc = time.perf_counter()
-                table = self._compute_routes(step, applied)
+                table = self._take_prefetched(applied)
+                stats.routes_prefetched = table is not None
+                if table is None:
+                    table = self._compute_routes(step, applied)
                 t_compute = _ms(tc)
             # 2. delay, rate, loss of links that keep their pair
             self._shape(np.setdiff1d(d.param_links, switched), applied)
@@ -365,11 +371,18 @@ class Emulation:
             ``time.monotonic()`` deadline (the next step's due time): no move is started within 50 ms
             of it; the rest wait for the next call (or are moved by the handover itself).
 
+        Then, time permitting, the route table of ``step + 1`` is computed (:meth:`prefetch_routes`).
+
         Returns
         -------
         int
             Spare pairs moved.
         """
+        done = self._move_spares_ahead(step, until)
+        self.prefetch_routes(step + 1, until)
+        return done
+
+    def _move_spares_ahead(self, step: int, until: float | None) -> int:
         if not self._built or self._stopped or not len(self._antennas):
             return 0
         slots = self._antennas
@@ -385,6 +398,42 @@ class Emulation:
             self._shape_spares([l], [int(at[i])])
             done += 1
         return done
+
+    def prefetch_routes(self, step: int, until: float | None = None) -> bool:
+        """Between steps: compute the route table of ``step`` on the very snapshot :meth:`apply_step`
+        will compute it on (the applied state plus the diff to ``step``'s target), so that the step only
+        installs it. Route computation grows with the constellation (~1.6 ms per destination on 10,744
+        satellites, one Dijkstra run each) while installation grows with what changed.
+
+        The step uses the table only if that snapshot is still the one it computes on (a failure injected
+        meanwhile, or steps applied out of order, make it compute its own). Not started if the last
+        computation would not end 20 ms before ``until`` (a ``time.monotonic()`` deadline).
+
+        Returns
+        -------
+        bool
+            Whether a table was computed.
+        """
+        if self.daemon_driven or not self._built or self._stopped or not 0 <= step < self.timeline.n_steps:
+            return False
+        if until is not None and time.monotonic() + self._compute_s > until - 0.02:
+            return False
+        snap = self.applied.apply(diff(self.applied, self.target(step), self.delay_tolerance_ms))
+        t0 = time.perf_counter()
+        self._prefetched = (snap, self._compute_routes(step, snap))
+        self._compute_s = time.perf_counter() - t0
+        return True
+
+    def _take_prefetched(self, snap: Snapshot) -> RouteTable | None:
+        """The prefetched table if it was computed on a snapshot equal to ``snap``; forgets it either way."""
+        got, self._prefetched = self._prefetched, None
+        if got is None:
+            return None
+        old, table = got
+        if (old.step == snap.step and np.array_equal(old.state, snap.state) and np.array_equal(old.peer, snap.peer)
+                and np.array_equal(old.params, snap.params)):
+            return table
+        return None
 
     def stop(self) -> None:
         """Tear everything down: shaper, processes in our namespaces, shells, sockets. Idempotent."""

@@ -392,3 +392,42 @@ def test_held_packets_leave_with_the_mark_they_came_with(make_emulation):
     marked, total = counts
     assert total >= 5 and marked == 0, out
     assert shaper.stats()["stamped"] > 0  # the arrivals were stamped (and so held from their arrival)
+
+
+def test_routes_prefetched_between_steps_are_the_steps_own(make_emulation):
+    """A route table computed between steps (prepare_ahead) is used by the step only if the state it was
+    computed on is the one the step reaches: the kernel then holds exactly what the protocol computes
+    afresh on that state; a failure injected after the prefetch makes the step compute around it."""
+    import dataclasses
+
+    import numpy as np
+
+    from routing.base import get_protocol
+    from topologies.timeline import Reason
+
+    tl = grid_timeline()
+    emu = make_emulation(tl)
+    routers = [i for i in range(len(tl.nodes)) if emu.is_router[i]]
+    for step in (1, 2, 3):
+        emu.prepare_ahead(step - 1)
+        stats = emu.apply_step(step)
+        assert stats.routes_prefetched, step
+        fresh = get_protocol("shortest-delay").compute(tl, step, emu.applied)
+        assert np.array_equal(fresh.next_hop, emu.routes.next_hop) and np.array_equal(fresh.link, emu.routes.link)
+        for r in routers:
+            assert _kernel_routes(emu, tl.nodes[r].name) == _table_routes(emu, r), f"step {step}"
+    emu.prepare_ahead(3)  # step 4's table, computed before the failure below
+    used = {int(l) for l in np.unique(emu.routes.link) if l >= 0 and tl.link_class[l] == 0}
+    cut = min(used)
+
+    def failed(snap):
+        state = snap.state.copy()
+        state[cut] = Reason.FAILED
+        return dataclasses.replace(snap, state=state)
+
+    emu.target_filter = failed
+    stats = emu.apply_step(4)
+    assert not stats.routes_prefetched
+    assert not (emu.routes.link == cut).any()
+    for r in routers:
+        assert _kernel_routes(emu, tl.nodes[r].name) == _table_routes(emu, r)
