@@ -142,7 +142,11 @@ class NullShaper:
         pass
 
 
-def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int, speed: float) -> dict:
+def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int, speed: float,
+                   ping_pair: tuple[str, str] = ("h-0", "h-1"), on_step=None) -> dict:
+    """Build ``tl``, play ``n_steps`` steps at ``speed``, ping ``ping_pair[0]`` -> ``ping_pair[1]``, tear down.
+
+    ``on_step()`` (optional) is called after each step (e.g. to sample memory)."""
     from emulator.clean import find_ours
     from emulator.clock import Playback
     from emulator.network import Emulation
@@ -173,12 +177,14 @@ def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int, speed: float) -
                 phases.setdefault(key, []).append(v)
             counts.append((s.links_up, s.links_down, s.handovers, s.moves_in_step, s.param_changes,
                            s.routes_changed))
+            if on_step is not None:
+                on_step()
             return s
 
         play = Playback(tl.step_s, 0, n_steps, apply, speed if speed > 0 else 1e9, ahead=emu.prepare_ahead)
         play.run()
         ahead = [r.ahead_ms for r in play.records[:-1]]
-        ping = emu.node("h-0").cmd(f"ping -c1 -W2 {emu.address_of('h-1')}")
+        ping = emu.node(ping_pair[0]).cmd(f"ping -c1 -W2 {emu.address_of(ping_pair[1])}")
     finally:
         t = time.perf_counter()
         emu.stop()
