@@ -11,10 +11,11 @@ Default plan (:class:`AddressPlan`)
   source of packets a router originates.
 * **Link slots** (ISLs and gateway antennas): one /31 each from ``10.0.0.0/10``; slot ``l`` gets
   ``10.0.0.0 + 2 l`` at its near end (``link_a``: satellite or gateway) and ``+ 1`` at its far end.
-* **Gateway antennas** have two veth pairs each (make-before-break handovers, see
-  :mod:`emulator.network`): the first uses the slot's /31 above, the second (the *spare*) a /31 from
-  the same pool after all slots: the j-th antenna slot (in link-table order) gets
-  ``10.0.0.0 + 2 (n_links + j)``. Each pair keeps its /31 wherever its satellite end sits.
+* **Gateway antennas and cross-shell laser slots** (the slots whose far end changes) have two veth
+  pairs each (make-before-break handovers, see :mod:`emulator.network`): the first uses the slot's
+  /31 above, the second (the *spare*) a /31 from the same pool after all slots: the j-th such slot
+  (in link-table order) gets ``10.0.0.0 + 2 (n_links + j)``. Each pair keeps its /31 wherever its
+  far end sits.
 * **Access links** (a host to its gateway, a compute node to its satellite): the j-th access link gets
   a host subnet from ``10.128.0.0/9`` (/24 by default); the router end is ``.1``, the host ``.2``.
   The subnet is the host's destination prefix in every routing table.
@@ -30,7 +31,8 @@ Interface names (at most 15 characters, unique in each namespace)
   ends are named ``isl<slot>`` instead.
 * Gateway antenna: ``ant<k>`` at the gateway (its k-th antenna), ``g<slot>`` at the satellite, a
   name no other interface uses, so moving it into another satellite never collides; the spare pair
-  is ``ant<k>b`` / ``g<slot>b``. Which of the two carries the antenna at a step alternates with
+  is ``ant<k>b`` / ``g<slot>b``. A cross-shell laser slot: ``x<slot>`` at its owner, ``y<slot>``
+  at the partner, spares ``x<slot>b`` / ``y<slot>b``. Which of the two carries the antenna at a step alternates with
   handovers (:class:`LinkEnds` tracks it).
 * Access link: ``eth0`` at the host or compute node, ``h<slot>`` at the gateway or satellite.
 * Interface indices are fixed too: ``2 + 2 l`` for the near end of slot ``l`` and ``3 + 2 l`` for the
@@ -61,6 +63,7 @@ _GSL = LINK_CLASSES.index("gsl")
 _ACCESS = LINK_CLASSES.index("access")
 _INTRA = LINK_ROLES.index("intra")
 _INTER = LINK_ROLES.index("inter")
+_XSHELL = LINK_ROLES.index("cross-shell")
 
 
 def check_node_name(name: str) -> None:
@@ -151,8 +154,8 @@ class Addressing:
     prefix (its loopback /32 for a router, its subnet for a host); ``gateway_addr`` is the default
     gateway of a host (0 for routers). ``addr_a``/``addr_b``, ``ifname_a``/``ifname_b``,
     ``ifindex_a``/``ifindex_b`` describe the near and far end of each link slot (its first veth pair);
-    the ``spare_*`` arrays the second pair of each gateway antenna slot (0 or "" for other slots,
-    ``has_spare`` False).
+    the ``spare_*`` arrays the second pair of each slot whose far end changes, a gateway antenna or a
+    cross-shell laser slot (0 or "" for other slots, ``has_spare`` False).
     """
 
     plan: AddressPlan
@@ -216,9 +219,10 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     if len(routers) > plan.max_routers:
         raise ConfigError(f"{len(routers)} routers need more loopback addresses than {plan.loopback_pool} "
                           f"holds ({plan.max_routers}): more nodes than names allow", key="loopback_pool")
-    n_spare = int((cls == _GSL).sum())
+    moving = (cls == _GSL) | ((cls == _ISL) & (tl.link_role == _XSHELL))  # far end changes: a spare pair
+    n_spare = int(moving.sum())
     if n_links + n_spare > plan.max_links:
-        raise ConfigError(f"{n_links} link slots and {n_spare} spare antenna pairs need more /31 prefixes "
+        raise ConfigError(f"{n_links} link slots and {n_spare} spare pairs need more /31 prefixes "
                           f"than {plan.link_pool} holds ({plan.max_links}): more links than names allow",
                           key="link_pool")
     if len(access) > plan.max_access:
@@ -232,9 +236,11 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     if n_links and (a.min() < 0 or a.max() >= n_nodes or peer.max(initial=-1) >= n_nodes):
         raise ConfigError("link table refers to a node index outside the node table", key="link_a")
     kind_a = kinds[a] if n_links else np.empty(0, object)
-    isl = np.flatnonzero(cls == _ISL)
+    all_isl = np.flatnonzero(cls == _ISL)
+    xshell = all_isl[tl.link_role[all_isl] == _XSHELL]
+    isl = all_isl[tl.link_role[all_isl] != _XSHELL]
     gsl = np.flatnonzero(cls == _GSL)
-    for idx, want_a, label in ((isl, ("sat",), "isl"), (gsl, ("gateway",), "gsl"),
+    for idx, want_a, label in ((all_isl, ("sat",), "isl"), (gsl, ("gateway",), "gsl"),
                                (access, HOST_KINDS, "access")):
         bad = idx[~np.isin(kind_a[idx], want_a)]
         if len(bad):
@@ -244,12 +250,15 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     fixed = np.concatenate([isl, access])
     if len(fixed) and ((peer[fixed] != peer[fixed, :1]).any() or (peer[fixed, 0] < 0).any()):
         raise ConfigError("an ISL or access link slot changes or lacks its peer; only gateway antennas "
-                          "hand over", key="peer")
-    if len(gsl):
-        gp = peer[gsl]
-        bad = (gp >= 0) & ~np.isin(kinds[np.maximum(gp, 0)], ("sat",))
-        if bad.any():
-            raise ConfigError("a gateway antenna points at a node that is not a satellite", key="peer")
+                          "and cross-shell laser slots hand over", key="peer")
+    for idx, what in ((gsl, "a gateway antenna"), (xshell, "a cross-shell laser slot")):
+        if len(idx):
+            gp = peer[idx]
+            bad = (gp >= 0) & ~np.isin(kinds[np.maximum(gp, 0)], ("sat",))
+            if bad.any():
+                raise ConfigError(f"{what} points at a node that is not a satellite", key="peer")
+    if len(xshell) and (peer[xshell] == a[xshell, None]).any():
+        raise ConfigError("a cross-shell laser slot points at its own satellite", key="peer")
     if len(isl) and not np.isin(kinds[peer[isl, 0]], ("sat",)).all():
         raise ConfigError("an ISL ends at a node that is not a satellite", key="peer")
 
@@ -305,14 +314,17 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
         antenna_no[int(a[l])] = k + 1
         names_a[l] = f"ant{k}"
         names_b[l] = f"g{l}"
+    for l in xshell.tolist():
+        names_a[l] = f"x{l}"
+        names_b[l] = f"y{l}"
     for l in access.tolist():
         names_a[l] = "eth0"
         names_b[l] = f"h{l}"
     ifindex_a = 2 + 2 * np.arange(n_links, dtype=np.int64)
 
-    # --- spare pairs of gateway antennas ------------------------------------------------------------
-    has_spare = cls == _GSL
-    j = np.cumsum(has_spare) - 1  # j-th antenna slot
+    # --- spare pairs of the slots whose far end changes (gateway antennas, cross-shell lasers) -------
+    has_spare = moving
+    j = np.cumsum(has_spare) - 1  # j-th such slot
     spare_a = np.where(has_spare, link_base + 2 * (n_links + j), 0).astype(np.int64)
     spare_b = np.where(has_spare, spare_a + 1, 0)
     spare_ifa = np.where(has_spare, 2 + 2 * (n_links + j), 0).astype(np.int64)

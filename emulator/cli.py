@@ -18,7 +18,7 @@ import numpy as np
 
 from topologies.errors import ConfigError, SatnetemError
 from topologies.scenario import Scenario, default_scenario, load_scenario
-from topologies.timeline import LINK_CLASSES, Reason, Timeline
+from topologies.timeline import LINK_CLASSES, LINK_ROLES, Reason, Timeline
 
 log = logging.getLogger("satnetem")
 
@@ -68,8 +68,9 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """What a user wants to know about a timeline, as a JSON-able dict."""
     from routing.paths import path_delays_ms
     from topologies.connectivity import connectivity
+    from topologies.crossshell import cross_shell_summary
 
-    isl = tl.link_class == LINK_CLASSES.index("isl")
+    isl = (tl.link_class == LINK_CLASSES.index("isl")) & (tl.link_role != LINK_ROLES.index("cross-shell"))
     gsl = tl.link_class == LINK_CLASSES.index("gsl")
     st = tl.state[isl]
     by_reason = {Reason(r).label: round(float(np.mean(np.sum(st == r, axis=0))), 1)
@@ -87,7 +88,9 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         "steps": tl.n_steps,
         "nodes": {k: len(tl.nodes_of(k)) for k in ("sat", "gateway", "host", "compute")},
         "constellation": tl.report.get("constellation", {}),
-        "isl": {"links": int(isl.sum()), "mean_per_step_by_state": by_reason},
+        "isl": {"links": int(isl.sum()), "mean_per_step_by_state": by_reason,
+                "terminals": (tl.report.get("isl_topology") or {}).get("terminals"),
+                "cross_shell": cross_shell_summary(tl)},
         "gsl": {"antennas": int(gsl.sum()), "up_fraction": round(float(gsl_up), 3),
                 "handovers": handovers, "handovers_per_gateway": per_gw},
         "paths": [],
@@ -132,7 +135,16 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
     isl = s["isl"]
     states = ", ".join(f"{k} {v:g}" for k, v in sorted(isl["mean_per_step_by_state"].items(),
                                                         key=lambda kv: (kv[0] != "up", -kv[1])))
-    print(f"  ISLs           {isl['links']} +Grid links; per step on average: {states}")
+    terminals = f"{isl['terminals']} laser terminals per satellite, " if isl.get("terminals") is not None else ""
+    print(f"  ISLs           {terminals}{isl['links']} +Grid links; per step on average: {states}")
+    x = isl.get("cross_shell") or {}
+    if x.get("terminals"):
+        life = x["lifetime_median_s"]
+        share = x["acquiring_share"]
+        print(f"  cross-shell    {x['terminals']} spare terminals, {x['slots']} slots: {x['up_mean']:g} links up "
+              f"per step on average, {x['links']} links, median lifetime {'-' if life is None else f'{life:.0f}'} s, "
+              f"{_fmt(x['acquisitions_per_terminal_day'])} acquisitions per terminal per day, "
+              f"{_fmt(None if share is None else 100 * share)}% of terminal time acquiring")
     g = s["gsl"]
     print(f"  GSLs           {g['antennas']} gateway antennas, up {100 * g['up_fraction']:.1f}% of the time, "
           f"{g['handovers']} handovers")

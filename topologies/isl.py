@@ -37,6 +37,11 @@ ROLE_INTRA = LINK_ROLES.index("intra")
 ROLE_INTER = LINK_ROLES.index("inter")
 PORTS = ("fore", "aft", "left", "right")
 
+#: Most laser terminals a satellite may have: 4 for the +Grid, the rest for cross-shell links.
+MAX_TERMINALS = 8
+#: Laser terminals per Starlink V1.5 / V2-mini satellite (docs/model.md gives the sources).
+STARLINK_TERMINALS = 3
+
 #: Links are evaluated in blocks of this many, so temporaries stay a few MB for 600+ steps.
 _BLOCK_LINKS = 256
 
@@ -47,9 +52,12 @@ class IslConfig:
 
     Attributes
     ----------
-    terminals : int
-        Laser terminals per satellite, 0..4. 4 is the full +Grid (fore, aft, left, right). Fewer
-        drop links by a fixed rule (see :func:`plus_grid`).
+    terminals : int or None
+        Laser terminals per satellite, 0..8: one budget shared by in-plane, cross-plane and
+        cross-shell links (see :func:`plus_grid_arrays` for how it is split). None (default): 4 for a
+        Walker constellation (the full +Grid: fore, aft, left, right), :data:`STARLINK_TERMINALS` (3)
+        for one built from TLEs (Starlink). Satellites that belong to no plane (``plane < 0``:
+        transient, raising or decaying) have none, whatever this says: they are bent-pipe only.
     max_range_km : float or None
         Longest usable link, km. None (default): the Hypatia-style geometric limit from the shells'
         nominal altitudes, ``sqrt((R + h_a)^2 - (R + m)^2) + sqrt((R + h_b)^2 - (R + m)^2)`` with
@@ -78,6 +86,18 @@ class IslConfig:
         Time a link stays down (ACQUIRING) after it becomes available again, s. Links available at the
         first step are taken as already acquired. 5 s is an assumption for a modern LEO terminal
         (pointing, acquisition and tracking lock take seconds to tens of seconds).
+    cross_shell : bool
+        Spare terminals (those the +Grid leaves free) link satellites of different shells (see
+        :mod:`topologies.crossshell`). Default True; with one shell, or no spare terminal, there are none.
+    cross_shell_share : float
+        With 3 terminals and several shells: the share of each plane's satellites, evenly spread
+        along the plane, whose third terminal is kept for cross-shell links instead of a
+        cross-plane one, [0, 1]. Default 0.25 (a modelling choice: enough links to join the shells,
+        most third terminals still build the shell's own mesh).
+    min_hold_s : float
+        A cross-shell link starts only if it stays feasible (range, line of sight, tracking rate)
+        for at least this long from its start (or until the scenario ends), s. Default 60 s: at
+        ``acquisition_s`` = 5 s a shorter link would spend more than a twelfth of its life acquiring.
     rate_mbps, loss_pct : float
         Rate (each direction) and random loss given to every ISL.
     outage_mtbf_s : float or None
@@ -88,7 +108,7 @@ class IslConfig:
         Seed of the random outages.
     """
 
-    terminals: int = 4
+    terminals: int | None = None
     max_range_km: float | None = None
     atmosphere_margin_km: float = 80.0
     polar_cutoff_deg: float | None = 75.0
@@ -99,9 +119,12 @@ class IslConfig:
     outage_mtbf_s: float | None = None
     outage_mean_duration_s: float = 5.0
     seed: int = 0
+    cross_shell: bool = True
+    cross_shell_share: float = 0.25
+    min_hold_s: float = 60.0
 
     def __post_init__(self) -> None:
-        check_range("terminals", self.terminals, 0, 4, integer=True)
+        check_range("terminals", self.terminals, 0, MAX_TERMINALS, integer=True, none_ok=True)
         check_range("max_range_km", self.max_range_km, 0.0, 1e6, none_ok=True, lo_open=True)
         check_range("atmosphere_margin_km", self.atmosphere_margin_km, 0.0, 1000.0)
         check_range("polar_cutoff_deg", self.polar_cutoff_deg, 0.0, 90.0, none_ok=True)
@@ -113,6 +136,16 @@ class IslConfig:
         check_range("outage_mtbf_s", self.outage_mtbf_s, 0.0, 1e9, none_ok=True, lo_open=True)
         check_range("outage_mean_duration_s", self.outage_mean_duration_s, 0.0, 1e6, lo_open=True)
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        if not isinstance(self.cross_shell, bool):
+            raise ConfigError(f"cross_shell must be true or false, got {self.cross_shell!r}", key="cross_shell")
+        check_range("cross_shell_share", self.cross_shell_share, 0.0, 1.0)
+        check_range("min_hold_s", self.min_hold_s, 0.0, 86400.0)
+
+    def terminals_for(self, constellation: Any) -> int:
+        """Laser terminals per satellite for ``constellation`` (resolves the None default)."""
+        if self.terminals is not None:
+            return self.terminals
+        return 4 if str(getattr(constellation, "source", "")).startswith("walker:") else STARLINK_TERMINALS
 
 
 @dataclass(frozen=True)
@@ -140,7 +173,11 @@ class IslTopology:
         default range limit.
     stats : dict
         Counts for the run report: links, intra, inter, seam, terminals_dropped, unmatched (satellites
-        left without a left/right partner by ragged planes).
+        left without a left/right partner by ragged planes), terminals (per satellite of a plane),
+        cross_shell_reserved, spare_terminals.
+    spare : ndarray, (n_sats,) int32, or None
+        Terminals each satellite has left for cross-shell links once the table's links (without the
+        always-down SEAM/TERMINALS ones) have theirs; 0 everywhere unless cross-shell links are on.
     """
 
     pairs: NDArray[np.int32]
@@ -151,6 +188,7 @@ class IslTopology:
     dropped: NDArray[np.bool_]
     altitude_km: NDArray[np.float64]
     stats: dict[str, int] = field(default_factory=dict)
+    spare: NDArray[np.int32] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.pairs)
@@ -185,43 +223,88 @@ def _match_planes(u_p: NDArray[np.floating], u_q: NDArray[np.floating]) -> tuple
     m_p, m_q = len(u_p), len(u_q)
     if m_p == 0 or m_q == 0:
         return np.empty(0, np.intp), np.empty(0, np.intp)
+    return _assign(_circ_dist_deg(u_p[:, None], u_q[None, :]))
+
+
+def _match_planes_km(r_p: NDArray[np.floating], r_q: NDArray[np.floating]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """One-to-one partners between two planes by distance, (m_p, 3) and (m_q, 3) positions in km.
+
+    Neighbouring planes are not aligned in argument of latitude: seen from plane ``p``, plane ``q``'s
+    satellites are shifted along the track by about ``dRAAN cos(i)`` besides the Walker phasing, so
+    the partner nearest in angle can be the farther of two (on a half-slot-shifted layout the
+    angular rule picks links up to twice as long as needed). Distance needs no such correction.
+    """
+    if len(r_p) == 0 or len(r_q) == 0:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    d = np.sqrt(((r_p[:, None, :] - r_q[None, :, :]) ** 2).sum(axis=-1))
+    return _assign(np.where(np.isfinite(d), d, 1e9))
+
+
+def _assign(cost: NDArray[np.floating]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Equal sizes: the cyclic shift (slot order kept) with the least total cost. Ragged: a
+    minimum-cost assignment, leaving the extras of the larger plane unmatched."""
+    m_p, m_q = cost.shape
     if m_p == m_q:
         i = np.arange(m_p)
         shifts = (i[:, None] + i[None, :]) % m_q  # [shift, i] -> position in q
-        cost = _circ_dist_deg(u_p[None, :], u_q[shifts]).sum(axis=1)
-        best = int(np.argmin(cost))
+        best = int(np.argmin(cost[i[None, :], shifts].sum(axis=1)))
         return i, shifts[best]
     from scipy.optimize import linear_sum_assignment
 
-    cost = _circ_dist_deg(u_p[:, None], u_q[None, :])
     rows, cols = linear_sum_assignment(cost)
     return rows.astype(np.intp), cols.astype(np.intp)
+
+
+def _spread(m: int, share: float) -> NDArray[np.bool_]:
+    """``floor(m * share)`` of ``m`` positions, evenly spread (position r is chosen when
+    ``floor((r + 1) share)`` steps up)."""
+    r = np.arange(m)
+    return np.floor((r + 1) * share + 1e-9) > np.floor(r * share + 1e-9)
 
 
 def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slot: NDArray[np.integer],
                      u_deg: NDArray[np.floating], patterns: tuple[str, ...],
                      altitudes_km: tuple[float, ...] | None = None, terminals: int = 4,
-                     keep_dropped: bool = False) -> IslTopology:
+                     keep_dropped: bool = False, r_km: NDArray[np.floating] | None = None,
+                     cross_shell: bool = False, cross_shell_share: float = 0.0) -> IslTopology:
     """+Grid from plain label arrays (what :func:`plus_grid` does once it has read the constellation).
 
     Parameters
     ----------
     shell, plane, slot : array_like, (n_sats,) int
-        Shell index, plane within the shell (0..P-1 by RAAN), position in the plane (by argument of
-        latitude).
+        Shell index, plane within the shell (0..P-1 by RAAN; negative: in no plane, no lasers),
+        position in the plane (by argument of latitude).
     u_deg : array_like, (n_sats,) float
-        Argument of latitude at one common time, deg; used to pick inter-plane partners.
+        Argument of latitude at one common time, deg; picks inter-plane partners when ``r_km`` is
+        not given.
     patterns : tuple of str
         ``"delta"`` or ``"star"`` per shell.
     altitudes_km : tuple of float, optional
         Nominal altitude per shell, km (for the default range limit).
     terminals : int
-        Laser terminals per satellite, 0..4. Rule for fewer than 4 (deterministic, no degree ever
-        exceeds ``terminals``): 3 keeps fore/aft and inter-plane links only between planes ``2k`` and
-        ``2k + 1`` (no wrap-around; with an odd plane count the last plane has none); 2 keeps only
-        fore/aft; 1 keeps fore/aft links from slot ``2k`` to ``2k + 1`` only; 0 keeps nothing.
+        Laser terminals per satellite, 0..8, one budget for every laser link. The split
+        (deterministic, no degree ever exceeds ``terminals``):
+
+        * 4 or more: fore, aft, left, right (+Grid); terminals beyond 4 are cross-shell terminals.
+        * 3: fore, aft and one cross-plane link per satellite at most. Plane pairs are taken in
+          order (0-1, 1-2, ..., then the wrap P-1 - 0; never across a star seam) and every matched
+          pair whose two satellites have their third terminal still free is kept, so about half of
+          each plane links ahead and half behind and the planes of a shell stay one mesh. With
+          ``cross_shell`` and several shells, ``cross_shell_share`` of each plane's satellites
+          (evenly spread by slot) keep their third terminal for cross-shell links instead.
+        * 2: fore/aft only; 1: fore/aft links from slot ``2k`` to ``2k + 1`` only; 0: nothing.
+
+        A satellite left without a partner on some terminal (ragged planes, the end of a chain, a
+        star seam) has it spare for cross-shell links.
     keep_dropped : bool
         Keep the links dropped for lack of terminals in the table, permanently down (TERMINALS).
+    r_km : array_like, (n_sats, 3) float, optional
+        Positions at the matching epoch, km (any common inertial frame): inter-plane partners are
+        then the nearest in distance (:func:`_match_planes_km`). NaN rows (no position) get none.
+    cross_shell : bool
+        Count spare terminals (``spare``) for cross-shell links.
+    cross_shell_share : float
+        See ``terminals`` = 3.
 
     Raises
     ------
@@ -235,11 +318,22 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
     n = len(shell)
     if not (plane.shape == slot.shape == u_deg.shape == (n,)):
         raise TopologyError("shell, plane, slot and u_deg must all have shape (n_sats,)")
+    r = None if r_km is None else np.asarray(r_km, dtype=np.float64)
+    if r is not None and r.shape != (n, 3):
+        raise TopologyError(f"r_km must have shape ({n}, 3), got {r.shape}")
     if n and shell.max() >= len(patterns):
         raise TopologyError(f"shell index {int(shell.max())} but only {len(patterns)} patterns")
-    if not 0 <= terminals <= 4:
-        raise ConfigError(f"terminals must be an integer in [0, 4], got {terminals!r}", key="terminals")
+    if isinstance(terminals, bool) or not isinstance(terminals, (int, np.integer)) \
+            or not 0 <= terminals <= MAX_TERMINALS:
+        raise ConfigError(f"terminals must be an integer in [0, {MAX_TERMINALS}], got {terminals!r}",
+                          key="terminals")
     alts = altitudes_km if altitudes_km is not None else tuple(math.nan for _ in patterns)
+    lasers = plane >= 0 if terminals > 0 else np.zeros(n, bool)
+    laser_shells = np.unique(shell[lasers])
+    # With 3 terminals, the third of some satellites is kept for cross-shell links (only worth it
+    # when there is another shell to link to).
+    reserve = terminals == 3 and cross_shell and cross_shell_share > 0 and len(laser_shells) > 1
+    third_used = np.zeros(n, bool)  # terminals == 3: third terminal taken (or reserved)
 
     a_l: list[NDArray[np.int64]] = []
     b_l: list[NDArray[np.int64]] = []
@@ -248,8 +342,9 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
     drop_l: list[NDArray[np.bool_]] = []
     alt_l: list[NDArray[np.float64]] = []
     unmatched = 0
+    n_reserved = 0
     for k, pattern in enumerate(patterns):
-        in_shell = np.flatnonzero(shell == k)
+        in_shell = np.flatnonzero((shell == k) & (plane >= 0))
         if in_shell.size == 0:
             continue
         planes = np.unique(plane[in_shell])
@@ -257,6 +352,10 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
         for p in planes:
             idx = in_shell[plane[in_shell] == p]
             members[int(p)] = idx[np.argsort(slot[idx], kind="stable")]
+            if reserve:
+                mine = members[int(p)][_spread(len(idx), cross_shell_share)]
+                third_used[mine] = True
+                n_reserved += len(mine)
         # intra-plane rings: slot i -> next slot (fore of a = aft of b)
         for idx in members.values():
             m = len(idx)
@@ -286,19 +385,32 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
         matched_sats: set[int] = set()
         for p, q, j in plane_pairs:
             ip, iq = members[p], members[q]
-            rp, rq = _match_planes(u_deg[ip], u_deg[iq])
-            ok = np.isfinite(u_deg[ip[rp]]) & np.isfinite(u_deg[iq[rq]])
+            if r is not None:
+                rp, rq = _match_planes_km(r[ip], r[iq])
+                ok = np.isfinite(r[ip[rp]]).all(axis=1) & np.isfinite(r[iq[rq]]).all(axis=1)
+            else:
+                rp, rq = _match_planes(u_deg[ip], u_deg[iq])
+                ok = np.isfinite(u_deg[ip[rp]]) & np.isfinite(u_deg[iq[rq]])
             rp, rq = rp[ok], rq[ok]
             is_wrap = j == n_planes - 1
-            a_l.append(ip[rp])
-            b_l.append(iq[rq])
+            is_seam = is_wrap and pattern == "star"
+            sa, sb = ip[rp], iq[rq]
+            if terminals >= 4:
+                drop = np.zeros(len(rp), bool)
+            elif terminals == 3 and not is_seam:
+                drop = third_used[sa] | third_used[sb]
+                third_used[sa[~drop]] = True
+                third_used[sb[~drop]] = True
+            else:
+                drop = np.ones(len(rp), bool)
+            a_l.append(sa)
+            b_l.append(sb)
             role_l.append(np.full(len(rp), ROLE_INTER, np.uint8))
-            seam_l.append(np.full(len(rp), is_wrap and pattern == "star", bool))
-            drop_l.append(np.full(len(rp), terminals < 3 or (terminals == 3 and (j % 2 == 1 or is_wrap)),
-                                  bool))
+            seam_l.append(np.full(len(rp), is_seam, bool))
+            drop_l.append(drop)
             alt_l.append(np.full(len(rp), alts[k], np.float64))
-            matched_sats.update(ip[rp].tolist())
-            matched_sats.update(iq[rq].tolist())
+            matched_sats.update(sa.tolist())
+            matched_sats.update(sb.tolist())
         if n_planes >= 2:
             unmatched += int(in_shell.size - len(matched_sats & set(in_shell.tolist())))
 
@@ -318,12 +430,29 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
     intra = role == ROLE_INTRA
     port_a = np.where(intra, "fore", "right")
     port_b = np.where(intra, "aft", "left")
+    live = ~(seam | dropped)
+    degree = np.bincount(np.stack([a[live], b[live]]).ravel(), minlength=n)[:n] if n else np.zeros(0, np.int64)
+    spare = np.zeros(n, np.int32)
+    if cross_shell and len(laser_shells) > 1:
+        spare[lasers] = np.maximum(terminals - degree[lasers], 0)
     stats = {"links": len(a), "intra": int(intra.sum()), "inter": int((~intra).sum()),
-             "seam": int(seam.sum()), "terminals_dropped": n_dropped, "unmatched": unmatched}
+             "seam": int(seam.sum()), "terminals_dropped": n_dropped, "unmatched": unmatched,
+             "terminals": int(terminals), "no_lasers": int(n - lasers.sum()),
+             "cross_shell_reserved": n_reserved,
+             "spare_terminals": int(spare.sum())}
     log.debug("+Grid: %s", stats)
     return IslTopology(pairs=np.stack([a, b], axis=1).reshape(-1, 2).astype(np.int32), role=role,
                        port_a=port_a, port_b=port_b, seam=seam, dropped=dropped, altitude_km=alt,
-                       stats=stats)
+                       stats=stats, spare=spare)
+
+
+def positions_at(constellation: Any, when: datetime) -> NDArray[np.float64]:
+    """TEME positions of every satellite at ``when``, (n_sats, 3) km; NaN where SGP4 fails."""
+    from .propagate import julian_date, sgp4_states
+
+    jd, fr = julian_date(when)
+    _valid, r, _v = sgp4_states(constellation.satrecs, np.array([jd]), np.array([fr]))
+    return np.asarray(r[:, 0], dtype=np.float64)
 
 
 def _epoch_of(constellation: Any) -> datetime:
@@ -339,20 +468,22 @@ def plus_grid(constellation: Any, cfg: IslConfig | None = None, *, when: datetim
 
     Links stay within a shell. Intra-plane links join consecutive slots into a ring. Inter-plane
     links join plane ``p`` to plane ``p + 1``; each satellite is paired with the satellite of the next
-    plane closest in argument of latitude, one-to-one (for a Walker delta this follows the phasing F,
-    also across the wrap from plane P-1 to plane 0; for ragged TLE planes it is a minimum-cost
-    matching, so no satellite ever gets two right or two left partners). A Walker-star shell keeps its
-    P-1 -> 0 links in the table, marked ``seam`` (always down, counted in ``stats["seam"]``).
+    plane nearest in distance at ``when``, one-to-one (for a Walker delta a cyclic shift of the slots,
+    also across the wrap from plane P-1 to plane 0; for ragged TLE planes a minimum-cost matching, so
+    no satellite ever gets two right or two left partners). A Walker-star shell keeps its P-1 -> 0
+    links in the table, marked ``seam`` (always down, counted in ``stats["seam"]``). Satellites in
+    no plane (``plane < 0``) get no links.
 
     Parameters
     ----------
     constellation : Constellation
         Satellites with shell/plane/slot labels.
     cfg : IslConfig, optional
-        Only ``terminals`` is used here (see :func:`plus_grid_arrays` for the rule with fewer than 4).
+        ``terminals``, ``cross_shell`` and ``cross_shell_share`` are used here (see
+        :func:`plus_grid_arrays` for how the terminals are split).
     when : datetime, optional
-        Time at which arguments of latitude are compared; default the first satellite's TLE epoch.
-        Within a shell the planes precess together, so the choice hardly matters.
+        The matching epoch, at which distances are compared; default the first satellite's TLE
+        epoch. The table is fixed for the whole run.
     keep_dropped : bool
         Keep links dropped for lack of terminals, permanently down (TERMINALS).
 
@@ -361,14 +492,17 @@ def plus_grid(constellation: Any, cfg: IslConfig | None = None, *, when: datetim
     IslTopology
     """
     cfg = cfg or IslConfig()
+    terminals = cfg.terminals_for(constellation)
+    patterns = tuple(s.pattern for s in constellation.shells)
     if constellation.n_sats == 0:
         return plus_grid_arrays(np.empty(0, int), np.empty(0, int), np.empty(0, int), np.empty(0),
-                                tuple(s.pattern for s in constellation.shells))
-    u = constellation.argument_of_latitude_deg(when or _epoch_of(constellation))
-    return plus_grid_arrays(constellation.shell, constellation.plane, constellation.slot, u,
-                            tuple(s.pattern for s in constellation.shells),
+                                patterns, terminals=terminals)
+    r = positions_at(constellation, when or _epoch_of(constellation))
+    return plus_grid_arrays(constellation.shell, constellation.plane, constellation.slot,
+                            np.zeros(constellation.n_sats), patterns,
                             tuple(float(s.altitude_km) for s in constellation.shells),
-                            terminals=cfg.terminals, keep_dropped=keep_dropped)
+                            terminals=terminals, keep_dropped=keep_dropped, r_km=r,
+                            cross_shell=cfg.cross_shell, cross_shell_share=cfg.cross_shell_share)
 
 
 def max_isl_range_km(altitude_a_km: Any, altitude_b_km: Any, atmosphere_margin_km: float = 80.0) -> Any:

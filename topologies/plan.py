@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .constellation import Constellation, Shell
+from .crossshell import cross_shell_links
 from .errors import ConfigError
 from .frames import ecef_to_geodetic
 from .ground import GroundSite, builtin_cities
@@ -87,6 +88,9 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     isl_cfg = sc.isl_config()
     topo = plus_grid(const, isl_cfg)
     isl_state, isl_delay = isl_states(topo, eph, isl_cfg)
+    t2x = _time.perf_counter()
+    xs = cross_shell_links(topo.spare if topo.spare is not None else np.zeros(const.n_sats, np.int32),
+                           const.shell, [s.altitude_km for s in const.shells], eph, isl_cfg)
     t3 = _time.perf_counter()
     sites = ground_sites(sc)
     gsl_cfg = sc.gsl_config()
@@ -140,8 +144,9 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
 
     check_traffic_endpoints(sc, {n.name for n in nodes}, {n.name: n.kind for n in nodes})
 
-    # link table: ISLs, then gateway antennas, then access links
-    n_isl = len(topo.pairs)
+    # link table: +Grid ISLs, cross-shell laser slots, then gateway antennas, then access links
+    n_grid = len(topo.pairs)
+    n_isl = n_grid + xs.n_slots
     n_gsl = len(gsl.site)
     n_acc = len(access)
     n_links = n_isl + n_gsl + n_acc
@@ -155,12 +160,18 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     loss = np.empty((n_links, n_steps), np.float32)
 
     isl = slice(0, n_isl)
-    link_a[isl] = topo.pairs[:, 0]
+    grid, xsl = slice(0, n_grid), slice(n_grid, n_isl)
+    link_a[grid] = topo.pairs[:, 0]
+    link_a[xsl] = xs.owner
     link_class[isl] = LINK_CLASSES.index("isl")
-    link_role[isl] = topo.role
-    state[isl] = isl_state
-    peer[isl] = topo.pairs[:, 1:2]
-    delay[isl] = isl_delay
+    link_role[grid] = topo.role
+    link_role[xsl] = LINK_ROLES.index("cross-shell")
+    state[grid] = isl_state
+    state[xsl] = xs.state
+    peer[grid] = topo.pairs[:, 1:2]
+    peer[xsl] = xs.peer
+    delay[grid] = isl_delay
+    delay[xsl] = xs.delay_ms
     rate[isl] = isl_cfg.rate_mbps
     loss[isl] = isl_cfg.loss_pct
 
@@ -199,11 +210,13 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
                               for k in range(len(const.shells)))),
             "excluded": dict(const.excluded),
         },
-        "timings_s": {"constellation": t1 - t0, "propagate": t2 - t1, "isl": t3 - t2, "gsl": t4 - t3,
+        "timings_s": {"constellation": t1 - t0, "propagate": t2 - t1, "isl": t2x - t2, "cross_shell": t3 - t2x,
+                      "gsl": t4 - t3,
                       "assemble": t5 - t4},
     }
     report["isl_topology"] = {k: (int(v) if isinstance(v, (int, np.integer)) else v)
                               for k, v in topo.stats.items()}
+    report["cross_shell"] = xs.stats
     if sc.constellation.tle:
         from .shells import find_shells
         from .tle import load_tle

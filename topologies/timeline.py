@@ -6,7 +6,8 @@ A timeline is the only thing the emulator needs from the topology layer. It hold
 * a fixed table of link *slots* (an ISL between two satellites, one antenna of a gateway, an access
   link from a host to its gateway or from a compute node to its satellite),
 * per link slot and step: state (0 = up, else the reason it is down), peer (the far node; it changes
-  only for a gateway antenna, at a handover), one-way delay in ms, rate in Mbit/s and loss in percent.
+  only for a gateway antenna, at a handover, and for a cross-shell laser terminal, at a new partner),
+  one-way delay in ms, rate in Mbit/s and loss in percent.
 
 File format (``.npz``, written by :meth:`Timeline.save`): a numpy zip archive with the arrays named
 below and ``meta``, a UTF-8 JSON document (format version, start time, step, node table, link table,
@@ -44,7 +45,10 @@ import numpy as np
 from .errors import ConfigError
 
 FORMAT = "satnetem-timeline"
-FORMAT_VERSION = 1
+#: 2: link role "cross-shell" and state NO_PARTNER (cross-shell laser slots). Version 1 files, which
+#: have neither, load unchanged.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 #: Speed of light in vacuum, km/s. Laser ISLs cross vacuum; the GSL path is treated the same
 #: (the atmosphere adds well under 0.1% to the path).
@@ -52,8 +56,9 @@ C_KM_S = 299_792.458
 
 NODE_KINDS = ("sat", "gateway", "host", "compute")
 LINK_CLASSES = ("isl", "gsl", "access")
-#: intra: fore/aft in the plane; inter: left/right to a neighbouring plane.
-LINK_ROLES = ("intra", "inter", "gsl", "access")
+#: intra: fore/aft in the plane; inter: left/right to a neighbouring plane; cross-shell: a spare laser
+#: terminal whose partner, in another shell, changes over time (class "isl", peer -1 while it has none).
+LINK_ROLES = ("intra", "inter", "gsl", "access", "cross-shell")
 
 
 class Reason(IntEnum):
@@ -71,6 +76,7 @@ class Reason(IntEnum):
     INVALID = 9  # an endpoint has no valid position (SGP4 failure, decayed)
     TERMINALS = 10  # no free laser terminal on an endpoint
     FAILED = 11  # forced down by a script (emulator.api fail()): never in a planned timeline
+    NO_PARTNER = 12  # cross-shell laser terminal with no partner in another shell
 
     @property
     def label(self) -> str:
@@ -303,7 +309,7 @@ class Timeline:
         if "meta" not in data:
             raise ConfigError("not a satnetem timeline: no 'meta' member", file=str(path))
         meta = json.loads(data.pop("meta").tobytes().decode())
-        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        if meta.get("format") != FORMAT or meta.get("version") not in _READABLE_VERSIONS:
             raise ConfigError(f"unsupported timeline format {meta.get('format')!r} version "
                               f"{meta.get('version')!r}, expected {FORMAT!r} version {FORMAT_VERSION}",
                               file=str(path))

@@ -17,6 +17,7 @@ from topologies.isl import (
     max_isl_range_km,
     plus_grid,
     plus_grid_arrays,
+    positions_at,
 )
 from topologies.outages import steps_for
 from topologies.propagate import propagate
@@ -104,9 +105,35 @@ def test_links_are_symmetric_and_fore_is_the_neighbours_aft(delta_small):
         assert delta_small.plane[right[s]] == (delta_small.plane[s] + 1) % 9
 
 
-def test_inter_plane_partner_is_nearest_in_argument_of_latitude_also_across_the_wrap(delta_small):
-    topo = plus_grid(delta_small, when=START)
+@pytest.mark.parametrize("planes, per_plane", [(24, 12), (72, 22)])
+def test_inter_plane_partner_is_nearest_in_distance_on_a_half_slot_offset_layout(planes, per_plane):
+    # phasing F = P/2 shifts each plane by half a slot: two candidates at nearly the same argument of
+    # latitude, one of them about twice as far as the other (neighbouring planes also slide along the
+    # track by about dRAAN cos(i)). Changed deliberately: partners were nearest in argument of latitude.
+    const = walker_constellation([Shell("h", "delta", 550.0, 53.0, planes, per_plane, planes // 2)], START)
+    topo = plus_grid(const, when=START)
+    r = positions_at(const, START)
+    inter = topo.pairs[topo.role == 1]
+    assert len(inter) == const.n_sats  # one-to-one, with the wrap P-1 -> 0
+    assert len(set(inter[:, 0].tolist())) == len(set(inter[:, 1].tolist())) == const.n_sats
+    assert topo.degree(const.n_sats).max() == 4
+    length = np.linalg.norm(r[inter[:, 0]] - r[inter[:, 1]], axis=1)
+    # brute force: every satellite of the partner's plane, from both ends
+    members = [np.flatnonzero(const.plane == p) for p in range(planes)]
+    for a, b, d in zip(inter[:, 0], inter[:, 1], length):
+        assert d == pytest.approx(np.linalg.norm(r[members[const.plane[b]]] - r[a], axis=1).min(), abs=1e-6)
+        assert d == pytest.approx(np.linalg.norm(r[members[const.plane[a]]] - r[b], axis=1).min(), abs=1e-6)
+    # and shorter than the partner nearest in argument of latitude on this layout
+    u = const.argument_of_latitude_deg(START)
+    by_u = plus_grid_arrays(const.shell, const.plane, const.slot, u, ("delta",), (550.0,))
+    inter_u = by_u.pairs[by_u.role == 1]
+    length_u = np.linalg.norm(r[inter_u[:, 0]] - r[inter_u[:, 1]], axis=1)
+    assert length.max() < 0.7 * length_u.max()
+
+
+def test_inter_plane_partner_by_argument_of_latitude_still_for_label_only_callers(delta_small):
     u = delta_small.argument_of_latitude_deg(START)
+    topo = plus_grid_arrays(delta_small.shell, delta_small.plane, delta_small.slot, u, ("delta",), (550.0,))
     inter = topo.pairs[topo.role == 1]
     for a, b in inter.tolist():
         others = np.flatnonzero(delta_small.plane == delta_small.plane[b])
@@ -265,7 +292,7 @@ def test_dropped_links_kept_in_the_table_are_always_terminals_down(delta_small):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("terminals", 5), ("terminals", 2.0), ("max_range_km", 0.0), ("polar_cutoff_deg", 95.0),
+    ("terminals", 9), ("terminals", 2.0), ("cross_shell_share", 1.5), ("min_hold_s", -1.0), ("max_range_km", 0.0), ("polar_cutoff_deg", 95.0),
     ("max_slew_rate_deg_s", 0.0), ("acquisition_s", -1.0), ("loss_pct", 101.0), ("rate_mbps", float("nan")),
 ])
 def test_config_errors_name_the_field_and_value(field, value):
