@@ -15,8 +15,9 @@
  *   - verdicts collected per namespace and sent with one send(2) per namespace and pass (NF_ACCEPT; a
  *     packet whose arrival stamp came in the mark leaves with mark 0, what it had on arrival).
  * Loss: drop when hash(seed, port's link id, packet identity) < loss * 2^64, the identity being the
- * addresses, protocol, IP ID, ports and the first L4 sequence/payload bytes: the same packet meets the same
- * fate whatever the interleaving, and a retransmission (new IP ID, new TCP time stamp) draws again.
+ * addresses, protocol, ports and the L4 bytes that tell a flow's packets apart (see packet_hash): the same
+ * packet meets the same fate whatever the interleaving, and a retransmission draws again (a TCP one has a
+ * new IP ID; an identical datagram sent again is counted as a repeat).
  *
  * The nf_tables rules and the queue configuration are built by the Python driver (emulator/shaping/nfnl.py)
  * and handed over as opaque netlink batches; this program sends them on the namespace's queue socket and
@@ -29,7 +30,8 @@
  *   set <np> <nf> {<id> <ifindex> <ingress> <delay_ns> <loss_pct> <link_id>}*np {<id> <ifindex> <ingress>}*nf
  *   release <id> <hex batch before> <hex batch after> send "before" (rules out), release everything held
  *                                                    there, send "after" (table out), close the socket
- *   stats <reset>                                    counters as key=value, lateness histogram as bin:count
+ *   stats <reset>                                    counters as key=value, lateness histogram as bin:count;
+ *                                                    reset 1: then zero the maxima and the histogram
  *   close                                            remove every table (--exit-batch) and exit
  * It also exits (removing its tables) on EOF of the control socket, on SIGTERM and when its parent dies.
  */
@@ -53,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -126,7 +129,7 @@ static struct {
     uint16_t queue_num;
     int ctl, ep, tfd, sfd, own_ns;
     int rt_prio;
-    bool running;
+    bool running, locked;
     struct ns *ns; int nns;                 /* by id */
     struct port *ports; int nports, ports_cap; int free_port;
     uint32_t *table; uint32_t table_mask;   /* open addressing: port index by (ns, key) */
@@ -198,11 +201,17 @@ static inline uint64_t be(const unsigned char *p, int n)
     return v;
 }
 
-/* Hash of a packet's identity: IPv4 addresses, protocol, IP ID, L4 ports and eight bytes that tell the
- * packets of one flow apart (TCP sequence and ack numbers, the start of a UDP payload, ICMP id and sequence).
- * Other packets (IPv6, truncated) hash what was copied of them. */
-static uint64_t packet_hash(uint64_t h, const unsigned char *p, int len)
+/* Hash of a packet's identity: IPv4 addresses, protocol, L4 ports and the bytes that tell the packets of one
+ * flow apart (TCP sequence and ack numbers and IP ID; the first 8 bytes of a UDP payload; ICMP id and
+ * sequence). The IP ID is left out but for TCP: this kernel numbers other datagrams from a keyed, time-
+ * perturbed generator, so it differs between two runs of the same scenario, while a TCP flow is not
+ * reproducible between runs anyway (random ISN) and its retransmissions differ from the original only by
+ * IP ID (and time stamp). *repeatable is set when an identical packet may be sent again on purpose (not
+ * TCP): the caller then counts repeats, so that a resent datagram draws again. Other packets (IPv6,
+ * truncated) hash what was copied of them. */
+static uint64_t packet_hash(uint64_t h, const unsigned char *p, int len, bool *repeatable)
 {
+    *repeatable = true;
     if (len >= 20 && (p[0] >> 4) == 4) {
         int hl = (p[0] & 15) * 4, proto = p[9];
         bool first_fragment = (be(p + 6, 2) & 0x1FFF) == 0;
@@ -210,9 +219,11 @@ static uint64_t packet_hash(uint64_t h, const unsigned char *p, int len)
         int l4len = len - hl;
         uint64_t ports = 0, extra = 0;
         if (first_fragment && hl >= 20) {
-            if (proto == 6 && l4len >= 12) {            /* TCP: ports, seq, ack */
+            if (proto == 6 && l4len >= 12) {            /* TCP: ports, seq, ack, IP ID */
                 ports = be(l4, 4);
                 extra = be(l4 + 4, 8);
+                *repeatable = false;
+                ports ^= be(p + 4, 2) << 32;
             } else if (proto == 17 && l4len >= 8) {     /* UDP: ports, first payload bytes */
                 ports = be(l4, 4);
                 extra = l4len >= 16 ? be(l4 + 8, 8) : be(l4 + 8, l4len - 8);
@@ -220,14 +231,38 @@ static uint64_t packet_hash(uint64_t h, const unsigned char *p, int len)
                 ports = be(l4, 2);
                 extra = be(l4 + 4, 4);
             }
+        } else {
+            ports = be(p + 4, 4);                       /* a later fragment: IP ID and offset */
         }
-        h = mix64(h ^ be(p + 12, 8));                                   /* saddr, daddr */
-        h = mix64(h ^ ((uint64_t)proto << 48 | be(p + 4, 2) << 32 | ports)); /* proto, IP ID, ports */
+        h = mix64(h ^ be(p + 12, 8));                   /* saddr, daddr */
+        h = mix64(h ^ ((uint64_t)proto << 48 | ports)); /* proto, ports (TCP: and IP ID) */
         return mix64(h ^ extra);
     }
     for (int i = 0; i + 8 <= len && i < 64; i += 8)
         h = mix64(h ^ be(p + i, 8));
     return h;
+}
+
+/* How often each recent identity of a lossy port was seen (direct mapped, no allocation): a repeat draws
+ * again. Two runs that send the same packets see the same counts; a colliding identity (about one packet
+ * in REPEAT_SLOTS / flows) restarts a count. */
+#define REPEAT_SLOTS 65536
+static struct { uint64_t tag; uint32_t count; } repeats[REPEAT_SLOTS];
+
+static uint64_t loss_draw(uint64_t seed, uint64_t link_id, const unsigned char *p, int len)
+{
+    bool repeatable;
+    uint64_t h = packet_hash(mix64(seed ^ mix64(link_id)), p, len, &repeatable);
+    if (!repeatable)
+        return h;
+    uint32_t slot = (uint32_t)(h & (REPEAT_SLOTS - 1));
+    if (repeats[slot].tag == h)
+        repeats[slot].count++;
+    else {
+        repeats[slot].tag = h;
+        repeats[slot].count = 0;
+    }
+    return mix64(h ^ repeats[slot].count);
 }
 
 /* ------------------------------------------------------------------ ports: lookup table and timer heap */
@@ -538,7 +573,7 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
         return;
     }
     struct port *p = &D.ports[pi];
-    if (p->loss_all || (p->loss_thr && packet_hash(mix64(D.seed ^ p->link_id), payload, plen) < p->loss_thr)) {
+    if (p->loss_all || (p->loss_thr && loss_draw(D.seed, p->link_id, payload, plen) < p->loss_thr)) {
         D.st.dropped++;
         add_verdict(nsid, id, false, false);
         return;
@@ -959,15 +994,17 @@ static void op_stats(char *s)
           " unshaped=%" PRIu64 " held=%d verdict_errors=%" PRIu64 " released=%" PRIu64
           " late_sum_ns=%" PRId64 " late_max_ns=%" PRId64 " busy_max_ns=%" PRId64 " busy_cpu_ns=%" PRId64
           " lead_ns=%" PRIu64 " stamped=%" PRIu64 " read_lag_sum_ns=%" PRId64 " namespaces=%d"
-          " held_interfaces=%d cpu_ns=%" PRIu64 " rt_priority=%d pool=%u hist=%s",
+          " held_interfaces=%d cpu_ns=%" PRIu64 " rt_priority=%d pool=%u locked=%d hist=%s",
           D.st.queued, D.st.accepted, D.st.dropped, D.st.overflow, D.st.unshaped, held,
           D.st.verdict_errors, D.st.released, D.st.late_sum_ns, D.st.late_max_ns, D.st.busy_max_ns,
           D.st.busy_cpu_ns, D.lead_ns, D.st.stamped, D.st.read_lag_sum_ns, nns, held_if,
           (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull
               + (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull,
-          D.rt_prio, D.pool_cap, off ? hist : "-");
-    if (reset)
+          D.rt_prio, D.pool_cap, D.locked, off ? hist : "-");
+    if (reset) {  /* measure one interval: maxima and histogram start again (the sums do not) */
         D.st.late_max_ns = D.st.busy_max_ns = D.st.busy_cpu_ns = 0;
+        memset(D.st.hist, 0, sizeof D.st.hist);
+    }
 }
 
 static void handle(char *line)
@@ -1166,13 +1203,13 @@ static void shutdown_all(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: delayd --ctl-fd FD [--queue-num N] [--seed S] [--pool ENTRIES] "
-                    "[--exit-batch HEX] [--rt-priority P] [--nice N]\n");
+                    "[--exit-batch HEX] [--rt-priority P] [--nice N] [--fd-limit N]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    long pool = 1 << 20, nice_val = -10;
+    long pool = 1 << 20, nice_val = -10, fd_limit = 0;
     D.ctl = -1;
     D.queue_num = 4711;
     D.free_port = -1;
@@ -1189,6 +1226,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--pool")) pool = strtol(v, &end, 10);
         else if (!strcmp(a, "--rt-priority")) D.rt_prio = (int)strtol(v, &end, 10);
         else if (!strcmp(a, "--nice")) nice_val = strtol(v, &end, 10);
+        else if (!strcmp(a, "--fd-limit")) fd_limit = strtol(v, &end, 10);
         else if (!strcmp(a, "--exit-batch")) {
             size_t n = strlen(v);
             D.exit_batch = malloc(n + 1);
@@ -1217,6 +1255,11 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    if (fd_limit > 0) {  /* a lower limit, asked for (tests of the sharding) */
+        rl.rlim_cur = rl.rlim_max = (rlim_t)fd_limit;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            die("--fd-limit %ld: %s", fd_limit, strerror(errno));
+    }
     if (D.rt_prio > 0) {
         struct sched_param sp = {.sched_priority = D.rt_prio};
         if (sched_setscheduler(0, SCHED_FIFO, &sp) < 0) {
@@ -1231,6 +1274,13 @@ int main(int argc, char **argv)
     D.pool = malloc(sizeof *D.pool * (size_t)pool);  /* pages are touched as the pool is first used */
     if (!D.pool)
         die("cannot allocate %ld entries", pool);
+    /* Every page in memory before the first packet and kept there: under memory pressure the kernel
+     * evicts the text and data pages of idle-looking processes, and faulting them back costs milliseconds
+     * on the packet path. */
+    if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
+        fprintf(stderr, "delayd: mlockall: %s (pages may be evicted under memory pressure)\n", strerror(errno));
+    else
+        D.locked = true;
     D.own_ns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (D.own_ns < 0)
         die("own namespace: %s", strerror(errno));

@@ -40,7 +40,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from emulator import rtnl
 from emulator.shaping.base import CLASS_HANDLE, ROOT_HANDLE, LinkShape, Port, Shaper, htb_class_kwargs
-from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_TABLE, DelayDaemon, link_id
+from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_RT_PRIORITY, DEFAULT_TABLE, DelayDaemon, link_id
 from topologies.errors import ApplyError
 
 log = logging.getLogger(__name__)
@@ -132,18 +132,23 @@ class UserspaceShaper(Shaper):
     shards : int or None
         Daemon processes (None: one per CPU core, more when the open-file limit requires).
     rt_priority : int
-        0: the daemon runs at niceness -10; 1-99: at SCHED_FIFO with that priority.
+        1-99: the daemon runs at SCHED_FIFO with that priority (default, see
+        :data:`emulator.shaping.delayd.DEFAULT_RT_PRIORITY`); 0: at niceness -10.
+    fd_limit : int or None
+        Open-file limit of each daemon process (None: this process's hard limit); it decides how many
+        namespaces one shard may serve.
     """
 
     name = "userspace"
 
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
-                 reply_timeout_s: float = 30.0, shards: int | None = None, rt_priority: int = 0) -> None:
+                 reply_timeout_s: float = 30.0, shards: int | None = None,
+                 rt_priority: int = DEFAULT_RT_PRIORITY, fd_limit: int | None = None) -> None:
         self.seed = seed
         self.queue_num = queue_num
         self.table = table
         self._daemon = DelayDaemon(seed, queue_num, table, shards=shards, rt_priority=rt_priority,
-                                   reply_timeout_s=reply_timeout_s)
+                                   reply_timeout_s=reply_timeout_s, fd_limit=fd_limit)
         self._ns_of_node: dict[str, str] = {}
         # port key -> (shape, where its packets are held: (ns_path, ifindex, ingress))
         self._shaped: dict[tuple[str, int], tuple[LinkShape, tuple[str, int, bool]]] = {}
@@ -193,7 +198,8 @@ class UserspaceShaper(Shaper):
         pass of a shard's loop, wall clock, and the CPU time of that pass, us: the difference is time the
         shard was preempted), lead_us (how early the timer is armed), stamped, read_lag_mean_us,
         namespaces, held_interfaces, shards, cpu_s_per_shard (CPU seconds each shard used), rt_priority
-        (0: not real-time), backend. ``reset_late_max`` zeroes the maxima after reporting them.
+        (0: not real-time), backend. ``reset_late_max`` zeroes the maxima and the lateness histogram (so
+        the quantiles) after reporting them, to measure one interval.
         """
         return self._live("stats").stats(reset_late_max)
 
