@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 #: Candidates per free terminal and other shell. Four nearest are enough for the greedy matching to
 #: find a partner whenever one is free nearby; more only costs window checks.
 _K_NEAREST = 4
+#: A link's life is looked ahead this many steps at a time, for this many links at a time (temporaries
+#: of a few MB).
+_CHUNK_STEPS = 128
+_BLOCK_LINKS = 1024
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,25 @@ class _Geometry:
                 rate = np.fmax(los_rate_deg_s(ra, va, rb, vb), los_rate_deg_s(rb, vb, ra, va))
                 ok &= rate <= self.max_rate_deg_s
         return np.asarray(ok, dtype=bool)
+
+    def end_of(self, ia: NDArray[np.int64], ib: NDArray[np.int64], t_from: int) -> NDArray[np.int64]:
+        """(n,) the first step >= ``t_from`` at which each link is not usable (n_t if none).
+
+        Looked ahead in chunks of steps and blocks of links, so each link's whole life costs a few
+        large array operations instead of one small one per step."""
+        n_t = self.valid.shape[1]
+        end = np.full(len(ia), n_t, np.int64)
+        for lo in range(0, len(ia), _BLOCK_LINKS):
+            todo = np.arange(lo, min(len(ia), lo + _BLOCK_LINKS))
+            t = t_from
+            while len(todo) and t < n_t:
+                t1 = min(n_t, t + _CHUNK_STEPS)
+                bad = ~self.feasible(ia[todo], ib[todo], t, t1)
+                hit = bad.any(axis=1)
+                end[todo[hit]] = t + bad[hit].argmax(axis=1)
+                todo = todo[~hit]
+                t = t1
+        return end
 
     @property
     def search_radius_km(self) -> float:
@@ -199,17 +222,18 @@ def cross_shell_links(spare: NDArray[np.integer], shell: NDArray[np.integer], al
     act_a = np.empty(0, np.int64)
     act_b = np.empty(0, np.int64)
     act_t0 = np.empty(0, np.int64)
+    act_t1 = np.empty(0, np.int64)  # first step it is not feasible: it ends there
     done: list[NDArray[np.int64]] = []
     if len(np.unique(shell[sats])) >= 2:
         for t in range(n_t):
             if len(act_a):
-                alive = geo.feasible(act_a, act_b, t, t + 1)[:, 0]
-                if not alive.all():
-                    end = ~alive
-                    done.append(np.stack([act_a[end], act_b[end], act_t0[end], np.full(int(end.sum()), t)], axis=1))
+                end = act_t1 <= t
+                if end.any():
+                    done.append(np.stack([act_a[end], act_b[end], act_t0[end], act_t1[end]], axis=1))
                     np.add.at(free, act_a[end], 1)
                     np.add.at(free, act_b[end], 1)
-                    act_a, act_b, act_t0 = act_a[alive], act_b[alive], act_t0[alive]
+                    alive = ~end
+                    act_a, act_b, act_t0, act_t1 = act_a[alive], act_b[alive], act_t0[alive], act_t1[alive]
             cand = sats[(free[sats] > 0) & valid[sats, t]]
             if len(np.unique(shell[cand])) < 2:
                 continue
@@ -234,11 +258,14 @@ def cross_shell_links(spare: NDArray[np.integer], shell: NDArray[np.integer], al
                     new_a.append(a)
                     new_b.append(b)
             if new_a:
-                act_a = np.concatenate([act_a, np.asarray(new_a, np.int64)])
-                act_b = np.concatenate([act_b, np.asarray(new_b, np.int64)])
+                na, nb = np.asarray(new_a, np.int64), np.asarray(new_b, np.int64)
+                act_a = np.concatenate([act_a, na])
+                act_b = np.concatenate([act_b, nb])
                 act_t0 = np.concatenate([act_t0, np.full(len(new_a), t, np.int64)])
+                # feasible for the hold window already checked; held until the first step it is not
+                act_t1 = np.concatenate([act_t1, geo.end_of(na, nb, min(n_t, t + hold))])
     if len(act_a):
-        done.append(np.stack([act_a, act_b, act_t0, np.full(len(act_a), n_t)], axis=1))
+        done.append(np.stack([act_a, act_b, act_t0, act_t1], axis=1))
     links = np.concatenate(done).astype(np.int64) if done else np.empty((0, 4), np.int64)
     links = links[np.lexsort((links[:, 1], links[:, 0], links[:, 2]))] if len(links) else links
     return _slots(links, r, n_t, acq, int(spare.sum()), ephem.step_s)

@@ -287,9 +287,10 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
 
         * 4 or more: fore, aft, left, right (+Grid); terminals beyond 4 are cross-shell terminals.
         * 3: fore, aft and one cross-plane link per satellite at most. Plane pairs are taken in
-          order (0-1, 1-2, ..., then the wrap P-1 - 0; never across a star seam) and every matched
-          pair whose two satellites have their third terminal still free is kept, so about half of
-          each plane links ahead and half behind and the planes of a shell stay one mesh. With
+          order (0-1, 1-2, ..., then the wrap P-1 - 0; never across a star seam); the first keeps
+          every other matched pair (in slot order), each later one every matched pair whose two
+          satellites have their third terminal still free. About half of each plane then links
+          ahead and half behind, and the planes of a shell stay one mesh. With
           ``cross_shell`` and several shells, ``cross_shell_share`` of each plane's satellites
           (evenly spread by slot) keep their third terminal for cross-shell links instead.
         * 2: fore/aft only; 1: fore/aft links from slot ``2k`` to ``2k + 1`` only; 0: nothing.
@@ -399,6 +400,12 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
                 drop = np.zeros(len(rp), bool)
             elif terminals == 3 and not is_seam:
                 drop = third_used[sa] | third_used[sb]
+                if j == 0:  # the first pair takes every other one, so the next plane has half left
+                    order_p = np.argsort(slot[sa], kind="stable")
+                    free_rank = np.cumsum(~drop[order_p]) - 1
+                    every_other = np.zeros(len(sa), bool)
+                    every_other[order_p] = free_rank % 2 == 1
+                    drop |= every_other
                 third_used[sa[~drop]] = True
                 third_used[sb[~drop]] = True
             else:
