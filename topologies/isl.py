@@ -550,6 +550,31 @@ def los_rate_deg_s(r_a_km: NDArray[np.float64], v_a_km_s: NDArray[np.float64],
         return np.degrees(_norm(np.cross(r_rel, v_frame)) / d2)
 
 
+def _frame_rate_soa(r: list[NDArray[np.float64]], v: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:
+    """Rotation rate of each satellite's orbital frame, ``w = r x v / |r|^2``, as three component
+    arrays shaped like ``r[0]``."""
+    r2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2]
+    return [(r[1] * v[2] - r[2] * v[1]) / r2, (r[2] * v[0] - r[0] * v[2]) / r2, (r[0] * v[1] - r[1] * v[0]) / r2]
+
+
+def _los_rate_soa(d: list[NDArray[np.float64]], d2: NDArray[np.float64], v_rel: list[NDArray[np.float64]],
+                  w: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+    """:func:`los_rate_deg_s` on component arrays, for either end of a link.
+
+    With ``d = r_b - r_a`` and ``v_rel = v_b - v_a``, the rate seen from the end whose frame turns at
+    ``w`` is ``|d x (v_rel - w x d)| / |d|^2`` (from b the signs of ``d`` and ``v_rel`` both flip,
+    which leaves the norm unchanged).
+    """
+    fx = v_rel[0] - (w[1] * d[2] - w[2] * d[1])
+    fy = v_rel[1] - (w[2] * d[0] - w[0] * d[2])
+    fz = v_rel[2] - (w[0] * d[1] - w[1] * d[0])
+    cx = d[1] * fz - d[2] * fy
+    cy = d[2] * fx - d[0] * fz
+    cz = d[0] * fy - d[1] * fx
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.degrees(np.sqrt(cx * cx + cy * cy + cz * cz) / d2)
+
+
 def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None
                ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """State and delay of every ISL at every step.
@@ -598,25 +623,34 @@ def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None
         max_range = max_isl_range_km(topo.altitude_km, topo.altitude_km, cfg.atmosphere_margin_km)
     r_min = EARTH_RADIUS_KM + cfg.atmosphere_margin_km
 
+    # Components as separate (n_sat, n_t) arrays: the per-link arithmetic below is then plain
+    # element-wise work on 2-D blocks (np.cross and einsum on (..., 3) arrays cost ~3x more; measured
+    # on 5,704 links x 600 steps).
+    rc = [np.ascontiguousarray(r[..., k]) for k in range(3)]
+    vc = [np.ascontiguousarray(v[..., k]) for k in range(3)] if cfg.max_slew_rate_deg_s is not None else []
+    w_frame = _frame_rate_soa(rc, vc) if vc else []
     for lo in range(0, n, _BLOCK_LINKS):
         hi = min(n, lo + _BLOCK_LINKS)
         ia = topo.pairs[lo:hi, 0]
         ib = topo.pairs[lo:hi, 1]
-        ra, rb = r[ia], r[ib]
-        d = rb - ra
-        dist = _norm(d)
+        a = [c[ia] for c in rc]
+        d = [c[ib] - x for c, x in zip(rc, a)]
+        d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+        dist = np.sqrt(d2)
         delay_ms[lo:hi] = dist / C_KM_S * 1000.0
         # closest approach of the segment to the Earth's centre
         with np.errstate(invalid="ignore", divide="ignore"):
-            t = np.clip(-np.einsum("...i,...i->...", ra, d) / (dist**2), 0.0, 1.0)
-        closest = _norm(ra + t[..., None] * d)
+            t = np.clip(-(a[0] * d[0] + a[1] * d[1] + a[2] * d[2]) / d2, 0.0, 1.0)
+        cx, cy, cz = (x + t * y for x, y in zip(a, d))
+        closest = np.sqrt(cx * cx + cy * cy + cz * cz)
         occluded = closest < r_min
         with np.errstate(invalid="ignore"):
             too_far = dist > np.where(np.isnan(max_range[lo:hi]), np.inf, max_range[lo:hi])[:, None]
         polar = (topo.role[lo:hi] == ROLE_INTER)[:, None] & (polar_sat[ia] | polar_sat[ib])
-        if cfg.max_slew_rate_deg_s is not None:
-            va, vb = v[ia], v[ib]
-            rate = np.fmax(los_rate_deg_s(ra, va, rb, vb), los_rate_deg_s(rb, vb, ra, va))
+        if vc:
+            v_rel = [c[ib] - c[ia] for c in vc]
+            rate = np.fmax(_los_rate_soa(d, d2, v_rel, [w[ia] for w in w_frame]),
+                           _los_rate_soa(d, d2, v_rel, [w[ib] for w in w_frame]))
             tracking = rate > cfg.max_slew_rate_deg_s
         else:
             tracking = np.zeros_like(occluded)
