@@ -2,9 +2,12 @@
 
 What is ours is recognised, never guessed from broad names:
 
-* node shells carry the argument ``satnetem:<run_id>:<node>`` (see :mod:`emulator.nodes`);
-* any process living in the network namespace of such a shell (pings, iperf, routing daemons
-  started in a node) is ours too, found by the namespace's inode;
+* node shells carry the argument ``satnetem:<run_id>:<node>`` (see :mod:`emulator.nodes`), the run's
+  namespace holder ``satnetem:<run_id>:@netns-holder`` (see :mod:`emulator.kernel.holder`);
+* the namespaces the holder holds are ours: their inodes are read from its bind mounts
+  (``net:[<inode>]`` in ``/proc/<holder>/mountinfo``); so are the namespaces of the shells;
+* any process living in one of our namespaces (pings, iperf, routing daemons started in a node) is
+  ours too, found by the namespace's inode;
 * the userspace shaper daemon's command line contains ``emulator.shaping.delayd`` (with a run id
   given, only those whose command line names the run or that live in one of its namespaces);
 * any process in a namespace recorded in a state file ``/run/satnetem/<run_id>.json`` (so that
@@ -12,8 +15,9 @@ What is ours is recognised, never guessed from broad names:
 * named namespaces ``/var/run/netns/satnetem-*``, state files ``/run/satnetem/<run_id>*`` and run
   folders ``/run/satnetem/<run_id>/`` (routing daemons' configurations, sockets and default logs).
 
-Network namespaces and the veths in them vanish with their last process; ``clean`` kills with
-SIGKILL, waits for the processes to be gone and reports anything still alive. It never touches
+Network namespaces and the veths in them vanish with their last reference: the holder's bind mount
+(gone with the holder's mount namespace when the holder dies) and every process inside. ``clean`` kills
+with SIGKILL, waits for the processes to be gone and reports anything still alive. It never touches
 another user's Mininet (``mininet:`` shells), the host's interfaces or the process calling it.
 """
 
@@ -30,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .kernel.holder import MOUNT_DIR
 from .nodes import MARK
 
 log = logging.getLogger(__name__)
@@ -94,13 +99,38 @@ def find_ours(run_id: str | None = None) -> tuple[set[int], set[int]]:
     root_ns = os.stat("/proc/self/ns/net").st_ino  # /proc/1 may be unreadable in a container
     shells = {pid for pid, argv, _ in procs if any(a.startswith(prefix) for a in argv)}
     inodes = {ino for pid, _, ino in procs if pid in shells and ino != root_ns}
-    inodes |= _state_inodes(run_id) - {root_ns}
+    for pid in shells:  # the holder's (the shells' mountinfo has none of ours: it is the host's)
+        inodes |= held_netns(pid)
+    inodes |= _state_inodes(run_id)
+    inodes -= {root_ns}
     pids = set(shells)
     for pid, argv, ino in procs:
         ours_daemon = any(DELAYD in a for a in argv) and (run_id is None or any(run_id in a for a in argv))
         if ino in inodes or ours_daemon:
             pids.add(pid)
     return pids - _protected(), inodes
+
+
+_NSFS_ROOT = re.compile(r"^net:\[(\d+)\]$")
+
+
+def held_netns(pid: int) -> set[int]:
+    """Inodes of the network namespaces a namespace holder ``pid`` holds: bind mounts under its
+    :data:`~emulator.kernel.holder.MOUNT_DIR` whose root in its mountinfo reads ``net:[<inode>]``; empty
+    for a process in the host's mount namespace."""
+    out: set[int] = set()
+    try:
+        if os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+            return out  # the host's mounts are not a run's
+        with open(f"/proc/{pid}/mountinfo") as f:
+            for line in f:
+                fields = line.split(" ", 5)
+                m = _NSFS_ROOT.match(fields[3])
+                if m and fields[4].startswith(MOUNT_DIR + "/"):
+                    out.add(int(m.group(1)))
+    except (OSError, IndexError):
+        pass
+    return out
 
 
 def _state_inodes(run_id: str | None) -> set[int]:

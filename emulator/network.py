@@ -9,7 +9,14 @@ links down. Applying the same step twice changes nothing.
 Kernel work goes through netlink only: veths are created with both ends directly in their target
 namespaces (one RTM_NEWLINK each), addresses, link states and routes are sent in batches on one
 socket per namespace (:mod:`emulator.rtnl`), sysctls are written under /proc/sys from inside the
-namespace (setns), never by forking ``ip``, ``tc`` or ``sysctl``.
+namespace, never by forking ``ip``, ``tc`` or ``sysctl``.
+
+What holds the namespaces: one process per run, the namespace holder (:mod:`emulator.kernel.holder`),
+with one bind mount per namespace in its private mount namespace; no process, pty or descriptor per
+node. A node's shell starts when first asked for (:mod:`emulator.nodes`). The namespaces' rtnetlink
+sockets are opened when a batch needs them and closed within an open-file budget (:data:`rtnl.POOL`);
+namespace descriptors (veth peers, moves) are opened around each batch and closed after it. Before
+anything is built, :func:`emulator.kernel.budget.check` refuses a run this machine cannot hold.
 
 Handovers are make-before-break. A gateway antenna has two veth pairs (``ant<k>``/``g<slot>`` and
 ``ant<k>b``/``g<slot>b``, :mod:`emulator.addressing`): the *active* one joins the gateway to its
@@ -35,6 +42,7 @@ import resource
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,8 +57,10 @@ from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
 from . import rtnl
 from .addressing import Addressing, AddressPlan, LinkEnds, ip_str
 from .clean import STATE_DIR, find_ours, kill_and_wait
+from .kernel import budget
+from .kernel.holder import Holder, HolderError
 from .netns import entered, iproute_in
-from .nodes import EmulatedNet, EmuNode, start_nodes, stop_nodes
+from .nodes import EmulatedNet, EmuNode, make_nodes, stop_nodes
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,8 @@ SYSCTLS_ALL = {
     "net/ipv6/conf/default/disable_ipv6": "1",
 }
 SYSCTLS_ROUTER = {"net/ipv4/ip_forward": "1"}
+#: pyroute2 IPRoute objects kept open for shapers that ask for one (``ipr_of``), least recently used closed.
+IPR_CACHE = 64
 
 
 @dataclass
@@ -147,7 +159,10 @@ class Emulation:
         self.nodes: list[EmuNode] = []
         self.net: EmulatedNet | None = None
         self._rtnl: list[rtnl.Rtnl | None] = []
-        self._ipr: dict[int, Any] = {}
+        self._ipr: OrderedDict[int, Any] = OrderedDict()
+        self.holder: Holder | None = None
+        self.needs: budget.RunNeeds | None = None
+        self.build_counts: dict[str, int] = {}
         self.ends = LinkEnds(self.addr)  # which veth pair carries each slot now
         # namespace holding the far end of each slot's veth pairs (column 1: antennas' spares only, else -1)
         self._pfar: np.ndarray = np.full((timeline.n_links, 2), -1, np.int64)
@@ -211,7 +226,7 @@ class Emulation:
 
     @property
     def pids(self) -> list[int]:
-        """Process ids of the node shells."""
+        """Process ids of the node shells started so far (a shell starts on a node's first ``cmd``)."""
         return [n.pid for n in self.nodes if n.shell is not None]
 
     def build(self) -> None:
@@ -222,15 +237,19 @@ class Emulation:
         t = {}
         t0 = time.perf_counter()
         try:
-            _raise_fd_limit(8 * self.n_nodes + 256)
-            self.nodes = start_nodes(((nd.name, nd.kind) for nd in self.timeline.nodes), self.run_id)
-            self._write_state()
+            fds_needed = getattr(self.shaper, "fds_needed", None)
+            self.needs = budget.needs(self.n_nodes, self.timeline.n_links + len(self._antennas),
+                                      str(getattr(self.shaper, "name", "?")),
+                                      fds_needed(self.n_nodes) if callable(fds_needed) else None)
+            budget.check(self.needs)  # refuses in one line, before anything exists
+            _raise_fd_limit(max(self.needs.fds_all_open, self.needs.shaper_fds))
+            before = budget.descendants()
+            ptys_before = budget.ptys_in_use()
+            inodes = self._namespaces()
+            self._write_state(inodes)
             self.net = EmulatedNet(self.nodes, self.stop)
-            t["shells"] = _ms(t0)
-            t1 = time.perf_counter()
             self._rtnl = [rtnl.Rtnl(nd.ns_path, nd.name) for nd in self.nodes]
-            self._sysctls()
-            t["sysctls"] = _ms(t1)
+            t["namespaces"] = _ms(t0)
             t1 = time.perf_counter()
             target = self.timeline.snapshot(0)
             self._create_links(target)
@@ -258,13 +277,21 @@ class Emulation:
             t["routes"] = _ms(t1)
             t["total"] = _ms(t0)
             self.build_timings_ms = t
+            # counted from /proc, not from what was started: every process and pty the build added
+            assert self.holder is not None
+            self.build_counts = {"processes_added": len(budget.descendants() - before),
+                                 "ptys_added": budget.ptys_in_use() - ptys_before,
+                                 "namespaces": self.n_nodes, "holder_pid": self.holder.pid or 0,
+                                 "sockets_open": rtnl.POOL.stats()["open"],
+                                 "socket_budget": rtnl.socket_budget()}
             # The build leaves ~10^6 long-lived objects (nodes, interfaces, Mininet shells); a full
             # collection that scans them all takes ~50 ms and would land inside some step. Frozen, they
             # are left out of every collection until stop().
             gc.freeze()
             self._gc_frozen = True
-            log.info("built %d nodes, %d links in %.0f ms (%s)", self.n_nodes, self.timeline.n_links,
-                     t["total"], ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
+            log.info("built %d nodes, %d links in %.0f ms (%s); added %d processes and %d ptys", self.n_nodes,
+                     self.timeline.n_links, t["total"], ", ".join(f"{k} {v:.0f}" for k, v in t.items()),
+                     self.build_counts["processes_added"], self.build_counts["ptys_added"])
         except BaseException:
             self.stop()
             raise
@@ -464,36 +491,41 @@ class Emulation:
             except Exception as e:  # noqa: BLE001 - teardown continues whatever the daemons say
                 log.warning("stopping the routing daemons failed: %s", e)
         pids, _ = find_ours(self.run_id)  # shells and whatever runs in their namespaces
-        kill_and_wait(pids)
+        holder = self.holder.pid if self.holder is not None else None
+        kill_and_wait(pids - {holder})
         stop_nodes(self.nodes)
+        if self.holder is not None:  # last: the namespaces go with it (nothing runs in them any more)
+            self.holder.close()
         try:
             (STATE_DIR / f"{self.run_id}.json").unlink(missing_ok=True)
         except OSError:
             pass
 
     # ------------------------------------------------------------------------------ build steps
-    def _write_state(self) -> None:
+    def _namespaces(self) -> list[int]:
+        """Start the run's namespace holder, create every node's namespace in it (sysctls written there,
+        before any veth exists, so "default" reaches every interface) and make the nodes; return the
+        namespaces' inode numbers."""
+        self.holder = Holder(self.run_id)
+        profiles = [SYSCTLS_ALL, {**SYSCTLS_ALL, **SYSCTLS_ROUTER}]
+        try:
+            self.holder.start()
+            inodes = self.holder.create(self.names, profiles, self.is_router.astype(int).tolist())
+        except HolderError as e:
+            raise ApplyError(f"cannot create the network namespaces: {e.strerror or e}",
+                             operation="create namespaces") from None
+        self.nodes = make_nodes(((nd.name, nd.kind, self.holder.path(nd.name)) for nd in self.timeline.nodes),
+                                self.run_id)
+        return inodes
+
+    def _write_state(self, inodes: list[int]) -> None:
         try:
             STATE_DIR.mkdir(parents=True, exist_ok=True)
             (STATE_DIR / f"{self.run_id}.json").write_text(json.dumps(
-                {"run_id": self.run_id, "pid": os.getpid(), "shells": self.pids,
-                 "netns_inodes": [os.stat(nd.ns_path).st_ino for nd in self.nodes]}))
+                {"run_id": self.run_id, "pid": os.getpid(), "holder": self.holder.pid if self.holder else None,
+                 "netns_inodes": inodes}))
         except OSError as e:
             log.warning("cannot write state file under %s: %s", STATE_DIR, e)
-
-    def _sysctls(self) -> None:
-        for i, nd in enumerate(self.nodes):
-            values = dict(SYSCTLS_ALL)
-            if self.is_router[i]:
-                values.update(SYSCTLS_ROUTER)
-            with entered(nd.ns_path, nd.name):
-                for key, value in values.items():
-                    try:
-                        with open(f"/proc/sys/{key}", "w") as f:
-                            f.write(value)
-                    except OSError as e:
-                        raise ApplyError(f"cannot set sysctl {key}={value}: {e.strerror}", node=nd.name,
-                                         operation="sysctl") from None
 
     def _ns_fd(self, node: int) -> int:
         try:
@@ -531,25 +563,33 @@ class Emulation:
         nxt, spare_at = self._next_peers(ant, snap.step, far[ant])
         self._pfar[ant, 1] = np.where(nxt >= 0, nxt, la[ant])
         pairs = [(l, 0) for l in range(self.timeline.n_links)] + [(l, 1) for l in ant.tolist()]
-        fds = [self._ns_fd(i) for i in range(self.n_nodes)]
-        try:
-            # Each pair is created through the near end's own namespace socket. Sent from the root
-            # namespace with a fixed ifindex, kernels before 6.x look the index up in the root namespace
-            # first and answer EEXIST whenever the host happens to have a device with that index.
-            create = [rtnl.Batch() for _ in range(self.n_nodes)]
-            for l, pair in pairs:
-                na, nb = int(la[l]), int(self._pfar[l, pair])
-                name_a, index_a, _ = a.pair_end(l, pair, 0)
-                name_b, index_b, _ = a.pair_end(l, pair, 1)
-                create[na].add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                               rtnl.veth_body(name_a, index_a, None, name_b, index_b, fds[nb]),
-                               f"veth {self.names[na]}:{name_a} -- {self.names[nb]}:{name_b}")
-            for na, batch in enumerate(create):
-                if len(batch):
-                    self._rtnl[na].check(batch, "create veth")
-        finally:
-            for fd in fds:
-                os.close(fd)
+        # Each pair is created through the near end's own namespace socket. Sent from the root
+        # namespace with a fixed ifindex, kernels before 6.x look the index up in the root namespace
+        # first and answer EEXIST whenever the host happens to have a device with that index.
+        # The far ends' namespaces are opened for each near namespace's batch and closed after it: a
+        # handful of descriptors at a time, never one per node.
+        by_near: list[list[tuple[int, int]]] = [[] for _ in range(self.n_nodes)]
+        for l, pair in pairs:
+            by_near[int(la[l])].append((l, pair))
+        for na, todo in enumerate(by_near):
+            if not todo:
+                continue
+            fds: dict[int, int] = {}
+            try:
+                batch = rtnl.Batch()
+                for l, pair in todo:
+                    nb = int(self._pfar[l, pair])
+                    if nb not in fds:
+                        fds[nb] = self._ns_fd(nb)
+                    name_a, index_a, _ = a.pair_end(l, pair, 0)
+                    name_b, index_b, _ = a.pair_end(l, pair, 1)
+                    batch.add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                              rtnl.veth_body(name_a, index_a, None, name_b, index_b, fds[nb]),
+                              f"veth {self.names[na]}:{name_a} -- {self.names[nb]}:{name_b}")
+                self._rtnl[na].check(batch, "create veth")
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
         # addresses and link states, one batch per namespace
         batches = [rtnl.Batch() for _ in range(self.n_nodes)]
         for i in range(self.n_nodes):
@@ -584,10 +624,18 @@ class Emulation:
         self.nodes[node].add_intf(name, index, ip_str(addr), plen)
 
     def _ipr_of(self, name: str) -> Any:
+        """A pyroute2 IPRoute in ``name``'s namespace, for the caller's immediate use: at most
+        :data:`IPR_CACHE` stay open, the least recently used is closed."""
         i = self.timeline.node_index(name)
-        if i not in self._ipr:
-            self._ipr[i] = iproute_in(self.nodes[i].ns_path, name)
-        return self._ipr[i]
+        ipr = self._ipr.get(i)
+        if ipr is not None:
+            self._ipr.move_to_end(i)
+            return ipr
+        while len(self._ipr) >= IPR_CACHE:
+            _, old = self._ipr.popitem(last=False)
+            old.close()
+        ipr = self._ipr[i] = iproute_in(self.nodes[i].ns_path, name)
+        return ipr
 
     def _port(self, link: int, side: int, pair: int | None = None) -> Any:
         """The shaper's port for one direction of ``link`` (sent from ``side``) on veth pair ``pair``

@@ -1,10 +1,14 @@
-"""Mininet nodes started in bulk, and a Mininet object that Mininet's CLI can drive.
+"""Mininet nodes whose shells start when first asked for, and a Mininet object that Mininet's CLI can drive.
 
-Stock Mininet starts one shell per node and waits for its prompt before starting the next, about
-30 ms each. :func:`start_nodes` spawns every shell first and then collects the prompts, so bring-up
-costs one round of process creation. Every shell carries the argument ``satnetem:<run_id>:<name>``
-so that :mod:`emulator.clean` can find it (stock Mininet marks its shells ``mininet:<name>``, and
-``mn -c`` kills those; ours are left to ``satnetem clean``).
+A node is a network namespace held by the run's namespace holder (:mod:`emulator.kernel.holder`), not a
+process: building 10^4 nodes starts no shell and opens no pty. :class:`EmuNode` is still a Mininet
+``Node``: the first ``cmd``/``sendCmd`` (Mininet's CLI, ``emu.node(name).cmd(...)``) starts a bash on a
+pty inside the namespace (``nsenter --net=<path>``) and waits for its prompt; ``popen`` needs no shell.
+Shells started so far are killed at teardown (:func:`stop_nodes`).
+
+Every shell carries the argument ``satnetem:<run_id>:<name>`` so that :mod:`emulator.clean` can find it
+(stock Mininet marks its shells ``mininet:<name>``, and ``mn -c`` kills those; ours are left to
+``satnetem clean``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import os
 import pty
 import select
+import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +32,10 @@ from topologies.errors import ApplyError
 log = logging.getLogger(__name__)
 
 MARK = "satnetem"
+#: How long a lazily started shell may take to show its first prompt, s.
+SHELL_START_TIMEOUT_S = 30.0
+#: Run by ``sh -c`` (a fixed text; the command comes as arguments) in the shell's new mount namespace.
+_REMOUNT_SYSFS = 'mount -t sysfs satnetem-sysfs /sys && exec "$@"'
 
 
 def mark(run_id: str, name: str) -> str:
@@ -34,25 +44,51 @@ def mark(run_id: str, name: str) -> str:
 
 
 class EmuNode(Node):
-    """A Mininet ``Node`` in its own network namespace whose shell is spawned without waiting.
+    """A Mininet ``Node`` for the network namespace at ``ns_path``; its shell starts on first use.
 
-    Call :meth:`wait_ready` (or use :func:`start_nodes`) before using ``cmd``.
+    Parameters
+    ----------
+    name : str
+    run_id : str
+    kind : str
+        Node kind of the timeline (sat, gateway, host, compute).
+    ns_path : str
+        Path of the node's network namespace (a bind mount in the holder's mount namespace, reached
+        through ``/proc/<holder>/root``); any process may open it.
     """
 
-    def __init__(self, name: str, run_id: str, kind: str, **params) -> None:
+    def __init__(self, name: str, run_id: str, kind: str, ns_path: str, **params) -> None:
         self.run_id = run_id
         self.kind = kind
+        self.ns_path = ns_path
+        self._building = True  # Node.__init__ calls startShell(): not yet
         super().__init__(name, inNamespace=True, **params)
+        self._building = False
 
+    # ----------------------------------------------------------------------------- the shell
     def startShell(self, mnopts=None) -> None:
-        # As Node.startShell, minus the wait for the prompt and with our process mark.
-        # mnexec -c would close every descriptor up to the (raised) open-file limit, one syscall each;
-        # Popen(close_fds=True) does the same with one close_range.
-        cmd = ["mnexec", "-dn", "env", "PS1=" + chr(127), "bash", "--norc", "--noediting", "-is",
-               mark(self.run_id, self.name)]
+        """Start the node's bash on a pty (once; called by the first ``cmd``/``sendCmd``).
+
+        As Mininet's, but joining the existing namespace with nsenter instead of creating one with
+        ``mnexec -n``. Like ``mnexec -n`` it gives the shell a private mount namespace with sysfs
+        mounted afresh there, so that ``/sys/class/net`` lists the node's interfaces, not the host's
+        (sysfs shows the network namespace of whoever mounted it). Popen(close_fds=True) closes
+        inherited descriptors with one close_range.
+        """
+        if self._building or (self.shell is not None and self.shell.poll() is None):
+            return
+        cmd = ["nsenter", f"--net={self.ns_path}", "--", "unshare", "--mount", "--propagation", "private",
+               "--", "sh", "-c", _REMOUNT_SYSFS, "sh",
+               "env", "PS1=" + chr(127), "bash", "--norc", "--noediting", "-is", mark(self.run_id, self.name)]
         self.master, self.slave = pty.openpty()
-        self.shell = self._popen(cmd, stdin=self.slave, stdout=self.slave, stderr=self.slave,
-                                 close_fds=True)
+        try:
+            self.shell = self._popen(cmd, stdin=self.slave, stdout=self.slave, stderr=self.slave,
+                                     close_fds=True, start_new_session=True)
+        except BaseException:
+            os.close(self.master)
+            os.close(self.slave)
+            self.master = self.slave = None
+            raise
         self.stdin = os.fdopen(self.master, "r")
         self.stdout = self.stdin
         self.pid = self.shell.pid
@@ -65,23 +101,67 @@ class EmuNode(Node):
         self.lastPid = None
         self.readbuf = ""
         self.waiting = True
+        try:
+            self._wait_prompt(time.monotonic() + SHELL_START_TIMEOUT_S)
+            Node.sendCmd(self, "unset HISTFILE; stty -echo; set +m")
+            Node.waitOutput(self)
+        except BaseException:
+            self.stop_shell()
+            raise
 
-    def wait_ready(self, deadline: float) -> None:
-        """Wait for the first prompt (until ``deadline``, a time.monotonic() value)."""
+    def _wait_prompt(self, deadline: float) -> None:
         data = ""
         while not data.endswith(chr(127)):
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0 or not self.pollOut.poll(left_ms):
-                raise ApplyError("shell did not start in time", node=self.name, operation="start")
-            data += self.read(1024)
+                raise ApplyError(f"shell did not start in time (output: {data[-200:]!r})", node=self.name,
+                                 operation="start shell")
+            chunk = self.read(1024)
+            if not chunk and self.shell.poll() is not None:
+                raise ApplyError(f"shell exited with status {self.shell.returncode}: {data[-200:]!r}",
+                                 node=self.name, operation="start shell")
+            data += chunk
         self.waiting = False
 
-    @property
-    def ns_path(self) -> str:
-        return f"/proc/{self.pid}/ns/net"
+    def sendCmd(self, *args, **kwargs) -> None:
+        self.startShell()
+        super().sendCmd(*args, **kwargs)
 
+    def cmd(self, *args, **kwargs):
+        self.startShell()
+        return super().cmd(*args, **kwargs)
+
+    def stop_shell(self) -> None:
+        """Kill the shell (and its process group) and release its pty; idempotent."""
+        shell = self.shell
+        if shell is None:
+            return
+        if shell.poll() is None:
+            try:
+                os.killpg(shell.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            shell.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a zombie must not stop the rest of the teardown
+            log.warning("shell of %s (pid %s) did not exit", self.name, shell.pid)
+        if self.stdout is not None:
+            self.outToNode.pop(self.stdout.fileno(), None)
+            self.inToNode.pop(self.stdin.fileno(), None)
+            self.stdin.close()
+        if self.slave is not None:
+            os.close(self.slave)
+        self.shell = self.stdin = self.stdout = self.pollOut = None
+        self.master = self.slave = None
+        self.pid = None
+        self.waiting = False
+
+    def terminate(self) -> None:
+        self.stop_shell()
+
+    # ----------------------------------------------------------------------------- processes
     def popen(self, *args, **kwargs):
-        """As Mininet's ``Node.popen``, but joining only the node's *network* namespace.
+        """As Mininet's ``Node.popen``, but joining only the node's *network* namespace (no shell needed).
 
         ``mnexec -a`` also joins the shell's mount namespace, which resets the root directory: run from
         a chroot (the netem test VM runs the host's tree that way) the program then cannot find its
@@ -90,6 +170,7 @@ class EmuNode(Node):
         kwargs.setdefault("mncmd", ["setsid", "nsenter", f"--net={self.ns_path}", "--"])
         return super().popen(*args, **kwargs)
 
+    # ----------------------------------------------------------------------------- interfaces
     def add_intf(self, name: str, port: int, ip: str | None, prefix_len: int | None) -> Intf:
         """Record an interface that already exists in this namespace (no commands run)."""
         intf = Intf.__new__(Intf)
@@ -108,57 +189,31 @@ class EmuNode(Node):
             self.intfs.pop(port, None)
 
 
-def start_nodes(specs: Iterable[tuple[str, str]], run_id: str, timeout_s: float = 120.0) -> list[EmuNode]:
-    """Start one node per (name, kind), all shells at once; return them ready for ``cmd``.
-
-    On failure every shell already started is killed before the error propagates.
-    """
-    nodes: list[EmuNode] = []
-    try:
-        for name, kind in specs:
-            nodes.append(EmuNode(name, run_id, kind))
-        deadline = time.monotonic() + timeout_s
-        for n in nodes:
-            n.wait_ready(deadline)
-        for n in nodes:  # as Node.startShell does, but all shells at once
-            n.sendCmd("unset HISTFILE; stty -echo; set +m")
-        for n in nodes:
-            n.waitOutput()
-    except BaseException:
-        stop_nodes(nodes)
-        raise
-    return nodes
+def make_nodes(specs: Iterable[tuple[str, str, str]], run_id: str) -> list[EmuNode]:
+    """One :class:`EmuNode` per (name, kind, namespace path); no process is started."""
+    return [EmuNode(name, run_id, kind, path) for name, kind, path in specs]
 
 
 def stop_nodes(nodes: list[EmuNode]) -> None:
-    """Kill the shells (and their process groups) and release their ptys; idempotent."""
-    import signal
-
-    for n in nodes:
-        if n.shell is not None and n.shell.poll() is None:
+    """Kill the shells started so far (and their process groups), release their ptys; idempotent."""
+    started = [n for n in nodes if n.shell is not None]
+    for n in started:
+        if n.shell.poll() is None:
             try:
                 os.killpg(n.shell.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    for n in nodes:
-        if n.shell is not None:
-            try:
-                n.shell.wait(timeout=10)
-            except Exception:  # noqa: BLE001 - a zombie must not stop the rest of the teardown
-                log.warning("shell of %s (pid %s) did not exit", n.name, n.shell.pid)
-            n.outToNode.pop(n.stdout.fileno(), None)
-            n.inToNode.pop(n.stdin.fileno(), None)
-            n.stdin.close()
-            os.close(n.slave)
-            n.shell = None
+    for n in started:
+        n.stop_shell()
 
 
 class EmulatedNet(Mininet):
     """The live emulation seen as a ``mininet.net.Mininet``, for ``mininet.cli.CLI(net)``.
 
     It is not built by Mininet: every node is an :class:`EmuNode` in ``hosts`` (Mininet's CLI runs
-    ``<node> <command>`` on any of them, ``pingall`` pings among them). It skips Mininet's global
-    ``init`` (which rewrites sysctls of the host) and its ``stop`` hands over to the emulation.
+    ``<node> <command>`` on any of them, starting its shell then; ``pingall`` pings among them). It skips
+    Mininet's global ``init`` (which rewrites sysctls of the host) and its ``stop`` hands over to the
+    emulation.
     """
 
     def __init__(self, nodes: list[EmuNode], stop_callback) -> None:

@@ -4,7 +4,9 @@ pyroute2 spends a few hundred microseconds encoding each message in Python; brin
 satellite constellation needs some 10^5 messages (veths, addresses, routes). This module packs the
 few message kinds the emulator needs with ``struct`` and sends them in batches of a few hundred per
 ``send`` on one raw NETLINK_ROUTE socket per namespace, then collects the kernel's acknowledgements
-and reports every failed request with its errno. Single-next-hop route changes, the bulk of every
+and reports every failed request with its errno. The sockets are opened when a batch needs them and
+closed, least recently used first, when the open-file budget (:func:`socket_budget`) needs their
+descriptors (:data:`POOL`): a run never holds one descriptor per node. Single-next-hop route changes, the bulk of every
 emulation step, are built as numpy records (:func:`route_msgs`) and sent without acknowledgements
 (:meth:`Rtnl.run_packed`). Message layouts follow <linux/rtnetlink.h>, <linux/if_link.h> and
 <linux/veth.h>.
@@ -12,10 +14,15 @@ emulation step, are built as numpy records (:func:`route_msgs`) and sent without
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import resource
 import socket
 import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,17 +331,133 @@ class Batch:
         return len(self.requests)
 
 
+#: Descriptors left for everything but rtnetlink sockets (pipes, files, pyroute2, shells' ptys, the
+#: namespace fds opened around each batch): the larger of this and an eighth of the limit.
+FDS_RESERVED = 512
+#: Fewest rtnetlink sockets kept open at once, whatever the limit (below this, every batch reopens).
+MIN_SOCKETS = 16
+
+
+def socket_budget(nofile: int | None = None) -> int:
+    """How many namespace rtnetlink sockets may be open at once under the open-file limit ``nofile``
+    (default: this process's soft RLIMIT_NOFILE)."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+    return max(MIN_SOCKETS, nofile - max(FDS_RESERVED, nofile // 8))
+
+
+class _Conn:
+    """The socket of one namespace, shared by every :class:`Rtnl` handle on that path; open or closed."""
+
+    __slots__ = ("path", "node", "sock", "seq", "lock", "refs", "opens")
+
+    def __init__(self, path: str, node: str | None) -> None:
+        self.path, self.node = path, node
+        self.sock: socket.socket | None = None
+        self.seq = 0
+        self.lock = threading.RLock()  # held while the socket is in use (and while it is opened or closed)
+        self.refs = 0
+        self.opens = 0
+
+
+class _Pool:
+    """Every namespace socket of this process, at most :func:`socket_budget` open at once.
+
+    A socket is opened (setns into its namespace and back) when a batch needs it and stays open until
+    the budget needs its descriptor: then the least recently used one not in use is closed. With one
+    socket per namespace open for the run, a 10^4-node emulation would need 10^4 descriptors for them
+    alone; a budget of a few thousand keeps every namespace that changes in a step open, and a namespace
+    reopened later costs ~20 us.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conns: dict[str, _Conn] = {}
+        self.open: OrderedDict[str, _Conn] = OrderedDict()  # least recently used first
+        self.limit: int | None = None  # None: socket_budget() (tests set a number)
+
+    def acquire(self, path: str, node: str | None) -> _Conn:
+        with self.lock:
+            c = self.conns.get(path)
+            if c is None:
+                c = self.conns[path] = _Conn(path, node)
+            c.refs += 1
+            return c
+
+    def release(self, c: _Conn) -> None:
+        with self.lock:
+            c.refs -= 1
+            if c.refs > 0:
+                return
+            self.conns.pop(c.path, None)
+            self.open.pop(c.path, None)
+        with c.lock:
+            if c.sock is not None:
+                c.sock.close()
+                c.sock = None
+
+    def sock(self, c: _Conn) -> socket.socket:
+        """``c``'s socket, opened if need be (caller holds ``c.lock``)."""
+        if c.sock is not None:
+            with self.lock:
+                if c.path in self.open:
+                    self.open.move_to_end(c.path)
+            return c.sock
+        with entered(c.path, c.node):
+            c.sock = Rtnl._open()
+        c.opens += 1
+        with self.lock:
+            self.open[c.path] = c
+            limit = self.limit if self.limit is not None else socket_budget()
+            excess = len(self.open) - limit
+            victims = []
+            if excess > 0:
+                for v in self.open.values():
+                    if len(victims) == excess:
+                        break
+                    if v is not c and v.lock.acquire(blocking=False):  # in use elsewhere: not this one
+                        victims.append(v)
+                for v in victims:
+                    del self.open[v.path]
+        for v in victims:
+            try:
+                if v.sock is not None:
+                    v.sock.close()
+                    v.sock = None
+            finally:
+                v.lock.release()
+        return c.sock
+
+    def stats(self) -> dict[str, int]:
+        """Namespaces known, sockets open now, sockets opened in all."""
+        with self.lock:
+            return {"namespaces": len(self.conns), "open": len(self.open),
+                    "opened": sum(c.opens for c in self.conns.values())}
+
+
+#: The process's namespace sockets: the emulator's and the shapers' handles on one namespace share one.
+POOL = _Pool()
+
+
 class Rtnl:
-    """One raw NETLINK_ROUTE socket bound in a namespace (``path`` None: this process's own)."""
+    """A raw NETLINK_ROUTE socket in a namespace (``path`` None: this process's own, always open).
+
+    The socket of a namespace path is shared by every handle on it and lives in :data:`POOL`: it is
+    opened when a request needs it and may be closed between requests to stay within the open-file
+    budget (requests wait for each other on it, so two threads may use one namespace).
+    """
 
     def __init__(self, path: str | None = None, node: str | None = None) -> None:
         self.node = node
+        self._own: socket.socket | None = None
+        self._conn: _Conn | None = None
+        self._seq = 0
         if path is None:
-            self.sock = self._open()
+            self._own = self._open()
         else:
-            with entered(path, node):
-                self.sock = self._open()
-        self.seq = 0
+            self._conn = POOL.acquire(path, node)
 
     @staticmethod
     def _open() -> socket.socket:
@@ -344,11 +467,43 @@ class Rtnl:
         s.bind((0, 0))
         return s
 
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[socket.socket]:
+        c = self._conn
+        if c is None:
+            if self._own is None:
+                raise ApplyError("rtnetlink socket is closed", node=self.node, operation="netlink")
+            yield self._own
+            return
+        with c.lock:
+            yield POOL.sock(c)
+
+    @property
+    def seq(self) -> int:
+        return self._conn.seq if self._conn is not None else self._seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        if self._conn is not None:
+            self._conn.seq = value
+        else:
+            self._seq = value
+
     def close(self) -> None:
-        self.sock.close()
+        """Give up this handle (the namespace's socket closes with its last handle). Idempotent."""
+        if self._conn is not None:
+            POOL.release(self._conn)
+            self._conn = None
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
     def run(self, batch: Batch) -> list[tuple[Request, int]]:
         """Send every request of ``batch``; return the failures as (request, errno), in order."""
+        with self._use() as sock:
+            return self._run(sock, batch)
+
+    def _run(self, sock: socket.socket, batch: Batch) -> list[tuple[Request, int]]:
         failures: list[tuple[Request, int]] = []
         reqs = batch.requests
         for start in range(0, len(reqs), _BATCH):
@@ -359,9 +514,9 @@ class Rtnl:
                 self.seq = (self.seq + 1) & 0x7FFFFFFF or 1
                 pending[self.seq] = r
                 parts.append(_HDR.pack(_HDR.size + len(r.body), r.msg_type, r.flags, self.seq, 0) + r.body)
-            self.sock.sendall(b"".join(parts))
+            sock.sendall(b"".join(parts))
             while pending:
-                data = self.sock.recv(1 << 20)
+                data = sock.recv(1 << 20)
                 off = 0
                 while off + _HDR.size <= len(data):
                     length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
@@ -385,6 +540,10 @@ class Rtnl:
         ``send`` has returned, every error report of the batch is queued on the socket, and reading what
         is there without waiting is enough. The kernel builds, and this process reads, only failures.
         """
+        with self._use() as sock:
+            return self._run_packed(sock, packed)
+
+    def _run_packed(self, sock: socket.socket, packed: Packed) -> list[tuple[int, int, int]]:
         failures: list[tuple[int, int, int]] = []
         for p, (msgs, ignore) in enumerate(packed.parts):
             for start in range(0, len(msgs), _BATCH):
@@ -396,20 +555,21 @@ class Rtnl:
                 self.seq += n
                 chunk["nlmsg_seq"] = np.arange(first, first + n, dtype=np.uint32)
                 chunk["nlmsg_flags"] &= ~np.uint16(NLM_F_ACK)
-                self.sock.sendall(chunk.tobytes())
-                for seq, err in self._drain():
+                sock.sendall(chunk.tobytes())
+                for seq, err in self._drain(sock):
                     if seq < 0:
                         failures.append((-1, -1, err))
                     elif first <= seq < first + n and err not in ignore:
                         failures.append((p, start + seq - first, err))
         return failures
 
-    def _drain(self) -> list[tuple[int, int]]:
+    @staticmethod
+    def _drain(sock: socket.socket) -> list[tuple[int, int]]:
         """Error reports queued on the socket, as (seq, errno), read without waiting."""
         out: list[tuple[int, int]] = []
         while True:
             try:
-                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
             except OSError as e:

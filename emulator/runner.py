@@ -265,6 +265,11 @@ def run(args: argparse.Namespace) -> int:
             summary["build_s"] = round(time.monotonic() - t, 2)
             (out / "addresses.json").write_text(json.dumps(address_owners(emu, tl, last + 1)))
             _say(f"  built in {summary['build_s']} s; playing {last + 1} steps ({play_s:.0f} s wall clock)")
+            counts = getattr(emu, "build_counts", {})
+            if counts:  # counted from /proc after the build: constant whatever the constellation's size
+                summary["build_counts"] = counts
+                _say(f"  the build added {counts['processes_added']} processes and {counts['ptys_added']} ptys "
+                     f"for {counts['namespaces']} namespaces (held by process {counts['holder_pid']})")
             starter = FlowStarter(emu, out, speed)
             computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
             if computes and any(f.kind == "request" for f in flows_wanted):

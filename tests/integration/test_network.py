@@ -263,14 +263,17 @@ def test_stop_leaves_no_process_or_namespace(make_emulation, backend):
     from emulator.clean import find_ours
 
     daemons_before = delayd_pids()
-    emu = make_emulation(grid_timeline(), shaping.make_shaper(backend)[0])
+    tl = grid_timeline()
+    emu = make_emulation(tl, shaping.make_shaper(backend)[0])
+    assert emu.pids == []  # no shell until one is asked for
+    emu.node("sat-1-1").cmd("true")
     pids = emu.pids
     sleeper = emu.node("h-a").popen(["sleep", "300"])  # a process started in a node dies with it
     deadline = time.monotonic() + 30  # slow under the emulated CPU of the netem VM
     while sleeper.pid not in find_ours(emu.run_id)[0] and time.monotonic() < deadline:
-        time.sleep(0.05)  # mnexec joins the namespace just after it starts
+        time.sleep(0.05)  # nsenter joins the namespace just after it starts
     pids2, inodes = find_ours(emu.run_id)
-    assert len(inodes) == len(pids) and set(pids) < pids2
+    assert len(pids) == 1 and len(inodes) == len(tl.nodes) and set(pids) < pids2
     emu.stop()
     emu.stop()  # idempotent
     assert find_ours(emu.run_id) == (set(), set())
