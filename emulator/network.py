@@ -237,10 +237,8 @@ class Emulation:
         t = {}
         t0 = time.perf_counter()
         try:
-            fds_needed = getattr(self.shaper, "fds_needed", None)
             self.needs = budget.needs(self.n_nodes, self.timeline.n_links + len(self._antennas),
-                                      str(getattr(self.shaper, "name", "?")),
-                                      fds_needed(self.n_nodes) if callable(fds_needed) else None)
+                                      str(getattr(self.shaper, "name", "?")))
             budget.check(self.needs)  # refuses in one line, before anything exists
             _raise_fd_limit(max(self.needs.fds_all_open, self.needs.shaper_fds))
             before = budget.descendants()

@@ -31,12 +31,9 @@ from topologies.errors import ConfigError
 NAMESPACE_KB = 400
 #: Kernel memory per veth pair with addresses and shaping qdiscs (128 kB measured bare), kB.
 VETH_PAIR_KB = 160
-#: Descriptors a shaper's daemon holds per attached namespace, by backend (the Python delay daemon:
-#: one nfnetlink_queue socket and one namespace fd each, all in one process).
-SHAPER_FDS_PER_NAMESPACE = {"userspace": 2, "netem": 0, "null": 0}
-#: Processes a shaper starts, by backend.
-SHAPER_PROCESSES = {"userspace": 1, "netem": 0, "null": 0}
-_DAEMON_FDS_BASE = 32  # the daemon's own stdio, epoll, timer, control sockets
+#: Shapers whose delay daemon holds one descriptor per namespace in shard processes
+#: (:mod:`emulator.shaping.delayd`: one per core, more where the open-file limit asks).
+SHARDED_DAEMON = ("userspace",)
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class RunNeeds:
     ptys: int  #: opened by the build (a node's shell, on a pty, starts only when asked for)
     fds_min: int  #: open-file limit the runner needs at least (sockets reopened as needed above it)
     fds_all_open: int  #: open-file limit under which every namespace's socket stays open (fastest steps)
-    shaper_fds: int  #: largest number of descriptors one shaper process holds
+    shaper_fds: int  #: descriptors the busiest shaper process holds (namespaces spread over its shards)
     kernel_mb: float  #: estimated kernel memory of the namespaces and veths, MB
 
     @property
@@ -65,7 +62,8 @@ class RunNeeds:
                 f"memory for {self.nodes} namespaces and {self.veth_pairs} veth pairs")
 
 
-def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", shaper_fds: int | None = None) -> RunNeeds:
+def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", nofile: int | None = None,
+          cores: int | None = None) -> RunNeeds:
     """What building ``n_nodes`` namespaces joined by ``n_veth_pairs`` veth pairs needs.
 
     Parameters
@@ -74,9 +72,11 @@ def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", shaper_fds
         Namespaces, and veth pairs (one per link slot plus a spare per gateway antenna).
     shaper : str
         Shaping backend name (``userspace``, ``netem``).
-    shaper_fds : int, optional
-        The largest descriptor count of one of the shaper's processes, if the shaper says
-        (``Shaper.fds_needed(n_namespaces)``); default from :data:`SHAPER_FDS_PER_NAMESPACE` (one process).
+    nofile : int, optional
+        Open-file limit each process may reach (default: this process's hard RLIMIT_NOFILE): decides
+        how many shards the delay daemon needs.
+    cores : int, optional
+        CPU cores (default: this machine's): the delay daemon starts at least one shard per core.
     """
     from emulator.rtnl import FDS_RESERVED, MIN_SOCKETS, socket_budget
 
@@ -86,12 +86,18 @@ def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", shaper_fds
             limit += 1
         return limit
 
-    if shaper_fds is None:
-        per = SHAPER_FDS_PER_NAMESPACE.get(shaper, 0)
-        shaper_fds = per * n_nodes + _DAEMON_FDS_BASE if per else 0
+    if nofile is None:
+        nofile = machine_limits().nofile_hard
+    shaper_procs = shaper_fds = 0
+    if shaper in SHARDED_DAEMON:
+        from emulator.shaping.delayd import FD_MARGIN
+
+        per = max(1, nofile - FD_MARGIN)
+        shaper_procs = max(cores or os.cpu_count() or 1, -(-n_nodes // per))
+        shaper_fds = min(-(-n_nodes // shaper_procs), per) + FD_MARGIN
     kb = n_nodes * NAMESPACE_KB + n_veth_pairs * VETH_PAIR_KB
     return RunNeeds(nodes=n_nodes, veth_pairs=n_veth_pairs, shaper=shaper,
-                    processes=1 + SHAPER_PROCESSES.get(shaper, 0), ptys=0,
+                    processes=1 + shaper_procs, ptys=0,
                     fds_min=FDS_RESERVED + MIN_SOCKETS,
                     fds_all_open=_all_open(n_nodes),
                     shaper_fds=int(shaper_fds), kernel_mb=kb / 1024)
@@ -144,9 +150,9 @@ def check(n: RunNeeds, limits: Limits | None = None) -> None:
         raise ConfigError(f"this run needs an open-file limit of at least {n.fds_min}; this process may open "
                           f"at most {lim.nofile_hard} (raise it: ulimit -n)", key="nofile")
     if lim.nofile_hard < n.shaper_fds:
-        raise ConfigError(f"the {n.shaper} shaper's daemon would hold {n.shaper_fds} descriptors for {n.nodes} "
-                          f"namespaces, above this process's open-file limit of {lim.nofile_hard} (raise it: "
-                          f"ulimit -n, or use fewer nodes)", key="nofile")
+        raise ConfigError(f"each process of the {n.shaper} shaper's daemon needs {n.shaper_fds} descriptors for "
+                          f"{n.nodes} namespaces, above this process's open-file limit of {lim.nofile_hard} "
+                          f"(raise it: ulimit -n)", key="nofile")
     if lim.ptys_free < n.ptys:
         raise ConfigError(f"this run needs {n.ptys} ptys, the kernel has {lim.ptys_free} free", key="ptys")
     if lim.mem_available_mb < n.kernel_mb:

@@ -20,33 +20,32 @@ def test_socket_budget_leaves_a_reserve_and_never_drops_below_the_minimum():
 
 def test_needs_of_the_2019_shells_and_the_2026_set():
     # 4,408 satellites + 100 gateways + 2 hosts; a veth pair per link slot and a spare per antenna
-    n = budget.needs(4510, 9000 + 100 + 100 + 2, "userspace")
-    assert n.processes == 2 and n.ptys == 0  # the holder and the delay daemon, nothing per node
+    n = budget.needs(4510, 9000 + 100 + 100 + 2, "userspace", nofile=20_000, cores=2)
+    assert n.processes == 3 and n.ptys == 0  # the holder and a delay daemon shard per core, nothing per node
     assert n.fds_min == FDS_RESERVED + MIN_SOCKETS
     assert socket_budget(n.fds_all_open) >= 4510 > socket_budget(n.fds_all_open - 1)
-    assert n.shaper_fds == 2 * 4510 + 32  # the Python daemon's socket and namespace fd per namespace
+    assert n.shaper_fds == 2255 + 32  # a queue socket per namespace, spread over the two shards
     assert n.kernel_mb == pytest.approx((4510 * 400 + 9202 * 160) / 1024)
-    assert n.fds_required == n.shaper_fds
-    # a shaper that shards its daemon says how many descriptors its largest process holds
-    assert budget.needs(10_744, 30_000, "userspace", shaper_fds=3000).fds_required == 3000
-    assert budget.needs(10_744, 30_000, "netem").processes == 1
+    # all 10,744 satellites under 4,096 open files: the daemon needs a third shard, each under the limit
+    big = budget.needs(10_744, 30_000, "userspace", nofile=4096, cores=2)
+    assert big.processes == 1 + 3 and big.shaper_fds <= 4096
+    assert budget.needs(10_744, 30_000, "netem", nofile=4096).processes == 1
 
 
 @pytest.mark.parametrize("limits, key", [
     (budget.Limits(nofile_hard=400, ptys_free=4096, mem_available_mb=1e9), "open-file limit of at least 528"),
-    (budget.Limits(nofile_hard=4096, ptys_free=4096, mem_available_mb=1e9), "shaper's daemon would hold 8052"),
     (budget.Limits(nofile_hard=1 << 20, ptys_free=4096, mem_available_mb=100.0), "kernel memory"),
 ])
 def test_check_refuses_in_one_line(limits, key):
-    n = budget.needs(4010, 8000, "userspace")
+    n = budget.needs(4010, 8000, "userspace", nofile=limits.nofile_hard, cores=2)
     with pytest.raises(ConfigError) as e:
         budget.check(n, limits)
     assert key in str(e.value) and "\n" not in str(e.value)
     budget.check(n, ROOMY)  # and passes where the machine has room
-    budget.check(budget.needs(4010, 8000, "netem"), budget.Limits(4096, 0, 1e9))  # no daemon: 4,096 is enough
+    budget.check(budget.needs(4010, 8000, "userspace", nofile=4096, cores=2), budget.Limits(4096, 0, 1e9))
 
 
 def test_describe_names_every_figure():
-    line = budget.needs(100, 250, "userspace").describe()
-    for part in ("2 processes", "0 ptys", "open-file limit >= 528", "100 namespaces", "250 veth pairs"):
+    line = budget.needs(100, 250, "userspace", nofile=4096, cores=2).describe()
+    for part in ("3 processes", "0 ptys", "open-file limit >= 528", "100 namespaces", "250 veth pairs"):
         assert part in line, line
