@@ -575,8 +575,8 @@ def _los_rate_soa(d: list[NDArray[np.float64]], d2: NDArray[np.float64], v_rel: 
         return np.degrees(np.sqrt(cx * cx + cy * cy + cz * cz) / d2)
 
 
-def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None
-               ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None,
+               lat_deg: NDArray[np.floating] | None = None) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """State and delay of every ISL at every step.
 
     Parameters
@@ -588,6 +588,9 @@ def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None
         (n_sat, n_t) and ``step_s``.
     cfg : IslConfig, optional
         Terminal model; default ``IslConfig()``.
+    lat_deg : ndarray, (n_sat, n_t), optional
+        Geodetic latitude of every satellite, deg, if the caller has it already (the plan does, for
+        the timeline); else it is computed here for the ends of inter-plane links only.
 
     Returns
     -------
@@ -611,11 +614,15 @@ def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None
         raise TopologyError(f"ISL table refers to satellite {int(topo.pairs.max())} but the ephemeris "
                             f"has {n_sat}")
 
+    polar_sat = np.zeros((n_sat, n_t), bool)
     if cfg.polar_cutoff_deg is not None and np.any(topo.role == ROLE_INTER):
-        lat_deg, _lon, _alt = ecef_to_geodetic(np.asarray(ephem.r_ecef_km, dtype=np.float64))
-        polar_sat = np.abs(lat_deg) > cfg.polar_cutoff_deg
-    else:
-        polar_sat = np.zeros((n_sat, n_t), bool)
+        # geodetic latitude costs ~1 us per satellite-step: only where an inter-plane link needs it
+        ends = np.unique(topo.pairs[(topo.role == ROLE_INTER) & ~(topo.seam | topo.dropped)])
+        if lat_deg is None:
+            lat_ends, _lon, _alt = ecef_to_geodetic(np.asarray(ephem.r_ecef_km, dtype=np.float64)[ends])
+        else:
+            lat_ends = np.asarray(lat_deg)[ends]
+        polar_sat[ends] = np.abs(lat_ends) > cfg.polar_cutoff_deg
 
     if cfg.max_range_km is not None:
         max_range = np.full(n, cfg.max_range_km)

@@ -87,7 +87,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     t2 = _time.perf_counter()
     isl_cfg = sc.isl_config()
     topo = plus_grid(const, isl_cfg)
-    isl_state, isl_delay = isl_states(topo, eph, isl_cfg)
+    lat, lon, alt = ecef_to_geodetic(eph.r_ecef_km)  # for the timeline's sat_lla and the polar cutoff
+    isl_state, isl_delay = isl_states(topo, eph, isl_cfg, lat_deg=lat)
     t2x = _time.perf_counter()
     xs = cross_shell_links(topo.spare if topo.spare is not None else np.zeros(const.n_sats, np.int32),
                            const.shell, [s.altitude_km for s in const.shells], eph, isl_cfg)
@@ -197,7 +198,6 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     rate[ac] = sc.emulation.access_rate_mbps
     loss[ac] = 0.0
 
-    lat, lon, alt = ecef_to_geodetic(eph.r_ecef_km)
     sat_lla = np.stack([lat, lon, alt], axis=-1).astype(np.float32)
     t5 = _time.perf_counter()
 
