@@ -163,6 +163,8 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
         print(f"  {p['src']} ~ {p['dst']}: connected in {100 * p['connected_fraction']:.1f}% of steps")
     for w in cn["warnings"]:
         print(f"  warning: {w}")
+    if "run_needs" in s:
+        print(f"  a run needs    {s['run_needs']}")
     if out_path:
         print(f"  timeline       written to {out_path}")
 
@@ -176,6 +178,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if out:
         tl.save(out)
     summary = plan_summary(tl, _pairs(args, sc, tl))
+    from .kernel.budget import needs_of_timeline
+
+    summary["run_needs"] = needs_of_timeline(tl, getattr(args, "shaper", None) or sc.emulation.shaper).describe()
     if args.json:
         if out:
             summary["timeline"] = str(out)

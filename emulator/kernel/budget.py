@@ -26,6 +26,7 @@ import resource
 from dataclasses import dataclass
 
 from topologies.errors import ConfigError
+from topologies.timeline import LINK_CLASSES, Timeline
 
 #: Kernel memory per network namespace (MemAvailable fall, measured 270-415 kB; see module docstring), kB.
 NAMESPACE_KB = 400
@@ -200,3 +201,11 @@ def ptys_in_use(root: int | None = None) -> int:
             if target.startswith("/dev/pts/"):
                 seen.add(target)
     return len(seen)
+
+
+def needs_of_timeline(tl: Timeline, shaper: str = "userspace", nofile: int | None = None) -> RunNeeds:
+    """:func:`needs` of building ``tl``: a namespace per node, a veth pair per link slot and a spare pair
+    per gateway antenna (:mod:`emulator.addressing`). ``shaper`` "auto" counts as ``userspace`` (the
+    backend with a daemon, chosen where the kernel lacks sch_netem)."""
+    spares = int((tl.link_class == LINK_CLASSES.index("gsl")).sum())
+    return needs(len(tl.nodes), int(tl.n_links) + spares, "userspace" if shaper == "auto" else shaper, nofile)
