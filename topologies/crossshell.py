@@ -10,8 +10,10 @@ shells is several islands joined only through the ground. Here the terminals the
   pairs). A candidate is kept only if the link is feasible at every step of the next ``min_hold_s``
   (or until the scenario ends): both positions valid, within range, line of sight above the Earth
   plus ``atmosphere_margin_km``, line-of-sight rate within ``max_slew_rate_deg_s``, the same checks
-  as a +Grid link. Candidates are then matched greedily, shortest first (ties by satellite index),
-  each terminal at most once: deterministic for a scenario.
+  as a +Grid link. Candidates are then matched greedily, each terminal at most once, slowest
+  relative motion first (in 0.1 km/s bins), then shortest, then by satellite index: deterministic
+  for a scenario. A link lasts about (range left) / (relative speed), so the slow pairs first means
+  fewer acquisitions than nearest first.
 * **Hold.** A link is kept while it stays feasible, and ends at the first step it is not; its
   terminals are free again at that step.
 * **Acquire.** Every new partner costs ``acquisition_s`` (state ACQUIRING) from the link's first
@@ -249,6 +251,12 @@ def cross_shell_links(spare: NDArray[np.integer], shell: NDArray[np.integer], al
             ca, cb = ca[first], cb[first]
             holds = geo.feasible(ca, cb, t, min(n_t, t + hold)).all(axis=1)
             ca, cb = ca[holds], cb[holds]
+            # slowest relative motion first (0.1 km/s bins; within a bin the shortest stays first): a
+            # link lasts about (range left) / (relative speed), so this takes fewer acquisitions
+            # (2026 set, 10 min: 51 instead of 74 per terminal and day) for slightly longer links
+            speed = _norm(v[cb, t] - v[ca, t])
+            by_speed = np.argsort(np.round(speed, 1), kind="stable")
+            ca, cb = ca[by_speed], cb[by_speed]
             new_a: list[int] = []
             new_b: list[int] = []
             for a, b in zip(ca.tolist(), cb.tolist()):
