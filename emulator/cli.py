@@ -37,6 +37,35 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         sc = dataclasses.replace(sc, constellation=ConstellationConfig(tle=tle, tle_inclination_deg=incl),
                                  raw={**sc.raw, "constellation": {"tle": tle} | (
                                      {"tle_inclination_deg": incl} if incl is not None else {})})
+        if not args.scenario:
+            # The built-in scenario's start suits its Walker preset; a TLE set is propagated from its
+            # own epochs (SGP4 drifts by kilometres a day away from them): start at the latest one.
+            from topologies.tle import latest_epoch
+
+            epoch = latest_epoch(tle)
+            if epoch is not None:
+                start = epoch.replace(second=0, microsecond=0)
+                sc = dataclasses.replace(sc, time=dataclasses.replace(sc.time, start=start),
+                                         raw={**sc.raw, "time": {**sc.raw.get("time", {}),
+                                                                 "start": start.strftime("%Y-%m-%dT%H:%M:%SZ")}})
+        if not args.scenario and sc.compute:
+            # The built-in scenario's compute node sits on a satellite of its Walker preset, a name a
+            # TLE set's shells need not have (several shells are named sat-<shell>-<plane>-<slot>).
+            gone = {c.name for c in sc.compute}
+            traffic = tuple(t for t in sc.traffic if t.src not in gone and t.dst not in gone)
+            sc = dataclasses.replace(sc, compute=(), traffic=traffic,
+                                     raw={k: v for k, v in sc.raw.items() if k != "compute"}
+                                     | {"traffic": [t for t in sc.raw.get("traffic", [])
+                                                    if t.get("src") not in gone and t.get("dst") not in gone]})
+    if getattr(args, "include_transient", False):
+        import dataclasses
+
+        if not sc.constellation.tle:
+            raise ConfigError("--include-transient needs a TLE constellation (--tle FILE, or tle = in the "
+                              "scenario's [constellation])", key="include_transient")
+        sc = dataclasses.replace(sc, constellation=dataclasses.replace(sc.constellation, include_transient=True),
+                                 raw={**sc.raw, "constellation": {**sc.raw.get("constellation", {}),
+                                                                  "include_transient": True}})
     return sc
 
 
@@ -122,7 +151,18 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
     c = s["constellation"]
     n = s["nodes"]
     print(f"satnetem plan: {s['steps']} steps of {s['step_s']:g} s from {s['start']}")
-    print(f"  constellation  {c.get('source', '?')}: {n['sat']} satellites in {c.get('planes', '?')} planes")
+    shells = c.get("shells") or []
+    off_grid = sum((c.get("transient") or {}).values())
+    print(f"  constellation  {c.get('source', '?')}: {n['sat']} satellites in {c.get('planes', '?')} planes"
+          + (f" of {len(shells)} shells" if len(shells) > 1 else "")
+          + (f", {off_grid} of them off the grid" if off_grid else ""))
+    if len(shells) > 1:
+        for sh in shells:
+            print(f"  shell          {sh['name']}: {sh.get('satellites', '?')} satellites in {sh['planes']} planes "
+                  f"({sh['inclination_deg']:.2f} deg, {sh['altitude_km']:.0f} km, {sh['pattern']})")
+    if off_grid:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["transient"].items(), key=lambda kv: -kv[1]))
+        print(f"  off the grid   {off_grid} satellites in no shell, nodes without laser links ({reasons})")
     if c.get("excluded"):
         left = sum(c["excluded"].values())
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["excluded"].items(), key=lambda kv: -kv[1]))
@@ -259,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)")
     pl.add_argument("--tle", help="plan straight from a TLE file (defaults for everything else)")
     pl.add_argument("--shell-inclination", type=float, metavar="DEG",
-                    help="with --tle: build the shell nearest this inclination (default: the most populous)")
+                    help="with --tle: build only the shell nearest this inclination (default: every "
+                    "operational shell)")
+    pl.add_argument("--include-transient", action="store_true",
+                    help="with a TLE set: also build the satellites in no shell (orbit-raising, decaying, "
+                    "between shells, sparse planes) as nodes without laser links")
     pl.add_argument("-o", "--output", help="write the timeline to this .npz file")
     pl.add_argument("--json", action="store_true", help="print the summary as JSON")
     pl.add_argument("--pair", action="append", metavar="A,B",
@@ -273,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         r = sub.add_parser(name, help=helptext)
         r.add_argument("scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)")
         r.add_argument("--timeline", help="replay a timeline saved by 'plan -o' instead of planning")
+        r.add_argument("--include-transient", action="store_true",
+                       help="with a scenario's TLE set: also build the satellites in no shell as nodes "
+                       "without laser links")
         r.add_argument("--shaper", choices=("auto", "netem", "userspace"), default=None,
                        help="link shaping backend (default: the scenario's, else auto)")
         r.add_argument("--speed", type=float, default=None, help="playback speed factor (default 1)")

@@ -20,6 +20,10 @@ from .errors import ConfigError
 from .propagate import julian_date, orbit_angles_deg, sgp4_states
 
 PATTERNS = ("delta", "star")
+#: Shell, plane and slot of a satellite that belongs to no +Grid shell (a transient one from a TLE set:
+#: orbit-raising, decaying, between shells, in a sparse plane). It has no laser links; it is a node
+#: all the same, so it can still carry ground links (bent pipe).
+OFF_GRID = -1
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,8 @@ def _index_array(name: str, value: Any, n: int) -> NDArray[np.int32]:
     arr = np.array(value, dtype=np.int64)  # a copy: the caller's array stays theirs
     if arr.shape != (n,):
         raise ConfigError(f"{name} must have shape ({n},), got {arr.shape}", key=name)
-    if n and arr.min() < 0:
-        raise ConfigError(f"{name} must be >= 0, got {int(arr.min())}", key=name)
+    if n and arr.min() < OFF_GRID:
+        raise ConfigError(f"{name} must be >= 0 (or {OFF_GRID} off the grid), got {int(arr.min())}", key=name)
     out = arr.astype(np.int32)
     out.setflags(write=False)
     return out
@@ -110,20 +114,29 @@ class Constellation:
     Attributes
     ----------
     names : tuple of str
-        Node names, ``"sat-<plane>-<slot>"`` with one shell, ``"sat-<shell>-<plane>-<slot>"`` with several.
+        Node names, ``"sat-<plane>-<slot>"`` with one shell, ``"sat-<shell>-<plane>-<slot>"`` with several;
+        satellites off the grid (see ``transient``) are ``"sat-t-<n>"``.
     satrecs : tuple of sgp4.api.Satrec
         Elements of each satellite, same order as ``names``.
     shell, plane, slot : numpy.ndarray, shape (n,), int32
         Shell index into ``shells``; plane within the shell (planes ordered by RAAN, contiguous
         0..P-1); position along the plane, ordered by argument of latitude (contiguous 0..m-1).
+        All three are :data:`OFF_GRID` (-1) for a satellite in no shell: it gets no laser links
+        (``shell == k`` selects shell ``k``'s members; ``on_grid`` is the mask of all of them).
         Stored read-only.
     shells : tuple of Shell
     excluded : dict of str to int
-        For TLE sources: reason -> number of satellites left out. Empty for Walker constellations.
+        For TLE sources: reason -> number of satellites left out (not built). Empty for Walker
+        constellations.
     excluded_names : tuple of (str, str)
         ``(TLE name, reason)`` of each satellite left out.
     source : str
         ``"walker:<preset or spec>"`` or the TLE file path.
+    transient : tuple of (str, str)
+        ``(node name, reason)`` of each satellite built off the grid (every satellite whose shell is
+        -1 appears here once, and no other).
+    tle_names : tuple of str
+        For TLE sources, the name line of each satellite (same order as ``names``); else empty.
     """
 
     names: tuple[str, ...]
@@ -135,6 +148,8 @@ class Constellation:
     excluded: dict[str, int] = field(default_factory=dict)
     excluded_names: tuple[tuple[str, str], ...] = ()
     source: str = ""
+    transient: tuple[tuple[str, str], ...] = ()
+    tle_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -149,21 +164,53 @@ class Constellation:
         object.__setattr__(self, "shells", tuple(self.shells))
         for key in ("shell", "plane", "slot"):
             object.__setattr__(self, key, _index_array(key, getattr(self, key), n))
+        object.__setattr__(self, "transient", tuple((str(a), str(b)) for a, b in self.transient))
+        object.__setattr__(self, "tle_names", tuple(self.tle_names))
+        if self.tle_names and len(self.tle_names) != n:
+            raise ConfigError(f"{len(self.tle_names)} TLE names for {n} satellites", key="tle_names")
         if n == 0:
             return
+        off = self.shell == OFF_GRID
+        bad = np.flatnonzero((off != (self.plane == OFF_GRID)) | (off != (self.slot == OFF_GRID)))
+        if bad.size:
+            raise ConfigError(f"{self.names[bad[0]]}: shell, plane and slot must be all {OFF_GRID} (off the "
+                              "grid) or all >= 0", key="shell")
+        off_names = {self.names[i] for i in np.flatnonzero(off).tolist()}
+        listed = [name for name, _why in self.transient]
+        if len(set(listed)) != len(listed) or set(listed) != off_names:
+            raise ConfigError("transient must list every satellite off the grid exactly once, and no other",
+                              key="transient")
+        on = ~off
+        if not on.any():
+            return
+        shell, plane, slot = self.shell[on], self.plane[on], self.slot[on]
+        names = [nm for nm, o in zip(self.names, on.tolist()) if o]
         n_planes = np.array([s.planes for s in self.shells])
         per_plane = np.array([s.sats_per_plane for s in self.shells])
-        if self.shell.max() >= len(self.shells):
-            raise ConfigError(f"shell index {int(self.shell.max())} >= {len(self.shells)} shells", key="shell")
-        bad = np.flatnonzero(self.plane >= n_planes[self.shell])
+        if shell.max() >= len(self.shells):
+            raise ConfigError(f"shell index {int(shell.max())} >= {len(self.shells)} shells", key="shell")
+        bad = np.flatnonzero(plane >= n_planes[shell])
         if bad.size:
-            raise ConfigError(f"{self.names[bad[0]]}: plane {int(self.plane[bad[0]])} out of range", key="plane")
-        bad = np.flatnonzero(self.slot >= per_plane[self.shell])
+            raise ConfigError(f"{names[bad[0]]}: plane {int(plane[bad[0]])} out of range", key="plane")
+        bad = np.flatnonzero(slot >= per_plane[shell])
         if bad.size:
-            raise ConfigError(f"{self.names[bad[0]]}: slot {int(self.slot[bad[0]])} out of range", key="slot")
-        key3 = (self.shell.astype(np.int64) * int(n_planes.max()) + self.plane) * int(per_plane.max()) + self.slot
-        if np.unique(key3).size != n:
+            raise ConfigError(f"{names[bad[0]]}: slot {int(slot[bad[0]])} out of range", key="slot")
+        key3 = (shell.astype(np.int64) * int(n_planes.max()) + plane) * int(per_plane.max()) + slot
+        if np.unique(key3).size != shell.size:
             raise ConfigError("two satellites share a (shell, plane, slot)", key="slot")
+
+    @property
+    def on_grid(self) -> NDArray[np.bool_]:
+        """Mask of the satellites in a shell's +Grid (shape (n_sats,)); the others have no laser links."""
+        return np.asarray(self.shell >= 0)
+
+    @property
+    def transient_counts(self) -> dict[str, int]:
+        """Satellites built off the grid, by reason (e.g. ``{"orbit-raising": 660}``)."""
+        out: dict[str, int] = {}
+        for _name, why in self.transient:
+            out[why] = out.get(why, 0) + 1
+        return out
 
     @property
     def n_sats(self) -> int:

@@ -35,7 +35,7 @@ def build_constellation(sc: Scenario) -> Constellation:
 
         records = load_tle(sc.resolve(cc.tle))
         return constellation_from_tle(records, inclination_deg=cc.tle_inclination_deg,
-                                      altitude_km=cc.tle_altitude_km)
+                                      altitude_km=cc.tle_altitude_km, include_transient=cc.include_transient)
     if cc.shells:
         shells = [Shell(name=s.name, pattern=s.pattern, altitude_km=s.altitude_km,
                         inclination_deg=s.inclination_deg, planes=s.planes,
@@ -100,9 +100,15 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
 
     n_sat = const.n_sats
     nodes: list[Node] = []
+    off_grid = dict(const.transient)  # satellites in no shell (shell = plane = slot = -1): no lasers
     for i, name in enumerate(const.names):
-        nodes.append(Node(name, "sat", {"shell": int(const.shell[i]), "plane": int(const.plane[i]),
-                                        "slot": int(const.slot[i])}))
+        info: dict[str, Any] = {"shell": int(const.shell[i]), "plane": int(const.plane[i]),
+                                "slot": int(const.slot[i])}
+        if name in off_grid:
+            info["transient"] = off_grid[name]
+        if const.tle_names:
+            info["tle_name"] = const.tle_names[i]
+        nodes.append(Node(name, "sat", info))
     gw_index: dict[str, int] = {}
     for s in sites:
         gw_index[s.name] = len(nodes)
@@ -205,10 +211,12 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         "constellation": {
             "source": const.source,
             "satellites": n_sat,
-            "shells": [dataclasses.asdict(s) for s in const.shells],
+            "shells": [dataclasses.asdict(s) | {"satellites": int(np.count_nonzero(const.shell == k))}
+                       for k, s in enumerate(const.shells)],
             "planes": int(sum(len(set(const.plane[const.shell == k].tolist()))
                               for k in range(len(const.shells)))),
             "excluded": dict(const.excluded),
+            "transient": const.transient_counts,
         },
         "timings_s": {"constellation": t1 - t0, "propagate": t2 - t1, "isl": t2x - t2, "cross_shell": t3 - t2x,
                       "gsl": t4 - t3,
@@ -217,7 +225,9 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     report["isl_topology"] = {k: (int(v) if isinstance(v, (int, np.integer)) else v)
                               for k, v in topo.stats.items()}
     report["cross_shell"] = xs.stats
-    if sc.constellation.tle:
+    if sc.constellation.tle and (sc.constellation.tle_inclination_deg is not None
+                                 or sc.constellation.tle_altitude_km is not None):
+        # one shell was chosen: list the others, so the user sees what else the file holds
         from .shells import find_shells
         from .tle import load_tle
 

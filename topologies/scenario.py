@@ -115,11 +115,16 @@ class ConstellationConfig:
     tle: str | None = None
     tle_inclination_deg: float | None = None
     tle_altitude_km: float | None = None
+    #: with ``tle``: also build the satellites in no operational shell (orbit-raising, decaying, ...)
+    #: as nodes without laser links
+    include_transient: bool = False
 
     def __post_init__(self) -> None:
         given = [k for k, v in (("preset", self.preset), ("shells", self.shells), ("tle", self.tle)) if v]
         if len(given) > 1:
             raise ValueError(f"give only one of preset, shells and tle (got {', '.join(given)})")
+        if self.include_transient and not self.tle:
+            raise ValueError("include_transient needs tle: only a TLE set has transient satellites")
 
 
 @dataclass(frozen=True)

@@ -296,3 +296,27 @@ def load_tle(path: str | PathLike[str]) -> list[TleRecord]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"TLE files are ASCII; byte {exc.start} is not", file=str(p)) from exc
     return parse_tle(text, source=str(p))
+
+
+def latest_epoch(path: str | PathLike[str]) -> datetime | None:
+    """The latest epoch in a TLE file, read from the epoch columns of its line 1s only (fast, lenient).
+
+    For choosing a start time near the data before the file is parsed in full; returns None when
+    the file cannot be read or holds no readable epoch (:func:`load_tle` then says what is wrong).
+    """
+    try:
+        lines = Path(path).read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    best: datetime | None = None
+    for line in lines:
+        if not line.startswith("1 ") or len(line.rstrip()) != TLE_LINE_LENGTH:
+            continue
+        try:
+            yy, day = int(line[18:20]), float(line[20:32])
+        except ValueError:
+            continue
+        # two-digit years as in the TLE format: 57-99 are 1957-1999, 00-56 are 2000-2056
+        when = datetime(1900 + yy if yy >= 57 else 2000 + yy, 1, 1, tzinfo=UTC) + timedelta(days=day - 1.0)
+        best = when if best is None or when > best else best
+    return best

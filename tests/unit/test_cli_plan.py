@@ -90,3 +90,47 @@ def test_walker_star_preset_has_seam_links_down(capsys, tmp_path):
     states = s["isl"]["mean_per_step_by_state"]
     assert states.get("seam", 0) > 0 and states.get("polar", 0) > 0
     assert np.isclose(sum(states.values()), s["isl"]["links"], atol=0.6)
+
+
+SUBSET_2026 = ROOT / "topologies" / "data" / "starlink-2026-08-21-subset.tle"
+
+
+def test_plan_builds_every_shell_and_counts_what_it_left_out(capsys):
+    from topologies.tle import load_tle
+
+    n_file = sum(1 for ln in SUBSET_2026.read_text().splitlines() if ln.startswith("2 "))
+    s = run_json(capsys, "--tle", str(SUBSET_2026))
+    c = s["constellation"]
+    assert len(c["shells"]) == 10 and "shells_in_file" not in c
+    assert s["nodes"]["sat"] == sum(sh["satellites"] for sh in c["shells"])
+    assert s["nodes"]["sat"] + sum(c["excluded"].values()) == n_file
+    assert c["transient"] == {}
+    # a TLE set is propagated from its own epochs: the built-in scenario starts at the latest one
+    latest = max(r.epoch for r in load_tle(SUBSET_2026))
+    assert s["start"] == latest.replace(second=0, microsecond=0).isoformat()
+
+    t = run_json(capsys, "--tle", str(SUBSET_2026), "--include-transient")
+    ct = t["constellation"]
+    assert ct["transient"] == {k: v for k, v in c["excluded"].items() if k != "sgp4 error"}
+    assert t["nodes"]["sat"] == s["nodes"]["sat"] + sum(ct["transient"].values())
+    assert t["nodes"]["sat"] + sum(ct["excluded"].values()) == n_file
+    assert [sh["satellites"] for sh in ct["shells"]] == [sh["satellites"] for sh in c["shells"]]
+
+    assert main(["plan", "--tle", str(SUBSET_2026), "--include-transient"]) == 0
+    text = capsys.readouterr().out
+    assert f"{t['nodes']['sat']} satellites in {ct['planes']} planes of 10 shells, " \
+           f"{sum(ct['transient'].values())} of them off the grid" in text
+    assert text.count("\n  shell          tle-") == 10
+    assert "  off the grid   " in text and "orbit-raising" in text
+
+
+def test_include_transient_needs_a_tle_set(tmp_path):
+    bad = tmp_path / "walker.toml"
+    bad.write_text('[constellation]\npreset = "iridium"\ninclude_transient = true\n')
+    for argv, words in ((["plan", "--include-transient"], "--include-transient needs a TLE constellation"),
+                        (["plan", str(bad)], f"{bad}:3, key 'constellation.include_transient': "
+                                             "include_transient needs tle")):
+        r = subprocess.run([sys.executable, "-m", "emulator.cli", *argv], cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1

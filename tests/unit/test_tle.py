@@ -120,3 +120,15 @@ def test_load_file_reports_its_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_tle(path)
     assert str(info.value).startswith(f"{path}:6: ")
+
+
+def test_latest_epoch_reads_the_line_1_epochs(tmp_path: Path) -> None:
+    from topologies.tle import latest_epoch
+
+    latest = latest_epoch(DATA)
+    assert latest is not None
+    # the same instant as sgp4's parse of the latest set (the day fraction has 8 decimals: < 1 ms)
+    assert abs((latest - max(r.epoch for r in load_tle(DATA))).total_seconds()) < 1e-3
+    assert latest_epoch(tmp_path / "missing.tle") is None
+    (tmp_path / "junk.tle").write_text("not a TLE\n")
+    assert latest_epoch(tmp_path / "junk.tle") is None
