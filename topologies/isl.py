@@ -683,6 +683,35 @@ def isl_states(topo: IslTopology, ephem: Any, cfg: IslConfig | None = None,
     return state, delay_ms
 
 
+def usable_spare(topo: IslTopology, state: NDArray[np.uint8], n_sats: int) -> NDArray[np.int32]:
+    """Terminals each satellite has for cross-shell links once the run's +Grid states are known.
+
+    ``topo.spare``, plus one at each end of a +Grid link that is never usable in the whole run for
+    lack of geometry (OCCLUDED, RANGE or INVALID at every step: e.g. fore/aft across a wide gap of a
+    sparse real plane): such a terminal has no partner to point at, so it may serve another shell.
+    Nothing changes for a satellite with no spare terminal by design (``topo.spare`` is all 0 when
+    cross-shell links are off or there is one shell).
+
+    Parameters
+    ----------
+    topo : IslTopology
+    state : ndarray, (n_isl, n_t) uint8
+        From :func:`isl_states`.
+    n_sats : int
+
+    Returns
+    -------
+    ndarray, (n_sats,) int32
+    """
+    spare = np.zeros(n_sats, np.int32) if topo.spare is None else topo.spare.astype(np.int32).copy()
+    if topo.spare is None or not topo.spare.any() or state.shape[1] == 0:
+        return spare
+    dead_states = np.array([Reason.OCCLUDED, Reason.RANGE, Reason.INVALID], np.uint8)
+    dead = np.isin(state, dead_states).all(axis=1) & ~(topo.seam | topo.dropped)
+    np.add.at(spare, topo.pairs[dead].ravel(), 1)
+    return spare
+
+
 def reason_counts(state: NDArray[np.uint8]) -> dict[str, int]:
     """Link-steps per reason label (for reports), e.g. ``{"up": 1200, "polar": 40}``."""
     counts = np.bincount(state.ravel(), minlength=len(Reason))

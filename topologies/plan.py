@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .frames import ecef_to_geodetic
 from .ground import GroundSite, builtin_cities
 from .gsl import gsl_assign
-from .isl import isl_states, plus_grid
+from .isl import isl_states, plus_grid, usable_spare
 from .propagate import propagate
 from .scenario import Scenario, check_traffic_endpoints
 from .timeline import LINK_CLASSES, LINK_ROLES, Node, Reason, Timeline
@@ -90,8 +90,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     lat, lon, alt = ecef_to_geodetic(eph.r_ecef_km)  # for the timeline's sat_lla and the polar cutoff
     isl_state, isl_delay = isl_states(topo, eph, isl_cfg, lat_deg=lat)
     t2x = _time.perf_counter()
-    xs = cross_shell_links(topo.spare if topo.spare is not None else np.zeros(const.n_sats, np.int32),
-                           const.shell, [s.altitude_km for s in const.shells], eph, isl_cfg)
+    xs = cross_shell_links(usable_spare(topo, isl_state, const.n_sats), const.shell,
+                           [s.altitude_km for s in const.shells], eph, isl_cfg)
     t3 = _time.perf_counter()
     sites = ground_sites(sc)
     gsl_cfg = sc.gsl_config()

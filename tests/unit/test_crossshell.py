@@ -59,10 +59,11 @@ cross_shell = {cross}
 """
 
 
-def plan(tmp_path, terminals=3, cross="true", name="two.toml"):
+def plan(tmp_path, terminals=3, cross="true", name="two.toml", per_plane_b=10):
     p = tmp_path / name
-    p.write_text(SCENARIO.format(duration=DURATION_S, step=STEP_S, terminals=terminals, hold=MIN_HOLD_S,
-                                 acq=ACQ_S, cross=cross))
+    text = SCENARIO.format(duration=DURATION_S, step=STEP_S, terminals=terminals, hold=MIN_HOLD_S,
+                           acq=ACQ_S, cross=cross)
+    p.write_text(text.replace("planes = 8\nsats_per_plane = 10", f"planes = 8\nsats_per_plane = {per_plane_b}"))
     return plan_scenario(load_scenario(p))
 
 
@@ -144,7 +145,9 @@ def test_no_satellite_ever_has_more_laser_links_than_terminals(two_shells):
     fixed = isl[tl.link_role[isl] != LINK_ROLES.index("cross-shell")]
     xs = cross_slots(tl)
     assert len(xs) > 0
-    # every +Grid link in the table holds a terminal at both ends for the whole run
+    # every +Grid link that can carry traffic at some step holds a terminal at both ends for the whole run
+    dead = np.isin(tl.state[fixed], [Reason.OCCLUDED, Reason.RANGE, Reason.INVALID]).all(axis=1)
+    fixed = fixed[~dead]
     base = np.bincount(np.concatenate([tl.link_a[fixed], tl.peer[fixed, 0]]), minlength=n_sat)
     for k in range(tl.n_steps):
         busy = tl.peer[xs, k] >= 0
@@ -301,3 +304,26 @@ def test_a_cross_shell_slot_pointing_at_a_gateway_is_refused(two_shells):
     bad = replace(tl, link_role=role, peer=peer)
     with pytest.raises(ConfigError, match="cross-shell laser slot points at a node that is not a satellite"):
         AddressPlan().assign(bad)
+
+
+def test_terminals_of_links_that_are_never_usable_serve_other_shells(tmp_path):
+    # shell b: 3 satellites per plane, 120 deg apart: fore/aft are ~12,000 km chords through the Earth,
+    # never usable, so those two terminals of every b satellite are free for cross-shell links
+    tl = plan(tmp_path, per_plane_b=3, name="sparse.toml")
+    sats = tl.nodes_of("sat")
+    shell = np.array([tl.nodes[i].info["shell"] for i in sats])
+    isl = np.flatnonzero(tl.link_class == LINK_CLASSES.index("isl"))
+    intra_b = isl[(tl.link_role[isl] == LINK_ROLES.index("intra")) & (shell[tl.link_a[isl]] == 1)]
+    assert len(intra_b) and (tl.state[intra_b] != Reason.UP).all()
+    xs = cross_slots(tl)
+    use_b = np.zeros(tl.n_steps, int)
+    for k in range(tl.n_steps):
+        busy = tl.peer[xs, k] >= 0
+        ends = np.concatenate([tl.link_a[xs][busy], tl.peer[xs, k][busy]])
+        per_sat = np.bincount(ends, minlength=len(sats))
+        use_b[k] = per_sat[shell == 1].max()
+        live = isl[~np.isin(tl.state[isl], [Reason.OCCLUDED, Reason.RANGE, Reason.INVALID]).all(axis=1)]
+        live = live[tl.link_role[live] != LINK_ROLES.index("cross-shell")]
+        total = per_sat + np.bincount(np.concatenate([tl.link_a[live], tl.peer[live, 0]]), minlength=len(sats))
+        assert total.max() <= 3
+    assert use_b.max() >= 2  # a b satellite links to two a satellites at once: its fore/aft terminals
