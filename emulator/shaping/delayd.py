@@ -299,6 +299,10 @@ class DelayDaemon:
             todo = [p for p in dict.fromkeys(paths) if p not in self.ns]
             if not todo:
                 return
+            # as many shards as asked for, and as the open-file limit needs for every namespace attached
+            want = max(self.want_shards, shards_needed(len(self.ns) + len(todo), self.per_shard + FD_MARGIN))
+            while len(self.shards) < want:
+                self._spawn()
             load = {s: len(s.ids) for s in self.shards}
             work: dict[_Shard, list[str]] = {}
             placed: dict[_Shard, list[tuple[str, int]]] = {}

@@ -258,3 +258,47 @@ def test_lateness_quantiles_from_the_histogram():
     assert st.late_quantile_us(0.5) == pytest.approx(-17.5)
     assert st.late_quantile_us(0.99) == pytest.approx(42.5)
     assert st.late_quantile_us(1.0) is None
+
+
+def test_shard_count_follows_the_open_file_limit():
+    from emulator.shaping.delayd import FD_MARGIN, shards_needed
+
+    assert shards_needed(10_744, 4_096) == 3  # the 2026 constellation under a 4,096 limit
+    assert shards_needed(10_744, 20_000) == 1
+    per = 4_096 - FD_MARGIN
+    assert [shards_needed(n, 4_096) for n in (per, per + 1, 2 * per, 2 * per + 1)] == [1, 2, 2, 3]
+
+
+def test_link_identity_is_stable_and_distinct():
+    from emulator.shaping.delayd import link_id
+
+    # the loss decision's link input: the same in every run, different per link direction
+    assert link_id("sat-1-2", "fore") == link_id("sat-1-2", "fore")
+    assert len({link_id("sat-1-2", "fore"), link_id("sat-1-2", "aft"), link_id("sat-1-3", "fore")}) == 3
+    assert 0 <= link_id("a", "b") < 2**64
+
+
+def test_daemon_answers_bad_requests_with_one_line_errors_and_keeps_running():
+    """The control protocol, without root: requests that name no attached namespace or are malformed
+    are refused one by one and change nothing."""
+    from emulator.shaping.delayd import DelayDaemon, binary_path
+    from topologies.errors import ApplyError
+
+    if binary_path() is None:
+        pytest.skip("the compiled delay daemon is not built (./install.sh)")
+    d = DelayDaemon(shards=1, rt_priority=0)
+    try:
+        with pytest.raises(ApplyError, match="not attached"):
+            d.set_ports([("/nonexistent/ns", 2, 1.0, 0.0, True, 1)])
+        d._spawn()
+        shard = d.shards[0]
+        replies = d._exchange({shard: ["bogus", "set 1 0 0 2 1 1000 0.0 7", "set 1 0 0 2 1 1000 150 7",
+                                       "ns 0 zz 00", "nft 5 00", "stats 0"]}, "test")[shard]
+        assert [r.split()[0] for r in replies] == ["err"] * 5 + ["ok"]
+        assert "unknown op" in replies[0] and "not attached" in replies[1] and "loss" in replies[2]
+        with pytest.raises(ApplyError, match="/nonexistent/ns"):
+            d.attach(["/nonexistent/ns"])
+        assert d.stats()["namespaces"] == 0 and d.pids
+    finally:
+        d.close()
+    assert not d.pids
