@@ -58,15 +58,20 @@ def _scenario(args: argparse.Namespace) -> Scenario:
                                      | {"traffic": [t for t in sc.raw.get("traffic", [])
                                                     if t.get("src") not in gone and t.get("dst") not in gone]})
     if getattr(args, "include_transient", False):
-        import dataclasses
-
-        if not sc.constellation.tle:
-            raise ConfigError("--include-transient needs a TLE constellation (--tle FILE, or tle = in the "
-                              "scenario's [constellation])", key="include_transient")
-        sc = dataclasses.replace(sc, constellation=dataclasses.replace(sc.constellation, include_transient=True),
-                                 raw={**sc.raw, "constellation": {**sc.raw.get("constellation", {}),
-                                                                  "include_transient": True}})
+        sc = with_transient(sc)
     return sc
+
+
+def with_transient(sc: Scenario) -> Scenario:
+    """The scenario with ``[constellation] include_transient = true`` (``--include-transient``)."""
+    import dataclasses
+
+    if not sc.constellation.tle:
+        raise ConfigError("--include-transient needs a TLE constellation (--tle FILE, or tle = in the "
+                          "scenario's [constellation])", key="include_transient")
+    return dataclasses.replace(sc, constellation=dataclasses.replace(sc.constellation, include_transient=True),
+                               raw={**sc.raw, "constellation": {**sc.raw.get("constellation", {}),
+                                                                "include_transient": True}})
 
 
 def _pairs(args: argparse.Namespace, sc: Scenario, tl: Timeline) -> list[tuple[str, str]]:

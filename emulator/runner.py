@@ -46,6 +46,9 @@ def _say(msg: str) -> None:
 def load_inputs(args: argparse.Namespace) -> tuple[Scenario, Timeline]:
     """The scenario and its timeline: planned now, or replayed from ``--timeline``."""
     if args.timeline:
+        if getattr(args, "include_transient", False):
+            raise ConfigError("--include-transient applies when planning; a --timeline is already planned "
+                              "(plan it with --include-transient)", key="include_transient")
         tl = Timeline.load(args.timeline)
         if args.scenario:
             sc = load_scenario(args.scenario)
@@ -57,6 +60,10 @@ def load_inputs(args: argparse.Namespace) -> tuple[Scenario, Timeline]:
     from topologies.plan import plan_scenario
 
     sc = load_scenario(args.scenario) if args.scenario else default_scenario()
+    if getattr(args, "include_transient", False):
+        from .cli import with_transient
+
+        sc = with_transient(sc)
     _say(f"planning '{sc.name}' ({sc.time.n_steps} steps of {sc.time.step_s:g} s) ...")
     t = time.monotonic()
     tl = plan_scenario(sc)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from emulator.cli import main
 from topologies.timeline import Timeline
@@ -134,3 +135,20 @@ def test_include_transient_needs_a_tle_set(tmp_path):
                            text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_run_and_cli_plan_with_include_transient(tmp_path):
+    from emulator.cli import build_parser
+    from emulator.runner import load_inputs
+    from topologies.errors import ConfigError
+
+    sc = tmp_path / "sub.toml"
+    sc.write_text(f'[time]\nstart = "2026-08-22T00:00:00Z"\nduration_s = 2\n[constellation]\ntle = "{SUBSET_2026}"\n')
+    for command in ("run", "cli"):
+        scenario, tl = load_inputs(build_parser().parse_args([command, str(sc), "--include-transient"]))
+        off = [n for n in tl.nodes if n.kind == "sat" and n.info["shell"] == -1]
+        assert scenario.constellation.include_transient and off
+        assert all(n.name.startswith("sat-t-") for n in off)
+    args = build_parser().parse_args(["run", "--timeline", str(tmp_path / "tl.npz"), "--include-transient"])
+    with pytest.raises(ConfigError, match="already planned"):
+        load_inputs(args)
