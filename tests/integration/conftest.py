@@ -35,7 +35,7 @@ class NullShaper:
 
 
 #: Names our interfaces have (emulator.addressing); other engineers' and the host's are not ours to judge.
-_OURS = re.compile(r"^(fore|aft|left|right|isl\d+|g\d+|ant\d+|h\d+)$")
+_OURS = re.compile(r"^(fore|aft|left|right|isl\d+|g\d+b?|ant\d+b?|[xy]\d+b?|h\d+)$")
 
 
 def _root_state() -> tuple[set[str], set[str]]:
