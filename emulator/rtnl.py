@@ -14,7 +14,6 @@ emulation step, are built as numpy records (:func:`route_msgs`) and sent without
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import resource
@@ -22,7 +21,6 @@ import socket
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -377,6 +375,7 @@ class _Pool:
         self.conns: dict[str, _Conn] = {}
         self.open: OrderedDict[str, _Conn] = OrderedDict()  # least recently used first
         self.limit: int | None = None  # None: socket_budget() (tests set a number)
+        self._cap = 0  # the budget when a socket was last opened: with no more namespaces, no LRU to keep
 
     def acquire(self, path: str, node: str | None) -> _Conn:
         with self.lock:
@@ -401,9 +400,10 @@ class _Pool:
     def sock(self, c: _Conn) -> socket.socket:
         """``c``'s socket, opened if need be (caller holds ``c.lock``)."""
         if c.sock is not None:
-            with self.lock:
-                if c.path in self.open:
-                    self.open.move_to_end(c.path)
+            if len(self.conns) > self._cap:  # some socket may have to close: keep the order of use
+                with self.lock:
+                    if c.path in self.open:
+                        self.open.move_to_end(c.path)
             return c.sock
         with entered(c.path, c.node):
             c.sock = Rtnl._open()
@@ -411,6 +411,7 @@ class _Pool:
         with self.lock:
             self.open[c.path] = c
             limit = self.limit if self.limit is not None else socket_budget()
+            self._cap = limit
             excess = len(self.open) - limit
             victims = []
             if excess > 0:
@@ -467,16 +468,10 @@ class Rtnl:
         s.bind((0, 0))
         return s
 
-    @contextlib.contextmanager
-    def _use(self) -> Iterator[socket.socket]:
-        c = self._conn
-        if c is None:
-            if self._own is None:
-                raise ApplyError("rtnetlink socket is closed", node=self.node, operation="netlink")
-            yield self._own
-            return
-        with c.lock:
-            yield POOL.sock(c)
+    def _own_sock(self) -> socket.socket:
+        if self._own is None:
+            raise ApplyError("rtnetlink socket is closed", node=self.node, operation="netlink")
+        return self._own
 
     @property
     def seq(self) -> int:
@@ -500,8 +495,11 @@ class Rtnl:
 
     def run(self, batch: Batch) -> list[tuple[Request, int]]:
         """Send every request of ``batch``; return the failures as (request, errno), in order."""
-        with self._use() as sock:
-            return self._run(sock, batch)
+        c = self._conn
+        if c is None:
+            return self._run(self._own_sock(), batch)
+        with c.lock:  # held while the socket is used: the pool closes only sockets nobody holds
+            return self._run(POOL.sock(c), batch)
 
     def _run(self, sock: socket.socket, batch: Batch) -> list[tuple[Request, int]]:
         failures: list[tuple[Request, int]] = []
@@ -540,8 +538,11 @@ class Rtnl:
         ``send`` has returned, every error report of the batch is queued on the socket, and reading what
         is there without waiting is enough. The kernel builds, and this process reads, only failures.
         """
-        with self._use() as sock:
-            return self._run_packed(sock, packed)
+        c = self._conn
+        if c is None:
+            return self._run_packed(self._own_sock(), packed)
+        with c.lock:
+            return self._run_packed(POOL.sock(c), packed)
 
     def _run_packed(self, sock: socket.socket, packed: Packed) -> list[tuple[int, int, int]]:
         failures: list[tuple[int, int, int]] = []

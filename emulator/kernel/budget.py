@@ -35,6 +35,7 @@ VETH_PAIR_KB = 160
 #: Shapers whose delay daemon holds one descriptor per namespace in shard processes
 #: (:mod:`emulator.shaping.delayd`: one per core, more where the open-file limit asks).
 SHARDED_DAEMON = ("userspace",)
+_HOLDER_MOUNTS = 256  # the holder's copy of the host's mounts, and its tmpfs, besides one per namespace
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ class Limits:
     nofile_hard: int  #: RLIMIT_NOFILE hard limit of this process (the soft one can be raised to it)
     ptys_free: int  #: /proc/sys/kernel/pty/max - nr
     mem_available_mb: float
+    netns_max: int = 1 << 30  #: /proc/sys/user/max_net_namespaces (all of this user's, ours included)
+    mounts_max: int = 1 << 30  #: /proc/sys/fs/mount-max: mounts in one mount namespace (the holder's)
 
 
 def machine_limits() -> Limits:
@@ -130,7 +133,13 @@ def machine_limits() -> Limits:
                     mem = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return Limits(int(hard), int(ptys), mem)
+    extra = []
+    for path in ("/proc/sys/user/max_net_namespaces", "/proc/sys/fs/mount-max"):
+        try:
+            extra.append(_read_int(path))
+        except (OSError, ValueError):
+            extra.append(1 << 30)
+    return Limits(int(hard), int(ptys), mem, *extra)
 
 
 def _read_int(path: str) -> int:
@@ -154,6 +163,12 @@ def check(n: RunNeeds, limits: Limits | None = None) -> None:
         raise ConfigError(f"each process of the {n.shaper} shaper's daemon needs {n.shaper_fds} descriptors for "
                           f"{n.nodes} namespaces, above this process's open-file limit of {lim.nofile_hard} "
                           f"(raise it: ulimit -n)", key="nofile")
+    if lim.netns_max < n.nodes:
+        raise ConfigError(f"this run needs {n.nodes} network namespaces; the kernel allows {lim.netns_max} "
+                          f"(user.max_net_namespaces)", key="namespaces")
+    if lim.mounts_max < n.nodes + _HOLDER_MOUNTS:
+        raise ConfigError(f"the namespace holder needs {n.nodes + _HOLDER_MOUNTS} mounts; the kernel allows "
+                          f"{lim.mounts_max} per mount namespace (fs.mount-max)", key="namespaces")
     if lim.ptys_free < n.ptys:
         raise ConfigError(f"this run needs {n.ptys} ptys, the kernel has {lim.ptys_free} free", key="ptys")
     if lim.mem_available_mb < n.kernel_mb:

@@ -175,6 +175,10 @@ def test_large_build_under_4096_open_files(tmp_path):
         assert len(inodes) == n16
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+        deadline = time.monotonic() + 10  # the holder dies with its runner, before any clean
+        while alive(holder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(holder)
         r = subprocess.run([sys.executable, "-m", "emulator.cli", "clean", "--run-id", run_id], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr

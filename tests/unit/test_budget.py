@@ -35,6 +35,8 @@ def test_needs_of_the_2019_shells_and_the_2026_set():
 @pytest.mark.parametrize("limits, key", [
     (budget.Limits(nofile_hard=400, ptys_free=4096, mem_available_mb=1e9), "open-file limit of at least 528"),
     (budget.Limits(nofile_hard=1 << 20, ptys_free=4096, mem_available_mb=100.0), "kernel memory"),
+    (budget.Limits(nofile_hard=1 << 20, ptys_free=4096, mem_available_mb=1e9, netns_max=4000), "4010 network"),
+    (budget.Limits(nofile_hard=1 << 20, ptys_free=4096, mem_available_mb=1e9, mounts_max=4100), "4266 mounts"),
 ])
 def test_check_refuses_in_one_line(limits, key):
     n = budget.needs(4010, 8000, "userspace", nofile=limits.nofile_hard, cores=2)
