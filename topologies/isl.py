@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -94,6 +95,13 @@ class IslConfig:
         along the plane, whose third terminal is kept for cross-shell links instead of a
         cross-plane one, [0, 1]. Default 0.25 (a modelling choice: enough links to join the shells,
         most third terminals still build the shell's own mesh).
+    lasers_from_launch : str or None
+        COSPAR launch ``"YYYY-NNN"`` of the first satellites with laser terminals: satellites of a
+        TLE set launched earlier (by their international designator) have none and are bent-pipe
+        only. Default ``"2021-082"``, Starlink Group 2-1 (14 September 2021), the first full batch
+        with lasers; Starlink's earlier V1.0 satellites had none (the ten polar test satellites of
+        2021-006 are left out with them). Satellites without a designator (Walker shells) are not
+        affected. None: every satellite has lasers.
     min_hold_s : float
         A cross-shell link starts only if it stays feasible (range, line of sight, tracking rate)
         for at least this long from its start (or until the scenario ends), s. Default 60 s: at
@@ -122,6 +130,7 @@ class IslConfig:
     cross_shell: bool = True
     cross_shell_share: float = 0.25
     min_hold_s: float = 60.0
+    lasers_from_launch: str | None = "2021-082"
 
     def __post_init__(self) -> None:
         check_range("terminals", self.terminals, 0, MAX_TERMINALS, integer=True, none_ok=True)
@@ -140,6 +149,24 @@ class IslConfig:
             raise ConfigError(f"cross_shell must be true or false, got {self.cross_shell!r}", key="cross_shell")
         check_range("cross_shell_share", self.cross_shell_share, 0.0, 1.0)
         check_range("min_hold_s", self.min_hold_s, 0.0, 86400.0)
+        if self.lasers_from_launch is not None and not (isinstance(self.lasers_from_launch, str)
+                                                        and re.fullmatch(r"\d{4}-\d{3}", self.lasers_from_launch)):
+            raise ConfigError(f"lasers_from_launch must be a COSPAR launch like \"2021-082\" (year-launch), "
+                              f"got {self.lasers_from_launch!r}", key="lasers_from_launch")
+
+    def has_lasers(self, constellation: Any) -> NDArray[np.bool_]:
+        """(n_sats,) bool: the satellite carries laser terminals (see ``lasers_from_launch``)."""
+        n = constellation.n_sats
+        if self.lasers_from_launch is None or n == 0:
+            return np.ones(n, bool)
+        first = int(self.lasers_from_launch[:4]) * 1000 + int(self.lasers_from_launch[5:])
+        out = np.ones(n, bool)
+        for i, sat in enumerate(constellation.satrecs):
+            desig = str(getattr(sat, "intldesg", "") or "")
+            if len(desig) >= 5 and desig[:5].isdigit():
+                yy = int(desig[:2])
+                out[i] = (1900 + yy if yy >= 57 else 2000 + yy) * 1000 + int(desig[2:5]) >= first
+        return out
 
     def terminals_for(self, constellation: Any) -> int:
         """Laser terminals per satellite for ``constellation`` (resolves the None default)."""
@@ -266,7 +293,8 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
                      u_deg: NDArray[np.floating], patterns: tuple[str, ...],
                      altitudes_km: tuple[float, ...] | None = None, terminals: int = 4,
                      keep_dropped: bool = False, r_km: NDArray[np.floating] | None = None,
-                     cross_shell: bool = False, cross_shell_share: float = 0.0) -> IslTopology:
+                     cross_shell: bool = False, cross_shell_share: float = 0.0,
+                     has_lasers: NDArray[np.bool_] | None = None) -> IslTopology:
     """+Grid from plain label arrays (what :func:`plus_grid` does once it has read the constellation).
 
     Parameters
@@ -306,6 +334,9 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
         Count spare terminals (``spare``) for cross-shell links.
     cross_shell_share : float
         See ``terminals`` = 3.
+    has_lasers : array_like, (n_sats,) bool, optional
+        False for a satellite without laser terminals: it gets no link, and its plane's rings and
+        matchings skip it (its fore and aft neighbours link to each other). Default: all have lasers.
 
     Raises
     ------
@@ -329,7 +360,8 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
         raise ConfigError(f"terminals must be an integer in [0, {MAX_TERMINALS}], got {terminals!r}",
                           key="terminals")
     alts = altitudes_km if altitudes_km is not None else tuple(math.nan for _ in patterns)
-    lasers = plane >= 0 if terminals > 0 else np.zeros(n, bool)
+    equipped = (plane >= 0) & (np.ones(n, bool) if has_lasers is None else np.asarray(has_lasers, bool))
+    lasers = equipped if terminals > 0 else np.zeros(n, bool)
     laser_shells = np.unique(shell[lasers])
     # With 3 terminals, the third of some satellites is kept for cross-shell links (only worth it
     # when there is another shell to link to).
@@ -345,7 +377,7 @@ def plus_grid_arrays(shell: NDArray[np.integer], plane: NDArray[np.integer], slo
     unmatched = 0
     n_reserved = 0
     for k, pattern in enumerate(patterns):
-        in_shell = np.flatnonzero((shell == k) & (plane >= 0))
+        in_shell = np.flatnonzero((shell == k) & equipped)
         if in_shell.size == 0:
             continue
         planes = np.unique(plane[in_shell])
@@ -509,7 +541,8 @@ def plus_grid(constellation: Any, cfg: IslConfig | None = None, *, when: datetim
                             np.zeros(constellation.n_sats), patterns,
                             tuple(float(s.altitude_km) for s in constellation.shells),
                             terminals=terminals, keep_dropped=keep_dropped, r_km=r,
-                            cross_shell=cfg.cross_shell, cross_shell_share=cfg.cross_shell_share)
+                            cross_shell=cfg.cross_shell, cross_shell_share=cfg.cross_shell_share,
+                            has_lasers=cfg.has_lasers(constellation))
 
 
 def max_isl_range_km(altitude_a_km: Any, altitude_b_km: Any, atmosphere_margin_km: float = 80.0) -> Any:

@@ -327,3 +327,19 @@ def test_terminals_of_links_that_are_never_usable_serve_other_shells(tmp_path):
         total = per_sat + np.bincount(np.concatenate([tl.link_a[live], tl.peer[live, 0]]), minlength=len(sats))
         assert total.max() <= 3
     assert use_b.max() >= 2  # a b satellite links to two a satellites at once: its fore/aft terminals
+
+
+def test_satellites_launched_before_the_first_laser_batch_are_bent_pipe():
+    sats = [SimpleNamespace(intldesg=d) for d in ("19074A", "21059B", "21082C", "24123A", "", "98067A")]
+    const = SimpleNamespace(n_sats=len(sats), satrecs=sats)
+    assert IslConfig().has_lasers(const).tolist() == [False, False, True, True, True, False]
+    assert IslConfig(lasers_from_launch=None).has_lasers(const).all()
+    assert IslConfig(lasers_from_launch="2019-001").has_lasers(const).tolist() == [True] * 5 + [False]
+    with pytest.raises(ConfigError, match="lasers_from_launch"):
+        IslConfig(lasers_from_launch="Sept 2021")
+    # one plane of 5, the middle satellite without lasers: its neighbours link over it
+    n = 5
+    topo = plus_grid_arrays(np.zeros(n, int), np.zeros(n, int), np.arange(n), np.zeros(n), ("delta",),
+                            (550.0,), terminals=3, has_lasers=np.array([1, 1, 0, 1, 1], bool))
+    assert {tuple(sorted(p)) for p in topo.pairs.tolist()} == {(0, 1), (1, 3), (3, 4), (0, 4)}
+    assert topo.stats["no_lasers"] == 1
