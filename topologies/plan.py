@@ -84,10 +84,10 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     t1 = _time.perf_counter()
     n_steps = sc.time.n_steps
     eph = propagate(const, sc.time.start, sc.time.step_s, n_steps)
+    lat, lon, alt = ecef_to_geodetic(eph.r_ecef_km)  # for the timeline's sat_lla and the polar cutoff
     t2 = _time.perf_counter()
     isl_cfg = sc.isl_config()
     topo = plus_grid(const, isl_cfg)
-    lat, lon, alt = ecef_to_geodetic(eph.r_ecef_km)  # for the timeline's sat_lla and the polar cutoff
     isl_state, isl_delay = isl_states(topo, eph, isl_cfg, lat_deg=lat)
     t2x = _time.perf_counter()
     xs = cross_shell_links(usable_spare(topo, isl_state, const.n_sats), const.shell,
