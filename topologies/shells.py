@@ -23,14 +23,16 @@ step 2, a loop over sorted windows):
 
    One shell per layer, not one per inclination: in the 2026 set the 53.2 deg group spans 459-476 km
    in five layers (459.9, 462.9, 465.4, 470.9 and 475.3 km, each about 0.5 km thick) whose planes
-   interleave in RAAN. Taken as one shell their planes chain into 24 "planes" of up to 418
-   satellites; taken apart, the 462.9 km layer alone has 49 planes of up to 92. The layers of one
+   interleave in RAAN. Taken as one shell (4,139 satellites) their planes chain into 22 "planes"
+   of up to 419 satellites; taken apart, the 462.9 km layer alone has 108 planes of up to 31. The layers of one
    inclination drift apart by about 0.01 deg/day of RAAN per km of altitude, so they are distinct
    shells, joined (if at all) by cross-shell links.
 5. Planes of a layer, from RAAN at one common time (the latest TLE epoch in the layer) from each
    satellite's SGP4 state: the whole layer precesses together (about -4.5 deg/day at 550 km,
    53 deg), so RAANs from TLEs of different epochs cannot be compared directly. RAANs are clustered
-   on the circle by cutting at gaps wider than ``plane_gap_deg``; planes with fewer than
+   on the circle by cutting at gaps wider than the layer's own break between within-plane and
+   between-plane gaps (at most ``plane_gap_deg``; planes are 0.77 deg apart in the 2026 polar layers,
+   2.7 deg in the 43 deg one); planes with fewer than
    ``min_plane_size`` members are left out as ``"sparse plane"`` (satellites drifting to another
    plane, or a plane being filled). A layer with at least ``min_shell_planes`` planes left is an
    operational shell; a smaller one (a launch batch on its way: one plane, or two) leaves all its
@@ -104,8 +106,11 @@ class GroupingConfig:
         of at most 60 satellites (Starlink v1.0; 21-29 for V2 Mini), so with the defaults a batch on
         its way up is not mistaken for a shell.
     plane_gap_deg : float
-        RAAN gap that separates two planes; must be smaller than the RAAN spacing of the planes
-        (5 deg for 72 planes) and larger than the RAAN spread within one.
+        Largest RAAN gap that may be taken as the boundary between two planes: smaller than the RAAN
+        spacing of the planes (5 deg for 72 planes).
+    min_plane_spacing_deg, plane_break_ratio : float
+        Each layer's own boundary gap is found from its RAANs (see :func:`_plane_gap_deg`): the first
+        gap at least this large and this many times the next smaller one.
     max_eccentricity : float
         More eccentric satellites are left out (``"eccentric"``).
     """
@@ -117,6 +122,8 @@ class GroupingConfig:
     min_shell_planes: int = 3
     min_shell_sats: int = 50
     plane_gap_deg: float = 2.0
+    min_plane_spacing_deg: float = 0.5
+    plane_break_ratio: float = 1.5
     max_eccentricity: float = 0.005
 
     def __post_init__(self) -> None:
@@ -124,7 +131,8 @@ class GroupingConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be an integer >= 1, got {value!r}", key=key)
-        for key in ("inclination_gap_deg", "layer_half_width_km", "plane_gap_deg", "max_eccentricity"):
+        for key in ("inclination_gap_deg", "layer_half_width_km", "plane_gap_deg", "min_plane_spacing_deg",
+                    "plane_break_ratio", "max_eccentricity"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} must be a positive number, got {value!r}", key=key)
@@ -249,6 +257,24 @@ def _circular_mean_deg(angles_deg: NDArray[np.float64], labels: NDArray[np.int64
     return np.mod(np.degrees(np.arctan2(s, c)), 360.0)
 
 
+def _plane_gap_deg(raan_deg: NDArray[np.float64], cfg: GroupingConfig) -> float:
+    """The RAAN gap that separates two planes of one layer: the break between within-plane gaps and
+    between-plane gaps, at most ``cfg.plane_gap_deg``.
+
+    The gaps between neighbouring RAANs (on the circle) are sorted; the break is the first pair of
+    consecutive gaps where the larger is at least ``cfg.min_plane_spacing_deg`` and
+    ``cfg.plane_break_ratio`` times the smaller, and the threshold their geometric mean. In the 2026
+    set the polar layers' planes are 0.77 deg apart with 0.15 deg of spread (24 satellites each): a
+    fixed 2 deg merged them in pairs.
+    """
+    s = np.sort(np.mod(raan_deg, 360.0))
+    gaps = np.sort(np.diff(np.concatenate((s, [s[0] + 360.0]))))
+    for lo, hi in zip(gaps[:-1].tolist(), gaps[1:].tolist()):
+        if hi >= cfg.min_plane_spacing_deg and hi >= cfg.plane_break_ratio * lo:
+            return min(cfg.plane_gap_deg, math.sqrt(lo * hi) if lo > 0 else hi / 2.0)
+    return cfg.plane_gap_deg
+
+
 def _arrange_layer(records: Sequence[TleRecord], el: _Elements, members: NDArray[np.int64],
                    cfg: GroupingConfig) -> _Layer:
     """Planes and slots of one layer (steps 5 and 6 of the module docstring)."""
@@ -266,7 +292,7 @@ def _arrange_layer(records: Sequence[TleRecord], el: _Elements, members: NDArray
     members, raan, u, radius_km = members[~bad], raan[~bad], u[~bad], radius_km[~bad]
     if members.size == 0:
         return layer
-    plane_raw, _start = _clusters_circular(raan, cfg.plane_gap_deg)
+    plane_raw, _start = _clusters_circular(raan, _plane_gap_deg(raan, cfg))
     plane_sizes = np.bincount(plane_raw)
     keep_plane = plane_sizes >= cfg.min_plane_size
     sparse = ~keep_plane[plane_raw]

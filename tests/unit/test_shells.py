@@ -250,7 +250,10 @@ def test_2026_every_satellite_is_placed_or_has_a_reason(records_2026: list[TleRe
     centre = float(np.median(alt[low_43]))
     parked = [n for n, i, a in zip(names, low_43, alt) if i and abs(a - centre) <= 0.5]
     assert 350 < centre < 360 and len(parked) > 300 and all(why[n] == "orbit-raising" for n in parked)
-    assert 9_000 <= c.n_sats <= 9_500
+    # "About 9,500 are in operational shells" (the issue, counting by inclination and altitude): the
+    # layers hold their grids plus the satellites of their sparse planes
+    in_layers = sum(x.n_at_altitude for x in find_shells(records_2026))
+    assert in_layers == c.n_sats + c.excluded["sparse plane"] and 9_000 <= in_layers <= 9_500
 
 
 def test_include_transient_adds_exactly_the_transient_ones(records_2026: list[TleRecord],
@@ -304,7 +307,10 @@ def test_subset_keeps_every_shell(all_2026: Constellation) -> None:
     sub = load_tle(SUBSET_2026)
     assert 500 <= len(sub) <= 1500
     c = constellation_from_tle(sub, include_transient=True)
-    assert [s.name for s in c.shells] == [s.name for s in all_2026.shells]
+    # the same shells: inclinations within 0.05 deg, mean altitudes (the name's km) equal
+    assert len(c.shells) == len(all_2026.shells)
+    for a, b in zip(c.shells, all_2026.shells):
+        assert abs(a.inclination_deg - b.inclination_deg) < 0.05 and a.name.split("-")[-1] == b.name.split("-")[-1]
     assert c.transient and c.n_sats + sum(c.excluded.values()) == len(sub)
 
 
