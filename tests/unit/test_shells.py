@@ -296,6 +296,26 @@ def test_shell_inclination_still_picks_one(records_2026: list[TleRecord], all_20
         constellation_from_tle(records_2026, inclination_deg=53.2, altitude_km=600.0)
 
 
+def test_planes_found_from_each_layers_own_raan_gaps(all_2026: Constellation) -> None:
+    """The polar layer at 462 km has planes 0.77 deg apart, each within 0.15 deg: a fixed 2 deg
+    threshold merged them in pairs. RAANs here come from SGP4 states, as in the product, but the
+    check is on the result: tight planes, well apart."""
+    k = next(i for i, s in enumerate(all_2026.shells) if abs(s.inclination_deg - 97.28) < 0.05
+             and s.altitude_km < 500)
+    idx = np.flatnonzero(all_2026.shell == k)
+    sub = Constellation(names=tuple(all_2026.names[i] for i in idx), satrecs=tuple(all_2026.satrecs[i] for i in idx),
+                        shell=np.zeros(idx.size, int), plane=all_2026.plane[idx], slot=all_2026.slot[idx],
+                        shells=(all_2026.shells[k],))
+    raan, _u = _angles_at_latest_epoch(sub)
+    centres = []
+    for p in range(sub.shells[0].planes):
+        r = raan[sub.plane == p]
+        assert np.ptp(np.mod(r - r[0] + 180.0, 360.0)) < 0.3
+        centres.append(float(np.median(r)))
+    gaps = np.diff(np.sort(centres))
+    assert gaps.min() > 0.6 and sub.shells[0].sats_per_plane <= 24
+
+
 def test_a_file_with_no_operational_shell_is_one_config_error(records_2026: list[TleRecord]) -> None:
     with pytest.raises(ConfigError) as info:
         constellation_from_tle(records_2026[:40])
@@ -314,13 +334,13 @@ def test_subset_keeps_every_shell(all_2026: Constellation) -> None:
     assert c.transient and c.n_sats + sum(c.excluded.values()) == len(sub)
 
 
-def test_transient_satellites_are_nodes_that_carry_ground_links() -> None:
+def test_transient_satellites_are_nodes_that_carry_ground_links(tmp_path: Path) -> None:
     """Planned end to end: no laser link touches a satellite off the grid, a gateway right under one
     uses it, and the addressing plan accepts it."""
     from emulator.addressing import AddressPlan
     from topologies.plan import plan_scenario
     from topologies.scenario import parse_scenario
-    from topologies.timeline import LINK_CLASSES
+    from topologies.timeline import LINK_CLASSES, Timeline
 
     def scenario(sites: str) -> str:
         return (f'[time]\nstart = "2026-08-22T00:00:00Z"\nduration_s = 2\n[constellation]\ntle = "{SUBSET_2026}"\n'
@@ -341,3 +361,6 @@ def test_transient_satellites_are_nodes_that_carry_ground_links() -> None:
     assert not laser_ends & set(off)
     assert tl.node_index(probe.nodes[target].name) in tl.peer[gsl][:, 0].tolist()
     AddressPlan().assign(tl)  # every node, including the off-grid ones, gets addresses
+    tl.save(tmp_path / "tl.npz")
+    back = Timeline.load(tmp_path / "tl.npz")
+    assert [n.info for n in back.nodes] == [n.info for n in tl.nodes]
