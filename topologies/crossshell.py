@@ -100,23 +100,29 @@ class _Geometry:
 
     def feasible(self, ia: NDArray[np.int64], ib: NDArray[np.int64], t0: int, t1: int) -> NDArray[np.bool_]:
         """(n, t1 - t0) bool: the links ``ia[k]``-``ib[k]`` are usable at steps t0..t1-1."""
-        from .isl import los_rate_deg_s, max_isl_range_km
+        from .isl import _frame_rate_soa, _los_rate_soa, max_isl_range_km
 
         ra, rb = self.r[ia, t0:t1], self.r[ib, t0:t1]
         d = rb - ra
-        dist = _norm(d)
+        d2 = np.einsum("...i,...i->...", d, d)
+        dist = np.sqrt(d2)
         if self.max_range_km is not None:
             limit = np.full(len(ia), self.max_range_km)
         else:
             limit = max_isl_range_km(self.alt_km[ia], self.alt_km[ib], self.margin_km)
         with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.clip(-np.einsum("...i,...i->...", ra, d) / (dist**2), 0.0, 1.0)
+            s = np.clip(-np.einsum("...i,...i->...", ra, d) / d2, 0.0, 1.0)
             closest = _norm(ra + s[..., None] * d)
             ok = (self.valid[ia, t0:t1] & self.valid[ib, t0:t1] & (dist <= limit[:, None])
                   & (closest >= EARTH_RADIUS_KM + self.margin_km))
             if self.max_rate_deg_s is not None:
+                # component arrays, as in isl_states (np.cross on (..., 3) costs ~3x more)
                 va, vb = self.v[ia, t0:t1], self.v[ib, t0:t1]
-                rate = np.fmax(los_rate_deg_s(ra, va, rb, vb), los_rate_deg_s(rb, vb, ra, va))
+                dc = [d[..., k] for k in range(3)]
+                v_rel = [vb[..., k] - va[..., k] for k in range(3)]
+                w_a = _frame_rate_soa([ra[..., k] for k in range(3)], [va[..., k] for k in range(3)])
+                w_b = _frame_rate_soa([rb[..., k] for k in range(3)], [vb[..., k] for k in range(3)])
+                rate = np.fmax(_los_rate_soa(dc, d2, v_rel, w_a), _los_rate_soa(dc, d2, v_rel, w_b))
                 ok &= rate <= self.max_rate_deg_s
         return np.asarray(ok, dtype=bool)
 
