@@ -11,7 +11,7 @@ namespaces and 2,000 veth pairs, the fall of MemAvailable and the growth of Slab
   (SUnreclaim +205 kB), per-cpu +7 kB. Holding it costs one bind mount in the holder's private mount
   namespace (a ``struct mount`` and a tmpfs inode, < 1 kB) and no descriptor or process.
 * a veth pair (two devices, down, no qdisc): MemAvailable -128 kB, Slab +93 kB.
-* created at 1.0-1.4 ms per namespace in the holder (unshare + bind mount + 5 sysctls) and 1.0 ms per
+* created at 1.0-3.3 ms per namespace in the holder (unshare + bind mount + 5 sysctls) and 1.0 ms per
   veth pair sent one at a time; 1,000 namespaces were gone (Slab back to baseline) 2 s after the holder
   exited.
 

@@ -20,7 +20,12 @@ reference (a process still running inside one keeps it alive until ``satnetem cl
 
 The holder also writes each new namespace's sysctls while it is inside (no setns round trip later).
 
-Costs, measured on this machine (kernel 6.18, 2 cores), see ``docs/model.md``: see :mod:`emulator.kernel.budget`.
+Costs, measured on this machine (kernel 6.18, 2 cores, shared): a namespace is created in 1.0-3.3 ms
+(unshare, bind mount and 5 sysctls; the kernel's namespace setup is the bulk, and threads do not speed it
+up: 4 threads took 4.0 ms per namespace against 3.3 for one, measured side by side), a bind mount alone in
+84 us. Reading a mountinfo with 10^4 bind mounts takes 65 ms against 0.16 ms for this host's 20 mounts:
+what every reader of the host's would pay if the mounts were there. Memory per namespace and per veth:
+:mod:`emulator.kernel.budget`.
 
 Protocol on stdin/stdout, one JSON line each way::
 
