@@ -2,7 +2,10 @@
 
 :func:`plus_grid` builds the fixed table of candidate ISLs from the constellation's (shell, plane,
 slot) labels; :func:`isl_states` decides, for every link and step, whether it is up and if not why
-(a :class:`~topologies.timeline.Reason`), and its propagation delay.
+(a :class:`~topologies.timeline.Reason`), and its propagation delay. The table spends each
+satellite's laser terminals (one budget for every kind of laser link, see :func:`plus_grid_arrays`);
+what it leaves (``IslTopology.spare``, and :func:`usable_spare` once the states are known) is what
+:mod:`topologies.crossshell` links between shells.
 
 Reason precedence (the first that applies is reported)::
 
