@@ -4,7 +4,9 @@ A node is a network namespace held by the run's namespace holder (:mod:`emulator
 process: building 10^4 nodes starts no shell and opens no pty. :class:`EmuNode` is still a Mininet
 ``Node``: the first ``cmd``/``sendCmd`` (Mininet's CLI, ``emu.node(name).cmd(...)``) starts a bash on a
 pty inside the namespace (``nsenter --net=<path>``) and waits for its prompt; ``popen`` needs no shell.
-Shells started so far are killed at teardown (:func:`stop_nodes`).
+Shells started so far are killed at teardown (:func:`stop_nodes`); at most :data:`MAX_SHELLS` live at
+once (the least recently used idle one is stopped to start another, so a shell's working directory and
+variables last only while it stays in use).
 
 Every shell carries the argument ``satnetem:<run_id>:<name>`` so that :mod:`emulator.clean` can find it
 (stock Mininet marks its shells ``mininet:<name>``, and ``mn -c`` kills those; ours are left to
@@ -20,6 +22,7 @@ import select
 import signal
 import subprocess
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +37,11 @@ log = logging.getLogger(__name__)
 MARK = "satnetem"
 #: How long a lazily started shell may take to show its first prompt, s.
 SHELL_START_TIMEOUT_S = 30.0
+#: Most node shells alive at once: beyond it, starting one stops the least recently used idle shell (its
+#: node gets a fresh one when next asked). Mininet's ``pingall`` on 10^4 nodes would otherwise need 10^4
+#: ptys, and the kernel has 4,096.
+MAX_SHELLS = 256
+_live: OrderedDict[int, EmuNode] = OrderedDict()  # id(node) -> node with a running shell, least recent first
 #: Run by ``sh -c`` (a fixed text; the command comes as arguments) in the shell's new mount namespace.
 _REMOUNT_SYSFS = 'mount -t sysfs satnetem-sysfs /sys && exec "$@"'
 
@@ -75,8 +83,18 @@ class EmuNode(Node):
         (sysfs shows the network namespace of whoever mounted it). Popen(close_fds=True) closes
         inherited descriptors with one close_range.
         """
-        if self._building or (self.shell is not None and self.shell.poll() is None):
+        if self._building:
             return
+        if self.shell is not None and self.shell.poll() is None:
+            _live[id(self)] = self
+            _live.move_to_end(id(self))
+            return
+        self.stop_shell()  # a shell that exited: release its pty before starting another
+        for other in list(_live.values()):
+            if len(_live) < MAX_SHELLS:
+                break
+            if not other.waiting:  # never one in the middle of a command
+                other.stop_shell()
         cmd = ["nsenter", f"--net={self.ns_path}", "--", "unshare", "--mount", "--propagation", "private",
                "--", "sh", "-c", _REMOUNT_SYSFS, "sh",
                "env", "PS1=" + chr(127), "bash", "--norc", "--noediting", "-is", mark(self.run_id, self.name)]
@@ -101,6 +119,7 @@ class EmuNode(Node):
         self.lastPid = None
         self.readbuf = ""
         self.waiting = True
+        _live[id(self)] = self
         try:
             self._wait_prompt(time.monotonic() + SHELL_START_TIMEOUT_S)
             Node.sendCmd(self, "unset HISTFILE; stty -echo; set +m")
@@ -133,6 +152,7 @@ class EmuNode(Node):
 
     def stop_shell(self) -> None:
         """Kill the shell (and its process group) and release its pty; idempotent."""
+        _live.pop(id(self), None)
         shell = self.shell
         if shell is None:
             return

@@ -52,12 +52,13 @@ RUNNER = textwrap.dedent("""
     import json, random, re, sys, time
     from topologies.plan import plan_scenario
     from topologies.scenario import parse_scenario
-    from emulator import rtnl
+    from emulator import nodes, rtnl
     from emulator.network import Emulation
     from emulator.shaping import make_shaper
     text, run_id, pool = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if pool:
         rtnl.POOL.limit = pool
+        nodes.MAX_SHELLS = 1
     tl = plan_scenario(parse_scenario(text, "<test>"))
     emu = Emulation(tl, make_shaper("userspace")[0], "shortest-delay", run_id=run_id)
     print("PLANNED", flush=True)
@@ -72,6 +73,7 @@ RUNNER = textwrap.dedent("""
     name = random.Random(len(tl.nodes)).choice([n.name for n in tl.nodes])
     ns = emu.node(name).cmd("readlink /proc/self/ns/net").strip()
     print("USED", json.dumps({"received": int(m.group(1)) if m else 0, "node": name, "ns": ns,
+                              "shells": len(emu.pids),
                               "path": emu.node(name).ns_path, "opened": rtnl.POOL.stats()["opened"]}),
           flush=True)
     time.sleep(600)
@@ -161,8 +163,12 @@ def test_large_build_under_4096_open_files(tmp_path):
             assert used["received"] >= 4, used  # routed end to end over the ISLs
             # cmd ran in the node asked for: its shell's namespace is the one at the node's path
             assert used["ns"] == f"net:[{os.stat(used['path']).st_ino}]", used
+            assert ptys({proc.pid} | descendants(proc.pid)) - pts_before  # shells started, on ptys
             if pool:
                 assert used["opened"] > info["nodes"], "the socket cap never closed a socket"
+                assert used["shells"] == 1  # capped at one: the ping's shell was stopped for the next
+            else:
+                assert used["shells"] == len({"h-madrid", used["node"]})
         (p8, t8, n8), (p16, t16, n16) = added[8], added[16]
         assert n16 > 3 * n8  # two sizes far apart
         # the same constant whatever the size: the namespace holder and a delay daemon shard per core
