@@ -164,6 +164,13 @@ class Failures:
             return ("link", i, j)
         raise ConfigError(f"a failure target is a node name or a pair of node names, got {what!r}", key="target")
 
+    def copy(self) -> Failures:
+        """An independent copy (same timeline, same failures and restores)."""
+        out = Failures(self.timeline)
+        out._events = {t: list(ev) for t, ev in self._events.items()}
+        out._seq = self._seq
+        return out
+
     def label(self, t: Target) -> str:
         names = self.timeline.nodes
         return names[t[1]].name if t[0] == "node" else f"{names[t[1]].name}~{names[t[2]].name}"
@@ -442,6 +449,14 @@ class Experiment:
     def rtt_ms(self, src: str, dst: str) -> float:
         """Predicted RTT between two nodes now, ms (NaN if unreachable): ``path(src, dst).rtt_ms``."""
         return self.path(src, dst).rtt_ms
+
+    def what_if(self) -> PlanOnly:
+        """A plan-only copy of this model at its current step, with its failures so far: try failures,
+        restores and steps on it and read their predicted effect without touching this one."""
+        copy = PlanOnly(self.scenario, self.timeline, self.protocol)
+        copy.failures = self.failures.copy()
+        copy._step = self._step
+        return copy
 
     # --- life -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -162,6 +162,21 @@ def test_failures_override_a_snapshot_without_changing_it(plan):
     assert f.apply(tl.snapshot(0)).step == 0 and f.failed(f.target(sat), 3) and not Failures(tl).active(0)
 
 
+def test_what_if_is_an_independent_copy_at_the_same_step(model):
+    hop = model.path(SRC, DST).isl_hops[0]
+    model.goto(2)
+    model.fail("sat-0-0")
+    before = model.rtt_ms(SRC, DST)
+    copy = model.what_if()
+    assert copy.current_step == 2 and copy.state().failures == ("sat-0-0",)
+    copy.fail(hop)
+    copy.step()
+    assert copy.rtt_ms(SRC, DST) > before and copy.current_step == 3
+    assert model.current_step == 2 and model.rtt_ms(SRC, DST) == before and model.state().failures == ("sat-0-0",)
+    model.restore("sat-0-0")
+    assert copy.state().failures == ("sat-0-0", "~".join(sorted(hop)))
+
+
 def test_script_errors_are_one_line_config_errors(model):
     with pytest.raises(ConfigError, match="unknown node 'sat-99-99'"):
         model.fail("sat-99-99")
