@@ -206,8 +206,8 @@ static inline uint64_t be(const unsigned char *p, int n)
  * sequence). The IP ID is left out but for TCP: this kernel numbers other datagrams from a keyed, time-
  * perturbed generator, so it differs between two runs of the same scenario, while a TCP flow is not
  * reproducible between runs anyway (random ISN) and its retransmissions differ from the original only by
- * IP ID (and time stamp). *repeatable is set when an identical packet may be sent again on purpose (not
- * TCP): the caller then counts repeats, so that a resent datagram draws again. Other packets (IPv6,
+ * IP ID (and time stamp). *repeatable is set when an identical packet may be sent again on purpose (all
+ * but TCP segments with an IP ID): the caller then counts repeats, so that a resent packet draws again. Other packets (IPv6,
  * truncated) hash what was copied of them. */
 static uint64_t packet_hash(uint64_t h, const unsigned char *p, int len, bool *repeatable)
 {
@@ -222,8 +222,10 @@ static uint64_t packet_hash(uint64_t h, const unsigned char *p, int len, bool *r
             if (proto == 6 && l4len >= 12) {            /* TCP: ports, seq, ack, IP ID */
                 ports = be(l4, 4);
                 extra = be(l4 + 4, 8);
-                *repeatable = false;
                 ports ^= be(p + 4, 2) << 32;
+                /* a socket's segments carry its incrementing IP ID; a SYN-ACK or reset sent for a request
+                 * socket carries ID 0 and is resent byte for byte (but for a time stamp): count repeats */
+                *repeatable = be(p + 4, 2) == 0;
             } else if (proto == 17 && l4len >= 8) {     /* UDP: ports, first payload bytes */
                 ports = be(l4, 4);
                 extra = l4len >= 16 ? be(l4 + 8, 8) : be(l4 + 8, l4len - 8);
