@@ -19,10 +19,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ConfigError, check_range
-from .frames import geodetic_to_ecef_km
+from .frames import EARTH_RADIUS_KM, geodetic_to_ecef_km
 from .ground import GroundSite
 from .outages import apply_acquisition, steps_for
 from .timeline import C_KM_S, Reason
+from .walker import MU_WGS72_KM3_S2
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,45 @@ def reconfiguration_boundaries(start: datetime, step_s: float, n_steps: int,
     return out
 
 
+def _coarse_visibility(r_t: NDArray[np.float64], valid_t: NDArray[np.bool_], min_elevation_deg: float,
+                       step_s: float, coarse_s: float) -> Any:
+    """A screen for :func:`gsl_assign`: ``screen(up)`` gives the satellites (column indices) that may be
+    above the mask of the site whose local vertical is the unit vector ``up`` at some step.
+
+    A satellite at orbit radius r is above elevation e only within the Earth central angle
+    lambda = acos(R cos(e) / r) - e of the site (R the Earth's radius; a site above sea level only narrows
+    it). Checked at steps ``coarse_s`` apart (and the last), the cone is widened by the angle a satellite
+    can sweep in that time, seen from the Earth's centre in the rotating frame (orbital speed at the lowest
+    radius plus the ground's rotation, with a margin): no satellite visible in between can be missed.
+    """
+    n_t, n_sat, _ = r_t.shape
+    every = max(1, int(coarse_s // step_s)) if step_s > 0 else 1
+    ks = np.unique(np.r_[np.arange(0, n_t, every), n_t - 1])
+    rc = r_t[ks]  # (n_k, n_sat, 3)
+    norm = np.sqrt(np.einsum("tsk,tsk->ts", rc, rc))
+    ok = valid_t[ks] & (norm > 0)
+    unit = np.where(ok[..., None], rc / np.where(norm > 0, norm, 1.0)[..., None], 0.0)
+    if not ok.any():
+        return lambda up: np.empty(0, np.int64)
+    r_max, r_min = float(norm[ok].max()), float(norm[ok].min())
+    e = math.radians(min_elevation_deg)
+    # 6,350 km: below the polar radius, so the cone holds for any site near sea level; 0.5 deg more covers
+    # the geodetic vertical's tilt from the geocentric direction (<= 0.19 deg) and sites off the ellipsoid
+    lam = math.acos(min(1.0, 6350.0 * math.cos(e) / r_max)) - e + math.radians(0.5)
+    # speed in the rotating frame: circular speed at the lowest radius (x1.2 for eccentric orbits) plus the
+    # frame's rotation (<= 0.51 km/s at 7,000 km)
+    speed_km_s = math.sqrt(MU_WGS72_KM3_S2 / min(r_min, EARTH_RADIUS_KM + 100.0)) * 1.2 + 0.6
+    sweep = (every * step_s) * speed_km_s / r_min
+    cos_cone = math.cos(min(math.pi, lam + sweep))
+    flat = unit.reshape(-1, 3)
+
+    def screen(up: NDArray[np.float64]) -> NDArray[np.int64]:
+        near = (flat @ up).reshape(len(ks), n_sat) >= cos_cone
+        return np.flatnonzero((near & ok).any(axis=0))
+
+    return screen
+
+
 def _steps_to_next(boundary: NDArray[np.bool_]) -> NDArray[np.int64]:
     """For each step, how many steps until the next boundary (the rest of its slot, itself included)."""
     n = len(boundary)
@@ -165,7 +205,8 @@ def _steps_to_next(boundary: NDArray[np.bool_]) -> NDArray[np.int64]:
     return nb - idx
 
 
-def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = None) -> GslResult:
+def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = None,
+               coarse_s: float = 30.0) -> GslResult:
     """Assign satellites to every antenna of every site at every step.
 
     Parameters
@@ -174,6 +215,10 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     ephem : Ephemeris
         Needs ``r_ecef_km`` (n_sat, n_t, 3), ``valid`` (n_sat, n_t), ``start`` and ``step_s``.
     cfg : GslConfig, optional
+    coarse_s : float
+        Satellites are first screened every ``coarse_s`` seconds against each site's visibility cone
+        widened by the farthest a satellite can move in that time; only those that pass are tested at
+        every step. The result does not depend on it (a screen, not an approximation).
 
     Returns
     -------
@@ -200,32 +245,31 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     r_t = np.ascontiguousarray(r.transpose(1, 0, 2))
     valid_t = np.ascontiguousarray(valid.T)
     r_t = np.where(valid_t[..., None], r_t, 0.0)
-    soa = np.ascontiguousarray(r_t.reshape(-1, 3).T)  # (3, n_t * n_sat): fast matrix-vector products
-    r2 = np.einsum("ij,ij->j", soa, soa).reshape(n_t, n_sat)
     sin_mask = math.sin(math.radians(cfg.min_elevation_deg))
     boundary = reconfiguration_boundaries(ephem.start, ephem.step_s, n_t, cfg.reconfiguration_interval_s)
     slotted = cfg.reconfiguration_interval_s is not None
     slot_left = _steps_to_next(boundary)
     any_valid = np.asarray(valid_t.any(axis=1), dtype=bool)
     idx_t = np.arange(n_t)
+    coarse = _coarse_visibility(r_t, valid_t, cfg.min_elevation_deg, ephem.step_s, coarse_s)
 
     row = 0
     for si, site in enumerate(sites):
         lat, lon = math.radians(site.lat_deg), math.radians(site.lon_deg)
         up = np.array([math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)])
         pos = geodetic_to_ecef_km(site.lat_deg, site.lon_deg, site.alt_m)
-        # |r - s|^2 = |r|^2 - 2 r.s + |s|^2 and (r - s).up, both from matrix-vector products
-        rs, ru = (np.stack([pos, up]) @ soa).reshape(2, n_t, n_sat)
-        d2 = r2 - 2.0 * rs
-        d2 += float(pos @ pos)
-        h = ru - float(pos @ up)  # height of the satellite above the site's horizon plane, km
-        # visible: valid and h >= sin(mask) * range, tested without a square root over all satellites
-        vis_all = valid_t & (h >= 0.0) & (h * h >= (sin_mask * sin_mask) * d2)
-        # from here on only satellites visible at some step (tens out of thousands)
-        cols = np.flatnonzero(vis_all.any(axis=0))
-        vis = vis_all[:, cols]
-        rng = np.sqrt(np.maximum(d2[:, cols], 1e-12))
-        sin_el = h[:, cols] / rng
+        # only satellites that come near the site's visibility cone at some step (a few hundred of 10^4)
+        cand = coarse(up)
+        rel = r_t[:, cand, :] - pos  # (n_t, n_cand, 3)
+        d2 = np.einsum("tsk,tsk->ts", rel, rel)
+        h = rel @ up  # height of the satellite above the site's horizon plane, km
+        # visible: valid and h >= sin(mask) * range, tested without a square root
+        vis_all = valid_t[:, cand] & (h >= 0.0) & (h * h >= (sin_mask * sin_mask) * d2)
+        keep = np.flatnonzero(vis_all.any(axis=0))
+        cols = cand[keep]
+        vis = vis_all[:, keep]
+        rng = np.sqrt(np.maximum(d2[:, keep], 1e-12))
+        sin_el = h[:, keep] / rng
         # steps each satellite stays visible from step k on (k included)
         nf = np.where(vis, n_t, idx_t[:, None])
         nf = np.minimum.accumulate(nf[::-1], axis=0)[::-1]

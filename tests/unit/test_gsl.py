@@ -175,3 +175,23 @@ def test_config_errors_name_the_field(field, value):
 def test_unknown_policy_lists_the_known_ones():
     with pytest.raises(ConfigError, match="highest-elevation, longest-visibility, nearest"):
         GslConfig(policy="best")
+
+
+def test_coarse_screen_changes_no_assignment():
+    """gsl_assign tests every step only for satellites that pass a screen every coarse_s; screening every
+    step (coarse_s = step) is the exhaustive case. Several shells (380 to 1,300 km), all 100 cities, two
+    policies and masks, 10 antennas a site: the same satellites, states and delays."""
+    shells = [Shell(name="lo", pattern="delta", altitude_km=380.0, inclination_deg=43.0, planes=12,
+                    sats_per_plane=14, phasing=5),
+              Shell(name="hi", pattern="star", altitude_km=1300.0, inclination_deg=87.0, planes=8,
+                    sats_per_plane=10, phasing=1)]
+    const = walker_constellation([PRESETS["starlink-shell1"]] + shells, START)
+    eph = propagate(const, START, 2.0, 240)
+    cities = builtin_cities(100)
+    for cfg in (GslConfig(antennas=10), GslConfig(antennas=3, min_elevation_deg=10.0, policy="nearest")):
+        exact = gsl_assign(cities, eph, cfg, coarse_s=2.0)
+        for coarse_s in (30.0, 120.0):
+            got = gsl_assign(cities, eph, cfg, coarse_s=coarse_s)
+            assert np.array_equal(got.peer, exact.peer) and np.array_equal(got.state, exact.state)
+            assert np.array_equal(got.delay_ms, exact.delay_ms)
+        assert (exact.peer >= 0).mean() > 0.5  # the case under test assigns most antennas
