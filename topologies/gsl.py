@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = ["POLICIES", "GroundSite", "GslConfig", "GslResult", "gsl_assign", "reconfiguration_boundaries"]
 
 POLICIES = ("highest-elevation", "longest-visibility", "nearest")
+SATELLITE_CHOICES = ("meshed", "any")
 
 #: Score bonus that makes "stays visible for the whole reconfiguration slot" the first sort key.
 _COVER_BONUS = 1e9
@@ -66,6 +67,11 @@ class GslConfig:
         boundary. None: handovers at any step.
     rate_mbps, loss_pct : float
         Rate (each direction) and random loss of every GSL.
+    satellites : str
+        ``"meshed"``: an antenna uses only satellites with at least one laser link up at that step (a
+        gateway feeds the laser network; a satellite without lasers, or cut off from its partners, would
+        reach nothing beyond itself). ``"any"``: bent-pipe satellites too. In a timeline with no laser
+        link at all, both are the same.
     """
 
     min_elevation_deg: float = 25.0
@@ -77,8 +83,12 @@ class GslConfig:
     reconfiguration_interval_s: float | None = None
     rate_mbps: float = 100.0
     loss_pct: float = 0.0
+    satellites: str = "meshed"
 
     def __post_init__(self) -> None:
+        if self.satellites not in SATELLITE_CHOICES:
+            raise ConfigError(f"satellites must be one of {', '.join(SATELLITE_CHOICES)}, got {self.satellites!r}",
+                              key="satellites")
         check_range("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)
         if isinstance(self.antennas, bool) or not isinstance(self.antennas, int) or not 1 <= self.antennas <= 16:
             raise ConfigError(f"antennas must be an integer in [1, 16], got {self.antennas!r}", key="antennas")
@@ -206,7 +216,7 @@ def _steps_to_next(boundary: NDArray[np.bool_]) -> NDArray[np.int64]:
 
 
 def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = None,
-               coarse_s: float = 30.0) -> GslResult:
+               coarse_s: float = 30.0, meshed: NDArray[np.bool_] | None = None) -> GslResult:
     """Assign satellites to every antenna of every site at every step.
 
     Parameters
@@ -219,6 +229,9 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         Satellites are first screened every ``coarse_s`` seconds against each site's visibility cone
         widened by the farthest a satellite can move in that time; only those that pass are tested at
         every step. The result does not depend on it (a screen, not an approximation).
+    meshed : ndarray, (n_sat, n_t) bool, optional
+        Satellites with a laser link up at each step. With ``cfg.satellites == "meshed"`` antennas use only
+        those (unless none is ever meshed); ignored otherwise.
 
     Returns
     -------
@@ -250,6 +263,9 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     slotted = cfg.reconfiguration_interval_s is not None
     slot_left = _steps_to_next(boundary)
     any_valid = np.asarray(valid_t.any(axis=1), dtype=bool)
+    usable_t = valid_t
+    if cfg.satellites == "meshed" and meshed is not None and np.any(meshed):
+        usable_t = valid_t & np.ascontiguousarray(np.asarray(meshed, bool).T)
     idx_t = np.arange(n_t)
     coarse = _coarse_visibility(r_t, valid_t, cfg.min_elevation_deg, ephem.step_s, coarse_s)
 
@@ -264,7 +280,7 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         d2 = np.einsum("tsk,tsk->ts", rel, rel)
         h = rel @ up  # height of the satellite above the site's horizon plane, km
         # visible: valid and h >= sin(mask) * range, tested without a square root
-        vis_all = valid_t[:, cand] & (h >= 0.0) & (h * h >= (sin_mask * sin_mask) * d2)
+        vis_all = usable_t[:, cand] & (h >= 0.0) & (h * h >= (sin_mask * sin_mask) * d2)
         keep = np.flatnonzero(vis_all.any(axis=0))
         cols = cand[keep]
         vis = vis_all[:, keep]

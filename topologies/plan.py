@@ -48,6 +48,22 @@ def build_constellation(sc: Scenario) -> Constellation:
     return walker_constellation([PRESETS[preset]], sc.time.start)
 
 
+def _meshed(n_sats: int, pairs: np.ndarray, state: np.ndarray, owner: np.ndarray, peer: np.ndarray,
+            xstate: np.ndarray) -> np.ndarray:
+    """(n_sats, n_t) bool: the satellite has at least one laser link (+Grid or cross-shell) up at the step."""
+    n_t = state.shape[1]
+    count = np.zeros((n_sats, n_t), np.int32)
+    up = (state == Reason.UP).astype(np.int32)
+    np.add.at(count, pairs[:, 0], up)
+    np.add.at(count, pairs[:, 1], up)
+    if len(owner):
+        xup = xstate == Reason.UP
+        np.add.at(count, owner, xup.astype(np.int32))
+        k = np.broadcast_to(np.arange(n_t), xup.shape)
+        np.add.at(count, (peer[xup], k[xup]), 1)
+    return count > 0
+
+
 def ground_sites(sc: Scenario) -> list[GroundSite]:
     """Gateways: the first ``ground.cities`` built-in cities, then the scenario's own sites."""
     sites = [GroundSite(name=f"gs-{s.name}", lat_deg=s.lat_deg, lon_deg=s.lon_deg, alt_m=s.alt_m,
@@ -95,7 +111,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     t3 = _time.perf_counter()
     sites = ground_sites(sc)
     gsl_cfg = sc.gsl_config()
-    gsl = gsl_assign(sites, eph, gsl_cfg)
+    meshed = _meshed(const.n_sats, topo.pairs, isl_state, xs.owner, xs.peer, xs.state)
+    gsl = gsl_assign(sites, eph, gsl_cfg, meshed=meshed)
     t4 = _time.perf_counter()
 
     n_sat = const.n_sats

@@ -19,7 +19,7 @@ EPOCH = datetime(2023, 7, 18, tzinfo=UTC)
 
 def _scenario_text(tle: str, sites: str) -> str:
     return (f'[time]\nstart = "2023-07-18T00:00:00Z"\nduration_s = 5\n[constellation]\ntle = "{tle}"\n'
-            f'include_transient = true\n[gsl]\nmin_elevation_deg = 25.0\n{sites}')
+            f'include_transient = true\n[gsl]\nmin_elevation_deg = 25.0\nsatellites = "any"\n{sites}')
 
 
 def test_an_off_grid_satellite_is_a_live_node_with_ground_links_only(tmp_path):

@@ -195,3 +195,22 @@ def test_coarse_screen_changes_no_assignment():
             assert np.array_equal(got.peer, exact.peer) and np.array_equal(got.state, exact.state)
             assert np.array_equal(got.delay_ms, exact.delay_ms)
         assert (exact.peer >= 0).mean() > 0.5  # the case under test assigns most antennas
+
+
+def test_meshed_antennas_use_only_satellites_with_a_laser_link_up(starlink, sites):
+    """satellites = "meshed": every assigned satellite has a laser link up at that step (the mask here is
+    random, independent of any plan); "any" ignores the mask and equals the unmasked assignment."""
+    eph = starlink
+    n_sat, n_t = eph.valid.shape
+    meshed = np.random.default_rng(5).random((n_sat, n_t)) < 0.5
+    cfg = GslConfig(antennas=4)
+    got = gsl_assign(sites, eph, cfg, meshed=meshed)
+    have = got.peer >= 0
+    assert have.mean() > 0.5
+    steps = np.broadcast_to(np.arange(n_t), got.peer.shape)
+    assert meshed[got.peer[have], steps[have]].all()
+    free = gsl_assign(sites, eph, GslConfig(antennas=4, satellites="any"), meshed=meshed)
+    assert np.array_equal(free.peer, gsl_assign(sites, eph, GslConfig(antennas=4, satellites="any")).peer)
+    assert not meshed[free.peer[free.peer >= 0], steps[free.peer >= 0]].all()  # the mask did matter
+    with pytest.raises(ConfigError, match="satellites"):
+        GslConfig(satellites="bent-pipe")
