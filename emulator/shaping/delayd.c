@@ -1169,18 +1169,19 @@ static void shutdown_all(void)
         if (D.ns[i].fd >= 0)
             release_due(i);
     for (int i = 0; i < D.nns; i++) {
+        D.ns[i].ack_pending = 0;
         if (D.ns[i].fd < 0 || !D.exit_len)
             continue;
         int fl = fcntl(D.ns[i].fd, F_GETFL);
         fcntl(D.ns[i].fd, F_SETFL, fl & ~O_NONBLOCK);
-        if (send(D.ns[i].fd, D.exit_batch, D.exit_len, 0) < 0)
-            continue;  /* the namespace is already gone with its table */
+        /* a failed send: the namespace is already gone with its table, no ack to wait for */
+        D.ns[i].ack_pending = send(D.ns[i].fd, D.exit_batch, D.exit_len, 0) >= 0;
     }
     for (int i = 0; i < D.nns; i++) {
         if (D.ns[i].fd < 0)
             continue;
         struct pollfd pfd = {D.ns[i].fd, POLLIN, 0};
-        while (D.exit_len && poll(&pfd, 1, 200) > 0) {
+        while (D.ns[i].ack_pending && poll(&pfd, 1, 200) > 0) {
             ssize_t n = recv(D.ns[i].fd, rbufs[0], RECV_BUF, MSG_DONTWAIT);
             if (n <= 0)
                 break;
