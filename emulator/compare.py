@@ -1,9 +1,19 @@
 """``satnetem compare``: the same timeline and traffic under several routing protocols, side by side.
 
 Each protocol gets a full run (its own results folder under the comparison folder); then the figures
-a routing researcher compares are pulled from those folders: route computation and installation time
-per step, route changes, packets lost around each handover and outage (and how long traffic took to
+a routing researcher compares are pulled from those folders: probe loss overall and after convergence,
+RTT p50/p95/p99, the time the protocol took to converge, route computation and installation time per
+step, route changes, packets lost around each handover and outage (and how long traffic took to
 recover), path stretch (measured delay over the best possible one), and the delay error.
+
+Convergence is measured from outside the routers, on the probes alone (``samples.csv``), so it means
+the same for a centralised protocol and for daemons such as OSPF: a protocol has converged at the send
+time of the first probe that opens a :data:`CONVERGED_WINDOW_S` stretch in which every probe of every
+ping and udp-probe flow arrived with its measured delay within the emulator's bound of the predicted
+one (``max(1 ms, 3 %)``, as the run summary's delay error). The time is counted from the start of
+playback, i.e. from the moment ``build()`` returned with every daemon started. A protocol whose probes
+never open such a stretch has not converged; one whose probes never arrived carried no traffic. Either
+is flagged in the table, in ``compare.json`` and on the plot, and makes ``compare`` exit with status 1.
 """
 
 from __future__ import annotations
@@ -26,6 +36,12 @@ log = logging.getLogger(__name__)
 
 #: probes lost within this many seconds after an event count as lost "around" it
 EVENT_WINDOW_S = 3.0
+#: a protocol has converged once every probe arrived within the delay bound for this long, s: long
+#: enough to span several OSPF hello intervals and a few hundred probes at the campaign's rates
+CONVERGED_WINDOW_S = 5.0
+#: the emulator's delay bound: |measured - predicted| <= max(BOUND_MS, BOUND_PCT % of predicted)
+BOUND_MS = 1.0
+BOUND_PCT = 3.0
 
 
 def event_times(tl: Timeline, steps: int) -> list[tuple[float, str]]:
@@ -85,13 +101,153 @@ def route_times(steps_csv: Path) -> dict[str, Any]:
             "route_ms_p95": float(np.percentile(a, 95)) if len(a) else None, "route_changes": changes}
 
 
+def read_probe_samples(samples_csv: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The ping and udp-probe samples of a results folder's ``samples.csv``, per flow.
+
+    Returns
+    -------
+    dict
+        ``{flow: {"metric": "rtt" | "one_way", "t_s", "measured_ms", "predicted_ms"}}``, arrays of shape
+        (n_samples,) sorted by send time (s after playback started); a lost probe has a NaN measurement.
+    """
+    cols: dict[str, dict[str, Any]] = {}
+    if samples_csv.is_file():
+        with open(samples_csv, newline="") as f:
+            for r in csv.DictReader(f):
+                if r.get("kind") not in ("ping", "udp-probe"):
+                    continue
+                try:
+                    t = float(r["t_s"])
+                    m = float(r["measured_ms"]) if r["measured_ms"] else np.nan
+                    pr = float(r["predicted_ms"]) if r["predicted_ms"] else np.nan
+                except (KeyError, ValueError):
+                    continue
+                c = cols.setdefault(r["flow"], {"metric": r.get("metric", ""), "t": [], "m": [], "p": []})
+                c["t"].append(t)
+                c["m"].append(m)
+                c["p"].append(pr)
+    out = {}
+    for flow, c in cols.items():
+        order = np.argsort(np.asarray(c["t"], float), kind="stable")
+        out[flow] = {"metric": c["metric"], "t_s": np.asarray(c["t"], float)[order],
+                     "measured_ms": np.asarray(c["m"], float)[order],
+                     "predicted_ms": np.asarray(c["p"], float)[order]}
+    return out
+
+
+def within_bound(measured_ms: np.ndarray, predicted_ms: np.ndarray) -> np.ndarray:
+    """Per probe: it arrived, and where a prediction exists its delay is within the bound of it."""
+    m = np.asarray(measured_ms, float)
+    pr = np.asarray(predicted_ms, float)
+    bound = np.maximum(BOUND_MS, pr * (BOUND_PCT / 100.0))
+    with np.errstate(invalid="ignore"):
+        close = np.abs(m - pr) <= bound
+    return np.isfinite(m) & (close | ~np.isfinite(pr))
+
+
+def convergence_s(t_s: np.ndarray, good: np.ndarray, window_s: float = CONVERGED_WINDOW_S) -> float | None:
+    """Send time of the first probe that opens a ``window_s`` stretch of good probes only.
+
+    Parameters
+    ----------
+    t_s : ndarray, shape (n,)
+        Send times of every probe of every flow, s, sorted.
+    good : ndarray of bool, shape (n,)
+        Whether each probe arrived within the bound (:func:`within_bound`).
+    window_s : float
+        Length of the stretch, s; it must end before the last probe was sent (a run too short to show
+        ``window_s`` of good probes has not shown convergence).
+
+    Returns
+    -------
+    float or None
+        Seconds after playback started; None: never converged.
+
+    >>> convergence_s(np.arange(10.0), np.array([0, 0, 1, 0, 1, 1, 1, 1, 1, 1], bool), 3.0)
+    4.0
+    """
+    t = np.asarray(t_s, float)
+    g = np.asarray(good, bool)
+    if len(t) == 0:
+        return None
+    bad_t = t[~g]
+    for i in np.flatnonzero(g).tolist():
+        if t[i] + window_s > t[-1]:
+            return None
+        if i > 0 and g[i - 1]:
+            continue  # inside a good stretch that did not last: its start was tried already
+        nxt = np.searchsorted(bad_t, t[i], side="right")
+        if nxt == len(bad_t) or bad_t[nxt] >= t[i] + window_s:
+            return float(t[i])
+    return None
+
+
+def probe_figures(samples: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Loss, RTT quantiles and convergence of one run, from its probe samples (:func:`read_probe_samples`).
+
+    Returns
+    -------
+    dict
+        ``sent``, ``received``, ``loss_pct`` (all probes); ``rtt_ms`` and ``one_way_ms``: p50/p95/p99 and
+        count of the arrived ping RTTs and udp-probe one-way delays, ms (None without samples);
+        ``converged_s`` (:func:`convergence_s`, None: never), and ``after_sent``, ``after_lost``,
+        ``loss_after_pct`` of the probes sent from then on.
+    """
+    out: dict[str, Any] = {}
+    if samples:
+        t = np.concatenate([s["t_s"] for s in samples.values()])
+        m = np.concatenate([s["measured_ms"] for s in samples.values()])
+        pr = np.concatenate([s["predicted_ms"] for s in samples.values()])
+    else:
+        t = m = pr = np.empty(0)
+    order = np.argsort(t, kind="stable")
+    t, m, pr = t[order], m[order], pr[order]
+    arrived = np.isfinite(m)
+    out["sent"], out["received"] = int(len(t)), int(arrived.sum())
+    out["loss_pct"] = 100.0 * (1.0 - arrived.mean()) if len(t) else None
+    for key, metric in (("rtt_ms", "rtt"), ("one_way_ms", "one_way")):
+        v = np.concatenate([s["measured_ms"] for s in samples.values() if s["metric"] == metric] or [np.empty(0)])
+        v = v[np.isfinite(v)]
+        out[key] = ({"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
+                     "p99": float(np.percentile(v, 99)), "count": int(len(v))} if len(v) else None)
+    conv = convergence_s(t, within_bound(m, pr))
+    out["converged_s"] = conv
+    if conv is None:
+        out["after_sent"] = out["after_lost"] = 0
+        out["loss_after_pct"] = None
+    else:
+        after = t >= conv
+        out["after_sent"] = int(after.sum())
+        out["after_lost"] = int((after & ~arrived).sum())
+        out["loss_after_pct"] = 100.0 * out["after_lost"] / out["after_sent"]
+    return out
+
+
+def flags(row: dict[str, Any]) -> list[str]:
+    """What is wrong with one protocol's run, worst first; empty when it ran, carried traffic and converged.
+
+    >>> flags({"complete": True, "probes": {"sent": 10, "received": 0, "converged_s": None}})
+    ['NO-TRAFFIC', 'NOT-CONVERGED']
+    """
+    out = []
+    if not row.get("complete"):
+        out.append("INTERRUPTED")
+    p = row.get("probes") or {}
+    if not p.get("received"):
+        out.append("NO-TRAFFIC")
+    if p.get("converged_s") is None:
+        out.append("NOT-CONVERGED")
+    return out
+
+
 def summarise_protocol(folder: Path) -> dict[str, Any]:
     """The comparison figures of one run's results folder."""
     summary = json.loads((folder / "summary.json").read_text())
     tl = Timeline.load(folder / "timeline.npz")
     played = summary.get("lateness", {}).get("steps", tl.n_steps - 1) + 1
     events = event_times(tl, min(played, tl.n_steps))
-    out: dict[str, Any] = {"protocol": summary.get("protocol"), "complete": summary.get("complete")}
+    out: dict[str, Any] = {"protocol": summary.get("protocol"), "complete": summary.get("complete"),
+                           "build_s": summary.get("build_s")}
     out.update(route_times(folder / "steps.csv"))
     out.update(losses_around_events(folder / "samples.csv", events))
     stretch = [f["stretch"]["p50"] for f in summary.get("flows", [])
@@ -101,6 +257,8 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
     out["stretch_p50"] = float(np.mean(stretch)) if stretch else None
     out["probes_sent"], out["probes_lost"] = sent, lost
     out["delay_error"] = summary.get("delay_error")
+    out["probes"] = probe_figures(read_probe_samples(folder / "samples.csv"))
+    out["flags"] = flags(out)
     return out
 
 
@@ -144,8 +302,15 @@ def compare(args: argparse.Namespace) -> int:
             break
     (top / "compare.json").write_text(json.dumps(rows, indent=2))
     print_table(rows)
-    plot_compare(rows, top)
+    plot_compare(rows, top, {r["protocol"]: read_probe_samples(top / n / "samples.csv")
+                             for r, n in zip(rows, names)})
     print(f"comparison: {top / 'compare.json'}, {top / 'plots' / 'compare.png'}")
+    bad = [f"{r['protocol']} ({', '.join(r['flags'])})" for r in rows if r["flags"]]
+    if len(rows) < len(names):
+        bad.append(f"not run: {', '.join(names[len(rows):])}")
+    if bad:
+        print(f"comparison FLAGGED: {'; '.join(bad)}")
+        return 1
     return 0
 
 
@@ -153,36 +318,124 @@ def _f(v: Any, nd: int = 1) -> str:
     return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    head = ("protocol", "routes ms p50", "p95", "route changes", "lost/sent", "lost at events",
-            "max recovery ms", "stretch p50")
-    print("  ".join(f"{h:>14}" for h in head))
+def _q(d: dict[str, Any] | None, key: str) -> float | None:
+    return None if not d else d.get(key)
+
+
+def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The printed comparison: delivery (status, convergence, loss, delay quantiles), then routing."""
+    lines = []
+    head = ("protocol", "status", "converged s", "loss %", "loss after %", "RTT p50 ms", "p95", "p99",
+            "one-way p50", "p95", "p99")
+    w = [13] * len(head)
+    w[1] = max([6] + [len(",".join(r.get("flags") or [])) for r in rows])
+    lines.append("  ".join(f"{h:>{n}}" for h, n in zip(head, w)))
+    for r in rows:
+        p = r.get("probes") or {}
+        rtt, ow = p.get("rtt_ms"), p.get("one_way_ms")
+        status = ",".join(r.get("flags") or []) or "ok"
+        cells = (r["protocol"], status, _f(p.get("converged_s")), _f(p.get("loss_pct"), 2),
+                 _f(p.get("loss_after_pct"), 2), _f(_q(rtt, "p50"), 2), _f(_q(rtt, "p95"), 2),
+                 _f(_q(rtt, "p99"), 2), _f(_q(ow, "p50"), 2), _f(_q(ow, "p95"), 2), _f(_q(ow, "p99"), 2))
+        lines.append("  ".join(f"{c:>{n}}" for c, n in zip(cells, w)))
+    lines.append("")
+    head2 = ("protocol", "routes ms p50", "p95", "route changes", "lost/sent", "lost at events",
+             "max recovery ms", "stretch p50")
+    lines.append("  ".join(f"{h:>14}" for h in head2))
     for r in rows:
         rec = max((e["recovery_ms"] for e in r["events"]), default=0.0)
-        cells = (r["protocol"], _f(r["route_ms_median"]), _f(r["route_ms_p95"]), _f(r["route_changes"]),
-                 f"{r['probes_lost']}/{r['probes_sent']}", _f(r["lost_total"]), _f(rec, 0), _f(r["stretch_p50"], 3))
-        print("  ".join(f"{c:>14}" for c in cells))
+        cells2 = (r["protocol"], _f(r["route_ms_median"]), _f(r["route_ms_p95"]), _f(r["route_changes"]),
+                  f"{r['probes_lost']}/{r['probes_sent']}", _f(r["lost_total"]), _f(rec, 0), _f(r["stretch_p50"], 3))
+        lines.append("  ".join(f"{c:>14}" for c in cells2))
+    flagged = [r for r in rows if r.get("flags")]
+    for r in flagged:
+        p = r.get("probes") or {}
+        lines.append(f"!! {r['protocol']}: {', '.join(r['flags'])} ({p.get('received', 0)} of "
+                     f"{p.get('sent', 0)} probes arrived): its figures describe a broken run")
+    return lines
 
 
-def plot_compare(rows: list[dict[str, Any]], top: Path) -> None:
+def print_table(rows: list[dict[str, Any]]) -> None:
+    for line in format_table(rows):
+        print(line)
+
+
+def plot_compare(rows: list[dict[str, Any]], top: Path,
+                 samples: dict[str, dict[str, dict[str, np.ndarray]]] | None = None) -> None:
+    """``plots/compare.{png,svg}``: CDFs of RTT and one-way delay per protocol, then per-protocol bars.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`summarise_protocol` of each protocol.
+    top : Path
+        The comparison folder.
+    samples : dict, optional
+        Each protocol's probe samples (:func:`read_probe_samples`), for the CDFs.
+
+    A flagged protocol (:func:`flags`) is named with its flags in red on every panel: in the CDFs'
+    legends and under its bars, which are hatched.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    samples = samples or {}
     names = [r["protocol"] for r in rows]
-    metrics = (("route_ms_median", "route compute+install per step (ms, median)"),
+    flagged = {r["protocol"]: r.get("flags") or [] for r in rows}
+    labels = [n + ("\n" + "\n".join(flagged[n]) if flagged[n] else "") for n in names]
+    metrics = (("loss_pct", "probes lost (%)"),
+               ("converged_s", "convergence (s after build)"),
+               ("route_ms_median", "route compute+install per step (ms, median)"),
                ("lost_total", "probes lost around handovers/outages"),
                ("stretch_p50", "path stretch (measured / best delay, p50)"),
                ("route_changes", "route changes"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
-    for ax, (key, title) in zip(axes, metrics):
-        vals = [r.get(key) if r.get(key) is not None else 0 for r in rows]
-        ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+    cdfs = (("rtt", "ping RTT (ms)"), ("one_way", "udp-probe one-way delay (ms)"))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.2))
+    flat = list(axes.flat)
+    for ax, (metric, title) in zip(flat[:2], cdfs):
+        for i, n in enumerate(names):
+            v = np.concatenate([s["measured_ms"] for s in samples.get(n, {}).values() if s["metric"] == metric]
+                               or [np.empty(0)])
+            sent = len(v)
+            v = np.sort(v[np.isfinite(v)])
+            lab = f"{n} ({len(v)}/{sent} arrived)" + (f" {', '.join(flagged[n])}" if flagged[n] else "")
+            if len(v):
+                # the curve tops out at the delivered fraction: lost probes are never "under" any delay
+                ax.step(v, np.arange(1, len(v) + 1) / max(sent, 1), where="post", color=f"C{i}", label=lab)
+            else:
+                ax.plot([], [], color=f"C{i}", label=lab)
+        ax.set_title(f"CDF of {title}", fontsize=9)
+        ax.set_xlabel("ms", fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        leg = ax.legend(fontsize=7, loc="lower right")
+        for text, n in zip(leg.get_texts(), names):
+            if flagged[n]:
+                text.set_color("red")
+    for ax, (key, title) in zip(flat[2:], metrics):
+        vals: list[float] = []
+        for r in rows:
+            got = (r.get("probes") or {}).get(key) if key in ("loss_pct", "converged_s") else r.get(key)
+            vals.append(got if got is not None else 0.0)
+        bars = ax.bar(range(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
+        for b, n in zip(bars, names):
+            if flagged[n]:
+                b.set_hatch("xx")
+                b.set_edgecolor("red")
+        ax.set_xticks(range(len(names)), labels)
+        for tick, n in zip(ax.get_xticklabels(), names):
+            if flagged[n]:
+                tick.set_color("red")
         ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    if any(flagged.values()):
+        fig.suptitle("FLAGGED: " + "; ".join(f"{n}: {', '.join(f)}" for n, f in flagged.items() if f),
+                     color="red", fontsize=10)
     fig.tight_layout()
     (top / "plots").mkdir(exist_ok=True)
-    for ext in ("png", "svg"):
-        fig.savefig(top / "plots" / f"compare.{ext}", dpi=110)
+    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text in the SVG: the flags can be searched
+        for ext in ("png", "svg"):
+            fig.savefig(top / "plots" / f"compare.{ext}", dpi=110)
     plt.close(fig)

@@ -1,0 +1,129 @@
+"""The comparison's figures and flags (emulator.compare) on hand-made results folders: loss, delay
+quantiles and convergence computed independently here, and a protocol that carried nothing flagged in
+the table and on the plot."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+
+from emulator.compare import (
+    CONVERGED_WINDOW_S,
+    flags,
+    format_table,
+    plot_compare,
+    probe_figures,
+    read_probe_samples,
+)
+from emulator.report import SAMPLE_COLUMNS
+
+PREDICTED_RTT_MS = 40.0
+PREDICTED_OW_MS = 20.0
+
+
+def write_samples(folder: Path, ping: list[tuple[float, float | None]], udp: list[tuple[float, float | None]]) -> Path:
+    """samples.csv as the report writes it: (send time s, measured ms or None when lost) per probe."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "samples.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SAMPLE_COLUMNS)
+        for flow, kind, metric, rows, pred in (("ping:0", "ping", "rtt", ping, PREDICTED_RTT_MS),
+                                               ("udp-probe:1", "udp-probe", "one_way", udp, PREDICTED_OW_MS)):
+            for seq, (t, m) in enumerate(rows):
+                w.writerow([flow, kind, metric, f"{t:.4f}", int(t), seq, "" if m is None else f"{m:.3f}",
+                            f"{pred:.3f}", f"{pred:.3f}"])
+        w.writerow(["path:2", "path", "hops", "0.0", 0, 0, "", "", ""])  # not a probe: ignored
+    return path
+
+
+def healthy(lost_until_s: float, late_at: tuple[float, ...] = ()) -> tuple[list, list]:
+    """20 s of probes: ping 10/s, udp 20/s; lost before ``lost_until_s``; 5 ms late at ``late_at``."""
+    ping = [(k / 10, None if k / 10 < lost_until_s else PREDICTED_RTT_MS + 0.1 * (k % 7)) for k in range(200)]
+    udp = [(k / 20 + 0.01, None if k / 20 < lost_until_s else PREDICTED_OW_MS + 0.05 * (k % 5))
+           for k in range(400)]
+    ping = [(t, m + 5.0 if m is not None and any(abs(t - x) < 1e-9 for x in late_at) else m) for t, m in ping]
+    return ping, udp
+
+
+def expected(ping: list, udp: list) -> dict:
+    """The figures, computed here by brute force and the statistics module."""
+    allp = sorted([(t, m, PREDICTED_RTT_MS) for t, m in ping] + [(t, m, PREDICTED_OW_MS) for t, m in udp])
+    good = [m is not None and abs(m - p) <= max(1.0, 0.03 * p) for _, m, p in allp]
+    conv = None
+    for t, _, _ in allp:
+        if t + CONVERGED_WINDOW_S > allp[-1][0]:
+            break
+        if all(g for (u, _, _), g in zip(allp, good) if t <= u < t + CONVERGED_WINDOW_S):
+            conv = t
+            break
+    rtts = [m for _, m in ping if m is not None]
+    q = statistics.quantiles(rtts, n=100, method="inclusive") if len(rtts) > 1 else None
+    after = [m for t, m, _ in allp if conv is not None and t >= conv]
+    return {"sent": len(allp), "received": sum(m is not None for _, m, _ in allp), "converged_s": conv,
+            "rtt": None if q is None else (q[49], q[94], q[98]),
+            "loss_after_pct": None if conv is None else 100.0 * sum(m is None for m in after) / len(after)}
+
+
+def row(name: str, probes: dict) -> dict:
+    r = {"protocol": name, "complete": True, "route_ms_median": 1.0, "route_ms_p95": 2.0, "route_changes": 3,
+         "probes_sent": probes["sent"], "probes_lost": probes["sent"] - probes["received"], "lost_total": 0,
+         "events": [], "stretch_p50": 1.0, "probes": probes}
+    r["flags"] = flags(r)
+    return r
+
+
+def test_figures_of_a_converging_protocol_and_of_one_that_carried_nothing(tmp_path):
+    ping_a, udp_a = healthy(lost_until_s=3.0, late_at=(6.0,))
+    ping_b = [(k / 10, None) for k in range(200)]
+    udp_b = [(k / 20 + 0.01, None) for k in range(400)]
+    a = probe_figures(read_probe_samples(write_samples(tmp_path / "a", ping_a, udp_a)))
+    b = probe_figures(read_probe_samples(write_samples(tmp_path / "b", ping_b, udp_b)))
+
+    ea, eb = expected(ping_a, udp_a), expected(ping_b, udp_b)
+    assert ea["converged_s"] == pytest.approx(6.01)  # the late ping at 6.0 s opens no clean window
+    assert (a["sent"], a["received"]) == (ea["sent"], ea["received"])
+    assert a["loss_pct"] == pytest.approx(100.0 * (1 - ea["received"] / ea["sent"]))
+    assert a["converged_s"] == pytest.approx(ea["converged_s"])
+    assert a["loss_after_pct"] == pytest.approx(ea["loss_after_pct"]) and a["loss_after_pct"] == 0.0
+    assert (a["rtt_ms"]["p50"], a["rtt_ms"]["p95"], a["rtt_ms"]["p99"]) == pytest.approx(ea["rtt"])
+    assert row("a", a)["flags"] == []
+
+    assert (b["sent"], b["received"]) == (600, 0) and b["loss_pct"] == 100.0
+    assert b["rtt_ms"] is None and b["one_way_ms"] is None and b["converged_s"] is None
+    assert eb["converged_s"] is None
+    assert row("b", b)["flags"] == ["NO-TRAFFIC", "NOT-CONVERGED"]
+
+
+def test_delivered_but_off_the_prediction_is_not_converged(tmp_path):
+    ping = [(k / 10, PREDICTED_RTT_MS * 1.5) for k in range(200)]  # every reply arrives, 50 % late
+    udp = [(k / 20, PREDICTED_OW_MS) for k in range(400)]
+    p = probe_figures(read_probe_samples(write_samples(tmp_path / "c", ping, udp)))
+    assert expected(ping, udp)["converged_s"] is None and p["converged_s"] is None
+    assert p["loss_pct"] == 0.0 and p["loss_after_pct"] is None
+    assert row("c", p)["flags"] == ["NOT-CONVERGED"]
+
+
+def test_table_and_plot_flag_the_protocol_that_carried_nothing(tmp_path):
+    ping_a, udp_a = healthy(lost_until_s=1.0)
+    sa = read_probe_samples(write_samples(tmp_path / "a", ping_a, udp_a))
+    sb = read_probe_samples(write_samples(tmp_path / "b", [(k / 10, None) for k in range(200)],
+                                          [(k / 20, None) for k in range(400)]))
+    rows = [row("good-proto", probe_figures(sa)), row("dead-proto", probe_figures(sb))]
+    lines = format_table(rows)
+    status = {line.split()[0]: line.split()[1] for line in lines[1:3]}
+    assert status == {"good-proto": "ok", "dead-proto": "NO-TRAFFIC,NOT-CONVERGED"}
+    dead = next(line for line in lines[1:3] if line.split()[0] == "dead-proto").split()
+    assert dead[3] == "100.00" and dead[5] == "-"  # loss %, RTT p50
+    assert any(line.startswith("!! dead-proto: NO-TRAFFIC") and "0 of 600 probes" in line for line in lines)
+    assert not any(line.startswith("!! good-proto") for line in lines)
+
+    plot_compare(rows, tmp_path, {"good-proto": sa, "dead-proto": sb})
+    svg = (tmp_path / "plots" / "compare.svg").read_text()
+    assert "FLAGGED: dead-proto: NO-TRAFFIC, NOT-CONVERGED" in svg
+    assert "dead-proto (0/200 arrived) NO-TRAFFIC" in svg  # its CDF's legend entry
+    assert "good-proto (" in svg and "good-proto: " not in svg
+    assert (tmp_path / "plots" / "compare.png").stat().st_size > 10_000
