@@ -190,6 +190,9 @@ class DelayDaemon:
         if self.binary is None:
             raise ApplyError(f"the compiled delay daemon is not built ({BUILT_BINARY} missing): run ./install.sh",
                              operation="start delay daemon")
+        source = Path(__file__).with_name("delayd.c")
+        if not self.shards and source.is_file() and source.stat().st_mtime > self.binary.stat().st_mtime:
+            log.warning("%s is older than %s: run ./install.sh to rebuild it", self.binary, source)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         exit_batch, _ = nfnl.nft_table_batch(self.table, 1, install=False)
         argv = [PROCESS_NAME, "--ctl-fd", str(theirs.fileno()), "--queue-num", str(self.queue_num),
