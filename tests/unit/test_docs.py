@@ -8,7 +8,6 @@ Scenario blocks are loaded and planned; `satnetem` command lines are parsed by t
 from __future__ import annotations
 
 import dataclasses
-
 import re
 import shlex
 import tomllib
