@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +37,9 @@ BIRD = "bird"
 _REPLY = re.compile(rb"^(\d{4})([ -])(.*)$")
 #: Sockets opened at once when many daemons are reconfigured (bounded by the open-file limit).
 _BATCH = 256
+#: How long a ``configure`` round may take before a daemon that has not answered is an error, s: BIRD
+#: answers once it has re-read its file, which a daemon starved on a busy machine may take seconds to do.
+RECONFIGURE_TIMEOUT_S = 120.0
 
 
 def run_dir(run_id: str) -> Path:
@@ -139,6 +143,12 @@ class BirdDaemons:
         self.bird = shutil.which(bird) or bird
         self.procs: dict[str, subprocess.Popen] = {}
         self._stopped = False
+        # background reconfiguration (reconfigure_later): nodes to ask, the worker, its first error
+        self._cv = threading.Condition()
+        self._queued: set[str] = set()
+        self._busy = False
+        self._worker: threading.Thread | None = None
+        self._error: ApplyError | None = None
 
     # ------------------------------------------------------------------------------ files
     def conf_path(self, node: str) -> Path:
@@ -190,56 +200,213 @@ class BirdDaemons:
             raise
 
     def _wait_ready(self, timeout_s: float) -> None:
+        """Until every daemon has greeted on its control socket, all asked at once.
+
+        The daemons are connected to together and their greetings read as they come: asking them in
+        turn, each with a short timeout, failed at 402 routers on two busy cores, where a daemon starved
+        for seconds while all of them flooded their first LSAs (BIRD logged I/O loop cycles of 6-10 s)
+        missed its 2 s turn again and again.
+        """
+        import selectors
+
         deadline = time.monotonic() + timeout_s
         waiting = dict(self.procs)
-        while waiting:
-            for name, proc in list(waiting.items()):
-                if proc.poll() is not None:
-                    err = (self.dir / f"{name}.err").read_text(errors="replace").strip()
-                    raise ApplyError(f"bird exited with status {proc.returncode}: {err}", node=name,
-                                     operation="start bird")
-                if self.ctl_path(name).exists():
-                    try:
-                        BirdControl(self.ctl_path(name), name, timeout_s=2.0).close()
-                    except ApplyError:
+        conns: dict[str, tuple[socket.socket, bytearray]] = {}
+        sel = selectors.DefaultSelector()
+        try:
+            while waiting:
+                for name, proc in list(waiting.items()):
+                    if proc.poll() is not None:
+                        err = (self.dir / f"{name}.err").read_text(errors="replace").strip()
+                        raise ApplyError(f"bird exited with status {proc.returncode}: {err}", node=name,
+                                         operation="start bird")
+                    if name in conns or not self.ctl_path(name).exists():
                         continue
-                    del waiting[name]
-            if waiting and time.monotonic() > deadline:
-                raise ApplyError(f"{len(waiting)} BIRD daemons did not answer within {timeout_s:.0f} s",
-                                 node=next(iter(waiting)), operation="start bird")
-            if waiting:
-                time.sleep(0.02)
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.setblocking(False)
+                    try:
+                        s.connect(str(self.ctl_path(name)))
+                    except (BlockingIOError, InterruptedError, ConnectionRefusedError, FileNotFoundError):
+                        s.close()  # listening backlog full or socket not yet listening: next round
+                        continue
+                    conns[name] = (s, bytearray())
+                    sel.register(s, selectors.EVENT_READ, name)
+                for key, _ in sel.select(timeout=0.05):
+                    name = key.data
+                    s, buf = conns[name]
+                    try:
+                        chunk = s.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    buf += chunk
+                    if b"\n" in buf or not chunk:
+                        sel.unregister(s)
+                        s.close()
+                        del conns[name]
+                        if chunk and _REPLY.match(bytes(buf.split(b"\n", 1)[0])):
+                            del waiting[name]  # greeting "0001 BIRD <version> ready."
+                if waiting and time.monotonic() > deadline:
+                    raise ApplyError(f"{len(waiting)} BIRD daemons did not answer within {timeout_s:.0f} s",
+                                     node=next(iter(waiting)), operation="start bird")
+                if waiting and not conns:
+                    time.sleep(0.02)
+        finally:
+            for s, _ in conns.values():
+                s.close()
+            sel.close()
 
-    def reconfigure(self, items: Iterable[tuple[str, str]]) -> None:
+    def reconfigure(self, items: Iterable[tuple[str, str]], timeout_s: float = RECONFIGURE_TIMEOUT_S) -> None:
         """Give each (node, configuration text) to its daemon: rewrite the file, then ``configure``.
 
         BIRD applies a changed interface cost in place (the adjacency stays up and the router-LSA is
         re-originated) and starts or stops OSPF on interfaces that appear in or vanish from the file.
-        The daemons are asked in batches and reconfigure in parallel.
+        The daemons are asked together (in batches bounded by the open-file limit) and reconfigure in
+        parallel; a slow daemon delays only its own answer.
 
         Raises
         ------
         ApplyError
-            A daemon refused the configuration or did not answer.
+            A daemon refused the configuration or did not answer within ``timeout_s``.
         """
         items = list(items)
-        for i in range(0, len(items), _BATCH):
-            batch = items[i:i + _BATCH]
-            conns = []
+        for name, text in items:
+            self._write(name, text)
+        self._configure([name for name, _ in items], timeout_s)
+
+    def reconfigure_later(self, items: Iterable[tuple[str, str]]) -> None:
+        """As :meth:`reconfigure`, but return once the files are written; a worker thread asks the daemons.
+
+        The emulation's step must not wait for hundreds of daemons that share a few cores with it
+        (at 402 routers on two busy cores one ``configure`` round took 19 s and made the step that
+        long late). Nodes queued while the worker is busy are asked in its next round, with the text
+        their file has then. A daemon that refused or did not answer fails the next call of this
+        method, :meth:`wait_idle` or :meth:`check` with its :class:`ApplyError`.
+        """
+        self.check()
+        names = []
+        for name, text in items:
+            self._write(name, text)
+            names.append(name)
+        if not names:
+            return
+        with self._cv:
+            self._queued.update(names)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="bird-configure", daemon=True)
+                self._worker.start()
+            self._cv.notify_all()
+
+    def check(self) -> None:
+        """Raise the error of a background reconfiguration that failed (once)."""
+        with self._cv:
+            err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    def wait_idle(self, timeout_s: float = RECONFIGURE_TIMEOUT_S) -> None:
+        """Until every queued reconfiguration was answered; then :meth:`check`.
+
+        Raises
+        ------
+        ApplyError
+            One failed, or they were not all answered within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while self._queued or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ApplyError(f"BIRD reconfigurations still pending after {timeout_s:.0f} s",
+                                     operation="bird configure")
+                self._cv.wait(left)
+        self.check()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queued and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    return
+                names, self._queued = sorted(self._queued), set()
+                self._busy = True
             try:
-                for name, text in batch:
-                    self._write(name, text)
-                    c = BirdControl(self.ctl_path(name), name)
-                    conns.append(c)
-                    c.send("configure")
-                for c in conns:
-                    code, text = c.read_reply()
-                    if code >= 8000:
-                        raise ApplyError(f"BIRD refused its new configuration: {code} {text}", node=c.node,
-                                         operation="bird configure")
+                self._configure(names, RECONFIGURE_TIMEOUT_S)
+            except ApplyError as e:
+                with self._cv:
+                    if not self._stopped:
+                        log.error("%s", e)
+                        self._error = self._error or e
             finally:
-                for c in conns:
-                    c.close()
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _configure(self, names: list[str], timeout_s: float) -> None:
+        """Send ``configure`` to each named daemon and wait for every answer, all at once."""
+        import selectors
+
+        deadline = time.monotonic() + timeout_s
+        for i in range(0, len(names), _BATCH):
+            # per connection: socket, bytes read, whether "configure" was sent
+            conns: dict[str, list[Any]] = {}
+            sel = selectors.DefaultSelector()
+            try:
+                for name in names[i:i + _BATCH]:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    conns[name] = [s, b"", False]
+                    s.settimeout(max(0.1, deadline - time.monotonic()))
+                    try:
+                        s.connect(str(self.ctl_path(name)))  # returns at once unless the backlog is full
+                    except OSError as e:
+                        raise ApplyError(f"cannot talk to BIRD at {self.ctl_path(name)}: {e}", node=name,
+                                         operation="bird configure") from None
+                    s.setblocking(False)
+                    sel.register(s, selectors.EVENT_READ, name)
+                while conns:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ApplyError(f"{len(conns)} BIRD daemons did not answer 'configure' within "
+                                         f"{timeout_s:.0f} s", node=next(iter(conns)), operation="bird configure")
+                    for key, _ in sel.select(timeout=min(left, 1.0)):
+                        name = key.data
+                        c = conns[name]
+                        try:
+                            chunk = c[0].recv(65536)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            chunk = b""
+                        if not chunk:
+                            raise ApplyError("BIRD closed the control socket", node=name,
+                                             operation="bird configure")
+                        c[1] += chunk
+                        while b"\n" in c[1]:
+                            line, c[1] = c[1].split(b"\n", 1)
+                            m = _REPLY.match(line)
+                            if m is None or m.group(2) != b" ":
+                                continue  # a continuation line
+                            code = int(m.group(1))
+                            if not c[2]:  # the greeting: now ask
+                                c[0].setblocking(True)
+                                c[0].sendall(b"configure\n")
+                                c[0].setblocking(False)
+                                c[2] = True
+                            elif code >= 8000:
+                                raise ApplyError(f"BIRD refused its new configuration: {code} "
+                                                 f"{m.group(3).decode(errors='replace')}", node=name,
+                                                 operation="bird configure")
+                            else:
+                                sel.unregister(c[0])
+                                c[0].close()
+                                del conns[name]
+                                break
+            finally:
+                for c in conns.values():
+                    c[0].close()
+                sel.close()
 
     def command(self, node: str, command: str, timeout_s: float = 10.0) -> str:
         """Output of a ``birdc`` command (e.g. ``show ospf neighbors``) run on ``node``'s daemon."""
@@ -265,9 +432,12 @@ class BirdDaemons:
 
     def stop(self) -> None:
         """Kill every daemon, reap it, and remove the configurations, sockets (and default-folder logs)."""
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._cv:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._queued.clear()
+            self._cv.notify_all()
         # the namespaces are about to go: no graceful OSPF shutdown, which would flood flush LSAs
         for p in self.procs.values():
             if p.poll() is None:
@@ -284,6 +454,8 @@ class BirdDaemons:
         if left:
             log.warning("BIRD daemons still alive after SIGKILL: %s", left)
         self.procs.clear()
+        if self._worker is not None:  # its sockets failed with the daemons: it ends with its round
+            self._worker.join(timeout=RECONFIGURE_TIMEOUT_S)
         shutil.rmtree(self.dir, ignore_errors=True)
         try:
             self.dir.parent.rmdir()  # the run folder, if nothing else of the run is in it

@@ -8,8 +8,16 @@ configuration text (:func:`bird_config`). Starting, reconfiguring and stopping t
 The OSPF model
 --------------
 * One backbone area; every ISL end and gateway antenna is a point-to-point interface (``type ptp``)
-  with hello/dead timers tuned for fast failure detection (defaults 1 s / 3 s) and BIRD's
-  ``check link``, so an interface set down by the emulator drops its adjacency at once.
+  with BIRD's ``check link``, so an interface set down by the emulator drops its adjacency at once:
+  failures are detected by the link, not by the dead timer. The dead (10 s) and retransmission (5 s)
+  intervals are therefore set for robustness, not speed: hundreds of daemons share a few cores, and
+  with the old 3 s / 2 s a daemon starved for a few seconds while the whole constellation flooded its
+  first LSAs (BIRD logged I/O loop cycles of 6-10 s at 402 routers on 2 busy cores) saw its neighbours
+  retransmit their first DBDES and restart the exchange (5,602 "I-bit mismatch" in 7 minutes) or drop
+  the adjacency, which re-originated LSAs and fed the storm: OSPF never converged.
+* BIRD hears of interface changes over an asynchronous netlink socket that overflows when the daemon
+  is starved ("Kernel dropped some netlink messages, will resync on next scan"); the device scan runs
+  every 5 s so that a missed link up or down is seen within 5 s rather than a minute.
 * A router's loopback /32 is its router id and a stub network; the access interface of a host's
   gateway or a compute node's satellite (``h<slot>``) is a stub network carrying the host's subnet.
 * Cost of a link = ``round(delay_ms * cost_per_ms)`` clipped to 1..65535 (default 100 per ms, i.e.
@@ -36,7 +44,7 @@ import numpy as np
 from topologies.errors import ApplyError, ConfigError
 from topologies.timeline import LINK_CLASSES, Diff, Snapshot
 
-from .base import register
+from .base import destinations, register
 from .daemon import DaemonProtocol
 
 log = logging.getLogger(__name__)
@@ -74,8 +82,8 @@ class OspfOptions:
     """
 
     hello_s: int = 1
-    dead_s: int = 3
-    retransmit_s: int = 2
+    dead_s: int = 10
+    retransmit_s: int = 5
     tick_s: int = 1
     cost_per_ms: float = 100.0
     cost_tolerance_pct: float = 5.0
@@ -192,7 +200,8 @@ def node_interfaces(node: int, link_a: np.ndarray, far: np.ndarray, link_class: 
 
 
 def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOptions | None = None,
-                log_path: str | None = None, node: str = "", hidden: tuple[str, ...] = ()) -> str:
+                log_path: str | None = None, node: str = "", hidden: tuple[str, ...] = (),
+                exported: tuple[str, ...] | None = None) -> str:
     """The BIRD 2 configuration of one router.
 
     Parameters
@@ -210,6 +219,13 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
     hidden : tuple of str
         Prefixes (CIDR) whose subnets this router does not announce as stub networks: the link /31s,
         which are no destination (as with the centralised protocols) and would double every table.
+    exported : tuple of str, optional
+        The prefixes (CIDR) whose OSPF routes go into the kernel; None: all. OSPF itself still learns
+        every router (its LSDB and SPF are whole); only the kernel's table is kept to the destinations
+        the centralised protocols install (:func:`routing.base.destinations`). Every route a daemon
+        writes takes the kernel's one global rtnl lock: at 402 routers with every loopback exported,
+        300 of the 402 daemons sat blocked in ``inet_rtm_newroute``/``delroute`` for minutes and OSPF
+        never converged.
 
     Returns
     -------
@@ -232,6 +248,17 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
         hide = [str(ipaddress.IPv4Network(h)) for h in hidden]
     except ValueError as e:
         raise ConfigError(f"hidden prefix: {e}", key="hidden") from None
+    try:
+        only = None if exported is None else [str(ipaddress.IPv4Network(x)) for x in exported]
+    except ValueError as e:
+        raise ConfigError(f"exported prefix: {e}", key="exported") from None
+    if only is None:
+        export = f"export filter {{ krt_prefsrc = {rid}; accept; }};"
+    elif not only:
+        export = "export none;"
+    else:
+        export = (f"export filter {{ if net ~ [ {', '.join(only)} ] then {{ krt_prefsrc = {rid}; accept; }} "
+                  f"reject; }};")
     lines = [f"# satnetem: OSPF of node {node} (generated; rewritten when a cost or interface changes)"]
     if log_path is not None:
         if any(c in log_path for c in '"\n\\'):
@@ -240,9 +267,9 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
         lines += [f'log "{log_path}" all;', "timeformat log iso long ms;"]
     lines += [
         f"router id {rid};",
-        "protocol device { scan time 60; }",
+        "protocol device { scan time 5; }",
         "protocol kernel {",
-        f"  ipv4 {{ import none; export filter {{ krt_prefsrc = {rid}; accept; }}; }};",
+        f"  ipv4 {{ import none; {export} }};",
         "  learn no;",
         "  scan time 60;",
         "}",
@@ -271,7 +298,9 @@ class Ospf(DaemonProtocol):
     Parameters
     ----------
     all_loopbacks : bool, optional
-        Accepted for interface compatibility; OSPF always announces every loopback.
+        As for the centralised protocols (:func:`routing.base.destinations`): whether every router's
+        loopback gets a kernel route, or only gateways, hosts and compute nodes (default: every one up
+        to 200 routers). OSPF announces and learns every loopback either way.
     options : OspfOptions, optional
         Timers and cost scale.
     **fields
@@ -299,11 +328,14 @@ class Ospf(DaemonProtocol):
         ends = emu.ends  # the veth pair that carries each slot now (an antenna alternates between two)
         far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
         link_class = emu.timeline.link_class
+        dest = destinations(emu.timeline, self.all_loopbacks)
+        exported = (None if len(dest) == len(emu.names)
+                    else tuple(f"{_ip(a.prefix[i])}/{int(a.prefix_len[i])}" for i in dest.tolist()))
         out = {}
         for r in routers.tolist():
             ifs = node_interfaces(r, emu.link_a, far, link_class, ends.ifname_a, ends.ifname_b, cost)
             out[r] = bird_config(_ip(a.loopback[r]), ifs, self.options, self.daemons.log_path(emu.names[r]),
-                                 emu.names[r], hidden=(a.plan.link_pool,))
+                                 emu.names[r], hidden=(a.plan.link_pool,), exported=exported)
         return out
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -333,9 +365,10 @@ class Ospf(DaemonProtocol):
         nodes = nodes[emu.is_router[nodes]]
         texts = self.configs(emu, nodes, applied, cost)
         push = {r: t for r, t in texts.items() if self._text.get(r) != t}
-        if push:
-            self.daemons.reconfigure([(emu.names[r], t) for r, t in push.items()])
-            self._text.update(push)
+        # the files are written now and the daemons asked in the background: a step must not wait for
+        # hundreds of daemons on a busy machine (a failed round fails a later step, not silently)
+        self.daemons.reconfigure_later([(emu.names[r], t) for r, t in push.items()])
+        self._text.update(push)
         self._cost = cost
         log.debug("ospf step %d: %d cost changes, %d daemons reconfigured", step, len(changed), len(push))
 

@@ -94,6 +94,10 @@ def test_config_text_is_deterministic_and_complete():
     assert 'interface "h40" { stub yes; cost 1; }' in text
     assert "stubnet 10.0.0.0/10 { hidden; summary; }" in text
     assert "/etc/bird" not in text and "/run/bird" not in text
+    # only the destinations given go into the kernel; OSPF itself still learns everything
+    few = bird_config("10.64.0.7", ifs, o, exported=("10.128.0.0/24", "10.64.0.9/32"))
+    assert "if net ~ [ 10.128.0.0/24, 10.64.0.9/32 ] then { krt_prefsrc = 10.64.0.7; accept; } reject;" in few
+    assert "ipv4 { import all; export none; };" in few
 
 
 @pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD 2 (package bird2) is not installed")
@@ -105,6 +109,11 @@ def test_bird_accepts_the_generated_configuration(tmp_path):
                            hidden=(a.plan.link_pool,))
         conf = tmp_path / f"{node}.conf"
         conf.write_text(text)
+        r = subprocess.run(["bird", "-p", "-c", str(conf)], check=False, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    # with the kernel's table kept to some destinations (large constellations), and with none
+    for exported in (("10.128.0.0/24", "10.64.0.9/32"), ()):
+        conf.write_text(bird_config("10.64.0.1", interfaces(tl, "sat-0-0", 0), exported=exported))
         r = subprocess.run(["bird", "-p", "-c", str(conf)], check=False, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     # and BIRD's parser is a real check: a broken file is refused
@@ -126,6 +135,8 @@ def test_bad_inputs_are_refused():
         bird_config("10.64.0.300", [])
     with pytest.raises(ConfigError, match="log path"):
         bird_config("10.64.0.1", [], log_path='/tmp/a"; include "/etc/passwd')
+    with pytest.raises(ConfigError, match="exported prefix"):
+        bird_config("10.64.0.1", [], exported=("10.128.0.0/33",))
     with pytest.raises(ConfigError, match="interface name"):
         OspfInterface('fo"re', 1)
     with pytest.raises(ConfigError, match="cost"):
