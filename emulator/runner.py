@@ -373,6 +373,11 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
         _say(f"  delay daemon: {sh['released']} packets held and released, {sh.get('dropped', 0)} dropped; "
              f"release lateness p50 {_fmt(sh.get('late_p50_us'), 1)} us, p99 {_fmt(sh.get('late_p99_us'), 1)} us, "
              f"max {_fmt(sh.get('late_max_us'), 1)} us")
+        rt = sh.get("rt_priority")
+        _say(f"  delay daemon: {sh.get('shards', 1)} shard(s), "
+             f"{'real-time priority SCHED_FIFO ' + str(rt) if rt else 'normal scheduling'}"
+             f"{', memory locked' if sh.get('memory_locked') else ''}; CPU s per shard "
+             f"{', '.join(f'{x:.1f}' for x in sh.get('cpu_s_per_shard') or []) or '-'}")
     for f in s.get("flows", []):
         if f["kind"] in ("ping", "udp-probe"):
             m, e = f["measured_ms"], f["error_ms"]
