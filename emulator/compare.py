@@ -11,9 +11,10 @@ the same for a centralised protocol and for daemons such as OSPF: a protocol has
 time of the first probe that opens a :data:`CONVERGED_WINDOW_S` stretch in which every probe of every
 ping and udp-probe flow arrived with its measured delay within the emulator's bound of the predicted
 one (``max(1 ms, 3 %)``, as the run summary's delay error). The time is counted from the start of
-playback, i.e. from the moment ``build()`` returned with every daemon started. A protocol whose probes
-never open such a stretch has not converged; one whose probes never arrived carried no traffic. Either
-is flagged in the table, in ``compare.json`` and on the plot, and makes ``compare`` exit with status 1.
+playback, i.e. from the moment ``build()`` returned with every daemon started. A daemon-driven protocol
+whose probes never open such a stretch has not converged (a centralised one: the emulation missed its
+delays); one whose probes never arrived carried no traffic. Each is flagged (:func:`flags`) in the
+table, in ``compare.json`` and on the plot, and makes ``compare`` exit with status 1.
 """
 
 from __future__ import annotations
@@ -226,7 +227,12 @@ def probe_figures(samples: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
 def flags(row: dict[str, Any]) -> list[str]:
     """What is wrong with one protocol's run, worst first; empty when it ran, carried traffic and converged.
 
-    >>> flags({"complete": True, "probes": {"sent": 10, "received": 0, "converged_s": None}})
+    ``NOT-CONVERGED``: a daemon-driven protocol (``row["daemon"]``) whose probes never opened a clean
+    stretch (:func:`convergence_s`). A centralised protocol's routes are installed before playback, so
+    there the same finding says the emulation itself missed its delays (a loaded machine, late steps):
+    ``DELAYS-OFF``.
+
+    >>> flags({"complete": True, "daemon": True, "probes": {"sent": 10, "received": 0, "converged_s": None}})
     ['NO-TRAFFIC', 'NOT-CONVERGED']
     """
     out = []
@@ -236,7 +242,7 @@ def flags(row: dict[str, Any]) -> list[str]:
     if not p.get("received"):
         out.append("NO-TRAFFIC")
     if p.get("converged_s") is None:
-        out.append("NOT-CONVERGED")
+        out.append("NOT-CONVERGED" if row.get("daemon") else "DELAYS-OFF")
     return out
 
 
@@ -248,6 +254,12 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
     events = event_times(tl, min(played, tl.n_steps))
     out: dict[str, Any] = {"protocol": summary.get("protocol"), "complete": summary.get("complete"),
                            "build_s": summary.get("build_s")}
+    try:
+        from routing.base import get_protocol
+
+        out["daemon"] = getattr(get_protocol(str(out["protocol"])), "kind", "") == "daemon"
+    except ConfigError:  # a plugin no longer installed: its folder is still read
+        out["daemon"] = None
     out.update(route_times(folder / "steps.csv"))
     out.update(losses_around_events(folder / "samples.csv", events))
     stretch = [f["stretch"]["p50"] for f in summary.get("flows", [])

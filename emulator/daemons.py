@@ -334,11 +334,13 @@ class BirdDaemons:
                 self._busy = True
             try:
                 self._configure(names, RECONFIGURE_TIMEOUT_S)
-            except ApplyError as e:
+            except (ApplyError, OSError) as e:  # the worker must outlive one bad round
+                err = e if isinstance(e, ApplyError) else ApplyError(f"BIRD control: {e}",
+                                                                    operation="bird configure")
                 with self._cv:
                     if not self._stopped:
-                        log.error("%s", e)
-                        self._error = self._error or e
+                        log.error("%s", err)
+                        self._error = self._error or err
             finally:
                 with self._cv:
                     self._busy = False

@@ -68,8 +68,8 @@ def expected(ping: list, udp: list) -> dict:
             "loss_after_pct": None if conv is None else 100.0 * sum(m is None for m in after) / len(after)}
 
 
-def row(name: str, probes: dict) -> dict:
-    r = {"protocol": name, "complete": True, "route_ms_median": 1.0, "route_ms_p95": 2.0, "route_changes": 3,
+def row(name: str, probes: dict, daemon: bool = True) -> dict:
+    r = {"protocol": name, "complete": True, "daemon": daemon, "route_ms_median": 1.0, "route_ms_p95": 2.0, "route_changes": 3,
          "probes_sent": probes["sent"], "probes_lost": probes["sent"] - probes["received"], "lost_total": 0,
          "events": [], "stretch_p50": 1.0, "probes": probes}
     r["flags"] = flags(r)
@@ -105,6 +105,8 @@ def test_delivered_but_off_the_prediction_is_not_converged(tmp_path):
     assert expected(ping, udp)["converged_s"] is None and p["converged_s"] is None
     assert p["loss_pct"] == 0.0 and p["loss_after_pct"] is None
     assert row("c", p)["flags"] == ["NOT-CONVERGED"]
+    # a centralised protocol's routes are there from the start: it is the emulation that missed
+    assert row("c", p, daemon=False)["flags"] == ["DELAYS-OFF"]
 
 
 def test_table_and_plot_flag_the_protocol_that_carried_nothing(tmp_path):
