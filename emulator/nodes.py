@@ -65,6 +65,16 @@ class EmuNode(Node):
         through ``/proc/<holder>/root``); any process may open it.
     """
 
+    # Mininet's Node leaves these untyped; a node without a shell has None in each
+    shell: subprocess.Popen | None
+    stdin: Any
+    stdout: Any
+    pollOut: Any
+    master: int | None
+    slave: int | None
+    pid: int | None
+    waiting: bool
+
     def __init__(self, name: str, run_id: str, kind: str, ns_path: str, **params) -> None:
         self.run_id = run_id
         self.kind = kind
@@ -136,8 +146,9 @@ class EmuNode(Node):
                 raise ApplyError(f"shell did not start in time (output: {data[-200:]!r})", node=self.name,
                                  operation="start shell")
             chunk = self.read(1024)
-            if not chunk and self.shell.poll() is not None:
-                raise ApplyError(f"shell exited with status {self.shell.returncode}: {data[-200:]!r}",
+            shell = self.shell
+            if not chunk and shell is not None and shell.poll() is not None:
+                raise ApplyError(f"shell exited with status {shell.returncode}: {data[-200:]!r}",
                                  node=self.name, operation="start shell")
             data += chunk
         self.waiting = False
@@ -218,9 +229,10 @@ def stop_nodes(nodes: list[EmuNode]) -> None:
     """Kill the shells started so far (and their process groups), release their ptys; idempotent."""
     started = [n for n in nodes if n.shell is not None]
     for n in started:
-        if n.shell.poll() is None:
+        shell = n.shell
+        if shell is not None and shell.poll() is None:
             try:
-                os.killpg(n.shell.pid, signal.SIGKILL)
+                os.killpg(shell.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     for n in started:
