@@ -432,6 +432,11 @@ def plot_compare(rows: list[dict[str, Any]], top: Path,
             got = (r.get("probes") or {}).get(key) if key in ("loss_pct", "converged_s") else r.get(key)
             vals.append(got if got is not None else 0.0)
         bars = ax.bar(range(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
+        for i, r in enumerate(rows):  # a missing figure (never converged, no samples) is not a zero
+            got = (r.get("probes") or {}).get(key) if key in ("loss_pct", "converged_s") else r.get(key)
+            if got is None:
+                ax.text(i, 0, "never" if key == "converged_s" else "n/a", ha="center", va="bottom", fontsize=8,
+                        color="red")
         for b, n in zip(bars, names):
             if flagged[n]:
                 b.set_hatch("xx")
