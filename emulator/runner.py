@@ -354,6 +354,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.get("complete") else 130
 
 
+def _late(us: float | None) -> str:
+    """A lateness quantile; None: beyond the daemon's histogram (10 ms), which a run should hear of."""
+    return "> 10000" if us is None else f"{us:.1f}"
+
+
 def _fmt(v: float | None, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -371,7 +376,7 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     sh = s.get("shaper_stats")
     if sh and sh.get("released"):
         _say(f"  delay daemon: {sh['released']} packets held and released, {sh.get('dropped', 0)} dropped; "
-             f"release lateness p50 {_fmt(sh.get('late_p50_us'), 1)} us, p99 {_fmt(sh.get('late_p99_us'), 1)} us, "
+             f"release lateness p50 {_late(sh.get('late_p50_us'))} us, p99 {_late(sh.get('late_p99_us'))} us, "
              f"max {_fmt(sh.get('late_max_us'), 1)} us")
         rt = sh.get("rt_priority")
         _say(f"  delay daemon: {sh.get('shards', 1)} shard(s), "
