@@ -117,6 +117,8 @@ def run_size(size: str, steps: int, shaper: str) -> dict:
     t0 = time.perf_counter()
     tl = plan_scenario(parse_scenario(scenario_text(size, steps), f"<bench {size}>"))
     plan_s = time.perf_counter() - t0
+    print(f"{size:>6s}: planned {len(tl.nodes)} nodes, {tl.n_links} link slots in {plan_s:.1f} s; building",
+          flush=True)
     settle()
     before = meminfo_kb()
     peak: dict[str, int] = {}
