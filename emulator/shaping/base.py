@@ -5,28 +5,31 @@ backend holds packets at the receiving end when the port names its ``peer``). Th
 ``(Port, LinkShape)`` pairs at once; the backend adds shaping the first time it sees a port and changes it
 in place afterwards (never delete + add on a live link).
 
-Kernel-unit conversion lives only in :func:`htb_class_kwargs` and :func:`netem_kwargs`: they turn
-``_ms``/``_mbps``/``_pct`` values into the arguments pyroute2 0.7.12's tc encoders expect (bytes per
-second for htb rates, microseconds for netem delay -- pyroute2 turns them into psched ticks --, and a
-percentage for netem loss -- pyroute2 turns it into a u32 fraction).
+Kernel-unit conversion and the encoding of a link shape live only here, in one form for both backends:
+:func:`htb_class` turns ``_mbps`` into bytes per second, a burst and a quantum; :func:`htb_class_body`
+and :func:`netem_qdisc_body` build the rtnetlink payloads (``struct tcmsg`` and its attributes, laid out
+as in <linux/pkt_sched.h>) that the backends send in batches through :mod:`emulator.rtnl`. Encoding the
+messages here rather than through pyroute2's tc encoders gives 64-bit htb rates (TCA_HTB_RATE64 /
+TCA_HTB_CEIL64, which pyroute2 0.7 does not send) and one definition of every field.
 """
 
 from __future__ import annotations
 
-import errno
 import math
+import socket
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from topologies.errors import ConfigError
 
-# htb's tc_ratespec.rate is a u32 in bytes per second; pyroute2 0.7.12 does not send TCA_HTB_RATE64,
-# so faster rates cannot be expressed.
-MAX_RATE_MBPS = (2**32 - 1) * 8 / 1e6
+#: Highest link rate, Mbit/s (1 Tbit/s). htb's tc_ratespec.rate is a u32 in bytes per second (34.36 Gbit/s
+#: at most); faster rates go in TCA_HTB_RATE64/CEIL64 (u64 bytes per second), so the bound is only a
+#: sanity check on scenario values.
+MAX_RATE_MBPS = 1_000_000.0
+U32_MAX = 2**32 - 1
 # Ethernet MTU plus header: the packet size used to turn a bandwidth-delay product into packets.
 _PACKET_BYTES = 1514
 ROOT_HANDLE = 0x10000  # htb root qdisc "1:"
@@ -147,67 +150,139 @@ class Shaper(ABC):
 
 # --------------------------------------------------------------------------- kernel units (the one place)
 
+#: psched ticks are 64 ns (PSCHED_SHIFT 6, include/net/pkt_sched.h): htb's buffers and netem's u32 latency
+#: are counted in them.
+PSCHED_TICK_NS = 64
+#: htb lets a class send this long a burst at line rate: the kernel's qdisc watchdog wakes it with timer
+#: slack and softirq latency of this order, and a burst shorter than a wake-up interval caps the rate.
+HTB_BURST_NS = 1_000_000
+#: ...but at least this many full-size packets, so that slow links keep up too.
+HTB_BURST_PACKETS = 10
+#: Largest quantum (bytes a class sends per round); the kernel warns above 200,000 when it derives one.
+HTB_MAX_QUANTUM = 200_000
+#: netem queue limit: this many times the bandwidth-delay product, never below NETEM_LIMIT_FLOOR packets.
+NETEM_LIMIT_BDP_FACTOR = 2
+NETEM_LIMIT_FLOOR = 1000
+
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_HTB_PARMS = 1
+TCA_HTB_INIT = 2
+TCA_HTB_RATE64 = 6
+TCA_HTB_CEIL64 = 7
+TCA_NETEM_LATENCY64 = 10
+TC_H_ROOT = 0xFFFFFFFF
+TC_LINKLAYER_ETHERNET = 1
+_TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg: family, ifindex, handle, parent, info
+_RATESPEC = struct.Struct("=BBHhHI")  # struct tc_ratespec: cell_log, linklayer, overhead, cell_align, mpu, rate
+_HTB_OPT_TAIL = struct.Struct("=IIIII")  # tc_htb_opt after its two ratespecs: buffer, cbuffer, quantum, level, prio
+_HTB_GLOB = struct.Struct("=IIIII")  # struct tc_htb_glob: version, rate2quantum, defcls, debug, direct_pkts
+_NETEM_QOPT = struct.Struct("=IIIIII")  # struct tc_netem_qopt: latency, limit, loss, gap, duplicate, jitter
+
 
 def rate_bytes_per_s(rate_mbps: float) -> int:
-    """Mbit/s -> bytes per second, as htb's u32 ``rate`` field wants it."""
+    """Mbit/s -> bytes per second, the unit of htb's rates."""
     return max(1, round(rate_mbps * 1e6 / 8))
 
 
-def htb_class_kwargs(shape: LinkShape, mtu_bytes: int = 1500) -> dict[str, Any]:
-    """Arguments for ``ipr.tc("add-class"/"change-class", "htb", ifindex, CLASS_HANDLE, **kwargs)``.
+@dataclass(frozen=True)
+class HtbClass:
+    """One link rate in htb's kernel units (rate = ceil, burst = cburst).
 
-    The burst is 1 ms worth of the rate but at least ten full-size packets, so that both slow links
-    (a burst much longer than a packet time would let short bursts pass at line rate) and fast ones
-    (a 1600 B burst, pyroute2's default on this clock, cannot keep up with timer granularity) behave.
+    Attributes
+    ----------
+    rate_bytes_s : int
+        Rate, bytes per second (u64; over ``U32_MAX`` it travels in TCA_HTB_RATE64/CEIL64).
+    burst_bytes : int
+        Bytes the class may send at line rate after an idle spell.
+    buffer_ticks : int
+        The same burst as htb wants it: its transmission time at the rate, in 64 ns psched ticks (u32).
+    quantum_bytes : int
+        Bytes per round of htb's deficit round robin.
+    """
+
+    rate_bytes_s: int
+    burst_bytes: int
+    buffer_ticks: int
+    quantum_bytes: int
+
+
+def htb_class(shape: LinkShape, mtu_bytes: int = 1500) -> HtbClass:
+    """The htb class of ``shape``'s rate: the one encoding both backends send.
+
+    The burst is :data:`HTB_BURST_NS` worth of the rate but at least :data:`HTB_BURST_PACKETS` full-size
+    frames, so that both slow links (a burst much longer than a packet time would let short bursts pass at
+    line rate) and fast ones (tc's default of ~1600 B cannot be refilled between two timer wake-ups at
+    Gbit/s) behave.
     """
     rate = rate_bytes_per_s(shape.rate_mbps)
-    burst = max(rate // 1000, 10 * (mtu_bytes + 14))
-    return {
-        "parent": ROOT_HANDLE,
-        "rate": rate,  # bytes/s (an int is taken as is by pyroute2's get_rate)
-        "ceil": rate,
-        "burst": burst,  # bytes; pyroute2 converts to ticks with calc_xmittime
-        "cburst": burst,
-        # quantum: bytes a class may send per round; the kernel warns above 200000 if it derives it.
-        "quantum": int(min(max(rate // 10, mtu_bytes + 14), 200_000)),
-        "mtu": mtu_bytes + 100,
-    }
+    frame = mtu_bytes + 14
+    burst = max(math.ceil(rate * HTB_BURST_NS / 1e9), HTB_BURST_PACKETS * frame)
+    buffer_ticks = min(math.ceil(burst * 1e9 / rate / PSCHED_TICK_NS), U32_MAX)
+    quantum = int(min(max(rate // 10, frame), HTB_MAX_QUANTUM))
+    return HtbClass(rate, burst, buffer_ticks, quantum)
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _kind(name: str) -> bytes:
+    return _nla(TCA_KIND, name.encode() + b"\0")
+
+
+def htb_root_body(ifindex: int, handle: int = ROOT_HANDLE, default_class: int = CLASS_HANDLE) -> bytes:
+    """RTM_NEWQDISC payload: root htb qdisc ``handle`` sending unclassified traffic to ``default_class``."""
+    glob = _HTB_GLOB.pack(3, 10, default_class & 0xFFFF, 0, 0)
+    return (_TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, TC_H_ROOT, 0) + _kind("htb")
+            + _nla(TCA_OPTIONS, _nla(TCA_HTB_INIT, glob)))
+
+
+def htb_class_body(ifindex: int, shape: LinkShape, handle: int = CLASS_HANDLE,
+                   parent: int = ROOT_HANDLE) -> bytes:
+    """RTM_NEWTCLASS payload: htb class ``handle`` with rate = ceil = ``shape``'s rate (:func:`htb_class`).
+
+    The rate specs say link layer "ethernet", so the kernel computes transmission times itself and wants no
+    rate table. A rate above ``U32_MAX`` bytes/s (34.36 Gbit/s) puts ``U32_MAX`` in the u32 fields and the
+    real rate in TCA_HTB_RATE64/CEIL64, as tc does; the kernel uses the 64-bit value when it is present.
+    """
+    c = htb_class(shape)
+    spec = _RATESPEC.pack(0, TC_LINKLAYER_ETHERNET, 0, -1, 0, min(c.rate_bytes_s, U32_MAX))
+    opts = _nla(TCA_HTB_PARMS, spec + spec + _HTB_OPT_TAIL.pack(c.buffer_ticks, c.buffer_ticks,
+                                                                 c.quantum_bytes, 0, 0))
+    if c.rate_bytes_s > U32_MAX:
+        rate64 = struct.pack("=Q", c.rate_bytes_s)
+        opts += _nla(TCA_HTB_RATE64, rate64) + _nla(TCA_HTB_CEIL64, rate64)
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, 0) + _kind("htb") + _nla(TCA_OPTIONS, opts)
 
 
 def netem_limit_packets(shape: LinkShape) -> int:
-    """netem queue limit, packets: twice the bandwidth-delay product in full-size packets, >= 1000."""
+    """netem queue limit, packets: :data:`NETEM_LIMIT_BDP_FACTOR` times the bandwidth-delay product in
+    full-size packets, at least :data:`NETEM_LIMIT_FLOOR`.
+
+    netem sits under the htb class, so what it holds arrives at most at the link rate and stays the delay:
+    one bandwidth-delay product; the factor covers packets smaller than full size.
+    """
     bdp_bytes = rate_bytes_per_s(shape.rate_mbps) * shape.delay_ms / 1e3
-    return int(max(1000, math.ceil(2 * bdp_bytes / _PACKET_BYTES)))
+    return int(min(max(NETEM_LIMIT_FLOOR, math.ceil(NETEM_LIMIT_BDP_FACTOR * bdp_bytes / _PACKET_BYTES)),
+                   U32_MAX))
 
 
-def netem_kwargs(shape: LinkShape) -> dict[str, Any]:
-    """Arguments for ``ipr.tc("add"/"change", "netem", ifindex, LEAF_HANDLE, **kwargs)``.
+def netem_loss_u32(loss_pct: float) -> int:
+    """Loss probability as netem's u32 fraction: 0 never, ``U32_MAX`` always."""
+    return round(loss_pct / 100 * U32_MAX)
 
-    pyroute2 0.7.12 takes ``delay`` in microseconds (and converts with the kernel's psched tick rate
-    read from /proc/net/psched) and ``loss`` in percent (converted to a u32 fraction, 100 % -> 2**32-1).
+
+def netem_qdisc_body(ifindex: int, shape: LinkShape, handle: int = LEAF_HANDLE,
+                     parent: int = CLASS_HANDLE) -> bytes:
+    """RTM_NEWQDISC payload: netem qdisc ``handle`` under ``parent`` with ``shape``'s delay and loss.
+
+    The delay goes twice, as tc sends it: in psched ticks in ``tc_netem_qopt.latency`` (u32) and in
+    nanoseconds in TCA_NETEM_LATENCY64, which the kernel prefers (no rounding to 64 ns, no 274 s cap).
     """
-    return {
-        "parent": CLASS_HANDLE,
-        "delay": round(shape.delay_ms * 1000),  # us
-        "loss": float(shape.loss_pct),  # percent
-        "limit": netem_limit_packets(shape),  # packets
-    }
-
-
-def apply_htb(ipr: Any, ifindex: int, shape: LinkShape, first: bool) -> None:
-    """Put the rate of ``shape`` on ``ifindex``'s egress: htb root 1: with class 1:1 (default class).
-
-    ``first`` adds (``replace``: creates if absent, changes in place if a same-kind root is there);
-    otherwise the class is changed in place.
-    """
-    if first:
-        # sch_htb has no "change" operation, so "replace" on a live htb root fails (EINVAL). A root left
-        # by an earlier run (EEXIST) is kept and its class replaced in place below.
-        try:
-            ipr.tc("add", "htb", ifindex, ROOT_HANDLE, default=CLASS_HANDLE & 0xFFFF)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
-        ipr.tc("replace-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))
-    else:
-        ipr.tc("change-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))
+    delay_ns = round(shape.delay_ms * 1e6)
+    qopt = _NETEM_QOPT.pack(min(round(delay_ns / PSCHED_TICK_NS), U32_MAX), netem_limit_packets(shape),
+                            netem_loss_u32(shape.loss_pct), 0, 0, 0)
+    opts = qopt + _nla(TCA_NETEM_LATENCY64, struct.pack("=q", delay_ns))
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, 0) + _kind("netem") + _nla(TCA_OPTIONS, opts)

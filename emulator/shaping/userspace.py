@@ -39,7 +39,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from emulator import rtnl
-from emulator.shaping.base import CLASS_HANDLE, ROOT_HANDLE, LinkShape, Port, Shaper, htb_class_kwargs
+from emulator.shaping.base import LinkShape, Port, Shaper, htb_class_body, htb_root_body
 from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_RT_PRIORITY, DEFAULT_TABLE, DelayDaemon, link_id
 from topologies.errors import ApplyError
 
@@ -260,13 +260,10 @@ class UserspaceShaper(Shaper):
                 b = batches.setdefault(port.ns_path, rtnl.Batch())
                 nodes[port.ns_path] = port.node
                 if old_shape is None:  # a root left by an earlier run (EEXIST) is kept, its class replaced
-                    b.add(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                          rtnl.htb_qdisc_body(port.ifindex, ROOT_HANDLE, CLASS_HANDLE & 0xFFFF),
+                    b.add(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, htb_root_body(port.ifindex),
                           f"htb root on {port.ifname}", ignore=(errno.EEXIST,))
-                kw = htb_class_kwargs(shape)
-                b.add(rtnl.RTM_NEWTCLASS, rtnl.NLM_F_CREATE,
-                      rtnl.htb_class_body(port.ifindex, CLASS_HANDLE, ROOT_HANDLE, kw["rate"], kw["burst"],
-                                          kw["quantum"]),
+                # the one encoding of a rate both backends send (64-bit rates above 34 Gbit/s)
+                b.add(rtnl.RTM_NEWTCLASS, rtnl.NLM_F_CREATE, htb_class_body(port.ifindex, shape),
                       f"htb class {shape.rate_mbps} Mbit/s on {port.ifname}")
             if old is not None and old[1] != hold:  # the peer moved (handover) or appeared
                 moved.append(old[1])

@@ -6,17 +6,15 @@ import socket
 import struct
 
 import pytest
-from pyroute2.netlink.rtnl.tcmsg import sched_htb, sched_netem, tcmsg
-from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
 
 from emulator.shaping import make_shaper, nfnl
 from emulator.shaping.base import (
     MAX_RATE_MBPS,
     LinkShape,
     Port,
-    htb_class_kwargs,
-    netem_kwargs,
-    netem_limit_packets,
+    htb_class_body,
+    htb_root_body,
+    netem_qdisc_body,
 )
 from topologies.errors import ConfigError
 
@@ -44,38 +42,108 @@ def test_unknown_shaper_kind_lists_known_ones():
         make_shaper("tbf")
 
 
-def _roundtrip_netem(shape: LinkShape) -> dict:
-    kw = netem_kwargs(shape)
-    kw.pop("parent")
-    msg = tcmsg()
-    msg["attrs"] = [["TCA_KIND", "netem"], ["TCA_OPTIONS", sched_netem.get_parameters(kw)]]
-    msg.encode()
-    back = tcmsg(msg.data)
-    back.decode()
-    return back.get_attr("TCA_OPTIONS")
+def _attrs(data: bytes) -> dict[int, bytes]:
+    """Netlink attributes (type -> payload) of ``data``, read as <linux/netlink.h> lays them out."""
+    out, off = {}, 0
+    while off + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, off)
+        assert length >= 4 and off + length <= len(data)
+        out[kind & 0x3FFF] = data[off + 4:off + length]
+        off += (length + 3) & ~3
+    assert off == len(data)
+    return out
 
 
-def test_netem_encodes_delay_in_ticks_and_loss_as_u32_fraction():
-    opts = _roundtrip_netem(LinkShape(delay_ms=12.5, rate_mbps=100.0, loss_pct=25.0))
-    assert opts["delay"] == int(12_500 * tick_in_usec)  # psched ticks as the kernel reads them
-    assert opts["loss"] == (2**32 - 1) // 4
-    assert _roundtrip_netem(LinkShape(0.0, 100.0, 100.0))["loss"] == 2**32 - 1
+def _tc(body: bytes) -> tuple[tuple[int, int, int, int], str, bytes]:
+    """(ifindex, handle, parent, info), TCA_KIND and TCA_OPTIONS of an rtnetlink tc message payload."""
+    _family, ifindex, handle, parent, info = struct.unpack_from("=BxxxiIII", body)
+    attrs = _attrs(body[20:])
+    return (ifindex, handle, parent, info), attrs[1].rstrip(b"\0").decode(), attrs[2]
 
 
-def test_netem_limit_covers_twice_the_bandwidth_delay_product():
-    # 1000 Mbit/s x 100 ms = 12.5 MB = 8257 packets of 1514 B; twice that.
-    assert netem_limit_packets(LinkShape(100.0, 1000.0)) == 16513
-    assert netem_limit_packets(LinkShape(0.0, 1000.0)) == 1000
+def _htb(body: bytes) -> dict:
+    """Decode an htb class message by hand: tc_htb_opt (two tc_ratespec, buffer, cbuffer, quantum) and
+    the 64-bit rates when present."""
+    _hdr, kind, opts = _tc(body)
+    assert kind == "htb"
+    a = _attrs(opts)
+    parms = a[1]
+    assert len(parms) == 2 * 12 + 5 * 4
+    rate = struct.unpack_from("=BBHhHI", parms, 0)
+    ceil = struct.unpack_from("=BBHhHI", parms, 12)
+    buffer, cbuffer, quantum = struct.unpack_from("=III", parms, 24)
+    rate64 = struct.unpack("=Q", a[6])[0] if 6 in a else None
+    ceil64 = struct.unpack("=Q", a[7])[0] if 7 in a else None
+    return {"rate": rate, "ceil": ceil, "buffer": buffer, "cbuffer": cbuffer, "quantum": quantum,
+            "rate64": rate64, "ceil64": ceil64}
 
 
-def test_htb_rate_is_bytes_per_second_and_survives_encoding():
-    kw = htb_class_kwargs(LinkShape(5.0, 10000.0))
-    assert kw["rate"] == 1_250_000_000 and kw["ceil"] == kw["rate"]
-    parms = sched_htb.get_class_parameters({k: v for k, v in kw.items() if k != "parent"})["attrs"][0][1]
-    assert parms["rate"] == 1_250_000_000 and parms["quantum"] == 200_000
-    assert parms["buffer"] > 0  # 1 ms worth of bytes, as ticks
-    slow = htb_class_kwargs(LinkShape(5.0, 1.0))
-    assert slow["rate"] == 125_000 and slow["burst"] == 10 * 1514
+@pytest.mark.parametrize("rate_mbps", [1.0, 100.0, 10_000.0, 34_359.0, 34_360.0, 40_000.0, 100_000.0])
+def test_htb_class_rate_is_bytes_per_second_with_64_bit_rates_beyond_u32(rate_mbps):
+    body = htb_class_body(7, LinkShape(5.0, rate_mbps))
+    (ifindex, handle, parent, _info), _kind, _opts = _tc(body)
+    assert (ifindex, handle, parent) == (7, 0x10001, 0x10000)
+    d = _htb(body)
+    want = round(rate_mbps * 1e6 / 8)  # bytes/s
+    u32_max = 2**32 - 1
+    assert d["rate"] == d["ceil"]
+    assert d["rate"][1] == 1  # TC_LINKLAYER_ETHERNET: the kernel computes times, no rate table
+    if want <= u32_max:  # 34,359.7 Mbit/s is the last rate a u32 of bytes/s holds
+        assert d["rate"][5] == want and d["rate64"] is None and d["ceil64"] is None
+    else:
+        assert d["rate"][5] == u32_max and d["rate64"] == d["ceil64"] == want
+    # burst: the larger of 1 ms at the rate and ten 1514 B frames, as 64 ns ticks
+    burst_s = max(1e-3, 10 * 1514 / want)
+    assert d["buffer"] == d["cbuffer"]
+    assert abs(d["buffer"] * 64e-9 - burst_s) <= 64e-9
+    assert 1514 <= d["quantum"] <= 200_000
+
+
+def test_htb_root_sends_unclassified_traffic_to_the_class():
+    (ifindex, handle, parent, _i), kind, opts = _tc(htb_root_body(9))
+    assert (ifindex, handle, parent, kind) == (9, 0x10000, 0xFFFFFFFF, "htb")
+    version, _r2q, defcls, _dbg, _direct = struct.unpack("=IIIII", _attrs(opts)[2])
+    assert version == 3 and defcls == 1  # class 1:1
+
+
+def _netem(body: bytes) -> dict:
+    """Decode a netem qdisc message by hand: struct tc_netem_qopt, then attributes after it."""
+    hdr, kind, opts = _tc(body)
+    assert kind == "netem"
+    latency, limit, loss, gap, dup, jitter = struct.unpack_from("=IIIIII", opts)
+    a = _attrs(opts[24:])
+    return {"hdr": hdr, "latency_ticks": latency, "limit": limit, "loss": loss, "gap": gap, "dup": dup,
+            "jitter": jitter, "latency64_ns": struct.unpack("=q", a[10])[0]}
+
+
+@pytest.mark.parametrize("delay_ms, loss_pct", [(12.5, 25.0), (0.0, 100.0), (0.001, 0.0), (300.0, 1.5)])
+def test_netem_delay_in_ns_and_ticks_and_loss_as_u32_fraction(delay_ms, loss_pct):
+    d = _netem(netem_qdisc_body(4, LinkShape(delay_ms, 100.0, loss_pct)))
+    assert d["hdr"][:3] == (4, 0x100000, 0x10001)  # 10: under class 1:1
+    assert d["latency64_ns"] == round(delay_ms * 1e6)
+    assert abs(d["latency_ticks"] * 64 - delay_ms * 1e6) <= 32  # psched ticks of 64 ns
+    assert abs(d["loss"] - loss_pct / 100 * (2**32 - 1)) <= 0.5
+    assert d["gap"] == d["dup"] == d["jitter"] == 0
+
+
+@pytest.mark.parametrize("delay_ms, rate_mbps", [(100.0, 1000.0), (0.0, 1000.0), (5.0, 10.0),
+                                                 (40.0, 100_000.0), (1.0, 40_000.0)])
+def test_netem_limit_holds_at_least_the_bandwidth_delay_product(delay_ms, rate_mbps):
+    limit = _netem(netem_qdisc_body(4, LinkShape(delay_ms, rate_mbps)))["limit"]
+    bdp_packets = rate_mbps * 1e6 / 8 * delay_ms / 1e3 / 1514  # full-size packets in flight
+    assert limit >= 1000  # the floor
+    assert limit >= 2 * bdp_packets  # twice the BDP: room for smaller packets
+    assert limit <= max(1000, 2 * bdp_packets + 1)
+    # 1000 Mbit/s x 100 ms = 12.5 MB = 8256.3 packets of 1514 B
+    if (delay_ms, rate_mbps) == (100.0, 1000.0):
+        assert limit == 16513
+
+
+def test_htb_encoding_is_shared_by_both_backends():
+    from emulator.shaping import netem, userspace
+
+    assert netem.htb_class_body is htb_class_body and userspace.htb_class_body is htb_class_body
+    assert netem.htb_root_body is htb_root_body and userspace.htb_root_body is htb_root_body
 
 
 def test_verdict_message_layout():
