@@ -15,6 +15,7 @@ TCA_HTB_CEIL64, which pyroute2 0.7 does not send) and one definition of every fi
 
 from __future__ import annotations
 
+import errno
 import math
 import socket
 import struct
@@ -22,6 +23,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from topologies.errors import ConfigError
 
@@ -286,3 +289,60 @@ def netem_qdisc_body(ifindex: int, shape: LinkShape, handle: int = LEAF_HANDLE,
                             netem_loss_u32(shape.loss_pct), 0, 0, 0)
     opts = qopt + _nla(TCA_NETEM_LATENCY64, struct.pack("=q", delay_ns))
     return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, 0) + _kind("netem") + _nla(TCA_OPTIONS, opts)
+
+
+# The netem backend's pyroute2 path (its batched form changed the delays measured in the stock-kernel VM;
+# see tests/integration/test_shaping.py's netem cases).
+def htb_class_kwargs(shape: LinkShape, mtu_bytes: int = 1500) -> dict[str, Any]:
+    """Arguments for ``ipr.tc("add-class"/"change-class", "htb", ifindex, CLASS_HANDLE, **kwargs)``.
+
+    The burst is 1 ms worth of the rate but at least ten full-size packets, so that both slow links
+    (a burst much longer than a packet time would let short bursts pass at line rate) and fast ones
+    (a 1600 B burst, pyroute2's default on this clock, cannot keep up with timer granularity) behave.
+    """
+    rate = rate_bytes_per_s(shape.rate_mbps)
+    burst = max(rate // 1000, 10 * (mtu_bytes + 14))
+    return {
+        "parent": ROOT_HANDLE,
+        "rate": rate,  # bytes/s (an int is taken as is by pyroute2's get_rate)
+        "ceil": rate,
+        "burst": burst,  # bytes; pyroute2 converts to ticks with calc_xmittime
+        "cburst": burst,
+        # quantum: bytes a class may send per round; the kernel warns above 200000 if it derives it.
+        "quantum": int(min(max(rate // 10, mtu_bytes + 14), 200_000)),
+        "mtu": mtu_bytes + 100,
+    }
+
+
+
+def netem_kwargs(shape: LinkShape) -> dict[str, Any]:
+    """Arguments for ``ipr.tc("add"/"change", "netem", ifindex, LEAF_HANDLE, **kwargs)``.
+
+    pyroute2 0.7.12 takes ``delay`` in microseconds (and converts with the kernel's psched tick rate
+    read from /proc/net/psched) and ``loss`` in percent (converted to a u32 fraction, 100 % -> 2**32-1).
+    """
+    return {
+        "parent": CLASS_HANDLE,
+        "delay": round(shape.delay_ms * 1000),  # us
+        "loss": float(shape.loss_pct),  # percent
+        "limit": netem_limit_packets(shape),  # packets
+    }
+
+
+def apply_htb(ipr: Any, ifindex: int, shape: LinkShape, first: bool) -> None:
+    """Put the rate of ``shape`` on ``ifindex``'s egress: htb root 1: with class 1:1 (default class).
+
+    ``first`` adds (``replace``: creates if absent, changes in place if a same-kind root is there);
+    otherwise the class is changed in place.
+    """
+    if first:
+        # sch_htb has no "change" operation, so "replace" on a live htb root fails (EINVAL). A root left
+        # by an earlier run (EEXIST) is kept and its class replaced in place below.
+        try:
+            ipr.tc("add", "htb", ifindex, ROOT_HANDLE, default=CLASS_HANDLE & 0xFFFF)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        ipr.tc("replace-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))
+    else:
+        ipr.tc("change-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))

@@ -246,8 +246,7 @@ def test_failing_command_fails_and_timeout_kills_qemu() -> None:
 #: (test file relative to the checkout, pytest -k expression).
 VM_SUITES = (("tests/integration/test_shaping.py", "netem"),
              ("tests/integration/test_network.py", "netem"),
-             ("tests/integration/test_commands.py", "netem"),
-             ("tests/integration/test_tc_encoding.py", "netem"))
+             ("tests/integration/test_commands.py", "netem"))
 
 
 @pytest.mark.parametrize("path, select", VM_SUITES)

@@ -139,13 +139,6 @@ def test_netem_limit_holds_at_least_the_bandwidth_delay_product(delay_ms, rate_m
         assert limit == 16513
 
 
-def test_htb_encoding_is_shared_by_both_backends():
-    from emulator.shaping import netem, userspace
-
-    assert netem.htb_class_body is htb_class_body and userspace.htb_class_body is htb_class_body
-    assert netem.htb_root_body is htb_root_body and userspace.htb_root_body is htb_root_body
-
-
 def test_verdict_message_layout():
     data = nfnl.verdict(4711, 0xDEADBEEF, accept=True)
     length, mtype, flags, _seq, _pid = struct.unpack_from("=IHHII", data)

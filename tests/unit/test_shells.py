@@ -344,7 +344,7 @@ def test_transient_satellites_are_nodes_that_carry_ground_links(tmp_path: Path) 
 
     def scenario(sites: str) -> str:
         return (f'[time]\nstart = "2026-08-22T00:00:00Z"\nduration_s = 2\n[constellation]\ntle = "{SUBSET_2026}"\n'
-                f'include_transient = true\n[gsl]\nmin_elevation_deg = 25.0\n{sites}')
+                f'include_transient = true\n[gsl]\nmin_elevation_deg = 25.0\nsatellites = "any"\n{sites}')
 
     probe = plan_scenario(parse_scenario(scenario(""), "probe.toml"))
     sats = probe.nodes_of("sat")
