@@ -1,4 +1,5 @@
-"""Ground sites (gateways): the value object and the built-in list of the 100 most populous cities."""
+"""Ground sites (gateways): the value object, the built-in list of the 100 most populous cities and
+Starlink's operational gateways."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ CITY_SLUG_MAX = 28
 
 _CITIES_FILE = "cities-top100.csv"
 _CITY_COLUMNS = ("id", "name", "latitude_deg", "longitude_deg", "elevation_m")
+
+_STARLINK_FILE = "starlink-ground-stations-2026-03.csv"
+_STARLINK_COLUMNS = ("name", "lat_deg", "lon_deg", "type", "status")
+
+#: Antennas of one Starlink gateway site. SpaceX's gateway earth-station applications to the FCC of
+#: 2019-2020 (e.g. SES-LIC-INTR2019-00877, North Bend WA, and the special temporary authority of
+#: June 2020 for six sites) describe each site as eight 1.5 m tracking antennas; the later Ka-band
+#: blanket application allows up to 40 antennas per site (up to 8 Gen1 and 32 Gen2 satellites at once).
+#: Eight is the figure for the sites as first built; a site in the list may have more today.
+STARLINK_GATEWAY_ANTENNAS = 8
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,12 @@ def _sluggable(name: str) -> bool:
     return True
 
 
+#: Latin letters that Unicode does not decompose into a base letter and a mark (NFKD would drop them:
+#: "Tromsø" -> "troms")
+_NO_DECOMPOSITION = str.maketrans({"ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ß": "ss",
+                                   "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "TH"})
+
+
 def slug(name: str, max_len: int | None = None) -> str:
     """A node-name-safe form of a place name: ASCII-folded, lower case, ``[a-z0-9-]``.
 
@@ -87,10 +104,13 @@ def slug(name: str, max_len: int | None = None) -> str:
     'sao-paulo'
     >>> slug("Kinki M.M.A. (Osaka)")
     'kinki-mma-osaka'
+    >>> slug("Tromsø, Norway")
+    'tromso-norway'
     >>> slug("Los-Angeles-Long-Beach-Santa-Ana", max_len=28)
     'los-angeles-long-beach-santa'
     """
-    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
+    folded = unicodedata.normalize("NFKD", name.translate(_NO_DECOMPOSITION)).encode("ascii", "ignore")
+    folded = folded.decode("ascii").lower()
     folded = folded.replace(".", "")
     out = re.sub(r"[^a-z0-9]+", "-", folded).strip("-")
     if max_len is not None and len(out) > max_len:
@@ -156,4 +176,59 @@ def builtin_cities(limit: int | None = None) -> list[GroundSite]:
             name = f"{base[:CITY_SLUG_MAX - 1 - len(str(k))]}-{k}"
         seen.add(name)
         sites.append(GroundSite(name=name, lat_deg=lat, lon_deg=lon, alt_m=elev))
+    return sites
+
+
+def starlink_gateways(antennas: int | None = STARLINK_GATEWAY_ANTENNAS) -> list[GroundSite]:
+    """Starlink's operational gateways (``topologies/data/starlink-ground-stations-2026-03.csv``).
+
+    Parameters
+    ----------
+    antennas : int or None
+        Antennas of every site, 1..16 (default :data:`STARLINK_GATEWAY_ANTENNAS`); None: the GSL
+        configuration's default.
+
+    Returns
+    -------
+    list of GroundSite
+        The rows of type ``gateway`` and status ``operational`` (214 in the shipped file), in file
+        order, named ``gs-<slug>`` after the place name (``"Aerzen, Germany"`` -> ``gs-aerzen-germany``;
+        at most 31 characters); a slug that would repeat gets ``-2``, ``-3``, ... Height 0 m (the list
+        gives none; a gateway's height changes its slant range by metres).
+
+    Raises
+    ------
+    ConfigError
+        The data file is malformed (names the line) or ``antennas`` is out of range.
+    """
+    if antennas is not None and (isinstance(antennas, bool) or not isinstance(antennas, int)
+                                 or not 1 <= antennas <= 16):
+        raise ConfigError(f"antennas must be an integer in [1, 16] or none, got {antennas!r}", key="antennas")
+    text = resources.files("topologies").joinpath("data", _STARLINK_FILE).read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or tuple(c.strip() for c in rows[0]) != _STARLINK_COLUMNS:
+        raise ConfigError(f"header must be {','.join(_STARLINK_COLUMNS)}", file=_STARLINK_FILE, line=1)
+    sites: list[GroundSite] = []
+    seen: set[str] = set()
+    for line, row in ((i + 2, r) for i, r in enumerate(rows[1:]) if r):
+        if len(row) != len(_STARLINK_COLUMNS):
+            raise ConfigError(f"expected {len(_STARLINK_COLUMNS)} columns ({','.join(_STARLINK_COLUMNS)}), "
+                              f"got {len(row)}: {row!r}", file=_STARLINK_FILE, line=line)
+        if row[3].strip() != "gateway" or row[4].strip() != "operational":
+            continue
+        try:
+            lat, lon = float(row[1]), float(row[2])
+        except ValueError:
+            raise ConfigError(f"lat_deg and lon_deg must be numbers: {row!r}", file=_STARLINK_FILE,
+                              line=line) from None
+        base = slug(row[0], CITY_SLUG_MAX)
+        name, k = base, 1
+        while name in seen:
+            k += 1
+            name = f"{base[:CITY_SLUG_MAX - 1 - len(str(k))]}-{k}"
+        seen.add(name)
+        try:
+            sites.append(GroundSite(name=f"gs-{name}", lat_deg=lat, lon_deg=lon, antennas=antennas))
+        except ConfigError as e:
+            raise ConfigError(str(e), file=_STARLINK_FILE, line=line, key=e.key) from None
     return sites

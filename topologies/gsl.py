@@ -2,8 +2,8 @@
 
 Every antenna of every ground site is one link slot. At each step the antenna keeps its satellite or
 hands over to another according to a policy, with hysteresis and optionally only at the boundaries of
-fixed reconfiguration intervals (Starlink schedules its ground-satellite assignments in 15 s slots).
-Satellites carry any number of ground links (no per-satellite antenna limit is modelled).
+fixed reconfiguration slots on a UTC grid (Starlink reassigns satellites in globally synchronised 15 s
+slots). A satellite carries at most ``max_gateway_links_per_satellite`` antenna links at a time.
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ from .walker import MU_WGS72_KM3_S2
 
 log = logging.getLogger(__name__)
 
-__all__ = ["POLICIES", "GroundSite", "GslConfig", "GslResult", "gsl_assign", "reconfiguration_boundaries"]
+__all__ = ["DEFAULT_SLOT_OFFSET_S", "POLICIES", "GroundSite", "GslConfig", "GslResult", "gsl_assign",
+           "reconfiguration_boundaries"]
 
 POLICIES = ("highest-elevation", "longest-visibility", "nearest")
 SATELLITE_CHOICES = ("meshed", "any")
+
+#: Seconds after each multiple of the slot length (counted from UTC midnight) at which Starlink's
+#: reassignments fall: with 15 s slots, seconds 12, 27, 42 and 57 of every minute (sources in GslConfig).
+DEFAULT_SLOT_OFFSET_S = 12.0
 
 #: Score bonus that makes "stays visible for the whole reconfiguration slot" the first sort key.
 _COVER_BONUS = 1e9
@@ -61,10 +66,30 @@ class GslConfig:
         gateways usually make the new link before breaking the old one (several dishes, or phased
         arrays); set it for a single dish that must slew and re-acquire.
     reconfiguration_interval_s : float or None
-        Handovers only at multiples of this interval (counted in UTC from midnight, like Starlink's
-        15 s slots); the new satellite must stay visible for the whole slot when any such one exists.
-        A satellite lost in the middle of a slot leaves the antenna idle (NO_SATELLITE) until the next
-        boundary. None: handovers at any step.
+        Slot length, s: handovers only at the slot boundaries, the UTC instants t where
+        ``t - slot_offset_s`` is a multiple of it counted from midnight (Starlink: 15 s); the new
+        satellite must stay visible for the whole slot when any such one exists. A satellite lost in
+        the middle of a slot leaves the antenna idle (NO_SATELLITE) until the next boundary. None:
+        handovers at any step (the default, so that scenarios without a slot grid keep their plans).
+    slot_offset_s : float
+        Where the slot grid starts, s after UTC midnight, [0, 86400); default 12, so 15 s slots start at
+        seconds 12, 27, 42 and 57 of every minute. Measurements find Starlink's reassignments globally
+        synchronised on a 15 s period: Mohan et al., "A Multifaceted Look at Starlink Performance",
+        WWW 2024 (arXiv:2310.09242; "globally synchronized 15-second reconfiguration intervals"), and
+        Tanveer et al., "Making Sense of Constellations: Methodologies for Understanding Starlink's
+        Scheduling Algorithms" (arXiv:2307.00402: a global controller allocates satellites to
+        terminals). The phase, 12 s past the minute, is the one this project's issue 11 gives from that
+        literature; in the text reachable here it was not found stated as such (a terminal log in
+        clarkzjw/LEOViz issue #25 shows a change between seconds 55 and 58). Ignored without a slot
+        length.
+    max_gateway_links_per_satellite : int
+        At most this many antenna links (over all sites) on one satellite at a step, 1..64. Default 4, a
+        modelling choice, not a published figure: no SpaceX filing found here states how many gateway
+        links one satellite serves (Gen1 filings describe a few steerable Ka-band gateway antennas per
+        satellite). Sites are served in order: an earlier site has first pick of a satellite that is
+        in demand, a later one takes the next best (a greedy rule, not a global optimum). A satellite
+        at the cap counts as unusable for the antennas that did not get it (NO_SATELLITE if nothing else
+        is left).
     rate_mbps, loss_pct : float
         Rate (each direction) and random loss of every GSL.
     satellites : str
@@ -81,6 +106,8 @@ class GslConfig:
     hysteresis_km: float = 50.0
     acquisition_s: float = 0.0
     reconfiguration_interval_s: float | None = None
+    slot_offset_s: float = DEFAULT_SLOT_OFFSET_S
+    max_gateway_links_per_satellite: int = 4
     rate_mbps: float = 100.0
     loss_pct: float = 0.0
     satellites: str = "meshed"
@@ -99,6 +126,8 @@ class GslConfig:
         check_range("acquisition_s", self.acquisition_s, 0.0, 3600.0)
         check_range("reconfiguration_interval_s", self.reconfiguration_interval_s, 0.0, 86400.0, none_ok=True,
                 lo_open=True)
+        check_range("slot_offset_s", self.slot_offset_s, 0.0, 86400.0, hi_open=True)
+        check_range("max_gateway_links_per_satellite", self.max_gateway_links_per_satellite, 1, 64, integer=True)
         check_range("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
         check_range("loss_pct", self.loss_pct, 0.0, 100.0)
 
@@ -115,7 +144,8 @@ class GslResult:
     peer : ndarray, (n_slots, n_t) int32
         Satellite index, -1 when the antenna has none.
     state : ndarray, (n_slots, n_t) uint8
-        UP, ACQUIRING, NO_SATELLITE (nothing usable above the mask) or INVALID (no satellite has a
+        UP, ACQUIRING, NO_SATELLITE (nothing usable above the mask, or every one there at its cap of
+        gateway links) or INVALID (no satellite has a
         valid position at that step).
     delay_ms : ndarray, (n_slots, n_t) float32
         Slant range / c, ms; 0 without a peer.
@@ -142,19 +172,26 @@ class GslResult:
         return int(self.handovers_per_slot.sum())
 
 
-def reconfiguration_boundaries(start: datetime, step_s: float, n_steps: int,
-                               interval_s: float | None) -> NDArray[np.bool_]:
+def reconfiguration_boundaries(start: datetime, step_s: float, n_steps: int, interval_s: float | None,
+                               offset_s: float = DEFAULT_SLOT_OFFSET_S) -> NDArray[np.bool_]:
     """Steps at which a handover may happen, (n_steps,) bool.
 
-    Step 0 always; then the first step at or after each multiple of ``interval_s`` seconds since
-    midnight UTC. None: every step.
+    Step 0 always; then the first step at or after each slot boundary: the instants ``offset_s`` plus a
+    multiple of ``interval_s`` seconds after midnight UTC (12, 27, 42, 57 s past every minute for 15 s
+    slots at the default offset). None: every step.
+
+    Examples
+    --------
+    >>> start = datetime(2026, 8, 22, 2, 7, 5, tzinfo=UTC)  # 02:07:05 UTC
+    >>> np.flatnonzero(reconfiguration_boundaries(start, 1.0, 40, 15.0)).tolist()  # :12, :27, :42
+    [0, 7, 22, 37]
     """
     if interval_s is None:
         return np.ones(n_steps, bool)
     if start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     midnight = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    t0_s = (start - midnight).total_seconds()
+    t0_s = (start - midnight).total_seconds() - offset_s
     t = t0_s + np.arange(n_steps) * step_s
     slot = np.floor(t / interval_s + 1e-9)
     out = np.ones(n_steps, bool)
@@ -259,7 +296,8 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     valid_t = np.ascontiguousarray(valid.T)
     r_t = np.where(valid_t[..., None], r_t, 0.0)
     sin_mask = math.sin(math.radians(cfg.min_elevation_deg))
-    boundary = reconfiguration_boundaries(ephem.start, ephem.step_s, n_t, cfg.reconfiguration_interval_s)
+    boundary = reconfiguration_boundaries(ephem.start, ephem.step_s, n_t, cfg.reconfiguration_interval_s,
+                                          cfg.slot_offset_s)
     slotted = cfg.reconfiguration_interval_s is not None
     slot_left = _steps_to_next(boundary)
     any_valid = np.asarray(valid_t.any(axis=1), dtype=bool)
@@ -268,6 +306,10 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         usable_t = valid_t & np.ascontiguousarray(np.asarray(meshed, bool).T)
     idx_t = np.arange(n_t)
     coarse = _coarse_visibility(r_t, valid_t, cfg.min_elevation_deg, ephem.step_s, coarse_s)
+    cap = cfg.max_gateway_links_per_satellite
+    # antenna links per satellite and step, of the sites served so far; not needed while the cap cannot bind
+    # (uint8: the cap is at most 64; 24 h at 15 s steps on 10^4 satellites is 62 MB)
+    load = np.zeros((n_t, n_sat), np.uint8) if n_slots > cap else None
 
     row = 0
     for si, site in enumerate(sites):
@@ -299,7 +341,13 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         covers = rem >= slot_left[:, None]
         if slotted:
             score = score + np.where(covers, _COVER_BONUS, 0.0)
-        score = np.where(vis, score, -np.inf)
+        usable = vis
+        if load is not None:
+            # a satellite already carrying `cap` links of earlier sites is out of reach at that step; in a
+            # slotted plan earlier sites change satellites only at boundaries, so one that is free at a
+            # boundary stays free for the slot
+            usable = vis & (load[:, cols] < cap)
+        score = np.where(usable, score, -np.inf)
         a = n_ant[si]
         n_cols = len(cols)
         if n_cols == 0:
@@ -319,7 +367,7 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         for k in range(n_t):
             for j in range(a):
                 c = cur[j]
-                if c >= 0 and not vis[k, c]:
+                if c >= 0 and not usable[k, c]:
                     c = -1
                 if slotted and not boundary[k]:
                     cur[j] = c
@@ -347,6 +395,8 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         rng_km[row:row + a] = np.where(have, rng[tk, sat], 0.0)
         elev[row:row + a] = np.where(have, np.degrees(np.arcsin(np.clip(sin_el[tk, sat], -1, 1))), np.nan)
         out[have] = cols[out[have]]  # column positions -> satellite indices
+        if load is not None:
+            load[tk[have], out[have]] += 1  # a site's antennas hold distinct satellites: no repeated index
         row += a
 
     have = peer >= 0

@@ -14,7 +14,7 @@ from .constellation import Constellation, Shell
 from .crossshell import cross_shell_links
 from .errors import ConfigError
 from .frames import ecef_to_geodetic
-from .ground import GroundSite, builtin_cities
+from .ground import GroundSite, builtin_cities, starlink_gateways
 from .gsl import gsl_assign
 from .isl import isl_states, plus_grid, usable_spare
 from .propagate import propagate
@@ -65,16 +65,19 @@ def _meshed(n_sats: int, pairs: np.ndarray, state: np.ndarray, owner: np.ndarray
 
 
 def ground_sites(sc: Scenario) -> list[GroundSite]:
-    """Gateways: the first ``ground.cities`` built-in cities, then the scenario's own sites."""
-    sites = [GroundSite(name=f"gs-{s.name}", lat_deg=s.lat_deg, lon_deg=s.lon_deg, alt_m=s.alt_m,
-                        antennas=s.antennas) for s in builtin_cities(sc.ground.cities)]
+    """Gateways: Starlink's (``ground.gateways = "starlink"``), the first ``ground.cities`` built-in
+    cities, then the scenario's own sites. The order is the order in which sites pick satellites under
+    the per-satellite cap of gateway links (see :class:`topologies.gsl.GslConfig`)."""
+    sites = starlink_gateways(sc.ground.gateway_antennas) if sc.ground.gateways == "starlink" else []
+    sites += [GroundSite(name=f"gs-{s.name}", lat_deg=s.lat_deg, lon_deg=s.lon_deg, alt_m=s.alt_m,
+                         antennas=s.antennas) for s in builtin_cities(sc.ground.cities)]
     sites += [GroundSite(name=s.name, lat_deg=s.lat_deg, lon_deg=s.lon_deg, alt_m=s.alt_m,
                          antennas=s.antennas) for s in sc.ground.sites]
     names = [s.name for s in sites]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"gateway name(s) used twice: {', '.join(sorted(dup))} (a [[ground.sites]] entry "
-                          f"clashes with a built-in city)", file=sc.source, key="ground.sites")
+                          f"clashes with a built-in city or Starlink gateway)", file=sc.source, key="ground.sites")
     return sites
 
 

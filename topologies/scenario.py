@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .ground import STARLINK_GATEWAY_ANTENNAS
 
 #: Node names end up in interface labels, process titles and command lines: keep them boring.
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -146,6 +147,10 @@ class SiteSpec:
             raise ValueError(f"antennas must be in [1, 16], got {self.antennas}")
 
 
+#: named sets of real gateways that [ground] gateways = "..." loads
+GATEWAY_SETS = ("starlink",)
+
+
 @dataclass(frozen=True)
 class GroundConfig:
     #: how many of the built-in 100 most populous cities become gateways (first N by population)
@@ -153,10 +158,18 @@ class GroundConfig:
     sites: tuple[SiteSpec, ...] = ()
     #: one ground host behind every gateway, named h-<gateway without 'gs-'>
     host_per_gateway: bool = True
+    #: "starlink": also Starlink's 214 operational gateways (topologies/data/starlink-ground-stations-2026-03.csv)
+    gateways: str | None = None
+    #: antennas of each of those gateways (default: SpaceX's gateway filings, see topologies.ground)
+    gateway_antennas: int = STARLINK_GATEWAY_ANTENNAS
 
     def __post_init__(self) -> None:
         if not 0 <= self.cities <= 100:
             raise ValueError(f"cities must be in [0, 100] (the built-in list has 100), got {self.cities}")
+        if self.gateways is not None and self.gateways not in GATEWAY_SETS:
+            raise ValueError(f"gateways must be one of {', '.join(GATEWAY_SETS)} or absent, got {self.gateways!r}")
+        if not 1 <= self.gateway_antennas <= 16:
+            raise ValueError(f"gateway_antennas must be in [1, 16], got {self.gateway_antennas}")
 
 
 @dataclass(frozen=True)

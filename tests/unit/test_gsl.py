@@ -114,9 +114,9 @@ def test_nearest_and_highest_elevation_differ_across_shells_of_different_altitud
 
 
 def test_reconfiguration_slots_restrict_handovers_and_cover_the_slot(starlink, sites):
-    cfg = GslConfig(reconfiguration_interval_s=15.0, hysteresis_deg=0.0)
+    cfg = GslConfig(reconfiguration_interval_s=15.0, slot_offset_s=0.0, hysteresis_deg=0.0)
     res = gsl_assign(sites[:4], starlink, cfg)
-    boundary = reconfiguration_boundaries(START, 1.0, 300, 15.0)
+    boundary = reconfiguration_boundaries(START, 1.0, 300, 15.0, offset_s=0.0)
     assert np.flatnonzero(boundary).tolist() == list(range(0, 300, 15))
     changed = np.zeros_like(res.peer, bool)
     changed[:, 1:] = (res.peer[:, 1:] != res.peer[:, :-1]) & (res.peer[:, 1:] >= 0)
@@ -133,9 +133,36 @@ def test_reconfiguration_slots_restrict_handovers_and_cover_the_slot(starlink, s
 
 def test_boundaries_align_to_utc_multiples_of_the_interval():
     start = datetime(2023, 7, 18, 12, 0, 7, tzinfo=UTC)
-    b = reconfiguration_boundaries(start, 1.0, 40, 15.0)
+    b = reconfiguration_boundaries(start, 1.0, 40, 15.0, offset_s=0.0)
     assert np.flatnonzero(b).tolist() == [0, 8, 23, 38]
     assert reconfiguration_boundaries(start, 1.0, 5, None).all()
+    # the default grid is offset by 12 s: :12, :27, :42, :57 (steps 5, 20, 35 from :07)
+    assert np.flatnonzero(reconfiguration_boundaries(start, 1.0, 40, 15.0)).tolist() == [0, 5, 20, 35]
+    # 2 s steps from :07 reach :12 at step 3 (:13, the first step at or after it), :27 at step 10 (:27)
+    assert np.flatnonzero(reconfiguration_boundaries(start, 2.0, 20, 15.0)).tolist() == [0, 3, 10, 18]
+
+
+def test_slot_grid_at_the_offset_and_no_reassignment_between_boundaries(starlink, sites):
+    """Default 15 s slots at offset 12 s from a start (12:00:00 UTC) that is not on the grid: every
+    satellite change of any antenna falls on a step whose UTC second is 12, 27, 42 or 57; in between an
+    antenna keeps its satellite or (satellite lost) idles, never takes a new one."""
+    cfg = GslConfig(reconfiguration_interval_s=15.0, antennas=3, hysteresis_deg=0.0)
+    assert cfg.slot_offset_s == 12.0
+    res = gsl_assign(sites[:4], starlink, cfg)
+    utc_second = np.array([(START.second + k) % 60 for k in range(300)])  # 1 s steps from :00
+    on_grid = np.isin(utc_second, [12, 27, 42, 57])
+    on_grid[0] = True  # the first step opens a slot
+    assert np.array_equal(reconfiguration_boundaries(START, 1.0, 300, 15.0), on_grid)
+    prev, cur = res.peer[:, :-1], res.peer[:, 1:]
+    took_new = (cur != prev) & (cur >= 0)  # gained or switched a satellite at step k
+    assert took_new.any() and took_new[:, on_grid[1:]].any()
+    assert not took_new[:, ~on_grid[1:]].any()
+    # a satellite held over a whole slot is above the mask for all of it (chosen to cover the slot)
+    for i, site in enumerate(sites[:4]):
+        el, _ = reference(site, starlink)
+        for k0 in np.flatnonzero(on_grid[1:]) + 1:
+            for sat in res.peer[res.site == i, k0]:
+                assert sat >= 0 and (el[sat, k0:k0 + 15] >= 25.0).all()
 
 
 def test_antennas_of_a_site_never_share_a_satellite(starlink):
@@ -164,7 +191,9 @@ def test_handover_is_followed_by_acquisition(starlink, sites):
 
 @pytest.mark.parametrize("field, value", [
     ("min_elevation_deg", 90.0), ("antennas", 0), ("policy", "random"), ("hysteresis_deg", -1.0),
-    ("reconfiguration_interval_s", 0.0), ("loss_pct", -0.5),
+    ("reconfiguration_interval_s", 0.0), ("loss_pct", -0.5), ("slot_offset_s", -1.0),
+    ("slot_offset_s", float("nan")), ("max_gateway_links_per_satellite", 65),
+    ("max_gateway_links_per_satellite", 2.5),
 ])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError) as e:
@@ -214,3 +243,38 @@ def test_meshed_antennas_use_only_satellites_with_a_laser_link_up(starlink, site
     assert not meshed[free.peer[free.peer >= 0], steps[free.peer >= 0]].all()  # the mask did matter
     with pytest.raises(ConfigError, match="satellites"):
         GslConfig(satellites="bent-pipe")
+
+
+def test_per_satellite_cap_of_gateway_links_holds_across_sites(starlink):
+    """Twelve gateways of 4 antennas within 50 km of each other (48 antennas, about a dozen satellites above
+    the mask): counted here with bincount per step, no satellite carries more antenna links than the cap,
+    a site's antennas stay on distinct satellites, and the cap binds (without it a satellite carries more)."""
+    rng = np.random.default_rng(3)
+    sites = [GroundSite(f"gs-c{i}", 48.0 + d_lat, 11.0 + d_lon, antennas=4)
+             for i, (d_lat, d_lon) in enumerate(rng.uniform(-0.3, 0.3, (12, 2)))]
+    n_sat, n_t = starlink.valid.shape
+
+    def worst_load(res):
+        """Most antenna links on one satellite at one step: bincount of (step, satellite) pairs."""
+        steps = np.broadcast_to(np.arange(n_t), res.peer.shape)
+        have = res.peer >= 0
+        return int(np.bincount(steps[have] * n_sat + res.peer[have], minlength=n_t * n_sat).max())
+
+    for cap in (1, 2, 4):
+        res = gsl_assign(sites, starlink, GslConfig(max_gateway_links_per_satellite=cap))
+        assert worst_load(res) == cap  # held, and reached
+        for s in range(len(sites)):  # a site's antennas: distinct satellites at every step
+            p = np.sort(res.peer[res.site == s], axis=0)
+            assert not ((p[1:] == p[:-1]) & (p[1:] >= 0)).any()
+        # the mask still holds for every link the cap let through
+        for i, s in enumerate(sites):
+            el, _ = reference(s, starlink)
+            for p in res.peer[res.site == i]:
+                assert (peer_values(el, p)[p >= 0] >= 25.0 - 1e-9).all()
+    free = gsl_assign(sites, starlink, GslConfig(max_gateway_links_per_satellite=64))
+    assert worst_load(free) > 4  # the sites do compete: the cap of 4 above was binding
+    tight = gsl_assign(sites, starlink, GslConfig(max_gateway_links_per_satellite=1))
+    assert (tight.state == Reason.NO_SATELLITE).any()  # 48 antennas, fewer satellites above the mask
+    with pytest.raises(ConfigError) as e:
+        GslConfig(max_gateway_links_per_satellite=0)
+    assert e.value.key == "max_gateway_links_per_satellite"
