@@ -281,12 +281,15 @@ def path_nodes(tl: Timeline, src: int, dst: int, step: int) -> list[int]:
 def plot_map(tl: Timeline, folder: Path, steps: list[int], pairs: list[tuple[str, str]]) -> list[Path]:
     import matplotlib.pyplot as plt
 
+    from .basemap import draw_basemap
+
     paths: list[Path] = []
     sats = np.array(tl.nodes_of("sat"))
     isl = np.flatnonzero(tl.link_class == LINK_CLASSES.index("isl"))
     gws = tl.nodes_of("gateway")
     for step in steps:
         fig, ax = plt.subplots(figsize=(11, 5.6))
+        draw_basemap(ax)
         lla = tl.sat_lla[:, step, :]
         lon = ((lla[:, 1] + 180) % 360) - 180
         lat = lla[:, 0]
