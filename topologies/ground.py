@@ -26,11 +26,13 @@ _CITY_COLUMNS = ("id", "name", "latitude_deg", "longitude_deg", "elevation_m")
 _STARLINK_FILE = "starlink-ground-stations-2026-03.csv"
 _STARLINK_COLUMNS = ("name", "lat_deg", "lon_deg", "type", "status")
 
-#: Antennas of one Starlink gateway site. SpaceX's gateway earth-station applications to the FCC of
-#: 2019-2020 (e.g. SES-LIC-INTR2019-00877, North Bend WA, and the special temporary authority of
-#: June 2020 for six sites) describe each site as eight 1.5 m tracking antennas; the later Ka-band
-#: blanket application allows up to 40 antennas per site (up to 8 Gen1 and 32 Gen2 satellites at once).
-#: Eight is the figure for the sites as first built; a site in the list may have more today.
+#: Antennas of one Starlink gateway site. SpaceX Services' request to the FCC of June 2020 for special
+#: temporary authority to run six gateways (Hitterdal MN, Tionesta CA, Robertsdale AL, Baxley GA,
+#: Butte MT, Colburn ID) gives eight 1.5 m antennas per site (as reported from the filing; the filing
+#: itself was not read here). SpaceX's later Ka-band blanket application for gateway earth stations
+#: (its narrative, as copied publicly) allows up to 40 identical 1.85 m antennas per site, talking to
+#: up to 8 Gen1 and 32 Gen2 satellites at once. Eight is the figure for the sites as first built; a
+#: site in the list may have more today (set ``[ground] gateway_antennas``).
 STARLINK_GATEWAY_ANTENNAS = 8
 
 
@@ -109,8 +111,8 @@ def slug(name: str, max_len: int | None = None) -> str:
     >>> slug("Los-Angeles-Long-Beach-Santa-Ana", max_len=28)
     'los-angeles-long-beach-santa'
     """
-    folded = unicodedata.normalize("NFKD", name.translate(_NO_DECOMPOSITION)).encode("ascii", "ignore")
-    folded = folded.decode("ascii").lower()
+    ascii_bytes = unicodedata.normalize("NFKD", name.translate(_NO_DECOMPOSITION)).encode("ascii", "ignore")
+    folded = ascii_bytes.decode("ascii").lower()
     folded = folded.replace(".", "")
     out = re.sub(r"[^a-z0-9]+", "-", folded).strip("-")
     if max_len is not None and len(out) > max_len:

@@ -85,11 +85,10 @@ class GslConfig:
     max_gateway_links_per_satellite : int
         At most this many antenna links (over all sites) on one satellite at a step, 1..64. Default 4, a
         modelling choice, not a published figure: no SpaceX filing found here states how many gateway
-        links one satellite serves (Gen1 filings describe a few steerable Ka-band gateway antennas per
-        satellite). Sites are served in order: an earlier site has first pick of a satellite that is
-        in demand, a later one takes the next best (a greedy rule, not a global optimum). A satellite
-        at the cap counts as unusable for the antennas that did not get it (NO_SATELLITE if nothing else
-        is left).
+        links one satellite serves. Sites are served in order: an earlier site has first pick of a
+        satellite in demand, a later one takes the next best (a greedy rule, not a global optimum). A
+        satellite at the cap is unusable for the antennas that did not get it (NO_SATELLITE if nothing
+        else is left).
     rate_mbps, loss_pct : float
         Rate (each direction) and random loss of every GSL.
     satellites : str
