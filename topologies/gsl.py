@@ -363,12 +363,18 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         top_l = np.where(top_ok, top, -1).tolist()
         cur = [-1] * a
         out = peer[row:row + a]
+        hist: list[list[int]] = []
+        # one row view per step, steps collected in a list: 214 sites x 8 antennas x 600 steps took 6.9 s
+        # with 2-D scalar indexing and a column write per step, 5.6 s so
+        boundary_l = boundary.tolist()
         for k in range(n_t):
+            use_k = usable[k]
+            decide = not slotted or boundary_l[k]
             for j in range(a):
                 c = cur[j]
-                if c >= 0 and not usable[k, c]:
+                if c >= 0 and not use_k[c]:
                     c = -1
-                if slotted and not boundary[k]:
+                if not decide:
                     cur[j] = c
                     continue
                 others = cur[:j] + cur[j + 1:]
@@ -387,7 +393,8 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
                 else:  # longest-visibility: keep a satellite until it sets
                     new = c
                 cur[j] = new
-            out[:, k] = cur
+            hist.append(cur.copy())
+        out[:] = np.array(hist, dtype=np.int32).T
         have = out >= 0
         tk = np.broadcast_to(idx_t, out.shape)
         sat = np.where(have, out, 0)
