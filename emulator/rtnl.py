@@ -48,18 +48,16 @@ RTM_NEWTCLASS = 40
 RTM_NEWTFILTER = 44
 TCA_KIND = 1
 TCA_OPTIONS = 2
-TCA_HTB_PARMS = 1
-TCA_HTB_INIT = 2
 TCA_BPF_FD = 6
 TCA_BPF_NAME = 7
 TCA_BPF_FLAGS = 8
 TCA_BPF_FLAG_ACT_DIRECT = 1
 TC_H_ROOT = 0xFFFFFFFF
 TC_H_INGRESS = 0xFFFFFFF1
-TC_LINKLAYER_ETHERNET = 1
+TCA_INGRESS_BLOCK = 13
+#: tcm_ifindex of a filter on a shared block (tcm_parent then holds the block index)
+TCM_IFINDEX_MAGIC_BLOCK = 0xFFFFFFFF
 ETH_P_ALL = 0x0003
-#: psched ticks are 64 ns (PSCHED_SHIFT 6 in include/net/pkt_sched.h): htb's buffer fields are in ticks.
-PSCHED_TICK_NS = 64
 IFF_UP = 0x1
 IFLA_IFNAME = 3
 IFLA_LINKINFO = 18
@@ -85,8 +83,7 @@ _HDR = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg: family, ifindex, handle, parent, info
-_RATESPEC = struct.Struct("=BBHhHI")  # struct tc_ratespec: cell_log, linklayer, overhead, cell_align, mpu, rate
+_TCMSG = struct.Struct("=BxxxIIII")  # struct tcmsg: family, ifindex (int, sent as its u32 bits), handle, parent, info
 _RTNH = struct.Struct("=HBBi")  # struct rtnexthop: len, flags, hops (weight - 1), ifindex
 _BATCH = 256
 
@@ -170,36 +167,17 @@ def _tcmsg(ifindex: int, handle: int, parent: int, info: int = 0) -> bytes:
     return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, info)
 
 
-def htb_qdisc_body(ifindex: int, handle: int, default_minor: int) -> bytes:
-    """RTM_NEWQDISC payload: root htb qdisc ``handle``; unclassified traffic goes to ``default_minor``."""
-    glob = struct.pack("=IIIII", 3, 10, default_minor, 0, 0)  # tc_htb_glob: version, rate2quantum, defcls, ..
-    return (_tcmsg(ifindex, handle, TC_H_ROOT) + _name(TCA_KIND, "htb")
-            + _attr(TCA_OPTIONS, _attr(TCA_HTB_INIT, glob)))
-
-
-def htb_class_body(ifindex: int, handle: int, parent: int, rate_bytes_s: int, burst_bytes: int,
-                   quantum_bytes: int) -> bytes:
-    """RTM_NEWTCLASS payload: htb class ``handle`` with rate = ceil = ``rate_bytes_s`` (bytes/s, u32) and a
-    burst of ``burst_bytes``.
-
-    The rate specs say link layer "ethernet", so the kernel computes transmission times itself and wants
-    no rate table (it reads one only from old, link-layer-unaware tc).
-    """
-    rate = _RATESPEC.pack(0, TC_LINKLAYER_ETHERNET, 0, -1, 0, rate_bytes_s)
-    buffer_ticks = min(int(burst_bytes * 1e9 / rate_bytes_s / PSCHED_TICK_NS), 0xFFFFFFFF)
-    opt = rate + rate + struct.pack("=IIIII", buffer_ticks, buffer_ticks, quantum_bytes, 0, 0)
-    return (_tcmsg(ifindex, handle, parent) + _name(TCA_KIND, "htb")
-            + _attr(TCA_OPTIONS, _attr(TCA_HTB_PARMS, opt)))
-
-
-def ingress_qdisc_body(ifindex: int) -> bytes:
-    """RTM_NEWQDISC payload: the ingress qdisc ``ffff:``."""
-    return _tcmsg(ifindex, 0xFFFF0000, TC_H_INGRESS) + _name(TCA_KIND, "ingress")
+def ingress_qdisc_body(ifindex: int, block: int | None = None) -> bytes:
+    """RTM_NEWQDISC payload: the ingress qdisc ``ffff:``; with ``block``, its filters are those of the
+    namespace's shared filter block of that index (TCA_INGRESS_BLOCK)."""
+    body = _tcmsg(ifindex, 0xFFFF0000, TC_H_INGRESS) + _name(TCA_KIND, "ingress")
+    return body + (_u32(TCA_INGRESS_BLOCK, block) if block is not None else b"")
 
 
 def bpf_filter_body(ifindex: int, parent: int, prio: int, handle: int, prog_fd: int, name: str) -> bytes:
     """RTM_NEWTFILTER payload: a direct-action cls_bpf filter running program ``prog_fd`` (a descriptor of
-    this process) on every protocol, under ``parent``."""
+    this process) on every protocol, under ``parent``; ``ifindex`` :data:`TCM_IFINDEX_MAGIC_BLOCK` puts it
+    on the shared block whose index is ``parent``."""
     info = (prio << 16) | socket.htons(ETH_P_ALL)
     opts = (_u32(TCA_BPF_FD, prog_fd) + _name(TCA_BPF_NAME, name)
             + _u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT))

@@ -1,4 +1,4 @@
-"""The userspace backend, for kernels without sch_netem: rate with htb in the kernel, delay and loss in
+"""The userspace backend, for kernels without sch_netem: rate with tbf in the kernel, delay and loss in
 the compiled delay daemon (``delayd.c``, driven by :mod:`emulator.shaping.delayd`) that serves every port
 of every namespace from a few shard processes (one per core by default, more if the open-file limit asks).
 
@@ -36,10 +36,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from emulator import rtnl
-from emulator.shaping.base import LinkShape, Port, Shaper, htb_class_body, htb_root_body
+from emulator.shaping.base import LinkShape, Port, Shaper, tbf_qdisc_body
 from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_RT_PRIORITY, DEFAULT_TABLE, DelayDaemon, link_id
 from topologies.errors import ApplyError
 
@@ -73,6 +71,10 @@ _RXTS_INSNS = (_insn(0xBF, 6, 1, 0, 0)
                + _insn(0x7B, 6, 0, _SKB_TSTAMP_OFFSET, 0)
                + _insn(0x95, 0, 0, 0, 0))
 INGRESS_HANDLE = 0xFFFF0000  # the ingress qdisc "ffff:"
+#: Index of the filter block the ingress qdiscs of a namespace share (block indexes are per namespace).
+#: One shared block, one filter per namespace: every filter block bound costs a search of a kernel-wide
+#: list of them (``flow_indr_dev_setup_offload``), which made one block per interface quadratic in size.
+RXTS_BLOCK = 0x5A7E
 _FILTER_NAME = "satnetem_rxts"
 
 
@@ -103,23 +105,8 @@ def load_clear_tstamp_prog() -> int:
     return int(fd)
 
 
-def attach_clear_tstamp(ipr: Any, ifindex: int, prog_fd: int) -> None:
-    """Put the program on ``ifindex``'s tc ingress (ingress qdisc ffff: + one direct-action bpf filter).
-
-    Idempotent: an ingress qdisc or our filter already there is kept.
-    """
-    for call in (lambda: ipr.tc("add", "ingress", ifindex, INGRESS_HANDLE),
-                 lambda: ipr.tc("add-filter", "bpf", ifindex, 1, parent=INGRESS_HANDLE, prio=1,
-                                fd=prog_fd, name=_FILTER_NAME, direct_action=True)):
-        try:
-            call()
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
-
-
 class UserspaceShaper(Shaper):
-    """htb rate in the kernel + the compiled delay daemon for delay and loss.
+    """tbf rate in the kernel + the compiled delay daemon for delay and loss.
 
     Parameters
     ----------
@@ -240,7 +227,7 @@ class UserspaceShaper(Shaper):
                              node=port.node, link=port.ifname, operation="shape")
 
     def set(self, items: Sequence[tuple[Port, LinkShape]], ipr_of: Callable[[str], Any]) -> None:
-        """Shape many ports: tc work (htb, and the ingress program where packets are held at arrival) in
+        """Shape many ports: tc work (tbf, and the ingress program where packets are held at arrival) in
         one rtnetlink batch per namespace, then one request to the daemon for every delay and loss."""
         changed: list[tuple[Port, LinkShape, tuple[str, int, bool]]] = []
         moved: list[tuple[str, int, bool]] = []
@@ -259,12 +246,9 @@ class UserspaceShaper(Shaper):
             if old_shape is None or old_shape.rate_mbps != shape.rate_mbps:
                 b = batches.setdefault(port.ns_path, rtnl.Batch())
                 nodes[port.ns_path] = port.node
-                if old_shape is None:  # a root left by an earlier run (EEXIST) is kept, its class replaced
-                    b.add(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, htb_root_body(port.ifindex),
-                          f"htb root on {port.ifname}", ignore=(errno.EEXIST,))
-                # the one encoding of a rate both backends send (64-bit rates above 34 Gbit/s)
-                b.add(rtnl.RTM_NEWTCLASS, rtnl.NLM_F_CREATE, htb_class_body(port.ifindex, shape),
-                      f"htb class {shape.rate_mbps} Mbit/s on {port.ifname}")
+                # created the first time, changed in place afterwards (queued packets stay)
+                b.add(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, tbf_qdisc_body(port.ifindex, shape),
+                      f"tbf {shape.rate_mbps} Mbit/s on {port.ifname}")
             if old is not None and old[1] != hold:  # the peer moved (handover) or appeared
                 moved.append(old[1])
             changed.append((port, shape, hold))
@@ -278,7 +262,7 @@ class UserspaceShaper(Shaper):
             shaping_fail = [(r, e) for r, e in failures if not str(r.what).startswith("ingress")]
             if shaping_fail:
                 r, e = shaping_fail[0]
-                raise ApplyError(f"{r.what}: {os.strerror(e)}", node=nodes[path], operation="tc htb")
+                raise ApplyError(f"{r.what}: {os.strerror(e)}", node=nodes[path], operation="tc tbf")
             if rx_fail:
                 self._rx_stamp_failed(nodes[path], rx_fail[0][0].what, os.strerror(rx_fail[0][1]))
         if changed:
@@ -296,6 +280,7 @@ class UserspaceShaper(Shaper):
         except OSError as e:
             self._rx_stamp_failed(peers[0].node, "loading the program", str(e))
             return
+        with_qdisc: set[str] = set()
         for peer in peers:
             key = (peer.ns_path, peer.ifindex)
             if key in self._rxts_done:
@@ -303,12 +288,17 @@ class UserspaceShaper(Shaper):
             b = batches.setdefault(peer.ns_path, rtnl.Batch())
             nodes.setdefault(peer.ns_path, peer.node)
             b.add(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                  rtnl.ingress_qdisc_body(peer.ifindex),
+                  rtnl.ingress_qdisc_body(peer.ifindex, RXTS_BLOCK),
                   f"ingress qdisc on {peer.ifname}", ignore=(errno.EEXIST,))
-            b.add(rtnl.RTM_NEWTFILTER, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                  rtnl.bpf_filter_body(peer.ifindex, INGRESS_HANDLE, 1, 1, self._rxts_prog_fd, _FILTER_NAME),
-                  f"ingress bpf filter on {peer.ifname}", ignore=(errno.EEXIST,))
+            with_qdisc.add(peer.ns_path)
             self._rxts_done.add(key)
+        # One filter per namespace, on the block its ingress qdiscs share (a block, and its filter, goes
+        # when the last qdisc bound to it does, so it is added again whenever qdiscs are; EEXIST: still there)
+        for path in with_qdisc:
+            batches[path].add(rtnl.RTM_NEWTFILTER, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                              rtnl.bpf_filter_body(rtnl.TCM_IFINDEX_MAGIC_BLOCK, RXTS_BLOCK, 1, 1,
+                                                   self._rxts_prog_fd, _FILTER_NAME),
+                              f"ingress bpf filter on block {RXTS_BLOCK}", ignore=(errno.EEXIST,))
 
     def _rx_stamp_failed(self, node: str, what: str, why: str) -> None:
         if not self._rxts_failed:

@@ -587,6 +587,34 @@ def test_held_time_measured_on_the_wire(chain):
     assert min(excess) >= -early_bound, (min(excess), early_bound)
 
 
+def test_ports_held_at_arrival_share_one_stamping_filter_per_namespace(chain):
+    """As tc lists them: r1's two arrival interfaces each have an ingress qdisc bound to the same shared
+    block, the block carries one bpf filter, and the rate sits in a tbf root on every sending interface."""
+    _require_root()
+    sh = _prepared(chain)
+    try:
+        sh.set([(p, LinkShape(delay_ms=1.0, rate_mbps=100.0)) for p in chain.peered], chain.ipr_of)
+
+        def tc_json(*args: str) -> list[dict]:
+            out = subprocess.run(chain.exec_argv("r1", "tc", "-j", *args), capture_output=True, text=True,
+                                 check=True).stdout
+            return json.loads(out) if out.strip() else []
+
+        blocks = set()
+        for ifname in ("r1-h1", "r1-r2"):
+            qd = tc_json("qdisc", "show", "dev", ifname)
+            ingress = [q for q in qd if q["kind"] == "ingress"]
+            assert len(ingress) == 1, qd
+            blocks.add(ingress[0].get("ingress_block"))
+            roots = [q for q in qd if q.get("root")]
+            assert [q["kind"] for q in roots] == ["tbf"] and roots[0]["options"]["rate"] == 100e6 / 8, qd
+        assert len(blocks) == 1 and None not in blocks, blocks
+        filters = [f for f in tc_json("filter", "show", "block", str(blocks.pop())) if "options" in f]
+        assert len(filters) == 1 and filters[0]["kind"] == "bpf", filters
+    finally:
+        sh.close()
+
+
 def _rtt_matches(chain: Chain, sh: UserspaceShaper) -> None:
     """Every direction of every hop at 2 ms: the RTT grows by 12 ms (max(1 ms, 3 %), as for netem)."""
     sh.set([(p, LinkShape(delay_ms=0.0, rate_mbps=1000.0)) for p in chain.peered], chain.ipr_of)

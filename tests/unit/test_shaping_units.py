@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 
@@ -12,9 +13,8 @@ from emulator.shaping.base import (
     MAX_RATE_MBPS,
     LinkShape,
     Port,
-    htb_class_body,
-    htb_root_body,
-    netem_qdisc_body,
+    netem_kwargs,
+    tbf_qdisc_body,
 )
 from topologies.errors import ConfigError
 
@@ -61,75 +61,48 @@ def _tc(body: bytes) -> tuple[tuple[int, int, int, int], str, bytes]:
     return (ifindex, handle, parent, info), attrs[1].rstrip(b"\0").decode(), attrs[2]
 
 
-def _htb(body: bytes) -> dict:
-    """Decode an htb class message by hand: tc_htb_opt (two tc_ratespec, buffer, cbuffer, quantum) and
-    the 64-bit rates when present."""
+def _tbf(body: bytes) -> dict:
+    """Decode a tbf qdisc message by hand: struct tc_tbf_qopt (rate and peak tc_ratespec, limit, buffer,
+    mtu), the burst in bytes and the 64-bit rate when present."""
     _hdr, kind, opts = _tc(body)
-    assert kind == "htb"
+    assert kind == "tbf"
     a = _attrs(opts)
-    parms = a[1]
-    assert len(parms) == 2 * 12 + 5 * 4
+    parms = a[1]  # TCA_TBF_PARMS
+    assert len(parms) == 2 * 12 + 3 * 4
     rate = struct.unpack_from("=BBHhHI", parms, 0)
-    ceil = struct.unpack_from("=BBHhHI", parms, 12)
-    buffer, cbuffer, quantum = struct.unpack_from("=III", parms, 24)
-    rate64 = struct.unpack("=Q", a[6])[0] if 6 in a else None
-    ceil64 = struct.unpack("=Q", a[7])[0] if 7 in a else None
-    return {"rate": rate, "ceil": ceil, "buffer": buffer, "cbuffer": cbuffer, "quantum": quantum,
-            "rate64": rate64, "ceil64": ceil64}
+    peak = struct.unpack_from("=BBHhHI", parms, 12)
+    limit, buffer, mtu = struct.unpack_from("=III", parms, 24)
+    rate64 = struct.unpack("=Q", a[4])[0] if 4 in a else None  # TCA_TBF_RATE64
+    burst = struct.unpack("=I", a[6])[0]  # TCA_TBF_BURST
+    return {"rate": rate, "peak": peak, "limit": limit, "buffer": buffer, "mtu": mtu, "rate64": rate64,
+            "burst": burst}
 
 
 @pytest.mark.parametrize("rate_mbps", [1.0, 100.0, 10_000.0, 34_359.0, 34_360.0, 40_000.0, 100_000.0])
-def test_htb_class_rate_is_bytes_per_second_with_64_bit_rates_beyond_u32(rate_mbps):
-    body = htb_class_body(7, LinkShape(5.0, rate_mbps))
+def test_tbf_rate_is_bytes_per_second_with_64_bit_rates_beyond_u32(rate_mbps):
+    body = tbf_qdisc_body(7, LinkShape(5.0, rate_mbps))
     (ifindex, handle, parent, _info), _kind, _opts = _tc(body)
-    assert (ifindex, handle, parent) == (7, 0x10001, 0x10000)
-    d = _htb(body)
+    assert (ifindex, handle, parent) == (7, 0x10000, 0xFFFFFFFF)  # root qdisc 1:
+    d = _tbf(body)
     want = round(rate_mbps * 1e6 / 8)  # bytes/s
     u32_max = 2**32 - 1
-    assert d["rate"] == d["ceil"]
     assert d["rate"][1] == 1  # TC_LINKLAYER_ETHERNET: the kernel computes times, no rate table
+    assert d["peak"][5] == 0 and d["mtu"] == 0  # no peak rate
     if want <= u32_max:  # 34,359.7 Mbit/s is the last rate a u32 of bytes/s holds
-        assert d["rate"][5] == want and d["rate64"] is None and d["ceil64"] is None
+        assert d["rate"][5] == want and d["rate64"] is None
     else:
-        assert d["rate"][5] == u32_max and d["rate64"] == d["ceil64"] == want
-    # burst: the larger of 1 ms at the rate and ten 1514 B frames, as 64 ns ticks
-    burst_s = max(1e-3, 10 * 1514 / want)
-    assert d["buffer"] == d["cbuffer"]
-    assert abs(d["buffer"] * 64e-9 - burst_s) <= 64e-9
-    assert 1514 <= d["quantum"] <= 200_000
-
-
-def test_htb_root_sends_unclassified_traffic_to_the_class():
-    (ifindex, handle, parent, _i), kind, opts = _tc(htb_root_body(9))
-    assert (ifindex, handle, parent, kind) == (9, 0x10000, 0xFFFFFFFF, "htb")
-    version, _r2q, defcls, _dbg, _direct = struct.unpack("=IIIII", _attrs(opts)[2])
-    assert version == 3 and defcls == 1  # class 1:1
-
-
-def _netem(body: bytes) -> dict:
-    """Decode a netem qdisc message by hand: struct tc_netem_qopt, then attributes after it."""
-    hdr, kind, opts = _tc(body)
-    assert kind == "netem"
-    latency, limit, loss, gap, dup, jitter = struct.unpack_from("=IIIIII", opts)
-    a = _attrs(opts[24:])
-    return {"hdr": hdr, "latency_ticks": latency, "limit": limit, "loss": loss, "gap": gap, "dup": dup,
-            "jitter": jitter, "latency64_ns": struct.unpack("=q", a[10])[0]}
-
-
-@pytest.mark.parametrize("delay_ms, loss_pct", [(12.5, 25.0), (0.0, 100.0), (0.001, 0.0), (300.0, 1.5)])
-def test_netem_delay_in_ns_and_ticks_and_loss_as_u32_fraction(delay_ms, loss_pct):
-    d = _netem(netem_qdisc_body(4, LinkShape(delay_ms, 100.0, loss_pct)))
-    assert d["hdr"][:3] == (4, 0x100000, 0x10001)  # 10: under class 1:1
-    assert d["latency64_ns"] == round(delay_ms * 1e6)
-    assert abs(d["latency_ticks"] * 64 - delay_ms * 1e6) <= 32  # psched ticks of 64 ns
-    assert abs(d["loss"] - loss_pct / 100 * (2**32 - 1)) <= 0.5
-    assert d["gap"] == d["dup"] == d["jitter"] == 0
+        assert d["rate"][5] == u32_max and d["rate64"] == want
+    # burst: the larger of 1 ms at the rate and ten 1514 B frames; the buffer is the same in 64 ns ticks
+    burst_bytes = max(math.ceil(want * 1e-3), 10 * 1514)
+    assert d["burst"] == burst_bytes
+    assert abs(d["buffer"] * 64e-9 - burst_bytes / want) <= 64e-9
+    assert d["limit"] == 1000 * 1514  # a veth's 1,000-packet transmit queue, in bytes
 
 
 @pytest.mark.parametrize("delay_ms, rate_mbps", [(100.0, 1000.0), (0.0, 1000.0), (5.0, 10.0),
                                                  (40.0, 100_000.0), (1.0, 40_000.0)])
 def test_netem_limit_holds_at_least_the_bandwidth_delay_product(delay_ms, rate_mbps):
-    limit = _netem(netem_qdisc_body(4, LinkShape(delay_ms, rate_mbps)))["limit"]
+    limit = netem_kwargs(LinkShape(delay_ms, rate_mbps))["limit"]
     bdp_packets = rate_mbps * 1e6 / 8 * delay_ms / 1e3 / 1514  # full-size packets in flight
     assert limit >= 1000  # the floor
     assert limit >= 2 * bdp_packets  # twice the BDP: room for smaller packets
@@ -284,21 +257,6 @@ def test_catch_all_ingress_rule_queues_every_arrival_but_lo():
     assert struct.pack(">I", nfnl.NFT_CMP_NEQ) in body and b"prerouting\0" in body
     table, _ = nfnl.nft_table_batch("t", 1, ingress_all_queue=4711)
     assert [t & 0xFF for t, _s, _b in _walk_batch(table)[1:-1]][-1] == nfnl.NFT_MSG_NEWRULE
-
-
-def test_htb_class_message_carries_rate_and_burst_in_kernel_units():
-    from emulator import rtnl
-
-    body = rtnl.htb_class_body(7, 0x10001, 0x10000, rate_bytes_s=12_500_000, burst_bytes=15_140,
-                               quantum_bytes=1514)
-    family, ifindex, handle, parent, _info = struct.unpack_from("=BxxxiIII", body)
-    assert (ifindex, handle, parent) == (7, 0x10001, 0x10000)
-    i = body.index(struct.pack("=HH", 4 + 2 * 12 + 20, rtnl.TCA_HTB_PARMS))
-    rate = struct.unpack_from("=BBHhHI", body, i + 4)
-    assert rate[1] == rtnl.TC_LINKLAYER_ETHERNET and rate[5] == 12_500_000
-    buffer_ticks = struct.unpack_from("=I", body, i + 4 + 24)[0]
-    # 15,140 B at 100 Mbit/s take 1.2112 ms = 18,925 ticks of 64 ns
-    assert buffer_ticks == 18925
 
 
 def test_lateness_quantiles_from_the_histogram():
