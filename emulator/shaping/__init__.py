@@ -1,6 +1,6 @@
 """Link shaping backends: delay, rate and loss of each emulated link direction.
 
-``make_shaper("auto")`` picks ``netem`` when the kernel has sch_netem and otherwise ``userspace`` (htb for
+``make_shaper("auto")`` picks ``netem`` when the kernel has sch_netem and otherwise ``userspace`` (tbf for
 rate, the compiled delay daemon for delay and loss). Both implement :class:`~emulator.shaping.base.Shaper`. The
 rate is always shaped on the sending interface's egress; netem delays there too, while the userspace
 backend holds a port's packets where they arrive at ``Port.peer`` when the port names it (fast TCP).

@@ -434,3 +434,18 @@ def test_routes_prefetched_between_steps_are_the_steps_own(make_emulation):
     assert not (emu.routes.link == cut).any()
     for r in routers:
         assert _kernel_routes(emu, tl.nodes[r].name) == _table_routes(emu, r)
+
+
+def test_every_namespace_has_its_sysctls(make_emulation, backend):
+    """Read back inside the nodes: routers forward, hosts do not, IPv6 is off and reverse-path filtering
+    is off everywhere (written by the namespace holder, directory by directory)."""
+    from emulator import shaping
+
+    tl = grid_timeline()
+    emu = make_emulation(tl, shaping.make_shaper(backend)[0])
+    keys = ("ipv4/ip_forward", "ipv6/conf/all/disable_ipv6", "ipv6/conf/default/disable_ipv6",
+            "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter")
+    for name in ("sat-0-0", "gw-a", "h-a"):
+        out = emu.node(name).cmd("cat " + " ".join(f"/proc/sys/net/{k}" for k in keys)).split()
+        forward = "0" if name.startswith("h-") else "1"
+        assert out == [forward, "1", "1", "0", "0"], (name, out)
