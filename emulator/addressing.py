@@ -6,7 +6,7 @@ exist only inside the emulation's own network namespaces.
 
 Default plan (:class:`AddressPlan`)
 -----------------------------------
-* **Router loopbacks** (satellites and gateways): one /32 each from ``10.64.0.0/10``, the r-th router
+* **Router loopbacks** (satellites, gateways and user terminals): one /32 each from ``10.64.0.0/10``, the r-th router
   (in node-table order) gets ``10.64.0.0 + r + 1``. It is the address to ping a router at and the
   source of packets a router originates.
 * **Link slots** (ISLs and gateway antennas): one /31 each from ``10.0.0.0/10``; slot ``l`` gets
@@ -55,7 +55,8 @@ from topologies.errors import ConfigError
 from topologies.timeline import LINK_CLASSES, LINK_ROLES, Timeline
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-ROUTER_KINDS = ("sat", "gateway")
+#: a user terminal is a router with one antenna, like a gateway without hosts: it originates from its loopback
+ROUTER_KINDS = ("sat", "gateway", "terminal")
 HOST_KINDS = ("host", "compute")
 
 _ISL = LINK_CLASSES.index("isl")
@@ -240,7 +241,7 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     xshell = all_isl[tl.link_role[all_isl] == _XSHELL]
     isl = all_isl[tl.link_role[all_isl] != _XSHELL]
     gsl = np.flatnonzero(cls == _GSL)
-    for idx, want_a, label in ((all_isl, ("sat",), "isl"), (gsl, ("gateway",), "gsl"),
+    for idx, want_a, label in ((all_isl, ("sat",), "isl"), (gsl, ("gateway", "terminal"), "gsl"),
                                (access, HOST_KINDS, "access")):
         bad = idx[~np.isin(kind_a[idx], want_a)]
         if len(bad):

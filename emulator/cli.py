@@ -105,7 +105,10 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     from topologies.crossshell import cross_shell_summary
 
     isl = (tl.link_class == LINK_CLASSES.index("isl")) & (tl.link_role != LINK_ROLES.index("cross-shell"))
-    gsl = tl.link_class == LINK_CLASSES.index("gsl")
+    owner_kind = np.array([n.kind for n in tl.nodes] or [""], dtype=object)[tl.link_a] if tl.n_links else \
+        np.empty(0, object)
+    beam = (tl.link_class == LINK_CLASSES.index("gsl")) & (owner_kind == "terminal")
+    gsl = (tl.link_class == LINK_CLASSES.index("gsl")) & (owner_kind == "gateway")
     st = tl.state[isl]
     by_reason = {Reason(r).label: round(float(np.mean(np.sum(st == r, axis=0))), 1)
                  for r in np.unique(st)}
@@ -120,13 +123,19 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         "start": tl.start.isoformat(),
         "step_s": tl.step_s,
         "steps": tl.n_steps,
-        "nodes": {k: len(tl.nodes_of(k)) for k in ("sat", "gateway", "host", "compute")},
+        # "terminal" only where there are user terminals, so the summary of other plans keeps its shape
+        "nodes": {k: len(tl.nodes_of(k)) for k in ("sat", "gateway", "terminal", "host", "compute")
+                  if k != "terminal" or tl.nodes_of(k)},
         "constellation": tl.report.get("constellation", {}),
         "isl": {"links": int(isl.sum()), "mean_per_step_by_state": by_reason,
                 "terminals": (tl.report.get("isl_topology") or {}).get("terminals"),
                 "cross_shell": cross_shell_summary(tl)},
         "gsl": {"antennas": int(gsl.sum()), "up_fraction": round(float(gsl_up), 3),
                 "handovers": handovers, "handovers_per_gateway": per_gw},
+        "terminals": [{"name": tl.nodes[int(a)].name,
+                       "with_satellite_fraction": round(float(np.mean(row >= 0)), 4),
+                       "handovers": int(np.sum(row[1:] != row[:-1]))}
+                      for a, row in zip(tl.link_a[beam], tl.peer[beam])],
         "paths": [],
         "timings_s": tl.report.get("timings_s", {}),
     }
@@ -176,7 +185,9 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
         found = ", ".join(f"{x['inclination_deg']:g} deg/{x['altitude_km']:.0f} km ({x['satellites']})"
                           for x in c["shells_in_file"])
         print(f"  shells in file {found}")
-    print(f"  nodes          {n['gateway']} gateways, {n['host']} ground hosts, {n['compute']} compute nodes")
+    print(f"  nodes          {n['gateway']} gateways, "
+          + (f"{n['terminal']} user terminals, " if n.get("terminal") else "")
+          + f"{n['host']} ground hosts, {n['compute']} compute nodes")
     isl = s["isl"]
     states = ", ".join(f"{k} {v:g}" for k, v in sorted(isl["mean_per_step_by_state"].items(),
                                                         key=lambda kv: (kv[0] != "up", -kv[1])))
@@ -193,6 +204,12 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
     g = s["gsl"]
     print(f"  GSLs           {g['antennas']} gateway antennas, up {100 * g['up_fraction']:.1f}% of the time, "
           f"{g['handovers']} handovers")
+    terms = s.get("terminals") or []
+    if terms:
+        share = np.array([t["with_satellite_fraction"] for t in terms])
+        print(f"  terminals      {len(terms)} user terminals, one beam each: with a satellite in "
+              f"{100 * share.mean():.1f}% of steps (worst {terms[int(share.argmin())]['name']} "
+              f"{100 * share.min():.1f}%), {sum(t['handovers'] for t in terms)} handovers")
     for p in s["paths"]:
         r = p["rtt_ms"]
         o = p["one_way_ms"]

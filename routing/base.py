@@ -97,13 +97,14 @@ class RouteTable:
 
 
 def destinations(timeline: Timeline, all_loopbacks: bool | None = None) -> np.ndarray:
-    """Node indices that routers keep routes to: gateways, hosts, compute nodes, and satellites'
-    loopbacks if ``all_loopbacks`` (default: when there are at most
+    """Node indices that routers keep routes to: gateways, user terminals, hosts, compute nodes, and
+    satellites' loopbacks if ``all_loopbacks`` (default: when there are at most
     :data:`ALL_LOOPBACKS_MAX_ROUTERS` routers)."""
     kinds = np.array([n.kind for n in timeline.nodes])
     if all_loopbacks is None:
-        all_loopbacks = int(np.isin(kinds, ("sat", "gateway")).sum()) <= ALL_LOOPBACKS_MAX_ROUTERS
-    wanted = ("sat", "gateway", "host", "compute") if all_loopbacks else ("gateway", "host", "compute")
+        all_loopbacks = int(np.isin(kinds, ("sat", "gateway", "terminal")).sum()) <= ALL_LOOPBACKS_MAX_ROUTERS
+    ground = ("gateway", "terminal", "host", "compute")
+    wanted = ("sat",) + ground if all_loopbacks else ground
     return np.flatnonzero(np.isin(kinds, wanted))
 
 

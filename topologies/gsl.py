@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -252,7 +252,9 @@ def _steps_to_next(boundary: NDArray[np.bool_]) -> NDArray[np.int64]:
 
 
 def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = None,
-               coarse_s: float = 30.0, meshed: NDArray[np.bool_] | None = None) -> GslResult:
+               coarse_s: float = 30.0, meshed: NDArray[np.bool_] | None = None,
+               site_mask: Callable[[int, NDArray[np.float64], NDArray[np.bool_]], NDArray[np.bool_]] | None = None,
+               capped: bool = True) -> GslResult:
     """Assign satellites to every antenna of every site at every step.
 
     Parameters
@@ -268,6 +270,15 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     meshed : ndarray, (n_sat, n_t) bool, optional
         Satellites with a laser link up at each step. With ``cfg.satellites == "meshed"`` antennas use only
         those (unless none is ever meshed); ignored otherwise.
+    site_mask : callable, optional
+        A further visibility rule per site: ``site_mask(site_index, rel_km, where)`` gets the vectors from
+        the site to its candidate satellites, Earth-fixed km, shape (n_t, n_cand, 3), and ``where``
+        (n_t, n_cand) bool, the entries above the mask; it returns (n_t, n_cand) bool, True where the
+        satellite may be used (only the ``where`` entries are read). User terminals pass their GSO arc
+        rule here (:func:`topologies.terminals.gso_arc_mask`).
+    capped : bool
+        Hold ``cfg.max_gateway_links_per_satellite`` across these sites (gateways). False for user
+        terminals, whose links do not count against the gateway cap.
 
     Returns
     -------
@@ -308,7 +319,7 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     cap = cfg.max_gateway_links_per_satellite
     # antenna links per satellite and step, of the sites served so far; not needed while the cap cannot bind
     # (uint8: the cap is at most 64; 24 h at 15 s steps on 10^4 satellites is 62 MB)
-    load = np.zeros((n_t, n_sat), np.uint8) if n_slots > cap else None
+    load = np.zeros((n_t, n_sat), np.uint8) if capped and n_slots > cap else None
 
     row = 0
     for si, site in enumerate(sites):
@@ -322,6 +333,8 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         h = rel @ up  # height of the satellite above the site's horizon plane, km
         # visible: valid and h >= sin(mask) * range, tested without a square root
         vis_all = usable_t[:, cand] & (h >= 0.0) & (h * h >= (sin_mask * sin_mask) * d2)
+        if site_mask is not None:
+            vis_all &= site_mask(si, rel, vis_all)
         keep = np.flatnonzero(vis_all.any(axis=0))
         cols = cand[keep]
         vis = vis_all[:, keep]

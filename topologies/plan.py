@@ -1,4 +1,5 @@
-"""From a scenario to a timeline: constellation, propagation, ISLs, gateways, hosts, compute nodes."""
+"""From a scenario to a timeline: constellation, propagation, ISLs, gateways, user terminals, hosts, compute
+nodes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .gsl import gsl_assign
 from .isl import isl_states, plus_grid, usable_spare
 from .propagate import propagate
 from .scenario import Scenario, check_traffic_endpoints
+from .terminals import terminal_assign
 from .timeline import LINK_CLASSES, LINK_ROLES, Node, Reason, Timeline
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,11 @@ def ground_sites(sc: Scenario) -> list[GroundSite]:
     return sites
 
 
+def terminal_sites(sc: Scenario) -> list[GroundSite]:
+    """User terminals of the scenario as ground sites with one beam each (``[[terminals]]``)."""
+    return [GroundSite(name=t.name, lat_deg=t.lat_deg, lon_deg=t.lon_deg, antennas=1) for t in sc.terminals]
+
+
 @dataclass(frozen=True)
 class PlanTimings:
     constellation_s: float
@@ -116,6 +123,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     gsl_cfg = sc.gsl_config()
     meshed = _meshed(const.n_sats, topo.pairs, isl_state, xs.owner, xs.peer, xs.state)
     gsl = gsl_assign(sites, eph, gsl_cfg, meshed=meshed)
+    terms = terminal_sites(sc)
+    term = terminal_assign(terms, eph, gsl_cfg, sc.terminal_config(), meshed=meshed) if terms else None
     t4 = _time.perf_counter()
 
     n_sat = const.n_sats
@@ -135,10 +144,18 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         nodes.append(Node(s.name, "gateway", {"lat_deg": s.lat_deg, "lon_deg": s.lon_deg, "alt_m": s.alt_m,
                                               "antennas": s.antennas or gsl_cfg.antennas}))
     sat_index = {name: i for i, name in enumerate(const.names)}
+    term_index: dict[str, int] = {}
+    for i, (t, spec) in enumerate(zip(terms, sc.terminals)):
+        if t.name in gw_index or t.name in sat_index:
+            raise ConfigError(f"terminal name {t.name!r} is already a node's name", file=sc.source,
+                              key=f"terminals[{i}].name")
+        term_index[t.name] = len(nodes)
+        nodes.append(Node(t.name, "terminal", {"lat_deg": t.lat_deg, "lon_deg": t.lon_deg, "alt_m": t.alt_m,
+                                               "antennas": 1, "country": spec.country, "pop": spec.pop}))
 
     # hosts: the scenario's, plus one behind every gateway that has none
     hosts = [(h.name, h.gateway, f"hosts[{i}]") for i, h in enumerate(sc.hosts)]
-    taken = {h[0] for h in hosts} | set(gw_index) | set(sat_index)
+    taken = {h[0] for h in hosts} | set(gw_index) | set(sat_index) | set(term_index)
     if sc.ground.host_per_gateway:
         with_host = {h[1] for h in hosts}
         for s in sites:
@@ -153,7 +170,7 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
             raise ConfigError(f"host {name!r} names gateway {gw!r}, which does not exist; gateways: "
                               f"{', '.join(sorted(gw_index)) or 'none'}", file=sc.source,
                               key=f"{key}.gateway")
-        if name in sat_index or name in gw_index:
+        if name in sat_index or name in gw_index or name in term_index:
             raise ConfigError(f"host name {name!r} is already a node's name", file=sc.source, key=f"{key}.name")
         access.append((len(nodes), gw_index[gw]))
         nodes.append(Node(name, "host", {"gateway": gw}))
@@ -171,10 +188,11 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
 
     check_traffic_endpoints(sc, {n.name for n in nodes}, {n.name: n.kind for n in nodes})
 
-    # link table: +Grid ISLs, cross-shell laser slots, then gateway antennas, then access links
+    # link table: +Grid ISLs, cross-shell laser slots, then gateway antennas, terminal beams, access links
     n_grid = len(topo.pairs)
     n_isl = n_grid + xs.n_slots
-    n_gsl = len(gsl.site)
+    n_gw_gsl = len(gsl.site)
+    n_gsl = n_gw_gsl + (len(term.site) if term is not None else 0)
     n_acc = len(access)
     n_links = n_isl + n_gsl + n_acc
     link_a = np.empty(n_links, np.int32)
@@ -202,7 +220,7 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     rate[isl] = isl_cfg.rate_mbps
     loss[isl] = isl_cfg.loss_pct
 
-    gs = slice(n_isl, n_isl + n_gsl)
+    gs = slice(n_isl, n_isl + n_gw_gsl)
     link_a[gs] = np.array([gw_index[sites[s].name] for s in gsl.site], np.int32)
     link_class[gs] = LINK_CLASSES.index("gsl")
     link_role[gs] = LINK_ROLES.index("gsl")
@@ -211,6 +229,16 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     delay[gs] = gsl.delay_ms
     rate[gs] = gsl_cfg.rate_mbps
     loss[gs] = gsl_cfg.loss_pct
+    if term is not None:
+        ts = slice(n_isl + n_gw_gsl, n_isl + n_gsl)
+        link_a[ts] = np.array([term_index[terms[s].name] for s in term.site], np.int32)
+        link_class[ts] = LINK_CLASSES.index("gsl")
+        link_role[ts] = LINK_ROLES.index("gsl")
+        state[ts] = term.state
+        peer[ts] = term.peer
+        delay[ts] = term.delay_ms
+        rate[ts] = gsl_cfg.rate_mbps
+        loss[ts] = gsl_cfg.loss_pct
 
     ac = slice(n_isl + n_gsl, n_links)
     if n_acc:

@@ -172,6 +172,35 @@ class GroundConfig:
             raise ValueError(f"gateway_antennas must be in [1, 16], got {self.gateway_antennas}")
 
 
+COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+
+
+@dataclass(frozen=True)
+class TerminalSpec:
+    """A user terminal (``[[terminals]]``): one steerable beam to one satellite (see topologies.terminals).
+
+    ``country`` is an ISO 3166-1 alpha-2 code; ``pop`` names a home point of presence. Both are kept in the
+    timeline's node table for the home-PoP model to come; nothing uses them yet.
+    """
+
+    name: str
+    lat_deg: float
+    lon_deg: float
+    country: str | None = None
+    pop: str | None = None
+
+    def __post_init__(self) -> None:
+        if not -90 <= self.lat_deg <= 90:
+            raise ValueError(f"lat_deg must be in [-90, 90], got {self.lat_deg}")
+        if not -180 <= self.lon_deg <= 360:
+            raise ValueError(f"lon_deg must be in [-180, 360], got {self.lon_deg}")
+        if self.country is not None and not COUNTRY_RE.match(self.country):
+            raise ValueError(f"country must be an ISO 3166-1 alpha-2 code (two upper-case letters, e.g. 'KE'), "
+                             f"got {self.country!r}")
+        if self.pop is not None and not self.pop.strip():
+            raise ValueError("pop must name a point of presence, got an empty string")
+
+
 @dataclass(frozen=True)
 class HostSpec:
     name: str
@@ -271,6 +300,8 @@ class Scenario:
     isl: dict[str, Any] = field(default_factory=dict)
     gsl: dict[str, Any] = field(default_factory=dict)
     ground: GroundConfig = GroundConfig()
+    terminal: dict[str, Any] = field(default_factory=dict)
+    terminals: tuple[TerminalSpec, ...] = ()
     hosts: tuple[HostSpec, ...] = ()
     compute: tuple[ComputeSpec, ...] = ()
     routing: RoutingConfig = RoutingConfig()
@@ -296,6 +327,10 @@ class Scenario:
     def gsl_config(self):
         from .gsl import GslConfig
         return _build_from(GslConfig, self.gsl, _Ctx(self.source, None), "gsl")
+
+    def terminal_config(self):
+        from .terminals import TerminalConfig
+        return _build_from(TerminalConfig, self.terminal, _Ctx(self.source, None), "terminal")
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,6 +512,8 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
         "isl": _raw_table,
         "gsl": _raw_table,
         "ground": _table(GroundConfig, {"sites": _list_of(SiteSpec, _check_named)}),
+        "terminal": _raw_table,
+        "terminals": _list_of(TerminalSpec, _check_named),
         "hosts": _list_of(HostSpec, _check_named),
         "compute": _list_of(ComputeSpec, _check_named),
         "routing": _table(RoutingConfig),
@@ -490,6 +527,9 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
     from .isl import IslConfig
     _build_from(IslConfig, sc.isl, ctx, "isl")
     _build_from(GslConfig, sc.gsl, ctx, "gsl")
+    if sc.terminal:
+        from .terminals import TerminalConfig
+        _build_from(TerminalConfig, sc.terminal, ctx, "terminal")
     _check_references(sc, ctx)
     return sc
 
@@ -505,6 +545,8 @@ def _check_references(sc: Scenario, ctx: _Ctx) -> None:
 
     for i, s in enumerate(sc.ground.sites):
         claim(s.name, f"ground.sites[{i}].name")
+    for i, term in enumerate(sc.terminals):
+        claim(term.name, f"terminals[{i}].name")
     for i, h in enumerate(sc.hosts):
         claim(h.name, f"hosts[{i}].name")
     for i, c in enumerate(sc.compute):

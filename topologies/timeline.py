@@ -2,7 +2,7 @@
 
 A timeline is the only thing the emulator needs from the topology layer. It holds
 
-* a node table (satellites first, then gateways, ground hosts and compute nodes),
+* a node table (satellites first, then gateways, user terminals, ground hosts and compute nodes),
 * a fixed table of link *slots* (an ISL between two satellites, one antenna of a gateway, an access
   link from a host to its gateway or from a compute node to its satellite),
 * per link slot and step: state (0 = up, else the reason it is down), peer (the far node; it changes
@@ -54,7 +54,7 @@ _READABLE_VERSIONS = (1, 2)
 #: (the atmosphere adds well under 0.1% to the path).
 C_KM_S = 299_792.458
 
-NODE_KINDS = ("sat", "gateway", "host", "compute")
+NODE_KINDS = ("sat", "gateway", "terminal", "host", "compute")
 LINK_CLASSES = ("isl", "gsl", "access")
 #: intra: fore/aft in the plane; inter: left/right to a neighbouring plane; cross-shell: a spare laser
 #: terminal whose partner, in another shell, changes over time (class "isl", peer -1 while it has none).
@@ -88,7 +88,8 @@ class Node:
     """One node of the emulated network.
 
     ``info`` carries kind-specific facts: for a satellite ``shell``, ``plane``, ``slot``; for a gateway
-    ``lat_deg``, ``lon_deg``, ``alt_m``, ``antennas``; for a host its ``gateway``; for a compute node
+    ``lat_deg``, ``lon_deg``, ``alt_m``, ``antennas``; for a user terminal the same (one antenna) and its
+    ``country`` and ``pop`` (either may be None); for a host its ``gateway``; for a compute node
     its ``satellite``.
     """
 

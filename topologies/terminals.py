@@ -1,0 +1,202 @@
+"""User terminals: the rule that keeps their one beam off the geostationary arc, and their link slots.
+
+A user terminal is a ground site with one steerable beam. It uses a satellite only above its elevation
+mask and only where the direction to the satellite is more than ``gso_exclusion_deg`` away from every
+point of the geostationary (GSO) arc the terminal can see: an NGSO system must not point its user beams
+along the line a collocated GSO earth station would use (see :class:`TerminalConfig` for the sources).
+Satellites are picked by :func:`topologies.gsl.gsl_assign` on the same slot grid as gateways, with the
+arc rule as its per-site mask; terminal links never count against the per-satellite cap of gateway links.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ConfigError, check_range
+from .frames import geodetic_to_ecef_km
+from .ground import GroundSite
+from .gsl import POLICIES, GslConfig, GslResult, gsl_assign
+
+__all__ = ["GSO_RADIUS_KM", "TerminalConfig", "gso_arc_mask", "gso_separation_deg", "terminal_assign"]
+
+#: Radius of the geostationary orbit, km (GM / omega_earth^2)^(1/3) with the WGS84 constants.
+GSO_RADIUS_KM = 42164.17
+
+#: Spacing of the first, coarse look along the arc, deg of GSO longitude; each best sample is then refined
+#: by a golden-section search over its two neighbouring intervals.
+_ARC_SAMPLE_DEG = 0.5
+_GOLDEN_ITERATIONS = 40
+#: Rows handled at once when comparing directions with arc samples (bounds memory to ~50 MB).
+_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class TerminalConfig:
+    """How user terminals pick satellites (``[terminal]``).
+
+    Attributes
+    ----------
+    min_elevation_deg : float
+        Elevation mask, deg, [0, 90). Default 25: the minimum elevation angle for user terminals (and
+        gateways) in SpaceX's Gen1 modification (FCC application filed 17 April 2020, granted by the
+        FCC's order of 27 April 2021, FCC 21-48), which lowered it from 40 deg. SpaceX later asked for
+        temporary authority to use 10 deg above 53 deg latitude (May 2022); set it here to model that.
+    gso_exclusion_deg : float
+        GSO arc avoidance, deg, [0, 90): a satellite whose direction from the terminal is within this angle
+        of any point of the visible GSO arc (elevation >= 0) is not used. Default 22: SpaceX's Ku-band
+        filings, as quoted publicly, turn the satellite's and the user terminal's beams off "whenever
+        the angle between the boresight of a GSO earth station (assumed to be collocated with the
+        SpaceX user) and the direction of the SpaceX satellite transmit beam is 22 degrees or less"
+        (the filing itself was not read here; SpaceX's reply to OneWeb is reported to use 18 deg, which
+        is the figure to set for that reading). The angle is a property of the system, not an ITU
+        value: Article 22's EPFD limits are what it is chosen to meet.
+    policy : str or None
+        One of :data:`topologies.gsl.POLICIES`; None: the ``[gsl]`` policy.
+    """
+
+    min_elevation_deg: float = 25.0
+    gso_exclusion_deg: float = 22.0
+    policy: str | None = None
+
+    def __post_init__(self) -> None:
+        check_range("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)
+        check_range("gso_exclusion_deg", self.gso_exclusion_deg, 0.0, 90.0, hi_open=True)
+        if self.policy is not None and self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)} or absent, got {self.policy!r}",
+                              key="policy")
+
+
+def _up(lat_deg: float, lon_deg: float) -> NDArray[np.float64]:
+    lat, lon = math.radians(lat_deg), math.radians(lon_deg)
+    return np.array([math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)])
+
+
+def _arc_dirs(pos_km: NDArray[np.float64], up: NDArray[np.float64],
+              lon_rad: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Unit vectors from the site to GSO points at longitudes ``lon_rad`` (any shape), and whether each
+    point is above the site's horizon."""
+    g = np.stack([GSO_RADIUS_KM * np.cos(lon_rad), GSO_RADIUS_KM * np.sin(lon_rad), np.zeros_like(lon_rad)],
+                 axis=-1) - pos_km
+    g /= np.linalg.norm(g, axis=-1, keepdims=True)
+    return g, g @ up >= 0.0
+
+
+def gso_separation_deg(lat_deg: float, lon_deg: float, alt_m: float,
+                       rel_km: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Smallest angle between each direction ``rel_km`` and the directions to the visible GSO arc, deg.
+
+    Parameters
+    ----------
+    lat_deg, lon_deg, alt_m : float
+        The site (WGS84 geodetic).
+    rel_km : ndarray, (..., 3)
+        Vectors from the site to the satellites, Earth-fixed, km.
+
+    Returns
+    -------
+    ndarray, (...)
+        Angle to the nearest point of the GSO arc above the site's horizon, deg; 180 where none of the
+        arc is above the horizon (a site beyond about 81 deg latitude).
+
+    Notes
+    -----
+    The arc is sampled every 0.5 deg of longitude; around each direction's best sample a golden-section
+    search over the two neighbouring intervals finds the minimum (to well under 1e-6 deg). Arc points
+    below the horizon are left out (a GSO earth station points at none of them).
+    """
+    rel = np.asarray(rel_km, dtype=np.float64)
+    shape = rel.shape[:-1]
+    d = rel.reshape(-1, 3)
+    norm = np.linalg.norm(d, axis=1)
+    d = d / np.where(norm > 0, norm, 1.0)[:, None]
+    pos = geodetic_to_ecef_km(lat_deg, lon_deg, alt_m)
+    up = _up(lat_deg, lon_deg)
+    step = math.radians(_ARC_SAMPLE_DEG)
+    lons = np.arange(0.0, 2 * math.pi, step)
+    arc, above = _arc_dirs(pos, up, lons)
+    out = np.full(len(d), 180.0)
+    if not above.any() or not len(d):
+        return out.reshape(shape)
+    arc_v, lon_v = arc[above], lons[above]
+
+    def cos_at(dd: NDArray[np.float64], lon: NDArray[np.float64]) -> NDArray[np.float64]:
+        u, ok = _arc_dirs(pos, up, lon)
+        return np.where(ok, np.einsum("nk,nk->n", dd, u), -1.0)  # below the horizon: as far as can be
+
+    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+    for s in range(0, len(d), _CHUNK):
+        dd = d[s:s + _CHUNK]
+        cos_samples = dd @ arc_v.T
+        k = np.argmax(cos_samples, axis=1)
+        best = lon_v[k]
+        # golden-section search for the largest cosine (smallest angle) over the best sample's two
+        # neighbouring intervals
+        a, b = best - step, best + step
+        c, e = b - inv_phi * (b - a), a + inv_phi * (b - a)
+        fc, fe = cos_at(dd, c), cos_at(dd, e)
+        for _ in range(_GOLDEN_ITERATIONS):
+            left = fc >= fe  # the maximum lies in [a, e]
+            b = np.where(left, e, b)
+            a = np.where(left, a, c)
+            c_new = np.where(left, b - inv_phi * (b - a), e)
+            e_new = np.where(left, c, a + inv_phi * (b - a))
+            fx = cos_at(dd, np.where(left, c_new, e_new))
+            fc, fe = np.where(left, fx, fe), np.where(left, fc, fx)
+            c, e = c_new, e_new
+        cos_best = np.maximum(np.maximum(fc, fe), cos_samples[np.arange(len(dd)), k])
+        out[s:s + _CHUNK] = np.degrees(np.arccos(np.clip(cos_best, -1.0, 1.0)))
+    return out.reshape(shape)
+
+
+def gso_arc_mask(sites: Sequence[GroundSite], exclusion_deg: float
+                 ) -> Callable[[int, NDArray[np.float64], NDArray[np.bool_]], NDArray[np.bool_]]:
+    """A per-site mask for :func:`topologies.gsl.gsl_assign`: True where the satellite is farther than
+    ``exclusion_deg`` from the site's visible GSO arc (only the entries of ``where`` are computed)."""
+    sites = tuple(sites)
+
+    def mask(si: int, rel_km: NDArray[np.float64], where: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        out = np.zeros(where.shape, bool)
+        if exclusion_deg <= 0.0:
+            out[where] = True
+            return out
+        s = sites[si]
+        out[where] = gso_separation_deg(s.lat_deg, s.lon_deg, s.alt_m, rel_km[where]) > exclusion_deg
+        return out
+
+    return mask
+
+
+def terminal_assign(sites: Sequence[GroundSite], ephem: Any, gsl_cfg: GslConfig, cfg: TerminalConfig,
+                    meshed: NDArray[np.bool_] | None = None) -> GslResult:
+    """Satellites of user terminals at every step: one beam each, on the gateways' slot grid.
+
+    Parameters
+    ----------
+    sites : sequence of GroundSite
+        The terminals (their ``antennas`` is ignored: one beam each).
+    ephem : Ephemeris
+        As for :func:`topologies.gsl.gsl_assign`.
+    gsl_cfg : GslConfig
+        The gateways' configuration: slot length and offset, hysteresis, acquisition time, rate, loss,
+        the meshed rule and (unless ``cfg.policy`` is given) the policy are shared.
+    cfg : TerminalConfig
+        Elevation mask and GSO arc exclusion.
+    meshed : ndarray, (n_sat, n_t) bool, optional
+        As for :func:`topologies.gsl.gsl_assign`.
+
+    Returns
+    -------
+    GslResult
+        One link slot per terminal, in the order given.
+    """
+    sites = tuple(replace(s, antennas=1) for s in sites)
+    tcfg = replace(gsl_cfg, min_elevation_deg=cfg.min_elevation_deg, antennas=1,
+                   policy=cfg.policy or gsl_cfg.policy)
+    return gsl_assign(sites, ephem, tcfg, meshed=meshed, site_mask=gso_arc_mask(sites, cfg.gso_exclusion_deg),
+                      capped=False)
