@@ -307,6 +307,13 @@ def plot_map(tl: Timeline, folder: Path, steps: list[int], pairs: list[tuple[str
         node_ll = {int(s): (lon[i], lat[i]) for i, s in enumerate(sats)}
         for g, y, x in zip(gws, glat, glon):
             node_ll[g] = (x, y)
+        terms = tl.nodes_of("terminal")
+        if terms:
+            tlat = [tl.nodes[t].info.get("lat_deg", 0) for t in terms]
+            tlon = [tl.nodes[t].info.get("lon_deg", 0) for t in terms]
+            ax.plot(tlon, tlat, "o", color="darkorange", ms=5, label="user terminal")
+            for t, y, x in zip(terms, tlat, tlon):
+                node_ll[t] = (x, y)
         for h in tl.nodes_of("host"):
             gw = tl.nodes[h].info.get("gateway")
             if gw:
