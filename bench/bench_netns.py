@@ -1,0 +1,85 @@
+"""Benchmark: how creating network namespaces in the run's holder grows with their number, with and
+without the sysctls the emulator writes in each.
+
+    sudo .venv/bin/python bench/bench_netns.py                   # 3,000 namespaces, each sysctl set
+    sudo .venv/bin/python bench/bench_netns.py --count 5000 --sets none,all
+
+For each set of sysctls it creates ``--count`` namespaces through :class:`emulator.kernel.holder.Holder`
+(unshare, bind mount, sysctls written from inside, as a run does for routers) in chunks of 500 and prints
+the time of each chunk: a cost per namespace that grows with the namespaces already made shows as
+growing chunks. The holder is closed between sets and the kernel given ``--settle-s`` to tear the
+namespaces down (their cleanup takes the rtnl lock the sysctl writes also want).
+
+Sets: ``none``; ``all`` (what the emulator writes in a router: :data:`emulator.network.SYSCTLS_ALL` and
+``SYSCTLS_ROUTER``); ``forward`` (net/ipv4/ip_forward only); ``ipv6`` (net/ipv6/conf/all/disable_ipv6
+only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from emulator.kernel.holder import Holder  # noqa: E402
+from emulator.network import SYSCTLS_ALL, SYSCTLS_ROUTER  # noqa: E402
+
+SETS = {
+    "none": {},
+    "all": {**SYSCTLS_ALL, **SYSCTLS_ROUTER},
+    "forward": {"net/ipv4/ip_forward": "1"},
+    "ipv6": {"net/ipv6/conf/all/disable_ipv6": "1"},
+}
+CHUNK = 500
+
+
+def run_set(name: str, count: int) -> list[float]:
+    """Create ``count`` namespaces with sysctl set ``name``; seconds per chunk of :data:`CHUNK`."""
+    holder = Holder(f"bnns{os.getpid()}")
+    holder.start()
+    chunks = []
+    try:
+        for first in range(0, count, CHUNK):
+            names = [f"n{i}" for i in range(first, min(count, first + CHUNK))]
+            t0 = time.perf_counter()
+            holder.create(names, [SETS[name]], [0] * len(names))
+            chunks.append(time.perf_counter() - t0)
+    finally:
+        holder.close(timeout_s=300)
+    return chunks
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=3000)
+    ap.add_argument("--sets", default="none,all,forward,ipv6", help=f"comma-separated, of {', '.join(SETS)}")
+    ap.add_argument("--settle-s", type=float, default=30.0)
+    args = ap.parse_args()
+    sets = args.sets.split(",")
+    bad = [s for s in sets if s not in SETS]
+    if bad or args.count < 1:
+        print(f"bench_netns: unknown set {bad[0]!r}" if bad else "bench_netns: --count must be >= 1",
+              file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("bench_netns: needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}")
+    print(f"command: python bench/bench_netns.py --count {args.count} --sets {args.sets}")
+    for k, name in enumerate(sets):
+        if k:
+            time.sleep(args.settle_s)
+        chunks = run_set(name, args.count)
+        print(f"{name:>8}: {args.count} namespaces in {sum(chunks):.1f} s; per {CHUNK}: "
+              + " ".join(f"{c:.1f}" for c in chunks), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
