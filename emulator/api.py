@@ -236,7 +236,7 @@ class Experiment:
         return [n.name for n in self.timeline.nodes]
 
     def names_of(self, kind: str) -> list[str]:
-        """Names of the nodes of ``kind`` ("sat", "gateway", "host", "compute")."""
+        """Names of the nodes of ``kind`` ("sat", "gateway", "terminal", "host", "compute")."""
         return [self.timeline.nodes[i].name for i in self.timeline.nodes_of(kind)]
 
     def kind_of(self, name: str) -> str:

@@ -221,3 +221,19 @@ def test_duplicate_terminal_names_are_refused():
     text = scenario_text(terminals=[("ut-a", 1.0, 2.0), ("ut-a", 3.0, 4.0)])
     with pytest.raises(ConfigError, match=r"key 'terminals\[1\]\.name'.*used twice"):
         parse_scenario(text, "ut.toml")
+
+
+def test_plan_reports_each_terminal_and_its_share_of_steps_with_a_satellite(planned, capsys):
+    from emulator.cli import plan_summary, print_plan
+
+    _sc, _eph, tl = planned
+    s = plan_summary(tl, [])
+    assert s["nodes"]["terminal"] == len(TERMINALS)
+    links = beams(tl)
+    for t in s["terminals"]:
+        peer = tl.peer[links[t["name"]]]
+        assert t["with_satellite_fraction"] == pytest.approx(np.count_nonzero(peer >= 0) / N_STEPS, abs=1e-4)
+        assert t["handovers"] == sum(1 for k in range(1, N_STEPS) if peer[k] != peer[k - 1])
+    assert s["gsl"]["antennas"] == 1  # the gateway's one antenna; terminal beams are counted apart
+    print_plan(s, None)
+    assert f"{len(TERMINALS)} user terminals" in capsys.readouterr().out
