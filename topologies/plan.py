@@ -220,25 +220,20 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     rate[isl] = isl_cfg.rate_mbps
     loss[isl] = isl_cfg.loss_pct
 
-    gs = slice(n_isl, n_isl + n_gw_gsl)
-    link_a[gs] = np.array([gw_index[sites[s].name] for s in gsl.site], np.int32)
-    link_class[gs] = LINK_CLASSES.index("gsl")
-    link_role[gs] = LINK_ROLES.index("gsl")
-    state[gs] = gsl.state
-    peer[gs] = gsl.peer
-    delay[gs] = gsl.delay_ms
-    rate[gs] = gsl_cfg.rate_mbps
-    loss[gs] = gsl_cfg.loss_pct
+    # gateway antennas, then terminal beams: both ground-to-satellite slots
+    ground_slots = [(slice(n_isl, n_isl + n_gw_gsl), gsl, [gw_index[sites[s].name] for s in gsl.site])]
     if term is not None:
-        ts = slice(n_isl + n_gw_gsl, n_isl + n_gsl)
-        link_a[ts] = np.array([term_index[terms[s].name] for s in term.site], np.int32)
-        link_class[ts] = LINK_CLASSES.index("gsl")
-        link_role[ts] = LINK_ROLES.index("gsl")
-        state[ts] = term.state
-        peer[ts] = term.peer
-        delay[ts] = term.delay_ms
-        rate[ts] = gsl_cfg.rate_mbps
-        loss[ts] = gsl_cfg.loss_pct
+        ground_slots.append((slice(n_isl + n_gw_gsl, n_isl + n_gsl), term,
+                             [term_index[terms[s].name] for s in term.site]))
+    for gs, res, owners in ground_slots:
+        link_a[gs] = np.array(owners, np.int32)
+        link_class[gs] = LINK_CLASSES.index("gsl")
+        link_role[gs] = LINK_ROLES.index("gsl")
+        state[gs] = res.state
+        peer[gs] = res.peer
+        delay[gs] = res.delay_ms
+        rate[gs] = gsl_cfg.rate_mbps
+        loss[gs] = gsl_cfg.loss_pct
 
     ac = slice(n_isl + n_gsl, n_links)
     if n_acc:
