@@ -94,9 +94,9 @@ def test_rtt_on_a_planned_walker_constellation(make_emulation, backend):
         # inside the qemu VM: its emulated CPU adds timer latency per delayed traversal (measured)
         import os
 
-        from test_network import vm_netem_overhead_ms
+        from test_network import VM_NOISE_MS_PER_TRAVERSAL, vm_netem_overhead_ms
         if os.environ.get("SATNETEM_IN_VM") == "1":
             delays = [float(snap.params[l, 0]) for l in links_ab + links_ba]
             predicted_ms += len(delays) * vm_netem_overhead_ms(median(delays))
-            bound += 0.1 * (len(links_ab) + len(links_ba))  # its variation between measurements
+            bound += VM_NOISE_MS_PER_TRAVERSAL * (len(links_ab) + len(links_ba))  # its variation between windows
     assert abs(measured_ms - predicted_ms) <= bound, (measured_ms, predicted_ms, bound)

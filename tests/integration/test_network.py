@@ -80,11 +80,18 @@ def test_rtt_equals_prediction(make_emulation, backend):
         # bound below is the one users get).
         delayed = [float(snap.params[l, 0]) for l in links_ab + links_ba if snap.params[l, 0] > 0]
         predicted_ms += len(delayed) * vm_netem_overhead_ms(median(delayed))
-    # the emulated CPU's timer latency also varies from one measurement to the next: up to 0.1 ms per
-    # delayed traversal is allowed for that inside the VM only
-    vm_allowance_ms = 0.1 * sum(1 for l in links_ab + links_ba if snap.params[l, 0] > 0) if in_vm else 0.0
+    # the emulated CPU's timer latency also varies from one measurement window to the next (in the VM only)
+    vm_allowance_ms = VM_NOISE_MS_PER_TRAVERSAL * sum(1 for l in links_ab + links_ba if snap.params[l, 0] > 0) \
+        if in_vm else 0.0
     assert abs(measured_ms - predicted_ms) <= max(1.0, 0.03 * predicted_ms) + vm_allowance_ms, (
         measured_ms, predicted_ms, vm_allowance_ms)
+
+
+#: Inside the qemu VM only: how much the timer excess per delayed traversal varies between measurement
+#: windows. Measured there with iproute2's netem alone (no satnetem): the median RTT over 6 traversals of 5 ms,
+#: same configuration, three windows a minute apart: 33.7, 33.8 and 35.2 ms, a spread of 1.5 ms = 0.25 ms per
+#: traversal (0.1 was assumed before; CI then failed by 0.17 ms per traversal over 16 traversals).
+VM_NOISE_MS_PER_TRAVERSAL = 0.25
 
 
 def vm_netem_overhead_ms(delay_ms: float) -> float:
