@@ -52,11 +52,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from topologies.errors import ConfigError
-from topologies.timeline import LINK_CLASSES, LINK_ROLES, Timeline
+from topologies.timeline import LINK_CLASSES, LINK_ROLES, ROUTER_KINDS, Timeline
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-#: a user terminal is a router with one antenna, like a gateway without hosts: it originates from its loopback
-ROUTER_KINDS = ("sat", "gateway", "terminal")
 HOST_KINDS = ("host", "compute")
 
 _ISL = LINK_CLASSES.index("isl")

@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 import numpy as np
 
 from topologies.errors import ConfigError
-from topologies.timeline import Snapshot, Timeline
+from topologies.timeline import ROUTER_KINDS, Snapshot, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def destinations(timeline: Timeline, all_loopbacks: bool | None = None) -> np.nd
     :data:`ALL_LOOPBACKS_MAX_ROUTERS` routers)."""
     kinds = np.array([n.kind for n in timeline.nodes])
     if all_loopbacks is None:
-        all_loopbacks = int(np.isin(kinds, ("sat", "gateway", "terminal")).sum()) <= ALL_LOOPBACKS_MAX_ROUTERS
+        all_loopbacks = int(np.isin(kinds, ROUTER_KINDS).sum()) <= ALL_LOOPBACKS_MAX_ROUTERS
     ground = ("gateway", "terminal", "host", "compute")
     wanted = ("sat",) + ground if all_loopbacks else ground
     return np.flatnonzero(np.isin(kinds, wanted))

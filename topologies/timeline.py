@@ -55,6 +55,8 @@ _READABLE_VERSIONS = (1, 2)
 C_KM_S = 299_792.458
 
 NODE_KINDS = ("sat", "gateway", "terminal", "host", "compute")
+#: kinds that forward packets (a user terminal is a router with one antenna, like a gateway without hosts)
+ROUTER_KINDS = ("sat", "gateway", "terminal")
 LINK_CLASSES = ("isl", "gsl", "access")
 #: intra: fore/aft in the plane; inter: left/right to a neighbouring plane; cross-shell: a spare laser
 #: terminal whose partner, in another shell, changes over time (class "isl", peer -1 while it has none).
