@@ -535,11 +535,11 @@ def _echo_request_times(tap: socket.socket) -> dict[tuple[int, int], int]:
                 out[struct.unpack("!HH", icmp[4:8])] = sec * 1_000_000_000 + nsec
 
 
-def _transit_ns(chain: Chain, count: int) -> list[int]:
+def _transit_ns(chain: Chain, count: int, interval_s: float = 0.01) -> list[int]:
     """Time each of ``count`` echo requests took from leaving h1 (h1-r1) to leaving r1 (r1-r2), ns."""
     taps = [_tap(chain, "h1", "h1-r1"), _tap(chain, "r1", "r1-r2")]
     try:
-        _ping(chain, count, interval_s=0.01)
+        _ping(chain, count, interval_s=interval_s)
         t_in, t_out = (_echo_request_times(t) for t in taps)
     finally:
         for t in taps:
@@ -552,7 +552,8 @@ def _quantile(xs: list[int], q: float) -> int:
 
 
 # A real-time sleeper beside the daemon, at its priority: how late the machine wakes such a task (the
-# kernel here is PREEMPT_NONE, so another process's long system call holds a CPU). Prints its p99, ns.
+# kernel here is PREEMPT_NONE, so another process's long system call holds a CPU; and the hypervisor takes
+# the virtual CPUs away now and then: /proc/stat's steal column). Prints its p99, ns.
 _WAKEUP_PROBE = """
 import os, sys, time
 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(sys.argv[1])))
@@ -565,32 +566,42 @@ for _ in range(n):
 print(sorted(late)[int(0.99 * n)])
 """
 
+#: Echo requests timed on the wire while held, and how many of them may come later than the bound below.
+#: The bound holds the probe's p99, so by definition 1% of the machine's wake-ups exceed it; a packet's
+#: release is one such wake-up. With a true 1% share, 25 or more of 1,000 exceed it with probability 4e-5;
+#: a daemon releasing 3% of its packets late fails with probability 0.85, 5% always. (Comparing the second
+#: largest of 200 packets with the probe's p99, as before, failed 59% of the time on identical tails: CI
+#: did, on a machine whose stalls set the tail.)
+HELD_PACKETS, HELD_LATE_ALLOWED = 1000, 25
+
 
 def test_held_time_measured_on_the_wire(chain):
     """One 5 ms hop, held at r1's ingress: the time from h1's egress to r1's egress, taken by AF_PACKET
     taps (the kernel's time stamps, outside the daemon), is 5 ms plus what forwarding costs unshaped.
-    Bound: p99 of the excess <= 200 us plus the unshaped forwarding time's own spread (p99 - median)
-    plus the p99 wake-up latency of an independent real-time sleeper measured meanwhile (what the machine
-    itself adds); never early by more than the daemon's 0.2 ms lead plus the spread below the median."""
+    Late: at most HELD_LATE_ALLOWED packets exceed 200 us plus the unshaped forwarding time's own spread
+    (p99 - median) plus the p99 wake-up latency of an independent real-time sleeper measured meanwhile (what
+    the machine itself adds). Never early by more than the daemon's 0.2 ms lead plus the spread below the
+    median."""
     _require_root()
     sh = _prepared(chain)
     try:
         hop = _peered(chain, "h1-r1")
         _ping(chain, 3)
-        base = _transit_ns(chain, 200)  # not held: pure forwarding
+        base = _transit_ns(chain, 400, interval_s=0.005)  # not held: pure forwarding
         sh.set([(hop, LinkShape(delay_ms=5.0, rate_mbps=1000.0))], chain.ipr_of)
         probe = subprocess.Popen([sys.executable, "-c", _WAKEUP_PROBE, str(DEFAULT_RT_PRIORITY), "2500"],
                                  stdout=subprocess.PIPE, text=True)
-        held = _transit_ns(chain, 200)
+        held = _transit_ns(chain, HELD_PACKETS, interval_s=0.002)
         wakeup_p99_ns = int(probe.communicate(timeout=30)[0])
     finally:
         sh.close()
-    assert len(base) >= 190 and len(held) >= 190, (len(base), len(held))
+    assert len(base) >= 390 and len(held) >= HELD_PACKETS - 10, (len(base), len(held))
     base_med = statistics.median(base)
     excess = [d - 5_000_000 - base_med for d in held]
     late_bound = 200_000 + (_quantile(base, 0.99) - base_med) + wakeup_p99_ns
     early_bound = 200_000 + (base_med - min(base))
-    assert _quantile(excess, 0.99) <= late_bound, (_quantile(excess, 0.99), late_bound, base_med, wakeup_p99_ns)
+    late = sorted(x for x in excess if x > late_bound)
+    assert len(late) <= HELD_LATE_ALLOWED, (len(late), late_bound, late[-5:], base_med, wakeup_p99_ns)
     assert min(excess) >= -early_bound, (min(excess), early_bound)
 
 
