@@ -154,6 +154,10 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
                    "first_split": p.first_split} for p in conn.pairs],
         "warnings": [w for w in (p.warning() for p in conn.pairs) if w],
     }
+    if tl.report.get("events"):
+        from routing.event_paths import event_path_effects
+
+        out["events"] = event_path_effects(tl, pairs)
     return out
 
 
@@ -225,6 +229,12 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
         print(f"  {p['src']} ~ {p['dst']}: connected in {100 * p['connected_fraction']:.1f}% of steps")
     for w in cn["warnings"]:
         print(f"  warning: {w}")
+    if s.get("events"):
+        from routing.event_paths import describe
+
+        for ev in s["events"]:
+            for k, line in enumerate(describe(ev, s["step_s"])):
+                print(f"  {'events' if not ev['index'] and not k else '':<15}{line}")
     if "run_needs" in s:
         print(f"  a run needs    {s['run_needs']}")
     if out_path:

@@ -197,7 +197,8 @@ class Emulation:
     def reinstall_host_routes(self, links: np.ndarray) -> None:
         """Install again the default route of the host or compute node behind each access link in
         ``links`` (up by now). The kernel drops that route while the link is down, which only a script's
-        failure does: :mod:`emulator.api` calls this when such a link comes back."""
+        failure or a scheduled event does: :mod:`emulator.api` and :meth:`apply_step` call this when such a
+        link comes back."""
         a = self.addr
         for l in np.asarray(links, np.int64).tolist():
             i = int(self.link_a[l])  # an access link's near end is its host (topologies.plan)
@@ -359,6 +360,9 @@ class Emulation:
             old_pairs.append((l, old))
         attached = d.peer_links[(d.new_peer >= 0) & up_now[d.peer_links]]
         self._set_links(np.union1d(d.went_up, attached), True, applied.peer)
+        back = d.went_up[self.is_access[d.went_up]]
+        if len(back):  # back from a scheduled event ([[events]]): the kernel dropped the host's default route
+            self.reinstall_host_routes(back)
         stats.links_up = len(d.went_up)
         stats.handovers = len(d.peer_links)
         t1 = time.perf_counter()
@@ -849,6 +853,8 @@ class Emulation:
         a = self.addr
         for i in np.flatnonzero(~self.is_router).tolist():
             l = int(a.access_link[i])
+            if self.applied.state[l] != 0:
+                continue  # down from the start by a scheduled event: installed when it comes up (apply_step)
             b = rtnl.Batch()
             b.add(rtnl.RTM_NEWROUTE, _CREATE,
                   rtnl.route_body(0, 0, int(a.gateway_addr[i]), int(a.ifindex_a[l]), int(a.addr_a[l])),

@@ -277,6 +277,12 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         report["constellation"]["shells_in_file"] = [
             {"inclination_deg": round(float(c.inclination_deg), 2), "altitude_km": round(float(c.altitude_km), 1),
              "satellites": int(c.n_sats)} for c in find_shells(load_tle(sc.resolve(sc.constellation.tle)))]
-    return Timeline(start=sc.time.start, step_s=sc.time.step_s, nodes=nodes, link_a=link_a,
-                    link_class=link_class, link_role=link_role, state=state, peer=peer, delay_ms=delay,
-                    rate_mbps=rate, loss_pct=loss, sat_lla=sat_lla, scenario=sc.raw, report=report)
+    tl = Timeline(start=sc.time.start, step_s=sc.time.step_s, nodes=nodes, link_a=link_a,
+                  link_class=link_class, link_role=link_role, state=state, peer=peer, delay_ms=delay,
+                  rate_mbps=rate, loss_pct=loss, sat_lla=sat_lla, scenario=sc.raw, report=report)
+    if sc.events:
+        # scheduled events go in last, over the built arrays: what they take down is planned
+        from .events import apply_events
+
+        report["events"] = apply_events(tl, sc)
+    return tl

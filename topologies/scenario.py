@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .events import EventSpec, build_events
 from .ground import STARLINK_GATEWAY_ANTENNAS
 
 #: Node names end up in interface labels, process titles and command lines: keep them boring.
@@ -307,6 +308,8 @@ class Scenario:
     routing: RoutingConfig = RoutingConfig()
     emulation: EmulationConfig = EmulationConfig()
     traffic: tuple[TrafficSpec, ...] = ()
+    #: scheduled failures, restores, degradations and regional outages (topologies.events)
+    events: tuple[EventSpec, ...] = ()
     #: where the scenario came from (file path or "<built-in>"); relative paths resolve against its folder
     source: str = "<built-in>"
     #: the raw TOML table, kept so a run folder can store exactly what was asked
@@ -519,6 +522,7 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
         "routing": _table(RoutingConfig),
         "emulation": _table(EmulationConfig),
         "traffic": _list_of(TrafficSpec),
+        "events": build_events,
     }
     sc = _build_from(Scenario, table, ctx, "", nested)
     sc = dataclasses.replace(sc, source=ctx.file, raw=table)

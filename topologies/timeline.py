@@ -79,6 +79,7 @@ class Reason(IntEnum):
     TERMINALS = 10  # no free laser terminal on an endpoint
     FAILED = 11  # forced down by a script (emulator.api fail()): never in a planned timeline
     NO_PARTNER = 12  # cross-shell laser terminal with no partner in another shell
+    SCHEDULED = 13  # taken down by a scenario's [[events]] (topologies.events): planned, unlike FAILED
 
     @property
     def label(self) -> str:
