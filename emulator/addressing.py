@@ -6,10 +6,10 @@ exist only inside the emulation's own network namespaces.
 
 Default plan (:class:`AddressPlan`)
 -----------------------------------
-* **Router loopbacks** (satellites, gateways and user terminals): one /32 each from ``10.64.0.0/10``, the r-th router
-  (in node-table order) gets ``10.64.0.0 + r + 1``. It is the address to ping a router at and the
+* **Router loopbacks** (satellites, gateways, user terminals and PoPs): one /32 each from ``10.64.0.0/10``,
+  the r-th router (in node-table order) gets ``10.64.0.0 + r + 1``. It is the address to ping a router at and the
   source of packets a router originates.
-* **Link slots** (ISLs and gateway antennas): one /31 each from ``10.0.0.0/10``; slot ``l`` gets
+* **Link slots** (ISLs, gateway antennas and fibre links): one /31 each from ``10.0.0.0/10``; slot ``l`` gets
   ``10.0.0.0 + 2 l`` at its near end (``link_a``: satellite or gateway) and ``+ 1`` at its far end.
 * **Gateway antennas and cross-shell laser slots** (the slots whose far end changes) have two veth
   pairs each (make-before-break handovers, see :mod:`emulator.network`): the first uses the slot's
@@ -34,7 +34,8 @@ Interface names (at most 15 characters, unique in each namespace)
   is ``ant<k>b`` / ``g<slot>b``. A cross-shell laser slot: ``x<slot>`` at its owner, ``y<slot>``
   at the partner, spares ``x<slot>b`` / ``y<slot>b``. Which of the two carries the antenna at a step alternates with
   handovers (:class:`LinkEnds` tracks it).
-* Access link: ``eth0`` at the host or compute node, ``h<slot>`` at the gateway or satellite.
+* Fibre link (gateway to PoP, PoP to PoP): ``f<slot>`` at the near end, ``fp<slot>`` at the PoP.
+* Access link: ``eth0`` at the host or compute node, ``h<slot>`` at the gateway, PoP or satellite.
 * Interface indices are fixed too: ``2 + 2 l`` for the near end of slot ``l`` and ``3 + 2 l`` for the
   far end (``lo`` is 1 in every namespace); the j-th antenna's spare pair gets ``2 + 2 (n_links + j)``
   and ``+ 1``. They are unique across the whole emulation so a moved interface keeps its index.
@@ -60,6 +61,7 @@ HOST_KINDS = ("host", "compute")
 _ISL = LINK_CLASSES.index("isl")
 _GSL = LINK_CLASSES.index("gsl")
 _ACCESS = LINK_CLASSES.index("access")
+_FIBRE = LINK_CLASSES.index("fibre")
 _INTRA = LINK_ROLES.index("intra")
 _INTER = LINK_ROLES.index("inter")
 _XSHELL = LINK_ROLES.index("cross-shell")
@@ -239,17 +241,20 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     xshell = all_isl[tl.link_role[all_isl] == _XSHELL]
     isl = all_isl[tl.link_role[all_isl] != _XSHELL]
     gsl = np.flatnonzero(cls == _GSL)
+    fibre = np.flatnonzero(cls == _FIBRE)
     for idx, want_a, label in ((all_isl, ("sat",), "isl"), (gsl, ("gateway", "terminal"), "gsl"),
-                               (access, HOST_KINDS, "access")):
+                               (fibre, ("gateway", "pop"), "fibre"), (access, HOST_KINDS, "access")):
         bad = idx[~np.isin(kind_a[idx], want_a)]
         if len(bad):
             raise ConfigError(f"{label} link slot {int(bad[0])} starts at node "
                               f"{tl.nodes[int(a[bad[0]])].name!r} of kind {kind_a[bad[0]]!r}, "
                               f"expected {' or '.join(want_a)}", key="link_a")
-    fixed = np.concatenate([isl, access])
+    fixed = np.concatenate([isl, fibre, access])
     if len(fixed) and ((peer[fixed] != peer[fixed, :1]).any() or (peer[fixed, 0] < 0).any()):
-        raise ConfigError("an ISL or access link slot changes or lacks its peer; only gateway antennas "
+        raise ConfigError("an ISL, fibre or access link slot changes or lacks its peer; only gateway antennas "
                           "and cross-shell laser slots hand over", key="peer")
+    if len(fibre) and not np.isin(kinds[peer[fibre, 0]], ("pop",)).all():
+        raise ConfigError("a fibre link ends at a node that is not a PoP", key="peer")
     for idx, what in ((gsl, "a gateway antenna"), (xshell, "a cross-shell laser slot")):
         if len(idx):
             gp = peer[idx]
@@ -316,6 +321,9 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     for l in xshell.tolist():
         names_a[l] = f"x{l}"
         names_b[l] = f"y{l}"
+    for l in fibre.tolist():
+        names_a[l] = f"f{l}"
+        names_b[l] = f"fp{l}"
     for l in access.tolist():
         names_a[l] = "eth0"
         names_b[l] = f"h{l}"

@@ -124,8 +124,8 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         "step_s": tl.step_s,
         "steps": tl.n_steps,
         # "terminal" only where there are user terminals, so the summary of other plans keeps its shape
-        "nodes": {k: len(tl.nodes_of(k)) for k in ("sat", "gateway", "terminal", "host", "compute")
-                  if k != "terminal" or tl.nodes_of(k)},
+        "nodes": {k: len(tl.nodes_of(k)) for k in ("sat", "gateway", "terminal", "host", "compute", "pop")
+                  if k not in ("terminal", "pop") or tl.nodes_of(k)},
         "constellation": tl.report.get("constellation", {}),
         "isl": {"links": int(isl.sum()), "mean_per_step_by_state": by_reason,
                 "terminals": (tl.report.get("isl_topology") or {}).get("terminals"),
@@ -139,11 +139,15 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         "paths": [],
         "timings_s": tl.report.get("timings_s", {}),
     }
+    fibre = tl.link_class == LINK_CLASSES.index("fibre")
+    if fibre.any():
+        out["fibre"] = {r: int(np.sum(fibre & (tl.link_role == LINK_ROLES.index(r)))) for r in ("backhaul", "backbone")}
     for a, b in pairs:
         one_way = path_delays_ms(tl, tl.node_index(a), tl.node_index(b))
         reach = np.isfinite(one_way)
         out["paths"].append({"src": a, "dst": b, "reachable_fraction": round(float(reach.mean()), 3),
                              "one_way_ms": _stats(one_way), "rtt_ms": _stats(2 * one_way)})
+    out["paths"] += home_pop_paths(tl)
     conn = connectivity(tl, pairs)
     out["connectivity"] = {
         "components": {k: int(f(conn.components)) for k, f in (("min", np.min), ("median", np.median),
@@ -158,6 +162,36 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         from routing.event_paths import event_path_effects
 
         out["events"] = event_path_effects(tl, pairs)
+    return out
+
+
+def _stats4(x: np.ndarray) -> dict[str, float | None]:
+    x = x[np.isfinite(x)]
+    keys = ("min", "median", "p95", "max")
+    if not len(x):
+        return dict.fromkeys(keys)
+    return dict(zip(keys, (float(v) for v in np.percentile(x, [0, 50, 95, 100]))))
+
+
+def home_pop_paths(tl: Timeline) -> list[dict[str, Any]]:
+    """Each user terminal's predicted RTT to its home PoP over the least-delay path (satellite, lasers,
+    gateway, fibre) at every step: min/median/p95/max, and the same split into the space segment (beam,
+    lasers and gateway links: propagation at c) and fibre. Links are symmetric, so the RTT is twice
+    the one-way delay."""
+    from routing.paths import class_delays_ms
+
+    pairs = [(i, tl.node_index(tl.nodes[i].info["home_pop"])) for i in tl.nodes_of("terminal")
+             if tl.nodes[i].info.get("home_pop")]
+    split = class_delays_ms(tl, pairs)
+    space = [LINK_CLASSES.index("isl"), LINK_CLASSES.index("gsl")]
+    out = []
+    for (t, p), d in split.items():
+        one_way = d.sum(axis=1)
+        out.append({"src": tl.nodes[t].name, "dst": tl.nodes[p].name, "home_pop": tl.nodes[p].info.get("code"),
+                    "reachable_fraction": round(float(np.isfinite(one_way).mean()), 3),
+                    "one_way_ms": _stats4(one_way), "rtt_ms": _stats4(2 * one_way),
+                    "rtt_split_ms": {"space": _stats4(2 * d[:, space].sum(axis=1)),
+                                     "fibre": _stats4(2 * d[:, LINK_CLASSES.index("fibre")])}})
     return out
 
 
@@ -214,7 +248,19 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
         print(f"  terminals      {len(terms)} user terminals, one beam each: with a satellite in "
               f"{100 * share.mean():.1f}% of steps (worst {terms[int(share.argmin())]['name']} "
               f"{100 * share.min():.1f}%), {sum(t['handovers'] for t in terms)} handovers")
+    if n.get("pop"):
+        print(f"  PoPs           {n['pop']} PoPs, {s.get('fibre', {}).get('backhaul', 0)} gateway fibre links, "
+              f"{s.get('fibre', {}).get('backbone', 0)} backbone links")
     for p in s["paths"]:
+        if "home_pop" in p:
+            r, sp, fi = p["rtt_ms"], p["rtt_split_ms"]["space"], p["rtt_split_ms"]["fibre"]
+
+            def four(x: dict[str, float | None]) -> str:
+                return "/".join(_fmt(x[k]) for k in ("min", "median", "p95", "max"))
+
+            print(f"  {p['src']} -> home PoP {p['dst']}: RTT ms min/median/p95/max {four(r)} (space {four(sp)}, "
+                  f"fibre {four(fi)}), reachable {100 * p['reachable_fraction']:.0f}% of steps")
+            continue
         r = p["rtt_ms"]
         o = p["one_way_ms"]
         print(f"  {p['src']} -> {p['dst']}: one-way ms min/median/max {_fmt(o['min'])}/{_fmt(o['median'])}/"

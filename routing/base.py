@@ -97,13 +97,13 @@ class RouteTable:
 
 
 def destinations(timeline: Timeline, all_loopbacks: bool | None = None) -> np.ndarray:
-    """Node indices that routers keep routes to: gateways, user terminals, hosts, compute nodes, and
+    """Node indices that routers keep routes to: gateways, user terminals, PoPs, hosts, compute nodes, and
     satellites' loopbacks if ``all_loopbacks`` (default: when there are at most
     :data:`ALL_LOOPBACKS_MAX_ROUTERS` routers)."""
     kinds = np.array([n.kind for n in timeline.nodes])
     if all_loopbacks is None:
         all_loopbacks = int(np.isin(kinds, ROUTER_KINDS).sum()) <= ALL_LOOPBACKS_MAX_ROUTERS
-    ground = ("gateway", "terminal", "host", "compute")
+    ground = ("gateway", "terminal", "pop", "host", "compute")
     wanted = ("sat",) + ground if all_loopbacks else ground
     return np.flatnonzero(np.isin(kinds, wanted))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from topologies.timeline import Timeline
+from topologies.timeline import LINK_CLASSES, Timeline
 
 from .base import RouteTable
 from .graph import build_graph, next_hops, path, path_delay_ms
@@ -27,6 +27,43 @@ def path_delays_ms(tl: Timeline, src: int, dst: int, metric: str = "delay") -> n
         _, links, w = path(build_graph(tl.link_a, snap, n, metric), src, dst)
         if np.isfinite(w):
             out[k] = path_delay_ms(snap, links)
+    return out
+
+
+def class_delays_ms(tl: Timeline, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    """One-way delay along the least-delay path of each pair at every step, split by link class.
+
+    One graph and one shortest-path run towards all destinations per step.
+
+    Returns
+    -------
+    dict
+        ``(src, dst)`` -> ndarray, shape (n_steps, len(LINK_CLASSES)), float64: the summed one-way delays
+        (ms) of the path's links of each class (:data:`topologies.timeline.LINK_CLASSES` order); NaN in
+        every column where ``dst`` is unreachable.
+    """
+    n_cls = len(LINK_CLASSES)
+    out = {p: np.full((tl.n_steps, n_cls), np.nan) for p in pairs}
+    if not pairs:
+        return out
+    dests = np.unique(np.array([d for _, d in pairs], np.int64))
+    row = {int(d): i for i, d in enumerate(dests)}
+    cls = tl.link_class.astype(np.int64)
+    n = len(tl.nodes)
+    for k in range(tl.n_steps):
+        snap = tl.snapshot(k)
+        dist, nh, link = next_hops(build_graph(tl.link_a, snap, n), dests)
+        for (src, dst), arr in out.items():
+            r = row[dst]
+            if not np.isfinite(dist[r, src]):
+                continue
+            links = []
+            v = src
+            while v != dst:
+                links.append(int(link[r, v]))
+                v = int(nh[r, v])
+            li = np.asarray(links, np.int64)
+            arr[k] = np.bincount(cls[li], weights=snap.params[li, 0].astype(np.float64), minlength=n_cls)
     return out
 
 
@@ -64,4 +101,4 @@ def table_path(table: RouteTable, src: int, dst: int, max_hops: int = 10_000) ->
     return nodes, links
 
 
-__all__ = ["next_hops", "path_delays_ms", "shortest_path", "table_path"]
+__all__ = ["class_delays_ms", "next_hops", "path_delays_ms", "shortest_path", "table_path"]

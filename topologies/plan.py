@@ -1,5 +1,5 @@
-"""From a scenario to a timeline: constellation, propagation, ISLs, gateways, user terminals, hosts, compute
-nodes."""
+"""From a scenario to a timeline: constellation, propagation, ISLs, gateways, user terminals, PoPs and fibre,
+hosts, compute nodes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,17 @@ from .frames import ecef_to_geodetic
 from .ground import GroundSite, builtin_cities, starlink_gateways
 from .gsl import gsl_assign
 from .isl import isl_states, plus_grid, usable_spare
+from .pops import (
+    BackhaulConfig,
+    PoP,
+    backbone_edges,
+    country_shares,
+    fibre_delay_ms,
+    great_circle_km,
+    home_pops,
+    nearest,
+    starlink_pops,
+)
 from .propagate import propagate
 from .scenario import Scenario, check_traffic_endpoints
 from .terminals import terminal_assign
@@ -89,6 +100,46 @@ def terminal_sites(sc: Scenario) -> list[GroundSite]:
 
 
 @dataclass(frozen=True)
+class Backhaul:
+    """The PoPs of a scenario, each terminal's home PoP code, and the fibre links as
+    (near node name, PoP node name, one-way delay ms, role) with role "backhaul" or "backbone"."""
+
+    pops: list[PoP]
+    home: dict[str, str]
+    links: list[tuple[str, str, float, str]]
+    config: BackhaulConfig
+
+
+def backhaul(sc: Scenario, sites: list[GroundSite]) -> Backhaul | None:
+    """PoPs, home PoPs and fibre of a scenario with ``[ground] pops`` (None without it): every gateway to
+    its nearest PoP, the PoPs joined by :func:`topologies.pops.backbone_edges` (docs/model.md, "PoPs and
+    backhaul").
+
+    Raises
+    ------
+    ConfigError
+        ``pops`` without any gateway; a terminal without a home PoP.
+    """
+    if not sc.ground.pops:
+        return None
+    if not sites:
+        raise ConfigError("pops need gateways: no gateway would reach a PoP (set [ground] gateways, cities "
+                          "or [[ground.sites]])", file=sc.source, key="ground.pops")
+    cfg = sc.backhaul_config()
+    pops = starlink_pops()
+    home = home_pops([(t.name, t.country, t.pop) for t in sc.terminals], sc.seed, pops, country_shares())
+    links: list[tuple[str, str, float, str]] = []
+    near = nearest([s.lat_deg for s in sites], [s.lon_deg for s in sites], pops)
+    for s, k in zip(sites, near.tolist()):
+        d = great_circle_km(s.lat_deg, s.lon_deg, pops[k].lat_deg, pops[k].lon_deg)
+        links.append((s.name, pops[k].node_name, float(fibre_delay_ms(d, cfg)), "backhaul"))
+    for i, j in backbone_edges(pops, cfg.backbone_neighbours).tolist():
+        d = great_circle_km(pops[i].lat_deg, pops[i].lon_deg, pops[j].lat_deg, pops[j].lon_deg)
+        links.append((pops[i].node_name, pops[j].node_name, float(fibre_delay_ms(d, cfg)), "backbone"))
+    return Backhaul(pops, home, links, cfg)
+
+
+@dataclass(frozen=True)
 class PlanTimings:
     constellation_s: float
     propagate_s: float
@@ -152,10 +203,22 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         term_index[t.name] = len(nodes)
         nodes.append(Node(t.name, "terminal", {"lat_deg": t.lat_deg, "lon_deg": t.lon_deg, "alt_m": t.alt_m,
                                                "antennas": 1, "country": spec.country, "pop": spec.pop}))
+    bh = backhaul(sc, sites)
+    pop_index: dict[str, int] = {}
+    if bh is not None:
+        for p in bh.pops:
+            if p.node_name in gw_index or p.node_name in term_index:
+                raise ConfigError(f"PoP node name {p.node_name!r} is already a node's name", file=sc.source,
+                                  key="ground.pops")
+            pop_index[p.node_name] = len(nodes)
+            nodes.append(Node(p.node_name, "pop", {"code": p.code, "city": p.city, "country": p.country,
+                                                   "lat_deg": p.lat_deg, "lon_deg": p.lon_deg}))
+        for name, code in bh.home.items():
+            nodes[term_index[name]].info["home_pop"] = f"pop-{code}"
 
     # hosts: the scenario's, plus one behind every gateway that has none
     hosts = [(h.name, h.gateway, f"hosts[{i}]") for i, h in enumerate(sc.hosts)]
-    taken = {h[0] for h in hosts} | set(gw_index) | set(sat_index) | set(term_index)
+    taken = {h[0] for h in hosts} | set(gw_index) | set(sat_index) | set(term_index) | set(pop_index)
     if sc.ground.host_per_gateway:
         with_host = {h[1] for h in hosts}
         for s in sites:
@@ -164,15 +227,26 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
                 if name not in taken:
                     hosts.append((name, s.name, "ground"))
                     taken.add(name)
+    if bh is not None:
+        # an internet host behind each PoP that traffic needs: every home PoP, and any PoP whose host
+        # h-pop-<code> a traffic entry names
+        named = {e for t in sc.traffic for e in (t.src, t.dst)}
+        home = set(bh.home.values())
+        with_host = {h[1] for h in hosts}
+        for p in bh.pops:
+            name = f"h-{p.node_name}"
+            if (p.code in home or name in named) and p.node_name not in with_host and name not in taken:
+                hosts.append((name, p.node_name, "ground.pops"))
+                taken.add(name)
     access: list[tuple[int, int]] = []
     for name, gw, key in hosts:
-        if gw not in gw_index:
+        if gw not in gw_index and gw not in pop_index:
             raise ConfigError(f"host {name!r} names gateway {gw!r}, which does not exist; gateways: "
-                              f"{', '.join(sorted(gw_index)) or 'none'}", file=sc.source,
-                              key=f"{key}.gateway")
-        if name in sat_index or name in gw_index or name in term_index:
+                              f"{', '.join(sorted(gw_index)) or 'none'}" + (" and PoPs pop-..." if pop_index else ""),
+                              file=sc.source, key=f"{key}.gateway")
+        if name in sat_index or name in gw_index or name in term_index or name in pop_index:
             raise ConfigError(f"host name {name!r} is already a node's name", file=sc.source, key=f"{key}.name")
-        access.append((len(nodes), gw_index[gw]))
+        access.append((len(nodes), gw_index[gw] if gw in gw_index else pop_index[gw]))
         nodes.append(Node(name, "host", {"gateway": gw}))
     for i, c in enumerate(sc.compute):
         if c.satellite not in sat_index:
@@ -188,13 +262,16 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
 
     check_traffic_endpoints(sc, {n.name for n in nodes}, {n.name: n.kind for n in nodes})
 
-    # link table: +Grid ISLs, cross-shell laser slots, then gateway antennas, terminal beams, access links
+    # link table: +Grid ISLs, cross-shell laser slots, then gateway antennas, terminal beams, fibre (gateways
+    # to PoPs, then the backbone), access links
     n_grid = len(topo.pairs)
     n_isl = n_grid + xs.n_slots
     n_gw_gsl = len(gsl.site)
     n_gsl = n_gw_gsl + (len(term.site) if term is not None else 0)
+    fib = bh.links if bh is not None else []
+    n_fib = len(fib)
     n_acc = len(access)
-    n_links = n_isl + n_gsl + n_acc
+    n_links = n_isl + n_gsl + n_fib + n_acc
     link_a = np.empty(n_links, np.int32)
     link_class = np.empty(n_links, np.uint8)
     link_role = np.empty(n_links, np.uint8)
@@ -235,7 +312,19 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         rate[gs] = gsl_cfg.rate_mbps
         loss[gs] = gsl_cfg.loss_pct
 
-    ac = slice(n_isl + n_gsl, n_links)
+    fs = slice(n_isl + n_gsl, n_isl + n_gsl + n_fib)
+    if n_fib:
+        index = gw_index | pop_index
+        link_a[fs] = [index[a] for a, _, _, _ in fib]
+        peer[fs] = np.array([index[b] for _, b, _, _ in fib], np.int32)[:, None]
+        delay[fs] = np.array([d for _, _, d, _ in fib], np.float32)[:, None]
+        link_role[fs] = [LINK_ROLES.index(r) for _, _, _, r in fib]
+        rate[fs] = bh.config.rate_mbps if bh is not None else 0.0
+    link_class[fs] = LINK_CLASSES.index("fibre")
+    state[fs] = Reason.UP
+    loss[fs] = 0.0
+
+    ac = slice(n_isl + n_gsl + n_fib, n_links)
     if n_acc:
         acc = np.array(access, np.int32)
         link_a[ac] = acc[:, 0]

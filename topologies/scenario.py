@@ -150,6 +150,8 @@ class SiteSpec:
 
 #: named sets of real gateways that [ground] gateways = "..." loads
 GATEWAY_SETS = ("starlink",)
+#: named sets of PoPs that [ground] pops = "..." loads (topologies.pops.POP_SETS)
+POP_SETS = ("starlink",)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ class GroundConfig:
     gateways: str | None = None
     #: antennas of each of those gateways (default: SpaceX's gateway filings, see topologies.ground)
     gateway_antennas: int = STARLINK_GATEWAY_ANTENNAS
+    #: "starlink": Starlink's PoPs (topologies/data/starlink-pops.csv) as routers, every gateway joined to
+    #: its nearest by fibre, the PoPs by a backbone ([backhaul], topologies.pops); needs gateways
+    pops: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.cities <= 100:
@@ -171,6 +176,8 @@ class GroundConfig:
             raise ValueError(f"gateways must be one of {', '.join(GATEWAY_SETS)} or absent, got {self.gateways!r}")
         if not 1 <= self.gateway_antennas <= 16:
             raise ValueError(f"gateway_antennas must be in [1, 16], got {self.gateway_antennas}")
+        if self.pops is not None and self.pops not in POP_SETS:
+            raise ValueError(f"pops must be one of {', '.join(POP_SETS)} or absent, got {self.pops!r}")
 
 
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
@@ -180,8 +187,9 @@ COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 class TerminalSpec:
     """A user terminal (``[[terminals]]``): one steerable beam to one satellite (see topologies.terminals).
 
-    ``country`` is an ISO 3166-1 alpha-2 code; ``pop`` names a home point of presence. Both are kept in the
-    timeline's node table for the home-PoP model to come; nothing uses them yet.
+    ``country`` is an ISO 3166-1 alpha-2 code; ``pop`` names a home point of presence (a PoP code). With
+    ``[ground] pops`` the home PoP is ``pop``, or one drawn from the country's PoP shares (topologies.pops);
+    without it both are only kept in the timeline's node table.
     """
 
     name: str
@@ -303,6 +311,7 @@ class Scenario:
     ground: GroundConfig = GroundConfig()
     terminal: dict[str, Any] = field(default_factory=dict)
     terminals: tuple[TerminalSpec, ...] = ()
+    backhaul: dict[str, Any] = field(default_factory=dict)
     hosts: tuple[HostSpec, ...] = ()
     compute: tuple[ComputeSpec, ...] = ()
     routing: RoutingConfig = RoutingConfig()
@@ -334,6 +343,10 @@ class Scenario:
     def terminal_config(self):
         from .terminals import TerminalConfig
         return _build_from(TerminalConfig, self.terminal, _Ctx(self.source, None), "terminal")
+
+    def backhaul_config(self):
+        from .pops import BackhaulConfig
+        return _build_from(BackhaulConfig, self.backhaul, _Ctx(self.source, None), "backhaul")
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,6 +530,7 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
         "ground": _table(GroundConfig, {"sites": _list_of(SiteSpec, _check_named)}),
         "terminal": _raw_table,
         "terminals": _list_of(TerminalSpec, _check_named),
+        "backhaul": _raw_table,
         "hosts": _list_of(HostSpec, _check_named),
         "compute": _list_of(ComputeSpec, _check_named),
         "routing": _table(RoutingConfig),
@@ -534,6 +548,9 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
     if sc.terminal:
         from .terminals import TerminalConfig
         _build_from(TerminalConfig, sc.terminal, ctx, "terminal")
+    if sc.backhaul:
+        from .pops import BackhaulConfig
+        _build_from(BackhaulConfig, sc.backhaul, ctx, "backhaul")
     _check_references(sc, ctx)
     return sc
 
@@ -567,6 +584,30 @@ def _check_references(sc: Scenario, ctx: _Ctx) -> None:
         p = sc.resolve(sc.constellation.tle)
         if not p.is_file():
             raise ctx.error(f"TLE file {str(p)!r} does not exist", "constellation.tle")
+    if sc.ground.pops:
+        _check_home_pops(sc, ctx)
+
+
+def _check_home_pops(sc: Scenario, ctx: _Ctx) -> None:
+    """With PoPs, every terminal needs a home PoP: a known ``pop`` code, or a ``country`` with PoP shares."""
+    from .pops import country_shares, starlink_pops
+
+    codes = {p.code for p in starlink_pops()}
+    shares = country_shares()
+    for i, t in enumerate(sc.terminals):
+        if t.pop is not None:
+            if t.pop not in codes:
+                raise ctx.error(f"terminal {t.name!r}: pop {t.pop!r} is not a PoP of [ground] pops = "
+                                f"{sc.ground.pops!r} (codes like {', '.join(sorted(codes)[:3])}, ...; "
+                                f"see topologies/data/starlink-pops.csv)", f"terminals[{i}].pop")
+        elif t.country is not None:
+            if t.country not in shares:
+                raise ctx.error(f"terminal {t.name!r}: country {t.country!r} has no PoP shares in "
+                                f"topologies/data/starlink-country-pop.csv; give pop = \"<code>\" instead",
+                                f"terminals[{i}].country")
+        else:
+            raise ctx.error(f"terminal {t.name!r} has neither country nor pop: with [ground] pops its home "
+                            f"PoP comes from one of them", f"terminals[{i}].name")
 
 
 def check_traffic_endpoints(sc: Scenario, names: set[str], kinds: dict[str, str]) -> None:

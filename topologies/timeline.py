@@ -2,9 +2,10 @@
 
 A timeline is the only thing the emulator needs from the topology layer. It holds
 
-* a node table (satellites first, then gateways, user terminals, ground hosts and compute nodes),
-* a fixed table of link *slots* (an ISL between two satellites, one antenna of a gateway, an access
-  link from a host to its gateway or from a compute node to its satellite),
+* a node table (satellites first, then gateways, user terminals, PoPs, ground hosts and compute nodes),
+* a fixed table of link *slots* (an ISL between two satellites, one antenna of a gateway, a fibre link
+  from a gateway to its PoP or between two PoPs, an access link from a host to its gateway or PoP or
+  from a compute node to its satellite),
 * per link slot and step: state (0 = up, else the reason it is down), peer (the far node; it changes
   only for a gateway antenna, at a handover, and for a cross-shell laser terminal, at a new partner),
   one-way delay in ms, rate in Mbit/s and loss in percent.
@@ -45,22 +46,26 @@ import numpy as np
 from .errors import ConfigError
 
 FORMAT = "satnetem-timeline"
-#: 2: link role "cross-shell" and state NO_PARTNER (cross-shell laser slots). Version 1 files, which
-#: have neither, load unchanged.
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: 2: link role "cross-shell" and state NO_PARTNER (cross-shell laser slots). 3: node kind "pop", link
+#: class "fibre" with roles "backhaul" (gateway to PoP) and "backbone" (PoP to PoP). Files of earlier
+#: versions, which have none of these, load unchanged (new names were only appended to the tables).
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 #: Speed of light in vacuum, km/s. Laser ISLs cross vacuum; the GSL path is treated the same
 #: (the atmosphere adds well under 0.1% to the path).
 C_KM_S = 299_792.458
 
-NODE_KINDS = ("sat", "gateway", "terminal", "host", "compute")
-#: kinds that forward packets (a user terminal is a router with one antenna, like a gateway without hosts)
-ROUTER_KINDS = ("sat", "gateway", "terminal")
-LINK_CLASSES = ("isl", "gsl", "access")
+NODE_KINDS = ("sat", "gateway", "terminal", "host", "compute", "pop")
+#: kinds that forward packets (a user terminal is a router with one antenna, like a gateway without hosts;
+#: a PoP is a router on the terrestrial fibre, where terminals' traffic enters the internet)
+ROUTER_KINDS = ("sat", "gateway", "terminal", "pop")
+#: fibre: terrestrial links of fixed peer and delay (topologies.pops)
+LINK_CLASSES = ("isl", "gsl", "access", "fibre")
 #: intra: fore/aft in the plane; inter: left/right to a neighbouring plane; cross-shell: a spare laser
-#: terminal whose partner, in another shell, changes over time (class "isl", peer -1 while it has none).
-LINK_ROLES = ("intra", "inter", "gsl", "access", "cross-shell")
+#: terminal whose partner, in another shell, changes over time (class "isl", peer -1 while it has none);
+#: backhaul: a gateway to its PoP, backbone: PoP to PoP (class "fibre").
+LINK_ROLES = ("intra", "inter", "gsl", "access", "cross-shell", "backhaul", "backbone")
 
 
 class Reason(IntEnum):
@@ -92,8 +97,9 @@ class Node:
 
     ``info`` carries kind-specific facts: for a satellite ``shell``, ``plane``, ``slot``; for a gateway
     ``lat_deg``, ``lon_deg``, ``alt_m``, ``antennas``; for a user terminal the same (one antenna) and its
-    ``country`` and ``pop`` (either may be None); for a host its ``gateway``; for a compute node
-    its ``satellite``.
+    ``country`` and ``pop`` (either may be None), and with PoPs its ``home_pop`` (node name); for a PoP
+    ``code``, ``city``, ``country``, ``lat_deg``, ``lon_deg``; for a host its ``gateway`` (the gateway or
+    PoP it hangs off); for a compute node its ``satellite``.
     """
 
     name: str
