@@ -314,6 +314,13 @@ def plot_map(tl: Timeline, folder: Path, steps: list[int], pairs: list[tuple[str
             ax.plot(tlon, tlat, "o", color="darkorange", ms=5, label="user terminal")
             for t, y, x in zip(terms, tlat, tlon):
                 node_ll[t] = (x, y)
+        pops = tl.nodes_of("pop")
+        if pops:
+            plat = [tl.nodes[p].info.get("lat_deg", 0) for p in pops]
+            plon = [tl.nodes[p].info.get("lon_deg", 0) for p in pops]
+            ax.plot(plon, plat, "s", color="purple", ms=3.5, label="PoP")
+            for p, y, x in zip(pops, plat, plon):
+                node_ll[p] = (x, y)
         for h in tl.nodes_of("host"):
             gw = tl.nodes[h].info.get("gateway")
             if gw:
