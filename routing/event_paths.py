@@ -83,6 +83,8 @@ def describe(ev: dict[str, Any], step_s: float) -> list[str]:
         before = "-" if e["rtt_before_ms"] is None else f"{e['rtt_before_ms']:.2f}"
         if not e["reachable_after"]:
             lines.append(f"  {e['src']} -> {e['dst']}: unreachable from {t} (RTT before {before} ms)")
+        elif e["step"] == 0:
+            lines.append(f"  {e['src']} -> {e['dst']}: in force from the start, RTT {e['rtt_after_ms']:.2f} ms")
         else:
             change = "path changed" if e["path_changed"] else "path unchanged"
             lines.append(f"  {e['src']} -> {e['dst']}: {change} at {t}, RTT {before} -> {e['rtt_after_ms']:.2f} ms")

@@ -217,8 +217,11 @@ def _error(sc: Scenario, message: str, key: str) -> ConfigError:
     from .scenario import _Ctx
 
     text = None
-    if sc.source != "<built-in>" and Path(sc.source).is_file():
-        text = Path(sc.source).read_text(encoding="utf-8")
+    try:
+        if sc.source != "<built-in>" and Path(sc.source).is_file():
+            text = Path(sc.source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # not a TOML file (the scenario stored in a timeline): no line
+        text = None
     return _Ctx(sc.source, text).error(message, key)
 
 

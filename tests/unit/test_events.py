@@ -5,12 +5,13 @@ with a haversine written here; and the one-line errors of bad events."""
 from __future__ import annotations
 
 import math
+import re
 
 import networkx as nx
 import numpy as np
 import pytest
 
-from emulator.cli import plan_summary
+from emulator.cli import plan_summary, print_plan
 from routing.base import get_protocol
 from routing.paths import table_path
 from topologies.errors import ConfigError
@@ -79,7 +80,7 @@ def haversine_km(lat1, lon1, lat2, lon2, r_km=6371.0088):
     return 2 * r_km * math.asin(math.sqrt(h))
 
 
-def test_scheduled_isl_failure_on_the_path_moves_it_at_t(base_tl):
+def test_scheduled_isl_failure_on_the_path_moves_it_at_t(base_tl, capsys):
     t = 6
     sats = {i for i, n in enumerate(base_tl.nodes) if n.kind == "sat"}
     before, _ = nx_path(base_tl, t - 1, SRC, DST)
@@ -109,6 +110,14 @@ def test_scheduled_isl_failure_on_the_path_moves_it_at_t(base_tl):
     assert eff["path_changed"] and eff["reachable_after"]
     assert eff["rtt_before_ms"] == pytest.approx(rtt_before, abs=1e-3)
     assert eff["rtt_after_ms"] == pytest.approx(rtt_at, abs=1e-3)
+    s = plan_summary(tl, [(SRC, DST)])
+    print_plan(s, None)
+    out = capsys.readouterr().out
+    assert f"event 0: fail {names[0]}~{names[1]} at {t} s for 3 s (step {t}): 1 link slot(s) down" in out
+    m = re.search(rf"{SRC} -> {DST}: path changed at {t} s, RTT ([\d.]+) -> ([\d.]+) ms", out)
+    assert m, out
+    assert float(m.group(1)) == pytest.approx(rtt_before, abs=0.006)  # printed to 0.01 ms
+    assert float(m.group(2)) == pytest.approx(rtt_at, abs=0.006)
 
     # routing: every protocol routes around it at t; predictive already at t-1 (it is planned)
     s, d = tl.node_index(SRC), tl.node_index(DST)
