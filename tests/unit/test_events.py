@@ -276,3 +276,15 @@ def test_bad_event_target_fails_at_plan_naming_event_and_key(text, key):
         plan_scenario(sc)
     _one_line(e.value, key)
     assert e.value.key == f"events[1].{key}"
+
+
+def test_timeline_with_events_saves_and_loads_unchanged(tmp_path):
+    from topologies.timeline import Timeline
+
+    tl = plan('[[events]]\nkind = "fail"\ntarget = "sat-0-1"\nat_s = 1\nduration_s = 2\n'
+              '[[events]]\nkind = "degrade"\ntarget = "gs-london"\nextra_delay_ms = 2\nat_s = 3\n')
+    back = Timeline.load(tl.save(tmp_path / "t.npz"))
+    for name in ("state", "peer", "delay_ms", "rate_mbps", "loss_pct"):
+        assert np.array_equal(getattr(back, name), getattr(tl, name)), name
+    assert (back.state == Reason.SCHEDULED).sum() > 0
+    assert back.report["events"] == tl.report["events"]
