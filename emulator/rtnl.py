@@ -62,6 +62,11 @@ IFF_UP = 0x1
 IFLA_IFNAME = 3
 IFLA_LINKINFO = 18
 IFLA_NET_NS_FD = 28
+IFLA_AF_SPEC = 26
+IFLA_INET_CONF = 1
+IPV4_DEVCONF_FORWARDING = 1
+IFLA_INET6_ADDR_GEN_MODE = 8
+IN6_ADDR_GEN_MODE_NONE = 1
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1
@@ -126,6 +131,18 @@ def link_set_body(ifindex: int, up: bool | None = None, ns_fd: int | None = None
     if ns_fd is not None:
         body += _u32(IFLA_NET_NS_FD, ns_fd)
     return body
+
+
+def link_conf_body(ifindex: int, forwarding: bool) -> bytes:
+    """RTM_NEWLINK payload configuring one (down) interface: IPv4 forwarding on or off for it alone, and no
+    IPv6 addresses generated on it (no link-local address: no duplicate address detection, router
+    solicitation or MLD report ever leaves it). Per interface through netlink, not per namespace under
+    /proc/sys: each /proc/sys lookup compares the name against every namespace made so far
+    (bench/bench_netns.py). The kernel resets both when the interface moves to another namespace.
+    """
+    v4 = _attr(socket.AF_INET, _attr(IFLA_INET_CONF, _u32(IPV4_DEVCONF_FORWARDING, int(forwarding))))
+    v6 = _attr(socket.AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
+    return _IFINFO.pack(0, 0, ifindex, 0, 0) + _attr(IFLA_AF_SPEC, v4 + v6)
 
 
 def addr_body(ifindex: int, addr: int, prefix_len: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -443,16 +444,32 @@ def test_routes_prefetched_between_steps_are_the_steps_own(make_emulation):
         assert _kernel_routes(emu, tl.nodes[r].name) == _table_routes(emu, r)
 
 
-def test_every_namespace_has_its_sysctls(make_emulation, backend):
-    """Read back inside the nodes: routers forward, hosts do not, IPv6 is off and reverse-path filtering
-    is off everywhere (written by the namespace holder, directory by directory)."""
+def test_every_namespace_forwards_and_stays_ipv4_only(make_emulation, backend):
+    """Read back inside every node, before and after the handovers of steps 1-3 (step 2's moves a veth end
+    to sat-2-0's namespace, where the kernel resets its settings): a router forwards on each of its veths,
+    a host or compute node on none; no veth has an IPv6 address (so none sends IPv6 chatter); reverse-path
+    filtering is off (namespace-wide and on each veth)."""
+    from handmade import sat_index
+
     from emulator import shaping
 
     tl = grid_timeline()
+    tl.peer[GSL_B, 2] = sat_index(2, 0)  # sat-2-2, sat-2-3, sat-2-0: the spare moves at step 2
     emu = make_emulation(tl, shaping.make_shaper(backend)[0])
-    keys = ("ipv4/ip_forward", "ipv6/conf/all/disable_ipv6", "ipv6/conf/default/disable_ipv6",
-            "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter")
-    for name in ("sat-0-0", "gw-a", "h-a"):
-        out = emu.node(name).cmd("cat " + " ".join(f"/proc/sys/net/{k}" for k in keys)).split()
-        forward = "0" if name.startswith("h-") else "1"
-        assert out == [forward, "1", "1", "0", "0"], (name, out)
+
+    def check(when: str) -> None:
+        for nd in tl.nodes:
+            links = json.loads(emu.node(nd.name).cmd("ip -j link show type veth") or "[]")
+            assert links, (when, nd.name)
+            v6 = json.loads(emu.node(nd.name).cmd("ip -j -6 addr show") or "[]")
+            assert [a["local"] for i in v6 for a in i.get("addr_info", []) if i["ifname"] != "lo"] == [], (
+                when, nd.name, v6)
+            forward = "1" if nd.kind in ("sat", "gateway", "terminal") else "0"
+            keys = ["ipv4/conf/all/rp_filter"] + [f"ipv4/conf/{i['ifname']}/{k}" for i in links
+                                                   for k in ("forwarding", "rp_filter")]
+            out = emu.node(nd.name).cmd("cat " + " ".join(f"/proc/sys/net/{k}" for k in keys)).split()
+            assert out == ["0"] + [forward, "0"] * len(links), (when, nd.name, keys, out)
+
+    check("after build")
+    assert sum(emu.apply_step(step).moves_in_step for step in (1, 2, 3)) == 1
+    check("after the handovers")
