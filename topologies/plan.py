@@ -133,7 +133,7 @@ def backhaul(sc: Scenario, sites: list[GroundSite]) -> Backhaul | None:
     for s, k in zip(sites, near.tolist()):
         d = great_circle_km(s.lat_deg, s.lon_deg, pops[k].lat_deg, pops[k].lon_deg)
         links.append((s.name, pops[k].node_name, float(fibre_delay_ms(d, cfg)), "backhaul"))
-    for i, j in backbone_edges(pops, cfg.backbone_neighbours).tolist():
+    for i, j in backbone_edges(pops, cfg.backbone_stretch).tolist():
         d = great_circle_km(pops[i].lat_deg, pops[i].lon_deg, pops[j].lat_deg, pops[j].lon_deg)
         links.append((pops[i].node_name, pops[j].node_name, float(fibre_delay_ms(d, cfg)), "backbone"))
     return Backhaul(pops, home, links, cfg)

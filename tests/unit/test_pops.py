@@ -185,23 +185,43 @@ pops = "starlink"
         assert d[got] <= min(d.values()) + 1e-9, (tl.nodes[int(tl.link_a[link])].name, got, min(d, key=d.get))
 
 
-def test_backbone_is_connected_and_links_each_pop_to_its_nearest(small):
-    bb = np.flatnonzero(small.link_role == LINK_ROLES.index("backbone"))
+def backbone_graph(tl) -> nx.Graph:
+    bb = np.flatnonzero(tl.link_role == LINK_ROLES.index("backbone"))
     g = nx.Graph()
-    pops = small.nodes_of("pop")
-    g.add_nodes_from(pops)
-    g.add_edges_from(zip(small.link_a[bb].tolist(), small.peer[bb, 0].tolist()))
-    assert set(g.nodes) == set(pops) and len(pops) == 81 and nx.is_connected(g)
-    ll = {i: (small.nodes[i].info["lat_deg"], small.nodes[i].info["lon_deg"]) for i in pops}
+    g.add_nodes_from(tl.nodes_of("pop"))
+    for link in bb.tolist():
+        u, v = int(tl.link_a[link]), int(tl.peer[link, 0])
+        a, b = tl.nodes[u].info, tl.nodes[v].info
+        g.add_edge(u, v, km=haversine_km(a["lat_deg"], a["lon_deg"], b["lat_deg"], b["lon_deg"]))
+    return g
+
+
+@pytest.mark.parametrize("stretch", [1.1, 1.5])
+def test_backbone_is_connected_and_within_its_stretch_of_the_great_circle(stretch):
+    text = SMALL.replace('pops = "starlink"', f'pops = "starlink"\n[backhaul]\nbackbone_stretch = {stretch}')
+    tl = plan_scenario(parse_scenario(text, "bb.toml"))
+    g = backbone_graph(tl)
+    pops = tl.nodes_of("pop")
+    assert len(pops) == 81 and set(g.nodes) == set(pops) and nx.is_connected(g)
+    ll = {i: (tl.nodes[i].info["lat_deg"], tl.nodes[i].info["lon_deg"]) for i in pops}
+    worst = 0.0
+    for i, lengths in nx.all_pairs_dijkstra_path_length(g, weight="km"):
+        for j, km in lengths.items():
+            direct = haversine_km(*ll[i], *ll[j])
+            if i < j and direct > 0:
+                worst = max(worst, km / direct)
+            elif i < j:
+                assert km == 0.0  # two PoPs at one place (Jakarta's two)
+    assert worst <= stretch * (1 + 1e-9)
+    # a sparse graph, not every pair linked; and each PoP linked to its nearest PoP (no shorter path exists)
+    assert g.number_of_edges() < 0.15 * len(pops) * (len(pops) - 1) / 2
     for i in pops:
-        near = sorted((haversine_km(*ll[i], *ll[j]), j) for j in pops if j != i)[:3]
-        assert all(g.has_edge(i, j) for _, j in near), small.nodes[i].name
-    # a graph of only nearest-neighbour links would not be connected here: the spanning tree is needed
-    knn = nx.Graph()
-    knn.add_nodes_from(pops)
-    for i in pops:
-        knn.add_edges_from((i, j) for _, j in sorted((haversine_km(*ll[i], *ll[j]), j) for j in pops if j != i)[:3])
-    assert not nx.is_connected(knn)
+        nearest_j = min((j for j in pops if j != i), key=lambda j: haversine_km(*ll[i], *ll[j]))
+        assert g.has_edge(i, nearest_j), tl.nodes[i].name
+    if stretch == 1.1:
+        # London - New York has a backbone path within 10% of the great circle (not round the South Atlantic)
+        lon_, nyc = tl.node_index("pop-lndngbr1"), tl.node_index("pop-nwyynyx1")
+        assert nx.dijkstra_path_length(g, lon_, nyc, weight="km") <= 1.1 * haversine_km(*ll[lon_], *ll[nyc])
 
 
 def ecef_sphere(lat: float, lon: float, r: float) -> np.ndarray:
