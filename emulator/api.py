@@ -45,6 +45,7 @@ from routing.daemon import is_daemon_driven
 from routing.graph import build_graph, path, path_delay_ms
 from routing.paths import table_path
 from topologies.errors import ConfigError, SatnetemError
+from topologies.events import TargetError, target_key, target_slots
 from topologies.scenario import Scenario, TimeConfig, default_scenario, load_scenario
 from topologies.timeline import LINK_CLASSES, Reason, Snapshot, Timeline
 
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Experiment", "Failures", "LinkInfo", "LiveEmulation", "NetState", "PathInfo", "PlanOnly",
            "open_emulation", "plan_only"]
 
-#: A failure target: ``("node", i)`` or ``("link", i, j)`` with node indices ``i < j``.
+#: A failure target, as :func:`topologies.events.target_key` resolves it (the same as ``[[events]]``):
+#: ``("node", i)``, ``("link", i, j)`` with node indices ``i < j``, or ``("slot", l)`` (one antenna).
 Target = tuple[Any, ...]
 
 
@@ -130,9 +132,14 @@ class Failures:
     """Failures and restores by step: an override layer on a timeline's snapshots.
 
     A target is a node (every link slot that touches it: a satellite's ISLs, the gateway antennas on
-    it, a compute node's access link; a gateway's antennas and its hosts' access links) or the link(s)
-    between two nodes. A target is failed from the step of its :meth:`add` with ``failed=True`` until
-    one with ``failed=False``; at one step, the later call wins. Pure (no kernel).
+    it, a compute node's access link; a gateway's antennas and its hosts' access links), the link(s)
+    between two nodes, or one antenna of a gateway or terminal: named and resolved exactly as a
+    scheduled event's target (:func:`topologies.events.target_key`, :func:`~topologies.events.target_slots`).
+    The difference is only when it is known: a scheduled event is written into the timeline
+    (:attr:`Reason.SCHEDULED`), where ``predictive`` sees it coming; a failure here overrides the
+    applied snapshots only (:attr:`Reason.FAILED`). A target is failed from the step of its
+    :meth:`add` with ``failed=True`` until one with ``failed=False``; at one step, the later call
+    wins. Pure (no kernel).
     """
 
     def __init__(self, timeline: Timeline) -> None:
@@ -142,27 +149,27 @@ class Failures:
         self._seq = 0
         self.version = 0  # bumped on every change (plan-only caches by it)
 
-    def target(self, what: Any) -> Target:
-        """Resolve a node name or a pair of node names to a target.
+    def target(self, what: Any, antenna: int | None = None) -> Target:
+        """Resolve a node name or a pair of node names (with ``antenna``: one antenna of a gateway or
+        terminal) to a target.
 
         Raises
         ------
         ConfigError
-            Unknown name, a pair that is not two distinct names, or two nodes no link slot ever joins.
+            Unknown name, a pair that is not two distinct names, two nodes no link slot ever joins, an
+            antenna the node does not have.
         """
-        tl = self.timeline
-        if isinstance(what, str):
-            return ("node", tl.node_index(what))
+        if antenna is not None and (not isinstance(antenna, Integral) or isinstance(antenna, bool)):
+            raise ConfigError(f"antenna must be an integer index, got {antenna!r}", key="antenna")
         if isinstance(what, (tuple, list)) and len(what) == 2 and all(isinstance(w, str) for w in what):
-            i, j = sorted((tl.node_index(what[0]), tl.node_index(what[1])))
-            if i == j:
-                raise ConfigError(f"a link joins two different nodes, got {what[0]!r} twice", key="target")
-            rows = np.flatnonzero((self._link_a == i) | (self._link_a == j))
-            far = np.where(self._link_a[rows] == i, j, i)
-            if not (tl.peer[rows] == far[:, None]).any():
-                raise ConfigError(f"no link slot joins {what[0]!r} and {what[1]!r} at any step", key="target")
-            return ("link", i, j)
-        raise ConfigError(f"a failure target is a node name or a pair of node names, got {what!r}", key="target")
+            what = (what[0], what[1])
+        elif not isinstance(what, str):
+            raise ConfigError(f"a failure target is a node name or a pair of node names, got {what!r}",
+                              key="target")
+        try:
+            return target_key(self.timeline, what, None if antenna is None else int(antenna))
+        except TargetError as e:
+            raise ConfigError(str(e), key=e.key) from None
 
     def copy(self) -> Failures:
         """An independent copy (same timeline, same failures and restores)."""
@@ -173,6 +180,10 @@ class Failures:
 
     def label(self, t: Target) -> str:
         names = self.timeline.nodes
+        if t[0] == "slot":
+            a = int(self.timeline.link_a[t[1]])
+            k = int(((self._link_a[:t[1]] == a) & (self.timeline.link_class[:t[1]] == LINK_CLASSES.index("gsl"))).sum())
+            return f"{names[a].name} antenna {k}"
         return names[t[1]].name if t[0] == "node" else f"{names[t[1]].name}~{names[t[2]].name}"
 
     def add(self, t: Target, step: int, failed: bool) -> None:
@@ -193,11 +204,7 @@ class Failures:
 
     def mask(self, t: Target, peer: np.ndarray) -> np.ndarray:
         """(n_links,) bool: the slots ``t`` covers when the slots' peers are ``peer``."""
-        la = self._link_a
-        if t[0] == "node":
-            return (la == t[1]) | (peer == t[1])
-        _, i, j = t
-        return ((la == i) & (peer == j)) | ((la == j) & (peer == i))
+        return target_slots(self.timeline, t, peer)
 
     def apply(self, snap: Snapshot) -> Snapshot:
         """``snap`` with every up slot of a target failed at its step set down (:attr:`Reason.FAILED`);
@@ -301,13 +308,17 @@ class Experiment:
         return self._play(last, speed)
 
     # --- failures -------------------------------------------------------------------------
-    def fail(self, target: str | tuple[str, str], at: int | float | None = None) -> None:
-        """Fail a node (``"sat-3-4"``: all its links) or the link between two nodes
-        (``("sat-0-0", "sat-0-1")``).
+    def fail(self, target: str | tuple[str, str], at: int | float | None = None,
+             antenna: int | None = None) -> None:
+        """Fail a node (``"sat-3-4"``: all its links), the link between two nodes
+        (``("sat-0-0", "sat-0-1")``) or one antenna of a gateway (``"gs-london", antenna=1``): named as
+        an ``[[events]]`` target, but unplanned, so no protocol sees it before it happens.
 
         Parameters
         ----------
         target : str or (str, str)
+        antenna : int, optional
+            With a gateway or terminal as ``target``: only that antenna (0-based, link-table order).
         at : int or float, optional
             From which step (an ``int``) or time in seconds from the start (a ``float``: the first step
             at or after it). Default: now, applied at once; a later step is applied when the clock
@@ -316,11 +327,13 @@ class Experiment:
         Raises
         ------
         ConfigError
-            Unknown node, no link between the two nodes, or ``at`` in the past or after the end.
+            Unknown node, no link between the two nodes, no such antenna, or ``at`` in the past or after
+            the end.
         """
-        self._schedule(target, at, failed=True)
+        self._schedule(target, at, failed=True, antenna=antenna)
 
-    def restore(self, target: str | tuple[str, str], at: int | float | None = None) -> None:
+    def restore(self, target: str | tuple[str, str], at: int | float | None = None,
+                antenna: int | None = None) -> None:
         """Undo :meth:`fail` of the same target from ``at`` on (as in :meth:`fail`). A restored link comes
         up at once (no acquisition time); a link that the timeline has down stays down.
 
@@ -329,10 +342,10 @@ class Experiment:
         ConfigError
             As :meth:`fail`, or the target is not failed at that step.
         """
-        self._schedule(target, at, failed=False)
+        self._schedule(target, at, failed=False, antenna=antenna)
 
-    def _schedule(self, what: Any, at: Any, failed: bool) -> None:
-        t = self.failures.target(what)
+    def _schedule(self, what: Any, at: Any, failed: bool, antenna: int | None = None) -> None:
+        t = self.failures.target(what, antenna)
         with self._lock:
             self._check_open()
             now = self._step

@@ -244,62 +244,111 @@ class _Targets:
 
     def key(self, ev: EventSpec, i: int) -> tuple[Any, ...]:
         """A hashable identity of the target (node indices), checked against the timeline."""
-        tl = self.tl
-        where = f"events[{i}].target"
-
-        def index(name: str) -> int:
-            try:
-                return tl.node_index(name)
-            except ConfigError:
-                raise _error(self.sc, f"event {i}: no node named {name!r} (satellites are named like "
-                                      f"{tl.nodes[0].name if tl.nodes else '-'}; gateways, terminals, hosts and "
-                                      f"compute nodes as in the scenario)", where) from None
-
         if ev.kind == "region-outage":
             return ("region", i)
         if ev.link_class is not None:
             return ("class", LINK_CLASSES.index(ev.link_class))
-        if isinstance(ev.target, str):
-            n = index(ev.target)
-            if ev.antenna is None:
-                return ("node", n)
-            kind = tl.nodes[n].kind
-            rows = np.flatnonzero((self.la == n) & self.gsl)
-            if kind not in ("gateway", "terminal"):
-                raise _error(self.sc, f"event {i}: antenna needs a gateway or terminal as target, and "
-                                      f"{ev.target!r} is a {kind}", f"events[{i}].antenna")
-            if ev.antenna >= len(rows):
-                raise _error(self.sc, f"event {i}: {ev.target!r} has {len(rows)} antenna(s), numbered from 0; "
-                                      f"got antenna {ev.antenna}", f"events[{i}].antenna")
-            return ("slot", int(rows[ev.antenna]))
-        assert isinstance(ev.target, tuple)
-        a, b = sorted((index(ev.target[0]), index(ev.target[1])))
-        rows = np.flatnonzero((self.la == a) | (self.la == b))
-        far = np.where(self.la[rows] == a, b, a)
-        if not (tl.peer[rows] == far[:, None]).any():
-            raise _error(self.sc, f"event {i}: no link joins {ev.target[0]!r} and {ev.target[1]!r} at any step "
-                                  f"(+Grid neighbours are the next slot in the plane and the same slot in the "
-                                  f"next plane)", where)
-        return ("link", a, b)
+        assert ev.target is not None
+        try:
+            return target_key(self.tl, ev.target, ev.antenna)
+        except TargetError as e:
+            raise _error(self.sc, f"event {i}: {e}", f"events[{i}].{e.key}") from None
 
     def mask(self, key: tuple[Any, ...], ev: EventSpec, k0: int, k1: int) -> np.ndarray:
         """(n_links, k1 - k0) bool: the slots ``key`` covers at steps k0 .. k1 - 1."""
-        tl, la = self.tl, self.la
-        peer = tl.peer[:, k0:k1]
-        width = k1 - k0
-        if key[0] == "node":
-            return (la == key[1])[:, None] | (peer == key[1])
-        if key[0] == "link":
-            _, a, b = key
-            return ((la == a)[:, None] & (peer == b)) | ((la == b)[:, None] & (peer == a))
-        rows = np.zeros(tl.n_links, bool)
-        if key[0] == "slot":
-            rows[key[1]] = True
-        elif key[0] == "class":
+        tl = self.tl
+        if key[0] in ("node", "link", "slot"):
+            return target_slots(tl, key, tl.peer[:, k0:k1])
+        if key[0] == "class":
             rows = tl.link_class == key[1]
         else:  # region: gsl slots of ground sites (gateways, terminals) within the radius
-            rows = self.gsl & np.isin(la, region_sites(tl, ev.lat_deg, ev.lon_deg, ev.radius_km))
-        return np.broadcast_to(rows[:, None], (tl.n_links, width))
+            rows = self.gsl & np.isin(self.la, region_sites(tl, ev.lat_deg, ev.lon_deg, ev.radius_km))
+        return np.broadcast_to(rows[:, None], (tl.n_links, k1 - k0))
+
+
+class TargetError(ValueError):
+    """A target that does not resolve on a timeline; ``key`` is the key at fault (target or antenna)."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def target_key(tl: Timeline, target: str | tuple[str, str], antenna: int | None = None) -> tuple[Any, ...]:
+    """Resolve a target as ``[[events]]`` and the scripting API's ``fail()``/``restore()`` name it.
+
+    Parameters
+    ----------
+    target : str or (str, str)
+        A node name (every slot touching the node) or two node names (the slots joining them).
+    antenna : int, optional
+        With a gateway or terminal as ``target``: only its ``antenna``-th ground-to-satellite slot
+        (0-based, in link-table order).
+
+    Returns
+    -------
+    tuple
+        ``("node", i)``, ``("link", i, j)`` with ``i < j``, or ``("slot", l)``: node indices and a
+        link slot, for :func:`target_slots`.
+
+    Raises
+    ------
+    TargetError
+        An unknown node, a pair no slot joins at any step, an antenna the node does not have.
+    """
+    la = tl.link_a.astype(np.int64)
+
+    def index(name: str) -> int:
+        try:
+            return tl.node_index(name)
+        except ConfigError:
+            raise TargetError(f"unknown node {name!r} (satellites are named like "
+                              f"{tl.nodes[0].name if tl.nodes else '-'}; gateways, terminals, hosts and "
+                              f"compute nodes as in the scenario)", "target") from None
+
+    if isinstance(target, str):
+        n = index(target)
+        if antenna is None:
+            return ("node", n)
+        kind = tl.nodes[n].kind
+        if kind not in ("gateway", "terminal"):
+            raise TargetError(f"antenna needs a gateway or terminal as target, and {target!r} is a {kind}",
+                              "antenna")
+        rows = np.flatnonzero((la == n) & (tl.link_class == LINK_CLASSES.index("gsl")))
+        if not 0 <= antenna < len(rows):
+            raise TargetError(f"{target!r} has {len(rows)} antenna(s), numbered from 0; got antenna {antenna}",
+                              "antenna")
+        return ("slot", int(rows[antenna]))
+    if antenna is not None:
+        raise TargetError("antenna needs target to be one gateway or terminal name", "antenna")
+    if target[0] == target[1]:
+        raise TargetError(f"a link joins two different nodes, got {target[0]!r} twice", "target")
+    a, b = sorted((index(target[0]), index(target[1])))
+    rows = np.flatnonzero((la == a) | (la == b))
+    far = np.where(la[rows] == a, b, a)
+    if not (tl.peer[rows] == far[:, None]).any():
+        raise TargetError(f"no link slot joins {target[0]!r} and {target[1]!r} at any step (+Grid neighbours are "
+                          f"the next slot in the plane and the same slot in the next plane)", "target")
+    return ("link", a, b)
+
+
+def target_slots(tl: Timeline, key: tuple[Any, ...], peer: np.ndarray) -> np.ndarray:
+    """The slots a :func:`target_key` covers, given the slots' peers (``(n_links,)`` for one step or
+    ``(n_links, w)`` for w steps): a bool array of ``peer``'s shape. A pair's slots are matched on the
+    peers given, so a gateway antenna counts while it is on that satellite."""
+    la = tl.link_a.astype(np.int64)
+    if peer.ndim == 2:
+        la = la[:, None]
+    if key[0] == "node":
+        return (la == key[1]) | (peer == key[1])
+    if key[0] == "link":
+        _, a, b = key
+        return ((la == a) & (peer == b)) | ((la == b) & (peer == a))
+    if key[0] == "slot":
+        rows = np.zeros(tl.n_links, bool)
+        rows[key[1]] = True
+        return np.broadcast_to(rows.reshape((-1,) + (1,) * (peer.ndim - 1)), peer.shape)
+    raise ValueError(f"not a node, link or slot target: {key!r}")
 
 
 def region_sites(tl: Timeline, lat_deg: Any, lon_deg: Any, radius_km: Any) -> np.ndarray:
