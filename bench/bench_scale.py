@@ -168,6 +168,8 @@ def main() -> None:
               f"+{r['slab_gb']:.1f} GB, PSS {r['pss_mb'] / 1024:.1f} GB; ping London - New York "
               f"{'ok' if r['ping_ok'] else 'FAILED'}")
         print(f"        step phases, median (ms): {', '.join(f'{k} {v:.1f}' for k, v in r['phases_ms'].items())}")
+        for t in r["slowest"]:
+            print(f"        a slowest step (ms): {', '.join(f'{k} {v:.1f}' for k, v in t.items())}")
     if args.plot:
         import matplotlib
 
