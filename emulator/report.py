@@ -87,9 +87,12 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.nd
                 best = (pp.best_rtt_ms if metric == "rtt" else pp.best_forward_ms)[np.minimum(step, steps - 1)]
             else:
                 predicted = best = np.full(len(step), np.nan)
+            # per step: the predicted forward path differs from the step before (recovery counts these)
+            fp = pp.forward_paths if pp is not None else []
+            change = np.array([k > 0 and fp[k] != fp[k - 1] for k in range(len(fp))], bool)
             samples[f["label"]] = {"kind": kind, "metric": metric, "t_s": t, "step": step,
                                    "seq": np.asarray(seq, float), "measured_ms": np.asarray(meas, float),
-                                   "predicted_ms": predicted, "best_ms": best}
+                                   "predicted_ms": predicted, "best_ms": best, "path_change": change}
             entry.update(summarise_samples_one(samples[f["label"]]))
             if kind == "udp-probe" and (d / "sent.csv").exists():
                 try:
@@ -189,6 +192,26 @@ def _events(tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
     return ho_steps * tl.step_s, out_steps * tl.step_s
 
 
+def scheduled_s(tl: Timeline | None, played_s: float | None = None) -> np.ndarray:
+    """Times (s) of the steps at which scheduled events ([[events]]) take effect (starts and ends)."""
+    if tl is None:
+        return np.array([])
+    t: set[float] = set()
+    for ev in tl.report.get("events", []):
+        for o in ev["occurrences"]:
+            if o["end_step"] is not None:
+                t.add(o["step"] * tl.step_s)
+                if o["end_step"] < tl.n_steps:
+                    t.add(o["end_step"] * tl.step_s)
+    out = np.array(sorted(t), float)
+    return out if played_s is None else out[out <= played_s]
+
+
+def _mark_scheduled(ax: Any, events_s: np.ndarray) -> None:
+    for i, t in enumerate(events_s):
+        ax.axvline(t, color="crimson", lw=1.0, ls="-.", label="scheduled event" if i == 0 else None)
+
+
 def _save(fig, folder: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
@@ -219,6 +242,7 @@ def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None 
             ax.axvline(t, color="grey", lw=0.6, ls="--", label="GSL handover" if i == 0 else None)
         for i, t in enumerate(outage):
             ax.axvline(t, color="orange", lw=0.6, ls=":", label="ISL outage" if i == 0 else None)
+        _mark_scheduled(ax, scheduled_s(tl, played_s))
         ax.set_title(probe)
         ax.set_xlabel("time (s)")
         ax.set_ylabel(f"{what} (ms)")
@@ -229,10 +253,12 @@ def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None 
     return paths
 
 
-def plot_loss(samples, folder: Path, bin_s: float = 1.0) -> list[Path]:
+def plot_loss(samples, folder: Path, bin_s: float = 1.0, events_s: np.ndarray | None = None) -> list[Path]:
+    """Loss per ``bin_s`` over time per flow; ``events_s``: times of scheduled events, drawn as markers."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 3))
+    _mark_scheduled(ax, events_s if events_s is not None else np.array([]))
     for probe, s in samples.items():
         if not len(s["t_s"]):
             continue
@@ -428,13 +454,20 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
         st = tl.state[isl, :played]
         summary["isl_outages"] = int(np.sum((st[:, 1:] == Reason.OUTAGE) & (st[:, :-1] != Reason.OUTAGE)))
     summary["lateness"] = lateness(folder) or summary.get("lateness")
+    summary.pop("recovery", None)
+    if tl is not None and tl.report.get("events") and samples:
+        from .recovery import event_recovery
+
+        run = _load_json(folder / "run.json", {})
+        summary["recovery"] = event_recovery(tl.report["events"], samples, tl.step_s, played_steps(folder, tl),
+                                             float(run.get("speed", 1.0)))
     plots = folder / "plots"
     plots.mkdir(exist_ok=True)
     written: list[Path] = []
     played = played_steps(folder, tl)
     if samples:
         written += plot_rtt(samples, tl, plots, played * tl.step_s if tl is not None else None)
-        written += plot_loss(samples, plots)
+        written += plot_loss(samples, plots, events_s=scheduled_s(tl, played * tl.step_s if tl is not None else None))
         written += plot_error_cdf(samples, plots)
     if tl is not None:
         pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))

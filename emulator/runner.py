@@ -410,6 +410,14 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
              f"{'within' if de['within_bound'] else 'OUTSIDE'})")
     if "handovers" in s:
         _say(f"  GSL handovers {s['handovers']}, ISL outages {s.get('isl_outages', 0)}")
+    if s.get("recovery"):
+        from .recovery import describe
+
+        _say("  recovery after scheduled events (lost in the window after, first arrival, delay back "
+             "within best + max(1 ms, 3%)):")
+        for rec in s["recovery"]:
+            for line in describe(rec):
+                _say("    " + line)
     _say(f"  results: {out}")
 
 
