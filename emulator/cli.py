@@ -175,14 +175,16 @@ def _stats4(x: np.ndarray) -> dict[str, float | None]:
 
 def home_pop_paths(tl: Timeline) -> list[dict[str, Any]]:
     """Each user terminal's predicted RTT to its home PoP over the least-delay path (satellite, lasers,
-    gateway, fibre) at every step: min/median/p95/max, and the same split into the space segment (beam,
-    lasers and gateway links: propagation at c) and fibre. Links are symmetric, so the RTT is twice
+    gateway, fibre; or the path ``[backhaul] policy`` chooses) at every step: min/median/p95/max, and the
+    same split into the space segment (beam, lasers and gateway links: propagation at c), access delay
+    (scheduling and framing on the beam and gateway links) and fibre. Links are symmetric, so the RTT is twice
     the one-way delay."""
-    from routing.paths import class_delays_ms
+    from routing.graph import policy_factors
+    from routing.paths import access_delays_ms, class_delays_ms
 
     pairs = [(i, tl.node_index(tl.nodes[i].info["home_pop"])) for i in tl.nodes_of("terminal")
              if tl.nodes[i].info.get("home_pop")]
-    split = class_delays_ms(tl, pairs)
+    split = class_delays_ms(tl, pairs, factor=policy_factors(tl), access_ms=access_delays_ms(tl))
     space = [LINK_CLASSES.index("isl"), LINK_CLASSES.index("gsl")]
     out = []
     for (t, p), d in split.items():
@@ -191,6 +193,7 @@ def home_pop_paths(tl: Timeline) -> list[dict[str, Any]]:
                     "reachable_fraction": round(float(np.isfinite(one_way).mean()), 3),
                     "one_way_ms": _stats4(one_way), "rtt_ms": _stats4(2 * one_way),
                     "rtt_split_ms": {"space": _stats4(2 * d[:, space].sum(axis=1)),
+                                     "access": _stats4(2 * d[:, len(LINK_CLASSES)]),
                                      "fibre": _stats4(2 * d[:, LINK_CLASSES.index("fibre")])}})
     return out
 
@@ -254,12 +257,13 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
     for p in s["paths"]:
         if "home_pop" in p:
             r, sp, fi = p["rtt_ms"], p["rtt_split_ms"]["space"], p["rtt_split_ms"]["fibre"]
+            ac = p["rtt_split_ms"]["access"]
 
             def four(x: dict[str, float | None]) -> str:
                 return "/".join(_fmt(x[k]) for k in ("min", "median", "p95", "max"))
 
             print(f"  {p['src']} -> home PoP {p['dst']}: RTT ms min/median/p95/max {four(r)} (space {four(sp)}, "
-                  f"fibre {four(fi)}), reachable {100 * p['reachable_fraction']:.0f}% of steps")
+                  f"access {four(ac)}, fibre {four(fi)}), reachable {100 * p['reachable_fraction']:.0f}% of steps")
             continue
         r = p["rtt_ms"]
         o = p["one_way_ms"]

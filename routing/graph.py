@@ -16,7 +16,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from topologies.errors import ConfigError
-from topologies.timeline import Snapshot
+from topologies.pops import BACKHAUL_POLICIES
+from topologies.timeline import LINK_CLASSES, Snapshot, Timeline
 
 #: Added to every edge weight: scipy treats a stored zero as "no edge" in some paths, and among
 #: paths of equal delay the one with fewer hops wins.
@@ -86,6 +87,47 @@ def build_graph(link_a: np.ndarray, snapshot: Snapshot, n_nodes: int, metric: st
     first[1:] = keys[1:] != keys[:-1]
     keep = order[first]
     return LinkGraph(n_nodes, src[keep], dst[keep], link[keep], weight[keep])
+
+
+#: Weight factor on the delay of the class a policy avoids: a path with 1 ms less of it beats any path
+#: up to ~1 s longer otherwise, so the order is lexicographic on real paths (one-way delays below 1 s).
+POLICY_FACTOR = 1000.0
+
+
+def backhaul_policy(timeline: Timeline) -> str:
+    """The ``[backhaul] policy`` of the scenario a timeline was planned from ("least-delay" without one)."""
+    policy = (timeline.scenario.get("backhaul") or {}).get("policy", "least-delay")
+    if policy not in BACKHAUL_POLICIES:
+        raise ConfigError(f"backhaul policy must be one of {', '.join(BACKHAUL_POLICIES)}, got {policy!r}",
+                          key="backhaul.policy")
+    return str(policy)
+
+
+def policy_factors(timeline: Timeline, policy: str | None = None) -> np.ndarray | None:
+    """Per link slot, the factor a backhaul policy puts on its delay when choosing paths.
+
+    ``"space-first"``: fibre links weigh :data:`POLICY_FACTOR` times their delay, so paths take the least
+    fibre (traffic for a PoP rides lasers to the gateway with the shortest fibre to it, normally the one
+    nearest the PoP) and, among those, the least delay. ``"ground-first"``: laser links do, so traffic
+    leaves the constellation at the gateway it reaches with the least laser delay (through the
+    terminal's own satellite when that one sees a gateway) and rides fibre from there. ``"least-delay"``:
+    None, plain delay.
+
+    Returns
+    -------
+    ndarray, shape (n_links,), float64, or None
+    """
+    policy = policy or backhaul_policy(timeline)
+    if policy == "least-delay":
+        return None
+    avoid = LINK_CLASSES.index("fibre" if policy == "space-first" else "isl")
+    return np.where(timeline.link_class == avoid, POLICY_FACTOR, 1.0)
+
+
+def reweighted(graph: LinkGraph, factor: np.ndarray) -> LinkGraph:
+    """``graph`` with each edge's weight multiplied by ``factor`` of its link slot (shape (n_links,))."""
+    return LinkGraph(graph.n_nodes, graph.src, graph.dst, graph.link,
+                     graph.weight * np.asarray(factor, np.float64)[graph.link])
 
 
 def next_hops(graph: LinkGraph, destinations: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 from topologies.timeline import LINK_CLASSES, Timeline
 
 from .base import RouteTable
-from .graph import build_graph, next_hops, path, path_delay_ms
+from .graph import build_graph, next_hops, path, path_delay_ms, reweighted
 
 
 def path_delays_ms(tl: Timeline, src: int, dst: int, metric: str = "delay") -> np.ndarray:
@@ -30,20 +30,47 @@ def path_delays_ms(tl: Timeline, src: int, dst: int, metric: str = "delay") -> n
     return out
 
 
-def class_delays_ms(tl: Timeline, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+def access_delays_ms(tl: Timeline) -> np.ndarray:
+    """Access delay (scheduling and framing, beyond propagation) inside each link slot's one-way delay.
+
+    Returns
+    -------
+    ndarray, shape (n_links,), float64
+        ms: the ``access_delay_ms`` of the ground end (``link_a``: a gateway or user terminal) for
+        ground-to-satellite slots, 0 for every other link and for timelines planned before it existed.
+    """
+    gsl = np.flatnonzero(tl.link_class == LINK_CLASSES.index("gsl"))
+    per_node = np.array([float(n.info.get("access_delay_ms", 0.0)) for n in tl.nodes], np.float64)
+    out = np.zeros(len(tl.link_a), np.float64)
+    out[gsl] = per_node[np.asarray(tl.link_a, np.int64)[gsl]]
+    return out
+
+
+def class_delays_ms(tl: Timeline, pairs: list[tuple[int, int]], factor: np.ndarray | None = None,
+                    access_ms: np.ndarray | None = None) -> dict[tuple[int, int], np.ndarray]:
     """One-way delay along the least-delay path of each pair at every step, split by link class.
 
     One graph and one shortest-path run towards all destinations per step.
 
+    Parameters
+    ----------
+    factor : ndarray, shape (n_links,), optional
+        Per link slot, a factor on its delay when choosing the path (not in the delays returned): a
+        backhaul policy's (:func:`routing.graph.policy_factors`).
+    access_ms : ndarray, shape (n_links,), optional
+        The part of each link's delay that is access delay (:func:`access_delays_ms`): taken out of its
+        class and returned in one more column.
+
     Returns
     -------
     dict
-        ``(src, dst)`` -> ndarray, shape (n_steps, len(LINK_CLASSES)), float64: the summed one-way delays
-        (ms) of the path's links of each class (:data:`topologies.timeline.LINK_CLASSES` order); NaN in
-        every column where ``dst`` is unreachable.
+        ``(src, dst)`` -> ndarray, shape (n_steps, len(LINK_CLASSES)) (one more column, access, with
+        ``access_ms``), float64: the summed one-way delays (ms) of the path's links of each class
+        (:data:`topologies.timeline.LINK_CLASSES` order); NaN in every column where ``dst`` is unreachable.
     """
     n_cls = len(LINK_CLASSES)
-    out = {p: np.full((tl.n_steps, n_cls), np.nan) for p in pairs}
+    n_col = n_cls + (access_ms is not None)
+    out = {p: np.full((tl.n_steps, n_col), np.nan) for p in pairs}
     if not pairs:
         return out
     dests = np.unique(np.array([d for _, d in pairs], np.int64))
@@ -52,7 +79,10 @@ def class_delays_ms(tl: Timeline, pairs: list[tuple[int, int]]) -> dict[tuple[in
     n = len(tl.nodes)
     for k in range(tl.n_steps):
         snap = tl.snapshot(k)
-        dist, nh, link = next_hops(build_graph(tl.link_a, snap, n), dests)
+        graph = build_graph(tl.link_a, snap, n)
+        if factor is not None:
+            graph = reweighted(graph, factor)
+        dist, nh, link = next_hops(graph, dests)
         for (src, dst), arr in out.items():
             r = row[dst]
             if not np.isfinite(dist[r, src]):
@@ -63,7 +93,13 @@ def class_delays_ms(tl: Timeline, pairs: list[tuple[int, int]]) -> dict[tuple[in
                 links.append(int(link[r, v]))
                 v = int(nh[r, v])
             li = np.asarray(links, np.int64)
-            arr[k] = np.bincount(cls[li], weights=snap.params[li, 0].astype(np.float64), minlength=n_cls)
+            d = snap.params[li, 0].astype(np.float64)
+            if access_ms is None:
+                arr[k] = np.bincount(cls[li], weights=d, minlength=n_cls)
+            else:
+                acc = np.where(snap.peer[li] >= 0, access_ms[li], 0.0)
+                arr[k, :n_cls] = np.bincount(cls[li], weights=d - acc, minlength=n_cls)
+                arr[k, n_cls] = acc.sum()
     return out
 
 
@@ -101,4 +137,4 @@ def table_path(table: RouteTable, src: int, dst: int, max_hops: int = 10_000) ->
     return nodes, links
 
 
-__all__ = ["class_delays_ms", "next_hops", "path_delays_ms", "shortest_path", "table_path"]
+__all__ = ["access_delays_ms", "class_delays_ms", "next_hops", "path_delays_ms", "shortest_path", "table_path"]

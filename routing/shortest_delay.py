@@ -5,12 +5,16 @@ from __future__ import annotations
 from topologies.timeline import Snapshot, Timeline
 
 from .base import RouteTable, RoutingProtocol, destinations, register
-from .graph import build_graph, next_hops
+from .graph import build_graph, next_hops, policy_factors, reweighted
 
 
 @register
 class ShortestDelay(RoutingProtocol):
-    """Dijkstra on the up links of each snapshot, weighted by delay_ms (ties: fewer hops)."""
+    """Dijkstra on the up links of each snapshot, weighted by delay_ms (ties: fewer hops).
+
+    With a ``[backhaul] policy`` other than least-delay, fibre (space-first) or laser (ground-first) links
+    weigh :data:`routing.graph.POLICY_FACTOR` times their delay.
+    """
 
     name = "shortest-delay"
     metric = "delay"
@@ -18,6 +22,9 @@ class ShortestDelay(RoutingProtocol):
     def compute(self, timeline: Timeline, step: int, snapshot: Snapshot | None = None) -> RouteTable:
         snap = snapshot if snapshot is not None else timeline.snapshot(step)
         graph = build_graph(timeline.link_a, snap, len(timeline.nodes), self.metric)
+        factor = policy_factors(timeline)  # [backhaul] policy: space-first / ground-first
+        if factor is not None:
+            graph = reweighted(graph, factor)
         dest = destinations(timeline, self.all_loopbacks)
         dist, nh, link = next_hops(graph, dest)
         return RouteTable(step, dest, nh, link, dist)

@@ -96,6 +96,11 @@ class GslConfig:
         gateway feeds the laser network; a satellite without lasers, or cut off from its partners, would
         reach nothing beyond itself). ``"any"``: bent-pipe satellites too. In a timeline with no laser
         link at all, both are the same.
+    scheduling_delay_ms, framing_delay_ms : float
+        Access delay beyond propagation on a gateway antenna's link, ms each way, [0, 1000]; added to its
+        one-way delay while it has a satellite (as :class:`topologies.terminals.TerminalConfig`'s for
+        beams). Default 0: no source stating them for the gateway (feeder) link was found
+        (docs/model.md, "Access delay").
     """
 
     min_elevation_deg: float = 25.0
@@ -110,6 +115,13 @@ class GslConfig:
     rate_mbps: float = 100.0
     loss_pct: float = 0.0
     satellites: str = "meshed"
+    scheduling_delay_ms: float = 0.0
+    framing_delay_ms: float = 0.0
+
+    @property
+    def access_delay_ms(self) -> float:
+        """Scheduling plus framing delay, ms each way."""
+        return self.scheduling_delay_ms + self.framing_delay_ms
 
     def __post_init__(self) -> None:
         if self.satellites not in SATELLITE_CHOICES:
@@ -129,6 +141,8 @@ class GslConfig:
         check_range("max_gateway_links_per_satellite", self.max_gateway_links_per_satellite, 1, 64, integer=True)
         check_range("rate_mbps", self.rate_mbps, 0.0, 1e6, lo_open=True)
         check_range("loss_pct", self.loss_pct, 0.0, 100.0)
+        check_range("scheduling_delay_ms", self.scheduling_delay_ms, 0.0, 1000.0)
+        check_range("framing_delay_ms", self.framing_delay_ms, 0.0, 1000.0)
 
 
 @dataclass(frozen=True)

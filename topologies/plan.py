@@ -175,7 +175,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     meshed = _meshed(const.n_sats, topo.pairs, isl_state, xs.owner, xs.peer, xs.state)
     gsl = gsl_assign(sites, eph, gsl_cfg, meshed=meshed)
     terms = terminal_sites(sc)
-    term = terminal_assign(terms, eph, gsl_cfg, sc.terminal_config(), meshed=meshed) if terms else None
+    term_cfg = sc.terminal_config()
+    term = terminal_assign(terms, eph, gsl_cfg, term_cfg, meshed=meshed) if terms else None
     t4 = _time.perf_counter()
 
     n_sat = const.n_sats
@@ -193,7 +194,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     for s in sites:
         gw_index[s.name] = len(nodes)
         nodes.append(Node(s.name, "gateway", {"lat_deg": s.lat_deg, "lon_deg": s.lon_deg, "alt_m": s.alt_m,
-                                              "antennas": s.antennas or gsl_cfg.antennas}))
+                                              "antennas": s.antennas or gsl_cfg.antennas,
+                                              "access_delay_ms": gsl_cfg.access_delay_ms}))
     sat_index = {name: i for i, name in enumerate(const.names)}
     term_index: dict[str, int] = {}
     for i, (t, spec) in enumerate(zip(terms, sc.terminals)):
@@ -202,7 +204,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
                               key=f"terminals[{i}].name")
         term_index[t.name] = len(nodes)
         nodes.append(Node(t.name, "terminal", {"lat_deg": t.lat_deg, "lon_deg": t.lon_deg, "alt_m": t.alt_m,
-                                               "antennas": 1, "country": spec.country, "pop": spec.pop}))
+                                               "antennas": 1, "country": spec.country, "pop": spec.pop,
+                                               "access_delay_ms": term_cfg.access_delay_ms}))
     bh = backhaul(sc, sites)
     pop_index: dict[str, int] = {}
     if bh is not None:
@@ -298,17 +301,19 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     loss[isl] = isl_cfg.loss_pct
 
     # gateway antennas, then terminal beams: both ground-to-satellite slots
-    ground_slots = [(slice(n_isl, n_isl + n_gw_gsl), gsl, [gw_index[sites[s].name] for s in gsl.site])]
+    ground_slots = [(slice(n_isl, n_isl + n_gw_gsl), gsl, [gw_index[sites[s].name] for s in gsl.site],
+                     gsl_cfg.access_delay_ms)]
     if term is not None:
         ground_slots.append((slice(n_isl + n_gw_gsl, n_isl + n_gsl), term,
-                             [term_index[terms[s].name] for s in term.site]))
-    for gs, res, owners in ground_slots:
+                             [term_index[terms[s].name] for s in term.site], term_cfg.access_delay_ms))
+    for gs, res, owners, access_ms in ground_slots:
         link_a[gs] = np.array(owners, np.int32)
         link_class[gs] = LINK_CLASSES.index("gsl")
         link_role[gs] = LINK_ROLES.index("gsl")
         state[gs] = res.state
         peer[gs] = res.peer
-        delay[gs] = res.delay_ms
+        # scheduling and framing on the radio link ride on the propagation delay while a satellite is held
+        delay[gs] = res.delay_ms + np.where(res.peer >= 0, np.float32(access_ms), np.float32(0.0))
         rate[gs] = gsl_cfg.rate_mbps
         loss[gs] = gsl_cfg.loss_pct
 

@@ -36,8 +36,8 @@ from .errors import ConfigError, check_range
 from .ground import slug
 from .timeline import C_KM_S
 
-__all__ = ["BackhaulConfig", "EARTH_RADIUS_KM", "PoP", "backbone_edges", "country_shares", "draw_home_pop",
-           "fibre_delay_ms", "great_circle_km", "home_pops", "nearest", "starlink_pops"]
+__all__ = ["BACKHAUL_POLICIES", "BackhaulConfig", "EARTH_RADIUS_KM", "PoP", "backbone_edges", "country_shares",
+           "draw_home_pop", "fibre_delay_ms", "great_circle_km", "home_pops", "nearest", "starlink_pops"]
 
 _POPS_FILE = "starlink-pops.csv"
 _POPS_COLUMNS = ("code", "city", "country_iso2", "lat_deg", "lon_deg", "coord_source")
@@ -50,6 +50,8 @@ EARTH_RADIUS_KM = 6371.0088
 
 #: Named sets of PoPs that ``[ground] pops = "..."`` loads.
 POP_SETS = ("starlink",)
+#: ``[backhaul] policy``: whether long hauls ride lasers or the terrestrial backbone (BackhaulConfig.policy).
+BACKHAUL_POLICIES = ("least-delay", "space-first", "ground-first")
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,25 @@ class BackhaulConfig:
         published map of Starlink's terrestrial backbone was found): the cited 1.3 already is an
         end-to-end factor over a dense conduit map, so a backbone path's length, 1.3 to 1.43 times the
         great circle, errs long by at most 10%.
+    policy : str
+        Whether long hauls ride lasers or the backbone (:data:`BACKHAUL_POLICIES`):
+        ``"least-delay"`` (default) the least-delay path over both; ``"space-first"`` the path with the
+        least fibre delay, then the least delay (traffic for a PoP rides lasers to the gateway with the
+        shortest fibre to it); ``"ground-first"`` the least laser delay, then the least delay (it leaves
+        the constellation at the first gateway it can reach and rides fibre). ``plan``'s home-PoP paths
+        and the ``shortest-delay`` protocol follow it.
     """
 
     route_factor: float = 1.3
     refractive_index: float = 1.47
     rate_mbps: float = 1000.0
     backbone_stretch: float = 1.1
+    policy: str = "least-delay"
 
     def __post_init__(self) -> None:
+        if self.policy not in BACKHAUL_POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(BACKHAUL_POLICIES)}, got {self.policy!r}",
+                              key="policy")
         check_range("route_factor", self.route_factor, 1.0, 5.0)
         check_range("refractive_index", self.refractive_index, 1.0, 2.0)
         check_range("rate_mbps", self.rate_mbps, 0.0, 100_000.0, lo_open=True)

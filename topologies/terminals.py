@@ -58,18 +58,34 @@ class TerminalConfig:
         value: Article 22's EPFD limits are what it is chosen to meet.
     policy : str or None
         One of :data:`topologies.gsl.POLICIES`; None: the ``[gsl]`` policy.
+    scheduling_delay_ms, framing_delay_ms : float
+        Access delay beyond propagation on the beam, ms each way, [0, 1000]: time a packet waits for the
+        medium access scheduler (uplink request and grant, downlink slot) and for the radio frame that
+        carries it. Added to the beam's one-way delay at every step it has a satellite, so the emulator
+        applies it and ``plan`` reports it as "access". Default 0 for both: no source that states these
+        terms for Starlink's user link from its protocol or signal documentation, or from a measurement
+        that isolates the access link, could be read while writing this (docs/model.md, "Access delay").
     """
 
     min_elevation_deg: float = 25.0
     gso_exclusion_deg: float = 22.0
     policy: str | None = None
+    scheduling_delay_ms: float = 0.0
+    framing_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         check_range("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)
         check_range("gso_exclusion_deg", self.gso_exclusion_deg, 0.0, 90.0, hi_open=True)
+        check_range("scheduling_delay_ms", self.scheduling_delay_ms, 0.0, 1000.0)
+        check_range("framing_delay_ms", self.framing_delay_ms, 0.0, 1000.0)
         if self.policy is not None and self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)} or absent, got {self.policy!r}",
                               key="policy")
+
+    @property
+    def access_delay_ms(self) -> float:
+        """Scheduling plus framing delay, ms each way."""
+        return self.scheduling_delay_ms + self.framing_delay_ms
 
 
 def _up(lat_deg: float, lon_deg: float) -> NDArray[np.float64]:

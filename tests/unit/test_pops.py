@@ -277,7 +277,7 @@ def test_plan_prints_home_pop_rtt_and_json_has_it(tmp_path, capsys):
 
     paths = json.loads(capsys.readouterr().out)["paths"]
     boston = next(p for p in paths if p["src"] == "ut-boston")
-    assert boston["dst"] == "pop-nwyynyx1" and set(boston["rtt_split_ms"]) == {"space", "fibre"}
+    assert boston["dst"] == "pop-nwyynyx1" and set(boston["rtt_split_ms"]) == {"space", "access", "fibre"}
 
 
 def test_timeline_with_fibre_round_trips_and_is_addressed(small, tmp_path):

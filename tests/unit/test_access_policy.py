@@ -1,0 +1,190 @@
+"""Access delay on the radio links and the space-first / ground-first backhaul policy (issue 11), checked
+against what the test computes itself: the same plan without access delay shifted by the configured terms,
+networkx on the planned links with one link class weighted at a time, and fibre delays from a haversine."""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from emulator.cli import plan_summary
+from routing.base import get_protocol
+from routing.paths import table_path
+from topologies.errors import ConfigError
+from topologies.plan import plan_scenario
+from topologies.scenario import parse_scenario
+from topologies.timeline import LINK_CLASSES, Timeline
+
+C_KM_S = 299_792.458
+R_KM = 6371.0088
+ISL, GSL, FIBRE = (LINK_CLASSES.index(c) for c in ("isl", "gsl", "fibre"))
+
+BASE = """
+name = "access"
+seed = 5
+[time]
+start = "2023-07-18T12:00:00Z"
+duration_s = 8
+step_s = 1.0
+[constellation]
+[[constellation.shells]]
+name = "s"
+altitude_km = 550.0
+inclination_deg = 53.0
+planes = 24
+sats_per_plane = 20
+phasing = 1
+[gsl]
+antennas = 2
+min_elevation_deg = 10.0
+{gsl}
+[ground]
+pops = "starlink"
+[[ground.sites]]
+name = "gs-london"
+lat_deg = 51.5074
+lon_deg = -0.1278
+[[ground.sites]]
+name = "gs-new-york"
+lat_deg = 40.7128
+lon_deg = -74.0060
+[terminal]
+min_elevation_deg = 10.0
+gso_exclusion_deg = 0.0
+{terminal}
+[[terminals]]
+name = "ut-boston"
+lat_deg = 42.36
+lon_deg = -71.06
+pop = "lndngbr1"
+{backhaul}
+"""
+
+
+def plan(gsl: str = "", terminal: str = "", backhaul: str = "") -> Timeline:
+    return plan_scenario(parse_scenario(BASE.format(gsl=gsl, terminal=terminal, backhaul=backhaul), "a.toml"))
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * R_KM * math.asin(math.sqrt(a))
+
+
+def home_path(tl: Timeline) -> dict:
+    return next(p for p in plan_summary(tl, [])["paths"] if p.get("home_pop"))
+
+
+@pytest.fixture(scope="module")
+def plain() -> Timeline:
+    return plan()
+
+
+def test_access_delay_rides_on_every_radio_link_and_plan_splits_it_out(plain):
+    tl = plan(gsl="scheduling_delay_ms = 0.75\nframing_delay_ms = 0.25",
+              terminal="scheduling_delay_ms = 2.0\nframing_delay_ms = 0.5")
+    gsl = np.flatnonzero(tl.link_class == GSL)
+    assert np.array_equal(tl.peer, plain.peer)  # the satellites chosen do not depend on it
+    ut = tl.node_index("ut-boston")
+    want = np.where(np.isin(tl.link_a[gsl], [ut]), 2.5, 1.0)[:, None]
+    have = tl.peer[gsl] >= 0
+    extra = tl.delay_ms[gsl].astype(np.float64) - plain.delay_ms[gsl]
+    assert have.any() and np.allclose(extra[have], np.broadcast_to(want, extra.shape)[have], atol=1e-4)
+    assert np.array_equal(tl.delay_ms[tl.link_class != GSL], plain.delay_ms[plain.link_class != GSL])
+    # every terminal -> PoP path crosses the beam and at least one gateway antenna (more where it hops between
+    # satellites through a gateway): plan's access part is 2 x the terms of the radio links the installed route
+    # crosses, and its RTT at least the plain plan's + 2 x (2.5 + 1.0)
+    p, q = home_path(tl), home_path(plain)
+    access, rtt = [], []
+    for k in range(tl.n_steps):
+        nodes, links = route(tl, k)
+        radio = [link for link in links if tl.link_class[link] == GSL]
+        assert tl.link_a[radio[0]] == ut and len(radio) >= 2
+        access.append(2 * sum(2.5 if tl.link_a[link] == ut else 1.0 for link in radio))
+        rtt.append(2 * float(tl.delay_ms[links, k].astype(np.float64).sum()))
+    for key, f in (("min", np.min), ("median", np.median), ("max", np.max)):
+        assert p["rtt_split_ms"]["access"][key] == pytest.approx(f(access), abs=1e-4)
+        assert p["rtt_ms"][key] == pytest.approx(f(rtt), abs=1e-3)
+        assert q["rtt_split_ms"]["access"][key] == 0.0
+    assert p["rtt_ms"]["min"] >= q["rtt_ms"]["min"] + 7.0 - 1e-3
+
+
+@pytest.mark.parametrize("table, key", [("terminal", "framing_delay_ms = -1.0"), ("gsl", "scheduling_delay_ms = nan")])
+def test_bad_access_delay_is_a_config_error_naming_the_key(table, key):
+    with pytest.raises(ConfigError) as e:
+        plan(**{table: key})
+    assert f"{table}.{key.split(' ')[0]}" in str(e.value)
+
+
+def test_bad_backhaul_policy_is_a_config_error():
+    with pytest.raises(ConfigError) as e:
+        plan(backhaul='[backhaul]\npolicy = "sideways"')
+    assert "backhaul.policy" in str(e.value) and "space-first" in str(e.value)
+
+
+def graph_at(tl: Timeline, k: int) -> nx.Graph:
+    g = nx.Graph()
+    for link in np.flatnonzero((tl.state[:, k] == 0) & (tl.peer[:, k] >= 0)).tolist():
+        u, v, d = int(tl.link_a[link]), int(tl.peer[link, k]), float(tl.delay_ms[link, k])
+        if not g.has_edge(u, v) or g[u][v]["d"] > d:
+            g.add_edge(u, v, d=d, cls=int(tl.link_class[link]))
+    return g
+
+
+def class_weight(cls: int):
+    return lambda u, v, e: e["d"] if e["cls"] == cls else 0.0
+
+
+def route(tl: Timeline, k: int) -> tuple[list[int], list[int]]:
+    """The path the shortest-delay protocol installs from the terminal to its home PoP at step k."""
+    ut, pop = tl.node_index("ut-boston"), tl.node_index("pop-lndngbr1")
+    return table_path(get_protocol("shortest-delay").compute(tl, k), ut, pop)
+
+
+def exit_gateway(tl: Timeline, nodes: list[int], links: list[int]) -> str:
+    first_fibre = next(i for i, link in enumerate(links) if tl.link_class[link] == FIBRE)
+    return tl.nodes[nodes[first_fibre]].name
+
+
+def test_backhaul_policies_ride_lasers_or_fibre_as_defined(plain):
+    """Boston homed on London: space-first crosses the Atlantic by laser and lands at gs-london (the least fibre
+    any path can have: that gateway's own fibre to the London PoP, by haversine here); ground-first lands at
+    gs-new-york with the least laser delay any path to the PoP can have (networkx, lasers weighted alone) and
+    crosses by the backbone; least-delay is networkx's least delay and never above either."""
+    space, ground = (plan(backhaul=f'[backhaul]\npolicy = "{p}"') for p in ("space-first", "ground-first"))
+    ut, pop = plain.node_index("ut-boston"), plain.node_index("pop-lndngbr1")
+    london = plain.nodes[plain.node_index("gs-london")].info
+    pop_ll = plain.nodes[pop].info
+    london_fibre_ms = haversine_km(london["lat_deg"], london["lon_deg"], pop_ll["lat_deg"], pop_ll["lon_deg"]) \
+        * 1.3 / (C_KM_S / 1.47) * 1e3
+    totals = {}
+    for name, tl in (("least", plain), ("space", space), ("ground", ground)):
+        totals[name] = []
+        for k in range(tl.n_steps):
+            nodes, links = route(tl, k)
+            assert nodes and nodes[-1] == pop
+            d = tl.delay_ms[links, k].astype(np.float64)
+            cls = tl.link_class[links]
+            totals[name].append(d.sum())
+            g = graph_at(tl, k)
+            if name == "least":
+                assert d.sum() == pytest.approx(nx.shortest_path_length(g, ut, pop, weight="d"), abs=1e-3)
+            elif name == "space":
+                assert exit_gateway(tl, nodes, links) == "gs-london"
+                assert d[cls == FIBRE].sum() == pytest.approx(london_fibre_ms, abs=1e-3)
+                assert d[cls == FIBRE].sum() == pytest.approx(
+                    nx.shortest_path_length(g, ut, pop, weight=class_weight(FIBRE)), abs=1e-3)
+            else:
+                assert exit_gateway(tl, nodes, links) == "gs-new-york"
+                assert d[cls == ISL].sum() == pytest.approx(
+                    nx.shortest_path_length(g, ut, pop, weight=class_weight(ISL)), abs=1e-3)
+        # plan's prediction is the installed route's delay
+        p = home_path(tl)
+        assert p["rtt_ms"]["median"] == pytest.approx(2 * float(np.median(totals[name])), abs=1e-3)
+    for k in range(plain.n_steps):
+        assert totals["least"][k] <= min(totals["space"][k], totals["ground"][k]) + 1e-6
+    # the two policies really differ here: one crosses the Atlantic in space, the other by fibre
+    assert np.median(totals["ground"]) != pytest.approx(np.median(totals["space"]), abs=0.5)
