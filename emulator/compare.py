@@ -51,7 +51,8 @@ BOUND_PCT = 3.0
 
 
 def event_times(tl: Timeline, steps: int) -> list[tuple[float, str]]:
-    """(time s, what) of GSL handovers and of ISL links going down for a pointing outage."""
+    """(time s, what) of GSL handovers, of ISL links going down for a pointing outage, and of the steps at
+    which scheduled events ([[events]]) take effect ("fail <target>", ...)."""
     out: list[tuple[float, str]] = []
     gsl = np.flatnonzero(tl.link_class == LINK_CLASSES.index("gsl"))
     peer = tl.peer[gsl, :steps]
@@ -61,6 +62,10 @@ def event_times(tl: Timeline, steps: int) -> list[tuple[float, str]]:
     st = tl.state[isl, :steps]
     for k in np.flatnonzero(np.any((st[:, 1:] == Reason.OUTAGE) & (st[:, :-1] != Reason.OUTAGE), axis=0)) + 1:
         out.append((float(k * tl.step_s), "outage"))
+    for ev in tl.report.get("events", []):
+        for o in ev["occurrences"]:
+            if o["end_step"] is not None and 0 < o["step"] < steps:
+                out.append((float(o["step"] * tl.step_s), f"{ev['kind']} {ev['target']}"))
     return sorted(out)
 
 
@@ -285,6 +290,7 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
     out["stretch_p50"] = float(np.mean(stretch)) if stretch else None
     out["probes_sent"], out["probes_lost"] = sent, lost
     out["delay_error"] = summary.get("delay_error")
+    out["recovery"] = summary.get("recovery") or []
     out["probes"] = probe_figures(read_probe_samples(folder / "samples.csv"))
     out["flags"] = flags(out)
     return out
@@ -375,6 +381,22 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         cells2 = (r["protocol"], _f(r["route_ms_median"]), _f(r["route_ms_p95"]), _f(r["route_changes"]),
                   f"{r['probes_lost']}/{r['probes_sent']}", _f(r["lost_total"]), _f(rec, 0), _f(r["stretch_p50"], 3))
         lines.append("  ".join(f"{c:>14}" for c in cells2))
+    if any(r.get("recovery") for r in rows):
+        lines.append("")
+        lines.append("recovery after scheduled events (all flows: lost in the window after / worst first arrival"
+                     " / worst time back within the delay bound / route changes):")
+    for r in rows:
+        for rec in r.get("recovery") or []:
+            fl = rec["flows"]
+
+            def worst(key: str, fl: list[dict[str, Any]] = fl) -> str:
+                v = [f[key] for f in fl]
+                return "never" if None in v else f"{max(v, default=0.0):.3f} s"
+
+            lines.append(f"  {r['protocol']:>14}  event {rec['index']} at {rec['at_s']:g} s ({rec['kind']} "
+                         f"{rec['target']}): lost {sum(f['lost'] for f in fl)}/{sum(f['sent'] for f in fl)}, "
+                         f"first arrival {worst('first_arrival_s')}, within bound {worst('within_bound_s')}, "
+                         f"route changes {sum(f['route_changes'] for f in fl)}")
     flagged = [r for r in rows if r.get("flags")]
     for r in flagged:
         p = r.get("probes") or {}
