@@ -268,7 +268,8 @@ def _steps_to_next(boundary: NDArray[np.bool_]) -> NDArray[np.int64]:
 def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = None,
                coarse_s: float = 30.0, meshed: NDArray[np.bool_] | None = None,
                site_mask: Callable[[int, NDArray[np.float64], NDArray[np.bool_]], NDArray[np.bool_]] | None = None,
-               capped: bool = True) -> GslResult:
+               capped: bool = True,
+               site_cost_ms: Callable[[int, NDArray[np.int64]], NDArray[np.float64]] | None = None) -> GslResult:
     """Assign satellites to every antenna of every site at every step.
 
     Parameters
@@ -293,6 +294,12 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     capped : bool
         Hold ``cfg.max_gateway_links_per_satellite`` across these sites (gateways). False for user
         terminals, whose links do not count against the gateway cap.
+    site_cost_ms : callable, optional
+        Replaces ``cfg.policy``: ``site_cost_ms(site_index, sats)`` gives, for satellite indices ``sats``
+        (n_cand,), the one-way delay onwards from each satellite at every step, ms, shape (n_t, n_cand)
+        (inf where it reaches nothing). The site then takes the satellite with the least slant delay plus
+        that cost, and leaves a still-usable one only for one better by more than ``cfg.hysteresis_km`` / c
+        (the user terminals' ``pop-delay`` policy, :func:`topologies.terminals.terminal_assign`).
 
     Returns
     -------
@@ -358,7 +365,12 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         nf = np.where(vis, n_t, idx_t[:, None])
         nf = np.minimum.accumulate(nf[::-1], axis=0)[::-1]
         rem = nf - idx_t[:, None]
-        if cfg.policy == "highest-elevation":
+        if site_cost_ms is not None:
+            onward = np.asarray(site_cost_ms(si, cols), np.float64)
+            # a satellite that reaches nothing onwards still beats none: last, nearest first
+            onward = np.where(np.isfinite(onward), onward, 1e6)
+            score = -(rng / C_KM_S * 1000.0 + onward)
+        elif cfg.policy == "highest-elevation":
             score = sin_el.copy()
         elif cfg.policy == "nearest":
             score = -rng
@@ -412,6 +424,8 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
                     new = b
                 elif slotted and covers[k, c] and not covers[k, b]:
                     new = c
+                elif site_cost_ms is not None:
+                    new = b if score[k, b] - score[k, c] > cfg.hysteresis_km / C_KM_S * 1000.0 else c
                 elif cfg.policy == "highest-elevation":
                     gain_deg = math.degrees(math.asin(min(1.0, sin_el[k, b])) - math.asin(min(1.0, sin_el[k, c])))
                     new = b if gain_deg > cfg.hysteresis_deg else c

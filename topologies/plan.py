@@ -139,6 +139,39 @@ def backhaul(sc: Scenario, sites: list[GroundSite]) -> Backhaul | None:
     return Backhaul(pops, home, links, cfg)
 
 
+def _pop_delay(sc: Scenario, n_sat: int, sites: list[GroundSite], gsl: Any, gsl_cfg: Any, pairs: np.ndarray,
+               isl_state: np.ndarray, isl_delay: np.ndarray, xs: Any, bh: Backhaul | None) -> Any:
+    """For the terminals' ``pop-delay`` policy: a function (terminal index, satellites) -> (n_t, n_cand) ms,
+    the least delay from each satellite to that terminal's home PoP over lasers, gateway antennas and fibre
+    (:func:`topologies.terminals.onward_delay_ms`)."""
+    from .terminals import onward_delay_ms
+
+    if bh is None:
+        raise ConfigError("[terminal] policy 'pop-delay' needs PoPs: set [ground] pops = \"starlink\"",
+                          file=sc.source, key="terminal.policy")
+    n_t = isl_state.shape[1]
+    node = {s.name: n_sat + i for i, s in enumerate(sites)} | {p.node_name: n_sat + len(sites) + j
+                                                               for j, p in enumerate(bh.pops)}
+    gw_delay = gsl.delay_ms.astype(np.float64) + np.where(gsl.peer >= 0, gsl_cfg.access_delay_ms, 0.0)
+    fib_a = np.array([node[a] for a, _, _, _ in bh.links], np.int64)
+    fib_b = np.array([node[b] for _, b, _, _ in bh.links], np.int64)
+    fib_d = np.repeat(np.array([d for _, _, d, _ in bh.links], np.float64)[:, None], n_t, axis=1)
+    edges = [(pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64), isl_state == Reason.UP, isl_delay),
+             (np.asarray(xs.owner, np.int64), np.asarray(xs.peer, np.int64), xs.state == Reason.UP, xs.delay_ms),
+             (n_sat + np.asarray(gsl.site, np.int64), np.asarray(gsl.peer, np.int64), gsl.state == Reason.UP,
+              gw_delay),
+             (fib_a, fib_b, np.ones(fib_d.shape, bool), fib_d)]
+    homes = sorted(set(bh.home.values()))
+    table = onward_delay_ms(n_sat + len(sites) + len(bh.pops), edges,
+                            np.array([node[f"pop-{c}"] for c in homes], np.int64), n_t, n_sat)
+    row = [homes.index(bh.home[t.name]) for t in sc.terminals]
+
+    def pop_delay(ti: int, sats: np.ndarray) -> np.ndarray:
+        return table[row[ti]][:, sats]
+
+    return pop_delay
+
+
 @dataclass(frozen=True)
 class PlanTimings:
     constellation_s: float
@@ -176,7 +209,10 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     gsl = gsl_assign(sites, eph, gsl_cfg, meshed=meshed)
     terms = terminal_sites(sc)
     term_cfg = sc.terminal_config()
-    term = terminal_assign(terms, eph, gsl_cfg, term_cfg, meshed=meshed) if terms else None
+    bh = backhaul(sc, sites)
+    pop_delay = _pop_delay(sc, const.n_sats, sites, gsl, gsl_cfg, topo.pairs, isl_state, isl_delay, xs, bh) \
+        if terms and term_cfg.policy == "pop-delay" else None
+    term = terminal_assign(terms, eph, gsl_cfg, term_cfg, meshed=meshed, pop_delay=pop_delay) if terms else None
     t4 = _time.perf_counter()
 
     n_sat = const.n_sats
@@ -206,7 +242,6 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         nodes.append(Node(t.name, "terminal", {"lat_deg": t.lat_deg, "lon_deg": t.lon_deg, "alt_m": t.alt_m,
                                                "antennas": 1, "country": spec.country, "pop": spec.pop,
                                                "access_delay_ms": term_cfg.access_delay_ms}))
-    bh = backhaul(sc, sites)
     pop_index: dict[str, int] = {}
     if bh is not None:
         for p in bh.pops:

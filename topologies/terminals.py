@@ -23,7 +23,11 @@ from .frames import geodetic_to_ecef_km
 from .ground import GroundSite
 from .gsl import POLICIES, GslConfig, GslResult, gsl_assign
 
-__all__ = ["GSO_RADIUS_KM", "TerminalConfig", "gso_arc_mask", "gso_separation_deg", "terminal_assign"]
+__all__ = ["GSO_RADIUS_KM", "TERMINAL_POLICIES", "TerminalConfig", "gso_arc_mask", "gso_separation_deg",
+           "onward_delay_ms", "terminal_assign"]
+
+#: Beam policies of user terminals (TerminalConfig.policy): the gateways', and one towards the home PoP.
+TERMINAL_POLICIES = (*POLICIES, "pop-delay")
 
 #: Radius of the geostationary orbit, km (GM / omega_earth^2)^(1/3) with the WGS84 constants.
 GSO_RADIUS_KM = 42164.17
@@ -57,7 +61,11 @@ class TerminalConfig:
         is the figure to set for that reading). The angle is a property of the system, not an ITU
         value: Article 22's EPFD limits are what it is chosen to meet.
     policy : str or None
-        One of :data:`topologies.gsl.POLICIES`; None: the ``[gsl]`` policy.
+        One of :data:`TERMINAL_POLICIES`: a gateway policy (:data:`topologies.gsl.POLICIES`), or
+        ``"pop-delay"``: at each slot boundary the satellite with the least one-way delay from the terminal
+        to its home PoP (slant range / c plus the least delay from that satellite over lasers, gateway
+        antennas and fibre at that step; leave a still-usable satellite only for one better by more than
+        ``[gsl] hysteresis_km`` / c). Needs ``[ground] pops``. None: the ``[gsl]`` policy.
     scheduling_delay_ms, framing_delay_ms : float
         Access delay beyond propagation on the beam, ms each way, [0, 1000]: time a packet waits for the
         medium access scheduler (uplink request and grant, downlink slot) and for the radio frame that
@@ -78,9 +86,9 @@ class TerminalConfig:
         check_range("gso_exclusion_deg", self.gso_exclusion_deg, 0.0, 90.0, hi_open=True)
         check_range("scheduling_delay_ms", self.scheduling_delay_ms, 0.0, 1000.0)
         check_range("framing_delay_ms", self.framing_delay_ms, 0.0, 1000.0)
-        if self.policy is not None and self.policy not in POLICIES:
-            raise ConfigError(f"policy must be one of {', '.join(POLICIES)} or absent, got {self.policy!r}",
-                              key="policy")
+        if self.policy is not None and self.policy not in TERMINAL_POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(TERMINAL_POLICIES)} or absent, got "
+                              f"{self.policy!r}", key="policy")
 
     @property
     def access_delay_ms(self) -> float:
@@ -189,7 +197,8 @@ def gso_arc_mask(sites: Sequence[GroundSite], exclusion_deg: float
 
 
 def terminal_assign(sites: Sequence[GroundSite], ephem: Any, gsl_cfg: GslConfig, cfg: TerminalConfig,
-                    meshed: NDArray[np.bool_] | None = None) -> GslResult:
+                    meshed: NDArray[np.bool_] | None = None,
+                    pop_delay: Callable[[int, NDArray[np.int64]], NDArray[np.float64]] | None = None) -> GslResult:
     """Satellites of user terminals at every step: one beam each, on the gateways' slot grid.
 
     Parameters
@@ -205,14 +214,74 @@ def terminal_assign(sites: Sequence[GroundSite], ephem: Any, gsl_cfg: GslConfig,
         Elevation mask and GSO arc exclusion.
     meshed : ndarray, (n_sat, n_t) bool, optional
         As for :func:`topologies.gsl.gsl_assign`.
+    pop_delay : callable, optional
+        For ``policy = "pop-delay"``: ``pop_delay(terminal_index, sats)`` -> (n_t, len(sats)) ms, the least
+        one-way delay from each satellite to that terminal's home PoP at each step (inf: unreachable).
 
     Returns
     -------
     GslResult
         One link slot per terminal, in the order given.
+
+    Raises
+    ------
+    ConfigError
+        ``pop-delay`` without ``pop_delay`` (a scenario without PoPs).
     """
     sites = tuple(replace(s, antennas=1) for s in sites)
+    towards_pop = cfg.policy == "pop-delay"
+    if towards_pop and pop_delay is None:
+        raise ConfigError("policy 'pop-delay' needs PoPs ([ground] pops = \"starlink\")", key="policy")
     tcfg = replace(gsl_cfg, min_elevation_deg=cfg.min_elevation_deg, antennas=1,
-                   policy=cfg.policy or gsl_cfg.policy)
+                   policy=gsl_cfg.policy if towards_pop or cfg.policy is None else cfg.policy)
     return gsl_assign(sites, ephem, tcfg, meshed=meshed, site_mask=gso_arc_mask(sites, cfg.gso_exclusion_deg),
-                      capped=False)
+                      capped=False, site_cost_ms=pop_delay if towards_pop else None)
+
+
+def onward_delay_ms(n_nodes: int, edges: Sequence[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_],
+                                                         NDArray[np.float64]]],
+                    targets: NDArray[np.int64], n_t: int, n_sat: int) -> NDArray[np.float32]:
+    """Least one-way delay from every satellite to each target node at every step.
+
+    Parameters
+    ----------
+    n_nodes : int
+        Nodes of the graph; satellites are nodes ``0 .. n_sat - 1``.
+    edges : sequence of (a, b, up, delay_ms)
+        Groups of undirected links: ``a`` (n_links,) and ``b`` (n_links,) or (n_links, n_t) node indices,
+        ``up`` and ``delay_ms`` (n_links, n_t); a link counts at a step where it is up and ``b >= 0``.
+    targets : ndarray, (n_targets,) int
+        Node indices (the home PoPs).
+
+    Returns
+    -------
+    ndarray, (n_targets, n_t, n_sat) float32
+        ms; inf where the target is unreachable. Memory: 4 bytes per target, step and satellite (24 h at
+        15 s steps on 10^4 satellites: 230 MB per home PoP).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    targets = np.asarray(targets, np.int64)
+    out = np.full((len(targets), n_t, n_sat), np.inf, np.float32)
+    for k in range(n_t):
+        src, dst, w = [], [], []
+        for a, b, up, d in edges:
+            bk = b[:, k] if b.ndim == 2 else b
+            ok = up[:, k] & (bk >= 0)
+            src.append(a[ok])
+            dst.append(bk[ok])
+            w.append(d[ok, k].astype(np.float64) + 1e-9)  # csgraph drops stored zeros
+        u = np.concatenate(src + dst)
+        v = np.concatenate(dst + src)
+        ww = np.concatenate(w + w)
+        # csr_matrix would sum parallel links: keep the lightest of each node pair
+        order = np.lexsort((ww, u * n_nodes + v))
+        key = (u * n_nodes + v)[order]
+        first = np.ones(len(key), bool)
+        first[1:] = key[1:] != key[:-1]
+        keep = order[first]
+        g = csr_matrix((ww[keep], (u[keep], v[keep])), shape=(n_nodes, n_nodes))
+        dist = dijkstra(g, directed=True, indices=targets)
+        out[:, k, :] = dist[:, :n_sat]
+    return out

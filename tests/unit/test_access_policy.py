@@ -188,3 +188,55 @@ def test_backhaul_policies_ride_lasers_or_fibre_as_defined(plain):
         assert totals["least"][k] <= min(totals["space"][k], totals["ground"][k]) + 1e-6
     # the two policies really differ here: one crosses the Atlantic in space, the other by fibre
     assert np.median(totals["ground"]) != pytest.approx(np.median(totals["space"]), abs=0.5)
+
+
+def wgs84_km(lat_deg: np.ndarray, lon_deg: np.ndarray, h_km: np.ndarray) -> np.ndarray:
+    a, f = 6378.137, 1 / 298.257223563
+    e2 = f * (2 - f)
+    la, lo = np.radians(np.asarray(lat_deg, np.float64)), np.radians(np.asarray(lon_deg, np.float64))
+    n = a / np.sqrt(1 - e2 * np.sin(la) ** 2)
+    h = np.asarray(h_km, np.float64)
+    return np.stack([(n + h) * np.cos(la) * np.cos(lo), (n + h) * np.cos(la) * np.sin(lo),
+                     (n * (1 - e2) + h) * np.sin(la)], axis=-1)
+
+
+def test_pop_delay_beam_takes_the_visible_satellite_with_the_least_delay_to_the_home_pop():
+    """At every step the beam's satellite gives the least terminal -> home PoP delay of all satellites above the
+    terminal's 10 deg mask: slant range (WGS84, from the timeline's satellite positions) / c plus networkx's
+    least delay from that satellite to the PoP over the other planned links. The default policy is no better."""
+    tl = plan(gsl="hysteresis_km = 0.0", terminal='policy = "pop-delay"')
+    default = plan(gsl="hysteresis_km = 0.0")
+    ut, pop = tl.node_index("ut-boston"), tl.node_index("pop-lndngbr1")
+    info = tl.nodes[ut].info
+    r_ut = wgs84_km(info["lat_deg"], info["lon_deg"], 0.0)
+    la, lo = math.radians(info["lat_deg"]), math.radians(info["lon_deg"])
+    up = np.array([math.cos(la) * math.cos(lo), math.cos(la) * math.sin(lo), math.sin(la)])
+    beam = next(i for i in np.flatnonzero(tl.link_class == GSL) if tl.link_a[i] == ut)
+    sats = tl.nodes_of("sat")
+    ours, theirs = [], []
+    for k in range(tl.n_steps):
+        lla = tl.sat_lla[sats, k].astype(np.float64)
+        rel = wgs84_km(lla[:, 0], lla[:, 1], lla[:, 2]) - r_ut
+        rng = np.linalg.norm(rel, axis=1)
+        visible = np.flatnonzero(rel @ up >= math.sin(math.radians(10.0)) * rng)
+        g = graph_at(tl, k)
+        g.remove_node(ut)
+        onward = nx.single_source_dijkstra_path_length(g, pop, weight="d")
+        total = {int(sats[s]): rng[s] / C_KM_S * 1e3 + onward[int(sats[s])] for s in visible
+                 if int(sats[s]) in onward}
+        chosen = int(tl.peer[beam, k])
+        assert chosen in total and total[chosen] <= min(total.values()) + 1e-3, k
+        ours.append(float(tl.delay_ms[route(tl, k)[1], k].astype(np.float64).sum()))
+        assert ours[-1] == pytest.approx(min(total.values()), abs=1e-3)
+        links = route(default, k)[1]
+        theirs.append(float(default.delay_ms[links, k].astype(np.float64).sum()))
+    assert all(a <= b + 1e-3 for a, b in zip(ours, theirs))
+    assert home_path(tl)["rtt_ms"]["median"] == pytest.approx(2 * float(np.median(ours)), abs=1e-3)
+
+
+def test_pop_delay_without_pops_is_a_config_error():
+    text = BASE.format(gsl="", terminal='policy = "pop-delay"', backhaul="").replace('pops = "starlink"', "") \
+        .replace('pop = "lndngbr1"', "")
+    with pytest.raises(ConfigError) as e:
+        plan_scenario(parse_scenario(text, "a.toml"))
+    assert "terminal.policy" in str(e.value) and "pops" in str(e.value)
