@@ -108,13 +108,44 @@ def destinations(timeline: Timeline, all_loopbacks: bool | None = None) -> np.nd
     return np.flatnonzero(np.isin(kinds, wanted))
 
 
+def home_pops(timeline: Timeline) -> dict[int, int]:
+    """Where each user terminal's traffic enters the internet: {terminal node index: home PoP node index}.
+
+    Empty without PoPs. The home PoP is given by the scenario or drawn from the terminal's country's PoP
+    shares when planning (docs/model.md, "PoPs and backhaul"); its host is ``h-<PoP node name>``.
+    """
+    out = {}
+    for i in timeline.nodes_of("terminal"):
+        pop = timeline.nodes[i].info.get("home_pop")
+        if pop:
+            out[i] = timeline.node_index(pop)
+    return out
+
+
 class RoutingProtocol:
-    """Base of centrally computed routing: ``compute`` gives the route table of one step."""
+    """Base of centrally computed routing: ``compute`` gives the route table of one step.
+
+    What a protocol may use besides the timeline's arrays: :func:`destinations` (the nodes to route to),
+    :meth:`home_pops` (each user terminal's home PoP) and :meth:`backhaul_policy` (``[backhaul] policy``,
+    with :func:`routing.graph.policy_factors` for its link weights).
+    """
 
     name: str = ""
 
     def __init__(self, all_loopbacks: bool | None = None) -> None:
         self.all_loopbacks = all_loopbacks
+
+    @staticmethod
+    def home_pops(timeline: Timeline) -> dict[int, int]:
+        """{user terminal node index: its home PoP's node index} (:func:`home_pops`)."""
+        return home_pops(timeline)
+
+    @staticmethod
+    def backhaul_policy(timeline: Timeline) -> str:
+        """``"least-delay"``, ``"space-first"`` or ``"ground-first"`` (:func:`routing.graph.backhaul_policy`)."""
+        from .graph import backhaul_policy
+
+        return backhaul_policy(timeline)
 
     def compute(self, timeline: Timeline, step: int, snapshot: Snapshot | None = None) -> RouteTable:
         """Route table for ``step`` (computed on ``snapshot`` if given, else ``timeline.snapshot(step)``)."""

@@ -240,3 +240,35 @@ def test_pop_delay_without_pops_is_a_config_error():
     with pytest.raises(ConfigError) as e:
         plan_scenario(parse_scenario(text, "a.toml"))
     assert "terminal.policy" in str(e.value) and "pops" in str(e.value)
+
+
+def test_plugin_interface_gives_home_pops_and_the_policy():
+    """A protocol written against the plugin interface alone routes each terminal to its home PoP (given here
+    as lndngbr1; drawn for a country in another scenario, compared with the draw's own function) under the
+    scenario's policy, on the same path as the built-in shortest-delay."""
+    from routing.base import RouteTable, RoutingProtocol
+    from routing.graph import build_graph, next_hops, policy_factors, reweighted
+    from topologies.pops import country_shares, home_pops, starlink_pops
+
+    class HomeOnly(RoutingProtocol):
+        name = "home-only-test"
+
+        def compute(self, timeline, step, snapshot=None):
+            snap = snapshot if snapshot is not None else timeline.snapshot(step)
+            graph = build_graph(timeline.link_a, snap, len(timeline.nodes))
+            factor = policy_factors(timeline, self.backhaul_policy(timeline))
+            if factor is not None:
+                graph = reweighted(graph, factor)
+            dest = np.array(sorted(set(self.home_pops(timeline).values())))
+            dist, nh, link = next_hops(graph, dest)
+            return RouteTable(step, dest, nh, link, dist)
+
+    tl = plan(backhaul='[backhaul]\npolicy = "ground-first"')
+    ut, pop = tl.node_index("ut-boston"), tl.node_index("pop-lndngbr1")
+    assert HomeOnly.home_pops(tl) == {ut: pop} and HomeOnly.backhaul_policy(tl) == "ground-first"
+    for k in range(tl.n_steps):
+        assert table_path(HomeOnly().compute(tl, k), ut, pop) == route(tl, k)
+    fr = plan_scenario(parse_scenario(BASE.format(gsl="", terminal="", backhaul="").replace(
+        'pop = "lndngbr1"', 'country = "FR"').replace("seed = 5", "seed = 11"), "fr.toml"))
+    want = home_pops([("ut-boston", "FR", None)], 11, starlink_pops(), country_shares())["ut-boston"]
+    assert RoutingProtocol.home_pops(fr) == {fr.node_index("ut-boston"): fr.node_index(f"pop-{want}")}
