@@ -338,6 +338,8 @@ def compare(args: argparse.Namespace) -> int:
     print_table(rows)
     plot_compare(rows, top, {r["protocol"]: read_probe_samples(top / n / "samples.csv")
                              for r, n in zip(rows, names)})
+    if any(r.get("recovery") for r in rows):
+        plot_recovery(rows, top)
     print(f"comparison: {top / 'compare.json'}, {top / 'plots' / 'compare.png'}")
     bad = [f"{r['protocol']} ({', '.join(r['flags'])})" for r in rows if r["flags"]]
     if len(rows) < len(names):
@@ -410,6 +412,45 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(line)
 
 
+def plot_recovery(rows: list[dict[str, Any]], top: Path) -> None:
+    """``plots/recovery.{png,svg}``: per scheduled event and protocol, the probes lost in the window after
+    it and the worst first arrival over the flows (a flow with none before the run's end: "never")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = sorted({(rec["at_s"], rec["index"], rec["kind"], rec["target"]) for r in rows
+                     for rec in r.get("recovery") or []})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        got = {(rec["at_s"], rec["index"]): rec["flows"] for rec in r.get("recovery") or []}
+        for j, (at, idx, _, _) in enumerate(events):
+            fl = got.get((at, idx), [])
+            x = j + (i - (len(rows) - 1) / 2) * width
+            lost = sum(f["lost"] for f in fl)
+            axes[0].bar(x, lost, width, color=f"C{i}", label=r["protocol"] if j == 0 else None)
+            firsts = [f["first_arrival_s"] for f in fl]
+            if None in firsts or not fl:
+                axes[1].text(x, 0, "never" if fl else "n/a", ha="center", va="bottom", fontsize=7, color="red",
+                             rotation=90)
+            else:
+                axes[1].bar(x, max(firsts), width, color=f"C{i}")
+    names = [f"{k} {t}\n{at:g} s" if len(t) < 28 else f"{k}\n{at:g} s" for at, _, k, t in events]
+    for ax, title in zip(axes, ("probes lost in the window after the event", "worst first arrival after it (s)")):
+        ax.set_xticks(range(len(events)), names, fontsize=7)
+        ax.set_xlim(-0.5, len(events) - 0.5)  # texts ("never") do not widen the axes as bars do
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    (top / "plots").mkdir(exist_ok=True)
+    for ext in ("png", "svg"):
+        fig.savefig(top / "plots" / f"recovery.{ext}", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_compare(rows: list[dict[str, Any]], top: Path,
                  samples: dict[str, dict[str, dict[str, np.ndarray]]] | None = None) -> None:
     """``plots/compare.{png,svg}``: CDFs of RTT and one-way delay per protocol, then per-protocol bars.
@@ -438,7 +479,7 @@ def plot_compare(rows: list[dict[str, Any]], top: Path,
     metrics = (("loss_pct", "probes lost (%)"),
                ("converged_s", "convergence (s after build)"),
                ("route_ms_median", "route compute+install per step (ms, median)"),
-               ("lost_total", "probes lost around handovers/outages"),
+               ("lost_total", "probes lost around handovers/outages/events"),
                ("stretch_p50", "path stretch (measured / best delay, p50)"),
                ("route_changes", "route changes"))
     cdfs = (("rtt", "ping RTT (ms)"), ("one_way", "udp-probe one-way delay (ms)"))

@@ -49,3 +49,25 @@ def test_window_limits_and_unplayed_occurrences():
     assert rec["flows"][0]["first_arrival_s"] == pytest.approx(0.4 + 0.080)
     # an occurrence the run did not reach, or past the timeline's end, is not measured
     assert event_recovery([event(9, 10), event(3, None)], samples(), step_s=1.0, played=8) == []
+
+
+def test_compare_prints_and_plots_each_protocols_recovery(tmp_path):
+    from emulator.compare import format_table, plot_recovery
+
+    def row(name: str, first: float | None) -> dict:
+        flows = [{"flow": "a", "sent": 30, "lost": 4, "first_arrival_s": 0.44, "within_bound_s": 0.63,
+                  "route_changes": 1},
+                 {"flow": "b", "sent": 10, "lost": 1, "first_arrival_s": first, "within_bound_s": first,
+                  "route_changes": 2}]
+        return {"protocol": name, "flags": [], "probes": {}, "events": [], "route_ms_median": 1.0,
+                "route_ms_p95": 2.0, "route_changes": 3, "probes_lost": 5, "probes_sent": 40, "lost_total": 5,
+                "stretch_p50": 1.0, "recovery": [{"index": 0, "kind": "fail", "target": "x~y", "at_s": 3.0,
+                                                  "step": 3, "flows": flows}]}
+
+    lines = format_table([row("p1", 0.2), row("p2", None)])
+    mine = [ln for ln in lines if "event 0 at 3 s" in ln]
+    assert len(mine) == 2
+    assert "lost 5/40, first arrival 0.440 s, within bound 0.630 s, route changes 3" in mine[0]
+    assert "first arrival never" in mine[1]  # one flow never recovered: the worst is "never"
+    plot_recovery([row("p1", 0.2), row("p2", None)], tmp_path)
+    assert (tmp_path / "plots" / "recovery.png").stat().st_size > 10_000
