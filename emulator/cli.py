@@ -327,6 +327,12 @@ def cmd_cli(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
+    if len(args.results) > 1:
+        from .pooled import pool, print_pooled
+
+        print_pooled(pool(args.results), args.results)
+        return 0
+    args.results = args.results[0]
     at = None
     if args.map_at:
         try:
@@ -420,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="rebuild the summary and plots of a results folder (no root)")
-    rp.add_argument("results", help="results folder written by 'satnetem run'")
+    rp.add_argument("results", nargs="+", help="results folder written by 'satnetem run'; with several "
+                    "(runs of one scenario), their delay errors pooled per flow: p50, p95, p99, max")
     rp.add_argument("--map-at", metavar="S,S,...", help="draw the map at these times (s) of the run "
                     "(default: start, middle, end)")
     rp.set_defaults(func=cmd_report)
