@@ -23,11 +23,19 @@ from .frames import geodetic_to_ecef_km
 from .ground import GroundSite
 from .gsl import POLICIES, GslConfig, GslResult, gsl_assign
 
-__all__ = ["GSO_RADIUS_KM", "TERMINAL_POLICIES", "TerminalConfig", "gso_arc_mask", "gso_separation_deg",
-           "onward_delay_ms", "terminal_assign"]
+__all__ = ["DOWNLINK_FRAME_S", "GSO_RADIUS_KM", "TERMINAL_POLICIES", "TerminalConfig", "gso_arc_mask",
+           "gso_separation_deg", "onward_delay_ms", "terminal_assign"]
 
 #: Beam policies of user terminals (TerminalConfig.policy): the gateways', and one towards the home PoP.
 TERMINAL_POLICIES = (*POLICIES, "pop-delay")
+
+#: Frame period of Starlink's Ku-band user downlink, s. The University of Texas Radionavigation Laboratory's
+#: Starlink signal simulator, which generates the signal Humphreys, Iannucci, Komodromos and Graff identified
+#: ("Signal Structure of the Starlink Ku-Band Downlink", ION GNSS+ 2023, arXiv:2210.11578), describes its
+#: frames as "transmitted at 750 Hz consisting of 302 symbols, two of which are known" (genStrlkFrame.m;
+#: also its Python port by J. R. Tschetter); its numbers agree: 302 symbols of 1,024 + 32 samples at
+#: 240 MHz plus a 68/15 us guard are 1/750 s.
+DOWNLINK_FRAME_S = 1.0 / 750.0
 
 #: Radius of the geostationary orbit, km (GM / omega_earth^2)^(1/3) with the WGS84 constants.
 GSO_RADIUS_KM = 42164.17
@@ -66,20 +74,26 @@ class TerminalConfig:
         to its home PoP (slant range / c plus the least delay from that satellite over lasers, gateway
         antennas and fibre at that step; leave a still-usable satellite only for one better by more than
         ``[gsl] hysteresis_km`` / c). Needs ``[ground] pops``. None: the ``[gsl]`` policy.
-    scheduling_delay_ms, framing_delay_ms : float
+    scheduling_delay_ms : float
         Access delay beyond propagation on the beam, ms each way, [0, 1000]: time a packet waits for the
-        medium access scheduler (uplink request and grant, downlink slot) and for the radio frame that
-        carries it. Added to the beam's one-way delay at every step it has a satellite, so the emulator
-        applies it and ``plan`` reports it as "access". Default 0 for both: no source that states these
-        terms for Starlink's user link from its protocol or signal documentation, or from a measurement
-        that isolates the access link, could be read while writing this (docs/model.md, "Access delay").
+        medium access scheduler (uplink request and grant, a downlink slot). Default 0: no source stating it
+        from protocol documentation or from a measurement that isolates the access link could be read here.
+    framing_delay_ms : float
+        Time a packet waits for the start of the next radio frame, ms each way, [0, 1000]. Default
+        :data:`DOWNLINK_FRAME_S` / 2 = 0.667 ms, the mean wait for a frame boundary of a packet arriving at a
+        uniformly random time (a derivation; the source gives the frame rate only). The downlink's frame
+        structure is documented; the uplink's is not, and a link has one delay both ways here, so the uplink
+        gets the downlink's figure (an assumption).
+
+    Both are added to the beam's one-way delay at every step it has a satellite, so the emulator applies
+    them and ``plan`` reports them as "access" (docs/model.md, "Access delay").
     """
 
     min_elevation_deg: float = 25.0
     gso_exclusion_deg: float = 22.0
     policy: str | None = None
     scheduling_delay_ms: float = 0.0
-    framing_delay_ms: float = 0.0
+    framing_delay_ms: float = DOWNLINK_FRAME_S / 2 * 1000.0
 
     def __post_init__(self) -> None:
         check_range("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)

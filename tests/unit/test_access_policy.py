@@ -83,7 +83,20 @@ def plain() -> Timeline:
     return plan()
 
 
-def test_access_delay_rides_on_every_radio_link_and_plan_splits_it_out(plain):
+def test_default_framing_delay_is_half_the_downlink_frame_on_the_beam_only(plain):
+    """Default: the beam carries half of the 1/750 s downlink frame each way (302 OFDM symbols of 1,056 samples
+    at 240 MHz plus a 68/15 us guard), gateway antennas nothing; plan's access part is twice that."""
+    half_frame_ms = (302 * 1056 / 240e6 + 68 / 15 * 1e-6) / 2 * 1e3
+    assert half_frame_ms == pytest.approx(1e3 / 750 / 2, rel=1e-9)
+    ut = plain.node_index("ut-boston")
+    assert plain.nodes[ut].info["access_delay_ms"] == pytest.approx(half_frame_ms, abs=1e-9)
+    assert all(plain.nodes[i].info["access_delay_ms"] == 0.0 for i in plain.nodes_of("gateway"))
+    access = home_path(plain)["rtt_split_ms"]["access"]
+    assert access["min"] == pytest.approx(2 * half_frame_ms, abs=1e-4) == access["max"]
+
+
+def test_access_delay_rides_on_every_radio_link_and_plan_splits_it_out():
+    plain = plan(terminal="framing_delay_ms = 0.0")
     tl = plan(gsl="scheduling_delay_ms = 0.75\nframing_delay_ms = 0.25",
               terminal="scheduling_delay_ms = 2.0\nframing_delay_ms = 0.5")
     gsl = np.flatnonzero(tl.link_class == GSL)
@@ -222,7 +235,8 @@ def test_pop_delay_beam_takes_the_visible_satellite_with_the_least_delay_to_the_
         g = graph_at(tl, k)
         g.remove_node(ut)
         onward = nx.single_source_dijkstra_path_length(g, pop, weight="d")
-        total = {int(sats[s]): rng[s] / C_KM_S * 1e3 + onward[int(sats[s])] for s in visible
+        # the beam's default framing delay, half a 1/750 s frame, is the same whichever satellite it holds
+        total = {int(sats[s]): rng[s] / C_KM_S * 1e3 + 1e3 / 750 / 2 + onward[int(sats[s])] for s in visible
                  if int(sats[s]) in onward}
         chosen = int(tl.peer[beam, k])
         assert chosen in total and total[chosen] <= min(total.values()) + 1e-3, k
