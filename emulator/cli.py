@@ -142,6 +142,9 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     fibre = tl.link_class == LINK_CLASSES.index("fibre")
     if fibre.any():
         out["fibre"] = {r: int(np.sum(fibre & (tl.link_role == LINK_ROLES.index(r)))) for r in ("backhaul", "backbone")}
+        from routing.graph import backhaul_policy
+
+        out["backhaul_policy"] = backhaul_policy(tl)
     for a, b in pairs:
         one_way = path_delays_ms(tl, tl.node_index(a), tl.node_index(b))
         reach = np.isfinite(one_way)
@@ -253,7 +256,8 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
               f"{100 * share.min():.1f}%), {sum(t['handovers'] for t in terms)} handovers")
     if n.get("pop"):
         print(f"  PoPs           {n['pop']} PoPs, {s.get('fibre', {}).get('backhaul', 0)} gateway fibre links, "
-              f"{s.get('fibre', {}).get('backbone', 0)} backbone links")
+              f"{s.get('fibre', {}).get('backbone', 0)} backbone links, "
+              f"policy {s.get('backhaul_policy', 'least-delay')}")
     for p in s["paths"]:
         if "home_pop" in p:
             r, sp, fi = p["rtt_ms"], p["rtt_split_ms"]["space"], p["rtt_split_ms"]["fibre"]

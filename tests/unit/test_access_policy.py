@@ -168,6 +168,8 @@ def test_backhaul_policies_ride_lasers_or_fibre_as_defined(plain):
     gs-new-york with the least laser delay any path to the PoP can have (networkx, lasers weighted alone) and
     crosses by the backbone; least-delay is networkx's least delay and never above either."""
     space, ground = (plan(backhaul=f'[backhaul]\npolicy = "{p}"') for p in ("space-first", "ground-first"))
+    assert [plan_summary(t, [])["backhaul_policy"] for t in (plain, space, ground)] == \
+        ["least-delay", "space-first", "ground-first"]
     ut, pop = plain.node_index("ut-boston"), plain.node_index("pop-lndngbr1")
     london = plain.nodes[plain.node_index("gs-london")].info
     pop_ll = plain.nodes[pop].info
