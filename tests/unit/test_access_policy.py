@@ -288,3 +288,16 @@ def test_plugin_interface_gives_home_pops_and_the_policy():
         'pop = "lndngbr1"', 'country = "FR"').replace("seed = 5", "seed = 11"), "fr.toml"))
     want = home_pops([("ut-boston", "FR", None)], 11, starlink_pops(), country_shares())["ut-boston"]
     assert RoutingProtocol.home_pops(fr) == {fr.node_index("ut-boston"): fr.node_index(f"pop-{want}")}
+
+
+def test_pop_delay_beam_changes_satellite_only_at_slot_boundaries():
+    """With 15 s slots from second 12, the beam's satellite changes only at steps 12 and 27 of a run that
+    starts on the minute (1 s steps), and it holds one at every step."""
+    text = BASE.format(gsl="reconfiguration_interval_s = 15.0\nslot_offset_s = 12.0",
+                       terminal='policy = "pop-delay"', backhaul="").replace("duration_s = 8", "duration_s = 40")
+    tl = plan_scenario(parse_scenario(text, "a.toml"))
+    ut = tl.node_index("ut-boston")
+    beam = next(i for i in np.flatnonzero(tl.link_class == GSL) if tl.link_a[i] == ut)
+    assert np.all(tl.peer[beam] >= 0)
+    changes = set((np.flatnonzero(np.diff(tl.peer[beam])) + 1).tolist())
+    assert changes <= {12, 27} and changes, changes
