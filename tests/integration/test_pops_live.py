@@ -67,7 +67,9 @@ def least_delay(tl, step: int, a: str, b: str) -> tuple[float, list[int]]:
 
 
 def ping_rtts(emu, src: str, dst: str, count: int = 30) -> list[float]:
-    out = emu.node(src).cmd(f"ping -n -c {count} -i 0.05 -W 1 {emu.address_of(dst)}")
+    # -w: wait for every reply until a deadline (without it ping leaves about two RTTs after its last request,
+    # and a reply held up by a stalled machine counts as lost)
+    out = emu.node(src).cmd(f"ping -n -c {count} -i 0.05 -W 1 -w {int(count * 0.05) + 5} {emu.address_of(dst)}")
     rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
     assert len(rtts) == count, out
     return rtts
