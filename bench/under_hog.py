@@ -75,6 +75,8 @@ def main() -> int:
                   flush=True)
             for f in failed:
                 print(f"    failed: {f}")
+            for line in re.findall(r"^E {2,}(?:Assertion|assert).*$", r.stdout, re.M)[:4]:
+                print(f"      {line[:300]}")
     finally:
         stop_hog(hogs)
     print(f"{passed} of {args.rounds} rounds passed with {args.hogs} CPU hog(s) beside them")
