@@ -6,12 +6,12 @@ defines the policy), bounded as in test_pops_live.py, and far from the least-del
 from __future__ import annotations
 
 import dataclasses
-import re
 from statistics import median
 
 import networkx as nx
 import numpy as np
 import pytest
+from test_terminals_live import ping_rtts
 
 from topologies.timeline import LINK_CLASSES, Reason
 
@@ -65,15 +65,6 @@ def rtt(tl, a: str, b: str, laser_factor: float) -> float:
             g.add_edge(u, v, w=w, d=d)
     nodes = nx.dijkstra_path(g, tl.node_index(a), tl.node_index(b), weight="w")
     return 2 * sum(g[u][v]["d"] for u, v in zip(nodes[:-1], nodes[1:]))
-
-
-def ping_rtts(emu, src: str, dst: str, count: int = 30) -> list[float]:
-    # -w: wait for every reply until a deadline (without it ping leaves about two RTTs after its last request,
-    # and a reply held up by a stalled machine counts as lost)
-    out = emu.node(src).cmd(f"ping -n -c {count} -i 0.05 -W 1 -w {int(count * 0.05) + 5} {emu.address_of(dst)}")
-    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
-    assert len(rtts) == count, out
-    return rtts
 
 
 def test_ground_first_pings_ride_the_backbone(make_emulation):

@@ -6,12 +6,12 @@ same path with every delay shrunk a thousandfold."""
 
 from __future__ import annotations
 
-import re
 from statistics import median
 
 import networkx as nx
 import numpy as np
 import pytest
+from test_terminals_live import ping_rtts
 
 from topologies.timeline import LINK_CLASSES, LINK_ROLES, Reason
 
@@ -64,15 +64,6 @@ def least_delay(tl, step: int, a: str, b: str) -> tuple[float, list[int]]:
     nodes = nx.dijkstra_path(g, tl.node_index(a), tl.node_index(b))
     links = [g[u][v]["link"] for u, v in zip(nodes[:-1], nodes[1:])]
     return 2 * sum(g[u][v]["weight"] for u, v in zip(nodes[:-1], nodes[1:])), links
-
-
-def ping_rtts(emu, src: str, dst: str, count: int = 30) -> list[float]:
-    # -w: wait for every reply until a deadline (without it ping leaves about two RTTs after its last request,
-    # and a reply held up by a stalled machine counts as lost)
-    out = emu.node(src).cmd(f"ping -n -c {count} -i 0.05 -W 1 -w {int(count * 0.05) + 5} {emu.address_of(dst)}")
-    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
-    assert len(rtts) == count, out
-    return rtts
 
 
 def test_a_terminal_pings_its_home_pop_host_across_satellite_gateway_and_fibre(make_emulation):
