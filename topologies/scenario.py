@@ -247,7 +247,7 @@ class EmulationConfig:
             raise ValueError(f"access_rate_mbps must be in (0, 100000], got {self.access_rate_mbps}")
 
 
-TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request")
+TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request", "matrix")
 REQUEST_POLICIES = ("nearest", "fixed", "round-robin")
 
 
@@ -258,10 +258,12 @@ class TrafficSpec:
     ``kind``: ``ping`` (ICMP RTT), ``udp-probe`` (sequence-numbered timestamped datagrams: one-way
     delay, loss, reordering), ``iperf3-tcp`` / ``iperf3-udp`` (throughput), ``path`` (TTL-limited
     probes recording the path taken), ``request`` (requests to the service on compute nodes; ``dst``
-    is the fixed target, or the candidates are all compute nodes for ``nearest``/``round-robin``).
+    is the fixed target, or the candidates are all compute nodes for ``nearest``/``round-robin``),
+    ``matrix`` (background load between many ``endpoints`` at ``aggregate_mbps`` in all, from a gravity
+    model or ``matrix_csv``; see topologies.traffic_matrix; no ``src``/``dst``).
     """
 
-    src: str
+    src: str = ""
     dst: str = ""
     kind: str = "ping"
     name: str = ""
@@ -272,14 +274,36 @@ class TrafficSpec:
     size_bytes: int = 64
     policy: str = "fixed"
     work_ms: float = 5.0
+    #: kind "matrix": total rate of every pair, Mbit/s (gravity: required; with matrix_csv: scales the file)
+    aggregate_mbps: float | None = None
+    #: kind "matrix": a src,dst,rate_mbps file instead of the gravity model (relative to the scenario)
+    matrix_csv: str | None = None
+    #: kind "matrix": the hosts/terminals that send and receive (default: all of them)
+    endpoints: tuple[str, ...] = ()
+    #: kind "matrix": UDP payload of the load's datagrams, bytes
+    payload_bytes: int = 1200
+    #: kind "matrix": this many of the largest pairs also carry a TCP bulk flow (iperf3), as much as it gets
+    tcp_flows: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in TRAFFIC_KINDS:
             raise ValueError(f"kind must be one of {', '.join(TRAFFIC_KINDS)}; got {self.kind!r}")
+        if self.kind != "matrix":
+            for key in ("aggregate_mbps", "matrix_csv"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies to kind 'matrix' only, not {self.kind!r}")
+            if self.endpoints or self.tcp_flows:
+                raise ValueError(f"{'endpoints' if self.endpoints else 'tcp_flows'} applies to kind 'matrix' "
+                                 f"only, not {self.kind!r}")
+            if not self.src:
+                raise ValueError(f"src must name a node for kind {self.kind!r}")
         if self.start_s < 0:
             raise ValueError(f"start_s must be >= 0, got {self.start_s}")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+        if self.kind == "matrix":
+            self._check_matrix()
+            return
         if not 0 < self.rate_pps <= 1000:
             raise ValueError(f"rate_pps must be in (0, 1000], got {self.rate_pps}")
         if not 0 < self.rate_mbps <= 10_000:
@@ -295,8 +319,29 @@ class TrafficSpec:
         if self.kind == "request" and self.policy == "fixed" and not self.dst:
             raise ValueError("dst must name a compute node for a request with policy 'fixed'")
 
+    def _check_matrix(self) -> None:
+        if self.src or self.dst:
+            raise ValueError(f"{'src' if self.src else 'dst'} does not apply to kind 'matrix': give endpoints "
+                             f"(default: every host and terminal)")
+        if self.aggregate_mbps is None and self.matrix_csv is None:
+            raise ValueError("aggregate_mbps is required for a gravity-model matrix (or give matrix_csv)")
+        if self.aggregate_mbps is not None and not 0 < self.aggregate_mbps <= 10_000:
+            raise ValueError(f"aggregate_mbps must be in (0, 10000], got {self.aggregate_mbps}")
+        if self.matrix_csv is not None and not self.matrix_csv.strip():
+            raise ValueError("matrix_csv must name a file, got an empty string")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("endpoints names a node twice")
+        if self.endpoints and len(self.endpoints) < 2:
+            raise ValueError(f"endpoints must name at least two nodes, got {len(self.endpoints)}")
+        if not 64 <= self.payload_bytes <= 1400:
+            raise ValueError(f"payload_bytes must be in [64, 1400], got {self.payload_bytes}")
+        if not 0 <= self.tcp_flows <= 16:
+            raise ValueError(f"tcp_flows must be in [0, 16], got {self.tcp_flows}")
+
     @property
     def label(self) -> str:
+        if self.kind == "matrix":
+            return self.name or f"matrix:{'csv' if self.matrix_csv else 'gravity'}"
         return self.name or f"{self.kind}:{self.src}--{self.dst or self.policy}"
 
 
@@ -447,6 +492,11 @@ def _check_type(value: Any, tp: Any, ctx: _Ctx, key: str) -> Any:
                                 key) from None
             return d if d.tzinfo else d.replace(tzinfo=UTC)
         raise ctx.error(f"expected a UTC date-time like 2023-07-18T12:00:00Z, got {value!r}", key)
+    if origin is tuple:  # tuple[X, ...]: a TOML array of X
+        if not isinstance(value, list):
+            raise ctx.error(f"expected an array, got {type(value).__name__} {value!r}", key)
+        item = typing.get_args(tp)[0]
+        return tuple(_check_type(v, item, ctx, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is typing.Any or tp is dict or typing.get_origin(tp) is dict:
         if not isinstance(value, dict):
             raise ctx.error(f"expected a table, got {type(value).__name__}", key)
@@ -622,6 +672,16 @@ def check_traffic_endpoints(sc: Scenario, names: set[str], kinds: dict[str, str]
     if sc.source not in ("<built-in>",) and Path(sc.source).is_file():
         ctx = _Ctx(sc.source, Path(sc.source).read_text(encoding="utf-8"))
     for i, t in enumerate(sc.traffic):
+        for j, end in enumerate(t.endpoints):
+            if kinds.get(end) not in ("host", "terminal"):
+                raise ctx.error(f"traffic entry {t.label!r}: endpoint {end!r} is "
+                                f"{'a ' + str(kinds[end]) if end in kinds else 'not a node of this network'}; "
+                                f"matrix endpoints are hosts and terminals", f"traffic[{i}].endpoints")
+        if t.kind == "matrix":
+            if t.matrix_csv and not sc.resolve(t.matrix_csv).is_file():
+                raise ctx.error(f"traffic entry {t.label!r}: matrix_csv {str(sc.resolve(t.matrix_csv))!r} does "
+                                f"not exist", f"traffic[{i}].matrix_csv")
+            continue
         for end, key in ((t.src, "src"), (t.dst, "dst")):
             if key == "dst" and not end:
                 continue
