@@ -52,6 +52,7 @@ import numpy as np
 from routing.base import RouteTable, RoutingProtocol, get_protocol
 from routing.daemon import is_daemon_driven
 from topologies.errors import ApplyError, ConfigError
+from topologies.gsl import link_gap_ms
 from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
 
 from . import rtnl
@@ -95,6 +96,7 @@ class StepStats:
     param_changes: int = 0
     routes_changed: int = 0
     routes_deleted: int = 0
+    gaps: int = 0  # links that changed satellite with a handover gap (carry nothing until settle())
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -104,7 +106,7 @@ class StepStats:
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("step", "links_up", "links_down", "handovers", "moves_in_step",
                                               "param_changes", "routes_changed", "routes_deleted",
-                                              "routes_prefetched", "timings_ms")}
+                                              "routes_prefetched", "gaps", "timings_ms")}
 
 
 class Emulation:
@@ -181,6 +183,11 @@ class Emulation:
         self.build_timings_ms: dict[str, float] = {}
         self._prefetched: tuple[Snapshot, RouteTable] | None = None
         self._compute_s = 0.0  # how long the last prefetched route computation took
+        # handover gaps: per link slot, ms a change of satellite leaves it carrying nothing; the links in a
+        # gap now and when (time.monotonic()) it began (ended by settle(), or by the next apply_step)
+        self.gap_ms = link_gap_ms(timeline)
+        self._gap_links: np.ndarray = np.empty(0, np.int64)
+        self._gap_t0 = 0.0
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -312,6 +319,7 @@ class Emulation:
         """
         if not self._built or self._stopped:
             raise ApplyError("the emulation is not running", operation="apply_step")
+        self._end_gap()  # a gap of the step before that settle() did not end (steps played back to back)
         t0 = time.perf_counter()
         target = self.target(step)
         d = diff(self.applied, target, self.delay_tolerance_ms)
@@ -323,6 +331,17 @@ class Emulation:
         applied = Snapshot(step, new_state, self.applied.peer.copy(), self.applied.params.copy())
         applied.peer[d.peer_links] = d.new_peer
         applied.params[d.param_links] = d.new_params
+        # 0. handover gaps: a link that changes satellite carries nothing from now until settle() ends the
+        # gap; the pair it leaves drops everything at once, the pair it takes is shaped so below
+        gap = d.peer_links[(d.old_peer >= 0) & (d.new_peer >= 0)]
+        gap = gap[(self.gap_ms[gap] > 0) & up_now[gap]]
+        shaped = applied
+        if len(gap):
+            self._gap_t0 = time.monotonic()
+            self._gap_links = gap
+            self._shape(gap, self._blocked(self.applied, gap))
+            shaped = self._blocked(applied, gap)
+            stats.gaps = len(gap)
         # 1. handovers: the spare pair takes over (moved now only if prepare_ahead did not put it there)
         switch, moves = [], []
         for l, p in zip(d.peer_links.tolist(), d.new_peer.tolist()):
@@ -350,7 +369,7 @@ class Emulation:
                     table = self._compute_routes(step, applied)
                 t_compute = _ms(tc)
             # 2. delay, rate, loss of links that keep their pair
-            self._shape(np.setdiff1d(d.param_links, switched), applied)
+            self._shape(np.setdiff1d(d.param_links, switched), shaped)
         finally:
             self._finish_moves(job)
         old_pairs = []
@@ -371,7 +390,7 @@ class Emulation:
         stats.timings_ms["compute_overlapped"] = t_compute
         if job is not None:
             stats.timings_ms["moves_kernel"] = job.kernel_ms
-        self._shape(switched, applied)
+        self._shape(switched, shaped)
         stats.param_changes = len(d.param_links)
         t2 = time.perf_counter()
         stats.timings_ms["params"] = (t2 - t1) * 1e3
@@ -393,6 +412,37 @@ class Emulation:
             t4 = time.perf_counter()
         stats.timings_ms["total"] = (t4 - t0) * 1e3
         return stats
+
+    def settle(self, speed: float = 1.0) -> int:
+        """End the handover gaps the last :meth:`apply_step` began, each when it is due: sleep until
+        ``handover_interruption_ms / speed`` after the step began them, then shape the links again with the
+        step's parameters. Returns how many links it ended (0 when there were none; at once when they are
+        overdue). Call it after each step (``Playback`` does); the next :meth:`apply_step` ends any left."""
+        links = self._gap_links
+        if not len(links):
+            return 0
+        for gap_ms in np.unique(self.gap_ms[links]).tolist():
+            due = self._gap_t0 + gap_ms / 1000.0 / speed
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._end_gap(links[self.gap_ms[links] == gap_ms])
+        return len(links)
+
+    def _end_gap(self, links: np.ndarray | None = None) -> None:
+        """Shape ``links`` (default: every link still in a gap) with the applied parameters again."""
+        links = self._gap_links if links is None else links
+        if not len(links):
+            return
+        self._shape(links, self.applied)
+        self._gap_links = np.setdiff1d(self._gap_links, links)
+
+    @staticmethod
+    def _blocked(snap: Snapshot, links: np.ndarray) -> Snapshot:
+        """``snap`` with 100 % loss on ``links``: what a link in a handover gap is shaped with."""
+        params = snap.params.copy()
+        params[links, 2] = 100.0
+        return Snapshot(snap.step, snap.state, snap.peer, params)
 
     def prepare_ahead(self, step: int, until: float | None = None) -> int:
         """Between steps: put each antenna's spare pair on the next satellite the timeline gives the
@@ -884,7 +934,7 @@ class Emulation:
         RTA_MULTIPATH.
 
         Single-next-hop routes and deletions, nearly all of them, are packed as numpy records (no Python
-        code per route) and sent without acknowledgements (:meth:`rtnl.Rtnl.run_packed`); the first
+        code per route) and sent without acknowledgements (:func:`rtnl.run_packed_many`); the first
         failure, if any, is raised once every namespace has had its messages.
         """
         self.routes = table
@@ -925,31 +975,29 @@ class Emulation:
         del_msgs = rtnl.route_del_msgs(pfx[k_del], plen[k_del])
         # everything else (multipath routes, routes without a prefix length or source): one at a time
         slow = np.flatnonzero((add & ~single) | (~add & installed & ~packable)).tolist()
-        # namespaces: boundaries of each router's run in the (sorted) add and delete messages
-        r_add, r_del = routers[k_add], routers[k_del]
-        todo = np.unique(np.concatenate([r_add, r_del]))
-        a_lo, a_hi = np.searchsorted(r_add, todo, "left"), np.searchsorted(r_add, todo, "right")
-        d_lo, d_hi = np.searchsorted(r_del, todo, "left"), np.searchsorted(r_del, todo, "right")
-        failure: tuple[int, int, int, int, int, int] | None = None  # (router, part, row, errno, a_lo, d_lo)
+        # one send per namespace: the messages are grouped by router (sorted), adds first, then deletes
+        failure: tuple[int, int, int, str] | None = None  # (router, message row, errno, "add"/"del")
         n_fail = 0
-        for r, alo, ahi, dlo, dhi in zip(todo.tolist(), a_lo.tolist(), a_hi.tolist(), d_lo.tolist(),
-                                         d_hi.tolist()):
-            packed = rtnl.Packed()
-            packed.add(add_msgs[alo:ahi])
-            packed.add(del_msgs[dlo:dhi], ignore=(errno.ESRCH,))  # already gone
-            fails = self._rtnl[r].run_packed(packed)
+        for part, msgs, rs in (("add", add_msgs, routers[k_add]), ("del", del_msgs, routers[k_del])):
+            if not len(rs):
+                continue
+            starts = np.concatenate([[0], np.flatnonzero(np.diff(rs)) + 1, [len(rs)]])
+            owners = rs[starts[:-1]].tolist()
+            fails = rtnl.run_packed_many([self._rtnl[r] for r in owners], msgs, starts,
+                                         ignore=(errno.ESRCH,) if part == "del" else ())
             n_fail += len(fails)
             if fails and failure is None:
-                failure = (r, *fails[0], alo, dlo)
+                row, err, i = fails[0]
+                failure = (owners[i], row, err, part)
         if failure is not None:
-            r, part, row, err, alo, dlo = failure
-            if part < 0:
+            r, row, err, part = failure
+            if row < 0:
                 what = "routes (error reports lost)"
-            elif part == 0:  # parts: this router's adds, then its deletes
-                k = int(k_add[alo + row])
+            elif part == "add":
+                k = int(k_add[row])
                 what = f"route {ip_str(pfx[k])}/{plen[k]} via {ip_str(gw[k, first[k]])}"
             else:
-                k = int(k_del[dlo + row])
+                k = int(k_del[row])
                 what = f"delete route {ip_str(pfx[k])}/{plen[k]}"
             more = f" (and {n_fail - 1} more)" if n_fail > 1 else ""
             raise ApplyError(f"{what}: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{more}",

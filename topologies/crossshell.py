@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 #: Candidates per free terminal and other shell. Four nearest are enough for the greedy matching to
 #: find a partner whenever one is free nearby; more only costs window checks.
 _K_NEAREST = 4
+#: Partner-search rounds per step at most (each round searches only the satellites still free; two or
+#: three leave nothing more to pair on the 2026 set).
+MAX_ROUNDS = 8
 #: A link's life is looked ahead this many steps at a time, for this many links at a time (temporaries
 #: of a few MB).
 _CHUNK_STEPS = 128
@@ -242,36 +245,42 @@ def cross_shell_links(spare: NDArray[np.integer], shell: NDArray[np.integer], al
                     np.add.at(free, act_b[end], 1)
                     alive = ~end
                     act_a, act_b, act_t0, act_t1 = act_a[alive], act_b[alive], act_t0[alive], act_t1[alive]
-            cand = sats[(free[sats] > 0) & valid[sats, t]]
-            if len(np.unique(shell[cand])) < 2:
-                continue
-            ca, cb, cd = _candidates(geo, cand, shell, t)
-            if not len(ca):
-                continue
-            # one candidate per pair (both sides may have found it), shortest first, ties by index
-            order = np.lexsort((cb, ca, cd))
-            ca, cb, cd = ca[order], cb[order], cd[order]
-            key = ca * n_sat + cb
-            _, first = np.unique(key, return_index=True)
-            first.sort()
-            ca, cb = ca[first], cb[first]
-            holds = geo.feasible(ca, cb, t, min(n_t, t + hold)).all(axis=1)
-            ca, cb = ca[holds], cb[holds]
-            # slowest relative motion first (0.1 km/s bins; within a bin the shortest stays first): a
-            # link lasts about (range left) / (relative speed), so this takes fewer acquisitions
-            # (2026 set, 10 min: 51 instead of 74 per terminal and day) for slightly longer links
-            speed = _norm(v[cb, t] - v[ca, t])
-            by_speed = np.argsort(np.round(speed, 1), kind="stable")
-            ca, cb = ca[by_speed], cb[by_speed]
-            new_a: list[int] = []
-            new_b: list[int] = []
-            for a, b in zip(ca.tolist(), cb.tolist()):
-                if free[a] > 0 and free[b] > 0:
-                    free[a] -= 1
-                    free[b] -= 1
-                    new_a.append(a)
-                    new_b.append(b)
-            if new_a:
+            # Rounds until nothing more pairs up: the partner search looks among satellites with a free
+            # terminal, so once a round has taken the nearest ones, the next finds the partners left
+            # (one round at step 0 left 254 of the 2026 set's terminals to pair up over the next three
+            # steps, each paying an acquisition a warm start should not have).
+            for _ in range(MAX_ROUNDS):
+                cand = sats[(free[sats] > 0) & valid[sats, t]]
+                if len(np.unique(shell[cand])) < 2:
+                    break
+                ca, cb, cd = _candidates(geo, cand, shell, t)
+                if not len(ca):
+                    break
+                # one candidate per pair (both sides may have found it), shortest first, ties by index
+                order = np.lexsort((cb, ca, cd))
+                ca, cb, cd = ca[order], cb[order], cd[order]
+                key = ca * n_sat + cb
+                _, first = np.unique(key, return_index=True)
+                first.sort()
+                ca, cb = ca[first], cb[first]
+                holds = geo.feasible(ca, cb, t, min(n_t, t + hold)).all(axis=1)
+                ca, cb = ca[holds], cb[holds]
+                # slowest relative motion first (0.1 km/s bins; within a bin the shortest stays first): a
+                # link lasts about (range left) / (relative speed), so this takes fewer acquisitions
+                # (2026 set, 10 min: 51 instead of 74 per terminal and day) for slightly longer links
+                speed = _norm(v[cb, t] - v[ca, t])
+                by_speed = np.argsort(np.round(speed, 1), kind="stable")
+                ca, cb = ca[by_speed], cb[by_speed]
+                new_a: list[int] = []
+                new_b: list[int] = []
+                for a, b in zip(ca.tolist(), cb.tolist()):
+                    if free[a] > 0 and free[b] > 0:
+                        free[a] -= 1
+                        free[b] -= 1
+                        new_a.append(a)
+                        new_b.append(b)
+                if not new_a:
+                    break
                 na, nb = np.asarray(new_a, np.int64), np.asarray(new_b, np.int64)
                 act_a = np.concatenate([act_a, na])
                 act_b = np.concatenate([act_b, nb])
