@@ -75,15 +75,23 @@ def expected(ping: list, udp: list) -> dict:
     rtts = [m for _, m in ping if m is not None]
     q = statistics.quantiles(rtts, n=100, method="inclusive") if len(rtts) > 1 else None
     after = [m for t, m, _ in allp if conv is not None and t >= conv]
+    in_bound = None
+    if conv is not None:  # per flow: the share of its probes from convergence on within max(1 ms, 3 %)
+        shares = []
+        for rows, pred in ((ping, PREDICTED_RTT_MS), (udp, PREDICTED_OW_MS)):
+            late = [m for t, m in rows if t >= conv]
+            ok = [m is not None and abs(m - pred) <= max(1.0, 0.03 * pred) for m in late]
+            shares.append(100.0 * sum(ok) / len(ok))
+        in_bound = min(shares)
     return {"sent": len(allp), "received": sum(m is not None for _, m, _ in allp), "converged_s": conv,
-            "rtt": None if q is None else (q[49], q[94], q[98]),
+            "rtt": None if q is None else (q[49], q[94], q[98]), "in_bound_after_pct": in_bound,
             "loss_after_pct": None if conv is None else 100.0 * sum(m is None for m in after) / len(after)}
 
 
-def row(name: str, probes: dict, daemon: bool = True) -> dict:
+def row(name: str, probes: dict, daemon: bool = True, late_ms_p95: float = 12.0) -> dict:
     r = {"protocol": name, "complete": True, "daemon": daemon, "route_ms_median": 1.0, "route_ms_p95": 2.0, "route_changes": 3,
          "probes_sent": probes["sent"], "probes_lost": probes["sent"] - probes["received"], "lost_total": 0,
-         "events": [], "stretch_p50": 1.0, "probes": probes}
+         "events": [], "stretch_p50": 1.0, "probes": probes, "step_s": 1.0, "late_ms_p95": late_ms_p95}
     r["flags"] = flags(r)
     return r
 
@@ -103,6 +111,8 @@ def test_figures_of_a_converging_protocol_and_of_one_that_carried_nothing(tmp_pa
     assert a["converged_s"] == pytest.approx(ea["converged_s"])
     assert a["loss_after_pct"] == pytest.approx(ea["loss_after_pct"]) and a["loss_after_pct"] == 0.0
     assert (a["rtt_ms"]["p50"], a["rtt_ms"]["p95"], a["rtt_ms"]["p99"]) == pytest.approx(ea["rtt"])
+    assert a["in_bound_after_pct"] == pytest.approx(ea["in_bound_after_pct"])
+    assert 50.0 < a["in_bound_after_pct"] < 100.0  # the tail of the late stretch lies after convergence
     assert row("a", a)["flags"] == []
 
     assert (b["sent"], b["received"]) == (600, 0) and b["loss_pct"] == 100.0
@@ -132,7 +142,7 @@ def test_table_and_plot_flag_the_protocol_that_carried_nothing(tmp_path):
     status = {line.split()[0]: line.split()[1] for line in lines[1:3]}
     assert status == {"good-proto": "ok", "dead-proto": "NO-TRAFFIC,NOT-CONVERGED"}
     dead = next(line for line in lines[1:3] if line.split()[0] == "dead-proto").split()
-    assert dead[3] == "100.00" and dead[5] == "-"  # loss %, RTT p50
+    assert dead[3] == "100.00" and dead[5] == "-" and dead[6] == "-"  # loss %, in bound after %, RTT p50
     assert any(line.startswith("!! dead-proto: NO-TRAFFIC") and "0 of 600 probes" in line for line in lines)
     assert not any(line.startswith("!! good-proto") for line in lines)
 
@@ -142,3 +152,29 @@ def test_table_and_plot_flag_the_protocol_that_carried_nothing(tmp_path):
     assert "dead-proto (0/200 arrived) NO-TRAFFIC" in svg  # its CDF's legend entry
     assert "good-proto (" in svg and "good-proto: " not in svg
     assert (tmp_path / "plots" / "compare.png").stat().st_size > 10_000
+
+
+def test_converged_early_then_off_the_prediction_is_flagged(tmp_path):
+    """A clean start then four probes in five 5 ms late for the rest of the run (as an OSPF run on a
+    loaded machine did): converged, but the delays after it are off, and the table says so."""
+    ping, udp = healthy(lost_until_s=0.0, late=(6.5, 99.0))
+    p = probe_figures(read_probe_samples(write_samples(tmp_path / "d", ping, udp)))
+    e = expected(ping, udp)
+    assert e["converged_s"] is not None and e["converged_s"] < 6.5
+    assert p["converged_s"] == pytest.approx(e["converged_s"]) and p["loss_after_pct"] == 0.0
+    assert p["in_bound_after_pct"] == pytest.approx(e["in_bound_after_pct"])
+    assert p["in_bound_after_pct"] < 100.0 * CLEAN_FRACTION
+    r = row("late-delays", p)
+    assert r["flags"] == ["DELAYS-OFF"]
+    lines = format_table([r])
+    assert lines[1].split()[1] == "DELAYS-OFF"
+    assert any(f"only {e['in_bound_after_pct']:.1f} % of a flow's probes" in line for line in lines)
+
+
+def test_steps_applied_more_than_one_step_late_flag_the_run(tmp_path):
+    ping, udp = healthy(lost_until_s=0.0)
+    p = probe_figures(read_probe_samples(write_samples(tmp_path / "e", ping, udp)))
+    assert row("on-time", p, late_ms_p95=999.0)["flags"] == []
+    late = row("lagging", p, late_ms_p95=12908.0)
+    assert late["flags"] == ["LATE"]
+    assert any("12908 ms late at p95 (one step is 1000 ms)" in line for line in format_table([late]))
