@@ -538,7 +538,7 @@ class LiveEmulation(Experiment):
         self.speed = float(speed) if speed is not None else scenario.emulation.speed
         self.records: list[Any] = []  # the clock's StepRecords of every run()
         self._old_signals: dict[int, Any] = {}
-        sh, self.shaper_reason = make_shaper(shaper or scenario.emulation.shaper)
+        sh, self.shaper_reason = make_shaper(shaper or scenario.emulation.shaper, scenario.seed)
         try:
             self.emulation = Emulation(timeline, sh, protocol, delay_tolerance_ms=scenario.emulation.delay_tolerance_ms,
                                        run_id=run_id)
@@ -590,7 +590,6 @@ class LiveEmulation(Experiment):
 
     def _move(self, step: int) -> None:
         self._apply(step)
-        self.emulation.settle(self.speed)  # handover gaps end before the script goes on
         if step < self.last_step:  # spare antenna pairs to their next satellites, as between clock steps
             self.emulation.prepare_ahead(step)
 
@@ -607,8 +606,7 @@ class LiveEmulation(Experiment):
         if speed is not None:
             _check_number("speed", speed, 0.01, 100)
         pb = Playback(self.timeline.step_s, self._step, last, self._apply_on_clock,
-                      float(speed) if speed is not None else self.speed, ahead=self.emulation.prepare_ahead,
-                      settle=self.emulation.settle)
+                      float(speed) if speed is not None else self.speed, ahead=self.emulation.prepare_ahead)
         records = pb.run()
         self.records += records
         return records

@@ -10,14 +10,15 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from topologies.errors import ConfigError, SatnetemError
-from topologies.scenario import Scenario, default_scenario, load_scenario
+from topologies.errors import ConfigError, SatnetemError, check_range
+from topologies.scenario import Scenario, check_shaper_rates, default_scenario, load_scenario, scenario_error
 from topologies.timeline import LINK_CLASSES, LINK_ROLES, Reason, Timeline
 
 log = logging.getLogger("satnetem")
@@ -60,6 +61,55 @@ def _scenario(args: argparse.Namespace) -> Scenario:
     if getattr(args, "include_transient", False):
         sc = with_transient(sc)
     return sc
+
+
+def check_scenario(sc: Scenario, shaper: str | None = None) -> None:
+    """What the scenario asks of the layers above ``topologies``, checked before planning: its routing
+    protocol is installed (built-in or plugin), and with ``shaper`` (``--shaper``) its link rates are ones
+    that backend can set (the scenario's own shaper was checked when it was loaded).
+
+    Raises
+    ------
+    ConfigError
+        Naming the scenario's file, line and key (``routing.protocol``, ``isl.rate_mbps``, ...).
+    """
+    from routing.base import get_protocol
+
+    try:
+        get_protocol(sc.routing.protocol)
+    except ConfigError as e:
+        raise scenario_error(sc, e.message, "routing.protocol") from None
+    if shaper is not None and shaper != sc.emulation.shaper:
+        check_shaper_rates(sc, shaper)
+
+
+#: numeric options and their ranges (name, lo, hi, lo_open): checked once for every command in :func:`check_args`
+_ARG_RANGES = (("shell_inclination", "--shell-inclination", 0.0, 180.0, False),
+               ("speed", "--speed", 0.01, 100.0, False),
+               ("duration", "--duration", 0.0, 7 * 86400.0, True))
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every numeric command-line value finite and in range (argparse checks only that it is a number).
+
+    Raises
+    ------
+    ConfigError
+        Naming the option, the value and the allowed range.
+    """
+    for attr, option, lo, hi, lo_open in _ARG_RANGES:
+        value = getattr(args, attr, None)
+        if value is not None:
+            check_range(option, value, lo, hi, lo_open=lo_open)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``satnetem: error: ...``), like every other error of satnetem,
+    instead of a usage block followed by the message."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix("satnetem").strip()
+        self.exit(2, f"satnetem: error: {command + ': ' if command else ''}{message} (see '{self.prog} --help')\n")
 
 
 def with_transient(sc: Scenario) -> Scenario:
@@ -299,10 +349,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from topologies.plan import plan_scenario
 
     sc = _scenario(args)
+    check_scenario(sc, getattr(args, "shaper", None))
     tl = plan_scenario(sc)
     out = Path(args.output) if args.output else None
     if out:
-        tl.save(out)
+        try:
+            tl.save(out)
+        except OSError as e:
+            raise ConfigError(f"cannot write the timeline: {e.strerror or e}", file=str(out), key="--output") from None
     summary = plan_summary(tl, _pairs(args, sc, tl))
     from .kernel.budget import needs_of_timeline
 
@@ -382,7 +436,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="satnetem", description="Emulate inter-satellite laser networks "
+    p = _Parser(prog="satnetem", description="Emulate inter-satellite laser networks "
                                 "with real packets.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (debug detail with -vv)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -453,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        check_args(args)
         return int(args.func(args) or 0)
     except SatnetemError as e:
         print(f"satnetem: error: {e}", file=sys.stderr)

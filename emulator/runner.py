@@ -219,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
     """Build, play, send the traffic, write the results folder as it goes, tear down, report."""
     _require_root()
     sc, tl = load_inputs(args)
+    from .cli import check_scenario
+
+    check_scenario(sc, args.shaper)
     flows_wanted = check_probes(sc, tl)
     speed = args.speed if args.speed is not None else sc.emulation.speed
     if not 0.01 <= speed <= 100:
@@ -247,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     tl.save(out / "timeline.npz")
     (out / "versions.json").write_text(json.dumps(versions(), indent=2))
 
-    shaper, why = make_shaper(args.shaper or sc.emulation.shaper)
+    shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)
     _say(f"shaper: {why}")
     summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "shaper": shaper.name,
                                "shaper_reason": why, "protocol": protocol.name, "speed": speed,
@@ -295,8 +298,7 @@ def run(args: argparse.Namespace) -> int:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
                          f"  {flow_progress(starter.flows, out)}")
 
-            playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead,
-                                settle=emu.settle)
+            playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead)
             t0 = time.monotonic()
             t0_unix = time.time()
             (out / "run.json").write_text(json.dumps({"t0_unix": t0_unix, "speed": speed, "step_s": tl.step_s,
@@ -453,12 +455,14 @@ def interactive(args: argparse.Namespace) -> int:
     sc, tl = load_inputs(args)
     from routing.base import get_protocol
 
+    from .cli import check_scenario
     from .network import Emulation
     from .shaping import make_shaper
 
+    check_scenario(sc, args.shaper)
     protocol = get_protocol(sc.routing.protocol)
     speed = args.speed if args.speed is not None else sc.emulation.speed
-    shaper, why = make_shaper(args.shaper or sc.emulation.shaper)
+    shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)
     _say(f"shaper: {why}")
     emu = None
     playback = None
@@ -466,8 +470,7 @@ def interactive(args: argparse.Namespace) -> int:
         with _signals_raise():
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
             emu.build()
-            playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead,
-                                settle=emu.settle)
+            playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead)
             th = threading.Thread(target=playback.run, name="satnetem-clock", daemon=True)
             th.start()
             _say(f"clock running ({tl.n_steps} steps of {tl.step_s:g} s at speed {speed:g}); "

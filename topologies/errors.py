@@ -18,6 +18,7 @@ class ConfigError(SatnetemError):
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
                  key: str | None = None) -> None:
+        self.message = message  # without the file, line and key, for re-raising with a fuller location
         self.file = file
         self.line = line
         self.key = key

@@ -35,6 +35,7 @@ Example (every section is optional; missing keys take the defaults documented in
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -47,12 +48,18 @@ from typing import Any
 from .errors import ConfigError
 from .events import EventSpec, build_events
 from .ground import STARLINK_GATEWAY_ANTENNAS
+from .limits import LINK_RATE_MIN_MBPS, max_rate_mbps
 
 #: Node names end up in interface labels, process titles and command lines: keep them boring.
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 NAME_RULE = "lower-case letters, digits and '-', starting with a letter, at most 31 characters"
 
 DEFAULT_START = datetime(2023, 7, 18, 12, 0, 0, tzinfo=UTC)
+
+#: The scenario's name becomes a path component (results/<time>-<name>): no separators, no dot-names.
+SCENARIO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Seeds feed numpy generators and the delay daemon's 32-bit loss hash: one range for all of them.
+SEED_MAX = 2**32 - 1
 
 
 def check_name(name: Any, what: str, ctx: _Ctx, key: str) -> str:
@@ -297,10 +304,11 @@ class TrafficSpec:
                                  f"only, not {self.kind!r}")
             if not self.src:
                 raise ValueError(f"src must name a node for kind {self.kind!r}")
-        if self.start_s < 0:
-            raise ValueError(f"start_s must be >= 0, got {self.start_s}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+        # written so that NaN fails too (every comparison with NaN is false)
+        if not 0 <= self.start_s <= 7 * 86400:
+            raise ValueError(f"start_s must be in [0, 604800], got {self.start_s}")
+        if self.duration_s is not None and not 0 < self.duration_s <= 7 * 86400:
+            raise ValueError(f"duration_s must be in (0, 604800], got {self.duration_s}")
         if self.kind == "matrix":
             self._check_matrix()
             return
@@ -368,6 +376,13 @@ class Scenario:
     source: str = "<built-in>"
     #: the raw TOML table, kept so a run folder can store exactly what was asked
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not SCENARIO_NAME_RE.match(self.name):
+            raise ValueError(f"name {self.name!r} is not allowed: it names the results folder, so use letters, "
+                             f"digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be an integer in [0, {SEED_MAX}], got {self.seed!r}")
 
     @property
     def base_dir(self) -> Path:
@@ -461,11 +476,16 @@ def _check_type(value: Any, tp: Any, ctx: _Ctx, key: str) -> Any:
                 return _check_type(value, a, ctx, key)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1:  # one type besides None: its own message says what was wrong
+            raise errors[0]
         raise ctx.error(f"expected {' or '.join(_type_name(a) for a in args if a is not type(None))}, "
                         f"got {type(value).__name__} {value!r}", key)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ctx.error(f"expected a number, got {type(value).__name__} {value!r}", key)
+        # TOML has nan and inf; no key of a scenario means anything by them (one check for every key)
+        if not math.isfinite(value):
+            raise ctx.error(f"expected a finite number, got {value!r}", key)
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -533,13 +553,13 @@ def _build_from(cls: type, table: Any, ctx: _Ctx, key: str,
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(str(e), file=ctx.file, line=ctx.line_of(f"{key}.{e.key}") if e.key else None,
-                          key=f"{key}.{e.key}" if e.key else key) from None
+        sub = (f"{key}.{e.key}" if key else e.key) if e.key else key
+        raise ConfigError(e.message, file=ctx.file, line=ctx.line_of(sub) if sub else None, key=sub or None) from None
     except (ValueError, TypeError) as e:
         # a __post_init__ check: find which key it names, for the line number
         msg = str(e)
         named = next((k for k in table if re.match(rf"^{re.escape(k)}\b", msg)), None)
-        where = f"{key}.{named}" if named else key
+        where = (f"{key}.{named}" if key else named) if named else key
         raise ctx.error(msg, where) from None
 
 
@@ -594,20 +614,55 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
     from .gsl import GslConfig
     from .isl import IslConfig
     _build_from(IslConfig, sc.isl, ctx, "isl")
-    gaps = {"gsl": _build_from(GslConfig, sc.gsl, ctx, "gsl").handover_interruption_ms}
+    _build_from(GslConfig, sc.gsl, ctx, "gsl")
     if sc.terminal:
         from .terminals import TerminalConfig
-        gaps["terminal"] = _build_from(TerminalConfig, sc.terminal, ctx, "terminal").handover_interruption_ms
-    for section, gap_ms in gaps.items():
-        # the emulator plays the gap inside the step of the change and ends it before the next step
-        if gap_ms >= sc.time.step_s * 1000.0:
-            raise ctx.error(f"handover_interruption_ms must be shorter than a step ({sc.time.step_s:g} s), got "
-                            f"{gap_ms:g} ms", f"{section}.handover_interruption_ms")
+        _build_from(TerminalConfig, sc.terminal, ctx, "terminal")
     if sc.backhaul:
         from .pops import BackhaulConfig
         _build_from(BackhaulConfig, sc.backhaul, ctx, "backhaul")
     _check_references(sc, ctx)
+    check_shaper_rates(sc, sc.emulation.shaper, ctx)
     return sc
+
+
+def check_shaper_rates(sc: Scenario, shaper: str, ctx: _Ctx | None = None) -> None:
+    """Every link rate of the scenario must be one the shaping backend ``shaper`` can set (topologies.limits).
+
+    ``plan`` calls this with the scenario's ``[emulation] shaper``, ``run`` again with ``--shaper``, so a rate
+    the backend cannot express fails before anything is built, naming the key.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, line and key of the first rate out of the backend's range.
+    """
+    ctx = ctx or _file_ctx(sc)
+    hi = max_rate_mbps(shaper)
+    rates = [(f"{sec}.rate_mbps", getattr(sc, sec).get("rate_mbps")) for sec in ("isl", "gsl", "backhaul")]
+    rates.append(("emulation.access_rate_mbps", sc.emulation.access_rate_mbps))
+    rates += [(f"events[{i}].rate_mbps", ev.rate_mbps) for i, ev in enumerate(sc.events)]
+    for key, v in rates:
+        if v is not None and not LINK_RATE_MIN_MBPS <= v <= hi:
+            why = "auto may choose netem, whose htb class holds a 32-bit byte rate" if shaper == "auto" else \
+                f"the {shaper} shaper's range"
+            raise ctx.error(f"{key.split('.')[-1]} must be in [{LINK_RATE_MIN_MBPS:g}, {round(hi, 3)}] Mbit/s "
+                            f"for shaper {shaper!r} ({why}), got {v!r}", key)
+
+
+def _file_ctx(sc: Scenario) -> _Ctx:
+    """A :class:`_Ctx` for a loaded scenario: its file's text where it has one, for line numbers."""
+    if sc.source != "<built-in>" and Path(sc.source).is_file():
+        try:
+            return _Ctx(sc.source, Path(sc.source).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            pass
+    return _Ctx(sc.source, None)
+
+
+def scenario_error(sc: Scenario, message: str, key: str) -> ConfigError:
+    """A :class:`ConfigError` about ``key`` of a loaded scenario, with its file and (where found) line."""
+    return _file_ctx(sc).error(message, key)
 
 
 def _check_references(sc: Scenario, ctx: _Ctx) -> None:
@@ -635,6 +690,9 @@ def _check_references(sc: Scenario, ctx: _Ctx) -> None:
             raise ctx.error(f"traffic entry {i} has the same name {t.label!r} as entry {labels[t.label]}; "
                             f"give one of them a distinct 'name'", f"traffic[{i}].name")
         labels[t.label] = i
+        if t.start_s >= sc.time.duration_s:
+            raise ctx.error(f"traffic entry {t.label!r} starts at {t.start_s:g} s, not before the scenario ends "
+                            f"([time] duration_s = {sc.time.duration_s:g})", f"traffic[{i}].start_s")
     if sc.constellation.tle:
         p = sc.resolve(sc.constellation.tle)
         if not p.is_file():
@@ -673,9 +731,7 @@ def check_traffic_endpoints(sc: Scenario, names: set[str], kinds: dict[str, str]
     ConfigError
         Naming the entry (``traffic[i].src``/``dst``) and the unknown name.
     """
-    ctx = _Ctx(sc.source, None)
-    if sc.source not in ("<built-in>",) and Path(sc.source).is_file():
-        ctx = _Ctx(sc.source, Path(sc.source).read_text(encoding="utf-8"))
+    ctx = _file_ctx(sc)
     for i, t in enumerate(sc.traffic):
         for j, end in enumerate(t.endpoints):
             if kinds.get(end) not in ("host", "terminal"):

@@ -71,8 +71,11 @@ def probe_netem() -> tuple[bool, str]:
     return result[0] if result else (False, "probe thread failed")
 
 
-def make_shaper(kind: str = "auto") -> tuple[Shaper, str]:
+def make_shaper(kind: str = "auto", seed: int = 0) -> tuple[Shaper, str]:
     """Build the shaping backend ``kind`` (auto | netem | userspace).
+
+    ``seed`` (the scenario's) fixes which packets the userspace backend's random loss drops; netem draws
+    its losses from the kernel's generator, which cannot be seeded.
 
     Returns
     -------
@@ -92,8 +95,8 @@ def make_shaper(kind: str = "auto") -> tuple[Shaper, str]:
     if kind == "netem":
         return NetemShaper(), "netem: requested"
     if kind == "userspace":
-        return UserspaceShaper(), "userspace: requested"
+        return UserspaceShaper(seed), "userspace: requested"
     ok, detail = probe_netem()
     if ok:
         return NetemShaper(), "netem: sch_netem available"
-    return UserspaceShaper(), f"userspace: kernel has no sch_netem (probe: {detail})"
+    return UserspaceShaper(seed), f"userspace: kernel has no sch_netem (probe: {detail})"

@@ -26,11 +26,13 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from topologies.errors import ConfigError
+from topologies.limits import LINK_RATE_MIN_MBPS, NETEM_MAX_RATE_MBPS, USERSPACE_MAX_RATE_MBPS
 
 #: Highest link rate, Mbit/s (1 Tbit/s). tc_ratespec.rate is a u32 in bytes per second (34.36 Gbit/s at
 #: most); the userspace backend sends faster rates in TCA_TBF_RATE64 (u64 bytes per second), so the bound
-#: is only a sanity check on scenario values.
-MAX_RATE_MBPS = 1_000_000.0
+#: is only a sanity check on scenario values. The netem backend's bound is lower (:func:`htb_class_kwargs`);
+#: both come from topologies.limits, which the scenario loader checks against too.
+MAX_RATE_MBPS = USERSPACE_MAX_RATE_MBPS
 U32_MAX = 2**32 - 1
 # Ethernet MTU plus header: the packet size used to turn a bandwidth-delay product into packets.
 _PACKET_BYTES = 1514
@@ -48,7 +50,7 @@ class LinkShape:
     delay_ms : float
         One-way delay added on this egress, ms, >= 0.
     rate_mbps : float
-        Rate limit, Mbit/s, > 0 and <= ``MAX_RATE_MBPS``.
+        Rate limit, Mbit/s, in [``LINK_RATE_MIN_MBPS``, ``MAX_RATE_MBPS``].
     loss_pct : float
         Random loss probability, percent, in [0, 100].
     """
@@ -64,8 +66,8 @@ class LinkShape:
                 raise ConfigError(f"LinkShape.{name} must be a finite number, got {value!r}", key=name)
         if self.delay_ms < 0:
             raise ConfigError(f"LinkShape.delay_ms must be >= 0 ms, got {self.delay_ms}", key="delay_ms")
-        if not 0 < self.rate_mbps <= MAX_RATE_MBPS:
-            raise ConfigError(f"LinkShape.rate_mbps must be in (0, {MAX_RATE_MBPS:.0f}] Mbit/s, "
+        if not LINK_RATE_MIN_MBPS <= self.rate_mbps <= MAX_RATE_MBPS:
+            raise ConfigError(f"LinkShape.rate_mbps must be in [{LINK_RATE_MIN_MBPS:g}, {MAX_RATE_MBPS:.0f}] Mbit/s, "
                               f"got {self.rate_mbps}", key="rate_mbps")
         if not 0 <= self.loss_pct <= 100:
             raise ConfigError(f"LinkShape.loss_pct must be in [0, 100] %, got {self.loss_pct}", key="loss_pct")
@@ -270,6 +272,9 @@ def htb_class_kwargs(shape: LinkShape, mtu_bytes: int = 1500) -> dict[str, Any]:
     (a burst much longer than a packet time would let short bursts pass at line rate) and fast ones
     (a 1600 B burst, pyroute2's default on this clock, cannot keep up with timer granularity) behave.
     """
+    if shape.rate_mbps > NETEM_MAX_RATE_MBPS:
+        raise ConfigError(f"rate {shape.rate_mbps:g} Mbit/s is above the netem backend's {NETEM_MAX_RATE_MBPS:.3f} "
+                          f"(its htb class holds a 32-bit byte rate); use the userspace shaper", key="rate_mbps")
     rate = rate_bytes_per_s(shape.rate_mbps)
     burst = max(rate // 1000, 10 * (mtu_bytes + 14))
     return {
