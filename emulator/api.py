@@ -590,6 +590,7 @@ class LiveEmulation(Experiment):
 
     def _move(self, step: int) -> None:
         self._apply(step)
+        self.emulation.settle(self.speed)  # handover gaps end before the script goes on
         if step < self.last_step:  # spare antenna pairs to their next satellites, as between clock steps
             self.emulation.prepare_ahead(step)
 
@@ -606,7 +607,8 @@ class LiveEmulation(Experiment):
         if speed is not None:
             _check_number("speed", speed, 0.01, 100)
         pb = Playback(self.timeline.step_s, self._step, last, self._apply_on_clock,
-                      float(speed) if speed is not None else self.speed, ahead=self.emulation.prepare_ahead)
+                      float(speed) if speed is not None else self.speed, ahead=self.emulation.prepare_ahead,
+                      settle=self.emulation.settle)
         records = pb.run()
         self.records += records
         return records

@@ -29,9 +29,11 @@ class Playback:
     """Plays steps ``first..last`` of a timeline in real time (scaled by ``speed``).
 
     ``apply(step)`` is called at each step's due time and returns a dict of statistics. After it,
-    ``ahead(step, next_due)`` (optional) may prepare later steps until ``next_due`` (``time.monotonic()``
-    of the next step's due time); it is called once before the first step too. Stop early with
-    :meth:`stop` (thread-safe): the loop returns at once.
+    ``settle(speed)`` (optional) ends what the step began for less than a step (the handover gaps of
+    :meth:`emulator.network.Emulation.settle`, scaled by the speed), then ``ahead(step, next_due)``
+    (optional) may prepare later steps until ``next_due`` (``time.monotonic()`` of the next step's due
+    time); ``ahead`` is called once before the first step too. Stop early with :meth:`stop` (thread-safe):
+    the loop returns at once.
     """
 
     step_s: float
@@ -42,6 +44,7 @@ class Playback:
     on_step: Callable[[StepRecord], None] | None = None
     ahead: Callable[[int, float], Any] | None = None
     records: list[StepRecord] = field(default_factory=list)
+    settle: Callable[[float], Any] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None
 
@@ -65,10 +68,13 @@ class Playback:
             begin = time.monotonic()
             stats = self.apply(k) or {}
             end = time.monotonic()
+            if self.settle is not None:
+                self.settle(self.speed)
             ahead_ms = 0.0
             if self.ahead is not None and k < self.last and not self._stop.is_set():
+                t_ahead = time.monotonic()
                 self.ahead(k, due + wall_step)
-                ahead_ms = (time.monotonic() - end) * 1e3
+                ahead_ms = (time.monotonic() - t_ahead) * 1e3
             rec = StepRecord(step=k, due_s=due - t0, late_ms=(end - due) * 1e3,
                              apply_ms=(end - begin) * 1e3, ahead_ms=ahead_ms, stats=stats)
             self.records.append(rec)

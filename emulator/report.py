@@ -40,7 +40,7 @@ def _rel_steps(t_unix: np.ndarray, run: dict[str, Any], tl: Timeline) -> tuple[n
 def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
     """Per-sample records of every ping and udp-probe flow, with the predicted and best delays, from the
     raw files in ``flows/``; plus a summary entry per flow of every kind. Writes ``samples.csv``."""
-    from routing.predict import predict
+    from routing.predict import in_handover_gap, predict
 
     from .probes import parse_ping
     from .traffic.iperf import parse_iperf_json
@@ -90,9 +90,13 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.nd
             # per step: the predicted forward path differs from the step before (recovery counts these)
             fp = pp.forward_paths if pp is not None else []
             change = np.array([k > 0 and fp[k] != fp[k - 1] for k in range(len(fp))], bool)
+            # probes a handover gap on the predicted path drops (topologies.gsl.handover_gaps)
+            in_gap = in_handover_gap(tl, fp, t, predicted if metric == "rtt" else None) if fp else \
+                np.zeros(len(t), bool)
             samples[f["label"]] = {"kind": kind, "metric": metric, "t_s": t, "step": step,
                                    "seq": np.asarray(seq, float), "measured_ms": np.asarray(meas, float),
-                                   "predicted_ms": predicted, "best_ms": best, "path_change": change}
+                                   "predicted_ms": predicted, "best_ms": best, "path_change": change,
+                                   "in_gap": in_gap}
             entry.update(summarise_samples_one(samples[f["label"]]))
             if kind == "udp-probe" and (d / "sent.csv").exists():
                 try:
@@ -174,8 +178,11 @@ def summarise_samples_one(s: dict[str, np.ndarray]) -> dict[str, Any]:
     err = m - p
     with np.errstate(invalid="ignore", divide="ignore"):
         stretch = m / b
+    # predicted lost: no predicted path, or sent into a handover gap on it
+    gap = s["in_gap"] if "in_gap" in s else np.zeros(len(p), bool)
     return {"metric": s["metric"], "sent": int(len(m)), "lost": lost,
             "loss_pct": round(100 * lost / len(m), 2) if len(m) else None,
+            "predicted_lost": int(np.count_nonzero(~np.isfinite(p) | gap)),
             "measured_ms": stats(m), "predicted_ms": stats(p), "error_ms": stats(err),
             "abs_error_ms": stats(np.abs(err)), "stretch": stats(stretch)}
 

@@ -298,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
                          f"  {flow_progress(starter.flows, out)}")
 
-            playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead)
+            playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead,
+                                settle=emu.settle)
             t0 = time.monotonic()
             t0_unix = time.time()
             (out / "run.json").write_text(json.dumps({"t0_unix": t0_unix, "speed": speed, "step_s": tl.step_s,
@@ -470,7 +471,8 @@ def interactive(args: argparse.Namespace) -> int:
         with _signals_raise():
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
             emu.build()
-            playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead)
+            playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead,
+                                settle=emu.settle)
             th = threading.Thread(target=playback.run, name="satnetem-clock", daemon=True)
             th.start()
             _say(f"clock running ({tl.n_steps} steps of {tl.step_s:g} s at speed {speed:g}); "

@@ -79,3 +79,58 @@ def predict(tl: Timeline, protocol: str | RoutingProtocol, pairs: list[tuple[int
                 if src == a:
                     pred.forward_paths[k] = nodes
     return out
+
+
+def in_handover_gap(tl: Timeline, forward_paths: list[list[int]], t_s: np.ndarray,
+                    rtt_ms: np.ndarray | None = None) -> np.ndarray:
+    """Which probes a handover gap is predicted to drop.
+
+    A ground link that changes satellite at step k carries nothing for its ``handover_interruption_ms``
+    from that step's time T (:func:`topologies.gsl.handover_gaps`). A probe sent at ``t`` is lost when its
+    predicted forward path crosses that link while it carries nothing: sent in ``[T, T + gap)`` on the path
+    of step k, or, for a round trip (``rtt_ms`` given), sent in ``[T - rtt, T)`` on the path of step k - 1
+    through the link's satellite of then, so that its reply comes back through the gap. The time a packet
+    takes to reach the link along the path is neglected (a beam or gateway antenna is the first or last hop
+    of the paths that ground nodes start or end).
+
+    Parameters
+    ----------
+    tl : Timeline
+    forward_paths : list of list of int
+        Node path per step (:attr:`PairPrediction.forward_paths`).
+    t_s : ndarray, (n,) float
+        Send times, s from the timeline's start.
+    rtt_ms : ndarray, (n,) float, optional
+        Predicted round-trip time of each probe (ping); None for one-way probes.
+
+    Returns
+    -------
+    ndarray, (n,) bool
+    """
+    from topologies.gsl import handover_gaps
+
+    t = np.asarray(t_s, float)
+    out = np.zeros(len(t), bool)
+    links, steps, gap_ms = handover_gaps(tl)
+    if not len(links) or not len(t):
+        return out
+    step = np.floor(t / tl.step_s).astype(np.int64)
+    n = len(forward_paths)
+    edges: dict[int, set[frozenset[int]]] = {}
+
+    def on_path(k: int, a: int, b: int) -> bool:
+        if not 0 <= k < n:
+            return False
+        if k not in edges:
+            p = forward_paths[k]
+            edges[k] = {frozenset(e) for e in zip(p[:-1], p[1:])}
+        return frozenset((a, b)) in edges[k]
+
+    rtt_s = None if rtt_ms is None else np.nan_to_num(np.asarray(rtt_ms, float), nan=0.0) / 1000.0
+    for l, k, g in zip(links.tolist(), steps.tolist(), gap_ms.tolist()):
+        a, big_t = int(tl.link_a[l]), k * tl.step_s
+        if on_path(k, a, int(tl.peer[l, k])):
+            out |= (t >= big_t) & (t < big_t + g / 1000.0) & (step == k)
+        if rtt_s is not None and on_path(k - 1, a, int(tl.peer[l, k - 1])):
+            out |= (t >= big_t - rtt_s) & (t < big_t) & (step == k - 1)
+    return out

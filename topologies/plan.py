@@ -278,7 +278,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         gw_index[s.name] = len(nodes)
         nodes.append(Node(s.name, "gateway", {"lat_deg": s.lat_deg, "lon_deg": s.lon_deg, "alt_m": s.alt_m,
                                               "antennas": s.antennas or gsl_cfg.antennas,
-                                              "access_delay_ms": gsl_cfg.access_delay_ms}))
+                                              "access_delay_ms": gsl_cfg.access_delay_ms,
+                                              "handover_interruption_ms": gsl_cfg.handover_interruption_ms}))
     sat_index = {name: i for i, name in enumerate(const.names)}
     term_index: dict[str, int] = {}
     for i, (t, spec) in enumerate(zip(terms, sc.terminals)):
@@ -288,7 +289,8 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
         term_index[t.name] = len(nodes)
         nodes.append(Node(t.name, "terminal", {"lat_deg": t.lat_deg, "lon_deg": t.lon_deg, "alt_m": t.alt_m,
                                                "antennas": 1, "country": spec.country, "pop": spec.pop,
-                                               "access_delay_ms": term_cfg.access_delay_ms}))
+                                               "access_delay_ms": term_cfg.access_delay_ms,
+                                               "handover_interruption_ms": term_cfg.handover_interruption_ms}))
     pop_index: dict[str, int] = {}
     if bh is not None:
         for p in bh.pops:

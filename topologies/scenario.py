@@ -614,10 +614,15 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
     from .gsl import GslConfig
     from .isl import IslConfig
     _build_from(IslConfig, sc.isl, ctx, "isl")
-    _build_from(GslConfig, sc.gsl, ctx, "gsl")
+    gaps = {"gsl": _build_from(GslConfig, sc.gsl, ctx, "gsl").handover_interruption_ms}
     if sc.terminal:
         from .terminals import TerminalConfig
-        _build_from(TerminalConfig, sc.terminal, ctx, "terminal")
+        gaps["terminal"] = _build_from(TerminalConfig, sc.terminal, ctx, "terminal").handover_interruption_ms
+    for section, gap_ms in gaps.items():
+        # the emulator plays the gap inside the step of the change and ends it before the next step
+        if gap_ms >= sc.time.step_s * 1000.0:
+            raise ctx.error(f"handover_interruption_ms must be shorter than a step ({sc.time.step_s:g} s), got "
+                            f"{gap_ms:g} ms", f"{section}.handover_interruption_ms")
     if sc.backhaul:
         from .pops import BackhaulConfig
         _build_from(BackhaulConfig, sc.backhaul, ctx, "backhaul")

@@ -84,9 +84,14 @@ class TerminalConfig:
         uniformly random time (a derivation; the source gives the frame rate only). The downlink's frame
         structure is documented; the uplink's is not, and a link has one delay both ways here, so the uplink
         gets the downlink's figure (an assumption).
+    handover_interruption_ms : float
+        Time the beam carries nothing after it changes from one satellite to another, ms, [0, 10000]; as
+        :class:`topologies.gsl.GslConfig`'s for gateway antennas, whose docstring gives the sources looked
+        at. Default 0: no measured length of the gap was found.
 
-    Both are added to the beam's one-way delay at every step it has a satellite, so the emulator applies
-    them and ``plan`` reports them as "access" (docs/model.md, "Access delay").
+    The scheduling and framing delays are added to the beam's one-way delay at every step it has a
+    satellite, so the emulator applies them and ``plan`` reports them as "access" (docs/model.md, "Access
+    delay").
     """
 
     min_elevation_deg: float = 25.0
@@ -94,12 +99,14 @@ class TerminalConfig:
     policy: str | None = None
     scheduling_delay_ms: float = 0.0
     framing_delay_ms: float = DOWNLINK_FRAME_S / 2 * 1000.0
+    handover_interruption_ms: float = 0.0
 
     def __post_init__(self) -> None:
         check_range("min_elevation_deg", self.min_elevation_deg, 0.0, 90.0, hi_open=True)
         check_range("gso_exclusion_deg", self.gso_exclusion_deg, 0.0, 90.0, hi_open=True)
         check_range("scheduling_delay_ms", self.scheduling_delay_ms, 0.0, 1000.0)
         check_range("framing_delay_ms", self.framing_delay_ms, 0.0, 1000.0)
+        check_range("handover_interruption_ms", self.handover_interruption_ms, 0.0, 10000.0)
         if self.policy is not None and self.policy not in TERMINAL_POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(TERMINAL_POLICIES)} or absent, got "
                               f"{self.policy!r}", key="policy")
