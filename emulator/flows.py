@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 UDP_PORT_BASE = 20000
 IPERF_PORT_BASE = 5201
 SERVICE_PORT = 8080
+#: traffic matrices: UDP on this port + the entry's index, TCP bulk flows from the second base
+MATRIX_PORT_BASE = 19000
+MATRIX_TCP_PORT_BASE = 6300
 
 
 def safe_label(label: str) -> str:
@@ -84,6 +87,8 @@ class FlowStarter:
         self.emu = emu
         self.out = out
         self.speed = speed
+        #: where relative paths of the scenario (a matrix_csv) resolve
+        self.base_dir: Path | None = None
         self.flows: list[Flow] = []
         self.services: list[subprocess.Popen] = []
         self._service_handles: list[Any] = []
@@ -178,11 +183,56 @@ class FlowStarter:
             flow.procs.append(p)
             flow.handles.append(f)
             rec.files["requests"] = "requests.csv"
+        elif spec.kind == "matrix":
+            self._start_matrix(i, spec, duration_s, d, flow)
         else:  # the scenario loader only admits the kinds above
             raise ValueError(f"unknown traffic kind {spec.kind!r}")
         self.flows.append(flow)
         self.write_manifest()
         return flow
+
+    def _start_matrix(self, i: int, spec: TrafficSpec, duration_s: float, d: Path, flow: Flow) -> None:
+        """One process per endpoint (sender of its row and sink of its column), and iperf3 TCP bulk flows on
+        the ``tcp_flows`` largest pairs; ``matrix.json`` keeps the rates, the city matches and the files."""
+        from topologies.traffic_matrix import plan_matrix
+
+        from .traffic.iperf import IperfFlow, client_argv, server_argv
+
+        plan = plan_matrix(spec, self.emu.timeline, self.base_dir)
+        addr = {n: self.emu.address_of(n) for n in plan.endpoints}
+        port = str(MATRIX_PORT_BASE + i)
+        # every sink binds before anyone sends: processes start within this margin under load
+        start_at = time.time() + 2.0
+        send_s = max(0.5, duration_s - 2.0)
+        files = {}
+        for k, name in enumerate(plan.endpoints):
+            peers = [{"name": m, "addr": addr[m], "rate_mbps": float(plan.rates_mbps[k, j])}
+                     for j, m in enumerate(plan.endpoints) if plan.rates_mbps[k, j] > 0]
+            (d / f"{name}.peers.json").write_text(json.dumps(peers))
+            p, f = self._py(name, "matrix", ["--bind", addr[name], "--port", port, "--peers",
+                                             str(d / f"{name}.peers.json"), "--start-at", f"{start_at:.3f}",
+                                             "--duration", f"{send_s:.3f}",
+                                             "--payload", str(spec.payload_bytes),
+                                             "--out", str(d / f"{name}.csv")], d / f"{name}.log")
+            flow.procs.append(p)
+            flow.handles.append(f)
+            files[name] = f"{name}.csv"
+        tcp = []
+        for k, (src, dst, _) in enumerate(plan.top_pairs(spec.tcp_flows)):
+            fl = IperfFlow(addr=addr[dst], port=MATRIX_TCP_PORT_BASE + 16 * i + k, duration_s=max(1.0, duration_s),
+                           udp=False, rate_mbps=None)
+            srv = self.emu.node(dst).popen(server_argv(fl, str(d / f"tcp{k}.server.log")),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            cli = self.emu.node(src).popen(client_argv(fl, str(d / f"tcp{k}.client.json")),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            flow.procs += [cli, srv]
+            tcp.append({"src": src, "dst": dst, "client": f"tcp{k}.client.json"})
+        (d / "matrix.json").write_text(json.dumps({
+            "source": plan.source, "endpoints": list(plan.endpoints), "rates_mbps": plan.rates_mbps.tolist(),
+            "payload_bytes": spec.payload_bytes, "start_unix_s": start_at, "duration_s": send_s,
+            "matches": [asdict(m) for m in plan.matches], "files": files, "tcp": tcp}, indent=1))
+        flow.record.files = {"matrix": "matrix.json", **files}
 
     def write_manifest(self) -> None:
         tmp = self.out / "flows.json.tmp"

@@ -120,6 +120,13 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.nd
                 if p2 is not None:
                     rtts[t_name] = stats(p2.rtt_ms)
             entry["predicted_network_rtt_ms"] = rtts
+        elif kind == "matrix":
+            from .traffic.matrix import summarise_matrix
+
+            try:
+                entry.update(summarise_matrix(d))
+            except ConfigError as e:
+                log.warning("%s: %s", f["label"], e)
         elif kind == "path":
             rounds = path_rounds(str(d / "paths.csv")) if (d / "paths.csv").exists() else []
             entry.update(compare_paths(rounds, tl, folder, run, pp))
@@ -387,6 +394,83 @@ def plot_map(tl: Timeline, folder: Path, steps: list[int], pairs: list[tuple[str
     return paths
 
 
+#: the most loaded links the summary lists
+TOP_LINKS = 10
+
+
+def link_load(path: Path, tl: Timeline, played: int, plots: Path) -> tuple[dict[str, Any], list[Path]]:
+    """Per-link utilisation from ``linkload.csv`` (:mod:`emulator.linkload`): the most loaded link
+    directions (by their peak utilisation over the steps), links that carried anything, and a map shading
+    each link by its utilisation at the step with the most bytes in flight."""
+    from .linkload import link_utilisation
+
+    mbps, util = link_utilisation(path, tl.rate_mbps, played)
+    peak = np.nan_to_num(util, nan=0.0).max(axis=2)  # (links, 2)
+    order = np.argsort(-peak, axis=None, kind="stable")[:TOP_LINKS]
+    top = []
+    for f in order.tolist():
+        link, side = divmod(f, 2)
+        if peak[link, side] <= 0:
+            break
+        step = int(np.nanargmax(np.nan_to_num(util[link, side], nan=-1.0)))
+        a, b = int(tl.link_a[link]), int(tl.peer[link, step])
+        src, dst = (a, b) if side == 0 else (b, a)
+        top.append({"link": link, "class": LINK_CLASSES[int(tl.link_class[link])],
+                    "from": tl.nodes[src].name if src >= 0 else "?", "to": tl.nodes[dst].name if dst >= 0 else "?",
+                    "peak_utilisation_pct": round(100 * float(peak[link, side]), 1), "peak_step": step,
+                    "peak_mbps": round(float(mbps[link, side, step]), 3),
+                    "rate_mbps": float(tl.rate_mbps[link, step]),
+                    "mean_mbps": round(float(mbps[link, side].mean()), 3)})
+    busiest = int(np.argmax(mbps.sum(axis=(0, 1)))) if played else 0
+    out = {"links_carrying": int(np.count_nonzero(mbps.any(axis=(1, 2)))), "top": top,
+           "total_mbps_by_step": np.round(mbps.sum(axis=(0, 1)), 3).tolist(), "map_step": busiest}
+    files = plot_load_map(tl, plots, busiest, np.nan_to_num(util[:, :, busiest], nan=0.0).max(axis=1))
+    return out, files
+
+
+def plot_load_map(tl: Timeline, folder: Path, step: int, util: np.ndarray) -> list[Path]:
+    """Links (ISL, GSL) drawn at ``step``'s positions, coloured by utilisation (0-100 %, the larger of the
+    two directions): the map of where the load sits."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    from .basemap import draw_basemap
+
+    fig, ax = plt.subplots(figsize=(11, 5.6))
+    draw_basemap(ax)
+    lla = tl.sat_lla[:, step, :]
+    pos: dict[int, tuple[float, float]] = {}
+    for i, s in enumerate(tl.nodes_of("sat")):
+        pos[int(s)] = (((lla[i, 1] + 180) % 360) - 180, lla[i, 0])
+    for k in ("gateway", "terminal", "pop"):
+        for g in tl.nodes_of(k):
+            info = tl.nodes[g].info
+            pos[int(g)] = (float(info.get("lon_deg", 0.0)), float(info.get("lat_deg", 0.0)))
+    segs, vals = [], []
+    for l in np.flatnonzero((tl.state[:, step] == Reason.UP) & (tl.peer[:, step] >= 0)).tolist():
+        a, b = int(tl.link_a[l]), int(tl.peer[l, step])
+        if a in pos and b in pos and abs(pos[a][0] - pos[b][0]) <= 180:
+            segs.append([pos[a], pos[b]])
+            vals.append(float(util[l]))
+    idle = [segs[i] for i in range(len(segs)) if vals[i] <= 0]
+    ax.add_collection(LineCollection(idle, colors="#b8c4cc", linewidths=0.4, label="link, no load"))
+    order = [i for i in np.argsort(vals).tolist() if vals[i] > 0]  # most loaded drawn last, on top
+    lc = LineCollection([segs[i] for i in order], cmap="inferno_r", linewidths=[0.8 + 2.2 * min(1.0, vals[i])
+                                                                                 for i in order])
+    lc.set_array(np.clip(100 * np.array([vals[i] for i in order], float), 0, 100))
+    lc.set_clim(0, 100)
+    ax.add_collection(lc)
+    fig.colorbar(lc, ax=ax, fraction=0.03, pad=0.01, label="utilisation (%)")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xlabel("longitude (deg)")
+    ax.set_ylabel("latitude (deg)")
+    ax.set_title(f"link load at t = {step * tl.step_s:g} s (the step with the most bytes carried)")
+    paths = _save(fig, folder, "map_load")
+    plt.close(fig)
+    return paths
+
+
 def lateness(folder: Path) -> dict[str, Any] | None:
     """Step lateness (ms) from steps.csv: how late each step was fully applied."""
     path = folder / "steps.csv"
@@ -494,6 +578,11 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
         for old in plots.glob("map_t*.*"):  # maps of other times, from an earlier report
             old.unlink()
         written += plot_map(tl, plots, steps, [p for p in pairs if len(p) == 2])
+    summary.pop("link_load", None)
+    if tl is not None and (folder / "linkload.csv").is_file():
+        load, files = link_load(folder / "linkload.csv", tl, played, plots)
+        summary["link_load"] = load
+        written += files
     summary["plots"] = [str(p.relative_to(folder)) for p in written]
     sp.write_text(json.dumps(summary, indent=2))
     return summary

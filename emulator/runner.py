@@ -262,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
     steps_csv.flush()
     emu = None
     starter: Any = None
+    loadlog: Any = None
     playback: Playback | None = None
     timers: list[threading.Timer] = []
     try:
@@ -281,6 +282,11 @@ def run(args: argparse.Namespace) -> int:
                 _say(f"  the build added {counts['processes_added']} processes and {counts['ptys_added']} ptys "
                      f"for {counts['namespaces']} namespaces (held by process {counts['holder_pid']})")
             starter = FlowStarter(emu, out, speed)
+            starter.base_dir = sc.base_dir
+            if any(f.kind == "matrix" for f in flows_wanted):  # background load: bytes per link per step
+                from .linkload import LinkCounters, LinkLoadLog
+
+                loadlog = LinkLoadLog(LinkCounters(emu), out / "linkload.csv")
             computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
             if computes and any(f.kind == "request" for f in flows_wanted):
                 starter.start_services(computes, max(f.work_ms for f in flows_wanted if f.kind == "request"))
@@ -294,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
                                   f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}",
                                   s.get("moves_in_step", 0), f"{rec.ahead_ms:.2f}"])
                 steps_csv.flush()
+                if loadlog is not None:
+                    loadlog.sample(rec.step)
                 if rec.step % max(1, int(10 / tl.step_s)) == 0:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
                          f"  {flow_progress(starter.flows, out)}")
@@ -334,6 +342,12 @@ def run(args: argparse.Namespace) -> int:
             tm.cancel()
         if starter is not None:
             starter.stop_all()
+        if loadlog is not None:
+            try:  # the last step's bytes; a failure here must not stop the teardown
+                loadlog.sample(last + 1)
+            except SatnetemError as e:
+                log.warning("last link counter sample failed: %s", e)
+            loadlog.close()
         steps_csv.close()
         try:  # the backend's own account (the userspace daemon's release times), for reading delay errors
             if counters := shaper.stats():
@@ -407,11 +421,24 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
         elif f["kind"] == "path":
             _say(f"  {f['flow']}: {f.get('rounds', 0)} path rounds; {f.get('matched', '-')} of the "
                  f"{f.get('reached', '-')} that arrived took the predicted path")
+        elif f["kind"] == "matrix" and "offered_mbps" in f:
+            _say(f"  {f['flow']}: {f['endpoints']} endpoints, {f['pairs']} pairs ({f['source']}); offered "
+                 f"{f['offered_mbps']:.1f} Mbit/s, sent {f['sent_mbps']:.1f}, received {f['received_mbps']:.1f} "
+                 f"({_fmt(f.get('delivered_pct'), 1)}% of sent)")
+            for t in f.get("tcp", []):
+                _say(f"    TCP bulk {t['src']} -> {t['dst']}: {_fmt(t.get('received_mbps'), 1)} Mbit/s")
     de = s.get("delay_error")
     if de:
         _say(f"  worst |measured - predicted| p50: {_fmt(de['worst_abs_p50_ms'])} ms on "
              f"{_fmt(de['of_predicted_p50_ms'])} ms (bound {_fmt(de['bound_ms'])} ms: "
              f"{'within' if de['within_bound'] else 'OUTSIDE'})")
+    load = s.get("link_load")
+    if load and load.get("top"):
+        _say(f"  link load: {load['links_carrying']} links carried traffic; most loaded (peak utilisation "
+             f"over the steps):")
+        for t in load["top"][:5]:
+            _say(f"    {t['class']} {t['from']} -> {t['to']}: {t['peak_utilisation_pct']:.1f}% of "
+                 f"{t['rate_mbps']:g} Mbit/s at step {t['peak_step']} (mean {t['mean_mbps']:.2f} Mbit/s)")
     if "handovers" in s:
         _say(f"  GSL handovers {s['handovers']}, ISL outages {s.get('isl_outages', 0)}")
     if s.get("recovery"):
