@@ -62,6 +62,7 @@ from .kernel import budget
 from .kernel.holder import Holder, HolderError
 from .netns import entered, iproute_in
 from .nodes import EmulatedNet, EmuNode, make_nodes, stop_nodes
+from .routeworker import RouteWorker
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Emulation:
 
     def __init__(self, timeline: Timeline, shaper: Any, protocol: RoutingProtocol | str,
                  delay_tolerance_ms: float = 0.01, run_id: str | None = None,
-                 address_plan: AddressPlan | None = None, log_dir: Any = None) -> None:
+                 address_plan: AddressPlan | None = None, log_dir: Any = None, route_worker: bool = True) -> None:
         if not delay_tolerance_ms >= 0:
             raise ConfigError(f"delay_tolerance_ms must be >= 0 ms, got {delay_tolerance_ms}",
                               key="delay_tolerance_ms")
@@ -182,6 +183,10 @@ class Emulation:
         self._gc_frozen = False
         self.build_timings_ms: dict[str, float] = {}
         self._prefetched: tuple[Snapshot, RouteTable] | None = None
+        # route computation in a forked child (emulator/routeworker.py), started by build()
+        self._use_worker = bool(route_worker) and not self.daemon_driven
+        self._worker: RouteWorker | None = None
+        self._worker_snap: Snapshot | None = None  # the snapshot the worker's pending request is for
         self._compute_s = 0.0  # how long the last prefetched route computation took
         # handover gaps: per link slot, ms a change of satellite leaves it carrying nothing; the links in a
         # gap now and when (time.monotonic()) it began (ended by settle(), or by the next apply_step)
@@ -252,6 +257,8 @@ class Emulation:
             _raise_fd_limit(max(self.needs.fds_all_open, self.needs.shaper_fds))
             before = budget.descendants()
             ptys_before = budget.ptys_in_use()
+            if self._use_worker:  # forked first: it inherits no namespace, socket or shaper descriptor
+                self._worker = RouteWorker(self.protocol, self.timeline)
             inodes = self._namespaces()
             self._write_state(inodes)
             self.net = EmulatedNet(self.nodes, self.stop)
@@ -502,24 +509,52 @@ class Emulation:
         """
         if self.daemon_driven or not self._built or self._stopped or not 0 <= step < self.timeline.n_steps:
             return False
+        snap = self.applied.apply(diff(self.applied, self.target(step), self.delay_tolerance_ms))
+        w = self._worker
+        if w is not None:  # started in the child; waited for until 20 ms before ``until`` at most
+            if w.busy and not self._same(self._worker_snap, snap):
+                self._worker_discard()
+            if not w.busy and self._prefetched is None:
+                w.submit(step, snap)
+                self._worker_snap = snap
+            if w.busy and (until is None or w.ready(until - 0.02 - time.monotonic())):
+                self._prefetched = (snap, self._worker_result())
+            return True
         if until is not None and time.monotonic() + self._compute_s > until - 0.02:
             return False
-        snap = self.applied.apply(diff(self.applied, self.target(step), self.delay_tolerance_ms))
         t0 = time.perf_counter()
         self._prefetched = (snap, self._compute_routes(step, snap))
         self._compute_s = time.perf_counter() - t0
         return True
 
+    @staticmethod
+    def _same(a: Snapshot | None, b: Snapshot) -> bool:
+        return (a is not None and a.step == b.step and np.array_equal(a.state, b.state)
+                and np.array_equal(a.peer, b.peer) and np.array_equal(a.params, b.params))
+
+    def _worker_result(self) -> RouteTable:
+        assert self._worker is not None
+        self._worker_snap = None
+        return self._check_table(self._worker.result())
+
+    def _worker_discard(self) -> None:
+        assert self._worker is not None
+        self._worker_snap = None
+        self._worker.discard()
+
     def _take_prefetched(self, snap: Snapshot) -> RouteTable | None:
-        """The prefetched table if it was computed on a snapshot equal to ``snap``; forgets it either way."""
+        """The prefetched table if it was computed on a snapshot equal to ``snap`` (waiting for the worker
+        if it is still computing it); forgets it either way."""
         got, self._prefetched = self._prefetched, None
+        if got is None and self._worker is not None and self._worker.busy:
+            if self._same(self._worker_snap, snap):
+                return self._worker_result()
+            self._worker_discard()
+            return None
         if got is None:
             return None
         old, table = got
-        if (old.step == snap.step and np.array_equal(old.state, snap.state) and np.array_equal(old.peer, snap.peer)
-                and np.array_equal(old.params, snap.params)):
-            return table
-        return None
+        return table if self._same(old, snap) else None
 
     def stop(self) -> None:
         """Tear everything down: shaper, processes in our namespaces, shells, sockets. Idempotent."""
@@ -529,6 +564,9 @@ class Emulation:
         if self._gc_frozen:
             gc.unfreeze()
             self._gc_frozen = False
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
         try:
             if self.shaper is not None:
                 self.shaper.close()
@@ -866,7 +904,10 @@ class Emulation:
         """Size the record of installed routes: ``_inst_nh`` (n_dest, n_nodes) is the first next hop
         (-1: no route, -2: a multipath route that may survive with fewer next hops), ``_inst_link``
         (n_dest, n_nodes, width) the link slots of every next hop."""
-        table = self.protocol.compute(self.timeline, 0, self.applied)
+        if self._worker is not None:
+            table = self._worker.compute(0, self.applied)
+        else:
+            table = self.protocol.compute(self.timeline, 0, self.applied)
         nd = len(table.destinations)
         self._inst_nh = np.full((nd, self.n_nodes), -1, np.int32)
         self._inst_link = np.full((nd, self.n_nodes, table.width), -1, np.int32)
@@ -920,7 +961,13 @@ class Emulation:
     def _compute_routes(self, step: int, snap: Snapshot) -> RouteTable:
         """The protocol's table for ``step`` on ``snap`` (pure: no kernel work), checked against the
         installed record."""
-        table = self.protocol.compute(self.timeline, step, snap)
+        if self._worker is not None:
+            if self._worker.busy:
+                self._worker_discard()
+            return self._check_table(self._worker.compute(step, snap))
+        return self._check_table(self.protocol.compute(self.timeline, step, snap))
+
+    def _check_table(self, table: RouteTable) -> RouteTable:
         if not np.array_equal(table.destinations, self._inst_dest):
             raise ApplyError("the routing protocol changed its destination set", operation="routes")
         if table.width != self._inst_link.shape[2]:

@@ -1,0 +1,113 @@
+"""The route worker (emulator/routeworker.py): a forked child gives the tables the protocol gives in this
+process, passes the protocol's errors on, keeps none of the parent's descriptors, and ends with close()."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+from handmade import grid_timeline
+
+from emulator.routeworker import RouteWorker
+from routing.base import RouteTable, get_protocol
+from topologies.errors import ApplyError, ConfigError
+
+
+@pytest.mark.parametrize("name", ["shortest-delay", "min-hop", "ecmp", "predictive"])
+def test_tables_from_the_child_equal_the_protocols_own(name):
+    tl = grid_timeline()
+    w = RouteWorker(get_protocol(name), tl)
+    try:
+        for step in range(tl.n_steps):
+            snap = tl.snapshot(step)
+            want = get_protocol(name).compute(tl, step, snap)
+            got = w.compute(step, snap)
+            assert type(got) is type(want)
+            for f in ("destinations", "next_hop", "link", "dist", "mp_next_hop", "mp_link"):
+                a, b = getattr(got, f), getattr(want, f)
+                assert (a is None) == (b is None), f
+                if a is not None:
+                    assert a.dtype == b.dtype and np.array_equal(a, b), f
+    finally:
+        w.close()
+
+
+def test_a_changed_snapshot_is_computed_on_not_the_timelines():
+    """The child computes on the snapshot it is sent (a failure applied by the caller), not on its own copy."""
+    tl = grid_timeline()
+    snap = tl.snapshot(0)
+    cut = snap.state.copy()
+    up = np.flatnonzero(cut == 0)
+    cut[up[0]] = 5  # any reason other than up
+    failed = type(snap)(0, cut, snap.peer, snap.params)
+    w = RouteWorker(get_protocol("shortest-delay"), tl)
+    try:
+        got = w.compute(0, failed)
+    finally:
+        w.close()
+    want = get_protocol("shortest-delay").compute(tl, 0, failed)
+    assert np.array_equal(got.next_hop, want.next_hop)
+    assert not np.array_equal(want.link, get_protocol("shortest-delay").compute(tl, 0, snap).link)
+
+
+class _Broken:
+    name = "broken"
+
+    def compute(self, timeline, step, snapshot=None) -> RouteTable:
+        raise ConfigError("broken on purpose", key="routing.protocol")
+
+
+class _NotATable:
+    name = "not-a-table"
+
+    def compute(self, timeline, step, snapshot=None):
+        return {"step": step}
+
+
+def test_protocol_errors_reach_the_caller_and_the_worker_goes_on():
+    tl = grid_timeline()
+    w = RouteWorker(_Broken(), tl)
+    try:
+        with pytest.raises(ConfigError, match="broken on purpose"):
+            w.compute(0, tl.snapshot(0))
+        with pytest.raises(ConfigError):  # still serving
+            w.compute(1, tl.snapshot(1))
+    finally:
+        w.close()
+    w = RouteWorker(_NotATable(), tl)
+    try:
+        with pytest.raises(TypeError, match="not a RouteTable"):
+            w.compute(0, tl.snapshot(0))
+    finally:
+        w.close()
+
+
+def test_the_child_holds_no_descriptor_of_the_parent_and_ends_with_close():
+    tl = grid_timeline()
+    with tempfile.TemporaryFile() as f:
+        w = RouteWorker(get_protocol("shortest-delay"), tl)
+        pid = w.pid
+        try:
+            w.compute(0, tl.snapshot(0))  # the child has run its set-up by the time it answers
+            theirs = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert os.readlink(f"/proc/self/fd/{f.fileno()}") not in theirs
+            # stdin/out/err, its end of the socket pair and the shared table
+            assert len(theirs) <= 5, theirs
+        finally:
+            w.close()
+    assert not os.path.exists(f"/proc/{pid}")
+    with pytest.raises(ApplyError, match="closed"):
+        w.submit(0, tl.snapshot(0))
+
+
+def test_a_killed_worker_is_a_one_line_error():
+    tl = grid_timeline()
+    w = RouteWorker(get_protocol("shortest-delay"), tl)
+    try:
+        os.kill(w.pid, 9)
+        with pytest.raises(ApplyError, match="route worker .* died"):
+            w.compute(0, tl.snapshot(0))
+    finally:
+        w.close()
