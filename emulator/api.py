@@ -546,6 +546,7 @@ class LiveEmulation(Experiment):
             sh.close()
             raise
         self.emulation.target_filter = self.failures.apply
+        self.emulation.queue_packets = dict(scenario.emulation.queue_packets)
         atexit.register(self.close)
         self._signals_raise()
         try:

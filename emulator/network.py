@@ -200,6 +200,9 @@ class Emulation:
     #: what is applied changes; the timeline itself does not, so protocols that read its future
     #: (``predictive``) cannot see an unplanned failure coming.
     target_filter: Callable[[Snapshot], Snapshot] | None = None
+    #: Queue of each link class's rate limit, full-size packets (``[emulation] queue_packets``); a class not
+    #: in it keeps the shaper's default. Set before :meth:`build`.
+    queue_packets: dict[str, int] | None = None
 
     def target(self, step: int) -> Snapshot:
         """The snapshot :meth:`apply_step` brings the network to: the timeline's, through
@@ -769,11 +772,16 @@ class Emulation:
         items = []
         params = snap.params[links].astype(np.float64)
         for l, (delay_ms, rate_mbps, loss_pct) in zip(links.tolist(), params.tolist()):
-            shape = LinkShape(delay_ms, rate_mbps, loss_pct)
+            shape = LinkShape(delay_ms, rate_mbps, loss_pct, self._queue_of(l))
             items.append((self._port(l, 0), shape))
             if snap.peer[l] >= 0:
                 items.append((self._port(l, 1), shape))
         self.shaper.set(items, self._ipr_of)
+
+    def _queue_of(self, link: int) -> int | None:
+        """The queue (packets) asked for ``link``'s class in :attr:`queue_packets`, or None (the default)."""
+        q = self.queue_packets
+        return q.get(LINK_CLASSES[int(self.timeline.link_class[link])]) if q else None
 
     def _shape_spares(self, links: Any, steps: Any) -> None:
         """Shape both directions of the spare pairs of antenna ``links`` with the parameters of the
@@ -786,7 +794,8 @@ class Emulation:
             pair = 1 - int(self.ends.pair[l])
             if k < 0 or self._pfar[l, pair] == self.link_a[l]:
                 continue
-            shape = LinkShape(float(tl.delay_ms[l, k]), float(tl.rate_mbps[l, k]), float(tl.loss_pct[l, k]))
+            shape = LinkShape(float(tl.delay_ms[l, k]), float(tl.rate_mbps[l, k]), float(tl.loss_pct[l, k]),
+                              self._queue_of(l))
             items += [(self._port(l, 0, pair), shape), (self._port(l, 1, pair), shape)]
         if items:
             self.shaper.set(items, self._ipr_of)

@@ -268,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _signals_raise():
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
+            emu.queue_packets = dict(sc.emulation.queue_packets)
             if hasattr(emu, "log_dir"):
                 emu.log_dir = out / "daemons"
             t = time.monotonic()
@@ -497,6 +498,7 @@ def interactive(args: argparse.Namespace) -> int:
     try:
         with _signals_raise():
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
+            emu.queue_packets = dict(sc.emulation.queue_packets)
             emu.build()
             playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead,
                                 settle=emu.settle)

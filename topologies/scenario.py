@@ -242,8 +242,18 @@ class EmulationConfig:
     delay_tolerance_ms: float = 0.01
     #: rate of the access links (host to gateway, compute node to satellite)
     access_rate_mbps: float = 1000.0
+    #: queue of a link's rate limit per link class, full-size packets (``{isl = 100, gsl = 200}``); a class
+    #: not named keeps the backend's default (1,000 packets for the userspace backend's token bucket)
+    queue_packets: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from .timeline import LINK_CLASSES
+
+        for cls, q in self.queue_packets.items():
+            if cls not in LINK_CLASSES:
+                raise ValueError(f"queue_packets names link class {cls!r}; classes are {', '.join(LINK_CLASSES)}")
+            if isinstance(q, bool) or not isinstance(q, int) or not 2 <= q <= 100_000:
+                raise ValueError(f"queue_packets.{cls} must be an integer in [2, 100000] packets, got {q!r}")
         if self.shaper not in ("auto", "netem", "userspace"):
             raise ValueError(f"shaper must be one of auto, netem, userspace; got {self.shaper!r}")
         if not 0.01 <= self.speed <= 100:
@@ -738,7 +748,7 @@ def check_traffic_endpoints(sc: Scenario, names: set[str], kinds: dict[str, str]
     """
     ctx = _file_ctx(sc)
     for i, t in enumerate(sc.traffic):
-        for j, end in enumerate(t.endpoints):
+        for end in t.endpoints:
             if kinds.get(end) not in ("host", "terminal"):
                 raise ctx.error(f"traffic entry {t.label!r}: endpoint {end!r} is "
                                 f"{'a ' + str(kinds[end]) if end in kinds else 'not a node of this network'}; "

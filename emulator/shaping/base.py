@@ -53,11 +53,15 @@ class LinkShape:
         Rate limit, Mbit/s, in [``LINK_RATE_MIN_MBPS``, ``MAX_RATE_MBPS``].
     loss_pct : float
         Random loss probability, percent, in [0, 100].
+    queue_packets : int or None
+        Full-size packets queued waiting for the rate, in [2, 100000]; more are dropped. None: the
+        backend's default (:data:`QUEUE_PACKETS` for the tbf; netem's limit from the bandwidth-delay product).
     """
 
     delay_ms: float
     rate_mbps: float
     loss_pct: float = 0.0
+    queue_packets: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "rate_mbps", "loss_pct"):
@@ -71,6 +75,10 @@ class LinkShape:
                               f"got {self.rate_mbps}", key="rate_mbps")
         if not 0 <= self.loss_pct <= 100:
             raise ConfigError(f"LinkShape.loss_pct must be in [0, 100] %, got {self.loss_pct}", key="loss_pct")
+        q = self.queue_packets
+        if q is not None and (isinstance(q, bool) or not isinstance(q, int) or not 2 <= q <= 100_000):
+            raise ConfigError(f"LinkShape.queue_packets must be an integer in [2, 100000], got {q!r}",
+                              key="queue_packets")
 
 
 @dataclass(frozen=True)
@@ -215,7 +223,8 @@ def token_bucket(shape: LinkShape, mtu_bytes: int = 1500) -> TokenBucket:
     rate = rate_bytes_per_s(shape.rate_mbps)
     frame = mtu_bytes + 14
     burst = min(max(math.ceil(rate * BURST_NS / 1e9), BURST_PACKETS * frame), U32_MAX)
-    return TokenBucket(rate, burst, QUEUE_PACKETS * frame)
+    queue = QUEUE_PACKETS if shape.queue_packets is None else shape.queue_packets
+    return TokenBucket(rate, burst, queue * frame)
 
 
 def _nla(kind: int, payload: bytes) -> bytes:
@@ -254,12 +263,15 @@ def tbf_qdisc_body(ifindex: int, shape: LinkShape, handle: int = ROOT_HANDLE) ->
 
 def netem_limit_packets(shape: LinkShape) -> int:
     """netem queue limit, packets: :data:`NETEM_LIMIT_BDP_FACTOR` times the bandwidth-delay product in
-    full-size packets, at least :data:`NETEM_LIMIT_FLOOR`.
+    full-size packets, at least :data:`NETEM_LIMIT_FLOOR`; with ``shape.queue_packets``, that twice the
+    bandwidth-delay product plus the queue asked for (netem's limit counts the packets in flight too).
 
     netem sits under the htb class, so what it holds arrives at most at the link rate and stays the delay:
     one bandwidth-delay product; the factor covers packets smaller than full size.
     """
     bdp_bytes = rate_bytes_per_s(shape.rate_mbps) * shape.delay_ms / 1e3
+    if shape.queue_packets is not None:
+        return int(min(math.ceil(NETEM_LIMIT_BDP_FACTOR * bdp_bytes / _PACKET_BYTES) + shape.queue_packets, U32_MAX))
     return int(min(max(NETEM_LIMIT_FLOOR, math.ceil(NETEM_LIMIT_BDP_FACTOR * bdp_bytes / _PACKET_BYTES)),
                    U32_MAX))
 

@@ -243,7 +243,8 @@ class UserspaceShaper(Shaper):
             if old == (shape, hold):
                 continue
             old_shape = old[0] if old is not None else None
-            if old_shape is None or old_shape.rate_mbps != shape.rate_mbps:
+            if (old_shape is None or old_shape.rate_mbps != shape.rate_mbps
+                    or old_shape.queue_packets != shape.queue_packets):
                 b = batches.setdefault(port.ns_path, rtnl.Batch())
                 nodes[port.ns_path] = port.node
                 # created the first time, changed in place afterwards (queued packets stay)

@@ -90,3 +90,45 @@ def test_matrix_fills_the_bottleneck_to_its_rate(tmp_path):
 
         meta = json.loads((tmp_path / "flows" / "matrix_gravity" / "matrix.json").read_text())
         assert meta["rates_mbps"][0][1] == pytest.approx(15.0)
+
+
+def test_gsl_queue_size_bounds_the_queueing_delay_under_load(tmp_path):
+    """``[emulation] queue_packets = {gsl = 20}``: the gateway uplink's token bucket holds 20 full-size
+    frames (read back with tc), so under the same overload a ping's RTT grows by at most the time both
+    uplinks take to drain 20 frames at 8 Mbit/s (2 x 30.3 ms), where 1,000 would hold 1.5 s each."""
+    import json
+    import re
+    import statistics
+
+    from emulator.api import open_emulation
+    from emulator.flows import FlowStarter
+
+    queue = 20
+    sc = parse_scenario(SCENARIO + f"[emulation]\nqueue_packets = {{gsl = {queue}}}\n", "<test>")
+    with open_emulation(sc, protocol="shortest-delay", run_id=f"t-mxq-{os.getpid()}") as emu:
+        emu.goto(0)
+        tl, e = emu.timeline, emu.emulation
+        gw = tl.node_index("gs-london")
+        [slot] = [int(l) for l in np.flatnonzero((tl.link_a == gw) & (tl.peer[:, 0] >= 0))
+                  if tl.nodes[int(tl.peer[l, 0])].kind == "sat"]
+        qd = json.loads(emu.node("gs-london").cmd(f"tc -raw -j qdisc show dev {e.addr.ifname_a[slot]}"))
+        [tbf] = [q for q in qd if q.get("kind") == "tbf"]  # -raw: tc prints the limit itself, not a latency
+        assert tbf["options"]["limit"] == queue * 1514
+
+        def rtts(count: int) -> list[float]:
+            out = emu.node("h-london").cmd(f"ping -n -c {count} -i 0.1 -W 2 {emu.address_of('h-new-york')}")
+            return [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+
+        base = min(rtts(5))
+        starter = FlowStarter(e, tmp_path, 1.0)
+        try:
+            starter.start(0, sc.traffic[0], 8.0)
+            time.sleep(3.5)
+            loaded = rtts(20)
+        finally:
+            starter.stop_all()
+        drain_ms = 2 * queue * 1514 * 8 / (GSL_MBPS * 1e6) * 1e3  # 60.6 ms: both uplinks' full queues
+        assert len(loaded) >= 10  # a full queue drops some pings, not most
+        # loaded: queues are full, so the RTT is well above base; but bounded by the queues' drain time
+        assert statistics.median(loaded) > base + 0.5 * drain_ms
+        assert statistics.median(loaded) <= base + drain_ms + 10.0, (base, loaded)

@@ -142,3 +142,21 @@ def test_csv_matrix_scaled_and_checked(tmp_path):
     p.write_text("a,b\n")
     with pytest.raises(ConfigError, match="header"):
         csv_rates(p, ["h-a", "h-b"], None)
+
+
+def test_queue_packets_per_link_class():
+    from emulator.shaping.base import QUEUE_PACKETS, LinkShape, netem_limit_packets, token_bucket
+
+    sc = parse_scenario(BASE + "[emulation]\nqueue_packets = {isl = 50, gsl = 20}\n", "<test>")
+    assert sc.emulation.queue_packets == {"isl": 50, "gsl": 20}
+    # the token bucket's limit is the queue in full-size Ethernet frames (1500 + 14 bytes)
+    assert token_bucket(LinkShape(1.0, 8.0, 0.0, 20)).limit_bytes == 20 * 1514
+    assert token_bucket(LinkShape(1.0, 8.0)).limit_bytes == QUEUE_PACKETS * 1514
+    # netem's limit holds the packets in flight too: 2 x bandwidth-delay product (100 Mbit/s x 12.11 ms
+    # = 151,375 bytes = 100 frames, x2) plus the queue
+    assert netem_limit_packets(LinkShape(12.11, 100.0, 0.0, 20)) == 200 + 20
+    for bad in ("{laser = 5}", "{isl = 1}", "{isl = 2.5}"):
+        with pytest.raises(ConfigError, match="queue_packets"):
+            parse_scenario(BASE + f"[emulation]\nqueue_packets = {bad}\n", "s.toml")
+    with pytest.raises(ConfigError, match="queue_packets"):
+        LinkShape(1.0, 8.0, 0.0, 1)
