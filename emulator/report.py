@@ -415,7 +415,8 @@ def link_load(path: Path, tl: Timeline, played: int, plots: Path) -> tuple[dict[
         step = int(np.nanargmax(np.nan_to_num(util[link, side], nan=-1.0)))
         a, b = int(tl.link_a[link]), int(tl.peer[link, step])
         src, dst = (a, b) if side == 0 else (b, a)
-        top.append({"link": link, "class": LINK_CLASSES[int(tl.link_class[link])],
+        top.append({"link": link, "direction": "a->b" if side == 0 else "b->a",
+                    "class": LINK_CLASSES[int(tl.link_class[link])],
                     "from": tl.nodes[src].name if src >= 0 else "?", "to": tl.nodes[dst].name if dst >= 0 else "?",
                     "peak_utilisation_pct": round(100 * float(peak[link, side]), 1), "peak_step": step,
                     "peak_mbps": round(float(mbps[link, side, step]), 3),
@@ -425,7 +426,32 @@ def link_load(path: Path, tl: Timeline, played: int, plots: Path) -> tuple[dict[
     out = {"links_carrying": int(np.count_nonzero(mbps.any(axis=(1, 2)))), "top": top,
            "total_mbps_by_step": np.round(mbps.sum(axis=(0, 1)), 3).tolist(), "map_step": busiest}
     files = plot_load_map(tl, plots, busiest, np.nan_to_num(util[:, :, busiest], nan=0.0).max(axis=1))
+    files += plot_link_load(util, top[:6], tl.step_s, plots, scheduled_s(tl, played * tl.step_s))
     return out, files
+
+
+def plot_link_load(util: np.ndarray, top: list[dict[str, Any]], step_s: float, folder: Path,
+                   events_s: np.ndarray) -> list[Path]:
+    """Utilisation over time of the most loaded link directions (``top``, as :func:`link_load` lists them),
+    scheduled events marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 3))
+    _mark_scheduled(ax, events_s)
+    t = np.arange(util.shape[2]) * step_s
+    for entry in top:
+        side = 0 if entry["direction"] == "a->b" else 1
+        ax.step(t, 100 * util[entry["link"], side], where="post",
+                label=f"{entry['class']} {entry['from']} -> {entry['to']}")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("utilisation (%)")
+    ax.set_ylim(-2, 110)
+    if top:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    paths = _save(fig, folder, "link_load")
+    plt.close(fig)
+    return paths
 
 
 def plot_load_map(tl: Timeline, folder: Path, step: int, util: np.ndarray) -> list[Path]:

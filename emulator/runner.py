@@ -426,6 +426,10 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
             _say(f"  {f['flow']}: {f['endpoints']} endpoints, {f['pairs']} pairs ({f['source']}); offered "
                  f"{f['offered_mbps']:.1f} Mbit/s, sent {f['sent_mbps']:.1f}, received {f['received_mbps']:.1f} "
                  f"({_fmt(f.get('delivered_pct'), 1)}% of sent)")
+            near = [m for m in f.get("matches", []) if m["how"] == "nearest"]
+            if f.get("matches"):
+                _say(f"    cities (population weights): {len(f['matches']) - len(near)} endpoints by name"
+                     + "".join(f"; {m['endpoint']} ~ {m['city']} (nearest, {m['distance_km']:.0f} km)" for m in near))
             for t in f.get("tcp", []):
                 _say(f"    TCP bulk {t['src']} -> {t['dst']}: {_fmt(t.get('received_mbps'), 1)} Mbit/s")
     de = s.get("delay_error")
