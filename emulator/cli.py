@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from topologies.errors import ConfigError, SatnetemError, check_range
+from topologies.errors import ConfigError, SatnetemError, check_range, one_line
 from topologies.scenario import Scenario, check_shaper_rates, default_scenario, load_scenario, scenario_error
 from topologies.timeline import LINK_CLASSES, LINK_ROLES, Reason, Timeline
 
@@ -101,6 +101,20 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, attr, None)
         if value is not None:
             check_range(option, value, lo, hi, lo_open=lo_open)
+    run_id = getattr(args, "run_id", None)
+    if run_id is not None:
+        from .clean import RUN_ID_RE  # the run id names namespaces and state files: never a path
+
+        if not RUN_ID_RE.fullmatch(run_id):
+            raise ConfigError(f"run id {run_id!r} must be lower-case letters, digits and '-' (at most 41, "
+                              f"starting with a letter or digit)", key="--run-id")
+    if getattr(args, "map_at", None):
+        for x in (x for x in args.map_at.split(",") if x.strip()):
+            try:
+                check_range("--map-at", float(x), 0.0, 7 * 86400.0)
+            except ValueError:
+                raise ConfigError(f"--map-at takes seconds separated by commas, got {args.map_at!r}",
+                                  key="--map-at") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +123,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         command = self.prog.removeprefix("satnetem").strip()
-        self.exit(2, f"satnetem: error: {command + ': ' if command else ''}{message} (see '{self.prog} --help')\n")
+        self.exit(2, one_line(f"satnetem: error: {command + ': ' if command else ''}{message} "
+                              f"(see '{self.prog} --help')") + "\n")
 
 
 def with_transient(sc: Scenario) -> Scenario:
@@ -510,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_args(args)
         return int(args.func(args) or 0)
     except SatnetemError as e:
-        print(f"satnetem: error: {e}", file=sys.stderr)
+        print(f"satnetem: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("satnetem: interrupted", file=sys.stderr)

@@ -28,7 +28,19 @@ class ConfigError(SatnetemError):
         if key is not None:
             where.append(f"key '{key}'")
         prefix = ", ".join(where)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
+        # one line, always: a file name or a quoted value may carry line breaks of its own
+        text = f"{prefix}: {message}" if prefix else message
+        super().__init__(one_line(text))
+
+
+#: what str.splitlines breaks a line at
+_LINE_BREAKS = {c: c.encode("unicode_escape").decode("ascii")
+                for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break written as its escape, so that an error stays on one line."""
+    return "".join(_LINE_BREAKS.get(c, c) for c in text)
 
 
 class TopologyError(SatnetemError):

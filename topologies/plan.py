@@ -233,8 +233,21 @@ def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> T
     Raises
     ------
     ConfigError
-        A name the scenario refers to does not exist (a host's gateway, a compute node's satellite).
+        A name the scenario refers to does not exist (a host's gateway, a compute node's satellite); the
+        steps and links would not fit in memory. With the scenario's file, line and key.
     """
+    try:
+        return _plan_scenario(sc, constellation)
+    except ConfigError as e:
+        # checks made while planning know the key but not the line: find it in the scenario's file
+        if e.file == sc.source and e.line is None and e.key:
+            from .scenario import scenario_error
+
+            raise scenario_error(sc, e.message, e.key) from None
+        raise
+
+
+def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timeline:
     t0 = _time.perf_counter()
     const = constellation if constellation is not None else build_constellation(sc)
     check_plan_memory(sc, const)

@@ -103,6 +103,9 @@ class ShellSpec:
     phasing: int = 1
 
     def __post_init__(self) -> None:
+        # the same rule as topologies.constellation.Shell, checked here so that the error has its line
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"name must be non-empty without spaces, got {self.name!r}")
         if self.pattern not in ("delta", "star"):
             raise ValueError(f"pattern must be 'delta' or 'star', got {self.pattern!r}")
         if not 160 <= self.altitude_km <= 2000:
