@@ -187,6 +187,9 @@ class Emulation:
         self._use_worker = bool(route_worker) and not self.daemon_driven
         self._worker: RouteWorker | None = None
         self._worker_snap: Snapshot | None = None  # the snapshot the worker's pending request is for
+        # Routes go through nexthop objects, one per interface end of a router (see _nexthop): not with
+        # routing daemons, which manage their own routes and nexthops.
+        self._use_nh = not self.daemon_driven
         self._compute_s = 0.0  # how long the last prefetched route computation took
         # handover gaps: per link slot, ms a change of satellite leaves it carrying nothing; the links in a
         # gap now and when (time.monotonic()) it began (ended by settle(), or by the next apply_step)
@@ -288,6 +291,7 @@ class Emulation:
             for i, b in enumerate(ups):
                 if b.requests:
                     self._rtnl[i].check(b, "bring interfaces up")
+            self._make_nexthops(np.flatnonzero(target.up & (target.peer >= 0)))
             t["shaping"] = _ms(t1)
             t1 = time.perf_counter()
             if self.daemon_driven:  # routing daemons find the routes; hosts keep their default route
@@ -732,6 +736,32 @@ class Emulation:
             later.add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, True), f"{name} up")
         self.nodes[node].add_intf(name, index, ip_str(addr), plen)
 
+    def _make_nexthops(self, links: np.ndarray) -> None:
+        """Make the nexthop objects routes use through ``links``' active pairs, both ends up: in each router
+        at an end, id :func:`nexthop_id` via the other end's address. The kernel accepts one only on a
+        device with its carrier (both ends up), and removes it, with the routes through it, when the device
+        goes down or loses its carrier: they are made each time a link comes up."""
+        if not self._use_nh or not len(links):
+            return
+        batches: dict[int, rtnl.Batch] = {}
+        e = self.ends
+        for l in np.asarray(links).tolist():
+            pair = int(e.pair[l])
+            ends = ((int(self.link_a[l]), 0), (int(self._far[l]), 1))
+            if ends[1][0] == ends[0][0]:
+                continue  # parked at its gateway: no satellite
+            for node, side in ends:
+                if not self.is_router[node]:
+                    continue
+                _, index, _ = self.addr.pair_end(l, pair, side)
+                _, _, gw = self.addr.pair_end(l, pair, 1 - side)
+                nh = int(nexthop_id(l, pair))
+                batches.setdefault(node, rtnl.Batch()).add(
+                    rtnl.RTM_NEWNEXTHOP, _CREATE, rtnl.nexthop_body(nh, int(gw), int(index)),
+                    lambda nh=nh, gw=gw: f"nexthop {nh} via {ip_str(gw)}")
+        for node, b in batches.items():
+            self._rtnl[node].check(b, "nexthops")
+
     def _ipr_of(self, name: str) -> Any:
         """A pyroute2 IPRoute in ``name``'s namespace, for the caller's immediate use: at most
         :data:`IPR_CACHE` stay open, the least recently used is closed."""
@@ -820,6 +850,8 @@ class Emulation:
                     self._forget_routes_via(node, l)
         for node, b in batches.items():
             self._rtnl[node].check(b, "link up" if up else "link down")
+        if up:
+            self._make_nexthops(links[peer[links] >= 0])
 
     def _pairs_down(self, pairs: list[tuple[int, int]]) -> None:
         """Set both ends of the ``(link, pair)`` veth pairs down (pairs handed over from: the routes
@@ -1026,8 +1058,12 @@ class Emulation:
         first = np.argmax(valid, axis=1)  # the one valid next hop of a single-hop route
         k_add = np.flatnonzero(single)
         k_del = np.flatnonzero(delete)
-        add_msgs = rtnl.route_msgs(pfx[k_add], plen[k_add], gw[k_add, first[k_add]], oif[k_add, first[k_add]],
-                                   src[k_add], _CREATE)
+        if self._use_nh:
+            lk = lc[k_add, first[k_add]]
+            add_msgs = rtnl.route_nh_msgs(pfx[k_add], plen[k_add], nexthop_id(lk, e.pair[lk]), src[k_add], _CREATE)
+        else:
+            add_msgs = rtnl.route_msgs(pfx[k_add], plen[k_add], gw[k_add, first[k_add]], oif[k_add, first[k_add]],
+                                       src[k_add], _CREATE)
         del_msgs = rtnl.route_del_msgs(pfx[k_del], plen[k_del])
         # everything else (multipath routes, routes without a prefix length or source): one at a time
         slow = np.flatnonzero((add & ~single) | (~add & installed & ~packable)).tolist()
@@ -1101,6 +1137,12 @@ class _Moves:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
+
+
+def nexthop_id(link: Any, pair: Any) -> Any:
+    """Id of the nexthop object through veth pair ``pair`` of link slot ``link`` in the namespace of either
+    end (ids are per namespace; a namespace holds at most one end of a pair). Scalars or arrays."""
+    return 1 + 2 * np.asarray(link, np.int64) + np.asarray(pair, np.int64)
 
 
 def _ms(t0: float) -> float:

@@ -48,6 +48,7 @@ RTM_DELROUTE = 25
 RTM_NEWQDISC = 36
 RTM_NEWTCLASS = 40
 RTM_NEWTFILTER = 44
+RTM_NEWNEXTHOP = 104
 TCA_KIND = 1
 TCA_OPTIONS = 2
 TCA_BPF_FD = 6
@@ -79,6 +80,10 @@ RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PREFSRC = 7
 RTA_MULTIPATH = 9
+RTA_NH_ID = 30
+NHA_ID = 1
+NHA_OIF = 5
+NHA_GATEWAY = 6
 RT_TABLE_MAIN = 254
 #: Protocol number of the routes satnetem installs ("proto 4"/static in ``ip route``).
 RTPROT_STATIC = 4
@@ -90,6 +95,7 @@ _HDR = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_NHMSG = struct.Struct("=BBBBI")  # struct nhmsg: family, scope, protocol, reserved, flags
 _TCMSG = struct.Struct("=BxxxIIII")  # struct tcmsg: family, ifindex (int, sent as its u32 bits), handle, parent, info
 _RTNH = struct.Struct("=HBBi")  # struct rtnexthop: len, flags, hops (weight - 1), ifindex
 _BATCH = 256
@@ -165,6 +171,13 @@ def route_body(dst: int, dst_len: int, gateway: int, oif: int, prefsrc: int = 0)
     return body
 
 
+def nexthop_body(nh_id: int, gateway: int, oif: int) -> bytes:
+    """RTM_NEWNEXTHOP payload: nexthop object ``nh_id`` = ``via gateway dev oif`` (IPv4). The kernel
+    removes it, and every route using it, when the device goes down or loses its carrier."""
+    return (_NHMSG.pack(socket.AF_INET, 0, RTPROT_STATIC, 0, 0) + _u32(NHA_ID, nh_id)
+            + _ip(NHA_GATEWAY, gateway) + _u32(NHA_OIF, oif))
+
+
 def multipath_route_body(dst: int, dst_len: int, hops: list[tuple[int, int]], prefsrc: int = 0) -> bytes:
     """RTM_NEWROUTE payload: ``dst/dst_len nexthop via gw1 dev oif1 nexthop via gw2 dev oif2 ...``
     (equal weights) in the main table; ``hops`` is [(gateway, oif), ...], at least one."""
@@ -224,7 +237,11 @@ ROUTE_MSG = np.dtype(_NLMSGHDR + _RTMSG_FIELDS
                         ("oif_hdr", "=u4"), ("oif", "=u4"), ("src_hdr", "=u4"), ("src", ">u4")])
 #: RTM_DELROUTE ``dst/len``: the layout :func:`route_del_body` produces.
 ROUTE_DEL_MSG = np.dtype(_NLMSGHDR + _RTMSG_FIELDS + [("dst_hdr", "=u4"), ("dst", ">u4")])
-assert ROUTE_MSG.itemsize == 60 and ROUTE_DEL_MSG.itemsize == 36
+#: RTM_NEWROUTE ``dst/len nhid id src prefsrc``: through a nexthop object (:func:`nexthop_body`).
+ROUTE_NH_MSG = np.dtype(_NLMSGHDR + _RTMSG_FIELDS
+                        + [("dst_hdr", "=u4"), ("dst", ">u4"), ("nh_hdr", "=u4"), ("nh_id", "=u4"),
+                           ("src_hdr", "=u4"), ("src", ">u4")])
+assert ROUTE_MSG.itemsize == 60 and ROUTE_DEL_MSG.itemsize == 36 and ROUTE_NH_MSG.itemsize == 52
 
 
 def _attr_hdr(kind: int, payload_len: int) -> int:
@@ -266,6 +283,36 @@ def route_msgs(dst: np.ndarray, dst_len: np.ndarray, gateway: np.ndarray, oif: n
     m["gw"] = gateway
     m["oif_hdr"] = _attr_hdr(RTA_OIF, 4)
     m["oif"] = oif
+    m["src_hdr"] = _attr_hdr(RTA_PREFSRC, 4)
+    m["src"] = prefsrc
+    return m
+
+
+def route_nh_msgs(dst: np.ndarray, dst_len: np.ndarray, nh_id: np.ndarray, prefsrc: np.ndarray,
+                  flags: int = NLM_F_CREATE | NLM_F_REPLACE) -> np.ndarray:
+    """RTM_NEWROUTE messages (sequence numbers 0) for many single-next-hop routes through nexthop
+    objects: ``dst/dst_len nhid nh_id src prefsrc`` (dst_len > 0, prefsrc != 0), shape (n,), dtype
+    :data:`ROUTE_NH_MSG`.
+
+    A route through a nexthop object shares the object's per-CPU route caches: the kernel finds the
+    route's fib_info among the existing ones instead of allocating and freeing those caches for every
+    route given by gateway and device (1.7 against 3.6 us per changed route, one namespace, kernel 6.18).
+    """
+    n = len(dst)
+    m = np.zeros(n, ROUTE_NH_MSG)
+    m["nlmsg_len"] = ROUTE_NH_MSG.itemsize
+    m["nlmsg_type"] = RTM_NEWROUTE
+    m["nlmsg_flags"] = flags | NLM_F_REQUEST | NLM_F_ACK
+    m["rtm_family"] = socket.AF_INET
+    m["rtm_dst_len"] = dst_len
+    m["rtm_table"] = RT_TABLE_MAIN
+    m["rtm_protocol"] = RTPROT_STATIC
+    m["rtm_scope"] = RT_SCOPE_UNIVERSE
+    m["rtm_type"] = RTN_UNICAST
+    m["dst_hdr"] = _attr_hdr(RTA_DST, 4)
+    m["dst"] = dst
+    m["nh_hdr"] = _attr_hdr(RTA_NH_ID, 4)
+    m["nh_id"] = nh_id
     m["src_hdr"] = _attr_hdr(RTA_PREFSRC, 4)
     m["src"] = prefsrc
     return m

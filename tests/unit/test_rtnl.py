@@ -30,3 +30,44 @@ def test_route_del_msgs_match_route_del_body():
         raw = msgs[i].tobytes()
         assert raw[16:] == rtnl.route_del_body(int(dst[i]), int(dst_len[i]))
         assert int.from_bytes(raw[4:6], "little") == rtnl.RTM_DELROUTE
+
+
+def _attrs(raw: bytes, off: int) -> dict[int, bytes]:
+    """Netlink attributes from ``off`` on: {type: payload} (struct rtattr, 4-byte aligned)."""
+    out = {}
+    while off + 4 <= len(raw):
+        length, kind = int.from_bytes(raw[off:off + 2], "little"), int.from_bytes(raw[off + 2:off + 4], "little")
+        assert length >= 4
+        out[kind] = raw[off + 4:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def test_route_nh_msgs_carry_destination_nexthop_id_and_source():
+    """Decoded field by field against <linux/rtnetlink.h>: rtmsg after the header, then RTA_DST (1),
+    RTA_NH_ID (30, native u32) and RTA_PREFSRC (7), addresses in network order."""
+    dst = np.array([0x0A400001, 0x0A800000])
+    dst_len = np.array([32, 24])
+    nh = np.array([7, 123457])
+    src = np.array([0x0AFF0001, 0x0AFF0002])
+    msgs = rtnl.route_nh_msgs(dst, dst_len, nh, src)
+    for i in range(2):
+        raw = msgs[i].tobytes()
+        assert int.from_bytes(raw[:4], "little") == len(raw)
+        assert int.from_bytes(raw[4:6], "little") == 24  # RTM_NEWROUTE
+        family, d_len, _sl, _tos, table, proto, scope, rtype = raw[16:24]
+        assert (family, d_len, table, scope, rtype) == (2, dst_len[i], 254, 0, 1)  # AF_INET, main, universe, unicast
+        a = _attrs(raw, 28)
+        assert set(a) == {1, 30, 7}
+        assert int.from_bytes(a[1], "big") == dst[i]
+        assert int.from_bytes(a[30], "little") == nh[i]
+        assert int.from_bytes(a[7], "big") == src[i]
+
+
+def test_nexthop_body_is_an_ipv4_gateway_on_a_device():
+    raw = rtnl.nexthop_body(42, 0x0A000001, 17)
+    assert raw[0] == 2  # nhmsg.nh_family = AF_INET
+    a = _attrs(raw, 8)
+    assert int.from_bytes(a[1], "little") == 42  # NHA_ID
+    assert int.from_bytes(a[6], "big") == 0x0A000001  # NHA_GATEWAY
+    assert int.from_bytes(a[5], "little") == 17  # NHA_OIF
