@@ -27,11 +27,6 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def netns_path(pid: int) -> str:
-    """Path of the network namespace of process ``pid``."""
-    return f"/proc/{pid}/ns/net"
-
-
 @contextlib.contextmanager
 def entered(path: str, node: str | None = None) -> Iterator[None]:
     """Run the body inside the network namespace at ``path`` (a /proc/PID/ns/net or a bind mount).

@@ -1,18 +1,15 @@
-"""Probes: real measurement traffic started inside the emulated nodes, and their results parsed.
+"""Ping's output parsed into samples.
 
-Ping runs as ``ping -D -n -i INTERVAL -w DURATION ADDRESS`` inside the source node's namespace; each
-reply line carries a wall-clock timestamp, so every sample can be matched to the timeline step that
-was live when it was sent.
+:mod:`emulator.flows` runs ``ping -D -n -i INTERVAL ...`` inside the source node's namespace; each reply
+line carries a wall-clock timestamp, so every sample can be matched to the timeline step that was live
+when it was sent.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -55,39 +52,3 @@ def parse_ping(text: str, start_unix_s: float, interval_s: float, count: int | N
     t = np.array([got[s][0] if s in got else start_unix_s + (s - 1) * interval_s for s in seqs])
     rtt = np.array([got[s][1] if s in got else np.nan for s in seqs])
     return PingSamples(t, seqs, rtt)
-
-
-class PingProbe:
-    """One ping flow between two emulated nodes, writing its raw output to ``out``."""
-
-    def __init__(self, node, src: str, dst: str, address: str, rate_pps: float, duration_s: float,
-                 out: Path) -> None:
-        self.src, self.dst, self.address = src, dst, address
-        self.interval_s = 1.0 / rate_pps
-        self.duration_s = duration_s
-        self.out = out
-        self._file = open(out, "w")
-        argv = ["ping", "-D", "-n", "-i", f"{self.interval_s:.3f}", "-w", f"{max(1, round(duration_s))}",
-                "-W", "1", address]
-        self.started_unix_s = time.time()
-        self.proc = node.popen(argv, stdout=self._file, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout_s: float) -> None:
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._file.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)  # SIGINT: ping prints its statistics
-        self.wait(3)
-
-    def samples(self) -> PingSamples:
-        return parse_ping(self.out.read_text(errors="replace"), self.started_unix_s, self.interval_s)

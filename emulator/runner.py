@@ -125,14 +125,6 @@ def _require_root() -> None:
         raise SatnetemError("this command builds network namespaces and needs root: run it with sudo")
 
 
-def predicted_rtt_ms(tl: Timeline, src: str, dst: str) -> np.ndarray:
-    """(n_steps,) RTT along the shortest-delay path both ways, NaN where unreachable."""
-    from routing.paths import path_delays_ms
-
-    a, b = tl.node_index(src), tl.node_index(dst)
-    return path_delays_ms(tl, a, b) + path_delays_ms(tl, b, a)
-
-
 def _stats(x: np.ndarray) -> dict[str, float | None]:
     x = x[np.isfinite(x)]
     if not len(x):

@@ -746,9 +746,3 @@ def usable_spare(topo: IslTopology, state: NDArray[np.uint8], n_sats: int) -> ND
     dead = np.isin(state, dead_states).all(axis=1) & ~(topo.seam | topo.dropped)
     np.add.at(spare, topo.pairs[dead].ravel(), 1)
     return spare
-
-
-def reason_counts(state: NDArray[np.uint8]) -> dict[str, int]:
-    """Link-steps per reason label (for reports), e.g. ``{"up": 1200, "polar": 40}``."""
-    counts = np.bincount(state.ravel(), minlength=len(Reason))
-    return {Reason(i).label: int(c) for i, c in enumerate(counts) if c}

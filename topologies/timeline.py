@@ -259,12 +259,6 @@ class Timeline:
     def time_of(self, step: int) -> datetime:
         return self.start + timedelta(seconds=step * self.step_s)
 
-    def link_label(self, link: int, step: int = 0) -> str:
-        a = self.nodes[int(self.link_a[link])].name
-        p = int(self.peer[link, step])
-        b = self.nodes[p].name if p >= 0 else "-"
-        return f"{a}~{b}"
-
     # --- snapshots and diffs -----------------------------------------------------------------
     def snapshot(self, step: int) -> Snapshot:
         if not 0 <= step < self.n_steps:

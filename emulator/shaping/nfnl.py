@@ -127,10 +127,6 @@ def attr_be32(atype: int, value: int) -> bytes:
     return attr(atype, struct.pack(">I", value & 0xFFFFFFFF))
 
 
-def attr_be16(atype: int, value: int) -> bytes:
-    return attr(atype, struct.pack(">H", value))
-
-
 def nfmsg(subsys: int, msg: int, flags: int, seq: int, family: int, res_id: int, body: bytes) -> bytes:
     """One nfnetlink message: nlmsghdr + nfgenmsg(family, v0, res_id big endian) + attributes."""
     payload = _NFGENMSG.pack(family, 0, socket.htons(res_id)) + body
