@@ -407,7 +407,8 @@ class Scenario:
 
     def isl_config(self):
         from .isl import IslConfig
-        return _build_from(IslConfig, self.isl, _Ctx(self.source, None), "isl")
+        # pointing outages are drawn from [isl] seed, which defaults to the scenario's seed
+        return _build_from(IslConfig, {"seed": self.seed} | self.isl, _Ctx(self.source, None), "isl")
 
     def gsl_config(self):
         from .gsl import GslConfig

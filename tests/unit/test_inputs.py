@@ -222,3 +222,21 @@ def test_error_keys_are_not_doubled():
 def test_examples_still_load():
     for f in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.toml")):
         parse_scenario(f.read_text(), str(f))
+
+
+def test_scenario_seed_draws_the_pointing_outages_unless_isl_seed_is_given():
+    # before: the scenario's seed reached only home-PoP draws; outages always used [isl] seed = 0
+    from topologies.plan import plan_scenario
+    from topologies.timeline import Reason
+
+    with_outages = BASE.replace("duration_s = 5", "duration_s = 120") + \
+        "\n[isl]\noutage_mtbf_s = 120.0\noutage_mean_duration_s = 10.0\nacquisition_s = 0.0\n"
+
+    def outages(text: str):
+        return plan_scenario(parse_scenario(text, "x.toml")).state == Reason.OUTAGE
+
+    seed7 = outages(with_outages)
+    assert seed7.any()
+    # the same draw as naming seed 7 in [isl] on a scenario of another seed
+    assert (seed7 == outages(with_outages.replace("seed = 7", "seed = 1") + "seed = 7\n")).all()
+    assert (seed7 != outages(with_outages.replace("seed = 7", "seed = 8"))).any()
