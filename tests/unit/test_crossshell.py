@@ -271,6 +271,32 @@ def test_five_terminals_are_a_full_grid_plus_one_cross_shell(tmp_path):
         assert per_sat.max() <= 1
 
 
+def test_the_first_step_pairs_every_terminal_that_can_be_paired(tmp_path):
+    """A warm start: at step 0 no two satellites of different shells that both still have a free terminal
+    could have been joined for the hold window (checked pair by pair with the test's own geometry). One
+    round of partner search left such pairs to start later, each after an acquisition."""
+    tl = plan(tmp_path, terminals=5)
+    sats = tl.nodes_of("sat")
+    n_sat = len(sats)
+    xs = cross_slots(tl)
+    busy = tl.peer[xs, 0] >= 0
+    used = np.bincount(np.concatenate([tl.link_a[xs][busy], tl.peer[xs, 0][busy]]), minlength=n_sat)
+    assert used.max() <= 1 and busy.sum() > 0
+    shell = np.array([0 if tl.nodes[i].info.get("shell", 0) == 0 else 1 for i in sats])
+    free_a = [i for i in range(n_sat) if used[i] == 0 and shell[i] == 0]
+    free_b = [i for i in range(n_sat) if used[i] == 0 and shell[i] == 1]
+    hold = steps_for(MIN_HOLD_S, STEP_S)
+    r, v = states_at(tl, [k * STEP_S for k in range(hold + 1)])
+    joinable = []
+    for a in free_a:
+        for b in free_b:
+            if np.linalg.norm(r[b, 0] - r[a, 0]) > 6000.0:  # beyond any range limit here (~5,000 km)
+                continue
+            if all(feasible(r, v, a, b, k, 550.0, 570.0)[0] for k in range(hold)):
+                joinable.append((tl.nodes[sats[a]].name, tl.nodes[sats[b]].name))
+    assert not joinable, f"{len(joinable)} pairs left unjoined at step 0, e.g. {joinable[:3]}"
+
+
 # --- the emulator's view ----------------------------------------------------------------------
 def test_cross_shell_slots_get_a_spare_pair_and_unique_names(two_shells, tmp_path):
     tl = two_shells
