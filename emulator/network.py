@@ -258,7 +258,7 @@ class Emulation:
         t0 = time.perf_counter()
         try:
             self.needs = budget.needs(self.n_nodes, self.timeline.n_links + len(self._antennas),
-                                      str(getattr(self.shaper, "name", "?")))
+                                      str(getattr(self.shaper, "name", "?")), route_worker=self._use_worker)
             budget.check(self.needs)  # refuses in one line, before anything exists
             _raise_fd_limit(max(self.needs.fds_all_open, self.needs.shaper_fds))
             before = budget.descendants()

@@ -45,7 +45,7 @@ class RunNeeds:
     nodes: int
     veth_pairs: int
     shaper: str
-    processes: int  #: started by the build: the namespace holder and the shaper's daemons
+    processes: int  #: started by the build: the namespace holder, the route worker, the shaper's daemons
     ptys: int  #: opened by the build (a node's shell, on a pty, starts only when asked for)
     fds_min: int  #: open-file limit the runner needs at least (sockets reopened as needed above it)
     fds_all_open: int  #: open-file limit under which every namespace's socket stays open (fastest steps)
@@ -65,7 +65,7 @@ class RunNeeds:
 
 
 def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", nofile: int | None = None,
-          cores: int | None = None) -> RunNeeds:
+          cores: int | None = None, route_worker: bool = True) -> RunNeeds:
     """What building ``n_nodes`` namespaces joined by ``n_veth_pairs`` veth pairs needs.
 
     Parameters
@@ -79,6 +79,8 @@ def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", nofile: in
         how many shards the delay daemon needs.
     cores : int, optional
         CPU cores (default: this machine's): the delay daemon starts at least one shard per core.
+    route_worker : bool
+        Routes are computed in a forked child (:mod:`emulator.routeworker`; not with routing daemons).
     """
     from emulator.rtnl import FDS_RESERVED, MIN_SOCKETS, socket_budget
 
@@ -99,7 +101,7 @@ def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", nofile: in
         shaper_fds = min(-(-n_nodes // shaper_procs), per) + FD_MARGIN
     kb = n_nodes * NAMESPACE_KB + n_veth_pairs * VETH_PAIR_KB
     return RunNeeds(nodes=n_nodes, veth_pairs=n_veth_pairs, shaper=shaper,
-                    processes=1 + shaper_procs, ptys=0,
+                    processes=1 + int(route_worker) + shaper_procs, ptys=0,
                     fds_min=FDS_RESERVED + MIN_SOCKETS,
                     fds_all_open=_all_open(n_nodes),
                     shaper_fds=int(shaper_fds), kernel_mb=kb / 1024)

@@ -21,15 +21,17 @@ def test_socket_budget_leaves_a_reserve_and_never_drops_below_the_minimum():
 def test_needs_of_the_2019_shells_and_the_2026_set():
     # 4,408 satellites + 100 gateways + 2 hosts; a veth pair per link slot and a spare per antenna
     n = budget.needs(4510, 9000 + 100 + 100 + 2, "userspace", nofile=20_000, cores=2)
-    assert n.processes == 3 and n.ptys == 0  # the holder and a delay daemon shard per core, nothing per node
+    # the holder, the route worker and a delay daemon shard per core, nothing per node
+    assert n.processes == 4 and n.ptys == 0
     assert n.fds_min == FDS_RESERVED + MIN_SOCKETS
     assert socket_budget(n.fds_all_open) >= 4510 > socket_budget(n.fds_all_open - 1)
     assert n.shaper_fds == 2255 + 32  # a queue socket per namespace, spread over the two shards
     assert n.kernel_mb == pytest.approx((4510 * 400 + 9202 * 160) / 1024)
     # all 10,744 satellites under 4,096 open files: the daemon needs a third shard, each under the limit
     big = budget.needs(10_744, 30_000, "userspace", nofile=4096, cores=2)
-    assert big.processes == 1 + 3 and big.shaper_fds <= 4096
-    assert budget.needs(10_744, 30_000, "netem", nofile=4096).processes == 1
+    assert big.processes == 2 + 3 and big.shaper_fds <= 4096
+    assert budget.needs(10_744, 30_000, "netem", nofile=4096).processes == 2
+    assert budget.needs(10_744, 30_000, "netem", nofile=4096, route_worker=False).processes == 1  # daemons
 
 
 @pytest.mark.parametrize("limits, key", [
@@ -49,5 +51,5 @@ def test_check_refuses_in_one_line(limits, key):
 
 def test_describe_names_every_figure():
     line = budget.needs(100, 250, "userspace", nofile=4096, cores=2).describe()
-    for part in ("3 processes", "0 ptys", "open-file limit >= 528", "100 namespaces", "250 veth pairs"):
+    for part in ("4 processes", "0 ptys", "open-file limit >= 528", "100 namespaces", "250 veth pairs"):
         assert part in line, line
