@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import select
 import socket
 import struct
 import threading
@@ -378,7 +379,7 @@ def socket_budget(nofile: int | None = None) -> int:
 class _Conn:
     """The socket of one namespace, shared by every :class:`Rtnl` handle on that path; open or closed."""
 
-    __slots__ = ("path", "node", "sock", "seq", "lock", "refs", "opens")
+    __slots__ = ("path", "node", "sock", "seq", "lock", "refs", "opens", "held")
 
     def __init__(self, path: str, node: str | None) -> None:
         self.path, self.node = path, node
@@ -387,6 +388,7 @@ class _Conn:
         self.lock = threading.RLock()  # held while the socket is in use (and while it is opened or closed)
         self.refs = 0
         self.opens = 0
+        self.held = False  # its lock is held across calls (run_packed_many): never closed by the pool then
 
 
 class _Pool:
@@ -442,12 +444,12 @@ class _Pool:
             limit = self.limit if self.limit is not None else socket_budget()
             self._cap = limit
             excess = len(self.open) - limit
-            victims = []
+            victims: list[_Conn] = []
             if excess > 0:
                 for v in self.open.values():
                     if len(victims) == excess:
                         break
-                    if v is not c and v.lock.acquire(blocking=False):  # in use elsewhere: not this one
+                    if v is not c and not v.held and v.lock.acquire(blocking=False):  # not in use anywhere
                         victims.append(v)
                 for v in victims:
                     del self.open[v.path]
@@ -498,9 +500,58 @@ def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
     buf = memoryview(msgs.tobytes())
     failures: list[tuple[int, int, int]] = []
     bounds = (np.asarray(starts, np.int64) * size).tolist()
-    for i, (h, lo, hi) in enumerate(zip(handles, bounds[:-1], bounds[1:])):
-        h.send_raw(buf[lo:hi], size, ignore, failures, i)
+    items = list(enumerate(zip(handles, bounds[:-1], bounds[1:])))
+    for k in range(0, len(items), _POLL_GROUP):
+        _send_group(items[k:k + _POLL_GROUP], buf, size, ignore, failures)
     return failures
+
+
+#: Namespaces sent to before one poll for error reports (their sockets are held open meanwhile).
+_POLL_GROUP = 512
+
+
+def _send_group(items: list[tuple[int, tuple[Rtnl, int, int]]], buf: memoryview, size: int,
+                ignore: tuple[int, ...], failures: list[tuple[int, int, int]]) -> None:
+    """Send each handle its slice, then read error reports only from the sockets a single ``poll`` finds
+    readable: a read per namespace that finds nothing (EAGAIN) cost 3.3 us of the ~15 us a namespace takes."""
+    held: list[tuple[_Conn | None, socket.socket, int]] = []
+    step = _BATCH * size
+    try:
+        for i, (h, lo, hi) in items:
+            c = h._conn
+            if c is None:
+                sock = h._own_sock()
+            else:
+                c.lock.acquire()
+                c.held = True
+                try:
+                    sock = POOL.sock(c)
+                except BaseException:
+                    c.held = False
+                    c.lock.release()
+                    raise
+            held.append((c, sock, i))
+            if hi - lo > step:  # more than a batch: reports read between batches (the receive buffer is finite)
+                Rtnl._send_raw(sock, buf[lo:hi], size, ignore, failures, i)
+            else:
+                sock.sendall(buf[lo:hi])
+        poller = select.poll()
+        by_fd = {}
+        for _c, sock, i in held:
+            poller.register(sock, select.POLLIN | select.POLLERR)
+            by_fd[sock.fileno()] = (sock, i)
+        for fd, _ev in poller.poll(0):
+            sock, i = by_fd[fd]
+            for seq, err in Rtnl._drain(sock):
+                if seq < 0:
+                    failures.append((-1, err, i))
+                elif err not in ignore:
+                    failures.append((seq - 1, err, i))
+    finally:
+        for c, _sock, _i in held:
+            if c is not None:
+                c.held = False
+                c.lock.release()
 
 
 #: The process's namespace sockets: the emulator's and the shapers' handles on one namespace share one.
@@ -657,18 +708,6 @@ class Rtnl:
                     if err < 0:
                         out.append((seq, -err))
                 off += (length + 3) & ~3
-
-    def send_raw(self, buf: memoryview, size: int, ignore: tuple[int, ...],
-                 failures: list[tuple[int, int, int]], tag: int) -> None:
-        """Send ``buf``, whole messages of ``size`` bytes without NLM_F_ACK, each numbered with its row +
-        1 (:func:`run_packed_many`), and append its failures to ``failures`` as (row, errno, ``tag``);
-        row -1: error reports lost (ENOBUFS)."""
-        c = self._conn
-        if c is None:
-            self._send_raw(self._own_sock(), buf, size, ignore, failures, tag)
-            return
-        with c.lock:
-            self._send_raw(POOL.sock(c), buf, size, ignore, failures, tag)
 
     @classmethod
     def _send_raw(cls, sock: socket.socket, buf: memoryview, size: int, ignore: tuple[int, ...],

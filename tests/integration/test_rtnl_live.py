@@ -1,0 +1,76 @@
+"""Routes sent without acknowledgements, many namespaces per call (emulator/rtnl.run_packed_many): every
+failure comes back with its row and namespace, whatever the batch it was in, and what succeeded is in
+the kernel (read back with `ip route`, not through the product)."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from emulator import rtnl
+
+pytestmark = pytest.mark.root
+
+
+def ip(s: str) -> int:
+    return int(ipaddress.IPv4Address(s))
+
+
+@pytest.fixture
+def two_namespaces():
+    names = [f"t-rtnl-{os.getpid()}-{k}" for k in range(2)]
+    try:
+        for n in names:
+            subprocess.run(["ip", "netns", "add", n], check=True)
+            for cmd in (["link", "add", "a0", "type", "veth", "peer", "name", "b0"],
+                        ["addr", "add", "10.0.0.1/24", "dev", "a0"], ["addr", "add", "10.9.0.1/32", "dev", "lo"],
+                        ["link", "set", "a0", "up"], ["link", "set", "b0", "up"], ["link", "set", "lo", "up"]):
+                subprocess.run(["ip", "-n", n, *cmd], check=True)
+        yield names
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], check=False)
+
+
+def routes_in(ns: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", ns, "-4", "route", "show", "proto", "static"], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines()}
+
+
+def test_failures_come_back_with_row_and_namespace(two_namespaces):
+    ns0, ns1 = two_namespaces
+    ifindex = [int(subprocess.run(["ip", "-n", n, "-o", "link", "show", "a0"], capture_output=True, text=True,
+                                  check=True).stdout.split(":")[0]) for n in two_namespaces]
+    # ns0: 3 routes then, after more than one batch (_BATCH = 256), one via a gateway off every subnet;
+    # ns1: 2 good routes and one bad
+    n0 = 600
+    dst = [ip("172.16.0.0") + 256 * k for k in range(n0)] + [ip("172.20.0.0"), ip("172.20.1.0"), ip("172.20.2.0")]
+    gw = [ip("10.0.0.2")] * n0 + [ip("10.0.0.2"), ip("192.0.2.7"), ip("10.0.0.3")]
+    bad = {n0 - 1: 0, n0 + 1: 1}  # row -> handle index
+    gw[n0 - 1] = ip("198.51.100.1")
+    oif = [ifindex[0]] * n0 + [ifindex[1]] * 3
+    n = len(dst)
+    msgs = rtnl.route_msgs(np.array(dst), np.full(n, 24), np.array(gw), np.array(oif), np.full(n, ip("10.9.0.1")))
+    handles = [rtnl.Rtnl(f"/run/netns/{ns}", ns) for ns in two_namespaces]
+    try:
+        fails = rtnl.run_packed_many(handles, msgs, np.array([0, n0, n]))
+        assert {(row, tag) for row, _err, tag in fails} == set(bad.items())
+        assert {err for _row, err, _tag in fails} == {errno.ENETUNREACH}
+        want0 = {f"{ipaddress.IPv4Address(d)}/24" for k, d in enumerate(dst[:n0]) if k not in bad}
+        want1 = {f"{ipaddress.IPv4Address(d)}/24" for k, d in enumerate(dst[n0:], n0) if k not in bad}
+        assert routes_in(ns0) == want0 and routes_in(ns1) == want1
+        # deletes: one that exists, one that does not (ESRCH, ignored when asked)
+        dels = rtnl.route_del_msgs(np.array([dst[0], ip("172.31.0.0")]), np.array([24, 24]))
+        assert [(r, e) for r, e, _ in rtnl.run_packed_many([handles[0]], dels.copy(), np.array([0, 2]))] \
+            == [(1, errno.ESRCH)]
+        assert rtnl.run_packed_many([handles[0]], dels, np.array([0, 2]), ignore=(errno.ESRCH, )) == []
+        assert f"{ipaddress.IPv4Address(dst[0])}/24" not in routes_in(ns0)
+    finally:
+        for h in handles:
+            h.close()
