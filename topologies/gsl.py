@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_SLOT_OFFSET_S", "POLICIES", "GroundSite", "GslConfig", "GslResult", "gsl_assign",
            "handover_gaps", "link_gap_ms", "reconfiguration_boundaries", "satellite_changes"]
 
-POLICIES = ("highest-elevation", "longest-visibility", "nearest")
+POLICIES = ("highest-elevation", "longest-visibility", "nearest", "spread")
 SATELLITE_CHOICES = ("meshed", "any")
 
 #: Seconds after each multiple of the slot length (counted from UTC midnight) at which Starlink's
@@ -56,9 +56,14 @@ class GslConfig:
     policy : str
         ``"highest-elevation"``: the satellite highest in the sky. ``"nearest"``: the shortest slant
         range (differs from the former across shells of different altitude). ``"longest-visibility"``:
-        the satellite that stays above the mask longest from now on; kept until it sets.
+        the satellite that stays above the mask longest from now on; kept until it sets. ``"spread"``: the
+        antennas of a site spread over the sky, so that whichever way the routes leave the site one antenna
+        holds a satellite that way (:func:`gsl_assign` gives the rule); with one antenna it is
+        highest-elevation.
     hysteresis_deg : float
         highest-elevation: leave a still-visible satellite only for one higher by more than this, deg.
+        spread: leave a still-visible satellite only for one whose least angle to the site's other
+        antennas' satellites is larger by more than this, deg.
     hysteresis_km : float
         nearest: leave a still-visible satellite only for one nearer by more than this, km.
     acquisition_s : float
@@ -332,6 +337,56 @@ def _steps_to_next(boundary: NDArray[np.bool_]) -> NDArray[np.int64]:
     return nb - idx
 
 
+def _spread_step(cur: list[int], k: int, use_k: NDArray[np.bool_], keep: NDArray[np.int64],
+                 rel: NDArray[np.float64], rng: NDArray[np.float64], sin_el: NDArray[np.float64],
+                 covers: NDArray[np.bool_] | None, hysteresis_deg: float) -> None:
+    """One decision step of the ``"spread"`` policy for one site, in place on ``cur`` (column positions of the
+    antennas' satellites, -1 for none); the rule is in :func:`gsl_assign`'s notes.
+
+    ``rel`` (n_t, n_cand, 3) km are the vectors from the site to its screened candidates, ``keep`` the
+    candidates that are ever visible (the columns), ``rng`` and ``sin_el`` (n_t, n_cols) their ranges and
+    elevation sines, ``covers`` (n_t, n_cols) whether each stays usable to the end of the slot (None: no
+    slot grid)."""
+    vis = np.flatnonzero(use_k)
+    if not len(vis):
+        cur[:] = [-1] * len(cur)
+        return
+    # directions from the site to the usable satellites, and the cosines of the angles between them
+    u = rel[k, keep[vis]] / rng[k, vis][:, None]
+    cos = np.clip(u @ u.T, -1.0, 1.0)  # (n_vis, n_vis); a few tens of satellites in view
+    row = {int(c): i for i, c in enumerate(vis.tolist())}
+    pref = covers[k, vis] if covers is not None else np.ones(len(vis), bool)
+    for j, c in enumerate(cur):
+        if c >= 0 and c not in row:
+            c = cur[j] = -1  # lost since the last step: no longer usable
+        held = [row[o] for i, o in enumerate(cur) if i != j and o >= 0 and o in row]
+        free = np.ones(len(vis), bool)
+        free[held] = False
+        if not free.any():
+            cur[j] = -1
+            continue
+        # cover the slot first (as _COVER_BONUS does for the other policies)
+        pool = free & pref if (free & pref).any() else free
+        if held:
+            worst = cos[:, held].max(axis=1)  # cosine of the least angle to the other antennas' satellites
+            b = int(np.argmin(np.where(pool, worst, np.inf)))
+        else:
+            worst = -sin_el[k, vis]  # nothing to spread from: the highest satellite
+            b = int(np.argmin(np.where(pool, worst, np.inf)))
+        if c < 0:
+            cur[j] = int(vis[b])
+            continue
+        rc = row[c]
+        if pref[b] != pref[rc]:
+            cur[j] = int(vis[b]) if pref[b] else c
+        elif held:
+            gain_deg = math.degrees(math.acos(worst[b]) - math.acos(worst[rc]))
+            cur[j] = int(vis[b]) if gain_deg > hysteresis_deg else c
+        else:
+            gain_deg = math.degrees(math.asin(min(1.0, sin_el[k, vis[b]])) - math.asin(min(1.0, sin_el[k, c])))
+            cur[j] = int(vis[b]) if gain_deg > hysteresis_deg else c
+
+
 def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = None,
                coarse_s: float = 30.0, meshed: NDArray[np.bool_] | None = None,
                site_mask: Callable[[int, NDArray[np.float64], NDArray[np.bool_]], NDArray[np.bool_]] | None = None,
@@ -372,6 +427,19 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
     -------
     GslResult
         Link slots ordered by site, then antenna.
+
+    Notes
+    -----
+    Policy ``"spread"``: at each step where antennas may change (every step, or each slot boundary), the
+    antennas of a site are visited in order; each takes, among the usable satellites the site's other
+    antennas do not hold, the one whose direction from the site makes the largest least angle with the
+    directions of the satellites the other antennas hold (a greedy max-min, i.e. farthest-point,
+    selection; with no other antenna holding one, the highest satellite). It keeps its current satellite
+    unless that best one improves the least angle by more than ``cfg.hysteresis_deg``; on a slot grid a
+    satellite that stays usable for the whole slot is preferred first, as for every policy. From an empty
+    start this gives one antenna near the zenith and the others round the edge of the visible cap, each a
+    different way: highest-elevation instead gives the few highest satellites, bunched overhead, and a route
+    leaving towards a far site must then cross the laser grid from there.
     """
     cfg = cfg or GslConfig()
     sites = tuple(sites)
@@ -437,7 +505,9 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
             # a satellite that reaches nothing onwards still beats none: last, nearest first
             onward = np.where(np.isfinite(onward), onward, 1e6)
             score = -(rng / C_KM_S * 1000.0 + onward)
-        elif cfg.policy == "highest-elevation":
+        elif cfg.policy in ("highest-elevation", "spread"):
+            # spread with several antennas ranks by the angles between them, step by step in _spread_step;
+            # with one antenna it is highest-elevation
             score = sin_el.copy()
         elif cfg.policy == "nearest":
             score = -rng
@@ -458,7 +528,10 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         if n_cols == 0:
             row += a
             continue
-        if a == 1:
+        spread = site_cost_ms is None and cfg.policy == "spread" and a > 1
+        if spread:
+            top = np.zeros((n_t, 0), np.int64)  # not used: _spread_step decides
+        elif a == 1:
             top = np.argmax(score, axis=1)[:, None]
         else:
             k = min(a, n_cols)
@@ -476,6 +549,14 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
         for k in range(n_t):
             use_k = usable[k]
             decide = not slotted or boundary_l[k]
+            if spread:
+                if decide:
+                    _spread_step(cur, k, use_k, keep, rel, rng, sin_el, covers if slotted else None,
+                                 cfg.hysteresis_deg)
+                else:
+                    cur[:] = [c if c >= 0 and use_k[c] else -1 for c in cur]
+                hist.append(cur.copy())
+                continue
             for j in range(a):
                 c = cur[j]
                 if c >= 0 and not use_k[c]:
@@ -493,7 +574,7 @@ def gsl_assign(sites: Sequence[GroundSite], ephem: Any, cfg: GslConfig | None = 
                     new = c
                 elif site_cost_ms is not None:
                     new = b if score[k, b] - score[k, c] > cfg.hysteresis_km / C_KM_S * 1000.0 else c
-                elif cfg.policy == "highest-elevation":
+                elif cfg.policy in ("highest-elevation", "spread"):
                     gain_deg = math.degrees(math.asin(min(1.0, sin_el[k, b])) - math.asin(min(1.0, sin_el[k, c])))
                     new = b if gain_deg > cfg.hysteresis_deg else c
                 elif cfg.policy == "nearest":

@@ -1,5 +1,6 @@
 """Gateway antenna assignment (topologies/gsl.py), checked against frames.look_angles."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_mask_respected_and_elevation_delay_match_an_independent_reference(starl
     assert (res.peer[:-1] >= 0).mean() > 0.99
 
 
-@pytest.mark.parametrize("policy", ["highest-elevation", "longest-visibility", "nearest"])
+@pytest.mark.parametrize("policy", ["highest-elevation", "longest-visibility", "nearest", "spread"])
 def test_sparse_shell_idles_exactly_when_nothing_is_above_the_mask(policy):
     const = walker_constellation([Shell("sparse", "delta", 550.0, 53.0, 8, 12, 3)], START)
     eph = propagate(const, START, 10.0, 360)
@@ -202,7 +203,7 @@ def test_config_errors_name_the_field(field, value):
 
 
 def test_unknown_policy_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="highest-elevation, longest-visibility, nearest"):
+    with pytest.raises(ConfigError, match="highest-elevation, longest-visibility, nearest, spread"):
         GslConfig(policy="best")
 
 
@@ -278,3 +279,70 @@ def test_per_satellite_cap_of_gateway_links_holds_across_sites(starlink):
     with pytest.raises(ConfigError) as e:
         GslConfig(max_gateway_links_per_satellite=0)
     assert e.value.key == "max_gateway_links_per_satellite"
+
+
+def sky_angles_deg(site, eph, sats):
+    """Least pairwise angle between the directions from ``site`` to the satellites ``sats`` (n_ant, n_t) at
+    each step, deg, from frames.look_angles' azimuth and elevation (spherical law of cosines); NaN where
+    fewer than two antennas hold one."""
+    el, az, _ = look_angles(geodetic_to_ecef_km(site.lat_deg, site.lon_deg, site.alt_m), site.lat_deg,
+                            site.lon_deg, eph.r_ecef_km)
+    t = np.arange(sats.shape[1])
+    e = np.radians(np.where(sats >= 0, el[np.maximum(sats, 0), t], np.nan))
+    a = np.radians(np.where(sats >= 0, az[np.maximum(sats, 0), t], np.nan))
+    i, j = np.triu_indices(len(sats), 1)
+    cos = np.sin(e[i]) * np.sin(e[j]) + np.cos(e[i]) * np.cos(e[j]) * np.cos(a[i] - a[j])
+    return np.degrees(np.nanmin(np.arccos(np.clip(cos, -1, 1)), axis=0))
+
+
+def test_spread_keeps_the_rules_distinct_above_the_mask_cap_held_changes_only_at_boundaries(starlink):
+    """policy = "spread" on the 15 s grid (offset 12 s), twelve 4-antenna gateways within 50 km (they contend
+    for satellites): checked here with the test's own geometry and counts, every antenna on a satellite
+    above the mask, a site's antennas on distinct satellites, at most `cap` links on a satellite, and a new
+    satellite only at a slot boundary, held above the mask for the whole slot."""
+    rng = np.random.default_rng(3)
+    sites = [GroundSite(f"gs-c{i}", 48.0 + d_lat, 11.0 + d_lon, antennas=4)
+             for i, (d_lat, d_lon) in enumerate(rng.uniform(-0.3, 0.3, (12, 2)))]
+    n_sat, n_t = starlink.valid.shape
+    boundary = reconfiguration_boundaries(START, 1.0, n_t, 15.0)
+    for cap in (2, 4):
+        res = gsl_assign(sites, starlink, GslConfig(policy="spread", reconfiguration_interval_s=15.0,
+                                                    max_gateway_links_per_satellite=cap))
+        have = res.peer >= 0
+        assert have.mean() > 0.5
+        steps = np.broadcast_to(np.arange(n_t), res.peer.shape)
+        assert np.bincount(steps[have] * n_sat + res.peer[have]).max() <= cap
+        took_new = (res.peer[:, 1:] != res.peer[:, :-1]) & (res.peer[:, 1:] >= 0)
+        assert took_new.any() and not took_new[:, ~boundary[1:]].any()
+        for i, site in enumerate(sites):
+            p = res.peer[res.site == i]
+            srt = np.sort(p, axis=0)
+            assert not ((srt[1:] == srt[:-1]) & (srt[1:] >= 0)).any()
+            el, _ = reference(site, starlink)
+            for a in p:
+                assert (peer_values(el, a)[a >= 0] >= 25.0 - 1e-9).all()
+            if cap == 2:
+                continue  # 48 antennas at 2 a satellite run out of satellites that cover the slot
+            starts = np.flatnonzero(boundary).tolist()
+            for k0, k1 in zip(starts, starts[1:] + [n_t]):  # step 0 opens a short first slot (to :12)
+                for sat in p[:, k0][p[:, k0] >= 0]:  # Starlink density: a free one that covers it exists
+                    assert (el[sat, k0:k1] >= 25.0 - 1e-9).all()
+
+
+def test_spread_widens_the_least_angle_between_a_sites_antennas(starlink):
+    """London with 8 antennas: the least angle between the directions of its antennas' satellites, measured
+    here from look_angles' azimuth and elevation, is larger with "spread" than with "highest-elevation" on the
+    same steps (median and at nearly every step), and no antenna idles. One antenna: spread is
+    highest-elevation."""
+    london = GroundSite("gs-london", 51.5074, -0.1278, antennas=8)
+    cfg = GslConfig(reconfiguration_interval_s=15.0)
+    high = gsl_assign([london], starlink, replace(cfg, policy="highest-elevation")).peer
+    spread = gsl_assign([london], starlink, replace(cfg, policy="spread")).peer
+    assert (high >= 0).all() and (spread >= 0).all()
+    a_high, a_spread = sky_angles_deg(london, starlink, high), sky_angles_deg(london, starlink, spread)
+    assert np.median(a_spread) > 1.5 * np.median(a_high), (np.median(a_spread), np.median(a_high))
+    assert (a_spread > a_high).mean() > 0.9
+    one = replace(london, antennas=1)
+    for hyst in (0.0, 5.0):
+        assert np.array_equal(gsl_assign([one], starlink, GslConfig(policy="spread", hysteresis_deg=hyst)).peer,
+                              gsl_assign([one], starlink, GslConfig(hysteresis_deg=hyst)).peer)
