@@ -7,7 +7,14 @@ timeline's geodetic track turned into Earth-fixed vectors by WGS84 formulas writ
 from each gateway's geodetic up vector, laser delays from those positions / c on the ISLs the timeline has
 up, and networkx's Dijkstra over every satellite above 25 deg at each step (no antenna count, slot grid,
 hysteresis or per-satellite cap). The product's prediction is routing.predict's, on the planned timeline
-with 8 antennas per gateway on the 15 s slot grid."""
+with 8 antennas per gateway on the 15 s slot grid, under the "spread" antenna policy (topologies.gsl: a
+site's antennas spread over its sky, so that one holds a satellite towards wherever the route leaves).
+
+Measured here (600 s at 5 s steps, 120 steps): bound median 42.85 ms, p95 45.72 ms; "spread" 43.22 ms
+(+0.9 %) and 46.29 ms (+1.3 %); "highest-elevation" 45.32 ms (+5.8 %, misses the 5 %) and 47.93 ms
+(+4.8 %). London sees 17-20 satellites above 25 deg, and highest-elevation gives its 8 antennas the 8
+highest, bunched overhead and blind to routing, while the least-delay path enters on a lower satellite
+towards New York; spread holds one that way."""
 
 from __future__ import annotations
 
@@ -70,10 +77,13 @@ def bound_rtt_ms(tl, src: tuple[float, float], dst: tuple[float, float]) -> np.n
     return out
 
 
-def rtts(antennas: int) -> tuple[np.ndarray, np.ndarray]:
+def rtts(antennas: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
     """The product's predicted RTT h-london -> h-new-york and the bound, per step, with this many antennas per
-    gateway."""
-    tl = plan_scenario(parse_scenario(SCENARIO.replace("antennas = 8", f"antennas = {antennas}"), "<many-antennas>"))
+    gateway under this antenna policy."""
+    text = SCENARIO.replace("antennas = 8\n", f'antennas = {antennas}\npolicy = "{policy}"\n')
+    sc = parse_scenario(text, "<many-antennas>")
+    assert sc.gsl_config().policy == policy
+    tl = plan_scenario(sc)
     gw = [tl.nodes[i] for i in tl.nodes_of("gateway")]
     assert [n.info["antennas"] for n in gw] == [antennas, antennas]
     a, b = tl.node_index("h-london"), tl.node_index("h-new-york")
@@ -83,35 +93,39 @@ def rtts(antennas: int) -> tuple[np.ndarray, np.ndarray]:
     assert np.isfinite(pred).all() and np.isfinite(bound).all()
     # a bound: no step may beat it (up to float32 rounding of the timeline's positions and delays)
     assert (pred >= bound - 0.01).all(), float(np.min(pred - bound))
-    print(f"\n{antennas} antennas: predicted RTT median {np.median(pred):.2f} ms, p95 {np.percentile(pred, 95):.2f} "
+    print(f"\n{antennas} antennas, {policy}: predicted RTT median {np.median(pred):.2f} ms, p95 {np.percentile(pred, 95):.2f} "
           f"ms; bound median {np.median(bound):.2f} ms, p95 {np.percentile(bound, 95):.2f} ms ({tl.n_steps} steps)")
     return pred, bound
 
 
 @pytest.fixture(scope="module")
 def eight():
-    return rtts(8)  # the default for Starlink's gateways ([ground] gateway_antennas, docs/model.md)
+    return rtts(8, "spread")  # 8: the default for Starlink's gateways ([ground] gateway_antennas, docs/model.md)
 
 
-def test_p95_rtt_with_eight_antennas_is_within_10_pct_of_the_any_satellite_bound(eight):
-    pred, bound = eight
-    assert np.percentile(pred, 95) <= 1.10 * np.percentile(bound, 95)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: median 45.32 ms against a bound of 42.85 ms (+5.8 %; p95 47.93 against 45.72, +4.8 %). Cause: "
-    "London sees 17-20 satellites above 25 deg (New York 9-15) and the highest-elevation policy gives its 8 "
-    "antennas the 8 highest, blind to routing; the least-delay path enters on a lower satellite towards New "
-    "York. With 16 antennas the median is within 0.7 % (test below); without the slot grid 8 antennas still "
-    "miss (+5.3 %). A routing-aware antenna policy would close it; none exists for gateways yet"))
-def test_median_rtt_with_eight_antennas_is_within_5_pct_of_the_any_satellite_bound(eight):
+def test_median_rtt_with_eight_spread_antennas_is_within_5_pct_of_the_any_satellite_bound(eight):
     pred, bound = eight
     assert np.median(pred) <= 1.05 * np.median(bound)
 
 
+def test_p95_rtt_with_eight_spread_antennas_is_within_10_pct_of_the_any_satellite_bound(eight):
+    pred, bound = eight
+    assert np.percentile(pred, 95) <= 1.10 * np.percentile(bound, 95)
+
+
+def test_highest_elevation_antennas_stay_further_from_the_bound_than_spread_ones(eight):
+    """The comparison behind the policy: with the same 8 antennas, the highest-elevation rule's median is
+    further above the bound than spread's (measured +5.8 % against +0.9 %, module docstring), and by more
+    than a slot's worth of noise (half a millisecond)."""
+    pred, bound = eight
+    high, high_bound = rtts(8, "highest-elevation")
+    assert np.array_equal(high_bound, bound)  # the same timeline geometry: the bound ignores the antennas
+    assert np.median(high) > np.median(pred) + 0.5
+
+
 def test_with_16_antennas_the_median_is_within_5_pct_of_the_bound():
-    """The cause of the miss above: enough antennas to hold nearly every satellite in view close the gap,
-    so routing and the slot grid are not what costs the 8-antenna case."""
-    pred, bound = rtts(16)
+    """Enough highest-elevation antennas to hold nearly every satellite in view close the gap too, so routing
+    and the slot grid are not what costs the 8 highest-elevation antennas (measured: median within 0.7 %)."""
+    pred, bound = rtts(16, "highest-elevation")
     assert np.median(pred) <= 1.05 * np.median(bound)
     assert np.percentile(pred, 95) <= 1.10 * np.percentile(bound, 95)
