@@ -20,7 +20,8 @@ from topologies.timeline import LINK_CLASSES, Reason, Timeline
 log = logging.getLogger(__name__)
 
 
-SAMPLE_COLUMNS = ("flow", "kind", "metric", "t_s", "step", "seq", "measured_ms", "predicted_ms", "best_ms")
+SAMPLE_COLUMNS = ("flow", "kind", "metric", "t_s", "step", "seq", "measured_ms", "predicted_ms", "best_ms",
+                  "valid")
 
 
 def _load_json(path: Path, default: Any) -> Any:
@@ -28,6 +29,22 @@ def _load_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return default
+
+
+def run_validity(folder: Path, run: dict[str, Any], step_s: float) -> tuple[list[Any], Any, list[str]]:
+    """The run's invalid intervals (:mod:`emulator.validity`), its bounds and which criteria were judged."""
+    from .validity import Bounds, invalid_intervals, read_monitor, read_steps
+
+    bounds = Bounds.from_dict(run.get("validity"))
+    due, late = read_steps(folder)
+    mon = read_monitor(folder)
+    checked = ["step-late"] if len(due) else []
+    if mon is not None and np.isfinite(mon["release_p99_us"]).any():
+        checked.append("release-late")
+    if mon is not None and np.isfinite(mon["cpu_wait_pct"]).any() and bounds.cpu_wait_pct < 100:
+        checked.append("cpu")
+    return (invalid_intervals(due, late, mon, bounds, step_s, float(run.get("speed", 1.0))),
+            bounds, checked)
 
 
 def _rel_steps(t_unix: np.ndarray, run: dict[str, Any], tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +77,9 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.nd
             if t in names:
                 pairs.append((names[f["src"]], names[t]))
     pred = predict(tl, run.get("protocol", "shortest-delay"), sorted(set(pairs)), steps)
+    from .validity import mark_valid
+
+    invalid, _, _ = run_validity(folder, run, tl.step_s)
     samples: dict[str, dict[str, np.ndarray]] = {}
     flows: list[dict[str, Any]] = []
     for f in manifest:
@@ -96,7 +116,9 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.nd
             samples[f["label"]] = {"kind": kind, "metric": metric, "t_s": t, "step": step,
                                    "seq": np.asarray(seq, float), "measured_ms": np.asarray(meas, float),
                                    "predicted_ms": predicted, "best_ms": best, "path_change": change,
-                                   "in_gap": in_gap}
+                                   "in_gap": in_gap,
+                                   "valid": mark_valid(t, np.asarray(meas, float), invalid,
+                                                       float(run.get("speed", 1.0)))}
             entry.update(summarise_samples_one(samples[f["label"]]))
             if kind == "udp-probe" and (d / "sent.csv").exists():
                 try:
@@ -138,7 +160,7 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.nd
             for i in range(len(sm["t_s"])):
                 w.writerow([label, sm["kind"], sm["metric"], f"{sm['t_s'][i]:.4f}", int(sm["step"][i]),
                             int(sm["seq"][i]), _num(sm["measured_ms"][i]), _num(sm["predicted_ms"][i]),
-                            _num(sm["best_ms"][i])])
+                            _num(sm["best_ms"][i]), int(sm["valid"][i])])
     return samples, flows
 
 
@@ -187,7 +209,13 @@ def summarise_samples_one(s: dict[str, np.ndarray]) -> dict[str, Any]:
         stretch = m / b
     # predicted lost: no predicted path, or sent into a handover gap on it
     gap = s["in_gap"] if "in_gap" in s else np.zeros(len(p), bool)
-    return {"metric": s["metric"], "sent": int(len(m)), "lost": lost,
+    ok = np.asarray(s["valid"], bool) if "valid" in s else np.ones(len(m), bool)
+    n_ok, lost_ok = int(ok.sum()), int(np.isnan(m[ok]).sum())
+    # the same figures on the valid samples alone (emulator.validity): both are printed
+    valid = {"samples": n_ok, "pct": round(100 * n_ok / len(m), 2) if len(m) else None, "lost": lost_ok,
+             "loss_pct": round(100 * lost_ok / n_ok, 2) if n_ok else None, "measured_ms": stats(m[ok]),
+             "error_ms": stats(err[ok]), "abs_error_ms": stats(np.abs(err[ok]))}
+    return {"valid": valid, "metric": s["metric"], "sent": int(len(m)), "lost": lost,
             "loss_pct": round(100 * lost / len(m), 2) if len(m) else None,
             "predicted_lost": int(np.count_nonzero(~np.isfinite(p) | gap)),
             "measured_ms": stats(m), "predicted_ms": stats(p), "error_ms": stats(err),
@@ -226,6 +254,12 @@ def _mark_scheduled(ax: Any, events_s: np.ndarray) -> None:
         ax.axvline(t, color="crimson", lw=1.0, ls="-.", label="scheduled event" if i == 0 else None)
 
 
+def _shade_invalid(ax: Any, invalid_s: np.ndarray | None) -> None:
+    """Grey bands over the intervals in which samples are invalid (``(n, 2)`` timeline seconds)."""
+    for i, (a, b) in enumerate(invalid_s if invalid_s is not None else []):
+        ax.axvspan(a, b, color="0.6", alpha=0.3, lw=0, label="invalid (machine behind)" if i == 0 else None)
+
+
 def _save(fig, folder: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
@@ -235,7 +269,8 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None = None) -> list[Path]:
+def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None = None,
+             invalid_s: np.ndarray | None = None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(samples), 1, figsize=(10, 3.2 * len(samples)), squeeze=False)
@@ -257,6 +292,7 @@ def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None 
         for i, t in enumerate(outage):
             ax.axvline(t, color="orange", lw=0.6, ls=":", label="ISL outage" if i == 0 else None)
         _mark_scheduled(ax, scheduled_s(tl, played_s))
+        _shade_invalid(ax, invalid_s)
         ax.set_title(probe)
         ax.set_xlabel("time (s)")
         ax.set_ylabel(f"{what} (ms)")
@@ -267,12 +303,15 @@ def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None 
     return paths
 
 
-def plot_loss(samples, folder: Path, bin_s: float = 1.0, events_s: np.ndarray | None = None) -> list[Path]:
-    """Loss per ``bin_s`` over time per flow; ``events_s``: times of scheduled events, drawn as markers."""
+def plot_loss(samples, folder: Path, bin_s: float = 1.0, events_s: np.ndarray | None = None,
+              invalid_s: np.ndarray | None = None) -> list[Path]:
+    """Loss per ``bin_s`` over time per flow; ``events_s``: times of scheduled events, drawn as markers;
+    ``invalid_s``: invalid intervals, shaded."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 3))
     _mark_scheduled(ax, events_s if events_s is not None else np.array([]))
+    _shade_invalid(ax, invalid_s)
     for probe, s in samples.items():
         if not len(s["t_s"]):
             continue
@@ -587,9 +626,21 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
     plots.mkdir(exist_ok=True)
     written: list[Path] = []
     played = played_steps(folder, tl)
+    summary.pop("validity", None)
+    run = _load_json(folder / "run.json", {})
+    invalid_u = None
+    if run and tl is not None:
+        from .validity import merged, summarise
+
+        invalid, bounds, checked = run_validity(folder, run, tl.step_s)
+        invalid_u = merged(invalid)
+        every = [s["valid"] for s in samples.values()]
+        summary["validity"] = summarise(invalid, bounds, checked, played * tl.step_s,
+                                        np.concatenate(every) if every else np.array([], bool))
     if samples:
-        written += plot_rtt(samples, tl, plots, played * tl.step_s if tl is not None else None)
-        written += plot_loss(samples, plots, events_s=scheduled_s(tl, played * tl.step_s if tl is not None else None))
+        written += plot_rtt(samples, tl, plots, played * tl.step_s if tl is not None else None, invalid_u)
+        written += plot_loss(samples, plots, events_s=scheduled_s(tl, played * tl.step_s if tl is not None else None),
+                             invalid_s=invalid_u)
         written += plot_error_cdf(samples, plots)
     if tl is not None:
         pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))

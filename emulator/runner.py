@@ -255,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
     emu = None
     starter: Any = None
     loadlog: Any = None
+    monitor: Any = None
     playback: Playback | None = None
     timers: list[threading.Timer] = []
     try:
@@ -301,11 +302,18 @@ def run(args: argparse.Namespace) -> int:
 
             playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead,
                                 settle=emu.settle)
+            from .validity import Bounds, HostMonitor
+
+            em = sc.emulation
+            bounds = Bounds(em.valid_step_late_ms, em.valid_release_late_ms, em.valid_cpu_wait_pct)
             t0 = time.monotonic()
             t0_unix = time.time()
+            monitor = HostMonitor(out / "monitor.csv", t0, shaper)
+            monitor.start()
             (out / "run.json").write_text(json.dumps({"t0_unix": t0_unix, "speed": speed, "step_s": tl.step_s,
                                                       "protocol": protocol.name, "shaper": shaper.name,
-                                                      "steps_planned": last + 1}))
+                                                      "steps_planned": last + 1, "validity": bounds.as_dict(),
+                                                      "psi": monitor.has_psi}))
             for i, f in enumerate(flows_wanted):
                 dur = f.duration_s / speed if f.duration_s is not None else play_s - f.start_s / speed
                 if dur <= 0:
@@ -335,6 +343,8 @@ def run(args: argparse.Namespace) -> int:
             tm.cancel()
         if starter is not None:
             starter.stop_all()
+        if monitor is not None:
+            monitor.stop()
         if loadlog is not None:
             try:  # the last step's bytes; a failure here must not stop the teardown
                 loadlog.sample(last + 1)
@@ -344,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
         steps_csv.close()
         try:  # the backend's own account (the userspace daemon's release times), for reading delay errors
             if counters := shaper.stats():
+                counters.pop("late_hist", None)  # 2,201 bins: the quantiles say it
                 summary["shaper_stats"] = counters
         except Exception as e:  # noqa: BLE001 - a dead daemon must not stop the teardown
             log.warning("shaper statistics unavailable: %s", e)
@@ -399,7 +410,13 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
             m, e = f["measured_ms"], f["error_ms"]
             what = "RTT" if f["metric"] == "rtt" else "one-way"
             _say(f"  {f['flow']}: {f['sent']} sent, {f['lost']} lost; {what} p50/p95/p99 {_fmt(m['p50'])}/"
-                 f"{_fmt(m['p95'])}/{_fmt(m['p99'])} ms; measured - predicted p50 {_fmt(e['p50'])} ms")
+                 f"{_fmt(m['p95'])}/{_fmt(m['p99'])} ms; measured - predicted p50 {_fmt(e['p50'])} ms (all)")
+            v = f.get("valid")
+            if v is not None:
+                vm, ve = v["measured_ms"], v["error_ms"]
+                _say(f"    valid: {v['samples']} of {f['sent']} ({_fmt(v['pct'], 1)}%), {v['lost']} lost; {what} "
+                     f"p50/p95/p99 {_fmt(vm['p50'])}/{_fmt(vm['p95'])}/{_fmt(vm['p99'])} ms; measured - "
+                     f"predicted p50 {_fmt(ve['p50'])} ms")
         elif f["kind"].startswith("iperf3"):
             extra = ""
             if f.get("retransmits") is not None:
@@ -424,6 +441,13 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
                      + "".join(f"; {m['endpoint']} ~ {m['city']} (nearest, {m['distance_km']:.0f} km)" for m in near))
             for t in f.get("tcp", []):
                 _say(f"    TCP bulk {t['src']} -> {t['dst']}: {_fmt(t.get('received_mbps'), 1)} Mbit/s")
+    va = s.get("validity")
+    if va:
+        b, inv = va["bounds"], va["invalid_s"]
+        _say(f"  valid samples: {va['valid_samples']} of {va['samples']} ({_fmt(va['valid_pct'], 1)}%); invalid "
+             f"{inv['any']:.1f} of {va['played_s']:g} s: step late > {b['step_late_ms']:g} ms {inv['step-late']:.1f} s,"
+             f" release p99 > {b['release_late_ms']:g} ms {inv['release-late']:.1f} s, CPU wait > "
+             f"{b['cpu_wait_pct']:g}% {inv['cpu']:.1f} s (judged: {', '.join(va['checked']) or 'nothing'})")
     de = s.get("delay_error")
     if de:
         _say(f"  worst |measured - predicted| p50: {_fmt(de['worst_abs_p50_ms'])} ms on "

@@ -248,6 +248,13 @@ class EmulationConfig:
     #: queue of a link's rate limit per link class, full-size packets (``{isl = 100, gsl = 200}``); a class
     #: not named keeps the backend's default (1,000 packets for the userspace backend's token bucket)
     queue_packets: dict[str, Any] = field(default_factory=dict)
+    #: validity bounds (emulator.validity): a sample is invalid while a step is applied later than this
+    valid_step_late_ms: float = 100.0
+    #: ... while the delay daemon's release lateness p99 over a monitor interval exceeds this (userspace)
+    valid_release_late_ms: float = 1.0
+    #: ... while tasks waited for a CPU (PSI "some", /proc/pressure/cpu) more than this share of an interval;
+    #: 100 turns the check off
+    valid_cpu_wait_pct: float = 50.0
 
     def __post_init__(self) -> None:
         from .timeline import LINK_CLASSES
@@ -265,6 +272,12 @@ class EmulationConfig:
             raise ValueError(f"delay_tolerance_ms must be in [0, 1], got {self.delay_tolerance_ms}")
         if not 0 < self.access_rate_mbps <= 100_000:
             raise ValueError(f"access_rate_mbps must be in (0, 100000], got {self.access_rate_mbps}")
+        if not 0 < self.valid_step_late_ms <= 3_600_000:
+            raise ValueError(f"valid_step_late_ms must be in (0, 3600000] ms, got {self.valid_step_late_ms}")
+        if not 0 < self.valid_release_late_ms <= 10_000:
+            raise ValueError(f"valid_release_late_ms must be in (0, 10000] ms, got {self.valid_release_late_ms}")
+        if not 0 < self.valid_cpu_wait_pct <= 100:
+            raise ValueError(f"valid_cpu_wait_pct must be in (0, 100] %, got {self.valid_cpu_wait_pct}")
 
 
 TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request", "matrix")

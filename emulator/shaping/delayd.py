@@ -445,7 +445,9 @@ class DelayDaemon:
                 "read_lag_mean_us": c["read_lag_sum_ns"] / stamped / 1e3 if stamped else 0.0,
                 "namespaces": c["namespaces"], "held_interfaces": c["held_interfaces"],
                 "shards": len(self.shards), "cpu_s_per_shard": per_shard_cpu_s,
-                "rt_priority": c["rt_priority"], "memory_locked": bool(c["locked"]), "backend": "compiled"}
+                "rt_priority": c["rt_priority"], "memory_locked": bool(c["locked"]), "backend": "compiled",
+                # cumulative (unless reset): differences between two reads give one interval's quantiles
+                "late_hist": list(st.late_hist)}
 
     def close(self) -> None:
         """Ask every shard to remove its tables and exit; kill one that has not within 5 s. Idempotent."""
