@@ -14,7 +14,8 @@ Sets: ``none``; ``emulator`` (what a run asks for now, :data:`emulator.network.S
 writes only the keys a new namespace does not already start with); ``all`` (what runs wrote in each router
 before forwarding and IPv6 moved to per-interface netlink: IPv6 off in all and default, ip_forward, the two
 rp_filter keys, which the holder skips where new namespaces already have them at 0); ``forward``
-(net/ipv4/ip_forward only); ``ipv6`` (net/ipv6/conf/all/disable_ipv6 only).
+(net/ipv4/ip_forward only); ``ipv6`` (net/ipv6/conf/all/disable_ipv6 only); ``icmp``
+(net/ipv4/icmp_ratelimit only, what a run writes in each router: :data:`emulator.network.ROUTER_SYSCTLS`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SETS = {
             "net/ipv4/ip_forward": "1"},
     "forward": {"net/ipv4/ip_forward": "1"},
     "ipv6": {"net/ipv6/conf/all/disable_ipv6": "1"},
+    "icmp": {"net/ipv4/icmp_ratelimit": "0"},
 }
 CHUNK = 500
 

@@ -9,10 +9,11 @@ The probes go through an ordinary raw ICMP socket (needs CAP_NET_RAW), so the ke
 one with the routing table in force at that moment. (scapy's ``sr()`` routes with its own copy of
 the table taken at import, which goes stale as the emulator changes routes under a running probe.)
 
-Linux routers answer with time-exceeded from the address of the interface the error leaves by
-(the incoming one with ``net.ipv4.icmp_errors_use_inbound_ifaddr=1``) and rate-limit these errors
-per destination (``net.ipv4.icmp_ratelimit``, ms): set it to 0 in router namespaces, or rounds
-faster than about one a second show missing hops.
+Linux routers answer with time-exceeded from an address of their own (of the interface the error leaves
+by, or the incoming one with ``net.ipv4.icmp_errors_use_inbound_ifaddr=1``; either names the router) and
+rate-limit these errors per destination (``net.ipv4.icmp_ratelimit``, 1000 ms in a new namespace): the
+emulator sets it to 0 in every router (:data:`emulator.network.ROUTER_SYSCTLS`), else rounds faster than
+about one a second show missing hops.
 
 Usage::
 

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.netns import entered, iproute_in
+from emulator.kernel.holder import Holder
+from emulator.netns import iproute_in
+from emulator.network import ROUTER_SYSCTLS, SYSCTLS
+from emulator.rtnl import RTM_NEWLINK, Batch, Rtnl, link_conf_body
 from emulator.traffic.iperf import IperfFlow, client_argv, parse_iperf_json, parse_iperf_text, server_argv
 from emulator.traffic.pathprobe import path_rounds
 from emulator.traffic.service import summarise_requests
@@ -25,7 +28,7 @@ from emulator.traffic.udpprobe import summarise_udp, udp_samples
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
-_TAG = f"ctr{os.getpid() % 100000}"
+_TAG = f"t-traffic-{os.getpid()}"
 _NODES = ("h1", "r1", "r2", "h2")
 _HOPS = (  # (left node, left ifname, left address, right node, right ifname, right address)
     ("h1", "h1-r1", "10.79.1.1", "r1", "r1-h1", "10.79.1.2"),
@@ -41,27 +44,16 @@ _ROUTES = {
 H2 = "10.79.3.2"
 
 
-def _ns_list() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def _sysctl(path: str, node: str, key: str, value: str) -> None:
-    """Write a sysctl of the namespace at ``path`` (this thread enters it; never the host's)."""
-    with entered(path, node), open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
-        f.write(value)
-
-
 @dataclass
 class Chain:
-    names: dict[str, str]
+    holder: Holder
     iprs: dict[str, object] = field(default_factory=dict)
 
     def path(self, node: str) -> str:
-        return f"/run/netns/{self.names[node]}"
+        return self.holder.path(node)
 
     def argv(self, node: str, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.names[node], *argv]
+        return ["nsenter", f"--net={self.path(node)}", "--", *argv]
 
     def py(self, node: str, module: str, *args: str) -> list[str]:
         return self.argv(node, sys.executable, "-m", f"emulator.traffic.{module}", *args)
@@ -69,19 +61,31 @@ class Chain:
 
 @pytest.fixture(scope="module")
 def chain():
+    """The chain's namespaces made as the emulator makes them: by its namespace holder, routers with the
+    emulator's router sysctls (:data:`emulator.network.ROUTER_SYSCTLS`), hosts with its host ones; the
+    fixture itself writes no sysctl. Forwarding is set per interface through netlink, as in a run."""
     ours = {h[i] for h in _HOPS for i in (1, 4)}
     before_links = set(os.listdir("/sys/class/net")) & ours
-    names = {n: f"{_TAG}-{n}" for n in _NODES}
-    ch = Chain(names)
+    ch = Chain(Holder(_TAG))
+    fds: list[int] = []
     try:
+        ch.holder.start()
+        ch.holder.create(_NODES, [SYSCTLS, ROUTER_SYSCTLS], [int(n.startswith("r")) for n in _NODES])
         for n in _NODES:
-            subprocess.run(["ip", "netns", "add", names[n]], check=True)
             ch.iprs[n] = iproute_in(ch.path(n), n)
         for left, lif, laddr, right, rif, raddr in _HOPS:
-            ch.iprs[left].link("add", ifname=lif, kind="veth", peer={"ifname": rif, "net_ns_fd": names[right]})
+            fds.append(os.open(ch.path(right), os.O_RDONLY | os.O_CLOEXEC))
+            ch.iprs[left].link("add", ifname=lif, kind="veth", peer={"ifname": rif, "net_ns_fd": fds[-1]})
             for node, ifname, addr in ((left, lif, laddr), (right, rif, raddr)):
                 ipr = ch.iprs[node]
                 idx = ipr.link_lookup(ifname=ifname)[0]
+                batch = Batch()  # forwarding per interface, as the emulator sets it, while still down
+                batch.add(RTM_NEWLINK, 0, link_conf_body(idx, node.startswith("r")), f"{node} {ifname} conf")
+                rt = Rtnl(ch.path(node), node)
+                try:
+                    rt.check(batch, "conf")
+                finally:
+                    rt.close()
                 ipr.addr("add", index=idx, address=addr, prefixlen=24)
                 ipr.link("set", index=idx, state="up")
         for n in _NODES:
@@ -89,19 +93,16 @@ def chain():
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             for dst, gw in _ROUTES[n]:
                 ipr.route("add", dst=dst, gateway=gw)
-            _sysctl(ch.path(n), n, "net.ipv4.ip_forward", "1" if n.startswith("r") else "0")
-            # as the emulator does in routers: every TTL expiry answered, from the incoming interface
-            _sysctl(ch.path(n), n, "net.ipv4.icmp_ratelimit", "0")
-            _sysctl(ch.path(n), n, "net.ipv4.icmp_errors_use_inbound_ifaddr", "1")
         yield ch
     finally:
+        for fd in fds:
+            os.close(fd)
         for ipr in ch.iprs.values():
             ipr.close()
-        for n in _NODES:
-            if names[n] in _ns_list():
-                subprocess.run(["ip", "netns", "del", names[n]], check=False)
-    # only our own names: other test runs on this machine may be building theirs meanwhile
-    assert not set(names.values()) & _ns_list(), "namespace left behind"
+        pid = ch.holder.pid
+        ch.holder.close()
+    # the holder's namespaces go with it; only our own holder checked (other runs may build theirs meanwhile)
+    assert pid is None or not os.path.exists(f"/proc/{pid}"), "namespace holder left behind"
     assert set(os.listdir("/sys/class/net")) & ours <= before_links, "interface left in the root namespace"
 
 
