@@ -28,15 +28,35 @@ def test_parse_ping_marks_lost_requests_and_send_times():
 
 
 def test_playback_applies_every_step_on_time_and_records_lateness():
+    """Each step's lateness as the test measures it (when ``apply`` returned, against t0 + k x step) bounds
+    the clock's record from below; the record may exceed it only by the clock's own bookkeeping. Steps 2
+    and 5 take 30 ms to apply, so a record taken when the step began (not when it was applied) shows."""
     applied = []
-    pb = Playback(step_s=0.05, first=0, last=6, apply=lambda k: applied.append((k, time.monotonic())) or {})
+    work_s = {2: 0.03, 5: 0.03}
+
+    def apply(k):
+        t = time.monotonic()
+        time.sleep(work_s.get(k, 0.0))
+        applied.append((k, t, time.monotonic()))
+        return {}
+
+    step_s = 0.05
+    pb = Playback(step_s=step_s, first=0, last=6, apply=apply)
     t0 = time.monotonic()
     pb.run(t0)
-    assert [k for k, _ in applied] == [1, 2, 3, 4, 5, 6]
-    for k, t in applied:
-        assert t >= t0 + k * 0.05 - 1e-3  # never early
+    assert [k for k, _, _ in applied] == [1, 2, 3, 4, 5, 6]
+    mine_ms = []
+    for k, begin, end in applied:
+        assert begin >= t0 + k * step_s - 1e-3  # never early
+        mine_ms.append((end - (t0 + k * step_s)) * 1e3)
+    rec = {r.step: r.late_ms for r in pb.records}
+    for (k, _, _), mine in zip(applied, mine_ms):
+        assert mine <= rec[k] <= mine + 5.0, (k, mine, rec[k])
+    assert min(rec[2], rec[5]) >= 30.0 - 1.0  # the sleep itself (monotonic sleep never returns early)
     s = pb.lateness_summary()
-    assert s["steps"] == 6 and s["late_ms_median"] >= 0
+    assert s["steps"] == 6
+    assert float(np.median(mine_ms)) <= s["late_ms_median"] <= float(np.median(mine_ms)) + 5.0
+    assert max(mine_ms) <= s["late_ms_max"] <= max(mine_ms) + 5.0
 
 
 def test_playback_speed_and_stop():

@@ -218,23 +218,6 @@ def test_port_peer_is_validated_and_decides_where_userspace_holds():
     assert UserspaceShaper.hold_of(Port("r1", "/run/netns/x-r1", "r1-r2", 5, peer=b)) == ("/run/netns/x-r2", 9, True)
 
 
-def test_rx_stamp_program_stamps_arrival_us_into_mark_and_clears_tstamp():
-    from emulator.shaping import userspace
-
-    insns = userspace._RXTS_INSNS
-    assert len(insns) % 8 == 0
-    decoded = [struct.unpack_from("<BBhi", insns, i) for i in range(0, len(insns), 8)]
-    assert decoded == [
-        (0xBF, 0x16, 0, 0),  # mov r6, r1 (keep the context across the helper call)
-        (0x85, 0x00, 0, 5),  # call bpf_ktime_get_ns (CLOCK_MONOTONIC, ns)
-        (0x37, 0x00, 0, 1000),  # r0 /= 1000 -> us
-        (0x63, 0x06, 8, 0),  # stxw [r6 + offsetof(__sk_buff, mark)], r0
-        (0xB7, 0x00, 0, 0),  # mov r0, 0
-        (0x7B, 0x06, 152, 0),  # stxdw [r6 + offsetof(__sk_buff, tstamp)], r0
-        (0x95, 0x00, 0, 0),  # exit (TC_ACT_OK)
-    ]
-
-
 def test_parse_gives_the_mark_of_queued_packets():
     arriving = _packet(5, nfnl.NF_INET_PRE_ROUTING, indev=3, outdev=0)
     marked = nfnl.nfmsg(nfnl.NFNL_SUBSYS_QUEUE, nfnl.NFQNL_MSG_PACKET, 0, 0, socket.AF_INET, 4711,
