@@ -226,6 +226,8 @@ def hist_p99_us(before: list[int] | None, after: list[int] | None) -> tuple[floa
     from .shaping.delayd import Stats
 
     diff = [a - b for a, b in zip(after, before)] if before else list(after)
+    if min(diff) < 0:  # someone reset the histogram between the reads: it holds this interval alone
+        diff = list(after)
     n = sum(diff)
     if n <= 0:
         return math.nan, 0

@@ -100,6 +100,9 @@ def test_release_p99_from_histogram_difference():
     after[LATE_BINS] += 500  # beyond 10 ms
     assert hist_p99_us(before, after)[0] == math.inf
     assert math.isnan(hist_p99_us(after, after)[0])
+    reset = [0] * (LATE_BINS + 1)
+    reset[bin_of(50)] = 10  # read after a reset: fewer in a bin than before, so the new read is the interval
+    assert hist_p99_us(after, reset) == (52.5, 10)
 
 
 def test_summary_statistics_on_valid_samples():
