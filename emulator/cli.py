@@ -204,6 +204,8 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         "paths": [],
         "timings_s": tl.report.get("timings_s", {}),
     }
+    if tl.report.get("sunlight"):
+        out["sunlight"] = tl.report["sunlight"]
     fibre = tl.link_class == LINK_CLASSES.index("fibre")
     if fibre.any():
         out["fibre"] = {r: int(np.sum(fibre & (tl.link_role == LINK_ROLES.index(r)))) for r in ("backhaul", "backbone")}
@@ -310,6 +312,11 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
               f"per step on average, {x['links']} links, median lifetime {'-' if life is None else f'{life:.0f}'} s, "
               f"{_fmt(x['acquisitions_per_terminal_day'])} acquisitions per terminal per day, "
               f"{_fmt(None if share is None else 100 * share)}% of terminal time acquiring")
+    sun = s.get("sunlight")
+    if sun:
+        print(f"  sunlight       satellite-time in umbra {sun['umbra_pct']:.1f}%, penumbra {sun['penumbra_pct']:.2f}%; "
+              f"{sun['eclipses']} eclipses (umbra entries) on {sun['sats_eclipsed']} satellites"
+              + (f", longest whole umbra {sun['longest_umbra_s'] / 60:.1f} min" if sun["longest_umbra_s"] else ""))
     g = s["gsl"]
     print(f"  GSLs           {g['antennas']} gateway antennas, up {100 * g['up_fraction']:.1f}% of the time, "
           f"{g['handovers']} handovers")

@@ -31,6 +31,7 @@ from .pops import (
 )
 from .propagate import propagate
 from .scenario import Scenario, check_traffic_endpoints
+from .sunlight import sun_teme_km, sunlight_states, sunlight_summary
 from .terminals import terminal_assign
 from .timeline import LINK_CLASSES, LINK_ROLES, Node, Reason, Timeline
 
@@ -255,6 +256,11 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
     n_steps = sc.time.n_steps
     eph = propagate(const, sc.time.start, sc.time.step_s, n_steps)
     lat, lon, alt = ecef_to_geodetic(eph.r_ecef_km)  # for the timeline's sat_lla and the polar cutoff
+    t_sun = _time.perf_counter()
+    sun_km = sun_teme_km(eph.jd, eph.fr)
+    sat_sunlight = sunlight_states(eph, sun_km)
+    sunlight = sunlight_summary(eph, sun_km, sat_sunlight)
+    t_sun = _time.perf_counter() - t_sun
     t2 = _time.perf_counter()
     isl_cfg = sc.isl_config()
     topo = plus_grid(const, isl_cfg)
@@ -452,13 +458,14 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
             "excluded": dict(const.excluded),
             "transient": const.transient_counts,
         },
-        "timings_s": {"constellation": t1 - t0, "propagate": t2 - t1, "isl": t2x - t2, "cross_shell": t3 - t2x,
-                      "gsl": t4 - t3,
+        "timings_s": {"constellation": t1 - t0, "propagate": t2 - t1 - t_sun, "isl": t2x - t2, "cross_shell": t3 - t2x,
+                      "gsl": t4 - t3, "sunlight": t_sun,
                       "assemble": t5 - t4},
     }
     report["isl_topology"] = {k: (int(v) if isinstance(v, (int, np.integer)) else v)
                               for k, v in topo.stats.items()}
     report["cross_shell"] = xs.stats
+    report["sunlight"] = sunlight
     if sc.constellation.tle and (sc.constellation.tle_inclination_deg is not None
                                  or sc.constellation.tle_altitude_km is not None):
         # one shell was chosen: list the others, so the user sees what else the file holds
@@ -470,7 +477,8 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
              "satellites": int(c.n_sats)} for c in find_shells(load_tle(sc.resolve(sc.constellation.tle)))]
     tl = Timeline(start=sc.time.start, step_s=sc.time.step_s, nodes=nodes, link_a=link_a,
                   link_class=link_class, link_role=link_role, state=state, peer=peer, delay_ms=delay,
-                  rate_mbps=rate, loss_pct=loss, sat_lla=sat_lla, scenario=sc.raw, report=report)
+                  rate_mbps=rate, loss_pct=loss, sat_lla=sat_lla, scenario=sc.raw, report=report,
+                  sat_sunlight=sat_sunlight)
     if sc.events:
         # scheduled events go in last, over the built arrays: what they take down is planned
         from .events import apply_events

@@ -27,6 +27,8 @@ link_a         (n_links,)            int32    near node index (satellite, gatewa
 link_class     (n_links,)            uint8    :data:`LINK_CLASSES` index
 link_role      (n_links,)            uint8    :data:`LINK_ROLES` index
 sat_lla        (n_sats, n_steps, 3)  float32  satellite latitude_deg, longitude_deg, altitude_km
+sat_sunlight   (n_sats, n_steps)     uint8    0 sunlit, 1 penumbra, 2 umbra, 255 no SGP4 state
+                                              (:mod:`topologies.sunlight`; version 4, optional)
 =============  ====================  =======  ==========================================
 """
 
@@ -49,8 +51,9 @@ FORMAT = "satnetem-timeline"
 #: 2: link role "cross-shell" and state NO_PARTNER (cross-shell laser slots). 3: node kind "pop", link
 #: class "fibre" with roles "backhaul" (gateway to PoP) and "backbone" (PoP to PoP). Files of earlier
 #: versions, which have none of these, load unchanged (new names were only appended to the tables).
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+#: 4: the optional array sat_sunlight (a timeline without it loads with None).
+FORMAT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 
 #: Speed of light in vacuum, km/s. Laser ISLs cross vacuum; the GSL path is treated the same
 #: (the atmosphere adds well under 0.1% to the path).
@@ -221,6 +224,8 @@ class Timeline:
     sat_lla: np.ndarray
     scenario: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    #: (n_sats, n_steps) uint8 sunlight codes (topologies.sunlight), None where not computed
+    sat_sunlight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n_links, n_steps = self.state.shape
@@ -232,6 +237,9 @@ class Timeline:
             if getattr(self, name).shape != (n_links,):
                 raise ValueError(f"timeline array {name} has shape {getattr(self, name).shape}, "
                                  f"expected {(n_links,)}")
+        if self.sat_sunlight is not None and self.sat_sunlight.shape != self.sat_lla.shape[:2]:
+            raise ValueError(f"timeline array sat_sunlight has shape {self.sat_sunlight.shape}, "
+                             f"expected {self.sat_lla.shape[:2]}")
         self._index = {n.name: i for i, n in enumerate(self.nodes)}
 
     # --- sizes and lookups -------------------------------------------------------------------
@@ -296,6 +304,8 @@ class Timeline:
         }
         arrays = {k: getattr(self, k) for k in ("state", "peer", "delay_ms", "rate_mbps", "loss_pct",
                                                  "link_a", "link_class", "link_role", "sat_lla")}
+        if self.sat_sunlight is not None:
+            arrays["sat_sunlight"] = self.sat_sunlight
         with open(path, "wb") as f:
             np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8), **arrays)
         return path
