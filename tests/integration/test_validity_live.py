@@ -3,14 +3,15 @@ valid (issue 16).
 
 `satnetem run` plays a 12 s scenario with a ping at 20 per second. Once the flows run, the test pins the
 run's main thread (the one that applies the steps; the ping processes are already started and keep every
-CPU) to one CPU and runs a busy loop at real-time priority (SCHED_FIFO 1) pinned to that CPU from 4.5 s to
-8.5 s after the run's start, timing it itself: on that CPU, ordinary tasks then get only the kernel's
-reserve for them (50 ms a second). Busy loops at nice -20 were not enough: the step thread, asleep until
-each step, still woke within 10 ms of the first step due under them. Steps due in that window cannot be applied before the hog ends, so every
-sample sent from the first step due after the hog's start until the hog's end must be marked invalid,
-and the samples back before the hog began valid. Only the step-lateness check is judged here (the CPU-wait and
-release checks are set off): the machine is shared, and other work on it may legitimately make the CPU
-check fail before the hog; those checks are tested on hand-built records in tests/unit/test_validity.py.
+CPU) to one CPU and runs four busy loops at nice -20 pinned to that CPU from 4.5 s to 8.5 s after the run's
+start, timing them itself. Steps due while they run are applied late, unless the step thread, asleep until
+each step, gets its little work done at once (seen: the first step under them woke 10 ms late, the next
+three 1.3-2.8 s; a SCHED_FIFO loop was no surer, and starves the CPU's kernel threads, which other work on
+a shared machine waits for). The test reads which steps were late from the clock's record (steps.csv),
+checks that at least two due under the hog were, and that exactly the samples in flight during a late step
+are invalid, the samples back before the hog began valid unless a step was late then too. Only the step-lateness check is judged here (the CPU-wait and release checks are set off):
+the machine is shared, and other work on it may legitimately make those fail before the hog; they are
+tested on hand-built records in tests/unit/test_validity.py.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ valid_step_late_ms = 100
 valid_release_late_ms = 10000
 valid_cpu_wait_pct = 100
 """
-HOG_FROM_S, HOG_TO_S = 4.5, 8.5  # mid-step: the first late step is due 0.5 s in
-#: a busy loop that ends itself (a real-time loop left behind would starve its CPU)
+HOG_FROM_S, HOG_TO_S, HOGS = 4.5, 8.5, 4  # mid-step: the first late step is due 0.5 s in
+#: a busy loop that ends itself, should the test die before it kills it
 HOG = f"import time\nend = time.monotonic() + {HOG_TO_S - HOG_FROM_S + 2}\nwhile time.monotonic() < end:\n    pass\n"
 
 
-def _pin_realtime(cpu: int) -> None:
+def _pin_nice(cpu: int) -> None:
     os.sched_setaffinity(0, {cpu})
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    os.nice(-20)
 
 
 def _wait_for(path: Path, timeout_s: float, proc: subprocess.Popen[str], min_lines: int = 0) -> None:
@@ -95,7 +96,7 @@ def test_samples_during_a_cpu_hog_are_invalid(tmp_path):
         os.sched_setaffinity(run.pid, {cpu})  # the main thread only (its tid is the pid): it plays the steps
         time.sleep(max(0.0, t0_unix + HOG_FROM_S - time.time()))
         hog_start = time.time()
-        hogs = [subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=lambda: _pin_realtime(cpu))]
+        hogs = [subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=lambda: _pin_nice(cpu)) for _ in range(HOGS)]
         time.sleep(max(0.0, t0_unix + HOG_TO_S - time.time()))
     finally:
         for h in hogs:
@@ -114,16 +115,10 @@ def test_samples_during_a_cpu_hog_are_invalid(tmp_path):
         rows = [r for r in csv.DictReader(f) if r["kind"] == "ping"]
     # the test's own times, on the run's clock (timeline seconds at speed 1)
     start_s, end_s = hog_start - t0_unix, hog_end - t0_unix
-    first_due_s = math.ceil(start_s)  # the first step due after the hog began (1 s steps)
-    # before: back (or lost) before the hog began; a sample is taken over its whole time in flight
-    before = [r for r in rows if float(r["t_s"]) + float(r["measured_ms"] or 0) / 1e3 < start_s]
-    during = [r for r in rows if first_due_s <= float(r["t_s"]) <= end_s - 0.05]
-    assert len(before) >= 40 and len(during) >= 20, (len(before), len(during), start_s, end_s)
-    # before the hog, a step may still be late beyond the bound from other work on this shared machine (seen:
-    # step 4 woke 110 ms late at load 40, and the samples then read 330 ms for 67): those samples, and only
-    # those, may be invalid; the clock's own record (steps.csv) says which steps were late
+    # which steps were late comes from the clock's record (steps.csv: due time and lateness as measured when
+    # each step was applied), not from the product's flag; a late step spans from its due time to the next
+    # step's, or to when it was applied if later
     with open(out / "steps.csv", newline="") as f:
-        # a late step: from its due time to the next step's, or to when it was applied if later
         late = [(float(r["due_s"]), float(r["due_s"]) + max(1.0, float(r["late_ms"]) / 1e3))
                 for r in csv.DictReader(f) if float(r["late_ms"]) > 100]
 
@@ -131,12 +126,20 @@ def test_samples_during_a_cpu_hog_are_invalid(tmp_path):
         t = float(r["t_s"])
         return any(a <= t + float(r["measured_ms"] or 0) / 1e3 and t <= b for a, b in late)
 
-    wrong = [(r["t_s"], r["measured_ms"], r["valid"]) for r in before if (r["valid"] == "1") == in_late_step(r)]
-    assert not wrong, f"samples before the hog (from {start_s:.2f} s) marked wrongly: {wrong[:10]}; late {late}"
-    assert sum(r["valid"] == "1" for r in before) >= len(before) / 2, "most samples before the hog are valid"
-    good_during = [(r["t_s"], r["measured_ms"]) for r in during if r["valid"] != "0"]
-    assert not good_during, (f"samples during the hog ({first_due_s} to {end_s:.2f} s) marked valid: "
-                             f"{good_during[:10]}")
+    # the hog made steps late: at least two of the four due while it ran (seen: three or four, 0.5-2.6 s)
+    hog_late = [(a, b) for a, b in late if start_s <= a <= end_s]
+    assert len(hog_late) >= 2, f"the hog ({start_s:.2f} to {end_s:.2f} s) made too few steps late: {late}"
+    # every sample in flight during a late step is invalid, and every other one valid (only the step check
+    # is judged here); before the hog, a step may still be late from other work on this shared machine
+    # (seen: step 4 woke 110 ms late at load 40, and its samples read 330 ms for 67)
+    wrong = [(r["t_s"], r["measured_ms"], r["valid"]) for r in rows if (r["valid"] == "1") == in_late_step(r)]
+    assert not wrong, f"samples marked wrongly (t_s, ms, valid): {wrong[:10]}; late steps {late}"
+    during = [r for r in rows if any(a <= float(r["t_s"]) <= b for a, b in hog_late)]
+    assert len(during) >= 20 and all(r["valid"] == "0" for r in during), len(during)
+    # before: back (or lost) before the hog began
+    before = [r for r in rows if float(r["t_s"]) + float(r["measured_ms"] or 0) / 1e3 < start_s]
+    assert len(before) >= 40 and sum(r["valid"] == "1" for r in before) >= len(before) / 2, \
+        "most samples before the hog are valid"
     summary = json.loads((out / "summary.json").read_text())
     [flow] = [f for f in summary["flows"] if f["kind"] == "ping"]
     assert flow["valid"]["samples"] == sum(r["valid"] == "1" for r in rows) < flow["sent"]
