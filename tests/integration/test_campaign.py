@@ -64,9 +64,60 @@ def test_campaign_writes_every_file(campaign):
         if f["kind"] == "path":
             assert f["reached"] > 5 and f["matched"] >= 0.8 * f["reached"], f
     assert summary["lateness"]["steps"] >= 25
-    # the emulator issue's fidelity bound: measured delay within max(1 ms, 3%) of the prediction
-    err = summary["delay_error"]
-    assert err["within_bound"], err
+
+
+def least_delay_rtt_ms(tl, src: int, dst: int, step: int) -> float:
+    """Twice the least one-way delay (ms) from ``src`` to ``dst`` over the links up at ``step``: the
+    test's own prediction (networkx Dijkstra on the timeline's delays; links are symmetric)."""
+    import networkx as nx
+
+    from topologies.timeline import Reason
+
+    g = nx.Graph()
+    for link in np.flatnonzero(tl.state[:, step] == Reason.UP).tolist():
+        u, v, w = int(tl.link_a[link]), int(tl.peer[link, step]), float(tl.delay_ms[link, step])
+        if not g.has_edge(u, v) or g[u][v]["weight"] > w:
+            g.add_edge(u, v, weight=w)
+    return 2 * nx.dijkstra_path_length(g, src, dst)
+
+
+def test_measured_rtt_is_the_timelines_least_delay_at_p50_and_p95(campaign):
+    """The ping RTT London - New York against the least-delay RTT the test computes from the run's timeline
+    at each sample's step, within the emulator issue's bound max(1 ms, 3 %), at the median and at p95 of
+    the per-sample error. Samples from the TCP flow's start to 1 s after its end are left out: it fills
+    the queues on purpose. The product's own prediction and its within_bound flag are not used."""
+    import csv
+
+    from topologies.timeline import Timeline
+
+    out, _ = campaign
+    tl = Timeline.load(out / "timeline.npz")
+    flows = json.loads((out / "flows.json").read_text())
+    t0 = json.loads((out / "run.json").read_text())["t0_unix"]
+    tcp = next(f for f in flows if f["kind"] == "iperf3-tcp")
+    busy = (tcp["start_unix_s"] - t0, tcp["start_unix_s"] - t0 + tcp["duration_s"] + 1.0)
+    ping = next(f for f in flows if f["kind"] == "ping")
+    src, dst = tl.node_index(ping["src"]), tl.node_index(ping["dst"])
+    with open(out / "samples.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["flow"] == ping["label"] and r["measured_ms"] not in ("", "nan")]
+    cache: dict[int, float] = {}
+    measured, predicted = [], []
+    for r in rows:
+        t_s = float(r["t_s"])
+        if busy[0] <= t_s <= busy[1]:
+            continue
+        k = min(int(t_s // tl.step_s), tl.n_steps - 1)
+        if k not in cache:
+            cache[k] = least_delay_rtt_ms(tl, src, dst, k)
+        measured.append(float(r["measured_ms"]))
+        predicted.append(cache[k])
+    m, p = np.array(measured), np.array(predicted)
+    assert len(m) >= 150, len(m)
+    err = m - p
+    bound = np.maximum(1.0, 0.03 * p)
+    for q in (50, 95):
+        e, b = float(np.percentile(err, q)), float(np.percentile(bound, q))
+        assert abs(e) <= b, f"p{q} of measured - predicted RTT {e:.3f} ms, bound {b:.3f} ms ({len(m)} samples)"
 
 
 def test_request_to_compute_node_is_answered_and_split(campaign):
