@@ -258,8 +258,8 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     for idx, what in ((gsl, "a gateway antenna"), (xshell, "a cross-shell laser slot")):
         if len(idx):
             gp = peer[idx]
-            bad = (gp >= 0) & ~np.isin(kinds[np.maximum(gp, 0)], ("sat",))
-            if bad.any():
+            wrong = (gp >= 0) & ~np.isin(kinds[np.maximum(gp, 0)], ("sat",))
+            if wrong.any():
                 raise ConfigError(f"{what} points at a node that is not a satellite", key="peer")
     if len(xshell) and (peer[xshell] == a[xshell, None]).any():
         raise ConfigError("a cross-shell laser slot points at its own satellite", key="peer")

@@ -21,7 +21,8 @@ class StepRecord:
     late_ms: float  # how much later than due the step was fully applied
     apply_ms: float  # time spent applying it
     ahead_ms: float = 0.0  # time spent preparing later steps after it (off the clock, before the next one)
-    stats: dict[str, Any] = field(default_factory=dict)
+    #: what ``apply`` returned: read with ``.get(key, default)`` (the emulation's StepStats, or a dict)
+    stats: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Playback:
     step_s: float
     first: int
     last: int
-    apply: Callable[[int], dict[str, Any]]
+    apply: Callable[[int], Any]  # returns statistics with .get (StepStats, a dict) or None
     speed: float = 1.0
     on_step: Callable[[StepRecord], None] | None = None
     ahead: Callable[[int, float], Any] | None = None

@@ -45,12 +45,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from routing.base import RouteTable, RoutingProtocol, get_protocol
-from routing.daemon import is_daemon_driven
+from routing.daemon import DaemonProtocol, is_daemon_driven
 from topologies.errors import ApplyError, ConfigError
 from topologies.gsl import link_gap_ms
 from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
@@ -167,7 +167,7 @@ class Emulation:
         self.is_access = timeline.link_class == _ACCESS
         self.nodes: list[EmuNode] = []
         self.net: EmulatedNet | None = None
-        self._rtnl: list[rtnl.Rtnl | None] = []
+        self._rtnl: list[rtnl.Rtnl] = []
         self._ipr: OrderedDict[int, Any] = OrderedDict()
         self.holder: Holder | None = None
         self.needs: budget.RunNeeds | None = None
@@ -255,7 +255,14 @@ class Emulation:
     @property
     def pids(self) -> list[int]:
         """Process ids of the node shells started so far (a shell starts on a node's first ``cmd``)."""
-        return [n.pid for n in self.nodes if n.shell is not None]
+        return [n.pid for n in self.nodes if n.shell is not None and n.pid is not None]
+
+    @property
+    def _daemons(self) -> DaemonProtocol:
+        """The protocol as daemon-driven (only where :attr:`daemon_driven`). is_daemon_driven checks
+        ``kind == "daemon"``, a contract a plugin may meet without subclassing DaemonProtocol: the cast
+        states it for the type checker and checks nothing."""
+        return cast(DaemonProtocol, self.protocol)
 
     def build(self) -> None:
         """Create every node, link, address, sysctl, shaping and route of step 0."""
@@ -304,7 +311,7 @@ class Emulation:
             t1 = time.perf_counter()
             if self.daemon_driven:  # routing daemons find the routes; hosts keep their default route
                 self._host_routes()
-                self.protocol.start(self)
+                self._daemons.start(self)
             else:
                 self._routes_init()
                 self._host_routes()
@@ -429,7 +436,7 @@ class Emulation:
         t4 = time.perf_counter()
         stats.timings_ms["links_down"] = (t4 - t3) * 1e3
         if self.daemon_driven:  # the daemons see links go up/down themselves; tell them costs, handovers
-            self.protocol.update(self, step, applied, d)
+            self._daemons.update(self, step, applied, d)
             stats.timings_ms["daemons"] = (time.perf_counter() - t4) * 1e3
             t4 = time.perf_counter()
         stats.timings_ms["total"] = (t4 - t0) * 1e3
@@ -602,7 +609,7 @@ class Emulation:
         self._ipr.clear()
         if self.daemon_driven:  # before the namespaces go: the daemons' files go with them
             try:
-                self.protocol.stop(self)
+                self._daemons.stop(self)
             except Exception as e:  # noqa: BLE001 - teardown continues whatever the daemons say
                 log.warning("stopping the routing daemons failed: %s", e)
         pids, _ = find_ours(self.run_id)  # shells and whatever runs in their namespaces

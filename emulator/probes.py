@@ -49,6 +49,6 @@ def parse_ping(text: str, start_unix_s: float, interval_s: float, count: int | N
     if count is not None:
         sent = max(sent, count)
     seqs = np.arange(1, sent + 1)
-    t = np.array([got[s][0] if s in got else start_unix_s + (s - 1) * interval_s for s in seqs])
-    rtt = np.array([got[s][1] if s in got else np.nan for s in seqs])
-    return PingSamples(t, seqs, rtt)
+    t = np.array([got[s][0] if s in got else start_unix_s + (s - 1) * interval_s for s in seqs.tolist()])
+    rtt_ms = np.array([got[s][1] if s in got else np.nan for s in seqs.tolist()])
+    return PingSamples(t, seqs, rtt_ms)

@@ -54,7 +54,7 @@ def _rel_steps(t_unix: np.ndarray, run: dict[str, Any], tl: Timeline) -> tuple[n
     return t, step
 
 
-def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
+def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Per-sample records of every ping and udp-probe flow, with the predicted and best delays, from the
     raw files in ``flows/``; plus a summary entry per flow of every kind. Writes ``samples.csv``."""
     from routing.predict import in_handover_gap, predict
@@ -80,7 +80,7 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, np.nd
     from .validity import mark_valid
 
     invalid, _, _ = run_validity(folder, run, tl.step_s)
-    samples: dict[str, dict[str, np.ndarray]] = {}
+    samples: dict[str, dict[str, Any]] = {}  # arrays per column, and the flow's kind and metric
     flows: list[dict[str, Any]] = []
     for f in manifest:
         d = folder / "flows" / f["label"].replace(":", "_")
@@ -175,7 +175,7 @@ def compare_paths(rounds, tl: Timeline, folder: Path, run: dict[str, Any], pp) -
     if not rounds or pp is None or not owners:
         return {"rounds": len(rounds), "matched": None}
     matched = reached = 0
-    mismatches = []
+    mismatches: list[dict[str, Any]] = []
     for r in rounds:
         if not r.reached:
             continue

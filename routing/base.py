@@ -12,6 +12,7 @@ import importlib
 import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 import numpy as np
 
@@ -202,7 +203,7 @@ def _known() -> list[str]:
     return sorted(names)
 
 
-def get_protocol(name: str, **options: object) -> RoutingProtocol:
+def get_protocol(name: str, **options: Any) -> RoutingProtocol:
     """An instance of the protocol registered as ``name``.
 
     Raises
@@ -221,7 +222,7 @@ def get_protocol(name: str, **options: object) -> RoutingProtocol:
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown routing protocol {name!r}; known: {', '.join(_known())}",
                           key="routing.protocol")
-    return PROTOCOLS[name](**options)  # type: ignore[arg-type]
+    return PROTOCOLS[name](**options)
 
 
 def describe(cls: type) -> str:

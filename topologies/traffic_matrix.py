@@ -28,10 +28,15 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # for the annotations only: this module stays importable without them
+    from .scenario import TrafficSpec
+    from .timeline import Timeline
 
 CITIES_FILE = Path(__file__).parent / "data" / "cities-top100.csv"
 EARTH_RADIUS_KM = 6371.0
@@ -225,7 +230,7 @@ class MatrixPlan:
                 if self.rates_mbps.flat[f] > 0]
 
 
-def endpoint_positions(timeline: object, names: Sequence[str]) -> tuple[list[float], list[float]]:
+def endpoint_positions(timeline: Timeline, names: Sequence[str]) -> tuple[list[float], list[float]]:
     """Latitude and longitude (deg) of hosts (their gateway's) and terminals, from the timeline's node table.
 
     Raises
@@ -233,8 +238,8 @@ def endpoint_positions(timeline: object, names: Sequence[str]) -> tuple[list[flo
     ConfigError
         An endpoint that is neither a host behind a gateway nor a terminal (it has no place on the ground).
     """
-    nodes = timeline.nodes  # type: ignore[attr-defined]
-    index = timeline.node_index  # type: ignore[attr-defined]
+    nodes = timeline.nodes
+    index = timeline.node_index
     lat, lon = [], []
     for n in names:
         nd = nodes[index(n)]
@@ -249,7 +254,7 @@ def endpoint_positions(timeline: object, names: Sequence[str]) -> tuple[list[flo
     return lat, lon
 
 
-def plan_matrix(spec: object, timeline: object, base_dir: Path | None = None) -> MatrixPlan:
+def plan_matrix(spec: TrafficSpec, timeline: Timeline, base_dir: Path | None = None) -> MatrixPlan:
     """The matrix of a ``kind = "matrix"`` traffic entry on a planned timeline.
 
     Parameters
@@ -259,21 +264,23 @@ def plan_matrix(spec: object, timeline: object, base_dir: Path | None = None) ->
         ``matrix_csv`` (relative to ``base_dir``).
     timeline : topologies.timeline.Timeline
     """
-    names = list(spec.endpoints)  # type: ignore[attr-defined]
+    names = list(spec.endpoints)
     if not names:
-        names = [timeline.nodes[i].name for i in  # type: ignore[attr-defined]
-                 [*timeline.nodes_of("host"), *timeline.nodes_of("terminal")]]  # type: ignore[attr-defined]
-    known = {nd.name for nd in timeline.nodes}  # type: ignore[attr-defined]
+        names = [timeline.nodes[i].name for i in [*timeline.nodes_of("host"), *timeline.nodes_of("terminal")]]
+    known = {nd.name for nd in timeline.nodes}
     for n in names:
         if n not in known:
             raise ConfigError(f"matrix endpoint {n!r} is not a node of this network", key="endpoints")
-    matrix_csv = spec.matrix_csv  # type: ignore[attr-defined]
-    aggregate = spec.aggregate_mbps  # type: ignore[attr-defined]
+    matrix_csv = spec.matrix_csv
+    aggregate = spec.aggregate_mbps
     if matrix_csv:
         path = Path(matrix_csv)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         return MatrixPlan(tuple(names), csv_rates(path, names, aggregate), (), "csv")
+    if aggregate is None:  # TrafficSpec refuses it already; the type allows it (matrix_csv may scale by nothing)
+        raise ConfigError("aggregate_mbps is required for a gravity-model matrix (or give matrix_csv)",
+                          key="aggregate_mbps")
     lat, lon = endpoint_positions(timeline, names)
     matches = match_cities(names, lat, lon)
     rates = gravity_rates([m.weight for m in matches], float(aggregate))

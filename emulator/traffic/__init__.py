@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -125,7 +125,7 @@ def run_program(prog: str, body: Callable[[threading.Event], Any]) -> int:
 
 
 def read_records(path: str | os.PathLike[str],
-                 columns: dict[str, Callable[[str], Any]]) -> list[dict[str, Any]]:
+                 columns: Mapping[str, Callable[[str], Any]]) -> list[dict[str, Any]]:
     """Read a record file written by :class:`CsvLog`, tolerating an interrupted writer.
 
     Parameters
