@@ -184,6 +184,7 @@ class Emulation:
         self._inst_link: np.ndarray = np.empty((0, n), np.int32)
         self._dest_row: dict[int, int] = {}
         self._inst_version = 0  # changes with every change of the installed record (_inst_nh, _inst_link)
+        self._ports: dict[tuple[int, int, int], tuple[int, Any]] = {}  # (link, pair, side) -> (far node, Port)
         # a table's differences from the installed routes, computed between steps (_route_changes)
         self._prepared: tuple[Any, ...] | None = None
         self._built = False
@@ -493,6 +494,8 @@ class Emulation:
         int
             Spare pairs moved.
         """
+        if self._worker is not None:  # the child computes while this thread moves spares
+            self.prefetch_routes(step + 1, time.monotonic())
         done = self._move_spares_ahead(step, until)
         self.prefetch_routes(step + 1, until)
         return done
@@ -797,9 +800,12 @@ class Emulation:
     def _port(self, link: int, side: int, pair: int | None = None) -> Any:
         """The shaper's port for one direction of ``link`` (sent from ``side``) on veth pair ``pair``
         (default: the active one)."""
-        from .shaping import Port
-
         p = int(self.ends.pair[link]) if pair is None else pair
+        far = int(self._pfar[link, p])
+        got = self._ports.get((link, p, side))
+        if got is not None and got[0] == far:  # Ports are immutable; one stays valid while its far end stays
+            return got[1]
+        from .shaping import Port
 
         def end(side: int, peer: Any = None) -> Any:
             node = int(self.link_a[link]) if side == 0 else int(self._pfar[link, p])
@@ -808,7 +814,9 @@ class Emulation:
 
         # the receiving end: the userspace shaper holds this direction's packets there (after the veth has
         # detached them from the sending socket, so TCP is not throttled by its own small queues)
-        return end(side, end(1 - side))
+        port = end(side, end(1 - side))
+        self._ports[(link, p, side)] = (far, port)
+        return port
 
     def _shape(self, links: np.ndarray, snap: Snapshot) -> None:
         """Shape both directions of ``links``' active pairs (one direction while an antenna has no
