@@ -437,7 +437,8 @@ def plot_map(tl: Timeline, folder: Path, steps: list[int], pairs: list[tuple[str
 TOP_LINKS = 10
 
 
-def link_load(path: Path, tl: Timeline, played: int, plots: Path) -> tuple[dict[str, Any], list[Path]]:
+def link_load(path: Path, tl: Timeline, played: int, plots: Path,
+              invalid_s: np.ndarray | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Per-link utilisation from ``linkload.csv`` (:mod:`emulator.linkload`): the most loaded link
     directions (by their peak utilisation over the steps), links that carried anything, and a map shading
     each link by its utilisation at the step with the most bytes in flight."""
@@ -465,18 +466,19 @@ def link_load(path: Path, tl: Timeline, played: int, plots: Path) -> tuple[dict[
     out = {"links_carrying": int(np.count_nonzero(mbps.any(axis=(1, 2)))), "top": top,
            "total_mbps_by_step": np.round(mbps.sum(axis=(0, 1)), 3).tolist(), "map_step": busiest}
     files = plot_load_map(tl, plots, busiest, np.nan_to_num(util[:, :, busiest], nan=0.0).max(axis=1))
-    files += plot_link_load(util, top[:6], tl.step_s, plots, scheduled_s(tl, played * tl.step_s))
+    files += plot_link_load(util, top[:6], tl.step_s, plots, scheduled_s(tl, played * tl.step_s), invalid_s)
     return out, files
 
 
 def plot_link_load(util: np.ndarray, top: list[dict[str, Any]], step_s: float, folder: Path,
-                   events_s: np.ndarray) -> list[Path]:
+                   events_s: np.ndarray, invalid_s: np.ndarray | None = None) -> list[Path]:
     """Utilisation over time of the most loaded link directions (``top``, as :func:`link_load` lists them),
-    scheduled events marked."""
+    scheduled events marked, invalid intervals shaded."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(12, 3))
     _mark_scheduled(ax, events_s)
+    _shade_invalid(ax, invalid_s)
     t = np.arange(util.shape[2]) * step_s
     for entry in top:
         side = 0 if entry["direction"] == "a->b" else 1
@@ -657,7 +659,7 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
         written += plot_map(tl, plots, steps, [p for p in pairs if len(p) == 2])
     summary.pop("link_load", None)
     if tl is not None and (folder / "linkload.csv").is_file():
-        load, files = link_load(folder / "linkload.csv", tl, played, plots)
+        load, files = link_load(folder / "linkload.csv", tl, played, plots, invalid_u)
         summary["link_load"] = load
         written += files
     summary["plots"] = [str(p.relative_to(folder)) for p in written]
