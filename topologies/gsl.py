@@ -360,8 +360,8 @@ def _spread_step(cur: list[int], k: int, use_k: NDArray[np.bool_], keep: NDArray
     held_now = (cur_a >= 0) & use_k[np.maximum(cur_a, 0)]
     rows = np.where(held_now, np.searchsorted(vis, cur_a), -1).tolist()  # -1: none, or lost since the last step
     # cosines to each antenna's satellite, a column per antenna (-2, below any cosine, for none): the least
-    # angle to the others is then one max over the columns but one; 40 against 110 us a site and step on
-    # the 2026 set with a list of held rows rebuilt per antenna
+    # angle to the others is then one max over the columns but one (on the 2026 set, ~50 satellites in view
+    # and 8 antennas, 240 to 430 us a site and decision step on this shared machine)
     m = np.full((len(vis), a), -2.0)
     have = [i for i in range(a) if rows[i] >= 0]
     m[:, have] = cos[:, [rows[i] for i in have]]
