@@ -83,7 +83,7 @@ class _Series:
 @lru_cache(maxsize=1)
 def _de421() -> dict[str, _Series | float]:
     try:
-        import de421  # type: ignore[import-untyped]
+        import de421  # type: ignore[import-untyped]  # de421 ships no type hints or stubs
     except ImportError:
         raise ConfigError("the de421 package (JPL's DE421 ephemeris) is not installed: pip install de421") from None
     base = Path(de421.__file__).parent
