@@ -210,7 +210,7 @@ def test_unknown_policy_lists_the_known_ones():
 def test_coarse_screen_changes_no_assignment():
     """gsl_assign tests every step only for satellites that pass a screen every coarse_s; screening every
     step (coarse_s = step) is the exhaustive case. Several shells (380 to 1,300 km), all 100 cities, two
-    policies and masks, 10 antennas a site: the same satellites, states and delays."""
+    policies and masks, 10 antennas a site, and spread on a 10 s grid: the same satellites, states and delays."""
     shells = [Shell(name="lo", pattern="delta", altitude_km=380.0, inclination_deg=43.0, planes=12,
                     sats_per_plane=14, phasing=5),
               Shell(name="hi", pattern="star", altitude_km=1300.0, inclination_deg=87.0, planes=8,
@@ -218,7 +218,8 @@ def test_coarse_screen_changes_no_assignment():
     const = walker_constellation([PRESETS["starlink-shell1"]] + shells, START)
     eph = propagate(const, START, 2.0, 240)
     cities = builtin_cities(100)
-    for cfg in (GslConfig(antennas=10), GslConfig(antennas=3, min_elevation_deg=10.0, policy="nearest")):
+    for cfg in (GslConfig(antennas=10), GslConfig(antennas=3, min_elevation_deg=10.0, policy="nearest"),
+                GslConfig(antennas=6, policy="spread", reconfiguration_interval_s=10.0)):
         exact = gsl_assign(cities, eph, cfg, coarse_s=2.0)
         for coarse_s in (30.0, 120.0):
             got = gsl_assign(cities, eph, cfg, coarse_s=coarse_s)
