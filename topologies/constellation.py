@@ -49,6 +49,15 @@ class Shell:
     phasing : int
         Walker phasing factor F in 0..planes-1: plane ``p`` is shifted along the orbit by
         ``p * F * 360 / (planes * sats_per_plane)`` deg. 0 for shells from TLE sets.
+    ltan_h : float or None
+        Local time of the ascending node of plane 0, [0, 24) h, for a sun-synchronous shell: its RAAN
+        is the Sun's right ascension at the epoch plus ``(ltan_h - 12) * 15`` deg (6.0 or 18.0 is a
+        dawn-dusk orbit). The inclination must then be the sun-synchronous one
+        (:func:`topologies.walker.sso_inclination_deg`). None: plane 0 has RAAN 0.
+    raan_span_deg : float or None
+        RAAN range the planes spread over, (0, 360] deg: plane ``p`` is ``p * span / planes`` deg from
+        plane 0. None: 360 (delta) or 180 (star). A narrow span with the star pattern keeps every plane
+        of a dawn-dusk shell near the terminator (a star shell has no laser links across its seam).
     """
 
     name: str
@@ -58,6 +67,8 @@ class Shell:
     planes: int
     sats_per_plane: int
     phasing: int = 0
+    ltan_h: float | None = None
+    raan_span_deg: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
@@ -89,6 +100,18 @@ class Shell:
                 f"phasing must be an integer in 0..planes-1 = 0..{self.planes - 1}, got {self.phasing!r}",
                 key="phasing",
             )
+
+        if self.ltan_h is not None and not (
+            isinstance(self.ltan_h, (int, float)) and not isinstance(self.ltan_h, bool)
+            and math.isfinite(self.ltan_h) and 0.0 <= self.ltan_h < 24.0
+        ):
+            raise ConfigError(f"ltan_h must be in [0, 24) h, got {self.ltan_h!r}", key="ltan_h")
+        if self.raan_span_deg is not None and not (
+            isinstance(self.raan_span_deg, (int, float)) and not isinstance(self.raan_span_deg, bool)
+            and math.isfinite(self.raan_span_deg) and 0.0 < self.raan_span_deg <= 360.0
+        ):
+            raise ConfigError(f"raan_span_deg must be in (0, 360] deg, got {self.raan_span_deg!r}",
+                              key="raan_span_deg")
 
     @property
     def n_sats(self) -> int:

@@ -53,7 +53,8 @@ def build_constellation(sc: Scenario) -> Constellation:
     if cc.shells:
         shells = [Shell(name=s.name, pattern=s.pattern, altitude_km=s.altitude_km,
                         inclination_deg=s.inclination_deg, planes=s.planes,
-                        sats_per_plane=s.sats_per_plane, phasing=s.phasing) for s in cc.shells]
+                        sats_per_plane=s.sats_per_plane, phasing=s.phasing, ltan_h=s.ltan_h,
+                        raan_span_deg=s.raan_span_deg) for s in cc.shells]
         return walker_constellation(shells, sc.time.start)
     preset = cc.preset or "starlink-shell1"
     if preset not in PRESETS:

@@ -97,10 +97,15 @@ class ShellSpec:
     name: str = "shell"
     pattern: str = "delta"
     altitude_km: float = 550.0
-    inclination_deg: float = 53.0
+    #: 53.0 when not given; with ltan_h, the sun-synchronous inclination for altitude_km
+    inclination_deg: float = None  # type: ignore[assignment]
     planes: int = 72
     sats_per_plane: int = 22
     phasing: int = 1
+    #: local time of the ascending node (h) of a sun-synchronous shell: 6.0 or 18.0 is dawn-dusk
+    ltan_h: float | None = None
+    #: RAAN range the planes spread over (deg); default 360 (delta) or 180 (star)
+    raan_span_deg: float | None = None
 
     def __post_init__(self) -> None:
         # the same rule as topologies.constellation.Shell, checked here so that the error has its line
@@ -110,6 +115,20 @@ class ShellSpec:
             raise ValueError(f"pattern must be 'delta' or 'star', got {self.pattern!r}")
         if not 160 <= self.altitude_km <= 2000:
             raise ValueError(f"altitude_km must be in [160, 2000] (LEO), got {self.altitude_km}")
+        if self.ltan_h is not None:
+            if not (math.isfinite(self.ltan_h) and 0 <= self.ltan_h < 24):
+                raise ValueError(f"ltan_h must be in [0, 24) h, got {self.ltan_h}")
+            if self.inclination_deg is not None:
+                raise ValueError("inclination_deg cannot be given with ltan_h: a sun-synchronous shell's "
+                                 "inclination follows from its altitude_km")
+            from .walker import sso_inclination_deg
+
+            object.__setattr__(self, "inclination_deg", sso_inclination_deg(self.altitude_km))
+        elif self.inclination_deg is None:
+            object.__setattr__(self, "inclination_deg", 53.0)
+        if self.raan_span_deg is not None and not (math.isfinite(self.raan_span_deg)
+                                                   and 0 < self.raan_span_deg <= 360):
+            raise ValueError(f"raan_span_deg must be in (0, 360] deg, got {self.raan_span_deg}")
         if not 0 <= self.inclination_deg <= 180:
             raise ValueError(f"inclination_deg must be in [0, 180], got {self.inclination_deg}")
         if not 1 <= self.planes <= 1000:
