@@ -98,7 +98,7 @@ class ShellSpec:
     pattern: str = "delta"
     altitude_km: float = 550.0
     #: 53.0 when not given; with ltan_h, the sun-synchronous inclination for altitude_km
-    inclination_deg: float = None  # type: ignore[assignment]
+    inclination_deg: float = None  # type: ignore[assignment]  # None only until __post_init__ fills it
     planes: int = 72
     sats_per_plane: int = 22
     phasing: int = 1
