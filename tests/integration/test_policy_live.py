@@ -80,7 +80,7 @@ def test_ground_first_pings_ride_the_backbone(make_emulation):
     tl_run = dataclasses.replace(tl, state=tl.state[:, [0, 0]], peer=tl.peer[:, [0, 0]],
                                  delay_ms=tl.delay_ms[:, [0, 0]] * np.array([1.0, SHRINK], np.float32),
                                  rate_mbps=tl.rate_mbps[:, [0, 0]], loss_pct=tl.loss_pct[:, [0, 0]],
-                                 sat_lla=tl.sat_lla[:, [0, 0]])
+                                 sat_lla=tl.sat_lla[:, [0, 0]], sat_sunlight=None)
     emu = make_emulation(tl_run, shaping.make_shaper("userspace")[0])
     emu.apply_step(0)
     raw = median(ping_rtts(emu, "ut-boston", "h-pop-lndngbr1"))

@@ -83,7 +83,7 @@ def test_a_terminal_pings_its_home_pop_host_across_satellite_gateway_and_fibre(m
     tl_run = dataclasses.replace(tl, state=tl.state[:, [0, 0]], peer=tl.peer[:, [0, 0]],
                                  delay_ms=tl.delay_ms[:, [0, 0]] * np.array([1.0, SHRINK], np.float32),
                                  rate_mbps=tl.rate_mbps[:, [0, 0]], loss_pct=tl.loss_pct[:, [0, 0]],
-                                 sat_lla=tl.sat_lla[:, [0, 0]])
+                                 sat_lla=tl.sat_lla[:, [0, 0]], sat_sunlight=None)
     emu = make_emulation(tl_run, shaping.make_shaper("userspace")[0])
     emu.apply_step(0)
     raw = median(ping_rtts(emu, "ut-dublin", "h-pop-frntdeu1"))

@@ -89,7 +89,8 @@ def with_shrunk_copies(tl, steps: list[int]):
         return np.concatenate([arr, (arr[:, steps] * scale).astype(arr.dtype)], axis=1)
 
     return dataclasses.replace(tl, state=grow(tl.state), peer=grow(tl.peer), delay_ms=grow(tl.delay_ms, SHRINK),
-                               rate_mbps=grow(tl.rate_mbps), loss_pct=grow(tl.loss_pct), sat_lla=grow(tl.sat_lla))
+                               rate_mbps=grow(tl.rate_mbps), loss_pct=grow(tl.loss_pct), sat_lla=grow(tl.sat_lla),
+                               sat_sunlight=None)
 
 
 def test_a_terminal_pings_a_gateway_host_at_the_predicted_rtt(make_emulation, backend):
