@@ -212,19 +212,17 @@ def test_rtt_equals_sum_of_configured_delays(shaper, chain):
     assert abs((rtt_ms - base_ms) - expected_ms) <= max(1.0, 0.03 * expected_ms) + allowance_ms, (base_ms, rtt_ms)
 
 
-def _lateness_ms(sh: Shaped) -> float:
-    """Worst lateness the userspace daemon reported since the last call (0 for netem), ms."""
-    if sh.kind.startswith("userspace"):
-        return sh.sh.stats(reset_late_max=True)["late_max_us"] / 1e3
-    return 0.0
-
-
 def test_delay_changes_in_place_without_loss_or_reordering(shaper, chain):
-    _shape_all(shaper, chain, LinkShape(delay_ms=0.0, rate_mbps=1000.0))
+    # the base RTT on the chain before the backend shapes anything: a fixed error per hop in the shaper
+    # (a 0 ms delay held for 1 ms) would be part of a base measured through it, and cancel out below
     _ping(chain, 3)
     _, base_ms, _ = _ping(chain, 10)
+    _shape_all(shaper, chain, LinkShape(delay_ms=0.0, rate_mbps=1000.0))
     _shape_all(shaper, chain, LinkShape(delay_ms=1.0, rate_mbps=1000.0))
-    _lateness_ms(shaper)
+    # how late this machine wakes a real-time task at the daemon's priority meanwhile: the test's own
+    # measure of what scheduling adds to each release (not the daemon's report of itself)
+    wake = subprocess.Popen([sys.executable, "-c", _WAKEUP_PROBE, str(DEFAULT_RT_PRIORITY), "2500", "1.0"],
+                            stdout=subprocess.PIPE, text=True)
     # 10 ms interval, RTT up to 120 ms: a dozen echoes in flight when the delay shrinks from 20 to 2 ms.
     # -w: wait for every reply (up to 10 s) rather than ping's 2 x RTT after the last request.
     # chrt: ping stamps a request's send time in user space before sendmsg; preempted in between by another
@@ -243,7 +241,7 @@ def test_delay_changes_in_place_without_loss_or_reordering(shaper, chain):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    late_ms = _lateness_ms(shaper)
+    wake_max_ms = int(wake.communicate(timeout=30)[0]) / 1e6
     replies = [(int(s), float(t)) for s, t in re.findall(r"icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms", out)]
     replies = [(q, t) for q, t in replies if q <= 250]  # -w may send one or two more
     seqs = [q for q, _ in replies]
@@ -255,9 +253,9 @@ def test_delay_changes_in_place_without_loss_or_reordering(shaper, chain):
     assert sorted(seqs) == list(range(1, 251)), f"lost: {sorted(set(range(1, 251)) - set(seqs))}"
     rtts = [t for _, t in replies]
     # While the long delay held, echoes took 6 x 20 ms: never less (the daemon releases at most 0.2 ms
-    # early per hop), and more only by the base RTT, scheduling noise and what the daemon says it was late.
-    # Under load the machine may be slow, which must show up in the daemon's own figure, not be guessed.
-    slack_ms = base_ms + 2.0 + 6 * late_ms
+    # early per hop), and more only by the base RTT, scheduling noise and, per hop, the longest wake-up
+    # delay the independent real-time sleeper saw over the same seconds (a busy machine shows there).
+    slack_ms = base_ms + 2.0 + 6 * wake_max_ms
     worst = max(rtts)
     if os.environ.get("SATNETEM_IN_VM") == "1":
         slack_ms += 10.0  # qemu's emulated CPU: a worst single sample jitters by several ms under load
@@ -265,7 +263,7 @@ def test_delay_changes_in_place_without_loss_or_reordering(shaper, chain):
         # the 250 was 139 ms (19 ms over) with nothing else running. The 98th percentile (the worst but 5)
         # still lies among the echoes of the 20 ms stretch, about 60 of them.
         worst = sorted(rtts)[-6]
-    assert 120.0 - 1.5 <= worst <= 120.0 + slack_ms, (worst, max(rtts), base_ms, late_ms)
+    assert 120.0 - 1.5 <= worst <= 120.0 + slack_ms, (worst, max(rtts), base_ms, wake_max_ms)
     # At the end, 6 x 2 ms: the median of the last 20 is robust to one echo delayed by a busy machine.
     tail = sorted(rtts[-20:])[10]
     vm_ms = 6 * vm_netem_overhead_ms(2.0) if os.environ.get("SATNETEM_IN_VM") == "1" else 0.0  # as above
@@ -557,7 +555,8 @@ def _quantile(xs: list[int], q: float) -> int:
 
 # A real-time sleeper beside the daemon, at its priority: how late the machine wakes such a task (the
 # kernel here is PREEMPT_NONE, so another process's long system call holds a CPU; and the hypervisor takes
-# the virtual CPUs away now and then: /proc/stat's steal column). Prints its p99, ns.
+# the virtual CPUs away now and then: /proc/stat's steal column). Prints its quantile argv[3]
+# (default 0.99; 1.0: the largest), ns.
 _WAKEUP_PROBE = """
 import os, sys, time
 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(sys.argv[1])))
@@ -567,7 +566,8 @@ for _ in range(n):
     if (d := t - time.monotonic_ns()) > 0:
         time.sleep(d / 1e9)
     late.append(time.monotonic_ns() - t)
-print(sorted(late)[int(0.99 * n)])
+q = float(sys.argv[3]) if len(sys.argv) > 3 else 0.99
+print(sorted(late)[min(n - 1, int(q * n))])
 """
 
 #: Echo requests timed on the wire while held, and how many of them may come later than the bound below.
