@@ -7,8 +7,9 @@ exist only inside the emulation's own network namespaces.
 Default plan (:class:`AddressPlan`)
 -----------------------------------
 * **Router loopbacks** (satellites, gateways, user terminals and PoPs): one /32 each from ``10.64.0.0/10``,
-  the r-th router (in node-table order) gets ``10.64.0.0 + r + 1``. It is the address to ping a router at and the
-  source of packets a router originates.
+  the r-th router (in node-table order) gets ``10.64.0.0 + r + 1``; a router with hosts behind it has its
+  loopback in its site block instead (below). It is the address to ping a router at and the source of
+  packets a router originates.
 * **Link slots** (ISLs, gateway antennas and fibre links): one /31 each from ``10.0.0.0/10``; slot ``l`` gets
   ``10.0.0.0 + 2 l`` at its near end (``link_a``: satellite or gateway) and ``+ 1`` at its far end.
 * **Gateway antennas and cross-shell laser slots** (the slots whose far end changes) have two veth
@@ -16,9 +17,15 @@ Default plan (:class:`AddressPlan`)
   /31 above, the second (the *spare*) a /31 from the same pool after all slots: the j-th such slot
   (in link-table order) gets ``10.0.0.0 + 2 (n_links + j)``. Each pair keeps its /31 wherever its
   far end sits.
-* **Access links** (a host to its gateway, a compute node to its satellite): the j-th access link gets
-  a host subnet from ``10.128.0.0/9`` (/24 by default); the router end is ``.1``, the host ``.2``.
-  The subnet is the host's destination prefix in every routing table.
+* **Access links** (a host to its gateway, a compute node to its satellite): each gets a host subnet
+  from ``10.128.0.0/9`` (/24 by default); the router end is ``.1``, the host ``.2``. The subnet is the
+  host's destination prefix. The hosts behind one router form its *site*: their subnets (in link-table
+  order) are the first of an aligned block of ``2^ceil(log2(k + 1))`` subnets for ``k`` hosts, the next
+  subnet's ``.1`` is the router's loopback, and blocks follow each other in router order from the pool's
+  start (one host behind the first site's router: ``10.128.0.0/24`` and loopback ``10.128.1.1``, block
+  ``10.128.0.0/23``). ``site_prefix``/``site_len`` hold each router's block: routers elsewhere reach the
+  router and all its hosts by one route to it (a gateway's hosts move with it at every handover: one
+  route change instead of one per host and one for the router).
 
 Capacity of the default plan: 2,097,152 /31s (link slots plus one spare per antenna), 4,194,302
 routers, 32,768 access links. A scenario that needs more raises
@@ -155,6 +162,8 @@ class Addressing:
     prefix (its loopback /32 for a router, its subnet for a host); ``gateway_addr`` is the default
     gateway of a host (0 for routers). ``addr_a``/``addr_b``, ``ifname_a``/``ifname_b``,
     ``ifindex_a``/``ifindex_b`` describe the near and far end of each link slot (its first veth pair);
+    ``site_prefix``/``site_len`` a router's site block (its loopback and its hosts' subnets; length 0 for a
+    router without hosts, and for hosts), ``site_router`` the router a host is behind (-1 for routers);
     the ``spare_*`` arrays the second pair of each slot whose far end changes, a gateway antenna or a
     cross-shell laser slot (0 or "" for other slots, ``has_spare`` False).
     """
@@ -180,6 +189,9 @@ class Addressing:
     spare_ifname_b: tuple[str, ...]
     spare_ifindex_a: np.ndarray
     spare_ifindex_b: np.ndarray
+    site_prefix: np.ndarray
+    site_len: np.ndarray
+    site_router: np.ndarray
 
     def pair_end(self, link: int, pair: int, side: int) -> tuple[str, int, int]:
         """(interface name, index, address) of one end (``side`` 0 near, 1 far) of veth pair ``pair``
@@ -191,6 +203,16 @@ class Addressing:
                               (self.spare_ifname_a, self.spare_ifindex_a, self.spare_addr_a),
                               (self.spare_ifname_b, self.spare_ifindex_b, self.spare_addr_b))[2 * pair + side]
         return names[link], int(index[link]), int(addr[link])
+
+    def covered_by(self, destinations: np.ndarray) -> np.ndarray:
+        """For each of ``destinations`` (node indices): the router whose site block holds it and is itself
+        one of ``destinations`` (so that a route to the block reaches it), else -1."""
+        d = np.asarray(destinations, np.int64)
+        router = np.full(len(d), -1, np.int64)
+        host = ~self.is_router[d]
+        r = self.site_router[d[host]]
+        router[host] = np.where(np.isin(r, d), r, -1)
+        return router
 
     def address_of(self, node: int) -> str:
         """The address to reach ``node`` at: a router's loopback, a host's own address."""
@@ -274,14 +296,37 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     addr_a = link_base + 2 * np.arange(n_links, dtype=np.int64)
     addr_b = addr_a + 1
     link_plen = np.full(n_links, 31, np.int64)
-    prefix = loopback.copy()
     prefix_len = np.where(is_router, 32, 0).astype(np.int64)
     gateway_addr = np.zeros(n_nodes, np.int64)
     access_link = np.full(n_nodes, -1, np.int64)
 
-    # --- host subnets ------------------------------------------------------------------------------
+    # --- host subnets, by site (see the module docstring) -------------------------------------------
     host_base = int(ipaddress.IPv4Network(plan.host_pool).network_address)
-    subnet = host_base + (np.arange(len(access), dtype=np.int64) << (32 - plan.host_prefix_len))
+    sub_bits = 32 - plan.host_prefix_len
+    site_router = np.full(n_nodes, -1, np.int64)
+    site_router[a[access]] = peer[access, 0]
+    site_prefix = np.zeros(n_nodes, np.int64)
+    site_len = np.zeros(n_nodes, np.int64)
+    index = np.empty(len(access), np.int64)  # subnet number of each access link in the pool
+    by_router: dict[int, list[int]] = {}
+    for k, l in enumerate(access.tolist()):
+        by_router.setdefault(int(peer[l, 0]), []).append(k)
+    cursor = 0
+    for r in sorted(by_router):
+        js = by_router[r]
+        size = 1 << (len(js)).bit_length()  # the smallest power of two above k: k subnets and the loopback's
+        cursor = -(-cursor // size) * size  # aligned
+        index[js] = cursor + np.arange(len(js))
+        loopback[r] = host_base + ((cursor + len(js)) << sub_bits) + 1
+        site_prefix[r] = host_base + (cursor << sub_bits)
+        site_len[r] = plan.host_prefix_len - (size.bit_length() - 1)
+        cursor += size
+    if cursor > plan.max_access:
+        raise ConfigError(f"{len(access)} hosts in {len(by_router)} sites need {cursor} /{plan.host_prefix_len} "
+                          f"subnets (a block per site, its router's loopback included), more than {plan.host_pool} "
+                          f"holds ({plan.max_access})", key="host_pool")
+    prefix = loopback.copy()
+    subnet = host_base + (index << sub_bits)
     addr_b[access] = subnet + 1  # router end
     addr_a[access] = subnet + 2  # host end
     link_plen[access] = plan.host_prefix_len
@@ -340,7 +385,8 @@ def _assign(plan: AddressPlan, tl: Timeline) -> Addressing:
     spare_nb = tuple(f"{names_b[l]}b" if has_spare[l] else "" for l in range(n_links))
     return Addressing(plan, is_router, loopback, prefix, prefix_len, gateway_addr, access_link,
                       addr_a, addr_b, link_plen, tuple(names_a), tuple(names_b), ifindex_a, ifindex_a + 1,
-                      has_spare, spare_a, spare_b, spare_na, spare_nb, spare_ifa, spare_ifb)
+                      has_spare, spare_a, spare_b, spare_na, spare_nb, spare_ifa, spare_ifb, site_prefix, site_len,
+                      site_router)
 
 
 @dataclass

@@ -183,6 +183,9 @@ class Emulation:
         self._inst_nh: np.ndarray = np.empty((0, n), np.int32)
         self._inst_link: np.ndarray = np.empty((0, n), np.int32)
         self._dest_row: dict[int, int] = {}
+        self._covered: np.ndarray = np.empty(0, bool)  # per destination row: reached through its router's block
+        self._route_pfx: np.ndarray = np.empty(0, np.int64)  # per node: the prefix routes to it use
+        self._route_plen: np.ndarray = np.empty(0, np.int64)
         self._inst_version = 0  # changes with every change of the installed record (_inst_nh, _inst_link)
         self._ports: dict[tuple[int, int, int], tuple[int, Any]] = {}  # (link, pair, side) -> (far node, Port)
         # a table's differences from the installed routes, computed between steps (_route_changes)
@@ -980,6 +983,12 @@ class Emulation:
         self._inst_link = np.full((nd, self.n_nodes, table.width), -1, np.int32)
         self._dest_row = {int(d): i for i, d in enumerate(table.destinations)}
         self._inst_dest = table.destinations.copy()
+        # a host behind a router that is a destination too is reached by the route to the router's site block
+        self._covered = self.addr.covered_by(table.destinations) >= 0
+        a = self.addr
+        site = a.is_router & (a.site_len > 0)
+        self._route_pfx = np.where(site, a.site_prefix, a.prefix)
+        self._route_plen = np.where(site, a.site_len, a.prefix_len)
         if table.width > 1:
             self._multipath_hash()
 
@@ -1058,7 +1067,7 @@ class Emulation:
             link_diff = want_link[:, :, 0] != self._inst_link[:, :, 0]
         else:
             link_diff = (want_link != self._inst_link).any(axis=2)
-        changed = ((want_nh != self._inst_nh) | link_diff) & self.is_router[None, :]
+        changed = ((want_nh != self._inst_nh) | link_diff) & self.is_router[None, :] & ~self._covered[:, None]
         rows, routers = np.nonzero(changed)
         order = np.argsort(routers, kind="stable")  # group by namespace
         rows, routers = rows[order], routers[order]
@@ -1093,7 +1102,7 @@ class Emulation:
         gw = np.where(near, e.addr_b[lc], e.addr_a[lc])
         oif = np.where(near, e.ifindex_a[lc], e.ifindex_b[lc])
         dnode = dest[rows]
-        pfx, plen, src = a.prefix[dnode], a.prefix_len[dnode], a.loopback[routers]
+        pfx, plen, src = self._route_pfx[dnode], self._route_plen[dnode], a.loopback[routers]
         installed = self._inst_nh[rows, routers] != -1  # installed, or a multipath route that may be
         packable = (plen > 0) & (src != 0)
         single = add & (n_hops == 1) & packable

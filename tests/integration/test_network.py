@@ -360,15 +360,25 @@ def _table_routes(emu, router: int) -> dict[str, tuple[str, int]]:
     from emulator.addressing import ip_str
 
     a, table = emu.addr, emu.routes
+    dests = table.destinations.tolist()
+    row_of = {d: k for k, d in enumerate(dests)}
     out = {}
-    for row, d in enumerate(table.destinations.tolist()):
+    for row, d in enumerate(dests):
         nh, l = int(table.next_hop[row, router]), int(table.link[row, router])
+        site = int(a.site_router[d]) if not a.is_router[d] else -1
+        if site >= 0 and site in row_of:
+            # a host behind a router that is a destination: the route to that router's block reaches it,
+            # which is right only if the table sends it the same way (or it is on-link here)
+            r = row_of[site]
+            assert router == site or (nh, l) == (int(table.next_hop[r, router]), int(table.link[r, router])), d
+            continue
         if nh < 0 or (nh == d and not a.is_router[d]):  # none, or on-link (the connected route serves it)
             continue
         near, e = int(emu.link_a[l]) == router, emu.ends  # e: the veth pair that carries each slot now
         gw = e.addr_b[l] if near else e.addr_a[l]
         oif = e.ifindex_a[l] if near else e.ifindex_b[l]
-        out[f"{ip_str(a.prefix[d])}/{a.prefix_len[d]}"] = (ip_str(gw), int(oif))
+        pfx, plen = (a.site_prefix[d], a.site_len[d]) if a.site_len[d] else (a.prefix[d], a.prefix_len[d])
+        out[f"{ip_str(pfx)}/{plen}"] = (ip_str(gw), int(oif))
     return out
 
 

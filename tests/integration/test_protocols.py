@@ -33,10 +33,17 @@ def ping(emu, src: str, dst_addr: str, count: int = 3, interval_s: float = 0.1) 
 
 
 def prefix_of(emu, node: str) -> str:
+    """The prefix of the route that reaches ``node``: its router's site block for a host behind a router
+    (emulator/addressing.py: one route reaches a router and its hosts), a router's own block if it has
+    hosts, else its own prefix."""
     from emulator.addressing import ip_str
 
+    a = emu.addr
     i = emu.timeline.node_index(node)
-    return f"{ip_str(emu.addr.prefix[i])}/{int(emu.addr.prefix_len[i])}"
+    site = i if a.is_router[i] else int(a.site_router[i])
+    if site >= 0 and a.site_len[site]:
+        return f"{ip_str(a.site_prefix[site])}/{int(a.site_len[site])}"
+    return f"{ip_str(a.prefix[i])}/{int(a.prefix_len[i])}"
 
 
 def kernel_gateways(emu, router: str, prefix: str) -> list[str]:

@@ -72,13 +72,47 @@ def test_addresses_unique_inside_10_8_and_paired():
     for l in range(tl.n_links):  # both ends in one prefix of the link's length
         net = ipaddress.IPv4Network(f"{ip_str(a.addr_a[l])}/{a.link_prefix_len[l]}", strict=False)
         assert ipaddress.IPv4Address(int(a.addr_b[l])) in net
-    h = tl.node_index("h-a")
+    # the first site (the lowest-numbered router with hosts; here one host): subnet 10.128.0.0/24, loopback
+    # 10.128.1.1, block 10.128.0.0/23
+    hosts = np.flatnonzero(~a.is_router)
+    first = min(int(a.site_router[h]) for h in hosts)
+    [h] = [int(h) for h in hosts if a.site_router[h] == first]
     assert a.address_of(h) == "10.128.0.2" and ip_str(a.gateway_addr[h]) == "10.128.0.1"
-    assert a.address_of(tl.node_index("sat-0-0")) == "10.64.0.1"
+    assert a.address_of(first) == "10.128.1.1" and (ip_str(a.site_prefix[first]), a.site_len[first]) == ("10.128.0.0", 23)
+    assert a.address_of(tl.node_index("sat-0-0")) == "10.64.0.1"  # no hosts: from the loopback pool
     again = AddressPlan().assign(grid_timeline())  # deterministic
     for f in ("loopback", "prefix", "prefix_len", "addr_a", "addr_b", "ifindex_a", "ifindex_b"):
         assert np.array_equal(getattr(again, f), getattr(a, f))
     assert again.ifname_a == a.ifname_a and again.ifname_b == a.ifname_b
+
+
+def test_each_site_block_holds_its_router_and_its_hosts_and_no_one_else():
+    """Checked with ipaddress, from the arrays: a router with hosts and those hosts are inside its aligned
+    block; no other address of the plan is; blocks do not overlap."""
+    tl = grid_timeline()
+    a = AddressPlan().assign(tl)
+    sites = np.flatnonzero(a.site_len > 0)
+    assert len(sites) and (a.site_router[sites] == -1).all()
+    blocks = {int(r): ipaddress.IPv4Network(f"{ip_str(a.site_prefix[r])}/{a.site_len[r]}") for r in sites}
+    for x, bx in blocks.items():
+        for y, by in blocks.items():
+            assert x == y or not bx.overlaps(by)
+    owner = {}
+    for r in np.flatnonzero(a.is_router).tolist():
+        owner[int(a.loopback[r])] = r
+    for h in np.flatnonzero(~a.is_router).tolist():
+        owner[int(a.addr_a[a.access_link[h]])] = int(a.site_router[h])  # a host counts as its router's site
+        owner[int(a.addr_b[a.access_link[h]])] = int(a.site_router[h])
+    everything = np.concatenate([a.addr_a, a.addr_b, a.spare_addr_a[a.has_spare], a.spare_addr_b[a.has_spare],
+                                 a.loopback[a.is_router]])
+    for x in everything.tolist():
+        inside = [r for r, b in blocks.items() if ipaddress.IPv4Address(int(x)) in b]
+        assert inside == ([owner[int(x)]] if int(x) in owner and owner[int(x)] in blocks else []), ip_str(x)
+    # and a covered destination is a host whose router is a destination too
+    dest = np.arange(len(tl.nodes))
+    cov = a.covered_by(dest)
+    assert np.array_equal(cov, np.where(a.is_router, -1, a.site_router))
+    assert (a.covered_by(np.flatnonzero(~a.is_router)) == -1).all()  # routers not among them: not covered
 
 
 def test_interface_names_short_and_unique_per_namespace_at_every_step():
