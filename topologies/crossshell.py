@@ -13,7 +13,9 @@ shells is several islands joined only through the ground. Here the terminals the
   as a +Grid link. Candidates are then matched greedily, each terminal at most once, slowest
   relative motion first (in 0.1 km/s bins), then shortest, then by satellite index: deterministic
   for a scenario. A link lasts about (range left) / (relative speed), so the slow pairs first means
-  fewer acquisitions than nearest first.
+  fewer acquisitions than nearest first. In that order, every pair of shells first gets up to
+  ``MIN_LINKS_PER_SHELL_PAIR`` links, so that no shell is left an island because its neighbours'
+  terminals all went to a closer shell; searches repeat at a step until nothing more pairs up.
 * **Hold.** A link is kept while it stays feasible, and ends at the first step it is not; its
   terminals are free again at that step.
 * **Acquire.** Every new partner costs ``acquisition_s`` (state ACQUIRING) from the link's first
@@ -47,6 +49,10 @@ _K_NEAREST = 4
 #: Partner-search rounds per step at most (each round searches only the satellites still free; two or
 #: three leave nothing more to pair on the 2026 set).
 MAX_ROUNDS = 8
+#: Links each pair of shells gets first where geometry allows, before the rest go nearest first (five
+#: Walker shells of 2019's Phase I with a fifth terminal each: without it the three polar and 70 deg shells
+#: joined each other but not the two 53 deg ones, whose spare terminals all paired across those two).
+MIN_LINKS_PER_SHELL_PAIR = 8
 #: A link's life is looked ahead this many steps at a time, for this many links at a time (temporaries
 #: of a few MB).
 _CHUNK_STEPS = 128
@@ -273,12 +279,23 @@ def cross_shell_links(spare: NDArray[np.integer], shell: NDArray[np.integer], al
                 ca, cb = ca[by_speed], cb[by_speed]
                 new_a: list[int] = []
                 new_b: list[int] = []
-                for a, b in zip(ca.tolist(), cb.tolist()):
-                    if free[a] > 0 and free[b] > 0:
-                        free[a] -= 1
-                        free[b] -= 1
-                        new_a.append(a)
-                        new_b.append(b)
+                # first, in the same order, links for the pairs of shells that have fewer than
+                # MIN_LINKS_PER_SHELL_PAIR: nearest first alone gives every spare terminal of two
+                # co-located shells to each other and leaves the others islands
+                n_sh = int(shell.max()) + 1
+                joined = np.zeros((n_sh, n_sh), np.int64)
+                np.add.at(joined, (shell[act_a], shell[act_b]), 1)
+                joined += joined.T
+                sa, sb = shell[ca].tolist(), shell[cb].tolist()
+                for quota in (True, False):
+                    for a, b, x, y in zip(ca.tolist(), cb.tolist(), sa, sb):
+                        if free[a] > 0 and free[b] > 0 and (not quota or joined[x, y] < MIN_LINKS_PER_SHELL_PAIR):
+                            free[a] -= 1
+                            free[b] -= 1
+                            new_a.append(a)
+                            new_b.append(b)
+                            joined[x, y] += 1
+                            joined[y, x] += 1
                 if not new_a:
                     break
                 na, nb = np.asarray(new_a, np.int64), np.asarray(new_b, np.int64)

@@ -297,6 +297,44 @@ def test_the_first_step_pairs_every_terminal_that_can_be_paired(tmp_path):
     assert not joinable, f"{len(joinable)} pairs left unjoined at step 0, e.g. {joinable[:3]}"
 
 
+PHASE1 = """
+[time]
+start = 2026-08-21T12:00:00Z
+duration_s = 3
+step_s = 1.0
+[isl]
+terminals = 5
+""" + "".join(f"""
+[[constellation.shells]]
+name = "{n}"
+altitude_km = {h}
+inclination_deg = {i}
+planes = {p}
+sats_per_plane = {k}
+phasing = {f}
+""" for n, h, i, p, k, f in (("a", 550, 53.0, 72, 22, 17), ("b", 540, 53.2, 72, 22, 17), ("c", 570, 70.0, 36, 20, 11),
+                             ("d", 560, 97.6, 6, 58, 1), ("e", 560, 97.6, 4, 43, 1)))
+
+
+def test_five_shells_with_a_spare_terminal_each_are_one_network(tmp_path):
+    """The five 2019 Phase I shells, one laser terminal beyond the +Grid each: one component at every step
+    (scipy on the up laser links of the timeline). Nearest first alone paired every spare terminal of the
+    two 53 deg shells with each other and left the 70 and 97.6 deg shells a second component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    p = tmp_path / "phase1.toml"
+    p.write_text(PHASE1)
+    tl = plan_scenario(load_scenario(p))
+    n = len(tl.nodes)
+    assert n == 4408
+    for k in range(tl.n_steps):
+        up = np.flatnonzero((tl.state[:, k] == 0) & (tl.peer[:, k] >= 0))
+        g = coo_matrix((np.ones(len(up)), (tl.link_a[up], tl.peer[up, k])), shape=(n, n))
+        count, _ = connected_components(g, directed=False)
+        assert count == 1, (k, count)
+
+
 # --- the emulator's view ----------------------------------------------------------------------
 def test_cross_shell_slots_get_a_spare_pair_and_unique_names(two_shells, tmp_path):
     tl = two_shells
