@@ -195,6 +195,8 @@ class BirdDaemons:
                         [self.bird, "-f", "-c", str(self.conf_path(name)), "-s", str(self.ctl_path(name))],
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, close_fds=True)
             self._wait_ready(timeout_s)
+            for name in self.procs:  # BIRD makes its socket 0660 (group: -G); only root talks to ours.
+                os.chmod(self.ctl_path(name), 0o600)  # Until now the 0700 folder kept everyone else out
         except BaseException:
             self.stop()
             raise

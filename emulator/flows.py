@@ -104,8 +104,10 @@ class FlowStarter:
         d = self.out / "flows" / "services"
         d.mkdir(exist_ok=True)
         for name in compute_nodes:
-            p, f = self._py(name, "service", ["serve", "--bind", "0.0.0.0", "--port", str(SERVICE_PORT),
-                                              "--work-ms", f"{work_ms:g}", "--name", name,
+            # the node's own address, not 0.0.0.0: a service answers where the node is reached, and on
+            # nothing else the namespace may have (issue 15: services bind only to their node's addresses)
+            p, f = self._py(name, "service", ["serve", "--bind", self.emu.address_of(name),
+                                              "--port", str(SERVICE_PORT), "--work-ms", f"{work_ms:g}", "--name", name,
                                               "--out", str(d / f"{name}.served.csv")], d / f"{name}.log")
             self.services.append(p)
             self._service_handles.append(f)

@@ -101,6 +101,10 @@ def send(cfg: SendConfig, out: str, stop: Any = None) -> int:
     schedule. Stops after ``duration_s`` or when ``stop`` (a ``threading.Event``) is set.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # connected: the sender's port takes datagrams from the receiver's address and port only, where an
+    # unconnected socket would accept any sender's on every address of the node. Connected at the first
+    # send that can be (no route yet fails like a send)
+    connected = False
     deadline = deadline_after(cfg.duration_s)
     period_s = 1.0 / cfg.rate_pps
     errors = 0
@@ -123,7 +127,10 @@ def send(cfg: SendConfig, out: str, stop: Any = None) -> int:
                     continue
                 sent_ns = time.time_ns()
                 try:
-                    sock.sendto(encode(cfg.flow, k, sent_ns, cfg.size_bytes), (cfg.dst, cfg.port))
+                    if not connected:
+                        sock.connect((cfg.dst, cfg.port))
+                        connected = True
+                    sock.send(encode(cfg.flow, k, sent_ns, cfg.size_bytes))
                 except OSError as e:
                     # no route, link down, buffer full: the datagram is lost, and recorded as sent
                     errors += 1
