@@ -85,4 +85,16 @@ if [ -z "${SATNETEM_MINIMAL:-}" ]; then
     say "delay daemon up to date"
   fi
 fi
+# The compute nodes' service (one program forks a child per node). Static: a child then maps no shared
+# libraries, and its RSS is ~0.7 MB instead of ~1.5 MB with the dynamic libc.
+computed_src="$here/emulator/traffic/computed.c"
+computed_bin="$here/build/satnetem-computed"
+if [ ! -x "$computed_bin" ] || [ "$computed_src" -nt "$computed_bin" ]; then
+  say "building the compute service $computed_bin"
+  mkdir -p "$here/build"
+  gcc -O2 -g -Wall -Wextra -static -o "$computed_bin.new" "$computed_src"
+  mv -f "$computed_bin.new" "$computed_bin"
+else
+  say "compute service up to date"
+fi
 say "done: run '$venv/bin/satnetem --help'"

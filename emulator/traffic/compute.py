@@ -1,0 +1,221 @@
+"""The compute nodes' services at run time: started in their namespaces, held to their capacity by cgroups,
+told each step where their satellite is.
+
+One compiled program (``computed.c``, built by ``./install.sh`` into ``build/satnetem-computed``) serves every
+compute node of a run: it forks one small child per node, which joins the node's network namespace, makes a
+private mount namespace, joins the node's cgroups (:mod:`emulator.kernel.cgroups`), binds the node's address
+only and then drops to an unprivileged user. The Python service (:mod:`emulator.traffic.service`) cost ~20 MB
+of RSS per node; a child of this one costs a few hundred kB (:meth:`ComputeServices.memory` measures it).
+
+Each node's folder ``/run/satnetem/<run_id>/nodes/<node>/`` holds ``whereami.json``
+(:mod:`topologies.whereami`), replaced atomically each step; inside the node it is the read-only
+``/run/satnetem/node/whereami.json`` (also in the service's environment as ``SATNETEM_WHEREAMI``, and
+served as ``GET /whereami``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import select
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from topologies.errors import ApplyError, ConfigError
+
+from ..kernel.cgroups import Layout, RunGroups
+from ..nodes import mark
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = REPO / "build" / "satnetem-computed"
+SOURCE = Path(__file__).with_name("computed.c")
+STATE_DIR = Path("/run/satnetem")
+DEFAULT_PORT = 8080
+#: mark of the program's parent process (in the host's namespaces), so that ``satnetem clean`` finds it
+MARK_NAME = "@computed"
+
+
+@dataclass(frozen=True)
+class NodeService:
+    """One compute node's service: where it runs and what it may use (cores; MB, None: no limit)."""
+
+    name: str
+    ns_path: str
+    address: str
+    cpu_share: float = 1.0
+    memory_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        for field_name in ("name", "ns_path", "address"):
+            v = getattr(self, field_name)
+            if not v or any(c in v for c in "\t\n,"):
+                raise ConfigError(f"compute node {self.name!r}: {field_name} {v!r} is empty or holds a tab, "
+                                  f"newline or comma", key=field_name)
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of process ``pid`` in kB, from ``/proc/<pid>/smaps_rollup``. PSS shares each page among
+    the processes mapping it, so the PSS of all services adds up to what they cost together."""
+    rss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return rss, pss
+
+
+class ComputeServices:
+    """The services of a run's compute nodes.
+
+    Parameters
+    ----------
+    run_id : str
+    work_ms : float
+        CPU time a request costs unless it asks for another (``GET /compute?work_ms=``).
+    user : str
+        The unprivileged user the services run as.
+    layout : Layout, optional
+        The cgroup layout (default: detected).
+    """
+
+    def __init__(self, run_id: str, work_ms: float = 5.0, user: str = "nobody", port: int = DEFAULT_PORT,
+                 layout: Layout | None = None, state_dir: Path = STATE_DIR, binary: Path = BINARY) -> None:
+        if not 0 <= work_ms <= 60_000:
+            raise ConfigError(f"work must be in [0, 60000] ms, got {work_ms}", key="work_ms")
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise ConfigError(f"user {user!r} does not exist (the compute services run as it)", key="user") from None
+        if pw.pw_uid == 0:
+            raise ConfigError(f"user {user!r} is root; the compute services must run unprivileged", key="user")
+        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        self.run_id = run_id
+        self.work_ms = work_ms
+        self.port = port
+        self.binary = binary
+        self.groups = RunGroups(run_id, layout)
+        self.dir = state_dir / run_id / "nodes"
+        self.pids: dict[str, int] = {}
+        self.services: dict[str, NodeService] = {}
+        self.proc: subprocess.Popen | None = None
+
+    def describe(self) -> str:
+        """Which cgroup version and files hold the capacity (printed by the runner)."""
+        return self.groups.layout.describe()
+
+    def node_dir(self, name: str) -> Path:
+        return self.dir / name
+
+    def start(self, nodes: list[NodeService], timeout_s: float = 60.0) -> None:
+        """Start every node's service; return when all are listening.
+
+        Raises
+        ------
+        ApplyError
+            The program is not built, or a node's service could not start (naming the node and why).
+        """
+        if not self.binary.is_file():
+            raise ApplyError(f"the compute service is not built ({self.binary} missing): run ./install.sh",
+                             operation="start compute services")
+        if SOURCE.stat().st_mtime > self.binary.stat().st_mtime:
+            log.warning("%s is older than %s: run ./install.sh to rebuild it", self.binary, SOURCE)
+        self.groups.create()
+        lines = []
+        for n in nodes:
+            if n.name in self.services:
+                raise ConfigError(f"compute node {n.name!r} given twice", key="name")
+            self.groups.add(n.name, n.cpu_share, n.memory_mb)
+            d = self.node_dir(n.name)
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o755)  # the service reads it as an unprivileged user
+            for p in (self.dir, self.dir.parent):
+                os.chmod(p, 0o755)
+            self.services[n.name] = n
+            lines.append("\t".join([n.name, n.ns_path, n.address, str(d), ",".join(self.groups.attach_files(n.name))]))
+        argv = ["satnetem-computed", "--port", str(self.port), "--work-ms", f"{self.work_ms:g}",
+                "--uid", str(self.uid), "--gid", str(self.gid), "--mark", mark(self.run_id, MARK_NAME)]
+        self.proc = subprocess.Popen(argv, executable=str(self.binary), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=None, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("".join(line + "\n" for line in lines).encode())
+        self.proc.stdin.close()
+        failed: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        done = False
+        while not done:  # raw reads: a buffered readline would keep lines select() cannot see
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise ApplyError(f"compute services not ready in {timeout_s:g} s ({len(self.pids)} of {len(nodes)})",
+                                 operation="start compute services")
+            chunk = os.read(fd, 65536)
+            buf += chunk
+            *lines_in, buf = buf.split(b"\n")
+            for raw in lines_in:
+                word, name, rest = (raw.decode(errors="replace").split(" ", 2) + ["", ""])[:3]
+                if word == "done":
+                    done = True
+                elif word == "ready":
+                    self.pids[name] = int(rest)
+                else:
+                    failed.append(f"{name}: {rest}")
+            done = done or not chunk
+        if failed or len(self.pids) != len(nodes):
+            why = "; ".join(failed[:3]) or "the program ended early"
+            raise ApplyError(f"{len(failed) or len(nodes) - len(self.pids)} compute service(s) failed to start: {why}",
+                             operation="start compute services")
+        log.info("%d compute services started (%s)", len(self.pids), self.describe())
+
+    def set_cpu_share(self, name: str, cpu_share: float) -> None:
+        """Change node ``name``'s CPU share (cores) now, e.g. to throttle it."""
+        self.groups.set_cpu_share(name, cpu_share)
+
+    def memory(self) -> dict[str, tuple[int, int]]:
+        """Node -> (RSS, PSS) of its service process, kB."""
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                out[name] = memory_kb(pid)
+            except OSError:
+                log.warning("service of %s (pid %d) is gone", name, pid)
+        return out
+
+    def write_whereami(self, views: dict[str, dict[str, Any]]) -> None:
+        """Replace each node's ``whereami.json`` (node -> view) atomically: a reader sees the old or the new."""
+        for name, view in views.items():
+            d = self.node_dir(name)
+            tmp = d / ".whereami.json.tmp"
+            with open(tmp, "w") as f:
+                json.dump(view, f, separators=(",", ":"))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, d / "whereami.json")
+
+    def stop(self, timeout_s: float = 10.0) -> list[str]:
+        """Stop every service, remove the run's cgroups and node folders; returns groups that stayed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the parent kills and reaps its children, then exits
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.pids.clear()
+        left = self.groups.remove()
+        if left:
+            log.warning("cgroups left (processes still inside): %s", left)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return left
