@@ -13,7 +13,8 @@ What is ours is recognised, never guessed from broad names:
 * any process in a namespace recorded in a state file ``/run/satnetem/<run_id>.json`` (so that
   processes started in a node are found even after the node's shell died with a killed emulator);
 * named namespaces ``/var/run/netns/satnetem-*``, state files ``/run/satnetem/<run_id>*`` and run
-  folders ``/run/satnetem/<run_id>/`` (routing daemons' configurations, sockets and default logs).
+  folders ``/run/satnetem/<run_id>/`` (routing daemons' configurations, sockets and default logs);
+* the compute nodes' cgroups ``satnetem-<run_id>`` (:mod:`emulator.kernel.cgroups`) and any process in them.
 
 Network namespaces and the veths in them vanish with their last reference: the holder's bind mount
 (gone with the holder's mount namespace when the holder dies) and every process inside. ``clean`` kills
@@ -34,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .kernel.cgroups import remove_tree, run_roots, tasks_in
 from .kernel.holder import MOUNT_DIR
 from .nodes import MARK
 
@@ -53,6 +55,7 @@ class CleanReport:
     namespaces: int = 0
     netns_removed: list[str] = field(default_factory=list)
     state_files_removed: list[str] = field(default_factory=list)
+    cgroups_removed: list[str] = field(default_factory=list)
     remaining: list[int] = field(default_factory=list)
 
     @property
@@ -189,6 +192,8 @@ def clean(run_id: str | None = None) -> CleanReport:
         raise ValueError(f"run id {run_id!r} must match {RUN_ID_RE.pattern}")
     report = CleanReport()
     pids, inodes = find_ours(run_id)
+    groups = run_roots(run_id)
+    pids |= tasks_in(groups) - _protected()  # a compute node's service is ours wherever it is
     report.namespaces = len(inodes)
     report.remaining = kill_and_wait(pids)
     report.killed = sorted(pids - set(report.remaining))
@@ -204,6 +209,8 @@ def clean(run_id: str | None = None) -> CleanReport:
             elif p.is_dir() and not p.is_symlink() and RUN_ID_RE.fullmatch(p.name):
                 shutil.rmtree(p, ignore_errors=True)
                 report.state_files_removed.append(str(p) + "/")
+    cg_left = remove_tree(groups)
+    report.cgroups_removed = [str(g) for g in groups if str(g) not in cg_left]
     # a namespace lives on while any process is in it: check none is
     if inodes:
         left = [pid for pid, _, ino in _processes() if ino in inodes and pid not in _protected()]

@@ -439,7 +439,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     report = clean(args.run_id)
     print(f"satnetem clean: killed {len(report.killed)} processes in {report.namespaces} namespaces, "
           f"removed {len(report.netns_removed)} named namespaces and {len(report.state_files_removed)} "
-          f"state files" + (f"; STILL RUNNING: {report.remaining}" if report.remaining else ""))
+          f"state files, {len(report.cgroups_removed)} cgroups"
+          + (f"; STILL RUNNING: {report.remaining}" if report.remaining else ""))
     return 0 if report.ok else 1
 
 

@@ -184,3 +184,25 @@ def test_whereami_is_current_inside_the_node(pair, services):
         status, body, _ = conn.get("/whereami")
         assert status == 200 and json.loads(body) == view
     conn.close()
+
+
+def test_clean_removes_a_runs_services_and_groups(pair):
+    """A run that died without stopping its services: ``satnetem clean <run_id>`` kills them and removes
+    their cgroups and node folders."""
+    from emulator.clean import clean
+
+    run_id = f"{_TAG}-left"
+    svc = ComputeServices(run_id, work_ms=1.0)
+    try:
+        svc.start([NodeService("dc", pair.path("dc"), DC, cpu_share=0.5)])
+        pid = svc.pids["dc"]
+        roots = [svc.groups.cpu_root, svc.groups.memory_root]
+        assert all(r.is_dir() for r in roots)
+        report = clean(run_id)
+        assert report.ok, report
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert not any(r.exists() for r in roots), roots
+        assert sorted(report.cgroups_removed) == sorted(str(r) for r in roots)
+        assert not svc.dir.exists()
+    finally:
+        svc.stop()
