@@ -206,6 +206,8 @@ def plan_summary(tl: Timeline, pairs: list[tuple[str, str]]) -> dict[str, Any]:
     }
     if tl.report.get("sunlight"):
         out["sunlight"] = tl.report["sunlight"]
+    if tl.report.get("power"):
+        out["power"] = tl.report["power"]
     fibre = tl.link_class == LINK_CLASSES.index("fibre")
     if fibre.any():
         out["fibre"] = {r: int(np.sum(fibre & (tl.link_role == LINK_ROLES.index(r)))) for r in ("backhaul", "backbone")}
@@ -317,6 +319,19 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
         print(f"  sunlight       satellite-time in umbra {sun['umbra_pct']:.1f}%, penumbra {sun['penumbra_pct']:.2f}%; "
               f"{sun['eclipses']} eclipses (umbra entries) on {sun['sats_eclipsed']} satellites"
               + (f", longest whole umbra {sun['longest_umbra_s'] / 60:.1f} min" if sun["longest_umbra_s"] else ""))
+    pw = s.get("power")
+    if pw:
+        kinds = {k: sum(1 for e in pw["events"] if e["state"] == k) for k in ("throttled", "stopped")}
+        share = pw["state_pct"]
+        print(f"  power          {pw['nodes']} compute batteries: node-time throttled {share['throttled']:.1f}%, "
+              f"stopped {share['stopped']:.1f}%; lowest charge {pw['min_charge_pct']:.0f}% "
+              f"({pw['min_charge_node']} at step {pw['min_charge_step']}); {kinds['throttled']} throttle and "
+              f"{kinds['stopped']} stop events")
+        for e in pw["events"][:8]:
+            print(f"  power event    t={e['t_s']:g} s (step {e['step']}) {e['node']} on {e['satellite']}: "
+                  f"{e['previous']} -> {e['state']} at {e['charge_pct']:.0f}%")
+        if len(pw["events"]) > 8:
+            print(f"  power event    ... {len(pw['events']) - 8} more (plan --json lists them all)")
     g = s["gsl"]
     print(f"  GSLs           {g['antennas']} gateway antennas, up {100 * g['up_fraction']:.1f}% of the time, "
           f"{g['handovers']} handovers")

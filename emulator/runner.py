@@ -240,6 +240,10 @@ def run(args: argparse.Namespace) -> int:
         shutil.copyfile(sc.source, out / "scenario.toml")
     (out / "scenario.json").write_text(json.dumps(sc.raw, indent=2, default=str))
     tl.save(out / "timeline.npz")
+    from topologies.power import power_events
+
+    # the compute nodes' planned power states (throttle, stop, back), for the run's reader and report
+    (out / "power_events.json").write_text(json.dumps(power_events(tl), indent=1))
     (out / "versions.json").write_text(json.dumps(versions(), indent=2))
 
     shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)

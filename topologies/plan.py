@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .compute import expand_compute
 from .constellation import Constellation, Shell
 from .crossshell import cross_shell_links
 from .errors import ConfigError
@@ -220,13 +221,30 @@ def check_plan_memory(sc: Scenario, const: Constellation, available: int | None 
         return
     antennas = sum(s.antennas or 1 for s in ground_sites(sc)) if sc.ground.gateways or sc.ground.cities \
         else sum(s.antennas or 1 for s in sc.ground.sites)
-    n_links = 2 * const.n_sats + antennas + len(sc.terminals) + len(sc.hosts) + len(sc.compute)
+    n_links = 2 * const.n_sats + antennas + len(sc.terminals) + len(sc.hosts) + len(expand_compute(sc, const))
     need = plan_memory_bytes(const.n_sats, n_links, sc.time.n_steps)
     if need > available:
         raise scenario_error(sc, f"{sc.time.n_steps:,} steps x {n_links:,} link slots and {const.n_sats:,} "
                              f"satellites need about {need / 2**30:,.1f} GiB to plan, more than this machine's "
                              f"MemAvailable ({available / 2**30:,.1f} GiB); use a longer step_s or a shorter "
                              f"duration_s", "time.step_s")
+
+
+def _compute_power(sc: Scenario, eph: Any, sun_km: np.ndarray, sats: list[int], nodes: list[Node]) -> Any:
+    """The battery model (topologies.power) of every compute node, from its satellite's lit fraction; each
+    compute node's info gets its ``battery_wh``. None without compute nodes."""
+    if not sats:
+        return None
+    from .power import battery_series, lit_fraction
+
+    cfg = sc.power_config()
+    idx = np.asarray(sats, np.int64)
+    # a satellite without an SGP4 state at a step gets no sunlight there (its battery runs down)
+    lit = np.where(eph.valid[idx], lit_fraction(eph.r_teme_km[idx], sun_km[None, :, :]), 0.0)
+    for n in nodes:
+        if n.kind == "compute":
+            n.info["battery_wh"] = cfg.battery_wh
+    return battery_series(lit, cfg, sc.time.step_s)
 
 
 def plan_scenario(sc: Scenario, constellation: Constellation | None = None) -> Timeline:
@@ -253,6 +271,7 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
     t0 = _time.perf_counter()
     const = constellation if constellation is not None else build_constellation(sc)
     check_plan_memory(sc, const)
+    compute = expand_compute(sc, const)  # rules to nodes, and their satellites checked, before the heavy work
     t1 = _time.perf_counter()
     n_steps = sc.time.n_steps
     eph = propagate(const, sc.time.start, sc.time.step_s, n_steps)
@@ -355,17 +374,13 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
             raise ConfigError(f"host name {name!r} is already a node's name", file=sc.source, key=f"{key}.name")
         access.append((len(nodes), gw_index[gw] if gw in gw_index else pop_index[gw]))
         nodes.append(Node(name, "host", {"gateway": gw}))
-    for i, c in enumerate(sc.compute):
-        if c.satellite not in sat_index:
-            example = ", ".join(const.names[:3])
-            raise ConfigError(f"compute node {c.name!r} names satellite {c.satellite!r}, which does not exist "
-                              f"(satellites are named like {example}, ...)", file=sc.source,
-                              key=f"compute[{i}].satellite")
+    for c in compute:
         if c.name in taken:
+            by_rule = sc.compute[c.entry].satellite is None
             raise ConfigError(f"compute node name {c.name!r} is already a node's name", file=sc.source,
-                              key=f"compute[{i}].name")
+                              key=f"compute[{c.entry}].{'prefix' if by_rule else 'name'}")
         access.append((len(nodes), sat_index[c.satellite]))
-        nodes.append(Node(c.name, "compute", {"satellite": c.satellite}))
+        nodes.append(Node(c.name, "compute", c.info(sc.compute[c.entry])))
 
     check_traffic_endpoints(sc, {n.name for n in nodes}, {n.name: n.kind for n in nodes})
 
@@ -446,6 +461,7 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
     loss[ac] = 0.0
 
     sat_lla = np.stack([lat, lon, alt], axis=-1).astype(np.float32)
+    power = _compute_power(sc, eph, sun_km, [sat_index[c.satellite] for c in compute], nodes)
     t5 = _time.perf_counter()
 
     report: dict[str, Any] = {
@@ -479,7 +495,13 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
     tl = Timeline(start=sc.time.start, step_s=sc.time.step_s, nodes=nodes, link_a=link_a,
                   link_class=link_class, link_role=link_role, state=state, peer=peer, delay_ms=delay,
                   rate_mbps=rate, loss_pct=loss, sat_lla=sat_lla, scenario=sc.raw, report=report,
-                  sat_sunlight=sat_sunlight)
+                  sat_sunlight=sat_sunlight,
+                  compute_charge_wh=None if power is None else power.charge_wh.astype(np.float32),
+                  compute_power=None if power is None else power.state)
+    if power is not None:
+        from .power import power_summary
+
+        report["power"] = power_summary(tl)
     if sc.events:
         # scheduled events go in last, over the built arrays: what they take down is planned
         from .events import apply_events

@@ -247,8 +247,45 @@ class HostSpec:
 
 @dataclass(frozen=True)
 class ComputeSpec:
-    name: str
-    satellite: str
+    """One ``[[compute]]`` entry: a compute node on one satellite, or compute nodes on many by rule.
+
+    ``name`` + ``satellite``: one node of that name. Rules (topologies.compute): ``satellites`` (a list),
+    ``shell`` (every satellite of that shell: its name or 0-based index) and/or ``every_nth`` (slots 0, N,
+    2N, ... of each plane); each chosen satellite ``sat-<rest>`` gets a node ``<prefix>-<rest>``.
+    """
+
+    name: str = ""
+    satellite: str | None = None
+    satellites: tuple[str, ...] = ()
+    shell: str | int | None = None
+    every_nth: int | None = None
+    #: rules only: node names are <prefix>-<satellite name without its leading "sat-">
+    prefix: str = "dc"
+
+    def __post_init__(self) -> None:
+        rule = [k for k, v in (("satellites", self.satellites), ("shell", self.shell is not None),
+                               ("every_nth", self.every_nth is not None)) if v]
+        if self.satellite is not None:
+            if rule:
+                raise ValueError(f"satellite names one satellite; {rule[0]} is a rule: give one or the other")
+            if not self.name:
+                raise ValueError("name is required with satellite (the compute node's name)")
+            if self.prefix != "dc":
+                raise ValueError("prefix applies to rules (satellites, shell, every_nth), not to satellite")
+            return
+        if not rule:
+            raise ValueError("satellite is required, or a rule: satellites = [...], shell and/or every_nth")
+        if self.name:
+            raise ValueError(f"name names one node (with satellite); a rule's nodes are named <prefix>-<plane>-"
+                             f"<slot> from their satellites: give prefix (default 'dc'), got name {self.name!r}")
+        if self.satellites and len(rule) > 1:
+            raise ValueError(f"satellites is a list of its own: it cannot be combined with {rule[1]}")
+        if self.satellites and len(set(self.satellites)) != len(self.satellites):
+            raise ValueError("satellites names a satellite twice")
+        if self.every_nth is not None and not 1 <= self.every_nth <= 1000:
+            raise ValueError(f"every_nth must be in [1, 1000], got {self.every_nth}")
+        if isinstance(self.shell, int) and self.shell < 0:
+            raise ValueError(f"shell must be a shell's name or its index from 0, got {self.shell}")
 
 
 @dataclass(frozen=True)
@@ -412,6 +449,8 @@ class Scenario:
     backhaul: dict[str, Any] = field(default_factory=dict)
     hosts: tuple[HostSpec, ...] = ()
     compute: tuple[ComputeSpec, ...] = ()
+    #: the compute nodes' battery model (topologies.power.PowerConfig), checked on load
+    power: dict[str, Any] = field(default_factory=dict)
     routing: RoutingConfig = RoutingConfig()
     emulation: EmulationConfig = EmulationConfig()
     traffic: tuple[TrafficSpec, ...] = ()
@@ -453,6 +492,10 @@ class Scenario:
     def backhaul_config(self):
         from .pops import BackhaulConfig
         return _build_from(BackhaulConfig, self.backhaul, _Ctx(self.source, None), "backhaul")
+
+    def power_config(self):
+        from .power import PowerConfig
+        return _build_from(PowerConfig, self.power, _Ctx(self.source, None), "power")
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,7 +649,11 @@ def _build_from(cls: type, table: Any, ctx: _Ctx, key: str,
         msg = str(e)
         named = next((k for k in table if re.match(rf"^{re.escape(k)}\b", msg)), None)
         where = (f"{key}.{named}" if key else named) if named else key
-        raise ctx.error(msg, where) from None
+        err = ctx.error(msg, where)
+        if err.line is None and named is None and table and key:
+            # a missing key has no line of its own: point at the table's first key
+            err = ConfigError(msg, file=ctx.file, line=ctx.line_of(f"{key}.{next(iter(table))}"), key=where)
+        raise err from None
 
 
 def _list_of(cls: type, check: Any = None):
@@ -623,6 +670,13 @@ def _list_of(cls: type, check: Any = None):
 
 def _check_named(item: Any, ctx: _Ctx, key: str) -> None:
     check_name(item.name, key.split("[")[0].split(".")[-1].rstrip("s"), ctx, f"{key}.name")
+
+
+def _check_compute(item: ComputeSpec, ctx: _Ctx, key: str) -> None:
+    if item.satellite is not None:
+        check_name(item.name, "compute", ctx, f"{key}.name")
+    else:  # a rule: its nodes' names start with the prefix (the whole name is checked when expanded)
+        check_name(item.prefix, "compute prefix", ctx, f"{key}.prefix")
 
 
 def _table(cls: type, nested: dict[str, Any] | None = None):
@@ -648,7 +702,8 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
         "terminals": _list_of(TerminalSpec, _check_named),
         "backhaul": _raw_table,
         "hosts": _list_of(HostSpec, _check_named),
-        "compute": _list_of(ComputeSpec, _check_named),
+        "compute": _list_of(ComputeSpec, _check_compute),
+        "power": _raw_table,
         "routing": _table(RoutingConfig),
         "emulation": _table(EmulationConfig),
         "traffic": _list_of(TrafficSpec),
@@ -672,6 +727,9 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
     if sc.backhaul:
         from .pops import BackhaulConfig
         _build_from(BackhaulConfig, sc.backhaul, ctx, "backhaul")
+    if sc.power:
+        from .power import PowerConfig
+        _build_from(PowerConfig, sc.power, ctx, "power")
     _check_references(sc, ctx)
     check_shaper_rates(sc, sc.emulation.shaper, ctx)
     return sc
@@ -732,7 +790,8 @@ def _check_references(sc: Scenario, ctx: _Ctx) -> None:
     for i, h in enumerate(sc.hosts):
         claim(h.name, f"hosts[{i}].name")
     for i, c in enumerate(sc.compute):
-        claim(c.name, f"compute[{i}].name")
+        if c.name:  # a rule's nodes are named when it is expanded at plan time (topologies.compute)
+            claim(c.name, f"compute[{i}].name")
     labels: dict[str, int] = {}
     for i, t in enumerate(sc.traffic):
         if t.name:

@@ -29,6 +29,10 @@ link_role      (n_links,)            uint8    :data:`LINK_ROLES` index
 sat_lla        (n_sats, n_steps, 3)  float32  satellite latitude_deg, longitude_deg, altitude_km
 sat_sunlight   (n_sats, n_steps)     uint8    0 sunlit, 1 penumbra, 2 umbra, 255 no SGP4 state
                                               (:mod:`topologies.sunlight`; version 4, optional)
+compute_charge_wh (n_compute, n_steps) float32 battery energy of each compute node (rows in
+                                              node-table order; :mod:`topologies.power`; version 5,
+                                              optional, with compute_power)
+compute_power  (n_compute, n_steps)  uint8    0 normal, 1 throttled, 2 stopped (accepts no work)
 =============  ====================  =======  ==========================================
 """
 
@@ -52,8 +56,10 @@ FORMAT = "satnetem-timeline"
 #: class "fibre" with roles "backhaul" (gateway to PoP) and "backbone" (PoP to PoP). Files of earlier
 #: versions, which have none of these, load unchanged (new names were only appended to the tables).
 #: 4: the optional array sat_sunlight (a timeline without it loads with None).
-FORMAT_VERSION = 4
-_READABLE_VERSIONS = (1, 2, 3, 4)
+#: 5: the optional arrays compute_charge_wh and compute_power (topologies.power), and compute nodes' info
+#: ``entry`` (their [[compute]] entry) and ``battery_wh``.
+FORMAT_VERSION = 5
+_READABLE_VERSIONS = (1, 2, 3, 4, 5)
 
 #: Speed of light in vacuum, km/s. Laser ISLs cross vacuum; the GSL path is treated the same
 #: (the atmosphere adds well under 0.1% to the path).
@@ -226,6 +232,10 @@ class Timeline:
     report: dict[str, Any] = field(default_factory=dict)
     #: (n_sats, n_steps) uint8 sunlight codes (topologies.sunlight), None where not computed
     sat_sunlight: np.ndarray | None = None
+    #: (n_compute, n_steps) float32 battery energy, Wh, and uint8 power state (topologies.power.POWER_STATES)
+    #: of each compute node, rows in node-table order; None where not computed
+    compute_charge_wh: np.ndarray | None = None
+    compute_power: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n_links, n_steps = self.state.shape
@@ -240,6 +250,11 @@ class Timeline:
         if self.sat_sunlight is not None and self.sat_sunlight.shape != self.sat_lla.shape[:2]:
             raise ValueError(f"timeline array sat_sunlight has shape {self.sat_sunlight.shape}, "
                              f"expected {self.sat_lla.shape[:2]}")
+        n_compute = sum(1 for n in self.nodes if n.kind == "compute")
+        for name in ("compute_charge_wh", "compute_power"):
+            a = getattr(self, name)
+            if a is not None and a.shape != (n_compute, n_steps):
+                raise ValueError(f"timeline array {name} has shape {a.shape}, expected {(n_compute, n_steps)}")
         self._index = {n.name: i for i, n in enumerate(self.nodes)}
 
     # --- sizes and lookups -------------------------------------------------------------------
@@ -304,8 +319,9 @@ class Timeline:
         }
         arrays = {k: getattr(self, k) for k in ("state", "peer", "delay_ms", "rate_mbps", "loss_pct",
                                                  "link_a", "link_class", "link_role", "sat_lla")}
-        if self.sat_sunlight is not None:
-            arrays["sat_sunlight"] = self.sat_sunlight
+        for name in ("sat_sunlight", "compute_charge_wh", "compute_power"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         with open(path, "wb") as f:
             np.savez_compressed(f, meta=np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8), **arrays)
         return path
