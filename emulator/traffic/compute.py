@@ -23,6 +23,7 @@ import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +220,64 @@ class ComputeServices:
             log.warning("cgroups left (processes still inside): %s", left)
         shutil.rmtree(self.dir, ignore_errors=True)
         return left
+
+
+def node_services(emu: Any) -> list[NodeService]:
+    """A :class:`NodeService` for every compute node of the running emulation ``emu``, with the capacity its
+    timeline node carries (``cpu_share``, ``memory_mb`` from its ``[[compute]]`` entry; default one core,
+    no memory limit)."""
+    tl = emu.timeline
+    out = []
+    for i in tl.nodes_of("compute"):
+        node = tl.nodes[i]
+        out.append(NodeService(node.name, emu.node(node.name).ns_path, emu.address_of(node.name),
+                               float(node.info.get("cpu_share", 1.0)), node.info.get("memory_mb")))
+    return out
+
+
+class WhereamiWriter:
+    """Keeps every compute node's ``whereami.json`` at the last step posted, from a thread of its own (1,584
+    files take ~0.1 s to write, which the step thread should not wait for). A step posted while the last
+    is still being written replaces any not yet started: the files skip to the newest."""
+
+    def __init__(self, services: ComputeServices, timeline: Any) -> None:
+        from topologies.whereami import WhereAmI
+
+        self.services = services
+        names = set(services.services)
+        self.where = WhereAmI(timeline, [i for i in timeline.nodes_of("compute") if timeline.nodes[i].name in names])
+        self._cond = threading.Condition()
+        self._step: int | None = None
+        self._closed = False
+        self.written = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="whereami", daemon=True)
+        self._thread.start()
+
+    def post(self, step: int) -> None:
+        with self._cond:
+            self._step = step
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._step is None and not self._closed:
+                    self._cond.wait()
+                if self._step is None:
+                    return
+                step, self._step = self._step, None
+            try:
+                self.services.write_whereami(self.where.views(step))
+                self.written += 1
+            except (OSError, ValueError) as e:  # logged once; the run goes on without current files
+                if self.error is None:
+                    log.warning("whereami files not written at step %d: %s", step, e)
+                self.error = e
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what was posted last, then end the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
