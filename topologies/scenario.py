@@ -245,6 +245,22 @@ class HostSpec:
     gateway: str
 
 
+#: Compute capacity bounds. The lowest share is the kernel's smallest CFS quota (1 ms) over the emulator's
+#: 20 ms period; the memory floor leaves room for the service's own pages (~0.2 MB).
+CPU_SHARE_RANGE = (0.05, 64.0)
+MEMORY_MB_RANGE = (1.0, 1_048_576.0)
+
+
+def _check_capacity(cpu_share: Any, memory_mb: Any) -> None:
+    lo, hi = CPU_SHARE_RANGE
+    if isinstance(cpu_share, bool) or not isinstance(cpu_share, (int, float)) or not lo <= cpu_share <= hi:
+        raise ValueError(f"cpu_share must be a number of cores in [{lo:g}, {hi:g}], got {cpu_share!r}")
+    lo, hi = MEMORY_MB_RANGE
+    if memory_mb is not None and (isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float))
+                                  or not lo <= memory_mb <= hi):
+        raise ValueError(f"memory_mb must be in [{lo:g}, {hi:.0f}] MB, got {memory_mb!r}")
+
+
 @dataclass(frozen=True)
 class ComputeSpec:
     """One ``[[compute]]`` entry: a compute node on one satellite, or compute nodes on many by rule.
@@ -261,8 +277,13 @@ class ComputeSpec:
     every_nth: int | None = None
     #: rules only: node names are <prefix>-<satellite name without its leading "sat-">
     prefix: str = "dc"
+    #: capacity of each node, enforced by cgroups on its service (emulator.kernel.cgroups): CPU time as a
+    #: fraction of one core (> 1: several cores), and a memory limit in MB (None: no limit)
+    cpu_share: float = 1.0
+    memory_mb: float | None = None
 
     def __post_init__(self) -> None:
+        _check_capacity(self.cpu_share, self.memory_mb)
         rule = [k for k, v in (("satellites", self.satellites), ("shell", self.shell is not None),
                                ("every_nth", self.every_nth is not None)) if v]
         if self.satellite is not None:

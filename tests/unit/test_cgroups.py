@@ -55,3 +55,41 @@ def test_quota_is_the_share_of_the_period(share):
 def test_quota_rejects_shares_the_kernel_cannot_hold(bad):
     with pytest.raises(ConfigError, match="cpu_share"):
         quota_us(bad)
+
+
+_SCENARIO = """name = "cap"
+[time]
+start = "2024-03-01T00:00:00Z"
+duration_s = 2
+[[constellation.shells]]
+name = "s"
+planes = 4
+sats_per_plane = 4
+[[ground.sites]]
+name = "gs-a"
+lat_deg = 0.0
+lon_deg = 0.0
+[[compute]]
+name = "dc-a"
+satellite = "sat-0-0"
+"""
+
+
+@pytest.mark.parametrize("line,value", [("cpu_share", "0.01"), ("cpu_share", "nan"), ("cpu_share", "true"),
+                                        ("memory_mb", "0.5"), ("memory_mb", "inf"), ("cpu_share", '"half"')])
+def test_bad_capacity_names_key_and_line(line, value):
+    from topologies.scenario import parse_scenario
+
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(_SCENARIO + f"{line} = {value}\n", "cap.toml")
+    msg = str(e.value)
+    assert f"cap.toml:16, key 'compute[0].{line}'" in msg, msg
+
+
+def test_capacity_reaches_the_timeline_node():
+    from topologies.plan import plan_scenario
+    from topologies.scenario import parse_scenario
+
+    tl = plan_scenario(parse_scenario(_SCENARIO + "cpu_share = 0.25\nmemory_mb = 48\n", "cap.toml"))
+    info = tl.nodes[tl.node_index("dc-a")].info
+    assert info["cpu_share"] == 0.25 and info["memory_mb"] == 48
