@@ -207,6 +207,35 @@ def flow_progress(flows: list[Any], out: Path) -> str:
     return "; ".join(parts)
 
 
+def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: dict[str, Any]) -> tuple[Any, Any]:
+    """Start every compute node's service with its capacity (emulator.traffic.compute), its whereami.json
+    at step 0; say how the capacity is enforced and what the services cost in memory."""
+    from .traffic.compute import ComputeServices, WhereamiWriter, node_services
+
+    work_ms = max((f.work_ms for f in flows if f.kind == "request"), default=5.0)
+    svc = ComputeServices(emu.run_id, work_ms=work_ms)
+    _say(f"  compute capacity: {svc.describe()}")
+    nodes = node_services(emu)
+    t = time.monotonic()
+    try:
+        svc.start(nodes)
+        writer = WhereamiWriter(svc, tl)
+    except BaseException:
+        svc.stop()
+        raise
+    writer.post(0)
+    mem = svc.memory()
+    rss = sorted(r for r, _ in mem.values())
+    pss = sum(p for _, p in mem.values())
+    summary["compute_services"] = {"nodes": len(nodes), "cgroup": svc.groups.layout.version,
+                                   "start_s": round(time.monotonic() - t, 2), "rss_kb_total": sum(rss),
+                                   "rss_kb_median": rss[len(rss) // 2], "pss_kb_total": pss}
+    _say(f"  {len(nodes)} compute services (uid {svc.uid}) started in {summary['compute_services']['start_s']} s: "
+         f"RSS {sum(rss) / 1024:.1f} MB in total ({rss[len(rss) // 2]} kB each; shared pages counted once: "
+         f"PSS {pss / 1024:.1f} MB)")
+    return svc, writer
+
+
 def run(args: argparse.Namespace) -> int:
     """Build, play, send the traffic, write the results folder as it goes, tear down, report."""
     _require_root()
@@ -258,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
     steps_csv.flush()
     emu = None
     starter: Any = None
+    compute_svc: Any = None  # the compute nodes' services (emulator.traffic.compute)
+    whereami: Any = None
     loadlog: Any = None
     monitor: Any = None
     playback: Playback | None = None
@@ -286,9 +317,8 @@ def run(args: argparse.Namespace) -> int:
 
                 loadlog = LinkLoadLog(LinkCounters(emu), out / "linkload.csv")
             computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
-            if computes and any(f.kind == "request" for f in flows_wanted):
-                starter.start_services(computes, max(f.work_ms for f in flows_wanted if f.kind == "request"))
-                time.sleep(0.5)
+            if computes:
+                compute_svc, whereami = _start_compute(emu, tl, flows_wanted, summary)
 
             def on_step(rec: StepRecord) -> None:
                 s = rec.stats
@@ -300,6 +330,8 @@ def run(args: argparse.Namespace) -> int:
                 steps_csv.flush()
                 if loadlog is not None:
                     loadlog.sample(rec.step)
+                if whereami is not None:
+                    whereami.post(rec.step)
                 if rec.step % max(1, int(10 / tl.step_s)) == 0:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
                          f"  {flow_progress(starter.flows, out)}")
@@ -347,6 +379,12 @@ def run(args: argparse.Namespace) -> int:
             tm.cancel()
         if starter is not None:
             starter.stop_all()
+        if whereami is not None:
+            whereami.close()
+        if compute_svc is not None:
+            left = compute_svc.stop()
+            if left:
+                summary.setdefault("compute_services", {})["cgroups_left"] = left
         if monitor is not None:
             monitor.stop()
         if loadlog is not None:
