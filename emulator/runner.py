@@ -207,9 +207,12 @@ def flow_progress(flows: list[Any], out: Path) -> str:
     return "; ".join(parts)
 
 
-def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: dict[str, Any]) -> tuple[Any, Any]:
+def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: dict[str, Any],
+                   throttle_share: float | None) -> tuple[Any, Any]:
     """Start every compute node's service with its capacity (emulator.traffic.compute), its whereami.json
-    at step 0; say how the capacity is enforced and what the services cost in memory."""
+    at step 0 (and, when the timeline has power states, each step's state enforced: a throttled node at
+    ``throttle_share`` of its CPU share, a stopped one refusing work); say how the capacity is enforced and
+    what the services cost in memory."""
     from .traffic.compute import ComputeServices, WhereamiWriter, node_services
 
     work_ms = max((f.work_ms for f in flows if f.kind == "request"), default=5.0)
@@ -219,7 +222,7 @@ def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: di
     t = time.monotonic()
     try:
         svc.start(nodes)
-        writer = WhereamiWriter(svc, tl)
+        writer = WhereamiWriter(svc, tl, throttle_share)
     except BaseException:
         svc.stop()
         raise
@@ -318,7 +321,8 @@ def run(args: argparse.Namespace) -> int:
                 loadlog = LinkLoadLog(LinkCounters(emu), out / "linkload.csv")
             computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
             if computes:
-                compute_svc, whereami = _start_compute(emu, tl, flows_wanted, summary)
+                compute_svc, whereami = _start_compute(emu, tl, flows_wanted, summary,
+                                                       sc.power_config().throttle_share)
 
             def on_step(rec: StepRecord) -> None:
                 s = rec.stats

@@ -15,6 +15,7 @@ served as ``GET /whereami``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from typing import Any
 
 from topologies.errors import ApplyError, ConfigError
 
-from ..kernel.cgroups import Layout, RunGroups
+from ..kernel.cgroups import MIN_CPU_SHARE, Layout, RunGroups
 from ..nodes import mark
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class ComputeServices:
         self.pids: dict[str, int] = {}
         self.services: dict[str, NodeService] = {}
         self.proc: subprocess.Popen | None = None
+        self._power: dict[str, str] = {}  # node -> power state last enforced (absent: normal)
 
     def describe(self) -> str:
         """Which cgroup version and files hold the capacity (printed by the runner)."""
@@ -183,6 +185,35 @@ class ComputeServices:
         """Change node ``name``'s CPU share (cores) now, e.g. to throttle it."""
         self.groups.set_cpu_share(name, cpu_share)
 
+    def apply_power(self, states: dict[str, str], throttle_share: float) -> dict[str, float]:
+        """Enforce the nodes' power states (topologies.power): ``normal`` runs at the node's own share,
+        ``throttled`` at ``throttle_share`` of it, ``stopped`` at the least share with a ``stopped`` flag
+        in its folder, on which the service answers ``503`` to work. Only nodes whose state changed are
+        touched. Returns node -> the share set now."""
+        if not 0 <= throttle_share <= 1:
+            raise ConfigError(f"throttle_share must be in [0, 1], got {throttle_share}", key="throttle_share")
+        out = {}
+        for name, state in states.items():
+            if self._power.get(name, "normal") == state:
+                continue
+            base = self.services[name].cpu_share
+            if state == "normal":
+                share = base
+            elif state in ("throttled", "stopped"):
+                share = max(MIN_CPU_SHARE, base * throttle_share if state == "throttled" else MIN_CPU_SHARE)
+            else:
+                raise ConfigError(f"power state of {name!r} must be normal, throttled or stopped; got {state!r}",
+                                  key="power")
+            self.groups.set_cpu_share(name, share)
+            flag = self.node_dir(name) / "stopped"
+            if state == "stopped":
+                flag.touch(mode=0o644)
+            else:
+                flag.unlink(missing_ok=True)
+            self._power[name] = state
+            out[name] = share
+        return out
+
     def memory(self) -> dict[str, tuple[int, int]]:
         """Node -> (RSS, PSS) of its service process, kB."""
         out = {}
@@ -238,14 +269,26 @@ def node_services(emu: Any) -> list[NodeService]:
 class WhereamiWriter:
     """Keeps every compute node's ``whereami.json`` at the last step posted, from a thread of its own (1,584
     files take ~0.1 s to write, which the step thread should not wait for). A step posted while the last
-    is still being written replaces any not yet started: the files skip to the newest."""
+    is still being written replaces any not yet started: the files skip to the newest.
 
-    def __init__(self, services: ComputeServices, timeline: Any) -> None:
+    With ``throttle_share`` given and power states in the timeline (``compute_power``), it first enforces
+    each node's state of that step (:meth:`ComputeServices.apply_power`).
+    """
+
+    def __init__(self, services: ComputeServices, timeline: Any, throttle_share: float | None = None) -> None:
         from topologies.whereami import WhereAmI
 
         self.services = services
         names = set(services.services)
-        self.where = WhereAmI(timeline, [i for i in timeline.nodes_of("compute") if timeline.nodes[i].name in names])
+        nodes = [i for i in timeline.nodes_of("compute") if timeline.nodes[i].name in names]
+        self.where = WhereAmI(timeline, nodes)
+        power = getattr(timeline, "compute_power", None)
+        self.throttle_share = throttle_share if power is not None else None
+        if power is not None and self.throttle_share is not None:
+            rows = {n: k for k, n in enumerate(timeline.nodes_of("compute"))}
+            self._power = power[[rows[i] for i in nodes]]
+            self._names = [timeline.nodes[i].name for i in nodes]
+            self._state_names = importlib.import_module("topologies.power").POWER_STATES
         self._cond = threading.Condition()
         self._step: int | None = None
         self._closed = False
@@ -268,6 +311,10 @@ class WhereamiWriter:
                     return
                 step, self._step = self._step, None
             try:
+                if self.throttle_share is not None:
+                    self.services.apply_power({n: self._state_names[int(c)] for n, c in
+                                               zip(self._names, self._power[:, step], strict=True)},
+                                              self.throttle_share)
                 self.services.write_whereami(self.where.views(step))
                 self.written += 1
             except (OSError, ValueError) as e:  # logged once; the run goes on without current files

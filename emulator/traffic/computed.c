@@ -23,6 +23,8 @@
  *        clock, so a node throttled by its cgroup takes longer in wall time) and answer
  *        {"node", "id", "service_ms", "cpu_ms", "work_ms", "digest"} as the Python service does;
  *   GET /whereami  the node's whereami.json as it is now.
+ * While the node's folder holds a file "stopped" (its battery is below the stop threshold), /compute answers
+ * 503 {"error": "stopped"}.
  * The parent exits on SIGTERM/SIGINT after killing and reaping its children.
  */
 #define _GNU_SOURCE
@@ -156,7 +158,11 @@ static int handle(struct conn *c, size_t hdr_end)
     }
     char body[BUF];
     int n;
-    if (!strncmp(path, "/compute", 8)) {
+    if (!strncmp(path, "/compute", 8) && access(NODE_MOUNT "/stopped", F_OK) == 0) {
+        /* the node's battery is below its stop threshold (topologies.power): it accepts no work */
+        if (respond(c->fd, 503, "Service Unavailable", "{\"error\": \"stopped\"}", 20, keep) < 0)
+            return -1;
+    } else if (!strncmp(path, "/compute", 8)) {
         double t0 = now_ms(CLOCK_MONOTONIC), cpu_ms;
         char id[40], w[24];
         query(path, "id", id, sizeof id);

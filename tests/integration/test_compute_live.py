@@ -206,3 +206,22 @@ def test_clean_removes_a_runs_services_and_groups(pair):
         assert not svc.dir.exists()
     finally:
         svc.stop()
+
+
+def test_power_states_throttle_and_stop_the_node(pair, services):
+    """topologies.power's states at run time: throttled runs at throttle_share of the node's share (read back
+    from the kernel's files), stopped answers 503 to work, normal restores both."""
+    conn = _Conn(pair.path("gs"), DC)
+    assert services.apply_power({"dc": "throttled"}, 0.5) == {"dc": 0.5}
+    assert services.groups.cpu_share("dc") == pytest.approx(0.5)
+    assert conn.get("/compute?id=1&work_ms=1")[0] == 200
+    services.apply_power({"dc": "stopped"}, 0.5)
+    assert services.groups.cpu_share("dc") == pytest.approx(0.05)
+    status, body, _ = conn.get("/compute?id=2&work_ms=1")
+    assert status == 503 and json.loads(body) == {"error": "stopped"}
+    assert conn.get("/whereami")[0] in (200, 503)  # not work: still answered
+    assert services.apply_power({"dc": "stopped"}, 0.5) == {}  # unchanged: nothing touched
+    services.apply_power({"dc": "normal"}, 0.5)
+    assert services.groups.cpu_share("dc") == pytest.approx(1.0)
+    assert conn.get("/compute?id=3&work_ms=1")[0] == 200
+    conn.close()
