@@ -250,6 +250,10 @@ class ComputeServices:
         if left:
             log.warning("cgroups left (processes still inside): %s", left)
         shutil.rmtree(self.dir, ignore_errors=True)
+        try:  # the run's folder, if nothing else of the run (routing daemons) is in it
+            self.dir.parent.rmdir()
+        except OSError:
+            pass
         return left
 
 
