@@ -43,7 +43,19 @@ def routes_in(ns: str) -> set[str]:
     return {line.split()[0] for line in out.splitlines()}
 
 
-def test_failures_come_back_with_row_and_namespace(two_namespaces):
+@pytest.fixture(params=["c", "python"])
+def sender(request, monkeypatch):
+    """Each test runs with the C sender install.sh builds (emulator/kernel/rtsend.c) and with the Python loop."""
+    if request.param == "c":
+        assert rtnl.RTSEND_LIBRARY.exists(), "install.sh builds the C route sender"
+        monkeypatch.setattr(rtnl, "_c_send", [])
+        assert rtnl._c_sender() is not None
+    else:
+        monkeypatch.setattr(rtnl, "_c_send", [None])
+    return request.param
+
+
+def test_failures_come_back_with_row_and_namespace(two_namespaces, sender):
     ns0, ns1 = two_namespaces
     ifindex = [int(subprocess.run(["ip", "-n", n, "-o", "link", "show", "a0"], capture_output=True, text=True,
                                   check=True).stdout.split(":")[0]) for n in two_namespaces]
