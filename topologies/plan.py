@@ -501,7 +501,8 @@ def _plan_scenario(sc: Scenario, constellation: Constellation | None) -> Timelin
     if power is not None:
         from .power import power_summary
 
-        report["power"] = power_summary(tl)
+        # the parameters too: the emulator gives a throttled node throttle_share of its CPU
+        report["power"] = power_summary(tl) | {"config": dataclasses.asdict(sc.power_config())}
     if sc.events:
         # scheduled events go in last, over the built arrays: what they take down is planned
         from .events import apply_events

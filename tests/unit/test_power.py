@@ -240,6 +240,7 @@ def test_a_battery_that_cannot_last_an_eclipse_throttles_then_stops(tmp_path, ca
     s = json.loads(capsys.readouterr().out)
     assert s["power"]["events"] == events
     assert s["power"]["nodes_throttled"] == 1 and s["power"]["nodes_stopped"] == 1
+    assert s["power"]["config"]["battery_wh"] == 40.0 and s["power"]["config"]["throttle_share"] == 0.5
     assert main(["plan", str(path)]) == 0
     text = capsys.readouterr().out
     assert "power event" in text and "normal -> throttled" in text and "throttled -> stopped" in text
