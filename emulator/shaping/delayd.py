@@ -15,6 +15,7 @@ with the thread that started them (PR_SET_PDEATHSIG) and remove their tables on 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -66,6 +67,7 @@ def binary_path() -> Path | None:
     return p if p.is_file() and os.access(p, os.X_OK) else None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def link_id(node: str, ifname: str) -> int:
     """64-bit identity of the link direction sent by ``node``'s ``ifname``: an input of the loss decision,
     the same in every run of a scenario (unlike ifindexes and namespace paths)."""
@@ -376,8 +378,10 @@ class DelayDaemon:
                     touched[path] = n
             for path, ifindex, _d, _l, ingress, _lid in ports:
                 n = self.ns[path]
-                n.keys.add(nfnl.hold_key(ifindex, ingress))
-                touched[path] = n
+                key = nfnl.hold_key(ifindex, ingress)
+                if key not in n.keys:  # a delay change alone leaves the rules as they are
+                    n.keys.add(key)
+                    touched[path] = n
             work: dict[_Shard, list[str]] = {}
             for s, (p, f) in per.items():
                 work[s] = [" ".join(["set", str(len(p)), str(len(f)), *p, *f])]
