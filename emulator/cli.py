@@ -73,12 +73,13 @@ def check_scenario(sc: Scenario, shaper: str | None = None) -> None:
     ConfigError
         Naming the scenario's file, line and key (``routing.protocol``, ``isl.rate_mbps``, ...).
     """
-    from routing.base import get_protocol
+    from routing.base import check_protocol_options, get_protocol
 
     try:
         get_protocol(sc.routing.protocol)
     except ConfigError as e:
         raise scenario_error(sc, e.message, "routing.protocol") from None
+    check_protocol_options(sc)  # [routing.ospf] and the like, whichever protocol runs
     if shaper is not None and shaper != sc.emulation.shaper:
         check_shaper_rates(sc, shaper)
 

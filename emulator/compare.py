@@ -315,6 +315,11 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
     out["stretch_p50"] = float(np.mean(stretch)) if stretch else None
     out["probes_sent"], out["probes_lost"] = sent, lost
     out["delay_error"] = summary.get("delay_error")
+    # the share of samples taken while the machine kept up (emulator.validity): a protocol whose daemons
+    # load the machine makes its own measurements less trustworthy, and this says by how much
+    validity = summary.get("validity") or {}
+    out["valid_pct"] = validity.get("valid_pct")
+    out["valid_samples"], out["samples"] = validity.get("valid_samples"), validity.get("samples")
     out["recovery"] = summary.get("recovery") or []
     out["probes"] = probe_figures(read_probe_samples(folder / "samples.csv"))
     out["flags"] = flags(out)
@@ -325,7 +330,7 @@ def compare(args: argparse.Namespace) -> int:
     """Run the scenario once per protocol; print one table; write compare.json and plots/compare.png."""
     from datetime import datetime
 
-    from routing.base import get_protocol
+    from routing.base import get_protocol, scenario_protocol
     from topologies.scenario import default_scenario, load_scenario
 
     from .runner import run
@@ -336,6 +341,8 @@ def compare(args: argparse.Namespace) -> int:
     for n in names:
         get_protocol(n)  # unknown names fail here, before anything is built
     sc = load_scenario(args.scenario) if args.scenario else default_scenario()
+    for n in names:  # and bad [routing.<name>] options, before the first protocol's run
+        scenario_protocol(sc, n)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     top = Path(args.results) if args.results else Path("results") / f"{stamp}-{sc.name}-compare"
     top.mkdir(parents=True, exist_ok=True)
@@ -386,8 +393,8 @@ def _q(d: dict[str, Any] | None, key: str) -> float | None:
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
     """The printed comparison: delivery (status, convergence, loss, delay quantiles), then routing."""
     lines = []
-    head = ("protocol", "status", "converged s", "loss %", "loss after %", "in bound after %", "RTT p50 ms",
-            "p95", "p99", "one-way p50", "p95", "p99")
+    head = ("protocol", "status", "converged s", "loss %", "loss after %", "in bound after %", "valid %",
+            "RTT p50 ms", "p95", "p99", "one-way p50", "p95", "p99")
     w = [max(13, len(h)) for h in head]
     w[1] = max([6] + [len(",".join(r.get("flags") or [])) for r in rows])
     lines.append("  ".join(f"{h:>{n}}" for h, n in zip(head, w)))
@@ -396,7 +403,8 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         rtt, ow = p.get("rtt_ms"), p.get("one_way_ms")
         status = ",".join(r.get("flags") or []) or "ok"
         cells = (r["protocol"], status, _f(p.get("converged_s")), _f(p.get("loss_pct"), 2),
-                 _f(p.get("loss_after_pct"), 2), _f(p.get("in_bound_after_pct"), 1), _f(_q(rtt, "p50"), 2),
+                 _f(p.get("loss_after_pct"), 2), _f(p.get("in_bound_after_pct"), 1), _f(r.get("valid_pct"), 1),
+                 _f(_q(rtt, "p50"), 2),
                  _f(_q(rtt, "p95"), 2), _f(_q(rtt, "p99"), 2), _f(_q(ow, "p50"), 2), _f(_q(ow, "p95"), 2),
                  _f(_q(ow, "p99"), 2))
         lines.append("  ".join(f"{c:>{n}}" for c, n in zip(cells, w)))
@@ -507,6 +515,7 @@ def plot_compare(rows: list[dict[str, Any]], top: Path,
     samples = samples or {}
     names = [r["protocol"] for r in rows]
     flagged = {r["protocol"]: r.get("flags") or [] for r in rows}
+    valid = {r["protocol"]: r.get("valid_pct") for r in rows}
     labels = [n + ("\n" + "\n".join(flagged[n]) if flagged[n] else "") for n in names]
     metrics = (("loss_pct", "probes lost (%)"),
                ("converged_s", "convergence (s after build)"),
@@ -523,7 +532,9 @@ def plot_compare(rows: list[dict[str, Any]], top: Path,
                                or [np.empty(0)])
             sent = len(v)
             v = np.sort(v[np.isfinite(v)])
-            lab = f"{n} ({len(v)}/{sent} arrived)" + (f" {', '.join(flagged[n])}" if flagged[n] else "")
+            vp = valid.get(n)
+            lab = (f"{n} ({len(v)}/{sent} arrived{'' if vp is None else f', {vp:.0f} % of samples valid'})"
+                   + (f" {', '.join(flagged[n])}" if flagged[n] else ""))
             if len(v):
                 # the curve tops out at the delivered fraction: lost probes are never "under" any delay
                 ax.step(v, np.arange(1, len(v) + 1) / max(sent, 1), where="post", color=f"C{i}", label=lab)

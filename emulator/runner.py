@@ -258,13 +258,13 @@ def run(args: argparse.Namespace) -> int:
     play_s = (last + 1) * tl.step_s / speed
     protocol_name = getattr(args, "protocol", None) or sc.routing.protocol
 
-    from routing.base import get_protocol
+    from routing.base import scenario_protocol
 
     from .flows import FlowStarter
     from .network import Emulation
     from .shaping import make_shaper
 
-    protocol = get_protocol(protocol_name)
+    protocol = scenario_protocol(sc, protocol_name)  # with its [routing.<name>] options
     out = results_dir(args, sc)
     if sc.source == "<built-in>":
         (out / "scenario.toml").write_text(DEFAULT_SCENARIO_TOML)
@@ -404,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
                 summary["shaper_stats"] = counters
         except Exception as e:  # noqa: BLE001 - a dead daemon must not stop the teardown
             log.warning("shaper statistics unavailable: %s", e)
+        if emu is not None and callable(stats := getattr(protocol, "stats", None)):
+            summary["routing_daemons"] = stats()  # what a daemon protocol told its daemons (ospf: pushes)
         t = time.monotonic()
         if emu is not None:
             emu.stop()
@@ -451,6 +453,12 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
              f"{'real-time priority SCHED_FIFO ' + str(rt) if rt else 'normal scheduling'}"
              f"{', memory locked' if sh.get('memory_locked') else ''}; CPU s per shard "
              f"{', '.join(f'{x:.1f}' for x in sh.get('cpu_s_per_shard') or []) or '-'}")
+    rd = s.get("routing_daemons")
+    if rd and "reconfigurations" in rd:
+        _say(f"  routing daemons: {rd['reconfigurations']} reconfigurations ({rd.get('cost_reconfigurations', 0)} "
+             f"for cost: tolerance {rd.get('cost_tolerance_pct', 0):g} %, a router at most once per "
+             f"{rd.get('cost_push_interval_s', 0):g} s); step work p50 {_fmt(rd.get('update_ms_p50'))} ms, "
+             f"max {_fmt(rd.get('update_ms_max'))} ms")
     for f in s.get("flows", []):
         if f["kind"] in ("ping", "udp-probe"):
             m, e = f["measured_ms"], f["error_ms"]
@@ -548,14 +556,14 @@ def interactive(args: argparse.Namespace) -> int:
     """Mininet's CLI on the live constellation while the clock runs in the background."""
     _require_root()
     sc, tl = load_inputs(args)
-    from routing.base import get_protocol
+    from routing.base import scenario_protocol
 
     from .cli import check_scenario
     from .network import Emulation
     from .shaping import make_shaper
 
     check_scenario(sc, args.shaper)
-    protocol = get_protocol(sc.routing.protocol)
+    protocol = scenario_protocol(sc)
     speed = args.speed if args.speed is not None else sc.emulation.speed
     shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)
     _say(f"shaper: {why}")

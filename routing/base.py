@@ -133,6 +133,15 @@ class RoutingProtocol:
 
     name: str = ""
 
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> RoutingProtocol:
+        """An instance with the options of a scenario's ``[routing.<name>]`` table (none here: an empty
+        table gives the defaults, any key is a ConfigError)."""
+        if table:
+            raise ConfigError(f"routing protocol {cls.name!r} takes no options, got {', '.join(table)}",
+                              key=f"routing.{cls.name}.{next(iter(table))}")
+        return cls()
+
     def __init__(self, all_loopbacks: bool | None = None) -> None:
         self.all_loopbacks = all_loopbacks
 
@@ -223,6 +232,43 @@ def get_protocol(name: str, **options: Any) -> RoutingProtocol:
         raise ConfigError(f"unknown routing protocol {name!r}; known: {', '.join(_known())}",
                           key="routing.protocol")
     return PROTOCOLS[name](**options)
+
+
+#: Protocols whose options a scenario may set in a ``[routing.<name>]`` table (a RoutingConfig field).
+OPTION_TABLES = ("ospf",)
+
+
+def scenario_protocol(sc: Any, name: str | None = None) -> RoutingProtocol:
+    """The protocol ``name`` (default: the scenario's ``routing.protocol``) with the options of its
+    ``[routing.<name>]`` table, if it has one (:data:`OPTION_TABLES`).
+
+    Parameters
+    ----------
+    sc : topologies.scenario.Scenario
+    name : str, optional
+
+    Raises
+    ------
+    ConfigError
+        Unknown protocol, or a bad key or value in its table; naming the scenario's file, line and key.
+    """
+    from topologies.scenario import scenario_error
+
+    name = name or sc.routing.protocol
+    try:
+        cls = type(get_protocol(name))
+        table = dict(getattr(sc.routing, name, None) or {}) if name in OPTION_TABLES else {}
+        return cls.from_table(table)
+    except ConfigError as e:
+        raise scenario_error(sc, e.message, e.key or "routing.protocol") from None
+
+
+def check_protocol_options(sc: Any) -> None:
+    """Every ``[routing.<name>]`` options table of scenario ``sc`` is valid, whichever protocol runs
+    (``compare`` runs them all). Raises ConfigError naming file, line and key."""
+    for name in OPTION_TABLES:
+        if getattr(sc.routing, name, None):
+            scenario_protocol(sc, name)
 
 
 def describe(cls: type) -> str:

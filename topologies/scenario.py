@@ -312,6 +312,9 @@ class ComputeSpec:
 @dataclass(frozen=True)
 class RoutingConfig:
     protocol: str = "shortest-delay"
+    #: ``[routing.ospf]``: options of the ospf protocol (routing.ospf.OspfOptions), checked by
+    #: routing.base.check_protocol_options; they apply whenever ospf runs (also under ``compare``)
+    ospf: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -725,7 +728,7 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
         "hosts": _list_of(HostSpec, _check_named),
         "compute": _list_of(ComputeSpec, _check_compute),
         "power": _raw_table,
-        "routing": _table(RoutingConfig),
+        "routing": _table(RoutingConfig, {"ospf": _raw_table}),
         "emulation": _table(EmulationConfig),
         "traffic": _list_of(TrafficSpec),
         "events": build_events,

@@ -5,6 +5,7 @@ the table and on the plot."""
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 from pathlib import Path
 
@@ -138,11 +139,16 @@ def test_table_and_plot_flag_the_protocol_that_carried_nothing(tmp_path):
     sb = read_probe_samples(write_samples(tmp_path / "b", [(k / 10, None) for k in range(200)],
                                           [(k / 20, None) for k in range(400)]))
     rows = [row("good-proto", probe_figures(sa)), row("dead-proto", probe_figures(sb))]
+    rows[0]["valid_pct"] = 38.58  # the run summary's validity share (emulator.validity), relayed
     lines = format_table(rows)
     status = {line.split()[0]: line.split()[1] for line in lines[1:3]}
     assert status == {"good-proto": "ok", "dead-proto": "NO-TRAFFIC,NOT-CONVERGED"}
     dead = next(line for line in lines[1:3] if line.split()[0] == "dead-proto").split()
-    assert dead[3] == "100.00" and dead[5] == "-" and dead[6] == "-"  # loss %, in bound after %, RTT p50
+    # loss %, in bound after %, valid % (no validity in its summary), RTT p50
+    assert dead[3] == "100.00" and dead[5] == "-" and dead[6] == "-" and dead[7] == "-"
+    assert re.search(r"in bound after %\s+valid %\s+RTT p50 ms", lines[0])
+    good = next(line for line in lines[1:3] if line.split()[0] == "good-proto").split()
+    assert good[6] == "38.6" and float(good[7]) == pytest.approx(probe_figures(sa)["rtt_ms"]["p50"], abs=0.01)
     assert any(line.startswith("!! dead-proto: NO-TRAFFIC") and "0 of 600 probes" in line for line in lines)
     assert not any(line.startswith("!! good-proto") for line in lines)
 
@@ -151,6 +157,7 @@ def test_table_and_plot_flag_the_protocol_that_carried_nothing(tmp_path):
     assert "FLAGGED: dead-proto: NO-TRAFFIC, NOT-CONVERGED" in svg
     assert "dead-proto (0/200 arrived) NO-TRAFFIC" in svg  # its CDF's legend entry
     assert "good-proto (" in svg and "good-proto: " not in svg
+    assert "good-proto (190/200 arrived, 39 % of samples valid)" in svg  # lost before 1 s: 10 pings
     assert (tmp_path / "plots" / "compare.png").stat().st_size > 10_000
 
 

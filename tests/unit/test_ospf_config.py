@@ -18,9 +18,11 @@ from routing.ospf import (
     OspfInterface,
     OspfOptions,
     bird_config,
+    cost_push,
     costs_to_push,
     link_costs,
     node_interfaces,
+    push_slots,
 )
 from topologies.errors import ConfigError
 
@@ -157,3 +159,151 @@ def test_routing_layer_stays_pure():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('emulator', 'pyroute2', 'mininet')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------- cost pushes in rounds
+def _drifting_costs(n_links: int = 60, n_steps: int = 120, seed: int = 3) -> np.ndarray:
+    """Costs of ``n_links`` links over ``n_steps`` 1 s steps, each drifting linearly by up to +-40 %
+    over the run (as inter-plane ISLs near the turn of the orbit do), shape (n_steps, n_links)."""
+    rng = np.random.default_rng(seed)
+    start = rng.uniform(100, 700, n_links)
+    slope = rng.uniform(-0.4, 0.4, n_links) * start / n_steps
+    return link_costs((start + slope * np.arange(n_steps)[:, None]) / 100.0)
+
+
+def _ring(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Near and far node of the ``n`` links of a ring of ``n`` routers: link i joins i and i + 1."""
+    return np.arange(n), (np.arange(n) + 1) % n
+
+
+@pytest.mark.parametrize("interval_s, tol", [(10.0, 10.0), (5.0, 5.0), (3.0, 0.0), (0.0, 5.0)])
+def test_each_router_is_pushed_at_its_own_slot_and_leaves_no_drift_past_it(interval_s, tol):
+    wanted = _drifting_costs()
+    n = wanted.shape[1]
+    near, far = _ring(n)
+    slots = push_slots(interval_s, 1.0)
+    a = b = wanted[0]
+    per_router: dict[int, list[int]] = {}
+    per_step = []
+    for k in range(1, len(wanted)):
+        due = (k + np.arange(n)) % slots == 0
+        a0, b0 = a, b
+        a, b, routers = cost_push(a, b, wanted[k], near, far, np.empty(0, int), due, tol)
+        assert due[routers].all()  # never outside its slot
+        for r in routers.tolist():
+            per_router.setdefault(r, []).append(k)
+        # a router's announced costs change only when it is pushed, and then to what its links want now
+        moved = set(near[a != a0].tolist()) | set(far[b != b0].tolist())
+        assert moved <= set(routers.tolist())
+        pushed_a, pushed_b = np.isin(near, routers), np.isin(far, routers)
+        assert (a[pushed_a] == wanted[k][pushed_a]).all() and (b[pushed_b] == wanted[k][pushed_b]).all()
+        # at its slot, no router is left announcing a cost off by more than the tolerance
+        for ann, owner in ((a, near), (b, far)):
+            off = np.abs(wanted[k].astype(float) - ann) > ann * tol / 100.0
+            assert not (off & due[owner]).any()
+        per_step.append(len(routers))
+    assert sum(per_step) >= 10
+    # at most once per interval per router; and spread: no step carries more than its slot's routers
+    assert all(min(np.diff(ks), default=slots) >= slots for ks in per_router.values())
+    assert max(per_step) <= -(-n // slots)
+
+
+def test_slots_spread_the_pushes_and_handovers_go_at_once():
+    wanted = _drifting_costs()
+    n = wanted.shape[1]
+    near, far = _ring(n)
+    none = np.empty(0, int)
+
+    def per_step(slots: int) -> list[int]:
+        a = b = wanted[0]
+        out = []
+        for k in range(1, len(wanted)):
+            a, b, r = cost_push(a, b, wanted[k], near, far, none, (k + np.arange(n)) % slots == 0, 5.0)
+            out.append(len(r))
+        return out
+
+    every, spread = per_step(1), per_step(10)
+    # never more pushes than at every step, and the busiest step carries fewer
+    assert sum(spread) <= sum(every) and max(spread) < max(every)
+    # a handed-over slot takes its new cost on both ends at its step, outside any slot; the others wait
+    a = b = wanted[0].copy()
+    new = a.copy()
+    new[[4, 9]] = [a[4] * 3, a[9] // 2]
+    new[11] = a[11] * 3
+    got_a, got_b, routers = cost_push(a, b, new, near, far, np.array([4, 9]), np.zeros(n, bool), 5.0)
+    assert got_a[[4, 9]].tolist() == new[[4, 9]].tolist() == got_b[[4, 9]].tolist()
+    assert got_a[11] == a[11] and got_b[11] == b[11] and len(routers) == 0
+
+
+def test_far_end_cost_is_announced_by_the_far_router():
+    tl = grid_timeline()
+    a = AddressPlan().assign(tl)
+    snap = tl.snapshot(0)
+    far = np.where(snap.peer >= 0, snap.peer, tl.link_a)
+    near_cost = np.full(tl.n_links, 111, np.int32)
+    far_cost = np.full(tl.n_links, 222, np.int32)
+    node = tl.node_index("sat-0-0")
+    ifs = node_interfaces(node, tl.link_a, far, tl.link_class, a.ifname_a, a.ifname_b, near_cost, far_cost)
+    by_name = {i.name: i.cost for i in ifs if not i.stub}
+    for l in range(tl.n_links):
+        if tl.link_a[l] == node and a.ifname_a[l] in by_name:
+            assert by_name[a.ifname_a[l]] == 111
+        elif far[l] == node and tl.link_a[l] != node and a.ifname_b[l] in by_name:
+            assert by_name[a.ifname_b[l]] == 222
+    assert set(by_name.values()) == {111, 222}
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "10", True, 1e6])
+def test_bad_push_interval_is_refused(value):
+    with pytest.raises(ConfigError, match="cost_push_interval_s"):
+        OspfOptions(cost_push_interval_s=value)
+
+
+_SCENARIO = """\
+name = "o"
+
+[time]
+duration_s = 3
+step_s = 1.0
+
+[constellation]
+shells = [{name = "s", planes = 4, sats_per_plane = 4, altitude_km = 550, inclination_deg = 53, phasing = 1}]
+
+[routing]
+protocol = "shortest-delay"
+
+[routing.ospf]
+cost_tolerance_pct = 20
+"""
+
+
+def test_scenario_routing_ospf_table_sets_the_options(tmp_path):
+    from routing.base import scenario_protocol
+    from topologies.scenario import load_scenario
+
+    f = tmp_path / "s.toml"
+    f.write_text(_SCENARIO + "cost_push_interval_s = 30\n")
+    sc = load_scenario(f)
+    p = scenario_protocol(sc, "ospf")
+    assert (p.options.cost_tolerance_pct, p.options.cost_push_interval_s) == (20, 30)
+    assert scenario_protocol(sc).name == "shortest-delay"
+
+
+@pytest.mark.parametrize("line, key, what", [
+    ("cost_push_interval_s = -5", "routing.ospf.cost_push_interval_s", "must be in [0, 86400] s"),
+    ("cost_tolerance_pct = 100", "routing.ospf.cost_tolerance_pct", "must be in [0, 100)"),
+    ("push_every = 3", "routing.ospf.push_every", "unknown key 'push_every'"),
+])
+def test_bad_routing_ospf_key_is_one_line_with_file_line_and_key(tmp_path, capsys, line, key, what):
+    from emulator.cli import main
+
+    f = tmp_path / "s.toml"
+    text = _SCENARIO.replace("cost_tolerance_pct = 20\n", "") + line + "\n"
+    f.write_text(text)
+    # the scenario's own protocol is shortest-delay: the ospf table is checked anyway (compare runs ospf too)
+    assert main(["plan", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    n = len(text.splitlines())
+    assert err.startswith(f"satnetem: error: {f}:{n}, key '{key}': "), err
+    assert what in err
