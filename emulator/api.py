@@ -538,6 +538,8 @@ class LiveEmulation(Experiment):
         self.speed = float(speed) if speed is not None else scenario.emulation.speed
         self.records: list[Any] = []  # the clock's StepRecords of every run()
         self._old_signals: dict[int, Any] = {}
+        self.compute: Any = None  # the compute nodes' services once start_compute() ran
+        self._whereami: Any = None
         sh, self.shaper_reason = make_shaper(shaper or scenario.emulation.shaper, scenario.seed)
         try:
             self.emulation = Emulation(timeline, sh, protocol, delay_tolerance_ms=scenario.emulation.delay_tolerance_ms,
@@ -580,6 +582,45 @@ class LiveEmulation(Experiment):
 
         _constellation_cli(self.emulation.net, self.emulation)
 
+    def start_compute(self, work_ms: float = 5.0) -> Any:
+        """Start every compute node's service with its capacity (:mod:`emulator.traffic.compute`); from
+        then on each applied step updates the nodes' ``whereami.json`` and enforces their power states.
+
+        Returns
+        -------
+        emulator.traffic.compute.ComputeServices
+            Its ``pids``, ``memory()`` and ``set_cpu_share(node, share)`` (see :meth:`set_cpu_share`).
+        """
+        self._check_open()
+        if self.compute is not None:
+            return self.compute
+        from .traffic.compute import ComputeServices, WhereamiWriter, node_services
+
+        svc = ComputeServices(self.emulation.run_id, work_ms=work_ms)
+        try:
+            svc.start(node_services(self.emulation))
+            self._whereami = WhereamiWriter(svc, self.timeline, self.scenario.power_config().throttle_share)
+        except BaseException:
+            svc.stop()
+            raise
+        self.compute = svc
+        self._whereami.post(self._step)
+        log.info("compute services on %d nodes (%s)", len(svc.pids), svc.describe())
+        return svc
+
+    def set_cpu_share(self, node: str, cpu_share: float) -> None:
+        """Change compute node ``node``'s CPU share (cores) now, e.g. to throttle it (:meth:`start_compute`
+        first). A later power state change of the node's battery model sets it again.
+
+        Raises
+        ------
+        ConfigError
+            The services are not started, ``node`` is not a compute node, or the share is out of range.
+        """
+        if self.compute is None:
+            raise ConfigError("start_compute() first: the compute services are not running", key="node")
+        self.compute.set_cpu_share(node, cpu_share)
+
     def _apply(self, step: int) -> Any:
         emu = self.emulation
         was_down = emu.is_access & (emu.applied.state != Reason.UP)
@@ -587,6 +628,8 @@ class LiveEmulation(Experiment):
         back = np.flatnonzero(was_down & (emu.applied.state == Reason.UP))
         if len(back):  # a failed host's or compute node's link is back: the kernel dropped its default route
             emu.reinstall_host_routes(back)
+        if self._whereami is not None:
+            self._whereami.post(step)
         return stats
 
     def _move(self, step: int) -> None:
@@ -620,6 +663,10 @@ class LiveEmulation(Experiment):
             return
         self._closed = True
         try:
+            if self._whereami is not None:
+                self._whereami.close()
+            if self.compute is not None:
+                self.compute.stop()
             self.emulation.stop()
             self.emulation.shaper.close()
         finally:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from emulator.kernel.cgroups import PERIOD_US, detect
+from emulator.kernel.cgroups import PERIOD_US, detect, tasks_in
 from emulator.kernel.holder import Holder
 from emulator.netns import iproute_in
 from emulator.network import SYSCTLS
 from emulator.traffic.compute import BINARY, ComputeServices, NodeService
+from topologies.errors import ConfigError
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not BINARY.is_file(), reason=f"{BINARY} not built (./install.sh)")]
@@ -159,9 +160,12 @@ def test_service_runs_unprivileged_private_small_in_its_groups(pair, services):
     assert "NoNewPrivs:\t1" in status
     assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(pair.path("dc")).st_ino
-    # its groups hold it and nothing else
+    # its groups hold it and nothing else, and the memory limit is the node's 64 MB
     for f in services.groups.attach_files("dc"):
         assert Path(f).read_text().split() == [str(pid)], f
+    groups = services.groups
+    limit = (groups.memory_root / "dc" / ("memory.max" if groups.v2 else "memory.limit_in_bytes")).read_text()
+    assert int(limit) == 64 * 2**20
     # bound to the node's address only: the node's loopback is refused, its address answers
     s = _socket_in(pair.path("dc"))
     with pytest.raises(ConnectionRefusedError):
@@ -225,3 +229,61 @@ def test_power_states_throttle_and_stop_the_node(pair, services):
     assert services.groups.cpu_share("dc") == pytest.approx(1.0)
     assert conn.get("/compute?id=3&work_ms=1")[0] == 200
     conn.close()
+
+
+_API_SCENARIO = """name = "compute-api"
+seed = 1
+[time]
+start = "2024-03-01T00:00:00Z"
+duration_s = 6
+step_s = 1.0
+[[constellation.shells]]
+name = "shell"
+planes = 6
+sats_per_plane = 6
+altitude_km = 550
+inclination_deg = 53
+[[ground.sites]]
+name = "gs-london"
+lat_deg = 51.5
+lon_deg = -0.13
+[[compute]]
+name = "dc-a"
+satellite = "sat-0-0"
+cpu_share = 0.5
+memory_mb = 32
+[emulation]
+shaper = "userspace"
+"""
+
+
+def test_scripting_api_starts_services_and_changes_a_share_live(tmp_path):
+    """Through the scripting API, on a built network with the userspace shaper: the node's service runs in
+    its namespace at its scenario share, set_cpu_share changes it, whereami.json follows the applied steps,
+    and the shaper's delay daemon is in none of the run's groups."""
+    from emulator.api import open_emulation
+    from topologies.whereami import WhereAmI
+
+    path = tmp_path / "compute-api.toml"
+    path.write_text(_API_SCENARIO)
+    with open_emulation(str(path), run_id=f"t-compute-api-{os.getpid()}") as emu:
+        svc = emu.start_compute()
+        pid = svc.pids["dc-a"]
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(emu.node("dc-a").ns_path).st_ino
+        assert svc.groups.cpu_share("dc-a") == pytest.approx(0.5)
+        emu.set_cpu_share("dc-a", 0.2)
+        assert svc.groups.cpu_share("dc-a") == pytest.approx(0.2)
+        with pytest.raises(ConfigError):
+            emu.set_cpu_share("gs-london", 0.5)
+        daemon = emu.emulation.shaper.pids
+        assert daemon and not set(daemon) & tasks_in([svc.groups.cpu_root, svc.groups.memory_root])
+        emu.step()
+        emu.step()
+        want = WhereAmI(emu.timeline, [emu.timeline.node_index("dc-a")]).views(2)["dc-a"]
+        f = svc.node_dir("dc-a") / "whereami.json"
+        deadline = time.monotonic() + 5
+        while json.loads(f.read_text())["step"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert json.loads(f.read_text()) == json.loads(json.dumps(want))
+        roots = [svc.groups.cpu_root, svc.groups.memory_root]
+    assert not any(r.exists() for r in roots)
