@@ -12,6 +12,8 @@ timeline alone:
   has no sunlight;
 * the satellites it has a laser link up with now, and the ground nodes (gateways, user terminals) with an
   antenna linked to it now;
+* the gateways it is in view of: above the scenario's ``[gsl] min_elevation_deg`` from the gateway (WGS84
+  vertical, no refraction), with that elevation, highest first;
 * its battery's charge (Wh and percent of ``battery_wh``) and power state, when the timeline has them
   (:mod:`topologies.power`);
 * the next handover (the next step at which the set of ground antennas linked to it changes) and the next
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .frames import geodetic_to_ecef_km
+from .frames import geodetic_to_ecef_km, look_angles
 from .timeline import LINK_CLASSES, Timeline
 
 SUNLIGHT_NAMES = {0: "sunlit", 1: "penumbra", 2: "umbra"}
@@ -93,6 +95,16 @@ class WhereAmI:
                 self._handovers[i] = np.unique(st)
         self._entry: list[np.ndarray] = [np.zeros(0, np.int64) for _ in self.sats]
         self._exit: list[np.ndarray] = [np.zeros(0, np.int64) for _ in self.sats]
+        gw = tl.nodes_of("gateway")
+        self._gw_names = [tl.nodes[g].name for g in gw]
+        self._gw_lat = np.array([float(tl.nodes[g].info["lat_deg"]) for g in gw])
+        self._gw_lon = np.array([float(tl.nodes[g].info["lon_deg"]) for g in gw])
+        self._gw_ecef = geodetic_to_ecef_km(self._gw_lat, self._gw_lon,
+                                            np.array([float(tl.nodes[g].info.get("alt_m", 0.0)) for g in gw]))
+        from .gsl import GslConfig
+
+        self.min_elevation_deg = float((tl.scenario.get("gsl") or {}).get("min_elevation_deg",
+                                                                           GslConfig.min_elevation_deg))
         self.sunlight = None if tl.sat_sunlight is None else tl.sat_sunlight[self.sats]
         if self.sunlight is not None and tl.n_steps > 1:
             lit = self.sunlight == 0
@@ -117,6 +129,9 @@ class WhereAmI:
         gsl_up = self._gsl[tl.state[self._gsl, step] == 0]
         ga, gb = tl.link_a[gsl_up], tl.peer[gsl_up, step]
         t = tl.time_of(step)
+        # elevation of every compute satellite from every gateway, (n_gateways, n_nodes)
+        elev, _, _ = look_angles(self._gw_ecef[:, None, :], self._gw_lat[:, None], self._gw_lon[:, None],
+                                 self.ecef_km[None, :, step, :])
         out = {}
         for i, s in enumerate(self.sats):
             lat, lon, alt = (float(x) for x in tl.sat_lla[s, step])
@@ -130,6 +145,8 @@ class WhereAmI:
                 "velocity_ecef_km_s": [round(float(x), 5) for x in self.vel_km_s[i, step]],
                 "laser_neighbours": [tl.nodes[int(n)].name for n in nb],
                 "ground_linked": [tl.nodes[int(g)].name for g in ground if tl.nodes[int(g)].kind in _GROUND_KINDS],
+                "gateways_in_view": [{"gateway": self._gw_names[g], "elevation_deg": round(float(elev[g, i]), 3)}
+                                     for g in np.argsort(-elev[:, i]) if elev[g, i] >= self.min_elevation_deg],
                 "next_handover": self._when(step, _next_after(self._handovers, i, step)),
             }
             if self.sunlight is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from topologies.frames import geodetic_to_ecef_km
 from topologies.plan import plan_scenario
 from topologies.scenario import parse_scenario
 from topologies.timeline import LINK_CLASSES
@@ -47,11 +48,12 @@ def wai(tl):
 def _linked(tl, s: int, step: int) -> tuple[set[str], set[str]]:
     """Laser neighbours and linked ground nodes of satellite ``s``, by a loop over every link slot."""
     lasers, ground = set(), set()
-    for k in range(tl.n_links):
-        if tl.state[k, step] != 0:
+    state, peer = tl.state[:, step].tolist(), tl.peer[:, step].tolist()
+    for k, (a, cls_code) in enumerate(zip(tl.link_a.tolist(), tl.link_class.tolist(), strict=True)):
+        if state[k] != 0:
             continue
-        a, b = int(tl.link_a[k]), int(tl.peer[k, step])
-        cls = LINK_CLASSES[tl.link_class[k]]
+        b = peer[k]
+        cls = LINK_CLASSES[cls_code]
         if cls == "isl" and s in (a, b):
             lasers.add(tl.nodes[b if a == s else a].name)
         elif cls == "gsl" and b == s:
@@ -74,13 +76,19 @@ def test_neighbours_and_ground_links_match_a_loop_over_the_links(tl, wai):
 
 def test_next_handover_and_eclipse_match_a_scan_forward(tl, wai):
     assert tl.sat_sunlight is not None
+    cache: dict[tuple[int, int], set[str]] = {}
+
+    def ground(s: int, k: int) -> set[str]:
+        if (s, k) not in cache:
+            cache[(s, k)] = _linked(tl, s, k)[1]
+        return cache[(s, k)]
+
     entries = exits = handovers = 0
     for step in range(0, tl.n_steps, 23):
         for v in wai.views(step).values():
             s = tl.node_index(v["satellite"])
-            now = _linked(tl, s, step)[1]
-            k = next((k for k in range(step + 1, tl.n_steps) if _linked(tl, s, k)[1] != _linked(tl, s, k - 1)[1]),
-                     None)
+            now = ground(s, step)
+            k = next((k for k in range(step + 1, tl.n_steps) if ground(s, k) != ground(s, k - 1)), None)
             want = None if k is None else (k - step) * tl.step_s
             assert v["next_handover"]["in_s"] == want, (v["node"], step, now)
             lit = tl.sat_sunlight[s] == 0
@@ -112,3 +120,31 @@ def test_position_and_velocity_are_those_of_a_circular_leo_orbit(tl, wai):
 def test_rejects_a_node_that_is_not_a_compute_node(tl):
     with pytest.raises(ValueError, match="not a compute node"):
         WhereAmI(tl, [0])
+
+
+def test_gateways_in_view_by_elevation_and_every_linked_gateway_among_them(tl, wai):
+    """Elevation recomputed here as asin(up / range) with the ellipsoid normal; the planner's links are an
+    independent witness: a gateway linked to the satellite must be in view."""
+    seen = 0
+    for step in range(0, tl.n_steps, 41):
+        for v in wai.views(step).values():
+            r = np.array(v["position_ecef_km"])
+            want = {}
+            for g in tl.nodes_of("gateway"):
+                info = tl.nodes[g].info
+                lat, lon = np.radians(info["lat_deg"]), np.radians(info["lon_deg"])
+                site = geodetic_to_ecef_km(info["lat_deg"], info["lon_deg"], info.get("alt_m", 0.0))
+                d = r - site
+                up = np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+                el = np.degrees(np.arcsin(d @ up / np.linalg.norm(d)))
+                if el >= 10.0:
+                    want[tl.nodes[g].name] = el
+            got = {x["gateway"]: x["elevation_deg"] for x in v["gateways_in_view"]}
+            assert got.keys() == want.keys(), (v["node"], step)
+            for name, el in want.items():
+                assert got[name] == pytest.approx(el, abs=2e-3)
+            assert list(got.values()) == sorted(got.values(), reverse=True)
+            linked = {n for n in v["ground_linked"] if tl.nodes[tl.node_index(n)].kind == "gateway"}
+            assert linked <= got.keys(), (v["node"], step, linked, got)
+            seen += len(got)
+    assert seen
