@@ -1,7 +1,10 @@
 """CPU and memory capacity of compute nodes, enforced by the kernel's control groups.
 
-Each run gets one group ``satnetem-<run_id>`` per controller, made under the cgroup the emulator itself is in
-(so a container's or a session's own limits still hold above it), and one child group per compute node. A
+Each run gets one group ``satnetem-<run_id>`` per controller and one child group per compute node. With v1
+it is made under the cgroup the emulator itself is in (so a container's or a session's own limits still
+hold above it). With v2 it is made at the root of the hierarchy this process sees: v2 lets a group give
+controllers to its children only while it holds no process itself, and the emulator's own group (a login
+session's scope, say) holds the emulator; the root is exempt. A
 node's service processes are put in its child; nothing else is, in particular not the shaper's delay
 daemon: it is started by the emulator and stays in the emulator's own group.
 
@@ -122,7 +125,7 @@ def detect(mountinfo: str | None = None, proc_cgroup: str | None = None) -> Layo
         proc_cgroup = Path("/proc/self/cgroup").read_text()
     mounts = _mounts(mountinfo)
     own = _own_groups(proc_cgroup)
-    for root, point, fstype, _ in mounts:
+    for _root, point, fstype, _ in mounts:
         if fstype != "cgroup2":
             continue
         try:
@@ -130,8 +133,7 @@ def detect(mountinfo: str | None = None, proc_cgroup: str | None = None) -> Layo
         except OSError:
             continue
         if {"cpu", "memory"} <= controllers:
-            d = _under(root, point, own.get("", "/"))
-            return Layout("v2", d, d)
+            return Layout("v2", Path(point), Path(point))
     dirs: dict[str, Path] = {}
     for root, point, fstype, opts in mounts:
         for c in ("cpu", "memory"):

@@ -32,7 +32,8 @@ def test_v2_chosen_when_the_unified_hierarchy_has_cpu_and_memory(tmp_path):
     mounts = f"30 23 0:26 / {tmp_path} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
     lay = detect(mounts, "0::/user.slice/session-1.scope\n")
     assert lay.version == "v2"
-    assert lay.cpu_dir == lay.memory_dir == tmp_path / "user.slice" / "session-1.scope"
+    # at the hierarchy's root: the session's scope holds our process, so it cannot give its children controllers
+    assert lay.cpu_dir == lay.memory_dir == tmp_path
     # without the memory controller there: no layout (no v1 hierarchies either)
     (tmp_path / "cgroup.controllers").write_text("cpu pids\n")
     with pytest.raises(ApplyError, match="cpu and memory"):
