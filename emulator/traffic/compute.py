@@ -141,9 +141,10 @@ class ComputeServices:
             self.groups.add(n.name, n.cpu_share, n.memory_mb)
             d = self.node_dir(n.name)
             d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o755)  # the service reads it as an unprivileged user
-            for p in (self.dir, self.dir.parent):
-                os.chmod(p, 0o755)
+            # Inside its mount namespace the service reaches this folder through its bind mount alone, so
+            # only the folder itself is opened to it; the folders above stay closed to other users.
+            os.chmod(self.dir, 0o700)
+            os.chmod(d, 0o755)
             self.services[n.name] = n
             lines.append("\t".join([n.name, n.ns_path, n.address, str(d), ",".join(self.groups.attach_files(n.name))]))
         argv = ["satnetem-computed", "--port", str(self.port), "--work-ms", f"{self.work_ms:g}",
