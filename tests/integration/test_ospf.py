@@ -214,7 +214,8 @@ def test_cut_isl_on_active_path_reroutes(make_emulation):
 
 
 def test_handover_and_cost_changes_reach_the_daemons(make_emulation):
-    emu = make_emulation(grid_timeline(), protocol="ospf")
+    # every router may be reconfigured at every step (by default each has a slot once per 10 s)
+    emu = make_emulation(grid_timeline(), protocol=routing.ospf.Ospf(cost_push_interval_s=0.0))
     wait_converged(emu)
     d = emu.protocol.daemons
     g, spare = f"g{GSL_B}", f"g{GSL_B}b"
@@ -373,7 +374,8 @@ def test_ospf_through_the_userspace_shaper(make_emulation):
     from emulator import shaping
 
     tl = grid_timeline()
-    emu = make_emulation(tl, shaping.make_shaper("userspace")[0], protocol="ospf")
+    # costs pushed at the step they change (step 4 below), not at each router's slot
+    emu = make_emulation(tl, shaping.make_shaper("userspace")[0], protocol=routing.ospf.Ospf(cost_push_interval_s=0.0))
     t_s = wait_converged(emu)
     deadline = time.monotonic() + CONVERGE_S
     while True:
