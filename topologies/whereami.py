@@ -105,6 +105,9 @@ class WhereAmI:
 
         self.min_elevation_deg = float((tl.scenario.get("gsl") or {}).get("min_elevation_deg",
                                                                            GslConfig.min_elevation_deg))
+        self._names = [n.name for n in tl.nodes]
+        self._kinds = [n.kind for n in tl.nodes]
+        self._iso_cache: dict[int, str] = {}
         self.sunlight = None if tl.sat_sunlight is None else tl.sat_sunlight[self.sats]
         if self.sunlight is not None and tl.n_steps > 1:
             lit = self.sunlight == 0
@@ -113,54 +116,82 @@ class WhereAmI:
                 self._entry[i] = np.flatnonzero(d == -1) + 1
                 self._exit[i] = np.flatnonzero(d == 1) + 1
 
+    def _iso(self, step: int) -> str:
+        iso = self._iso_cache.get(step)
+        if iso is None:
+            iso = self._iso_cache[step] = self.tl.time_of(step).isoformat().replace("+00:00", "Z")
+        return iso
+
     def _when(self, step: int, event: int | None) -> dict[str, Any]:
         if event is None:
             return {"in_s": None, "utc": None}
-        return {"in_s": round((event - step) * self.tl.step_s, 3),
-                "utc": (self.tl.time_of(event)).isoformat().replace("+00:00", "Z")}
+        return {"in_s": round((event - step) * self.tl.step_s, 3), "utc": self._iso(event)}
+
+    @staticmethod
+    def _grouped(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> list[list[int]]:
+        """For each of ``wanted``: the ``values`` whose key it is (one sort for all, not a scan per node)."""
+        order = np.argsort(keys, kind="stable")
+        k, v = keys[order], values[order]
+        lo = np.searchsorted(k, wanted, side="left").tolist()
+        hi = np.searchsorted(k, wanted, side="right").tolist()
+        vals = v.tolist()
+        return [vals[a:b] for a, b in zip(lo, hi, strict=True)]
 
     def views(self, step: int) -> dict[str, dict[str, Any]]:
         """Compute node name -> a JSON-able dict of its satellite at ``step`` (see the module docstring)."""
         tl = self.tl
         if not 0 <= step < tl.n_steps:
             raise ValueError(f"step must be in [0, {tl.n_steps}), got {step}")
+        names = self._names
         isl_up = self._isl[tl.state[self._isl, step] == 0]
         a, b = tl.link_a[isl_up], tl.peer[isl_up, step]
+        lasers = self._grouped(np.concatenate([a, b]), np.concatenate([b, a]), self.sats)
         gsl_up = self._gsl[tl.state[self._gsl, step] == 0]
-        ga, gb = tl.link_a[gsl_up], tl.peer[gsl_up, step]
-        t = tl.time_of(step)
-        # elevation of every compute satellite from every gateway, (n_gateways, n_nodes)
+        ground = self._grouped(tl.peer[gsl_up, step], tl.link_a[gsl_up], self.sats)
+        # elevation of every compute satellite from every gateway, (n_gateways, n_nodes); the few in view
+        # grouped by node, highest first
         elev, _, _ = look_angles(self._gw_ecef[:, None, :], self._gw_lat[:, None], self._gw_lon[:, None],
                                  self.ecef_km[None, :, step, :])
+        g_idx, n_idx = np.nonzero(elev >= self.min_elevation_deg)
+        order = np.lexsort((-elev[g_idx, n_idx], n_idx))
+        in_view = self._grouped(n_idx[order], np.arange(order.size), np.arange(len(self.sats)))  # j: sorted order
+        g_sorted, e_sorted = g_idx[order].tolist(), np.round(elev[g_idx, n_idx][order], 3).tolist()
+        lla = tl.sat_lla[self.sats, step].astype(np.float64).tolist()
+        pos = np.round(self.ecef_km[:, step], 4).tolist()
+        vel = np.round(self.vel_km_s[:, step], 5).tolist()
+        sun = None if self.sunlight is None else self.sunlight[:, step].tolist()
+        utc = self._iso(step)
+        power_names: tuple[str, ...] = ()
+        if self.charge_wh is not None and self.power is not None:
+            # imported here: topologies.power exists wherever the timeline carries its arrays
+            power_names = importlib.import_module("topologies.power").POWER_STATES
+            wh_all = self.charge_wh[self._rows, step].tolist()
+            state_all = self.power[self._rows, step].tolist()
         out = {}
-        for i, s in enumerate(self.sats):
-            lat, lon, alt = (float(x) for x in tl.sat_lla[s, step])
-            nb = np.unique(np.concatenate([b[a == s], a[b == s]]))
-            ground = np.unique(ga[gb == s])
+        for i, s in enumerate(self.sats.tolist()):
+            lat, lon, alt = lla[i]
             v: dict[str, Any] = {
-                "utc": t.isoformat().replace("+00:00", "Z"), "step": step,
-                "node": tl.nodes[self.nodes[i]].name, "satellite": tl.nodes[s].name,
+                "utc": utc, "step": step,
+                "node": names[self.nodes[i]], "satellite": names[s],
                 "lat_deg": round(lat, 5), "lon_deg": round(lon, 5), "alt_km": round(alt, 4),
-                "position_ecef_km": [round(float(x), 4) for x in self.ecef_km[i, step]],
-                "velocity_ecef_km_s": [round(float(x), 5) for x in self.vel_km_s[i, step]],
-                "laser_neighbours": [tl.nodes[int(n)].name for n in nb],
-                "ground_linked": [tl.nodes[int(g)].name for g in ground if tl.nodes[int(g)].kind in _GROUND_KINDS],
-                "gateways_in_view": [{"gateway": self._gw_names[g], "elevation_deg": round(float(elev[g, i]), 3)}
-                                     for g in np.argsort(-elev[:, i]) if elev[g, i] >= self.min_elevation_deg],
+                "position_ecef_km": pos[i],
+                "velocity_ecef_km_s": vel[i],
+                "laser_neighbours": [names[n] for n in sorted(set(lasers[i]))],
+                "ground_linked": [names[g] for g in sorted(set(ground[i])) if self._kinds[g] in _GROUND_KINDS],
+                "gateways_in_view": [{"gateway": self._gw_names[g_sorted[j]], "elevation_deg": e_sorted[j]}
+                                     for j in in_view[i]],
                 "next_handover": self._when(step, _next_after(self._handovers, i, step)),
             }
-            if self.sunlight is not None:
-                v["sunlight"] = SUNLIGHT_NAMES.get(int(self.sunlight[i, step]))
+            if sun is not None:
+                v["sunlight"] = SUNLIGHT_NAMES.get(sun[i])
                 v["next_eclipse_entry"] = self._when(step, _next_after(self._entry, i, step))
                 v["next_eclipse_exit"] = self._when(step, _next_after(self._exit, i, step))
-            if self.charge_wh is not None and self.power is not None:
-                # imported here: topologies.power exists wherever the timeline carries its arrays
-                POWER_STATES = importlib.import_module("topologies.power").POWER_STATES
-                wh = float(self.charge_wh[self._rows[i], step])
+            if power_names:
+                wh = wh_all[i]
                 cap = tl.nodes[self.nodes[i]].info.get("battery_wh")
                 v["battery"] = {"charge_wh": round(wh, 3),
                                 "charge_pct": round(100.0 * wh / cap, 2) if cap else None,
-                                "state": POWER_STATES[int(self.power[self._rows[i], step])]}
+                                "state": power_names[state_all[i]]}
             out[v["node"]] = v
         return out
 

@@ -42,6 +42,7 @@ BINARY = REPO / "build" / "satnetem-computed"
 SOURCE = Path(__file__).with_name("computed.c")
 STATE_DIR = Path("/run/satnetem")
 DEFAULT_PORT = 8080
+_JSON = json.JSONEncoder(separators=(",", ":"))
 #: mark of the program's parent process (in the host's namespaces), so that ``satnetem clean`` finds it
 MARK_NAME = "@computed"
 
@@ -226,14 +227,26 @@ class ComputeServices:
         return out
 
     def write_whereami(self, views: dict[str, dict[str, Any]]) -> None:
-        """Replace each node's ``whereami.json`` (node -> view) atomically: a reader sees the old or the new."""
-        for name, view in views.items():
-            d = self.node_dir(name)
-            tmp = d / ".whereami.json.tmp"
-            with open(tmp, "w") as f:
-                json.dump(view, f, separators=(",", ":"))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, d / "whereami.json")
+        """Replace each node's ``whereami.json`` (node -> view) atomically: a reader sees the old or the new.
+
+        Written with bare system calls relative to one folder descriptor: 1,584 files took 0.12-0.13 s this
+        way against 0.23-0.45 s through Python file objects, chmod and full paths (same files, this machine,
+        loaded; up to ~0.5 s when its disk is busy). The calls release the interpreter lock; the Python
+        between them is what the step thread waits for."""
+        encode = _JSON.encode
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name, view in views.items():
+                tmp, dst = f"{name}/.whereami.json.tmp", f"{name}/whereami.json"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+                try:
+                    os.fchmod(fd, 0o644)  # whatever the umask: the service reads it as another user
+                    os.write(fd, encode(view).encode())
+                finally:
+                    os.close(fd)
+                os.replace(tmp, dst, src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
     def stop(self, timeout_s: float = 10.0) -> list[str]:
         """Stop every service, remove the run's cgroups and node folders; returns groups that stayed."""
@@ -272,9 +285,10 @@ def node_services(emu: Any) -> list[NodeService]:
 
 
 class WhereamiWriter:
-    """Keeps every compute node's ``whereami.json`` at the last step posted, from a thread of its own (1,584
-    files take ~0.1 s to write, which the step thread should not wait for). A step posted while the last
-    is still being written replaces any not yet started: the files skip to the newest.
+    """Keeps every compute node's ``whereami.json`` at the last step posted, from a thread of its own (for
+    1,584 nodes the views take ~20 ms and the files 0.1-0.5 s, which the step thread should not wait for).
+    A step posted while the last is still being written replaces any not yet started: the files skip to
+    the newest.
 
     With ``throttle_share`` given and power states in the timeline (``compute_power``), it first enforces
     each node's state of that step (:meth:`ComputeServices.apply_power`).
