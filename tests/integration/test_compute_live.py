@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from emulator.kernel.cgroups import PERIOD_US, detect, tasks_in
@@ -282,8 +283,52 @@ def test_scripting_api_starts_services_and_changes_a_share_live(tmp_path):
         want = WhereAmI(emu.timeline, [emu.timeline.node_index("dc-a")]).views(2)["dc-a"]
         f = svc.node_dir("dc-a") / "whereami.json"
         deadline = time.monotonic() + 5
-        while json.loads(f.read_text())["step"] != 2 and time.monotonic() < deadline:
+        while (not f.exists() or json.loads(f.read_text())["step"] != 2) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert json.loads(f.read_text()) == json.loads(json.dumps(want))
         roots = [svc.groups.cpu_root, svc.groups.memory_root]
     assert not any(r.exists() for r in roots)
+
+
+def test_a_run_enforces_the_planned_power_states(tmp_path):
+    """A compute node in Earth's shadow with a 1 Wh battery at 45 %: the plan (topologies.power) throttles it
+    and then stops it within seconds. Stepping the live network, the kernel's quota follows the planned
+    state of each step (0.8 cores normal, 0.5 x 0.8 throttled, 0.05 stopped) and a stopped node refuses work
+    (asked from its satellite, over the emulated access link)."""
+    from emulator.api import open_emulation
+    from topologies.plan import plan_scenario
+    from topologies.power import NORMAL, STOPPED, THROTTLED
+    from topologies.scenario import parse_scenario
+
+    base = _API_SCENARIO.split("[[compute]]")[0].replace("duration_s = 6", "duration_s = 14")
+    sun = plan_scenario(parse_scenario(base, "<test>")).sat_sunlight
+    assert sun is not None
+    sat = int(np.flatnonzero((sun == 2).all(axis=1))[0])  # in umbra for the whole run
+    text = base + (f'[[compute]]\nname = "dc-a"\nsatellite = "sat-{sat // 6}-{sat % 6}"\ncpu_share = 0.8\n'
+                   "[power]\nbattery_wh = 1.0\ninitial_pct = 45.0\nthrottle_share = 0.5\n"
+                   '[emulation]\nshaper = "userspace"\n')
+    path = tmp_path / "power.toml"
+    path.write_text(text)
+    share = {NORMAL: 0.8, THROTTLED: 0.4, STOPPED: 0.05}
+    with open_emulation(str(path), run_id=f"t-compute-pw-{os.getpid()}") as emu:
+        tl = emu.timeline
+        assert tl.nodes[tl.node_index(f"sat-{sat // 6}-{sat % 6}")].name == tl.nodes[sat].name
+        states = tl.compute_power[0].tolist()
+        assert {NORMAL, THROTTLED, STOPPED} <= set(states), states  # the run passes through every state
+        svc = emu.start_compute()
+        f = svc.node_dir("dc-a") / "whereami.json"
+        # from its satellite, one access hop away: a 36-satellite shell leaves the ground without coverage
+        conn = _Conn(emu.node(tl.nodes[sat].name).ns_path, emu.address_of("dc-a"))
+        seen = set()
+        for k in range(tl.n_steps):
+            if k:
+                emu.step()
+            deadline = time.monotonic() + 5
+            while (not f.exists() or json.loads(f.read_text())["step"] != k) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert svc.groups.cpu_share("dc-a") == pytest.approx(share[states[k]]), (k, states[k])
+            status = conn.get(f"/compute?id={k}&work_ms=1")[0]
+            assert status == (503 if states[k] == STOPPED else 200), (k, states[k], status)
+            seen.add(states[k])
+        conn.close()
+        assert seen == {NORMAL, THROTTLED, STOPPED}
