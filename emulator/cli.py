@@ -510,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--speed", type=float, default=None, help="playback speed factor (default 1)")
         r.add_argument("--duration", type=float, default=None, help="play only this many seconds")
         r.add_argument("-o", "--results", default=None, help="results folder (default results/<time>)")
+        r.add_argument("--run-id", default=None,
+                       help="names this run's processes, namespaces and state file, for 'clean --run-id' "
+                       "(default <pid>-<random>)")
         r.set_defaults(func=func)
 
     cp = sub.add_parser("compare", help="the same timeline and traffic under several routing protocols")

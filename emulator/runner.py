@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from topologies.errors import ConfigError, SatnetemError
+from topologies.errors import ConfigError, SatnetemError, one_line
 from topologies.scenario import (
     DEFAULT_SCENARIO_TOML,
     Scenario,
@@ -106,17 +106,40 @@ def results_dir(args: argparse.Namespace, sc: Scenario) -> Path:
     return d
 
 
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGTERM (and SIGHUP) end the run like Ctrl-C does: through the teardown in ``finally``."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP while the run builds or plays end it like Ctrl-C: a KeyboardInterrupt,
+    through the teardown in ``finally``. From the end of :meth:`raising` until :meth:`restore` (the
+    teardown) they are noted and ignored: a second Ctrl-C or a service manager's SIGTERM there would cut
+    the teardown short and leave processes and namespaces behind (the teardown is bounded: it kills)."""
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.held: list[int] = []
+        self._old = {s: signal.getsignal(s) for s in self.SIGNALS}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if not self.holding:
+            raise KeyboardInterrupt(f"signal {signum}")
+        if not self.held:
+            _say(f"signal {signum} during the teardown: finishing it first")
+        self.held.append(signum)
+
+    @contextmanager
+    def raising(self) -> Iterator[None]:
+        for s in self.SIGNALS:
+            signal.signal(s, self._handler)
+        try:
+            yield
+        finally:
+            self.holding = True  # no moment with the default handlers between here and the teardown
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
             signal.signal(s, h)
 
 
@@ -207,6 +230,13 @@ def flow_progress(flows: list[Any], out: Path) -> str:
     return "; ".join(parts)
 
 
+def _no_world_write() -> None:
+    """Files and sockets this run and its children create are never group- or world-writable, whatever
+    the caller's umask: the results, the state file under /run/satnetem and the routing daemons' control
+    sockets are root's, and whoever could write them could alter a report or command a daemon."""
+    os.umask(os.umask(0o022) | 0o022)
+
+
 def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: dict[str, Any],
                    throttle_share: float | None) -> tuple[Any, Any]:
     """Start every compute node's service with its capacity (emulator.traffic.compute), its whereami.json
@@ -242,6 +272,7 @@ def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: di
 def run(args: argparse.Namespace) -> int:
     """Build, play, send the traffic, write the results folder as it goes, tear down, report."""
     _require_root()
+    _no_world_write()
     sc, tl = load_inputs(args)
     from .cli import check_scenario
 
@@ -295,10 +326,14 @@ def run(args: argparse.Namespace) -> int:
     loadlog: Any = None
     monitor: Any = None
     playback: Playback | None = None
+    watchdog: Any = None
     timers: list[threading.Timer] = []
+    signals = _Signals()
     try:
-        with _signals_raise():
-            emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
+        with signals.raising():
+            emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms,
+                            run_id=getattr(args, "run_id", None))
+            summary["run_id"] = emu.run_id
             emu.queue_packets = dict(sc.emulation.queue_packets)
             if hasattr(emu, "log_dir"):
                 emu.log_dir = out / "daemons"
@@ -350,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
             t0_unix = time.time()
             monitor = HostMonitor(out / "monitor.csv", t0, shaper)
             monitor.start()
-            (out / "run.json").write_text(json.dumps({"t0_unix": t0_unix, "speed": speed, "step_s": tl.step_s,
+            (out / "run.json").write_text(json.dumps({"run_id": emu.run_id, "t0_unix": t0_unix, "speed": speed,
+                                                      "step_s": tl.step_s,
                                                       "protocol": protocol.name, "shaper": shaper.name,
                                                       "steps_planned": last + 1, "validity": bounds.as_dict(),
                                                       "psi": monitor.has_psi}))
@@ -370,15 +406,38 @@ def run(args: argparse.Namespace) -> int:
                     timers[-1].start()
                 else:
                     start()
+            from .watchdog import Watchdog, holder_alive, shards_alive
+
+            def on_fault(line: str, stop_clock: Any = playback.stop) -> None:
+                _say(f"run stopped: {line}")
+                stop_clock()
+
+            watchdog = Watchdog([shards_alive(shaper), holder_alive(getattr(emu, "holder", None))], on_fault)
+            watchdog.start()
             playback.run(t0)
+            watchdog.stop()
             for tm in timers:
                 tm.cancel()
-            for fl in starter.flows:
-                fl.wait(timeout_s=5)
-            summary["complete"] = True
+            if watchdog.fault is None:
+                for fl in starter.flows:
+                    fl.wait(timeout_s=5)
+                summary["complete"] = True
     except KeyboardInterrupt:
         _say("interrupted: stopping traffic and tearing down")
+    except (SatnetemError, OSError) as e:
+        if watchdog is None:
+            raise  # before the clock started: the command's error, as for a bad scenario
+        watchdog.stop()
+        if watchdog.fault is None:  # a step failed (a write to a dead shard) before the watchdog looked
+            watchdog.fault = watchdog.check_now() or one_line(str(e) if isinstance(e, SatnetemError) else
+                                                              f"{type(e).__name__}: {e}")
+            _say(f"run stopped: {watchdog.fault}")
     finally:
+        signals.hold()
+        if watchdog is not None:
+            watchdog.stop()
+            if watchdog.fault is not None:
+                summary["fault"] = watchdog.fault
         for tm in timers:
             tm.cancel()
         if starter is not None:
@@ -403,7 +462,10 @@ def run(args: argparse.Namespace) -> int:
                 counters.pop("late_hist", None)  # 2,201 bins: the quantiles say it
                 summary["shaper_stats"] = counters
         except Exception as e:  # noqa: BLE001 - a dead daemon must not stop the teardown
-            log.warning("shaper statistics unavailable: %s", e)
+            if summary.get("fault"):  # said already, in the run's one line
+                log.info("shaper statistics unavailable: %s", e)
+            else:
+                log.warning("shaper statistics unavailable: %s", e)
         if emu is not None and callable(stats := getattr(protocol, "stats", None)):
             summary["routing_daemons"] = stats()  # what a daemon protocol told its daemons (ospf: pushes)
         t = time.monotonic()
@@ -414,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
         if playback is not None:
             summary["lateness"] = playback.lateness_summary()
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        signals.restore()
     try:
         from .report import report
 
@@ -421,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - the measurements are on disk; plots can be redone with 'report'
         log.warning("plots failed (%s); 'satnetem report %s' retries", e, out)
     print_summary(summary, out)
-    return 0 if summary.get("complete") else 130
+    return 0 if summary.get("complete") else 1 if summary.get("fault") else 130
 
 
 def _late(us: float | None) -> str:
@@ -435,7 +498,8 @@ def _fmt(v: float | None, nd: int = 2) -> str:
 
 def print_summary(s: dict[str, Any], out: Path) -> None:
     _say("")
-    _say(f"satnetem run '{s.get('scenario', '?')}': {'complete' if s.get('complete') else 'INTERRUPTED'}, "
+    state = "complete" if s.get("complete") else f"STOPPED ({s['fault']})" if s.get("fault") else "INTERRUPTED"
+    _say(f"satnetem run '{s.get('scenario', '?')}': {state}, "
          f"shaper {s.get('shaper')}, routing {s.get('protocol')}, speed {s.get('speed', 1):g}")
     if "build_s" in s:
         _say(f"  bring-up {s['build_s']} s, teardown {s.get('teardown_s', '-')} s")
@@ -555,6 +619,7 @@ def _constellation_cli(net: Any, emu: Any) -> None:
 def interactive(args: argparse.Namespace) -> int:
     """Mininet's CLI on the live constellation while the clock runs in the background."""
     _require_root()
+    _no_world_write()
     sc, tl = load_inputs(args)
     from routing.base import scenario_protocol
 
@@ -569,9 +634,11 @@ def interactive(args: argparse.Namespace) -> int:
     _say(f"shaper: {why}")
     emu = None
     playback = None
+    signals = _Signals()
     try:
-        with _signals_raise():
-            emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms)
+        with signals.raising():
+            emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms,
+                            run_id=getattr(args, "run_id", None))
             emu.queue_packets = dict(sc.emulation.queue_packets)
             emu.build()
             playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead,
@@ -582,11 +649,13 @@ def interactive(args: argparse.Namespace) -> int:
                  f"nodes: e.g. {', '.join(n.name for n in tl.nodes[-4:])}. 'exit' ends the emulation.")
             _constellation_cli(emu.net, emu)
     finally:
+        signals.hold()
         if playback is not None:
             playback.stop()
         if emu is not None:
             emu.stop()
         shaper.close()
+        signals.restore()
     return 0
 
 

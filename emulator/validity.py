@@ -260,7 +260,8 @@ class HostMonitor:
         try:
             return self.shaper.stats().get("late_hist")
         except Exception as e:  # noqa: BLE001 - a dead daemon: the run reports it; stop asking
-            log.warning("monitor: delay daemon statistics unavailable (%s); release lateness not judged", e)
+            # info, not warning: a dead daemon stops the run (emulator.watchdog), which says so in one line
+            log.info("monitor: delay daemon statistics unavailable (%s); release lateness not judged", e)
             self.shaper = None
             return None
 

@@ -250,6 +250,10 @@ class Holder:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def poll(self) -> int | None:
+        """The holder's exit status once it has ended (and the namespaces with it), else None."""
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self) -> None:
         """Start the holder process and wait until it answers."""
         from emulator.nodes import mark
