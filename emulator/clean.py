@@ -180,6 +180,12 @@ def kill_and_wait(pids: set[int], timeout_s: float = 10.0) -> list[int]:
     return sorted(alive)
 
 
+def _of_run(name: str, stem: str, sep: str) -> bool:
+    """Whether ``name`` is ``stem`` or ``stem`` + ``sep`` + more: the files of run ``x`` are ``x.json`` and
+    ``x/``, never those of run ``x2``."""
+    return name == stem or name.startswith(stem + sep)
+
+
 def clean(run_id: str | None = None) -> CleanReport:
     """Kill the processes and remove the namespaces and state files of run ``run_id`` (all runs if None).
 
@@ -203,6 +209,8 @@ def clean(run_id: str | None = None) -> CleanReport:
             report.netns_removed.append(p.name)
     if STATE_DIR.is_dir():
         for p in sorted(STATE_DIR.glob(f"{run_id}*" if run_id else "*")):
+            if run_id and not _of_run(p.name, run_id, "."):
+                continue
             if p.is_file():
                 p.unlink(missing_ok=True)
                 report.state_files_removed.append(str(p))
