@@ -422,6 +422,18 @@ class BirdDaemons:
         """Process id of each node's daemon."""
         return {name: p.pid for name, p in self.procs.items()}
 
+    def cpu_s(self) -> float:
+        """CPU time the running daemons have used so far (user + system), s, summed over all of them."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for p in self.procs.values():
+            try:  # fields 14 and 15 (utime, stime) after the command name, which may hold spaces
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / tick
+
     def rss_kb(self) -> dict[str, int]:
         """Resident memory of each running daemon, KiB."""
         out = {}

@@ -522,7 +522,7 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
         _say(f"  routing daemons: {rd['reconfigurations']} reconfigurations ({rd.get('cost_reconfigurations', 0)} "
              f"for cost: tolerance {rd.get('cost_tolerance_pct', 0):g} %, a router at most once per "
              f"{rd.get('cost_push_interval_s', 0):g} s); step work p50 {_fmt(rd.get('update_ms_p50'))} ms, "
-             f"max {_fmt(rd.get('update_ms_max'))} ms")
+             f"max {_fmt(rd.get('update_ms_max'))} ms; daemons' CPU {_fmt(rd.get('daemons_cpu_s'), 1)} s")
     for f in s.get("flows", []):
         if f["kind"] in ("ping", "udp-probe"):
             m, e = f["measured_ms"], f["error_ms"]

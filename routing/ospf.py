@@ -502,9 +502,11 @@ class Ospf(DaemonProtocol):
     def stats(self) -> dict[str, Any]:
         """What the daemons were told during the run: ``reconfigurations`` (router configurations pushed,
         for cost drift or a handover), ``cost_reconfigurations`` (those for cost drift), the options that
-        rule them, and the time :meth:`update` took in the step, ms (``update_ms_p50``, ``update_ms_max``)."""
+        rule them, the CPU time the daemons have used (``daemons_cpu_s``), and the time :meth:`update` took
+        in the step, ms (``update_ms_p50``, ``update_ms_max``)."""
         ms = np.asarray(self._update_ms, float)
-        return {**self._counts, "cost_tolerance_pct": self.options.cost_tolerance_pct,
+        cpu = round(self.daemons.cpu_s(), 1) if self.daemons is not None else None
+        return {**self._counts, "daemons_cpu_s": cpu, "cost_tolerance_pct": self.options.cost_tolerance_pct,
                 "cost_push_interval_s": self.options.cost_push_interval_s,
                 "update_ms_p50": round(float(np.median(ms)), 3) if len(ms) else None,
                 "update_ms_max": round(float(ms.max()), 3) if len(ms) else None}
