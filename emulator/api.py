@@ -40,7 +40,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from routing.base import RouteTable, RoutingProtocol, get_protocol
+from routing.base import RouteTable, RoutingProtocol, scenario_protocol
 from routing.daemon import is_daemon_driven
 from routing.graph import build_graph, path, path_delay_ms
 from routing.paths import table_path
@@ -727,7 +727,8 @@ def _prepare(scenario: Any, duration_s: float | None, step_s: float | None,
     from topologies.plan import plan_scenario
 
     sc = _scenario(scenario, duration_s, step_s)
-    proto = protocol if isinstance(protocol, RoutingProtocol) else get_protocol(protocol or sc.routing.protocol)
+    # by name: with the scenario's [routing.<name>] options (ospf's cost pushes), as 'run' builds it
+    proto = protocol if isinstance(protocol, RoutingProtocol) else scenario_protocol(sc, protocol or None)
     return sc, plan_scenario(sc), proto
 
 
