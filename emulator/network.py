@@ -632,6 +632,7 @@ class Emulation:
             self.holder.close()
         try:
             (STATE_DIR / f"{self.run_id}.json").unlink(missing_ok=True)
+            (STATE_DIR / f"{self.run_id}.json.tmp").unlink(missing_ok=True)  # interrupted while written
         except OSError:
             pass
 
@@ -654,9 +655,11 @@ class Emulation:
     def _write_state(self, inodes: list[int]) -> None:
         try:
             STATE_DIR.mkdir(parents=True, exist_ok=True)
-            (STATE_DIR / f"{self.run_id}.json").write_text(json.dumps(
+            tmp = STATE_DIR / f"{self.run_id}.json.tmp"  # renamed whole: 'clean' never reads half a file
+            tmp.write_text(json.dumps(
                 {"run_id": self.run_id, "pid": os.getpid(), "holder": self.holder.pid if self.holder else None,
                  "netns_inodes": inodes}))
+            os.replace(tmp, STATE_DIR / f"{self.run_id}.json")
         except OSError as e:
             log.warning("cannot write state file under %s: %s", STATE_DIR, e)
 

@@ -150,10 +150,11 @@ def procs() -> dict[int, tuple[int, int, str]]:
     return out
 
 
-def run_snapshot(run: Run) -> tuple[set[int], set[int]]:
+def run_snapshot(run: Run, inodes: set[int] | None = None) -> tuple[set[int], set[int]]:
     """The run's processes (the runner's descendants and whatever lives in its namespaces) and its
-    namespace inodes (from its state file), seen from /proc."""
-    inodes = set(json.loads((STATE / f"{run.run_id}.json").read_text())["netns_inodes"])
+    namespace inodes (from its state file, unless given), seen from /proc."""
+    if inodes is None:
+        inodes = set(json.loads((STATE / f"{run.run_id}.json").read_text())["netns_inodes"])
     ps = procs()
     ours = {run.proc.pid}
     while True:
@@ -242,8 +243,9 @@ def test_signal_during_bring_up_ends_cleanly(tmp_path, runs, sig):
     deadline = time.monotonic() + 60
     while not state.exists() and time.monotonic() < deadline:  # the namespaces exist: mid-build
         time.sleep(0.005)
-    pids, inodes = run_snapshot(run)
-    run.proc.send_signal(sig)
+    inodes = set(json.loads(state.read_text())["netns_inodes"])
+    run.proc.send_signal(sig)  # at once: reading /proc first would let the build end under a light load
+    pids, _ = run_snapshot(run, inodes)
     rc = run.finish()
     assert "built in" not in run.text, "the signal came after the build: this test would not test bring-up"
     assert rc == 130, (rc, run.text[-2000:], run.err[-2000:])
