@@ -177,7 +177,7 @@ class FlowStarter:
             args = ["request", "--targets", ",".join(f"{n}={a}:{SERVICE_PORT}" for n, a in rec.targets.items()),
                     "--policy", spec.policy, "--rate-pps", f"{spec.rate_pps:g}", "--duration", dur,
                     "--out", str(d / "requests.csv")]
-            if spec.policy == "nearest":
+            if spec.policy in ("nearest", "best"):  # best: emulator.migration moves the target as it goes
                 (d / "schedule.json").write_text(json.dumps(schedule or []))
                 args += ["--schedule", str(d / "schedule.json")]
                 rec.files["schedule"] = "schedule.json"

@@ -142,6 +142,10 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
                 if p2 is not None:
                     rtts[t_name] = stats(p2.rtt_ms)
             entry["predicted_network_rtt_ms"] = rtts
+            if f.get("policy") == "best":  # the state transfers of its migrations (emulator.migration)
+                from .migration import summarise_migrations
+
+                entry["migrations"] = summarise_migrations(d / "migrations.csv")
         elif kind == "matrix":
             from .traffic.matrix import summarise_matrix
 

@@ -201,6 +201,30 @@ def nearest_schedule(tl: Timeline, protocol: Any, src: str, computes: list[str],
     return out
 
 
+def _best_policy(emu: Any, tl: Timeline, protocol: Any, f: TrafficSpec, i: int, computes: list[str],
+                 t0_unix: float, speed: float, steps: int, out: Path) -> tuple[list[dict[str, Any]], Any]:
+    """For the 'best' request policy: the client's first schedule (the first serving node), and the
+    emulator.migration.Migrator that moves its state and its target at each planned change."""
+    from .flows import safe_label
+    from .migration import MIGRATE_PORT_BASE, Migrator, best_plan, initial_target, plan_migrations
+
+    plan = best_plan(tl, protocol, f.src, computes, steps)
+    state_bytes = int(round(f.migrate_state_mb * 1e6))
+    moves = plan_migrations(tl, plan, state_bytes)
+    d = out / "flows" / safe_label(f.label)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "best_plan.json").write_text(json.dumps({
+        "computes": list(plan.computes), "best": plan.best.tolist(),
+        "rtt_ms": [None if not np.isfinite(x) else round(float(x), 3) for x in plan.rtt_ms],
+        "migrations": [m.__dict__ for m in moves]}))
+    for m in moves:
+        _say(f"  {f.label}: migration {m.src} -> {m.dst} planned, {state_bytes / 1e6:g} MB from step "
+             f"{m.start_step}, users switch by step {m.switch_step}")
+    sched = [{"t_unix_s": t0_unix, "target": initial_target(plan)}]
+    return sched, Migrator(emu, moves, state_bytes, t0_unix, tl.step_s / speed, d / "schedule.json", d,
+                           MIGRATE_PORT_BASE + i)
+
+
 def _count_lines(path: Path) -> int:
     try:
         with open(path, "rb") as f:
@@ -328,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
     playback: Playback | None = None
     watchdog: Any = None
     timers: list[threading.Timer] = []
+    migrators: list[Any] = []  # the 'best' request flows' state transfers (emulator.migration)
     signals = _Signals()
     try:
         with signals.raising():
@@ -396,9 +421,16 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 sched = (nearest_schedule(tl, protocol, f.src, computes, t0_unix, speed, last + 1)
                          if f.kind == "request" and f.policy == "nearest" else None)
+                moves = None
+                if f.kind == "request" and f.policy == "best":
+                    sched, moves = _best_policy(emu, tl, protocol, f, i, computes, t0_unix, speed, last + 1, out)
 
-                def start(i: int = i, f: TrafficSpec = f, dur: float = dur, sched: Any = sched) -> None:
+                def start(i: int = i, f: TrafficSpec = f, dur: float = dur, sched: Any = sched,
+                          moves: Any = moves) -> None:
                     starter.start(i, f, max(1.0, dur), sched)
+                    if moves is not None:
+                        migrators.append(moves)
+                        moves.start()
 
                 if f.start_s > 0:
                     timers.append(threading.Timer(f.start_s / speed, start))
@@ -418,6 +450,8 @@ def run(args: argparse.Namespace) -> int:
             watchdog.stop()
             for tm in timers:
                 tm.cancel()
+            for mg in migrators:
+                mg.stop()
             if watchdog.fault is None:
                 for fl in starter.flows:
                     fl.wait(timeout_s=5)
@@ -546,6 +580,9 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
             tot, net, svc = ((f.get(k) or {}) for k in ("total_ms", "network_ms", "service_ms"))
             _say(f"  {f['flow']}: {f.get('count', 0)} requests, {f.get('failures', 0)} failed; total p50 "
                  f"{_fmt(tot.get('p50'))} ms = network {_fmt(net.get('p50'))} + service {_fmt(svc.get('p50'))}")
+            for m in f.get("migrations", []):
+                _say(f"    migration {m['from']} -> {m['to']}: {(m.get('bytes') or 0) / 1e6:g} MB in "
+                     f"{_fmt(m.get('duration_s'), 3)} s ({'ok' if m.get('ok') else 'FAILED'})")
         elif f["kind"] == "path":
             _say(f"  {f['flow']}: {f.get('rounds', 0)} path rounds; {f.get('matched', '-')} of the "
                  f"{f.get('reached', '-')} that arrived took the predicted path")

@@ -361,7 +361,7 @@ class EmulationConfig:
 
 
 TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request", "matrix")
-REQUEST_POLICIES = ("nearest", "fixed", "round-robin")
+REQUEST_POLICIES = ("nearest", "fixed", "round-robin", "best")
 
 
 @dataclass(frozen=True)
@@ -371,7 +371,9 @@ class TrafficSpec:
     ``kind``: ``ping`` (ICMP RTT), ``udp-probe`` (sequence-numbered timestamped datagrams: one-way
     delay, loss, reordering), ``iperf3-tcp`` / ``iperf3-udp`` (throughput), ``path`` (TTL-limited
     probes recording the path taken), ``request`` (requests to the service on compute nodes; ``dst``
-    is the fixed target, or the candidates are all compute nodes for ``nearest``/``round-robin``),
+    is the fixed target, or the candidates are all compute nodes for ``nearest``/``round-robin``/``best``;
+    ``best`` is the least predicted RTT among nodes neither throttled nor stopped, moving ``migrate_state_mb``
+    of state to the next node before its users switch: emulator.migration),
     ``matrix`` (background load between many ``endpoints`` at ``aggregate_mbps`` in all, from a gravity
     model or ``matrix_csv``; see topologies.traffic_matrix; no ``src``/``dst``).
     """
@@ -387,6 +389,9 @@ class TrafficSpec:
     size_bytes: int = 64
     policy: str = "fixed"
     work_ms: float = 5.0
+    #: kind "request", policy "best": MB of service state sent over TCP from the old compute node to the new
+    #: one before its users switch (0: users switch at the planned step with no state to move)
+    migrate_state_mb: float = 0.0
     #: kind "matrix": total rate of every pair, Mbit/s (gravity: required; with matrix_csv: scales the file)
     aggregate_mbps: float | None = None
     #: kind "matrix": a src,dst,rate_mbps file instead of the gravity model (relative to the scenario)
@@ -432,6 +437,10 @@ class TrafficSpec:
             raise ValueError(f"dst must name a node for kind {self.kind!r}")
         if self.kind == "request" and self.policy == "fixed" and not self.dst:
             raise ValueError("dst must name a compute node for a request with policy 'fixed'")
+        if not 0 <= self.migrate_state_mb <= 10_000:
+            raise ValueError(f"migrate_state_mb must be in [0, 10000] MB, got {self.migrate_state_mb}")
+        if self.migrate_state_mb and (self.kind != "request" or self.policy != "best"):
+            raise ValueError("migrate_state_mb applies to kind 'request' with policy 'best' only")
 
     def _check_matrix(self) -> None:
         if self.src or self.dst:

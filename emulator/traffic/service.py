@@ -12,7 +12,8 @@ passes while a request is outstanding is skipped), to a target chosen by a polic
 
 * ``fixed``: the first target;
 * ``round-robin``: the targets in turn;
-* ``nearest``: the target named by a schedule file the emulator writes, a JSON list of
+* ``nearest`` (and ``best``, whose schedule emulator.migration extends after each state transfer):
+  the target named by a schedule file the emulator writes, a JSON list of
   ``{"t_unix_s": ..., "target": NAME}``, sorted by time; the entry in force at the send time is
   used (the first entry before it starts). The file is re-read when it changes.
 
@@ -58,7 +59,7 @@ from . import CsvLog, deadline_after, read_records, run_program, setup_cli_loggi
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8080
-POLICIES = ("fixed", "round-robin", "nearest")
+POLICIES = ("fixed", "round-robin", "nearest", "best")
 COLUMNS = ("t_send_unix_s", "seq", "target", "addr", "status", "ok", "total_ms", "service_ms", "network_ms",
            "new_conn")
 SERVER_COLUMNS = ("t_unix_s", "client", "id", "service_ms", "cpu_ms")
@@ -257,8 +258,8 @@ class RequestConfig:
             raise ConfigError("no targets given", key="targets")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}; got {self.policy!r}", key="policy")
-        if self.policy == "nearest" and not self.schedule:
-            raise ConfigError("policy 'nearest' needs a schedule file", key="schedule")
+        if self.policy in ("nearest", "best") and not self.schedule:
+            raise ConfigError(f"policy {self.policy!r} needs a schedule file", key="schedule")
         if not 0 < self.rate_pps <= 1000:
             raise ConfigError(f"rate must be in (0, 1000] pps, got {self.rate_pps}", key="rate-pps")
         if not 0 < self.duration_s < math.inf:
@@ -330,7 +331,8 @@ class _Client:
 def run_requests(cfg: RequestConfig, out: str, stop: Any = None) -> int:
     """Send requests until ``duration_s`` or ``stop``; return how many were sent."""
     by_name = {t.name: t for t in cfg.targets}
-    schedule = NearestSchedule(cfg.schedule, set(by_name)) if cfg.policy == "nearest" and cfg.schedule else None
+    schedule = (NearestSchedule(cfg.schedule, set(by_name)) if cfg.policy in ("nearest", "best") and cfg.schedule
+                else None)
     client = _Client(cfg.timeout_s)
     deadline = deadline_after(cfg.duration_s)
     period_s = 1.0 / cfg.rate_pps
@@ -448,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--targets", required=True, help="NAME=ADDR[:PORT],...")
     r.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of targets given without one")
     r.add_argument("--policy", choices=POLICIES, default="fixed")
-    r.add_argument("--schedule", default=None, help="JSON list of {t_unix_s, target} (policy nearest)")
+    r.add_argument("--schedule", default=None, help="JSON list of {t_unix_s, target} (policies nearest, best)")
     r.add_argument("--rate-pps", type=float, default=5.0)
     r.add_argument("--duration", type=float, required=True, help="seconds")
     r.add_argument("--timeout-s", type=float, default=2.0)

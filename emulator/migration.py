@@ -1,0 +1,208 @@
+"""The ``best`` request policy and the migrations it plans: which compute node serves a client at each step,
+and, when that changes, moving the service's state from the old node to the new one before the users switch.
+
+The plan is computed from the timeline alone (predicted RTT from the client, each node's power state);
+the executor runs the transfers in the live network (emulator.traffic.migrate in the two nodes'
+namespaces) and moves the client's target (its schedule file, re-read when it changes) only once the
+state has arrived, so the client's requests keep going to the old node meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from topologies.power import NORMAL
+from topologies.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+MIGRATE_PORT_BASE = 7100
+#: slack added to the planned lead of a transfer: processes start late on a loaded machine
+LEAD_MARGIN_S = 2.0
+MIGRATION_COLUMNS = ("planned_step", "switch_step", "from", "to", "bytes", "t_begin_unix_s", "t_connected_unix_s",
+                     "t_end_unix_s", "duration_s", "ok")
+
+
+@dataclass(frozen=True)
+class BestPlan:
+    """Per step (shape (n_steps,)): the serving node's index into ``computes`` (-1: none available) and
+    its predicted RTT from the client in ms."""
+
+    computes: tuple[str, ...]
+    best: np.ndarray
+    rtt_ms: np.ndarray
+
+
+@dataclass(frozen=True)
+class PlannedMigration:
+    """One hand-over: from ``switch_step`` on ``dst`` serves instead of ``src``; the state's transfer begins
+    at ``start_step``."""
+
+    src: str
+    dst: str
+    start_step: int
+    switch_step: int
+
+
+def available(tl: Timeline, computes: list[str], steps: int) -> np.ndarray:
+    """(n_computes, steps) bool: the node is in its normal power state (not throttled, not stopped); all True
+    without power arrays."""
+    out = np.ones((len(computes), steps), dtype=bool)
+    if tl.compute_power is None:
+        return out
+    order = [tl.nodes[i].name for i in tl.nodes_of("compute")]
+    for j, name in enumerate(computes):
+        out[j] = tl.compute_power[order.index(name), :steps] == NORMAL
+    return out
+
+
+def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps: int) -> BestPlan:
+    """At each step the available compute node with the least predicted RTT from ``src``."""
+    from routing.predict import predict
+
+    si = tl.node_index(src)
+    pred = predict(tl, protocol, [(si, tl.node_index(c)) for c in computes], steps)
+    rtt = np.stack([pred[(si, tl.node_index(c))].rtt_ms for c in computes])
+    rtt = np.where(np.isfinite(rtt) & available(tl, computes, rtt.shape[1]), rtt, np.inf)
+    best = np.argmin(rtt, axis=0)
+    none = ~np.isfinite(rtt[best, np.arange(rtt.shape[1])])
+    best = np.where(none, -1, best)
+    return BestPlan(tuple(computes), best, np.where(none, np.nan, rtt[best, np.arange(rtt.shape[1])]))
+
+
+def lead_s(tl: Timeline, state_bytes: int, step: int) -> float:
+    """How long before a switch its transfer begins: 1.5 x the state's time at the slowest link up at ``step``
+    (no path can be faster than that is slow) plus a margin."""
+    rates = tl.rate_mbps[:, step][(tl.state[:, step] > 0) & (tl.rate_mbps[:, step] > 0)]
+    r_mbps = float(rates.min()) if rates.size else 1.0
+    return 1.5 * state_bytes * 8 / (r_mbps * 1e6) + LEAD_MARGIN_S
+
+
+def plan_migrations(tl: Timeline, plan: BestPlan, state_bytes: int) -> list[PlannedMigration]:
+    """A migration at every change of the serving node; a step with no node available keeps the last one."""
+    out: list[PlannedMigration] = []
+    last = -1
+    for k, b in enumerate(plan.best.tolist()):
+        if b < 0 or b == last:
+            continue
+        if last >= 0:
+            lead = math.ceil(lead_s(tl, state_bytes, k) / tl.step_s) if state_bytes else 0
+            out.append(PlannedMigration(plan.computes[last], plan.computes[b], max(0, k - lead), k))
+        last = b
+    return out
+
+
+def initial_target(plan: BestPlan) -> str:
+    ok = plan.best[plan.best >= 0]
+    return plan.computes[int(ok[0])] if ok.size else plan.computes[0]
+
+
+class Migrator:
+    """Runs a flow's planned migrations in the live network and moves its client's target after each.
+
+    ``schedule`` is the client's schedule file (emulator.traffic.service); ``out`` receives
+    ``migrations.csv`` and each transfer's JSON record.
+    """
+
+    def __init__(self, emu: Any, migrations: list[PlannedMigration], state_bytes: int, t0_unix: float,
+                 step_wall_s: float, schedule: Path, out: Path, port: int) -> None:
+        self.emu, self.migrations, self.state_bytes = emu, migrations, state_bytes
+        self.t0_unix, self.step_wall_s, self.schedule, self.out, self.port = t0_unix, step_wall_s, schedule, out, port
+        self.records: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="migrator", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _switch(self, target: str) -> None:
+        entries = json.loads(self.schedule.read_text())
+        entries.append({"t_unix_s": time.time(), "target": target})
+        tmp = self.schedule.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(self.schedule)  # the client re-reads the file when its mtime changes
+
+    def _popen(self, node: str, args: list[str], log_file: Path) -> subprocess.Popen:
+        with open(log_file, "w") as f:
+            return self.emu.node(node).popen([sys.executable, "-m", "emulator.traffic.migrate", *args],
+                                             stdout=f, stderr=subprocess.STDOUT)
+
+    def _run(self) -> None:
+        for i, m in enumerate(self.migrations):
+            at = self.t0_unix + m.start_step * self.step_wall_s
+            if self._stop.wait(max(0.0, at - time.time())):
+                return
+            timeout_s = max(5.0, (m.switch_step - m.start_step) * self.step_wall_s + 5.0)
+            rec: dict[str, Any] = {"planned_step": m.start_step, "switch_step": m.switch_step, "from": m.src,
+                                   "to": m.dst, "bytes": self.state_bytes}
+            if self.state_bytes:
+                port = str(self.port)
+                recv = self._popen(m.dst, ["recv", "--bind", self.emu.address_of(m.dst), "--port", port,
+                                           "--timeout", f"{timeout_s:.1f}"], self.out / f"migration{i}.recv.log")
+                js = self.out / f"migration{i}.json"
+                send = self._popen(m.src, ["send", "--dst", self.emu.address_of(m.dst), "--port", port, "--bytes",
+                                           str(self.state_bytes), "--timeout", f"{timeout_s:.1f}", "--out", str(js)],
+                                   self.out / f"migration{i}.send.log")
+                for p in (send, recv):
+                    try:
+                        p.wait(timeout=timeout_s + 5)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+                try:
+                    rec.update(json.loads(js.read_text()))
+                except (OSError, ValueError):
+                    rec.update({"ok": False})
+            else:
+                at = self.t0_unix + m.switch_step * self.step_wall_s
+                if self._stop.wait(max(0.0, at - time.time())):
+                    return
+                rec.update({"ok": True})
+            self._switch(m.dst)
+            self.records.append(rec)
+            with open(self.out / "migrations.csv", "w") as f:
+                f.write(",".join(MIGRATION_COLUMNS) + "\n")
+                for r in self.records:
+                    f.write(",".join(str(r.get(c, "")) for c in MIGRATION_COLUMNS) + "\n")
+            log.info("migration %s -> %s: %s", m.src, m.dst, rec)
+
+
+def summarise_migrations(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``migrations.csv`` (numbers as numbers); empty when the file is missing."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return []
+    out = []
+    for r in rows:
+        d: dict[str, Any] = {}
+        for k, v in r.items():
+            if k in ("from", "to"):
+                d[k] = v
+            elif k == "ok":
+                d[k] = v == "True"
+            else:
+                d[k] = float(v) if v not in ("", None) else None
+        out.append(d)
+    return out
+
+
+__all__ = ["BestPlan", "Migrator", "PlannedMigration", "best_plan", "plan_migrations"]

@@ -1,0 +1,105 @@
+"""The ``best`` request policy's plan (emulator.migration) and the state-transfer program over loopback."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from topologies.power import NORMAL
+from topologies.scenario import TrafficSpec
+
+SCENARIO = """
+name = "best-plan"
+[time]
+start = "2024-03-01T00:00:00Z"
+duration_s = 30
+step_s = 1.0
+[[constellation.shells]]
+name = "shell"
+planes = 6
+sats_per_plane = 12
+altitude_km = 550
+inclination_deg = 53
+[[ground.sites]]
+name = "gs-london"
+lat_deg = 51.5
+lon_deg = -0.13
+[[compute]]
+name = "dc-a"
+satellite = "sat-0-4"
+[[compute]]
+name = "dc-b"
+satellite = "sat-0-3"
+[power]
+battery_wh = 1.0
+initial_pct = 72.0
+"""
+
+
+@pytest.fixture(scope="module")
+def timeline():
+    from topologies.plan import plan_scenario
+    from topologies.scenario import parse_scenario
+
+    return plan_scenario(parse_scenario(SCENARIO, "<test>"))
+
+
+def _rtt_ms(tl, a: str, b: str, k: int) -> float:
+    g = nx.Graph()
+    for link in np.flatnonzero((tl.state[:, k] == 0) & (tl.peer[:, k] >= 0)).tolist():
+        g.add_edge(int(tl.link_a[link]), int(tl.peer[link, k]), w=float(tl.delay_ms[link, k]))
+    return 2 * nx.shortest_path_length(g, tl.node_index(a), tl.node_index(b), weight="w")
+
+
+def test_best_is_the_nearest_node_in_its_normal_power_state(timeline):
+    from emulator.migration import best_plan
+
+    tl = timeline
+    plan = best_plan(tl, "shortest-delay", "sat-0-5", ["dc-a", "dc-b"], tl.n_steps)
+    order = [tl.nodes[i].name for i in tl.nodes_of("compute")]
+    normal = {n: tl.compute_power[order.index(n)] == NORMAL for n in ("dc-a", "dc-b")}
+    assert not normal["dc-a"].all() and normal["dc-b"].all()  # dc-a in shadow throttles, dc-b in the Sun does not
+    for k in range(tl.n_steps):
+        rtts = {n: _rtt_ms(tl, "sat-0-5", n, k) if normal[n][k] else math.inf for n in ("dc-a", "dc-b")}
+        want = min(rtts, key=rtts.__getitem__)
+        assert plan.computes[plan.best[k]] == want, k
+        assert plan.rtt_ms[k] == pytest.approx(rtts[want], abs=1e-3)
+
+
+def test_a_migration_is_planned_ahead_of_the_change_by_its_transfer_time(timeline):
+    from emulator.migration import LEAD_MARGIN_S, best_plan, plan_migrations
+
+    tl = timeline
+    plan = best_plan(tl, "shortest-delay", "sat-0-5", ["dc-a", "dc-b"], tl.n_steps)
+    switch = int(np.flatnonzero(plan.computes[0] != np.array(plan.computes)[plan.best])[0])
+    (m,) = plan_migrations(tl, plan, 10_000_000)
+    assert (m.src, m.dst, m.switch_step) == ("dc-a", "dc-b", switch)
+    # 10 MB at the slowest link up (100 Mbit/s ISLs here): 0.8 s, x 1.5, plus the margin
+    assert m.start_step == switch - math.ceil((1.5 * 0.8 + LEAD_MARGIN_S) / tl.step_s)
+    (m0,) = plan_migrations(tl, plan, 0)
+    assert m0.start_step == m0.switch_step == switch
+
+
+def test_state_transfer_over_loopback_is_counted_by_the_receiver():
+    from emulator.traffic.migrate import receive, send
+
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(receive("127.0.0.1", 47913, 10.0)))
+    t.start()
+    rec = send("127.0.0.1", 47913, 3_000_001, 10.0)
+    t.join(10)
+    assert got == [3_000_001]
+    assert rec["bytes_acked"] == rec["bytes_sent"] == 3_000_001 and rec["ok"]
+    assert rec["t_begin_unix_s"] <= rec["t_connected_unix_s"] <= rec["t_end_unix_s"]
+
+
+@pytest.mark.parametrize("kw", [{"policy": "nearest"}, {"migrate_state_mb": -1}, {"migrate_state_mb": math.nan},
+                                {"kind": "ping", "dst": "x"}])
+def test_migrate_state_mb_is_checked(kw):
+    args = {"kind": "request", "src": "h", "policy": "best", "migrate_state_mb": 5.0, **kw}
+    with pytest.raises(ValueError, match="migrate_state_mb"):
+        TrafficSpec(**args)
