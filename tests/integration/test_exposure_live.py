@@ -215,6 +215,8 @@ def test_a_run_exposes_nothing(tmp_path):
         during = ss_listening()
         holder = json.loads(state.read_text())["holder"]
         state_loose = loose_mode(state)
+        run_dir = Path(f"/run/satnetem/{run_id}")  # daemons' and compute nodes' folders, when there are any
+        run_dir_loose = [str(p) for p in [run_dir, *run_dir.rglob("*")] if p.exists() and loose_mode(p)]
         pids, ns_node = run_processes(proc.pid, holder)
         sockets = {p: socket_inodes(p) for p in pids}
         in_host = set().union(*(sockets[p] for p, ino in pids.items() if ino == host_ns))
@@ -254,6 +256,7 @@ def test_a_run_exposes_nothing(tmp_path):
     assert not foreign, f"services bound to an address that is not their node's: {foreign}"
 
     assert not state_loose, "the state file is group- or world-writable"
+    assert not run_dir_loose, f"group- or world-writable under /run/satnetem/{run_id}: {run_dir_loose[:10]}"
     loose = [p for p in [out, *out.rglob("*")] if loose_mode(p)]
     assert not loose, f"group- or world-writable under the results: {[str(p) for p in loose[:10]]}"
 
