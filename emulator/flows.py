@@ -27,6 +27,8 @@ SERVICE_PORT = 8080
 #: traffic matrices: UDP on this port + the entry's index, TCP bulk flows from the second base
 MATRIX_PORT_BASE = 19000
 MATRIX_TCP_PORT_BASE = 6300
+#: ring all-reduces: every rank listens on this port + the entry's index
+ALLREDUCE_PORT_BASE = 23000
 
 
 def safe_label(label: str) -> str:
@@ -187,6 +189,8 @@ class FlowStarter:
             rec.files["requests"] = "requests.csv"
         elif spec.kind == "matrix":
             self._start_matrix(i, spec, duration_s, d, flow)
+        elif spec.kind == "allreduce":
+            self._start_allreduce(i, spec, duration_s, d, flow)
         else:  # the scenario loader only admits the kinds above
             raise ValueError(f"unknown traffic kind {spec.kind!r}")
         self.flows.append(flow)
@@ -235,6 +239,30 @@ class FlowStarter:
             "payload_bytes": spec.payload_bytes, "start_unix_s": start_at, "duration_s": send_s,
             "matches": [asdict(m) for m in plan.matches], "files": files, "tcp": tcp}, indent=1))
         flow.record.files = {"matrix": "matrix.json", **files}
+
+    def _start_allreduce(self, i: int, spec: TrafficSpec, duration_s: float, d: Path, flow: Flow) -> None:
+        """One rank per node of the ring (emulator.traffic.allreduce); ``allreduce.json`` keeps the ring, the
+        size and the files."""
+        nodes = list(spec.nodes)
+        addr = [self.emu.address_of(n) for n in nodes]
+        k = len(nodes)
+        size_b = int(round(float(spec.size_mb or 0) * 1e6)) // 4 * 4
+        bar = d / "barrier"
+        bar.mkdir(exist_ok=True)
+        files = {}
+        for r, name in enumerate(nodes):
+            p, f = self._py(name, "allreduce", ["--rank", str(r), "--ranks", str(k), "--bind", addr[r],
+                                                "--port", str(ALLREDUCE_PORT_BASE + i), "--succ", addr[(r + 1) % k],
+                                                "--pred", addr[(r - 1) % k], "--size-bytes", str(size_b),
+                                                "--rounds", str(spec.rounds), "--duration", f"{duration_s:.3f}",
+                                                "--barrier", str(bar), "--out", str(d / f"{name}.csv")],
+                            d / f"{name}.log")
+            flow.procs.append(p)
+            flow.handles.append(f)
+            files[name] = f"{name}.csv"
+        (d / "allreduce.json").write_text(json.dumps({"nodes": nodes, "addresses": addr, "size_bytes": size_b,
+                                                      "rounds": spec.rounds, "files": files}, indent=1))
+        flow.record.files = {"allreduce": "allreduce.json", **files}
 
     def write_manifest(self) -> None:
         tmp = self.out / "flows.json.tmp"

@@ -153,6 +153,13 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
                 entry.update(summarise_matrix(d))
             except ConfigError as e:
                 log.warning("%s: %s", f["label"], e)
+        elif kind == "allreduce":
+            from .traffic.allreduce import summarise_allreduce
+
+            try:
+                entry.update(summarise_allreduce(d))
+            except ConfigError as e:
+                log.warning("%s: %s", f["label"], e)
         elif kind == "path":
             rounds = path_rounds(str(d / "paths.csv")) if (d / "paths.csv").exists() else []
             entry.update(compare_paths(rounds, tl, folder, run, pp))
@@ -270,6 +277,28 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
         p = folder / f"{name}.{ext}"
         fig.savefig(p, dpi=110, bbox_inches="tight")
         paths.append(p)
+    return paths
+
+
+def plot_allreduce(flows: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """One bar per round of every all-reduce flow (its time, s), with the median: ``allreduce.png``."""
+    import matplotlib.pyplot as plt
+
+    done = [f for f in flows if f["kind"] == "allreduce" and f.get("round_s")]
+    if not done:
+        return []
+    fig, axes = plt.subplots(len(done), 1, figsize=(8, 3 * len(done)), squeeze=False)
+    for ax, f in zip(axes[:, 0], done):
+        ax.bar(range(len(f["round_s"])), f["round_s"], color="tab:blue")
+        ax.axhline(f["round_s_p50"], color="k", lw=1, ls="--", label=f"median {f['round_s_p50']:.3f} s")
+        ax.set_xlabel("round")
+        ax.set_ylabel("round time (s)")
+        ax.set_title(f"{f['flow']}: ring all-reduce of {f['size_mb']:g} MB among {len(f['nodes'])} nodes"
+                     f"{'' if f['correct'] else ' (WRONG RESULT)'}", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = _save(fig, folder, "allreduce")
+    plt.close(fig)
     return paths
 
 
@@ -648,6 +677,7 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
         written += plot_loss(samples, plots, events_s=scheduled_s(tl, played * tl.step_s if tl is not None else None),
                              invalid_s=invalid_u)
         written += plot_error_cdf(samples, plots)
+    written += plot_allreduce(flows, plots)
     if tl is not None:
         pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))
         if map_at_s:

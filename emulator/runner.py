@@ -583,6 +583,11 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
             for m in f.get("migrations", []):
                 _say(f"    migration {m['from']} -> {m['to']}: {(m.get('bytes') or 0) / 1e6:g} MB in "
                      f"{_fmt(m.get('duration_s'), 3)} s ({'ok' if m.get('ok') else 'FAILED'})")
+        elif f["kind"] == "allreduce":
+            _say(f"  {f['flow']}: ring all-reduce of {f.get('size_mb', 0):g} MB among {len(f.get('nodes', []))} "
+                 f"nodes, {f.get('rounds', 0)} of {f.get('rounds_planned', 0)} rounds; round time p50 "
+                 f"{_fmt(f.get('round_s_p50'), 3)} s, p95 {_fmt(f.get('round_s_p95'), 3)} s"
+                 f"{'' if f.get('correct') else ' (result WRONG or no round finished)'}")
         elif f["kind"] == "path":
             _say(f"  {f['flow']}: {f.get('rounds', 0)} path rounds; {f.get('matched', '-')} of the "
                  f"{f.get('reached', '-')} that arrived took the predicted path")

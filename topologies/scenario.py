@@ -360,7 +360,7 @@ class EmulationConfig:
             raise ValueError(f"valid_cpu_wait_pct must be in (0, 100] %, got {self.valid_cpu_wait_pct}")
 
 
-TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request", "matrix")
+TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request", "matrix", "allreduce")
 REQUEST_POLICIES = ("nearest", "fixed", "round-robin", "best")
 
 
@@ -375,7 +375,9 @@ class TrafficSpec:
     ``best`` is the least predicted RTT among nodes neither throttled nor stopped, moving ``migrate_state_mb``
     of state to the next node before its users switch: emulator.migration),
     ``matrix`` (background load between many ``endpoints`` at ``aggregate_mbps`` in all, from a gravity
-    model or ``matrix_csv``; see topologies.traffic_matrix; no ``src``/``dst``).
+    model or ``matrix_csv``; see topologies.traffic_matrix; no ``src``/``dst``), ``allreduce`` (a ring
+    all-reduce of ``size_mb`` among the compute ``nodes``, ``rounds`` times, timed per round:
+    emulator.traffic.allreduce; no ``src``/``dst``).
     """
 
     src: str = ""
@@ -402,10 +404,20 @@ class TrafficSpec:
     payload_bytes: int = 1200
     #: kind "matrix": this many of the largest pairs also carry a TCP bulk flow (iperf3), as much as it gets
     tcp_flows: int = 0
+    #: kind "allreduce": the compute nodes of the ring, in ring order (each sends to the next, the last to the first)
+    nodes: tuple[str, ...] = ()
+    #: kind "allreduce": the vector every node contributes, MB (10^6 bytes) of float32
+    size_mb: float | None = None
+    #: kind "allreduce": how many all-reduces, one after the other
+    rounds: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TRAFFIC_KINDS:
             raise ValueError(f"kind must be one of {', '.join(TRAFFIC_KINDS)}; got {self.kind!r}")
+        if self.kind != "allreduce":
+            for key in ("nodes", "size_mb", "rounds"):
+                if getattr(self, key) not in ((), None):
+                    raise ValueError(f"{key} applies to kind 'allreduce' only, not {self.kind!r}")
         if self.kind != "matrix":
             for key in ("aggregate_mbps", "matrix_csv"):
                 if getattr(self, key) is not None:
@@ -413,7 +425,7 @@ class TrafficSpec:
             if self.endpoints or self.tcp_flows:
                 raise ValueError(f"{'endpoints' if self.endpoints else 'tcp_flows'} applies to kind 'matrix' "
                                  f"only, not {self.kind!r}")
-            if not self.src:
+            if not self.src and self.kind != "allreduce":
                 raise ValueError(f"src must name a node for kind {self.kind!r}")
         # written so that NaN fails too (every comparison with NaN is false)
         if not 0 <= self.start_s <= 7 * 86400:
@@ -422,6 +434,9 @@ class TrafficSpec:
             raise ValueError(f"duration_s must be in (0, 604800], got {self.duration_s}")
         if self.kind == "matrix":
             self._check_matrix()
+            return
+        if self.kind == "allreduce":
+            self._check_allreduce()
             return
         if not 0 < self.rate_pps <= 1000:
             raise ValueError(f"rate_pps must be in (0, 1000], got {self.rate_pps}")
@@ -461,8 +476,30 @@ class TrafficSpec:
         if not 0 <= self.tcp_flows <= 16:
             raise ValueError(f"tcp_flows must be in [0, 16], got {self.tcp_flows}")
 
+    def _check_allreduce(self) -> None:
+        if self.src or self.dst:
+            raise ValueError(f"{'src' if self.src else 'dst'} does not apply to kind 'allreduce': give nodes "
+                             f"(the compute nodes of the ring, in order)")
+        if self.migrate_state_mb:
+            raise ValueError("migrate_state_mb applies to kind 'request' with policy 'best' only")
+        if len(self.nodes) < 2:
+            raise ValueError(f"nodes must name at least two compute nodes, got {len(self.nodes)}")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError("nodes names a node twice")
+        if self.size_mb is None or self.rounds is None:
+            raise ValueError(f"{'size_mb' if self.size_mb is None else 'rounds'} is required for kind 'allreduce'")
+        if isinstance(self.size_mb, bool) or not 0 < self.size_mb <= 1000:
+            raise ValueError(f"size_mb must be in (0, 1000] MB, got {self.size_mb}")
+        if self.size_mb * 1e6 < 4 * len(self.nodes):
+            raise ValueError(f"size_mb {self.size_mb:g} is less than one float32 per node ({len(self.nodes)} nodes)")
+        if isinstance(self.rounds, bool) or not 1 <= self.rounds <= 10_000:
+            raise ValueError(f"rounds must be an integer in [1, 10000], got {self.rounds}")
+
     @property
     def label(self) -> str:
+        if self.kind == "allreduce":
+            more = f"-and-{len(self.nodes) - 3}-more" if len(self.nodes) > 4 else ""
+            return self.name or f"allreduce:{'-'.join(self.nodes[:3] if more else self.nodes)}{more}"
         if self.kind == "matrix":
             return self.name or f"matrix:{'csv' if self.matrix_csv else 'gravity'}"
         return self.name or f"{self.kind}:{self.src}--{self.dst or self.policy}"
@@ -881,6 +918,13 @@ def check_traffic_endpoints(sc: Scenario, names: set[str], kinds: dict[str, str]
                 raise ctx.error(f"traffic entry {t.label!r}: endpoint {end!r} is "
                                 f"{'a ' + str(kinds[end]) if end in kinds else 'not a node of this network'}; "
                                 f"matrix endpoints are hosts and terminals", f"traffic[{i}].endpoints")
+        if t.kind == "allreduce":
+            for end in t.nodes:
+                if kinds.get(end) != "compute":
+                    raise ctx.error(f"traffic entry {t.label!r}: all-reduce node {end!r} is "
+                                    f"{'a ' + str(kinds[end]) if end in kinds else 'not a node of this network'}; "
+                                    f"the ring is made of compute nodes", f"traffic[{i}].nodes")
+            continue
         if t.kind == "matrix":
             if t.matrix_csv and not sc.resolve(t.matrix_csv).is_file():
                 raise ctx.error(f"traffic entry {t.label!r}: matrix_csv {str(sc.resolve(t.matrix_csv))!r} does "
