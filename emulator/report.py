@@ -142,6 +142,18 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
                 if p2 is not None:
                     rtts[t_name] = stats(p2.rtt_ms)
             entry["predicted_network_rtt_ms"] = rtts
+            if (d / "requests.csv").exists():  # network (predicted RTT) + queueing + service
+                from .traffic.service import latency_split
+
+                def rtt_of(target: str, t_unix: np.ndarray, src: str = f["src"]) -> np.ndarray:
+                    p3 = pred.get((names[src], names[target]))
+                    _, k = _rel_steps(t_unix, run, tl)
+                    return p3.rtt_ms[np.minimum(k, steps - 1)] if p3 is not None else np.full(len(k), np.nan)
+
+                try:
+                    entry["latency_split"] = latency_split(str(d / "requests.csv"), rtt_of)
+                except ConfigError as e:
+                    log.warning("%s: %s", f["label"], e)
             if f.get("policy") == "best":  # the state transfers of its migrations (emulator.migration)
                 from .migration import summarise_migrations
 

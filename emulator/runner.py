@@ -580,6 +580,10 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
             tot, net, svc = ((f.get(k) or {}) for k in ("total_ms", "network_ms", "service_ms"))
             _say(f"  {f['flow']}: {f.get('count', 0)} requests, {f.get('failures', 0)} failed; total p50 "
                  f"{_fmt(tot.get('p50'))} ms = network {_fmt(net.get('p50'))} + service {_fmt(svc.get('p50'))}")
+            sp = f.get("latency_split")
+            if sp:
+                _say(f"    p50 split: network (predicted RTT) {_fmt(sp['network_ms']['p50'])} ms, queueing "
+                     f"{_fmt(sp['queueing_ms']['p50'])} ms, service {_fmt(sp['service_ms']['p50'])} ms")
             for m in f.get("migrations", []):
                 _say(f"    migration {m['from']} -> {m['to']}: {(m.get('bytes') or 0) / 1e6:g} MB in "
                      f"{_fmt(m.get('duration_s'), 3)} s ({'ok' if m.get('ok') else 'FAILED'})")

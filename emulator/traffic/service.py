@@ -433,6 +433,41 @@ def summarise_requests(csv_path: str) -> dict[str, Any]:
     return out
 
 
+def latency_split(csv_path: str, predicted_rtt_ms: Any) -> dict[str, Any]:
+    """Successful requests' latency split into network, queueing and service time.
+
+    ``network_ms`` is the predicted round trip on the path to the request's target at its send time (two
+    of them for a request that opened its connection: the handshake's and the request's);
+    ``service_ms`` is the time the service reports; ``queueing_ms`` is the rest of the measured time:
+    waits in the links' queues and the shaper, in the server before it reads the request (accept,
+    scheduling under its CPU share) and in the client.
+
+    Parameters
+    ----------
+    csv_path : str
+        A client's ``requests.csv``.
+    predicted_rtt_ms : callable
+        ``(target name, send times in unix s (n,)) -> predicted RTT in ms (n,)``.
+
+    Returns
+    -------
+    dict
+        ``network_ms``, ``queueing_ms``, ``service_ms``: each ``p50``, ``p95``, ``p99``, ``mean``, ``max``.
+    """
+    rows = read_records(csv_path, {"t_send_unix_s": float, "target": str, "ok": lambda s: bool(int(s)),
+                                   "total_ms": _float_or_nan, "service_ms": _float_or_nan,
+                                   "new_conn": lambda s: int(s or 0)})
+    ok = [r for r in rows if r["ok"]]
+    net = np.full(len(ok), np.nan)
+    for name in {r["target"] for r in ok}:
+        idx = np.array([i for i, r in enumerate(ok) if r["target"] == name])
+        rtt = np.asarray(predicted_rtt_ms(name, np.array([ok[i]["t_send_unix_s"] for i in idx])), float)
+        net[idx] = rtt * (1 + np.array([ok[i]["new_conn"] for i in idx]))
+    total = np.array([r["total_ms"] for r in ok], dtype=float)
+    service = np.array([r["service_ms"] for r in ok], dtype=float)
+    return {"network_ms": _stats(net), "queueing_ms": _stats(total - service - net), "service_ms": _stats(service)}
+
+
 # ---------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:

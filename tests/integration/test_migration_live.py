@@ -141,3 +141,6 @@ def test_state_migrates_before_eclipse_throttling_with_no_failed_request(tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     flow = next(f for f in summary["flows"] if f["flow"] == "users")
     assert len(flow["migrations"]) == 1
+    split = flow["latency_split"]
+    print(f"{len(reqs)} requests, none failed; p50 network {split['network_ms']['p50']:.1f} ms, queueing "
+          f"{split['queueing_ms']['p50']:.1f} ms, service {split['service_ms']['p50']:.1f} ms")

@@ -103,3 +103,21 @@ def test_migrate_state_mb_is_checked(kw):
     args = {"kind": "request", "src": "h", "policy": "best", "migrate_state_mb": 5.0, **kw}
     with pytest.raises(ValueError, match="migrate_state_mb"):
         TrafficSpec(**args)
+
+
+def test_latency_split_hand_built(tmp_path):
+    from emulator.traffic.service import COLUMNS, latency_split
+
+    p = tmp_path / "requests.csv"
+    rows = [  # t, seq, target, addr, status, ok, total, service, network, new_conn
+        ("100.0", 0, "a", "x", "200", 1, "60.0", "5.0", "55.0", 1),   # new connection: 2 x 20 ms RTT
+        ("101.0", 1, "a", "x", "200", 1, "31.0", "5.0", "26.0", 0),   # kept alive: 1 x 20 ms
+        ("102.0", 2, "b", "y", "200", 1, "47.0", "2.0", "45.0", 0),   # b: 40 ms
+        ("103.0", 3, "b", "y", "timeout", 0, "", "", "", 0),          # failed: not counted
+    ]
+    p.write_text(",".join(COLUMNS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    split = latency_split(str(p), lambda name, t: np.full(len(t), {"a": 20.0, "b": 40.0}[name]))
+    assert split["network_ms"]["max"] == 40.0 and split["network_ms"]["mean"] == pytest.approx(100 / 3)
+    assert split["queueing_ms"]["max"] == pytest.approx(15.0)  # 60 - 5 - 40
+    assert split["queueing_ms"]["mean"] == pytest.approx((15 + 6 + 5) / 3)
+    assert split["service_ms"]["p50"] == 5.0
