@@ -37,11 +37,13 @@ MIGRATION_COLUMNS = ("planned_step", "switch_step", "from", "to", "bytes", "t_be
 @dataclass(frozen=True)
 class BestPlan:
     """Per step (shape (n_steps,)): the serving node's index into ``computes`` (-1: none available) and
-    its predicted RTT from the client in ms."""
+    its predicted RTT from the client in ms; ``usable`` (n_computes, n_steps): reachable from the client and
+    in the normal power state."""
 
     computes: tuple[str, ...]
     best: np.ndarray
     rtt_ms: np.ndarray
+    usable: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps:
     best = np.argmin(rtt, axis=0)
     none = ~np.isfinite(rtt[best, np.arange(rtt.shape[1])])
     best = np.where(none, -1, best)
-    return BestPlan(tuple(computes), best, np.where(none, np.nan, rtt[best, np.arange(rtt.shape[1])]))
+    return BestPlan(tuple(computes), best, np.where(none, np.nan, rtt[best, np.arange(rtt.shape[1])]),
+                    np.isfinite(rtt))
 
 
 def lead_s(tl: Timeline, state_bytes: int, step: int) -> float:
@@ -90,7 +93,10 @@ def lead_s(tl: Timeline, state_bytes: int, step: int) -> float:
 
 
 def plan_migrations(tl: Timeline, plan: BestPlan, state_bytes: int) -> list[PlannedMigration]:
-    """A migration at every change of the serving node; a step with no node available keeps the last one."""
+    """A migration at every change of the serving node; a step with no node available keeps the last one.
+
+    The transfer begins its lead (:func:`lead_s`) before the change, but not before the new node is usable
+    without a break up to the change: the users may move to it as soon as their state has arrived."""
     out: list[PlannedMigration] = []
     last = -1
     for k, b in enumerate(plan.best.tolist()):
@@ -98,7 +104,11 @@ def plan_migrations(tl: Timeline, plan: BestPlan, state_bytes: int) -> list[Plan
             continue
         if last >= 0:
             lead = math.ceil(lead_s(tl, state_bytes, k) / tl.step_s) if state_bytes else 0
-            out.append(PlannedMigration(plan.computes[last], plan.computes[b], max(0, k - lead), k))
+            start = max(0, k - lead)
+            gaps = np.flatnonzero(~plan.usable[b, start:k])
+            if gaps.size:  # the new node is not usable all the way: begin once it is
+                start += int(gaps[-1]) + 1
+            out.append(PlannedMigration(plan.computes[last], plan.computes[b], start, k))
         last = b
     return out
 
@@ -120,6 +130,7 @@ class Migrator:
         self.emu, self.migrations, self.state_bytes = emu, migrations, state_bytes
         self.t0_unix, self.step_wall_s, self.schedule, self.out, self.port = t0_unix, step_wall_s, schedule, out, port
         self.records: list[dict[str, Any]] = []
+        self._procs: list[subprocess.Popen] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="migrator", daemon=True)
 
@@ -127,7 +138,11 @@ class Migrator:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop waiting for the next migration and end a transfer under way (its record is then not ok)."""
         self._stop.set()
+        for p in list(self._procs):
+            if p.poll() is None:
+                p.kill()
         self._thread.join(timeout=10)
 
     def _switch(self, target: str) -> None:
@@ -139,8 +154,10 @@ class Migrator:
 
     def _popen(self, node: str, args: list[str], log_file: Path) -> subprocess.Popen:
         with open(log_file, "w") as f:
-            return self.emu.node(node).popen([sys.executable, "-m", "emulator.traffic.migrate", *args],
-                                             stdout=f, stderr=subprocess.STDOUT)
+            p = self.emu.node(node).popen([sys.executable, "-m", "emulator.traffic.migrate", *args],
+                                          stdout=f, stderr=subprocess.STDOUT)
+        self._procs.append(p)
+        return p
 
     def _run(self) -> None:
         for i, m in enumerate(self.migrations):

@@ -121,3 +121,18 @@ def test_latency_split_hand_built(tmp_path):
     assert split["queueing_ms"]["max"] == pytest.approx(15.0)  # 60 - 5 - 40
     assert split["queueing_ms"]["mean"] == pytest.approx((15 + 6 + 5) / 3)
     assert split["service_ms"]["p50"] == 5.0
+
+
+def test_a_transfer_waits_until_the_new_node_is_usable_up_to_the_change(timeline):
+    from emulator.migration import BestPlan, plan_migrations
+
+    n = 12
+    best = np.array([0] * 8 + [1] * 4)
+    usable = np.ones((2, n), bool)
+    usable[1, :6] = False  # the new node comes into view at step 6, two steps before the change
+    plan = BestPlan(("a", "b"), best, np.full(n, 10.0), usable)
+    (m,) = plan_migrations(timeline, plan, 10_000_000)  # its lead alone would begin at step 4
+    assert (m.start_step, m.switch_step) == (6, 8)
+    usable[1, :] = True
+    (m,) = plan_migrations(timeline, BestPlan(("a", "b"), best, np.full(n, 10.0), usable), 10_000_000)
+    assert (m.start_step, m.switch_step) == (4, 8)
