@@ -474,6 +474,8 @@ def run(args: argparse.Namespace) -> int:
                 summary["fault"] = watchdog.fault
         for tm in timers:
             tm.cancel()
+        for mg in migrators:  # a transfer under way when the run was cut short (no-op after a full run)
+            mg.stop()
         if starter is not None:
             starter.stop_all()
         if whereami is not None:
