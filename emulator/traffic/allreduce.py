@@ -44,6 +44,8 @@ START_MARGIN_S = 0.03
 BARRIER_POLL_S = 0.002
 #: blocking socket calls wake this often to see the stop flag
 WAKE_S = 0.5
+#: the most a receive waits for before it wakes (the kernel caps SO_RCVLOWAT at half the receive buffer)
+RCVLOWAT_MAX = 1 << 20
 
 
 def chunk_edges(n_floats: int, k: int) -> list[int]:
@@ -127,6 +129,9 @@ class Ring:
         while got < len(into):
             if self.stop.is_set():
                 return False
+            # wake when the rest of the chunk is there, not for every few segments (fewer wake-ups, each a
+            # chance to wait for a CPU on a busy host)
+            self.inp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, min(len(into) - got, RCVLOWAT_MAX))
             try:
                 n = self.inp.recv_into(into[got:])
             except TimeoutError:
