@@ -333,6 +333,9 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
                   f"{e['previous']} -> {e['state']} at {e['charge_pct']:.0f}%")
         if len(pw["events"]) > 8:
             print(f"  power event    ... {len(pw['events']) - 8} more (plan --json lists them all)")
+    for m in s.get("migrations") or []:
+        print(f"  migration      {m['flow']}: {m['from']} -> {m['to']} by t={m['switch_t_s']:g} s (step "
+              f"{m['switch_step']}), {m['mb']:g} MB of state from step {m['start_step']}")
     g = s["gsl"]
     print(f"  GSLs           {g['antennas']} gateway antennas, up {100 * g['up_fraction']:.1f}% of the time, "
           f"{g['handovers']} handovers")
@@ -399,6 +402,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .kernel.budget import needs_of_timeline
 
     summary["run_needs"] = needs_of_timeline(tl, getattr(args, "shaper", None) or sc.emulation.shaper).describe()
+    from .migration import scenario_migrations
+
+    summary["migrations"] = scenario_migrations(sc, tl)  # request flows with policy "best"
     if args.json:
         if out:
             summary["timeline"] = str(out)

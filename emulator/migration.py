@@ -113,6 +113,26 @@ def plan_migrations(tl: Timeline, plan: BestPlan, state_bytes: int) -> list[Plan
     return out
 
 
+def scenario_migrations(sc: Any, tl: Timeline) -> list[dict[str, Any]]:
+    """The migrations every ``best`` request flow of scenario ``sc`` plans over ``tl`` (for ``plan``): each a
+    dict of ``flow``, ``from``, ``to``, ``mb``, ``start_step``, ``switch_step`` and ``switch_t_s``."""
+    from routing.base import scenario_protocol
+
+    computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
+    flows = [f for f in sc.traffic if f.kind == "request" and f.policy == "best"]
+    if not flows or not computes:
+        return []
+    protocol = scenario_protocol(sc, sc.routing.protocol)
+    out = []
+    for f in flows:
+        state_bytes = int(round(f.migrate_state_mb * 1e6))
+        for m in plan_migrations(tl, best_plan(tl, protocol, f.src, computes, tl.n_steps), state_bytes):
+            out.append({"flow": f.label, "from": m.src, "to": m.dst, "mb": f.migrate_state_mb,
+                        "start_step": m.start_step, "switch_step": m.switch_step,
+                        "switch_t_s": m.switch_step * tl.step_s})
+    return out
+
+
 def initial_target(plan: BestPlan) -> str:
     ok = plan.best[plan.best >= 0]
     return plan.computes[int(ok[0])] if ok.size else plan.computes[0]

@@ -136,3 +136,17 @@ def test_a_transfer_waits_until_the_new_node_is_usable_up_to_the_change(timeline
     usable[1, :] = True
     (m,) = plan_migrations(timeline, BestPlan(("a", "b"), best, np.full(n, 10.0), usable), 10_000_000)
     assert (m.start_step, m.switch_step) == (4, 8)
+
+
+def test_plan_lists_the_best_flows_migrations(tmp_path, capsys):
+    import json
+
+    from emulator.cli import main
+
+    p = tmp_path / "best.toml"
+    p.write_text(SCENARIO + '[[traffic]]\nkind = "request"\nname = "users"\nsrc = "sat-0-5"\npolicy = "best"\n'
+                 "migrate_state_mb = 10\n")
+    assert main(["plan", str(p), "--json"]) == 0
+    (m,) = json.loads(capsys.readouterr().out)["migrations"]
+    assert (m["flow"], m["from"], m["to"], m["mb"]) == ("users", "dc-a", "dc-b", 10)
+    assert m["start_step"] < m["switch_step"]
