@@ -314,6 +314,76 @@ def plot_allreduce(flows: list[dict[str, Any]], folder: Path) -> list[Path]:
     return paths
 
 
+def _spans(mask: np.ndarray, step_s: float) -> list[tuple[float, float]]:
+    """(start s, end s) of each run of True in a per-step mask."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return [(a * step_s, b * step_s) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
+def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[dict[str, Any]],
+                  plots: Path) -> list[Path]:
+    """Each request flow's latency over time (one colour per serving node, failures as red crosses), over
+    the served nodes' umbra (grey), throttled (orange) and stopped (red) spans and the state transfers of
+    its migrations (blue): ``requests.png``."""
+    import matplotlib.pyplot as plt
+
+    from topologies.power import STOPPED, THROTTLED
+
+    from .traffic import read_records
+
+    done = [f for f in flows if f["kind"] == "request"
+            and (folder / "flows" / f["flow"].replace(":", "_") / "requests.csv").is_file()]
+    if not done or not run:
+        return []
+    computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
+    fig, axes = plt.subplots(len(done), 1, figsize=(9, 3.2 * len(done)), squeeze=False)
+    for ax, f in zip(axes[:, 0], done):
+        rows = read_records(folder / "flows" / f["flow"].replace(":", "_") / "requests.csv",
+                            {"t_send_unix_s": float, "target": str, "ok": lambda v: bool(int(v)),
+                             "total_ms": lambda v: float(v) if v else np.nan})
+        t = np.array([r["t_send_unix_s"] for r in rows]) - run["t0_unix"]
+        t = t * float(run.get("speed", 1.0))
+        used = list(dict.fromkeys(r["target"] for r in rows))
+        for k, name in enumerate(used):
+            on = np.array([r["target"] == name and r["ok"] for r in rows], bool)
+            ax.plot(t[on], [rows[i]["total_ms"] for i in np.flatnonzero(on)], ".", ms=3, color=f"C{k}",
+                    label=f"served by {name}")
+            if name not in computes:
+                continue
+            j = computes.index(name)
+            node = tl.nodes_of("compute")[j]
+            sat = tl.peer[np.flatnonzero(tl.link_a == node), 0]
+            shades = []
+            if tl.sat_sunlight is not None and sat.size and sat[0] >= 0:
+                shades.append((tl.sat_sunlight[int(sat[0])] == 2, "0.6", "umbra"))
+            if tl.compute_power is not None:
+                shades += [(tl.compute_power[j] == THROTTLED, "orange", "throttled"),
+                           (tl.compute_power[j] == STOPPED, "red", "stopped")]
+            for mask, colour, what in shades:
+                for a, b in _spans(mask, tl.step_s):
+                    ax.axvspan(a, b, color=colour, alpha=0.15, lw=0)
+                    ax.text(a, 1.0, f" {name} {what}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+        bad = np.array([not r["ok"] for r in rows], bool)
+        if bad.any():
+            ax.plot(t[bad], np.full(bad.sum(), np.nanmax([r["total_ms"] for r in rows] + [1.0])), "x", color="red",
+                    label=f"failed ({bad.sum()})")
+        for m in f.get("migrations", []):
+            if m.get("t_connected_unix_s") and m.get("t_end_unix_s"):
+                a, b = ((m[k] - run["t0_unix"]) * float(run.get("speed", 1.0))
+                        for k in ("t_connected_unix_s", "t_end_unix_s"))
+                ax.axvspan(a, b, color="tab:blue", alpha=0.3, lw=0)
+                ax.text(a, 0.02, f" {m['from']} -> {m['to']} {(m.get('bytes') or 0) / 1e6:g} MB",
+                        transform=ax.get_xaxis_transform(), fontsize=7, color="tab:blue")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("request latency (ms)")
+        ax.set_title(f"{f['flow']}: {f.get('count', 0)} requests, {f.get('failures', 0)} failed", fontsize=9)
+        ax.legend(fontsize=7, loc="center left")
+    fig.tight_layout()
+    paths = _save(fig, plots, "requests")
+    plt.close(fig)
+    return paths
+
+
 def plot_rtt(samples, tl: Timeline | None, folder: Path, played_s: float | None = None,
              invalid_s: np.ndarray | None = None) -> list[Path]:
     import matplotlib.pyplot as plt
@@ -690,6 +760,8 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
                              invalid_s=invalid_u)
         written += plot_error_cdf(samples, plots)
     written += plot_allreduce(flows, plots)
+    if tl is not None:
+        written += plot_requests(folder, tl, run, flows, plots)
     if tl is not None:
         pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))
         if map_at_s:

@@ -142,5 +142,6 @@ def test_state_migrates_before_eclipse_throttling_with_no_failed_request(tmp_pat
     flow = next(f for f in summary["flows"] if f["flow"] == "users")
     assert len(flow["migrations"]) == 1
     split = flow["latency_split"]
+    assert (out / "plots" / "requests.png").stat().st_size > 10_000  # latency with eclipse and migration shading
     print(f"{len(reqs)} requests, none failed; p50 network {split['network_ms']['p50']:.1f} ms, queueing "
           f"{split['queueing_ms']['p50']:.1f} ms, service {split['service_ms']['p50']:.1f} ms")
