@@ -31,7 +31,7 @@ MIGRATE_PORT_BASE = 7100
 #: slack added to the planned lead of a transfer: processes start late on a loaded machine
 LEAD_MARGIN_S = 2.0
 MIGRATION_COLUMNS = ("planned_step", "switch_step", "from", "to", "bytes", "t_begin_unix_s", "t_connected_unix_s",
-                     "t_end_unix_s", "duration_s", "ok")
+                     "t_end_unix_s", "duration_s", "ok", "switched_before_state")
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class Migrator:
                 return
             timeout_s = max(5.0, (m.switch_step - m.start_step) * self.step_wall_s + 5.0)
             rec: dict[str, Any] = {"planned_step": m.start_step, "switch_step": m.switch_step, "from": m.src,
-                                   "to": m.dst, "bytes": self.state_bytes}
+                                   "to": m.dst, "bytes": self.state_bytes, "switched_before_state": False}
             if self.state_bytes:
                 port = str(self.port)
                 recv = self._popen(m.dst, ["recv", "--bind", self.emu.address_of(m.dst), "--port", port,
@@ -195,6 +195,13 @@ class Migrator:
                 send = self._popen(m.src, ["send", "--dst", self.emu.address_of(m.dst), "--port", port, "--bytes",
                                            str(self.state_bytes), "--timeout", f"{timeout_s:.1f}", "--out", str(js)],
                                    self.out / f"migration{i}.send.log")
+                try:
+                    send.wait(timeout=max(0.0, self.t0_unix + m.switch_step * self.step_wall_s - time.time()))
+                except subprocess.TimeoutExpired:
+                    # the planned change has come with the state still on its way: the old node is about to
+                    # stop serving (or to be out of reach), so the users move now and their state follows
+                    self._switch(m.dst)
+                    rec["switched_before_state"] = True
                 for p in (send, recv):
                     try:
                         p.wait(timeout=timeout_s + 5)
@@ -210,7 +217,8 @@ class Migrator:
                 if self._stop.wait(max(0.0, at - time.time())):
                     return
                 rec.update({"ok": True})
-            self._switch(m.dst)
+            if not rec["switched_before_state"]:
+                self._switch(m.dst)
             self.records.append(rec)
             with open(self.out / "migrations.csv", "w") as f:
                 f.write(",".join(MIGRATION_COLUMNS) + "\n")
@@ -234,7 +242,7 @@ def summarise_migrations(path: Path) -> list[dict[str, Any]]:
         for k, v in r.items():
             if k in ("from", "to"):
                 d[k] = v
-            elif k == "ok":
+            elif k in ("ok", "switched_before_state"):
                 d[k] = v == "True"
             else:
                 d[k] = float(v) if v not in ("", None) else None

@@ -588,7 +588,8 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
                      f"{_fmt(sp['queueing_ms']['p50'])} ms, service {_fmt(sp['service_ms']['p50'])} ms")
             for m in f.get("migrations", []):
                 _say(f"    migration {m['from']} -> {m['to']}: {(m.get('bytes') or 0) / 1e6:g} MB in "
-                     f"{_fmt(m.get('duration_s'), 3)} s ({'ok' if m.get('ok') else 'FAILED'})")
+                     f"{_fmt(m.get('duration_s'), 3)} s ({'ok' if m.get('ok') else 'FAILED'})"
+                     f"{'; users moved before it ended' if m.get('switched_before_state') else ''}")
         elif f["kind"] == "allreduce":
             _say(f"  {f['flow']}: ring all-reduce of {f.get('size_mb', 0):g} MB among {len(f.get('nodes', []))} "
                  f"nodes, {f.get('rounds', 0)} of {f.get('rounds_planned', 0)} rounds; round time p50 "
