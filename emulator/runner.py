@@ -251,6 +251,9 @@ def flow_progress(flows: list[Any], out: Path) -> str:
                          f"{max(0, _count_lines(d / 'sent.csv') - 1)}")
         elif r.kind == "request":
             parts.append(f"{r.label} {max(0, _count_lines(d / 'requests.csv') - 1)} done")
+        elif r.kind == "allreduce":  # rounds every node has finished
+            done = min((_count_lines(d / f) - 1 for k, f in r.files.items() if k != "allreduce"), default=0)
+            parts.append(f"{r.label} {max(0, done)} rounds")
     return "; ".join(parts)
 
 
