@@ -86,7 +86,7 @@ def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps:
 
 def lead_s(tl: Timeline, state_bytes: int, step: int) -> float:
     """How long before a switch its transfer begins: 1.5 x the state's time at the slowest link up at ``step``
-    (no path can be faster than that is slow) plus a margin."""
+    (a bound on any path's bottleneck, so the lead is never too short for want of the path) plus a margin."""
     rates = tl.rate_mbps[:, step][(tl.state[:, step] > 0) & (tl.rate_mbps[:, step] > 0)]
     r_mbps = float(rates.min()) if rates.size else 1.0
     return 1.5 * state_bytes * 8 / (r_mbps * 1e6) + LEAD_MARGIN_S
