@@ -354,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
     monitor: Any = None
     playback: Playback | None = None
     watchdog: Any = None
+    link_watch: Any = None
     timers: list[threading.Timer] = []
     migrators: list[Any] = []  # the 'best' request flows' state transfers (emulator.migration)
     signals = _Signals()
@@ -369,6 +370,10 @@ def run(args: argparse.Namespace) -> int:
             _say(f"building {len(tl.nodes)} nodes and {tl.n_links} links ...")
             emu.build()
             summary["build_s"] = round(time.monotonic() - t, 2)
+            from .watchdog import link_deletions
+
+            # before the clock starts: ids for the namespaces take ~0.1 ms each (two netlink round trips)
+            link_check, link_watch = link_deletions(emu, [n.name for n in tl.nodes])
             (out / "addresses.json").write_text(json.dumps(address_owners(emu, tl, last + 1)))
             _say(f"  built in {summary['build_s']} s; playing {last + 1} steps ({play_s:.0f} s wall clock)")
             counts = getattr(emu, "build_counts", {})
@@ -447,7 +452,8 @@ def run(args: argparse.Namespace) -> int:
                 _say(f"run stopped: {line}")
                 stop_clock()
 
-            watchdog = Watchdog([shards_alive(shaper), holder_alive(getattr(emu, "holder", None))], on_fault)
+            watchdog = Watchdog([shards_alive(shaper), holder_alive(getattr(emu, "holder", None)), link_check],
+                                on_fault)
             watchdog.start()
             playback.run(t0)
             watchdog.stop()
@@ -475,6 +481,8 @@ def run(args: argparse.Namespace) -> int:
             watchdog.stop()
             if watchdog.fault is not None:
                 summary["fault"] = watchdog.fault
+        if link_watch is not None:  # before the teardown deletes every interface
+            link_watch.close()
         for tm in timers:
             tm.cancel()
         for mg in migrators:  # a transfer under way when the run was cut short (no-op after a full run)

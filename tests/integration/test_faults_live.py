@@ -293,11 +293,13 @@ def _holder_pid(run: Run) -> int:
     return int(json.loads((STATE / f"{run.run_id}.json").read_text())["holder"])
 
 
-@pytest.mark.parametrize("victim", ["delay-daemon-shard", "namespace-holder", "clean-from-outside"])
+@pytest.mark.parametrize("victim", ["delay-daemon-shard", "namespace-holder", "clean-from-outside",
+                                    "interface-deleted"])
 def test_a_dead_part_stops_the_run_within_2_s_with_one_line(tmp_path, runs, victim):
     """5 s steps: a step would notice a dead part up to 5 s late, or never; the run must stop within 2 s.
     clean-from-outside: ``satnetem clean --run-id`` of the playing run from another shell, which deletes
-    its namespaces (kills the holder and everything in them)."""
+    its namespaces (kills the holder and everything in them). interface-deleted: ``ip link del`` of one of a
+    satellite's interfaces from inside its namespace (its veth peer goes too)."""
     from emulator.shaping import probe_netem
 
     if victim == "delay-daemon-shard" and probe_netem()[0]:
@@ -310,8 +312,17 @@ def test_a_dead_part_stops_the_run_within_2_s_with_one_line(tmp_path, runs, vict
     time.sleep(6.0)  # past the first step, samples on disk
     pids, inodes = run_snapshot(run)
     pid = _shard_pid(run) if victim == "delay-daemon-shard" else _holder_pid(run)
+    token, what = str(pid), "delay daemon" if victim == "delay-daemon-shard" else "namespace holder"
+    if victim == "interface-deleted":
+        ns = f"--net=/proc/{_holder_pid(run)}/root/run/satnetem-netns/sat-0-0"
+        links = subprocess.run(["nsenter", ns, "ip", "-o", "link", "show"], capture_output=True, text=True,
+                               check=True).stdout
+        ifname = next(m for m in re.findall(r"^\d+: ([^:@]+)", links, re.M) if m != "lo")
+        token, what = f"{ifname} of sat-0-0", "deleted from outside"
     t_kill = time.monotonic()
-    if victim == "clean-from-outside":
+    if victim == "interface-deleted":
+        subprocess.run(["nsenter", ns, "ip", "link", "del", ifname], check=True)
+    elif victim == "clean-from-outside":
         r = subprocess.run([sys.executable, "-m", "emulator.cli", "clean", "--run-id", run.run_id], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -321,8 +332,7 @@ def test_a_dead_part_stops_the_run_within_2_s_with_one_line(tmp_path, runs, vict
     rc = run.finish()
     assert t_line - t_kill <= 2.0, f"the run said it stopped {t_line - t_kill:.2f} s after the kill"
     stopped = [line for _, line in run.lines if line.startswith("run stopped: ")]
-    assert len(stopped) == 1 and str(pid) in stopped[0], stopped
-    assert ("delay daemon" if victim == "delay-daemon-shard" else "namespace holder") in stopped[0]
+    assert len(stopped) == 1 and token in stopped[0] and what in stopped[0], stopped
     assert rc == 1, (rc, run.text[-2000:], run.err[-2000:])
     no_traceback(run)
     # no step applied after the fault was seen (+ the 2 s): the clock stopped
@@ -333,7 +343,7 @@ def test_a_dead_part_stops_the_run_within_2_s_with_one_line(tmp_path, runs, vict
     assert all(d <= t_kill_unix - run_json["t0_unix"] + 2.0 for d in dues), (dues, t_kill_unix - run_json["t0_unix"])
     assert_nothing_left(run, pids, inodes, host)
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
-    assert summary["complete"] is False and str(pid) in summary["fault"]
+    assert summary["complete"] is False and token in summary["fault"]
     assert_report_reads(tmp_path / "results")
 
 
