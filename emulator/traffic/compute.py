@@ -160,9 +160,12 @@ class ComputeServices:
         fd = self.proc.stdout.fileno()
         buf = b""
         done = False
-        while not done:  # raw reads: a buffered readline would keep lines select() cannot see
+        # poll, not select: the emulator holds thousands of descriptors, and select() takes none above 1,023
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not done:  # raw reads: a buffered readline would keep lines poll() cannot see
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1e3):
                 raise ApplyError(f"compute services not ready in {timeout_s:g} s ({len(self.pids)} of {len(nodes)})",
                                  operation="start compute services")
             chunk = os.read(fd, 65536)
