@@ -517,34 +517,34 @@ def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
     # call, the copy and the parsing around it (10.7k satellites, 40 steps: step median 69-74 -> 56-64 ms,
     # p95 111-113 -> 94-95 ms with two). From Python a second thread would only wait for the interpreter.
     nthreads = send_threads() if send_many is not None else 1
-    if nthreads > 1 and len(items) >= 2 * _POLL_GROUP:
-        half = len(items) // nthreads
-        cuts = [j * half for j in range(nthreads)] + [len(items)]
-        errs: list[BaseException] = []
 
-        def part(a: int, b: int) -> None:
-            try:
-                for k in range(a, b, size_g):
-                    group = items[k:min(k + size_g, b)]
-                    _send_group_c(send_many, group, raw, bounds_a[k:k + len(group) + 1], buf, size, ignore,
-                                  failures)
-            except BaseException as e:
-                errs.append(e)
-        ts = [threading.Thread(target=part, args=(cuts[j], cuts[j + 1])) for j in range(1, nthreads)]
-        for t in ts:
-            t.start()
-        part(cuts[0], cuts[1])
-        for t in ts:
-            t.join()
-        if errs:
-            raise errs[0]
+    def send_range(a: int, b: int) -> None:
+        for k in range(a, b, size_g):
+            group = items[k:min(k + size_g, b)]
+            if send_many is not None:
+                _send_group_c(send_many, group, raw, bounds_a[k:k + len(group) + 1], buf, size, ignore, failures)
+            else:
+                _send_group(group, buf, size, ignore, failures)
+
+    if nthreads <= 1 or len(items) < 2 * _POLL_GROUP:
+        send_range(0, len(items))
         return failures
-    for k in range(0, len(items), size_g):
-        group = items[k:k + size_g]
-        if send_many is not None:
-            _send_group_c(send_many, group, raw, bounds_a[k:k + len(group) + 1], buf, size, ignore, failures)
-        else:
-            _send_group(group, buf, size, ignore, failures)
+    cuts = [j * (len(items) // nthreads) for j in range(nthreads)] + [len(items)]
+    errs: list[BaseException] = []
+
+    def part(a: int, b: int) -> None:
+        try:
+            send_range(a, b)
+        except BaseException as e:  # raised below, in the caller's thread
+            errs.append(e)
+    ts = [threading.Thread(target=part, args=(cuts[j], cuts[j + 1])) for j in range(1, nthreads)]
+    for t in ts:
+        t.start()
+    part(cuts[0], cuts[1])
+    for t in ts:
+        t.join()
+    if errs:
+        raise errs[0]
     return failures
 
 
@@ -593,18 +593,7 @@ def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]]
     fds = np.empty(len(items), np.int32)
     try:
         for j, (i, (h, _lo, _hi)) in enumerate(items):
-            c = h._conn
-            if c is None:
-                sock = h._own_sock()
-            else:
-                c.lock.acquire()
-                c.held = True
-                try:
-                    sock = POOL.sock(c)
-                except BaseException:
-                    c.held = False
-                    c.lock.release()
-                    raise
+            c, sock = _hold(h)
             held.append((c, sock, i))
             fds[j] = sock.fileno()
         lo = np.ascontiguousarray(bounds[:-1])
@@ -626,20 +615,36 @@ def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]]
             Rtnl._send_raw(sock, buf[int(lo[j]):int(hi[j])], size, ignore, failures, i)
         for j in np.flatnonzero(readable).tolist():
             _c, sock, i = held[j]
-            for seq, err in Rtnl._drain(sock):
-                if seq < 0:
-                    failures.append((-1, err, i))
-                elif err not in ignore:
-                    failures.append((seq - 1, err, i))
+            Rtnl._reports(sock, ignore, failures, i)
     finally:
-        for c, _sock, _i in held:
-            if c is not None:
-                c.held = False
-                c.lock.release()
+        _release(held)
 
 
 #: Namespaces sent to before one poll for error reports (their sockets are held open meanwhile).
 _POLL_GROUP = 512
+
+
+def _hold(h: Rtnl) -> tuple[_Conn | None, socket.socket]:
+    """``h``'s socket, its connection locked and marked held (never closed by the pool until
+    :func:`_release`); a handle with its own socket has no connection."""
+    c = h._conn
+    if c is None:
+        return None, h._own_sock()
+    c.lock.acquire()
+    c.held = True
+    try:
+        return c, POOL.sock(c)
+    except BaseException:
+        c.held = False
+        c.lock.release()
+        raise
+
+
+def _release(held: list[tuple[_Conn | None, socket.socket, int]]) -> None:
+    for c, _sock, _i in held:
+        if c is not None:
+            c.held = False
+            c.lock.release()
 
 
 def _send_group(items: list[tuple[int, tuple[Rtnl, int, int]]], buf: memoryview, size: int,
@@ -650,18 +655,7 @@ def _send_group(items: list[tuple[int, tuple[Rtnl, int, int]]], buf: memoryview,
     step = _BATCH * size
     try:
         for i, (h, lo, hi) in items:
-            c = h._conn
-            if c is None:
-                sock = h._own_sock()
-            else:
-                c.lock.acquire()
-                c.held = True
-                try:
-                    sock = POOL.sock(c)
-                except BaseException:
-                    c.held = False
-                    c.lock.release()
-                    raise
+            c, sock = _hold(h)
             held.append((c, sock, i))
             if hi - lo > step:  # more than a batch: reports read between batches (the receive buffer is finite)
                 Rtnl._send_raw(sock, buf[lo:hi], size, ignore, failures, i)
@@ -674,16 +668,9 @@ def _send_group(items: list[tuple[int, tuple[Rtnl, int, int]]], buf: memoryview,
             by_fd[sock.fileno()] = (sock, i)
         for fd, _ev in poller.poll(0):
             sock, i = by_fd[fd]
-            for seq, err in Rtnl._drain(sock):
-                if seq < 0:
-                    failures.append((-1, err, i))
-                elif err not in ignore:
-                    failures.append((seq - 1, err, i))
+            Rtnl._reports(sock, ignore, failures, i)
     finally:
-        for c, _sock, _i in held:
-            if c is not None:
-                c.held = False
-                c.lock.release()
+        _release(held)
 
 
 #: The process's namespace sockets: the emulator's and the shapers' handles on one namespace share one.
@@ -847,11 +834,18 @@ class Rtnl:
         step = _BATCH * size
         for off in range(0, len(buf), step):
             sock.sendall(buf[off:off + step])
-            for seq, err in cls._drain(sock):
-                if seq < 0:
-                    failures.append((-1, err, tag))
-                elif err not in ignore:
-                    failures.append((seq - 1, err, tag))
+            cls._reports(sock, ignore, failures, tag)
+
+    @classmethod
+    def _reports(cls, sock: socket.socket, ignore: tuple[int, ...], failures: list[tuple[int, int, int]],
+                 tag: int) -> None:
+        """Append the error reports queued on ``sock`` to ``failures`` as (message row, errno, ``tag``): the
+        row is the sequence number - 1 (-1 when reports were lost), errnos in ``ignore`` left out."""
+        for seq, err in cls._drain(sock):
+            if seq < 0:
+                failures.append((-1, err, tag))
+            elif err not in ignore:
+                failures.append((seq - 1, err, tag))
 
     def check(self, batch: Batch, operation: str) -> None:
         """Run ``batch`` and raise ApplyError naming the first failed request."""
