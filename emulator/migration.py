@@ -1,7 +1,9 @@
 """The ``best`` request policy and the migrations it plans: which compute node serves a client at each step,
 and, when that changes, moving the service's state from the old node to the new one before the users switch.
 
-The plan is computed from the timeline alone (predicted RTT from the client, each node's power state);
+The plan is computed from the timeline and the scenario alone (predicted RTT from the client, each node's
+load from the scenario's request flows, its power state and how long it will keep it; docs/model.md,
+"Requests to the best node");
 the executor runs the transfers in the live network (emulator.traffic.migrate in the two nodes'
 namespaces) and moves the client's target (its schedule file, re-read when it changes) only once the
 state has arrived, so the client's requests keep going to the old node meanwhile.
@@ -35,15 +37,35 @@ MIGRATION_COLUMNS = ("planned_step", "switch_step", "from", "to", "bytes", "t_be
 
 
 @dataclass(frozen=True)
+class BestRule:
+    """The weights of the ``best`` choice (docs/model.md, "Requests to the best node").
+
+    ``stickiness_ms``: the users stay on their node while it is usable and scores at most this much above
+    the best one (a move costs a state transfer and a reconnection; a marginal gain is not worth it).
+    ``horizon_s`` and ``battery_penalty_ms``: a node that leaves its normal power state (throttles or
+    stops, as its planned battery gives) within ``horizon_s`` scores ``battery_penalty_ms`` x the share
+    of the horizon it will not last.
+    """
+
+    stickiness_ms: float = 10.0
+    horizon_s: float = 300.0
+    battery_penalty_ms: float = 50.0
+
+
+@dataclass(frozen=True)
 class BestPlan:
     """Per step (shape (n_steps,)): the serving node's index into ``computes`` (-1: none available) and
-    its predicted RTT from the client in ms; ``usable`` (n_computes, n_steps): reachable from the client and
-    in the normal power state."""
+    its predicted RTT from the client in ms; ``usable`` (n_computes, n_steps): reachable from the client, in
+    the normal power state and not saturated; ``score_ms`` (n_computes, n_steps): what the choice
+    minimises (inf where not usable); ``load_rps``: the requests per second this flow puts on each node
+    and step (for the flows planned after it)."""
 
     computes: tuple[str, ...]
     best: np.ndarray
     rtt_ms: np.ndarray
     usable: np.ndarray
+    score_ms: np.ndarray | None = None
+    load_rps: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -69,19 +91,119 @@ def available(tl: Timeline, computes: list[str], steps: int) -> np.ndarray:
     return out
 
 
-def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps: int) -> BestPlan:
-    """At each step the available compute node with the least predicted RTT from ``src``."""
+def normal_left_s(normal: np.ndarray, step_s: float) -> np.ndarray:
+    """(n, steps): seconds from each step until the node first leaves its normal state (0 where it is not
+    in it; inf where it stays normal to the end of the plan, which cannot see further)."""
+    n, steps = normal.shape
+    pos = np.where(normal, steps, np.arange(steps)[None, :])  # the step itself where not normal
+    nxt = np.minimum.accumulate(pos[:, ::-1], axis=1)[:, ::-1]  # the first non-normal step at or after k
+    left = (nxt - np.arange(steps)[None, :]) * step_s
+    return np.where(nxt >= steps, np.inf, left.astype(float))
+
+
+def time_in_node_ms(service_ms: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Mean time a request spends in a node that serves one request at a time in ``service_ms`` each, at
+    utilisation ``rho`` (M/D/1: service + rho x service / (2 (1 - rho))); inf at rho >= 1 (saturated)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait = np.where(rho < 1, rho * service_ms / (2 * (1 - rho)), np.inf)
+    return service_ms + wait
+
+
+def score_ms(rtt_ms: np.ndarray, service_ms: np.ndarray, rho: np.ndarray, normal: np.ndarray, step_s: float,
+             rule: BestRule = BestRule()) -> np.ndarray:
+    """(n, steps) the ``best`` score: predicted RTT + mean time in the node + the battery penalty; inf where
+    the node is unreachable, not in its normal power state or saturated."""
+    left = normal_left_s(normal, step_s)
+    battery = rule.battery_penalty_ms * np.clip(1.0 - left / rule.horizon_s, 0.0, 1.0)
+    s = rtt_ms + time_in_node_ms(service_ms, rho) + battery
+    return np.where(np.isfinite(rtt_ms) & normal & np.isfinite(s), s, np.inf)
+
+
+def choose(score: np.ndarray, stickiness_ms: float) -> np.ndarray:
+    """(steps,) index of the serving node at each step: the least score, except that the node chosen at the
+    step before stays while it is usable and within ``stickiness_ms`` of the least; -1 where no node is
+    usable (the last choice is then remembered for the next step)."""
+    steps = score.shape[1]
+    out = np.full(steps, -1, dtype=np.int64)
+    low = np.argmin(score, axis=0)
+    cur = -1
+    for k in range(steps):
+        b = int(low[k])
+        if not np.isfinite(score[b, k]):
+            continue
+        if cur >= 0 and score[cur, k] <= score[b, k] + stickiness_ms:
+            b = cur
+        out[k] = cur = b
+    return out
+
+
+def predicted_rtt_ms(tl: Timeline, protocol: Any, src: str, computes: list[str], steps: int) -> np.ndarray:
+    """(n_computes, steps) predicted RTT from ``src`` to each node, ms (inf where unreachable)."""
     from routing.predict import predict
 
     si = tl.node_index(src)
     pred = predict(tl, protocol, [(si, tl.node_index(c)) for c in computes], steps)
     rtt = np.stack([pred[(si, tl.node_index(c))].rtt_ms for c in computes])
-    rtt = np.where(np.isfinite(rtt) & available(tl, computes, rtt.shape[1]), rtt, np.inf)
-    best = np.argmin(rtt, axis=0)
-    none = ~np.isfinite(rtt[best, np.arange(rtt.shape[1])])
-    best = np.where(none, -1, best)
-    return BestPlan(tuple(computes), best, np.where(none, np.nan, rtt[best, np.arange(rtt.shape[1])]),
-                    np.isfinite(rtt))
+    return np.where(np.isfinite(rtt), rtt, np.inf)
+
+
+def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps: int, *, rate_pps: float = 0.0,
+              work_ms: float = 0.0, other_rps: np.ndarray | None = None, rule: BestRule = BestRule()) -> BestPlan:
+    """The ``best`` node for client ``src`` at each step (:func:`score_ms`, :func:`choose`).
+
+    Parameters
+    ----------
+    rate_pps, work_ms : float
+        This flow's requests per second and CPU time per request (its share of the nodes' load).
+    other_rps : numpy.ndarray, optional
+        (n_computes, steps) requests per second the other flows send to each node (:func:`flow_loads`).
+    """
+    rtt = predicted_rtt_ms(tl, protocol, src, computes, steps)
+    share = np.array([float(tl.nodes[tl.node_index(c)].info.get("cpu_share", 1.0)) for c in computes])
+    # one request at a time per node: more than a core does not make one request faster
+    service = (work_ms / np.minimum(1.0, share))[:, None]
+    others = np.zeros((len(computes), steps)) if other_rps is None else other_rps[:, :steps]
+    rho = (others + rate_pps) * service / 1e3
+    score = score_ms(rtt, service, rho, available(tl, computes, steps), tl.step_s, rule)
+    best = choose(score, rule.stickiness_ms)
+    cols = np.arange(steps)
+    pick = np.maximum(best, 0)
+    load = np.zeros((len(computes), steps))
+    load[pick[best >= 0], cols[best >= 0]] = rate_pps
+    return BestPlan(tuple(computes), best, np.where(best < 0, np.nan, rtt[pick, cols]), np.isfinite(score),
+                    score, load)
+
+
+def flow_loads(tl: Timeline, protocol: Any, flows: list[Any], computes: list[str], steps: int
+               ) -> tuple[np.ndarray, dict[str, BestPlan]]:
+    """The requests per second every request flow sends to each compute node at each step, and the plan of
+    each ``best`` flow (by label). Flows are taken in the scenario's order: a ``best`` flow sees the load of
+    every ``fixed``, ``round-robin`` and ``nearest`` flow and of the ``best`` flows before it."""
+    load = np.zeros((len(computes), steps))
+    t = np.arange(steps) * tl.step_s
+    best_flows = []
+    for f in flows:
+        if f.kind != "request":
+            continue
+        end = f.start_s + f.duration_s if f.duration_s is not None else np.inf
+        on = (t >= f.start_s) & (t < end)
+        if f.policy == "fixed" and f.dst in computes:
+            load[computes.index(f.dst), on] += f.rate_pps
+        elif f.policy == "round-robin":
+            load[:, on] += f.rate_pps / len(computes)
+        elif f.policy == "nearest":  # the least predicted RTT, whatever the power and the load
+            near = np.argmin(predicted_rtt_ms(tl, protocol, f.src, computes, steps), axis=0)
+            load[near[on], np.flatnonzero(on)] += f.rate_pps
+        elif f.policy == "best":
+            best_flows.append((f, on))
+    plans: dict[str, BestPlan] = {}
+    for f, on in best_flows:
+        plan = best_plan(tl, protocol, f.src, computes, steps, rate_pps=f.rate_pps, work_ms=f.work_ms,
+                         other_rps=load)
+        plans[f.label] = plan
+        assert plan.load_rps is not None
+        load = load + plan.load_rps * on[None, :]
+    return load, plans
 
 
 def lead_s(tl: Timeline, state_bytes: int, step: int) -> float:
@@ -123,10 +245,11 @@ def scenario_migrations(sc: Any, tl: Timeline) -> list[dict[str, Any]]:
     if not flows or not computes:
         return []
     protocol = scenario_protocol(sc, sc.routing.protocol)
+    _, plans = flow_loads(tl, protocol, list(sc.traffic), computes, tl.n_steps)
     out = []
     for f in flows:
         state_bytes = int(round(f.migrate_state_mb * 1e6))
-        for m in plan_migrations(tl, best_plan(tl, protocol, f.src, computes, tl.n_steps), state_bytes):
+        for m in plan_migrations(tl, plans[f.label], state_bytes):
             out.append({"flow": f.label, "from": m.src, "to": m.dst, "mb": f.migrate_state_mb,
                         "start_step": m.start_step, "switch_step": m.switch_step,
                         "switch_t_s": m.switch_step * tl.step_s})
@@ -250,4 +373,5 @@ def summarise_migrations(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["BestPlan", "Migrator", "PlannedMigration", "best_plan", "plan_migrations"]
+__all__ = ["BestPlan", "BestRule", "Migrator", "PlannedMigration", "best_plan", "choose", "flow_loads",
+           "plan_migrations", "score_ms"]

@@ -201,14 +201,14 @@ def nearest_schedule(tl: Timeline, protocol: Any, src: str, computes: list[str],
     return out
 
 
-def _best_policy(emu: Any, tl: Timeline, protocol: Any, f: TrafficSpec, i: int, computes: list[str],
-                 t0_unix: float, speed: float, steps: int, out: Path) -> tuple[list[dict[str, Any]], Any]:
+def _best_policy(emu: Any, tl: Timeline, plan: Any, f: TrafficSpec, i: int, t0_unix: float, speed: float,
+                 out: Path) -> tuple[list[dict[str, Any]], Any]:
     """For the 'best' request policy: the client's first schedule (the first serving node), and the
-    emulator.migration.Migrator that moves its state and its target at each planned change."""
+    emulator.migration.Migrator that moves its state and its target at each planned change (``plan``: the
+    flow's emulator.migration.BestPlan)."""
     from .flows import safe_label
-    from .migration import MIGRATE_PORT_BASE, Migrator, best_plan, initial_target, plan_migrations
+    from .migration import MIGRATE_PORT_BASE, Migrator, initial_target, plan_migrations
 
-    plan = best_plan(tl, protocol, f.src, computes, steps)
     state_bytes = int(round(f.migrate_state_mb * 1e6))
     moves = plan_migrations(tl, plan, state_bytes)
     d = out / "flows" / safe_label(f.label)
@@ -423,6 +423,7 @@ def run(args: argparse.Namespace) -> int:
                                                       "protocol": protocol.name, "shaper": shaper.name,
                                                       "steps_planned": last + 1, "validity": bounds.as_dict(),
                                                       "psi": monitor.has_psi}))
+            best_plans: dict[str, Any] | None = None
             for i, f in enumerate(flows_wanted):
                 dur = f.duration_s / speed if f.duration_s is not None else play_s - f.start_s / speed
                 if dur <= 0:
@@ -431,7 +432,11 @@ def run(args: argparse.Namespace) -> int:
                          if f.kind == "request" and f.policy == "nearest" else None)
                 moves = None
                 if f.kind == "request" and f.policy == "best":
-                    sched, moves = _best_policy(emu, tl, protocol, f, i, computes, t0_unix, speed, last + 1, out)
+                    if best_plans is None:  # every flow's load, then each best flow's choice
+                        from .migration import flow_loads
+
+                        best_plans = flow_loads(tl, protocol, flows_wanted, computes, last + 1)[1]
+                    sched, moves = _best_policy(emu, tl, best_plans[f.label], f, i, t0_unix, speed, out)
 
                 def start(i: int = i, f: TrafficSpec = f, dur: float = dur, sched: Any = sched,
                           moves: Any = moves) -> None:

@@ -55,26 +55,89 @@ def _rtt_ms(tl, a: str, b: str, k: int) -> float:
     return 2 * nx.shortest_path_length(g, tl.node_index(a), tl.node_index(b), weight="w")
 
 
-def test_best_is_the_nearest_node_in_its_normal_power_state(timeline):
-    from emulator.migration import best_plan
+def test_best_follows_the_documented_rule_on_the_plan(timeline):
+    """RTT by networkx, power states from the timeline, score and stickiness applied here step by step."""
+    from emulator.migration import BestRule, best_plan
 
-    tl = timeline
-    plan = best_plan(tl, "shortest-delay", "sat-0-5", ["dc-a", "dc-b"], tl.n_steps)
+    tl, rule = timeline, BestRule()
+    plan = best_plan(tl, "shortest-delay", "sat-0-5", ["dc-a", "dc-b"], tl.n_steps, rate_pps=5, work_ms=4)
     order = [tl.nodes[i].name for i in tl.nodes_of("compute")]
     normal = {n: tl.compute_power[order.index(n)] == NORMAL for n in ("dc-a", "dc-b")}
     assert not normal["dc-a"].all() and normal["dc-b"].all()  # dc-a in shadow throttles, dc-b in the Sun does not
+    service = 4 + (5 * 4 / 1e3) * 4 / (2 * (1 - 5 * 4 / 1e3))  # M/D/1 at 5 requests/s of 4 ms
+    cur = None
     for k in range(tl.n_steps):
-        rtts = {n: _rtt_ms(tl, "sat-0-5", n, k) if normal[n][k] else math.inf for n in ("dc-a", "dc-b")}
-        want = min(rtts, key=rtts.__getitem__)
-        assert plan.computes[plan.best[k]] == want, k
-        assert plan.rtt_ms[k] == pytest.approx(rtts[want], abs=1e-3)
+        score = {}
+        for n in ("dc-a", "dc-b"):
+            if not normal[n][k]:
+                continue
+            leaves = [j for j in range(k, tl.n_steps) if not normal[n][j]]
+            left = (leaves[0] - k) * tl.step_s if leaves else math.inf
+            score[n] = (_rtt_ms(tl, "sat-0-5", n, k) + service
+                        + rule.battery_penalty_ms * min(1.0, max(0.0, 1 - left / rule.horizon_s)))
+        low = min(score, key=score.__getitem__)
+        if cur not in score or score[cur] > score[low] + rule.stickiness_ms:
+            cur = low
+        assert plan.computes[plan.best[k]] == cur, k
+        assert plan.rtt_ms[k] == pytest.approx(_rtt_ms(tl, "sat-0-5", cur, k), abs=1e-3)
+
+
+def test_best_rule_hand_built():
+    """Three nodes over six 60 s steps; every score worked out by hand from docs/model.md's rule."""
+    from emulator.migration import BestRule, choose, score_ms
+
+    rule = BestRule(stickiness_ms=10.0, horizon_s=300.0, battery_penalty_ms=50.0)
+    rtt = np.array([[10, 10, 10, 10, 10, 10],      # a: nearest, but throttles at step 3
+                    [31, 31, 24, 22, 40, 40],      # b
+                    [50, 50, 50, 50, 30, 20]], float)  # c: half loaded
+    normal = np.ones((3, 6), bool)
+    normal[0, 3:] = False
+    service = np.full((3, 1), 5.0)
+    rho = np.array([[0.0], [0.0], [0.5]])
+    s = score_ms(rtt, service, rho, normal, 60.0, rule)
+    # a: 10 + 5 + 50 x (1 - 180/300) = 35, then 45, 55 (120 s, 60 s left), then not usable
+    # b: rtt + 5; c: rtt + 5 + 0.5 x 5 / (2 x 0.5) = rtt + 7.5
+    want = np.array([[35, 45, 55, np.inf, np.inf, np.inf],
+                     [36, 36, 29, 27, 45, 45],
+                     [57.5, 57.5, 57.5, 57.5, 37.5, 27.5]])
+    assert np.allclose(s, want)
+    # a stays at step 1 (45 <= 36 + 10), b takes over at 2, stays at 4 (45 <= 37.5 + 10), c at 5 (45 > 37.5)
+    assert choose(s, rule.stickiness_ms).tolist() == [0, 0, 1, 1, 1, 2]
+    assert choose(s, 0.0).tolist() == [0, 1, 1, 1, 2, 2]  # no stickiness: every gain moves the users
+    no_battery = score_ms(rtt, service, rho, normal, 60.0, BestRule(battery_penalty_ms=0.0))
+    assert choose(no_battery, 10.0).tolist() == [0, 0, 0, 1, 1, 2]  # a kept until it throttles
+    saturated = score_ms(rtt, service, np.array([[0.0], [1.0], [0.5]]), normal, 60.0, rule)
+    assert np.isinf(saturated[1]).all()
+    assert choose(np.full((2, 3), np.inf), 10.0).tolist() == [-1, -1, -1]
+
+
+def test_a_saturated_node_is_avoided_and_best_flows_share_the_load(timeline):
+    from emulator.migration import flow_loads
+
+    tl = timeline
+    busy = TrafficSpec(kind="request", src="gs-london", policy="fixed", dst="dc-b", rate_pps=250, work_ms=4)
+    load, plans = flow_loads(tl, "shortest-delay", [busy, TrafficSpec(kind="request", src="sat-0-5",
+                                                                      policy="best", name="u", work_ms=5)],
+                             ["dc-a", "dc-b"], tl.n_steps)
+    assert np.all(load[1] == 250)  # the fixed flow's 250 requests/s of 5 ms (default) saturate dc-b
+    assert (plans["u"].best != 1).all()
+    a, b = (TrafficSpec(kind="request", src="sat-0-5", policy="best", name=n, rate_pps=100, work_ms=6)
+            for n in ("a", "b"))
+    load, plans = flow_loads(tl, "shortest-delay", [a, b], ["dc-a", "dc-b"], tl.n_steps)
+    both = np.flatnonzero((plans["a"].best >= 0) & (plans["b"].best >= 0))
+    assert both.size
+    # 100/s of 6 ms is 0.6 of a node: the second flow never goes where the first already is
+    assert (plans["a"].best[both] != plans["b"].best[both]).all()
+    assert load.sum(axis=0)[both] == pytest.approx(200)
 
 
 def test_a_migration_is_planned_ahead_of_the_change_by_its_transfer_time(timeline):
-    from emulator.migration import LEAD_MARGIN_S, best_plan, plan_migrations
+    from emulator.migration import LEAD_MARGIN_S, BestRule, best_plan, plan_migrations
 
     tl = timeline
-    plan = best_plan(tl, "shortest-delay", "sat-0-5", ["dc-a", "dc-b"], tl.n_steps)
+    # without the battery's look-ahead the change comes where dc-a throttles, late enough for a lead
+    plan = best_plan(tl, "shortest-delay", "sat-0-5", ["dc-a", "dc-b"], tl.n_steps,
+                     rule=BestRule(battery_penalty_ms=0.0))
     switch = int(np.flatnonzero(plan.computes[0] != np.array(plan.computes)[plan.best])[0])
     (m,) = plan_migrations(tl, plan, 10_000_000)
     assert (m.src, m.dst, m.switch_step) == ("dc-a", "dc-b", switch)
@@ -144,7 +207,9 @@ def test_plan_lists_the_best_flows_migrations(tmp_path, capsys):
     from emulator.cli import main
 
     p = tmp_path / "best.toml"
-    p.write_text(SCENARIO + '[[traffic]]\nkind = "request"\nname = "users"\nsrc = "sat-0-5"\npolicy = "best"\n'
+    # over 10 minutes dc-a, nearer, serves until its coming throttle outweighs its lead
+    p.write_text(SCENARIO.replace("duration_s = 30", "duration_s = 600").replace("step_s = 1.0", "step_s = 5.0")
+                 + '[[traffic]]\nkind = "request"\nname = "users"\nsrc = "sat-0-5"\npolicy = "best"\n'
                  "migrate_state_mb = 10\n")
     assert main(["plan", str(p), "--json"]) == 0
     (m,) = json.loads(capsys.readouterr().out)["migrations"]
