@@ -215,7 +215,7 @@ def _serve(conn: Connection, protocol: Any, timeline: Timeline) -> None:  # prag
                 offset += -(-v.nbytes // _ALIGN) * _ALIGN
             else:
                 fields[f.name] = ("value", v)
-        if offset > size:
+        if mm is None or offset > size:  # the first table maps even when it is empty (no destinations)
             if mm is not None:
                 mm.close()
                 os.close(fd)

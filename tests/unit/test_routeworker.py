@@ -34,6 +34,29 @@ def test_tables_from_the_child_equal_the_protocols_own(name):
         w.close()
 
 
+class _NoDestinations:
+    """A protocol whose table routes to nothing (a constellation without ground nodes and too many
+    satellites for routes to every loopback): every array of the table is empty."""
+
+    def compute(self, timeline, step, snapshot):
+        n = len(timeline.nodes)
+        return RouteTable(step, np.zeros(0, np.int64), np.zeros((0, n), np.int32), np.zeros((0, n), np.int32),
+                          np.zeros((0, n), np.float64))
+
+
+def test_an_empty_table_comes_back_empty():
+    """The child once mapped no shared memory for a table of zero bytes and died; the emulation of a shell
+    without ground nodes (no destinations) failed to build with 'the route worker died'."""
+    tl = grid_timeline()
+    w = RouteWorker(_NoDestinations(), tl)
+    try:
+        for step in range(2):
+            got = w.compute(step, tl.snapshot(step))
+            assert got.next_hop.shape == (0, len(tl.nodes)) and got.step == step
+    finally:
+        w.close()
+
+
 def test_a_changed_snapshot_is_computed_on_not_the_timelines():
     """The child computes on the snapshot it is sent (a failure applied by the caller), not on its own copy."""
     tl = grid_timeline()
