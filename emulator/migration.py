@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from topologies.power import NORMAL
-from topologies.timeline import Timeline
+from topologies.timeline import Reason, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def flow_loads(tl: Timeline, protocol: Any, flows: list[Any], computes: list[str
 def lead_s(tl: Timeline, state_bytes: int, step: int) -> float:
     """How long before a switch its transfer begins: 1.5 x the state's time at the slowest link up at ``step``
     (a bound on any path's bottleneck, so the lead is never too short for want of the path) plus a margin."""
-    rates = tl.rate_mbps[:, step][(tl.state[:, step] > 0) & (tl.rate_mbps[:, step] > 0)]
+    rates = tl.rate_mbps[:, step][(tl.state[:, step] == Reason.UP) & (tl.rate_mbps[:, step] > 0)]
     r_mbps = float(rates.min()) if rates.size else 1.0
     return 1.5 * state_bytes * 8 / (r_mbps * 1e6) + LEAD_MARGIN_S
 
