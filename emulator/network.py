@@ -208,6 +208,8 @@ class Emulation:
         self.gap_ms = link_gap_ms(timeline)
         self._gap_links: np.ndarray = np.empty(0, np.int64)
         self._gap_t0 = 0.0
+        # antenna slot -> its spare pair, held up ahead of a handover at a routing daemon's request
+        self._spares_up: dict[int, int] = {}
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -508,6 +510,37 @@ class Emulation:
         done = self._move_spares_ahead(step, until)
         self.prefetch_routes(step + 1, until)
         return done
+
+    @property
+    def antenna_slots(self) -> np.ndarray:
+        """Link slots of gateway antennas (the slots with a spare veth pair), sorted."""
+        return self._antennas
+
+    def spare_at(self, slots: Any) -> np.ndarray:
+        """For antenna ``slots``: the node holding the far end of each one's spare veth pair now (its own
+        gateway while the spare is parked there)."""
+        slots = np.asarray(slots, np.int64)
+        return self._pfar[slots, 1 - self.ends.pair[slots].astype(np.int64)]
+
+    def hold_spares_up(self, slots: Any) -> np.ndarray:
+        """Keep the spare pairs of exactly these antenna ``slots`` up (both ends), ahead of their handover,
+        for a routing daemon to form its adjacency over before the switch; the spares held up before and not
+        asked for now go down again. A parked spare is not brought up. Applying it twice changes nothing.
+
+        The emulator puts no route through a spare; whether one goes there is the daemon's business (OSPF
+        rejects it from the kernel until the switch). At the handover the spare becomes the active pair
+        as usual, already up. Returns the slots whose spare is up now (sorted).
+        """
+        want = {int(l) for l in np.asarray(slots, np.int64).tolist()
+                if self._pfar[l, 1 - int(self.ends.pair[l])] != self.link_a[l]}
+        # a spare that took over at a handover is the active pair now; one moved since went down with the move
+        held = {l: p for l, p in self._spares_up.items() if p != self.ends.pair[l]}
+        down = [(l, p) for l, p in held.items() if l not in want]
+        up = [(l, 1 - int(self.ends.pair[l])) for l in sorted(want) if l not in held]
+        self._pairs_set(down, False, "spare down")
+        self._pairs_set(up, True, "spare up ahead of its handover")
+        self._spares_up = {l: 1 - int(self.ends.pair[l]) for l in want}
+        return np.array(sorted(want), np.int64)
 
     def _move_spares_ahead(self, step: int, until: float | None) -> int:
         if not self._built or self._stopped or not len(self._antennas):
@@ -897,14 +930,18 @@ class Emulation:
     def _pairs_down(self, pairs: list[tuple[int, int]]) -> None:
         """Set both ends of the ``(link, pair)`` veth pairs down (pairs handed over from: the routes
         through them were replaced, so no installed record is forgotten)."""
+        self._pairs_set(pairs, False, "handover")
+
+    def _pairs_set(self, pairs: list[tuple[int, int]], up: bool, operation: str) -> None:
+        """Admin up or down both ends of the ``(link, pair)`` veth pairs, wherever they are now."""
         batches: dict[int, rtnl.Batch] = {}
         for l, pair in pairs:
             for side, node in ((0, int(self.link_a[l])), (1, int(self._pfar[l, pair]))):
                 name, index, _ = self.addr.pair_end(l, pair, side)
                 batches.setdefault(node, rtnl.Batch()).add(
-                    rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, False), f"{name} down")
+                    rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
         for node, b in batches.items():
-            self._rtnl[node].check(b, "handover")
+            self._rtnl[node].check(b, operation)
 
     def _start_moves(self, moves: list[tuple[int, int, int]]) -> _Moves | None:
         """Start moving the satellite ends of antenna veth pairs, ``[(link, pair, new namespace), ...]``,
@@ -923,6 +960,8 @@ class Emulation:
             old = int(self._pfar[l, pair])
             if old == new:
                 continue
+            if self._spares_up.get(l) == pair:  # the kernel takes an interface down to move it
+                del self._spares_up[l]
             if old != int(self.link_a[l]):  # its shaping (and held packets) leave with it
                 try:
                     self.shaper.forget(self._port(l, 1, pair))

@@ -24,6 +24,13 @@ The OSPF model
   10 us resolution up to 655 ms), so OSPF's shortest path is the shortest-delay path of the
   centralised ``shortest-delay`` protocol, up to that resolution and to ties.
 * Routes are exported to the kernel with the loopback as preferred source.
+* A gateway antenna's handover is prepared ``handover_lead_s`` ahead: its spare veth pair, already at
+  the next satellite, is brought up and into both daemons at cost 65535 (:func:`preform_slots`), with
+  the kernel export rejecting routes through it, so the adjacency is Full before the switch; at the
+  switch the old pair goes down and the spare takes the link's cost. Without it, the gateway's
+  router-LSA withdrawing the old link (at the switch) and the one adding the new adjacency (a hello
+  later) are two originations within MinLSInterval, and the second waited ~4 s (docs/model.md,
+  "OSPF across a gateway handover").
 
 Timing limits that come from OSPF itself (RFC 2328, kept by BIRD): a router re-originates its
 router-LSA at most every 5 s (MinLSInterval), and BIRD runs SPF on a ``tick`` (default 1 s). A cost
@@ -52,6 +59,12 @@ log = logging.getLogger(__name__)
 
 _ACCESS = LINK_CLASSES.index("access")
 MAX_COST = 65535
+#: Cost both ends announce for an antenna's spare pair brought up ahead of its handover: the highest, so
+#: that no path uses it while the antenna's own link is up (and the kernel export rejects it anyway).
+PREFORM_COST = MAX_COST
+#: RFC 2328's MinLSInterval, which BIRD 2 keeps as a constant: a router originates a new instance of its
+#: router-LSA at most once per this many seconds.
+MIN_LS_INTERVAL_S = 5.0
 #: BIRD interface names are matched as patterns; ours never contain pattern or quote characters.
 _SAFE_IFNAME = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
@@ -87,6 +100,13 @@ class OspfOptions:
         times in 68 s and made the steps 12.9 s late at p95.
     ecmp : bool
         Install equal-cost multipath routes (off: one next hop, as the centralised protocols).
+    handover_lead_s : float
+        How long before a gateway antenna's handover its spare pair is brought up and into OSPF at cost
+        :data:`PREFORM_COST`, s (0: not at all; the adjacency is then formed after the switch and the
+        gateway's LSA with it waits for MinLSInterval). The adjacency must be Full, and the LSAs it makes
+        the gateway originate must be MinLSInterval (5 s) old, before the switch: adding the interface and
+        its reaching Full can be two originations 5 s apart, so at least 10 s; 15 s leaves a busy daemon
+        5 s to form it. Rounded up to whole steps.
     """
 
     hello_s: int = 1
@@ -97,6 +117,7 @@ class OspfOptions:
     cost_tolerance_pct: float = 10.0
     cost_push_interval_s: float = 10.0
     ecmp: bool = False
+    handover_lead_s: float = 15.0
 
     def __post_init__(self) -> None:
         for key, low in (("hello_s", 1), ("dead_s", 2), ("retransmit_s", 2), ("tick_s", 1)):
@@ -119,6 +140,10 @@ class OspfOptions:
                               key="routing.ospf.cost_push_interval_s")
         if not isinstance(self.ecmp, bool):
             raise ConfigError(f"ecmp must be true or false, got {self.ecmp!r}", key="routing.ospf.ecmp")
+        if not (isinstance(self.handover_lead_s, (int, float)) and not isinstance(self.handover_lead_s, bool)
+                and 0 <= self.handover_lead_s <= 3600):
+            raise ConfigError(f"handover_lead_s must be in [0, 3600] s, got {self.handover_lead_s!r}",
+                              key="routing.ospf.handover_lead_s")
 
 
     @classmethod
@@ -139,11 +164,14 @@ class OspfOptions:
 
 @dataclass(frozen=True)
 class OspfInterface:
-    """One interface of a router as OSPF sees it: a point-to-point link with a cost, or a stub."""
+    """One interface of a router as OSPF sees it: a point-to-point link with a cost, or a stub; a
+    ``preformed`` one is an antenna's spare pair brought up ahead of its handover (no kernel route may
+    leave through it)."""
 
     name: str
     cost: int
     stub: bool = False
+    preformed: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 15 or not set(self.name) <= _SAFE_IFNAME:
@@ -197,6 +225,65 @@ def push_slots(interval_s: float, step_s: float) -> int:
     (10, 1, 2)
     """
     return max(1, int(round(interval_s / step_s)))
+
+
+def next_handover(peer: np.ndarray, now: np.ndarray, step: int, lead_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each slot: the step of its next change of far end within ``lead_steps`` after ``step``, and the
+    node it changes to (-1, -1 where none comes in that window).
+
+    Parameters
+    ----------
+    peer : ndarray of int, shape (n_slots, n_steps)
+        The timeline's far node of each slot at each step (-1: none).
+    now : ndarray of int, shape (n_slots,)
+        Far node of each slot now (the applied snapshot's).
+    step, lead_steps : int
+
+    >>> next_handover(np.array([[5, 5, 6], [5, 5, 5], [5, -1, 6]]), np.array([5, 5, 5]), 0, 2)
+    (array([ 2, -1,  1]), array([ 6, -1, -1]))
+    """
+    window = np.asarray(peer)[:, step + 1:step + 1 + max(0, lead_steps)]
+    if window.shape[1] == 0:
+        none = np.full(len(now), -1, np.int64)
+        return none, none.copy()
+    changed = window != np.asarray(now)[:, None]
+    has = changed.any(axis=1)
+    first = changed.argmax(axis=1)
+    to = np.where(has, window[np.arange(len(window)), first], -1)
+    return np.where(has, step + 1 + first, -1).astype(np.int64), to.astype(np.int64)
+
+
+def preform_slots(peer: np.ndarray, now: np.ndarray, up: np.ndarray, spare_at: np.ndarray, step: int,
+                  lead_steps: int) -> np.ndarray:
+    """Which antenna slots' spare pairs to bring into OSPF now, ahead of their handover.
+
+    A slot qualifies when its link is up on a satellite now, the timeline moves it straight to another
+    satellite within ``lead_steps`` (no step without one in between: an antenna that loses its satellite
+    first has no old link to withdraw, and its new one would carry data before its time), and its spare
+    pair is already at that satellite (moved there between steps by the emulator).
+
+    Parameters
+    ----------
+    peer : ndarray of int, shape (n_slots, n_steps)
+        The timeline's far node of each antenna slot.
+    now : ndarray of int, shape (n_slots,)
+        Its far node now.
+    up : ndarray of bool, shape (n_slots,)
+        Whether its link is up now.
+    spare_at : ndarray of int, shape (n_slots,)
+        The node holding the far end of its spare pair now (its own gateway when parked).
+    step, lead_steps : int
+
+    Returns
+    -------
+    ndarray of bool, shape (n_slots,)
+
+    >>> preform_slots(np.array([[5, 5, 6], [5, 5, 6], [5, -1, 6], [5, 5, 6]]), np.array([5, 5, 5, 5]),
+    ...               np.array([True, True, True, False]), np.array([6, 7, 6, 6]), 0, 2).tolist()
+    [True, False, False, False]
+    """
+    _, to = next_handover(peer, now, step, lead_steps)
+    return (np.asarray(now) >= 0) & np.asarray(up, bool) & (to >= 0) & (to == np.asarray(spare_at))
 
 
 def cost_push(pushed_a: np.ndarray, pushed_b: np.ndarray, wanted: np.ndarray, link_a: np.ndarray, far: np.ndarray,
@@ -307,7 +394,7 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
         The router's loopback address (dotted quad): router id, stub /32 and preferred source of the
         routes exported to the kernel.
     interfaces : list of OspfInterface
-        From :func:`node_interfaces`.
+        From :func:`node_interfaces`, and spare pairs brought up ahead of a handover (``preformed``).
     options : OspfOptions, optional
     log_path : str, optional
         File BIRD logs to (with millisecond timestamps); none: no log.
@@ -349,12 +436,15 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
         only = None if exported is None else [str(ipaddress.IPv4Network(x)) for x in exported]
     except ValueError as e:
         raise ConfigError(f"exported prefix: {e}", key="exported") from None
+    # a spare pair brought up ahead of its handover carries OSPF's own packets only: the antenna is not
+    # yet on that satellite, so no kernel route may leave through it (even if OSPF finds no other path)
+    spares = "".join(f'if ifname = "{i.name}" then reject; ' for i in interfaces if i.preformed)
     if only is None:
-        export = f"export filter {{ krt_prefsrc = {rid}; accept; }};"
+        export = f"export filter {{ {spares}krt_prefsrc = {rid}; accept; }};"
     elif not only:
         export = "export none;"
     else:
-        export = (f"export filter {{ if net ~ [ {', '.join(only)} ] then {{ krt_prefsrc = {rid}; accept; }} "
+        export = (f"export filter {{ {spares}if net ~ [ {', '.join(only)} ] then {{ krt_prefsrc = {rid}; accept; }} "
                   f"reject; }};")
     lines = [f"# satnetem: OSPF of node {node} (generated; rewritten when a cost or interface changes)"]
     if log_path is not None:
@@ -418,8 +508,10 @@ class Ospf(DaemonProtocol):
         # cost each slot's near and far end's daemon announces
         self._cost_a = self._cost_b = np.empty(0, np.int32)
         self._text: dict[int, str] = {}  # configuration each router's daemon has
-        self._counts = {"reconfigurations": 0, "cost_reconfigurations": 0}
+        self._counts = {"reconfigurations": 0, "cost_reconfigurations": 0, "handovers_preformed": 0}
         self._update_ms: list[float] = []
+        # antenna slot -> node holding the far end of its spare pair, for the spares in OSPF ahead of a handover
+        self._preformed: dict[int, int] = {}
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> Ospf:
@@ -438,9 +530,16 @@ class Ospf(DaemonProtocol):
         dest = destinations(emu.timeline, self.all_loopbacks)
         exported = (None if len(dest) == len(emu.names)
                     else tuple(f"{_ip(a.prefix[i])}/{int(a.prefix_len[i])}" for i in dest.tolist()))
+        spare: dict[int, list[OspfInterface]] = {}  # router -> its ends of spare pairs brought up ahead
+        for l, at in self._preformed.items():
+            pair = 1 - int(ends.pair[l])
+            for side, node in ((0, int(emu.link_a[l])), (1, at)):
+                spare.setdefault(node, []).append(OspfInterface(a.pair_end(l, pair, side)[0], PREFORM_COST,
+                                                                preformed=True))
         out = {}
         for r in routers.tolist():
             ifs = node_interfaces(r, emu.link_a, far, link_class, ends.ifname_a, ends.ifname_b, cost, cost_far)
+            ifs += spare.get(r, [])
             out[r] = bird_config(_ip(a.loopback[r]), ifs, self.options, self.daemons.log_path(emu.names[r]),
                                  emu.names[r], hidden=(a.plan.link_pool,), exported=exported)
         return out
@@ -454,8 +553,10 @@ class Ospf(DaemonProtocol):
         routers = np.flatnonzero(emu.is_router)
         self.daemons = BirdDaemons(emu.run_id, log_dir=getattr(emu, "log_dir", None))
         self._cost_a = self._cost_b = link_costs(emu.applied.params[:, 0], self.options.cost_per_ms)
-        self._text = self.configs(emu, routers, emu.applied, self._cost_a)
         self._counts = dict.fromkeys(self._counts, 0)
+        self._preformed = {}
+        self._preform(emu, emu.applied.step, emu.applied)
+        self._text = self.configs(emu, routers, emu.applied, self._cost_a)
         self._update_ms = []
         self.daemons.start([(emu.nodes[r], self._text[r]) for r in routers.tolist()])
         log.info("ospf: %d BIRD daemons started", len(routers))
@@ -470,6 +571,11 @@ class Ospf(DaemonProtocol):
         shaper), and ~60 routers pushed in the same step (rounds every 10 s) made the next steps up to
         2.4 s late on examples/campaign.toml. Only the configuration files are written here; the daemons
         are asked in the background (``reconfigure_later``).
+
+        Antenna handovers within ``handover_lead_s`` get their spare pair into OSPF now (:meth:`_preform`);
+        the gateway and the satellite it leaves skip their cost slot within MinLSInterval of their
+        handover, so that the LSAs withdrawing the old link at the switch are not held back by one just
+        before it.
         """
         if self.daemons is None:
             raise ApplyError("ospf is not started", operation="ospf update")
@@ -478,11 +584,19 @@ class Ospf(DaemonProtocol):
         wanted = link_costs(applied.params[:, 0], o.cost_per_ms)
         slots = push_slots(o.cost_push_interval_s, emu.timeline.step_s)
         due = (step + np.arange(emu.n_nodes)) % slots == 0
+        ant = emu.antenna_slots
+        if o.handover_lead_s > 0 and len(ant):
+            soon, _ = next_handover(emu.timeline.peer[ant], applied.peer[ant], step,
+                                    int(np.ceil(MIN_LS_INTERVAL_S / emu.timeline.step_s)))
+            ends = np.concatenate([emu.link_a[ant[soon >= 0]], applied.peer[ant[soon >= 0]]])
+            due[ends[ends >= 0]] = False
         far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
         cost_a, cost_b, drifted = cost_push(self._cost_a, self._cost_b, wanted, emu.link_a, far, diff.peer_links,
                                             due & emu.is_router, o.cost_tolerance_pct)
+        # not a spare just handed over from: its old satellite must see it go down and withdraw it first
+        spares = self._preform(emu, step, applied, skip=diff.peer_links)
         # a handover also renames the gateway's antenna interface (its other veth pair takes over)
-        touched = [drifted, diff.old_peer, diff.new_peer, emu.link_a[diff.peer_links]]
+        touched = [drifted, diff.old_peer, diff.new_peer, emu.link_a[diff.peer_links], spares]
         nodes = np.unique(np.concatenate([np.asarray(t, np.int64) for t in touched]))
         nodes = nodes[nodes >= 0]
         nodes = nodes[emu.is_router[nodes]]
@@ -499,9 +613,31 @@ class Ospf(DaemonProtocol):
         log.debug("ospf step %d: %d routers' costs beyond the tolerance, %d daemons reconfigured", step,
                   len(drifted), len(push))
 
+    def _preform(self, emu: Any, step: int, applied: Snapshot, skip: Any = ()) -> np.ndarray:
+        """Bring the spare pairs of the antennas whose handover comes within ``handover_lead_s`` up and into
+        OSPF (:func:`preform_slots`; not those of slots ``skip``), and those no longer due out of it; returns
+        the routers whose interfaces this changed (both ends of each spare that came or went)."""
+        o = self.options
+        ant = emu.antenna_slots
+        want = np.empty(0, np.int64)
+        if o.handover_lead_s > 0 and len(ant):
+            lead = int(np.ceil(o.handover_lead_s / emu.timeline.step_s - 1e-9))
+            at = emu.spare_at(ant)
+            want = ant[preform_slots(emu.timeline.peer[ant], applied.peer[ant], applied.state[ant] == 0, at, step,
+                                     lead)]
+            want = np.setdiff1d(want, np.asarray(skip, np.int64))
+        up = emu.hold_spares_up(want)  # the emulator skips parked spares
+        new = {int(l): int(n) for l, n in zip(up.tolist(), emu.spare_at(up).tolist())}
+        changed = [(l, n) for l, n in self._preformed.items() if new.get(l) != n]
+        changed += [(l, n) for l, n in new.items() if self._preformed.get(l) != n]
+        self._counts["handovers_preformed"] += sum(1 for l in new if l not in self._preformed)
+        self._preformed = new
+        return np.array([r for l, n in changed for r in (int(emu.link_a[l]), n)], np.int64)
+
     def stats(self) -> dict[str, Any]:
         """What the daemons were told during the run: ``reconfigurations`` (router configurations pushed,
-        for cost drift or a handover), ``cost_reconfigurations`` (those for cost drift), the options that
+        for cost drift or a handover), ``cost_reconfigurations`` (those for cost drift),
+        ``handovers_preformed`` (antenna spares brought into OSPF ahead of their handover), the options that
         rule them, the CPU time the daemons have used (``daemons_cpu_s``), and the time :meth:`update` took
         in the step, ms (``update_ms_p50``, ``update_ms_max``)."""
         ms = np.asarray(self._update_ms, float)
@@ -516,6 +652,7 @@ class Ospf(DaemonProtocol):
             self.daemons.stop()
             self.daemons = None
         self._text = {}
+        self._preformed = {}
 
 
 def _ip(addr: int) -> str:

@@ -21,7 +21,9 @@ from routing.ospf import (
     cost_push,
     costs_to_push,
     link_costs,
+    next_handover,
     node_interfaces,
+    preform_slots,
     push_slots,
 )
 from topologies.errors import ConfigError
@@ -307,3 +309,55 @@ def test_bad_routing_ospf_key_is_one_line_with_file_line_and_key(tmp_path, capsy
     n = len(text.splitlines())
     assert err.startswith(f"satnetem: error: {f}:{n}, key '{key}': "), err
     assert what in err
+
+
+def _preform_by_hand(peer, now, up, spare_at, step, lead):
+    """preform_slots written as the plain loop over slots and steps it stands for."""
+    out = []
+    for l in range(len(now)):
+        ok = False
+        if now[l] >= 0 and up[l]:
+            for k in range(step + 1, min(step + lead, peer.shape[1] - 1) + 1):
+                if peer[l, k] != now[l]:
+                    ok = peer[l, k] >= 0 and peer[l, k] == spare_at[l]
+                    break
+        out.append(ok)
+    return out
+
+
+def test_preform_slots_equals_the_loop_it_stands_for():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n, t = int(rng.integers(1, 6)), int(rng.integers(1, 9))
+        peer = rng.integers(-1, 3, size=(n, t))
+        step = int(rng.integers(0, t))
+        now = peer[:, step].copy()
+        up = rng.random(n) < 0.8
+        spare_at = rng.integers(-1, 3, size=n)
+        lead = int(rng.integers(0, 5))
+        got = preform_slots(peer, now, up, spare_at, step, lead).tolist()
+        assert got == _preform_by_hand(peer, now, up, spare_at, step, lead), (peer, now, up, spare_at, step, lead)
+    when, to = next_handover(np.array([[4, 4, 4, 7]]), np.array([4]), 0, 2)
+    assert (when.tolist(), to.tolist()) == ([-1], [-1])  # the change at step 3 is beyond the 2-step lead
+
+
+def test_spare_brought_up_ahead_is_kept_out_of_the_kernel(tmp_path):
+    ifs = interfaces(grid_timeline(), "gw-b", 0) + [OspfInterface("ant0b", 65535, preformed=True)]
+    text = bird_config("10.64.0.7", ifs)
+    assert 'interface "ant0b" { type ptp; cost 65535;' in text
+    assert 'export filter { if ifname = "ant0b" then reject; krt_prefsrc = 10.64.0.7; accept; };' in text
+    few = bird_config("10.64.0.7", ifs, exported=("10.128.0.0/24",))
+    assert 'export filter { if ifname = "ant0b" then reject; if net ~ [ 10.128.0.0/24 ]' in few
+    assert "ifname" not in bird_config("10.64.0.7", ifs[:-1])
+    if shutil.which("bird"):
+        for t in (text, few):
+            conf = tmp_path / "gw.conf"
+            conf.write_text(t)
+            r = subprocess.run(["bird", "-p", "-c", str(conf)], check=False, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), "15", True, 3601])
+def test_bad_handover_lead_is_refused(value):
+    with pytest.raises(ConfigError, match="handover_lead_s"):
+        OspfOptions(handover_lead_s=value)
