@@ -137,18 +137,59 @@ def choose(score: np.ndarray, stickiness_ms: float) -> np.ndarray:
     return out
 
 
-def predicted_rtt_ms(tl: Timeline, protocol: Any, src: str, computes: list[str], steps: int) -> np.ndarray:
-    """(n_computes, steps) predicted RTT from ``src`` to each node, ms (inf where unreachable)."""
-    from routing.predict import predict
+def predicted_rtts(tl: Timeline, protocol: Any, srcs: list[str], computes: list[str], steps: int
+                   ) -> dict[str, np.ndarray]:
+    """Predicted RTT from each client in ``srcs`` to each compute node, ms: ``{src: (n_computes, steps)}``,
+    inf where unreachable.
 
-    si = tl.node_index(src)
-    pred = predict(tl, protocol, [(si, tl.node_index(c)) for c in computes], steps)
-    rtt = np.stack([pred[(si, tl.node_index(c))].rtt_ms for c in computes])
-    return np.where(np.isfinite(rtt), rtt, np.inf)
+    The same prediction as :func:`routing.predict.predict` (a centralised protocol's route table followed
+    both ways, or for a daemon protocol the shortest-delay path; link delays summed without the hop
+    epsilon), computed once per step for every pair: predict() also finds each pair's best path with a
+    Dijkstra run of its own, which the choice does not need (4 clients x 50 nodes x 120 steps took 50 s
+    through it, 2-3 s this way)."""
+    from routing.base import get_protocol
+    from routing.graph import build_graph, next_hops, path_delay_ms
+    from routing.paths import table_path
+
+    proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    centralised = getattr(proto, "kind", "centralised") != "daemon"
+    s_idx = [tl.node_index(x) for x in srcs]
+    c_idx = [tl.node_index(x) for x in computes]
+    out = {x: np.full((len(computes), steps), np.inf) for x in srcs}
+    for k in range(min(steps, tl.n_steps)):
+        snap = tl.snapshot(k)
+        if centralised:
+            table = proto.compute(tl, k, snap)
+
+            def one_way(a: int, b: int) -> float:
+                try:
+                    nodes, links = table_path(table, a, b)
+                except ValueError:  # a loop: nothing arrives
+                    return np.inf
+                return path_delay_ms(snap, links) if nodes else np.inf
+        else:
+            dests = np.array(sorted(set(s_idx) | set(c_idx)))
+            _, nh, link = next_hops(build_graph(tl.link_a, snap, len(tl.nodes)), dests)
+            row = {int(d): r for r, d in enumerate(dests)}
+
+            def one_way(a: int, b: int) -> float:
+                links, v = [], a
+                while v != b:
+                    if nh[row[b], v] < 0:
+                        return np.inf
+                    links.append(int(link[row[b], v]))
+                    v = int(nh[row[b], v])
+                return path_delay_ms(snap, links)
+
+        for x, si in zip(srcs, s_idx):
+            for j, ci in enumerate(c_idx):
+                out[x][j, k] = one_way(si, ci) + one_way(ci, si)
+    return out
 
 
 def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps: int, *, rate_pps: float = 0.0,
-              work_ms: float = 0.0, other_rps: np.ndarray | None = None, rule: BestRule = BestRule()) -> BestPlan:
+              work_ms: float = 0.0, other_rps: np.ndarray | None = None, rule: BestRule = BestRule(),
+              rtt_ms: np.ndarray | None = None) -> BestPlan:
     """The ``best`` node for client ``src`` at each step (:func:`score_ms`, :func:`choose`).
 
     Parameters
@@ -157,8 +198,10 @@ def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps:
         This flow's requests per second and CPU time per request (its share of the nodes' load).
     other_rps : numpy.ndarray, optional
         (n_computes, steps) requests per second the other flows send to each node (:func:`flow_loads`).
+    rtt_ms : numpy.ndarray, optional
+        (n_computes, steps) predicted RTT from ``src`` (default: :func:`predicted_rtts`).
     """
-    rtt = predicted_rtt_ms(tl, protocol, src, computes, steps)
+    rtt = predicted_rtts(tl, protocol, [src], computes, steps)[src] if rtt_ms is None else rtt_ms
     share = np.array([float(tl.nodes[tl.node_index(c)].info.get("cpu_share", 1.0)) for c in computes])
     # one request at a time per node: more than a core does not make one request faster
     service = (work_ms / np.minimum(1.0, share))[:, None]
@@ -181,6 +224,8 @@ def flow_loads(tl: Timeline, protocol: Any, flows: list[Any], computes: list[str
     every ``fixed``, ``round-robin`` and ``nearest`` flow and of the ``best`` flows before it."""
     load = np.zeros((len(computes), steps))
     t = np.arange(steps) * tl.step_s
+    clients = list(dict.fromkeys(f.src for f in flows if f.kind == "request" and f.policy in ("nearest", "best")))
+    rtts = predicted_rtts(tl, protocol, clients, computes, steps) if clients else {}
     best_flows = []
     for f in flows:
         if f.kind != "request":
@@ -192,14 +237,14 @@ def flow_loads(tl: Timeline, protocol: Any, flows: list[Any], computes: list[str
         elif f.policy == "round-robin":
             load[:, on] += f.rate_pps / len(computes)
         elif f.policy == "nearest":  # the least predicted RTT, whatever the power and the load
-            near = np.argmin(predicted_rtt_ms(tl, protocol, f.src, computes, steps), axis=0)
+            near = np.argmin(rtts[f.src], axis=0)
             load[near[on], np.flatnonzero(on)] += f.rate_pps
         elif f.policy == "best":
             best_flows.append((f, on))
     plans: dict[str, BestPlan] = {}
     for f, on in best_flows:
         plan = best_plan(tl, protocol, f.src, computes, steps, rate_pps=f.rate_pps, work_ms=f.work_ms,
-                         other_rps=load)
+                         other_rps=load, rtt_ms=rtts[f.src])
         plans[f.label] = plan
         assert plan.load_rps is not None
         load = load + plan.load_rps * on[None, :]

@@ -215,3 +215,19 @@ def test_plan_lists_the_best_flows_migrations(tmp_path, capsys):
     (m,) = json.loads(capsys.readouterr().out)["migrations"]
     assert (m["flow"], m["from"], m["to"], m["mb"]) == ("users", "dc-a", "dc-b", 10)
     assert m["start_step"] < m["switch_step"]
+
+
+@pytest.mark.parametrize("protocol", ["shortest-delay", "ospf"])
+def test_predicted_rtts_agree_with_routing_predict(timeline, protocol):
+    from emulator.migration import predicted_rtts
+    from routing.predict import predict
+
+    tl = timeline
+    computes = ["dc-a", "dc-b"]
+    got = predicted_rtts(tl, protocol, ["sat-0-5", "gs-london"], computes, tl.n_steps)
+    for src in ("sat-0-5", "gs-london"):
+        si = tl.node_index(src)
+        pred = predict(tl, protocol, [(si, tl.node_index(c)) for c in computes])
+        want = np.stack([pred[(si, tl.node_index(c))].rtt_ms for c in computes])
+        assert np.isfinite(want).any()
+        assert np.allclose(got[src], np.where(np.isfinite(want), want, np.inf), rtol=0, atol=1e-9)
