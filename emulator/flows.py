@@ -92,6 +92,9 @@ class FlowStarter:
         #: where relative paths of the scenario (a matrix_csv) resolve
         self.base_dir: Path | None = None
         self.flows: list[Flow] = []
+        #: the compute nodes' cgroups (emulator.kernel.cgroups.RunGroups) while their services run: the
+        #: programs that do a compute node's work (the all-reduce's ranks) join its group and its capacity
+        self.groups: Any = None
         self.services: list[subprocess.Popen] = []
         self._service_handles: list[Any] = []
         (out / "flows").mkdir(parents=True, exist_ok=True)
@@ -100,6 +103,25 @@ class FlowStarter:
         f = open(log_file, "w")
         argv = [sys.executable, "-m", f"emulator.traffic.{module}", *args]
         return self.emu.node(node).popen(argv, stdout=f, stderr=subprocess.STDOUT), f
+
+    def _join_group(self, node: str, proc: subprocess.Popen) -> bool:
+        """Move ``proc`` into compute node ``node``'s cgroups (False: the node has none, as when no compute
+        services run). It is moved as soon as it has started: its fork and exec ran outside, its program
+        (the interpreter loading, then the work) inside; threads it starts later are born there."""
+        if self.groups is None or node not in self.groups.nodes:
+            return False
+        from topologies.errors import ApplyError
+
+        for f in self.groups.attach_files(node):
+            try:
+                with open(f, "w") as fh:
+                    fh.write(str(proc.pid))
+            except ProcessLookupError:
+                return False  # it has ended already: its log says why
+            except OSError as e:
+                raise ApplyError(f"cannot put process {proc.pid} into {f}: {e.strerror}",
+                                 node=node, operation="cgroups: join") from None
+        return True
 
     def start_services(self, compute_nodes: list[str], work_ms: float) -> None:
         """The orbital compute service on every compute node (requests need them)."""
@@ -260,6 +282,8 @@ class FlowStarter:
             flow.procs.append(p)
             flow.handles.append(f)
             files[name] = f"{name}.csv"
+            if not self._join_group(name, p):
+                log.info("all-reduce rank on %s runs outside any compute cgroup", name)
         (d / "allreduce.json").write_text(json.dumps({"nodes": nodes, "addresses": addr, "size_bytes": size_b,
                                                       "rounds": spec.rounds, "files": files}, indent=1))
         flow.record.files = {"allreduce": "allreduce.json", **files}

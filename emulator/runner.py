@@ -391,6 +391,7 @@ def run(args: argparse.Namespace) -> int:
             if computes:
                 compute_svc, whereami = _start_compute(emu, tl, flows_wanted, summary,
                                                        sc.power_config().throttle_share)
+                starter.groups = compute_svc.groups  # the all-reduce's ranks run inside their nodes' groups
 
             def on_step(rec: StepRecord) -> None:
                 s = rec.stats

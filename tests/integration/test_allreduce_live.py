@@ -11,6 +11,7 @@ passes a chunk on only once it has received it), so it cannot take less than
 and ``d_max`` (the longest hop's one-way delay) are computed here from the timeline with networkx, and the
 round times from the nodes' raw records; the bytes each node put on the wire are read from its interfaces.
 The lower bound takes every step at ``d_max``: it holds because the four hops are equally long (asserted).
+The compute services run, and each rank is checked to be in its own node's cgroups (/proc/<pid>/cgroup).
 """
 
 from __future__ import annotations
@@ -91,27 +92,49 @@ def _tx_bytes(emu, node: str) -> int:
     return total
 
 
+def _groups_of(pid: int) -> set[str]:
+    """The cgroup paths of process ``pid`` as the kernel lists them (every hierarchy)."""
+    return {line.split(":", 2)[2] for line in open(f"/proc/{pid}/cgroup").read().splitlines()}
+
+
 def test_ring_allreduce_round_time_within_rate_and_delay_bounds(tmp_path):
     from emulator.api import open_emulation
     from emulator.flows import FlowStarter
     from emulator.traffic.allreduce import summarise_allreduce
+    from emulator.traffic.compute import ComputeServices, node_services
 
     sc = parse_scenario(SCENARIO, "<allreduce-live>")
-    with open_emulation(sc, protocol="shortest-delay", shaper="userspace", run_id=f"t-allred-{os.getpid()}") as emu:
+    run_id = f"t-allred-{os.getpid()}"
+    with open_emulation(sc, protocol="shortest-delay", shaper="userspace", run_id=run_id) as emu:
         emu.goto(0)
         tl = emu.timeline
         rate_mbps, d_max_s, hops_s = ring_bound(tl, RING, 0)
         assert rate_mbps == ISL_MBPS  # the ISLs, not the 1 Gbit/s access links; no link shared by two hops
         assert max(hops_s) < 1.01 * min(hops_s), hops_s  # the premise of the lower bound
         before = {n: _tx_bytes(emu, n) for n in RING}
+        svc = ComputeServices(run_id)  # the nodes' cgroups, as a run has them
         starter = FlowStarter(emu.emulation, tmp_path, 1.0)
         try:
+            svc.start(node_services(emu.emulation))
+            starter.groups = svc.groups
             flow = starter.start(0, sc.traffic[0], 40.0)
+            # each rank is in its own node's groups (cpu and memory), as the kernel says, and nobody else's
+            for name, p in zip(RING, flow.procs, strict=True):
+                deadline = time.monotonic() + 10  # setsid and nsenter exec on to the interpreter
+                while "allreduce" not in open(f"/proc/{p.pid}/cmdline").read() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert "allreduce" in open(f"/proc/{p.pid}/cmdline").read()
+                mine = {g for g in _groups_of(p.pid) if g.endswith(f"/satnetem-{run_id}/{name}")}
+                assert len(mine) == (1 if svc.groups.v2 else 2), (name, _groups_of(p.pid))
+                assert p.pid in svc.groups.pids(name)
+                assert all(p.pid not in svc.groups.pids(other) for other in RING if other != name)
             t0 = time.monotonic()
             for p in flow.procs:
                 p.wait(timeout=max(1.0, 45 - (time.monotonic() - t0)))
         finally:
             starter.stop_all()
+            left = svc.stop()
+        assert not left, left
         after = {n: _tx_bytes(emu, n) for n in RING}
     d = tmp_path / "flows" / sc.traffic[0].label.replace(":", "_")
     logs = {n: (d / f"{n}.log").read_text() for n in RING}
