@@ -66,7 +66,8 @@ stamp="$venv/.satnetem-installed"
 if [ ! -f "$stamp" ] || [ "$here/setup.cfg" -nt "$stamp" ] || [ "$here/install.sh" -nt "$stamp" ]; then
   say "installing satnetem and its Python dependencies into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
-  "$venv/bin/python" -m pip install -q -e "${here}[test]"
+  # cluster: Ray, for the several-host tests on fake hosts (tests/integration/test_cluster_ray.py)
+  "$venv/bin/python" -m pip install -q -e "${here}[test,cluster]"
   touch "$stamp"
 else
   say "Python environment up to date"

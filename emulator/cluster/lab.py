@@ -185,8 +185,19 @@ class FakeHosts:
         return subprocess.run(["nsenter", f"--net={self.path(name)}", "--", *argv], capture_output=True, text=True,
                               timeout=timeout_s, check=False)
 
+    def kill_inside(self) -> list[int]:
+        """Kill every process inside the lab's namespaces (found by namespace, :func:`emulator.clean.find_ours`),
+        the holder excepted, and wait for them; return the pids that survived SIGKILL (none expected)."""
+        from ..clean import find_ours, kill_and_wait
+
+        if self.holder is None:
+            return []
+        pids, _ = find_ours(self.run_id)
+        return kill_and_wait(pids - {self.holder.pid})
+
     def close(self) -> None:
-        """Stop the shaper and the holder: every namespace of the lab goes. Idempotent."""
+        """Stop the shaper, kill what runs inside the lab's namespaces and stop the holder: every namespace of
+        the lab goes. Idempotent."""
         if self.shaper is not None:
             try:
                 self.shaper.close()
@@ -200,6 +211,9 @@ class FakeHosts:
                 pass
         self._ipr = {}
         if self.holder is not None:
+            left = self.kill_inside()  # a process left inside (a Ray node) would keep its namespace alive
+            if left:
+                log.warning("lab %s: processes still alive after SIGKILL: %s", self.run_id, left)
             self.holder.close()
             self.holder = None
 
