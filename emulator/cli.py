@@ -382,6 +382,11 @@ def print_plan(s: dict[str, Any], out_path: Path | None) -> None:
                 print(f"  {'events' if not ev['index'] and not k else '':<15}{line}")
     if "run_needs" in s:
         print(f"  a run needs    {s['run_needs']}")
+    if s.get("placement"):
+        from .cluster.placement import describe_one
+
+        for p in s["placement"]:
+            print(f"  placement      {describe_one(p)}")
     if out_path:
         print(f"  timeline       written to {out_path}")
 
@@ -405,6 +410,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .migration import scenario_migrations
 
     summary["migrations"] = scenario_migrations(sc, tl)  # request flows with policy "best"
+    if args.hosts is not None:  # issue 13: how each placement strategy would split the nodes over hosts
+        from .cluster.placement import summary as placement_summary
+
+        summary["placement"] = placement_summary(tl, args.hosts, seed=sc.seed)
     if args.json:
         if out:
             summary["timeline"] = str(out)
@@ -499,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the summary as JSON")
     pl.add_argument("--pair", action="append", metavar="A,B",
                     help="report predicted delay between these two nodes (repeatable)")
+    pl.add_argument("--hosts", type=int, metavar="H",
+                    help="also place the nodes on H hosts by each strategy (orbital planes kept whole; METIS graph "
+                    "partition) and print the link slots that would cross hosts")
     pl.set_defaults(func=cmd_plan)
 
     for name, helptext, func in (("run", "build the network, play the timeline, probe, write results",

@@ -37,6 +37,7 @@ slot with a far end whether or not it carries traffic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -252,13 +253,25 @@ def _partition(tl: Timeline, n_hosts: int, seed: int) -> np.ndarray:
     return np.asarray(parts.vertex_part, np.int64)
 
 
-def describe(tl: Timeline, n_hosts: int, ground: str = "follow", seed: int = 0) -> list[str]:
-    """One line per strategy: nodes per host and link slots across hosts (what ``plan --hosts`` prints)."""
-    out = []
+def summary(tl: Timeline, n_hosts: int, ground: str = "follow", seed: int = 0) -> list[dict[str, Any]]:
+    """Each strategy's placement of ``tl`` on ``n_hosts`` hosts, as ``plan --hosts --json`` gives it: nodes per
+    host, link slots that ever cross hosts and the most at one step."""
+    out: list[dict[str, Any]] = []
     for strategy in STRATEGIES:
         p = place(tl, n_hosts, strategy, ground, seed)
         c = cross_host_links(tl, p.host_of)
-        nodes = "/".join(str(x) for x in p.nodes_per_host.tolist())
-        out.append(f"{strategy}: nodes per host {nodes}, {c.total} of {tl.n_links} link slots cross hosts "
-                   f"(at most {c.max_at_once} at one step)")
+        out.append({"strategy": strategy, "hosts": int(n_hosts), "nodes_per_host": p.nodes_per_host.tolist(),
+                    "cross_host_slots": c.total, "cross_host_max_at_once": c.max_at_once, "link_slots": tl.n_links})
     return out
+
+
+def describe(tl: Timeline, n_hosts: int, ground: str = "follow", seed: int = 0) -> list[str]:
+    """One line per strategy: nodes per host and link slots across hosts (what ``plan --hosts`` prints)."""
+    return [describe_one(s) for s in summary(tl, n_hosts, ground, seed)]
+
+
+def describe_one(s: dict[str, Any]) -> str:
+    """One line of :func:`describe` from one entry of :func:`summary`."""
+    nodes = "/".join(str(x) for x in s["nodes_per_host"])
+    return (f"{s['strategy']} on {s['hosts']} hosts: nodes per host {nodes}, {s['cross_host_slots']} of "
+            f"{s['link_slots']} link slots cross hosts (at most {s['cross_host_max_at_once']} at one step)")

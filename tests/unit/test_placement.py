@@ -151,8 +151,8 @@ def test_one_host_crosses_nothing_and_describe_prints_each_strategy():
     for s in ("plane", "partition"):
         assert cross_host_links(tl, place(tl, 1, s).host_of).total == 0
     lines = describe(tl, 2)
-    assert lines[0].startswith("plane: nodes per host ") and "8 of " in lines[0]
-    assert lines[1].startswith("partition: ")
+    assert lines[0].startswith("plane on 2 hosts: nodes per host ") and " 8 of 37 link slots" in lines[0]
+    assert lines[1].startswith("partition on 2 hosts: ")
 
 
 @pytest.mark.parametrize("kwargs, what", [({"n_hosts": 0}, "hosts"), ({"n_hosts": True}, "hosts"),
@@ -162,3 +162,43 @@ def test_bad_arguments_are_one_line_config_errors(kwargs, what):
     with pytest.raises(ConfigError) as e:
         place(grid_timeline(), **kwargs)
     assert f"key '{what}'" in str(e.value) and "\n" not in str(e.value)
+
+
+SMALL = """
+name = "small"
+[time]
+start = "2023-07-18T12:00:00Z"
+duration_s = 5
+step_s = 1.0
+[[constellation.shells]]
+name = "s"
+pattern = "delta"
+altitude_km = 550
+inclination_deg = 53
+planes = 10
+sats_per_plane = 10
+phasing = 1
+"""
+
+
+def test_plan_prints_the_cross_host_links_of_each_strategy(tmp_path, capsys):
+    from emulator.cli import main
+
+    sc = tmp_path / "small.toml"
+    sc.write_text(SMALL)
+    assert main(["plan", str(sc), "--hosts", "3", "--json"]) == 0
+    import json
+
+    got = {p["strategy"]: p for p in json.loads(capsys.readouterr().out)["placement"]}
+    plane = got["plane"]
+    # 10 planes of 10 (no ground nodes) in 3 contiguous runs, cut nearest 1/3 and 2/3 of the satellites: 3, 4
+    # and 3 planes; the lasers between runs and the wrap-around from plane 9 to plane 0 cross: 3 x 10
+    assert plane["nodes_per_host"] == [30, 40, 30] and plane["hosts"] == 3
+    assert plane["cross_host_slots"] == 30 and plane["link_slots"] == 200
+    assert got["partition"]["cross_host_slots"] >= 1
+    assert main(["plan", str(sc), "--hosts", "3"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("placement")]
+    assert len(lines) == 2 and "plane on 3 hosts" in lines[0] and "partition on 3 hosts" in lines[1]
+    assert main(["plan", str(sc), "--hosts", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'hosts'" in err and "Traceback" not in err
