@@ -255,7 +255,8 @@ class FakeHosts:
             finally:
                 r.close()
 
-    def _ipr_of(self, node: str) -> Any:
+    def ipr_of(self, node: str) -> Any:
+        """A pyroute2 IPRoute in namespace ``node`` (kept until :meth:`close`), for shapers that want one."""
         ipr = self._ipr.get(node)
         if ipr is None:
             ipr = self._ipr[node] = iproute_in(self.path(node), node)
@@ -265,8 +266,8 @@ class FakeHosts:
         cfg = self.config
         self.shaper, self.shaper_reason = make_shaper(cfg.shaper, cfg.seed)
         hosts = [(self.host_name(h), self.host_path(h)) for h in range(cfg.n_hosts)]
-        self.shaper.prepare_nodes(hosts, self._ipr_of)
+        self.shaper.prepare_nodes(hosts, self.ipr_of)
         shape = LinkShape(delay_ms=float(cfg.delay_ms), rate_mbps=UNDERLAY_RATE_MBPS)
         # held on the sending host's egress (no peer): what leaves ul0, VXLAN frames included, waits delay_ms
         self.shaper.set([(Port(node, path, UNDERLAY_IFNAME, UNDERLAY_IFINDEX), shape) for node, path in hosts],
-                        self._ipr_of)
+                        self.ipr_of)
