@@ -217,6 +217,15 @@ def best_plan(tl: Timeline, protocol: Any, src: str, computes: list[str], steps:
                     score, load)
 
 
+def rule_of(flow: Any) -> BestRule:
+    """The :class:`BestRule` of a ``best`` request flow: its ``stickiness_ms``, ``battery_horizon_s`` and
+    ``battery_penalty_ms`` where given, the defaults elsewhere."""
+    d = BestRule()
+    return BestRule(d.stickiness_ms if flow.stickiness_ms is None else flow.stickiness_ms,
+                    d.horizon_s if flow.battery_horizon_s is None else flow.battery_horizon_s,
+                    d.battery_penalty_ms if flow.battery_penalty_ms is None else flow.battery_penalty_ms)
+
+
 def flow_loads(tl: Timeline, protocol: Any, flows: list[Any], computes: list[str], steps: int
                ) -> tuple[np.ndarray, dict[str, BestPlan]]:
     """The requests per second every request flow sends to each compute node at each step, and the plan of
@@ -244,7 +253,7 @@ def flow_loads(tl: Timeline, protocol: Any, flows: list[Any], computes: list[str
     plans: dict[str, BestPlan] = {}
     for f, on in best_flows:
         plan = best_plan(tl, protocol, f.src, computes, steps, rate_pps=f.rate_pps, work_ms=f.work_ms,
-                         other_rps=load, rtt_ms=rtts[f.src])
+                         other_rps=load, rtt_ms=rtts[f.src], rule=rule_of(f))
         plans[f.label] = plan
         assert plan.load_rps is not None
         load = load + plan.load_rps * on[None, :]

@@ -72,11 +72,16 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
     steps = played_steps(folder, tl)
     names = {n.name: i for i, n in enumerate(tl.nodes)}
     pairs = sorted({(names[f["src"]], names[f["dst"]]) for f in manifest if f["dst"] in names})
-    for f in manifest:
-        for t in f.get("targets", {}):
-            if t in names:
-                pairs.append((names[f["src"]], names[t]))
-    pred = predict(tl, run.get("protocol", "shortest-delay"), sorted(set(pairs)), steps)
+    pred = predict(tl, run.get("protocol", "shortest-delay"), pairs, steps)
+    # a request flow's targets (every compute node under nearest/best): their RTTs all at once, one route
+    # table per step, not predict()'s Dijkstra per pair (4 clients x 50 nodes x 120 steps: 2 s, not 50)
+    from .migration import predicted_rtts
+
+    clients = sorted({f["src"] for f in manifest if f.get("targets") and f["src"] in names})
+    targets = sorted({t for f in manifest for t in f.get("targets", {}) if t in names})
+    req_rtt = ({src: dict(zip(targets, np.where(np.isfinite(a), a, np.nan), strict=True))
+                for src, a in predicted_rtts(tl, run.get("protocol", "shortest-delay"), clients, targets,
+                                             steps).items()} if clients and targets else {})
     from .validity import mark_valid
 
     invalid, _, _ = run_validity(folder, run, tl.step_s)
@@ -136,19 +141,15 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
                     entry.update(summarise_requests(str(d / "requests.csv")))
                 except ConfigError as e:
                     log.warning("%s: %s", f["label"], e)
-            rtts = {}
-            for t_name in f.get("targets", {}):
-                p2 = pred.get((names[f["src"]], names[t_name]))
-                if p2 is not None:
-                    rtts[t_name] = stats(p2.rtt_ms)
-            entry["predicted_network_rtt_ms"] = rtts
+            mine = req_rtt.get(f["src"], {})
+            entry["predicted_network_rtt_ms"] = {t: stats(mine[t]) for t in f.get("targets", {}) if t in mine}
             if (d / "requests.csv").exists():  # network (predicted RTT) + queueing + service
                 from .traffic.service import latency_split
 
-                def rtt_of(target: str, t_unix: np.ndarray, src: str = f["src"]) -> np.ndarray:
-                    p3 = pred.get((names[src], names[target]))
+                def rtt_of(target: str, t_unix: np.ndarray, mine: dict[str, np.ndarray] = mine) -> np.ndarray:
                     _, k = _rel_steps(t_unix, run, tl)
-                    return p3.rtt_ms[np.minimum(k, steps - 1)] if p3 is not None else np.full(len(k), np.nan)
+                    a = mine.get(target)
+                    return a[np.minimum(k, steps - 1)] if a is not None else np.full(len(k), np.nan)
 
                 try:
                     entry["latency_split"] = latency_split(str(d / "requests.csv"), rtt_of)
@@ -158,6 +159,8 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
                 from .migration import summarise_migrations
 
                 entry["migrations"] = summarise_migrations(d / "migrations.csv")
+                if entry["migrations"] and (d / "requests.csv").exists():
+                    entry["migration_cost"] = migration_cost(entry["migrations"], d / "requests.csv")
         elif kind == "matrix":
             from .traffic.matrix import summarise_matrix
 
@@ -185,6 +188,37 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
                             int(sm["seq"][i]), _num(sm["measured_ms"][i]), _num(sm["predicted_ms"][i]),
                             _num(sm["best_ms"][i]), int(sm["valid"][i])])
     return samples, flows
+
+
+def migration_cost(migrations: list[dict[str, Any]], requests_csv: Path) -> dict[str, Any]:
+    """What a flow's migrations cost: how many, bytes moved, transfer time (total and longest), how many
+    were ok or let the users move before their state arrived, and the latency of the requests sent while
+    a transfer was under way against the others' (median, ms; failures counted apart)."""
+    from .traffic import read_records
+
+    rows = read_records(requests_csv, {"t_send_unix_s": float, "ok": lambda v: bool(int(v)),
+                                       "total_ms": lambda v: float(v) if v else np.nan})
+    t = np.array([r["t_send_unix_s"] for r in rows], float)
+    ok = np.array([r["ok"] for r in rows], bool)
+    lat = np.array([r["total_ms"] for r in rows], float)
+    during = np.zeros(len(rows), bool)
+    for m in migrations:
+        a, b = m.get("t_begin_unix_s"), m.get("t_end_unix_s")
+        if a is not None and b is not None:
+            during |= (t >= a) & (t <= b)
+    durations = [float(m["duration_s"]) for m in migrations if m.get("duration_s") is not None]
+
+    def p50(mask: np.ndarray) -> float | None:
+        x = lat[mask & ok]
+        x = x[np.isfinite(x)]
+        return round(float(np.median(x)), 3) if x.size else None
+
+    return {"count": len(migrations), "ok": sum(bool(m.get("ok")) for m in migrations),
+            "switched_before_state": sum(bool(m.get("switched_before_state")) for m in migrations),
+            "bytes": int(sum(m.get("bytes") or 0 for m in migrations)),
+            "transfer_s_total": round(sum(durations), 3), "transfer_s_max": round(max(durations), 3) if durations
+            else None, "requests_during": int(during.sum()), "failed_during": int((during & ~ok).sum()),
+            "latency_p50_during_ms": p50(during), "latency_p50_otherwise_ms": p50(~during)}
 
 
 def _num(x: float) -> str:
@@ -292,22 +326,49 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_allreduce(flows: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """One bar per round of every all-reduce flow (its time, s), with the median: ``allreduce.png``."""
+def plot_allreduce(flows: list[dict[str, Any]], folder: Path, tl: Timeline | None = None,
+                   run: dict[str, Any] | None = None) -> list[Path]:
+    """Every all-reduce flow's rounds, ``allreduce.png``: each round's time (s) as a bar at its start (s from
+    the run's start; by round number without the run's clock), the median, and the spans where a node of
+    the ring was throttled (orange) or stopped (red) by its battery, which a rank inside the node's cgroup
+    feels as a smaller CPU share."""
     import matplotlib.pyplot as plt
+
+    from topologies.power import STOPPED, THROTTLED
 
     done = [f for f in flows if f["kind"] == "allreduce" and f.get("round_s")]
     if not done:
         return []
-    fig, axes = plt.subplots(len(done), 1, figsize=(8, 3 * len(done)), squeeze=False)
+    fig, axes = plt.subplots(len(done), 1, figsize=(9, 3.2 * len(done)), squeeze=False)
+    computes = [tl.nodes[i].name for i in tl.nodes_of("compute")] if tl is not None else []
     for ax, f in zip(axes[:, 0], done):
-        ax.bar(range(len(f["round_s"])), f["round_s"], color="tab:blue")
+        starts = f.get("round_start_unix_s")
+        if run and starts and len(starts) == len(f["round_s"]):
+            x = (np.array(starts) - run["t0_unix"]) * float(run.get("speed", 1.0))
+            ax.bar(x, f["round_s"], width=np.array(f["round_s"]) * float(run.get("speed", 1.0)), align="edge",
+                   color="tab:blue", edgecolor="white", lw=0.3)
+            ax.set_xlabel("round start (s from the run's start; bar width: the round)")
+            if tl is not None and tl.compute_power is not None:
+                spans: dict[tuple[float, float, str, str], list[str]] = {}
+                for name in f["nodes"]:
+                    if name not in computes:
+                        continue
+                    row = computes.index(name)
+                    for code, colour, what in ((THROTTLED, "orange", "throttled"), (STOPPED, "red", "stopped")):
+                        for a, b in _spans(tl.compute_power[row] == code, tl.step_s):
+                            spans.setdefault((a, b, colour, what), []).append(name)
+                for i, ((a, b, colour, what), names) in enumerate(sorted(spans.items())):
+                    ax.axvspan(a, b, color=colour, alpha=0.15, lw=0)
+                    ax.text(a, 0.97 - 0.08 * (i % 4), f" {', '.join(names)} {what}", transform=ax.get_xaxis_transform(),
+                            fontsize=7, va="top")
+        else:
+            ax.bar(range(len(f["round_s"])), f["round_s"], color="tab:blue")
+            ax.set_xlabel("round")
         ax.axhline(f["round_s_p50"], color="k", lw=1, ls="--", label=f"median {f['round_s_p50']:.3f} s")
-        ax.set_xlabel("round")
         ax.set_ylabel("round time (s)")
-        ax.set_title(f"{f['flow']}: ring all-reduce of {f['size_mb']:g} MB among {len(f['nodes'])} nodes"
-                     f"{'' if f['correct'] else ' (WRONG RESULT)'}", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{f['flow']}: ring all-reduce of {f['size_mb']:g} MB among {len(f['nodes'])} nodes, "
+                     f"{f['rounds']} rounds{'' if f['correct'] else ' (WRONG RESULT)'}", fontsize=9)
+        ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     paths = _save(fig, folder, "allreduce")
     plt.close(fig)
@@ -323,8 +384,8 @@ def _spans(mask: np.ndarray, step_s: float) -> list[tuple[float, float]]:
 def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[dict[str, Any]],
                   plots: Path) -> list[Path]:
     """Each request flow's latency over time (one colour per serving node, failures as red crosses), over
-    the served nodes' umbra (grey), throttled (orange) and stopped (red) spans and the state transfers of
-    its migrations (blue): ``requests.png``."""
+    the served nodes' penumbra (light grey), umbra (grey), throttled (orange) and stopped (red) spans and
+    the state transfers of its migrations (blue): ``requests.png``."""
     import matplotlib.pyplot as plt
 
     from topologies.power import STOPPED, THROTTLED
@@ -344,25 +405,36 @@ def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[d
         t = np.array([r["t_send_unix_s"] for r in rows]) - run["t0_unix"]
         t = t * float(run.get("speed", 1.0))
         used = list(dict.fromkeys(r["target"] for r in rows))
+        n_label = 0
         for k, name in enumerate(used):
             on = np.array([r["target"] == name and r["ok"] for r in rows], bool)
             ax.plot(t[on], [rows[i]["total_ms"] for i in np.flatnonzero(on)], ".", ms=3, color=f"C{k}",
                     label=f"served by {name}")
             if name not in computes:
                 continue
+            # the node's shadow and power spans while it served this flow (its first to its last request)
+            sent = t[np.array([r["target"] == name for r in rows], bool)]
+            lo, hi = float(sent.min()), float(sent.max()) + tl.step_s
             j = computes.index(name)
             node = tl.nodes_of("compute")[j]
             sat = tl.peer[np.flatnonzero(tl.link_a == node), 0]
             shades = []
             if tl.sat_sunlight is not None and sat.size and sat[0] >= 0:
-                shades.append((tl.sat_sunlight[int(sat[0])] == 2, "0.6", "umbra"))
+                row = tl.nodes_of("sat").index(int(sat[0]))
+                shades += [(tl.sat_sunlight[row] == 1, "0.8", "penumbra"),
+                           (tl.sat_sunlight[row] == 2, "0.45", "umbra")]
             if tl.compute_power is not None:
                 shades += [(tl.compute_power[j] == THROTTLED, "orange", "throttled"),
                            (tl.compute_power[j] == STOPPED, "red", "stopped")]
             for mask, colour, what in shades:
                 for a, b in _spans(mask, tl.step_s):
-                    ax.axvspan(a, b, color=colour, alpha=0.15, lw=0)
-                    ax.text(a, 1.0, f" {name} {what}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+                    a, b = max(a, lo), min(b, hi)
+                    if a >= b:
+                        continue
+                    ax.axvspan(a, b, color=colour, alpha=0.2, lw=0)
+                    ax.text(a, 0.97 - 0.08 * (n_label % 4), f" {name} {what}", transform=ax.get_xaxis_transform(),
+                            fontsize=7, va="top")
+                    n_label += 1
         bad = np.array([not r["ok"] for r in rows], bool)
         if bad.any():
             ax.plot(t[bad], np.full(bad.sum(), np.nanmax([r["total_ms"] for r in rows] + [1.0])), "x", color="red",
@@ -376,10 +448,123 @@ def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[d
                         transform=ax.get_xaxis_transform(), fontsize=7, color="tab:blue")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("request latency (ms)")
-        ax.set_title(f"{f['flow']}: {f.get('count', 0)} requests, {f.get('failures', 0)} failed", fontsize=9)
+        ax.set_yscale("log")  # tens of ms served, seconds when a node or the host is starved
+        split = f.get("latency_split") or {}
+        parts = [(w, (split.get(f"{w}_ms") or {}).get("p50")) for w in ("network", "queueing", "service")]
+        ax.set_title(f"{f['flow']} ({f['src']}): {f.get('count', 0)} requests, {f.get('failures', 0)} failed"
+                     + ("; p50 " + " + ".join(f"{w} {v:.1f}" for w, v in parts) + " ms"
+                        if all(v is not None for _, v in parts) else ""), fontsize=9)
         ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
     paths = _save(fig, plots, "requests")
+    plt.close(fig)
+    return paths
+
+
+def compute_availability(tl: Timeline, played: int, folder: Path) -> dict[str, Any] | None:
+    """The compute nodes' availability over the played steps, from the plan's power states (what the run
+    enforced each step): ``availability.csv`` (per step: nodes normal, throttled, stopped, and how many of
+    their satellites are sunlit, in penumbra, in umbra) and the summary's ``compute_availability``
+    (node-time shares, the fewest nodes available at a step and when, each node's share of steps
+    available). None without compute nodes or power states."""
+    from topologies.power import NORMAL, STOPPED, THROTTLED
+
+    nodes = tl.nodes_of("compute")
+    if not nodes or tl.compute_power is None or played <= 0:
+        return None
+    power = tl.compute_power[:, :played]
+    sun = None
+    if tl.sat_sunlight is not None:
+        sats = tl.nodes_of("sat")
+        rows = [sats.index(tl.node_index(tl.nodes[c].info["satellite"])) if tl.nodes[c].info.get("satellite")
+                else -1 for c in nodes]
+        if min(rows) >= 0:
+            sun = tl.sat_sunlight[rows, :played]
+    counts = {name: (power == code).sum(axis=0) for name, code in
+              (("normal", NORMAL), ("throttled", THROTTLED), ("stopped", STOPPED))}
+    with open(folder / "availability.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "t_s", "normal", "throttled", "stopped", "sunlit", "penumbra", "umbra"])
+        for k in range(played):
+            light = [int((sun[:, k] == c).sum()) for c in (0, 1, 2)] if sun is not None else ["", "", ""]
+            w.writerow([k, f"{k * tl.step_s:g}", *(int(counts[n][k]) for n in counts), *light])
+    n = len(nodes)
+    low = int(np.argmin(counts["normal"]))
+    share = (power == NORMAL).mean(axis=1)
+    return {"nodes": n, "steps": played,
+            **{f"{name}_pct": round(100.0 * float(c.sum()) / (n * played), 2) for name, c in counts.items()},
+            "fewest_available": int(counts["normal"][low]), "fewest_available_t_s": round(low * tl.step_s, 3),
+            "node_available_pct": {tl.nodes[c].name: round(100.0 * float(x), 1) for c, x in zip(nodes, share)}}
+
+
+def plot_availability(tl: Timeline, played: int, plots: Path, step: int | None = None) -> list[Path]:
+    """``availability.png``: above, a map at ``step`` (default: where the fewest compute nodes are
+    available) of every satellite coloured by its sunlight and of the compute nodes coloured by their share
+    of the run available (normal power state), the marker saying their state at that step; below, how many
+    compute nodes are normal, throttled and stopped at each step. Over the bundled coastlines."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from topologies.power import NORMAL, STOPPED, THROTTLED
+
+    from .basemap import draw_basemap
+
+    nodes = tl.nodes_of("compute")
+    if not nodes or tl.compute_power is None or played <= 0:
+        return []
+    power = tl.compute_power[:, :played]
+    normal = (power == NORMAL).sum(axis=0)
+    k = int(np.argmin(normal)) if step is None else min(max(0, step), played - 1)
+    sats = tl.nodes_of("sat")
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 8.6), gridspec_kw={"height_ratios": [2.2, 1]})
+    draw_basemap(ax)
+    lla = tl.sat_lla[:, k, :]
+    lon = ((lla[:, 1] + 180) % 360) - 180
+    lat = lla[:, 0]
+    handles = []
+    if tl.sat_sunlight is not None:
+        for code, colour, what in ((0, "#e8c34a", "satellite sunlit"), (1, "#b08a5a", "satellite in penumbra"),
+                                   (2, "#3b3b4f", "satellite in umbra")):
+            m = tl.sat_sunlight[:, k] == code
+            ax.plot(lon[m], lat[m], ".", color=colour, ms=3, zorder=1.5)
+            handles.append(Line2D([], [], ls="", marker=".", color=colour, label=what))
+    else:
+        ax.plot(lon, lat, ".", color="#357", ms=2, zorder=1.5)
+    rows = [sats.index(tl.node_index(tl.nodes[c].info["satellite"])) for c in nodes]
+    share = 100.0 * (power == NORMAL).mean(axis=1)
+    for code, marker, what in ((NORMAL, "o", "normal"), (THROTTLED, "s", "throttled"), (STOPPED, "X", "stopped")):
+        m = tl.compute_power[:, k] == code
+        if not m.any():
+            continue
+        sc = ax.scatter(lon[rows][m], lat[rows][m], c=share[m], cmap="RdYlGn", vmin=0, vmax=100, marker=marker,
+                        s=46, edgecolors="k", linewidths=0.6, zorder=3)
+        handles.append(Line2D([], [], ls="", marker=marker, mfc="w", mec="k", label=f"compute node {what} now"))
+    fig.colorbar(sc, ax=ax, fraction=0.025, pad=0.01, label="share of the run available (%)")
+    for kind, marker, colour, what in (("terminal", "o", "darkorange", "user terminal"),
+                                       ("gateway", "^", "green", "gateway")):
+        ids = tl.nodes_of(kind)
+        if ids:
+            ax.plot([tl.nodes[i].info.get("lon_deg", 0) for i in ids], [tl.nodes[i].info.get("lat_deg", 0) for i in ids],
+                    marker, color=colour, ms=5, ls="", zorder=2.5)
+            handles.append(Line2D([], [], ls="", marker=marker, color=colour, label=what))
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xlabel("longitude (deg)")
+    ax.set_ylabel("latitude (deg)")
+    ax.set_title(f"compute nodes at t = {k * tl.step_s:g} s ({tl.time_of(k).strftime('%Y-%m-%d %H:%M:%S')} UTC): "
+                 f"{int(normal[k])} of {len(nodes)} available", fontsize=9)
+    ax.legend(handles=handles, loc="lower left", fontsize=7)
+    t = np.arange(played) * tl.step_s
+    ax2.stackplot(t, [(power == c).sum(axis=0) for c in (NORMAL, THROTTLED, STOPPED)],
+                  colors=["tab:green", "orange", "tab:red"], labels=["normal", "throttled", "stopped"], alpha=0.8)
+    ax2.axvline(k * tl.step_s, color="k", lw=0.8, ls="--")
+    ax2.set_xlim(0, max(t[-1], tl.step_s))
+    ax2.set_ylim(0, len(nodes))
+    ax2.set_xlabel("time (s)")
+    ax2.set_ylabel("compute nodes")
+    ax2.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    paths = _save(fig, plots, "availability")
     plt.close(fig)
     return paths
 
@@ -759,9 +944,14 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
         written += plot_loss(samples, plots, events_s=scheduled_s(tl, played * tl.step_s if tl is not None else None),
                              invalid_s=invalid_u)
         written += plot_error_cdf(samples, plots)
-    written += plot_allreduce(flows, plots)
+    written += plot_allreduce(flows, plots, tl, run)
+    summary.pop("compute_availability", None)
     if tl is not None:
         written += plot_requests(folder, tl, run, flows, plots)
+        avail = compute_availability(tl, played, folder)
+        if avail is not None:
+            summary["compute_availability"] = avail
+            written += plot_availability(tl, played, plots)
     if tl is not None:
         pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))
         if map_at_s:

@@ -372,7 +372,8 @@ class TrafficSpec:
     delay, loss, reordering), ``iperf3-tcp`` / ``iperf3-udp`` (throughput), ``path`` (TTL-limited
     probes recording the path taken), ``request`` (requests to the service on compute nodes; ``dst``
     is the fixed target, or the candidates are all compute nodes for ``nearest``/``round-robin``/``best``;
-    ``best`` is the least predicted RTT among nodes neither throttled nor stopped, moving ``migrate_state_mb``
+    ``best`` is the least score (predicted RTT, time in the node, battery look-ahead; docs/model.md) among
+    nodes neither throttled nor stopped, moving ``migrate_state_mb``
     of state to the next node before its users switch: emulator.migration),
     ``matrix`` (background load between many ``endpoints`` at ``aggregate_mbps`` in all, from a gravity
     model or ``matrix_csv``; see topologies.traffic_matrix; no ``src``/``dst``), ``allreduce`` (a ring
@@ -394,6 +395,12 @@ class TrafficSpec:
     #: kind "request", policy "best": MB of service state sent over TCP from the old compute node to the new
     #: one before its users switch (0: users switch at the planned step with no state to move)
     migrate_state_mb: float = 0.0
+    #: kind "request", policy "best": the choice's weights (emulator.migration.BestRule; None: its defaults
+    #: 10 ms, 300 s, 50 ms): stay on a node within stickiness_ms of the best; a node leaving its normal power
+    #: state within battery_horizon_s scores up to battery_penalty_ms more
+    stickiness_ms: float | None = None
+    battery_horizon_s: float | None = None
+    battery_penalty_ms: float | None = None
     #: kind "matrix": total rate of every pair, Mbit/s (gravity: required; with matrix_csv: scales the file)
     aggregate_mbps: float | None = None
     #: kind "matrix": a src,dst,rate_mbps file instead of the gravity model (relative to the scenario)
@@ -414,6 +421,14 @@ class TrafficSpec:
     def __post_init__(self) -> None:
         if self.kind not in TRAFFIC_KINDS:
             raise ValueError(f"kind must be one of {', '.join(TRAFFIC_KINDS)}; got {self.kind!r}")
+        for key, hi in (("stickiness_ms", 10_000), ("battery_horizon_s", 86_400), ("battery_penalty_ms", 10_000)):
+            v = getattr(self, key)
+            if v is None:
+                continue
+            if self.kind != "request" or self.policy != "best":
+                raise ValueError(f"{key} applies to kind 'request' with policy 'best' only")
+            if not (0 < v if key == "battery_horizon_s" else 0 <= v) or not v <= hi:
+                raise ValueError(f"{key} must be in {'(0' if key == 'battery_horizon_s' else '[0'}, {hi}], got {v}")
         if self.kind != "allreduce":
             for key in ("nodes", "size_mb", "rounds"):
                 if getattr(self, key) not in ((), None):

@@ -232,9 +232,10 @@ def summarise_allreduce(folder: Path) -> dict[str, Any]:
     -------
     dict
         ``nodes``, ``size_mb``, ``rounds_planned``, ``rounds`` (completed by every node), ``round_s`` (per
-        round: the latest end over nodes minus the common start, s), ``round_s_p50``/``round_s_p95``/
-        ``round_s_max``, ``correct`` (every node's result equals the sum) and ``busbw_mbps`` (the
-        bandwidth a link of the ring carried: ``2 (K - 1) / K x S`` over the median round).
+        round: the latest end over nodes minus the common start, s), ``round_start_unix_s`` (that start),
+        ``round_s_p50``/``round_s_p95``/``round_s_max``, ``correct`` (every node's result equals the sum)
+        and ``busbw_mbps`` (the bandwidth a link of the ring carried: ``2 (K - 1) / K x S`` over the median
+        round).
 
     Raises
     ------
@@ -249,14 +250,16 @@ def summarise_allreduce(folder: Path) -> dict[str, Any]:
     conv = {"round": int, "start_unix_s": float, "end_unix_s": float, "max_error": float}
     per_node = [read_records(folder / meta["files"][n], conv) for n in meta["nodes"]]
     done = min((len(r) for r in per_node), default=0)
-    times, correct = [], True
+    times, starts, correct = [], [], True
     for rnd in range(done):
         rows = [r[rnd] for r in per_node]
-        times.append(max(x["end_unix_s"] for x in rows) - min(x["start_unix_s"] for x in rows))
+        starts.append(min(x["start_unix_s"] for x in rows))
+        times.append(max(x["end_unix_s"] for x in rows) - starts[-1])
         correct &= all(x["max_error"] == 0 for x in rows)
     k, size_b = len(meta["nodes"]), meta["size_bytes"]
     out: dict[str, Any] = {"nodes": meta["nodes"], "size_mb": size_b / 1e6, "rounds_planned": meta["rounds"],
-                           "rounds": done, "round_s": [round(t, 4) for t in times], "correct": correct and done > 0}
+                           "rounds": done, "round_s": [round(t, 4) for t in times],
+                           "round_start_unix_s": [round(t, 4) for t in starts], "correct": correct and done > 0}
     if times:
         p50 = float(np.median(times))
         out.update({"round_s_p50": round(p50, 4), "round_s_p95": round(float(np.percentile(times, 95)), 4),

@@ -1,8 +1,11 @@
 """Root test: requests with the ``best`` policy move to the next compute node before the one serving them
 throttles for eclipse, and the service's state crosses the emulated network first (emulator.migration).
 
-Two compute nodes on neighbouring satellites of one plane: dc-a, one ISL hop from the client's satellite,
-is in Earth's shadow with a small battery and throttles after a few seconds; dc-b, two hops away, is sunlit.
+The client is a user terminal (ut-sahara) right under sat-0-5, whose beam stays on it. Two compute nodes on
+neighbouring satellites of that plane: dc-a, one ISL hop from the client's satellite, is in Earth's shadow
+with a small battery and throttles after a few seconds; dc-b, two hops away, is sunlit. The flow sets
+battery_penalty_ms = 0 so that the move comes at the throttle itself (with the default look-ahead the plan
+would serve from dc-b from the start: docs/model.md, "Requests to the best node").
 The plan serves the client from dc-a, then from dc-b; 10 MB of state go from dc-a to dc-b over TCP before
 the client switches. What is checked comes from the run's files and the timeline's arrays: the transfer
 takes between S/R + RTT and 1.5 x S/R + 2 x RTT, with R and RTT of the path computed here (networkx
@@ -44,6 +47,10 @@ inclination_deg = 53
 name = "gs-london"
 lat_deg = 51.5
 lon_deg = -0.13
+[[terminals]]
+name = "ut-sahara"
+lat_deg = 23.2
+lon_deg = 1.9
 [[compute]]
 name = "dc-a"
 satellite = "sat-0-4"
@@ -59,8 +66,9 @@ throttle_share = 0.5
 [[traffic]]
 kind = "request"
 name = "users"
-src = "sat-0-5"
+src = "ut-sahara"
 policy = "best"
+battery_penalty_ms = 0
 rate_pps = 10
 work_ms = 1
 migrate_state_mb = {STATE_MB}

@@ -168,6 +168,24 @@ def test_migrate_state_mb_is_checked(kw):
         TrafficSpec(**args)
 
 
+@pytest.mark.parametrize("kw, key", [({"stickiness_ms": -1}, "stickiness_ms"),
+                                     ({"battery_horizon_s": 0}, "battery_horizon_s"),
+                                     ({"battery_penalty_ms": math.nan}, "battery_penalty_ms"),
+                                     ({"policy": "nearest", "migrate_state_mb": 0, "stickiness_ms": 5},
+                                      "stickiness_ms")])
+def test_best_rule_keys_are_checked(kw, key):
+    args = {"kind": "request", "src": "h", "policy": "best", **kw}
+    with pytest.raises(ValueError, match=key):
+        TrafficSpec(**args)
+
+
+def test_a_flows_keys_set_its_rule():
+    from emulator.migration import BestRule, rule_of
+
+    f = TrafficSpec(kind="request", src="h", policy="best", stickiness_ms=0, battery_penalty_ms=7.5)
+    assert rule_of(f) == BestRule(stickiness_ms=0.0, horizon_s=300.0, battery_penalty_ms=7.5)
+
+
 def test_latency_split_hand_built(tmp_path):
     from emulator.traffic.service import COLUMNS, latency_split
 
