@@ -56,7 +56,7 @@ class LabConfig:
     n_hosts : int
         Fake hosts, 1 .. 200.
     delay_ms : float
-        One-way underlay delay added on each host's egress, ms, in [0, 1000].
+        One-way underlay delay added on each host's egress, ms, in [0, 1000] (0: the underlay is not shaped).
     mtu_bytes : int
         Underlay MTU, bytes: at least 1550 (:data:`~emulator.cluster.vxlan.OVERHEAD_BYTES` above 1500).
     subnet : str
@@ -264,6 +264,9 @@ class FakeHosts:
 
     def _shape(self) -> None:
         cfg = self.config
+        if cfg.delay_ms == 0:  # nothing to add: no shaper (a 0 ms hold would still cost a daemon round trip)
+            self.shaper_reason = "no underlay delay: not shaped"
+            return
         self.shaper, self.shaper_reason = make_shaper(cfg.shaper, cfg.seed)
         hosts = [(self.host_name(h), self.host_path(h)) for h in range(cfg.n_hosts)]
         self.shaper.prepare_nodes(hosts, self.ipr_of)
