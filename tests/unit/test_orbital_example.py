@@ -110,3 +110,56 @@ def test_allreduce_nodes_and_clients_exist(planned):
     assert set(ring.nodes) <= names and len(ring.nodes) == 4
     kinds = {tl.nodes[tl.node_index(f.src)].kind for f in sc.traffic if f.kind == "request"}
     assert kinds <= {"terminal", "host"} and "terminal" in kinds
+
+
+def test_availability_from_the_power_events_and_its_map(planned, tmp_path):
+    import csv
+
+    from emulator.report import compute_availability, plot_availability
+    from topologies.power import power_events
+
+    _, tl = planned
+    avail = compute_availability(tl, tl.n_steps, tmp_path)
+    n = len(tl.nodes_of("compute"))
+    # replay the plan's events node by node: how many are normal at each step
+    state = {tl.nodes[c].name: "normal" for c in tl.nodes_of("compute")}
+    events = power_events(tl)
+    normal = []
+    for k in range(tl.n_steps):
+        for e in events:
+            if e["step"] == k:
+                state[e["node"]] = e["state"]
+        normal.append(sum(v == "normal" for v in state.values()))
+    with open(tmp_path / "availability.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["normal"]) for r in rows] == normal
+    assert all(int(r["normal"]) + int(r["throttled"]) + int(r["stopped"]) == n for r in rows)
+    assert all(int(r["sunlit"]) + int(r["penumbra"]) + int(r["umbra"]) == n for r in rows)
+    assert avail["fewest_available"] == min(normal) < n
+    assert avail["normal_pct"] == pytest.approx(100 * sum(normal) / (n * tl.n_steps), abs=0.01)
+    (png, svg) = plot_availability(tl, tl.n_steps, tmp_path)
+    assert png.name == "availability.png" and png.stat().st_size > 20_000 and svg.is_file()
+
+
+def test_migration_cost_hand_built(tmp_path):
+    from emulator.report import migration_cost
+    from emulator.traffic.service import COLUMNS
+
+    rows = [  # t, seq, target, addr, status, ok, total, service, network, new_conn
+        ("100.0", 0, "a", "x", "200", 1, "50.0", "5.0", "45.0", 0),
+        ("101.0", 1, "a", "x", "200", 1, "90.0", "5.0", "85.0", 0),   # during the transfer
+        ("101.5", 2, "a", "x", "200", 1, "70.0", "5.0", "65.0", 0),   # during
+        ("102.5", 3, "b", "y", "timeout", 0, "", "", "", 0),          # during, failed
+        ("104.0", 4, "b", "y", "200", 1, "40.0", "5.0", "35.0", 0),
+    ]
+    p = tmp_path / "requests.csv"
+    p.write_text(",".join(COLUMNS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    moves = [{"from": "a", "to": "b", "bytes": 5_000_000, "t_begin_unix_s": 100.8, "t_end_unix_s": 102.6,
+              "duration_s": 1.8, "ok": True, "switched_before_state": False},
+             {"from": "b", "to": "c", "bytes": 5_000_000, "t_begin_unix_s": None, "t_end_unix_s": None,
+              "duration_s": None, "ok": False, "switched_before_state": True}]
+    c = migration_cost(moves, p)
+    assert (c["count"], c["ok"], c["switched_before_state"], c["bytes"]) == (2, 1, 1, 10_000_000)
+    assert (c["transfer_s_total"], c["transfer_s_max"]) == (1.8, 1.8)
+    assert (c["requests_during"], c["failed_during"]) == (3, 1)
+    assert c["latency_p50_during_ms"] == 80.0 and c["latency_p50_otherwise_ms"] == 45.0
