@@ -168,6 +168,19 @@ def test_the_shaper_shapes_a_vxlan_end_as_a_veth_end(lab):
     check_rtt(rtts, 20, 2 * (DELAY_MS + link_ms))
 
 
+def test_the_underlay_delay_is_measured_between_fake_hosts(lab):
+    from emulator.cluster.underlay import measure
+
+    paths = measure([lab.address(1), lab.address(2)], count=30, netns=lab.host_path(0))
+    for p in paths:
+        assert p.received == 30, p.describe()
+        # the lab adds DELAY_MS on each host's egress: one way is that, plus the veths and the bridge
+        assert DELAY_MS - EARLY_MS / 2 <= p.one_way_ms <= DELAY_MS + LATE_MIN_MS / 2, p.describe()
+        assert p.jitter_ms >= 0
+    (gone,) = measure(["172.31.213.250"], count=2, netns=lab.host_path(0))  # no host there
+    assert gone.received == 0 and gone.one_way_ms != gone.one_way_ms  # NaN
+
+
 @pytest.mark.parametrize("way", ["moved", "link-netnsid"])
 def test_the_other_ways_to_make_the_device_work_too(lab, way):
     a, _ = make_pair(lab, way.replace("link-", ""), way, 4300 + len(way))
