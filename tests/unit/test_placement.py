@@ -202,4 +202,3 @@ def test_plan_prints_the_cross_host_links_of_each_strategy(tmp_path, capsys):
     assert main(["plan", str(sc), "--hosts", "0"]) == 2
     err = capsys.readouterr().err
     assert "key 'hosts'" in err and "Traceback" not in err
-
