@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,28 @@ def choose(score: np.ndarray, stickiness_ms: float) -> np.ndarray:
     return out
 
 
+def _table_links(table: Any, a: int, b: int) -> list[int] | None:
+    """The links a route table's next hops take from ``a`` to ``b`` (None: no route, or a loop)."""
+    from routing.paths import table_path
+
+    try:
+        nodes, links = table_path(table, a, b)
+    except ValueError:  # a loop: nothing arrives
+        return None
+    return links if nodes else None
+
+
+def _tree_links(nh: np.ndarray, link: np.ndarray, row: dict[int, int], a: int, b: int) -> list[int] | None:
+    """The links of the shortest-path tree towards ``b`` (routing.graph.next_hops) from ``a``."""
+    links, v = [], a
+    while v != b:
+        if nh[row[b], v] < 0:
+            return None
+        links.append(int(link[row[b], v]))
+        v = int(nh[row[b], v])
+    return links
+
+
 def predicted_rtts(tl: Timeline, protocol: Any, srcs: list[str], computes: list[str], steps: int
                    ) -> dict[str, np.ndarray]:
     """Predicted RTT from each client in ``srcs`` to each compute node, ms: ``{src: (n_computes, steps)}``,
@@ -149,7 +172,6 @@ def predicted_rtts(tl: Timeline, protocol: Any, srcs: list[str], computes: list[
     through it, 2-3 s this way)."""
     from routing.base import get_protocol
     from routing.graph import build_graph, next_hops, path_delay_ms
-    from routing.paths import table_path
 
     proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
     centralised = getattr(proto, "kind", "centralised") != "daemon"
@@ -159,31 +181,16 @@ def predicted_rtts(tl: Timeline, protocol: Any, srcs: list[str], computes: list[
     for k in range(min(steps, tl.n_steps)):
         snap = tl.snapshot(k)
         if centralised:
-            table = proto.compute(tl, k, snap)
-
-            def one_way(a: int, b: int) -> float:
-                try:
-                    nodes, links = table_path(table, a, b)
-                except ValueError:  # a loop: nothing arrives
-                    return np.inf
-                return path_delay_ms(snap, links) if nodes else np.inf
+            walk = partial(_table_links, proto.compute(tl, k, snap))
         else:
             dests = np.array(sorted(set(s_idx) | set(c_idx)))
             _, nh, link = next_hops(build_graph(tl.link_a, snap, len(tl.nodes)), dests)
-            row = {int(d): r for r, d in enumerate(dests)}
-
-            def one_way(a: int, b: int) -> float:
-                links, v = [], a
-                while v != b:
-                    if nh[row[b], v] < 0:
-                        return np.inf
-                    links.append(int(link[row[b], v]))
-                    v = int(nh[row[b], v])
-                return path_delay_ms(snap, links)
-
+            walk = partial(_tree_links, nh, link, {int(d): r for r, d in enumerate(dests)})
         for x, si in zip(srcs, s_idx):
             for j, ci in enumerate(c_idx):
-                out[x][j, k] = one_way(si, ci) + one_way(ci, si)
+                there, back = walk(si, ci), walk(ci, si)
+                out[x][j, k] = (np.inf if there is None or back is None
+                                else path_delay_ms(snap, there) + path_delay_ms(snap, back))
     return out
 
 

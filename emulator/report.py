@@ -544,8 +544,8 @@ def plot_availability(tl: Timeline, played: int, plots: Path, step: int | None =
                                        ("gateway", "^", "green", "gateway")):
         ids = tl.nodes_of(kind)
         if ids:
-            ax.plot([tl.nodes[i].info.get("lon_deg", 0) for i in ids], [tl.nodes[i].info.get("lat_deg", 0) for i in ids],
-                    marker, color=colour, ms=5, ls="", zorder=2.5)
+            ax.plot([tl.nodes[i].info.get("lon_deg", 0) for i in ids],
+                    [tl.nodes[i].info.get("lat_deg", 0) for i in ids], marker, color=colour, ms=5, ls="", zorder=2.5)
             handles.append(Line2D([], [], ls="", marker=marker, color=colour, label=what))
     ax.set_xlim(-180, 180)
     ax.set_ylim(-90, 90)
