@@ -227,23 +227,25 @@ def push_slots(interval_s: float, step_s: float) -> int:
     return max(1, int(round(interval_s / step_s)))
 
 
-def next_handover(peer: np.ndarray, now: np.ndarray, step: int, lead_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each slot: the step of its next change of far end within ``lead_steps`` after ``step``, and the
-    node it changes to (-1, -1 where none comes in that window).
+def next_handover(ahead: np.ndarray, now: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each slot: the step of its next change of far end in the window ``ahead``, and the node it
+    changes to (-1, -1 where none comes in the window).
 
     Parameters
     ----------
-    peer : ndarray of int, shape (n_slots, n_steps)
-        The timeline's far node of each slot at each step (-1: none).
+    ahead : ndarray of int, shape (n_slots, n_ahead)
+        The timeline's far node of each slot at steps ``step + 1``, ``step + 2``, ... (-1: none), e.g.
+        ``timeline.peer[slots, step + 1:step + 1 + lead_steps]``.
     now : ndarray of int, shape (n_slots,)
         Far node of each slot now (the applied snapshot's).
-    step, lead_steps : int
+    step : int
+        The step ``now`` is at.
 
-    >>> next_handover(np.array([[5, 5, 6], [5, 5, 5], [5, -1, 6]]), np.array([5, 5, 5]), 0, 2)
+    >>> next_handover(np.array([[5, 6], [5, 5], [-1, 6]]), np.array([5, 5, 5]), 0)
     (array([ 2, -1,  1]), array([ 6, -1, -1]))
     """
-    window = np.asarray(peer)[:, step + 1:step + 1 + max(0, lead_steps)]
-    if window.shape[1] == 0:
+    window = np.asarray(ahead)
+    if window.ndim != 2 or window.shape[1] == 0:
         none = np.full(len(now), -1, np.int64)
         return none, none.copy()
     changed = window != np.asarray(now)[:, None]
@@ -253,36 +255,34 @@ def next_handover(peer: np.ndarray, now: np.ndarray, step: int, lead_steps: int)
     return np.where(has, step + 1 + first, -1).astype(np.int64), to.astype(np.int64)
 
 
-def preform_slots(peer: np.ndarray, now: np.ndarray, up: np.ndarray, spare_at: np.ndarray, step: int,
-                  lead_steps: int) -> np.ndarray:
-    """Which antenna slots' spare pairs to bring into OSPF now, ahead of their handover.
+def preform_slots(ahead: np.ndarray, now: np.ndarray, up: np.ndarray, spare_at: np.ndarray) -> np.ndarray:
+    """Which slots' spare pairs to bring into OSPF now, ahead of their handover.
 
     A slot qualifies when its link is up on a satellite now, the timeline moves it straight to another
-    satellite within ``lead_steps`` (no step without one in between: an antenna that loses its satellite
-    first has no old link to withdraw, and its new one would carry data before its time), and its spare
-    pair is already at that satellite (moved there between steps by the emulator).
+    satellite within the window ``ahead`` (no step without one in between: an antenna that loses its
+    satellite first has no old link to withdraw, and its new one would carry data before its time), and
+    its spare pair is already at that satellite (moved there between steps by the emulator).
 
     Parameters
     ----------
-    peer : ndarray of int, shape (n_slots, n_steps)
-        The timeline's far node of each antenna slot.
+    ahead : ndarray of int, shape (n_slots, n_ahead)
+        The timeline's far node of each slot at the next ``n_ahead`` steps (:func:`next_handover`).
     now : ndarray of int, shape (n_slots,)
         Its far node now.
     up : ndarray of bool, shape (n_slots,)
         Whether its link is up now.
     spare_at : ndarray of int, shape (n_slots,)
         The node holding the far end of its spare pair now (its own gateway when parked).
-    step, lead_steps : int
 
     Returns
     -------
     ndarray of bool, shape (n_slots,)
 
-    >>> preform_slots(np.array([[5, 5, 6], [5, 5, 6], [5, -1, 6], [5, 5, 6]]), np.array([5, 5, 5, 5]),
-    ...               np.array([True, True, True, False]), np.array([6, 7, 6, 6]), 0, 2).tolist()
+    >>> preform_slots(np.array([[5, 6], [5, 6], [-1, 6], [5, 6]]), np.array([5, 5, 5, 5]),
+    ...               np.array([True, True, True, False]), np.array([6, 7, 6, 6])).tolist()
     [True, False, False, False]
     """
-    _, to = next_handover(peer, now, step, lead_steps)
+    _, to = next_handover(ahead, now, 0)
     return (np.asarray(now) >= 0) & np.asarray(up, bool) & (to >= 0) & (to == np.asarray(spare_at))
 
 
@@ -586,8 +586,8 @@ class Ospf(DaemonProtocol):
         due = (step + np.arange(emu.n_nodes)) % slots == 0
         ant = emu.antenna_slots
         if o.handover_lead_s > 0 and len(ant):
-            soon, _ = next_handover(emu.timeline.peer[ant], applied.peer[ant], step,
-                                    int(np.ceil(MIN_LS_INTERVAL_S / emu.timeline.step_s)))
+            within = int(np.ceil(MIN_LS_INTERVAL_S / emu.timeline.step_s))
+            soon, _ = next_handover(emu.timeline.peer[ant, step + 1:step + 1 + within], applied.peer[ant], step)
             ends = np.concatenate([emu.link_a[ant[soon >= 0]], applied.peer[ant[soon >= 0]]])
             due[ends[ends >= 0]] = False
         far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
@@ -623,8 +623,8 @@ class Ospf(DaemonProtocol):
         if o.handover_lead_s > 0 and len(ant):
             lead = int(np.ceil(o.handover_lead_s / emu.timeline.step_s - 1e-9))
             at = emu.spare_at(ant)
-            want = ant[preform_slots(emu.timeline.peer[ant], applied.peer[ant], applied.state[ant] == 0, at, step,
-                                     lead)]
+            want = ant[preform_slots(emu.timeline.peer[ant, step + 1:step + 1 + lead], applied.peer[ant],
+                                     applied.state[ant] == 0, at)]
             want = np.setdiff1d(want, np.asarray(skip, np.int64))
         up = emu.hold_spares_up(want)  # the emulator skips parked spares
         new = {int(l): int(n) for l, n in zip(up.tolist(), emu.spare_at(up).tolist())}

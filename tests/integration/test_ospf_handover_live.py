@@ -4,7 +4,7 @@ A gateway with one antenna moves from one satellite to the next at a step. Witho
 new satellite formed ahead of the switch, the gateway originates its router-LSA twice within
 MinLSInterval (RFC 2328, 5 s, a constant in BIRD): once at the switch, withdrawing the old link, and
 once a hello later, adding the new adjacency; the second waits out the 5 s, and the gateway is cut off
-for ~4 s (measured 3.5-5.7 s). With ``handover_lead_s`` the spare pair is in OSPF at cost 65535
+for ~4 s or more (measured 3.5-6.4 s). With ``handover_lead_s`` the spare pair is in OSPF at cost 65535
 ``handover_lead_s`` before the switch, so the first withdrawal already leaves a path.
 
 The bound on the outage, derived: with both ends' LSAs listing the new link before the switch, the

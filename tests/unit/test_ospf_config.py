@@ -335,10 +335,12 @@ def test_preform_slots_equals_the_loop_it_stands_for():
         up = rng.random(n) < 0.8
         spare_at = rng.integers(-1, 3, size=n)
         lead = int(rng.integers(0, 5))
-        got = preform_slots(peer, now, up, spare_at, step, lead).tolist()
+        got = preform_slots(peer[:, step + 1:step + 1 + lead], now, up, spare_at).tolist()
         assert got == _preform_by_hand(peer, now, up, spare_at, step, lead), (peer, now, up, spare_at, step, lead)
-    when, to = next_handover(np.array([[4, 4, 4, 7]]), np.array([4]), 0, 2)
+    when, to = next_handover(np.array([[4, 4, 4, 7]])[:, 1:3], np.array([4]), 0)
     assert (when.tolist(), to.tolist()) == ([-1], [-1])  # the change at step 3 is beyond the 2-step lead
+    when, to = next_handover(np.array([[4, 4, 4, 7]])[:, 3:], np.array([4]), 2)
+    assert (when.tolist(), to.tolist()) == ([3], [7])
 
 
 def test_spare_brought_up_ahead_is_kept_out_of_the_kernel(tmp_path):
