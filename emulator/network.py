@@ -431,8 +431,11 @@ class Emulation:
         # 3. routes, sent from a thread while this one shapes the links that keep their pair (2.). The
         # sends run in C without the interpreter lock (rtnl.run_packed_many), the shaping is Python: at
         # 10^4 satellites ~60 ms of route sends and ~20 ms of shaping a step, no longer one after the other.
+        # The shaping starts once the route thread's own Python is done (held), not interleaved with it.
         installer = _Installer(self, table) if table is not None else None
         try:
+            if installer is not None:
+                installer.held.wait()
             self._shape(np.setdiff1d(d.param_links, switched), shaped)
             stats.timings_ms["params"] = _ms(t2)
         finally:
@@ -1124,10 +1127,11 @@ class Emulation:
         rows, routers = rows[order], routers[order]
         return rows, routers, want_nh[rows, routers], want_link[rows, routers]
 
-    def _install_routes(self, table: RouteTable) -> tuple[int, int]:
+    def _install_routes(self, table: RouteTable, held: Callable[[], None] | None = None) -> tuple[int, int]:
         """Bring the kernel's routes to ``table``: the changed ones, as RTM_NEWROUTE (replace) or
         RTM_DELROUTE. A route with several next hops (a multipath table) is one RTM_NEWROUTE with
-        RTA_MULTIPATH.
+        RTA_MULTIPATH. ``held`` is called once this call's Python work is done but for the error reports
+        and the rare one-at-a-time routes: when the bulk sends start, or at the latest on return.
 
         Single-next-hop routes and deletions, nearly all of them, are packed as numpy records (no Python
         code per route) and sent without acknowledgements (:func:`rtnl.run_packed_many`); the first
@@ -1155,7 +1159,8 @@ class Emulation:
             if not owners:
                 continue
             fails = rtnl.run_packed_many([self._rtnl[r] for r in owners], msgs, starts,
-                                         ignore=(errno.ESRCH,) if part == "del" else ())
+                                         ignore=(errno.ESRCH,) if part == "del" else (), held=held)
+            held = None
             n_fail += len(fails)
             if fails and failure is None:
                 row, err, i = fails[0]
@@ -1284,20 +1289,26 @@ class _RoutePack:
 
 class _Installer:
     """:meth:`Emulation._install_routes` of one table in a thread; :meth:`join` returns its counts or
-    raises its error."""
+    raises its error. :attr:`held` is set when the thread's own Python work is done and its sends run
+    in C without the interpreter lock (or when it ended): the caller's Python waits for it, so the two
+    do not take turns on the interpreter lock (at 10^4 satellites its ~5 ms of socket bookkeeping took
+    10-50 ms while the caller's shaping ran)."""
 
     def __init__(self, emu: Emulation, table: RouteTable) -> None:
         self._result: tuple[int, int] = (0, 0)
         self._error: BaseException | None = None
+        self.held = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(emu, table), name="satnetem-routes",
                                         daemon=True)
         self._thread.start()
 
     def _run(self, emu: Emulation, table: RouteTable) -> None:
         try:
-            self._result = emu._install_routes(table)
+            self._result = emu._install_routes(table, self.held.set)
         except BaseException as e:  # handed to join(), in the step's thread
             self._error = e
+        finally:
+            self.held.set()
 
     def join(self) -> tuple[int, int]:
         self._thread.join()

@@ -23,6 +23,7 @@ import socket
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,7 +477,8 @@ class _Pool:
 
 
 def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
-                    ignore: tuple[int, ...] = ()) -> list[tuple[int, int, int]]:
+                    ignore: tuple[int, ...] = (),
+                    held: Callable[[], None] | None = None) -> list[tuple[int, int, int]]:
     """Send ``msgs[starts[i]:starts[i + 1]]`` on ``handles[i]``, for every i, without acknowledgements.
 
     rtnetlink handles a request inside ``send``, in the sending thread, and reports a failure with an
@@ -490,11 +492,38 @@ def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
     kernel's (10.7k satellites, ~28k routes in ~7,300 namespaces: 440 ms with a record array per
     namespace, 230 ms so).
 
+    ``held``, if given, is called once, as soon as every sending thread holds the sockets of its first
+    group and is about to send from C without the interpreter lock: from then on the caller's other
+    threads can run Python without slowing this call's own Python down (see ``emulator.network``).
+    It is called in any case before this returns or raises.
+
     Returns
     -------
     list of (row, errno, i)
         The failures: ``row`` indexes ``msgs`` (-1: reports lost to a full receive buffer), ``i`` the handle.
     """
+    once = _Once(held)
+    try:
+        return _run_packed_many(handles, msgs, starts, ignore, once)
+    finally:
+        once()
+
+
+class _Once:
+    """A callable running ``fn`` at its first call only (thread-safe); ``fn`` None: nothing."""
+
+    def __init__(self, fn: Callable[[], None] | None) -> None:
+        self._fn, self._lock = fn, threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
+
+
+def _run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray, ignore: tuple[int, ...],
+                     held: _Once) -> list[tuple[int, int, int]]:
     n = len(msgs)
     if n == 0:
         return []
@@ -518,25 +547,41 @@ def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
     # p95 111-113 -> 94-95 ms with two). From Python a second thread would only wait for the interpreter.
     nthreads = send_threads() if send_many is not None else 1
 
-    def send_range(a: int, b: int) -> None:
+    def send_range(a: int, b: int, first_held: Callable[[], None]) -> None:
         for k in range(a, b, size_g):
             group = items[k:min(k + size_g, b)]
             if send_many is not None:
-                _send_group_c(send_many, group, raw, bounds_a[k:k + len(group) + 1], buf, size, ignore, failures)
+                _send_group_c(send_many, group, raw, bounds_a[k:k + len(group) + 1], buf, size, ignore, failures,
+                              first_held if k == a else None)
             else:
+                held()
                 _send_group(group, buf, size, ignore, failures)
 
     if nthreads <= 1 or len(items) < 2 * _POLL_GROUP:
-        send_range(0, len(items))
+        send_range(0, len(items), held)
         return failures
     cuts = [j * (len(items) // nthreads) for j in range(nthreads)] + [len(items)]
     errs: list[BaseException] = []
+    # ``held`` once every thread holds its first group's sockets (Python) and sends (C): counted down, never
+    # waited for (two threads may share a socket, whose lock the first keeps until its sends are done)
+    left = [nthreads]
+    count_lock = threading.Lock()
+
+    def arrived() -> None:
+        with count_lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            held()
 
     def part(a: int, b: int) -> None:
+        mine = _Once(arrived)
         try:
-            send_range(a, b)
+            send_range(a, b, mine)
         except BaseException as e:  # raised below, in the caller's thread
             errs.append(e)
+        finally:
+            mine()
     ts = [threading.Thread(target=part, args=(cuts[j], cuts[j + 1])) for j in range(1, nthreads)]
     for t in ts:
         t.start()
@@ -582,12 +627,13 @@ def _c_sender() -> Any:
 
 def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]], raw: np.ndarray,
                   bounds: np.ndarray, buf: memoryview, size: int, ignore: tuple[int, ...],
-                  failures: list[tuple[int, int, int]]) -> None:
+                  failures: list[tuple[int, int, int]], on_held: Callable[[], None] | None = None) -> None:
     """:func:`_send_group` with the sends and the poll made in C, without the interpreter lock.
 
     ``raw`` is the bytes of every message of the call (``buf`` views it); ``bounds`` holds the byte
     offsets of the group's slices (one more than ``items``). A slice of more than a batch goes
-    through :meth:`Rtnl._send_raw` as before, reading reports between batches."""
+    through :meth:`Rtnl._send_raw` as before, reading reports between batches. ``on_held`` is called
+    once the group's sockets are held, before the sends."""
     held: list[tuple[_Conn | None, socket.socket, int]] = []
     step = _BATCH * size
     fds = np.empty(len(items), np.int32)
@@ -603,6 +649,8 @@ def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]]
         hi_c[big] = lo[big]  # sent below, from Python
         readable = np.zeros(len(items), np.uint8)
         errs = np.zeros(len(items), np.int32)
+        if on_held is not None:
+            on_held()
         r = send_many(len(items), fds.ctypes.data, raw.ctypes.data, lo.ctypes.data, hi_c.ctypes.data,
                       readable.ctypes.data, errs.ctypes.data)
         if r < 0:

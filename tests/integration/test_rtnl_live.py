@@ -111,3 +111,39 @@ def test_two_sending_threads(two_namespaces, monkeypatch):
         assert routes_in(ns0) == {f"{ipaddress.IPv4Address(int(d))}/24" for k, d in enumerate(dst) if k not in bad}
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_held_is_called_once_when_the_sends_start(two_namespaces, sender, threads, monkeypatch):
+    """``held`` (the caller's signal that this call's Python is done) runs exactly once: from one thread after
+    the sockets are held and before the first send (the kernel, read with `ip route` from inside the callback,
+    has none of the routes yet); from two when both hold their sockets. Once too when the call fails."""
+    monkeypatch.setenv("SATNETEM_RTSEND_THREADS", threads)
+    monkeypatch.setattr(rtnl, "_POLL_GROUP", 1)  # two namespaces are enough for two threads
+    ifindex = [int(subprocess.run(["ip", "-n", ns, "-o", "link", "show", "a0"], capture_output=True, text=True,
+                                  check=True).stdout.split(":")[0]) for ns in two_namespaces]
+    n = 600  # per namespace
+    dst = np.array([ip("172.16.0.0") + 256 * k for k in range(n)] * 2)
+    msgs = rtnl.route_msgs(dst, np.full(2 * n, 24), np.full(2 * n, ip("10.0.0.2")), np.repeat(ifindex, n),
+                           np.full(2 * n, ip("10.9.0.1")))
+    handles = [rtnl.Rtnl(f"/run/netns/{ns}", ns) for ns in two_namespaces]
+    seen: list[int] = []
+    try:
+        def held() -> None:
+            seen.append(sum(len(routes_in(ns)) for ns in two_namespaces))
+        assert rtnl.run_packed_many(handles, msgs, np.array([0, n, 2 * n]), held=held) == []
+        assert len(seen) == 1 and all(len(routes_in(ns)) == n for ns in two_namespaces)
+        if threads == "1" or sender == "python":
+            assert seen == [0]
+        calls: list[int] = []
+        gone = rtnl.Rtnl(f"/run/netns/t-rtnl-{os.getpid()}-gone", "gone")  # no such namespace: holding it fails
+        try:
+            with pytest.raises(Exception, match="gone"):
+                rtnl.run_packed_many([handles[0], gone], msgs.copy(), np.array([0, n, 2 * n]),
+                                     held=lambda: calls.append(1))
+        finally:
+            gone.close()
+        assert calls == [1]
+    finally:
+        for h in handles:
+            h.close()
