@@ -516,7 +516,7 @@ class Emulation:
 
     @property
     def antenna_slots(self) -> np.ndarray:
-        """Link slots of gateway antennas (the slots with a spare veth pair), sorted."""
+        """Link slots with a spare veth pair (gateway antennas and cross-shell laser slots), sorted."""
         return self._antennas
 
     def spare_at(self, slots: Any) -> np.ndarray:
