@@ -537,6 +537,11 @@ class LiveEmulation(Experiment):
             _check_number("speed", speed, 0.01, 100)
         self.speed = float(speed) if speed is not None else scenario.emulation.speed
         self.records: list[Any] = []  # the clock's StepRecords of every run()
+        #: the line of the part that died (a delay-daemon shard, the namespace holder, a routing daemon, an
+        #: interface deleted from outside): once set, every call that moves the network raises it
+        self.fault: str | None = None
+        self._checks: list[Any] = []
+        self._link_watch: Any = None
         self._old_signals: dict[int, Any] = {}
         self.compute: Any = None  # the compute nodes' services once start_compute() ran
         self._whereami: Any = None
@@ -554,6 +559,11 @@ class LiveEmulation(Experiment):
         try:
             log.info("building %d nodes and %d links (%s)", len(timeline.nodes), timeline.n_links, self.shaper_reason)
             self.emulation.build()
+            from .watchdog import holder_alive, link_deletions, routing_daemons_alive, shards_alive
+
+            link_check, self._link_watch = link_deletions(self.emulation, self.names)
+            self._checks = [shards_alive(sh), holder_alive(getattr(self.emulation, "holder", None)), link_check,
+                            routing_daemons_alive(protocol)]
         except BaseException:
             self.close()
             raise
@@ -577,10 +587,25 @@ class LiveEmulation(Experiment):
         return None if self.emulation.daemon_driven else self.emulation.routes
 
     def cli(self) -> None:
-        """Mininet's CLI on the constellation (node names work as addresses); the clock stands still."""
+        """Mininet's CLI on the constellation (node names work as addresses); the clock stands still. A part
+        of the emulation found dead at a command ends the CLI (see :attr:`fault`)."""
         from .runner import _constellation_cli
 
-        _constellation_cli(self.emulation.net, self.emulation)
+        self._check_open()
+        _constellation_cli(self.emulation.net, self.emulation, self._health)
+
+    def _health(self) -> str | None:
+        """The first part found dead now (kept in :attr:`fault`), or None."""
+        if self.fault is None and self._checks:
+            from .watchdog import Watchdog
+
+            self.fault = Watchdog(self._checks, lambda line: None).check_now()
+        return self.fault
+
+    def _check_open(self) -> None:
+        super()._check_open()
+        if self._health():
+            raise SatnetemError(f"emulation stopped: {self.fault}; close() it")
 
     def start_compute(self, work_ms: float = 5.0) -> Any:
         """Start every compute node's service with its capacity (:mod:`emulator.traffic.compute`); from
@@ -653,8 +678,26 @@ class LiveEmulation(Experiment):
         pb = Playback(self.timeline.step_s, self._step, last, self._apply_on_clock,
                       float(speed) if speed is not None else self.speed, ahead=self.emulation.prepare_ahead,
                       settle=self.emulation.settle)
-        records = pb.run()
-        self.records += records
+        from .watchdog import Watchdog
+
+        # as the runner does: checked every 0.2 s while the clock plays; a dead part stops the clock and
+        # run() raises its line (the script's own thread may be blocked in run() for hours)
+        watchdog = Watchdog(self._checks, lambda line: pb.stop())
+        watchdog.start()
+        try:
+            records = pb.run()
+        except (SatnetemError, OSError) as e:  # a step failed: the dead part that made it fail, if any
+            watchdog.stop()
+            self.fault = watchdog.fault or watchdog.check_now()
+            if self.fault is None:
+                raise
+            raise SatnetemError(f"emulation stopped: {self.fault}") from e
+        finally:
+            watchdog.stop()
+            self.records += pb.records
+        if watchdog.fault is not None:
+            self.fault = watchdog.fault
+            raise SatnetemError(f"emulation stopped: {self.fault}")
         return records
 
     def close(self) -> None:
@@ -667,6 +710,8 @@ class LiveEmulation(Experiment):
                 self._whereami.close()
             if self.compute is not None:
                 self.compute.stop()
+            if self._link_watch is not None:  # before the teardown deletes every interface
+                self._link_watch.close()
             self.emulation.stop()
             self.emulation.shaper.close()
         finally:

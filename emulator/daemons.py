@@ -417,6 +417,21 @@ class BirdDaemons:
         with BirdControl(self.ctl_path(node), node, timeout_s) as c:
             return c.command(command)
 
+    def ended(self) -> str | None:
+        """None while every daemon started runs; else a line naming the first one found ended and how (its
+        routes stay in the kernel, frozen, while the links change). ``Popen.poll`` is a few microseconds
+        per daemon."""
+        if self._stopped:
+            return None
+        for name, p in list(self.procs.items()):
+            rc = p.poll()
+            if rc is not None and not self._stopped:
+                how = f"killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.valid_signals() \
+                    else f"status {rc}"
+                return (f"BIRD daemon of {name} (pid {p.pid}) has ended ({how}): {name}'s routes are no longer "
+                        f"kept")
+        return None
+
     @property
     def pids(self) -> dict[str, int]:
         """Process id of each node's daemon."""

@@ -441,7 +441,15 @@ def run(args: argparse.Namespace) -> int:
 
                 def start(i: int = i, f: TrafficSpec = f, dur: float = dur, sched: Any = sched,
                           moves: Any = moves) -> None:
-                    starter.start(i, f, max(1.0, dur), sched)
+                    if f.start_s > 0:  # on a timer's thread: an error here would end only the thread
+                        try:
+                            starter.start(i, f, max(1.0, dur), sched)
+                        except (SatnetemError, OSError) as e:
+                            why = str(e) if isinstance(e, SatnetemError) else f"{type(e).__name__}: {e}"
+                            _say(f"traffic: flow {f.label} could not start at {f.start_s:g} s: {one_line(why)}")
+                            return
+                    else:
+                        starter.start(i, f, max(1.0, dur), sched)
                     if moves is not None:
                         migrators.append(moves)
                         moves.start()
@@ -452,13 +460,21 @@ def run(args: argparse.Namespace) -> int:
                     timers[-1].start()
                 else:
                     start()
-            from .watchdog import Watchdog, holder_alive, shards_alive
+            from .watchdog import (
+                Watchdog,
+                holder_alive,
+                results_space,
+                routing_daemons_alive,
+                shards_alive,
+                traffic_alive,
+            )
 
             def on_fault(line: str, stop_clock: Any = playback.stop) -> None:
                 _say(f"run stopped: {line}")
                 stop_clock()
 
-            watchdog = Watchdog([shards_alive(shaper), holder_alive(getattr(emu, "holder", None)), link_check],
+            watchdog = Watchdog([shards_alive(shaper), holder_alive(getattr(emu, "holder", None)), link_check,
+                                 routing_daemons_alive(protocol), traffic_alive(starter, _say), results_space(out)],
                                 on_fault)
             watchdog.start()
             playback.run(t0)
@@ -509,7 +525,10 @@ def run(args: argparse.Namespace) -> int:
             except SatnetemError as e:
                 log.warning("last link counter sample failed: %s", e)
             loadlog.close()
-        steps_csv.close()
+        try:
+            steps_csv.close()
+        except OSError as e:  # a full disk: the watchdog said so (the rows before are on disk)
+            log.info("steps.csv: %s", e)
         try:  # the backend's own account (the userspace daemon's release times), for reading delay errors
             if counters := shaper.stats():
                 counters.pop("late_hist", None)  # 2,201 bins: the quantiles say it
@@ -528,7 +547,11 @@ def run(args: argparse.Namespace) -> int:
         summary["teardown_s"] = round(time.monotonic() - t, 2)
         if playback is not None:
             summary["lateness"] = playback.lateness_summary()
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        try:
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        except OSError as e:  # a full disk: what the run measured is on disk; the summary can be rebuilt
+            _say(f"summary.json not written ({e.strerror}): 'satnetem report {out}' rebuilds it from the folder "
+                 f"once there is room")
         signals.restore()
     try:
         from .report import report
@@ -657,9 +680,13 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     _say(f"  results: {out}")
 
 
-def _constellation_cli(net: Any, emu: Any) -> None:
+def _constellation_cli(net: Any, emu: Any, fault: Any = None) -> None:
     """Mininet's CLI, taught our node names: they contain '-', which Python's cmd module does not treat
-    as part of a command word, and a node name after the command is replaced by its address."""
+    as part of a command word, and a node name after the command is replaced by its address.
+
+    ``fault`` (optional): a callable returning the watchdog's line once a part of the emulation died; the
+    CLI then ends at the next command or Enter (it waits on the terminal, so it cannot end sooner; the
+    watchdog printed the line and stopped the clock when it saw the fault)."""
     from mininet.cli import CLI
     from mininet.log import lg
 
@@ -668,6 +695,12 @@ def _constellation_cli(net: Any, emu: Any) -> None:
     class ConstellationCLI(CLI):
         identchars = CLI.identchars + "-"
         prompt = "satnetem> "
+
+        def precmd(self, line: str) -> str:
+            if fault is not None and (why := fault()):
+                _say(f"the emulation stopped ({why}): tearing down")
+                return "exit"
+            return line
 
         def default(self, line: str) -> None:
             first, args, line = self.parseline(line)
@@ -700,6 +733,8 @@ def interactive(args: argparse.Namespace) -> int:
     _say(f"shaper: {why}")
     emu = None
     playback = None
+    watchdog: Any = None
+    link_watch: Any = None
     signals = _Signals()
     try:
         with signals.raising():
@@ -707,22 +742,49 @@ def interactive(args: argparse.Namespace) -> int:
                             run_id=getattr(args, "run_id", None))
             emu.queue_packets = dict(sc.emulation.queue_packets)
             emu.build()
+            from .watchdog import Watchdog, holder_alive, link_deletions, routing_daemons_alive, shards_alive
+
+            link_check, link_watch = link_deletions(emu, [n.name for n in tl.nodes])
             playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead,
                                 settle=emu.settle)
-            th = threading.Thread(target=playback.run, name="satnetem-clock", daemon=True)
+
+            def on_fault(line: str, stop_clock: Any = playback.stop) -> None:
+                # the user is at the prompt: said now, the clock stopped; the CLI ends at the next command
+                _say(f"\nrun stopped: {line}; the clock is stopped: Enter ends the emulation")
+                stop_clock()
+
+            watchdog = Watchdog([shards_alive(shaper), holder_alive(getattr(emu, "holder", None)), link_check,
+                                 routing_daemons_alive(protocol)], on_fault)
+
+            def clock(pb: Playback = playback, wd: Any = watchdog) -> None:
+                try:
+                    pb.run()
+                except (SatnetemError, OSError) as e:  # a step failed: on this thread, said as a fault
+                    wd.stop()
+                    if wd.fault is None:
+                        wd.fault = wd.check_now() or one_line(str(e) if isinstance(e, SatnetemError) else
+                                                              f"{type(e).__name__}: {e}")
+                        on_fault(wd.fault)
+
+            th = threading.Thread(target=clock, name="satnetem-clock", daemon=True)
+            watchdog.start()
             th.start()
             _say(f"clock running ({tl.n_steps} steps of {tl.step_s:g} s at speed {speed:g}); "
                  f"nodes: e.g. {', '.join(n.name for n in tl.nodes[-4:])}. 'exit' ends the emulation.")
-            _constellation_cli(emu.net, emu)
+            _constellation_cli(emu.net, emu, lambda wd=watchdog: wd.fault)
     finally:
         signals.hold()
+        if watchdog is not None:
+            watchdog.stop()
         if playback is not None:
             playback.stop()
+        if link_watch is not None:  # before the teardown deletes every interface
+            link_watch.close()
         if emu is not None:
             emu.stop()
         shaper.close()
         signals.restore()
-    return 0
+    return 1 if watchdog is not None and watchdog.fault else 0
 
 
 def main() -> None:  # pragma: no cover - convenience for python -m emulator.runner

@@ -266,6 +266,12 @@ class HostMonitor:
             return None
 
     def _loop(self) -> None:
+        try:
+            self._write()
+        except OSError as e:  # a full disk: the run's watchdog stops it and says so; the rows before stay
+            log.info("monitor: %s; stopped writing %s", e, self.path.name)
+
+    def _write(self) -> None:
         with open(self.path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(MONITOR_COLUMNS)

@@ -1,16 +1,20 @@
 """Stop a run whose delays or routes can no longer be guaranteed, instead of letting it go on silently.
 
 A run depends on processes it started and cannot replace in the middle: the delay daemon's shards (each
-holds the packets of its namespaces and applies their links' delays) and the namespace holder (its bind
-mounts keep the nodes' namespaces alive). If one dies, whether killed from outside or crashed, packets
-are no longer delayed as the timeline says, or nodes vanish; a step may only notice it much later (the
-next change on one of the shard's links) or never. :class:`Watchdog` checks them every ``interval_s``
-(0.2 s: a dead part is noticed well within the 2 s a run has to stop) and calls ``on_fault`` once with
-one line saying what died; the runner then stops the clock, tears down and marks the run incomplete.
+holds the packets of its namespaces and applies their links' delays), the namespace holder (its bind
+mounts keep the nodes' namespaces alive), a daemon-driven protocol's routing daemons (a killed BIRD's
+routes stay in its namespace, frozen, while the links change under them) and the traffic programs (their
+samples are the run's result); and on room in the results folder. If one dies, whether killed from
+outside or crashed, packets are no longer delayed or routed as the timeline says, nodes vanish or samples
+stop; a step may only notice it much later (the next change on one of the shard's links) or never.
+:class:`Watchdog` checks them every ``interval_s`` (0.2 s: a dead part is noticed well within the 2 s a
+run has to stop) and calls ``on_fault`` once with one line saying what died; the runner then stops the
+clock, tears down and marks the run incomplete.
 
-A check is a callable returning None while all is well, else the line. The checks read ``/proc`` or a
-child's exit status (``Popen.poll``), or drain one netlink socket (:class:`LinkWatch`: an interface of a
-node deleted from outside the run): microseconds each, whatever the constellation's size.
+A check is a callable returning None while all is well, else the line. The checks read ``/proc``,
+``statvfs`` or a child's exit status (``Popen.poll``, a few microseconds: one per traffic program and
+routing daemon), or drain one netlink socket (:class:`LinkWatch`: an interface of a node deleted from
+outside the run).
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,87 @@ def holder_alive(holder: Any) -> Check | None:
         if rc is not None:
             return (f"the namespace holder (pid {holder.pid}) has ended (status {rc}): the nodes' namespaces "
                     f"went with it")
+        return None
+
+    return check
+
+
+def routing_daemons_alive(protocol: Any) -> Check | None:
+    """A check that a daemon-driven protocol's daemons still run (its ``health()``,
+    :meth:`routing.daemon.DaemonProtocol.health`), or None for a protocol the emulator computes itself."""
+    health = getattr(protocol, "health", None)
+    return health if callable(health) else None
+
+
+def _program(args: Any) -> str:
+    """The program a node's ``popen`` ran: ``ping`` out of ``setsid nsenter --net=... -- stdbuf -oL ping ...``,
+    ``udpprobe`` out of ``python -m emulator.traffic.udpprobe``."""
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    if "--" in argv:
+        argv = argv[argv.index("--") + 1:]
+    while argv and os.path.basename(argv[0]) in ("stdbuf", "setsid", "nsenter"):
+        argv = argv[1:]
+        while argv and argv[0].startswith("-"):
+            argv = argv[1:]
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+    return os.path.basename(argv[0]) if argv else "?"
+
+
+def traffic_alive(starter: Any, note: Callable[[str], None]) -> Check | None:
+    """A check on the programs of the scenario's traffic (``starter.flows``, :class:`emulator.flows.Flow`,
+    read afresh each time: flows with a ``start_s`` join later).
+
+    A program killed by a signal while the run plays was killed from outside (the run stops its programs
+    only after the watchdog: SIGINT, then SIGKILL in the teardown; node programs run in their own session,
+    so a Ctrl-C at the terminal does not reach them): its flow's samples end there, unnoticed but for a
+    loss figure, so that is a fault. A program that exits on its own before its flow's end (``ping`` finding
+    no route when it starts, ``iperf3`` refused) has measured what it could; that is said once in a line
+    (``note``), and the run goes on."""
+    if starter is None:
+        return None
+    seen: set[int] = set()
+
+    def check() -> str | None:
+        now = time.time()
+        for fl in list(starter.flows):
+            for p in list(fl.procs):
+                if p.pid in seen:
+                    continue
+                rc = p.poll()
+                if rc is None:
+                    continue
+                seen.add(p.pid)
+                rec, prog = fl.record, _program(p.args)
+                if rc < 0:
+                    try:
+                        how = signal.Signals(-rc).name
+                    except ValueError:
+                        how = f"signal {-rc}"
+                    return (f"traffic program {prog} of flow {rec.label} (pid {p.pid}) was killed by {how}: the "
+                            f"flow's samples end there")
+                left_s = rec.start_unix_s + rec.duration_s - now
+                if left_s > 1.0:
+                    note(f"traffic: {prog} of flow {rec.label} (pid {p.pid}) ended on its own with status {rc}, "
+                         f"{left_s:.0f} s before the flow's end (its log is in the flow's folder)")
+        return None
+
+    return check
+
+
+def results_space(folder: Path, min_free_bytes: int = 1 << 20) -> Check:
+    """A check that the file system of the results folder still has ``min_free_bytes`` free.
+
+    Below that, the run's files (the traffic programs write their own, and cannot report a failed write)
+    would be cut mid-line or go unwritten; stopping while a megabyte is left keeps everything written so
+    far whole and leaves room for ``summary.json``. ``statvfs`` is a few microseconds."""
+
+    def check() -> str | None:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+        if free < min_free_bytes:
+            return (f"the file system of the results folder {folder} has {free // 1024} kB free (below "
+                    f"{min_free_bytes // 1024} kB): its files can no longer be written whole")
         return None
 
     return check

@@ -64,6 +64,15 @@ class DaemonProtocol(RoutingProtocol):
         """Stop every daemon and remove their files; idempotent."""
         raise NotImplementedError
 
+    def health(self) -> str | None:
+        """None while every daemon runs; else one line naming a daemon that ended (the emulator's watchdog
+        asks every 0.2 s while the clock plays, and stops the run on a line: the routes of a dead daemon
+        are no longer kept). The default asks the daemons a subclass keeps in ``self.daemons`` for
+        ``ended()`` (:class:`emulator.daemons.BirdDaemons` has it); a subclass holding its daemons another
+        way overrides this."""
+        ended = getattr(getattr(self, "daemons", None), "ended", None)
+        return ended() if callable(ended) else None
+
 
 def is_daemon_driven(protocol: object) -> bool:
     """True if ``protocol`` is run by daemons (has ``kind == "daemon"``)."""

@@ -56,9 +56,9 @@ rate_pps = 20
 """
 
 
-def scenario(tmp_path: Path, duration_s: float = 20, step_s: float = 1.0, planes: int = 12) -> Path:
+def scenario(tmp_path: Path, duration_s: float = 20, step_s: float = 1.0, planes: int = 12, extra: str = "") -> Path:
     p = tmp_path / "faults.toml"
-    p.write_text(SCENARIO.format(duration_s=duration_s, step_s=step_s, planes=planes))
+    p.write_text(SCENARIO.format(duration_s=duration_s, step_s=step_s, planes=planes) + extra)
     return p
 
 
@@ -328,23 +328,100 @@ def test_a_dead_part_stops_the_run_within_2_s_with_one_line(tmp_path, runs, vict
         assert r.returncode == 0, r.stdout + r.stderr
     else:
         os.kill(pid, signal.SIGKILL)
+    assert_stopped_within_2_s(run, t_kill, [token, what], tmp_path / "results", pids, inodes, host)
+
+
+def assert_stopped_within_2_s(run: Run, t_kill: float, words: list[str], out: Path, pids: set[int],
+                              inodes: set[int], host: tuple[list[str], set[str]], min_samples: int = 10,
+                              read_back: bool = True) -> dict:
+    """The run said ``run stopped: ...`` (once, holding every one of ``words``) within 2 s of ``t_kill``
+    (``time.monotonic()``), applied no step after that, exited 1 with no traceback, left nothing, recorded
+    the fault in ``summary.json``, and (``read_back``) ``satnetem report`` reads its folder. Returns the
+    summary."""
     t_line = run.wait_for(r"^run stopped: ", timeout_s=30)
     rc = run.finish()
-    assert t_line - t_kill <= 2.0, f"the run said it stopped {t_line - t_kill:.2f} s after the kill"
+    assert t_line - t_kill <= 2.0, f"the run said it stopped {t_line - t_kill:.2f} s after the fault"
     stopped = [line for _, line in run.lines if line.startswith("run stopped: ")]
-    assert len(stopped) == 1 and token in stopped[0] and what in stopped[0], stopped
+    assert len(stopped) == 1 and all(w in stopped[0] for w in words), (words, stopped)
     assert rc == 1, (rc, run.text[-2000:], run.err[-2000:])
     no_traceback(run)
     # no step applied after the fault was seen (+ the 2 s): the clock stopped
-    run_json = json.loads((tmp_path / "results" / "run.json").read_text())
+    run_json = json.loads((out / "run.json").read_text())
     t_kill_unix = time.time() - (time.monotonic() - t_kill)
-    with open(tmp_path / "results" / "steps.csv") as f:
+    with open(out / "steps.csv") as f:
         dues = [float(line.split(",")[1]) for line in list(f)[1:]]
     assert all(d <= t_kill_unix - run_json["t0_unix"] + 2.0 for d in dues), (dues, t_kill_unix - run_json["t0_unix"])
     assert_nothing_left(run, pids, inodes, host)
-    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
-    assert summary["complete"] is False and token in summary["fault"]
-    assert_report_reads(tmp_path / "results")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and words[0] in summary["fault"]
+    return assert_report_reads(out, min_samples) if read_back else summary
+
+
+def _child(run: Run, prefix: str) -> int:
+    """The runner's descendant whose command line starts with ``prefix`` (node programs exec through
+    setsid, nsenter and stdbuf, keeping their pid)."""
+    ps = procs()
+    ours, _ = run_snapshot(run)
+    def short(argv: str) -> str:  # /usr/sbin/bird -f ... -> bird -f ...
+        prog, _, rest = argv.partition(" ")
+        return f"{os.path.basename(prog)} {rest}"
+
+    found = [p for p in ours if p in ps and short(ps[p][2]).startswith(prefix)]
+    assert len(found) == 1, (prefix, [(p, ps[p][2][:80]) for p in ours if p in ps])
+    return found[0]
+
+
+def test_a_killed_bird_daemon_stops_the_run_within_2_s(tmp_path, runs):
+    """ospf: a BIRD killed keeps its routes in the kernel, frozen, while the links change under them; no step
+    would notice (a reconfiguration reaches only the daemons whose costs drift)."""
+    import shutil
+
+    if not shutil.which("bird"):
+        pytest.skip("BIRD 2 is not installed")
+    host = host_state()
+    run = Run(scenario(tmp_path, duration_s=60, step_s=5.0, planes=8, extra='[routing]\nprotocol = "ospf"\n'),
+              tmp_path / "results", f"fo-bird-{os.getpid()}")
+    runs.append(run)
+    run.wait_playing()
+    time.sleep(6.0)
+    pids, inodes = run_snapshot(run)
+    victim = _child(run, f"bird -f -c /run/satnetem/{run.run_id}/bird/sat-3-4.conf")
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    # ospf's first seconds lose probes while the daemons converge: any sample on disk will do
+    assert_stopped_within_2_s(run, t_kill, [f"BIRD daemon of sat-3-4 (pid {victim})", "SIGKILL"],
+                              tmp_path / "results", pids, inodes, host, min_samples=1)
+
+
+TRAFFIC_EXTRA = """
+[[traffic]]
+kind = "iperf3-udp"
+src = "h-new-york"
+dst = "h-london"
+rate_mbps = 1
+"""
+
+
+@pytest.mark.parametrize("program,prefix,flow", [
+    ("ping", "ping -D", "ping:h-london--h-new-york"),
+    ("udpprobe", f"{Path(sys.executable).name} -m emulator.traffic.udpprobe send", "udp-probe:h-london--h-new-york"),
+    ("iperf3", "iperf3 -c", "iperf3-udp:h-new-york--h-london"),
+])
+def test_a_killed_traffic_program_stops_the_run_within_2_s(tmp_path, runs, program, prefix, flow):
+    """Its flow's samples would end there, and the run go on as if nothing happened but a loss figure."""
+    host = host_state()
+    run = Run(scenario(tmp_path, duration_s=60, step_s=5.0, extra=TRAFFIC_EXTRA), tmp_path / "results",
+              f"fp-{program[:4]}-{os.getpid()}")
+    runs.append(run)
+    run.wait_playing()
+    time.sleep(4.0)
+    pids, inodes = run_snapshot(run)
+    victim = _child(run, prefix)
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    # the folder is read back once (after ping's kill): the three differ only in which program died
+    assert_stopped_within_2_s(run, t_kill, [f"traffic program {program} of flow {flow} (pid {victim})", "SIGKILL"],
+                              tmp_path / "results", pids, inodes, host, read_back=program == "ping")
 
 
 def test_two_runs_at_once_do_not_touch_each_other(tmp_path, runs):
@@ -369,3 +446,143 @@ def test_two_runs_at_once_do_not_touch_each_other(tmp_path, runs):
         assert summary["complete"] and summary["run_id"] == r.run_id
         for f in summary["flows"]:  # each run's probes got through its own network, start to end
             assert f["sent"] > 20 and f["lost"] <= 0.1 * f["sent"], f
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs mounted on ``tmp_path/results``: a results folder whose disk can be filled. Unmounted
+    at the end (lazily if something still holds it open)."""
+    d = tmp_path / "results"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "satnetem-test-full", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_full_disk_under_the_results_folder_stops_the_run_within_2_s(tmp_path, runs, small_disk):
+    """The run's files are written by its traffic programs too (ping's output, the UDP probe's CSVs), which
+    cannot report a failed write: without a check the run plays on, its samples cut off or half-written."""
+    host = host_state()
+    out = small_disk
+    run = Run(scenario(tmp_path, duration_s=60, step_s=5.0), out, f"fs-{os.getpid()}")
+    runs.append(run)
+    run.wait_playing()
+    time.sleep(4.0)
+    pids, inodes = run_snapshot(run)
+    sizes = {p.relative_to(out): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    t_full = time.monotonic()
+    with open(out / "filler", "wb") as f:  # another program fills the disk, to the last block
+        chunk = b"\0" * (1 << 16)
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as e:
+            assert e.errno == 28, e  # ENOSPC
+            filled = time.monotonic()
+    assert filled - t_full < 1.0
+    t_line = run.wait_for(r"^run stopped: ", timeout_s=30)
+    rc = run.finish()
+    assert t_line - t_full <= 2.0, f"the run said it stopped {t_line - t_full:.2f} s after the disk filled"
+    stopped = [line for _, line in run.lines if line.startswith("run stopped: ")]
+    assert len(stopped) == 1 and f"results folder {out}" in stopped[0] and "kB free" in stopped[0], stopped
+    assert rc == 1, (rc, run.text[-2000:], run.err[-2000:])
+    no_traceback(run)
+    assert_nothing_left(run, pids, inodes, host)
+    # what was on disk before the disk filled is still there, none of it shorter
+    for rel, size in sizes.items():
+        assert (out / rel).stat().st_size >= size, rel
+    (out / "filler").unlink()  # room again: report rebuilds the summary from the samples kept
+    summary = assert_report_reads(out)
+    assert summary.get("complete") is not True
+
+
+def test_the_api_raises_the_line_of_a_killed_shard_within_2_s(tmp_path):
+    """A script blocked in ``run()`` for minutes learns of a dead delay-daemon shard at once, as the runner
+    does; every later call that moves the network raises it again until ``close()``."""
+    from emulator.api import open_emulation
+    from emulator.clean import find_ours
+    from emulator.shaping import probe_netem
+    from topologies.errors import SatnetemError
+
+    if probe_netem()[0]:
+        pytest.skip("the kernel has netem: the userspace delay daemon runs only with shaper userspace")
+    run_id = f"fapi-{os.getpid()}"
+    killed: list[float] = []
+    with open_emulation(scenario(tmp_path, duration_s=60, step_s=5.0), shaper="userspace", run_id=run_id) as emu:
+        shard = emu.emulation.shaper.pids[0]
+
+        def kill() -> None:
+            time.sleep(3.0)
+            killed.append(time.monotonic())
+            os.kill(shard, signal.SIGKILL)
+
+        threading.Thread(target=kill, daemon=True).start()
+        with pytest.raises(SatnetemError, match=rf"emulation stopped: delay daemon shard 0 \(pid {shard}\)"):
+            emu.run(seconds=60)
+        raised = time.monotonic()
+        assert killed and raised - killed[0] <= 2.0, f"run() raised {raised - killed[0]:.2f} s after the kill"
+        with pytest.raises(SatnetemError, match="emulation stopped"):
+            emu.step()
+    assert find_ours(run_id) == (set(), set()), "the emulation left processes or namespaces"
+
+
+def test_the_cli_says_a_killed_holder_within_2_s_and_ends_at_the_next_line(tmp_path):
+    """``satnetem cli``: the clock runs in a thread while the user types; a dead namespace holder is said
+    at once (the prompt is waiting on the terminal), and the next line ends the emulation with status 1."""
+    host = host_state()
+    run_id = f"fcli-{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "cli", str(scenario(tmp_path, duration_s=60)),
+                             "--run-id", run_id], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append((time.monotonic(), line.rstrip("\n")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def wait_for(pattern: str, timeout_s: float = 120) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for t, line in list(lines):
+                if re.search(pattern, line):
+                    return t
+            assert proc.poll() is None, "\n".join(line for _, line in lines)[-3000:]
+            time.sleep(0.02)
+        raise AssertionError(f"no line matching {pattern!r}: " + "\n".join(line for _, line in lines)[-3000:])
+
+    try:
+        wait_for(r"clock running")
+        state = json.loads((STATE / f"{run_id}.json").read_text())
+        holder, inodes = int(state["holder"]), set(state["netns_inodes"])
+        time.sleep(2.0)
+        t_kill = time.monotonic()
+        os.kill(holder, signal.SIGKILL)
+        t_line = wait_for(r"run stopped: the namespace holder")
+        assert t_line - t_kill <= 2.0, f"the cli said it {t_line - t_kill:.2f} s after the kill"
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        rc = proc.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run([sys.executable, "-m", "emulator.cli", "clean", "--run-id", run_id], cwd=REPO,
+                       capture_output=True, timeout=120)
+    text = "\n".join(line for _, line in lines)
+    assert rc == 1, (rc, text[-3000:])
+    assert "Traceback" not in text, text[-3000:]
+    ps = procs()
+    assert not [p for p, (_, ino, argv) in ps.items() if ino in inodes or f"satnetem:{run_id}:" in argv]
+    assert not list(STATE.glob(f"{run_id}*"))
+    tables, links = host_state()
+    assert tables == host[0] and links <= host[1]
