@@ -44,8 +44,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from topologies.errors import ApplyError
 
+from .clocks import offset
 from .lab import FakeHosts
 
 log = logging.getLogger(__name__)
@@ -186,8 +189,9 @@ class RayLab:
 
 def probe_main(head: str, n_hosts: int) -> dict[str, Any]:
     """The driver of :meth:`RayLab.probe`: connect to ``head``, place one actor on each host by its resource,
-    and ask each where it runs: its source address towards the head, its network namespace (inode) and the
-    versions of Python, Ray and satnetem there."""
+    and ask each where it runs: its source address towards the head, its network namespace (inode), the
+    versions of Python, Ray and satnetem there, and its clock against the driver's
+    (:func:`emulator.cluster.clocks.offset` of 10 round trips)."""
     import ray
 
     t0 = time.perf_counter()
@@ -210,11 +214,22 @@ def probe_main(head: str, n_hosts: int) -> dict[str, Any]:
                     "python": platform.python_version(), "ray": ray.__version__,
                     "satnetem": importlib.metadata.version("satnetem")}
 
+        def now_ns(self) -> int:
+            return time.time_ns()
+
     try:
         actor: Any = ray.remote(num_cpus=0)(Where)  # an actor class: reserves no CPU
         actors = [actor.options(resources={resource(h): 1}).remote() for h in range(n_hosts)]
         agents = ray.get([a.where.remote(head.rsplit(":", 1)[0]) for a in actors], timeout=120)
         t2 = time.perf_counter()
+        for a, agent in zip(actors, agents):  # each host's clock against the driver's, from 10 round trips
+            samples = []
+            for _ in range(10):
+                s0 = time.time_ns()
+                s1 = ray.get(a.now_ns.remote(), timeout=30)
+                samples.append((s0, s1, time.time_ns()))
+            off = offset(*(np.array(c, np.int64) for c in zip(*samples)))
+            agent["clock"] = {"offset_ms": off.offset_ms, "bound_ms": off.bound_ms}
         return {"connect_s": t1 - t0, "actors_s": t2 - t1, "nodes": len(ray.nodes()), "agents": agents}
     finally:
         ray.shutdown()

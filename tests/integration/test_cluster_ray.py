@@ -44,12 +44,17 @@ def test_one_actor_per_fake_host(ray_lab):
 
     lab, rl = ray_lab
     got = rl.probe()
-    print(f"ray start {rl.start_s}, probe: connect {got['connect_s']:.2f} s, actors {got['actors_s']:.2f} s")
+    clocks = ", ".join(f"{a['clock']['offset_ms']:+.3f} +- {a['clock']['bound_ms']:.3f}" for a in got["agents"])
+    print(f"ray start {rl.start_s}, probe: connect {got['connect_s']:.2f} s, actors {got['actors_s']:.2f} s, "
+          f"clock offsets ms {clocks}")
     assert got["nodes"] == 3
     for h, agent in enumerate(got["agents"]):
         assert agent["addr"] == lab.address(h)
         assert agent["netns"] == os.stat(lab.host_path(h)).st_ino
         assert (agent["python"], agent["ray"]) == (platform.python_version(), ray.__version__)
+        # the fake hosts share this machine's clock: the true offset is 0, which the estimate must bound
+        c = agent["clock"]
+        assert abs(c["offset_ms"]) <= c["bound_ms"] + 0.001 and c["bound_ms"] < 50, c
     assert len({a["pid"] for a in got["agents"]}) == 3
 
 
