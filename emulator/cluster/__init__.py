@@ -1,2 +1,15 @@
-"""One emulation over several hosts (issue 13): placement of nodes on hosts, the fake-host lab, cross-host
-links. Nothing here is wired into ``satnetem run`` yet: each piece stands and is tested on its own."""
+"""One emulation over several hosts (issue 13): the foundations, each standing and tested on its own.
+
+* :mod:`~emulator.cluster.placement` (pure): which host runs each node (orbital planes kept whole, or a
+  METIS partition) and how many link slots then cross hosts; ``satnetem plan --hosts H`` prints it.
+* :mod:`~emulator.cluster.vxlan`: a cross-host link end as a VXLAN device in its node's namespace over the
+  host's underlay, through rtnetlink.
+* :mod:`~emulator.cluster.underlay`: the underlay's one-way delay between hosts (ping) and its subtraction
+  from cross-host links' delays.
+* :mod:`~emulator.cluster.clocks` (pure): a host's clock offset from round trips.
+* :mod:`~emulator.cluster.lab` and :mod:`~emulator.cluster.raylab`: fake hosts on one machine (namespaces
+  on a bridge, 1 ms of underlay delay by the project's shaper) and a Ray node in each, for tests and benches.
+
+Nothing here is wired into ``satnetem run`` yet: no agent builds nodes on a host, and there is no
+``--cluster`` option.
+"""
