@@ -151,5 +151,13 @@ def test_state_migrates_before_eclipse_throttling_with_no_failed_request(tmp_pat
     assert len(flow["migrations"]) == 1
     split = flow["latency_split"]
     assert (out / "plots" / "requests.png").stat().st_size > 10_000  # latency with eclipse and migration shading
+    assert (out / "plots" / "availability.png").stat().st_size > 10_000  # the nodes on the map, states over time
+    cost = flow["migration_cost"]
+    assert (cost["count"], cost["ok"], cost["bytes"], cost["failed_during"]) == (1, 1, STATE_MB * 1_000_000, 0)
+    assert cost["transfer_s_max"] == pytest.approx(took, abs=2e-3)
+    assert cost["requests_during"] == sum(float(rec["t_begin_unix_s"]) <= float(r["t_send_unix_s"]) <= t_end
+                                          for r in reqs)
+    avail = summary["compute_availability"]
+    assert avail["nodes"] == 2 and avail["fewest_available"] == 1  # dc-a throttles, dc-b does not
     print(f"{len(reqs)} requests, none failed; p50 network {split['network_ms']['p50']:.1f} ms, queueing "
           f"{split['queueing_ms']['p50']:.1f} ms, service {split['service_ms']['p50']:.1f} ms")
