@@ -485,7 +485,8 @@ def soak(args: argparse.Namespace) -> Path:
             fh.flush()
             k = 0
             while True:
-                k += 1
+                # a sampler starved past a whole interval takes one sample now, not one per slot missed
+                k = max(k + 1, int((time.time() - t0) // args.sample_s))
                 due = t0 + k * args.sample_s
                 if due > t0 + args.duration_s - 2.0:  # the run's last seconds are its teardown: not sampled
                     break
