@@ -98,9 +98,10 @@ def traffic_alive(starter: Any, note: Callable[[str], None]) -> Check | None:
     A program killed by a signal while the run plays was killed from outside (the run stops its programs
     only after the watchdog: SIGINT, then SIGKILL in the teardown; node programs run in their own session,
     so a Ctrl-C at the terminal does not reach them): its flow's samples end there, unnoticed but for a
-    loss figure, so that is a fault. A program that exits on its own before its flow's end (``ping`` finding
-    no route when it starts, ``iperf3`` refused) has measured what it could; that is said once in a line
-    (``note``), and the run goes on."""
+    loss figure, so that is a fault. A program that exits on its own with an error status before its flow's
+    end (``ping`` finding no route when it starts, ``iperf3`` refused) has measured what it could; that is
+    said once in a line (``note``), and the run goes on. Status 0 is a program done with its work (the ranks
+    of an all-reduce end after their rounds): not said."""
     if starter is None:
         return None
     seen: set[int] = set()
@@ -124,7 +125,7 @@ def traffic_alive(starter: Any, note: Callable[[str], None]) -> Check | None:
                     return (f"traffic program {prog} of flow {rec.label} (pid {p.pid}) was killed by {how}: the "
                             f"flow's samples end there")
                 left_s = rec.start_unix_s + rec.duration_s - now
-                if left_s > 1.0:
+                if rc > 0 and left_s > 1.0:  # status 0: done with its work (an all-reduce's ranks after their rounds)
                     note(f"traffic: {prog} of flow {rec.label} (pid {p.pid}) ended on its own with status {rc}, "
                          f"{left_s:.0f} s before the flow's end (its log is in the flow's folder)")
         return None
