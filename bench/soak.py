@@ -16,7 +16,9 @@ daemon takes a whole core of this 2-core machine; so the flow is started here, i
 
 What is sampled every ``--sample-s`` seconds, from outside the runner (nothing is asked of it):
 
-* ``pss_mb``: the sum of ``Pss`` in ``/proc/<pid>/smaps_rollup`` over the run's processes: the runner and
+* ``pss_mb``: the sum of ``Pss`` in ``/proc/<pid>/smaps_rollup`` over the run's processes (and
+  ``private_mb``, ``rss_mb``: their private pages, which other programs on the machine do not move as they
+  move PSS, and their RSS): the runner and
   its children, every process marked with the run id or living in one of its namespaces (found as
   ``satnetem clean --run-id`` finds them: :func:`emulator.clean.find_ours`), the traffic programs included;
 * ``fds``: their open descriptors (entries of ``/proc/<pid>/fd``); ``procs``: how many processes;
@@ -75,10 +77,10 @@ SAMPLE_NODES = ("h-london", "h-new-york", "gs-london", "gs-new-york", "dc-0-0",
                 "sat-0-0", "sat-0-11", "sat-6-3", "sat-12-7", "sat-18-14", "sat-24-21",
                 "sat-30-5", "sat-36-9", "sat-42-16", "sat-50-2", "sat-60-12", "sat-71-21")
 TCP_PORT = 5399  # away from the runner's iperf3 ports (5201 + i) and the matrix load's
-COLUMNS = ("t_unix", "utc", "elapsed_s", "pss_mb", "fds", "procs", "netns", "routes", "nexthops", "nft_rules",
-           "conntrack", "conntrack_host", "slab_mb", "other_netns", "netns_held", "steps", "late_p50_ms", "late_p99_ms",
-           "late_max_ms", "probes", "lost", "err_p50_ms", "err_p99_ms", "tcp_mbps", "tcp_alive", "cpu_busy_pct",
-           "loadavg1", "sampler_cpu_s")
+COLUMNS = ("t_unix", "utc", "elapsed_s", "pss_mb", "private_mb", "rss_mb", "fds", "procs", "netns", "routes",
+           "nexthops", "nft_rules", "conntrack", "conntrack_host", "slab_mb", "other_netns", "netns_held", "steps",
+           "late_p50_ms", "late_p99_ms", "late_max_ms", "probes", "lost", "err_p50_ms", "err_p99_ms", "tcp_mbps",
+           "tcp_alive", "cpu_busy_pct", "loadavg1", "sampler_cpu_s")
 
 
 def soak_scenario(duration_s: float) -> str:
@@ -122,15 +124,24 @@ def _children(pids: set[int]) -> set[int]:
     return out
 
 
-def _pss_kb(pid: int) -> int:
+def _mem_kb(pid: int) -> tuple[int, int, int]:
+    """(Pss, Private_Clean + Private_Dirty, Rss) of ``pid``, kB. Pss shares each page among the processes
+    mapping it, so it falls and rises as OTHER programs map the same libraries (numpy, Python); the private
+    pages are the run's alone: a leak shows there whatever the rest of the machine does."""
+    pss = private = rss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
+                key, _, rest = line.partition(":")
+                if key == "Pss":
+                    pss = int(rest.split()[0])
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    private += int(rest.split()[0])
+                elif key == "Rss":
+                    rss = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return pss, private, rss
 
 
 def _fds(pid: int) -> int:
@@ -505,6 +516,7 @@ def soak(args: argparse.Namespace) -> Path:
                 pids.discard(os.getpid())
                 ours_inodes = held_netns(holder)
                 counts = _count_in(sample_paths)
+                mem = [sum(m) for m in zip(*(_mem_kb(p) for p in pids))] if pids else [0, 0, 0]
                 late = files.lateness()
                 errs, lost = files.errors(now)
                 tcp_last = _tcp_mbps(tcp_tail, tcp_last)
@@ -514,7 +526,8 @@ def soak(args: argparse.Namespace) -> Path:
                 row = {
                     "t_unix": f"{now:.1f}", "utc": time.strftime("%H:%M:%S", time.gmtime(now)),
                     "elapsed_s": f"{now - t0:.0f}",
-                    "pss_mb": f"{sum(_pss_kb(p) for p in pids) / 1024:.2f}",
+                    "pss_mb": f"{mem[0] / 1024:.2f}", "private_mb": f"{mem[1] / 1024:.2f}",
+                    "rss_mb": f"{mem[2] / 1024:.2f}",
                     "fds": sum(_fds(p) for p in pids), "procs": len(pids),
                     "netns": len(os.listdir(ns_dir)) if os.path.isdir(ns_dir) else 0,
                     "routes": counts.get("routes", ""), "nexthops": counts.get("nexthops", ""),
@@ -578,6 +591,11 @@ def analyse(csv_path: Path, steps_csv: Path | None, plot: Path | None) -> dict[s
     slope = float(np.polyfit(h, pss, 1)[0]) if len(h) >= 2 else math.nan
     res["pss_mb"] = {"first": float(pss[0]), "last": float(pss[-1]), "slope_mb_per_h": round(slope, 3),
                      "ok": bool(slope <= 5.0)}
+    priv = _col(rows, "private_mb")[win]
+    if np.isfinite(priv).sum() >= 2:  # the run's own pages (not judged: the target is on PSS; read it by this)
+        ok = np.isfinite(priv)
+        res["private_mb"] = {"first": float(priv[ok][0]), "last": float(priv[ok][-1]),
+                             "slope_mb_per_h": round(float(np.polyfit(h[ok], priv[ok], 1)[0]), 3)}
     n = max(1, min(10, int(win.sum()) // 3))
     for key, share in (("fds", 0.01), ("procs", 0.01), ("netns", 0.01), ("netns_held", 0.01), ("routes", 0.01),
                        ("nexthops", 0.01),
@@ -632,7 +650,8 @@ def _plot(rows: list[dict[str, str]], start: float, path: Path) -> None:
     m = _col(rows, "elapsed_s") / 60.0
     fig, ax = plt.subplots(3, 2, figsize=(10, 7.5), sharex=True)
     panels = [
-        (ax[0, 0], [("pss_mb", "PSS of the run's processes, MB")], None),
+        (ax[0, 0], [("pss_mb", "PSS of the run's processes, MB"), ("private_mb", "their private pages, MB")],
+         None),
         (ax[0, 1], [("slab_mb", "kernel Slab, MB"), ("other_netns", "other runs' namespaces")], None),
         (ax[1, 0], [("fds", "open fds"), ("procs", "processes x 10"), ("netns", "namespaces")], None),
         (ax[1, 1], [("routes", "routes / 100"), ("nexthops", "nexthops"), ("nft_rules", "nft rules"),
