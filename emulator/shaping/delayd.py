@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emulator.shaping import nfnl
 from topologies.errors import ApplyError
 
@@ -349,6 +351,40 @@ class DelayDaemon:
                                             egress, ingress, n.ingress_all)
         n.ruled = keys
         return f"nft {n.nsid} {data.hex()}"
+
+    def where(self, path: str) -> tuple[int, int] | None:
+        """(shard index, namespace id in that shard) of an attached namespace, or None."""
+        n = self.ns.get(path)
+        return None if n is None else (n.shard.index, n.nsid)
+
+    def set_delays(self, shard: np.ndarray, nsid: np.ndarray, ifindex: np.ndarray, ingress: np.ndarray,
+                   delay_ns: np.ndarray, loss_pct: np.ndarray, lid: np.ndarray) -> None:
+        """Change the delay and loss of interfaces the daemon holds already, given as arrays (one entry per
+        element; ``shard``/``nsid`` as :meth:`where` gives them): what :meth:`set_ports` does for them, one
+        request per shard, without forgets or rule changes (the held set does not change). Every entry is
+        checked before any is sent.
+        """
+        if len(shard) == 0:
+            return
+        bad = ~((delay_ns >= 0) & (loss_pct >= 0) & (loss_pct <= 100) & (ifindex >= 1))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ApplyError(f"bad shape for namespace {int(nsid[k])}/{int(ifindex[k])}: {int(delay_ns[k])} ns, "
+                             f"{float(loss_pct[k])} %", operation="shape")
+        with self._lock:
+            by_index = {s.index: s for s in self.shards}
+            work: dict[_Shard, list[str]] = {}
+            for si in np.unique(shard).tolist():
+                s = by_index.get(si)
+                if s is None:
+                    raise ApplyError(f"delay daemon shard {si} is not running", operation="shape")
+                k = shard == si
+                entries = [f"{a} {b} {c} {d} {e!r} {f}" for a, b, c, d, e, f in zip(
+                    nsid[k].tolist(), ifindex[k].tolist(), ingress[k].tolist(), delay_ns[k].tolist(),
+                    loss_pct[k].astype(np.float64).tolist(), lid[k].tolist())]
+                work[s] = [" ".join(["set", str(len(entries)), "0", *entries])]
+            for rs in self._call("shape", work).values():
+                self._check(rs, "shape")
 
     def set_ports(self, ports: Sequence[tuple[str, int, float, float, bool, int]],
                   forget: Sequence[tuple[str, int, bool]] = ()) -> None:

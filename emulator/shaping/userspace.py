@@ -36,6 +36,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from emulator import rtnl
 from emulator.shaping.base import LinkShape, Port, Shaper, tbf_qdisc_body
 from emulator.shaping.delayd import DEFAULT_QUEUE_NUM, DEFAULT_RT_PRIORITY, DEFAULT_TABLE, DelayDaemon, link_id
@@ -105,6 +107,42 @@ def load_clear_tstamp_prog() -> int:
     return int(fd)
 
 
+class _FastPorts:
+    """The shaped ports, numbered, with what :meth:`UserspaceShaper.set_delays` needs as arrays: where the
+    daemon holds each one's packets (shard, namespace id, ifindex, ingress), its link id, its rate and queue
+    (which only :meth:`UserspaceShaper.set` changes), and its delay and loss now. ``valid`` is False for a
+    port forgotten or released since :meth:`UserspaceShaper.set` last shaped it."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[str, int], int] = {}  # port key -> number
+        self.keys: list[tuple[str, int]] = []
+        self._cap = 0
+        self.valid = np.zeros(0, bool)
+        self.shard = np.zeros(0, np.int64)
+        self.nsid = np.zeros(0, np.int64)
+        self.ifindex = np.zeros(0, np.int64)
+        self.ingress = np.zeros(0, np.int64)
+        self.lid = np.zeros(0, np.uint64)
+        self.rate = np.zeros(0, np.float64)
+        self.queue = np.zeros(0, np.int64)  # -1: the default queue
+        self.delay = np.zeros(0, np.float64)
+        self.loss = np.zeros(0, np.float64)
+
+    def number(self, key: tuple[str, int]) -> int:
+        i = self.ids.get(key)
+        if i is None:
+            i = self.ids[key] = len(self.keys)
+            self.keys.append(key)
+            if i >= self._cap:
+                self._cap = max(1024, 2 * self._cap)
+                for name in ("valid", "shard", "nsid", "ifindex", "ingress", "lid", "rate", "queue", "delay", "loss"):
+                    old = getattr(self, name)
+                    new = np.zeros(self._cap, old.dtype)
+                    new[:len(old)] = old
+                    setattr(self, name, new)
+        return i
+
+
 class UserspaceShaper(Shaper):
     """tbf rate in the kernel + the compiled delay daemon for delay and loss.
 
@@ -139,6 +177,9 @@ class UserspaceShaper(Shaper):
         self._ns_of_node: dict[str, str] = {}
         # port key -> (shape, where its packets are held: (ns_path, ifindex, ingress))
         self._shaped: dict[tuple[str, int], tuple[LinkShape, tuple[str, int, bool]]] = {}
+        # the same ports as arrays; their delay and loss there are the current ones (set_delays changes them
+        # there only)
+        self._fast = _FastPorts()
         self._closed = False
         self._rxts_prog_fd: int | None = None
         self._rxts_failed = False  # warned once that receive time stamps will be early
@@ -240,8 +281,15 @@ class UserspaceShaper(Shaper):
                 self._check_prepared(port, port.peer)
             hold = self.hold_of(port)
             old = self._shaped.get(port.key)
-            if old == (shape, hold):
-                continue
+            if old is not None:
+                fid = self._fast.ids.get(port.key)
+                if fid is not None and self._fast.valid[fid]:  # delay and loss as set_delays left them
+                    if (old[1] == hold and old[0].rate_mbps == shape.rate_mbps
+                            and old[0].queue_packets == shape.queue_packets
+                            and self._fast.delay[fid] == shape.delay_ms and self._fast.loss[fid] == shape.loss_pct):
+                        continue
+                elif old == (shape, hold):
+                    continue
             old_shape = old[0] if old is not None else None
             if (old_shape is None or old_shape.rate_mbps != shape.rate_mbps
                     or old_shape.queue_packets != shape.queue_packets):
@@ -267,10 +315,48 @@ class UserspaceShaper(Shaper):
             if rx_fail:
                 self._rx_stamp_failed(nodes[path], rx_fail[0][0].what, os.strerror(rx_fail[0][1]))
         if changed:
-            self._live("shape").set_ports([(ns, idx, s.delay_ms, s.loss_pct, ingress, link_id(p.node, p.ifname))
-                                           for p, s, (ns, idx, ingress) in changed], forget=moved)
-            for port, shape, hold in changed:
-                self._shaped[port.key] = (shape, hold)
+            lids = [link_id(p.node, p.ifname) for p, _s, _h in changed]
+            self._live("shape").set_ports([(ns, idx, s.delay_ms, s.loss_pct, ingress, lid)
+                                           for (_p, s, (ns, idx, ingress)), lid in zip(changed, lids)], forget=moved)
+            f = self._fast
+            for (port, shape, (path, ifindex, ingress)), lid in zip(changed, lids):
+                self._shaped[port.key] = (shape, (path, ifindex, ingress))
+                where = self._daemon.where(path)
+                i = f.number(port.key)
+                f.valid[i] = where is not None
+                f.shard[i], f.nsid[i] = where if where is not None else (-1, -1)
+                f.ifindex[i], f.ingress[i], f.lid[i] = ifindex, int(ingress), lid
+                f.rate[i], f.delay[i], f.loss[i] = shape.rate_mbps, shape.delay_ms, shape.loss_pct
+                f.queue[i] = -1 if shape.queue_packets is None else shape.queue_packets
+
+    def fast_id(self, port: Port) -> int:
+        """The number :meth:`set_delays` knows ``port`` by, or -1 if it is not shaped now (never, or
+        forgotten since). Valid while the port's far end and its namespaces stay where they are."""
+        fid = self._fast.ids.get(port.key)
+        shaped = self._shaped.get(port.key)
+        if fid is None or not self._fast.valid[fid] or shaped is None or shaped[1] != self.hold_of(port):
+            return -1
+        return fid
+
+    def set_delays(self, ids: np.ndarray, delay_ms: np.ndarray, loss_pct: np.ndarray, rate_mbps: np.ndarray,
+                   queue_packets: np.ndarray) -> np.ndarray:
+        """Shape the ports numbered ``ids`` (:meth:`fast_id`) whose rate and queue (-1: the default) are as
+        given and were shaped so already: their delay and loss change, as :meth:`set` would change them,
+        without Python per port. Returns which ones this did (a bool per element); the others (forgotten,
+        released, or with a new rate or queue) are the caller's to :meth:`set`.
+        """
+        ids = np.asarray(ids, np.int64)
+        if not (np.isfinite(delay_ms).all() and np.isfinite(loss_pct).all()):
+            raise ApplyError("delays and losses must be finite numbers", operation="shape")
+        f = self._fast
+        ok = f.valid[ids] & (f.rate[ids] == rate_mbps) & (f.queue[ids] == queue_packets)
+        todo = ok & ((f.delay[ids] != delay_ms) | (f.loss[ids] != loss_pct))
+        if todo.any():
+            t = ids[todo]
+            self._live("shape").set_delays(f.shard[t], f.nsid[t], f.ifindex[t], f.ingress[t],
+                                           np.round(delay_ms[todo] * 1e6).astype(np.int64), loss_pct[todo], f.lid[t])
+            f.delay[t], f.loss[t] = delay_ms[todo], loss_pct[todo]
+        return ok
 
     def _queue_rx_stamps(self, peers: list[Port], batches: dict[str, rtnl.Batch],
                          nodes: dict[str, str]) -> None:
@@ -314,6 +400,9 @@ class UserspaceShaper(Shaper):
         Its interface is leaving its namespace: the arrival stamping there goes with it (a move drops
         the interface's qdiscs), so it is added again if the interface ever comes back."""
         self._rxts_done.discard(port.key)
+        fid = self._fast.ids.get(port.key)
+        if fid is not None:
+            self._fast.valid[fid] = False
         old = self._shaped.pop(port.key, None)
         if old is not None and not self._closed:
             self._daemon.set_ports([], [old[1]])
@@ -334,6 +423,9 @@ class UserspaceShaper(Shaper):
         for key, (_shape, hold) in list(self._shaped.items()):
             if key[0] == ns_path or hold[0] == ns_path:
                 del self._shaped[key]
+                fid = self._fast.ids.get(key)
+                if fid is not None:
+                    self._fast.valid[fid] = False
                 if hold[0] != ns_path:
                     elsewhere.append(hold)
         if not self._closed:
@@ -348,6 +440,7 @@ class UserspaceShaper(Shaper):
         self._closed = True
         self._ns_of_node.clear()
         self._shaped.clear()
+        self._fast.valid[:] = False
         self._rxts_done.clear()
         for rt in self._rt.values():
             rt.close()

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pytest
 from test_network import VM_NOISE_MS_PER_TRAVERSAL, vm_netem_overhead_ms
 
@@ -674,5 +675,40 @@ def test_open_file_limit_decides_the_shard_count(chain):
             with open(f"/proc/{pid}/limits") as f:
                 line = next(x for x in f if x.startswith("Max open files"))
             assert line.split()[3:5] == [str(limit), str(limit)], line
+    finally:
+        sh.close()
+
+
+def test_set_delays_changes_delay_and_set_still_sees_the_change(chain):
+    """set_delays (the emulator's per-step path for links whose delay alone changes) moves the RTT as set()
+    would: 6 directions x 2 ms -> 12 ms more, then x 4 ms -> 24 ms; a port whose rate changed is left to set().
+    Then set() back to the first shape (2 ms) must be sent although set() itself last sent 2 ms: the RTT is
+    measured back at +12 ms (a shaper comparing with its own stale record would skip it and leave +24 ms)."""
+    _require_root()
+    sh = _prepared(chain)
+    try:
+        ports = chain.peered
+        sh.set([(p, LinkShape(delay_ms=0.0, rate_mbps=1000.0)) for p in ports], chain.ipr_of)
+        _ping(chain, 5)
+        loss0, base_ms, _ = _ping(chain, 30)
+        two = LinkShape(delay_ms=2.0, rate_mbps=1000.0)
+        sh.set([(p, two) for p in ports], chain.ipr_of)
+        ids = np.array([sh.fast_id(p) for p in ports])
+        assert (ids >= 0).all() and len(set(ids.tolist())) == len(ports)
+        n = len(ports)
+        rate = np.full(n, 1000.0)
+        rate[0] = 500.0  # not what it was shaped with: not done here
+        ok = sh.set_delays(ids, np.full(n, 4.0), np.zeros(n), rate, np.full(n, -1))
+        assert ok.tolist() == [False] + [True] * (n - 1)
+        sh.set([(ports[0], LinkShape(delay_ms=4.0, rate_mbps=1000.0))], chain.ipr_of)
+        loss4, rtt4_ms, _ = _ping(chain, 30)
+        sh.set([(p, two) for p in ports], chain.ipr_of)
+        loss2, rtt2_ms, _ = _ping(chain, 30)
+        assert loss0 == loss4 == loss2 == 0
+        assert abs(rtt4_ms - base_ms - 24.0) <= 1.0, (rtt4_ms, base_ms)
+        assert abs(rtt2_ms - base_ms - 12.0) <= 1.0, (rtt2_ms, base_ms)
+        sh.forget(ports[1])
+        assert sh.fast_id(ports[1]) == -1
+        assert not sh.set_delays(ids[1:2], np.array([3.0]), np.zeros(1), np.array([1000.0]), np.array([-1]))[0]
     finally:
         sh.close()
