@@ -730,16 +730,22 @@ class Rtnl:
 
     The socket of a namespace path is shared by every handle on it and lives in :data:`POOL`: it is
     opened when a request needs it and may be closed between requests to stay within the open-file
-    budget (requests wait for each other on it, so two threads may use one namespace).
+    budget (requests wait for each other on it, so two threads may use one namespace). A ``private``
+    handle opens a socket of its own in the namespace instead (one descriptor for as long as the handle
+    is open): its requests never wait for the pool's, e.g. for the routes a step sends while the shaper
+    changes a rate in the same namespace.
     """
 
-    def __init__(self, path: str | None = None, node: str | None = None) -> None:
+    def __init__(self, path: str | None = None, node: str | None = None, private: bool = False) -> None:
         self.node = node
         self._own: socket.socket | None = None
         self._conn: _Conn | None = None
         self._seq = 0
         if path is None:
             self._own = self._open()
+        elif private:
+            with entered(path, node):
+                self._own = self._open()
         else:
             self._conn = POOL.acquire(path, node)
 

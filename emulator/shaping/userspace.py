@@ -208,7 +208,9 @@ class UserspaceShaper(Shaper):
     def _rtnl(self, path: str, node: str) -> rtnl.Rtnl:
         rt = self._rt.get(path)
         if rt is None:
-            rt = self._rt[path] = rtnl.Rtnl(path, node)
+            # private: a rate change must not wait for the step's route sends, which hold the pool's
+            # socket of each namespace they send to for tens of ms
+            rt = self._rt[path] = rtnl.Rtnl(path, node, private=True)
             while len(self._rt) > _RT_CACHE:
                 self._rt.popitem(last=False)[1].close()
         else:

@@ -712,3 +712,43 @@ def test_set_delays_changes_delay_and_set_still_sees_the_change(chain):
         assert not sh.set_delays(ids[1:2], np.array([3.0]), np.zeros(1), np.array([1000.0]), np.array([-1]))[0]
     finally:
         sh.close()
+
+
+def test_a_rate_change_does_not_wait_for_the_pools_socket(chain):
+    """The step's route sends hold the pool's rtnetlink socket of each namespace they send to (for tens of
+    ms at 10^4 satellites); the shaper's tc work in the same namespace uses a socket of its own and does not
+    wait for them. Here another thread holds the pool's socket of r1 for 3 s while the shaper changes the
+    rate of r1's port: done well within that (it would wait the 3 s on the shared socket)."""
+    _require_root()
+    from emulator import rtnl
+
+    sh = _prepared(chain)
+    port = _peered(chain, "r1-r2")
+    pool_handle = rtnl.Rtnl(port.ns_path, port.node)
+    try:
+        sh.set([(port, LinkShape(delay_ms=1.0, rate_mbps=1000.0))], chain.ipr_of)
+        conn = pool_handle._conn
+        assert conn is not None
+        taken, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with conn.lock:
+                taken.set()
+                release.wait(3.0)
+        t = threading.Thread(target=hold)
+        t.start()
+        try:
+            assert taken.wait(5)
+            t0 = time.monotonic()
+            sh.set([(port, LinkShape(delay_ms=1.0, rate_mbps=200.0))], chain.ipr_of)
+            took_s = time.monotonic() - t0
+        finally:
+            release.set()
+            t.join()
+        assert took_s < 1.0, took_s
+        out = subprocess.run(chain.exec_argv(port.node, "tc", "qdisc", "show", "dev", port.ifname),
+                             capture_output=True, text=True, check=True).stdout
+        assert "tbf" in out and "200Mbit" in out, out
+    finally:
+        pool_handle.close()
+        sh.close()
