@@ -923,10 +923,8 @@ class Emulation:
 
     def _queue_array(self, links: np.ndarray) -> np.ndarray:
         """:meth:`_queue_of` of many links, -1 for None."""
-        q = self.queue_packets
-        if not q:
-            return np.full(len(links), -1, np.int64)
-        by_class = np.array([q.get(c, -1) if q.get(c) is not None else -1 for c in LINK_CLASSES], np.int64)
+        q = self.queue_packets or {}
+        by_class = np.array([q.get(c) or -1 for c in LINK_CLASSES], np.int64)
         return by_class[self.timeline.link_class[links]]
 
     def _number_ports(self, items: list[tuple[Any, Any]], where: list[tuple[int, int, int]]) -> None:
