@@ -8,7 +8,11 @@ Mbit/s, packets/s, the CPU use of each delay daemon shard (% of one core) and it
 (p50/p99/max over each run). Run:
 
     sudo .venv/bin/python bench/bench_userspace_throughput.py [--runs 3] [--seconds 5] [--modes plain,peer,egress]
-        [--shards N] [--rt-priority P]
+        [--shards N] [--rt-priority P] [--udp-search]
+
+``--udp-search`` also finds, per shaped mode, the highest UDP rate that arrives with zero loss: the
+offered rate doubles from 50 Mbit/s until a run loses a datagram, then is bisected (6 runs); each run's
+receiver count is iperf3's own, and a run counts as zero loss only if not one datagram was lost.
 """
 
 from __future__ import annotations
@@ -105,6 +109,39 @@ def iperf(names, udp: bool, seconds: int, port: int, udp_mbps: float = 1000.0) -
     return {"mbps": s["bits_per_second"] / 1e6, "pps": None, "lost_pct": None}
 
 
+def udp_zero_loss(names, sh, seconds: int) -> dict:
+    """The highest offered UDP rate (Mbit/s) at which not one datagram was lost, and its packets/s and the
+    daemon's CPU per shard (% of a core) at that rate: doubling from 50 Mbit/s, then 6 bisection runs."""
+    def trial(mbps: float, port: int) -> dict:
+        t0 = time.monotonic()
+        st0 = sh.stats() if sh else None
+        r = iperf(names, True, seconds, port, mbps)
+        if sh and st0:
+            st1, dt = sh.stats(), time.monotonic() - t0
+            r["daemon_cpu_pct"] = [round(100 * (b - a) / dt, 1)
+                                   for a, b in zip(st0["cpu_s_per_shard"], st1["cpu_s_per_shard"])]
+        r["offered_mbps"] = mbps
+        print(f"    udp {mbps:.0f} Mbit/s offered: {r}")
+        return r
+    good: dict | None = None
+    lo, hi, port = 0.0, 50.0, 5600
+    while hi <= 20000:
+        r = trial(hi, port)
+        port += 1
+        if r["lost_pct"] > 0:
+            break
+        good, lo, hi = r, hi, hi * 2
+    for _ in range(6):
+        mid = (lo + hi) / 2
+        r = trial(mid, port)
+        port += 1
+        if r["lost_pct"] > 0:
+            hi = mid
+        else:
+            good, lo = r, mid
+    return good or {"mbps": 0.0, "pps": 0.0, "lost_pct": None, "offered_mbps": 0.0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -114,6 +151,8 @@ def main() -> int:
     ap.add_argument("--protos", default="tcp,udp", help="comma-separated: tcp, udp (offered --udp-mbps)")
     ap.add_argument("--udp-mbps", default="1000,100", help="comma-separated offered UDP rates, Mbit/s")
     ap.add_argument("--shards", type=int, default=None, help="delay daemon processes (default: one per core)")
+    ap.add_argument("--udp-search", action="store_true",
+                    help="find the highest UDP rate with zero loss per mode (doubling, then bisection)")
     ap.add_argument("--rt-priority", type=int, default=DEFAULT_RT_PRIORITY,
                     help="SCHED_FIFO priority of the daemon (0: niceness -10 instead)")
     args = ap.parse_args()
@@ -160,6 +199,10 @@ def main() -> int:
                         r["busy_cpu_us"] = st1["busy_cpu_us"]
                     results.setdefault(f"{mode}/{label}", []).append(r)
                     print(f"[{mode}] {label} run {run + 1}: {r}")
+            if args.udp_search:
+                zero = udp_zero_loss(names, sh, args.seconds)
+                results.setdefault(f"{mode}/udp-zero-loss", []).append(zero)
+                print(f"[{mode}] udp zero loss: {zero}")
             if sh:
                 print(f"[{mode}] daemon stats: {sh.stats()}")
         finally:
