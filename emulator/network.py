@@ -58,6 +58,7 @@ from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
 from . import rtnl
 from .addressing import Addressing, AddressPlan, LinkEnds, ip_str
 from .clean import STATE_DIR, find_ours, kill_and_wait
+from .cluster.part import HostPart
 from .kernel import budget
 from .kernel.holder import Holder, HolderError
 from .netns import entered, iproute_in
@@ -87,6 +88,8 @@ SYSCTLS = {
 ROUTER_SYSCTLS = {**SYSCTLS, "net/ipv4/icmp_ratelimit": "0"}
 #: pyroute2 IPRoute objects kept open for shapers that ask for one (``ipr_of``), least recently used closed.
 IPR_CACHE = 64
+#: Where the namespace of a node on another host would be (a host's part of a clustered run): never created.
+REMOTE_NS_DIR = "/nonexistent/satnetem-remote"
 
 
 @dataclass
@@ -134,6 +137,12 @@ class Emulation:
     log_dir : str or Path, optional
         Where routing daemons (daemon-driven protocols such as ``ospf``) write their logs, one file
         per node; default: the run's folder under /run/satnetem, removed at :meth:`stop`.
+    part : emulator.cluster.part.HostPart, optional
+        Build only one host's part of a clustered run: the namespaces of its nodes, the veth pairs with
+        both ends on it, a VXLAN device for each of its ends of a link to another host (same name, index
+        and address as the veth end), the shaping of the directions it sends and the routes of its routers
+        (from the same table as a whole run's). Only :meth:`build` and :meth:`stop` so far: steps are not
+        applied, and routing daemons are refused.
 
     Raises
     ------
@@ -144,7 +153,8 @@ class Emulation:
 
     def __init__(self, timeline: Timeline, shaper: Any, protocol: RoutingProtocol | str,
                  delay_tolerance_ms: float = 0.01, run_id: str | None = None,
-                 address_plan: AddressPlan | None = None, log_dir: Any = None, route_worker: bool = True) -> None:
+                 address_plan: AddressPlan | None = None, log_dir: Any = None, route_worker: bool = True,
+                 part: HostPart | None = None) -> None:
         if not delay_tolerance_ms >= 0:
             raise ConfigError(f"delay_tolerance_ms must be >= 0 ms, got {delay_tolerance_ms}",
                               key="delay_tolerance_ms")
@@ -163,6 +173,16 @@ class Emulation:
         self.names = [nd.name for nd in timeline.nodes]
         self.is_router = self.addr.is_router
         self.link_a = timeline.link_a.astype(np.int64)
+        self.part = part
+        if part is not None:
+            if part.host_of.shape != (n,):
+                raise ConfigError(f"the host part places {part.host_of.shape[0]} nodes, the timeline has {n}",
+                                  key="host_of")
+            if self.daemon_driven:
+                raise ConfigError(f"protocol {self.protocol.name!r} runs routing daemons: a host's part of a "
+                                  f"clustered run installs computed routes only (so far)", key="protocol")
+        # the nodes built here: all of them, or this host's in a clustered run
+        self.local: np.ndarray = np.ones(n, bool) if part is None else part.local
         self.is_gsl = timeline.link_class == _GSL
         self.is_access = timeline.link_class == _ACCESS
         self.nodes: list[EmuNode] = []
@@ -256,6 +276,9 @@ class Emulation:
         i = self.timeline.node_index(name)
         if not self.nodes:
             raise ApplyError("the emulation is not built", node=name, operation="node")
+        if not self.local[i]:
+            assert self.part is not None
+            raise ApplyError(f"runs on host {self.part.host_of[i]}, not on this one", node=name, operation="node")
         return self.nodes[i]
 
     def address_of(self, name: str) -> str:
@@ -282,7 +305,9 @@ class Emulation:
         t = {}
         t0 = time.perf_counter()
         try:
-            self.needs = budget.needs(self.n_nodes, self.timeline.n_links + len(self._antennas),
+            here, peer = self.local, self.timeline.peer
+            touch = here[self.link_a] | ((peer >= 0) & here[np.maximum(peer, 0)]).any(axis=1)  # slots with an end here
+            self.needs = budget.needs(int(here.sum()), int(touch.sum() + touch[self._antennas].sum()),
                                       str(getattr(self.shaper, "name", "?")), route_worker=self._use_worker)
             budget.check(self.needs)  # refuses in one line, before anything exists
             _raise_fd_limit(max(self.needs.fds_all_open, self.needs.shaper_fds))
@@ -305,10 +330,12 @@ class Emulation:
             t1 = time.perf_counter()
             prepare_nodes = getattr(self.shaper, "prepare_nodes", None)
             if prepare_nodes is not None:  # one request for every namespace
-                # every interface but lo is one end of a link, shaped both ways with its peer named
-                prepare_nodes([(nd.name, nd.ns_path) for nd in self.nodes], self._ipr_of, all_ports_held=True)
+                # every interface but lo is one end of a link, shaped both ways with its peer named (a VXLAN
+                # end, whose peer is on another host, is held on its egress instead: arrivals on it pass)
+                prepare_nodes([(nd.name, nd.ns_path) for nd in self._local_nodes()], self._ipr_of,
+                              all_ports_held=True)
             else:
-                for nd in self.nodes:
+                for nd in self._local_nodes():
                     self.shaper.prepare_node(nd.name, nd.ns_path, self._ipr_of(nd.name))
             self.applied = target
             self._shape(np.arange(self.timeline.n_links), target)
@@ -333,7 +360,7 @@ class Emulation:
             assert self.holder is not None
             self.build_counts = {"processes_added": len(budget.descendants() - before),
                                  "ptys_added": budget.ptys_in_use() - ptys_before,
-                                 "namespaces": self.n_nodes, "holder_pid": self.holder.pid or 0,
+                                 "namespaces": int(self.local.sum()), "holder_pid": self.holder.pid or 0,
                                  "sockets_open": rtnl.POOL.stats()["open"],
                                  "socket_budget": rtnl.socket_budget()}
             # The build leaves ~10^6 long-lived objects (nodes, interfaces, Mininet shells); a full
@@ -358,6 +385,8 @@ class Emulation:
         """
         if not self._built or self._stopped:
             raise ApplyError("the emulation is not running", operation="apply_step")
+        if self.part is not None:
+            raise ApplyError("a host's part of a clustered run does not apply steps yet", operation="apply_step")
         self._end_gap()  # a gap of the step before that settle() did not end (steps played back to back)
         t0 = time.perf_counter()
         target = self.target(step)
@@ -512,6 +541,8 @@ class Emulation:
         int
             Spare pairs moved.
         """
+        if self.part is not None:  # steps are not applied on a host's part yet (apply_step)
+            return 0
         if self._worker is not None:  # the child computes while this thread moves spares
             self.prefetch_routes(step + 1, time.monotonic())
         done = self._move_spares_ahead(step, until)
@@ -685,15 +716,24 @@ class Emulation:
         before any veth exists, so "default" reaches every interface) and make the nodes; return the
         namespaces' inode numbers."""
         self.holder = Holder(self.run_id)
+        here = np.flatnonzero(self.local)
         try:
             self.holder.start()
-            inodes = self.holder.create(self.names, [SYSCTLS, ROUTER_SYSCTLS], self.is_router.astype(int).tolist())
+            inodes = self.holder.create([self.names[i] for i in here.tolist()], [SYSCTLS, ROUTER_SYSCTLS],
+                                        self.is_router[here].astype(int).tolist())
         except HolderError as e:
             raise ApplyError(f"cannot create the network namespaces: {e.strerror or e}",
                              operation="create namespaces") from None
-        self.nodes = make_nodes(((nd.name, nd.kind, self.holder.path(nd.name)) for nd in self.timeline.nodes),
-                                self.run_id)
+        # a node of another host keeps its place in the tables with a path that exists nowhere: nothing is
+        # sent there (every request is filtered by self.local), and a slip fails naming the node
+        self.nodes = make_nodes(((nd.name, nd.kind, self.holder.path(nd.name) if self.local[i] else
+                                  f"{REMOTE_NS_DIR}/host-{self.part.host_of[i] if self.part else -1}/{nd.name}")
+                                 for i, nd in enumerate(self.timeline.nodes)), self.run_id)
         return inodes
+
+    def _local_nodes(self) -> list[EmuNode]:
+        """The nodes whose namespaces this emulation holds (all of them but in a host's part)."""
+        return [self.nodes[i] for i in np.flatnonzero(self.local).tolist()]
 
     def _write_state(self, inodes: list[int]) -> None:
         try:
@@ -749,9 +789,17 @@ class Emulation:
         # first and answer EEXIST whenever the host happens to have a device with that index.
         # The far ends' namespaces are opened for each near namespace's batch and closed after it: a
         # handful of descriptors at a time, never one per node.
+        # In a host's part: a pair with both ends here is a veth as on one host, one with a single end here
+        # is that end made as a VXLAN device (_create_cross), one with none is another host's business.
+        here = self.local
         by_near: list[list[tuple[int, int]]] = [[] for _ in range(self.n_nodes)]
+        cross: list[tuple[int, int, int]] = []  # (link, pair, side of the end made here)
         for l, pair in pairs:
-            by_near[int(la[l])].append((l, pair))
+            na, nb = int(la[l]), int(self._pfar[l, pair])
+            if here[na] and here[nb]:
+                by_near[na].append((l, pair))
+            elif here[na] or here[nb]:
+                cross.append((l, pair, 0 if here[na] else 1))
         for na, todo in enumerate(by_near):
             if not todo:
                 continue
@@ -771,9 +819,11 @@ class Emulation:
             finally:
                 for fd in fds.values():
                     os.close(fd)
+        if cross:
+            self._create_cross(cross)
         # addresses and link states, one batch per namespace
         batches = [rtnl.Batch() for _ in range(self.n_nodes)]
-        for i in range(self.n_nodes):
+        for i in np.flatnonzero(here).tolist():
             batches[i].add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(1, True), "lo up")
             if self.is_router[i]:
                 batches[i].add(rtnl.RTM_NEWADDR, _CREATE, rtnl.addr_body(1, int(a.loopback[i]), 32),
@@ -786,16 +836,38 @@ class Emulation:
         for l, pair in pairs:
             na, nb = int(la[l]), int(self._pfar[l, pair])
             on = bool(up[l]) and pair == 0
-            self._queue_end(batches[na], na, l, pair, 0, on, ups[na])
+            if here[na]:
+                self._queue_end(batches[na], na, l, pair, 0, on, ups[na])
             if nb != na:
-                self._queue_end(batches[nb], nb, l, pair, 1, on and snap.peer[l] >= 0, ups[nb])
-            else:
+                if here[nb]:
+                    self._queue_end(batches[nb], nb, l, pair, 1, on and snap.peer[l] >= 0, ups[nb])
+            elif here[nb]:
                 name, index, _ = a.pair_end(l, pair, 1)
                 self.nodes[nb].add_intf(name, index, None, None)
-        for i, b in enumerate(batches):
-            self._rtnl[i].check(b, "configure interfaces")
+        for i in np.flatnonzero(here).tolist():
+            self._rtnl[i].check(batches[i], "configure interfaces")
         self._spares_at = spare_at
         return ups
+
+    def _create_cross(self, ends: list[tuple[int, int, int]]) -> None:
+        """A host's part: create this host's ends of pairs whose other end is on another host, ``[(link, pair,
+        side), ...]``, as VXLAN devices (down) in their nodes' namespaces over the host's underlay, with the
+        names and indices the veth ends would have (addressed and brought up as those are)."""
+        from .cluster import vxlan
+
+        part = self.part
+        assert part is not None
+        items = []
+        for l, pair, side in ends:
+            near, far = int(self.link_a[l]), int(self._pfar[l, pair])
+            node, other = (near, far) if side == 0 else (far, near)
+            name, index, _ = self.addr.pair_end(l, pair, side)
+            items.append((part.end(l, pair, name, index, other), self.nodes[node].ns_path))
+        host = rtnl.Rtnl(part.underlay_ns, f"host-{part.host}")
+        try:
+            vxlan.add_ends(host, items, up=False)
+        finally:
+            host.close()
 
     def _queue_end(self, batch: rtnl.Batch, node: int, link: int, pair: int, side: int, up: bool,
                    later: rtnl.Batch | None = None) -> None:
@@ -827,7 +899,7 @@ class Emulation:
             if ends[1][0] == ends[0][0]:
                 continue  # parked at its gateway: no satellite
             for node, side in ends:
-                if not self.is_router[node]:
+                if not self.is_router[node] or not self.local[node]:
                     continue
                 _, index, _ = self.addr.pair_end(l, pair, side)
                 _, _, gw = self.addr.pair_end(l, pair, 1 - side)
@@ -862,14 +934,18 @@ class Emulation:
             return got[1]
         from .shaping import Port
 
+        def node_of(side: int) -> int:
+            return int(self.link_a[link]) if side == 0 else int(self._pfar[link, p])
+
         def end(side: int, peer: Any = None) -> Any:
-            node = int(self.link_a[link]) if side == 0 else int(self._pfar[link, p])
+            node = node_of(side)
             name, index, _ = self.addr.pair_end(link, p, side)
             return Port(self.names[node], self.nodes[node].ns_path, name, index, peer)
 
         # the receiving end: the userspace shaper holds this direction's packets there (after the veth has
-        # detached them from the sending socket, so TCP is not throttled by its own small queues)
-        port = end(side, end(1 - side))
+        # detached them from the sending socket, so TCP is not throttled by its own small queues); on another
+        # host (a VXLAN end) they are held on the sending end's egress, before the underlay
+        port = end(side, end(1 - side)) if self.local[node_of(1 - side)] else end(side)
         self._ports[(link, p, side)] = (far, port)
         return port
 
@@ -888,11 +964,15 @@ class Emulation:
         for l, (delay_ms, rate_mbps, loss_pct) in zip(links.tolist(), params.tolist()):
             shape = LinkShape(delay_ms, rate_mbps, loss_pct, self._queue_of(l))
             p = int(self.ends.pair[l])
-            items.append((self._port(l, 0), shape))
-            where.append((l, p, 0))
-            if snap.peer[l] >= 0:
+            # each direction is shaped by the host it leaves from (all of them on one host)
+            if self.local[self.link_a[l]]:
+                items.append((self._port(l, 0), shape))
+                where.append((l, p, 0))
+            if snap.peer[l] >= 0 and self.local[self._pfar[l, p]]:
                 items.append((self._port(l, 1), shape))
                 where.append((l, p, 1))
+        if not items:
+            return
         self.shaper.set(items, self._ipr_of)
         self._number_ports(items, where)
 
@@ -955,8 +1035,10 @@ class Emulation:
                 continue
             shape = LinkShape(float(tl.delay_ms[l, k]), float(tl.rate_mbps[l, k]), float(tl.loss_pct[l, k]),
                               self._queue_of(l))
-            items += [(self._port(l, 0, pair), shape), (self._port(l, 1, pair), shape)]
-            where += [(l, pair, 0), (l, pair, 1)]
+            for side, node in ((0, int(self.link_a[l])), (1, int(self._pfar[l, pair]))):
+                if self.local[node]:  # shaped by the host it leaves from
+                    items.append((self._port(l, side, pair), shape))
+                    where.append((l, pair, side))
         if items:
             self.shaper.set(items, self._ipr_of)
             self._number_ports(items, where)
@@ -1103,7 +1185,7 @@ class Emulation:
     def _multipath_hash(self) -> None:
         """Hash multipath routes on the L4 5-tuple in every router (namespace sysctl, not the host's),
         so that flows between the same two hosts spread over the next hops."""
-        for i in np.flatnonzero(self.is_router).tolist():
+        for i in np.flatnonzero(self.is_router & self.local).tolist():
             nd = self.nodes[i]
             with entered(nd.ns_path, nd.name):
                 try:
@@ -1128,7 +1210,7 @@ class Emulation:
 
     def _host_routes(self) -> None:
         a = self.addr
-        for i in np.flatnonzero(~self.is_router).tolist():
+        for i in np.flatnonzero(~self.is_router & self.local).tolist():
             l = int(a.access_link[i])
             if self.applied.state[l] != 0:
                 continue  # down from the start by a scheduled event: installed when it comes up (apply_step)
@@ -1175,7 +1257,9 @@ class Emulation:
             link_diff = want_link[:, :, 0] != self._inst_link[:, :, 0]
         else:
             link_diff = (want_link != self._inst_link).any(axis=2)
-        changed = ((want_nh != self._inst_nh) | link_diff) & self.is_router[None, :] & ~self._covered[:, None]
+        # (a host's part installs its own routers' routes only)
+        changed = (((want_nh != self._inst_nh) | link_diff) & (self.is_router & self.local)[None, :]
+                   & ~self._covered[:, None])
         rows, routers = np.nonzero(changed)
         order = np.argsort(routers, kind="stable")  # group by namespace
         rows, routers = rows[order], routers[order]

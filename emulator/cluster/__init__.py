@@ -10,6 +10,10 @@
 * :mod:`~emulator.cluster.lab` and :mod:`~emulator.cluster.raylab`: fake hosts on one machine (namespaces
   on a bridge, 1 ms of underlay delay by the project's shaper) and a Ray node in each, for tests and benches.
 
-Nothing here is wired into ``satnetem run`` yet: no agent builds nodes on a host, and there is no
-``--cluster`` option.
+* :mod:`~emulator.cluster.part` (pure) and :mod:`~emulator.cluster.agent`: one Ray actor per host builds its
+  part of the emulation at step 0 (:class:`emulator.network.Emulation` given a ``HostPart``: its nodes'
+  namespaces, veths with both ends on it, a VXLAN end per link to another host, shaping, routes).
+
+Not wired into ``satnetem run`` yet (no ``--cluster`` option), and a host's part does not apply steps
+after 0.
 """

@@ -1,0 +1,225 @@
+"""One agent per host: a Ray actor that builds its host's part of a clustered emulation, and the driver
+side that places the nodes and asks every agent to build.
+
+The driver (:func:`start`, in a process connected to the Ray cluster with :func:`ray.init`) places the
+timeline's nodes on the hosts (:func:`emulator.cluster.placement.place`), starts one :class:`HostAgent`
+actor per host pinned by the host's resource (``satnetem-host-<h>``, :func:`emulator.cluster.raylab.resource`,
+no CPU reserved), asks each for its underlay address (its source address towards the head), then hands every
+agent the same timeline and placement: each builds, in its own host, an :class:`emulator.network.Emulation`
+given a :class:`~emulator.cluster.part.HostPart` (its nodes' namespaces, veths with both ends on it, a VXLAN
+end per link to another host, the shaping of what it sends, the routes of its routers at step 0). Every call
+is a Ray actor method call; there is no protocol of our own.
+
+Each host's part has its own run id, ``<run_id>-h<host>``: ``satnetem clean --run-id <run_id>-h<host>`` on
+that host removes what it left. The fake hosts of :mod:`emulator.cluster.lab` share one machine, where one
+run id for all would let one host's teardown end another's holder.
+
+Not yet: steps after 0 (handovers across hosts), the underlay delay subtracted from cross-host links (the
+links carry it on top of their own), ``satnetem run --cluster``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from topologies.errors import ApplyError, ConfigError
+from topologies.timeline import Timeline
+
+from .placement import Placement, place
+
+log = logging.getLogger(__name__)
+
+#: Longest wait for an agent's build, s.
+BUILD_TIMEOUT_S = 600.0
+
+
+def host_run_id(run_id: str, host: int) -> str:
+    """The run id of ``host``'s part of run ``run_id``."""
+    return f"{run_id}-h{host}"
+
+
+class HostAgent:
+    """What runs on one host (the body of its Ray actor): builds and stops the host's part.
+
+    Parameters
+    ----------
+    host : int
+        This host's number in the placement.
+    """
+
+    def __init__(self, host: int) -> None:
+        self.host = host
+        self.emu: Any = None
+
+    def underlay_address(self, toward: str) -> str:
+        """This host's source address towards ``toward`` (the head's address): the one its VXLAN ends use.
+        No packet is sent (a UDP socket's connect only chooses the route)."""
+        import socket
+
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.connect((toward, 9))
+            return str(s.getsockname()[0])
+        finally:
+            s.close()
+
+    def build(self, timeline: Timeline, host_of: np.ndarray, underlay: tuple[str, ...], run_id: str,
+              protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0, vni_base: int = 1,
+              queue_packets: dict[str, int] | None = None) -> dict[str, Any]:
+        """Build this host's part of ``timeline`` at step 0.
+
+        Returns
+        -------
+        dict
+            ``host``, ``run_id``, ``holder`` (pid of the namespace holder), ``namespaces`` (node name ->
+            path of its namespace, readable by root on this host), ``shaper`` (the backend and why),
+            ``timings_ms`` (the build's), ``cross_ends`` (VXLAN ends made here).
+        """
+        from ..network import Emulation
+        from ..shaping import make_shaper
+        from .part import HostPart
+
+        if self.emu is not None:
+            raise ApplyError(f"host {self.host} has built already", operation="build")
+        addr = underlay[self.host]
+        part = HostPart(self.host, np.asarray(host_of, np.int64), tuple(underlay), _ifindex_of(addr),
+                        vni_base=vni_base)
+        sh, why = make_shaper(shaper, seed)
+        # no route worker: a fork of a Ray worker (gRPC threads) is not safe; step 0 is computed in-process
+        emu = Emulation(timeline, sh, protocol, run_id=host_run_id(run_id, self.host), part=part, route_worker=False)
+        emu.queue_packets = queue_packets
+        self.emu = emu
+        emu.build()  # stops itself on failure
+        here = np.flatnonzero(part.local)
+        near, far = timeline.link_a.astype(np.int64), timeline.peer[:, 0].astype(np.int64)
+        ok = far >= 0
+        cross = int((ok & (part.local[near] != part.local[np.maximum(far, 0)])).sum())
+        assert emu.holder is not None
+        return {"host": self.host, "run_id": emu.run_id, "holder": emu.holder.pid, "underlay": addr,
+                "namespaces": {emu.names[i]: emu.nodes[i].ns_path for i in here.tolist()}, "shaper": why,
+                "timings_ms": emu.build_timings_ms, "cross_ends": cross}
+
+    def stop(self) -> dict[str, Any]:
+        """Tear this host's part down (idempotent); returns the pids of the run still alive (none expected)."""
+        from ..clean import find_ours
+
+        if self.emu is None:
+            return {"host": self.host, "left": []}
+        rid = self.emu.run_id
+        self.emu.stop()
+        self.emu = None
+        pids, _ = find_ours(rid)
+        return {"host": self.host, "left": sorted(pids)}
+
+
+def _ifindex_of(address: str) -> int:
+    """Index of the interface holding IPv4 ``address`` in this process's namespace."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.get_addr(family=2, address=address)
+    if not found:
+        raise ConfigError(f"no interface here has the underlay address {address}", key="underlay")
+    return int(found[0]["index"])
+
+
+@dataclass
+class Cluster:
+    """A clustered emulation's handle in the driver.
+
+    Attributes
+    ----------
+    placement : Placement
+    underlay : tuple of str
+        Each host's underlay address.
+    builds : list of dict
+        What each agent's :meth:`HostAgent.build` returned, by host.
+    """
+
+    agents: list[Any]
+    placement: Placement
+    underlay: tuple[str, ...]
+    builds: list[dict[str, Any]] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def stop(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Every agent tears its part down; their answers (:meth:`HostAgent.stop`)."""
+        import ray
+
+        return list(ray.get([a.stop.remote() for a in self.agents], timeout=timeout_s))
+
+
+def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strategy: str = "plane",
+          protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0) -> Cluster:
+    """Place ``timeline`` on ``n_hosts`` hosts and have one agent per host build its part (the caller is a
+    Ray driver already: :func:`ray.init` done).
+
+    Parameters
+    ----------
+    head_addr : str
+        The head's IPv4 address (each host's underlay address is its source address towards it).
+
+    Raises
+    ------
+    ApplyError
+        An agent's build failed (the message names the host; the agents that built are stopped).
+    """
+    import ray
+
+    from .raylab import resource
+
+    t0 = time.perf_counter()
+    placement = place(timeline, n_hosts, strategy)
+    actor: Any = ray.remote(num_cpus=0)(HostAgent)
+    agents = [actor.options(resources={resource(h): 1}).remote(h) for h in range(n_hosts)]
+    underlay = tuple(ray.get([a.underlay_address.remote(head_addr) for a in agents], timeout=BUILD_TIMEOUT_S))
+    t1 = time.perf_counter()
+    cluster = Cluster(agents, placement, underlay)
+    tl_ref = ray.put(timeline)
+    calls = [a.build.remote(tl_ref, placement.host_of, underlay, run_id, protocol, shaper, seed) for a in agents]
+    builds: list[dict[str, Any]] = []
+    failure = None
+    for h, c in enumerate(calls):
+        try:
+            builds.append(ray.get(c, timeout=BUILD_TIMEOUT_S))
+        except Exception as e:  # noqa: BLE001 - a Ray task error carries the agent's exception as text
+            failure = failure or f"host {h}: {str(e).strip().splitlines()[-1]}"
+            builds.append({"host": h, "error": str(e)})
+    if failure is not None:
+        cluster.stop()
+        raise ApplyError(f"the build failed on {failure}", operation="cluster build")
+    cluster.builds = builds
+    cluster.timings_s = {"agents": t1 - t0, "build": time.perf_counter() - t1}
+    return cluster
+
+
+def main(argv: list[str]) -> int:
+    """Driver for tests and benches: ``python -m emulator.cluster.agent HEAD_ADDR:PORT TIMELINE.npz N_HOSTS
+    RUN_ID [STRATEGY]``. Builds, prints one JSON line (placement, underlay, builds), waits for a line (or end
+    of file) on standard input, stops every agent and prints one JSON line of what each left."""
+    import ray
+
+    head, path, n_hosts, run_id = argv[0], argv[1], int(argv[2]), argv[3]
+    strategy = argv[4] if len(argv) > 4 else "plane"
+    tl = Timeline.load(path)
+    ray.init(address=head, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        cluster = start(head.rsplit(":", 1)[0], tl, n_hosts, run_id, strategy)
+        print(json.dumps({"host_of": cluster.placement.host_of.tolist(), "underlay": list(cluster.underlay),
+                          "builds": cluster.builds, "timings_s": cluster.timings_s}), flush=True)
+        sys.stdin.readline()
+        print(json.dumps({"stopped": cluster.stop()}), flush=True)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,343 @@
+"""One agent per host builds its nodes (issue 13): a 8 x 12 Walker shell with two gateways and their hosts
+(100 nodes) placed over three fake hosts (emulator.cluster.lab, 1 ms of underlay delay each way) by orbital
+plane, one Ray actor per host (emulator.cluster.agent) building its part: namespaces, veths, a VXLAN end
+per link to another host, shaping, step-0 routes.
+
+Checked against things the product does not report about itself:
+
+* routes: every node's main routing table, dumped with pyroute2 from the kernel, equals the one a
+  single-host build of the same timeline has (destination, gateway, device name, source, type);
+* RTTs: ping over a cross-host laser link and between two satellites on different hosts several hops
+  apart; the median within max(1 ms, 3 %) of the delay of the least-delay path found here with networkx on
+  the timeline's step 0, plus the underlay's one-way delay (half its minimum ping RTT, measured here) once
+  per host crossing of that path each way; the link is a VXLAN device in its node's namespace (read with
+  ``ip -d``);
+* nothing is left: after the driver stops the agents, and after a second driver is killed with SIGKILL
+  and ``satnetem clean --run-id`` is run for each host's part: no process marked with the run, no holder,
+  no delay daemon in any fake host, the fake hosts' namespaces with only ``lo`` and ``ul0``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from emulator.cluster.lab import FakeHosts, LabConfig
+from emulator.cluster.raylab import RayLab
+
+pytestmark = pytest.mark.root
+ROOT = Path(__file__).resolve().parents[2]
+N_HOSTS = 3
+
+SCENARIO = """
+name = "cluster-slice"
+seed = 1
+
+[time]
+start = "2023-07-18T12:00:00Z"
+duration_s = 2
+step_s = 1.0
+
+[[constellation.shells]]
+name = "shell"
+pattern = "delta"
+altitude_km = 1200.0
+inclination_deg = 53.0
+planes = 8
+sats_per_plane = 12
+phasing = 1
+
+[gsl]
+min_elevation_deg = 10.0
+
+[[ground.sites]]
+name = "gs-london"
+lat_deg = 51.5074
+lon_deg = -0.1278
+
+[[ground.sites]]
+name = "gs-new-york"
+lat_deg = 40.7128
+lon_deg = -74.0060
+"""
+
+
+@pytest.fixture(scope="module")
+def timeline(tmp_path_factory):
+    from topologies.plan import plan_scenario
+    from topologies.scenario import parse_scenario
+
+    d = tmp_path_factory.mktemp("cluster-build")
+    tl = plan_scenario(parse_scenario(SCENARIO, str(d / "scenario.toml")))
+    path = tl.save(d / "timeline.npz")
+    return tl, str(path)
+
+
+@pytest.fixture(scope="module")
+def ray_lab():
+    if importlib.util.find_spec("ray") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("ray is not installed (install.sh installs satnetem[cluster])", pytrace=False)
+        pytest.skip("ray is not installed: pip install -e .[cluster]")
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with FakeHosts(f"t-cbl-{os.getpid()}", LabConfig(n_hosts=N_HOSTS)) as lab:
+        with RayLab(lab) as rl:
+            yield lab, rl
+
+
+# ----------------------------------------------------------------------------------------- reading the kernel
+def routes_of(path: str) -> list[tuple]:
+    """The main routing table of the namespace at ``path``, read with pyroute2: one sorted tuple per route
+    (destination/length, type, scope, gateway, device name, preferred source, multipath hops)."""
+    from emulator.netns import iproute_in
+
+    ipr = iproute_in(path)
+    try:
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+        out = []
+        for r in ipr.get_routes(family=socket.AF_INET, table=254):
+            hops = tuple(sorted((h.get_attr("RTA_GATEWAY"), names.get(h["oif"]))
+                                for h in (r.get_attr("RTA_MULTIPATH") or [])))
+            out.append((f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", r["type"], r["scope"], r["proto"],
+                        r.get_attr("RTA_GATEWAY"), names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_PREFSRC"),
+                        hops))
+        return sorted(out, key=repr)
+    finally:
+        ipr.close()
+
+
+def nsrun(path: str, argv: list[str], timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nsenter", f"--net={path}", "--", *argv], capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+
+
+def ping_rtts(path: str, addr: str, count: int = 10) -> list[float]:
+    r = nsrun(path, ["ping", "-n", "-c", str(count), "-i", "0.05", "-W", "2", addr])
+    return [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def leftovers(lab: FakeHosts, run_ids: list[str]) -> list[str]:
+    """What the runs left on the machine and in the fake hosts, read from /proc and ``ip``: processes whose
+    command line names one of the runs, holders or delay daemons inside a fake host's namespace, interfaces
+    in a fake host other than lo and ul0."""
+    hosts = {os.stat(lab.host_path(h)).st_ino: h for h in range(N_HOSTS)}
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            ino = os.stat(d / "ns" / "net").st_ino
+        except OSError:
+            continue
+        if not alive(int(d.name)):
+            continue
+        line = " ".join(argv)
+        if any(f"satnetem:{rid}:" in line for rid in run_ids):
+            found.append(f"pid {d.name}: {line[:100]}")
+        elif ino in hosts and ("emulator.kernel.holder" in line or "delayd" in line):
+            found.append(f"pid {d.name} in host-{hosts[ino]}: {line[:100]}")
+    for h in range(N_HOSTS):
+        names = {x["ifname"] for x in json.loads(lab.run(lab.host_name(h), ["ip", "-j", "link", "show"]).stdout)}
+        if names != {"lo", "ul0"}:
+            found.append(f"host-{h} interfaces {sorted(names)}")
+    return found
+
+
+# ----------------------------------------------------------------------------------------- the driver
+class Driver:
+    """``python -m emulator.cluster.agent`` in fake host 0 (a Ray driver with the cluster's token)."""
+
+    def __init__(self, lab: FakeHosts, rl: RayLab, tl_path: str, run_id: str, log: Path) -> None:
+        self.run_id = run_id
+        self.err = open(log, "w")
+        argv = [sys.executable, "-m", "emulator.cluster.agent", rl.head, tl_path, str(N_HOSTS), run_id]
+        self.p = lab.popen(lab.host_name(0), argv, env=rl.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=self.err, text=True, cwd=str(ROOT))
+
+    def line(self, timeout_s: float = 240.0) -> dict:
+        import select
+
+        assert self.p.stdout is not None
+        ready, _, _ = select.select([self.p.stdout], [], [], timeout_s)
+        out = self.p.stdout.readline() if ready else ""
+        if not out:
+            self.p.kill()
+            self.p.wait()
+            self.err.flush()
+            raise AssertionError(f"driver gave no answer: {Path(self.err.name).read_text()[-2000:]}")
+        return json.loads(out)
+
+    def stop(self) -> dict:
+        assert self.p.stdin is not None
+        self.p.stdin.write("stop\n")
+        self.p.stdin.flush()
+        got = self.line()
+        self.p.wait(timeout=60)
+        return got
+
+
+def host_ids(run_id: str) -> list[str]:
+    from emulator.cluster.agent import host_run_id
+
+    return [host_run_id(run_id, h) for h in range(N_HOSTS)]
+
+
+# ----------------------------------------------------------------------------------------- the test
+def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
+    from emulator.network import Emulation
+    from emulator.shaping import make_shaper
+    from topologies.timeline import LINK_CLASSES
+
+    lab, rl = ray_lab
+    tl, tl_path = timeline
+    t0 = time.monotonic()
+
+    # the same timeline built on one host: its routes, per node
+    single = Emulation(tl, make_shaper("auto")[0], "shortest-delay", run_id=f"t-cb1-{os.getpid()}")
+    try:
+        single.build()
+        want = {nd.name: routes_of(nd.ns_path) for nd in single.nodes}
+        addr = {nd.name: single.address_of(nd.name) for nd in tl.nodes}
+    finally:
+        single.stop()
+    t_single = time.monotonic() - t0
+
+    run_id = f"t-cb-{os.getpid()}"
+    drv = Driver(lab, rl, tl_path, run_id, tmp_path / "driver.log")
+    try:
+        got = drv.line()
+        t_built = time.monotonic() - t0
+        host_of = np.array(got["host_of"])
+        ns = {}
+        for b in got["builds"]:
+            ns.update(b["namespaces"])
+        assert set(ns) == {nd.name for nd in tl.nodes}
+        assert [sorted(b["namespaces"]) for b in got["builds"]] == [
+            sorted(nd.name for i, nd in enumerate(tl.nodes) if host_of[i] == h) for h in range(N_HOSTS)]
+        assert got["underlay"] == [lab.address(h) for h in range(N_HOSTS)]
+
+        # (a) routes per node equal the single-host build's, and they are the full tables
+        routers = [nd.name for i, nd in enumerate(tl.nodes) if single.is_router[i]]
+        assert all(len(want[n]) >= len(routers) - 1 for n in routers), "the single-host build has few routes"
+        differ = [n for n in want if routes_of(ns[n]) != want[n]]
+        assert not differ, f"{len(differ)} nodes' routes differ, e.g. {differ[0]}: " \
+                           f"{sorted(set(routes_of(ns[differ[0]])) ^ set(want[differ[0]]), key=repr)[:4]}"
+
+        # the underlay's own delay, from host 0 to the others
+        one_way = {}
+        for h in range(1, N_HOSTS):
+            r = lab.run(lab.host_name(0), ["ping", "-n", "-c", "20", "-i", "0.02", lab.address(h)])
+            rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
+            assert len(rtts) == 20, r.stdout + r.stderr
+            one_way[h] = min(rtts) / 2
+        underlay_ms = statistics.mean(one_way.values())
+
+        # the step-0 graph, with each link slot's delay, and which hops cross hosts
+        snap = tl.snapshot(0)
+        g = nx.DiGraph()
+        for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0)).tolist():
+            a, b, d = int(tl.link_a[l]), int(snap.peer[l]), float(snap.params[l, 0])
+            for u, v in ((a, b), (b, a)):
+                if not g.has_edge(u, v) or g[u][v]["delay_ms"] > d:
+                    g.add_edge(u, v, delay_ms=d)
+
+        def predicted(src: int, dst: int) -> tuple[float, int, int]:
+            """(RTT ms with the underlay, host crossings both ways, hops one way)."""
+            rtt, crossings, hops = 0.0, 0, 0
+            for u, v in ((src, dst), (dst, src)):
+                p = nx.dijkstra_path(g, u, v, weight="delay_ms")
+                rtt += sum(g[x][y]["delay_ms"] for x, y in zip(p, p[1:]))
+                crossings += sum(host_of[x] != host_of[y] for x, y in zip(p, p[1:]))
+                hops = len(p) - 1
+            return rtt + crossings * underlay_ms, crossings, hops
+
+        # (b1) a laser link across hosts, and its far end's loopback pinged over it
+        isl = LINK_CLASSES.index("isl")
+        cross = [l for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0) & (tl.link_class == isl)).tolist()
+                 if host_of[tl.link_a[l]] != host_of[snap.peer[l]]]
+        assert cross
+        l = cross[0]
+        a, b = int(tl.link_a[l]), int(snap.peer[l])
+        pred, crossings, hops = predicted(a, b)
+        assert (crossings, hops) == (2, 1)
+        name_a = single.addr.ifname_a[l]
+        (dev,) = json.loads(nsrun(ns[tl.nodes[a].name], ["ip", "-j", "-d", "link", "show", "dev", name_a]).stdout)
+        assert dev["linkinfo"]["info_kind"] == "vxlan" and dev["mtu"] == 1500, dev
+        rtts = ping_rtts(ns[tl.nodes[a].name], addr[tl.nodes[b].name])
+        assert len(rtts) == 10
+        measured = statistics.median(rtts)
+        print(f"cross-host link {tl.nodes[a].name} - {tl.nodes[b].name}: RTT median {measured:.3f} ms, min "
+              f"{min(rtts):.3f}, predicted {pred:.3f} (underlay one-way {underlay_ms:.3f} ms)")
+        assert abs(measured - pred) <= max(1.0, 0.03 * pred), (measured, pred)
+
+        # (b2) two satellites on different hosts, several hops and host crossings apart
+        sats = [i for i, nd in enumerate(tl.nodes) if nd.kind == "sat"]
+        src = sats[0]
+        far = [(predicted(src, d), d) for d in sats if host_of[d] != host_of[src]]
+        (pred, crossings, hops), dst = max(far, key=lambda x: (x[0][1], x[0][2], -x[1]))
+        assert crossings >= 2 and hops >= 3, (crossings, hops)
+        rtts = ping_rtts(ns[tl.nodes[src].name], addr[tl.nodes[dst].name])
+        assert len(rtts) == 10
+        measured = statistics.median(rtts)
+        print(f"{tl.nodes[src].name} -> {tl.nodes[dst].name}: {hops} hops, {crossings} host crossings both ways, "
+              f"RTT median {measured:.3f} ms, predicted {pred:.3f}")
+        assert abs(measured - pred) <= max(1.0, 0.03 * pred), (measured, pred)
+
+        # (c1) the driver stops the agents: nothing left
+        stopped = drv.stop()
+        assert [s["left"] for s in stopped["stopped"]] == [[]] * N_HOSTS
+        assert not any(alive(b["holder"]) for b in got["builds"])
+        assert leftovers(lab, host_ids(run_id)) == []
+    finally:
+        if drv.p.poll() is None:
+            drv.p.kill()
+            drv.p.wait()
+    t_stopped = time.monotonic() - t0
+
+    # (c2) a driver killed with SIGKILL, then `satnetem clean --run-id` on each host's part
+    run2 = f"t-cbk-{os.getpid()}"
+    drv = Driver(lab, rl, tl_path, run2, tmp_path / "driver2.log")
+    try:
+        built = drv.line()
+        holders = [b["holder"] for b in built["builds"]]
+        assert all(alive(p) for p in holders)
+        drv.p.send_signal(signal.SIGKILL)
+        drv.p.wait()
+    finally:
+        if drv.p.poll() is None:
+            drv.p.kill()
+            drv.p.wait()
+    t_kill = time.monotonic()
+    deadline = t_kill + 30
+    while time.monotonic() < deadline and any(alive(p) for p in holders):
+        time.sleep(0.2)  # Ray ends the dead driver's actors; each holder sees its end of file and exits
+    gone_s = time.monotonic() - t_kill
+    satnetem = str(Path(sys.executable).with_name("satnetem"))
+    for rid in host_ids(run2):
+        r = subprocess.run([satnetem, "clean", "--run-id", rid], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert leftovers(lab, host_ids(run2)) == []
+    print(f"single-host build {t_single:.1f} s, cluster built at {t_built:.1f} s, stopped at {t_stopped:.1f} s; "
+          f"after SIGKILL of the driver the holders were gone in {gone_s:.1f} s")

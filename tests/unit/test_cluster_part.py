@@ -1,0 +1,66 @@
+"""A host's part of a clustered run (emulator.cluster.part.HostPart): validation, VNIs, VXLAN ends, and an
+Emulation given one refusing what it cannot do yet. No root needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from handmade import grid_timeline
+
+from emulator.cluster.part import HostPart
+from emulator.cluster.vxlan import VNI_MAX
+from topologies.errors import ConfigError
+
+ADDRS = ("10.9.0.1", "10.9.0.2", "10.9.0.3")
+
+
+def part(**kw) -> HostPart:
+    args = dict(host=1, host_of=np.array([0, 1, 1, 2]), underlay=ADDRS, underlay_ifindex=2)
+    args.update(kw)
+    return HostPart(**args)
+
+
+def test_local_nodes_and_ends():
+    p = part()
+    assert p.local.tolist() == [False, True, True, False]
+    e = p.end(7, 1, "x7", 40, other_node=3)
+    assert (e.vni, e.local, e.remote, e.underlay_ifindex, e.ifname, e.ifindex) == (16, ADDRS[1], ADDRS[2], 2,
+                                                                                   "x7", 40)
+    # the other host's end of the same pair has the same VNI and the addresses swapped
+    e0 = part(host=2).end(7, 1, "y7", 41, other_node=1)
+    assert (e0.vni, e0.local, e0.remote) == (16, ADDRS[2], ADDRS[1])
+    assert part(vni_base=1000).vni(0, 0) == 1000
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"host": 3}, "host"), ({"host": -1}, "host"), ({"host": True}, "host"),
+    ({"host_of": np.array([0, 3])}, "host_of"), ({"host_of": np.array([0.0, 1.0])}, "host_of"),
+    ({"underlay": ("10.9.0.1", "10.9.0.1", "10.9.0.3")}, "underlay"),
+    ({"underlay": ("10.9.0.1", "nope", "10.9.0.3")}, "underlay address"),
+    ({"underlay_ifindex": 0}, "underlay_ifindex"), ({"vni_base": 0}, "vni_base"),
+    ({"vni_base": VNI_MAX + 1}, "vni_base"),
+])
+def test_bad_parts_are_refused(kw, key):
+    with pytest.raises(ConfigError) as e:
+        part(**kw)
+    assert e.value.key == key
+
+
+def test_vni_past_24_bits_is_refused():
+    with pytest.raises(ConfigError, match="above"):
+        part(vni_base=VNI_MAX - 2).vni(1, 1)
+
+
+def test_emulation_with_a_part():
+    from emulator.network import Emulation
+
+    tl = grid_timeline()
+    n = len(tl.nodes)
+    host_of = np.arange(n) % 2
+    with pytest.raises(ConfigError, match="places 3 nodes"):
+        Emulation(tl, None, "shortest-delay", part=HostPart(0, np.zeros(3, np.int64), ADDRS[:2], 2))
+    with pytest.raises(ConfigError, match="routing daemons"):
+        Emulation(tl, None, "ospf", part=HostPart(0, host_of, ADDRS[:2], 2))
+    emu = Emulation(tl, None, "shortest-delay", part=HostPart(1, host_of, ADDRS[:2], 2))
+    assert emu.local.tolist() == (host_of == 1).tolist()
+    assert Emulation(tl, None, "shortest-delay").local.all()
