@@ -61,6 +61,10 @@ def main() -> int:
         sys.exit("under_hog: --rounds must be >= 1")
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}")
     print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
+    # Ctrl-C and kill end the rounds with the hogs stopped: SIGINT may come in ignored (a background job
+    # of a non-interactive shell), and Python's default SIGTERM ends without running the finally below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     hogs = start_hog(args.hogs)
     passed = 0
     try:
