@@ -48,6 +48,23 @@ def stop_hog(hogs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
+def run_round(k: str, tests: list[str]) -> subprocess.CompletedProcess[str]:
+    """One pytest run. Interrupted, the round gets SIGINT and up to 60 s to tear its namespaces down."""
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", k, *tests],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate()
+    except BaseException:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        raise
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
@@ -70,8 +87,7 @@ def main() -> int:
     try:
         for k in range(1, args.rounds + 1):
             t0 = time.monotonic()
-            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", args.k,
-                                *args.tests], cwd=REPO, capture_output=True, text=True)
+            r = run_round(args.k, args.tests)
             tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "(no output)"
             failed = re.findall(r"^FAILED (\S+)", r.stdout, re.M)
             passed += r.returncode == 0
