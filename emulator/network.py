@@ -32,6 +32,7 @@ of other links run alongside. An antenna without a satellite keeps its pair, dow
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import json
@@ -965,16 +966,24 @@ class Emulation:
             shape = LinkShape(delay_ms, rate_mbps, loss_pct, self._queue_of(l))
             p = int(self.ends.pair[l])
             # each direction is shaped by the host it leaves from (all of them on one host)
-            if self.local[self.link_a[l]]:
-                items.append((self._port(l, 0), shape))
+            na, nb = int(self.link_a[l]), int(self._pfar[l, p])
+            if self.local[na]:
+                items.append((self._port(l, 0), self._sent(shape, nb)))
                 where.append((l, p, 0))
-            if snap.peer[l] >= 0 and self.local[self._pfar[l, p]]:
-                items.append((self._port(l, 1), shape))
+            if snap.peer[l] >= 0 and self.local[nb]:
+                items.append((self._port(l, 1), self._sent(shape, na)))
                 where.append((l, p, 1))
         if not items:
             return
         self.shaper.set(items, self._ipr_of)
         self._number_ports(items, where)
+
+    def _sent(self, shape: Any, receiver: int) -> Any:
+        """``shape`` as sent towards node ``receiver``: to another host (a host's part), its delay less the
+        underlay's (:meth:`emulator.cluster.part.HostPart.sent_delay_ms`)."""
+        if self.part is None or self.local[receiver]:
+            return shape
+        return dataclasses.replace(shape, delay_ms=self.part.sent_delay_ms(shape.delay_ms, receiver))
 
     def _shape_fast(self, links: np.ndarray, snap: Snapshot) -> np.ndarray:
         """Shape those of ``links`` whose ports the shaper numbered (``set_delays``, the userspace shaper)
@@ -1035,9 +1044,10 @@ class Emulation:
                 continue
             shape = LinkShape(float(tl.delay_ms[l, k]), float(tl.rate_mbps[l, k]), float(tl.loss_pct[l, k]),
                               self._queue_of(l))
-            for side, node in ((0, int(self.link_a[l])), (1, int(self._pfar[l, pair]))):
-                if self.local[node]:  # shaped by the host it leaves from
-                    items.append((self._port(l, side, pair), shape))
+            ends = (int(self.link_a[l]), int(self._pfar[l, pair]))
+            for side in (0, 1):
+                if self.local[ends[side]]:  # shaped by the host it leaves from
+                    items.append((self._port(l, side, pair), self._sent(shape, ends[1 - side])))
                     where.append((l, pair, side))
         if items:
             self.shaper.set(items, self._ipr_of)

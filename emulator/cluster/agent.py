@@ -14,8 +14,10 @@ Each host's part has its own run id, ``<run_id>-h<host>``: ``satnetem clean --ru
 that host removes what it left. The fake hosts of :mod:`emulator.cluster.lab` share one machine, where one
 run id for all would let one host's teardown end another's holder.
 
-Not yet: steps after 0 (handovers across hosts), the underlay delay subtracted from cross-host links (the
-links carry it on top of their own), ``satnetem run --cluster``.
+Before building, each agent measures the underlay's one-way delay to the other hosts and shapes what it sends
+there with the link's delay less that (:class:`~emulator.cluster.part.HostPart`, ``underlay_ms``), once, at
+the build. Not yet: steps after 0 (handovers across hosts), the periodic re-measurement, ``satnetem run
+--cluster``.
 """
 
 from __future__ import annotations
@@ -72,25 +74,47 @@ class HostAgent:
 
     def build(self, timeline: Timeline, host_of: np.ndarray, underlay: tuple[str, ...], run_id: str,
               protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0, vni_base: int = 1,
-              queue_packets: dict[str, int] | None = None) -> dict[str, Any]:
+              queue_packets: dict[str, int] | None = None, correct_underlay: bool = True) -> dict[str, Any]:
         """Build this host's part of ``timeline`` at step 0.
+
+        With ``correct_underlay``, the underlay's one-way delay to every other host is measured first (half
+        the least RTT of 20 pings, :func:`emulator.cluster.underlay.measure`) and subtracted from what this
+        host sends there (:attr:`emulator.cluster.part.HostPart.underlay_ms`); a link shorter than the
+        underlay is warned of and carries the underlay's delay.
 
         Returns
         -------
         dict
             ``host``, ``run_id``, ``holder`` (pid of the namespace holder), ``namespaces`` (node name ->
             path of its namespace, readable by root on this host), ``shaper`` (the backend and why),
-            ``timings_ms`` (the build's), ``cross_ends`` (VXLAN ends made here).
+            ``timings_ms`` (the build's), ``cross_ends`` (VXLAN ends made here), ``underlay`` (per host:
+            one-way ms and jitter ms measured, or None), ``underlay_too_slow`` (directions sent to another
+            host at step 0 whose link's delay is below the underlay's).
         """
         from ..network import Emulation
         from ..shaping import make_shaper
         from .part import HostPart
+        from .underlay import measure
 
         if self.emu is not None:
             raise ApplyError(f"host {self.host} has built already", operation="build")
         addr = underlay[self.host]
+        others = [h for h in range(len(underlay)) if h != self.host]
+        one_way: tuple[float, ...] | None = None
+        seen: list[dict[str, float] | None] = [None] * len(underlay)
+        if correct_underlay and others:
+            paths = measure([underlay[h] for h in others], count=20, interval_s=0.01)
+            lost = [underlay[h] for h, p in zip(others, paths) if p.received == 0]
+            if lost:
+                raise ApplyError(f"host {self.host} ({addr}) gets no ping answer from {', '.join(lost)} over the "
+                                 f"underlay", operation="underlay")
+            ms = [0.0] * len(underlay)
+            for h, p in zip(others, paths):
+                ms[h] = p.one_way_ms
+                seen[h] = {"one_way_ms": p.one_way_ms, "jitter_ms": p.jitter_ms}
+            one_way = tuple(ms)
         part = HostPart(self.host, np.asarray(host_of, np.int64), tuple(underlay), _ifindex_of(addr),
-                        vni_base=vni_base)
+                        vni_base=vni_base, underlay_ms=one_way)
         sh, why = make_shaper(shaper, seed)
         # no route worker: a fork of a Ray worker (gRPC threads) is not safe; step 0 is computed in-process
         emu = Emulation(timeline, sh, protocol, run_id=host_run_id(run_id, self.host), part=part, route_worker=False)
@@ -100,11 +124,21 @@ class HostAgent:
         here = np.flatnonzero(part.local)
         near, far = timeline.link_a.astype(np.int64), timeline.peer[:, 0].astype(np.int64)
         ok = far >= 0
-        cross = int((ok & (part.local[near] != part.local[np.maximum(far, 0)])).sum())
+        far0 = np.maximum(far, 0)
+        crossing = ok & (part.local[near] != part.local[far0])
+        too_slow = 0
+        if one_way is not None:  # each crossing slot's direction that leaves here, against its receiver's host
+            x = np.flatnonzero(crossing)
+            receiver = np.where(part.local[near[x]], far0[x], near[x])
+            too_slow = int((timeline.delay_ms[x, 0] < np.asarray(one_way)[part.host_of[receiver]]).sum())
+            if too_slow:
+                log.warning("host %d: %d links to other hosts are shorter than the underlay between them: they "
+                            "carry the underlay's delay", self.host, too_slow)
         assert emu.holder is not None
-        return {"host": self.host, "run_id": emu.run_id, "holder": emu.holder.pid, "underlay": addr,
+        return {"host": self.host, "run_id": emu.run_id, "holder": emu.holder.pid, "address": addr,
                 "namespaces": {emu.names[i]: emu.nodes[i].ns_path for i in here.tolist()}, "shaper": why,
-                "timings_ms": emu.build_timings_ms, "cross_ends": cross}
+                "timings_ms": emu.build_timings_ms, "cross_ends": int(crossing.sum()), "underlay": seen,
+                "underlay_too_slow": too_slow}
 
     def stop(self) -> dict[str, Any]:
         """Tear this host's part down (idempotent); returns the pids of the run still alive (none expected)."""

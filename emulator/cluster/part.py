@@ -38,6 +38,11 @@ class HostPart:
     vni_base : int
         VNI of veth pair 0 of link slot 0; pair ``p`` of slot ``l`` gets ``vni_base + 2 l + p``
         (:meth:`vni`), the same on both hosts. Two runs sharing an underlay need disjoint ranges.
+    underlay_ms : tuple of float or None
+        The underlay's one-way delay from this host to each host, ms (:mod:`emulator.cluster.underlay`;
+        this host's own entry is not used). A direction sent to another host is shaped with the link's
+        delay less this, never below 0 (:meth:`sent_delay_ms`), so that with the underlay it adds up to the
+        link's. None: nothing subtracted.
     """
 
     host: int
@@ -46,6 +51,7 @@ class HostPart:
     underlay_ifindex: int
     underlay_ns: str | None = None
     vni_base: int = 1
+    underlay_ms: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         h = np.asarray(self.host_of)
@@ -67,7 +73,19 @@ class HostPart:
                               key="underlay_ifindex")
         if isinstance(self.vni_base, bool) or not isinstance(self.vni_base, int) or not 1 <= self.vni_base <= VNI_MAX:
             raise ConfigError(f"vni_base must be an integer in 1..{VNI_MAX}, got {self.vni_base!r}", key="vni_base")
+        u = self.underlay_ms
+        if u is not None and (len(u) != n_hosts or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e6 for x in u)):
+            raise ConfigError(f"underlay_ms must be {n_hosts} finite numbers >= 0 ms, got {u!r}", key="underlay_ms")
         object.__setattr__(self, "host_of", h.astype(np.int64))
+
+    def sent_delay_ms(self, delay_ms: float, receiver: int) -> float:
+        """The delay to shape on this host for a direction of a link with ``delay_ms`` received by node
+        ``receiver``: less the underlay's one-way delay when the receiver is on another host (not below 0)."""
+        h = int(self.host_of[receiver])
+        if self.underlay_ms is None or h == self.host:
+            return delay_ms
+        return max(delay_ms - float(self.underlay_ms[h]), 0.0)
 
     @property
     def local(self) -> np.ndarray:

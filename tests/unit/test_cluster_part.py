@@ -64,3 +64,15 @@ def test_emulation_with_a_part():
     emu = Emulation(tl, None, "shortest-delay", part=HostPart(1, host_of, ADDRS[:2], 2))
     assert emu.local.tolist() == (host_of == 1).tolist()
     assert Emulation(tl, None, "shortest-delay").local.all()
+
+
+def test_underlay_is_subtracted_from_what_goes_to_another_host():
+    p = part(underlay_ms=(1.5, 0.0, 0.25))
+    assert p.sent_delay_ms(10.0, receiver=0) == 8.5  # node 0 is on host 0
+    assert p.sent_delay_ms(10.0, receiver=3) == 9.75  # node 3 on host 2
+    assert p.sent_delay_ms(10.0, receiver=2) == 10.0  # same host: nothing
+    assert p.sent_delay_ms(1.0, receiver=0) == 0.0  # never below 0
+    assert part().sent_delay_ms(10.0, receiver=0) == 10.0  # not measured: nothing
+    for bad in ((1.0, 2.0), (1.0, float("nan"), 0.0), (1.0, -1.0, 0.0), (1.0, float("inf"), 0.0)):
+        with pytest.raises(ConfigError, match="underlay_ms"):
+            part(underlay_ms=bad)
