@@ -142,8 +142,8 @@ class Emulation:
         Build only one host's part of a clustered run: the namespaces of its nodes, the veth pairs with
         both ends on it, a VXLAN device for each of its ends of a link to another host (same name, index
         and address as the veth end), the shaping of the directions it sends and the routes of its routers
-        (from the same table as a whole run's). Only :meth:`build` and :meth:`stop` so far: steps are not
-        applied, and routing daemons are refused.
+        (from the same table as a whole run's). :meth:`apply_step` does the same for the step's changes;
+        a handover that spans hosts (a VXLAN end changing host) and routing daemons are refused (not yet).
 
     Raises
     ------
@@ -260,6 +260,8 @@ class Emulation:
         a = self.addr
         for l in np.asarray(links, np.int64).tolist():
             i = int(self.link_a[l])  # an access link's near end is its host (topologies.plan)
+            if not self.local[i]:
+                continue
             b = rtnl.Batch()
             b.add(rtnl.RTM_NEWROUTE, _CREATE,
                   rtnl.route_body(0, 0, int(a.gateway_addr[i]), int(a.ifindex_a[l]), int(a.addr_a[l])),
@@ -386,8 +388,6 @@ class Emulation:
         """
         if not self._built or self._stopped:
             raise ApplyError("the emulation is not running", operation="apply_step")
-        if self.part is not None:
-            raise ApplyError("a host's part of a clustered run does not apply steps yet", operation="apply_step")
         self._end_gap()  # a gap of the step before that settle() did not end (steps played back to back)
         t0 = time.perf_counter()
         target = self.target(step)
@@ -415,6 +415,8 @@ class Emulation:
         switch, moves = [], []
         for l, p in zip(d.peer_links.tolist(), d.new_peer.tolist()):
             if p < 0:  # no satellite: the pair goes down where it is (with the state change, step 4)
+                continue
+            if self.part is not None and not self._handover_here(l, p):
                 continue
             act = int(self.ends.pair[l])
             if self._pfar[l, act] == p:  # back on the satellite its pair is still at
@@ -491,6 +493,17 @@ class Emulation:
         stats.timings_ms["total"] = (t4 - t0) * 1e3
         return stats
 
+    def _handover_here(self, link: int, peer: int) -> bool:
+        """A host's part: whether this host does the handover of ``link`` to ``peer`` (every node it
+        involves is here: True; none: False, another host does it). One that spans hosts (a VXLAN end would
+        have to change host) is refused: not supported yet."""
+        involved = [int(self.link_a[link]), peer, *(int(f) for f in self._pfar[link] if f >= 0)]
+        here = self.local[involved]
+        if here.all() or not here.any():
+            return bool(here.all())
+        raise ApplyError(f"handover of link slot {link} to {self.names[peer]} spans hosts: not supported yet",
+                         node=self.names[int(self.link_a[link])], operation="handover")
+
     def settle(self, speed: float = 1.0) -> int:
         """End the handover gaps the last :meth:`apply_step` began, each when it is due: sleep until
         ``handover_interruption_ms / speed`` after the step began them, then shape the links again with the
@@ -542,7 +555,8 @@ class Emulation:
         int
             Spare pairs moved.
         """
-        if self.part is not None:  # steps are not applied on a host's part yet (apply_step)
+        if self.part is not None:  # no spares move across hosts yet (_handover_here): routes only
+            self.prefetch_routes(step + 1, until)
             return 0
         if self._worker is not None:  # the child computes while this thread moves spares
             self.prefetch_routes(step + 1, time.monotonic())
@@ -1067,6 +1081,8 @@ class Emulation:
             if far != self.link_a[l] and (not up or peer[l] >= 0):
                 ends.append((far, int(e.ifindex_b[l]), e.ifname_b[l]))
             for node, index, name in ends:
+                if not self.local[node]:  # the other host sets its own end
+                    continue
                 batches.setdefault(node, rtnl.Batch()).add(
                     rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
                 if not up:
@@ -1086,6 +1102,8 @@ class Emulation:
         batches: dict[int, rtnl.Batch] = {}
         for l, pair in pairs:
             for side, node in ((0, int(self.link_a[l])), (1, int(self._pfar[l, pair]))):
+                if not self.local[node]:
+                    continue
                 name, index, _ = self.addr.pair_end(l, pair, side)
                 batches.setdefault(node, rtnl.Batch()).add(
                     rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")

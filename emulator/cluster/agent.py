@@ -16,8 +16,8 @@ run id for all would let one host's teardown end another's holder.
 
 Before building, each agent measures the underlay's one-way delay to the other hosts and shapes what it sends
 there with the link's delay less that (:class:`~emulator.cluster.part.HostPart`, ``underlay_ms``), once, at
-the build. Not yet: steps after 0 (handovers across hosts), the periodic re-measurement, ``satnetem run
---cluster``.
+the build. Steps are applied when the driver asks (:meth:`Cluster.apply_step`), not on a clock yet. Not yet:
+handovers that span hosts (refused), the periodic re-measurement, ``satnetem run --cluster``.
 """
 
 from __future__ import annotations
@@ -140,6 +140,13 @@ class HostAgent:
                 "timings_ms": emu.build_timings_ms, "cross_ends": int(crossing.sum()), "underlay": seen,
                 "underlay_too_slow": too_slow}
 
+    def apply_step(self, step: int) -> dict[str, Any]:
+        """Bring this host's part to timeline step ``step`` (:meth:`emulator.network.Emulation.apply_step`);
+        its counts and timings."""
+        if self.emu is None:
+            raise ApplyError(f"host {self.host} has not built", operation="apply_step")
+        return dict(self.emu.apply_step(step).as_dict())
+
     def stop(self) -> dict[str, Any]:
         """Tear this host's part down (idempotent); returns the pids of the run still alive (none expected)."""
         from ..clean import find_ours
@@ -182,6 +189,13 @@ class Cluster:
     underlay: tuple[str, ...]
     builds: list[dict[str, Any]] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+
+    def apply_step(self, step: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Every agent applies ``step`` (at once, each on its host); their counts (:meth:`HostAgent.apply_step`).
+        Not on a clock yet: each host applies the step when asked."""
+        import ray
+
+        return list(ray.get([a.apply_step.remote(step) for a in self.agents], timeout=timeout_s))
 
     def stop(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """Every agent tears its part down; their answers (:meth:`HostAgent.stop`)."""
@@ -236,8 +250,9 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
 
 def main(argv: list[str]) -> int:
     """Driver for tests and benches: ``python -m emulator.cluster.agent HEAD_ADDR:PORT TIMELINE.npz N_HOSTS
-    RUN_ID [STRATEGY]``. Builds, prints one JSON line (placement, underlay, builds), waits for a line (or end
-    of file) on standard input, stops every agent and prints one JSON line of what each left."""
+    RUN_ID [STRATEGY]``. Builds and prints one JSON line (placement, underlay, builds); then for each line
+    ``step K`` on standard input every agent applies step K and one JSON line gives their counts; any other
+    line (or end of file) stops every agent and prints one JSON line of what each left."""
     import ray
 
     head, path, n_hosts, run_id = argv[0], argv[1], int(argv[2]), argv[3]
@@ -248,7 +263,11 @@ def main(argv: list[str]) -> int:
         cluster = start(head.rsplit(":", 1)[0], tl, n_hosts, run_id, strategy)
         print(json.dumps({"host_of": cluster.placement.host_of.tolist(), "underlay": list(cluster.underlay),
                           "builds": cluster.builds, "timings_s": cluster.timings_s}), flush=True)
-        sys.stdin.readline()
+        for line in sys.stdin:
+            words = line.split()
+            if len(words) != 2 or words[0] != "step" or not words[1].isdigit():
+                break
+            print(json.dumps({"step": int(words[1]), "stats": cluster.apply_step(int(words[1]))}), flush=True)
         print(json.dumps({"stopped": cluster.stop()}), flush=True)
     finally:
         ray.shutdown()

@@ -6,7 +6,8 @@ per link to another host, shaping, step-0 routes.
 Checked against things the product does not report about itself:
 
 * routes: every node's main routing table, dumped with pyroute2 from the kernel, equals the one a
-  single-host build of the same timeline has (destination, gateway, device name, source, type);
+  single-host build of the same timeline has (destination, gateway, device name, source, type), at step 0
+  and after every agent applied step 1 (no handover in it; routes of some nodes change);
 * RTTs: ping over a cross-host laser link and between two satellites on different hosts several hops
   apart; the median within max(1 ms, 3 %) of the delay of the least-delay path found here with networkx on
   the timeline's step 0 (each agent measured the underlay, 1 ms each way here, and subtracted it from what
@@ -49,8 +50,8 @@ seed = 1
 
 [time]
 start = "2023-07-18T12:00:00Z"
-duration_s = 2
-step_s = 1.0
+duration_s = 20
+step_s = 10.0
 
 [[constellation.shells]]
 name = "shell"
@@ -191,6 +192,12 @@ class Driver:
             raise AssertionError(f"driver gave no answer: {Path(self.err.name).read_text()[-2000:]}")
         return json.loads(out)
 
+    def step(self, k: int) -> dict:
+        assert self.p.stdin is not None
+        self.p.stdin.write(f"step {k}\n")
+        self.p.stdin.flush()
+        return self.line()
+
     def stop(self) -> dict:
         assert self.p.stdin is not None
         self.p.stdin.write("stop\n")
@@ -230,6 +237,8 @@ def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
         single.build()
         want = {nd.name: routes_of(nd.ns_path) for nd in single.nodes}
         addr = {nd.name: single.address_of(nd.name) for nd in tl.nodes}
+        single.apply_step(1)
+        want1 = {nd.name: routes_of(nd.ns_path) for nd in single.nodes}
     finally:
         single.stop()
     t_single = time.monotonic() - t0
@@ -321,6 +330,15 @@ def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
         print(f"{tl.nodes[src].name} -> {tl.nodes[dst].name}: {hops} hops, {crossings} host crossings both ways, "
               f"RTT median {measured:.3f} ms, predicted {pred:.3f}")
         assert abs(measured - pred) <= max(1.0, 0.03 * pred), (measured, pred)
+
+        # (a') every agent applies step 1 (10 s later: routes change in some nodes, no handover): the routes
+        # per node equal the single-host build's at step 1
+        changed = [n for n in want if want1[n] != want[n]]
+        assert changed
+        assert drv.step(1)["step"] == 1
+        differ = [n for n in want1 if routes_of(ns[n]) != want1[n]]
+        assert not differ, f"step 1: {len(differ)} nodes' routes differ, e.g. {differ[0]}"
+        print(f"step 1: routes changed in {len(changed)} nodes, every node's table equal to the single host's")
 
         # (c1) the driver stops the agents: nothing left
         stopped = drv.stop()
