@@ -11,9 +11,10 @@
   on a bridge, 1 ms of underlay delay by the project's shaper) and a Ray node in each, for tests and benches.
 
 * :mod:`~emulator.cluster.part` (pure) and :mod:`~emulator.cluster.agent`: one Ray actor per host builds its
-  part of the emulation at step 0 (:class:`emulator.network.Emulation` given a ``HostPart``: its nodes'
-  namespaces, veths with both ends on it, a VXLAN end per link to another host, shaping, routes).
+  part of the emulation (:class:`emulator.network.Emulation` given a ``HostPart``: its nodes' namespaces,
+  veths with both ends on it, a VXLAN end per link to another host, shaping less the measured underlay
+  delay, routes) and applies steps when the driver asks.
 
-Not wired into ``satnetem run`` yet (no ``--cluster`` option), and a host's part does not apply steps
-after 0.
+Not wired into ``satnetem run`` yet (no ``--cluster`` option); steps are not played on a clock across
+hosts, and a handover that spans hosts is refused.
 """
