@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 #: Longest wait for an agent's build, s.
 BUILD_TIMEOUT_S = 600.0
+#: Default bound on a host's clock offset from the driver's, ms: every host applies step k at start + k x
+#: step_s by its own clock, so an offset is a step applied that much early or late on that host (NTP on a LAN
+#: keeps well within 1 ms; 5 ms is a fraction of any step_s the emulator plays, >= 0.1 s).
+MAX_CLOCK_OFFSET_MS = 5.0
+#: Round trips per host for its clock offset (the shortest bounds it).
+CLOCK_SAMPLES = 10
 
 
 def host_run_id(run_id: str, host: int) -> str:
@@ -59,6 +65,14 @@ class HostAgent:
     def __init__(self, host: int) -> None:
         self.host = host
         self.emu: Any = None
+
+    def versions(self) -> dict[str, str]:
+        """Python, Ray and satnetem versions on this host."""
+        return _versions()
+
+    def now_ns(self) -> int:
+        """This host's clock (CLOCK_REALTIME), ns."""
+        return time.time_ns()
 
     def underlay_address(self, toward: str) -> str:
         """This host's source address towards ``toward`` (the head's address): the one its VXLAN ends use.
@@ -160,6 +174,64 @@ class HostAgent:
         return {"host": self.host, "left": sorted(pids)}
 
 
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+    import platform
+
+    import ray
+
+    return {"python": platform.python_version(), "ray": str(ray.__version__),
+            "satnetem": importlib.metadata.version("satnetem")}
+
+
+def check_versions(mine: dict[str, str], theirs: list[dict[str, str]]) -> None:
+    """Refuse hosts that run another Python, Ray or satnetem than the driver.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first such host and each version that differs.
+    """
+    for h, v in enumerate(theirs):
+        bad = [f"{k} {v.get(k)} (driver: {mine[k]})" for k in sorted(mine) if v.get(k) != mine[k]]
+        if bad:
+            raise ConfigError(f"host {h} runs {', '.join(bad)}: every host must run the same", key="cluster")
+
+
+def check_clocks(offsets: list[Any], limit_ms: float) -> None:
+    """Refuse when a host's clock is off the driver's by more than ``limit_ms`` even at the most favourable
+    end of its estimate (:meth:`emulator.cluster.clocks.ClockOffset.exceeds`).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first such host, its offset and the bound.
+    """
+    for h, off in enumerate(offsets):
+        if off.exceeds(limit_ms):
+            raise ConfigError(f"host {h}'s clock is {off.offset_ms:+.3f} +- {off.bound_ms:.3f} ms off the driver's, "
+                              f"beyond max_clock_offset_ms {limit_ms:g}: synchronise the hosts' clocks (NTP/PTP)",
+                              key="max_clock_offset_ms")
+
+
+def measure_clocks(agents: list[Any], samples: int = CLOCK_SAMPLES) -> list[Any]:
+    """Each agent's clock against this process's, from ``samples`` actor calls each
+    (:func:`emulator.cluster.clocks.offset`)."""
+    import ray
+
+    from .clocks import offset
+
+    out = []
+    for a in agents:
+        ex = []
+        for _ in range(samples):
+            t0 = time.time_ns()
+            t1 = ray.get(a.now_ns.remote(), timeout=60)
+            ex.append((t0, t1, time.time_ns()))
+        out.append(offset(*(np.array(c, np.int64) for c in zip(*ex))))
+    return out
+
+
 def _ifindex_of(address: str) -> int:
     """Index of the interface holding IPv4 ``address`` in this process's namespace."""
     from pyroute2 import IPRoute
@@ -182,12 +254,15 @@ class Cluster:
         Each host's underlay address.
     builds : list of dict
         What each agent's :meth:`HostAgent.build` returned, by host.
+    clocks : list of ClockOffset
+        Each host's clock against the driver's, measured at the start.
     """
 
     agents: list[Any]
     placement: Placement
     underlay: tuple[str, ...]
     builds: list[dict[str, Any]] = field(default_factory=list)
+    clocks: list[Any] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def apply_step(self, step: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
@@ -205,9 +280,11 @@ class Cluster:
 
 
 def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strategy: str = "plane",
-          protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0) -> Cluster:
+          protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0,
+          max_clock_offset_ms: float = MAX_CLOCK_OFFSET_MS) -> Cluster:
     """Place ``timeline`` on ``n_hosts`` hosts and have one agent per host build its part (the caller is a
-    Ray driver already: :func:`ray.init` done).
+    Ray driver already: :func:`ray.init` done). Before anything is built, every host must run the driver's
+    Python, Ray and satnetem, and its clock must be within ``max_clock_offset_ms`` of the driver's.
 
     Parameters
     ----------
@@ -216,6 +293,8 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
 
     Raises
     ------
+    ConfigError
+        A host runs other versions, or its clock is off (one line naming the host).
     ApplyError
         An agent's build failed (the message names the host; the agents that built are stopped).
     """
@@ -228,8 +307,11 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
     actor: Any = ray.remote(num_cpus=0)(HostAgent)
     agents = [actor.options(resources={resource(h): 1}).remote(h) for h in range(n_hosts)]
     underlay = tuple(ray.get([a.underlay_address.remote(head_addr) for a in agents], timeout=BUILD_TIMEOUT_S))
+    check_versions(_versions(), list(ray.get([a.versions.remote() for a in agents], timeout=60)))
+    clocks = measure_clocks(agents)
+    check_clocks(clocks, max_clock_offset_ms)
     t1 = time.perf_counter()
-    cluster = Cluster(agents, placement, underlay)
+    cluster = Cluster(agents, placement, underlay, clocks=clocks)
     tl_ref = ray.put(timeline)
     calls = [a.build.remote(tl_ref, placement.host_of, underlay, run_id, protocol, shaper, seed) for a in agents]
     builds: list[dict[str, Any]] = []
@@ -262,7 +344,9 @@ def main(argv: list[str]) -> int:
     try:
         cluster = start(head.rsplit(":", 1)[0], tl, n_hosts, run_id, strategy)
         print(json.dumps({"host_of": cluster.placement.host_of.tolist(), "underlay": list(cluster.underlay),
-                          "builds": cluster.builds, "timings_s": cluster.timings_s}), flush=True)
+                          "builds": cluster.builds, "timings_s": cluster.timings_s,
+                          "clocks": [{"offset_ms": c.offset_ms, "bound_ms": c.bound_ms} for c in cluster.clocks]}),
+              flush=True)
         for line in sys.stdin:
             words = line.split()
             if len(words) != 2 or words[0] != "step" or not words[1].isdigit():

@@ -260,6 +260,9 @@ def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
         assert [sorted(b["namespaces"]) for b in got["builds"]] == [
             sorted(nd.name for i, nd in enumerate(tl.nodes) if host_of[i] == h) for h in range(N_HOSTS)]
         assert got["underlay"] == [lab.address(h) for h in range(N_HOSTS)]
+        # the fake hosts share this machine's clock: the true offset, 0, lies within each host's estimate
+        for c in got["clocks"]:
+            assert abs(c["offset_ms"]) <= c["bound_ms"] + 0.001 and c["bound_ms"] < 50, got["clocks"]
 
         # (a) routes per node equal the single-host build's, and they are the full tables
         routers = [nd.name for i, nd in enumerate(tl.nodes) if single.is_router[i]]

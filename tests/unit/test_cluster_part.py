@@ -76,3 +76,30 @@ def test_underlay_is_subtracted_from_what_goes_to_another_host():
     for bad in ((1.0, 2.0), (1.0, float("nan"), 0.0), (1.0, -1.0, 0.0), (1.0, float("inf"), 0.0)):
         with pytest.raises(ConfigError, match="underlay_ms"):
             part(underlay_ms=bad)
+
+
+def test_hosts_with_other_versions_are_refused():
+    from emulator.cluster.agent import check_versions
+
+    mine = {"python": "3.11.2", "ray": "2.60.0", "satnetem": "0.1.0"}
+    check_versions(mine, [dict(mine), dict(mine)])
+    with pytest.raises(ConfigError, match=r"^key .cluster.: host 1 runs ray 2\.59\.0 \(driver: 2\.60\.0\): every host"):
+        check_versions(mine, [dict(mine), {**mine, "ray": "2.59.0"}])
+
+
+def test_a_clock_offset_beyond_the_bound_is_refused():
+    # exchanges built by hand: the host's clock 20 ms ahead, round trips of 1-3 ms (the shortest bounds it)
+    from emulator.cluster.agent import check_clocks
+    from emulator.cluster.clocks import offset
+
+    t0 = np.array([0, 10_000_000, 20_000_000], np.int64) + 1_700_000_000_000_000_000
+    rtt = np.array([3_000_000, 1_000_000, 2_000_000], np.int64)
+
+    def host(ahead_ns: int):
+        return offset(t0, t0 + rtt // 2 + ahead_ns, t0 + rtt)
+
+    check_clocks([host(0), host(2_000_000)], 5.0)  # 2 ms: within the bound
+    with pytest.raises(ConfigError, match=r"^key .max_clock_offset_ms.: host 1.s clock is \+20\.000 \+- 0\.500 ms off the driver's, beyond "
+                                          r"max_clock_offset_ms 5"):
+        check_clocks([host(0), host(20_000_000)], 5.0)
+    check_clocks([host(0), host(5_400_000)], 5.0)  # 5.4 +- 0.5 ms may still be 4.9: not refused
