@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ class HostAgent:
                 log.warning("host %d: %d links to other hosts are shorter than the underlay between them: they "
                             "carry the underlay's delay", self.host, too_slow)
         assert emu.holder is not None
-        return {"host": self.host, "run_id": emu.run_id, "holder": emu.holder.pid, "address": addr,
+        return {"host": self.host, "run_id": emu.run_id, "holder": emu.holder.pid, "address": addr, "pid": os.getpid(),
                 "namespaces": {emu.names[i]: emu.nodes[i].ns_path for i in here.tolist()}, "shaper": why,
                 "timings_ms": emu.build_timings_ms, "cross_ends": int(crossing.sum()), "underlay": seen,
                 "underlay_too_slow": too_slow}
@@ -267,10 +268,35 @@ class Cluster:
 
     def apply_step(self, step: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """Every agent applies ``step`` (at once, each on its host); their counts (:meth:`HostAgent.apply_step`).
-        Not on a clock yet: each host applies the step when asked."""
-        import ray
+        Not on a clock yet: each host applies the step when asked.
 
-        return list(ray.get([a.apply_step.remote(step) for a in self.agents], timeout=timeout_s))
+        Raises
+        ------
+        ApplyError
+            An agent is gone (its process or host died): names the host; every other agent has torn its
+            part down by then (the dead one's namespaces went with its process: the holder ends with it).
+        """
+        import ray
+        from ray.exceptions import RayActorError
+
+        refs = [a.apply_step.remote(step) for a in self.agents]
+        out: list[dict[str, Any]] = []
+        dead: list[int] = []
+        for h, r in enumerate(refs):
+            try:
+                out.append(ray.get(r, timeout=timeout_s))
+            except RayActorError:
+                dead.append(h)
+        if dead:
+            alive = [a for h, a in enumerate(self.agents) if h not in dead]
+            try:
+                ray.get([a.stop.remote() for a in alive], timeout=timeout_s)
+            except RayActorError:
+                log.warning("another agent died while the others stopped")
+            h = dead[0]
+            raise ApplyError(f"host {h} ({self.underlay[h]}) is gone: its agent died before step {step}; the "
+                             f"other hosts stopped", operation="step")
+        return out
 
     def stop(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """Every agent tears its part down; their answers (:meth:`HostAgent.stop`)."""
@@ -333,8 +359,10 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
 def main(argv: list[str]) -> int:
     """Driver for tests and benches: ``python -m emulator.cluster.agent HEAD_ADDR:PORT TIMELINE.npz N_HOSTS
     RUN_ID [STRATEGY]``. Builds and prints one JSON line (placement, underlay, builds); then for each line
-    ``step K`` on standard input every agent applies step K and one JSON line gives their counts; any other
-    line (or end of file) stops every agent and prints one JSON line of what each left."""
+    ``step K`` on standard input every agent applies step K and one JSON line gives their counts (or
+    ``{"error": ...}`` and exit status 1 when an agent is gone); any other line (or end of file) stops every
+    agent and prints one JSON line of what each left. Ray may print lines of its own to standard output
+    (``(raylet) ...``): the JSON lines are those that start with ``{``."""
     import ray
 
     head, path, n_hosts, run_id = argv[0], argv[1], int(argv[2]), argv[3]
@@ -351,7 +379,12 @@ def main(argv: list[str]) -> int:
             words = line.split()
             if len(words) != 2 or words[0] != "step" or not words[1].isdigit():
                 break
-            print(json.dumps({"step": int(words[1]), "stats": cluster.apply_step(int(words[1]))}), flush=True)
+            try:
+                stats = cluster.apply_step(int(words[1]))
+            except ApplyError as e:
+                print(json.dumps({"error": str(e)}), flush=True)
+                return 1
+            print(json.dumps({"step": int(words[1]), "stats": stats}), flush=True)
         print(json.dumps({"stopped": cluster.stop()}), flush=True)
     finally:
         ray.shutdown()

@@ -19,7 +19,10 @@ Checked against things the product does not report about itself:
 * loss: with 2 % on every link and the same seed, the pings lost over 3 hops that cross hosts are the very
   ones lost on one host (icmp_seq of the answers; a different seed on the agents gives 55 of 200 different).
 
-~55 s for both tests (Ray's start on the three fake hosts is ~10 s of it).
+* a dead agent: the agent of host 1 killed with SIGKILL, the next step ends the driver with one line naming
+  host 1, the other hosts stop, and nothing is left but the dead part's state file (removed by clean).
+
+~80 s for the three tests (Ray's start on the three fake hosts is ~10 s of it).
 """
 
 from __future__ import annotations
@@ -187,13 +190,18 @@ class Driver:
         import select
 
         assert self.p.stdout is not None
-        ready, _, _ = select.select([self.p.stdout], [], [], timeout_s)
-        out = self.p.stdout.readline() if ready else ""
-        if not out:
+        deadline = time.monotonic() + timeout_s
+        out = "{"
+        while True:  # Ray prints lines of its own there too ("(raylet) A worker died ..."): skipped
+            ready, _, _ = select.select([self.p.stdout], [], [], max(deadline - time.monotonic(), 0))
+            out = self.p.stdout.readline() if ready else ""
+            if not out or out.startswith("{"):
+                break
+        if not out.startswith("{"):
             self.p.kill()
             self.p.wait()
             self.err.flush()
-            raise AssertionError(f"driver gave no answer: {Path(self.err.name).read_text()[-2000:]}")
+            raise AssertionError(f"driver gave no answer ({out[:200]!r}): {Path(self.err.name).read_text()[-2000:]}")
         return json.loads(out)
 
     def step(self, k: int) -> dict:
@@ -441,3 +449,38 @@ def test_the_same_packets_are_dropped_for_the_same_seed(ray_lab, timeline, tmp_p
     assert 0 < len(want) < 200 - 5  # some lost: ~11 % expected
     assert seen == want
     assert leftovers(lab, host_ids(run_id)) == []
+
+
+def test_a_dead_agent_ends_the_run_naming_its_host(ray_lab, timeline, tmp_path):
+    """The agent of host 1 killed with SIGKILL after the build: the next step ends the run with one line naming
+    host 1, the other hosts tear their parts down, and the dead one's namespaces, holder and delay daemon went
+    with its process (only its state file is left, for ``satnetem clean`` on that host)."""
+    lab, rl = ray_lab
+    _, tl_path = timeline
+    run_id = f"t-cbd-{os.getpid()}"
+    ids = host_ids(run_id)
+    drv = Driver(lab, rl, tl_path, run_id, tmp_path / "driver4.log")
+    try:
+        got = drv.line()
+        victim = got["builds"][1]
+        t_kill = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and alive(victim["pid"]):
+            time.sleep(0.05)
+        out = drv.step(1)
+        assert f"host 1 ({lab.address(1)}) is gone" in out.get("error", ""), out
+        assert drv.p.wait(timeout=60) == 1
+        print(f"agent of host 1 killed: the driver said {out['error']!r} and ended "
+              f"{time.monotonic() - t_kill:.1f} s later")
+        holders = [b["holder"] for b in got["builds"]]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(p) for p in holders):
+            time.sleep(0.1)
+        assert leftovers(lab, ids) == [f"state file {ids[1]}.json"]
+    finally:
+        if drv.p.poll() is None:
+            drv.p.kill()
+            drv.p.wait()
+        clean_parts(run_id)
+    assert leftovers(lab, ids) == []
