@@ -13,8 +13,8 @@
 * :mod:`~emulator.cluster.part` (pure) and :mod:`~emulator.cluster.agent`: one Ray actor per host builds its
   part of the emulation (:class:`emulator.network.Emulation` given a ``HostPart``: its nodes' namespaces,
   veths with both ends on it, a VXLAN end per link to another host, shaping less the measured underlay
-  delay, routes) and applies steps when the driver asks.
+  delay, routes) and plays the timeline's steps, each host step k at start + k x step_s by its own clock
+  (the driver gives the start once and polls; a dead agent ends the run naming its host).
 
-Not wired into ``satnetem run`` yet (no ``--cluster`` option); steps are not played on a clock across
-hosts, and a handover that spans hosts is refused.
+Not wired into ``satnetem run`` yet (no ``--cluster`` option), and a handover that spans hosts is refused.
 """

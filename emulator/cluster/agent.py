@@ -16,8 +16,15 @@ run id for all would let one host's teardown end another's holder.
 
 Before building, each agent measures the underlay's one-way delay to the other hosts and shapes what it sends
 there with the link's delay less that (:class:`~emulator.cluster.part.HostPart`, ``underlay_ms``), once, at
-the build. Steps are applied when the driver asks (:meth:`Cluster.apply_step`), not on a clock yet. Not yet:
-handovers that span hosts (refused), the periodic re-measurement, ``satnetem run --cluster``.
+the build.
+
+One clock (:meth:`Cluster.play`): the driver picks a start instant on CLOCK_REALTIME a little ahead
+(:data:`START_LEAD_S`) once every agent has built, tells each agent once, and then only polls their progress;
+each agent applies step k at start + k x step_s by its own clock, in the single-host run's loop
+(:class:`emulator.clock.Playback`, with ``prepare_ahead`` between steps), and records how late each apply
+began. The hosts' clocks were checked at start (:func:`check_clocks`). :meth:`Cluster.apply_step` applies a
+step when asked instead. Not yet: handovers that span hosts (refused), the periodic re-measurement of the
+underlay, ``satnetem run --cluster``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +55,10 @@ BUILD_TIMEOUT_S = 600.0
 MAX_CLOCK_OFFSET_MS = 5.0
 #: Round trips per host for its clock offset (the shortest bounds it).
 CLOCK_SAMPLES = 10
+#: How far ahead of now the driver puts a run's start, s: long enough for one actor call to reach every
+#: agent (one actor call each; an agent told late would apply the overdue steps at once, recorded late), and
+#: short against a run.
+START_LEAD_S = 1.0
 
 
 def host_run_id(run_id: str, host: int) -> str:
@@ -66,6 +78,10 @@ class HostAgent:
     def __init__(self, host: int) -> None:
         self.host = host
         self.emu: Any = None
+        self._playback: Any = None
+        self._player: threading.Thread | None = None
+        self._played: list[dict[str, Any]] = []
+        self._play_error: str | None = None
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -162,10 +178,75 @@ class HostAgent:
             raise ApplyError(f"host {self.host} has not built", operation="apply_step")
         return dict(self.emu.apply_step(step).as_dict())
 
+    def play(self, start_ns: int, last: int) -> None:
+        """Apply steps 1 .. ``last`` each at ``start_ns`` + k x step_s by this host's clock, in a thread of
+        this actor (returns at once; :meth:`progress` tells how far it got, :meth:`stop` ends it).
+
+        The loop is the single-host run's (:class:`emulator.clock.Playback` with the emulation's
+        ``apply_step``, ``settle`` and ``prepare_ahead``); only its start is given: CLOCK_REALTIME, the one
+        clock the hosts share (kept in step by NTP/PTP and checked at start, :func:`check_clocks`), turned
+        into this host's CLOCK_MONOTONIC once here. The two advance together (NTP slews both), and Playback
+        waits on the monotonic one, which a step of the wall clock cannot move.
+
+        Parameters
+        ----------
+        start_ns : int
+            The instant step 0 counts as applied, ns since 1970 (CLOCK_REALTIME).
+        last : int
+            Last step to apply.
+
+        Raises
+        ------
+        ApplyError
+            Not built, or playing already.
+        """
+        from ..clock import Playback
+
+        if self.emu is None:
+            raise ApplyError(f"host {self.host} has not built", operation="play")
+        if self._player is not None:
+            raise ApplyError(f"host {self.host} is playing already", operation="play")
+        step_ns = int(round(self.emu.timeline.step_s * 1e9))
+        emu = self.emu
+
+        def apply(k: int) -> Any:
+            # this host's own record: when step k's apply began and ended, by the clock the start is given in
+            begin = time.time_ns()
+            stats = emu.apply_step(k)
+            end = time.time_ns()
+            due = start_ns + k * step_ns
+            self._played.append({"step": k, "due_ns": due, "begin_ns": begin, "end_ns": end,
+                                 "late_ms": (begin - due) / 1e6, "apply_ms": (end - begin) / 1e6})
+            return stats
+
+        pb = Playback(emu.timeline.step_s, 0, last, apply, ahead=emu.prepare_ahead, settle=emu.settle)
+        self._playback = pb
+
+        def loop() -> None:
+            try:
+                pb.run(time.monotonic() + (start_ns - time.time_ns()) / 1e9)
+            except Exception as e:  # noqa: BLE001 - handed to the driver by progress(), which names the host
+                log.exception("host %d: the run failed", self.host)
+                self._play_error = f"{type(e).__name__}: {e}"
+
+        self._player = threading.Thread(target=loop, name=f"satnetem-play-h{self.host}", daemon=True)
+        self._player.start()
+
+    def progress(self) -> dict[str, Any]:
+        """How far :meth:`play` got: ``host``, ``steps`` (one dict per step applied: ``step``, ``due_ns``,
+        ``begin_ns``, ``end_ns`` by this host's CLOCK_REALTIME, ``late_ms`` of the apply's beginning,
+        ``apply_ms``), ``done`` (the loop ended), ``error`` (what ended it early, or None)."""
+        done = self._player is not None and not self._player.is_alive()
+        return {"host": self.host, "steps": list(self._played), "done": done, "error": self._play_error}
+
     def stop(self) -> dict[str, Any]:
-        """Tear this host's part down (idempotent); returns the pids of the run still alive (none expected)."""
+        """End :meth:`play`'s loop if it runs (after the step it is applying), then tear this host's part down
+        (idempotent); returns the pids of the run still alive (none expected)."""
         from ..clean import find_ours
 
+        if self._player is not None:
+            self._playback.stop()
+            self._player.join()
         if self.emu is None:
             return {"host": self.host, "left": []}
         rid = self.emu.run_id
@@ -267,8 +348,8 @@ class Cluster:
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def apply_step(self, step: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
-        """Every agent applies ``step`` (at once, each on its host); their counts (:meth:`HostAgent.apply_step`).
-        Not on a clock yet: each host applies the step when asked.
+        """Every agent applies ``step`` now (at once, each on its host); their counts
+        (:meth:`HostAgent.apply_step`). :meth:`play` applies steps on the hosts' clocks instead.
 
         Raises
         ------
@@ -288,15 +369,75 @@ class Cluster:
             except RayActorError:
                 dead.append(h)
         if dead:
-            alive = [a for h, a in enumerate(self.agents) if h not in dead]
-            try:
-                ray.get([a.stop.remote() for a in alive], timeout=timeout_s)
-            except RayActorError:
-                log.warning("another agent died while the others stopped")
-            h = dead[0]
-            raise ApplyError(f"host {h} ({self.underlay[h]}) is gone: its agent died before step {step}; the "
-                             f"other hosts stopped", operation="step")
+            self._abort(f"host {dead[0]} ({self.underlay[dead[0]]}) is gone: its agent died before step {step}",
+                        dead, timeout_s)
         return out
+
+    def play(self, last: int, lead_s: float = START_LEAD_S, poll_s: float = 0.2, timeout_s: float = 30.0,
+             on_start: Any = None) -> list[dict[str, Any]]:
+        """Every host applies steps 1 .. ``last``, step k at start + k x step_s by its own clock
+        (:meth:`HostAgent.play`); the start is ``lead_s`` after now on this process's CLOCK_REALTIME, told to
+        every agent once. Then this only polls each agent's progress every ``poll_s`` until all are done.
+
+        Parameters
+        ----------
+        on_start : callable, optional
+            Called with the start (ns since 1970) once every agent has it.
+
+        Returns
+        -------
+        list of dict
+            Each host's :meth:`HostAgent.progress` at the end (its steps, with their lateness).
+
+        Raises
+        ------
+        ApplyError
+            An agent is gone or does not answer within ``timeout_s``, or its step failed: names the host (and
+            the step); every other agent has torn its part down by then.
+        """
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        start_ns = time.time_ns() + int(lead_s * 1e9)
+        try:
+            ray.get([a.play.remote(start_ns, last) for a in self.agents], timeout=timeout_s)
+        except (RayActorError, GetTimeoutError):
+            pass  # the poll below names the host
+        if on_start is not None:
+            on_start(start_ns)
+        seen: list[dict[str, Any]] = [{"steps": [], "done": False, "error": None} for _ in self.agents]
+        while True:
+            refs = [a.progress.remote() for a in self.agents]
+            dead: list[int] = []
+            for h, r in enumerate(refs):
+                try:
+                    seen[h] = ray.get(r, timeout=timeout_s)
+                except (RayActorError, GetTimeoutError):
+                    dead.append(h)
+            if dead:
+                h = dead[0]
+                self._abort(f"host {h} ({self.underlay[h]}) is gone: its agent died or stopped answering during "
+                            f"the run, before step {len(seen[h]['steps']) + 1}", dead, timeout_s)
+            failed = [h for h, p in enumerate(seen) if p["error"] is not None]
+            if failed:
+                h = failed[0]
+                self._abort(f"host {h} ({self.underlay[h]}) failed at step {len(seen[h]['steps']) + 1}: "
+                            f"{seen[h]['error']}", [], timeout_s)
+            if all(p["done"] for p in seen):
+                return seen
+            time.sleep(poll_s)
+
+    def _abort(self, why: str, dead: list[int], timeout_s: float) -> None:
+        """Every agent but ``dead`` tears its part down; then raise ApplyError ``why``."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        alive = [a for h, a in enumerate(self.agents) if h not in dead]
+        try:
+            ray.get([a.stop.remote() for a in alive], timeout=timeout_s)
+        except RayActorError:
+            log.warning("another agent died while the others stopped")
+        raise ApplyError(f"{why}; the other hosts stopped", operation="step")
 
     def stop(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """Every agent tears its part down; their answers (:meth:`HostAgent.stop`)."""
@@ -360,9 +501,12 @@ def main(argv: list[str]) -> int:
     """Driver for tests and benches: ``python -m emulator.cluster.agent HEAD_ADDR:PORT TIMELINE.npz N_HOSTS
     RUN_ID [STRATEGY]``. Builds and prints one JSON line (placement, underlay, builds); then for each line
     ``step K`` on standard input every agent applies step K and one JSON line gives their counts (or
-    ``{"error": ...}`` and exit status 1 when an agent is gone); any other line (or end of file) stops every
-    agent and prints one JSON line of what each left. Ray may print lines of its own to standard output
-    (``(raylet) ...``): the JSON lines are those that start with ``{``."""
+    ``{"error": ...}`` and exit status 1 when an agent is gone); for the line ``play`` every host applies the
+    timeline's steps on its own clock (:meth:`Cluster.play`): one line ``{"start_ns", "step_s", "last"}`` once
+    every agent has the start, then ``{"played": ...}`` (each host's steps) or ``{"error": ...}`` and exit
+    status 1; any other line (or end of file) stops every agent and prints one JSON line of what each left.
+    Ray may print lines of its own to standard output (``(raylet) ...``): the JSON lines are those that start
+    with ``{``."""
     import ray
 
     head, path, n_hosts, run_id = argv[0], argv[1], int(argv[2]), argv[3]
@@ -377,6 +521,15 @@ def main(argv: list[str]) -> int:
               flush=True)
         for line in sys.stdin:
             words = line.split()
+            if words == ["play"]:
+                try:
+                    played = cluster.play(tl.n_steps - 1, on_start=lambda t: print(json.dumps(
+                        {"start_ns": t, "step_s": tl.step_s, "last": tl.n_steps - 1}), flush=True))
+                except ApplyError as e:
+                    print(json.dumps({"error": str(e)}), flush=True)
+                    return 1
+                print(json.dumps({"played": played}), flush=True)
+                continue
             if len(words) != 2 or words[0] != "step" or not words[1].isdigit():
                 break
             try:
