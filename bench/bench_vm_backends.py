@@ -10,7 +10,7 @@ The workload, once per backend and run:
 
 * ``satnetem run --timeline T --shaper B`` on a small Walker shell (default 12 x 12 at 1,000 km, 53 deg,
   min. elevation 10 deg) with the two default ground hosts (London, New York) and a ping London -> New York
-  at 10/s, 40 steps of 1 s in real time. From its results folder this script reads the bring-up time
+  at 10/s, 20 steps of 1 s in real time. From its results folder this script reads the bring-up time
   (``summary.json`` ``build_s``: the time ``Emulation.build`` took), per-step apply time (``steps.csv``) and
   computes measured - predicted RTT per answered ping from ``samples.csv`` (p50/p95/p99 over every answered
   ping, valid or not: inside the VM the run's own validity checks mark much of it invalid).
@@ -20,10 +20,12 @@ The workload, once per backend and run:
 One VM runs all runs (``--runs`` each backend, order netem, userspace, userspace, netem, ...); each run
 appends a line to ``results.jsonl`` in a host folder shared into the VM, read here afterwards. ``--native``
 also runs the userspace workload on the host itself, to show how much slower the VM is and to apply the
-ratios to. Needs root, qemu-system-x86, a kernel with sch_netem installed under /boot (see tests/vm).
+ratios to. Measured (2 vCPUs): a run ~2.5 min for userspace, ~3.5 for netem, all in the VM; the defaults take
+~20 min in it, ~1 min natively. Needs root, qemu-system-x86, a kernel with sch_netem installed under /boot
+(see tests/vm).
 
     sudo .venv/bin/python bench/bench_vm_backends.py [--runs 3] [--native] [--cpus 2] [--memory-mb 3072]
-        [--planes 12] [--per-plane 12] [--duration-s 40] [--tcp-seconds 5] [--timeout-s 1500] [--keep DIR]
+        [--planes 12] [--per-plane 12] [--duration-s 20] [--tcp-seconds 5] [--timeout-s 1500] [--keep DIR]
 
 Prints figures with the machine, the VM and the command; writes nothing into the checkout.
 """
@@ -279,8 +281,8 @@ def host(args: argparse.Namespace) -> int:
     beside = len(list(netns_dir.iterdir())) if netns_dir.is_dir() else 0
     print(f"machine: {platform.node()} {platform.platform()} cpus={os.cpu_count()} python={platform.python_version()}")
     print(f"command: {' '.join(sys.argv)}")
-    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()}; {beside} network "
-          f"namespaces on the host from other work")
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()}; {beside} named network "
+          f"namespaces (/run/netns) on the host from other work")
     print(f"VM: qemu TCG, kernel {kernel.version}, {args.cpus} vCPUs, {args.memory_mb} MB, modules loaded at boot "
           f"also {', '.join(VM_EXTRA_MODULES)}; results in {share}")
     scenario = share / "scenario.toml"
@@ -312,7 +314,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per backend (alternating)")
     ap.add_argument("--planes", type=int, default=12)
     ap.add_argument("--per-plane", type=int, default=12)
-    ap.add_argument("--duration-s", type=int, default=40, help="timeline seconds played per run (1 s steps)")
+    ap.add_argument("--duration-s", type=int, default=20, help="timeline seconds played per run (1 s steps)")
     ap.add_argument("--tcp-seconds", type=int, default=5, help="iperf3 seconds per run; 0: no throughput")
     ap.add_argument("--native", action="store_true", help="also run the userspace workload on the host")
     ap.add_argument("--cpus", type=int, default=2)
