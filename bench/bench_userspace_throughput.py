@@ -109,17 +109,29 @@ def iperf(names, udp: bool, seconds: int, port: int, udp_mbps: float = 1000.0) -
     return {"mbps": s["bits_per_second"] / 1e6, "pps": None, "lost_pct": None}
 
 
+def udp_rcvbuf_errors(netns: str) -> int:
+    """UDP datagrams the namespace's sockets dropped for a full receive buffer (/proc/net/snmp there)."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True, text=True,
+                         check=True).stdout
+    head, vals = [line.split()[1:] for line in out.splitlines() if line.startswith("Udp:")][:2]
+    return int(vals[head.index("RcvbufErrors")])
+
+
 def udp_zero_loss(names, sh, seconds: int) -> dict:
     """The highest offered UDP rate (Mbit/s) at which not one datagram was lost, and its packets/s and the
     daemon's CPU per shard (% of a core) at that rate: doubling from 50 Mbit/s, then 6 bisection runs."""
     def trial(mbps: float, port: int) -> dict:
         t0 = time.monotonic()
         st0 = sh.stats() if sh else None
+        rcvbuf0 = udp_rcvbuf_errors(names["h2"])
         r = iperf(names, True, seconds, port, mbps)
+        # where the losses were: the receiver's socket buffer, or the daemon (pool overflow, its drops)
+        r["h2_rcvbuf_errors"] = udp_rcvbuf_errors(names["h2"]) - rcvbuf0
         if sh and st0:
             st1, dt = sh.stats(), time.monotonic() - t0
             r["daemon_cpu_pct"] = [round(100 * (b - a) / dt, 1)
                                    for a, b in zip(st0["cpu_s_per_shard"], st1["cpu_s_per_shard"])]
+            r["daemon_dropped"] = st1["dropped"] - st0["dropped"]
         r["offered_mbps"] = mbps
         print(f"    udp {mbps:.0f} Mbit/s offered: {r}")
         return r
