@@ -12,12 +12,11 @@ from .errors import ConfigError
 #: be rounded by more than 0.4 %; and the token bucket of the shapers (at least 10 full frames deep) must
 #: fit its depth in time into a u32 of 64 ns ticks: 15,140 B at 125 B/s is 1.9e9 ticks, below 2**32.
 LINK_RATE_MIN_MBPS = 0.001
-#: Fastest link rate the netem backend can set, Mbit/s: its htb class carries the rate as a u32 in bytes
-#: per second (pyroute2 0.7.12 sends no TCA_HTB_RATE64), 2**32 - 1 B/s = 34,359.738 Mbit/s.
-NETEM_MAX_RATE_MBPS = (2**32 - 1) * 8 / 1e6
 #: Fastest link rate of the userspace backend, Mbit/s: its tbf sends 64-bit rates (TCA_TBF_RATE64); 1 Tbit/s
 #: is a sanity bound, not a kernel limit.
 USERSPACE_MAX_RATE_MBPS = 1_000_000.0
+#: Fastest link rate of the netem backend, Mbit/s: its htb class sends 64-bit rates too (TCA_HTB_RATE64).
+NETEM_MAX_RATE_MBPS = USERSPACE_MAX_RATE_MBPS
 #: Shaper name -> its fastest rate. ``auto`` picks netem where the kernel has it, so it gets netem's bound.
 MAX_RATE_MBPS = {"netem": NETEM_MAX_RATE_MBPS, "auto": NETEM_MAX_RATE_MBPS, "userspace": USERSPACE_MAX_RATE_MBPS}
 

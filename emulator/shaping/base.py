@@ -8,13 +8,13 @@ in place afterwards (never delete + add on a live link).
 Kernel-unit conversion lives only here. The userspace backend's rate: :func:`token_bucket` turns
 ``_mbps`` into bytes per second, a burst and a queue, and :func:`tbf_qdisc_body` builds the rtnetlink
 payload (``struct tcmsg`` and its attributes, laid out as in <linux/pkt_sched.h>) sent in batches through
-:mod:`emulator.rtnl`, with 64-bit rates (TCA_TBF_RATE64). The netem backend's htb class and netem qdisc go
-through pyroute2's tc encoders: :func:`htb_class_kwargs` and :func:`netem_kwargs` give their arguments.
+:mod:`emulator.rtnl`, with 64-bit rates (TCA_TBF_RATE64). The netem backend's htb root and class
+(:func:`htb_qdisc_body`, :func:`htb_class_body`: the same token bucket, 64-bit rates in TCA_HTB_RATE64) and
+its netem qdisc (:func:`netem_qdisc_body`) are built here the same way.
 """
 
 from __future__ import annotations
 
-import errno
 import math
 import socket
 import struct
@@ -23,15 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from topologies.errors import ConfigError
-from topologies.limits import LINK_RATE_MIN_MBPS, NETEM_MAX_RATE_MBPS, USERSPACE_MAX_RATE_MBPS
+from topologies.limits import LINK_RATE_MIN_MBPS, USERSPACE_MAX_RATE_MBPS
 
 #: Highest link rate, Mbit/s (1 Tbit/s). tc_ratespec.rate is a u32 in bytes per second (34.36 Gbit/s at
 #: most); the userspace backend sends faster rates in TCA_TBF_RATE64 (u64 bytes per second), so the bound
-#: is only a sanity check on scenario values. The netem backend's bound is lower (:func:`htb_class_kwargs`);
-#: both come from topologies.limits, which the scenario loader checks against too.
+#: is only a sanity check on scenario values, and so does the netem backend's htb class (TCA_HTB_RATE64);
+#: it comes from topologies.limits, which the scenario loader checks against too.
 MAX_RATE_MBPS = USERSPACE_MAX_RATE_MBPS
 U32_MAX = 2**32 - 1
 # Ethernet MTU plus header: the packet size used to turn a bandwidth-delay product into packets.
@@ -276,60 +274,48 @@ def netem_limit_packets(shape: LinkShape) -> int:
                    U32_MAX))
 
 
-# The netem backend's pyroute2 path: htb for the rate with netem as its leaf.
-def htb_class_kwargs(shape: LinkShape, mtu_bytes: int = 1500) -> dict[str, Any]:
-    """Arguments for ``ipr.tc("add-class"/"change-class", "htb", ifindex, CLASS_HANDLE, **kwargs)``.
-
-    The burst is 1 ms worth of the rate but at least ten full-size packets, so that both slow links
-    (a burst much longer than a packet time would let short bursts pass at line rate) and fast ones
-    (a 1600 B burst, pyroute2's default on this clock, cannot keep up with timer granularity) behave.
-    """
-    if shape.rate_mbps > NETEM_MAX_RATE_MBPS:
-        raise ConfigError(f"rate {shape.rate_mbps:g} Mbit/s is above the netem backend's {NETEM_MAX_RATE_MBPS:.3f} "
-                          f"(its htb class holds a 32-bit byte rate); use the userspace shaper", key="rate_mbps")
-    rate = rate_bytes_per_s(shape.rate_mbps)
-    burst = max(rate // 1000, 10 * (mtu_bytes + 14))
-    return {
-        "parent": ROOT_HANDLE,
-        "rate": rate,  # bytes/s (an int is taken as is by pyroute2's get_rate)
-        "ceil": rate,
-        "burst": burst,  # bytes; pyroute2 converts to ticks with calc_xmittime
-        "cburst": burst,
-        # quantum: bytes a class may send per round; the kernel warns above 200000 if it derives it.
-        "quantum": int(min(max(rate // 10, mtu_bytes + 14), 200_000)),
-        "mtu": mtu_bytes + 100,
-    }
+# The netem backend: htb for the rate (root 1:, class 1:1) with netem as its leaf (10:), as raw rtnetlink
+# bodies so that a step's changes go in one batch per namespace.
+TCA_HTB_PARMS = 1
+TCA_HTB_INIT = 2
+TCA_HTB_RATE64 = 6
+TCA_HTB_CEIL64 = 7
+TCA_NETEM_LATENCY64 = 10
+_HTB_GLOB = struct.Struct("=IIIII")  # struct tc_htb_glob: version, rate2quantum, defcls, debug, direct_pkts
+_HTB_TAIL = struct.Struct("=IIIII")  # struct tc_htb_opt after its two ratespecs: buffer, cbuffer, quantum, level, prio
+_NETEM_QOPT = struct.Struct("=IIIIII")  # struct tc_netem_qopt: latency (ticks), limit, loss, gap, duplicate, jitter
 
 
-
-def netem_kwargs(shape: LinkShape) -> dict[str, Any]:
-    """Arguments for ``ipr.tc("add"/"change", "netem", ifindex, LEAF_HANDLE, **kwargs)``.
-
-    pyroute2 0.7.12 takes ``delay`` in microseconds (and converts with the kernel's psched tick rate
-    read from /proc/net/psched) and ``loss`` in percent (converted to a u32 fraction, 100 % -> 2**32-1).
-    """
-    return {
-        "parent": CLASS_HANDLE,
-        "delay": round(shape.delay_ms * 1000),  # us
-        "loss": float(shape.loss_pct),  # percent
-        "limit": netem_limit_packets(shape),  # packets
-    }
+def htb_qdisc_body(ifindex: int) -> bytes:
+    """RTM_NEWQDISC payload: root htb qdisc ``1:`` whose unclassified traffic goes to class ``1:1``."""
+    glob = _HTB_GLOB.pack(3, 10, CLASS_HANDLE & 0xFFFF, 0, 0)
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, ROOT_HANDLE, TC_H_ROOT, 0) + _kind("htb") + _nla(
+        TCA_OPTIONS, _nla(TCA_HTB_INIT, glob))
 
 
-def apply_htb(ipr: Any, ifindex: int, shape: LinkShape, first: bool) -> None:
-    """Put the rate of ``shape`` on ``ifindex``'s egress: htb root 1: with class 1:1 (default class).
+def htb_class_body(ifindex: int, shape: LinkShape) -> bytes:
+    """RTM_NEWTCLASS payload: htb class ``1:1`` at ``shape``'s rate, as the same token bucket as the
+    userspace backend's tbf (:func:`token_bucket`: rate, burst). Link layer "ethernet" (no rate table); a rate
+    above ``U32_MAX`` bytes/s travels in TCA_HTB_RATE64/CEIL64, as tc sends it."""
+    b = token_bucket(shape)
+    spec = _RATESPEC.pack(0, TC_LINKLAYER_ETHERNET, 0, -1, 0, min(b.rate_bytes_s, U32_MAX))
+    buffer_ticks = min(math.ceil(b.burst_bytes * 1e9 / b.rate_bytes_s / PSCHED_TICK_NS), U32_MAX)
+    quantum = int(min(max(b.rate_bytes_s // 10, 1514), 200_000))  # the kernel warns above 200000 if it derives it
+    opts = _nla(TCA_HTB_PARMS, spec + spec + _HTB_TAIL.pack(buffer_ticks, buffer_ticks, quantum, 0, 0))
+    if b.rate_bytes_s > U32_MAX:
+        opts += _nla(TCA_HTB_RATE64, struct.pack("=Q", b.rate_bytes_s)) + _nla(
+            TCA_HTB_CEIL64, struct.pack("=Q", b.rate_bytes_s))
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, CLASS_HANDLE, ROOT_HANDLE, 0) + _kind("htb") + _nla(
+        TCA_OPTIONS, opts)
 
-    ``first`` adds (``replace``: creates if absent, changes in place if a same-kind root is there);
-    otherwise the class is changed in place.
-    """
-    if first:
-        # sch_htb has no "change" operation, so "replace" on a live htb root fails (EINVAL). A root left
-        # by an earlier run (EEXIST) is kept and its class replaced in place below.
-        try:
-            ipr.tc("add", "htb", ifindex, ROOT_HANDLE, default=CLASS_HANDLE & 0xFFFF)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
-        ipr.tc("replace-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))
-    else:
-        ipr.tc("change-class", "htb", ifindex, CLASS_HANDLE, **htb_class_kwargs(shape))
+
+def netem_qdisc_body(ifindex: int, shape: LinkShape) -> bytes:
+    """RTM_NEWQDISC payload: netem qdisc ``10:`` under class ``1:1``: ``shape``'s delay (exact, in
+    TCA_NETEM_LATENCY64 ns; the u32 field in psched ticks for old kernels), loss (u32 fraction, 100 % ->
+    2**32-1) and queue limit (:func:`netem_limit_packets`). netem's options are its struct followed by
+    attributes, in one TCA_OPTIONS."""
+    latency_ns = round(shape.delay_ms * 1e6)
+    qopt = _NETEM_QOPT.pack(min(latency_ns // PSCHED_TICK_NS, U32_MAX), netem_limit_packets(shape),
+                            min(round(shape.loss_pct / 100.0 * U32_MAX), U32_MAX), 0, 0, 0)
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, LEAF_HANDLE, CLASS_HANDLE, 0) + _kind("netem") + _nla(
+        TCA_OPTIONS, qopt + _nla(TCA_NETEM_LATENCY64, struct.pack("=q", latency_ns)))

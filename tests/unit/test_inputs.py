@@ -5,13 +5,13 @@ or before a run builds anything."""
 from __future__ import annotations
 
 import json
-import math
+import struct
 from pathlib import Path
 
 import pytest
 
 from emulator.cli import main
-from emulator.shaping.base import LinkShape, htb_class_kwargs
+from emulator.shaping.base import LinkShape, htb_class_body
 from topologies.errors import ConfigError
 from topologies.limits import NETEM_MAX_RATE_MBPS
 from topologies.plan import build_constellation, check_plan_memory, plan_memory_bytes
@@ -121,22 +121,25 @@ def test_scenario_name_that_is_not_a_safe_path_component_is_refused(name):
     assert (e.value.key, e.value.line) == ("name", 1)
 
 
-def test_isl_rate_the_netem_shaper_cannot_express_fails_in_plan_not_in_build(tmp_path, capsys):
-    # before: 50,000 Mbit/s passed plan and failed packing the htb class's u32 byte rate during build
+def test_isl_rate_no_shaper_can_express_fails_in_plan_not_in_build(tmp_path, capsys):
+    # before: 50,000 Mbit/s passed plan and failed packing the htb class's u32 byte rate during build; both
+    # backends now send 64-bit rates (TCA_TBF_RATE64, TCA_HTB_RATE64), so it plans on either
     f = tmp_path / "s.toml"
-    f.write_text(BASE + "\n[isl]\nrate_mbps = 50000\n")
+    for shaper in ("auto", "netem", "userspace"):
+        f.write_text(BASE + f'\n[isl]\nrate_mbps = 50000\n[emulation]\nshaper = "{shaper}"\n')
+        assert main(["plan", str(f)]) == 0
+        capsys.readouterr()
+    # the netem backend's htb class: the u32 field saturates, the real rate travels in TCA_HTB_RATE64 (6)
+    body = htb_class_body(3, LinkShape(1.0, 50_000.0))
+    rate64 = struct.pack("=HHQ", 12, 6, 50_000 * 10**6 // 8)
+    assert rate64 in body and struct.pack("=I", 2**32 - 1) in body
+    assert struct.pack("=HH", 12, 6) not in htb_class_body(3, LinkShape(1.0, 34_000.0))  # fits the u32 field
+    # above the shapers' bound: one line in plan, naming file, line and key
+    f.write_text(BASE + "\n[isl]\nrate_mbps = 2000000\n")
     line = len(BASE.splitlines()) + 3
     msg = one_line_error(capsys, ["plan", str(f)])
-    assert msg.startswith(f"satnetem: error: {f}:{line}, key 'isl.rate_mbps': ") and "netem" in msg
-    # the bound is the htb class's: 2**32 - 1 bytes per second
-    assert math.isclose(NETEM_MAX_RATE_MBPS * 1e6 / 8, 2**32 - 1)
-    with pytest.raises(ConfigError):
-        htb_class_kwargs(LinkShape(1.0, 50_000.0))
-    assert htb_class_kwargs(LinkShape(1.0, 34_000.0))["rate"] == 34_000 * 10**6 // 8
-    # the userspace shaper sends 64-bit rates: there the same rate plans
-    f.write_text(BASE + '\n[isl]\nrate_mbps = 50000\n[emulation]\nshaper = "userspace"\n')
-    assert main(["plan", str(f)]) == 0
-    capsys.readouterr()
+    assert msg.startswith(f"satnetem: error: {f}:{line}, key 'isl.rate_mbps': "), msg
+    assert NETEM_MAX_RATE_MBPS == 1_000_000.0
 
 
 def test_rate_below_what_a_kernel_rate_can_hold_is_refused_by_scenario_and_shape_alike():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import socket
 import struct
@@ -13,7 +14,7 @@ from emulator.shaping.base import (
     MAX_RATE_MBPS,
     LinkShape,
     Port,
-    netem_kwargs,
+    netem_limit_packets,
     tbf_qdisc_body,
 )
 from topologies.errors import ConfigError
@@ -102,7 +103,7 @@ def test_tbf_rate_is_bytes_per_second_with_64_bit_rates_beyond_u32(rate_mbps):
 @pytest.mark.parametrize("delay_ms, rate_mbps", [(100.0, 1000.0), (0.0, 1000.0), (5.0, 10.0),
                                                  (40.0, 100_000.0), (1.0, 40_000.0)])
 def test_netem_limit_holds_at_least_the_bandwidth_delay_product(delay_ms, rate_mbps):
-    limit = netem_kwargs(LinkShape(delay_ms, rate_mbps))["limit"]
+    limit = netem_limit_packets(LinkShape(delay_ms, rate_mbps))
     bdp_packets = rate_mbps * 1e6 / 8 * delay_ms / 1e3 / 1514  # full-size packets in flight
     assert limit >= 1000  # the floor
     assert limit >= 2 * bdp_packets  # twice the BDP: room for smaller packets
@@ -304,3 +305,54 @@ def test_daemon_answers_bad_requests_with_one_line_errors_and_keeps_running():
     finally:
         d.close()
     assert not d.pids
+
+
+def test_netem_backend_sends_one_batch_per_namespace_and_only_what_changed():
+    """What NetemShaper.set sends, read off its batches (the kernel side runs in the netem VM suites):
+    the whole tree once, then the class only for a rate change, the netem qdisc only for a delay, loss or
+    limit change, nothing for an unchanged shape; every port of one namespace in one batch."""
+    from emulator import rtnl
+    from emulator.shaping.base import htb_class_body, netem_qdisc_body
+    from emulator.shaping.netem import NetemShaper
+
+    sent: list[tuple[str, list[rtnl.Request]]] = []
+
+    class Recorder:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def run(self, batch: rtnl.Batch) -> list[tuple[rtnl.Request, int]]:
+            sent.append((self.path, list(batch.requests)))
+            return []
+
+        def close(self) -> None:
+            pass
+
+    sh = NetemShaper()
+    sh._rtnl = lambda path, node: Recorder(path)  # type: ignore[method-assign]
+    a1, a2, b1 = Port("a", "/run/netns/a", "a-x", 2), Port("a", "/run/netns/a", "a-y", 3), Port("b", "/run/netns/b", "b-x", 2)
+    five, slow = LinkShape(5.0, 100.0), LinkShape(5.0, 10.0)
+
+    def kinds(reqs: list[rtnl.Request]) -> list[tuple[int, int]]:
+        return [(r.msg_type, r.flags & (rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE | rtnl.NLM_F_EXCL)) for r in reqs]
+
+    sh.set([(a1, five), (a2, five), (b1, five)], lambda n: None)
+    assert [p for p, _ in sent] == ["/run/netns/a", "/run/netns/b"]  # one batch per namespace
+    created = [(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL),
+               (rtnl.RTM_NEWTCLASS, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE),
+               (rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE)]
+    assert kinds(sent[0][1]) == created * 2 and kinds(sent[1][1]) == created
+    sent.clear()
+    sh.set([(a1, five), (b1, five)], lambda n: None)
+    assert sent == []  # unchanged: nothing sent
+    sh.set([(a1, LinkShape(7.0, 100.0))], lambda n: None)  # delay only: the netem qdisc, changed in place
+    assert kinds(sent[0][1]) == [(rtnl.RTM_NEWQDISC, 0)]
+    assert sent[0][1][0].body == netem_qdisc_body(2, LinkShape(7.0, 100.0))
+    sent.clear()
+    sh.set([(a2, slow)], lambda n: None)  # rate only (the netem limit stays at its floor): the class alone
+    assert kinds(sent[0][1]) == [(rtnl.RTM_NEWTCLASS, 0)]
+    assert sent[0][1][0].body == htb_class_body(3, slow)
+    sent.clear()
+    sh.forget(a2)
+    sh.set([(a2, slow)], lambda n: None)  # forgotten: built again (a root left there is kept: EEXIST ignored)
+    assert kinds(sent[0][1]) == created and errno.EEXIST in sent[0][1][0].ignore
