@@ -102,8 +102,11 @@ def test_an_exception_in_the_with_block_tears_everything_down():
 def test_ctrl_c_while_the_clock_runs_tears_everything_down():
     rid = f"t-api-c-{os.getpid()}"
     code = textwrap.dedent(f"""
-        import sys
+        import signal, sys
         sys.path.insert(0, {str(ROOT)!r})
+        # Ctrl-C as at a terminal, even when this suite runs as a background job (SIGINT then comes in
+        # ignored, and the script would ignore it too: the run ended its 30 s with exit status 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from emulator.api import open_emulation
         with open_emulation({str(SCENARIO)!r}, duration_s=30, run_id={rid!r}) as emu:
             print("ready", flush=True)
