@@ -910,3 +910,33 @@ class Rtnl:
             what = req.what() if callable(req.what) else req.what
             raise ApplyError(f"{what}: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{more}",
                              node=self.node, operation=operation)
+
+
+class PrivateSockets:
+    """Rtnetlink sockets of one user's own, one per namespace path, the ``size`` most recently used kept open
+    (the least recently used closed first). Private (:class:`Rtnl` ``private=True``): the shapers' tc work must
+    not wait for the step's route sends, which hold the pool's socket of each namespace for tens of ms."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._open: OrderedDict[str, Rtnl] = OrderedDict()
+
+    def get(self, path: str, node: str) -> Rtnl:
+        rt = self._open.get(path)
+        if rt is None:
+            rt = self._open[path] = Rtnl(path, node, private=True)
+            while len(self._open) > self.size:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(path)
+        return rt
+
+    def drop(self, path: str) -> None:
+        """Close the socket of ``path`` if one is open (its namespace is going away)."""
+        rt = self._open.pop(path, None)
+        if rt is not None:
+            rt.close()
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,9 +33,6 @@ from topologies.errors import ApplyError
 
 log = logging.getLogger(__name__)
 
-#: rtnetlink sockets kept open (one per namespace, least recently used closed first)
-_RT_CACHE = 256
-
 
 class NetemShaper(Shaper):
     """Kernel-only shaping; needs sch_netem and sch_htb."""
@@ -45,21 +41,13 @@ class NetemShaper(Shaper):
 
     def __init__(self) -> None:
         self._shaped: dict[tuple[str, int], LinkShape] = {}
-        self._rt: OrderedDict[str, rtnl.Rtnl] = OrderedDict()
+        self._rt = rtnl.PrivateSockets()
 
     def prepare_node(self, node: str, ns_path: str, ipr: Any) -> None:
         """Nothing to prepare: netem lives entirely on the ports' qdiscs."""
 
     def _rtnl(self, path: str, node: str) -> rtnl.Rtnl:
-        rt = self._rt.get(path)
-        if rt is None:
-            # private: shaping must not wait for the step's route sends on the pool's sockets
-            rt = self._rt[path] = rtnl.Rtnl(path, node, private=True)
-            while len(self._rt) > _RT_CACHE:
-                self._rt.popitem(last=False)[1].close()
-        else:
-            self._rt.move_to_end(path)
-        return rt
+        return self._rt.get(path, node)
 
     def set(self, items: Sequence[tuple[Port, LinkShape]], ipr_of: Callable[[str], Any]) -> None:
         batches: dict[str, rtnl.Batch] = {}
@@ -99,5 +87,4 @@ class NetemShaper(Shaper):
     def close(self) -> None:
         # The qdiscs live on interfaces of the emulation's namespaces and die with them.
         self._shaped.clear()
-        while self._rt:
-            self._rt.popitem()[1].close()
+        self._rt.close()

@@ -32,7 +32,6 @@ import logging
 import os
 import platform
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,7 +45,6 @@ from topologies.errors import ApplyError
 log = logging.getLogger(__name__)
 #: rtnetlink sockets kept open for tc work, one per namespace, least recently used closed first: the
 #: emulator process must stay under its open-file limit with 10,000 namespaces.
-_RT_CACHE = 256
 
 # --------------------------------------------------------------------------- rx time-stamp clearing (cls_bpf)
 
@@ -184,7 +182,7 @@ class UserspaceShaper(Shaper):
         self._rxts_prog_fd: int | None = None
         self._rxts_failed = False  # warned once that receive time stamps will be early
         self._rxts_done: set[tuple[str, int]] = set()  # (ns_path, ifindex) carrying the program
-        self._rt: OrderedDict[str, rtnl.Rtnl] = OrderedDict()  # ns_path -> raw rtnetlink socket (tc batches)
+        self._rt = rtnl.PrivateSockets()  # ns_path -> raw rtnetlink socket (tc batches)
         atexit.register(self.close)
 
     # ----------------------------------------------------------------- daemon
@@ -206,16 +204,7 @@ class UserspaceShaper(Shaper):
         return self._daemon
 
     def _rtnl(self, path: str, node: str) -> rtnl.Rtnl:
-        rt = self._rt.get(path)
-        if rt is None:
-            # private: a rate change must not wait for the step's route sends, which hold the pool's
-            # socket of each namespace they send to for tens of ms
-            rt = self._rt[path] = rtnl.Rtnl(path, node, private=True)
-            while len(self._rt) > _RT_CACHE:
-                self._rt.popitem(last=False)[1].close()
-        else:
-            self._rt.move_to_end(path)
-        return rt
+        return self._rt.get(path, node)
 
     def stats(self, reset_late_max: bool = False) -> dict[str, Any]:
         """Counters of the daemon since it started, summed over its shards ({} before it started).
@@ -418,9 +407,7 @@ class UserspaceShaper(Shaper):
         if self._ns_of_node.pop(node, None) is None:
             return
         self._rxts_done = {k for k in self._rxts_done if k[0] != ns_path}
-        rt = self._rt.pop(ns_path, None)
-        if rt is not None:
-            rt.close()
+        self._rt.drop(ns_path)
         elsewhere = []  # holds in other namespaces of this namespace's ports
         for key, (_shape, hold) in list(self._shaped.items()):
             if key[0] == ns_path or hold[0] == ns_path:
@@ -444,9 +431,7 @@ class UserspaceShaper(Shaper):
         self._shaped.clear()
         self._fast.valid[:] = False
         self._rxts_done.clear()
-        for rt in self._rt.values():
-            rt.close()
-        self._rt.clear()
+        self._rt.close()
         if self._rxts_prog_fd is not None:  # the filters keep their own reference to the program
             os.close(self._rxts_prog_fd)
             self._rxts_prog_fd = None
