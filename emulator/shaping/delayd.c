@@ -30,6 +30,14 @@
  *   set <np> <nf> {<id> <ifindex> <ingress> <delay_ns> <loss_pct> <link_id>}*np {<id> <ifindex> <ingress>}*nf
  *   release <id> <hex batch before> <hex batch after> send "before" (rules out), release everything held
  *                                                    there, send "after" (table out), close the socket
+ *   epoch <mark> <at_ns>                             route epoch: every packet accepted from the CLOCK_MONOTONIC
+ *                                                    instant at_ns on (by its due time; a not-held one by the
+ *                                                    time of its verdict) leaves with skb->mark = mark, so
+ *                                                    that fwmark rules switch every namespace's route table
+ *                                                    of this shard at one instant; at_ns 0: at once. One
+ *                                                    epoch waits at a time: a new request replaces a waiting
+ *                                                    one (one already due is taken first). mark 0: back to
+ *                                                    leaving marks as they came (a stamp cleared to 0)
  *   stats <reset>                                    counters as key=value, lateness histogram as bin:count;
  *                                                    reset 1: then zero the maxima and the histogram
  *   close                                            remove every table (--exit-batch) and exit
@@ -108,7 +116,7 @@ struct port {
     bool live;           /* in the lookup table; a forgotten port drains, then its slot is freed */
 };
 
-struct vrec { uint32_t id, next; uint8_t accept, clear_mark; };
+struct vrec { uint32_t id, next, mark; uint8_t accept, set_mark; };
 
 struct ns {
     int fd;              /* -1: id unused */
@@ -128,6 +136,9 @@ static struct {
     uint64_t seed;
     uint16_t queue_num;
     int ctl, ep, tfd, sfd, own_ns;
+    uint32_t epoch_mark, epoch_next;  /* the route epoch's mark now, and the one waiting for epoch_at_ns */
+    uint64_t epoch_at_ns;             /* 0: none waiting */
+    uint64_t epochs;                  /* epochs taken */
     int rt_prio;
     bool running, locked;
     struct ns *ns; int nns;                 /* by id */
@@ -406,14 +417,28 @@ static int32_t port_alloc(void)
 
 /* ------------------------------------------------------------------ verdicts */
 
-static void add_verdict(int ns, uint32_t id, bool accept, bool clear_mark)
+/* The route epoch's mark for a packet due (or, not held, handed back) at ``t``; takes a waiting epoch
+ * whose instant has passed by the clock. */
+static inline uint32_t epoch_mark_at(uint64_t t, uint64_t now)
+{
+    if (D.epoch_at_ns && now >= D.epoch_at_ns) {
+        D.epoch_mark = D.epoch_next;
+        D.epoch_at_ns = 0;
+        D.epochs++;
+    }
+    return D.epoch_at_ns && t >= D.epoch_at_ns ? D.epoch_next : D.epoch_mark;
+}
+
+/* Queue a verdict; set_mark: the packet leaves with skb->mark = mark. */
+static void add_verdict(int ns, uint32_t id, bool accept, bool set_mark, uint32_t mark)
 {
     struct ns *n = &D.ns[ns];
     struct vrec *v = &D.vrec[D.nvrec];
     v->id = id;
     v->next = NIL;
     v->accept = accept;
-    v->clear_mark = clear_mark;
+    v->set_mark = set_mark;
+    v->mark = mark;
     if (n->vhead == NIL)
         n->vhead = D.nvrec;
     else
@@ -450,8 +475,8 @@ static void send_verdicts(void)
             struct vrec *v = &D.vrec[vi];
             struct nlmsghdr *nlh = nfq_nlmsg_put(sendbuf + off, NFQNL_MSG_VERDICT, D.queue_num);
             nfq_nlmsg_verdict_put(nlh, (int)v->id, v->accept ? NF_ACCEPT : NF_DROP);
-            if (v->clear_mark)
-                nfq_nlmsg_verdict_put_mark(nlh, 0);
+            if (v->set_mark)
+                nfq_nlmsg_verdict_put_mark(nlh, v->mark);
             off += NLMSG_ALIGN(nlh->nlmsg_len);
             if (v->accept)
                 D.st.accepted++;
@@ -470,15 +495,18 @@ static void send_verdicts(void)
         account_lateness(now_ns());
 }
 
-/* Release (ACCEPT) the first entry of port pi. */
-static void release_head(int32_t pi)
+/* Release (ACCEPT) the first entry of port pi; now: the clock of this pass. A packet that came stamped
+ * leaves with the epoch's mark (0 without one: what it had before the stamp), another with the epoch's
+ * mark if there is one, else as it came. */
+static void release_head(int32_t pi, uint64_t now)
 {
     struct port *p = &D.ports[pi];
     uint32_t ei = p->head;
     struct entry *e = &D.pool[ei];
     if (D.nvrec == VREC_MAX)
         send_verdicts();
-    add_verdict(p->ns, e->id, true, (e->next & STAMPED_BIT) != 0);
+    uint32_t mark = epoch_mark_at(e->due_ns, now);
+    add_verdict(p->ns, e->id, true, mark || (e->next & STAMPED_BIT), mark);
     D.vdue[D.nvdue++] = e->due_ns;
     uint32_t nx = e->next & ~STAMPED_BIT;
     p->head = nx == ENTRY_END ? NIL : nx;
@@ -496,18 +524,19 @@ static void release_due(int everything_of)
         for (int32_t pi = 0; pi < D.nports; pi++) {
             if (D.ports[pi].ns != everything_of || D.ports[pi].heap_pos < 0)
                 continue;
+            uint64_t now = now_ns();
             while (D.ports[pi].head != NIL)
-                release_head(pi);
+                release_head(pi, now);
             heap_remove(D.ports[pi].heap_pos);
             if (!D.ports[pi].live)
                 port_free(pi);
         }
     } else {
-        uint64_t due = now_ns() + D.lead_ns;
+        uint64_t now = now_ns(), due = now + D.lead_ns;
         while (D.heap_len && head_due(D.heap[0]) <= due) {
             int32_t pi = D.heap[0];
             while (D.ports[pi].head != NIL && D.pool[D.ports[pi].head].due_ns <= due)
-                release_head(pi);
+                release_head(pi, now);
             if (D.ports[pi].head == NIL) {
                 heap_remove(0);
                 if (!D.ports[pi].live)
@@ -572,13 +601,14 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
         send_verdicts();
     if (pi < 0) {
         D.st.unshaped++;
-        add_verdict(nsid, id, true, false);
+        uint32_t m = epoch_mark_at(now, now);
+        add_verdict(nsid, id, true, m != 0, m);
         return;
     }
     struct port *p = &D.ports[pi];
     if (p->loss_all || (p->loss_thr && loss_draw(D.seed, p->link_id, payload, plen) < p->loss_thr)) {
         D.st.dropped++;
-        add_verdict(nsid, id, false, false);
+        add_verdict(nsid, id, false, false, 0);
         return;
     }
     /* An arrival held at ingress carries its arrival time (us, 32 bits) in the mark, stamped at tc ingress:
@@ -604,7 +634,7 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
     } else {
         D.st.overflow++;
         D.st.dropped++;
-        add_verdict(nsid, id, false, false);
+        add_verdict(nsid, id, false, false, 0);
         return;
     }
     uint64_t due = arrived + p->delay_ns;
@@ -946,6 +976,24 @@ static int op_set(char *s)
     return rc;
 }
 
+static int op_epoch(char *s)
+{
+    uint64_t mark, at;
+    if (!tok_u64(&s, &mark) || !tok_u64(&s, &at) || mark > UINT32_MAX)
+        return fail("epoch: malformed request (want: epoch <mark 0..2^32-1> <at_ns>)");
+    uint64_t now = now_ns();
+    epoch_mark_at(now, now);  /* one waiting and due by now is taken first */
+    if (at <= now) {
+        D.epoch_mark = (uint32_t)mark;
+        D.epoch_at_ns = 0;
+        D.epochs++;
+    } else {
+        D.epoch_next = (uint32_t)mark;
+        D.epoch_at_ns = at;
+    }
+    return 0;
+}
+
 static void reply(const char *fmt, ...)
 {
     static char out[1 << 16];
@@ -997,13 +1045,14 @@ static void op_stats(char *s)
           " unshaped=%" PRIu64 " held=%d verdict_errors=%" PRIu64 " released=%" PRIu64
           " late_sum_ns=%" PRId64 " late_max_ns=%" PRId64 " busy_max_ns=%" PRId64 " busy_cpu_ns=%" PRId64
           " lead_ns=%" PRIu64 " stamped=%" PRIu64 " read_lag_sum_ns=%" PRId64 " namespaces=%d"
-          " held_interfaces=%d cpu_ns=%" PRIu64 " rt_priority=%d pool=%u locked=%d hist=%s",
+          " held_interfaces=%d cpu_ns=%" PRIu64 " rt_priority=%d pool=%u locked=%d epoch_mark=%" PRIu32
+          " epochs=%" PRIu64 " hist=%s",
           D.st.queued, D.st.accepted, D.st.dropped, D.st.overflow, D.st.unshaped, held,
           D.st.verdict_errors, D.st.released, D.st.late_sum_ns, D.st.late_max_ns, D.st.busy_max_ns,
           D.st.busy_cpu_ns, D.lead_ns, D.st.stamped, D.st.read_lag_sum_ns, nns, held_if,
           (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull
               + (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull,
-          D.rt_prio, D.pool_cap, D.locked, off ? hist : "-");
+          D.rt_prio, D.pool_cap, D.locked, D.epoch_mark, D.epochs, off ? hist : "-");
     if (reset) {  /* measure one interval: maxima and histogram start again (the sums do not) */
         D.st.late_max_ns = D.st.busy_max_ns = D.st.busy_cpu_ns = 0;
         memset(D.st.hist, 0, sizeof D.st.hist);
@@ -1061,6 +1110,8 @@ static void handle(char *line)
         }
     } else if (!strcmp(op, "set")) {
         rc = op_set(s);
+    } else if (!strcmp(op, "epoch")) {
+        rc = op_epoch(s);
     } else if (!strcmp(op, "stats")) {
         op_stats(s);
         return;

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from emulator.kernel import modules
 from emulator.shaping import nfnl
 from topologies.errors import ApplyError
 
@@ -183,6 +184,7 @@ class DelayDaemon:
         self._seq = 1
         self._lock = threading.Lock()
         self._closed = False
+        self._modules_checked = False
 
     # ----------------------------------------------------------------- processes
 
@@ -306,6 +308,11 @@ class DelayDaemon:
             todo = [p for p in dict.fromkeys(paths) if p not in self.ns]
             if not todo:
                 return
+            if not self._modules_checked:
+                # before any rule: a kernel that lacks the target answers each namespace's batch with ENOENT
+                # only after a module request of its own (see emulator.kernel.modules)
+                modules.ensure_xt_target("NFQUEUE", "the userspace shaper's NFQUEUE rules")
+                self._modules_checked = True
             # as many shards as asked for, and as the open-file limit needs for every namespace attached
             want = max(self.want_shards, shards_needed(len(self.ns) + len(todo), self.per_shard + FD_MARGIN))
             while len(self.shards) < want:
@@ -385,6 +392,26 @@ class DelayDaemon:
                 work[s] = [" ".join(["set", str(len(entries)), "0", *entries])]
             for rs in self._call("shape", work).values():
                 self._check(rs, "shape")
+
+    def route_epoch(self, mark: int, at_ns: int = 0) -> None:
+        """Switch route tables at one instant in every namespace the daemon serves: every packet it accepts
+        from ``at_ns`` (``time.monotonic_ns()``; a held packet by its due time, another by its verdict) on
+        leaves with ``skb->mark = mark``, and the namespaces' fwmark rules pick the table. ``at_ns`` 0 or
+        past: at once. One epoch waits at a time in each shard: a new call replaces one not yet due. ``mark``
+        0 ends the marking (a packet leaves with the mark it came with; an arrival stamp is cleared).
+
+        The route lookup happens after the verdict, so a table switched this way holds in the kernel from
+        the instant, whatever the number of routes; what the new table needs (its routes, the links its next
+        hops use) must be there before ``at_ns``.
+        """
+        if not 0 <= mark < 2**32 or at_ns < 0:
+            raise ApplyError(f"route epoch: mark {mark} not in [0, 2**32) or instant {at_ns} < 0",
+                             operation="route epoch")
+        with self._lock:
+            if not self.shards:
+                raise ApplyError("route epoch: the delay daemon serves no namespace yet", operation="route epoch")
+            for rs in self._call("route epoch", {s: [f"epoch {mark} {at_ns}"] for s in self.shards}).values():
+                self._check(rs, "route epoch")
 
     def set_ports(self, ports: Sequence[tuple[str, int, float, float, bool, int]],
                   forget: Sequence[tuple[str, int, bool]] = ()) -> None:
@@ -466,7 +493,8 @@ class DelayDaemon:
                             st.late_hist[int(b)] += int(count)
                     continue
                 iv = int(v)
-                if k.endswith("_max_ns") or k in ("busy_cpu_ns", "lead_ns", "rt_priority", "pool", "locked"):
+                if k.endswith("_max_ns") or k in ("busy_cpu_ns", "lead_ns", "rt_priority", "pool", "locked",
+                                                  "epoch_mark"):
                     st.counters[k] = max(st.counters.get(k, iv), iv)
                 else:
                     st.counters[k] = st.counters.get(k, 0) + iv
@@ -486,6 +514,8 @@ class DelayDaemon:
                 "namespaces": c["namespaces"], "held_interfaces": c["held_interfaces"],
                 "shards": len(self.shards), "cpu_s_per_shard": per_shard_cpu_s,
                 "rt_priority": c["rt_priority"], "memory_locked": bool(c["locked"]), "backend": "compiled",
+                # the route epoch's mark now (largest over shards) and epochs taken, summed over shards
+                "epoch_mark": c.get("epoch_mark", 0), "epochs": c.get("epochs", 0),
                 # cumulative (unless reset): differences between two reads give one interval's quantiles
                 "late_hist": list(st.late_hist)}
 

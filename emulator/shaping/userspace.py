@@ -222,6 +222,12 @@ class UserspaceShaper(Shaper):
         """
         return self._live("stats").stats(reset_late_max)
 
+    def route_epoch(self, mark: int, at_ns: int = 0) -> None:
+        """From ``at_ns`` (``time.monotonic_ns()``; 0: at once) every packet the daemon passes on leaves with
+        ``skb->mark = mark``, for fwmark rules to switch route tables at that instant in every namespace it
+        serves (:meth:`DelayDaemon.route_epoch`); ``mark`` 0 ends it."""
+        self._live("route epoch").route_epoch(mark, at_ns)
+
     # ----------------------------------------------------------------- Shaper
 
     def prepare_node(self, node: str, ns_path: str, ipr: Any) -> None:

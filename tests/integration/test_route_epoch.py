@@ -1,0 +1,169 @@
+"""Route tables switched at one instant by the delay daemon (``route_epoch``), counted on the wire.
+
+h1 - r - h2. r's arrivals from h1 are held 1 ms by the userspace shaper. In r, fwmark 1 selects a table
+that reaches h2 and fwmark 2 one with a blackhole for h2's subnet. h1 sends a numbered UDP datagram every
+2 ms; the daemon is told to mark with 2 from T1 and with 1 again from T2. The reference is the send time
+of each datagram, taken in this test: one due at r (sent + 1 ms) inside [T1, T2) must be lost, one outside
+must arrive, judged only where the datagram's send call and the boundary are apart by more than a margin.
+Without the epochs nothing is lost (the test fails), and a daemon that switched late or early loses the
+wrong datagrams.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from emulator.netns import entered, iproute_in
+from emulator.shaping.base import LinkShape, Port
+from emulator.shaping.userspace import UserspaceShaper
+
+pytestmark = pytest.mark.root
+
+HOLD_MS = 1.0
+PERIOD_S = 0.002
+MARGIN_S = 0.0015  # datagrams this close to a boundary (send call to due) are not judged
+TABLE_UP, TABLE_HOLE = 101, 102
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module
+
+
+def _ns_list() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.fixture
+def chain():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to build network namespaces")
+    tag = f"rep{os.getpid() % 100000}"
+    nodes = ["h1", "r", "h2"]
+    names = {n: f"{tag}-{n}" for n in nodes}
+    iprs: dict[str, object] = {}
+    ports: list[Port] = []
+    try:
+        for n in nodes:
+            subprocess.run(["ip", "netns", "add", names[n]], check=True)
+            path = f"/run/netns/{names[n]}"
+            with entered(path, n), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+                f.write("1" if n == "r" else "0")
+            iprs[n] = iproute_in(path, n)
+            iprs[n].link("set", index=iprs[n].link_lookup(ifname="lo")[0], state="up")
+        for i, (left, right) in enumerate((("h1", "r"), ("r", "h2"))):
+            lif, rif = f"{left}-{right}", f"{right}-{left}"
+            iprs[left].link("add", ifname=lif, kind="veth", peer={"ifname": rif, "net_ns_fd": names[right]})
+            ends = []
+            for node, ifname, host in ((left, lif, 1), (right, rif, 2)):
+                idx = iprs[node].link_lookup(ifname=ifname)[0]
+                iprs[node].addr("add", index=idx, address=f"10.81.{i + 1}.{host}", prefixlen=24)
+                iprs[node].link("set", index=idx, state="up")
+                ends.append(Port(node, f"/run/netns/{names[node]}", ifname, idx))
+            ports.append(replace(ends[0], peer=ends[1]))  # left -> right, held as it arrives at right
+        iprs["h1"].route("add", dst="0.0.0.0/0", gateway="10.81.1.2")
+        iprs["h2"].route("add", dst="0.0.0.0/0", gateway="10.81.2.1")
+        r = iprs["r"]
+        out = r.link_lookup(ifname="r-h2")[0]
+        r.route("add", dst="10.81.2.0/24", oif=out, scope=253, table=TABLE_UP)
+        r.route("add", dst="10.81.2.0/24", type="blackhole", table=TABLE_HOLE)
+        r.rule("add", fwmark=1, table=TABLE_UP, priority=100)
+        r.rule("add", fwmark=2, table=TABLE_HOLE, priority=101)
+        yield names, iprs, ports
+    finally:
+        for ipr in iprs.values():
+            ipr.close()
+        for n in nodes:
+            if names[n] in _ns_list():
+                subprocess.run(["ip", "netns", "del", names[n]], check=False)
+
+
+def _sockets(names: dict[str, str]) -> tuple[socket.socket, socket.socket]:
+    with entered(f"/run/netns/{names['h2']}", "h2"):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # every datagram of a run waits here until it ends (~500 x ~1 KiB of truesize): no overflow
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+        rx.bind(("10.81.2.2", 9000))
+    with entered(f"/run/netns/{names['h1']}", "h1"):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.settimeout(0.5)
+    return tx, rx
+
+
+def _send(tx: socket.socket, n: int, t0: float) -> list[tuple[float, float]]:
+    """n datagrams, one every PERIOD_S from t0 (monotonic s); the (before, after) times of each send call."""
+    times = []
+    for seq in range(n):
+        wait = t0 + seq * PERIOD_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        before = time.monotonic()
+        tx.sendto(struct.pack("!I", seq) + bytes(60), ("10.81.2.2", 9000))
+        times.append((before, time.monotonic()))
+    return times
+
+
+def _received(rx: socket.socket) -> set[int]:
+    got = set()
+    try:
+        while True:
+            got.add(struct.unpack("!I", rx.recv(2048)[:4])[0])
+    except TimeoutError:
+        return got
+
+
+def test_epochs_switch_route_tables_at_their_instants(chain):
+    names, iprs, ports = chain
+    sh = UserspaceShaper()
+    tx, rx = _sockets(names)
+    try:
+        for n, ipr in iprs.items():
+            sh.prepare_node(n, f"/run/netns/{names[n]}", ipr)
+        sh.set([(p, LinkShape(delay_ms=HOLD_MS, rate_mbps=1000.0)) for p in ports], lambda n: iprs[n])
+        sh.route_epoch(1)
+        _send(tx, 20, time.monotonic() + 0.05)  # neighbours resolved, path warm
+        assert len(_received(rx)) == 20
+        t0 = time.monotonic() + 0.1
+        t1, t2 = t0 + 0.3, t0 + 0.6
+        sh.route_epoch(2, int(t1 * 1e9))
+
+        def second() -> None:  # one epoch waits at a time: the next is sent once the first is due
+            time.sleep(max(0.0, t1 + 0.05 - time.monotonic()))
+            sh.route_epoch(1, int(t2 * 1e9))
+
+        th = threading.Thread(target=second)
+        th.start()
+        times = _send(tx, 450, t0)
+        th.join()
+        got = _received(rx)
+        st = sh.stats()
+        # marking ends: unmarked packets take the main table (r's connected route), stamps cleared as before
+        sh.route_epoch(0)
+        _send(tx, 20, time.monotonic() + 0.01)
+        after = _received(rx)
+    finally:
+        tx.close()
+        rx.close()
+        sh.close()
+    lost_inside, arrived_outside, judged_in, judged_out = [], [], 0, 0
+    for seq, (before, after_call) in enumerate(times):
+        due_lo, due_hi = before + HOLD_MS / 1e3, after_call + HOLD_MS / 1e3
+        if due_lo >= t1 + MARGIN_S and due_hi < t2 - MARGIN_S:
+            judged_in += 1
+            if seq in got:
+                lost_inside.append(seq)  # should have been lost and arrived
+        elif due_hi < t1 - MARGIN_S or due_lo >= t2 + MARGIN_S:
+            judged_out += 1
+            if seq not in got:
+                arrived_outside.append(seq)  # should have arrived and was lost
+    assert judged_in >= 100 and judged_out >= 200, (judged_in, judged_out)
+    assert not lost_inside, f"{len(lost_inside)} of {judged_in} datagrams due in [T1, T2) arrived: {lost_inside[:10]}"
+    assert not arrived_outside, (f"{len(arrived_outside)} of {judged_out} datagrams due outside [T1, T2) lost: "
+                                 f"{arrived_outside[:10]}")
+    assert st["epoch_mark"] == 1 and st["epochs"] >= 3, st
+    assert len(after) == 20, sorted(after)
