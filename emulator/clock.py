@@ -48,6 +48,10 @@ class Playback:
     settle: Callable[[float], Any] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None
+    keep_records: bool = True
+    _late_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    _apply_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    _n: int = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -60,6 +64,10 @@ class Playback:
         """Play; ``t0`` (``time.monotonic()``) is the moment step ``first`` counts as applied."""
         self.started_at = t0 = time.monotonic() if t0 is None else t0
         wall_step = self.step_s / self.speed
+        n = max(0, self.last - self.first)
+        if len(self._late_ms) < self._n + n:  # a second run() keeps the first one's steps in the summary
+            self._late_ms = np.concatenate([self._late_ms[:self._n], np.zeros(n)])
+            self._apply_ms = np.concatenate([self._apply_ms[:self._n], np.zeros(n)])
         if self.ahead is not None and self.last > self.first:
             self.ahead(self.first, t0 + wall_step)
         for k in range(self.first + 1, self.last + 1):
@@ -78,14 +86,18 @@ class Playback:
                 ahead_ms = (time.monotonic() - t_ahead) * 1e3
             rec = StepRecord(step=k, due_s=due - t0, late_ms=(end - due) * 1e3,
                              apply_ms=(end - begin) * 1e3, ahead_ms=ahead_ms, stats=stats)
-            self.records.append(rec)
+            self._late_ms[self._n] = rec.late_ms
+            self._apply_ms[self._n] = rec.apply_ms
+            self._n += 1
+            if self.keep_records:
+                self.records.append(rec)
             if self.on_step:
                 self.on_step(rec)
         return self.records
 
     def lateness_summary(self) -> dict[str, float | int | None]:
-        late = np.array([r.late_ms for r in self.records])
-        app = np.array([r.apply_ms for r in self.records])
+        late = self._late_ms[:self._n]
+        app = self._apply_ms[:self._n]
         if not len(late):
             return {"steps": 0, "late_ms_median": None, "late_ms_p95": None, "late_ms_max": None,
                     "apply_ms_median": None, "apply_ms_p95": None}

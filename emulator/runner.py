@@ -409,8 +409,9 @@ def run(args: argparse.Namespace) -> int:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
                          f"  {flow_progress(starter.flows, out)}")
 
+            # keep_records=False: each step's record is in steps.csv (on_step), not held for the whole run
             playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead,
-                                settle=emu.settle)
+                                settle=emu.settle, keep_records=False)
             from .validity import Bounds, HostMonitor
 
             em = sc.emulation
@@ -746,7 +747,7 @@ def interactive(args: argparse.Namespace) -> int:
 
             link_check, link_watch = link_deletions(emu, [n.name for n in tl.nodes])
             playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead,
-                                settle=emu.settle)
+                                settle=emu.settle, keep_records=False)
 
             def on_fault(line: str, stop_clock: Any = playback.stop) -> None:
                 # the user is at the prompt: said now, the clock stopped; the CLI ends at the next command
