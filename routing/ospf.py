@@ -19,7 +19,13 @@ The OSPF model
   is starved ("Kernel dropped some netlink messages, will resync on next scan"); the device scan runs
   every 5 s so that a missed link up or down is seen within 5 s rather than a minute.
 * A router's loopback /32 is its router id and a stub network; the access interface of a host's
-  gateway or a compute node's satellite (``h<slot>``) is a stub network carrying the host's subnet.
+  gateway or a compute node's satellite (``h<slot>``) is a stub interface, and the host's subnet is
+  announced as a configured ``stubnet`` whatever that link's state: announced by the interface, a restored
+  gateway's LSA changed with its access link and the next one, with the new adjacency, waited for
+  MinLSInterval (6.4-6.9 s without a route after a restore; docs/model.md, "OSPF after a restore").
+* Gateway antenna links retransmit after ``gsl_retransmit_s`` (2 s): after a restore the LSA listing the
+  new adjacency can reach the other end just under MinLSArrival after the database exchange and be
+  dropped until retransmitted.
 * Cost of a link = ``round(delay_ms * cost_per_ms)`` clipped to 1..65535 (default 100 per ms, i.e.
   10 us resolution up to 655 ms), so OSPF's shortest path is the shortest-delay path of the
   centralised ``shortest-delay`` protocol, up to that resolution and to ties.
@@ -58,6 +64,7 @@ from .daemon import DaemonProtocol
 log = logging.getLogger(__name__)
 
 _ACCESS = LINK_CLASSES.index("access")
+_GSL = LINK_CLASSES.index("gsl")
 MAX_COST = 65535
 #: Cost both ends announce for an antenna's spare pair brought up ahead of its handover: the highest, so
 #: that no path uses it while the antenna's own link is up (and the kernel export rejects it anyway).
@@ -80,7 +87,14 @@ class OspfOptions:
     dead_s : int
         Router dead interval, s (> ``hello_s``): a neighbour silent this long is dropped.
     retransmit_s : int
-        LSA retransmission interval, s (>= 2, BIRD's minimum).
+        LSA retransmission interval on ISLs, s (>= 2, BIRD's minimum).
+    gsl_retransmit_s : int
+        The same on gateway antenna links (both ends), s (>= 2). After a restore or a link that came
+        back, each end installs the other's LSA in the database exchange and the one listing the new
+        adjacency arrives about a second later, at the next hello: if less than MinLSArrival (1 s, a BIRD
+        constant) has passed, it is dropped and comes again only on retransmission. Measured on the
+        hand-made grid, that was 2.4 s without the drop and 7.8 s with it at 5 s. Antenna links are few
+        (one adjacency per antenna against four per satellite), so the faster retransmission costs little.
     tick_s : int
         Period of BIRD's SPF and LSDB housekeeping, s (>= 1).
     cost_per_ms : float
@@ -112,6 +126,7 @@ class OspfOptions:
     hello_s: int = 1
     dead_s: int = 10
     retransmit_s: int = 5
+    gsl_retransmit_s: int = 2
     tick_s: int = 1
     cost_per_ms: float = 100.0
     cost_tolerance_pct: float = 10.0
@@ -120,7 +135,8 @@ class OspfOptions:
     handover_lead_s: float = 15.0
 
     def __post_init__(self) -> None:
-        for key, low in (("hello_s", 1), ("dead_s", 2), ("retransmit_s", 2), ("tick_s", 1)):
+        for key, low in (("hello_s", 1), ("dead_s", 2), ("retransmit_s", 2), ("gsl_retransmit_s", 2),
+                         ("tick_s", 1)):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 65535:
                 raise ConfigError(f"{key} must be a whole number of seconds in {low}..65535, got {value!r}",
@@ -166,12 +182,14 @@ class OspfOptions:
 class OspfInterface:
     """One interface of a router as OSPF sees it: a point-to-point link with a cost, or a stub; a
     ``preformed`` one is an antenna's spare pair brought up ahead of its handover (no kernel route may
-    leave through it)."""
+    leave through it); a ``ground`` one is an end of a gateway antenna's link (its own retransmission
+    interval, :attr:`OspfOptions.gsl_retransmit_s`)."""
 
     name: str
     cost: int
     stub: bool = False
     preformed: bool = False
+    ground: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 15 or not set(self.name) <= _SAFE_IFNAME:
@@ -374,18 +392,20 @@ def node_interfaces(node: int, link_a: np.ndarray, far: np.ndarray, link_class: 
     link_a = np.asarray(link_a)
     far = np.asarray(far)
     access = np.asarray(link_class) == _ACCESS
+    ground = np.asarray(link_class) == _GSL
     near = np.flatnonzero((link_a == node) & ~access)
     far_ends = np.flatnonzero((far == node) & (link_a != node))
-    ptp = [OspfInterface(ifname_a[l], int(cost[l])) for l in near.tolist()]
+    ptp = [OspfInterface(ifname_a[l], int(cost[l]), ground=bool(ground[l])) for l in near.tolist()]
     cb = cost if cost_far is None else cost_far
-    ptp += [OspfInterface(ifname_b[l], int(cb[l])) for l in far_ends[~access[far_ends]].tolist()]
+    ptp += [OspfInterface(ifname_b[l], int(cb[l]), ground=bool(ground[l]))
+            for l in far_ends[~access[far_ends]].tolist()]
     stubs = [OspfInterface(ifname_b[l], 1, stub=True) for l in far_ends[access[far_ends]].tolist()]
     return sorted(ptp, key=lambda i: i.name) + stubs
 
 
 def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOptions | None = None,
                 log_path: str | None = None, node: str = "", hidden: tuple[str, ...] = (),
-                exported: tuple[str, ...] | None = None) -> str:
+                exported: tuple[str, ...] | None = None, announced: tuple[str, ...] = ()) -> str:
     """The BIRD 2 configuration of one router.
 
     Parameters
@@ -410,6 +430,12 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
         writes takes the kernel's one global rtnl lock: at 402 routers with every loopback exported,
         300 of the 402 daemons sat blocked in ``inet_rtm_newroute``/``delroute`` for minutes and OSPF
         never converged.
+    announced : tuple of str
+        Prefixes (CIDR) this router announces as stub networks whatever the state of the interface that
+        carries them: the subnets of the hosts (or compute nodes) on its access links. Announced from the
+        interface instead, a restored gateway's access link changed its router-LSA at the restore, and the
+        LSA adding the new adjacency a hello later then waited for MinLSInterval (5 s); see
+        docs/model.md, "OSPF after a restore".
 
     Returns
     -------
@@ -436,6 +462,10 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
         only = None if exported is None else [str(ipaddress.IPv4Network(x)) for x in exported]
     except ValueError as e:
         raise ConfigError(f"exported prefix: {e}", key="exported") from None
+    try:
+        stubnets = [str(ipaddress.IPv4Network(x)) for x in announced]
+    except ValueError as e:
+        raise ConfigError(f"announced prefix: {e}", key="announced") from None
     # a spare pair brought up ahead of its handover carries OSPF's own packets only: the antenna is not
     # yet on that satellite, so no kernel route may leave through it (even if OSPF finds no other path)
     spares = "".join(f'if ifname = "{i.name}" then reject; ' for i in interfaces if i.preformed)
@@ -466,13 +496,15 @@ def bird_config(router_id: str, interfaces: list[OspfInterface], options: OspfOp
         f"  tick {o.tick_s};",
         "  area 0 {",
         *(f"    stubnet {h} {{ hidden; summary; }};" for h in hide),
+        *(f"    stubnet {x} {{ cost 1; }};" for x in stubnets),
         f'    interface "lo" {rid}/32 {{ stub yes; cost 1; }};',
     ]
-    timers = f"hello {o.hello_s}; dead {o.dead_s}; retransmit {o.retransmit_s}; check link yes;"
     for i in interfaces:
         if i.stub:
             lines.append(f'    interface "{i.name}" {{ stub yes; cost {i.cost}; }};')
         else:
+            rxmt = o.gsl_retransmit_s if i.ground else o.retransmit_s
+            timers = f"hello {o.hello_s}; dead {o.dead_s}; retransmit {rxmt}; check link yes;"
             lines.append(f'    interface "{i.name}" {{ type ptp; cost {i.cost}; {timers} }};')
     lines += ["  };", "}", ""]
     return "\n".join(lines)
@@ -527,6 +559,8 @@ class Ospf(DaemonProtocol):
         ends = emu.ends  # the veth pair that carries each slot now (an antenna alternates between two)
         far = np.where(applied.peer >= 0, applied.peer, emu.link_a)
         link_class = emu.timeline.link_class
+        link_a = np.asarray(emu.link_a)
+        access = np.asarray(link_class) == _ACCESS
         dest = destinations(emu.timeline, self.all_loopbacks)
         exported = (None if len(dest) == len(emu.names)
                     else tuple(f"{_ip(a.prefix[i])}/{int(a.prefix_len[i])}" for i in dest.tolist()))
@@ -535,13 +569,16 @@ class Ospf(DaemonProtocol):
             pair = 1 - int(ends.pair[l])
             for side, node in ((0, int(emu.link_a[l])), (1, at)):
                 spare.setdefault(node, []).append(OspfInterface(a.pair_end(l, pair, side)[0], PREFORM_COST,
-                                                                preformed=True))
+                                                                preformed=True,
+                                                                ground=bool(link_class[l] == _GSL)))
         out = {}
         for r in routers.tolist():
             ifs = node_interfaces(r, emu.link_a, far, link_class, ends.ifname_a, ends.ifname_b, cost, cost_far)
             ifs += spare.get(r, [])
+            hosts = link_a[access & (far == r)]  # the hosts (and compute nodes) whose access link ends here
+            announced = tuple(f"{_ip(a.prefix[h])}/{int(a.prefix_len[h])}" for h in hosts.tolist())
             out[r] = bird_config(_ip(a.loopback[r]), ifs, self.options, self.daemons.log_path(emu.names[r]),
-                                 emu.names[r], hidden=(a.plan.link_pool,), exported=exported)
+                                 emu.names[r], hidden=(a.plan.link_pool,), exported=exported, announced=announced)
         return out
 
     # ------------------------------------------------------------------------------ lifecycle

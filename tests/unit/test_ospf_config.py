@@ -75,6 +75,27 @@ def test_host_subnets_are_stubs_at_their_router():
     assert [i.name for i in sat if i.stub] == [f"h{tl.n_links - 1}"]
 
 
+def test_antenna_ends_take_the_ground_retransmission_interval():
+    tl = grid_timeline()
+    assert [(i.name, i.ground) for i in interfaces(tl, "gw-a", 0) if not i.stub] == [("ant0", True)]
+    sat = {i.name: i.ground for i in interfaces(tl, "sat-0-0", 0)}
+    assert sat == {"aft": False, "fore": False, f"g{GSL_A}": True, "left": False, "right": False}
+    text = bird_config("10.64.0.7", [OspfInterface("fore", 230), OspfInterface("g32", 150, ground=True)],
+                       OspfOptions(retransmit_s=5, gsl_retransmit_s=2))
+    assert 'interface "fore" { type ptp; cost 230; hello 1; dead 10; retransmit 5;' in text
+    assert 'interface "g32" { type ptp; cost 150; hello 1; dead 10; retransmit 2;' in text
+
+
+def test_host_subnets_are_announced_whatever_their_link():
+    # a stubnet, not the interface's own stub: the router-LSA does not change when the access link comes
+    # back with a restored gateway, so the LSA with the new adjacency is not held for MinLSInterval
+    ifs = [OspfInterface("ant0", 150), OspfInterface("h35", 1, stub=True)]
+    text = bird_config("10.128.5.1", ifs, announced=("10.128.4.0/24",))
+    assert "stubnet 10.128.4.0/24 { cost 1; };" in text
+    with pytest.raises(ConfigError, match="announced"):
+        bird_config("10.128.5.1", ifs, announced=("10.128.4.0/33",))
+
+
 def test_handover_moves_the_antenna_interface_between_satellites():
     tl = grid_timeline()
     g = f"g{GSL_B}"
@@ -110,7 +131,7 @@ def test_bird_accepts_the_generated_configuration(tmp_path):
     a = AddressPlan().assign(tl)
     for node in ("sat-0-0", "gw-a", "sat-1-2"):
         text = bird_config("10.64.0.1", interfaces(tl, node, 0), OspfOptions(), str(tmp_path / "n.log"), node,
-                           hidden=(a.plan.link_pool,))
+                           hidden=(a.plan.link_pool,), announced=("10.128.0.0/24",))
         conf = tmp_path / f"{node}.conf"
         conf.write_text(text)
         r = subprocess.run(["bird", "-p", "-c", str(conf)], check=False, capture_output=True, text=True)
@@ -126,7 +147,8 @@ def test_bird_accepts_the_generated_configuration(tmp_path):
 
 
 @pytest.mark.parametrize("kw, key", [({"hello_s": 0}, "hello_s"), ({"hello_s": 3, "dead_s": 3}, "dead_s"),
-                                     ({"retransmit_s": 1}, "retransmit_s"), ({"tick_s": 1.5}, "tick_s"),
+                                     ({"retransmit_s": 1}, "retransmit_s"),
+                                     ({"gsl_retransmit_s": 1}, "gsl_retransmit_s"), ({"tick_s": 1.5}, "tick_s"),
                                      ({"cost_per_ms": 0}, "cost_per_ms"), ({"ecmp": "yes"}, "ecmp"),
                                      ({"cost_tolerance_pct": -1}, "cost_tolerance_pct")])
 def test_bad_options_name_the_field(kw, key):
