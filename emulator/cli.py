@@ -531,6 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--run-id", default=None,
                        help="names this run's processes, namespaces and state file, for 'clean --run-id' "
                        "(default <pid>-<random>)")
+        if name == "run":
+            r.add_argument("--cluster", metavar="IPV4:PORT", default=None,
+                           help="run over the hosts of the Ray cluster whose head is here (overrides [cluster] "
+                           "address; each host's Ray node offers the resource satnetem-host-<h>)")
         r.set_defaults(func=func)
 
     cp = sub.add_parser("compare", help="the same timeline and traffic under several routing protocols")

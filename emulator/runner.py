@@ -323,6 +323,9 @@ def run(args: argparse.Namespace) -> int:
     from .shaping import make_shaper
 
     protocol = scenario_protocol(sc, protocol_name)  # with its [routing.<name>] options
+    from .cluster.run import cluster_config
+
+    cluster = cluster_config(args, sc)  # --cluster or [cluster]: checked before the folder is made
     out = results_dir(args, sc)
     if sc.source == "<built-in>":
         (out / "scenario.toml").write_text(DEFAULT_SCENARIO_TOML)
@@ -335,6 +338,12 @@ def run(args: argparse.Namespace) -> int:
     # the compute nodes' planned power states (throttle, stop, back), for the run's reader and report
     (out / "power_events.json").write_text(json.dumps(power_events(tl), indent=1))
     (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+    if cluster is not None:
+        from .cluster.run import run_cluster
+
+        return run_cluster(cluster, sc, tl, protocol=protocol.name, shaper=args.shaper or sc.emulation.shaper,
+                           flows_wanted=flows_wanted, last=last, speed=speed, out=out,
+                           run_id=getattr(args, "run_id", None))
 
     shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)
     _say(f"shaper: {why}")
@@ -728,6 +737,11 @@ def interactive(args: argparse.Namespace) -> int:
     from .shaping import make_shaper
 
     check_scenario(sc, args.shaper)
+    if sc.cluster.address:
+        from topologies.scenario import scenario_error
+
+        raise scenario_error(sc, "satnetem cli runs on this host only; 'satnetem run' plays a [cluster]",
+                             "cluster.address")
     protocol = scenario_protocol(sc)
     speed = args.speed if args.speed is not None else sc.emulation.speed
     shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)

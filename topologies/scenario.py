@@ -360,6 +360,44 @@ class EmulationConfig:
             raise ValueError(f"valid_cpu_wait_pct must be in (0, 100] %, got {self.valid_cpu_wait_pct}")
 
 
+#: placement strategies of a clustered run (emulator.cluster.placement.STRATEGIES, repeated here: this layer
+#: does not import the emulator; a unit test keeps the two equal)
+CLUSTER_PLACEMENTS = ("plane", "partition")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: run over the hosts of a Ray cluster (``satnetem run --cluster ADDRESS`` overrides
+    ``address``). Without an address the run is on this host.
+
+    ``hosts``: how many hosts (0: every host whose Ray node offers a ``satnetem-host-<h>`` resource);
+    ``placement``: ``plane`` (orbital planes kept whole) or ``partition`` (METIS); ``max_clock_offset_ms``:
+    a host whose clock is further than this from the driver's refuses the run; ``vni_base``: the first VXLAN
+    id of the run's cross-host links (0: derived from the run id, so that two runs on the same hosts do not
+    share VNIs)."""
+
+    address: str = ""
+    hosts: int = 0
+    placement: str = "plane"
+    max_clock_offset_ms: float = 5.0
+    vni_base: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.address, str) or len(self.address) > 300:
+            raise ValueError(f"address must be the Ray head's IPv4:PORT, got {self.address!r}")
+        if isinstance(self.hosts, bool) or not isinstance(self.hosts, int) or not 0 <= self.hosts <= 1000:
+            raise ValueError(f"hosts must be an integer in [0, 1000] (0: every host of the cluster), got "
+                             f"{self.hosts!r}")
+        if self.placement not in CLUSTER_PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(CLUSTER_PLACEMENTS)}; got {self.placement!r}")
+        if not 0 < self.max_clock_offset_ms <= 10_000:  # NaN fails too
+            raise ValueError(f"max_clock_offset_ms must be in (0, 10000] ms, got {self.max_clock_offset_ms}")
+        if isinstance(self.vni_base, bool) or not isinstance(self.vni_base, int) \
+                or not 0 <= self.vni_base <= (1 << 24) - 1:
+            raise ValueError(f"vni_base must be an integer in [0, {(1 << 24) - 1}] (0: from the run id), "
+                             f"got {self.vni_base!r}")
+
+
 TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request", "matrix", "allreduce")
 REQUEST_POLICIES = ("nearest", "fixed", "round-robin", "best")
 
@@ -538,6 +576,8 @@ class Scenario:
     power: dict[str, Any] = field(default_factory=dict)
     routing: RoutingConfig = RoutingConfig()
     emulation: EmulationConfig = EmulationConfig()
+    #: run over several hosts (emulator.cluster)
+    cluster: ClusterConfig = ClusterConfig()
     traffic: tuple[TrafficSpec, ...] = ()
     #: scheduled failures, restores, degradations and regional outages (topologies.events)
     events: tuple[EventSpec, ...] = ()
@@ -791,6 +831,7 @@ def _scenario_from_table(table: dict[str, Any], ctx: _Ctx) -> Scenario:
         "power": _raw_table,
         "routing": _table(RoutingConfig, {"ospf": _raw_table}),
         "emulation": _table(EmulationConfig),
+        "cluster": _table(ClusterConfig),
         "traffic": _list_of(TrafficSpec),
         "events": build_events,
     }

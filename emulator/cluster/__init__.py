@@ -16,5 +16,8 @@
   delay, routes) and plays the timeline's steps, each host step k at start + k x step_s by its own clock
   (the driver gives the start once and polls; a dead agent ends the run naming its host).
 
-Not wired into ``satnetem run`` yet (no ``--cluster`` option), and a handover that spans hosts is refused.
+* :mod:`~emulator.cluster.run`: ``satnetem run --cluster ADDRESS`` (or ``[cluster]`` in the scenario) plays
+  a scenario over the agents and writes the single-host results folder (what differs: its docstring).
+
+A handover that spans hosts is refused.
 """

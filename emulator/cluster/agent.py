@@ -24,7 +24,7 @@ each agent applies step k at start + k x step_s by its own clock, in the single-
 (:class:`emulator.clock.Playback`, with ``prepare_ahead`` between steps), and records how late each apply
 began. The hosts' clocks were checked at start (:func:`check_clocks`). :meth:`Cluster.apply_step` applies a
 step when asked instead. Not yet: handovers that span hosts (refused), the periodic re-measurement of the
-underlay, ``satnetem run --cluster``.
+underlay. ``satnetem run --cluster`` drives this module from :mod:`emulator.cluster.run`.
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ class HostAgent:
         self._player: threading.Thread | None = None
         self._played: list[dict[str, Any]] = []
         self._play_error: str | None = None
+        self._starter: Any = None  # the flows started on this host (emulator.flows.FlowStarter)
+        self._flows_dir: str | None = None
+        self._flow_timers: list[threading.Timer] = []
+        self._flow_errors: list[str] = []
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -168,6 +172,7 @@ class HostAgent:
         assert emu.holder is not None
         return {"host": self.host, "run_id": emu.run_id, "holder": emu.holder.pid, "address": addr, "pid": os.getpid(),
                 "namespaces": {emu.names[i]: emu.nodes[i].ns_path for i in here.tolist()}, "shaper": why,
+                "shaper_name": sh.name, "nodes": int(len(here)), "vni_base": vni_base,
                 "timings_ms": emu.build_timings_ms, "cross_ends": int(crossing.sum()), "underlay": seen,
                 "underlay_too_slow": too_slow}
 
@@ -178,7 +183,7 @@ class HostAgent:
             raise ApplyError(f"host {self.host} has not built", operation="apply_step")
         return dict(self.emu.apply_step(step).as_dict())
 
-    def play(self, start_ns: int, last: int) -> None:
+    def play(self, start_ns: int, last: int, speed: float = 1.0) -> None:
         """Apply steps 1 .. ``last`` each at ``start_ns`` + k x step_s by this host's clock, in a thread of
         this actor (returns at once; :meth:`progress` tells how far it got, :meth:`stop` ends it).
 
@@ -194,6 +199,8 @@ class HostAgent:
             The instant step 0 counts as applied, ns since 1970 (CLOCK_REALTIME).
         last : int
             Last step to apply.
+        speed : float
+            Playback speed: step k is due at ``start_ns`` + k x step_s / speed.
 
         Raises
         ------
@@ -206,7 +213,7 @@ class HostAgent:
             raise ApplyError(f"host {self.host} has not built", operation="play")
         if self._player is not None:
             raise ApplyError(f"host {self.host} is playing already", operation="play")
-        step_ns = int(round(self.emu.timeline.step_s * 1e9))
+        step_ns = int(round(self.emu.timeline.step_s / speed * 1e9))
         emu = self.emu
 
         def apply(k: int) -> Any:
@@ -216,10 +223,11 @@ class HostAgent:
             end = time.time_ns()
             due = start_ns + k * step_ns
             self._played.append({"step": k, "due_ns": due, "begin_ns": begin, "end_ns": end,
-                                 "late_ms": (begin - due) / 1e6, "apply_ms": (end - begin) / 1e6})
+                                 "late_ms": (begin - due) / 1e6, "apply_ms": (end - begin) / 1e6,
+                                 "stats": stats.as_dict()})
             return stats
 
-        pb = Playback(emu.timeline.step_s, 0, last, apply, ahead=emu.prepare_ahead, settle=emu.settle)
+        pb = Playback(emu.timeline.step_s, 0, last, apply, speed, ahead=emu.prepare_ahead, settle=emu.settle)
         self._playback = pb
 
         def loop() -> None:
@@ -231,6 +239,84 @@ class HostAgent:
 
         self._player = threading.Thread(target=loop, name=f"satnetem-play-h{self.host}", daemon=True)
         self._player.start()
+
+    def start_flows(self, flows: list[tuple[int, Any, float]], start_ns: int, speed: float) -> list[str]:
+        """Start, on this host, the flows whose source node is here, each ``start_s`` / ``speed`` after
+        ``start_ns`` (CLOCK_REALTIME), as a single-host run does (:class:`emulator.flows.FlowStarter`), into a
+        folder of this host that :meth:`collect` hands back.
+
+        Parameters
+        ----------
+        flows : list of (int, TrafficSpec, float)
+            The flow's index in the scenario, its spec and its wall-clock duration, s.
+
+        Returns
+        -------
+        list of str
+            Labels of the flows started here.
+        """
+        import tempfile
+        from pathlib import Path
+
+        from ..flows import FlowStarter
+
+        if self.emu is None:
+            raise ApplyError(f"host {self.host} has not built", operation="start_flows")
+        mine = [(i, f, d) for i, f, d in flows if self.emu.local[self.emu.timeline.node_index(f.src)]]
+        if not mine:
+            return []
+        self._flows_dir = tempfile.mkdtemp(prefix=f"satnetem-{self.emu.run_id}-flows-")
+        starter = self._starter = FlowStarter(self.emu, Path(self._flows_dir), speed)
+
+        def start(i: int, f: Any, d: float) -> None:
+            try:
+                starter.start(i, f, max(1.0, d))
+            except Exception as e:  # noqa: BLE001 - on a timer's thread: said in collect(), by flow
+                log.exception("host %d: flow %s did not start", self.host, f.label)
+                self._flow_errors.append(f"flow {f.label} could not start on host {self.host}: {e}")
+
+        for i, f, d in mine:
+            wait_s = (start_ns - time.time_ns()) / 1e9 + f.start_s / speed
+            t = threading.Timer(max(0.0, wait_s), start, (i, f, d))
+            t.daemon = True
+            self._flow_timers.append(t)
+            t.start()
+        return [f.label for _, f, _ in mine]
+
+    def collect(self, wait_s: float = 5.0) -> dict[str, Any]:
+        """End this host's flows (each gets up to ``wait_s`` to finish, as on one host) and hand back what
+        they wrote: ``files`` (path relative to the results folder -> bytes), ``errors`` (flows that did not
+        start). The folder on this host is removed."""
+        import shutil
+        from pathlib import Path
+
+        for t in self._flow_timers:
+            t.cancel()
+        self._flow_timers = []
+        files: dict[str, bytes] = {}
+        if self._starter is not None:
+            deadline = time.monotonic() + wait_s
+            for fl in self._starter.flows:
+                fl.wait(timeout_s=max(0.1, deadline - time.monotonic()))
+            self._starter.stop_all()
+            self._starter = None
+        if self._flows_dir is not None:
+            root = Path(self._flows_dir)
+            for p in sorted(root.rglob("*")):
+                if p.is_file():
+                    files[str(p.relative_to(root))] = p.read_bytes()
+            shutil.rmtree(root, ignore_errors=True)
+            self._flows_dir = None
+        return {"host": self.host, "files": files, "errors": list(self._flow_errors)}
+
+    def addresses(self, steps: int) -> dict[str, dict[str, str]]:
+        """Every interface address and its node (:func:`emulator.runner.address_owners`: the same on every
+        host, computed from the whole timeline)."""
+        from ..runner import address_owners
+
+        if self.emu is None:
+            raise ApplyError(f"host {self.host} has not built", operation="addresses")
+        return address_owners(self.emu, self.emu.timeline, steps)
 
     def progress(self) -> dict[str, Any]:
         """How far :meth:`play` got: ``host``, ``steps`` (one dict per step applied: ``step``, ``due_ns``,
@@ -247,6 +333,8 @@ class HostAgent:
         if self._player is not None:
             self._playback.stop()
             self._player.join()
+        if self._starter is not None or self._flows_dir is not None:
+            self.collect(wait_s=0.0)
         if self.emu is None:
             return {"host": self.host, "left": []}
         rid = self.emu.run_id
@@ -374,7 +462,7 @@ class Cluster:
         return out
 
     def play(self, last: int, lead_s: float = START_LEAD_S, poll_s: float = 0.2, timeout_s: float = 30.0,
-             on_start: Any = None) -> list[dict[str, Any]]:
+             on_start: Any = None, speed: float = 1.0) -> list[dict[str, Any]]:
         """Every host applies steps 1 .. ``last``, step k at start + k x step_s by its own clock
         (:meth:`HostAgent.play`); the start is ``lead_s`` after now on this process's CLOCK_REALTIME, told to
         every agent once. Then this only polls each agent's progress every ``poll_s`` until all are done.
@@ -400,7 +488,7 @@ class Cluster:
 
         start_ns = time.time_ns() + int(lead_s * 1e9)
         try:
-            ray.get([a.play.remote(start_ns, last) for a in self.agents], timeout=timeout_s)
+            ray.get([a.play.remote(start_ns, last, speed) for a in self.agents], timeout=timeout_s)
         except (RayActorError, GetTimeoutError):
             pass  # the poll below names the host
         if on_start is not None:
@@ -448,7 +536,8 @@ class Cluster:
 
 def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strategy: str = "plane",
           protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0,
-          max_clock_offset_ms: float = MAX_CLOCK_OFFSET_MS) -> Cluster:
+          max_clock_offset_ms: float = MAX_CLOCK_OFFSET_MS, vni_base: int = 1,
+          queue_packets: dict[str, int] | None = None, say: Any = None) -> Cluster:
     """Place ``timeline`` on ``n_hosts`` hosts and have one agent per host build its part (the caller is a
     Ray driver already: :func:`ray.init` done). Before anything is built, every host must run the driver's
     Python, Ray and satnetem, and its clock must be within ``max_clock_offset_ms`` of the driver's.
@@ -457,6 +546,10 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
     ----------
     head_addr : str
         The head's IPv4 address (each host's underlay address is its source address towards it).
+    vni_base : int
+        VNI of the first cross-host link (:class:`~emulator.cluster.part.HostPart`).
+    say : callable, optional
+        Called with a line of progress (the clocks once measured).
 
     Raises
     ------
@@ -476,11 +569,15 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
     underlay = tuple(ray.get([a.underlay_address.remote(head_addr) for a in agents], timeout=BUILD_TIMEOUT_S))
     check_versions(_versions(), list(ray.get([a.versions.remote() for a in agents], timeout=60)))
     clocks = measure_clocks(agents)
+    if say is not None:
+        say("  clocks against the driver's (ms): " + ", ".join(
+            f"host {h} {c.offset_ms:+.3f} +- {c.bound_ms:.3f}" for h, c in enumerate(clocks)))
     check_clocks(clocks, max_clock_offset_ms)
     t1 = time.perf_counter()
     cluster = Cluster(agents, placement, underlay, clocks=clocks)
     tl_ref = ray.put(timeline)
-    calls = [a.build.remote(tl_ref, placement.host_of, underlay, run_id, protocol, shaper, seed) for a in agents]
+    calls = [a.build.remote(tl_ref, placement.host_of, underlay, run_id, protocol, shaper, seed, vni_base,
+                            queue_packets) for a in agents]
     builds: list[dict[str, Any]] = []
     failure = None
     for h, c in enumerate(calls):

@@ -31,6 +31,7 @@ Checked against things the product does not report about itself:
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -546,3 +547,107 @@ def test_a_dead_agent_ends_the_run_naming_its_host(ray_lab, timeline, tmp_path):
             drv.p.wait()
         clean_parts(run_id)
     assert leftovers(lab, ids) == []
+
+
+# ----------------------------------------------------------------------------------------- satnetem run --cluster
+def least_rtt(tl, step: int, host_of: dict[int, int], underlay_ms: float, src: int, dst: int) -> float:
+    """RTT of the least-delay paths both ways at ``step`` (networkx on the timeline), a hop between hosts
+    counted at least the underlay's one-way delay (what a link shorter than the underlay carries)."""
+    snap = tl.snapshot(step)
+    g = nx.DiGraph()
+    for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0)).tolist():
+        a, b, d = int(tl.link_a[l]), int(snap.peer[l]), float(snap.params[l, 0])
+        for u, v in ((a, b), (b, a)):
+            if host_of[u] != host_of[v]:
+                d = max(d, underlay_ms)
+            if not g.has_edge(u, v) or g[u][v]["delay_ms"] > d:
+                g.add_edge(u, v, delay_ms=d)
+    return sum(nx.dijkstra_path_length(g, u, v, weight="delay_ms") for u, v in ((src, dst), (dst, src)))
+
+
+def ping_samples(path: Path) -> list[tuple[float, float]]:
+    """(send time s since 1970, RTT ms) of each answer in a ping -D output."""
+    out = []
+    for t, rtt in re.findall(r"^\[([\d.]+)\] .*time=([\d.]+) ms", path.read_text(), re.M):
+        out.append((float(t) - float(rtt) / 1e3, float(rtt)))
+    return out
+
+
+def satnetem_run(lab: FakeHosts, rl: RayLab, argv: list[str], cwd: Path, timeout_s: float = 240.0):
+    """``satnetem run ARGV`` in fake host 0 (the head) with the cluster's token in its environment."""
+    satnetem = str(Path(sys.executable).with_name("satnetem"))
+    p = lab.popen(lab.host_name(0), [satnetem, "run", *argv], env=rl.env(), stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, text=True, cwd=str(cwd))
+    try:
+        out, err = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"satnetem run did not end in {timeout_s:g} s: {out[-2000:]} {err[-2000:]}") from None
+    return p.returncode, out, err
+
+
+def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
+    """``satnetem run --cluster`` on the three fake hosts: the run completes with the single-host results
+    folder; two ping flows, one started on host 0 (h-london -> h-new-york) and one on host 2 (sat-7-7 ->
+    sat-0-0, crossing hosts), land in it and their RTTs per step match networkx's least-delay paths on the
+    timeline (underlay counted on a crossing shorter than it) within max(1 ms, 3 %); every host applied step
+    1 on its clock; nothing is left on any host. Then bad cluster input: one line each, exit status 2."""
+    from emulator.flows import safe_label
+
+    lab, rl = ray_lab
+    tl, tl_path = timeline
+    scen = tmp_path / "scenario.toml"
+    scen.write_text(SCENARIO + "".join(
+        f'\n[[traffic]]\nkind = "ping"\nsrc = "{a}"\ndst = "{b}"\nrate_pps = 5\n'
+        for a, b in (("h-london", "h-new-york"), ("sat-7-7", "sat-0-0"))))
+    run_id = "t-cbr"
+    res = tmp_path / "res"
+    t0 = time.monotonic()
+    rc, out, err = satnetem_run(lab, rl, [str(scen), "--timeline", tl_path, "--cluster", rl.head, "--run-id", run_id,
+                                          "-o", str(res)], tmp_path)
+    took = time.monotonic() - t0
+    assert rc == 0, out[-3000:] + err[-3000:]
+    summary = json.loads((res / "summary.json").read_text())
+    assert summary["complete"] and summary["cluster"]["hosts"] == N_HOSTS, summary
+    placement = json.loads((res / "placement.json").read_text())
+    host_of = {tl.node_index(n): h for n, h in placement.items()}
+    assert set(placement) == {nd.name for nd in tl.nodes} and set(host_of.values()) == set(range(N_HOSTS))
+    assert host_of[tl.node_index("sat-7-7")] != host_of[tl.node_index("sat-0-0")]
+    assert "placement: plane on 3 hosts" in out
+    # every host applied step 1 on its own clock, within the bound of test_agents_build_their_hosts_nodes
+    rows = list(csv.DictReader(open(res / "steps_by_host.csv")))
+    assert sorted((int(r["host"]), int(r["step"])) for r in rows) == [(h, 1) for h in range(N_HOSTS)]
+    assert all(0 <= float(r["late_ms"]) <= LATE_BOUND_MS for r in rows), rows
+    run = json.loads((res / "run.json").read_text())
+    underlay_ms = statistics.mean(u["one_way_ms"] for b in summary["cluster"]["builds"] for u in b["underlay"] if u)
+    manifest = json.loads((res / "flows.json").read_text())
+    assert sorted(m["label"] for m in manifest) == ["ping:h-london--h-new-york", "ping:sat-7-7--sat-0-0"], manifest
+    lines = []
+    for m in manifest:
+        samples = ping_samples(res / "flows" / safe_label(m["label"]) / "ping.txt")
+        # 5/s from the start; as on one host, the flows get 5 s after the last step (step 1, at 10 s) is applied
+        assert len(samples) >= 60, (m["label"], len(samples))
+        src, dst = tl.node_index(m["src"]), tl.node_index(m["dst"])
+        for k in range(tl.n_steps):
+            got = [r for t, r in samples if k * tl.step_s + 0.5 <= t - run["t0_unix"] < (k + 1) * tl.step_s - 0.5]
+            want = least_rtt(tl, k, host_of, underlay_ms, src, dst)
+            med = statistics.median(got)
+            lines.append(f"{m['label']} step {k}: median {med:.2f} ms of {len(got)} against {want:.2f}")
+            assert len(got) >= 15 and abs(med - want) <= max(1.0, 0.03 * want), lines[-1]
+    assert leftovers(lab, host_ids(run_id)) == []
+    print(f"satnetem run --cluster: {took:.1f} s (build {summary['build_s']} s); " + "; ".join(lines))
+
+    # bad cluster input: one line, exit status 2, before anything is built
+    t1 = time.monotonic()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SCENARIO + f'\n[cluster]\naddress = "{rl.head}"\nhosts = 4\n')
+    for argv, said in (([str(scen), "--timeline", tl_path, "--cluster", f"{lab.address(0)}:6390"],
+                        f"cannot reach the Ray head at {lab.address(0)}:6390: Connection refused"),
+                       ([str(scen), "--timeline", tl_path, "--cluster", "head:6379"], "must be IPv4:PORT"),
+                       ([str(bad), "--timeline", tl_path], "has no live node offering satnetem-host-3")):
+        rc, out, err = satnetem_run(lab, rl, [*argv, "--run-id", "t-cbr2", "-o", str(tmp_path / "bad")], tmp_path)
+        lines_err = [ln for ln in err.splitlines() if ln.startswith("satnetem: error")]
+        assert rc == 2 and len(lines_err) == 1 and said in lines_err[0], (rc, out[-500:], err[-1500:])
+    assert leftovers(lab, host_ids("t-cbr2")) == []
+    print(f"bad cluster input refused in {time.monotonic() - t1:.1f} s for 3 cases")

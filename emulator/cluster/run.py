@@ -1,0 +1,367 @@
+"""``satnetem run --cluster ADDRESS``: one scenario played over the hosts of a Ray cluster, with the results
+folder and summary of a single-host run.
+
+The driver (this process, on a host of the cluster: the head) joins the cluster, checks that it offers the
+hosts asked for (a Ray node per host started with the resource ``satnetem-host-<h>``), has one agent per host
+build its part (:func:`emulator.cluster.agent.start`: versions and clocks checked first, the underlay's delay
+measured and subtracted), plays the timeline on every host's own clock (:meth:`~emulator.cluster.agent.
+Cluster.play`), starts each flow on the host of its source node, and gathers what every host wrote into the
+one results folder here (with ``placement.json``: each node's host, and ``steps_by_host.csv``).
+
+What differs from a single-host run (said in the summary's ``cluster.not_recorded``): only ``ping`` and
+``path`` flows run (their programs run in the source node alone; the others need a receiver or a service on
+another host), no compute nodes nor daemon-driven routing, no ``monitor.csv`` (so no validity marking), no
+delay daemon statistics, no link load; ``steps.csv`` has one row per step with the latest host's lateness and
+apply time and the counts added over the hosts (``steps_by_host.csv`` has every host's row). A handover that
+spans hosts is refused (the run stops naming it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import socket
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from topologies.errors import ApplyError, ConfigError, one_line
+from topologies.scenario import ClusterConfig, Scenario, TrafficSpec, scenario_error
+from topologies.timeline import Timeline
+
+from .vxlan import VNI_MAX
+
+log = logging.getLogger(__name__)
+
+#: Flow kinds whose programs run in the source node alone, so on one host.
+CLUSTER_FLOW_KINDS = ("ping", "path")
+#: How long the driver waits for the head's port to answer before giving up, s.
+CONNECT_TIMEOUT_S = 5.0
+_HOST_RESOURCE = re.compile(r"^satnetem-host-(\d+)$")
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cluster_config(args: argparse.Namespace, sc: Scenario) -> ClusterConfig | None:
+    """The run's ``[cluster]`` with ``--cluster`` applied, or None for a single-host run. Checked before
+    anything is written: the address, and what a clustered run cannot do yet.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the option or the scenario's key.
+    """
+    import dataclasses
+
+    cfg = sc.cluster
+    given = getattr(args, "cluster", None)
+    if given is not None:
+        cfg = dataclasses.replace(cfg, address=given)
+    if not cfg.address:
+        return None
+    try:
+        head_addr(cfg.address)
+    except ConfigError as e:
+        if given is not None:
+            raise
+        raise scenario_error(sc, e.message, "cluster.address") from None
+    from routing.base import get_protocol
+
+    name = getattr(args, "protocol", None) or sc.routing.protocol
+    if getattr(get_protocol(name), "kind", "") == "daemon":
+        raise scenario_error(sc, f"protocol {name!r} runs routing daemons, which a clustered run does not support "
+                             f"yet", "routing.protocol")
+    if sc.compute:
+        raise scenario_error(sc, "compute nodes do not run on a cluster yet (their services and requests span "
+                             "hosts)", "compute")
+    for i, f in enumerate(sc.traffic):
+        if f.kind not in CLUSTER_FLOW_KINDS:
+            raise scenario_error(sc, f"a {f.kind!r} flow does not run on a cluster yet (these do: "
+                                 f"{', '.join(CLUSTER_FLOW_KINDS)})", f"traffic[{i}].kind")
+    return cfg
+
+
+def head_addr(address: str, where: str = "--cluster") -> tuple[str, int]:
+    """``IPV4:PORT`` as (address, port).
+
+    Raises
+    ------
+    ConfigError
+        Not an IPv4 address and a port in 1..65535 (names ``where``).
+    """
+    host, sep, port = address.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        p = int(port)
+        if not sep or not 1 <= p <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"the Ray head's address must be IPv4:PORT (as 'ray start --head' printed it), got "
+                          f"{address!r}", key=where) from None
+    return host, p
+
+
+def vni_base_for(run_id: str, n_links: int) -> int:
+    """First VNI of run ``run_id``'s cross-host links, from its run id: VXLAN devices over one host's
+    underlay must not share a VNI (the kernel refuses the second with EEXIST), so two runs on the same hosts
+    take different blocks of ``2 n_links`` VNIs (a power of two, >= 1,024), chosen by a CRC-32 of the run id
+    (two run ids share a block with probability 1 / the number of blocks: 1/255 up to 32,768 link slots).
+
+    Raises
+    ------
+    ConfigError
+        More link slots than VNIs.
+    """
+    need = 2 * max(1, int(n_links))
+    block = 1 << max(10, (need - 1).bit_length())
+    blocks = VNI_MAX // block
+    if blocks < 1:
+        raise ConfigError(f"{n_links} link slots need {need} VNIs, more than VXLAN's {VNI_MAX}", key="vni_base")
+    return 1 + (zlib.crc32(run_id.encode()) % blocks) * block
+
+
+def cluster_hosts(wanted: int, address: str) -> int:
+    """How many hosts the run uses: the Ray nodes alive that offer ``satnetem-host-<h>``, hosts 0 .. n - 1.
+
+    Raises
+    ------
+    ConfigError
+        ``wanted`` (0: all) more than the cluster has, or the hosts' numbers have a gap.
+    """
+    import ray
+
+    have = sorted({int(m.group(1)) for n in ray.nodes() if n.get("Alive") for r in n.get("Resources", {})
+                   if (m := _HOST_RESOURCE.match(r))})
+    n = wanted or len(have)
+    missing = [h for h in range(n) if h not in have]
+    if n == 0 or missing:
+        offered = ", ".join(f"satnetem-host-{h}" for h in have) or "none"
+        raise ConfigError(f"the Ray cluster at {address} has no live node offering satnetem-host-"
+                          f"{missing[0] if missing else 0} (offered: {offered}; asked for {n or 'any'} hosts): start "
+                          f"each host's node with ray start --resources '{{\"satnetem-host-<h>\": 1}}'",
+                          key="cluster.hosts")
+    return n
+
+
+def join(address: str) -> None:
+    """Connect this process to the Ray cluster at ``address`` (a driver).
+
+    Raises
+    ------
+    ConfigError
+        The head does not answer, or refuses this driver (its token), in one line.
+    """
+    import ray
+
+    host, port = head_addr(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ConfigError(f"cannot reach the Ray head at {address}: {why}", key="--cluster") from None
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds here; each is one line to the user
+        last = one_line(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+        hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH in the "
+                "driver's environment)") if "Auth" in str(e) or "token" in str(e).lower() else ""
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {last}{hint}", key="--cluster") from None
+
+
+def _csv_rows(played: list[dict[str, Any]], step_s: float, speed: float) -> tuple[list[list[Any]], list[list[Any]]]:
+    """steps.csv's rows (one per step: the latest host's lateness and apply time, counts added over the
+    hosts) and steps_by_host.csv's (one per host and step)."""
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    per_host = []
+    for p in played:
+        for r in p["steps"]:
+            by_step.setdefault(r["step"], []).append(r)
+            s = r.get("stats") or {}
+            per_host.append([p["host"], r["step"], r["due_ns"], f"{r['late_ms']:.2f}", f"{r['apply_ms']:.2f}",
+                             s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
+                             s.get("param_changes", 0), s.get("routes_changed", 0)])
+    rows = []
+    for k in sorted(by_step):
+        rs = by_step[k]
+        st = [r.get("stats") or {} for r in rs]
+        routes = [(s.get("timings_ms") or {}).get("routes", float("nan")) for s in st]
+        rows.append([k, f"{k * step_s / speed:.3f}", f"{max(r['late_ms'] for r in rs):.2f}",
+                     f"{max(r['apply_ms'] for r in rs):.2f}"]
+                    + [sum(s.get(c, 0) for s in st) for c in ("links_up", "links_down", "handovers", "param_changes",
+                                                               "routes_changed")]
+                    + [f"{np.nanmax(routes) if not np.isnan(routes).all() else float('nan'):.2f}",
+                       sum(s.get("moves_in_step", 0) for s in st), "nan"])
+    return rows, per_host
+
+
+def lateness(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The single-host summary's ``lateness`` over ``records`` (each with ``late_ms`` and ``apply_ms``)."""
+    late = np.array([r["late_ms"] for r in records])
+    app = np.array([r["apply_ms"] for r in records])
+    if not len(late):
+        return {"steps": 0, "late_ms_median": None, "late_ms_p95": None, "late_ms_max": None,
+                "apply_ms_median": None, "apply_ms_p95": None}
+    return {"steps": int(len(late)), "late_ms_median": float(np.median(late)),
+            "late_ms_p95": float(np.percentile(late, 95)), "late_ms_max": float(late.max()),
+            "apply_ms_median": float(np.median(app)), "apply_ms_p95": float(np.percentile(app, 95))}
+
+
+def _merge_files(out: Path, collected: list[dict[str, Any]]) -> list[str]:
+    """Write every host's flow files into ``out`` and one ``flows.json`` (every host's manifest, by flow
+    label); the flows that did not start."""
+    manifest: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for c in collected:
+        errors += c.get("errors", [])
+        for rel, data in c.get("files", {}).items():
+            if rel == "flows.json":
+                manifest += json.loads(data)
+                continue
+            path = (out / rel).resolve()
+            if out.resolve() not in path.parents:  # an agent names files under the folder, nowhere else
+                raise ApplyError(f"host {c['host']} sent a file outside the results folder: {rel!r}",
+                                 operation="collect")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    (out / "flows.json").write_text(json.dumps(sorted(manifest, key=lambda m: m["label"]), indent=2))
+    return errors
+
+
+def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str, shaper: str,
+                flows_wanted: list[TrafficSpec], last: int, speed: float, out: Path, run_id: str | None) -> int:
+    """Play ``tl`` over the cluster ``cfg`` names and write ``out`` as a single-host run does (module
+    docstring). Returns the command's exit status: 0 complete, 1 stopped by a fault, 130 interrupted.
+
+    Raises
+    ------
+    ConfigError
+        Before anything is built: the cluster cannot be reached or joined, lacks the hosts asked for, a host
+        runs other versions or its clock is off (each one line).
+    """
+    import ray
+
+    from ..runner import print_summary
+    from .agent import start
+
+    run_id = run_id or f"{secrets.token_hex(3)}"
+    join(cfg.address)
+    summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "protocol": protocol, "speed": speed,
+                               "steps_planned": last + 1, "step_s": tl.step_s, "complete": False, "run_id": run_id}
+    cluster = None
+    played: list[dict[str, Any]] = []
+    try:
+        n_hosts = cluster_hosts(cfg.hosts, cfg.address)
+        vni_base = cfg.vni_base or vni_base_for(run_id, tl.n_links)
+        _say(f"cluster {cfg.address}: {n_hosts} hosts, placement '{cfg.placement}', run id {run_id} (each host's "
+             f"part {run_id}-h<h>), VNIs from {vni_base}")
+        t = time.monotonic()
+        _say(f"building {len(tl.nodes)} nodes and {tl.n_links} links over {n_hosts} hosts ...")
+        try:
+            cluster = start(head_addr(cfg.address)[0], tl, n_hosts, run_id, cfg.placement, protocol, shaper, sc.seed,
+                            cfg.max_clock_offset_ms, vni_base, dict(sc.emulation.queue_packets), say=_say)
+        except ApplyError as e:
+            if "exists" in str(e).lower():
+                raise ApplyError(f"{e} (another run on these hosts may use VNIs from {vni_base}: set [cluster] "
+                                 f"vni_base)", operation="cluster build") from None
+            raise
+        summary["build_s"] = round(time.monotonic() - t, 2)
+        from .placement import cross_host_links, describe_one
+
+        cross = cross_host_links(tl, cluster.placement.host_of)
+        per = {"strategy": cfg.placement, "hosts": n_hosts,
+               "nodes_per_host": cluster.placement.nodes_per_host.tolist(), "cross_host_slots": cross.total,
+               "cross_host_max_at_once": cross.max_at_once, "link_slots": tl.n_links}
+        b0 = cluster.builds[0]
+        summary.update(shaper=b0.get("shaper_name"), shaper_reason=b0.get("shaper"))
+        summary["cluster"] = {
+            "address": cfg.address, "hosts": n_hosts, "underlay": list(cluster.underlay), "placement": per,
+            "vni_base": vni_base, "timings_s": {k: round(v, 2) for k, v in cluster.timings_s.items()},
+            "clocks_ms": [{"offset": c.offset_ms, "bound": c.bound_ms} for c in cluster.clocks],
+            "builds": [{k: b.get(k) for k in ("host", "run_id", "address", "nodes", "cross_ends", "underlay",
+                                              "underlay_too_slow", "timings_ms")} for b in cluster.builds],
+            "not_recorded": ["monitor.csv and validity", "delay daemon statistics", "link load",
+                             "steps.csv ahead_ms"]}
+        (out / "placement.json").write_text(json.dumps(
+            {nd.name: int(h) for nd, h in zip(tl.nodes, cluster.placement.host_of.tolist())}))
+        _say(f"  placement: {describe_one(per)}")
+        for b in cluster.builds:
+            ul = ", ".join(f"to host {h} {u['one_way_ms']:.3f} ms (jitter {u['jitter_ms']:.3f})"
+                           for h, u in enumerate(b.get("underlay") or []) if u)
+            _say(f"  host {b['host']} ({b['address']}): {b['nodes']} nodes, {b['cross_ends']} VXLAN ends; "
+                 f"underlay one way {ul or '-'}")
+        (out / "addresses.json").write_text(json.dumps(ray.get(cluster.agents[0].addresses.remote(last + 1),
+                                                                timeout=120)))
+        play_s = (last + 1) * tl.step_s / speed
+        _say(f"  built in {summary['build_s']} s; playing {last + 1} steps ({play_s:.0f} s wall clock) on every "
+             f"host's clock")
+        flows = []
+        for i, f in enumerate(flows_wanted):
+            dur = f.duration_s / speed if f.duration_s is not None else play_s - f.start_s / speed
+            if dur > 0:
+                flows.append((i, f, dur))
+
+        def on_start(start_ns: int) -> None:
+            (out / "run.json").write_text(json.dumps({
+                "run_id": run_id, "t0_unix": start_ns / 1e9, "speed": speed, "step_s": tl.step_s,
+                "protocol": protocol, "shaper": summary["shaper"], "steps_planned": last + 1,
+                "cluster": {"address": cfg.address, "hosts": n_hosts}}))
+            started = ray.get([a.start_flows.remote(flows, start_ns, speed) for a in cluster.agents], timeout=60)
+            for h, labels in enumerate(started):
+                if labels:
+                    _say(f"  host {h} runs flows {', '.join(labels)}")
+
+        try:
+            played = cluster.play(last, on_start=on_start, speed=speed)
+            summary["complete"] = True
+        except ApplyError as e:
+            summary["fault"] = one_line(str(e))
+            _say(f"run stopped: {summary['fault']}")
+        if summary["complete"]:
+            collected = ray.get([a.collect.remote() for a in cluster.agents], timeout=120)
+            for line in _merge_files(out, collected):
+                _say(f"traffic: {line}")
+    except KeyboardInterrupt:
+        _say("interrupted: tearing every host's part down")
+    finally:
+        t = time.monotonic()
+        if cluster is not None and not summary.get("fault"):  # after a fault every live agent has stopped
+            try:
+                left = cluster.stop()
+                summary.setdefault("cluster", {})["left"] = {str(x["host"]): x["left"] for x in left}
+            except Exception as e:  # noqa: BLE001 - the summary must still be written
+                _say(f"teardown: {one_line(str(e))}")
+        summary["teardown_s"] = round(time.monotonic() - t, 2)
+        ray.shutdown()
+        if cluster is not None:
+            rows, per_host = _csv_rows(played, tl.step_s, speed)
+            with open(out / "steps.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["step", "due_s", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
+                            "param_changes", "routes_changed", "routes_ms", "moves_in_step", "ahead_ms"])
+                w.writerows(rows)
+            with open(out / "steps_by_host.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["host", "step", "due_ns", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
+                            "param_changes", "routes_changed"])
+                w.writerows(per_host)
+            summary["lateness"] = lateness([r for p in played for r in p["steps"]])
+            summary["cluster"]["lateness_by_host"] = [lateness(p["steps"]) for p in played]
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        from ..report import report
+
+        summary = report(out)
+    except Exception as e:  # noqa: BLE001 - the measurements are on disk; plots can be redone with 'report'
+        log.warning("plots failed (%s); 'satnetem report %s' retries", e, out)
+    print_summary(summary, out)
+    return 0 if summary.get("complete") else 1 if summary.get("fault") else 130

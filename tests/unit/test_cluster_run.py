@@ -1,0 +1,111 @@
+"""What ``satnetem run --cluster`` checks before it touches a cluster (emulator.cluster.run): the head's address,
+the [cluster] section, the flows and protocols a clustered run cannot play yet, and the VNI blocks that keep
+two runs on the same hosts apart. No root, no Ray."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from emulator.cluster.placement import STRATEGIES
+from emulator.cluster.run import cluster_config, head_addr, lateness, vni_base_for
+from emulator.cluster.vxlan import VNI_MAX
+from topologies.errors import ConfigError
+from topologies.scenario import CLUSTER_PLACEMENTS, parse_scenario
+
+BASE = """
+name = "c"
+[[constellation.shells]]
+name = "s"
+altitude_km = 550.0
+inclination_deg = 53.0
+planes = 4
+sats_per_plane = 4
+
+[[ground.sites]]
+name = "gs-a"
+lat_deg = 10.0
+lon_deg = 10.0
+
+[[ground.sites]]
+name = "gs-b"
+lat_deg = 20.0
+lon_deg = 20.0
+"""
+
+
+def args(**kw) -> argparse.Namespace:
+    return argparse.Namespace(**({"cluster": None, "protocol": None} | kw))
+
+
+def test_placements_are_the_emulators():
+    assert CLUSTER_PLACEMENTS == STRATEGIES
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.1", "10.0.0.1:0", "10.0.0.1:70000", "head:6379", "10.0.0:6379", ":6379",
+                                 "10.0.0.1:x"])
+def test_bad_head_address_is_one_line(bad):
+    with pytest.raises(ConfigError, match="IPv4:PORT") as e:
+        head_addr(bad)
+    assert "\n" not in str(e.value) and "--cluster" in str(e.value)
+
+
+def test_head_address():
+    assert head_addr("172.31.213.1:6379") == ("172.31.213.1", 6379)
+
+
+def test_cluster_section_and_option():
+    sc = parse_scenario(BASE, "s.toml")
+    assert cluster_config(args(), sc) is None  # no address: a single-host run
+    cfg = cluster_config(args(cluster="10.1.2.3:6379"), sc)
+    assert (cfg.address, cfg.hosts, cfg.placement) == ("10.1.2.3:6379", 0, "plane")
+    sc = parse_scenario(BASE + '\n[cluster]\naddress = "10.1.2.3:6379"\nhosts = 3\nplacement = "partition"\n',
+                        "s.toml")
+    cfg = cluster_config(args(), sc)
+    assert (cfg.address, cfg.hosts, cfg.placement) == ("10.1.2.3:6379", 3, "partition")
+    assert cluster_config(args(cluster="10.9.9.9:1"), sc).address == "10.9.9.9:1"  # the option wins
+    with pytest.raises(ConfigError, match=r"s.toml.*key 'cluster.address'.*IPv4:PORT"):
+        cluster_config(args(), parse_scenario(BASE + '\n[cluster]\naddress = "head"\n', "s.toml"))
+
+
+@pytest.mark.parametrize("body, key", [
+    ('hosts = -1', "cluster.hosts"), ('hosts = 1.5', "cluster.hosts"), ('placement = "metis"', "cluster.placement"),
+    ('max_clock_offset_ms = 0', "cluster.max_clock_offset_ms"), ('max_clock_offset_ms = nan', "cluster.max_clock"),
+    ('vni_base = 16777216', "cluster.vni_base"), ('port = 1', "port")])
+def test_bad_cluster_section(body, key):
+    with pytest.raises(ConfigError, match=key) as e:
+        parse_scenario(BASE + f"\n[cluster]\n{body}\n", "s.toml")
+    assert "\n" not in str(e.value)
+
+
+def test_what_a_cluster_cannot_play_yet_is_refused_naming_the_key():
+    udp = BASE + '\n[[traffic]]\nkind = "ping"\nsrc = "gs-a"\ndst = "gs-b"\n' \
+                 '\n[[traffic]]\nkind = "udp-probe"\nsrc = "gs-a"\ndst = "gs-b"\n'
+    with pytest.raises(ConfigError, match=r"traffic\[1\].kind.*'udp-probe' flow does not run on a cluster"):
+        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(udp, "s.toml"))
+    ospf = BASE + '\n[routing]\nprotocol = "ospf"\n'
+    with pytest.raises(ConfigError, match=r"routing.protocol.*routing daemons"):
+        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(ospf, "s.toml"))
+
+
+def test_vni_blocks():
+    # every VNI of a run lies in 1..VNI_MAX, and a block holds 2 VNIs per link slot
+    for n_links in (1, 500, 3173, 32768, 40000, 4_000_000):
+        for rid in ("h2a", "h2b", "123-abcdef", "x" * 41):
+            base = vni_base_for(rid, n_links)
+            assert 1 <= base and base + 2 * n_links - 1 <= VNI_MAX
+    # two run ids in different blocks never share a VNI; the block is chosen by run id, the same every time
+    a, b = vni_base_for("h2a", 3173), vni_base_for("h2b", 3173)
+    assert a == vni_base_for("h2a", 3173)
+    assert a != b and abs(a - b) >= 2 * 3173
+    # spread: 200 run ids take many blocks, not a few
+    assert len({vni_base_for(f"run-{i}", 3173) for i in range(200)}) > 120
+    with pytest.raises(ConfigError, match="VNIs"):
+        vni_base_for("h2a", VNI_MAX)
+
+
+def test_lateness_summary():
+    s = lateness([{"late_ms": x, "apply_ms": 2 * x} for x in (1.0, 2.0, 3.0, 10.0)])
+    assert (s["steps"], s["late_ms_median"], s["late_ms_max"], s["apply_ms_median"]) == (4, 2.5, 10.0, 5.0)
+    assert lateness([])["steps"] == 0
