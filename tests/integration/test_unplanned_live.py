@@ -1,6 +1,7 @@
 """An unplanned failure through the scripting API on a live network, counted on the failed link's own
-interface: `predictive` keeps the kernel's traffic on the link until the failure's step and moves it at
-that step; the same failure scheduled ([[events]]) moves the traffic a step early."""
+interface: `shortest-delay` and `predictive` keep the kernel's traffic on the link until the failure's
+step and move it at that step; the same failure scheduled ([[events]]) moves predictive's traffic a step
+early."""
 
 from __future__ import annotations
 
@@ -66,18 +67,24 @@ def crossing(emu, hop, count: int = 10) -> tuple[int, int]:
     return (int(m.group(1)) if m else 0), packets() - before
 
 
-def test_predictive_does_not_leave_a_link_before_its_unplanned_failure():
-    from emulator.api import open_emulation
+def common_hop() -> tuple[str, str]:
+    """An ISL on the least-delay path at both T - 1 and T (networkx on the planned arrays)."""
     from topologies.plan import plan_scenario
 
-    sc = parse_scenario(BASE, "<test>")
-    tl = plan_scenario(sc)
+    tl = plan_scenario(parse_scenario(BASE, "<test>"))
     sats = {i for i, n in enumerate(tl.nodes) if n.kind == "sat"}
     common = sorted(sorted(e) for e in nx_pairs(tl, T - 1) & nx_pairs(tl, T) if e <= sats)
     assert common, "the test needs an ISL on the least-delay path at both steps"
-    hop = tuple(tl.nodes[i].name for i in common[0])
+    return tuple(tl.nodes[i].name for i in common[0])
 
-    with open_emulation(sc, protocol="predictive", run_id=f"t-unpl-{os.getpid()}") as emu:
+
+@pytest.mark.parametrize("protocol", ["shortest-delay", "predictive"])
+def test_an_unplanned_failure_is_seen_at_its_step_and_not_before(protocol):
+    from emulator.api import open_emulation
+
+    hop = common_hop()
+    sc = parse_scenario(BASE, "<test>")
+    with open_emulation(sc, protocol=protocol, run_id=f"t-unpl-{os.getpid()}") as emu:
         emu.fail(hop, at=T)
         emu.goto(T - 1)
         replies, on_link = crossing(emu, hop)
@@ -86,6 +93,11 @@ def test_predictive_does_not_leave_a_link_before_its_unplanned_failure():
         replies, on_link = crossing(emu, hop)
         assert replies == 10 and on_link == 0  # seen at its step: routed around, nothing lost
 
+
+def test_the_same_failure_scheduled_is_left_a_step_early_by_predictive():
+    from emulator.api import open_emulation
+
+    hop = common_hop()
     planned = parse_scenario(BASE + f'[[events]]\nkind = "fail"\ntarget = ["{hop[0]}", "{hop[1]}"]\nat_s = {T}\n',
                              "<test>")
     with open_emulation(planned, protocol="predictive", run_id=f"t-plan-{os.getpid()}") as emu:
