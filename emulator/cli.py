@@ -545,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--speed", type=float, default=None)
     cp.add_argument("--duration", type=float, default=None, help="play only this many seconds per protocol")
     cp.add_argument("-o", "--results", default=None, help="comparison folder (default results/<time>-compare)")
+    cp.add_argument("--run-id", default=None,
+                    help="each protocol's run is named <run-id>-<protocol>, for 'clean --run-id' "
+                    "(default <pid>-<random>)")
     cp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="rebuild the summary and plots of a results folder (no root)")

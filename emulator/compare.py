@@ -343,6 +343,15 @@ def compare(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario) if args.scenario else default_scenario()
     for n in names:  # and bad [routing.<name>] options, before the first protocol's run
         scenario_protocol(sc, n)
+    run_id = getattr(args, "run_id", None)
+    run_ids = {n: None if run_id is None else f"{run_id}-{n}" for n in names}
+    if run_id is not None:
+        from .clean import RUN_ID_RE
+
+        for n, rid in run_ids.items():
+            if not RUN_ID_RE.fullmatch(rid):
+                raise ConfigError(f"run id {rid!r} for protocol {n!r} must be lower-case letters, digits and '-' "
+                                  f"(at most 41, starting with a letter or digit)", key="--run-id")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     top = Path(args.results) if args.results else Path("results") / f"{stamp}-{sc.name}-compare"
     top.mkdir(parents=True, exist_ok=True)
@@ -357,6 +366,7 @@ def compare(args: argparse.Namespace) -> int:
     for n in names:
         sub = copy.copy(args)
         sub.protocol = n
+        sub.run_id = run_ids[n]
         sub.timeline = str(timeline_path)
         sub.results = str(top / n)
         sub.scenario = args.scenario

@@ -185,3 +185,17 @@ def test_steps_applied_more_than_one_step_late_flag_the_run(tmp_path):
     late = row("lagging", p, late_ms_p95=12908.0)
     assert late["flags"] == ["LATE"]
     assert any("12908 ms late at p95 (one step is 1000 ms)" in line for line in format_table([late]))
+
+
+def test_compare_run_ids_are_checked_before_anything_is_built(tmp_path):
+    import argparse
+
+    from emulator.compare import compare
+    from topologies.errors import ConfigError
+
+    args = argparse.Namespace(protocols="shortest-delay,predictive", scenario=None, timeline=None,
+                              results=str(tmp_path / "c"), run_id="h" * 30)
+    # 'h...h-predictive' is 41 characters, 'h...h-shortest-delay' 45: the latter names --run-id and the protocol
+    with pytest.raises(ConfigError, match=r"--run-id.*for protocol 'shortest-delay'"):
+        compare(args)
+    assert not (tmp_path / "c").exists()
