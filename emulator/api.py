@@ -554,6 +554,7 @@ class LiveEmulation(Experiment):
             raise
         self.emulation.target_filter = self.failures.apply
         self.emulation.queue_packets = dict(scenario.emulation.queue_packets)
+        self.emulation.route_switch = scenario.emulation.route_switch
         atexit.register(self.close)
         self._signals_raise()
         try:

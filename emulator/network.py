@@ -72,6 +72,13 @@ RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 _GSL = LINK_CLASSES.index("gsl")
 _ACCESS = LINK_CLASSES.index("access")
 _CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+#: Emulation.route_switch values
+ROUTE_SWITCHES = ("in-place", "epoch")
+#: route epochs: the two route tables of every router, the delay daemon's mark that selects each, and the
+#: preferences of their rules (the next preference looks up the first table for unmarked packets)
+EPOCH_TABLES = (101, 102)
+EPOCH_MARKS = (0x53450001, 0x53450002)
+EPOCH_PREFS = (100, 101)
 
 #: sysctls every namespace needs (before any veth exists, so "default" reaches every interface); the holder
 #: writes only those a new namespace does not already start with (here: none). Forwarding (routers) and
@@ -107,6 +114,8 @@ class StepStats:
     routes_changed: int = 0
     routes_deleted: int = 0
     gaps: int = 0  # links that changed satellite with a handover gap (carry nothing until settle())
+    routes_ahead: int = 0  # route epochs: routes sent into the idle table before the step (not in routes_changed)
+    route_table: int = 0  # route epochs: the table packets use after the step (0 or 1)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -116,7 +125,8 @@ class StepStats:
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("step", "links_up", "links_down", "handovers", "moves_in_step",
                                               "param_changes", "routes_changed", "routes_deleted",
-                                              "routes_prefetched", "gaps", "timings_ms")}
+                                              "routes_prefetched", "gaps", "routes_ahead", "route_table",
+                                              "timings_ms")}
 
 
 class Emulation:
@@ -155,7 +165,9 @@ class Emulation:
     def __init__(self, timeline: Timeline, shaper: Any, protocol: RoutingProtocol | str,
                  delay_tolerance_ms: float = 0.01, run_id: str | None = None,
                  address_plan: AddressPlan | None = None, log_dir: Any = None, route_worker: bool = True,
-                 part: HostPart | None = None) -> None:
+                 part: HostPart | None = None, route_switch: str | None = None) -> None:
+        if route_switch is not None:
+            self.route_switch = route_switch
         if not delay_tolerance_ms >= 0:
             raise ConfigError(f"delay_tolerance_ms must be >= 0 ms, got {delay_tolerance_ms}",
                               key="delay_tolerance_ms")
@@ -235,6 +247,17 @@ class Emulation:
         self._gap_t0 = 0.0
         # antenna slot -> its spare pair, held up ahead of a handover at a routing daemon's request
         self._spares_up: dict[int, int] = {}
+        # Route epochs (route_switch "epoch", see _preinstall): every router has two route tables; packets use
+        # the one the delay daemon's mark names (EPOCH_MARKS), the other is filled with the next step's
+        # routes between steps, and the step switches marks. _recs holds the installed record of each table;
+        # _inst_nh/_inst_link are _recs[_rec_i]'s, the table written next (the idle one, with epochs).
+        self._epochs = False
+        self._recs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._rec_i = 0
+        self._active = 0  # the table packets use now (epochs)
+        self._ahead: RouteTable | None = None  # the table whose routes are in the idle table ahead of its step
+        self._ahead_routes = 0  # routes sent ahead for it
+        self._route_us = 10.0  # kernel time per route sent, us (measured; decides whether there is time ahead)
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -245,6 +268,11 @@ class Emulation:
     #: Queue of each link class's rate limit, full-size packets (``[emulation] queue_packets``); a class not
     #: in it keeps the shaper's default. Set before :meth:`build`.
     queue_packets: dict[str, int] | None = None
+    #: How a step changes routes (``[emulation] route_switch``): ``"in-place"``, one table per router changed
+    #: route by route at the step (the kernel's cost, ~4.5 us a route, is paid after the due time); or
+    #: ``"epoch"``, two tables per router, the next step's filled between steps and switched to at the step
+    #: by the delay daemon (userspace backend, computed routes, one host). Set before :meth:`build`.
+    route_switch: str = "in-place"
 
     def target(self, step: int) -> Snapshot:
         """The snapshot :meth:`apply_step` brings the network to: the timeline's, through
@@ -304,6 +332,18 @@ class Emulation:
         """Create every node, link, address, sysctl, shaping and route of step 0."""
         if self._built or self._stopped:
             raise ApplyError("build() may be called once, before stop()", operation="build")
+        if self.route_switch not in ROUTE_SWITCHES:
+            raise ConfigError(f"route_switch must be one of {', '.join(ROUTE_SWITCHES)}, got {self.route_switch!r}",
+                              key="route_switch")
+        if self.route_switch == "epoch":
+            why = ("the protocol runs routing daemons" if self.daemon_driven
+                   else "this is one host's part of a clustered run" if self.part is not None
+                   else f"the {getattr(self.shaper, 'name', '?')} shaper has no delay daemon to mark packets"
+                   if not hasattr(self.shaper, "route_epoch") else None)
+            if why is not None:
+                raise ConfigError(f"route_switch = \"epoch\" needs the userspace shaper, computed routes and one "
+                                  f"host: {why}", key="route_switch")
+            self._epochs = True
         self._built = True
         t = {}
         t0 = time.perf_counter()
@@ -356,6 +396,12 @@ class Emulation:
                 self._routes_init()
                 self._host_routes()
                 self._update_routes(0, target)
+                if self._epochs:  # both tables hold step 0; packets use the first
+                    assert self.routes is not None
+                    self._use_record(1)
+                    self._install_routes(self.routes, current=False)
+                    self._epoch_rules()
+                    self.shaper.route_epoch(EPOCH_MARKS[0])
             t["routes"] = _ms(t1)
             t["total"] = _ms(t0)
             self.build_timings_ms = t
@@ -468,6 +514,14 @@ class Emulation:
         # sends run in C without the interpreter lock (rtnl.run_packed_many), the shaping is Python: at
         # 10^4 satellites ~60 ms of route sends and ~20 ms of shaping a step, no longer one after the other.
         # The shaping starts once the route thread's own Python is done (held), not interleaved with it.
+        # With route epochs: into the idle table if this table's routes went there ahead (the rest now, then
+        # the switch); else in place, into the table in use, as without epochs.
+        flip = self._epochs and table is not None and table is self._ahead
+        if self._epochs:
+            stats.routes_ahead = self._ahead_routes if flip else 0
+            self._ahead, self._ahead_routes = None, 0
+            if not flip:
+                self._use_record(self._active)
         installer = _Installer(self, table) if table is not None else None
         try:
             if installer is not None:
@@ -477,11 +531,26 @@ class Emulation:
         finally:
             if installer is not None:
                 stats.routes_changed, stats.routes_deleted = installer.join()
+            if self._epochs:
+                if flip:
+                    te = time.perf_counter()
+                    self.shaper.route_epoch(EPOCH_MARKS[self._rec_i])
+                    self._active = self._rec_i
+                    stats.timings_ms["epoch"] = _ms(te)
+                stats.route_table = self._active
+                self._use_record(1 - self._active)
         t3 = time.perf_counter()
         stats.timings_ms["routes"] = (t3 - t2) * 1e3  # includes the overlapped shaping
         # 4. links down, and the pairs handed over from (no route uses them any more)
         self._set_links(d.went_down, False, applied.peer)
         self._pairs_down(old_pairs)
+        if self._epochs and flip:
+            # the idle table (the step before's) went through the pairs handed over from: the kernel removed
+            # those routes with their nexthops
+            for l, pair in old_pairs:
+                for node in (int(self.link_a[l]), int(self._pfar[l, pair])):
+                    if self.is_router[node] and self.local[node]:
+                        self._forget_routes_via(node, l, every_table=False)
         stats.links_down = len(d.went_down)
         self.applied = applied
         t4 = time.perf_counter()
@@ -562,7 +631,35 @@ class Emulation:
             self.prefetch_routes(step + 1, time.monotonic())
         done = self._move_spares_ahead(step, until)
         self.prefetch_routes(step + 1, until)
+        if self._epochs:
+            self._preinstall(until)
         return done
+
+    def _preinstall(self, until: float | None) -> bool:
+        """Route epochs, between steps: send the prefetched table's routes into the idle table, except those
+        through a link slot that is not up with the same peer now (a handover or a link coming up: their
+        nexthop objects do not exist yet; :meth:`apply_step` sends them once it has made them, then switches
+        tables). Not started unless the sends (timed at :attr:`_route_us` a route) end 50 ms before
+        ``until``. Returns whether it sent them."""
+        if self._prefetched is None or self._stopped:
+            return False
+        snap, table = self._prefetched
+        if table is self._ahead:
+            return True
+        now = self.applied
+        stable = now.up & (now.peer >= 0) & (snap.peer == now.peer)
+        pack = self._pack_routes(table, exclude=~stable)
+        n = len(pack.k_add) + len(pack.k_del) + len(pack.slow)
+        if until is not None and time.monotonic() + n * self._route_us * 1e-6 > until - 0.05:
+            return False
+        t0 = time.perf_counter()
+        self._install_routes(table, pack=pack, current=False)
+        if n >= 1000:  # the kernel's cost per route, for the next decision
+            self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t0) * 1e6 / n
+        self._ahead, self._ahead_routes = table, n
+        if until is None or time.monotonic() < until - 0.05:  # what is left, packed against the new record
+            self._prepared = self._pack_routes(table)
+        return True
 
     @property
     def antenna_slots(self) -> np.ndarray:
@@ -1207,8 +1304,36 @@ class Emulation:
         site = a.is_router & (a.site_len > 0)
         self._route_pfx = np.where(site, a.site_prefix, a.prefix)
         self._route_plen = np.where(site, a.site_len, a.prefix_len)
+        self._recs = [(self._inst_nh, self._inst_link), (self._inst_nh.copy(), self._inst_link.copy())]
+        self._rec_i = 0
         if table.width > 1:
             self._multipath_hash()
+
+    def _use_record(self, i: int) -> None:
+        """Make table ``i``'s installed record the one routes are compared with, packed against and sent
+        to (:attr:`_inst_nh`, :attr:`_inst_link`; the table :meth:`_table_id` names)."""
+        if i == self._rec_i or not self._recs:
+            return
+        self._recs[self._rec_i] = (self._inst_nh, self._inst_link)
+        self._inst_nh, self._inst_link = self._recs[i]
+        self._rec_i = i
+        self._inst_version += 1
+
+    def _table_id(self) -> int:
+        """The kernel route table the current record describes: main without epochs."""
+        return EPOCH_TABLES[self._rec_i] if self._epochs else rtnl.RT_TABLE_MAIN
+
+    def _epoch_rules(self) -> None:
+        """In every router: packets marked EPOCH_MARKS[i] look up EPOCH_TABLES[i]; others (sent by the
+        router itself: ICMP errors and replies, its services) the first table, which holds this step's or
+        the step before's routes."""
+        for i in np.flatnonzero(self.is_router & self.local).tolist():
+            b = rtnl.Batch()
+            for pref, (mark, tid) in zip(EPOCH_PREFS, zip(EPOCH_MARKS, EPOCH_TABLES)):
+                b.add(rtnl.RTM_NEWRULE, _CREATE, rtnl.rule_body(pref, tid, mark), f"rule fwmark {mark} lookup {tid}")
+            b.add(rtnl.RTM_NEWRULE, _CREATE, rtnl.rule_body(EPOCH_PREFS[-1] + 1, EPOCH_TABLES[0]),
+                  f"rule lookup {EPOCH_TABLES[0]}")
+            self._rtnl[i].check(b, "route epoch rules")
 
     def _multipath_hash(self) -> None:
         """Hash multipath routes on the L4 5-tuple in every router (namespace sysctl, not the host's),
@@ -1223,17 +1348,22 @@ class Emulation:
                     raise ApplyError(f"cannot set sysctl net/ipv4/fib_multipath_hash_policy=1: {e.strerror}",
                                      node=nd.name, operation="sysctl") from None
 
-    def _forget_routes_via(self, node: int, link: int) -> None:
-        """The kernel flushed ``node``'s routes through ``link`` (interface down or moved); a
-        multipath route may instead live on with its other next hops: mark it unknown (-2) so the
-        next update replaces or deletes it."""
+    def _forget_routes_via(self, node: int, link: int, every_table: bool = True) -> None:
+        """The kernel flushed ``node``'s routes through ``link`` (interface down or moved), in every table
+        (or, ``every_table`` False, in the current record's only); a multipath route may instead live on
+        with its other next hops: mark it unknown (-2) so the next update replaces or deletes it."""
         self._inst_version += 1
-        if self._inst_link.size:
-            links = self._inst_link[:, node]  # (n_dest, width), a view
+        records = [(self._inst_nh, self._inst_link)]
+        if every_table and self._epochs:
+            records.append(self._recs[1 - self._rec_i])
+        for inst_nh, inst_link in records:
+            if not inst_link.size:
+                continue
+            links = inst_link[:, node]  # (n_dest, width), a view
             gone = (links == link).any(axis=1)
             multi = (links >= 0).sum(axis=1) > 1
-            self._inst_nh[gone & ~multi, node] = -1
-            self._inst_nh[gone & multi, node] = -2
+            inst_nh[gone & ~multi, node] = -1
+            inst_nh[gone & multi, node] = -2
             links[gone] = -1
 
     def _host_routes(self) -> None:
@@ -1270,7 +1400,8 @@ class Emulation:
                              f"{self._inst_link.shape[2]} to {table.width}", operation="routes")
         return table
 
-    def _route_changes(self, table: RouteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _route_changes(self, table: RouteTable, exclude: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Where ``table`` differs from the installed routes: (dest rows, routers) grouped by router, and
         the first next hop and the link slots wanted there. Whole-table comparisons (2.2 million routes
         at 10^4 satellites, ~25 ms): done between steps when the table is ready then
@@ -1289,11 +1420,16 @@ class Emulation:
         changed = (((want_nh != self._inst_nh) | link_diff) & (self.is_router & self.local)[None, :]
                    & ~self._covered[:, None])
         rows, routers = np.nonzero(changed)
+        if exclude is not None:  # leave out the routes wanted through an excluded link slot
+            wl = want_link[rows, routers]
+            keep = ~(exclude[np.maximum(wl, 0)] & (wl >= 0)).any(axis=1)
+            rows, routers = rows[keep], routers[keep]
         order = np.argsort(routers, kind="stable")  # group by namespace
         rows, routers = rows[order], routers[order]
         return rows, routers, want_nh[rows, routers], want_link[rows, routers]
 
-    def _install_routes(self, table: RouteTable, held: Callable[[], None] | None = None) -> tuple[int, int]:
+    def _install_routes(self, table: RouteTable, held: Callable[[], None] | None = None,
+                        pack: _RoutePack | None = None, current: bool = True) -> tuple[int, int]:
         """Bring the kernel's routes to ``table``: the changed ones, as RTM_NEWROUTE (replace) or
         RTM_DELROUTE. A route with several next hops (a multipath table) is one RTM_NEWROUTE with
         RTA_MULTIPATH. ``held`` is called once this call's Python work is done but for the error reports
@@ -1304,9 +1440,12 @@ class Emulation:
         failure, if any, is raised once every namespace has had its messages. The packing is done ahead,
         between steps, when the table is ready then (:meth:`prefetch_routes`, :meth:`_pack_routes`).
         """
-        self.routes = table
-        pack, self._prepared = self._prepared, None
-        if pack is None or pack.table is not table or pack.version != self._inst_version:
+        if current:  # else (route epochs, ahead of its step) the table is not the one packets use yet
+            self.routes = table
+        if pack is None:
+            pack, self._prepared = self._prepared, None
+        if (pack is None or pack.table is not table or pack.version != self._inst_version
+                or (pack.partial and pack is self._prepared)):
             pack = self._pack_routes(table)
         self._inst_version += 1
         if len(pack.rows) == 0:
@@ -1356,14 +1495,14 @@ class Emulation:
                 if pack.add[k]:
                     hops = [(int(g), int(o)) for g, o, v in zip(gw_k, oif_k, pack.valid[k]) if v]
                     if len(hops) == 1:
-                        body = rtnl.route_body(p, n, hops[0][0], hops[0][1], src)
+                        body = rtnl.route_body(p, n, hops[0][0], hops[0][1], src, table=pack.table_id)
                     else:
-                        body = rtnl.multipath_route_body(p, n, hops, src)
+                        body = rtnl.multipath_route_body(p, n, hops, src, table=pack.table_id)
                     b.add(rtnl.RTM_NEWROUTE, _CREATE, body,
                           lambda p=p, n=n, h=hops: f"route {ip_str(p)}/{n} via "
                           + ", ".join(ip_str(g) for g, _ in h))
                 else:
-                    b.add(rtnl.RTM_DELROUTE, 0, rtnl.route_del_body(p, n),
+                    b.add(rtnl.RTM_DELROUTE, 0, rtnl.route_del_body(p, n, table=pack.table_id),
                           lambda p=p, n=n: f"delete route {ip_str(p)}/{n}", ignore=(errno.ESRCH,))
                     n_slow_del += 1
             for r, b in batches.items():
@@ -1372,13 +1511,13 @@ class Emulation:
         self._inst_link[pack.rows, pack.routers] = pack.link_sel
         return int(pack.add.sum()), len(pack.k_del) + n_slow_del
 
-    def _pack_routes(self, table: RouteTable) -> _RoutePack:
+    def _pack_routes(self, table: RouteTable, exclude: np.ndarray | None = None) -> _RoutePack:
         """The messages that bring the installed routes to ``table`` (:meth:`_route_changes`), grouped by
         namespace: everything :meth:`_install_routes` sends but the sends. Pure numpy (~10 ms for 2x10^4
         changed routes), done between steps when the table is ready then. Valid while the installed record
         does not change (``version``); an antenna that switches veth pair meanwhile is patched at the send
         (``nh_link``/``nh_at``)."""
-        rows, routers, nh_sel, link_sel = self._route_changes(table)
+        rows, routers, nh_sel, link_sel = self._route_changes(table, exclude)
         a = self.addr
         dest = table.destinations
         l = link_sel.astype(np.int64)  # (n_changed, width), -1 padded
@@ -1407,6 +1546,11 @@ class Emulation:
             pack.add_msgs = rtnl.route_msgs(pfx[k_add], plen[k_add], gw[np.arange(len(k_add)), first[k_add]],
                                             oif[np.arange(len(k_add)), first[k_add]], src[k_add], _CREATE)
         pack.del_msgs = rtnl.route_del_msgs(pfx[k_del], plen[k_del])
+        pack.table_id = self._table_id()
+        pack.partial = exclude is not None
+        if pack.table_id != rtnl.RT_TABLE_MAIN:
+            pack.add_msgs["rtm_table"] = pack.table_id
+            pack.del_msgs["rtm_table"] = pack.table_id
         # one send per namespace: the messages are grouped by router (sorted), adds first, then deletes
         for part, rs in (("add", routers[k_add]), ("del", routers[k_del])):
             starts = np.concatenate([[0], np.flatnonzero(np.diff(rs)) + 1, [len(rs)]]) if len(rs) else np.zeros(1, int)
@@ -1451,6 +1595,8 @@ class _RoutePack:
     del_owners: list[int] = field(default_factory=list)
     nh_link: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # link slot of each add message
     nh_at: np.ndarray | None = None  # the veth pair its nexthop id was packed for
+    table_id: int = rtnl.RT_TABLE_MAIN  # the kernel table the messages go to
+    partial: bool = False  # some changes left out (routes through links not usable yet, route epochs)
 
 
 class _Installer:

@@ -49,6 +49,7 @@ RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
+RTM_NEWRULE = 32
 RTM_NEWQDISC = 36
 RTM_NEWTCLASS = 40
 RTM_NEWTFILTER = 44
@@ -163,9 +164,10 @@ def addr_body(ifindex: int, addr: int, prefix_len: int) -> bytes:
         + _ip(IFA_LOCAL, addr) + _ip(IFA_ADDRESS, addr)
 
 
-def route_body(dst: int, dst_len: int, gateway: int, oif: int, prefsrc: int = 0) -> bytes:
-    """RTM_NEWROUTE payload: ``dst/dst_len via gateway dev oif [src prefsrc]`` in the main table."""
-    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE,
+def route_body(dst: int, dst_len: int, gateway: int, oif: int, prefsrc: int = 0,
+               table: int = RT_TABLE_MAIN) -> bytes:
+    """RTM_NEWROUTE payload: ``dst/dst_len via gateway dev oif [src prefsrc]`` in ``table`` (< 256)."""
+    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, table, RTPROT_STATIC, RT_SCOPE_UNIVERSE,
                        RTN_UNICAST, 0)
     if dst_len:
         body += _ip(RTA_DST, dst)
@@ -182,10 +184,11 @@ def nexthop_body(nh_id: int, gateway: int, oif: int) -> bytes:
             + _ip(NHA_GATEWAY, gateway) + _u32(NHA_OIF, oif))
 
 
-def multipath_route_body(dst: int, dst_len: int, hops: list[tuple[int, int]], prefsrc: int = 0) -> bytes:
+def multipath_route_body(dst: int, dst_len: int, hops: list[tuple[int, int]], prefsrc: int = 0,
+                         table: int = RT_TABLE_MAIN) -> bytes:
     """RTM_NEWROUTE payload: ``dst/dst_len nexthop via gw1 dev oif1 nexthop via gw2 dev oif2 ...``
-    (equal weights) in the main table; ``hops`` is [(gateway, oif), ...], at least one."""
-    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE,
+    (equal weights) in ``table``; ``hops`` is [(gateway, oif), ...], at least one."""
+    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, table, RTPROT_STATIC, RT_SCOPE_UNIVERSE,
                        RTN_UNICAST, 0)
     if dst_len:
         body += _ip(RTA_DST, dst)
@@ -220,10 +223,25 @@ def bpf_filter_body(ifindex: int, parent: int, prio: int, handle: int, prog_fd: 
     return _tcmsg(ifindex, handle, parent, info) + _name(TCA_KIND, "bpf") + _attr(TCA_OPTIONS, opts)
 
 
-def route_del_body(dst: int, dst_len: int) -> bytes:
-    """RTM_DELROUTE payload for ``dst/dst_len`` in the main table."""
-    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+def route_del_body(dst: int, dst_len: int, table: int = RT_TABLE_MAIN) -> bytes:
+    """RTM_DELROUTE payload for ``dst/dst_len`` in ``table``."""
+    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, table, 0, RT_SCOPE_NOWHERE, 0, 0)
     return body + (_ip(RTA_DST, dst) if dst_len else b"")
+
+
+# struct fib_rule_hdr (linux/fib_rules.h): family, dst_len, src_len, tos, table, res1, res2, action, flags
+_FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
+FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 6, 10, 15, 16
+FR_ACT_TO_TBL = 1
+
+
+def rule_body(priority: int, table: int, fwmark: int | None = None) -> bytes:
+    """RTM_NEWRULE payload (IPv4): ``ip rule add pref priority [fwmark fwmark/0xffffffff] lookup table``."""
+    body = _FIB_RULE_HDR.pack(socket.AF_INET, 0, 0, 0, table if table < 256 else 0, 0, 0, FR_ACT_TO_TBL, 0)
+    body += _u32(FRA_PRIORITY, priority) + _u32(FRA_TABLE, table)
+    if fwmark is not None:
+        body += _u32(FRA_FWMARK, fwmark) + _u32(FRA_FWMASK, 0xFFFFFFFF)
+    return body
 
 
 # --------------------------------------------------------------------------- packed (vectorised) routes

@@ -373,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
                             run_id=getattr(args, "run_id", None))
             summary["run_id"] = emu.run_id
             emu.queue_packets = dict(sc.emulation.queue_packets)
+            emu.route_switch = sc.emulation.route_switch
             if hasattr(emu, "log_dir"):
                 emu.log_dir = out / "daemons"
             t = time.monotonic()
@@ -756,6 +757,7 @@ def interactive(args: argparse.Namespace) -> int:
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms,
                             run_id=getattr(args, "run_id", None))
             emu.queue_packets = dict(sc.emulation.queue_packets)
+            emu.route_switch = sc.emulation.route_switch
             emu.build()
             from .watchdog import Watchdog, holder_alive, link_deletions, routing_daemons_alive, shards_alive
 

@@ -328,6 +328,9 @@ class EmulationConfig:
     #: queue of a link's rate limit per link class, full-size packets (``{isl = 100, gsl = 200}``); a class
     #: not named keeps the backend's default (1,000 packets for the userspace backend's token bucket)
     queue_packets: dict[str, Any] = field(default_factory=dict)
+    #: how a step changes routes (emulator.network.Emulation.route_switch): "in-place", or "epoch" (two
+    #: tables per router, the next step's filled ahead and switched to at the step by the delay daemon)
+    route_switch: str = "in-place"
     #: validity bounds (emulator.validity): a sample is invalid while a step is applied later than this
     valid_step_late_ms: float = 100.0
     #: ... while the delay daemon's release lateness p99 over a monitor interval exceeds this (userspace)
@@ -344,6 +347,8 @@ class EmulationConfig:
                 raise ValueError(f"queue_packets names link class {cls!r}; classes are {', '.join(LINK_CLASSES)}")
             if isinstance(q, bool) or not isinstance(q, int) or not 2 <= q <= 100_000:
                 raise ValueError(f"queue_packets.{cls} must be an integer in [2, 100000] packets, got {q!r}")
+        if self.route_switch not in ("in-place", "epoch"):
+            raise ValueError(f"route_switch must be one of in-place, epoch; got {self.route_switch!r}")
         if self.shaper not in ("auto", "netem", "userspace"):
             raise ValueError(f"shaper must be one of auto, netem, userspace; got {self.shaper!r}")
         if not 0.01 <= self.speed <= 100:
