@@ -353,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
     steps_csv = open(out / "steps.csv", "w", newline="")
     steps_w = csv.writer(steps_csv)
     steps_w.writerow(["step", "due_s", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
-                      "param_changes", "routes_changed", "routes_ms", "moves_in_step", "ahead_ms"])
+                      "param_changes", "routes_changed", "routes_ms", "moves_in_step", "ahead_ms", "routes_ahead",
+                      "route_table"])
     steps_csv.flush()
     emu = None
     starter: Any = None
@@ -409,7 +410,8 @@ def run(args: argparse.Namespace) -> int:
                                   s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
                                   s.get("param_changes", 0), s.get("routes_changed", 0),
                                   f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}",
-                                  s.get("moves_in_step", 0), f"{rec.ahead_ms:.2f}"])
+                                  s.get("moves_in_step", 0), f"{rec.ahead_ms:.2f}", s.get("routes_ahead", 0),
+                                  s.get("route_table", 0)])
                 steps_csv.flush()
                 if loadlog is not None:
                     loadlog.sample(rec.step)
