@@ -74,12 +74,15 @@ def bound_ms(predicted_ms: float) -> float:
     return max(1.0, 0.03 * predicted_ms)
 
 
-def run_cell(planes: int, sats: int, pps: float, duration_s: int, shaper: str | None, work: Path) -> dict:
-    """One run; its figures from summary.json (None where the run gave none)."""
+def run_cell(planes: int, sats: int, pps: float, duration_s: int, shaper: str | None, work: Path,
+             run_id: str = "envelope") -> dict:
+    """One run (named ``<run_id>-<planes>x<sats>-<pps>`` for 'satnetem clean --run-id'); its figures from
+    summary.json (None where the run gave none)."""
     d = work / f"{planes}x{sats}-{int(pps)}"
     d.mkdir(parents=True, exist_ok=True)
     (d / "s.toml").write_text(scenario(planes, sats, pps, duration_s))
-    cmd = [sys.executable, "-m", "emulator.cli", "run", str(d / "s.toml"), "-o", str(d / "out")]
+    cmd = [sys.executable, "-m", "emulator.cli", "run", str(d / "s.toml"), "-o", str(d / "out"),
+           "--run-id", f"{run_id}-{planes}x{sats}-{int(pps)}"]
     if shaper:
         cmd += ["--shaper", shaper]
     load1 = os.getloadavg()[0]
@@ -187,6 +190,8 @@ def main() -> int:
     ap.add_argument("--shaper", choices=("auto", "netem", "userspace"), default=None)
     ap.add_argument("--plot", type=Path, default=None, help="also write the error against rate here (png/svg)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the runs' results folders here")
+    ap.add_argument("--run-id", default="envelope",
+                    help="each cell's run is named <run-id>-<planes>x<sats>-<pps> (default envelope)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("envelope needs root (each cell is a 'satnetem run')")
@@ -206,7 +211,7 @@ def main() -> int:
         work = args.keep or Path(tmp)
         for planes, sats in sizes:
             for pps in rates:
-                c = run_cell(planes, sats, pps, args.duration, args.shaper, work)
+                c = run_cell(planes, sats, pps, args.duration, args.shaper, work, args.run_id)
                 cells.append(c)
                 print(f"  {planes}x{sats} at {pps:g} pps: {'ok' if c['ok'] else 'FAILED'} in {c['wall_s']:.0f} s, "
                       f"|err| p50 {_f(c.get('err_p50_ms'))} ms (bound {_f(c.get('bound_ms'))})", flush=True)
