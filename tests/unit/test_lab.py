@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["install.sh", "run-tests", ".ci/run", "vagrant/provision.sh"]
+SCRIPTS = ["install.sh", "run-tests", ".ci/run", "vagrant/provision.sh", "vagrant/cluster.sh"]
 
 
 def need(tool):
@@ -18,13 +18,32 @@ def need(tool):
         pytest.skip(f"{tool} is not installed (./install.sh installs it)")
 
 
-def test_vagrantfile_validates(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_vagrantfile_validates(tmp_path, workers):
+    """The single VM, and the multi-machine lab: a head and 2 workers (issue 13)."""
     need("vagrant")
-    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "VAGRANT_CHECKPOINT_DISABLE": "1",
+           "SATNETEM_CLUSTER_WORKERS": workers}
     r = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=ROOT / "vagrant", env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "validated successfully" in r.stdout
+    machines = {"default"} if workers == "0" else {"worker-1", "worker-2"}  # vagrant names some machines only
+    assert all(f"==> {m}:" in r.stdout for m in machines), r.stdout
+    assert not (ROOT / "vagrant" / ".cluster").exists() or workers == "0", "validate wrote a token"
+
+
+def test_cluster_lab_starts_ray_as_the_fake_hosts_do():
+    """cluster.sh starts each VM's Ray node with the settings the tests run on the fake hosts
+    (emulator.cluster.raylab): token authentication, no CPU reserved, no dashboard, the memory monitor off."""
+    from emulator.cluster.raylab import OBJECT_STORE_BYTES
+
+    text = (ROOT / "vagrant" / "cluster.sh").read_text()
+    for want in ("RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH=/etc/satnetem/ray-token", "RAY_memory_monitor_refresh_ms=0",
+                 "RAY_USAGE_STATS_ENABLED=0", "--num-cpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}",
+                 "--include-dashboard=false", "--include-log-monitor=false", "satnetem-host-${host}", "mtu 1550"):
+        assert want in text, want
+    assert 'path: "cluster.sh"' in (ROOT / "vagrant" / "Vagrantfile").read_text()
 
 
 def test_vagrant_provisioner_uses_the_project_install_script():

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Provisioner of one host of the multi-machine lab (issue 13): after provision.sh has installed satnetem,
+# start this host's Ray node as a systemd service, with token authentication, no dashboard, bound to the
+# lab's private network, offering the resource satnetem-host-<H>; sync its clock to the head (chrony) and
+# give its lab interface an MTU of 1550 (a VXLAN link keeps 1500 inside).
+#
+#   cluster.sh head   NODE_IP HEAD_IP 0
+#   cluster.sh worker NODE_IP HEAD_IP H
+#
+# The token is /home/vagrant/satnetem/vagrant/.cluster/token, written by the Vagrantfile on the host (mode
+# 0600, never in git); it is copied to /etc/satnetem/ray-token (root only). Safe to run again.
+set -euo pipefail
+
+role=${1:?role: head or worker}
+node_ip=${2:?node address}
+head_ip=${3:?head address}
+host=${4:?host number}
+venv=${SATNETEM_VENV:-/opt/satnetem-venv}
+token_src=/home/vagrant/satnetem/vagrant/.cluster/token
+port=6379
+
+case "$role" in head|worker) ;; *) echo "cluster.sh: role must be head or worker, got '$role'" >&2; exit 2 ;; esac
+case "$host" in ''|*[!0-9]*) echo "cluster.sh: host number must be an integer, got '$host'" >&2; exit 2 ;; esac
+for a in "$node_ip" "$head_ip"; do
+  if ! [[ "$a" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
+    echo "cluster.sh: '$a' is not an IPv4 address" >&2
+    exit 2
+  fi
+done
+if [ ! -s "$token_src" ]; then
+  echo "cluster.sh: $token_src is missing: the Vagrantfile writes it on 'vagrant up'" >&2
+  exit 1
+fi
+
+install -d -m 0700 /etc/satnetem
+install -m 0600 "$token_src" /etc/satnetem/ray-token
+
+# The lab's interface: the one holding this host's address. VXLAN adds 50 bytes to each frame.
+iface=$(ip -o -4 addr show | awk -v a="$node_ip" '{split($4, p, "/"); if (p[1] == a) print $2}')
+if [ -z "$iface" ]; then
+  echo "cluster.sh: no interface has $node_ip" >&2
+  exit 1
+fi
+ip link set dev "$iface" mtu 1550
+
+# One clock: the workers follow the head, which serves the lab's network (the run refuses a host more than
+# [cluster] max_clock_offset_ms, default 5 ms, off the driver's clock).
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q chrony >/dev/null
+subnet="${head_ip%.*}.0/24"
+if [ "$role" = head ]; then
+  printf 'allow %s\nlocal stratum 10\n' "$subnet" > /etc/chrony/conf.d/satnetem.conf
+else
+  printf 'server %s iburst prefer\n' "$head_ip" > /etc/chrony/conf.d/satnetem.conf
+fi
+systemctl restart chrony
+
+# Ray's node. No CPU reserved (the agents reserve none), a small object store, Ray's memory monitor off (an
+# emulator's memory is kernel namespaces Ray would blame on its workers), no usage statistics.
+resources="{\"satnetem-host-${host}\": 1}"
+args=(start --block "--node-ip-address=${node_ip}" --disable-usage-stats --num-cpus=0
+      --object-store-memory=80000000 --include-log-monitor=false "--resources=${resources}")
+if [ "$role" = head ]; then
+  args+=(--head "--port=${port}" --include-dashboard=false)
+else
+  args+=("--address=${head_ip}:${port}")
+fi
+{
+  echo "[Unit]"
+  echo "Description=Ray node of the satnetem lab (host ${host}, ${role})"
+  echo "After=network-online.target chrony.service"
+  echo "Wants=network-online.target"
+  echo "[Service]"
+  echo "Environment=RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/satnetem/ray-token"
+  echo "Environment=RAY_USAGE_STATS_ENABLED=0 RAY_memory_monitor_refresh_ms=0"
+  printf 'ExecStart=%s/bin/ray' "$venv"
+  for a in "${args[@]}"; do printf " '%s'" "$a"; done
+  echo
+  echo "Restart=on-failure"
+  echo "[Install]"
+  echo "WantedBy=multi-user.target"
+} > /etc/systemd/system/satnetem-ray.service
+systemctl daemon-reload
+systemctl enable satnetem-ray.service >/dev/null
+systemctl restart satnetem-ray.service
+echo "cluster.sh: host ${host} (${role}, ${node_ip}) runs Ray; the head is ${head_ip}:${port}"
