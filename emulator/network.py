@@ -257,7 +257,8 @@ class Emulation:
         self._active = 0  # the table packets use now (epochs)
         self._ahead: RouteTable | None = None  # the table whose routes are in the idle table ahead of its step
         self._ahead_routes = 0  # routes sent ahead for it
-        self._route_us = 10.0  # kernel time per route sent, us (measured; decides whether there is time ahead)
+        self._route_us = 5.0  # kernel time per route sent, us (measured; decides how many fit ahead)
+        self._ahead_last = 0  # routes sent ahead last time
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -630,33 +631,42 @@ class Emulation:
         if self._worker is not None:  # the child computes while this thread moves spares
             self.prefetch_routes(step + 1, time.monotonic())
         done = self._move_spares_ahead(step, until)
-        self.prefetch_routes(step + 1, until)
-        if self._epochs:
+        if self._epochs and until is not None:
+            # the worker's table is waited for only while there is time left to send it ahead
+            self.prefetch_routes(step + 1, until - min(0.5, 0.1 + self._ahead_last * self._route_us * 1e-6))
             self._preinstall(until)
+        else:
+            self.prefetch_routes(step + 1, until)
+            if self._epochs:
+                self._preinstall(until)
         return done
 
     def _preinstall(self, until: float | None) -> bool:
         """Route epochs, between steps: send the prefetched table's routes into the idle table, except those
         through a link slot that is not up with the same peer now (a handover or a link coming up: their
         nexthop objects do not exist yet; :meth:`apply_step` sends them once it has made them, then switches
-        tables). Not started unless the sends (timed at :attr:`_route_us` a route) end 50 ms before
-        ``until``. Returns whether it sent them."""
-        if self._prefetched is None or self._stopped:
+        tables). As many routers' routes as the time left allows (timed at :attr:`_route_us` a route, to
+        end 50 ms before ``until``); the step sends the rest. Returns whether it sent any."""
+        if self._prefetched is None or self._stopped or self._prefetched[1] is self._ahead:
             return False
         snap, table = self._prefetched
-        if table is self._ahead:
-            return True
         now = self.applied
         stable = now.up & (now.peer >= 0) & (snap.peer == now.peer)
-        pack = self._pack_routes(table, exclude=~stable)
-        n = len(pack.k_add) + len(pack.k_del) + len(pack.slow)
-        if until is not None and time.monotonic() + n * self._route_us * 1e-6 > until - 0.05:
-            return False
+        limit = None
+        if until is not None:
+            limit = int((until - 0.05 - time.monotonic()) / (self._route_us * 1e-6))
+            if limit < 100:
+                return False
         t0 = time.perf_counter()
+        pack = self._pack_routes(table, exclude=~stable, limit=limit)
+        n = len(pack.k_add) + len(pack.k_del) + len(pack.slow)
+        t1 = time.perf_counter()
         self._install_routes(table, pack=pack, current=False)
         if n >= 1000:  # the kernel's cost per route, for the next decision
-            self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t0) * 1e6 / n
+            self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t1) * 1e6 / n
         self._ahead, self._ahead_routes = table, n
+        self._ahead_last = n
+        log.debug("route epochs: %d routes sent ahead in %.0f ms (packing %.0f ms)", n, _ms(t0), (t1 - t0) * 1e3)
         if until is None or time.monotonic() < until - 0.05:  # what is left, packed against the new record
             self._prepared = self._pack_routes(table)
         return True
@@ -737,8 +747,8 @@ class Emulation:
             if w.busy and (until is None or w.ready(until - 0.02 - time.monotonic())):
                 table = self._worker_result()
                 self._prefetched = (snap, table)
-                if until is None or time.monotonic() < until - 0.05:
-                    self._prepared = self._pack_routes(table)
+                if not self._epochs and (until is None or time.monotonic() < until - 0.05):
+                    self._prepared = self._pack_routes(table)  # (with epochs, _preinstall packs)
             return True
         if until is not None and time.monotonic() + self._compute_s > until - 0.02:
             return False
@@ -746,7 +756,7 @@ class Emulation:
         table = self._compute_routes(step, snap)
         self._prefetched = (snap, table)
         self._compute_s = time.perf_counter() - t0
-        if until is None or time.monotonic() < until - 0.05:
+        if not self._epochs and (until is None or time.monotonic() < until - 0.05):
             self._prepared = self._pack_routes(table)
         return True
 
@@ -1400,7 +1410,7 @@ class Emulation:
                              f"{self._inst_link.shape[2]} to {table.width}", operation="routes")
         return table
 
-    def _route_changes(self, table: RouteTable, exclude: np.ndarray | None = None
+    def _route_changes(self, table: RouteTable, exclude: np.ndarray | None = None, limit: int | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Where ``table`` differs from the installed routes: (dest rows, routers) grouped by router, and
         the first next hop and the link slots wanted there. Whole-table comparisons (2.2 million routes
@@ -1426,6 +1436,9 @@ class Emulation:
             rows, routers = rows[keep], routers[keep]
         order = np.argsort(routers, kind="stable")  # group by namespace
         rows, routers = rows[order], routers[order]
+        if limit is not None and len(rows) > limit:  # the first routers' changes, at most limit, whole routers
+            cut = int(np.searchsorted(routers, routers[limit], side="left"))
+            rows, routers = rows[:cut], routers[:cut]
         return rows, routers, want_nh[rows, routers], want_link[rows, routers]
 
     def _install_routes(self, table: RouteTable, held: Callable[[], None] | None = None,
@@ -1511,13 +1524,14 @@ class Emulation:
         self._inst_link[pack.rows, pack.routers] = pack.link_sel
         return int(pack.add.sum()), len(pack.k_del) + n_slow_del
 
-    def _pack_routes(self, table: RouteTable, exclude: np.ndarray | None = None) -> _RoutePack:
+    def _pack_routes(self, table: RouteTable, exclude: np.ndarray | None = None,
+                     limit: int | None = None) -> _RoutePack:
         """The messages that bring the installed routes to ``table`` (:meth:`_route_changes`), grouped by
         namespace: everything :meth:`_install_routes` sends but the sends. Pure numpy (~10 ms for 2x10^4
         changed routes), done between steps when the table is ready then. Valid while the installed record
         does not change (``version``); an antenna that switches veth pair meanwhile is patched at the send
         (``nh_link``/``nh_at``)."""
-        rows, routers, nh_sel, link_sel = self._route_changes(table, exclude)
+        rows, routers, nh_sel, link_sel = self._route_changes(table, exclude, limit)
         a = self.addr
         dest = table.destinations
         l = link_sel.astype(np.int64)  # (n_changed, width), -1 padded
@@ -1547,7 +1561,7 @@ class Emulation:
                                             oif[np.arange(len(k_add)), first[k_add]], src[k_add], _CREATE)
         pack.del_msgs = rtnl.route_del_msgs(pfx[k_del], plen[k_del])
         pack.table_id = self._table_id()
-        pack.partial = exclude is not None
+        pack.partial = exclude is not None or limit is not None
         if pack.table_id != rtnl.RT_TABLE_MAIN:
             pack.add_msgs["rtm_table"] = pack.table_id
             pack.del_msgs["rtm_table"] = pack.table_id
