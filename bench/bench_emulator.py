@@ -143,7 +143,7 @@ class NullShaper:
 
 
 def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int, speed: float,
-                   ping_pair: tuple[str, str] = ("h-0", "h-1"), on_step=None) -> dict:
+                   ping_pair: tuple[str, str] = ("h-0", "h-1"), on_step=None, route_switch: str = "in-place") -> dict:
     """Build ``tl``, play ``n_steps`` steps at ``speed``, ping ``ping_pair[0]`` -> ``ping_pair[1]``, tear down.
 
     ``on_step()`` (optional) is called after each step (e.g. to sample memory)."""
@@ -156,7 +156,7 @@ def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int, speed: float,
     else:
         from emulator.shaping import make_shaper
         shaper, _ = make_shaper(shaper_kind)
-    emu = Emulation(tl, shaper, "shortest-delay", run_id=f"bench-{os.getpid()}")
+    emu = Emulation(tl, shaper, "shortest-delay", run_id=f"bench-{os.getpid()}", route_switch=route_switch)
     t = time.perf_counter()
     try:
         emu.build()
@@ -176,7 +176,7 @@ def bench_satnetem(tl: Timeline, shaper_kind: str, n_steps: int, speed: float,
             for key, v in s.timings_ms.items():
                 phases.setdefault(key, []).append(v)
             counts.append((s.links_up, s.links_down, s.handovers, s.moves_in_step, s.param_changes,
-                           s.routes_changed))
+                           s.routes_changed, s.routes_ahead))
             if on_step is not None:
                 on_step()
             return s
@@ -308,7 +308,7 @@ def main() -> None:
             print(f"           slow step {ph['total']:6.1f} ms: "
                   f"{', '.join(f'{k} {v:.1f}' for k, v in ph.items() if k != 'total')}")
         print(f"           mean per step (links up, down, handovers, antenna moves in the step, param changes, "
-              f"routes changed): {ours['counts']}; h-0 -> h-1 ping after the run: "
+              f"routes changed at the step, routes sent ahead): {ours['counts']}; h-0 -> h-1 ping after the run: "
               f"{'ok' if ours['ping_ok'] else 'FAILED'}")
         if ours["ahead_ms"]:
             a = np.array(ours["ahead_ms"])

@@ -110,7 +110,7 @@ def meminfo_kb() -> dict[str, int]:
     return out
 
 
-def run_size(size: str, steps: int, shaper: str) -> dict:
+def run_size(size: str, steps: int, shaper: str, route_switch: str = "in-place") -> dict:
     from topologies.plan import plan_scenario
     from topologies.scenario import parse_scenario
 
@@ -128,7 +128,8 @@ def run_size(size: str, steps: int, shaper: str) -> dict:
         if not peak or m["MemAvailable"] < peak["MemAvailable"]:
             peak.update(m)
 
-    r = bench_satnetem(tl, shaper, steps, 1.0, ping_pair=("h-london", "h-new-york-newark"), on_step=sample)
+    r = bench_satnetem(tl, shaper, steps, 1.0, ping_pair=("h-london", "h-new-york-newark"), on_step=sample,
+                       route_switch=route_switch)
     r.update(plan_s=plan_s, sats=len(tl.nodes_of("sat")), nodes=len(tl.nodes), links=tl.n_links,
              mem_fall_gb=(before["MemAvailable"] - peak["MemAvailable"]) / 2**20,
              slab_gb=(peak["Slab"] - before["Slab"]) / 2**20)
@@ -141,6 +142,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="steps played in real time per size")
     p.add_argument("--shaper", default="userspace", choices=("null", "userspace", "netem", "auto"))
     p.add_argument("--plot", help="write the scaling curve to this PNG")
+    p.add_argument("--route-switch", default="in-place", choices=("in-place", "epoch"),
+                   help="how steps change routes ([emulation] route_switch)")
     args = p.parse_args()
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SIZES]
@@ -156,7 +159,7 @@ def main() -> None:
     print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     rows = []
     for size in sizes:
-        r = run_size(size, args.steps, args.shaper)
+        r = run_size(size, args.steps, args.shaper, args.route_switch)
         s = np.array(r["steps_ms"])
         rows.append((size, r, s))
         print(f"{size:>6s}: {r['sats']} satellites, {r['nodes']} nodes, {r['links']} link slots; plan "
@@ -168,6 +171,8 @@ def main() -> None:
               f"+{r['slab_gb']:.1f} GB, PSS {r['pss_mb'] / 1024:.1f} GB; ping London - New York "
               f"{'ok' if r['ping_ok'] else 'FAILED'}")
         print(f"        step phases, median (ms): {', '.join(f'{k} {v:.1f}' for k, v in r['phases_ms'].items())}")
+        print(f"        mean per step (links up, down, handovers, antenna moves in the step, param changes, routes "
+              f"changed at the step, routes sent ahead): {r['counts']}")
         for t in r["slowest"]:
             print(f"        a slowest step (ms): {', '.join(f'{k} {v:.1f}' for k, v in t.items())}")
     if args.plot:
