@@ -344,11 +344,12 @@ def compare(args: argparse.Namespace) -> int:
     for n in names:  # and bad [routing.<name>] options, before the first protocol's run
         scenario_protocol(sc, n)
     run_id = getattr(args, "run_id", None)
-    run_ids = {n: None if run_id is None else f"{run_id}-{n}" for n in names}
+    run_ids: dict[str, str | None] = {n: None if run_id is None else f"{run_id}-{n}" for n in names}
     if run_id is not None:
         from .clean import RUN_ID_RE
 
-        for n, rid in run_ids.items():
+        for n in names:
+            rid = f"{run_id}-{n}"
             if not RUN_ID_RE.fullmatch(rid):
                 raise ConfigError(f"run id {rid!r} for protocol {n!r} must be lower-case letters, digits and '-' "
                                   f"(at most 41, starting with a letter or digit)", key="--run-id")
