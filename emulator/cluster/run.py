@@ -23,6 +23,7 @@ import csv
 import ipaddress
 import json
 import logging
+import os
 import re
 import secrets
 import socket
@@ -169,25 +170,38 @@ def join(address: str) -> None:
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise ConfigError(f"cannot reach the Ray head at {address}: {why}", key="--cluster") from None
+    # (a driver the head refuses: Ray's C++ client also logs each of its ~20 attempts over ~20 s on stderr
+    # before the one line below; RAY_BACKEND_LOG_LEVEL would hide them but logs a line of its own)
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds here; each is one line to the user
         last = one_line(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
-        hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH in the "
-                "driver's environment)") if "Auth" in str(e) or "token" in str(e).lower() else ""
+        # the head's port answered (checked above): a refusal here is most often the token
+        hint = "; the head answers but refused this driver (" + (
+            "" if os.environ.get("RAY_AUTH_MODE") == "token" else "RAY_AUTH_MODE=token is not set; ") + \
+            "RAY_AUTH_TOKEN_PATH must name the cluster's token)"
         raise ConfigError(f"cannot join the Ray cluster at {address}: {last}{hint}", key="--cluster") from None
+
+
+def done_late(played: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each host's step records with ``late_ms`` as a single-host run counts it (:class:`emulator.clock.
+    Playback`): from the step's due instant to the end of its apply, by that host's clock (the agent's own
+    ``late_ms`` is to the beginning of the apply, kept as ``begin_late_ms``)."""
+    return [{**p, "steps": [{**r, "begin_late_ms": r["late_ms"], "late_ms": (r["end_ns"] - r["due_ns"]) / 1e6}
+                            for r in p["steps"]]} for p in played]
 
 
 def _csv_rows(played: list[dict[str, Any]], step_s: float, speed: float) -> tuple[list[list[Any]], list[list[Any]]]:
     """steps.csv's rows (one per step: the latest host's lateness and apply time, counts added over the
-    hosts) and steps_by_host.csv's (one per host and step)."""
+    hosts) and steps_by_host.csv's (one per host and step), from :func:`done_late`'s records."""
     by_step: dict[int, list[dict[str, Any]]] = {}
     per_host = []
     for p in played:
         for r in p["steps"]:
             by_step.setdefault(r["step"], []).append(r)
             s = r.get("stats") or {}
-            per_host.append([p["host"], r["step"], r["due_ns"], f"{r['late_ms']:.2f}", f"{r['apply_ms']:.2f}",
+            per_host.append([p["host"], r["step"], r["due_ns"], f"{r['late_ms']:.2f}", f"{r['begin_late_ms']:.2f}",
+                             f"{r['apply_ms']:.2f}",
                              s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
                              s.get("param_changes", 0), s.get("routes_changed", 0)])
     rows = []
@@ -343,6 +357,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
         summary["teardown_s"] = round(time.monotonic() - t, 2)
         ray.shutdown()
         if cluster is not None:
+            played = done_late(played)
             rows, per_host = _csv_rows(played, tl.step_s, speed)
             with open(out / "steps.csv", "w", newline="") as fh:
                 w = csv.writer(fh)
@@ -351,8 +366,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                 w.writerows(rows)
             with open(out / "steps_by_host.csv", "w", newline="") as fh:
                 w = csv.writer(fh)
-                w.writerow(["host", "step", "due_ns", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
-                            "param_changes", "routes_changed"])
+                w.writerow(["host", "step", "due_ns", "late_ms", "begin_late_ms", "apply_ms", "links_up",
+                            "links_down", "handovers", "param_changes", "routes_changed"])
                 w.writerows(per_host)
             summary["lateness"] = lateness([r for p in played for r in p["steps"]])
             summary["cluster"]["lateness_by_host"] = [lateness(p["steps"]) for p in played]

@@ -109,3 +109,24 @@ def test_lateness_summary():
     s = lateness([{"late_ms": x, "apply_ms": 2 * x} for x in (1.0, 2.0, 3.0, 10.0)])
     assert (s["steps"], s["late_ms_median"], s["late_ms_max"], s["apply_ms_median"]) == (4, 2.5, 10.0, 5.0)
     assert lateness([])["steps"] == 0
+
+
+def test_steps_rows_count_lateness_as_one_host_does():
+    # two hosts' records of step 1 (due at 10 s): a single-host run counts a step late from its due instant to
+    # the end of its apply (emulator.clock.Playback); the agents record the beginning, kept beside
+    from emulator.cluster.run import _csv_rows, done_late
+
+    due = 10_000_000_000
+    rec = [{"host": h, "steps": [{"step": 1, "due_ns": due, "begin_ns": due + b * 1_000_000,
+                                  "end_ns": due + e * 1_000_000, "late_ms": float(b), "apply_ms": float(e - b),
+                                  "stats": {"links_up": h + 1, "routes_changed": 10 * (h + 1),
+                                            "timings_ms": {"routes": 2.0 + h}}}]}
+           for h, (b, e) in enumerate(((1, 5), (3, 4)))]
+    played = done_late(rec)
+    assert [r["late_ms"] for p in played for r in p["steps"]] == [5.0, 4.0]
+    assert [r["begin_late_ms"] for p in played for r in p["steps"]] == [1.0, 3.0]
+    rows, per_host = _csv_rows(played, 10.0, 1.0)
+    # one row per step: the latest host's lateness (host 0, 5 ms) and apply time (4 ms), counts added
+    assert rows == [[1, "10.000", "5.00", "4.00", 3, 0, 0, 0, 30, "3.00", 0, "nan"]]
+    assert [r[:6] for r in per_host] == [[0, 1, due, "5.00", "1.00", "4.00"], [1, 1, due, "4.00", "3.00", "1.00"]]
+    assert lateness([r for p in played for r in p["steps"]])["late_ms_max"] == 5.0
