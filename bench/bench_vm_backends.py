@@ -26,6 +26,7 @@ ratios to. Measured (2 vCPUs): a run ~2.5 min for userspace, ~3.5 for netem, all
 
     sudo .venv/bin/python bench/bench_vm_backends.py [--runs 3] [--native] [--cpus 2] [--memory-mb 3072]
         [--planes 12] [--per-plane 12] [--duration-s 20] [--tcp-seconds 5] [--timeout-s 1500] [--keep DIR]
+    .venv/bin/python bench/bench_vm_backends.py --report DIR1/results.jsonl DIR2/results.jsonl   # pooled
 
 Prints figures with the machine, the VM and the command; writes nothing into the checkout.
 """
@@ -130,6 +131,39 @@ def tcp_through_four_hops(backend: str, seconds: int, tag: str) -> dict[str, Any
         line.teardown(names, iprs)
 
 
+def run_until_summary(argv: list[str], folder: Path, timeout_s: float) -> int:
+    """Run ``satnetem run`` until it has written ``summary.json`` (after its teardown), then stop it.
+
+    What this bench reads is on disk by then; what follows is the run's plots, which took 3-5 min per run
+    in the TCG VM at 1,588 namespaces. Returns the run's exit status, 0 if it was stopped after a complete
+    summary, 1 after an incomplete one, 124 on timeout.
+    """
+    summary = folder / "summary.json"
+    proc = subprocess.Popen(argv, cwd=CHECKOUT)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                return 124
+            try:
+                done = json.loads(summary.read_text())
+            except (OSError, ValueError):  # not there yet, or being written
+                done = None
+            if done is not None and "teardown_s" in done:
+                print("  summary.json written: stopping the run before its plots", flush=True)
+                return 0 if done.get("complete") else 1
+            time.sleep(1.0)
+        return proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def inner(args: argparse.Namespace) -> int:
     """Run the workload ``args.runs`` times per backend, alternating; one JSON line per run."""
     from topologies.errors import SatnetemError
@@ -147,10 +181,7 @@ def inner(args: argparse.Namespace) -> int:
                     "-o", str(folder), "--run-id", run_id]
             print(f"[{where}] run {i + 1} {backend}: {' '.join(argv)}", flush=True)
             t = time.monotonic()
-            try:
-                rc = subprocess.run(argv, cwd=CHECKOUT, timeout=args.run_timeout_s, check=False).returncode
-            except subprocess.TimeoutExpired:
-                rc = 124
+            rc = run_until_summary(argv, folder, args.run_timeout_s)
             wall_s = time.monotonic() - t
             if rc != 0:  # whatever a cut-short run left behind, by its own id only
                 subprocess.run([sys.executable, "-m", "emulator.cli", "clean", "--run-id", run_id], cwd=CHECKOUT,
@@ -212,12 +243,12 @@ METRICS = (("bringup_s", "bring-up, s", ".2f"), ("apply_median_ms", "step apply 
            ("lost", "pings lost", ".0f"), ("tcp_mbps", "TCP, 4 hops x 5 ms, Mbit/s", ".0f"))
 
 
-def collect(results: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
-    """Per (where, backend): each run's figures (a run whose ``satnetem run`` failed still counts its files)."""
+def collect(*results: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """Per (where, backend): each run's figures (a run whose ``satnetem run`` failed still counts its files),
+    over one or more ``results.jsonl`` files (invocations kept with ``--keep``, pooled with ``--report``)."""
     by: dict[tuple[str, str], list[dict[str, float]]] = {}
-    if not results.is_file():
-        return by
-    for line in results.read_text().splitlines():
+    lines = [line for r in results if r.is_file() for line in r.read_text().splitlines()]
+    for line in lines:
         rec = json.loads(line)
         m = run_metrics(Path(rec["folder"]))
         if rec.get("tcp_mbps") is not None:
@@ -291,12 +322,15 @@ def host(args: argparse.Namespace) -> int:
     common = ["--out", str(share), "--timeline", str(timeline), "--runs", str(args.runs),
               "--tcp-seconds", str(args.tcp_seconds), "--run-timeout-s", str(args.run_timeout_s)]
     t = time.monotonic()
-    res = netemvm.run_in_vm([sys.executable, str(Path(__file__).resolve()), "--inner", "--backends",
-                             ",".join(BACKENDS), *common],
-                            netemvm.VmConfig(memory_mb=args.memory_mb, cpus=args.cpus, timeout_s=args.timeout_s,
-                                             shares=(share,), extra_modules=VM_EXTRA_MODULES),
-                            stream=sys.stdout, cwd=str(CHECKOUT))
-    print(f"VM: exit {res.exit_code}, boot {res.boot_s:.1f} s, whole invocation {time.monotonic() - t:.0f} s")
+    vm_exit = 0
+    if not args.no_vm:
+        res = netemvm.run_in_vm([sys.executable, str(Path(__file__).resolve()), "--inner", "--backends",
+                                 args.backends, *common],
+                                netemvm.VmConfig(memory_mb=args.memory_mb, cpus=args.cpus, timeout_s=args.timeout_s,
+                                                 shares=(share,), extra_modules=VM_EXTRA_MODULES),
+                                stream=sys.stdout, cwd=str(CHECKOUT))
+        vm_exit = res.exit_code
+        print(f"VM: exit {res.exit_code}, boot {res.boot_s:.1f} s, whole invocation {time.monotonic() - t:.0f} s")
     if args.native:
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--inner", "--backends", "userspace",
                         *common], cwd=CHECKOUT, check=False)
@@ -304,7 +338,7 @@ def host(args: argparse.Namespace) -> int:
     report(collect(share / "results.jsonl"))
     if not args.keep:
         shutil.rmtree(share, ignore_errors=True)
-    return 0 if res.exit_code == 0 else 1
+    return 0 if vm_exit == 0 else 1
 
 
 def main() -> int:
@@ -315,18 +349,28 @@ def main() -> int:
     ap.add_argument("--duration-s", type=int, default=20, help="timeline seconds played per run (1 s steps)")
     ap.add_argument("--tcp-seconds", type=int, default=5, help="iperf3 seconds per run; 0: no throughput")
     ap.add_argument("--native", action="store_true", help="also run the userspace workload on the host")
+    ap.add_argument("--no-vm", action="store_true", help="run no VM (with --native: the host's figures only)")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--memory-mb", type=int, default=3072)
     ap.add_argument("--timeout-s", type=float, default=1500.0, help="for the whole VM invocation")
     ap.add_argument("--run-timeout-s", type=float, default=600.0, help="for one satnetem run")
     ap.add_argument("--keep", help="keep the results folders here (default: a temporary folder, removed)")
+    ap.add_argument("--report", nargs="+", metavar="RESULTS_JSONL",
+                    help="run nothing: pool the runs of these results.jsonl files (of --keep folders) and report")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--timeline", help=argparse.SUPPRESS)
-    ap.add_argument("--backends", default=",".join(BACKENDS), help=argparse.SUPPRESS)
+    ap.add_argument("--backends", default=",".join(BACKENDS),
+                    help="the VM's backends in the order of the first run (later runs alternate); default "
+                         "%(default)s")
     args = ap.parse_args()
+    if args.report:
+        report(collect(*(Path(r) for r in args.report)))
+        return 0
     if args.runs < 1 or args.duration_s < 2 or args.tcp_seconds < 0:
         ap.error("--runs >= 1, --duration-s >= 2, --tcp-seconds >= 0")
+    if not set(args.backends.split(",")) <= set(BACKENDS):
+        ap.error(f"--backends: a comma-separated list of {', '.join(BACKENDS)}, got {args.backends!r}")
     if os.geteuid() != 0:
         ap.error("needs root (namespaces; 9p passthrough of / for the VM)")
     return inner(args) if args.inner else host(args)
