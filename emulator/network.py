@@ -258,7 +258,8 @@ class Emulation:
         self._ahead: RouteTable | None = None  # the table whose routes are in the idle table ahead of its step
         self._ahead_routes = 0  # routes sent ahead for it
         self._route_us = 5.0  # kernel time per route sent, us (measured; decides how many fit ahead)
-        self._ahead_last = 0  # routes sent ahead last time
+        self._ahead_last = 0  # routes the last _preinstall wanted to send ahead
+        self._changes_before_limit = 0  # _route_changes: changes found before its limit cut them
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -652,24 +653,66 @@ class Emulation:
         snap, table = self._prefetched
         now = self.applied
         stable = now.up & (now.peer >= 0) & (snap.peer == now.peer)
+        pair_at = None
+        ready = self._spares_ahead(snap)
+        if len(ready):  # their routes go ahead through the spare pair, up by now
+            stable[ready] = True
+            pair_at = self.ends.pair.astype(np.int64)
+            pair_at[ready] = 1 - pair_at[ready]
         limit = None
         if until is not None:
             limit = int((until - 0.05 - time.monotonic()) / (self._route_us * 1e-6))
             if limit < 100:
                 return False
         t0 = time.perf_counter()
-        pack = self._pack_routes(table, exclude=~stable, limit=limit)
+        pack = self._pack_routes(table, exclude=~stable, limit=limit, pair_at=pair_at)
         n = len(pack.k_add) + len(pack.k_del) + len(pack.slow)
+        wanted = self._changes_before_limit
         t1 = time.perf_counter()
         self._install_routes(table, pack=pack, current=False)
         if n >= 1000:  # the kernel's cost per route, for the next decision
             self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t1) * 1e6 / n
+        self._ahead_last = wanted
+        if n < wanted / 2:
+            # Too little went ahead: the step would send more into this table (it was the one in use two steps
+            # ago) than into the one in use. What went ahead stays there (its record says so).
+            return False
         self._ahead, self._ahead_routes = table, n
-        self._ahead_last = n
         log.debug("route epochs: %d routes sent ahead in %.0f ms (packing %.0f ms)", n, _ms(t0), (t1 - t0) * 1e3)
         if until is None or time.monotonic() < until - 0.05:  # what is left, packed against the new record
             self._prepared = self._pack_routes(table)
         return True
+
+    def _spares_ahead(self, snap: Snapshot) -> np.ndarray:
+        """Route epochs, between steps: the antenna slots that hand over at ``snap``'s step to the satellite
+        their spare pair already waits on get that pair up now, with its nexthop objects, so that their
+        routes can go into the idle table ahead too (no route in the table in use goes through a spare). The
+        spares held up before for another handover go down, and the idle table's record forgets their
+        slots' routes (the kernel removed them with the nexthops). Not with multipath tables. Returns the
+        slots (sorted)."""
+        slots = self._antennas
+        if not len(slots) or self.routes is None or self.routes.width > 1:
+            return np.empty(0, np.int64)
+        now, act = self.applied, self.ends.pair[slots].astype(np.int64)
+        new = snap.peer[slots].astype(np.int64)
+        ready = slots[(new >= 0) & snap.up[slots] & (new != now.peer[slots])
+                      & (self._pfar[slots, 1 - act] == new) & (self._pfar[slots, act] != new)]
+        before = {l for l, p in self._spares_up.items() if p != self.ends.pair[l]}
+        self.hold_spares_up(ready)
+        for l in sorted(before - set(ready.tolist())):
+            self._forget_spare_routes(l)
+        if len(ready):
+            self._make_nexthops(ready, 1 - self.ends.pair[ready].astype(np.int64))
+        return ready
+
+    def _forget_spare_routes(self, link: int) -> None:
+        """Route epochs: ``link``'s spare pair went down, or moved, after routes went through it into the
+        idle table ahead of a handover that did not happen (the current record is the idle table's)."""
+        if not self._epochs:
+            return
+        for node in (int(self.link_a[link]), *(int(f) for f in self._pfar[link] if f >= 0)):
+            if self.is_router[node] and self.local[node]:
+                self._forget_routes_via(node, link, every_table=False)
 
     @property
     def antenna_slots(self) -> np.ndarray:
@@ -1006,18 +1049,18 @@ class Emulation:
             later.add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, True), f"{name} up")
         self.nodes[node].add_intf(name, index, ip_str(addr), plen)
 
-    def _make_nexthops(self, links: np.ndarray) -> None:
-        """Make the nexthop objects routes use through ``links``' active pairs, both ends up: in each router
-        at an end, id :func:`nexthop_id` via the other end's address. The kernel accepts one only on a
-        device with its carrier (both ends up), and removes it, with the routes through it, when the device
-        goes down or loses its carrier: they are made each time a link comes up."""
+    def _make_nexthops(self, links: np.ndarray, pairs: np.ndarray | None = None) -> None:
+        """Make the nexthop objects routes use through ``links``' active pairs (or ``pairs``), both ends up:
+        in each router at an end, id :func:`nexthop_id` via the other end's address. The kernel accepts one
+        only on a device with its carrier (both ends up), and removes it, with the routes through it, when
+        the device goes down or loses its carrier: they are made each time a link comes up."""
         if not self._use_nh or not len(links):
             return
         batches: dict[int, rtnl.Batch] = {}
         e = self.ends
-        for l in np.asarray(links).tolist():
-            pair = int(e.pair[l])
-            ends = ((int(self.link_a[l]), 0), (int(self._far[l]), 1))
+        for i, l in enumerate(np.asarray(links).tolist()):
+            pair = int(e.pair[l]) if pairs is None else int(pairs[i])
+            ends = ((int(self.link_a[l]), 0), (int(self._pfar[l, pair]), 1))
             if ends[1][0] == ends[0][0]:
                 continue  # parked at its gateway: no satellite
             for node, side in ends:
@@ -1236,6 +1279,7 @@ class Emulation:
                 continue
             if self._spares_up.get(l) == pair:  # the kernel takes an interface down to move it
                 del self._spares_up[l]
+                self._forget_spare_routes(l)
             if old != int(self.link_a[l]):  # its shaping (and held packets) leave with it
                 try:
                     self.shaper.forget(self._port(l, 1, pair))
@@ -1436,6 +1480,7 @@ class Emulation:
             rows, routers = rows[keep], routers[keep]
         order = np.argsort(routers, kind="stable")  # group by namespace
         rows, routers = rows[order], routers[order]
+        self._changes_before_limit = len(rows)
         if limit is not None and len(rows) > limit:  # the first routers' changes, at most limit, whole routers
             cut = int(np.searchsorted(routers, routers[limit], side="left"))
             rows, routers = rows[:cut], routers[:cut]
@@ -1464,7 +1509,7 @@ class Emulation:
         if len(pack.rows) == 0:
             return 0, 0
         e = self.ends
-        if pack.nh_at is not None and len(pack.nh_link):
+        if pack.nh_at is not None and len(pack.nh_link) and not pack.pair_fixed:
             # an antenna switched to its other veth pair since the packing: its routes use that pair's nexthop
             now = e.pair[pack.nh_link]
             moved = np.flatnonzero(now != pack.nh_at)
@@ -1525,7 +1570,7 @@ class Emulation:
         return int(pack.add.sum()), len(pack.k_del) + n_slow_del
 
     def _pack_routes(self, table: RouteTable, exclude: np.ndarray | None = None,
-                     limit: int | None = None) -> _RoutePack:
+                     limit: int | None = None, pair_at: np.ndarray | None = None) -> _RoutePack:
         """The messages that bring the installed routes to ``table`` (:meth:`_route_changes`), grouped by
         namespace: everything :meth:`_install_routes` sends but the sends. Pure numpy (~10 ms for 2x10^4
         changed routes), done between steps when the table is ready then. Valid while the installed record
@@ -1552,7 +1597,8 @@ class Emulation:
                           slow=np.flatnonzero((add & ~single) | (~add & installed & ~packable)))
         if self._use_nh:
             lk = np.maximum(l, 0)[k_add, first[k_add]]
-            at = self.ends.pair[lk].copy()
+            at = (self.ends.pair if pair_at is None else pair_at)[lk].astype(self.ends.pair.dtype)
+            pack.pair_fixed = pair_at is not None
             pack.add_msgs = rtnl.route_nh_msgs(pfx[k_add], plen[k_add], nexthop_id(lk, at), src[k_add], _CREATE)
             pack.nh_link, pack.nh_at = lk, at
         else:
@@ -1611,6 +1657,7 @@ class _RoutePack:
     nh_at: np.ndarray | None = None  # the veth pair its nexthop id was packed for
     table_id: int = rtnl.RT_TABLE_MAIN  # the kernel table the messages go to
     partial: bool = False  # some changes left out (routes through links not usable yet, route epochs)
+    pair_fixed: bool = False  # the nexthops name the pairs meant (spares ahead of a handover), not today's
 
 
 class _Installer:
