@@ -8,16 +8,15 @@ release's lateness), which issue 12 bounds at 160 us.
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
 import subprocess
 from dataclasses import replace
 
 import pytest
+from vethchain import veth_chain
 
-from emulator.netns import entered, iproute_in
-from emulator.shaping.base import LinkShape, Port
+from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
 
 pytestmark = pytest.mark.root
@@ -29,44 +28,14 @@ EXCESS_BOUND_MS = 0.160
 PINGS = 400
 
 
-def _ns_list() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
 @pytest.fixture(scope="module")
 def chain4():
     """h1, r1..r3, h2; hop i is 10.79.(i+1).0/24, left end .1, right end .2. Yields (names, iprs, peered
     ports, h2's address)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to build network namespaces")
-    tag = f"dov{os.getpid() % 100000}"
     nodes = ["h1"] + [f"r{i}" for i in range(1, HOPS)] + ["h2"]
-    names = {n: f"{tag}-{n}" for n in nodes}
-    iprs: dict[str, object] = {}
-    peered: list[Port] = []
-    try:
-        for n in nodes:
-            subprocess.run(["ip", "netns", "add", names[n]], check=True)
-            path = f"/run/netns/{names[n]}"
-            for key in ("all", "default"):  # IPv4 only, as in the emulator
-                with entered(path, n), open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
-                    f.write("1")
-            with entered(path, n), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-                f.write("1" if n.startswith("r") else "0")
-            iprs[n] = iproute_in(path, n)
-            iprs[n].link("set", index=iprs[n].link_lookup(ifname="lo")[0], state="up")
-        for i in range(HOPS):
-            left, right = nodes[i], nodes[i + 1]
-            lif, rif = f"{left}-{right}", f"{right}-{left}"
-            iprs[left].link("add", ifname=lif, kind="veth", peer={"ifname": rif, "net_ns_fd": names[right]})
-            ends = []
-            for node, ifname, host in ((left, lif, 1), (right, rif, 2)):
-                idx = iprs[node].link_lookup(ifname=ifname)[0]
-                iprs[node].addr("add", index=idx, address=f"10.79.{i + 1}.{host}", prefixlen=24)
-                iprs[node].link("set", index=idx, state="up")
-                ends.append(Port(node, f"/run/netns/{names[node]}", ifname, idx))
-            peered += [replace(ends[0], peer=ends[1]), replace(ends[1], peer=ends[0])]
+    with veth_chain("dov", nodes, "10.79") as c:
+        iprs = c.iprs
+        peered = [p for left, right in c.hops for p in (replace(left, peer=right), replace(right, peer=left))]
         iprs["h1"].route("add", dst="0.0.0.0/0", gateway="10.79.1.2")
         iprs["h2"].route("add", dst="0.0.0.0/0", gateway=f"10.79.{HOPS}.1")
         for i in range(1, HOPS):  # r_i: h2's side via its right neighbour, h1's side via its left one
@@ -74,13 +43,7 @@ def chain4():
                 iprs[f"r{i}"].route("add", dst=f"10.79.{j}.0/24", gateway=f"10.79.{i + 1}.2")
             for j in range(1, i):
                 iprs[f"r{i}"].route("add", dst=f"10.79.{j}.0/24", gateway=f"10.79.{i}.1")
-        yield names, iprs, peered, f"10.79.{HOPS}.2"
-    finally:
-        for ipr in iprs.values():
-            ipr.close()
-        for n in nodes:
-            if names[n] in _ns_list():
-                subprocess.run(["ip", "netns", "del", names[n]], check=False)
+        yield c.names, iprs, peered, f"10.79.{HOPS}.2"
 
 
 def _rtts_ms(names: dict[str, str], dst: str, count: int) -> list[float]:

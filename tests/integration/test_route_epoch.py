@@ -11,19 +11,18 @@ wrong datagrams.
 
 from __future__ import annotations
 
-import os
 import socket
 import statistics
 import struct
-import subprocess
 import threading
 import time
 from dataclasses import replace
 
 import pytest
+from vethchain import veth_chain
 
 from emulator.netns import entered, iproute_in
-from emulator.shaping.base import LinkShape, Port
+from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
 
 pytestmark = pytest.mark.root
@@ -35,38 +34,11 @@ TABLE_UP, TABLE_HOLE = 101, 102
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module
 
 
-def _ns_list() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
 @pytest.fixture
 def chain():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to build network namespaces")
-    tag = f"rep{os.getpid() % 100000}"
-    nodes = ["h1", "r", "h2"]
-    names = {n: f"{tag}-{n}" for n in nodes}
-    iprs: dict[str, object] = {}
-    ports: list[Port] = []
-    try:
-        for n in nodes:
-            subprocess.run(["ip", "netns", "add", names[n]], check=True)
-            path = f"/run/netns/{names[n]}"
-            with entered(path, n), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-                f.write("1" if n == "r" else "0")
-            iprs[n] = iproute_in(path, n)
-            iprs[n].link("set", index=iprs[n].link_lookup(ifname="lo")[0], state="up")
-        for i, (left, right) in enumerate((("h1", "r"), ("r", "h2"))):
-            lif, rif = f"{left}-{right}", f"{right}-{left}"
-            iprs[left].link("add", ifname=lif, kind="veth", peer={"ifname": rif, "net_ns_fd": names[right]})
-            ends = []
-            for node, ifname, host in ((left, lif, 1), (right, rif, 2)):
-                idx = iprs[node].link_lookup(ifname=ifname)[0]
-                iprs[node].addr("add", index=idx, address=f"10.81.{i + 1}.{host}", prefixlen=24)
-                iprs[node].link("set", index=idx, state="up")
-                ends.append(Port(node, f"/run/netns/{names[node]}", ifname, idx))
-            ports.append(replace(ends[0], peer=ends[1]))  # left -> right, held as it arrives at right
+    with veth_chain("rep", ["h1", "r", "h2"], "10.81") as c:
+        iprs = c.iprs
+        ports = [replace(left, peer=right) for left, right in c.hops]  # held as they arrive at the right end
         iprs["h1"].route("add", dst="0.0.0.0/0", gateway="10.81.1.2")
         iprs["h2"].route("add", dst="0.0.0.0/0", gateway="10.81.2.1")
         r = iprs["r"]
@@ -75,13 +47,7 @@ def chain():
         r.route("add", dst="10.81.2.0/24", type="blackhole", table=TABLE_HOLE)
         r.rule("add", fwmark=1, table=TABLE_UP, priority=100)
         r.rule("add", fwmark=2, table=TABLE_HOLE, priority=101)
-        yield names, iprs, ports
-    finally:
-        for ipr in iprs.values():
-            ipr.close()
-        for n in nodes:
-            if names[n] in _ns_list():
-                subprocess.run(["ip", "netns", "del", names[n]], check=False)
+        yield c.names, iprs, ports
 
 
 def _sockets(names: dict[str, str]) -> tuple[socket.socket, socket.socket]:
@@ -177,7 +143,6 @@ def _kernel_table(emu, node: str) -> tuple[dict[str, tuple[str, int]], dict[int,
     """Read from ``node``'s kernel: its static routes {"prefix/len": (gateway, oif)} in the table its fwmark
     rule gives the delay daemon's mark now, and every fwmark rule {mark: table}."""
     from emulator import rtnl
-    from emulator.netns import iproute_in
 
     ipr = iproute_in(emu.node(node).ns_path, node)
     try:

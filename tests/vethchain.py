@@ -1,0 +1,73 @@
+"""Namespaces in a line joined by veth pairs, for root tests that need a few hops without an emulation.
+
+``veth_chain("dov", ["h1", "r1", "h2"], "10.79")`` makes namespaces ``dov<pid>-h1`` ... (IPv4 only; those whose
+name starts with ``r`` forward), hop i as ``<net>.(i+1).0/24`` with the left end ``.1`` and the right end
+``.2``, and removes them at the end, also after a failure. No routes: each test adds its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from emulator.netns import entered, iproute_in
+from emulator.shaping.base import Port
+
+
+@dataclass
+class Chain:
+    names: dict[str, str]  # node -> namespace name
+    iprs: dict[str, Any] = field(default_factory=dict)  # node -> pyroute2 IPRoute in its namespace
+    hops: list[tuple[Port, Port]] = field(default_factory=list)  # (left end, right end) of each hop
+
+    def path(self, node: str) -> str:
+        return f"/run/netns/{self.names[node]}"
+
+
+def _ns_list() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@contextmanager
+def veth_chain(tag: str, nodes: list[str], net: str) -> Iterator[Chain]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to build network namespaces")
+    prefix = f"{tag}{os.getpid() % 100000}"
+    chain = Chain({n: f"{prefix}-{n}" for n in nodes})
+    try:
+        for n in nodes:
+            subprocess.run(["ip", "netns", "add", chain.names[n]], check=True)
+            path = chain.path(n)
+            for key in ("all", "default"):  # IPv4 only, as in the emulator
+                with entered(path, n), open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
+                    f.write("1")
+            with entered(path, n), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+                f.write("1" if n.startswith("r") else "0")
+            chain.iprs[n] = iproute_in(path, n)
+            chain.iprs[n].link("set", index=chain.iprs[n].link_lookup(ifname="lo")[0], state="up")
+        for i, (left, right) in enumerate(zip(nodes, nodes[1:])):
+            lif, rif = f"{left}-{right}", f"{right}-{left}"
+            chain.iprs[left].link("add", ifname=lif, kind="veth", peer={"ifname": rif, "net_ns_fd": chain.names[right]})
+            ends = []
+            for node, ifname, host in ((left, lif, 1), (right, rif, 2)):
+                ipr = chain.iprs[node]
+                idx = ipr.link_lookup(ifname=ifname)[0]
+                ipr.addr("add", index=idx, address=f"{net}.{i + 1}.{host}", prefixlen=24)
+                ipr.link("set", index=idx, state="up")
+                ends.append(Port(node, chain.path(node), ifname, idx))
+            chain.hops.append((ends[0], ends[1]))
+        yield chain
+    finally:
+        for ipr in chain.iprs.values():
+            ipr.close()
+        present = _ns_list()
+        for name in chain.names.values():
+            if name in present:
+                subprocess.run(["ip", "netns", "del", name], check=False)
