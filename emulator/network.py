@@ -1379,8 +1379,8 @@ class Emulation:
 
     def _epoch_rules(self) -> None:
         """In every router: packets marked EPOCH_MARKS[i] look up EPOCH_TABLES[i]; others (sent by the
-        router itself: ICMP errors and replies, its services) the first table, which holds this step's or
-        the step before's routes."""
+        router itself: ICMP errors and replies, its services) the first table, which holds this step's
+        routes, or in every other step the next step's while they are sent ahead."""
         for i in np.flatnonzero(self.is_router & self.local).tolist():
             b = rtnl.Batch()
             for pref, (mark, tid) in zip(EPOCH_PREFS, zip(EPOCH_MARKS, EPOCH_TABLES)):
