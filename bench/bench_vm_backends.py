@@ -134,9 +134,10 @@ def tcp_through_four_hops(backend: str, seconds: int, tag: str) -> dict[str, Any
 def run_until_summary(argv: list[str], folder: Path, timeout_s: float) -> int:
     """Run ``satnetem run`` until it has written ``summary.json`` (after its teardown), then stop it.
 
-    What this bench reads is on disk by then; what follows is the run's plots, which took 3-5 min per run
-    in the TCG VM at 1,588 namespaces. Returns the run's exit status, 0 if it was stopped after a complete
-    summary, 1 after an incomplete one, 124 on timeout.
+    What this bench reads is on disk by then, but for ``samples.csv`` (see :func:`finish_reports`); what
+    follows is the run's report and plots, which took 3-5 min per run in the TCG VM at 1,588 namespaces.
+    Returns the run's exit status, 0 if it was stopped after a complete summary, 1 after an incomplete one,
+    124 on timeout.
     """
     summary = folder / "summary.json"
     proc = subprocess.Popen(argv, cwd=CHECKOUT)
@@ -243,6 +244,20 @@ METRICS = (("bringup_s", "bring-up, s", ".2f"), ("apply_median_ms", "step apply 
            ("lost", "pings lost", ".0f"), ("tcp_mbps", "TCP, 4 hops x 5 ms, Mbit/s", ".0f"))
 
 
+def finish_reports(*results: Path) -> None:
+    """``satnetem report`` on the host for every run folder without ``samples.csv``: a run stopped before
+    its plots (:func:`run_until_summary`) left its probes' raw records only; on the host this takes ~4 s a
+    folder, in the TCG VM minutes."""
+    for r in results:
+        if not r.is_file():
+            continue
+        for line in r.read_text().splitlines():
+            folder = Path(json.loads(line)["folder"])
+            if (folder / "flows").is_dir() and not (folder / "samples.csv").is_file():
+                subprocess.run([sys.executable, "-m", "emulator.cli", "report", str(folder)], cwd=CHECKOUT,
+                               stdout=subprocess.DEVNULL, check=False)
+
+
 def collect(*results: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
     """Per (where, backend): each run's figures (a run whose ``satnetem run`` failed still counts its files),
     over one or more ``results.jsonl`` files (invocations kept with ``--keep``, pooled with ``--report``)."""
@@ -335,6 +350,7 @@ def host(args: argparse.Namespace) -> int:
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--inner", "--backends", "userspace",
                         *common], cwd=CHECKOUT, check=False)
     print(f"date at the end: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()}")
+    finish_reports(share / "results.jsonl")
     report(collect(share / "results.jsonl"))
     if not args.keep:
         shutil.rmtree(share, ignore_errors=True)
@@ -365,6 +381,7 @@ def main() -> int:
                          "%(default)s")
     args = ap.parse_args()
     if args.report:
+        finish_reports(*(Path(r) for r in args.report))
         report(collect(*(Path(r) for r in args.report)))
         return 0
     if args.runs < 1 or args.duration_s < 2 or args.tcp_seconds < 0:
