@@ -21,7 +21,9 @@ One VM runs all runs (``--runs`` each backend, order netem, userspace, userspace
 appends a line to ``results.jsonl`` in a host folder shared into the VM, read here afterwards. ``--native``
 also runs the userspace workload on the host itself, to show how much slower the VM is and to apply the
 ratios to. Measured (2 vCPUs): a run ~2.5 min for userspace, ~3.5 for netem, all in the VM; the defaults take
-~20 min in it, ~1 min natively. Needs root, qemu-system-x86, a kernel with sch_netem installed under /boot
+~20 min in it, ~1 min natively. The README's figures are of ``--planes 22 --per-plane 72 --duration-s 10
+--memory-mb 8192`` (1,588 namespaces): a run took 2-4 min per backend in the VM with the host quiet, 15 with it
+loaded; ``--runs 2`` 12-15 min. Needs root, qemu-system-x86, a kernel with sch_netem installed under /boot
 (see tests/vm).
 
     sudo .venv/bin/python bench/bench_vm_backends.py [--runs 3] [--native] [--cpus 2] [--memory-mb 3072]
