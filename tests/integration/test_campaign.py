@@ -81,6 +81,7 @@ def least_delay_rtt_ms(tl, src: int, dst: int, step: int) -> float:
     return 2 * nx.dijkstra_path_length(g, src, dst)
 
 
+@pytest.mark.realtime(since="module")
 def test_measured_rtt_is_the_timelines_least_delay_at_p50_and_p95(campaign):
     """The ping RTT London - New York against the least-delay RTT the test computes from the run's timeline
     at each sample's step, within the emulator issue's bound max(1 ms, 3 %), at the median and at p95 of

@@ -51,6 +51,7 @@ def test_cli_runs_commands_on_the_live_constellation(tmp_path):
     assert m and int(m.group(1)) >= 2, r.stdout[-2000:] + r.stderr[-2000:]
 
 
+@pytest.mark.realtime
 def test_compare_two_protocols_side_by_side(tmp_path):
     out = tmp_path / "cmp"
     r = subprocess.run([sys.executable, "-m", "emulator.cli", "compare", str(CAMPAIGN), "--protocols",

@@ -52,6 +52,7 @@ def _rtts_ms(names: dict[str, str], dst: str, count: int) -> list[float]:
     return [float(t) for t in re.findall(r"icmp_seq=\d+ ttl=\d+ time=([\d.]+) ms", out)]
 
 
+@pytest.mark.realtime
 def test_four_held_hops_cost_little_beyond_their_delay(chain4):
     names, iprs, peered, h2 = chain4
     sh = UserspaceShaper()

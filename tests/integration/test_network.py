@@ -50,6 +50,7 @@ def oper_up(emu, node: str, ifname: str) -> bool:
     return bool(flags & 1)
 
 
+@pytest.mark.realtime
 def test_rtt_equals_prediction(make_emulation, backend):
     from emulator import shaping
 
@@ -177,6 +178,7 @@ def rtt_error_ms(emu, tl, step: int, base_ms: float) -> tuple[float, float]:
     return abs(median(rtts) - base_ms - predicted), predicted
 
 
+@pytest.mark.realtime
 def test_spares_moved_ahead_or_during_the_step_carry_the_predicted_rtt(make_emulation):
     """gw-b's antenna visits three satellites: the handover to the third finds the spare pair on the
     first (no prepare_ahead between the steps) and moves it during the step; prepare_ahead puts it in

@@ -194,6 +194,7 @@ def _predicted_rtt_ms(tl, step: int, a: str, b: str) -> float:
     return path_delay_ms(snap, path(g, ia, ib)[1]) + path_delay_ms(snap, path(g, ib, ia)[1])
 
 
+@pytest.mark.realtime
 def test_emulation_steps_switch_tables_that_hold_each_steps_routes(make_emulation):
     """route_switch "epoch" on the hand-made grid (a handover, an outage, an antenna without satellite and
     back): with the next step's routes sent ahead (prepare_ahead; a handover's through its spare pair, up

@@ -195,6 +195,7 @@ def _ping(chain: Chain, count: int, interval_s: float = 0.02, wait_s: int = 2,
     return loss, rtts[len(rtts) // 2] if rtts else float("nan"), out
 
 
+@pytest.mark.realtime
 def test_rtt_equals_sum_of_configured_delays(shaper, chain):
     _shape_all(shaper, chain, LinkShape(delay_ms=0.0, rate_mbps=1000.0))
     _ping(chain, 5)  # ARP and route caches warm
