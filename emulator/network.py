@@ -259,7 +259,6 @@ class Emulation:
         self._ahead_routes = 0  # routes sent ahead for it
         self._route_us = 5.0  # kernel time per route sent, us (measured; decides how many fit ahead)
         self._ahead_last = 0  # routes the last _preinstall wanted to send ahead
-        self._changes_before_limit = 0  # _route_changes: changes found before its limit cut them
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -667,7 +666,7 @@ class Emulation:
         t0 = time.perf_counter()
         pack = self._pack_routes(table, exclude=~stable, limit=limit, pair_at=pair_at)
         n = len(pack.k_add) + len(pack.k_del) + len(pack.slow)
-        wanted = self._changes_before_limit
+        wanted = pack.wanted
         t1 = time.perf_counter()
         self._install_routes(table, pack=pack, current=False)
         if n >= 1000:  # the kernel's cost per route, for the next decision
@@ -1454,7 +1453,7 @@ class Emulation:
                              f"{self._inst_link.shape[2]} to {table.width}", operation="routes")
         return table
 
-    def _route_changes(self, table: RouteTable, exclude: np.ndarray | None = None, limit: int | None = None
+    def _route_changes(self, table: RouteTable, exclude: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Where ``table`` differs from the installed routes: (dest rows, routers) grouped by router, and
         the first next hop and the link slots wanted there. Whole-table comparisons (2.2 million routes
@@ -1480,10 +1479,6 @@ class Emulation:
             rows, routers = rows[keep], routers[keep]
         order = np.argsort(routers, kind="stable")  # group by namespace
         rows, routers = rows[order], routers[order]
-        self._changes_before_limit = len(rows)
-        if limit is not None and len(rows) > limit:  # the first routers' changes, at most limit, whole routers
-            cut = int(np.searchsorted(routers, routers[limit], side="left"))
-            rows, routers = rows[:cut], routers[:cut]
         return rows, routers, want_nh[rows, routers], want_link[rows, routers]
 
     def _install_routes(self, table: RouteTable, held: Callable[[], None] | None = None,
@@ -1576,7 +1571,11 @@ class Emulation:
         changed routes), done between steps when the table is ready then. Valid while the installed record
         does not change (``version``); an antenna that switches veth pair meanwhile is patched at the send
         (``nh_link``/``nh_at``)."""
-        rows, routers, nh_sel, link_sel = self._route_changes(table, exclude, limit)
+        rows, routers, nh_sel, link_sel = self._route_changes(table, exclude)
+        wanted = len(rows)
+        if limit is not None and wanted > limit:  # the first routers' changes, at most limit, whole routers
+            cut = int(np.searchsorted(routers, routers[limit], side="left"))
+            rows, routers, nh_sel, link_sel = rows[:cut], routers[:cut], nh_sel[:cut], link_sel[:cut]
         a = self.addr
         dest = table.destinations
         l = link_sel.astype(np.int64)  # (n_changed, width), -1 padded
@@ -1608,6 +1607,7 @@ class Emulation:
         pack.del_msgs = rtnl.route_del_msgs(pfx[k_del], plen[k_del])
         pack.table_id = self._table_id()
         pack.partial = exclude is not None or limit is not None
+        pack.wanted = wanted
         if pack.table_id != rtnl.RT_TABLE_MAIN:
             pack.add_msgs["rtm_table"] = pack.table_id
             pack.del_msgs["rtm_table"] = pack.table_id
@@ -1658,6 +1658,7 @@ class _RoutePack:
     table_id: int = rtnl.RT_TABLE_MAIN  # the kernel table the messages go to
     partial: bool = False  # some changes left out (routes through links not usable yet, route epochs)
     pair_fixed: bool = False  # the nexthops name the pairs meant (spares ahead of a handover), not today's
+    wanted: int = 0  # changes found before a limit cut them (_pack_routes)
 
 
 class _Installer:
