@@ -566,6 +566,12 @@ def run(args: argparse.Namespace) -> int:
             _say(f"summary.json not written ({e.strerror}): 'satnetem report {out}' rebuilds it from the folder "
                  f"once there is room")
         signals.restore()
+    return finish(out, summary)
+
+
+def finish(out: Path, summary: dict[str, Any]) -> int:
+    """The end of a run (one host or a cluster): the report and plots from the folder (the summary as it is if
+    they fail), the summary printed, and the exit status: 0 complete, 1 a fault, 130 interrupted."""
     try:
         from .report import report
 

@@ -264,7 +264,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
     """
     import ray
 
-    from ..runner import print_summary
+    from ..runner import finish
     from .agent import start
 
     run_id = run_id or f"{secrets.token_hex(3)}"
@@ -372,11 +372,4 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             summary["lateness"] = lateness([r for p in played for r in p["steps"]])
             summary["cluster"]["lateness_by_host"] = [lateness(p["steps"]) for p in played]
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    try:
-        from ..report import report
-
-        summary = report(out)
-    except Exception as e:  # noqa: BLE001 - the measurements are on disk; plots can be redone with 'report'
-        log.warning("plots failed (%s); 'satnetem report %s' retries", e, out)
-    print_summary(summary, out)
-    return 0 if summary.get("complete") else 1 if summary.get("fault") else 130
+    return finish(out, summary)
