@@ -19,17 +19,15 @@ With the stubnets and the ISL's retransmission interval (5 s) on the antenna, a 
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from handmade import GSL_B, grid_timeline
+from ospfplay import play_while_pinging
 
-from routing.ospf import MIN_LS_INTERVAL_S, Ospf
+from routing.ospf import Ospf
 from topologies.timeline import Reason, Timeline
 
 pytestmark = pytest.mark.root
@@ -56,40 +54,20 @@ def failed_gateway_timeline(n_steps: int) -> Timeline:
                     sat_lla=np.ascontiguousarray(g.sat_lla[:, cols]))
 
 
-def ping_ok(emu, src: str, dst: str) -> bool:
-    return " 1 received" in emu.node(src).cmd(f"ping -n -c 1 -W 1 {emu.address_of(dst)}")
-
-
 def outage_after_restore(make_emulation, tmp_path: Path, protocol: Ospf) -> tuple[float, str]:
     tl = failed_gateway_timeline(RESTORE_STEP + 3)
     emu = make_emulation(tl, protocol=protocol, log_dir=tmp_path)
-    deadline = time.monotonic() + 60
-    while not ping_ok(emu, "h-a", "h-b"):
-        assert time.monotonic() < deadline, "OSPF did not converge in 60 s"
-        time.sleep(0.5)
-    time.sleep(MIN_LS_INTERVAL_S + 1)  # the LSAs of convergence MinLSInterval behind, as they are mid-run
-    pinger = emu.node("h-a").popen(["ping", "-n", "-i", "0.02", "-W", "1", emu.address_of("h-b")], text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    t_start = time.monotonic()
-    try:
-        due = time.monotonic()
-        for step in range(1, tl.n_steps):
-            emu.apply_step(step)
-            if step == RESTORE_STEP:
-                t_restore = time.monotonic()  # the links are up: what follows is OSPF's
-            due += tl.step_s
-            time.sleep(max(0.0, due - time.monotonic()))
-        while not ping_ok(emu, "h-a", "h-b"):
-            assert time.monotonic() - t_restore < 30, "h-b unreachable 30 s after the restore"
-        time.sleep(1.0)
-    finally:
-        pinger.send_signal(signal.SIGINT)
-        out, _ = pinger.communicate(timeout=10)
-    elapsed_s = time.monotonic() - t_start
-    sent = int(re.search(r"(\d+) packets transmitted", out).group(1))
-    seqs = {int(m) for m in re.findall(r"bytes from .* icmp_seq=(\d+)", out)}
-    interval_s = elapsed_s / sent
-    first_after = int((t_restore - t_start) / interval_s) + 1
+    t_restore = 0.0
+
+    def play(step: int) -> None:
+        nonlocal t_restore
+        emu.apply_step(step)
+        if step == RESTORE_STEP:
+            t_restore = time.monotonic()  # the links are up: what follows is OSPF's
+
+    run = play_while_pinging(emu, range(1, tl.n_steps), tl.step_s, play)
+    seqs, interval_s = run.answered, run.interval_s
+    first_after = int((t_restore - run.t_start) / interval_s) + 1
     answered = sorted(s for s in seqs if s >= first_after)
     assert answered, "no reply after the restore"
     outage_s = (answered[0] - first_after) * interval_s
