@@ -555,6 +555,7 @@ class LiveEmulation(Experiment):
         self.emulation.target_filter = self.failures.apply
         self.emulation.queue_packets = dict(scenario.emulation.queue_packets)
         self.emulation.route_switch = scenario.emulation.route_switch
+        self.emulation.keep_cpus_awake = scenario.emulation.keep_cpus_awake
         atexit.register(self.close)
         self._signals_raise()
         try:

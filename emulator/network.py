@@ -61,6 +61,7 @@ from .addressing import Addressing, AddressPlan, LinkEnds, ip_str
 from .clean import STATE_DIR, find_ours, kill_and_wait
 from .cluster.part import HostPart
 from .kernel import budget
+from .kernel.cpulatency import CpuLatencyHold
 from .kernel.holder import Holder, HolderError
 from .netns import entered, iproute_in
 from .nodes import EmulatedNet, EmuNode, make_nodes, stop_nodes
@@ -274,6 +275,12 @@ class Emulation:
     #: ``"epoch"``, two tables per router, the next step's filled between steps and switched to at the step
     #: by the delay daemon (userspace backend, computed routes, one host). Set before :meth:`build`.
     route_switch: str = "in-place"
+    #: Hold the kernel's CPU latency request at 0 us from :meth:`build` to :meth:`stop`
+    #: (:mod:`emulator.kernel.cpulatency`: idle CPUs poll, so timers wake the delay daemon on time).
+    #: ``[emulation] keep_cpus_awake``. Set before :meth:`build`.
+    keep_cpus_awake: bool = True
+    #: The request itself (None: not asked for); ``cpu_hold.held`` says whether the kernel took it.
+    cpu_hold: CpuLatencyHold | None = None
 
     def target(self, step: int) -> Snapshot:
         """The snapshot :meth:`apply_step` brings the network to: the timeline's, through
@@ -346,6 +353,9 @@ class Emulation:
                                   f"host: {why}", key="route_switch")
             self._epochs = True
         self._built = True
+        if self.keep_cpus_awake:
+            self.cpu_hold = CpuLatencyHold(0)
+            self.cpu_hold.hold()
         t = {}
         t0 = time.perf_counter()
         try:
@@ -868,6 +878,8 @@ class Emulation:
         stop_nodes(self.nodes)
         if self.holder is not None:  # last: the namespaces go with it (nothing runs in them any more)
             self.holder.close()
+        if self.cpu_hold is not None:
+            self.cpu_hold.release()
         try:
             (STATE_DIR / f"{self.run_id}.json").unlink(missing_ok=True)
             (STATE_DIR / f"{self.run_id}.json.tmp").unlink(missing_ok=True)  # interrupted while written

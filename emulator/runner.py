@@ -375,12 +375,15 @@ def run(args: argparse.Namespace) -> int:
             summary["run_id"] = emu.run_id
             emu.queue_packets = dict(sc.emulation.queue_packets)
             emu.route_switch = sc.emulation.route_switch
+            emu.keep_cpus_awake = sc.emulation.keep_cpus_awake
             if hasattr(emu, "log_dir"):
                 emu.log_dir = out / "daemons"
             t = time.monotonic()
             _say(f"building {len(tl.nodes)} nodes and {tl.n_links} links ...")
             emu.build()
             summary["build_s"] = round(time.monotonic() - t, 2)
+            if emu.cpu_hold is not None:
+                summary["cpu_idle_held"] = emu.cpu_hold.held or emu.cpu_hold.why_not
             from .watchdog import link_deletions
 
             # before the clock starts: ids for the namespaces take ~0.1 ms each (two netlink round trips)
@@ -612,6 +615,10 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
              f"{'real-time priority SCHED_FIFO ' + str(rt) if rt else 'normal scheduling'}"
              f"{', memory locked' if sh.get('memory_locked') else ''}; CPU s per shard "
              f"{', '.join(f'{x:.1f}' for x in sh.get('cpu_s_per_shard') or []) or '-'}")
+    held = s.get("cpu_idle_held")
+    if held is not None:
+        _say("  CPU idle states: " + ("held at 0 us exit latency (/dev/cpu_dma_latency) while the run lasted"
+                                      if held is True else f"not held ({held})"))
     rd = s.get("routing_daemons")
     if rd and "reconfigurations" in rd:
         _say(f"  routing daemons: {rd['reconfigurations']} reconfigurations ({rd.get('cost_reconfigurations', 0)} "
@@ -766,6 +773,7 @@ def interactive(args: argparse.Namespace) -> int:
                             run_id=getattr(args, "run_id", None))
             emu.queue_packets = dict(sc.emulation.queue_packets)
             emu.route_switch = sc.emulation.route_switch
+            emu.keep_cpus_awake = sc.emulation.keep_cpus_awake
             emu.build()
             from .watchdog import Watchdog, holder_alive, link_deletions, routing_daemons_alive, shards_alive
 

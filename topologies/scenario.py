@@ -331,6 +331,9 @@ class EmulationConfig:
     #: how a step changes routes (emulator.network.Emulation.route_switch): "in-place", or "epoch" (two
     #: tables per router, the next step's filled ahead and switched to at the step by the delay daemon)
     route_switch: str = "in-place"
+    #: hold the kernel's CPU latency request at 0 us while the run lasts (emulator.kernel.cpulatency): idle
+    #: CPUs poll instead of sleeping, so the delay daemon's timers wake it on time
+    keep_cpus_awake: bool = True
     #: validity bounds (emulator.validity): a sample is invalid while a step is applied later than this
     valid_step_late_ms: float = 100.0
     #: ... while the delay daemon's release lateness p99 over a monitor interval exceeds this (userspace)
@@ -349,6 +352,8 @@ class EmulationConfig:
                 raise ValueError(f"queue_packets.{cls} must be an integer in [2, 100000] packets, got {q!r}")
         if self.route_switch not in ("in-place", "epoch"):
             raise ValueError(f"route_switch must be one of in-place, epoch; got {self.route_switch!r}")
+        if not isinstance(self.keep_cpus_awake, bool):
+            raise ValueError(f"keep_cpus_awake must be true or false, got {self.keep_cpus_awake!r}")
         if self.shaper not in ("auto", "netem", "userspace"):
             raise ValueError(f"shaper must be one of auto, netem, userspace; got {self.shaper!r}")
         if not 0.01 <= self.speed <= 100:
