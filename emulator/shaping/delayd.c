@@ -14,6 +14,13 @@
  *     (CLOCK_MONOTONIC, absolute, early by the measured time from expiry to the verdicts' hand-over);
  *   - verdicts collected per namespace and sent with one send(2) per namespace and pass (NF_ACCEPT; a
  *     packet whose arrival stamp came in the mark leaves with mark 0, what it had on arrival).
+ * Lateness carried (--carry-fd, or a private table; --no-carry: off): a packet released late by L (beyond
+ * CARRY_MIN_NS) leaves L in a table under its identity (the same hash of addresses, protocol, ports and L4
+ * bytes as the loss decision's, which no hop changes); the next hold of that packet, in this shard or another
+ * one sharing the table, holds it up to L less (never less than 0: a packet never leaves before it arrived),
+ * and what a hop's delay cannot absorb goes on to the hop after. A late wake-up of this process (the host
+ * did not run it) then costs the packet nothing unless it happens at the packet's last hold. Each link's own
+ * delay is off by what it made up; the path's delay, what a user measures, is not.
  * Loss: drop when hash(seed, port's link id, packet identity) < loss * 2^64, the identity being the
  * addresses, protocol, ports and the L4 bytes that tell a flow's packets apart (see packet_hash): the same
  * packet meets the same fate whatever the interleaving, and a retransmission draws again (a TCP one has a
@@ -102,6 +109,7 @@
 
 struct entry {           /* one held packet, in its port's FIFO */
     uint64_t due_ns;
+    uint64_t carry;      /* identity (low CARRY_IDENT_BITS) | lateness owed from earlier hops, us (high bits) */
     uint32_t id;         /* nfqueue packet id */
     uint32_t next;       /* next entry index | STAMPED_BIT */
 };
@@ -128,6 +136,8 @@ struct ns {
 
 struct stats {
     uint64_t queued, accepted, dropped, overflow, unshaped, released, verdict_errors, stamped;
+    uint64_t carried, made_up;        /* releases that left lateness behind; holds that made some up */
+    int64_t made_up_ns;               /* lateness made up, summed */
     int64_t late_sum_ns, late_max_ns, read_lag_sum_ns, busy_max_ns, busy_cpu_ns;
     uint64_t hist[LATE_BINS + 1];
 };
@@ -141,6 +151,7 @@ static struct {
     uint64_t epochs;                  /* epochs taken */
     int rt_prio;
     bool running, locked;
+    uint64_t *carry; bool carry_shared;      /* the lateness table (CARRY_SLOTS words), NULL: off */
     struct ns *ns; int nns;                 /* by id */
     struct port *ports; int nports, ports_cap; int free_port;
     uint32_t *table; uint32_t table_mask;   /* open addressing: port index by (ns, key) */
@@ -450,6 +461,44 @@ static void add_verdict(int ns, uint32_t id, bool accept, bool set_mark, uint32_
     }
 }
 
+/* ------------------------------------------------------------------ lateness carried to the next hold */
+
+/* One 64-bit word per slot, read and written whole (atomic on every 64-bit CPU) by every shard that shares
+ * the table: tag (the identity's bits above the slot's) << 40 | lateness us << 20 | time written, ms mod 2^20.
+ * A lookup takes the word (compare-and-exchange to 0), so two holds never both make up one lateness. */
+#define CARRY_SLOT_BITS 16
+#define CARRY_SLOTS (1u << CARRY_SLOT_BITS)
+#define CARRY_IDENT_BITS 40      /* slot 16 + tag 24: another packet matches one in 2^24 of occupied slots */
+#define CARRY_MIN_NS 20000       /* lateness below this stays where it is */
+#define CARRY_MAX_US 0xFFFFFu    /* ~1 s: more than that is carried as that */
+#define CARRY_TTL_MS 1000        /* lateness not taken up within this is forgotten (the packet went elsewhere) */
+#define CARRY_HASH_SEED 0x6361727279ull  /* identity hash: the same in every shard and run */
+#define CARRY_TABLE_BYTES ((size_t)CARRY_SLOTS * sizeof(uint64_t))
+
+static inline uint64_t carry_ms20(uint64_t now) { return (now / 1000000ull) & 0xFFFFFull; }
+
+static void carry_put(uint64_t ident, uint64_t late_ns, uint64_t now)
+{
+    uint64_t us = late_ns / 1000;
+    if (us > CARRY_MAX_US)
+        us = CARRY_MAX_US;
+    uint64_t tag = (ident >> CARRY_SLOT_BITS) & 0xFFFFFFull;
+    __atomic_store_n(&D.carry[ident & (CARRY_SLOTS - 1)], tag << 40 | us << 20 | carry_ms20(now), __ATOMIC_RELAXED);
+}
+
+static uint64_t carry_take(uint64_t ident, uint64_t now)
+{
+    uint64_t *slot = &D.carry[ident & (CARRY_SLOTS - 1)];
+    uint64_t w = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if (!w || w >> 40 != ((ident >> CARRY_SLOT_BITS) & 0xFFFFFFull))
+        return 0;
+    if (((carry_ms20(now) - (w & 0xFFFFFull)) & 0xFFFFFull) > CARRY_TTL_MS)
+        return 0;
+    if (!__atomic_compare_exchange_n(slot, &w, 0, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return 0;
+    return ((w >> 20) & CARRY_MAX_US) * 1000ull;
+}
+
 static void account_lateness(uint64_t sent)
 {
     for (uint32_t i = 0; i < D.nvdue; i++) {
@@ -507,6 +556,13 @@ static void release_head(int32_t pi, uint64_t now)
         send_verdicts();
     uint32_t mark = epoch_mark_at(e->due_ns, now);
     add_verdict(p->ns, e->id, true, mark || (e->next & STAMPED_BIT), mark);
+    if (D.carry) {
+        uint64_t late = (now > e->due_ns ? now - e->due_ns : 0) + (e->carry >> CARRY_IDENT_BITS) * 1000ull;
+        if (late >= CARRY_MIN_NS) {
+            carry_put(e->carry, late, now);
+            D.st.carried++;
+        }
+    }
     D.vdue[D.nvdue++] = e->due_ns;
     uint32_t nx = e->next & ~STAMPED_BIT;
     p->head = nx == ENTRY_END ? NIL : nx;
@@ -637,12 +693,30 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
         add_verdict(nsid, id, false, false, 0);
         return;
     }
-    uint64_t due = arrived + p->delay_ns;
+    /* lateness an earlier hold left on this packet: made up here as far as this port's delay allows */
+    uint64_t ident = 0, owed = 0, made_up = 0;
+    if (D.carry && payload && plen >= 20) {
+        bool repeatable;
+        ident = packet_hash(CARRY_HASH_SEED, payload, plen, &repeatable) & ((1ull << CARRY_IDENT_BITS) - 1);
+        owed = carry_take(ident, now);
+        made_up = owed < p->delay_ns ? owed : p->delay_ns;
+        owed -= made_up;
+    }
+    uint64_t due = arrived + p->delay_ns - made_up;
     if (due < p->last_due_ns)
         due = p->last_due_ns;
+    if (made_up) {
+        uint64_t full = arrived + p->delay_ns;  /* what in-order release left of it */
+        made_up = due < full ? full - due : 0;
+        if (made_up) {
+            D.st.made_up++;
+            D.st.made_up_ns += (int64_t)made_up;
+        }
+    }
     p->last_due_ns = due;
     struct entry *e = &D.pool[ei];
     e->due_ns = due;
+    e->carry = ident | (owed / 1000 > 0xFFFFFFull ? 0xFFFFFFull : owed / 1000) << CARRY_IDENT_BITS;
     e->id = id;
     e->next = stamped ? (ENTRY_END | STAMPED_BIT) : ENTRY_END;
     if (p->head == NIL) {
@@ -1046,13 +1120,15 @@ static void op_stats(char *s)
           " late_sum_ns=%" PRId64 " late_max_ns=%" PRId64 " busy_max_ns=%" PRId64 " busy_cpu_ns=%" PRId64
           " lead_ns=%" PRIu64 " stamped=%" PRIu64 " read_lag_sum_ns=%" PRId64 " namespaces=%d"
           " held_interfaces=%d cpu_ns=%" PRIu64 " rt_priority=%d pool=%u locked=%d epoch_mark=%" PRIu32
-          " epochs=%" PRIu64 " hist=%s",
+          " epochs=%" PRIu64 " carry=%d carried=%" PRIu64 " made_up=%" PRIu64 " made_up_ns=%" PRId64
+          " hist=%s",
           D.st.queued, D.st.accepted, D.st.dropped, D.st.overflow, D.st.unshaped, held,
           D.st.verdict_errors, D.st.released, D.st.late_sum_ns, D.st.late_max_ns, D.st.busy_max_ns,
           D.st.busy_cpu_ns, D.lead_ns, D.st.stamped, D.st.read_lag_sum_ns, nns, held_if,
           (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull
               + (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull,
-          D.rt_prio, D.pool_cap, D.locked, D.epoch_mark, D.epochs, off ? hist : "-");
+          D.rt_prio, D.pool_cap, D.locked, D.epoch_mark, D.epochs, D.carry ? (D.carry_shared ? 2 : 1) : 0,
+          D.st.carried, D.st.made_up, D.st.made_up_ns, off ? hist : "-");
     if (reset) {  /* measure one interval: maxima and histogram start again (the sums do not) */
         D.st.late_max_ns = D.st.busy_max_ns = D.st.busy_cpu_ns = 0;
         memset(D.st.hist, 0, sizeof D.st.hist);
@@ -1262,13 +1338,14 @@ static void shutdown_all(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: delayd --ctl-fd FD [--queue-num N] [--seed S] [--pool ENTRIES] "
-                    "[--exit-batch HEX] [--rt-priority P] [--nice N] [--fd-limit N]\n");
+                    "[--exit-batch HEX] [--rt-priority P] [--nice N] [--fd-limit N] [--carry-fd FD | --no-carry 1]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    long pool = 1 << 20, nice_val = -10, fd_limit = 0;
+    long pool = 1 << 20, nice_val = -10, fd_limit = 0, carry_fd = -1;
+    bool carry = true;
     D.ctl = -1;
     D.queue_num = 4711;
     D.free_port = -1;
@@ -1286,6 +1363,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--rt-priority")) D.rt_prio = (int)strtol(v, &end, 10);
         else if (!strcmp(a, "--nice")) nice_val = strtol(v, &end, 10);
         else if (!strcmp(a, "--fd-limit")) fd_limit = strtol(v, &end, 10);
+        else if (!strcmp(a, "--carry-fd")) carry_fd = strtol(v, &end, 10);
+        else if (!strcmp(a, "--no-carry")) carry = !strtol(v, &end, 10);
         else if (!strcmp(a, "--exit-batch")) {
             size_t n = strlen(v);
             D.exit_batch = malloc(n + 1);
@@ -1328,6 +1407,18 @@ int main(int argc, char **argv)
     } else if (setpriority(PRIO_PROCESS, 0, (int)nice_val) < 0) {
         /* netem runs in softirq, ahead of every process; standing in for it, wait behind no traffic generator */
         fprintf(stderr, "delayd: cannot set niceness %ld: %s\n", nice_val, strerror(errno));
+    }
+    if (carry && carry_fd >= 0) {  /* shared with the other shards: the driver's memfd */
+        void *m = mmap(NULL, CARRY_TABLE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, (int)carry_fd, 0);
+        if (m == MAP_FAILED)
+            die("--carry-fd %ld: %s", carry_fd, strerror(errno));
+        close((int)carry_fd);
+        D.carry = m;
+        D.carry_shared = true;
+    } else if (carry) {
+        D.carry = calloc(CARRY_SLOTS, sizeof *D.carry);
+        if (!D.carry)
+            die("cannot allocate the lateness table");
     }
     D.pool_cap = (uint32_t)pool;
     D.pool = malloc(sizeof *D.pool * (size_t)pool);  /* pages are touched as the pool is first used */

@@ -51,6 +51,8 @@ COPY_BYTES = 64
 #: Files a shard keeps open besides its namespace sockets (control, epoll, timer, signal, own namespace,
 #: stdio) with room to spare.
 FD_MARGIN = 32
+#: Bytes of the lateness table the shards share (delayd.c CARRY_TABLE_BYTES: 2^16 words of 8 bytes).
+CARRY_TABLE_BYTES = (1 << 16) * 8
 #: SCHED_FIFO priority of the shards by default. netem, which the daemon stands in for, runs in softirq,
 #: ahead of every process; at niceness -10 on a loaded machine (load average 6.6 on 2 cores) the daemon's
 #: release lateness was p50 0.56 ms, p99 > 10 ms and TCP through 4 hops of 5 ms 1.2 Gbit/s; at SCHED_FIFO
@@ -156,12 +158,16 @@ class DelayDaemon:
         Packets a shard can hold at once (beyond it, a packet is dropped and counted in ``overflow``).
     maxlen : int
         Kernel queue length per namespace, packets.
+    carry : bool
+        Carry a late release's lateness to the packet's next hold, which holds it that much less (as far as its
+        delay allows), through one table all shards share (delayd.c, "Lateness carried"). False: every hold
+        counts its delay from the packet's arrival, late or not.
     """
 
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
                  shards: int | None = None, rt_priority: int = DEFAULT_RT_PRIORITY, pool: int = 1 << 20,
                  maxlen: int = 65536, reply_timeout_s: float = 30.0, binary: Path | None = None,
-                 fd_limit: int | None = None) -> None:
+                 fd_limit: int | None = None, carry: bool = True) -> None:
         if not 0 <= seed < 2**64:
             raise ApplyError(f"delay daemon seed {seed} not in [0, 2**64)", operation="delay daemon")
         if shards is not None and shards < 1:
@@ -175,6 +181,8 @@ class DelayDaemon:
         self.reply_timeout_s = reply_timeout_s
         self.binary = binary or binary_path()
         self.fd_limit = fd_limit
+        self.carry = carry
+        self._carry_fd: int | None = None  # the shards' shared lateness table (a memfd), made at the first spawn
         self.per_shard = (fd_limit or open_file_limit()) - FD_MARGIN
         if self.per_shard < 1:
             raise ApplyError(f"open-file limit {fd_limit or open_file_limit()} leaves no room for namespace "
@@ -207,9 +215,18 @@ class DelayDaemon:
             argv += ["--rt-priority", str(self.rt_priority)]
         if self.fd_limit:
             argv += ["--fd-limit", str(self.fd_limit)]
+        pass_fds = [theirs.fileno()]
+        if not self.carry:
+            argv += ["--no-carry", "1"]
+        else:
+            if self._carry_fd is None:
+                self._carry_fd = os.memfd_create("satnetem-carry", os.MFD_CLOEXEC)
+                os.ftruncate(self._carry_fd, CARRY_TABLE_BYTES)
+            argv += ["--carry-fd", str(self._carry_fd)]
+            pass_fds.append(self._carry_fd)
         log.info("starting delay daemon shard %d: %s %s", len(self.shards), self.binary, argv[1:])
         try:
-            proc = subprocess.Popen(argv, executable=str(self.binary), pass_fds=(theirs.fileno(),),
+            proc = subprocess.Popen(argv, executable=str(self.binary), pass_fds=pass_fds,
                                     stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             theirs.close()
@@ -499,7 +516,7 @@ class DelayDaemon:
                     continue
                 iv = int(v)
                 if k.endswith("_max_ns") or k in ("busy_cpu_ns", "lead_ns", "rt_priority", "pool", "locked",
-                                                  "epoch_mark"):
+                                                  "epoch_mark", "carry"):
                     st.counters[k] = max(st.counters.get(k, iv), iv)
                 else:
                     st.counters[k] = st.counters.get(k, 0) + iv
@@ -521,6 +538,10 @@ class DelayDaemon:
                 "rt_priority": c["rt_priority"], "memory_locked": bool(c["locked"]), "backend": "compiled",
                 # the route epoch's mark now (largest over shards) and epochs taken, summed over shards
                 "epoch_mark": c.get("epoch_mark", 0), "epochs": c.get("epochs", 0),
+                # lateness carried to the next hold: releases that left some, holds that made some up, and
+                # how much (ms, summed); carry 2: one table shared by the shards, 1: each its own, 0: off
+                "carry": c.get("carry", 0), "carried": c.get("carried", 0), "made_up": c.get("made_up", 0),
+                "made_up_ms": c.get("made_up_ns", 0) / 1e6,
                 # cumulative (unless reset): differences between two reads give one interval's quantiles
                 "late_hist": list(st.late_hist)}
 
@@ -547,3 +568,6 @@ class DelayDaemon:
                 s.proc.kill()
                 s.proc.wait()
             s.sock.close()
+        if self._carry_fd is not None:
+            os.close(self._carry_fd)
+            self._carry_fd = None
