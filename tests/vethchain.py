@@ -11,7 +11,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -71,3 +71,23 @@ def veth_chain(tag: str, nodes: list[str], net: str) -> Iterator[Chain]:
         for name in chain.names.values():
             if name in present:
                 subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@contextmanager
+def routed_line(tag: str, hops: int, net: str) -> Iterator[tuple[Chain, list[Port], str]]:
+    """``h1, r1 .. r<hops-1>, h2`` in a line (:func:`veth_chain`), routed end to end: the hosts by default
+    routes to their neighbour, each router to the subnets on either side by its neighbours. Yields the
+    chain, every hop end as a Port with its peer set (both directions of each hop, for a shaper) and h2's
+    address."""
+    nodes = ["h1"] + [f"r{i}" for i in range(1, hops)] + ["h2"]
+    with veth_chain(tag, nodes, net) as c:
+        iprs = c.iprs
+        peered = [p for left, right in c.hops for p in (replace(left, peer=right), replace(right, peer=left))]
+        iprs["h1"].route("add", dst="0.0.0.0/0", gateway=f"{net}.1.2")
+        iprs["h2"].route("add", dst="0.0.0.0/0", gateway=f"{net}.{hops}.1")
+        for i in range(1, hops):  # r_i: h2's side via its right neighbour, h1's side via its left one
+            for j in range(i + 2, hops + 1):
+                iprs[f"r{i}"].route("add", dst=f"{net}.{j}.0/24", gateway=f"{net}.{i + 1}.2")
+            for j in range(1, i):
+                iprs[f"r{i}"].route("add", dst=f"{net}.{j}.0/24", gateway=f"{net}.{i}.1")
+        yield c, peered, f"{net}.{hops}.2"

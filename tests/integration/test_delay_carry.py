@@ -1,7 +1,7 @@
 """Lateness carried from one hold to the next (delayd.c, "Lateness carried"): the delay daemon is stopped
-for PAUSE_MS while a stream crosses four held hops, so every packet due meanwhile is released late. With
-carrying on, the next hop makes that up and only packets late at their last hold arrive late; with it off,
-every one does. Either way no packet arrives before the path's delay. Delays are measured by the test
+for PAUSE_MS while a stream crosses six held hops, so every packet due meanwhile is released late. With
+carrying on, the next holds make that up and only packets caught at their last hold arrive late; with it
+off, every one does. Either way no packet arrives before the path's delay. Delays are measured by the test
 itself: send and receive times on CLOCK_MONOTONIC (one clock for every namespace), in the payload."""
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import pytest
-from vethchain import veth_chain
+from vethchain import routed_line
 
 from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
 
 pytestmark = pytest.mark.root
 
-HOPS = 4
+HOPS = 6
 HOP_DELAY_MS = 10.0
-PAUSE_MS = 15.0
+PAUSE_MS = 8.0
 INTERVAL_MS = 1.0
 LATE_MS = 2.0  # a packet this much beyond the path's delay counts as late
 
@@ -59,18 +58,8 @@ for i in range(n):
 
 @pytest.fixture(scope="module")
 def chain():
-    nodes = ["h1"] + [f"r{i}" for i in range(1, HOPS)] + ["h2"]
-    with veth_chain("dcy", nodes, "10.81") as c:
-        iprs = c.iprs
-        peered = [p for left, right in c.hops for p in (replace(left, peer=right), replace(right, peer=left))]
-        iprs["h1"].route("add", dst="0.0.0.0/0", gateway="10.81.1.2")
-        iprs["h2"].route("add", dst="0.0.0.0/0", gateway=f"10.81.{HOPS}.1")
-        for i in range(1, HOPS):
-            for j in range(i + 2, HOPS + 1):
-                iprs[f"r{i}"].route("add", dst=f"10.81.{j}.0/24", gateway=f"10.81.{i + 1}.2")
-            for j in range(1, i):
-                iprs[f"r{i}"].route("add", dst=f"10.81.{j}.0/24", gateway=f"10.81.{i}.1")
-        yield c, peered, f"10.81.{HOPS}.2"
+    with routed_line("dcy", HOPS, "10.81") as line:
+        yield line
 
 
 def one_way_ms(c, peered, dst: str, carry: bool) -> tuple[list[tuple[int, float]], tuple[int, int], dict]:
@@ -110,21 +99,28 @@ def one_way_ms(c, peered, dst: str, carry: bool) -> tuple[list[tuple[int, float]
 def test_a_late_hop_is_made_up_at_the_next_and_nothing_arrives_early(chain):
     c, peered, dst = chain
     path_ms = HOPS * HOP_DELAY_MS
-    late = {}
+    late: dict[bool, list[tuple[int, int]]] = {}
+    counters = []
     for carry in (True, False, True, False):
         got, (stop_ns, cont_ns), stats = one_way_ms(c, peered, dst, carry)
         assert len(got) >= 1400, len(got)
         # never early: each hold may let a packet go 0.2 ms ahead (the daemon's lead), no more
         assert min(d for _, d in got) >= path_ms - HOPS * 0.2, (carry, min(d for _, d in got))
-        # the packets in flight during the pause (late wake-ups elsewhere in the stream are the machine's)
-        caught = [d for sent, d in got if stop_ns - (path_ms + 5) * 1e6 <= sent <= cont_ns + 2e6]
-        late.setdefault(carry, []).append(sum(d > path_ms + LATE_MS for d in caught))
+        # Packets caught by the pause in one of the first HOPS - 3 holds: sent within that many hops' delay
+        # before it. Nothing moves while the daemon is stopped, so each left its hold late by the pause (and
+        # however long the machine took to run the daemon again), with 3 or more holds of 10 ms ahead of it.
+        early_holds = [d for sent, d in got
+                       if stop_ns - ((HOPS - 3) * HOP_DELAY_MS - 1) * 1e6 <= sent <= stop_ns - 1e6]
+        assert len(early_holds) >= 5, len(early_holds)  # ~28 at 1 kpps, fewer where the sender stalled
+        late.setdefault(carry, []).append((sum(d > path_ms + LATE_MS for d in early_holds), len(early_holds)))
+        counters.append((carry, stats))
+    # Off, those whose due time fell in the pause arrive late by up to the pause (PAUSE_MS of each hold's
+    # HOP_DELAY_MS, less those late by under LATE_MS: 17-20 of 28 here); on, the holds after made it up, so
+    # none does (but for a late wake-up at its own last hold, which the machine may cause: at most 2).
+    for (on, _), (off, n_off) in zip(late[True], late[False]):
+        assert off >= 0.5 * n_off, late
+        assert on <= 2, late
+    # and the daemon says so: one table for both shards, made-up holds only when carrying
+    for carry, stats in counters:
         assert stats["carry"] == (2 if carry else 0)
-        if carry:
-            assert stats["made_up"] > 0 and stats["made_up_ms"] > 0, stats
-    # The pause catches ~PAUSE_MS / INTERVAL_MS packets at each of the 4 holds, late by up to 15 ms. Off,
-    # all of those arrive late; on, only those caught at their last hold (the others' next hop made it up).
-    per_hold = PAUSE_MS / INTERVAL_MS
-    for on, off in zip(late[True], late[False]):
-        assert off >= 2 * per_hold, late
-        assert on <= per_hold + 5, late
+        assert (stats["made_up"] > 0 and stats["made_up_ms"] > 0) == carry, stats

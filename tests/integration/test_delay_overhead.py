@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 import statistics
 import subprocess
-from dataclasses import replace
 
 import pytest
-from vethchain import veth_chain
+from vethchain import routed_line
 
 from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
@@ -32,18 +31,8 @@ PINGS = 400
 def chain4():
     """h1, r1..r3, h2; hop i is 10.79.(i+1).0/24, left end .1, right end .2. Yields (names, iprs, peered
     ports, h2's address)."""
-    nodes = ["h1"] + [f"r{i}" for i in range(1, HOPS)] + ["h2"]
-    with veth_chain("dov", nodes, "10.79") as c:
-        iprs = c.iprs
-        peered = [p for left, right in c.hops for p in (replace(left, peer=right), replace(right, peer=left))]
-        iprs["h1"].route("add", dst="0.0.0.0/0", gateway="10.79.1.2")
-        iprs["h2"].route("add", dst="0.0.0.0/0", gateway=f"10.79.{HOPS}.1")
-        for i in range(1, HOPS):  # r_i: h2's side via its right neighbour, h1's side via its left one
-            for j in range(i + 2, HOPS + 1):
-                iprs[f"r{i}"].route("add", dst=f"10.79.{j}.0/24", gateway=f"10.79.{i + 1}.2")
-            for j in range(1, i):
-                iprs[f"r{i}"].route("add", dst=f"10.79.{j}.0/24", gateway=f"10.79.{i}.1")
-        yield c.names, iprs, peered, f"10.79.{HOPS}.2"
+    with routed_line("dov", HOPS, "10.79") as (c, peered, h2):
+        yield c.names, c.iprs, peered, h2
 
 
 def _rtts_ms(names: dict[str, str], dst: str, count: int) -> list[float]:
