@@ -130,6 +130,10 @@ class StepStats:
                                               "timings_ms")}
 
 
+#: Environment variable that, set to 0, keeps every run from holding the CPUs awake (Emulation.keep_cpus_awake).
+KEEP_AWAKE_ENV = "SATNETEM_KEEP_CPUS_AWAKE"
+
+
 class Emulation:
     """A timeline made real in network namespaces.
 
@@ -277,7 +281,8 @@ class Emulation:
     route_switch: str = "in-place"
     #: Hold the kernel's CPU latency request at 0 us from :meth:`build` to :meth:`stop`
     #: (:mod:`emulator.kernel.cpulatency`: idle CPUs poll, so timers wake the delay daemon on time).
-    #: ``[emulation] keep_cpus_awake``. Set before :meth:`build`.
+    #: ``[emulation] keep_cpus_awake``; ``SATNETEM_KEEP_CPUS_AWAKE=0`` in the environment turns it off for every
+    #: run there (a TCG-emulated VM, where a polling idle vCPU burns a host core). Set before :meth:`build`.
     keep_cpus_awake: bool = True
     #: The request itself (None: not asked for); ``cpu_hold.held`` says whether the kernel took it.
     cpu_hold: CpuLatencyHold | None = None
@@ -353,7 +358,7 @@ class Emulation:
                                   f"host: {why}", key="route_switch")
             self._epochs = True
         self._built = True
-        if self.keep_cpus_awake:
+        if self.keep_cpus_awake and os.environ.get(KEEP_AWAKE_ENV, "1") != "0":
             self.cpu_hold = CpuLatencyHold(0)
             self.cpu_hold.hold()
         t = {}
