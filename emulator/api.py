@@ -545,7 +545,8 @@ class LiveEmulation(Experiment):
         self._old_signals: dict[int, Any] = {}
         self.compute: Any = None  # the compute nodes' services once start_compute() ran
         self._whereami: Any = None
-        sh, self.shaper_reason = make_shaper(shaper or scenario.emulation.shaper, scenario.seed)
+        sh, self.shaper_reason = make_shaper(shaper or scenario.emulation.shaper, scenario.seed,
+                                                  scenario.emulation.keep_cpus_awake)
         try:
             self.emulation = Emulation(timeline, sh, protocol, delay_tolerance_ms=scenario.emulation.delay_tolerance_ms,
                                        run_id=run_id)

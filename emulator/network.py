@@ -130,10 +130,6 @@ class StepStats:
                                               "timings_ms")}
 
 
-#: Environment variable that, set to 0, keeps every run from holding the CPUs awake (Emulation.keep_cpus_awake).
-KEEP_AWAKE_ENV = "SATNETEM_KEEP_CPUS_AWAKE"
-
-
 class Emulation:
     """A timeline made real in network namespaces.
 
@@ -358,7 +354,7 @@ class Emulation:
                                   f"host: {why}", key="route_switch")
             self._epochs = True
         self._built = True
-        if self.keep_cpus_awake and os.environ.get(KEEP_AWAKE_ENV, "1") != "0":
+        if self.keep_cpus_awake:
             self.cpu_hold = CpuLatencyHold(0)
             self.cpu_hold.hold()
         t = {}

@@ -345,7 +345,8 @@ def run(args: argparse.Namespace) -> int:
                            flows_wanted=flows_wanted, last=last, speed=speed, out=out,
                            run_id=getattr(args, "run_id", None))
 
-    shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)
+    shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed,
+                              sc.emulation.keep_cpus_awake)
     _say(f"shaper: {why}")
     summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "shaper": shaper.name,
                                "shaper_reason": why, "protocol": protocol.name, "speed": speed,
@@ -760,7 +761,8 @@ def interactive(args: argparse.Namespace) -> int:
                              "cluster.address")
     protocol = scenario_protocol(sc)
     speed = args.speed if args.speed is not None else sc.emulation.speed
-    shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed)
+    shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed,
+                              sc.emulation.keep_cpus_awake)
     _say(f"shaper: {why}")
     emu = None
     playback = None

@@ -12,7 +12,12 @@ How: writing a 32-bit 0 to ``/dev/cpu_dma_latency`` asks every CPU's idle govern
 latency (polling) for as long as the file stays open; closing it, or the process's death however it comes,
 withdraws the request (the kernel keeps it per open file). Nothing on the host is changed beyond that, and
 nothing is left behind. The cost is power, and on a VM host CPU time: idle virtual CPUs poll instead of
-halting. ``[emulation] keep_cpus_awake = false`` turns it off.
+halting. ``[emulation] keep_cpus_awake = false`` turns it off for a run, ``SATNETEM_KEEP_CPUS_AWAKE=0`` in the
+environment for every run there (a TCG-emulated VM, where a polling idle vCPU is a host thread spinning).
+
+Who holds it: the delay daemon's driver while its shards run (emulator.shaping.delayd.DelayDaemon), whoever
+uses it, and an Emulation from build to stop (for the netem backend's kernel timers too). Two holders are two
+open files; the kernel keeps the strictest request.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import struct
 log = logging.getLogger(__name__)
 
 DEVICE = "/dev/cpu_dma_latency"
+#: Environment variable that, set to 0, keeps every holder in that environment from making the request.
+KEEP_AWAKE_ENV = "SATNETEM_KEEP_CPUS_AWAKE"
 
 
 class CpuLatencyHold:
@@ -48,9 +55,13 @@ class CpuLatencyHold:
 
     def hold(self) -> bool:
         """Make the request; True when held. Without the device or the right to open it (not root, a
-        container) the run goes on without it: :attr:`why_not` says why, and a warning names the device."""
+        container) the run goes on without it: :attr:`why_not` says why, and a warning names the device. With
+        :data:`KEEP_AWAKE_ENV` set to 0 it is not made (:attr:`why_not` says so, no warning)."""
         if self._fd is not None:
             return True
+        if os.environ.get(KEEP_AWAKE_ENV, "1") == "0":
+            self.why_not = f"{KEEP_AWAKE_ENV}=0 in the environment"
+            return False
         try:
             fd = os.open(DEVICE, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as e:

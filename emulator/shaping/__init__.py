@@ -71,11 +71,12 @@ def probe_netem() -> tuple[bool, str]:
     return result[0] if result else (False, "probe thread failed")
 
 
-def make_shaper(kind: str = "auto", seed: int = 0) -> tuple[Shaper, str]:
+def make_shaper(kind: str = "auto", seed: int = 0, keep_cpus_awake: bool = True) -> tuple[Shaper, str]:
     """Build the shaping backend ``kind`` (auto | netem | userspace).
 
     ``seed`` (the scenario's) fixes which packets the userspace backend's random loss drops; netem draws
-    its losses from the kernel's generator, which cannot be seeded.
+    its losses from the kernel's generator, which cannot be seeded. ``keep_cpus_awake``: the userspace
+    backend's daemon holds the CPU latency request while it runs (``[emulation] keep_cpus_awake``).
 
     Returns
     -------
@@ -95,8 +96,9 @@ def make_shaper(kind: str = "auto", seed: int = 0) -> tuple[Shaper, str]:
     if kind == "netem":
         return NetemShaper(), "netem: requested"
     if kind == "userspace":
-        return UserspaceShaper(seed), "userspace: requested"
+        return UserspaceShaper(seed, keep_cpus_awake=keep_cpus_awake), "userspace: requested"
     ok, detail = probe_netem()
     if ok:
         return NetemShaper(), "netem: sch_netem available"
-    return UserspaceShaper(seed), f"userspace: kernel has no sch_netem (probe: {detail})"
+    why = f"userspace: kernel has no sch_netem (probe: {detail})"
+    return UserspaceShaper(seed, keep_cpus_awake=keep_cpus_awake), why

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from emulator.kernel import modules
+from emulator.kernel.cpulatency import CpuLatencyHold
 from emulator.shaping import nfnl
 from topologies.errors import ApplyError
 
@@ -162,12 +163,15 @@ class DelayDaemon:
         Carry a late release's lateness to the packet's next hold, which holds it that much less (as far as its
         delay allows), through one table all shards share (delayd.c, "Lateness carried"). False: every hold
         counts its delay from the packet's arrival, late or not.
+    keep_cpus_awake : bool
+        Hold the kernel's CPU latency request at 0 us while the shards run (emulator.kernel.cpulatency): idle
+        CPUs poll, so the shards' timers wake them on time.
     """
 
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
                  shards: int | None = None, rt_priority: int = DEFAULT_RT_PRIORITY, pool: int = 1 << 20,
                  maxlen: int = 65536, reply_timeout_s: float = 30.0, binary: Path | None = None,
-                 fd_limit: int | None = None, carry: bool = False) -> None:
+                 fd_limit: int | None = None, carry: bool = False, keep_cpus_awake: bool = True) -> None:
         if not 0 <= seed < 2**64:
             raise ApplyError(f"delay daemon seed {seed} not in [0, 2**64)", operation="delay daemon")
         if shards is not None and shards < 1:
@@ -182,6 +186,7 @@ class DelayDaemon:
         self.binary = binary or binary_path()
         self.fd_limit = fd_limit
         self.carry = carry
+        self._cpu_hold = CpuLatencyHold(0) if keep_cpus_awake else None  # held from the first shard to close()
         self._carry_fd: int | None = None  # the shards' shared lateness table (a memfd), made at the first spawn
         self.per_shard = (fd_limit or open_file_limit()) - FD_MARGIN
         if self.per_shard < 1:
@@ -207,6 +212,8 @@ class DelayDaemon:
         source = Path(__file__).with_name("delayd.c")
         if not self.shards and source.is_file() and source.stat().st_mtime > self.binary.stat().st_mtime:
             log.warning("%s is older than %s: run ./install.sh to rebuild it", self.binary, source)
+        if self._cpu_hold is not None and not self.shards:
+            self._cpu_hold.hold()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         exit_batch, _ = nfnl.nft_table_batch(self.table, 1, install=False)
         argv = [PROCESS_NAME, "--ctl-fd", str(theirs.fileno()), "--queue-num", str(self.queue_num),
@@ -571,3 +578,5 @@ class DelayDaemon:
         if self._carry_fd is not None:
             os.close(self._carry_fd)
             self._carry_fd = None
+        if self._cpu_hold is not None:
+            self._cpu_hold.release()

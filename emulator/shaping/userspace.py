@@ -162,18 +162,22 @@ class UserspaceShaper(Shaper):
         namespaces one shard may serve.
     carry : bool
         A late release's lateness is made up at the packet's next hold (:class:`DelayDaemon`); False: off.
+    keep_cpus_awake : bool
+        The daemon holds the kernel's CPU latency request at 0 us while it runs (:class:`DelayDaemon`).
     """
 
     name = "userspace"
 
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
                  reply_timeout_s: float = 30.0, shards: int | None = None,
-                 rt_priority: int = DEFAULT_RT_PRIORITY, fd_limit: int | None = None, carry: bool = False) -> None:
+                 rt_priority: int = DEFAULT_RT_PRIORITY, fd_limit: int | None = None, carry: bool = False,
+                 keep_cpus_awake: bool = True) -> None:
         self.seed = seed
         self.queue_num = queue_num
         self.table = table
         self._daemon = DelayDaemon(seed, queue_num, table, shards=shards, rt_priority=rt_priority,
-                                   reply_timeout_s=reply_timeout_s, fd_limit=fd_limit, carry=carry)
+                                   reply_timeout_s=reply_timeout_s, fd_limit=fd_limit, carry=carry,
+                                   keep_cpus_awake=keep_cpus_awake)
         self._ns_of_node: dict[str, str] = {}
         # port key -> (shape, where its packets are held: (ns_path, ifindex, ingress))
         self._shaped: dict[tuple[str, int], tuple[LinkShape, tuple[str, int, bool]]] = {}

@@ -79,3 +79,34 @@ def test_bad_latency_is_refused():
     for bad in (-1, 1.5, True, "0"):
         with pytest.raises(ValueError, match="latency_us"):
             CpuLatencyHold(bad)
+
+
+def test_the_delay_daemon_holds_it_while_it_runs_without_an_emulation(baseline):
+    """The shaper alone (as the shaping tests and a cluster agent use it): the request is in force once its
+    daemon's first shard has started, and gone when it closes; not made with keep_cpus_awake off."""
+    from vethchain import routed_line
+
+    from emulator.shaping.userspace import UserspaceShaper
+
+    with routed_line("dcl", 1, "10.84") as (c, _, _):
+        for keep, want in ((True, 0), (False, baseline)):
+            sh = UserspaceShaper(keep_cpus_awake=keep)
+            try:
+                for n, ipr in c.iprs.items():
+                    sh.prepare_node(n, c.path(n), ipr)
+                assert sh._daemon.pids and in_force_us() == want, keep
+            finally:
+                sh.close()
+            assert in_force_us() == baseline
+
+
+def test_the_environment_switch_turns_every_holder_off(baseline, monkeypatch):
+    from emulator.kernel.cpulatency import KEEP_AWAKE_ENV, CpuLatencyHold
+
+    monkeypatch.setenv(KEEP_AWAKE_ENV, "0")
+    h = CpuLatencyHold(0)
+    assert not h.hold() and KEEP_AWAKE_ENV in h.why_not and in_force_us() == baseline
+    monkeypatch.setenv(KEEP_AWAKE_ENV, "1")
+    assert h.hold() and in_force_us() == 0
+    h.release()
+    assert in_force_us() == baseline
