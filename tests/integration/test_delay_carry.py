@@ -71,22 +71,31 @@ def one_way_ms(c, peered, dst: str, carry: bool) -> tuple[list[tuple[int, float]
         for n, ipr in c.iprs.items():
             sh.prepare_node(n, c.path(n), ipr)
         sh.set([(p, LinkShape(delay_ms=HOP_DELAY_MS, rate_mbps=1000.0)) for p in peered], lambda n: c.iprs[n])
-        rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], sys.executable, "-c", RECEIVER],
+        # sender and receiver at real-time priority (below the daemon's): their time stamps are taken in user space, and a CPU hog
+        # beside a normal process delays them by milliseconds that would count as the network's
+        rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], "chrt", "-f", "5", sys.executable, "-c", RECEIVER],
                               stdout=subprocess.PIPE, text=True)
         assert rx.stdout.readline().strip() == "ready"
         count = int(1500 / INTERVAL_MS)
-        tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], sys.executable, "-c", SENDER, dst,
+        tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], "chrt", "-f", "5", sys.executable, "-c", SENDER, dst,
                                str(count), str(INTERVAL_MS / 1e3)])
         time.sleep(0.75)
         pids = sh._daemon.pids
         assert pids
-        stop_ns = time.monotonic_ns()
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        time.sleep(PAUSE_MS / 1e3)
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-        cont_ns = time.monotonic_ns()
+        # the pause at real-time priority: under a CPU hog a normal thread's 8 ms sleep lasted up to ~50 ms,
+        # longer than the 3 holds ahead of the judged packets can make up
+        before = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+        try:
+            stop_ns = time.monotonic_ns()
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(PAUSE_MS / 1e3)
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            cont_ns = time.monotonic_ns()
+        finally:
+            os.sched_setscheduler(0, *before)
         assert tx.wait(timeout=30) == 0
         out, _ = rx.communicate(timeout=30)
         stats = sh.stats()
@@ -104,6 +113,7 @@ def test_a_late_hop_is_made_up_at_the_next_and_nothing_arrives_early(chain):
     for carry in (True, False, True, False):
         got, (stop_ns, cont_ns), stats = one_way_ms(c, peered, dst, carry)
         assert len(got) >= 1400, len(got)
+        assert cont_ns - stop_ns <= 2 * PAUSE_MS * 1e6, (cont_ns - stop_ns) / 1e6  # what the holds can make up
         # never early: each hold may let a packet go 0.2 ms ahead (the daemon's lead), no more
         assert min(d for _, d in got) >= path_ms - HOPS * 0.2, (carry, min(d for _, d in got))
         # Packets caught by the pause in one of the first HOPS - 3 holds: sent within that many hops' delay
