@@ -546,7 +546,8 @@ class LiveEmulation(Experiment):
         self.compute: Any = None  # the compute nodes' services once start_compute() ran
         self._whereami: Any = None
         sh, self.shaper_reason = make_shaper(shaper or scenario.emulation.shaper, scenario.seed,
-                                                  scenario.emulation.keep_cpus_awake)
+                                             scenario.emulation.keep_cpus_awake,
+                                             scenario.emulation.carry_lateness)
         try:
             self.emulation = Emulation(timeline, sh, protocol, delay_tolerance_ms=scenario.emulation.delay_tolerance_ms,
                                        run_id=run_id)

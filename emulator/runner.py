@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
                            run_id=getattr(args, "run_id", None))
 
     shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed,
-                              sc.emulation.keep_cpus_awake)
+                              sc.emulation.keep_cpus_awake, sc.emulation.carry_lateness)
     _say(f"shaper: {why}")
     summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "shaper": shaper.name,
                                "shaper_reason": why, "protocol": protocol.name, "speed": speed,
@@ -762,7 +762,7 @@ def interactive(args: argparse.Namespace) -> int:
     protocol = scenario_protocol(sc)
     speed = args.speed if args.speed is not None else sc.emulation.speed
     shaper, why = make_shaper(args.shaper or sc.emulation.shaper, sc.seed,
-                              sc.emulation.keep_cpus_awake)
+                              sc.emulation.keep_cpus_awake, sc.emulation.carry_lateness)
     _say(f"shaper: {why}")
     emu = None
     playback = None

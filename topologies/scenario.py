@@ -334,6 +334,9 @@ class EmulationConfig:
     #: hold the kernel's CPU latency request at 0 us while the run lasts (emulator.kernel.cpulatency): idle
     #: CPUs poll instead of sleeping, so the delay daemon's timers wake it on time
     keep_cpus_awake: bool = True
+    #: the userspace delay daemon makes up a late release at the packet's next hold (emulator.shaping.delayd):
+    #: the path's delay stays true, each link's own delay is off by what it made up
+    carry_lateness: bool = True
     #: validity bounds (emulator.validity): a sample is invalid while a step is applied later than this
     valid_step_late_ms: float = 100.0
     #: ... while the delay daemon's release lateness p99 over a monitor interval exceeds this (userspace)
@@ -354,6 +357,8 @@ class EmulationConfig:
             raise ValueError(f"route_switch must be one of in-place, epoch; got {self.route_switch!r}")
         if not isinstance(self.keep_cpus_awake, bool):
             raise ValueError(f"keep_cpus_awake must be true or false, got {self.keep_cpus_awake!r}")
+        if not isinstance(self.carry_lateness, bool):
+            raise ValueError(f"carry_lateness must be true or false, got {self.carry_lateness!r}")
         if self.shaper not in ("auto", "netem", "userspace"):
             raise ValueError(f"shaper must be one of auto, netem, userspace; got {self.shaper!r}")
         if not 0.01 <= self.speed <= 100:

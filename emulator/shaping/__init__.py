@@ -71,12 +71,14 @@ def probe_netem() -> tuple[bool, str]:
     return result[0] if result else (False, "probe thread failed")
 
 
-def make_shaper(kind: str = "auto", seed: int = 0, keep_cpus_awake: bool = True) -> tuple[Shaper, str]:
+def make_shaper(kind: str = "auto", seed: int = 0, keep_cpus_awake: bool = True,
+                carry: bool = True) -> tuple[Shaper, str]:
     """Build the shaping backend ``kind`` (auto | netem | userspace).
 
     ``seed`` (the scenario's) fixes which packets the userspace backend's random loss drops; netem draws
     its losses from the kernel's generator, which cannot be seeded. ``keep_cpus_awake``: the userspace
-    backend's daemon holds the CPU latency request while it runs (``[emulation] keep_cpus_awake``).
+    backend's daemon holds the CPU latency request while it runs (``[emulation] keep_cpus_awake``);
+    ``carry``: it makes up a late release at the packet's next hold (``[emulation] carry_lateness``).
 
     Returns
     -------
@@ -96,9 +98,9 @@ def make_shaper(kind: str = "auto", seed: int = 0, keep_cpus_awake: bool = True)
     if kind == "netem":
         return NetemShaper(), "netem: requested"
     if kind == "userspace":
-        return UserspaceShaper(seed, keep_cpus_awake=keep_cpus_awake), "userspace: requested"
+        return UserspaceShaper(seed, keep_cpus_awake=keep_cpus_awake, carry=carry), "userspace: requested"
     ok, detail = probe_netem()
     if ok:
         return NetemShaper(), "netem: sch_netem available"
     why = f"userspace: kernel has no sch_netem (probe: {detail})"
-    return UserspaceShaper(seed, keep_cpus_awake=keep_cpus_awake), why
+    return UserspaceShaper(seed, keep_cpus_awake=keep_cpus_awake, carry=carry), why

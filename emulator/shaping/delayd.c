@@ -15,9 +15,10 @@
  *   - verdicts collected per namespace and sent with one send(2) per namespace and pass (NF_ACCEPT; a
  *     packet whose arrival stamp came in the mark leaves with mark 0, what it had on arrival).
  * Lateness carried (--carry-fd, or a private table; --no-carry: off): a packet released late by L (beyond
- * CARRY_MIN_NS) leaves L in a table under its identity (the same hash of addresses, protocol, ports and L4
- * bytes as the loss decision's, which no hop changes); the next hold of that packet, in this shard or another
- * one sharing the table, holds it up to L less (never less than 0: a packet never leaves before it arrived),
+ * CARRY_MIN_NS) leaves L in a table under its identity (the loss decision's hash of addresses, protocol, ports
+ * and L4 bytes, and the IP ID: what no hop changes; see carry_ident); the next hold of that packet, reached
+ * within CARRY_TTL_MS, in this shard or another one sharing the table, holds it up to L less (never less than
+ * 0: a packet never leaves before it arrived),
  * and what a hop's delay cannot absorb goes on to the hop after. A late wake-up of this process (the host
  * did not run it) then costs the packet nothing unless it happens at the packet's last hold. Each link's own
  * delay is off by what it made up; the path's delay, what a user measures, is not.
@@ -471,7 +472,7 @@ static void add_verdict(int ns, uint32_t id, bool accept, bool set_mark, uint32_
 #define CARRY_IDENT_BITS 40      /* slot 16 + tag 24: another packet matches one in 2^24 of occupied slots */
 #define CARRY_MIN_NS 20000       /* lateness below this stays where it is */
 #define CARRY_MAX_US 0xFFFFFu    /* ~1 s: more than that is carried as that */
-#define CARRY_TTL_MS 1000        /* lateness not taken up within this is forgotten (the packet went elsewhere) */
+#define CARRY_TTL_MS 20          /* taken up only by a hold the packet reached within this of its release */
 #define CARRY_HASH_SEED 0x6361727279ull  /* identity hash: the same in every shard and run */
 #define CARRY_TABLE_BYTES ((size_t)CARRY_SLOTS * sizeof(uint64_t))
 
@@ -486,17 +487,38 @@ static void carry_put(uint64_t ident, uint64_t late_ns, uint64_t now)
     __atomic_store_n(&D.carry[ident & (CARRY_SLOTS - 1)], tag << 40 | us << 20 | carry_ms20(now), __ATOMIC_RELAXED);
 }
 
-static uint64_t carry_take(uint64_t ident, uint64_t now)
+/* Lateness owed by the packet with this identity that arrived at time `arrived` (its stamp, else when read):
+ * only what a release at most CARRY_TTL_MS before that arrival left. */
+static uint64_t carry_take(uint64_t ident, uint64_t arrived)
 {
     uint64_t *slot = &D.carry[ident & (CARRY_SLOTS - 1)];
     uint64_t w = __atomic_load_n(slot, __ATOMIC_RELAXED);
     if (!w || w >> 40 != ((ident >> CARRY_SLOT_BITS) & 0xFFFFFFull))
         return 0;
-    if (((carry_ms20(now) - (w & 0xFFFFFull)) & 0xFFFFFull) > CARRY_TTL_MS)
+    if (((carry_ms20(arrived) - (w & 0xFFFFFull)) & 0xFFFFFull) > CARRY_TTL_MS)
         return 0;
     if (!__atomic_compare_exchange_n(slot, &w, 0, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         return 0;
     return ((w >> 20) & CARRY_MAX_US) * 1000ull;
+}
+
+/* The identity lateness is carried under: the loss decision's hash and the IPv4 ID, which every hop keeps and
+ * which tells apart the packets of one flow whose first bytes are all alike (the outer packets of a VXLAN or
+ * WireGuard tunnel: a constant header, ports from the inner flow). 0, nothing carried, for a packet that
+ * cannot be told from the next one of its flow: IPv4 with ID 0 that is neither TCP (sequence numbers) nor
+ * ICMP (identifier and sequence), and anything not IPv4. Handing one packet's lateness to another would
+ * release that one early, below the path's delay. */
+static uint64_t carry_ident(const unsigned char *p, int len)
+{
+    if (len < 20 || (p[0] >> 4) != 4)
+        return 0;
+    uint64_t ipid = be(p + 4, 2);
+    if (!ipid && p[9] != 6 && p[9] != 1)
+        return 0;
+    bool repeatable;
+    uint64_t h = mix64(packet_hash(CARRY_HASH_SEED, p, len, &repeatable) ^ ipid << 8 ^ 0xC0);
+    h &= (1ull << CARRY_IDENT_BITS) - 1;
+    return h ? h : 1;
 }
 
 static void account_lateness(uint64_t sent)
@@ -556,7 +578,7 @@ static void release_head(int32_t pi, uint64_t now)
         send_verdicts();
     uint32_t mark = epoch_mark_at(e->due_ns, now);
     add_verdict(p->ns, e->id, true, mark || (e->next & STAMPED_BIT), mark);
-    if (D.carry) {
+    if (D.carry && (e->carry & ((1ull << CARRY_IDENT_BITS) - 1))) {
         uint64_t late = (now > e->due_ns ? now - e->due_ns : 0) + (e->carry >> CARRY_IDENT_BITS) * 1000ull;
         if (late >= CARRY_MIN_NS) {
             carry_put(e->carry, late, now);
@@ -695,10 +717,8 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
     }
     /* lateness an earlier hold left on this packet: made up here as far as this port's delay allows */
     uint64_t ident = 0, owed = 0, made_up = 0;
-    if (D.carry && payload && plen >= 20) {
-        bool repeatable;
-        ident = packet_hash(CARRY_HASH_SEED, payload, plen, &repeatable) & ((1ull << CARRY_IDENT_BITS) - 1);
-        owed = carry_take(ident, now);
+    if (D.carry && payload && (ident = carry_ident(payload, plen))) {
+        owed = carry_take(ident, arrived);
         made_up = owed < p->delay_ns ? owed : p->delay_ns;
         owed -= made_up;
     }

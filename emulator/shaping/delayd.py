@@ -171,7 +171,7 @@ class DelayDaemon:
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
                  shards: int | None = None, rt_priority: int = DEFAULT_RT_PRIORITY, pool: int = 1 << 20,
                  maxlen: int = 65536, reply_timeout_s: float = 30.0, binary: Path | None = None,
-                 fd_limit: int | None = None, carry: bool = False, keep_cpus_awake: bool = True) -> None:
+                 fd_limit: int | None = None, carry: bool = True, keep_cpus_awake: bool = True) -> None:
         if not 0 <= seed < 2**64:
             raise ApplyError(f"delay daemon seed {seed} not in [0, 2**64)", operation="delay daemon")
         if shards is not None and shards < 1:

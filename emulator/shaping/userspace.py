@@ -170,7 +170,7 @@ class UserspaceShaper(Shaper):
 
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
                  reply_timeout_s: float = 30.0, shards: int | None = None,
-                 rt_priority: int = DEFAULT_RT_PRIORITY, fd_limit: int | None = None, carry: bool = False,
+                 rt_priority: int = DEFAULT_RT_PRIORITY, fd_limit: int | None = None, carry: bool = True,
                  keep_cpus_awake: bool = True) -> None:
         self.seed = seed
         self.queue_num = queue_num

@@ -62,6 +62,8 @@ gateway = "gs-a"
      "lat_deg must be in"),
     ("[[hosts]]\nname = 'h-1'\n", "hosts[0].gateway", None, "missing required"),
     ("[emulation]\nshaper = 'magic'\n", "emulation.shaper", 2, "auto, netem, userspace"),
+    ("[emulation]\ncarry_lateness = 1\n", "emulation.carry_lateness", 2, "true or false"),
+    ("[emulation]\nkeep_cpus_awake = 'no'\n", "emulation.keep_cpus_awake", 2, "true or false"),
     ("[[ground.sites]]\nname='gs-a'\nlat_deg=1\nlon_deg=1\n[[hosts]]\nname='gs-a'\ngateway='gs-a'\n",
      "hosts[0].name", 6, "used twice"),
     ("[constellation]\ntle = 'nope.tle'\n", "constellation.tle", 2, "does not exist"),
