@@ -52,6 +52,13 @@ COPY_BYTES = 64
 #: Files a shard keeps open besides its namespace sockets (control, epoll, timer, signal, own namespace,
 #: stdio) with room to spare.
 FD_MARGIN = 32
+#: Without a shard count asked for, one shard per this many namespaces, up to one per CPU core. A packet
+#: handed from a shard to one on another CPU wakes that CPU: on the 2-core development VM, 4 hops of 1 ms
+#: (5 namespaces) cost 17-56 us beyond their delay and unshaped forwarding with one shard against 18-79 us
+#: with two (4 runs each, alternated, quiet), and 35-122 against 92-174 in a slower hour; iperf3 TCP over the
+#: same hops carried 4.2 Gbit/s with one shard, 3.7 with two. A small lab does not need a second core;
+#: a constellation does.
+NAMESPACES_PER_SHARD = 32
 #: Bytes of the lateness table the shards share (delayd.c CARRY_TABLE_BYTES: 2^16 words of 8 bytes).
 CARRY_TABLE_BYTES = (1 << 16) * 8
 #: SCHED_FIFO priority of the shards by default. netem, which the daemon stands in for, runs in softirq,
@@ -148,8 +155,8 @@ class DelayDaemon:
     seed : int
         Seed of the loss decisions (0 <= seed < 2**64).
     shards : int or None
-        Shard processes to start (None: one per CPU core); more are started when the open-file limit
-        requires it.
+        Shard processes to start (None: one per :data:`NAMESPACES_PER_SHARD` namespaces attached, up to one
+        per CPU core); more are started when the open-file limit requires it.
     rt_priority : int
         1-99: SCHED_FIFO at that priority (falls back to niceness -10 where refused); 0: niceness -10.
     fd_limit : int or None
@@ -180,7 +187,8 @@ class DelayDaemon:
             raise ApplyError(f"delay daemon rt_priority must be in [0, 99], got {rt_priority}",
                              operation="delay daemon")
         self.seed, self.queue_num, self.table = seed, queue_num, table
-        self.want_shards = shards or os.cpu_count() or 1
+        self.shards_asked = shards
+        self.want_shards = shards or 1  # grows with the namespaces attached when none was asked for
         self.rt_priority, self.pool, self.maxlen = rt_priority, pool, maxlen
         self.reply_timeout_s = reply_timeout_s
         self.binary = binary or binary_path()
@@ -343,7 +351,11 @@ class DelayDaemon:
                 modules.ensure_xt_target("NFQUEUE", "the userspace shaper's NFQUEUE rules")
                 self._modules_checked = True
             # as many shards as asked for, and as the open-file limit needs for every namespace attached
-            want = max(self.want_shards, shards_needed(len(self.ns) + len(todo), self.per_shard + FD_MARGIN))
+            total = len(self.ns) + len(todo)
+            if self.shards_asked is None:
+                self.want_shards = max(self.want_shards,
+                                       min(os.cpu_count() or 1, -(-total // NAMESPACES_PER_SHARD)))
+            want = max(self.want_shards, shards_needed(total, self.per_shard + FD_MARGIN))
             while len(self.shards) < want:
                 self._spawn()
             load = {s: len(s.ids) for s in self.shards}

@@ -71,7 +71,7 @@ def one_way_ms(c, peered, dst: str, carry: bool) -> tuple[list[tuple[int, float]
     """Stream h1 -> h2 for 1.5 s, stop the daemon's shards for PAUSE_MS in the middle: (send time ns, one-way
     delay ms) of every datagram received, the pause's (start, end) ns on the same clock, the daemon's
     counters."""
-    sh = UserspaceShaper(carry=carry)
+    sh = UserspaceShaper(carry=carry, shards=2)  # two: the holds of a path alternate between them
     try:
         for n, ipr in c.iprs.items():
             sh.prepare_node(n, c.path(n), ipr)

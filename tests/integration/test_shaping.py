@@ -28,7 +28,7 @@ from test_network import VM_NOISE_MS_PER_TRAVERSAL, vm_netem_overhead_ms
 from emulator.netns import entered, iproute_in
 from emulator.shaping import make_shaper, probe_netem
 from emulator.shaping.base import LinkShape, Port
-from emulator.shaping.delayd import DEFAULT_RT_PRIORITY, FD_MARGIN
+from emulator.shaping.delayd import DEFAULT_RT_PRIORITY, FD_MARGIN, NAMESPACES_PER_SHARD
 from emulator.shaping.userspace import UserspaceShaper
 
 pytestmark = pytest.mark.root
@@ -673,6 +673,28 @@ def test_several_shards_share_the_namespaces(chain):
         assert st["shards"] == 3 and st["namespaces"] == len(_NODES)
     finally:
         sh.close()
+
+
+def test_shards_follow_the_namespaces_when_no_count_is_asked(chain):
+    """No shard count asked: one shard for the chain's four namespaces, and as many more namespaces
+    attached as make NAMESPACES_PER_SHARD per shard start one more per CPU core, no more than the cores."""
+    _require_root()
+    names = [f"snt-shards-{os.getpid()}-{i}" for i in range(2 * NAMESPACES_PER_SHARD)]
+    sh = _prepared(chain)
+    try:
+        _rtt_matches(chain, sh)
+        assert len(sh.pids) == 1
+        for n in names:
+            subprocess.run(["ip", "netns", "add", n], check=True)
+        sh._daemon.attach([f"/run/netns/{n}" for n in names])
+        total = len(_NODES) + len(names)
+        assert len(sh.pids) == min(os.cpu_count() or 1, math.ceil(total / NAMESPACES_PER_SHARD)), sh.pids
+        assert sh.stats()["namespaces"] == total
+        _rtt_matches(chain, sh)
+    finally:
+        sh.close()
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
 def test_open_file_limit_decides_the_shard_count(chain):
