@@ -15,13 +15,13 @@
  *   - verdicts collected per namespace and sent with one send(2) per namespace and pass (NF_ACCEPT; a
  *     packet whose arrival stamp came in the mark leaves with mark 0, what it had on arrival).
  * Lateness carried (--carry-fd, or a private table; --no-carry: off): a packet released late by L (from its
- * due time to the start of the verdicts' hand-over, beyond CARRY_MIN_NS) leaves L in a table under its identity (the loss decision's hash of addresses, protocol, ports
- * and L4 bytes, and the IP ID: what no hop changes; see carry_ident); the next hold of that packet, reached
- * within CARRY_TTL_MS, in this shard or another one sharing the table, holds it up to L less (never less than
- * 0: a packet never leaves before it arrived),
- * and what a hop's delay cannot absorb goes on to the hop after. A late wake-up of this process (the host
- * did not run it) then costs the packet nothing unless it happens at the packet's last hold. Each link's own
- * delay is off by what it made up; the path's delay, what a user measures, is not.
+ * due time to the start of the verdicts' hand-over, beyond CARRY_MIN_NS) leaves L in a table under its
+ * identity (the loss decision's hash of addresses, protocol, ports and L4 bytes, and the IP ID: what no hop
+ * changes; see carry_ident); the next hold of that packet, reached within CARRY_TTL_MS, in this shard or
+ * another one sharing the table, holds it up to L less (never less than 0: a packet never leaves before it
+ * arrived), and what a hop's delay cannot absorb goes on to the hop after. A late wake-up of this process
+ * (the host did not run it) then costs the packet nothing unless it happens at the packet's last hold. Each
+ * link's own delay is off by what it made up; the path's delay, what a user measures, is not.
  * Loss: drop when hash(seed, port's link id, packet identity) < loss * 2^64, the identity being the
  * addresses, protocol, ports and the L4 bytes that tell a flow's packets apart (see packet_hash): the same
  * packet meets the same fate whatever the interleaving, and a retransmission draws again (a TCP one has a
