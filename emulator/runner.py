@@ -615,7 +615,9 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
         _say(f"  delay daemon: {sh.get('shards', 1)} shard(s), "
              f"{'real-time priority SCHED_FIFO ' + str(rt) if rt else 'normal scheduling'}"
              f"{', memory locked' if sh.get('memory_locked') else ''}; CPU s per shard "
-             f"{', '.join(f'{x:.1f}' for x in sh.get('cpu_s_per_shard') or []) or '-'}")
+             f"{', '.join(f'{x:.1f}' for x in sh.get('cpu_s_per_shard') or []) or '-'}"
+             + (f"; {sh['standby_threads']} standby threads released {sh.get('standby_released', 0)} packets"
+                if sh.get("standby_threads") else ""))
     held = s.get("cpu_idle_held")
     if held is not None:
         _say("  CPU idle states: " + ("held at 0 us exit latency (/dev/cpu_dma_latency) while the run lasted"

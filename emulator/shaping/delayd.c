@@ -4,7 +4,7 @@
  * driver (emulator/shaping/delayd.py) starts several of these processes and gives each a share of the
  * namespaces, so that every core is used and each process stays under its open-file limit.
  *
- * The packet path, per shard, one thread:
+ * The packet path, per shard, one thread (standby threads, op "watch", stand in for it while it cannot run):
  *   - one nfnetlink_queue socket per attached namespace, all in one epoll set; packets read in batches
  *     (recvmmsg), copy mode PACKET with a short range (the IP and L4 headers, for the loss decision);
  *   - per held port a FIFO of (packet id, due time) threaded through one preallocated pool of entries
@@ -46,6 +46,9 @@
  *                                                    epoch waits at a time: a new request replaces a waiting
  *                                                    one (one already due is taken first). mark 0: back to
  *                                                    leaving marks as they came (a stamp cleared to 0)
+ *   watch <period_ns> <grace_ns>                     start the standby threads (once): one per CPU this
+ *                                                    process may use, pinned there, each with a timer of its
+ *                                                    own; see watch_thread
  *   stats <reset>                                    counters as key=value, lateness histogram as bin:count;
  *                                                    reset 1: then zero the maxima and the histogram
  *   close                                            remove every table (--exit-batch) and exit
@@ -62,9 +65,11 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -135,12 +140,18 @@ struct ns {
     uint32_t ack_lo, ack_hi; int ack_pending, ack_err;  /* a set-up batch in flight */
 };
 
+/* control requests, timed by kind (a long one is time no packet is released, unless it releases itself) */
+enum { OP_NS, OP_NFT, OP_RELEASE, OP_SET, OP_EPOCH, OP_STATS, OP_WATCH, N_OPS };
+static const char *const op_names[N_OPS] = {"ns", "nft", "release", "set", "epoch", "stats", "watch"};
+
 struct stats {
     uint64_t queued, accepted, dropped, overflow, unshaped, released, verdict_errors, stamped;
     uint64_t carried, made_up;        /* releases that left lateness behind; holds that made some up */
     int64_t made_up_ns;               /* lateness made up, summed */
     int64_t late_sum_ns, late_max_ns, read_lag_sum_ns, busy_max_ns, busy_cpu_ns;
     uint64_t hist[LATE_BINS + 1];
+    uint64_t op_n[N_OPS]; int64_t op_ns[N_OPS], op_max_ns[N_OPS];  /* control requests: count, time, longest */
+    uint64_t watch_passes, watch_released;   /* passes of the standby threads that released, and what */
 };
 
 static struct {
@@ -170,6 +181,17 @@ static struct {
 } D;
 
 static char rbufs[RECV_BATCH][RECV_BUF];
+
+/* Standby threads (op "watch"): the state above belongs to whichever thread holds `mu`, the main loop's
+ * between its waits; `pub_head` is the earliest due time held (0: none), published under `mu`. */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t pub_head;
+static uint64_t watch_period_ns, watch_grace_ns;
+#define WATCH_MIN_SLEEP_NS 200000
+static int nwatch;
+
+static inline void publish_head(void);
+static void pass(const struct epoll_event *evs, int n, bool main_thread);
 static char sendbuf[VERDICTS_PER_SEND * 48];
 
 static inline uint64_t now_ns(void)
@@ -660,6 +682,62 @@ static void arm_timer(void)
     D.armed_ns = at;
 }
 
+static inline void publish_head(void)
+{
+    atomic_store_explicit(&pub_head, D.heap_len ? head_due(D.heap[0]) : 0, memory_order_relaxed);
+}
+
+/* A standby thread, pinned to one CPU, with a timer of its own armed from that CPU: it wakes at the earliest
+ * due time plus the grace (at most a period from now, so that a head that came since is seen) and, when
+ * the main loop has not released by then and is not running, releases what is due itself. What it covers:
+ * a CPU that stops running anything for milliseconds (on this project's development VM, with some
+ * thousands of namespaces, one CPU at a time went without timer interrupts for 2-28 ms: the main loop's
+ * timer, armed on that CPU, fired that late). The main loop is not pinned; one standby per CPU means one
+ * is always elsewhere. */
+static void *watch_thread(void *arg)
+{
+    int cpu = (int)(intptr_t)arg;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    if (tfd < 0)
+        return NULL;
+    for (;;) {
+        uint64_t now = now_ns(), head = atomic_load_explicit(&pub_head, memory_order_relaxed);
+        /* never sooner than WATCH_MIN_SLEEP_NS: a main loop at work with the lock (a long request) or
+         * stopped while holding it is waited for, not spun on */
+        uint64_t at = now + watch_period_ns;
+        if (head && head + watch_grace_ns < at)
+            at = head + watch_grace_ns > now + WATCH_MIN_SLEEP_NS ? head + watch_grace_ns : now + WATCH_MIN_SLEEP_NS;
+        struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000ull), (long)(at % 1000000000ull)}};
+        uint64_t x;
+        if (timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) < 0 || read(tfd, &x, sizeof x) < 0) {
+            if (errno == EINTR)
+                continue;
+            return NULL;
+        }
+        if (pthread_mutex_trylock(&mu))
+            continue;  /* the main loop is at work */
+        /* packets the main loop has not read (woken, it waits for a CPU that runs nothing), or held ones
+         * overdue: a pass here, on this CPU (the control socket and signals stay the main loop's) */
+        struct epoll_event evs[64];
+        int n = D.running ? epoll_wait(D.ep, evs, 64, 0) : 0;
+        bool ns_ready = false;
+        for (int i = 0; i < n; i++)
+            ns_ready |= evs[i].data.u32 < (uint32_t)D.nns;
+        if (D.running && (ns_ready || (D.heap_len && head_due(D.heap[0]) + watch_grace_ns <= now_ns()))) {
+            uint64_t before = D.st.released;
+            pass(evs, n, false);
+            D.st.watch_passes++;
+            D.st.watch_released += D.st.released - before;
+            publish_head();
+        }
+        pthread_mutex_unlock(&mu);
+    }
+}
+
 /* ------------------------------------------------------------------ the packet path */
 
 static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
@@ -1105,6 +1183,33 @@ static int op_epoch(char *s)
     return 0;
 }
 
+/* watch <period_ns> <grace_ns>: start one standby thread per CPU this process may run on (once). */
+static int op_watch(char *s)
+{
+    uint64_t period, grace;
+    if (!tok_u64(&s, &period) || !tok_u64(&s, &grace) || period < 100000 || period > 1000000000ull
+        || grace > 1000000000ull)
+        return fail("watch: malformed request (want: watch <period_ns 1e5..1e9> <grace_ns 0..1e9>)");
+    if (nwatch)
+        return 0;
+    watch_period_ns = period;
+    watch_grace_ns = grace;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) < 0)
+        return fail("watch: sched_getaffinity: %s", strerror(errno));
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &set))
+            continue;
+        pthread_t t;
+        int e = pthread_create(&t, NULL, watch_thread, (void *)(intptr_t)cpu);
+        if (e)
+            return fail("watch: pthread_create: %s", strerror(e));
+        pthread_detach(t);
+        nwatch++;
+    }
+    return 0;
+}
+
 static void reply(const char *fmt, ...)
 {
     static char out[1 << 16];
@@ -1152,23 +1257,31 @@ static void op_stats(char *s)
     for (int b = 0; b <= LATE_BINS; b++)
         if (D.st.hist[b])
             off += snprintf(hist + off, sizeof hist - off, "%s%d:%" PRIu64, off ? "," : "", b, D.st.hist[b]);
+    static char ops[N_OPS * 80];
+    size_t ooff = 0;
+    ops[0] = 0;
+    for (int k = 0; k < N_OPS; k++)
+        ooff += snprintf(ops + ooff, sizeof ops - ooff, "%s%s:%" PRIu64 ":%" PRId64 ":%" PRId64, k ? "," : "",
+                         op_names[k], D.st.op_n[k], D.st.op_ns[k], D.st.op_max_ns[k]);
     reply("ok queued=%" PRIu64 " verdicts=%" PRIu64 " dropped=%" PRIu64 " overflow=%" PRIu64
           " unshaped=%" PRIu64 " held=%d verdict_errors=%" PRIu64 " released=%" PRIu64
           " late_sum_ns=%" PRId64 " late_max_ns=%" PRId64 " busy_max_ns=%" PRId64 " busy_cpu_ns=%" PRId64
           " lead_ns=%" PRIu64 " stamped=%" PRIu64 " read_lag_sum_ns=%" PRId64 " namespaces=%d"
           " held_interfaces=%d cpu_ns=%" PRIu64 " rt_priority=%d pool=%u locked=%d epoch_mark=%" PRIu32
           " epochs=%" PRIu64 " carry=%d carried=%" PRIu64 " made_up=%" PRIu64 " made_up_ns=%" PRId64
-          " hist=%s",
+          " watch=%d watch_passes=%" PRIu64 " watch_released=%" PRIu64 " ops=%s hist=%s",
           D.st.queued, D.st.accepted, D.st.dropped, D.st.overflow, D.st.unshaped, held,
           D.st.verdict_errors, D.st.released, D.st.late_sum_ns, D.st.late_max_ns, D.st.busy_max_ns,
           D.st.busy_cpu_ns, D.lead_ns, D.st.stamped, D.st.read_lag_sum_ns, nns, held_if,
           (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull
               + (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull,
           D.rt_prio, D.pool_cap, D.locked, D.epoch_mark, D.epochs, D.carry ? (D.carry_shared ? 2 : 1) : 0,
-          D.st.carried, D.st.made_up, D.st.made_up_ns, off ? hist : "-");
+          D.st.carried, D.st.made_up, D.st.made_up_ns, nwatch, D.st.watch_passes, D.st.watch_released, ops,
+          off ? hist : "-");
     if (reset) {  /* measure one interval: maxima and histogram start again (the sums do not) */
         D.st.late_max_ns = D.st.busy_max_ns = D.st.busy_cpu_ns = 0;
         memset(D.st.hist, 0, sizeof D.st.hist);
+        memset(D.st.op_max_ns, 0, sizeof D.st.op_max_ns);
     }
 }
 
@@ -1225,6 +1338,8 @@ static void handle(char *line)
         rc = op_set(s);
     } else if (!strcmp(op, "epoch")) {
         rc = op_epoch(s);
+    } else if (!strcmp(op, "watch")) {
+        rc = op_watch(s);
     } else if (!strcmp(op, "stats")) {
         op_stats(s);
         return;
@@ -1238,6 +1353,24 @@ static void handle(char *line)
         reply("err %s", D.err);
     else
         reply("ok");
+}
+
+/* handle() timed by the request's kind */
+static void handle_timed(char *line)
+{
+    size_t w = strcspn(line, " ");
+    int k = 0;
+    while (k < N_OPS && !(strlen(op_names[k]) == w && !strncmp(line, op_names[k], w)))
+        k++;
+    uint64_t t0 = now_ns();
+    handle(line);
+    if (k < N_OPS) {
+        int64_t dt = (int64_t)(now_ns() - t0);
+        D.st.op_n[k]++;
+        D.st.op_ns[k] += dt;
+        if (dt > D.st.op_max_ns[k])
+            D.st.op_max_ns[k] = dt;
+    }
 }
 
 static void control(void)
@@ -1265,7 +1398,7 @@ static void control(void)
         if (D.ctlbuf[i] != '\n')
             continue;
         D.ctlbuf[i] = 0;
-        handle(D.ctlbuf + start);
+        handle_timed(D.ctlbuf + start);
         start = i + 1;
     }
     memmove(D.ctlbuf, D.ctlbuf + start, D.ctllen - start);
@@ -1274,54 +1407,66 @@ static void control(void)
 
 /* ------------------------------------------------------------------ main loop and shutdown */
 
+/* One pass over the ready events: packets read, what is due released, the timer armed again. The main
+ * loop's pass also serves the control socket and signals, and learns the lead from its timer's expiries. */
+static void pass(const struct epoll_event *evs, int n, bool main_thread)
+{
+    uint64_t t0 = now_ns(), c0 = cpu_ns(), fired = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t tag = evs[i].data.u32;
+        if (tag == EV_TIMER) {
+            uint64_t x;
+            if (read(D.tfd, &x, sizeof x) == sizeof x)
+                fired = D.armed_ns;
+            D.armed_ns = 0;
+        } else if (tag == EV_CTL) {
+            if (main_thread)
+                control();
+        } else if (tag == EV_SIG) {
+            struct signalfd_siginfo si;
+            if (main_thread && read(D.sfd, &si, sizeof si) > 0)
+                D.running = false;
+        } else if (tag < (uint32_t)D.nns && D.ns[tag].fd >= 0) {
+            receive((int)tag);
+        }
+    }
+    release_due(-1);
+    arm_timer();
+    uint64_t t1 = now_ns();
+    if (fired && main_thread) {
+        /* EWMA (1/16) of the time from the timer's expiry to the start of the verdicts' hand-over to
+         * the kernel (wake-up and this loop's work), bounded to [0, MAX_LEAD_NS]: a packet is handed
+         * back when due and then forwarded, as after netem's dequeue. Counting the hand-over too (the
+         * kernel forwards each packet inside send(2)) released packets early: ping over 6 traversals
+         * of 1 ms came back 124-237 us early (3 runs); this way 58-218 us late (6 runs, load 5 on 2
+         * cores), the forwarding to the next hop included. */
+        int64_t err = (int64_t)(D.pre_send_ns - fired);
+        err = err < 0 ? 0 : err > MAX_LEAD_NS ? MAX_LEAD_NS : err;
+        D.lead_ns = (uint64_t)((int64_t)D.lead_ns + ((err - (int64_t)D.lead_ns) >> 4));
+    }
+    /* lateness beyond this figure is time the daemon was not on a CPU, not work it did */
+    if ((int64_t)(t1 - t0) > D.st.busy_max_ns) {
+        D.st.busy_max_ns = (int64_t)(t1 - t0);
+        D.st.busy_cpu_ns = (int64_t)(cpu_ns() - c0);
+    }
+}
+
 static void run(void)
 {
     struct epoll_event evs[256];
+    pthread_mutex_lock(&mu);  /* held but in epoll_wait, and to the end: shutdown is the main thread's */
     while (D.running) {
         int timeout = D.heap_len && head_due(D.heap[0]) <= now_ns() + D.lead_ns ? 0 : -1;
+        publish_head();
+        pthread_mutex_unlock(&mu);
         int n = epoll_wait(D.ep, evs, 256, timeout);
+        pthread_mutex_lock(&mu);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             die("epoll_wait: %s", strerror(errno));
         }
-        uint64_t t0 = now_ns(), c0 = cpu_ns(), fired = 0;
-        for (int i = 0; i < n; i++) {
-            uint32_t tag = evs[i].data.u32;
-            if (tag == EV_TIMER) {
-                uint64_t x;
-                if (read(D.tfd, &x, sizeof x) == sizeof x)
-                    fired = D.armed_ns;
-                D.armed_ns = 0;
-            } else if (tag == EV_CTL) {
-                control();
-            } else if (tag == EV_SIG) {
-                struct signalfd_siginfo si;
-                if (read(D.sfd, &si, sizeof si) > 0)
-                    D.running = false;
-            } else if (tag < (uint32_t)D.nns && D.ns[tag].fd >= 0) {
-                receive((int)tag);
-            }
-        }
-        release_due(-1);
-        arm_timer();
-        uint64_t t1 = now_ns();
-        if (fired) {
-            /* EWMA (1/16) of the time from the timer's expiry to the start of the verdicts' hand-over to
-             * the kernel (wake-up and this loop's work), bounded to [0, MAX_LEAD_NS]: a packet is handed
-             * back when due and then forwarded, as after netem's dequeue. Counting the hand-over too (the
-             * kernel forwards each packet inside send(2)) released packets early: ping over 6 traversals
-             * of 1 ms came back 124-237 us early (3 runs); this way 58-218 us late (6 runs, load 5 on 2
-             * cores), the forwarding to the next hop included. */
-            int64_t err = (int64_t)(D.pre_send_ns - fired);
-            err = err < 0 ? 0 : err > MAX_LEAD_NS ? MAX_LEAD_NS : err;
-            D.lead_ns = (uint64_t)((int64_t)D.lead_ns + ((err - (int64_t)D.lead_ns) >> 4));
-        }
-        /* lateness beyond this figure is time the daemon was not on a CPU, not work it did */
-        if ((int64_t)(t1 - t0) > D.st.busy_max_ns) {
-            D.st.busy_max_ns = (int64_t)(t1 - t0);
-            D.st.busy_cpu_ns = (int64_t)(cpu_ns() - c0);
-        }
+        pass(evs, n, true);
     }
 }
 

@@ -59,6 +59,14 @@ FD_MARGIN = 32
 #: same hops carried 4.2 Gbit/s with one shard, 3.7 with two. A small lab does not need a second core;
 #: a constellation does.
 NAMESPACES_PER_SHARD = 32
+#: Namespaces attached from which every shard runs standby threads (delayd.c, op "watch"), one per CPU: on
+#: the development VM a SCHED_FIFO thread's 1 ms timer woke late on one CPU at a time with thousands of idle
+#: namespaces in the kernel: up to 6.5 ms (28 ms in another run) with 10,000, 3.5-9 ms with 4,000, at most
+#: 1.2 ms with 1,500 (bench/timer_stalls.py, README "Standby threads").
+WATCH_MIN_NAMESPACES = 2000
+#: A standby thread's longest sleep, and how long past its due time a packet waits for the main loop.
+WATCH_PERIOD_NS = 1_000_000
+WATCH_GRACE_NS = 300_000
 #: Bytes of the lateness table the shards share (delayd.c CARRY_TABLE_BYTES: 2^16 words of 8 bytes).
 CARRY_TABLE_BYTES = (1 << 16) * 8
 #: SCHED_FIFO priority of the shards by default. netem, which the daemon stands in for, runs in softirq,
@@ -133,6 +141,7 @@ class _Shard:
     ids: dict[str, int] = field(default_factory=dict)  # ns path -> id in this shard
     free_ids: list[int] = field(default_factory=list)
     rbuf: bytes = b""
+    watching: bool = False  # its standby threads started
 
     def new_id(self) -> int:
         return self.free_ids.pop() if self.free_ids else len(self.ids)
@@ -170,6 +179,10 @@ class DelayDaemon:
         Carry a late release's lateness to the packet's next hold, which holds it that much less (as far as its
         delay allows), through one table all shards share (delayd.c, "Lateness carried"). False: every hold
         counts its delay from the packet's arrival, late or not.
+    watch : bool or None
+        Standby threads in every shard, one per CPU, each releasing what the main loop has not released
+        ``WATCH_GRACE_NS`` after its due time (a CPU that stops running anything leaves the other to do it).
+        None: from :data:`WATCH_MIN_NAMESPACES` namespaces attached on.
     keep_cpus_awake : bool
         Hold the kernel's CPU latency request at 0 us while the shards run (emulator.kernel.cpulatency): idle
         CPUs poll, so the shards' timers wake them on time.
@@ -178,7 +191,8 @@ class DelayDaemon:
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
                  shards: int | None = None, rt_priority: int = DEFAULT_RT_PRIORITY, pool: int = 1 << 20,
                  maxlen: int = 65536, reply_timeout_s: float = 30.0, binary: Path | None = None,
-                 fd_limit: int | None = None, carry: bool = True, keep_cpus_awake: bool = True) -> None:
+                 fd_limit: int | None = None, carry: bool = True, keep_cpus_awake: bool = True,
+                 watch: bool | None = None) -> None:
         if not 0 <= seed < 2**64:
             raise ApplyError(f"delay daemon seed {seed} not in [0, 2**64)", operation="delay daemon")
         if shards is not None and shards < 1:
@@ -194,6 +208,7 @@ class DelayDaemon:
         self.binary = binary or binary_path()
         self.fd_limit = fd_limit
         self.carry = carry
+        self.watch = watch
         self._cpu_hold = CpuLatencyHold(0) if keep_cpus_awake else None  # held from the first shard to close()
         self._carry_fd: int | None = None  # the shards' shared lateness table (a memfd), made at the first spawn
         self.per_shard = (fd_limit or open_file_limit()) - FD_MARGIN
@@ -385,8 +400,22 @@ class DelayDaemon:
                         del s.ids[path]
                         s.free_ids.append(nsid)
                         first_err = first_err or f"{path}: {r[4:]}"
+            self._start_watch(len(self.ns))
             if first_err:
                 raise ApplyError(f"delay daemon: {first_err}", operation="attach namespaces to delay daemon")
+
+    def _start_watch(self, namespaces: int) -> None:
+        """Start the standby threads in every shard that has none, when asked or (``watch`` None) from
+        :data:`WATCH_MIN_NAMESPACES` namespaces on. A shard started later gets them at its first attach."""
+        if not (self.watch or (self.watch is None and namespaces >= WATCH_MIN_NAMESPACES)):
+            return
+        todo = [s for s in self.shards if not s.watching]
+        if not todo:
+            return
+        replies = self._call("start standby threads", {s: [f"watch {WATCH_PERIOD_NS} {WATCH_GRACE_NS}"] for s in todo})
+        for s, rs in replies.items():
+            self._check(rs, "start standby threads")
+            s.watching = True
 
     def _rules_line(self, n: _Ns) -> str | None:
         """The nft request that makes the namespace's rules name exactly its held interfaces, if needed."""
@@ -522,11 +551,20 @@ class DelayDaemon:
             replies = self._call("stats", {s: [f"stats {int(reset_late_max)}"] for s in self.shards})
         st = Stats()
         per_shard_cpu_s = []
+        ops: dict[str, dict[str, float]] = {}
         for s in self.shards:
             r = replies[s][0]
             self._check([r], "stats")
             for item in r.split()[1:]:
                 k, v = item.split("=", 1)
+                if k == "ops":  # kind:count:ns:max_ns, per kind of control request
+                    for part in v.split(","):
+                        name, n_, ns_, mx = part.split(":")
+                        o = ops.setdefault(name, {"n": 0, "ms": 0.0, "max_ms": 0.0})
+                        o["n"] += int(n_)
+                        o["ms"] += int(ns_) / 1e6
+                        o["max_ms"] = max(o["max_ms"], int(mx) / 1e6)
+                    continue
                 if k == "hist":
                     if v != "-":
                         for pair in v.split(","):
@@ -561,6 +599,12 @@ class DelayDaemon:
                 # how much (ms, summed); carry 2: one table shared by the shards, 1: each its own, 0: off
                 "carry": c.get("carry", 0), "carried": c.get("carried", 0), "made_up": c.get("made_up", 0),
                 "made_up_ms": c.get("made_up_ns", 0) / 1e6,
+                # standby threads (all shards), their passes that released something, and the packets
+                "standby_threads": c.get("watch", 0), "standby_passes": c.get("watch_passes", 0),
+                "standby_released": c.get("watch_released", 0),
+                # control requests by kind, summed over shards: count, time (ms) and the longest one (ms,
+                # since the last reset): the shard releases nothing while one runs, unless it waits on the kernel
+                "ops": ops,
                 # cumulative (unless reset): differences between two reads give one interval's quantiles
                 "late_hist": list(st.late_hist)}
 

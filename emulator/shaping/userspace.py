@@ -164,6 +164,9 @@ class UserspaceShaper(Shaper):
         A late release's lateness is made up at the packet's next hold (:class:`DelayDaemon`); False: off.
     keep_cpus_awake : bool
         The daemon holds the kernel's CPU latency request at 0 us while it runs (:class:`DelayDaemon`).
+    watch : bool or None
+        Standby threads in the daemon's shards (:class:`DelayDaemon`); None: from some thousands of
+        namespaces on.
     """
 
     name = "userspace"
@@ -171,13 +174,13 @@ class UserspaceShaper(Shaper):
     def __init__(self, seed: int = 0, queue_num: int = DEFAULT_QUEUE_NUM, table: str = DEFAULT_TABLE,
                  reply_timeout_s: float = 30.0, shards: int | None = None,
                  rt_priority: int = DEFAULT_RT_PRIORITY, fd_limit: int | None = None, carry: bool = True,
-                 keep_cpus_awake: bool = True) -> None:
+                 keep_cpus_awake: bool = True, watch: bool | None = None) -> None:
         self.seed = seed
         self.queue_num = queue_num
         self.table = table
         self._daemon = DelayDaemon(seed, queue_num, table, shards=shards, rt_priority=rt_priority,
                                    reply_timeout_s=reply_timeout_s, fd_limit=fd_limit, carry=carry,
-                                   keep_cpus_awake=keep_cpus_awake)
+                                   keep_cpus_awake=keep_cpus_awake, watch=watch)
         self._ns_of_node: dict[str, str] = {}
         # port key -> (shape, where its packets are held: (ns_path, ifindex, ingress))
         self._shaped: dict[tuple[str, int], tuple[LinkShape, tuple[str, int, bool]]] = {}
@@ -223,7 +226,9 @@ class UserspaceShaper(Shaper):
         pass of a shard's loop, wall clock, and the CPU time of that pass, us: the difference is time the
         shard was preempted), lead_us (how early the timer is armed), stamped, read_lag_mean_us,
         namespaces, held_interfaces, shards, cpu_s_per_shard (CPU seconds each shard used), rt_priority
-        (0: not real-time), backend. ``reset_late_max`` zeroes the maxima and the lateness histogram (so
+        (0: not real-time), backend, ops (per kind of control request: count, ms in all, longest ms),
+        standby_threads, standby_passes and standby_released (the standby threads, their passes that
+        did work, the packets they released). ``reset_late_max`` zeroes the maxima and the lateness histogram (so
         the quantiles) after reporting them, to measure one interval.
         """
         return self._live("stats").stats(reset_late_max)
