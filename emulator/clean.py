@@ -223,6 +223,14 @@ def clean(run_id: str | None = None) -> CleanReport:
     if inodes:
         left = [pid for pid, _, ino in _processes() if ino in inodes and pid not in _protected()]
         report.remaining = sorted(set(report.remaining) | set(left))
+    if report.killed or report.netns_removed:
+        # the kernel of the development VM keeps namespaces nothing refers to until a new one is made
+        # (emulator.kernel.memory): make and drop one, so that what was removed is freed
+        from .kernel.memory import release_dead_namespaces
+
+        why = release_dead_namespaces()
+        if why:
+            log.info("clean: could not ask the kernel to free dead namespaces: %s", why)
     if report.killed:
         log.info("clean: killed %d processes in %d namespaces", len(report.killed), report.namespaces)
     if report.remaining:

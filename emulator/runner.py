@@ -35,8 +35,14 @@ from topologies.scenario import (
 from topologies.timeline import Timeline
 
 from .clock import Playback, StepRecord
+from .kernel.memory import meminfo_kb, net_namespaces, pss_kb, release_dead_namespaces, wait_net_namespaces
 
 log = logging.getLogger(__name__)
+
+#: From this many nodes on, a run waits (at most KERNEL_WAIT_S) after its teardown until the kernel has freed
+#: its namespaces, and says how long that took: a run started before competes with the kernel's cleanup.
+KERNEL_WAIT_MIN_NODES = 1000
+KERNEL_WAIT_S = 60.0
 
 
 def _say(msg: str) -> None:
@@ -363,6 +369,8 @@ def run(args: argparse.Namespace) -> int:
     whereami: Any = None
     loadlog: Any = None
     monitor: Any = None
+    mem_before: dict[str, int] = {}  # /proc/meminfo before the build, kB
+    ns_before: int | None = None  # the kernel's network namespaces before the build
     playback: Playback | None = None
     watchdog: Any = None
     link_watch: Any = None
@@ -379,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
             emu.keep_cpus_awake = sc.emulation.keep_cpus_awake
             if hasattr(emu, "log_dir"):
                 emu.log_dir = out / "daemons"
+            mem_before, ns_before = meminfo_kb("MemAvailable", "Slab"), net_namespaces()
             t = time.monotonic()
             _say(f"building {len(tl.nodes)} nodes and {tl.n_links} links ...")
             emu.build()
@@ -536,6 +545,13 @@ def run(args: argparse.Namespace) -> int:
                 summary.setdefault("compute_services", {})["cgroups_left"] = left
         if monitor is not None:
             monitor.stop()
+            low = monitor.mem_low
+            if "MemAvailable" in low and "MemAvailable" in mem_before:
+                summary["memory"] = {
+                    # from before the build to the lowest MemAvailable while playing; Slab at that moment
+                    "mem_available_fall_gb": round((mem_before["MemAvailable"] - low["MemAvailable"]) / 2**20, 2),
+                    "slab_growth_gb": round((low.get("Slab", 0) - mem_before.get("Slab", 0)) / 2**20, 2),
+                    "pss_gb": round(pss_kb() / 2**20, 2)}  # now, before the teardown: the run's processes
         if loadlog is not None:
             try:  # the last step's bytes; a failure here must not stop the teardown
                 loadlog.sample(last + 1)
@@ -562,6 +578,14 @@ def run(args: argparse.Namespace) -> int:
             emu.stop()
         shaper.close()
         summary["teardown_s"] = round(time.monotonic() - t, 2)
+        if ns_before is not None and emu is not None and len(tl.nodes) >= KERNEL_WAIT_MIN_NODES:
+            # the kernel frees namespaces after the last reference goes (on the development kernel, only
+            # once a new one is made: emulator.kernel.memory): a run started before competes with that.
+            # Counted machine-wide, so another run's namespaces count too.
+            waited, left = wait_net_namespaces(ns_before, KERNEL_WAIT_S)
+            summary["kernel_cleanup"] = {"seconds": round(waited, 1), "namespaces_left": left}
+        elif emu is not None:
+            release_dead_namespaces()
         if playback is not None:
             summary["lateness"] = playback.lateness_summary()
         try:
@@ -601,7 +625,17 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     _say(f"satnetem run '{s.get('scenario', '?')}': {state}, "
          f"shaper {s.get('shaper')}, routing {s.get('protocol')}, speed {s.get('speed', 1):g}")
     if "build_s" in s:
-        _say(f"  bring-up {s['build_s']} s, teardown {s.get('teardown_s', '-')} s")
+        kc = s.get("kernel_cleanup") or {}
+        after = ("" if not kc else f"; the kernel's namespaces back to their count before the build "
+                 f"{kc['seconds']} s after" if not kc.get("namespaces_left") else
+                 f"; {kc['namespaces_left']} namespaces more than before the build still in the kernel "
+                 f"{kc['seconds']} s after")
+        _say(f"  bring-up {s['build_s']} s, teardown {s.get('teardown_s', '-')} s{after}")
+    mem = s.get("memory")
+    if mem:
+        _say(f"  memory: MemAvailable {mem['mem_available_fall_gb']} GB lower at its lowest while playing than "
+             f"before the build (kernel Slab +{mem['slab_growth_gb']} GB); the run's processes PSS "
+             f"{mem['pss_gb']} GB")
     late = s.get("lateness") or {}
     if late.get("steps"):
         _say(f"  steps applied {late['steps']}: late median {_fmt(late['late_ms_median'])} ms, "

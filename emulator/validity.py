@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .kernel.memory import meminfo_kb
+
 log = logging.getLogger(__name__)
 
 MONITOR_COLUMNS = ("t_s", "interval_s", "cpu_busy_pct", "cpu_wait_pct", "release_p99_us", "released")
@@ -245,6 +247,8 @@ class HostMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="satnetem-monitor", daemon=True)
         self.has_psi = read_cpu_wait_us() is not None
+        # /proc/meminfo at the lowest MemAvailable seen (kB): the run's memory at its steady state
+        self.mem_low: dict[str, int] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -287,6 +291,9 @@ class HostMonitor:
                 wait_pct = (100.0 * (wait - wait_prev) / 1e6 / dt if wait is not None and wait_prev is not None
                             and dt > 0 else math.nan)
                 p99, n = hist_p99_us(hist_prev, hist)
+                mem = meminfo_kb("MemAvailable", "Slab")
+                if "MemAvailable" in mem and mem["MemAvailable"] < self.mem_low.get("MemAvailable", 1 << 62):
+                    self.mem_low = mem
                 w.writerow([f"{now - self.t0:.3f}", f"{dt:.3f}", _cell(busy, 1), _cell(min(wait_pct, 100.0), 1),
                             _cell(p99, 1), n])
                 fh.flush()
