@@ -14,14 +14,17 @@
  *     (CLOCK_MONOTONIC, absolute, early by the measured time from expiry to the verdicts' hand-over);
  *   - verdicts collected per namespace and sent with one send(2) per namespace and pass (NF_ACCEPT; a
  *     packet whose arrival stamp came in the mark leaves with mark 0, what it had on arrival).
- * Lateness carried (--carry-fd, or a private table; --no-carry: off): a packet released late by L (from its
- * due time to the start of the verdicts' hand-over, beyond CARRY_MIN_NS) leaves L in a table under its
- * identity (the loss decision's hash of addresses, protocol, ports and L4 bytes, and the IP ID: what no hop
- * changes; see carry_ident); the next hold of that packet, reached within CARRY_TTL_MS, in this shard or
- * another one sharing the table, holds it up to L less (never less than 0: a packet never leaves before it
- * arrived), and what a hop's delay cannot absorb goes on to the hop after. A late wake-up of this process
- * (the host did not run it) then costs the packet nothing unless it happens at the packet's last hold. Each
- * link's own delay is off by what it made up; the path's delay, what a user measures, is not.
+ * Lateness carried (--carry-fd, or a private table; --no-carry: off): a packet released L after its due
+ * time (to the start of the verdicts' hand-over; negative when early, by the lead) leaves L in a table under
+ * its identity (the loss decision's hash of addresses, protocol, ports and L4 bytes, and the IP ID: what no
+ * hop changes; see carry_ident); the next hold of that packet, reached within CARRY_TTL_MS, in this shard or
+ * another one sharing the table, holds it L + F less, F being the time from that release to this arrival up
+ * to CARRY_FWD_US (the kernel's forwarding, which no link of the path has; more is a queue's, the network's):
+ * never less than 0, a packet never leaves before it arrived, and what a hop's delay cannot absorb goes on
+ * to the hop after; a negative L + F holds it that much longer. Each hold's due time so follows from the
+ * last one's by the hop's delay, and the path's delay, what a user measures, is off only by the last hold's
+ * lead and forwarding; each link's own delay is off by what it made up. A late wake-up of this process (the
+ * host did not run it) costs the packet nothing unless it happens at the packet's last hold.
  * Loss: drop when hash(seed, port's link id, packet identity) < loss * 2^64, the identity being the
  * addresses, protocol, ports and the L4 bytes that tell a flow's packets apart (see packet_hash): the same
  * packet meets the same fate whatever the interleaving, and a retransmission draws again (a TCP one has a
@@ -488,41 +491,51 @@ static void add_verdict(int ns, uint32_t id, bool accept, bool set_mark, uint32_
 /* ------------------------------------------------------------------ lateness carried to the next hold */
 
 /* One 64-bit word per slot, read and written whole (atomic on every 64-bit CPU) by every shard that shares
- * the table: tag (the identity's bits above the slot's) << 40 | lateness us << 20 | time written, ms mod 2^20.
- * A lookup takes the word (compare-and-exchange to 0), so two holds never both make up one lateness. */
+ * the table: tag (the identity's bits above the slot's) << 40 | (lateness us + CARRY_EARLY_US) << 20 | the
+ * release's start, us mod 2^20. A lookup takes the word (compare-and-exchange to 0), so two holds never both
+ * make up one lateness. */
 #define CARRY_SLOT_BITS 16
 #define CARRY_SLOTS (1u << CARRY_SLOT_BITS)
 #define CARRY_IDENT_BITS 40      /* slot 16 + tag 24: another packet matches one in 2^24 of occupied slots */
 #define CARRY_MIN_NS 1000        /* lateness below this stays where it is */
-#define CARRY_MAX_US 0xFFFFFu    /* ~1 s: more than that is carried as that */
+#define CARRY_EARLY_US 256       /* lateness is stored from -CARRY_EARLY_US (released early, by the lead) */
+#define CARRY_MAX_US (0xFFFFu - CARRY_EARLY_US)  /* ~65 ms: more than that is carried as that */
 #define CARRY_TTL_MS 20          /* taken up only by a hold the packet reached within this of its release */
+#define CARRY_FWD_US 50          /* of the time from a release to the next hold, this much at most is made up */
 #define CARRY_HASH_SEED 0x6361727279ull  /* identity hash: the same in every shard and run */
 #define CARRY_TABLE_BYTES ((size_t)CARRY_SLOTS * sizeof(uint64_t))
 
-static inline uint64_t carry_ms20(uint64_t now) { return (now / 1000000ull) & 0xFFFFFull; }
+static inline uint64_t carry_us20(uint64_t t) { return (t / 1000ull) & 0xFFFFFull; }
 
-static void carry_put(uint64_t ident, uint64_t late_ns, uint64_t now)
+/* late_ns: from the packet's due time (less what earlier holds left it) to the start of its release, negative
+ * when released early */
+static void carry_put(uint64_t ident, int64_t late_ns, uint64_t start)
 {
-    uint64_t us = late_ns / 1000;
-    if (us > CARRY_MAX_US)
-        us = CARRY_MAX_US;
+    int64_t us = late_ns / 1000 + CARRY_EARLY_US;
+    us = us < 0 ? 0 : us > (int64_t)(CARRY_MAX_US + CARRY_EARLY_US) ? (int64_t)(CARRY_MAX_US + CARRY_EARLY_US) : us;
     uint64_t tag = (ident >> CARRY_SLOT_BITS) & 0xFFFFFFull;
-    __atomic_store_n(&D.carry[ident & (CARRY_SLOTS - 1)], tag << 40 | us << 20 | carry_ms20(now), __ATOMIC_RELAXED);
+    __atomic_store_n(&D.carry[ident & (CARRY_SLOTS - 1)], tag << 40 | (uint64_t)us << 20 | carry_us20(start),
+                     __ATOMIC_RELAXED);
 }
 
 /* Lateness owed by the packet with this identity that arrived at time `arrived` (its stamp, else when read),
- * ns: only what a release at most CARRY_TTL_MS before that arrival left. */
-static uint64_t carry_take(uint64_t ident, uint64_t arrived)
+ * ns: what its last release was late (negative: early, by the lead), plus the time from that release to this
+ * arrival up to CARRY_FWD_US (the kernel's forwarding between two holds, which a path's predicted delay does
+ * not have; a queue that held the packet longer, a link's rate, is the network's and stays); only from a
+ * release at most CARRY_TTL_MS before. Negative: the packet is that much ahead of its path's delay. */
+static int64_t carry_take(uint64_t ident, uint64_t arrived)
 {
     uint64_t *slot = &D.carry[ident & (CARRY_SLOTS - 1)];
     uint64_t w = __atomic_load_n(slot, __ATOMIC_RELAXED);
     if (!w || w >> 40 != ((ident >> CARRY_SLOT_BITS) & 0xFFFFFFull))
         return 0;
-    if (((carry_ms20(arrived) - (w & 0xFFFFFull)) & 0xFFFFFull) > CARRY_TTL_MS)
+    int64_t fwd_us = (int64_t)((carry_us20(arrived) - (w & 0xFFFFFull)) & 0xFFFFFull);
+    if (fwd_us > CARRY_TTL_MS * 1000)
         return 0;
     if (!__atomic_compare_exchange_n(slot, &w, 0, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         return 0;
-    return ((w >> 20) & CARRY_MAX_US) * 1000ull;
+    int64_t late_us = (int64_t)((w >> 20) & 0xFFFFull) - CARRY_EARLY_US;
+    return (late_us + (fwd_us < CARRY_FWD_US ? fwd_us : CARRY_FWD_US)) * 1000;
 }
 
 /* The identity lateness is carried under: the loss decision's hash and the IPv4 ID, which every hop keeps and
@@ -559,11 +572,11 @@ static void account_lateness(uint64_t sent)
 }
 
 /* What each release of this pass owes its packet's next hold: the time from its due time to the start of the
- * hand-over (`start`; the kernel forwards a packet inside send(2)), plus what earlier holds left that this one
- * could not absorb. A release early by up to the lead owes nothing: the lead stands for the hand-over's own
- * cost. (Carrying that earliness too, as a longer next hold, measured 115-175 us of excess on the overhead
- * test's 8 traversals against 74-104 us this way; the RTT's minimum was at or above the path's delay both
- * ways, 8.01-8.05 ms for 8 ms here.) */
+ * hand-over (`start`; the kernel forwards a packet inside send(2); negative when released early, by the lead),
+ * plus what earlier holds left that this one could not absorb; the next hold adds the forwarding (carry_take).
+ * Measured on the overhead test's 8 traversals of 1 ms: RTT beyond 8 ms and the unshaped RTT -12 and -6 us
+ * (the hops' forwarding made up, the last one's left), minimum 8.00-8.01 ms; before the forwarding was made
+ * up, 74-104 us, and carrying the earliness alone (a longer next hold) 115-175 us. */
 static void carry_releases(uint64_t start)
 {
     for (uint32_t i = 0; i < D.nvdue; i++) {
@@ -571,10 +584,8 @@ static void carry_releases(uint64_t start)
         if (!ident)
             continue;
         int64_t late = (int64_t)(start - D.vdue[i]) + (int64_t)(D.vcarry[i] >> CARRY_IDENT_BITS) * 1000;
-        if (late >= CARRY_MIN_NS) {
-            carry_put(ident, late, start);
-            D.st.carried++;
-        }
+        carry_put(ident, late, start);  /* early too: the forwarding to the next hold may make it up */
+        D.st.carried += late >= CARRY_MIN_NS;
     }
 }
 
@@ -810,14 +821,20 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
         add_verdict(nsid, id, false, false, 0);
         return;
     }
-    /* lateness an earlier hold left on this packet: made up here as far as this port's delay allows */
-    uint64_t ident = 0, owed = 0, made_up = 0;
+    /* lateness an earlier hold left on this packet: made up here as far as this port's delay allows;
+     * earliness (its last release went early, by the lead, and reached here sooner than that) held longer */
+    uint64_t ident = 0, owed = 0, made_up = 0, extra = 0;
     if (D.carry && payload && (ident = carry_ident(payload, plen))) {
-        owed = carry_take(ident, arrived);
-        made_up = owed < p->delay_ns ? owed : p->delay_ns;
-        owed -= made_up;
+        int64_t o = carry_take(ident, arrived);
+        if (o < 0) {
+            extra = (uint64_t)-o;
+        } else {
+            owed = (uint64_t)o;
+            made_up = owed < p->delay_ns ? owed : p->delay_ns;
+            owed -= made_up;
+        }
     }
-    uint64_t due = arrived + p->delay_ns - made_up;
+    uint64_t due = arrived + p->delay_ns - made_up + extra;
     if (due < p->last_due_ns)
         due = p->last_due_ns;
     if (made_up) {
