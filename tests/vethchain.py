@@ -91,3 +91,40 @@ def routed_line(tag: str, hops: int, net: str) -> Iterator[tuple[Chain, list[Por
             for j in range(1, i):
                 iprs[f"r{i}"].route("add", dst=f"{net}.{j}.0/24", gateway=f"{net}.{i}.1")
         yield c, peered, f"{net}.{hops}.2"
+
+
+# A UDP stream with its own time stamps, for tests that measure one-way delay through a chain: every datagram
+# is ``header`` (fixed bytes, as a tunnel's outer packets start), then (sequence, CLOCK_MONOTONIC send time
+# in ns), then padding; the receiver prints "seq sent_ns delay_ms" per datagram once 2 s pass without one.
+# CLOCK_MONOTONIC is one clock for every namespace. Arguments: receiver PORT HEADER_LEN; sender DST PORT
+# COUNT INTERVAL_S HEADER.
+UDP_RECEIVER = r"""
+import socket, struct, sys, time
+port, skip = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", port))
+s.settimeout(2.0)
+print("ready", flush=True)
+out = []
+try:
+    while True:
+        d = s.recv(128)
+        now = time.monotonic_ns()
+        seq, sent = struct.unpack("=qq", d[skip:skip + 16])
+        out.append(f"{seq} {sent} {(now - sent) / 1e6:.4f}")
+except socket.timeout:
+    pass
+print("\n".join(out), flush=True)
+"""
+
+UDP_SENDER = r"""
+import socket, struct, sys, time
+dst, port, n, interval, header = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((dst, port))
+t = time.monotonic()
+for i in range(n):
+    s.send(header.encode() + struct.pack("=qq", i, time.monotonic_ns()) + b"x" * 40)
+    t += interval
+    time.sleep(max(0.0, t - time.monotonic()))
+"""

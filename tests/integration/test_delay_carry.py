@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from vethchain import routed_line
+from vethchain import UDP_RECEIVER, UDP_SENDER, routed_line
 
 from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
@@ -30,35 +30,8 @@ PAUSE_MS = 8.0
 INTERVAL_MS = 1.0
 LATE_MS = 2.0  # a packet this much beyond the path's delay counts as late
 
-RECEIVER = r"""
-import socket, struct, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 47000))
-s.settimeout(2.0)
-print("ready", flush=True)
-out = []
-try:
-    while True:
-        d = s.recv(64)
-        now = time.monotonic_ns()
-        seq, sent = struct.unpack("=qq", d[8:24])
-        out.append(f"{seq} {sent} {(now - sent) / 1e6:.4f}")
-except socket.timeout:
-    pass
-print("\n".join(out), flush=True)
-"""
-
-SENDER = r"""
-import socket, struct, sys, time
-dst, n, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.connect((dst, 47000))
-t = time.monotonic()
-for i in range(n):
-    s.send(b"TUNNELHD" + struct.pack("=qq", i, time.monotonic_ns()) + b"x" * 40)
-    t += interval
-    time.sleep(max(0.0, t - time.monotonic()))
-"""
+PORT = 47000
+HEADER = "TUNNELHD"  # a tunnel header: only the IP ID tells one datagram from the next
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +51,14 @@ def one_way_ms(c, peered, dst: str, carry: bool) -> tuple[list[tuple[int, float]
         sh.set([(p, LinkShape(delay_ms=HOP_DELAY_MS, rate_mbps=1000.0)) for p in peered], lambda n: c.iprs[n])
         # sender and receiver at real-time priority (below the daemon's): their time stamps are taken in user space, and a CPU hog
         # beside a normal process delays them by milliseconds that would count as the network's
-        rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], "chrt", "-f", "5", sys.executable, "-c", RECEIVER],
+        rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], "chrt", "-f", "5", sys.executable, "-c",
+                               UDP_RECEIVER, str(PORT), str(len(HEADER))],
                               stdout=subprocess.PIPE, text=True)
         assert rx.stdout.readline().strip() == "ready"
         count = int(1500 / INTERVAL_MS)
-        tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], "chrt", "-f", "5", sys.executable, "-c", SENDER, dst,
-                               str(count), str(INTERVAL_MS / 1e3)])
+        tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], "chrt", "-f", "5", sys.executable, "-c",
+                               UDP_SENDER, dst, str(PORT),
+                               str(count), str(INTERVAL_MS / 1e3), HEADER])
         time.sleep(0.75)
         pids = sh._daemon.pids
         assert pids

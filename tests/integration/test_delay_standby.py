@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from vethchain import routed_line
+from vethchain import UDP_RECEIVER, UDP_SENDER, routed_line
 
 from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
@@ -28,35 +28,8 @@ STALL_MS = 150.0
 INTERVAL_MS = 1.0
 LATE_MS = 3.0  # the standby's grace (0.3 ms) and longest sleep (1 ms), and wake-ups on a busy VM
 
-RECEIVER = r"""
-import socket, struct, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 47100))
-s.settimeout(2.0)
-print("ready", flush=True)
-out = []
-try:
-    while True:
-        d = s.recv(64)
-        now = time.monotonic_ns()
-        seq, sent = struct.unpack("=qq", d[:16])
-        out.append(f"{seq} {sent} {(now - sent) / 1e6:.4f}")
-except socket.timeout:
-    pass
-print("\n".join(out), flush=True)
-"""
-
-SENDER = r"""
-import socket, struct, sys, time
-dst, n, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.connect((dst, 47100))
-t = time.monotonic()
-for i in range(n):
-    s.send(struct.pack("=qq", i, time.monotonic_ns()) + b"x" * 40)
-    t += interval
-    time.sleep(max(0.0, t - time.monotonic()))
-"""
+PORT = 47100
+HEADER = ""  # none
 
 # Takes one CPU at SCHED_FIFO 50 (the daemon runs at 10) for the given time; prints when it held it.
 SPINNER = r"""
@@ -94,11 +67,13 @@ def stream_through_a_stall(c, peered, dst: str, watch: bool) -> tuple[list[tuple
         # sender and receiver on the other CPUs, at real-time priority below the daemon's: their time stamps
         # are taken in user space
         rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], "taskset", "-c", others, "chrt", "-f", "5",
-                               sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+                               sys.executable, "-c", UDP_RECEIVER, str(PORT), str(len(HEADER))],
+                              stdout=subprocess.PIPE, text=True)
         assert rx.stdout.readline().strip() == "ready"
         count = int(1500 / INTERVAL_MS)
         tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], "taskset", "-c", others, "chrt", "-f", "5",
-                               sys.executable, "-c", SENDER, dst, str(count), str(INTERVAL_MS / 1e3)])
+                               sys.executable, "-c", UDP_SENDER, dst, str(PORT),
+                               str(count), str(INTERVAL_MS / 1e3), HEADER])
         time.sleep(0.6)
         spin = subprocess.run([sys.executable, "-c", SPINNER, str(stalled), str(STALL_MS)],
                               capture_output=True, text=True, timeout=30, check=True)
