@@ -80,6 +80,22 @@ ROUTE_SWITCHES = ("in-place", "epoch")
 EPOCH_TABLES = (101, 102)
 EPOCH_MARKS = (0x53450001, 0x53450002)
 EPOCH_PREFS = (100, 101)
+#: ... and of the rule for unmarked packets (a router's own: ICMP errors and replies, its pings), which names
+#: the table in use whenever the idle one is filled over several steps (below)
+EPOCH_UNMARKED_PREF = EPOCH_PREFS[-1] + 1
+#: Route epochs over several steps. A step with many more route changes than its neighbours (a slot
+#: boundary, where every ground antenna and beam may change satellite at once: ~400,000 routes on the 2026
+#: constellation with Starlink's gateways, 1.0-1.4 s of kernel time) cannot be sent ahead in one step's
+#: time. Such steps ("heavy": at least EPOCH_HEAVY_SHARE of the most ground-link handovers of any step) get
+#: the idle table for up to EPOCH_HORIZON_STEPS steps before them, filled a part each step, while the steps
+#: in between change the table in use in place, each if its changes take the kernel at most
+#: EPOCH_IN_PLACE_MS at the measured cost per route (else every step switches tables, as without them).
+EPOCH_HEAVY_SHARE = 0.25
+EPOCH_HORIZON_STEPS = 60
+EPOCH_IN_PLACE_MS = 40.0
+#: niceness of the route worker that computes heavy steps' tables ahead (the one computing each next step's
+#: table, and the delay daemon, come first)
+EARLY_WORKER_NICE = 10
 
 #: sysctls every namespace needs (before any veth exists, so "default" reaches every interface); the holder
 #: writes only those a new namespace does not already start with (here: none). Forwarding (routers) and
@@ -259,7 +275,24 @@ class Emulation:
         self._ahead: RouteTable | None = None  # the table whose routes are in the idle table ahead of its step
         self._ahead_routes = 0  # routes sent ahead for it
         self._route_us = 5.0  # kernel time per route sent, us (measured; decides how many fit ahead)
+        self._pack_s = 0.0  # how long the last packing of routes sent ahead took, s
         self._ahead_last = 0  # routes the last _preinstall wanted to send ahead
+        # each record's version (see _inst_version) while it is not the current one; versions are unique
+        self._rec_vers = [0, 0]
+        self._ver_seq = 0
+        self._heavy: np.ndarray = np.empty(0, np.int64)  # heavy steps (EPOCH_HEAVY_SHARE), sorted
+        self._early: tuple[int, tuple[Snapshot, RouteTable]] | None = None  # a heavy step's table, computed ahead
+        self._early_s = 0.0  # how long computing it took, s
+        self._unmarked = 0  # the table the rule for unmarked packets names
+        self._filling: int | None = None  # the heavy step the idle table is being filled for
+        self._filled = 0  # routes sent into the idle table for it in the steps before the last
+        self._fill_left: int | None = None  # its changes not sent yet at the last count (None: not counted)
+        # route epochs over several steps: a second worker computes heavy steps' tables, so that the first
+        # computes every step's own in time; the heavy step and snapshot it computes now
+        self._early_worker: RouteWorker | None = None
+        self._early_job: tuple[int, Snapshot] | None = None
+        self._deferred_down: list[tuple[int, int]] = []  # pairs handed over from at a switch, down after it
+        self._unmarked_due = False  # the rule for unmarked packets to follow the table switched to, after it
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -362,14 +395,21 @@ class Emulation:
         try:
             here, peer = self.local, self.timeline.peer
             touch = here[self.link_a] | ((peer >= 0) & here[np.maximum(peer, 0)]).any(axis=1)  # slots with an end here
+            workers = int(self._use_worker) * (2 if self._epochs else 1)  # (with epochs, one for heavy steps)
             self.needs = budget.needs(int(here.sum()), int(touch.sum() + touch[self._antennas].sum()),
-                                      str(getattr(self.shaper, "name", "?")), route_worker=self._use_worker)
+                                      str(getattr(self.shaper, "name", "?")), route_worker=workers)
             budget.check(self.needs)  # refuses in one line, before anything exists
             _raise_fd_limit(max(self.needs.fds_all_open, self.needs.shaper_fds))
             before = budget.descendants()
             ptys_before = budget.ptys_in_use()
             if self._use_worker:  # forked first: it inherits no namespace, socket or shaper descriptor
                 self._worker = RouteWorker(self.protocol, self.timeline)
+                if self._epochs:  # its tables are wanted steps later: the CPU goes to the first one's first
+                    self._early_worker = RouteWorker(self.protocol, self.timeline)
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, self._early_worker.pid, EARLY_WORKER_NICE)
+                    except OSError as e:
+                        log.warning("route worker for heavy steps: niceness not set: %s", e.strerror)
             inodes = self._namespaces()
             self._write_state(inodes)
             self.net = EmulatedNet(self.nodes, self.stop)
@@ -414,6 +454,7 @@ class Emulation:
                     self._install_routes(self.routes, current=False)
                     self._epoch_rules()
                     self.shaper.route_epoch(EPOCH_MARKS[0])
+                    self._heavy = self._heavy_steps()
             t["routes"] = _ms(t1)
             t["total"] = _ms(t0)
             self.build_timings_ms = t
@@ -446,6 +487,7 @@ class Emulation:
         """
         if not self._built or self._stopped:
             raise ApplyError("the emulation is not running", operation="apply_step")
+        self._down_deferred()
         self._end_gap()  # a gap of the step before that settle() did not end (steps played back to back)
         t0 = time.perf_counter()
         target = self.target(step)
@@ -506,6 +548,9 @@ class Emulation:
             self._far[l] = self._pfar[l, 1 - old]
             old_pairs.append((l, old))
         attached = d.peer_links[(d.new_peer >= 0) & up_now[d.peer_links]]
+        # a spare held up ahead of its handover (route epochs) is up with its nexthops already
+        attached = np.array([l for l in attached.tolist() if self._spares_up.get(l) != int(self.ends.pair[l])],
+                            np.int64)
         self._set_links(np.union1d(d.went_up, attached), True, applied.peer)
         back = d.went_up[self.is_access[d.went_up]]
         if len(back):  # back from a scheduled event ([[events]]): the kernel dropped the host's default route
@@ -530,7 +575,7 @@ class Emulation:
         # the switch); else in place, into the table in use, as without epochs.
         flip = self._epochs and table is not None and table is self._ahead
         if self._epochs:
-            stats.routes_ahead = self._ahead_routes if flip else 0
+            stats.routes_ahead = self._ahead_routes + (self._filled if self._filling == step else 0) if flip else 0
             self._ahead, self._ahead_routes = None, 0
             if not flip:
                 self._use_record(self._active)
@@ -548,6 +593,9 @@ class Emulation:
                     te = time.perf_counter()
                     self.shaper.route_epoch(EPOCH_MARKS[self._rec_i])
                     self._active = self._rec_i
+                    # a router's own packets follow after the step, before the pairs handed over from go down
+                    self._unmarked_due = self._filling == step
+                    self._filling = None
                     stats.timings_ms["epoch"] = _ms(te)
                 stats.route_table = self._active
                 self._use_record(1 - self._active)
@@ -555,14 +603,13 @@ class Emulation:
         stats.timings_ms["routes"] = (t3 - t2) * 1e3  # includes the overlapped shaping
         # 4. links down, and the pairs handed over from (no route uses them any more)
         self._set_links(d.went_down, False, applied.peer)
-        self._pairs_down(old_pairs)
         if self._epochs and flip:
-            # the idle table (the step before's) went through the pairs handed over from: the kernel removed
-            # those routes with their nexthops
-            for l, pair in old_pairs:
-                for node in (int(self.link_a[l]), int(self._pfar[l, pair])):
-                    if self.is_router[node] and self.local[node]:
-                        self._forget_routes_via(node, l, every_table=False)
+            # no route of the table in use goes through them: down after the step (_down_deferred)
+            self._deferred_down += old_pairs
+        else:
+            self._pairs_down(old_pairs)
+            if self._epochs:  # the idle table's routes through them left with their nexthops
+                self._forget_pairs(old_pairs)
         stats.links_down = len(d.went_down)
         self.applied = applied
         t4 = time.perf_counter()
@@ -641,16 +688,157 @@ class Emulation:
             return 0
         if self._worker is not None:  # the child computes while this thread moves spares
             self.prefetch_routes(step + 1, time.monotonic())
-        done = self._move_spares_ahead(step, until)
+        self._down_deferred()
+        move_until = until
+        heavy = self._heavy_after(step + 1) if self._epochs else None
+        if heavy is not None and until is not None and (self._filling != heavy or self._fill_left != 0):
+            # moves and the heavy step's routes share the steps before it (both hold the kernel's rtnl lock):
+            # the moves stop when what is left of this step's time is the heavy step's routes' share of it
+            # (unknown before they are first counted: 40 %)
+            left = max(0.0, until - time.monotonic())
+            share = 0.4 * left
+            if self._filling == heavy and self._fill_left is not None:
+                share = min(share, self._fill_left * self._route_us * 1e-6 / max(1, heavy - step - 1) + 0.06)
+            move_until = until - share
+        done = self._move_spares_ahead(step, move_until)
         if self._epochs and until is not None:
             # the worker's table is waited for only while there is time left to send it ahead
             self.prefetch_routes(step + 1, until - min(0.5, 0.1 + self._ahead_last * self._route_us * 1e-6))
-            self._preinstall(until)
+            if not self._fill_for_heavy(step, until):
+                self._preinstall(until)
         else:
             self.prefetch_routes(step + 1, until)
-            if self._epochs:
+            if self._epochs and not self._fill_for_heavy(step, until):
                 self._preinstall(until)
         return done
+
+    def _down_deferred(self) -> None:
+        """Route epochs: the pairs handed over from at the last switch go down, between steps: each costs the
+        kernel a grace period (the ~375 of a slot boundary took 0.6-0.7 s at the step). No route of the table
+        in use goes through them; the idle table's (the step before's) did, and the kernel removed those with
+        their nexthops: its record (the current one between steps) forgets them."""
+        if self._stopped:
+            return
+        if self._unmarked_due:
+            self._unmarked_due = False
+            self._point_unmarked(self._active)
+        pairs, self._deferred_down = self._deferred_down, []
+        if not pairs:
+            return
+        self._pairs_down(pairs)
+        self._forget_pairs(pairs)
+
+    def _forget_pairs(self, pairs: list[tuple[int, int]]) -> None:
+        """The current record (the idle table's, between steps) forgets its routes through the link slots of
+        these veth pairs, gone down with their nexthops (routes through the slot's other pair too: sent again
+        if still wanted)."""
+        for l, pair in pairs:
+            for node in (int(self.link_a[l]), int(self._pfar[l, pair])):
+                if self.is_router[node] and self.local[node]:
+                    self._forget_routes_via(node, l, every_table=False)
+
+    def _heavy_steps(self) -> np.ndarray:
+        """Route epochs: the steps with at least EPOCH_HEAVY_SHARE of the most ground-link changes of
+        satellite (or to none) that any step has (slot boundaries, where they all happen), sorted."""
+        gsl = np.flatnonzero(self.timeline.link_class == _GSL)
+        if not len(gsl) or self.timeline.n_steps < 2:
+            return np.empty(0, np.int64)
+        peer = self.timeline.peer[gsl]
+        n = (peer[:, 1:] != peer[:, :-1]).sum(axis=0)
+        if not n.any():
+            return np.empty(0, np.int64)
+        return (np.flatnonzero(n >= max(1.0, EPOCH_HEAVY_SHARE * float(n.max()))) + 1).astype(np.int64)
+
+    def _heavy_after(self, nxt: int) -> int | None:
+        """Route epochs: the first heavy step after step ``nxt`` within EPOCH_HORIZON_STEPS, unless ``nxt``
+        is heavy itself (None then, and without one)."""
+        i = int(np.searchsorted(self._heavy, nxt))
+        if i >= len(self._heavy) or int(self._heavy[i]) == nxt or int(self._heavy[i]) - nxt > EPOCH_HORIZON_STEPS:
+            return None
+        return int(self._heavy[i])
+
+    def _fill_for_heavy(self, step: int, until: float | None) -> bool:
+        """Route epochs over several steps (EPOCH_HEAVY_SHARE), between steps: when a heavy step comes after
+        the next one, within EPOCH_HORIZON_STEPS, and the next step's changes to the table in use fit in
+        EPOCH_IN_PLACE_MS, the next step changes that table in place (its routes packed now) and the idle
+        table gets as many of the heavy step's routes (computed once, ahead) as the time left allows; the
+        step before the heavy one sends the rest as usual (:meth:`_preinstall`) and the heavy step switches
+        tables. Returns whether it chose so (else the next step switches tables)."""
+        heavy = self._heavy_after(step + 1)
+        if heavy is None or self._stopped:
+            return False
+        if until is not None and time.monotonic() > until - 0.05 - self._pack_s:
+            return True  # no time left: the next step packs its own changes and changes the table in use
+        if self._prefetched is not None:  # else the next step computes its own and changes the table in use
+            self._use_record(self._active)
+            pack = self._pack_routes(self._prefetched[1])
+            if len(pack.rows) * self._route_us * 1e-3 > EPOCH_IN_PLACE_MS:
+                self._use_record(1 - self._active)
+                return False
+            self._prepared = pack  # valid while the record of the table in use does not change
+        # a router's own packets look up the table in use, not the one about to hold a later step's routes
+        self._point_unmarked(self._active)
+        self._use_record(1 - self._active)
+        if self._filling != heavy:
+            self._filling, self._filled, self._fill_left = heavy, 0, None
+        early = self._early_table(heavy, until)
+        if early is not None:
+            snap, table = early
+            n, wanted = self._send_ahead(snap, table, until)
+            self._filled += n
+            if wanted >= 0:
+                self._ahead_last = wanted
+                self._fill_left = wanted - n
+            log.debug("route epochs: %d of %d routes of heavy step %d sent ahead", n, wanted, heavy)
+        return True
+
+    def _early_table(self, step: int, until: float | None) -> tuple[Snapshot, RouteTable] | None:
+        """The route table of heavy step ``step``, computed once, ahead (:meth:`_fill_for_heavy`), on the
+        applied state plus the diff to its target; None while there is no time left for it (the next
+        window computes it). The step itself still computes its own table: what differs is sent then."""
+        if self._early is not None and self._early[0] == step:
+            return self._early[1]
+        w = self._early_worker
+        if w is not None and self._early_job is not None:  # asked for in an earlier step
+            job, self._early_job = self._early_job, None
+            if job[0] == step:
+                if not w.ready(0.0):
+                    self._early_job = job
+                    return None
+                self._early = (step, (job[1], self._check_table(w.result())))
+                return self._early[1]
+            w.discard()
+        snap = self.applied.apply(diff(self.applied, self.target(step), self.delay_tolerance_ms))
+        if w is not None:  # in the child, while this thread goes on; a later step collects it
+            w.submit(step, snap)
+            self._early_job = (step, snap)
+            return None
+        if until is not None and time.monotonic() + max(self._early_s, self._compute_s, 0.02) > until - 0.1:
+            return None
+        t0 = time.perf_counter()
+        table = self._check_table(self.protocol.compute(self.timeline, step, snap))
+        self._early_s = time.perf_counter() - t0
+        self._early = (step, (snap, table))
+        return snap, table
+
+    def _point_unmarked(self, i: int) -> None:
+        """Route epochs: in every router, the rule for unmarked packets names table ``i``: a new rule, then
+        the old one deleted (one send per router; until then the old one matches first)."""
+        if self._unmarked == i:
+            return
+        routers = np.flatnonzero(self.is_router & self.local)
+        n = len(routers)
+        msgs = np.stack([rtnl.rule_msgs(n, rtnl.RTM_NEWRULE, EPOCH_UNMARKED_PREF, EPOCH_TABLES[i]),
+                         rtnl.rule_msgs(n, rtnl.RTM_DELRULE, EPOCH_UNMARKED_PREF, EPOCH_TABLES[self._unmarked])],
+                        axis=1).reshape(-1)  # per router: add, delete
+        fails = rtnl.run_packed_many([self._rtnl[r] for r in routers.tolist()], msgs, np.arange(0, 2 * n + 1, 2))
+        if fails:
+            row, err, k = fails[0]
+            raise ApplyError(f"rule for unmarked packets to table {EPOCH_TABLES[i]}: {os.strerror(err)} "
+                             f"[{errno.errorcode.get(err, err)}]" + (f" (and {len(fails) - 1} more)" if len(fails) > 1
+                                                                     else ""),
+                             node=self.names[int(routers[k])], operation="route epoch rules")
+        self._unmarked = i
 
     def _preinstall(self, until: float | None) -> bool:
         """Route epochs, between steps: send the prefetched table's routes into the idle table, except those
@@ -661,6 +849,29 @@ class Emulation:
         if self._prefetched is None or self._stopped or self._prefetched[1] is self._ahead:
             return False
         snap, table = self._prefetched
+        t0 = time.perf_counter()
+        n, wanted = self._send_ahead(snap, table, until)
+        if wanted < 0:
+            return False
+        self._ahead_last = wanted
+        if n < wanted / 2 and self._filling != table.step:
+            # Too little went ahead: the step would send more into this table (it was the one in use two steps
+            # ago) than into the one in use. What went ahead stays there (its record says so). (A heavy step
+            # filled for over several steps switches anyway: the table in use lacks all of its changes.)
+            return False
+        self._ahead, self._ahead_routes = table, n
+        log.debug("route epochs: %d routes sent ahead in %.0f ms", n, _ms(t0))
+        if until is None or time.monotonic() < until - 0.05:  # what is left, packed against the new record
+            self._prepared = self._pack_routes(table)
+        return True
+
+    def _send_ahead(self, snap: Snapshot, table: RouteTable, until: float | None) -> tuple[int, int]:
+        """Send into the idle table (the current record) the routes of ``table`` (computed on ``snap``), but
+        for those through a link slot not up with the same peer now (or a spare pair up ahead of its
+        handover, :meth:`_spares_ahead`), as many routers' as the time left allows (to end 50 ms before
+        ``until``). Returns (routes sent, changes wanted), or (0, -1) when there was no time to start."""
+        if until is not None and until - 0.05 - self._pack_s - time.monotonic() < 100 * self._route_us * 1e-6:
+            return 0, -1
         now = self.applied
         stable = now.up & (now.peer >= 0) & (snap.peer == now.peer)
         pair_at = None
@@ -670,28 +881,19 @@ class Emulation:
             pair_at = self.ends.pair.astype(np.int64)
             pair_at[ready] = 1 - pair_at[ready]
         limit = None
-        if until is not None:
-            limit = int((until - 0.05 - time.monotonic()) / (self._route_us * 1e-6))
+        if until is not None:  # what fits after the packing (timed at the last one)
+            limit = int((until - 0.05 - self._pack_s - time.monotonic()) / (self._route_us * 1e-6))
             if limit < 100:
-                return False
+                return 0, -1
         t0 = time.perf_counter()
         pack = self._pack_routes(table, exclude=~stable, limit=limit, pair_at=pair_at)
         n = len(pack.k_add) + len(pack.k_del) + len(pack.slow)
-        wanted = pack.wanted
         t1 = time.perf_counter()
+        self._pack_s = t1 - t0
         self._install_routes(table, pack=pack, current=False)
         if n >= 1000:  # the kernel's cost per route, for the next decision
             self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t1) * 1e6 / n
-        self._ahead_last = wanted
-        if n < wanted / 2:
-            # Too little went ahead: the step would send more into this table (it was the one in use two steps
-            # ago) than into the one in use. What went ahead stays there (its record says so).
-            return False
-        self._ahead, self._ahead_routes = table, n
-        log.debug("route epochs: %d routes sent ahead in %.0f ms (packing %.0f ms)", n, _ms(t0), (t1 - t0) * 1e3)
-        if until is None or time.monotonic() < until - 0.05:  # what is left, packed against the new record
-            self._prepared = self._pack_routes(table)
-        return True
+        return n, pack.wanted
 
     def _spares_ahead(self, snap: Snapshot) -> np.ndarray:
         """Route epochs, between steps: the antenna slots that hand over at ``snap``'s step to the satellite
@@ -762,6 +964,7 @@ class Emulation:
         act = self.ends.pair[slots].astype(np.int64)
         want, at = self._next_peers(slots, step, self._pfar[slots, act])
         todo = np.flatnonzero((want >= 0) & (want != self._pfar[slots, 1 - act]))
+        todo = todo[np.argsort(at[todo], kind="stable")]  # the soonest handovers first
         done = 0
         for i in todo.tolist():
             if until is not None and time.monotonic() > until - 0.05:
@@ -853,6 +1056,9 @@ class Emulation:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+        if self._early_worker is not None:
+            self._early_worker.close()
+            self._early_worker = None
         try:
             if self.shaper is not None:
                 self.shaper.close()
@@ -1372,6 +1578,8 @@ class Emulation:
         self._route_plen = np.where(site, a.site_len, a.prefix_len)
         self._recs = [(self._inst_nh, self._inst_link), (self._inst_nh.copy(), self._inst_link.copy())]
         self._rec_i = 0
+        self._inst_version = self._new_version()
+        self._rec_vers = [self._inst_version, self._new_version()]
         if table.width > 1:
             self._multipath_hash()
 
@@ -1381,9 +1589,15 @@ class Emulation:
         if i == self._rec_i or not self._recs:
             return
         self._recs[self._rec_i] = (self._inst_nh, self._inst_link)
+        self._rec_vers[self._rec_i] = self._inst_version
         self._inst_nh, self._inst_link = self._recs[i]
+        self._inst_version = self._rec_vers[i]
         self._rec_i = i
-        self._inst_version += 1
+
+    def _new_version(self) -> int:
+        """A version no record had before (a pack is valid for the record and version it was made against)."""
+        self._ver_seq += 1
+        return self._ver_seq
 
     def _table_id(self) -> int:
         """The kernel route table the current record describes: main without epochs."""
@@ -1418,10 +1632,11 @@ class Emulation:
         """The kernel flushed ``node``'s routes through ``link`` (interface down or moved), in every table
         (or, ``every_table`` False, in the current record's only); a multipath route may instead live on
         with its other next hops: mark it unknown (-2) so the next update replaces or deletes it."""
-        self._inst_version += 1
+        self._inst_version = self._new_version()
         records = [(self._inst_nh, self._inst_link)]
         if every_table and self._epochs:
             records.append(self._recs[1 - self._rec_i])
+            self._rec_vers[1 - self._rec_i] = self._new_version()
         for inst_nh, inst_link in records:
             if not inst_link.size:
                 continue
@@ -1513,7 +1728,7 @@ class Emulation:
         if (pack is None or pack.table is not table or pack.version != self._inst_version
                 or (pack.partial and pack is self._prepared)):
             pack = self._pack_routes(table)
-        self._inst_version += 1
+        self._inst_version = self._new_version()
         if len(pack.rows) == 0:
             return 0, 0
         e = self.ends

@@ -50,6 +50,7 @@ RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_NEWRULE = 32
+RTM_DELRULE = 33
 RTM_NEWQDISC = 36
 RTM_NEWTCLASS = 40
 RTM_NEWTFILTER = 44
@@ -242,6 +243,31 @@ def rule_body(priority: int, table: int, fwmark: int | None = None) -> bytes:
     if fwmark is not None:
         body += _u32(FRA_FWMARK, fwmark) + _u32(FRA_FWMASK, 0xFFFFFFFF)
     return body
+
+
+#: RTM_NEWRULE / RTM_DELRULE ``pref priority lookup table`` (IPv4): the layout :func:`rule_body` produces
+#: without a fwmark, after a netlink header.
+RULE_MSG = np.dtype([("nlmsg_len", "=u4"), ("nlmsg_type", "=u2"), ("nlmsg_flags", "=u2"), ("nlmsg_seq", "=u4"),
+                     ("nlmsg_pid", "=u4"), ("family", "u1"), ("dst_len", "u1"), ("src_len", "u1"), ("tos", "u1"),
+                     ("table", "u1"), ("res1", "u1"), ("res2", "u1"), ("action", "u1"), ("flags", "=u4"),
+                     ("prio_hdr", "=u4"), ("prio", "=u4"), ("table_hdr", "=u4"), ("table_id", "=u4")])
+
+
+def rule_msgs(n: int, kind: int, priority: int, table: int) -> np.ndarray:
+    """``n`` copies of one rule message (``kind`` RTM_NEWRULE or RTM_DELRULE) for
+    :func:`run_packed_many`: ``ip rule add|del pref priority lookup table``, dtype :data:`RULE_MSG`."""
+    m = np.zeros(n, RULE_MSG)
+    m["nlmsg_len"] = RULE_MSG.itemsize
+    m["nlmsg_type"] = kind
+    m["nlmsg_flags"] = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == RTM_NEWRULE else 0)
+    m["family"] = socket.AF_INET
+    m["table"] = table if table < 256 else 0
+    m["action"] = FR_ACT_TO_TBL
+    m["prio_hdr"] = _attr_hdr(FRA_PRIORITY, 4)
+    m["prio"] = priority
+    m["table_hdr"] = _attr_hdr(FRA_TABLE, 4)
+    m["table_id"] = table
+    return m
 
 
 # --------------------------------------------------------------------------- packed (vectorised) routes

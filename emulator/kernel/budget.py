@@ -65,7 +65,7 @@ class RunNeeds:
 
 
 def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", nofile: int | None = None,
-          cores: int | None = None, route_worker: bool = True) -> RunNeeds:
+          cores: int | None = None, route_worker: int = 1) -> RunNeeds:
     """What building ``n_nodes`` namespaces joined by ``n_veth_pairs`` veth pairs needs.
 
     Parameters
@@ -79,8 +79,9 @@ def needs(n_nodes: int, n_veth_pairs: int, shaper: str = "userspace", nofile: in
         how many shards the delay daemon needs.
     cores : int, optional
         CPU cores (default: this machine's): the delay daemon starts at least one shard per core.
-    route_worker : bool
-        Routes are computed in a forked child (:mod:`emulator.routeworker`; not with routing daemons).
+    route_worker : int
+        Forked children computing routes (:mod:`emulator.routeworker`; none with routing daemons, two with
+        route epochs: the second computes slot boundaries' tables ahead). True counts one.
     """
     from emulator.rtnl import FDS_RESERVED, MIN_SOCKETS, socket_budget
 

@@ -241,3 +241,93 @@ def test_emulation_steps_switch_tables_that_hold_each_steps_routes(make_emulatio
     # a switch at every step sent ahead, none at the one that was not
     assert used == [1, 0, 1, 0, 0, 1], used
     assert np.array_equal(emu.routes.next_hop, emu.protocol.compute(tl, 1, emu.applied).next_hop)
+
+
+def _slot_timeline():
+    """The hand-made grid over 8 steps with slot boundaries at steps 4 and 7, where both gateways' antennas
+    change satellite (gw-a sat-0-0 -> sat-0-1 -> sat-0-0, gw-b sat-2-2 -> sat-2-3 -> sat-2-2), and
+    ordinary steps between them: one ISL out at step 2 (its routes change in place, in both tables) and
+    the ground links' delays drifting."""
+    import numpy as np
+    from handmade import GSL_A, GSL_B, OUTAGE_ISL, grid_timeline, sat_index
+
+    from topologies.timeline import Reason, Timeline
+
+    g = grid_timeline()
+    n = 8
+
+    def widen(x):
+        return np.repeat(x[..., :1], n, axis=-1).copy()
+
+    peer, state, delay = widen(g.peer), widen(g.state), widen(g.delay_ms)
+    peer[GSL_A, 4:7], peer[GSL_B, 4:7] = sat_index(0, 1), sat_index(2, 3)
+    state[OUTAGE_ISL, 2] = Reason.OUTAGE
+    delay[[GSL_A, GSL_B], :] += 0.05 * np.arange(n, dtype=np.float32)
+    return Timeline(start=g.start, step_s=g.step_s, nodes=g.nodes, link_a=g.link_a, link_class=g.link_class,
+                    link_role=g.link_role, state=state, peer=peer, delay_ms=delay, rate_mbps=widen(g.rate_mbps),
+                    loss_pct=widen(g.loss_pct), sat_lla=np.repeat(g.sat_lla[:, :1], n, axis=1).copy())
+
+
+def _unmarked_table(emu, node: str) -> int:
+    """The table of ``node``'s one rule without a fwmark at the preference for unmarked packets."""
+    from emulator.network import EPOCH_UNMARKED_PREF
+
+    ipr = iproute_in(emu.node(node).ns_path, node)
+    try:
+        tables = [r.get_attr("FRA_TABLE") for r in ipr.get_rules(family=2)
+                  if r.get_attr("FRA_PRIORITY") == EPOCH_UNMARKED_PREF and not r.get_attr("FRA_FWMARK")]
+    finally:
+        ipr.close()
+    assert len(tables) == 1, (node, tables)
+    return tables[0]
+
+
+@pytest.mark.realtime
+def test_slot_boundary_table_filled_over_the_steps_before_it(make_emulation):
+    """route_switch "epoch" with slot boundaries (steps where the ground antennas change satellite): the
+    steps between them change the table in use in place, and the idle table gets the next boundary's routes
+    a part each step before it, so that the boundary itself sends nothing and only switches tables. Checked
+    in every router's kernel (the table the daemon's mark selects holds the step's routes), on the wire
+    (pings from a host and from a gateway itself, whose own packets are unmarked and must keep using the
+    table in use while the other fills) and in the step counts."""
+    from handmade import sat_index
+
+    from emulator import shaping
+    from emulator.network import EPOCH_TABLES
+
+    tl = _slot_timeline()
+    emu = make_emulation(tl, shaping.make_shaper("userspace")[0], route_switch="epoch")
+    assert emu._heavy.tolist() == [4, 7]
+    routers = [i for i in range(len(tl.nodes)) if emu.is_router[i]]
+    zero = tl.delay_ms.copy()
+    tl.delay_ms[:] = 0.0
+    emu.apply_step(0)
+    base = min(statistics.median(_ping(emu, "c-1", "h-b", 10)) for _ in range(2))
+    tl.delay_ms[:] = zero
+    emu.apply_step(0)
+    tables, ahead, at_step = [], [], []
+    emu.prepare_ahead(0)
+    for step in range(1, 8):
+        stats = emu.apply_step(step)
+        emu.prepare_ahead(step)  # as a run does: the next step's work right after this one's
+        if step in (1, 2, 3, 4, 5, 6):  # the idle table fills for the next boundary
+            assert _unmarked_table(emu, "gw-b") == EPOCH_TABLES[emu._active], step
+        tables.append(stats.route_table)
+        ahead.append(stats.routes_ahead > 0)
+        at_step.append(stats.routes_changed + stats.routes_deleted)
+        for r in routers:
+            name = tl.nodes[r].name
+            got, _ = _kernel_table(emu, name)
+            assert got == _wanted(emu, r), f"step {step}, {name}"
+        for src, dst in (("c-1", "h-b"), ("gw-b", "c-1")):
+            rtts = _ping(emu, src, dst, 10)
+            assert len(rtts) == 10, (step, src, rtts)
+            predicted = _predicted_rtt_ms(tl, step, src, dst)
+            assert abs(statistics.median(rtts) - base - predicted) <= max(1.0, 0.03 * predicted), \
+                (step, src, dst, rtts, predicted)
+    # in place between the boundaries, a switch at each boundary, with all of its routes sent before it
+    assert tables == [0, 0, 0, 1, 1, 1, 0], tables
+    assert ahead == [False, False, False, True, False, False, True], ahead
+    assert at_step[3] == 0 and at_step[6] == 0, at_step
+    assert at_step[1] > 0 and at_step[2] > 0, at_step  # the outage's routes, in place
+    assert emu.applied.peer[emu.antenna_slots].tolist() == [sat_index(0, 0), sat_index(2, 2)]

@@ -32,6 +32,19 @@ def test_route_del_msgs_match_route_del_body():
         assert int.from_bytes(raw[4:6], "little") == rtnl.RTM_DELROUTE
 
 
+def test_rule_msgs_match_rule_body():
+    for kind in (rtnl.RTM_NEWRULE, rtnl.RTM_DELRULE):
+        for table in (101, 102, 300):
+            msgs = rtnl.rule_msgs(3, kind, 102, table)
+            assert len(msgs) == 3
+            raw = msgs[2].tobytes()
+            assert raw[16:] == rtnl.rule_body(102, table)
+            assert int.from_bytes(raw[:4], "little") == len(raw)
+            assert int.from_bytes(raw[4:6], "little") == kind
+            create = int.from_bytes(raw[6:8], "little") & rtnl.NLM_F_CREATE
+            assert bool(create) == (kind == rtnl.RTM_NEWRULE)
+
+
 def _attrs(raw: bytes, off: int) -> dict[int, bytes]:
     """Netlink attributes from ``off`` on: {type: payload} (struct rtattr, 4-byte aligned)."""
     out = {}
