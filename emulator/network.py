@@ -93,6 +93,9 @@ EPOCH_UNMARKED_PREF = EPOCH_PREFS[-1] + 1
 EPOCH_HEAVY_SHARE = 0.25
 EPOCH_HORIZON_STEPS = 60
 EPOCH_IN_PLACE_MS = 40.0
+#: ... and after this many steps in a row too big for that, the steps before that heavy step stop trying
+#: (each try packs the whole table: ~30 ms at 10^4 satellites)
+EPOCH_REFUSALS = 3
 #: niceness of the route worker that computes heavy steps' tables ahead (the one computing each next step's
 #: table, and the delay daemon, come first)
 EARLY_WORKER_NICE = 10
@@ -275,7 +278,8 @@ class Emulation:
         self._ahead: RouteTable | None = None  # the table whose routes are in the idle table ahead of its step
         self._ahead_routes = 0  # routes sent ahead for it
         self._route_us = 5.0  # kernel time per route sent, us (measured; decides how many fit ahead)
-        self._pack_s = 0.0  # how long the last packing of routes sent ahead took, s
+        self._pack_s = 0.0  # how long the last whole-table comparison for packing routes took, s
+        self._pack_us = 0.0  # packing time per route packed, beyond that comparison, us (measured)
         self._ahead_last = 0  # routes the last _preinstall wanted to send ahead
         # each record's version (see _inst_version) while it is not the current one; versions are unique
         self._rec_vers = [0, 0]
@@ -293,6 +297,7 @@ class Emulation:
         self._early_job: tuple[int, Snapshot] | None = None
         self._deferred_down: list[tuple[int, int]] = []  # pairs handed over from at a switch, down after it
         self._unmarked_due = False  # the rule for unmarked packets to follow the table switched to, after it
+        self._refused = (-1, 0)  # heavy step, times in a row its steps before it were too big to go in place
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -691,6 +696,8 @@ class Emulation:
         self._down_deferred()
         move_until = until
         heavy = self._heavy_after(step + 1) if self._epochs else None
+        if heavy is not None and self._refused[0] == heavy and self._refused[1] >= EPOCH_REFUSALS:
+            heavy = None  # every step switches tables (too many changes a step to go in place)
         if heavy is not None and until is not None and (self._filling != heavy or self._fill_left != 0):
             # moves and the heavy step's routes share the steps before it (both hold the kernel's rtnl lock):
             # the moves stop when what is left of this step's time is the heavy step's routes' share of it
@@ -765,7 +772,7 @@ class Emulation:
         step before the heavy one sends the rest as usual (:meth:`_preinstall`) and the heavy step switches
         tables. Returns whether it chose so (else the next step switches tables)."""
         heavy = self._heavy_after(step + 1)
-        if heavy is None or self._stopped:
+        if heavy is None or self._stopped or (self._refused[0] == heavy and self._refused[1] >= EPOCH_REFUSALS):
             return False
         if until is not None and time.monotonic() > until - 0.05 - self._pack_s:
             return True  # no time left: the next step packs its own changes and changes the table in use
@@ -774,7 +781,9 @@ class Emulation:
             pack = self._pack_routes(self._prefetched[1])
             if len(pack.rows) * self._route_us * 1e-3 > EPOCH_IN_PLACE_MS:
                 self._use_record(1 - self._active)
+                self._refused = (heavy, self._refused[1] + 1 if self._refused[0] == heavy else 1)
                 return False
+            self._refused = (heavy, 0)
             self._prepared = pack  # valid while the record of the table in use does not change
         # a router's own packets look up the table in use, not the one about to hold a later step's routes
         self._point_unmarked(self._active)
@@ -881,15 +890,16 @@ class Emulation:
             pair_at = self.ends.pair.astype(np.int64)
             pair_at[ready] = 1 - pair_at[ready]
         limit = None
-        if until is not None:  # what fits after the packing (timed at the last one)
-            limit = int((until - 0.05 - self._pack_s - time.monotonic()) / (self._route_us * 1e-6))
+        if until is not None:  # what fits with its packing (both timed at the last ones)
+            limit = int((until - 0.05 - self._pack_s - time.monotonic()) / ((self._route_us + self._pack_us) * 1e-6))
             if limit < 100:
                 return 0, -1
         t0 = time.perf_counter()
         pack = self._pack_routes(table, exclude=~stable, limit=limit, pair_at=pair_at)
         n = len(pack.k_add) + len(pack.k_del) + len(pack.slow)
         t1 = time.perf_counter()
-        self._pack_s = t1 - t0
+        if n >= 1000:
+            self._pack_us = max(0.0, (t1 - t0 - self._pack_s) * 1e6 / n)
         self._install_routes(table, pack=pack, current=False)
         if n >= 1000:  # the kernel's cost per route, for the next decision
             self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t1) * 1e6 / n
@@ -1799,7 +1809,9 @@ class Emulation:
         changed routes), done between steps when the table is ready then. Valid while the installed record
         does not change (``version``); an antenna that switches veth pair meanwhile is patched at the send
         (``nh_link``/``nh_at``)."""
+        tc = time.perf_counter()
         rows, routers, nh_sel, link_sel = self._route_changes(table, exclude)
+        self._pack_s = time.perf_counter() - tc
         wanted = len(rows)
         if limit is not None and wanted > limit:  # the first routers' changes, at most limit, whole routers
             cut = int(np.searchsorted(routers, routers[limit], side="left"))
