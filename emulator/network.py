@@ -96,6 +96,8 @@ EPOCH_IN_PLACE_MS = 40.0
 #: ... and after this many steps in a row too big for that, the steps before that heavy step stop trying
 #: (each try packs the whole table: ~30 ms at 10^4 satellites)
 EPOCH_REFUSALS = 3
+#: ... and none of that when the last heavy step's routes took the kernel less than this share of a step
+EPOCH_ONE_STEP_SHARE = 0.4
 #: niceness of the route worker that computes heavy steps' tables ahead (the one computing each next step's
 #: table, and the delay daemon, come first)
 EARLY_WORKER_NICE = 10
@@ -298,6 +300,7 @@ class Emulation:
         self._deferred_down: list[tuple[int, int]] = []  # pairs handed over from at a switch, down after it
         self._unmarked_due = False  # the rule for unmarked packets to follow the table switched to, after it
         self._refused = (-1, 0)  # heavy step, times in a row its steps before it were too big to go in place
+        self._heavy_need: int | None = None  # routes the last heavy step changed (ahead and at it)
 
     # ------------------------------------------------------------------------------ public API
     #: Optional ``f(snapshot) -> snapshot`` applied to the timeline's snapshot of every step before it is
@@ -616,6 +619,9 @@ class Emulation:
             if self._epochs:  # the idle table's routes through them left with their nexthops
                 self._forget_pairs(old_pairs)
         stats.links_down = len(d.went_down)
+        if self._epochs and len(self._heavy) and int(self._heavy[min(int(np.searchsorted(self._heavy, step)),
+                                                                   len(self._heavy) - 1)]) == step:
+            self._heavy_need = stats.routes_ahead + stats.routes_changed + stats.routes_deleted
         self.applied = applied
         t4 = time.perf_counter()
         stats.timings_ms["links_down"] = (t4 - t3) * 1e3
@@ -696,8 +702,8 @@ class Emulation:
         self._down_deferred()
         move_until = until
         heavy = self._heavy_after(step + 1) if self._epochs else None
-        if heavy is not None and self._refused[0] == heavy and self._refused[1] >= EPOCH_REFUSALS:
-            heavy = None  # every step switches tables (too many changes a step to go in place)
+        if heavy is not None and not self._fill_wanted(heavy):
+            heavy = None
         if heavy is not None and until is not None and (self._filling != heavy or self._fill_left != 0):
             # moves and the heavy step's routes share the steps before it (both hold the kernel's rtnl lock):
             # the moves stop when what is left of this step's time is the heavy step's routes' share of it
@@ -764,6 +770,16 @@ class Emulation:
             return None
         return int(self._heavy[i])
 
+    def _fill_wanted(self, heavy: int) -> bool:
+        """Whether the idle table is to be filled for ``heavy`` over several steps: not once the steps before
+        it were too big to change in place EPOCH_REFUSALS times in a row (every step switches tables then),
+        nor when the last heavy step's routes took less than EPOCH_ONE_STEP_SHARE of a step (the step before
+        it sends them)."""
+        if self._refused[0] == heavy and self._refused[1] >= EPOCH_REFUSALS:
+            return False
+        return (self._heavy_need is None
+                or self._heavy_need * self._route_us * 1e-6 >= EPOCH_ONE_STEP_SHARE * self.timeline.step_s)
+
     def _fill_for_heavy(self, step: int, until: float | None) -> bool:
         """Route epochs over several steps (EPOCH_HEAVY_SHARE), between steps: when a heavy step comes after
         the next one, within EPOCH_HORIZON_STEPS, and the next step's changes to the table in use fit in
@@ -772,7 +788,7 @@ class Emulation:
         step before the heavy one sends the rest as usual (:meth:`_preinstall`) and the heavy step switches
         tables. Returns whether it chose so (else the next step switches tables)."""
         heavy = self._heavy_after(step + 1)
-        if heavy is None or self._stopped or (self._refused[0] == heavy and self._refused[1] >= EPOCH_REFUSALS):
+        if heavy is None or self._stopped or not self._fill_wanted(heavy):
             return False
         if until is not None and time.monotonic() > until - 0.05 - self._pack_s:
             return True  # no time left: the next step packs its own changes and changes the table in use

@@ -283,7 +283,7 @@ def _unmarked_table(emu, node: str) -> int:
 
 
 @pytest.mark.realtime
-def test_slot_boundary_table_filled_over_the_steps_before_it(make_emulation):
+def test_slot_boundary_table_filled_over_the_steps_before_it(make_emulation, monkeypatch):
     """route_switch "epoch" with slot boundaries (steps where the ground antennas change satellite): the
     steps between them change the table in use in place, and the idle table gets the next boundary's routes
     a part each step before it, so that the boundary itself sends nothing and only switches tables. Checked
@@ -295,6 +295,9 @@ def test_slot_boundary_table_filled_over_the_steps_before_it(make_emulation):
     from emulator import shaping
     from emulator.network import EPOCH_TABLES
 
+    # this grid's boundaries change a few dozen routes, which the step before would send on its own: filled
+    # over several steps all the same (at scale a boundary's ~500k routes take longer than a step)
+    monkeypatch.setattr("emulator.network.EPOCH_ONE_STEP_SHARE", 0.0)
     tl = _slot_timeline()
     emu = make_emulation(tl, shaping.make_shaper("userspace")[0], route_switch="epoch")
     assert emu._heavy.tolist() == [4, 7]
