@@ -194,6 +194,23 @@ def _predicted_rtt_ms(tl, step: int, a: str, b: str) -> float:
     return path_delay_ms(snap, path(g, ia, ib)[1]) + path_delay_ms(snap, path(g, ib, ia)[1])
 
 
+def _epoch_emulation(make_emulation, tl):
+    """An emulation of ``tl`` with route epochs and the userspace shaper at step 0: (emulation, its routers,
+    the RTT c-1 - h-b with every delay 0 ms, the emulator's own cost: the lower of two medians, as load only
+    adds to it)."""
+    from emulator import shaping
+
+    emu = make_emulation(tl, shaping.make_shaper("userspace")[0], route_switch="epoch")
+    routers = [i for i in range(len(tl.nodes)) if emu.is_router[i]]
+    zero = tl.delay_ms.copy()
+    tl.delay_ms[:] = 0.0
+    emu.apply_step(0)
+    base = min(statistics.median(_ping(emu, "c-1", "h-b", 10)) for _ in range(2))
+    tl.delay_ms[:] = zero
+    emu.apply_step(0)
+    return emu, routers, base
+
+
 @pytest.mark.realtime
 def test_emulation_steps_switch_tables_that_hold_each_steps_routes(make_emulation):
     """route_switch "epoch" on the hand-made grid (a handover, an outage, an antenna without satellite and
@@ -205,19 +222,10 @@ def test_emulation_steps_switch_tables_that_hold_each_steps_routes(make_emulatio
     import numpy as np
     from handmade import grid_timeline
 
-    from emulator import shaping
     from emulator.network import EPOCH_MARKS, EPOCH_TABLES
 
     tl = grid_timeline()
-    emu = make_emulation(tl, shaping.make_shaper("userspace")[0], route_switch="epoch")
-    routers = [i for i in range(len(tl.nodes)) if emu.is_router[i]]
-    zero = tl.delay_ms.copy()
-    tl.delay_ms[:] = 0.0
-    emu.apply_step(0)
-    # the emulator's own cost with every delay 0; load only adds to it, so the lower of two medians
-    base = min(statistics.median(_ping(emu, "c-1", "h-b", 10)) for _ in range(2))
-    tl.delay_ms[:] = zero
-    emu.apply_step(0)
+    emu, routers, base = _epoch_emulation(make_emulation, tl)
     used = []
     for step, ahead in ((1, True), (2, True), (3, True), (4, True), (0, False), (1, True)):
         if ahead:
@@ -292,22 +300,14 @@ def test_slot_boundary_table_filled_over_the_steps_before_it(make_emulation, mon
     table in use while the other fills) and in the step counts."""
     from handmade import sat_index
 
-    from emulator import shaping
     from emulator.network import EPOCH_TABLES
 
     # this grid's boundaries change a few dozen routes, which the step before would send on its own: filled
     # over several steps all the same (at scale a boundary's ~500k routes take longer than a step)
     monkeypatch.setattr("emulator.network.EPOCH_ONE_STEP_SHARE", 0.0)
     tl = _slot_timeline()
-    emu = make_emulation(tl, shaping.make_shaper("userspace")[0], route_switch="epoch")
+    emu, routers, base = _epoch_emulation(make_emulation, tl)
     assert emu._heavy.tolist() == [4, 7]
-    routers = [i for i in range(len(tl.nodes)) if emu.is_router[i]]
-    zero = tl.delay_ms.copy()
-    tl.delay_ms[:] = 0.0
-    emu.apply_step(0)
-    base = min(statistics.median(_ping(emu, "c-1", "h-b", 10)) for _ in range(2))
-    tl.delay_ms[:] = zero
-    emu.apply_step(0)
     tables, ahead, at_step = [], [], []
     emu.prepare_ahead(0)
     for step in range(1, 8):
