@@ -287,6 +287,7 @@ class Emulation:
         self._rec_vers = [0, 0]
         self._ver_seq = 0
         self._heavy: np.ndarray = np.empty(0, np.int64)  # heavy steps (EPOCH_HEAVY_SHARE), sorted
+        self._heavy_set: frozenset[int] = frozenset()
         self._early: tuple[int, tuple[Snapshot, RouteTable]] | None = None  # a heavy step's table, computed ahead
         self._early_s = 0.0  # how long computing it took, s
         self._unmarked = 0  # the table the rule for unmarked packets names
@@ -463,6 +464,7 @@ class Emulation:
                     self._epoch_rules()
                     self.shaper.route_epoch(EPOCH_MARKS[0])
                     self._heavy = self._heavy_steps()
+                    self._heavy_set = frozenset(self._heavy.tolist())
             t["routes"] = _ms(t1)
             t["total"] = _ms(t0)
             self.build_timings_ms = t
@@ -619,8 +621,7 @@ class Emulation:
             if self._epochs:  # the idle table's routes through them left with their nexthops
                 self._forget_pairs(old_pairs)
         stats.links_down = len(d.went_down)
-        if self._epochs and len(self._heavy) and int(self._heavy[min(int(np.searchsorted(self._heavy, step)),
-                                                                   len(self._heavy) - 1)]) == step:
+        if self._epochs and step in self._heavy_set:
             self._heavy_need = stats.routes_ahead + stats.routes_changed + stats.routes_deleted
         self.applied = applied
         t4 = time.perf_counter()
