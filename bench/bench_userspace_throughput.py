@@ -8,7 +8,7 @@ Mbit/s, packets/s, the CPU use of each delay daemon shard (% of one core) and it
 (p50/p99/max over each run). Run:
 
     sudo .venv/bin/python bench/bench_userspace_throughput.py [--runs 3] [--seconds 5] [--modes plain,peer,egress]
-        [--shards N] [--rt-priority P] [--udp-search]
+        [--shards N] [--rt-priority P] [--udp-search] [--watch auto|on|off]
 
 ``--udp-search`` also finds, per shaped mode, the highest UDP rate that arrives with zero loss: the
 offered rate doubles from 50 Mbit/s until a run loses a datagram, then is bisected (6 runs); each run's
@@ -167,6 +167,8 @@ def main() -> int:
                     help="find the highest UDP rate with zero loss per mode (doubling, then bisection)")
     ap.add_argument("--rt-priority", type=int, default=DEFAULT_RT_PRIORITY,
                     help="SCHED_FIFO priority of the daemon (0: niceness -10 instead)")
+    ap.add_argument("--watch", choices=("auto", "on", "off"), default="auto",
+                    help="the daemon's standby threads (auto: the shaper's default)")
     args = ap.parse_args()
     print(f"machine: {platform.node()} {platform.platform()} cpus={os.cpu_count()} "
           f"python={platform.python_version()}")
@@ -179,7 +181,8 @@ def main() -> int:
         try:
             if mode != "plain":
                 ports = peered if mode == "peer" else ends
-                sh = UserspaceShaper(shards=args.shards, rt_priority=args.rt_priority)
+                sh = UserspaceShaper(shards=args.shards, rt_priority=args.rt_priority,
+                                     watch={"auto": None, "on": True, "off": False}[args.watch])
                 for n in NODES:
                     sh.prepare_node(n, f"/run/netns/{names[n]}", iprs[n])
                 sh.set([(p, LinkShape(delay_ms=5.0, rate_mbps=10000.0)) for p in ports], iprs.__getitem__)

@@ -62,8 +62,12 @@ NAMESPACES_PER_SHARD = 32
 #: Namespaces attached from which every shard runs standby threads (delayd.c, op "watch"), one per CPU: on
 #: the development VM a SCHED_FIFO thread's 1 ms timer woke late on one CPU at a time with thousands of idle
 #: namespaces in the kernel: up to 6.5 ms (28 ms in another run) with 10,000, 3.5-9 ms with 4,000, at most
-#: 1.2 ms with 1,500 (bench/timer_stalls.py, README "Standby threads").
-WATCH_MIN_NAMESPACES = 2000
+#: 1.2 ms with 1,500 (bench/timer_stalls.py, README "Standby threads"). The same happens with no namespaces
+#: at all while the CPUs are busy: beside two ``stress-ng --cpu 1`` the VM lost one CPU at a time for about
+#: 4.6 ms every few seconds. So from the first namespace on: a held packet read late at an egress hold (whose
+#: delay counts from the read) lengthened ping's RTT by more than 2 ms 30 times in 14 x 2,800 echoes without
+#: standby threads, twice in 8 x 2,800 with them; TCP through 4 hops of 5 ms carried 4.2-4.4 Gbit/s either way.
+WATCH_MIN_NAMESPACES = 1
 #: A standby thread's longest sleep, and how long past its due time a packet waits for the main loop.
 WATCH_PERIOD_NS = 1_000_000
 WATCH_GRACE_NS = 300_000
