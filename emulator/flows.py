@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -98,32 +97,12 @@ class FlowStarter:
         self.groups: Any = None
         self.services: list[subprocess.Popen] = []
         self._service_handles: list[Any] = []
-        #: SCHED_FIFO priority the latency probes run at (0: normal scheduling), for the run's summary
-        self.probe_priority = 0
         (out / "flows").mkdir(parents=True, exist_ok=True)
 
     def _py(self, node: str, module: str, args: list[str], log_file: Path) -> tuple[subprocess.Popen, Any]:
         f = open(log_file, "w")
         argv = [sys.executable, "-m", f"emulator.traffic.{module}", *args]
         return self.emu.node(node).popen(argv, stdout=f, stderr=subprocess.STDOUT), f
-
-    def _probe_realtime(self, procs: list[subprocess.Popen]) -> None:
-        """Run latency probes at the shaper's probe priority (see ``Shaper.probe_priority``). The policy is
-        set on the process just started and stays across its exec; one that has already ended is let be."""
-        prio = self.emu.shaper.probe_priority() if getattr(self.emu, "shaper", None) is not None else 0
-        if not prio:
-            return
-        for p in procs:
-            try:
-                os.sched_setscheduler(p.pid, os.SCHED_FIFO, os.sched_param(prio))
-            except ProcessLookupError:
-                pass
-            except OSError as e:
-                from topologies.errors import ApplyError
-
-                raise ApplyError(f"cannot run probe process {p.pid} at SCHED_FIFO {prio}: {e.strerror}",
-                                 operation="probes: real-time priority") from None
-        self.probe_priority = prio
 
     def _join_group(self, node: str, proc: subprocess.Popen) -> bool:
         """Move ``proc`` into compute node ``node``'s cgroups (False: the node has none, as when no compute
@@ -177,7 +156,6 @@ class FlowStarter:
                     "-s", str(max(16, spec.size_bytes - 8)), self.emu.address_of(spec.dst)]
             flow.procs.append(self.emu.node(spec.src).popen(argv, stdout=f, stderr=subprocess.STDOUT))
             flow.handles.append(f)
-            self._probe_realtime(flow.procs)
             rec.files = {"ping": "ping.txt"}
         elif spec.kind == "udp-probe":
             port = str(UDP_PORT_BASE + i)
@@ -194,7 +172,6 @@ class FlowStarter:
                                                    "--out", str(d / "sent.csv")], d / "send.log")
             flow.procs.insert(0, p)
             flow.handles.append(f)
-            self._probe_realtime(flow.procs)
             rec.files = {"sent": "sent.csv", "recv": "recv.csv"}
         elif spec.kind in ("iperf3-tcp", "iperf3-udp"):
             from .traffic.iperf import IperfFlow, client_argv, server_argv

@@ -548,8 +548,6 @@ def run(args: argparse.Namespace) -> int:
             mg.stop()
         if starter is not None:
             starter.stop_all()
-            if starter.probe_priority:
-                summary["probe_rt_priority"] = starter.probe_priority
         if whereami is not None:
             whereami.close()
         if compute_svc is not None:
@@ -665,8 +663,6 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
              f"{', '.join(f'{x:.1f}' for x in sh.get('cpu_s_per_shard') or []) or '-'}"
              + (f"; {sh['standby_threads']} standby threads released {sh.get('standby_released', 0)} packets"
                 if sh.get("standby_threads") else ""))
-        if s.get("probe_rt_priority"):
-            _say(f"  latency probes (ping, udp-probe) ran at real-time priority SCHED_FIFO {s['probe_rt_priority']}")
     held = s.get("cpu_idle_held")
     if held is not None:
         _say("  CPU idle states: " + ("held at 0 us exit latency (/dev/cpu_dma_latency) while the run lasted"

@@ -153,11 +153,6 @@ class Shaper(ABC):
         """The backend's own counters (default: none; the kernel's qdiscs keep theirs)."""
         return {}
 
-    def probe_priority(self) -> int:
-        """SCHED_FIFO priority at which latency probes (ping, the UDP probe) should run, 0 for normal
-        scheduling (the default: the kernel stamps a packet's arrival itself, whenever the probe reads it)."""
-        return 0
-
     @abstractmethod
     def close(self) -> None:
         """Stop processes and remove what the backend created; idempotent."""

@@ -15,8 +15,7 @@ namespace (prerouting), when the port names its peer -- the fast way for TCP, se
 An arriving packet is time-stamped by the kernel before prerouting, and sockets that ask for receive
 time stamps (``ping`` does, for its RTT) would see it as arrived before its hold, one hop's delay too
 early. So on each interface held at ingress a small cls_bpf program at tc ingress clears ``skb->tstamp``
-(the socket then stamps the packet when it is read, after the hold: so the run's latency probes read
-promptly at real-time priority, see ``UserspaceShaper.probe_priority``) and writes the arrival time into
+(the socket then stamps the packet when it is read, after the hold) and writes the arrival time into
 ``skb->mark``: CLOCK_MONOTONIC microseconds truncated to 32 bits (``bpf_ktime_get_ns() / 1000``). The
 daemon reads the mark with the packet and releases it at *arrival* + delay, not at the moment it happened
 to read it + delay (its wake-up latency, 50-150 us per hop, would otherwise add up along a path). The
@@ -215,15 +214,6 @@ class UserspaceShaper(Shaper):
 
     def _rtnl(self, path: str, node: str) -> rtnl.Rtnl:
         return self._rt.get(path, node)
-
-    def probe_priority(self) -> int:
-        """Probes run at SCHED_FIFO 5 below the daemon (at least 1) when the daemon runs at real-time
-        priority: a packet held on arrival has its receive time stamp cleared (module docstring), so the
-        socket stamps it when the probe reads it, and a probe waiting for a CPU behind the emulator's own
-        work would count that wait as network delay (seen: ping at normal priority beside two CPU hogs,
-        echoes more than 1 ms late 6-10 times in 3,000, at SCHED_FIFO 0-1 times)."""
-        rt = self._daemon.rt_priority
-        return max(1, rt - 5) if rt else 0
 
     def stats(self, reset_late_max: bool = False) -> dict[str, Any]:
         """Counters of the daemon since it started, summed over its shards ({} before it started).

@@ -2,10 +2,7 @@
 
 Every node of the emulation runs on one machine, so the sender's and the receiver's CLOCK_REALTIME
 are the same clock and ``recv_ns - sent_ns`` is the one-way delay. The receiver takes the kernel's
-receive timestamp (``SO_TIMESTAMPNS``), so the Python loop's scheduling latency is not counted; but
-where the userspace shaper held the datagram on arrival the kernel has no stamp left and takes it when
-the datagram is read, which is why the run starts both ends at real-time priority there
-(``Shaper.probe_priority``).
+receive timestamp (``SO_TIMESTAMPNS``), so the Python loop's scheduling latency is not counted.
 
 Usage (inside a node's namespace)::
 
