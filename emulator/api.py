@@ -530,7 +530,7 @@ class LiveEmulation(Experiment):
     def __init__(self, scenario: Scenario, timeline: Timeline, protocol: RoutingProtocol, shaper: str | None,
                  run_id: str | None, speed: float | None) -> None:
         super().__init__(scenario, timeline, protocol)
-        from .network import Emulation
+        from .network import Emulation, tcp_nodes
         from .shaping import make_shaper
 
         if speed is not None:
@@ -551,6 +551,7 @@ class LiveEmulation(Experiment):
         try:
             self.emulation = Emulation(timeline, sh, protocol, delay_tolerance_ms=scenario.emulation.delay_tolerance_ms,
                                        run_id=run_id)
+            self.emulation.tcp_nodes = tcp_nodes(scenario.traffic)
         except BaseException:
             sh.close()
             raise

@@ -120,6 +120,21 @@ ROUTER_SYSCTLS = {**SYSCTLS, "net/ipv4/icmp_ratelimit": "0"}
 IPR_CACHE = 64
 #: Where the namespace of a node on another host would be (a host's part of a clustered run): never created.
 REMOTE_NS_DIR = "/nonexistent/satnetem-remote"
+#: Tier of each kind of node, from the core of the network to its edge: what a node sends to a node of a
+#: lower tier is held as it leaves the sender (Emulation._port), so that the receiver's kernel stamps its
+#: arrival after the hold; what goes up or sideways is held where it arrives.
+TIERS = {"sat": 3, "pop": 3, "gateway": 2, "terminal": 1, "host": 0, "compute": 0}
+
+
+def tcp_nodes(traffic: Any) -> set[str]:
+    """Names of the nodes a scenario's TCP flows (``[[traffic]]`` of kind iperf3-tcp, request, matrix or
+    allreduce) start or end at: what they send is held where it arrives, as a packet held on its sender's
+    egress still counts against the sending socket (TCP Small Queues)."""
+    out: set[str] = set()
+    for t in traffic:
+        if t.kind in ("iperf3-tcp", "request", "matrix", "allreduce"):
+            out.update(n for n in (t.src, t.dst, *t.endpoints, *t.nodes) if n)
+    return out
 
 
 @dataclass
@@ -218,6 +233,13 @@ class Emulation:
                                   f"clustered run installs computed routes only (so far)", key="protocol")
         # the nodes built here: all of them, or this host's in a clustered run
         self.local: np.ndarray = np.ones(n, bool) if part is None else part.local
+        # what a node sends to a node of a lower tier is held as it leaves it (see _port), unless a TCP flow
+        # starts or ends at the sender (tcp_nodes, set before build())
+        self._tier = np.array([TIERS.get(nd.kind, 0) for nd in timeline.nodes], np.int64)
+        self._sends_tcp = np.zeros(len(timeline.nodes), bool)
+        #: names of the nodes the scenario's TCP flows start or end at (see :func:`tcp_nodes`)
+        self.tcp_nodes: set[str] = set()
+        self._egress_groups = False  # decided by build()
         self.is_gsl = timeline.link_class == _GSL
         self.is_access = timeline.link_class == _ACCESS
         self.nodes: list[EmuNode] = []
@@ -396,6 +418,19 @@ class Emulation:
                                   f"host: {why}", key="route_switch")
             self._epochs = True
         self._built = True
+        # what satellites and PoPs send to other nodes is held as it leaves them, with the userspace shaper's
+        # catch-all rules and the interface groups set at creation (see _port) -- unless TCP starts or ends
+        # at a satellite or PoP, whose sockets a held departure would throttle (TCP Small Queues)
+        index = {n: i for i, n in enumerate(self.names)}
+        self._sends_tcp[[index[n] for n in self.tcp_nodes if n in index]] = True
+        self._egress_groups = getattr(self.shaper, "name", "") == "userspace"
+        tcp_sats = [n for n in sorted(self.tcp_nodes) if n in index and self.timeline.nodes[index[n]].kind == "sat"]
+        if self._egress_groups and tcp_sats:
+            # a link's moving end is a satellite and keeps the group it was made with: the rule cannot be per
+            # satellite, so with TCP on any satellite every link direction is held where it arrives
+            self._egress_groups = False
+            log.info("TCP flows start or end at satellite %s: every link direction is held where it arrives",
+                     tcp_sats[0])
         if self.keep_cpus_awake:
             self.cpu_hold = CpuLatencyHold(0)
             self.cpu_hold.hold()
@@ -1222,8 +1257,9 @@ class Emulation:
                         fds[nb] = self._ns_fd(nb)
                     name_a, index_a, _ = a.pair_end(l, pair, 0)
                     name_b, index_b, _ = a.pair_end(l, pair, 1)
+                    groups = self._pair_groups(na, nb)
                     batch.add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                              rtnl.veth_body(name_a, index_a, None, name_b, index_b, fds[nb]),
+                              rtnl.veth_body(name_a, index_a, None, name_b, index_b, fds[nb], *groups),
                               f"veth {self.names[na]}:{name_a} -- {self.names[nb]}:{name_b}")
                 self._rtnl[na].check(batch, "create veth")
             finally:
@@ -1334,6 +1370,23 @@ class Emulation:
         ipr = self._ipr[i] = iproute_in(self.nodes[i].ns_path, name)
         return ipr
 
+    def _pair_groups(self, na: int, nb: int) -> tuple[int, int]:
+        """Interface groups of a veth pair's ends in ``na`` and ``nb`` (0: none): the forwarder's end holds
+        what leaves it, the other end lets what arrives pass (the shaper's catch-all rules read both)."""
+        from .shaping.nfnl import HOLD_EGRESS_GROUP, PASS_INGRESS_GROUP
+
+        if self._grouped(na, nb):
+            return HOLD_EGRESS_GROUP, PASS_INGRESS_GROUP
+        if self._grouped(nb, na):
+            return PASS_INGRESS_GROUP, HOLD_EGRESS_GROUP
+        return 0, 0
+
+    def _grouped(self, near: int, far: int) -> bool:
+        """Whether what ``near`` sends to ``far`` (both on this host) is held as it leaves ``near``: sent to a
+        lower tier (:data:`TIERS`) by a node no TCP flow starts or ends at, when the run uses egress groups
+        (see _port). A link's kinds of ends never change (a moving end is always a satellite), nor does this."""
+        return self._egress_groups and self._tier[near] > self._tier[far] and not self._sends_tcp[near]
+
     def _port(self, link: int, side: int, pair: int | None = None) -> Any:
         """The shaper's port for one direction of ``link`` (sent from ``side``) on veth pair ``pair``
         (default: the active one)."""
@@ -1347,15 +1400,29 @@ class Emulation:
         def node_of(side: int) -> int:
             return int(self.link_a[link]) if side == 0 else int(self._pfar[link, p])
 
-        def end(side: int, peer: Any = None) -> Any:
+        def end(side: int, peer: Any = None, egress_group: bool = False) -> Any:
             node = node_of(side)
             name, index, _ = self.addr.pair_end(link, p, side)
-            return Port(self.names[node], self.nodes[node].ns_path, name, index, peer)
+            return Port(self.names[node], self.nodes[node].ns_path, name, index, peer, egress_group)
 
-        # the receiving end: the userspace shaper holds this direction's packets there (after the veth has
-        # detached them from the sending socket, so TCP is not throttled by its own small queues); on another
-        # host (a VXLAN end) they are held on the sending end's egress, before the underlay
-        port = end(side, end(1 - side)) if self.local[node_of(1 - side)] else end(side)
+        # Where the userspace shaper holds this direction's packets:
+        # - at the receiving end (after the veth has detached them from the sending socket, so TCP is not
+        #   throttled by its own small queues);
+        # - on the sending end's egress when the receiver is on another host (a VXLAN end: before the
+        #   underlay), or when a node sends toward the edge (_grouped: a satellite to a gateway, terminal or
+        #   compute node, a gateway to its host...). Such a sender starts no TCP flow (so no socket of its
+        #   own is throttled by a held departure), and after the hold the packets cross the veth, where the kernel
+        #   stamps their arrival: a socket that asks for receive stamps (ping, the UDP probe) gets the time
+        #   the hold ended. Held at the receiver's ingress, a packet's stamp had to be cleared (it would say
+        #   before the hold), so the socket stamped it when the program read it, and the program's own wait
+        #   for a CPU counted as delay: in the access example 12 % of ping's wake-ups waited > 1 ms.
+        near, far = node_of(side), node_of(1 - side)
+        if not self.local[far]:
+            port = end(side)
+        elif self._grouped(near, far):
+            port = end(side, egress_group=True)
+        else:
+            port = end(side, end(1 - side))
         self._ports[(link, p, side)] = (far, port)
         return port
 

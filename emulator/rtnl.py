@@ -71,6 +71,7 @@ IFF_UP = 0x1
 IFLA_IFNAME = 3
 IFLA_LINKINFO = 18
 IFLA_NET_NS_FD = 28
+IFLA_GROUP = 27
 IFLA_AF_SPEC = 26
 IFLA_INET_CONF = 1
 IPV4_DEVCONF_FORWARDING = 1
@@ -125,16 +126,19 @@ def _name(kind: int, text: str) -> bytes:
 
 
 def veth_body(ifname: str, ifindex: int, ns_fd: int | None, peer_ifname: str, peer_ifindex: int,
-              peer_ns_fd: int) -> bytes:
-    """RTM_NEWLINK payload creating a veth pair with each end directly in its namespace.
+              peer_ns_fd: int, group: int = 0, peer_group: int = 0) -> bytes:
+    """RTM_NEWLINK payload creating a veth pair with each end directly in its namespace, each end in
+    interface group ``group`` / ``peer_group`` (0: the default; a group stays with an interface that
+    moves to another namespace).
 
     Both ends are created down: the kernel cannot bring up a veth end at creation (``veth_open``
     fails with ENOTCONN until the pair is complete), so set them up in a second request.
     """
     peer = _IFINFO.pack(0, 0, peer_ifindex, 0, 0) + _name(IFLA_IFNAME, peer_ifname) \
-        + _u32(IFLA_NET_NS_FD, peer_ns_fd)
+        + _u32(IFLA_NET_NS_FD, peer_ns_fd) + (_u32(IFLA_GROUP, peer_group) if peer_group else b"")
     info = _name(IFLA_INFO_KIND, "veth") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
     own = _u32(IFLA_NET_NS_FD, ns_fd) if ns_fd is not None else b""  # None: the socket's namespace
+    own += _u32(IFLA_GROUP, group) if group else b""
     return (_IFINFO.pack(0, 0, ifindex, 0, 0) + _name(IFLA_IFNAME, ifname) + own
             + _attr(IFLA_LINKINFO, info))
 

@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     from routing.base import scenario_protocol
 
     from .flows import FlowStarter
-    from .network import Emulation
+    from .network import Emulation, tcp_nodes
     from .shaping import make_shaper
 
     protocol = scenario_protocol(sc, protocol_name)  # with its [routing.<name>] options
@@ -390,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
                             run_id=getattr(args, "run_id", None))
             summary["run_id"] = emu.run_id
             emu.queue_packets = dict(sc.emulation.queue_packets)
+            emu.tcp_nodes = tcp_nodes(sc.traffic)
             emu.route_switch = sc.emulation.route_switch
             emu.keep_cpus_awake = sc.emulation.keep_cpus_awake
             if hasattr(emu, "log_dir"):
@@ -797,7 +798,7 @@ def interactive(args: argparse.Namespace) -> int:
     from routing.base import scenario_protocol
 
     from .cli import check_scenario
-    from .network import Emulation
+    from .network import Emulation, tcp_nodes
     from .shaping import make_shaper
 
     check_scenario(sc, args.shaper)
@@ -821,6 +822,7 @@ def interactive(args: argparse.Namespace) -> int:
             emu = Emulation(tl, shaper, protocol, delay_tolerance_ms=sc.emulation.delay_tolerance_ms,
                             run_id=getattr(args, "run_id", None))
             emu.queue_packets = dict(sc.emulation.queue_packets)
+            emu.tcp_nodes = tcp_nodes(sc.traffic)
             emu.route_switch = sc.emulation.route_switch
             emu.keep_cpus_awake = sc.emulation.keep_cpus_awake
             emu.build()

@@ -94,6 +94,10 @@ class Port:
         no longer belongs to the sending socket, so TCP is not throttled by TCP Small Queues); the rate
         stays on this port's egress. ``None``: everything happens on this port's egress. The netem
         backend shapes the egress in any case.
+    egress_group : bool
+        With ``peer`` None: the interface is in :data:`emulator.shaping.nfnl.HOLD_EGRESS_GROUP` (and its
+        peer in ``PASS_INGRESS_GROUP``), so the userspace shaper's catch-all rules of a namespace prepared
+        with ``all_ports_held`` queue what leaves it with no rule of its own.
     """
 
     node: str
@@ -101,6 +105,7 @@ class Port:
     ifname: str
     ifindex: int
     peer: Port | None = None
+    egress_group: bool = False
 
     def __post_init__(self) -> None:
         if not self.ns_path:
@@ -114,6 +119,9 @@ class Port:
                                   f"got {self.peer!r}", key="peer")
             if self.peer.key == self.key:
                 raise ConfigError(f"Port {self.node}/{self.ifname}: peer is the port itself", key="peer")
+            if self.egress_group:
+                raise ConfigError(f"Port {self.node}/{self.ifname}: held at its peer, so not by its egress group",
+                                  key="egress_group")
 
     @property
     def key(self) -> tuple[str, int]:

@@ -487,17 +487,18 @@ class DelayDaemon:
             for rs in self._call("route epoch", {s: [f"epoch {mark} {at_ns}"] for s in self.shards}).values():
                 self._check(rs, "route epoch")
 
-    def set_ports(self, ports: Sequence[tuple[str, int, float, float, bool, int]],
-                  forget: Sequence[tuple[str, int, bool]] = ()) -> None:
+    def set_ports(self, ports: Sequence[tuple[Any, ...]], forget: Sequence[tuple[str, int, bool]] = ()) -> None:
         """Forget then add/change held interfaces, then update the rules of the namespaces touched.
 
-        ``ports``: (ns path, ifindex, delay_ms, loss_pct, ingress, link id); ``forget``: (ns path, ifindex,
+        ``ports``: (ns path, ifindex, delay_ms, loss_pct, ingress, link id[, grouped]), ``grouped`` true for
+        an egress hold on an interface of nfnl.HOLD_EGRESS_GROUP, which the catch-all rules of a namespace
+        attached with ``ingress_all`` queue already (no rule of its own); ``forget``: (ns path, ifindex,
         ingress). Every entry is checked before any is sent.
         """
         with self._lock:
             per: dict[_Shard, tuple[list[str], list[str]]] = {}
             touched: dict[str, _Ns] = {}
-            for path, ifindex, delay_ms, loss_pct, ingress, lid in ports:
+            for path, ifindex, delay_ms, loss_pct, ingress, lid, *_grouped in ports:
                 n = self.ns.get(path)
                 if n is None:
                     raise ApplyError(f"namespace {path} not attached to the delay daemon", operation="shape")
@@ -513,8 +514,10 @@ class DelayDaemon:
                     per.setdefault(n.shard, ([], []))[1].append(f"{n.nsid} {ifindex} {int(ingress)}")
                     n.keys.discard(nfnl.hold_key(ifindex, ingress))
                     touched[path] = n
-            for path, ifindex, _d, _l, ingress, _lid in ports:
+            for path, ifindex, _d, _l, ingress, _lid, *grouped in ports:
                 n = self.ns[path]
+                if n.ingress_all and (ingress or (grouped and grouped[0])):
+                    continue  # the catch-all rules queue it
                 key = nfnl.hold_key(ifindex, ingress)
                 if key not in n.keys:  # a delay change alone leaves the rules as they are
                     n.keys.add(key)

@@ -77,6 +77,8 @@ NFTA_META_DREG = 1
 NFTA_META_KEY = 2
 NFT_META_IIF = 4
 NFT_META_OIF = 5
+NFT_META_IIFGROUP = 21
+NFT_META_OIFGROUP = 22
 NFT_REG_1 = 1
 NFTA_CMP_SREG = 1
 NFTA_CMP_OP = 2
@@ -91,6 +93,11 @@ NF_INET_PRE_ROUTING = 0
 NF_INET_POST_ROUTING = 4
 NF_IP_PRI_MANGLE = -150
 LOOPBACK_IFINDEX = 1  # lo is the first device of every network namespace
+#: Interface groups (IFLA_GROUP, kept when an interface moves to another namespace) that the catch-all rules
+#: (``ingress_all``) read: what leaves an interface of HOLD_EGRESS_GROUP is queued, what arrives on one of
+#: PASS_INGRESS_GROUP is not (its sender's egress held it). Both ends of such a veth pair are grouped so.
+HOLD_EGRESS_GROUP = 0x5A7E0001
+PASS_INGRESS_GROUP = 0x5A7E0002
 # The two base chains of the daemon's table: (name, hook, meta key matched by the hold rules).
 EGRESS_CHAIN = "postrouting"
 INGRESS_CHAIN = "prerouting"
@@ -260,7 +267,7 @@ def nft_table_batch(table: str, seq: int, install: bool = True,
         }
 
     The chains start empty -- nothing is queued until :func:`nft_hold_rules_batch` names interfaces --
-    unless ``ingress_all_queue`` is a queue number: prerouting then gets the catch-all rule of
+    unless ``ingress_all_queue`` is a queue number: the chains then get the catch-all rules of
     :func:`nft_hold_rules_batch` (``ingress_all``) in the same transaction.
     Adding the table, deleting it and adding it again in one batch makes installation idempotent (a
     table left by a killed daemon is replaced). Every message asks for an ack.
@@ -286,9 +293,7 @@ def nft_table_batch(table: str, seq: int, install: bool = True,
                               + hook + attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
                               + attr_str(NFTA_CHAIN_TYPE, "filter")))
         if ingress_all_queue is not None:
-            msgs.append(_queue_rule(table, ingress_all_queue, seq + 1 + len(msgs), INGRESS_CHAIN,
-                                    NFT_META_IIF,
-                                    NFT_CMP_NEQ, LOOPBACK_IFINDEX))
+            msgs += _catch_all_rules(table, ingress_all_queue, seq + 1 + len(msgs))
     return _batch(seq, msgs), set(range(seq + 1, seq + 1 + len(msgs)))
 
 
@@ -308,9 +313,11 @@ def nft_hold_rules_batch(table: str, queue_num: int, seq: int, egress: Iterable[
     egress, ingress : iterable of int
         ifindexes whose departing (resp. arriving) packets are queued.
     ingress_all : bool
-        Also queue every packet arriving on any interface but ``lo`` (``meta iif != 1``): one rule that
-        never changes when ports come and go (each nf_tables transaction waits for an RCU grace period
-        after the previous one, 10-20 ms; a handover would otherwise cost two).
+        Also queue every packet arriving on any interface but ``lo`` and those of
+        :data:`PASS_INGRESS_GROUP` (``meta iif != 1 meta iifgroup != G``), and every packet leaving on an
+        interface of :data:`HOLD_EGRESS_GROUP`: two rules that never change when ports come, go or move
+        (each nf_tables transaction waits for an RCU grace period after the previous one, 10-20 ms; a
+        handover would otherwise cost two).
 
     Returns
     -------
@@ -328,20 +335,31 @@ def nft_hold_rules_batch(table: str, queue_num: int, seq: int, egress: Iterable[
             msgs.append(_queue_rule(table, queue_num, seq + 1 + len(msgs), chain, meta_key, NFT_CMP_EQ,
                                     ifindex))
     if ingress_all:
-        msgs.append(_queue_rule(table, queue_num, seq + 1 + len(msgs), INGRESS_CHAIN, NFT_META_IIF,
-                                NFT_CMP_NEQ,
-                                LOOPBACK_IFINDEX))
+        msgs += _catch_all_rules(table, queue_num, seq + 1 + len(msgs))
     return _batch(seq, msgs), set(range(seq + 1, seq + 1 + len(msgs)))
 
 
+def _catch_all_rules(table: str, queue_num: int, seq: int) -> list[bytes]:
+    """The two rules of ``ingress_all``: queue every arrival but lo's and but those on an interface of
+    :data:`PASS_INGRESS_GROUP`, and every departure on an interface of :data:`HOLD_EGRESS_GROUP`."""
+    return [_queue_rule(table, queue_num, seq, INGRESS_CHAIN, NFT_META_IIF, NFT_CMP_NEQ, LOOPBACK_IFINDEX,
+                        (NFT_META_IIFGROUP, NFT_CMP_NEQ, PASS_INGRESS_GROUP)),
+            _queue_rule(table, queue_num, seq + 1, EGRESS_CHAIN, NFT_META_OIFGROUP, NFT_CMP_EQ,
+                        HOLD_EGRESS_GROUP)]
+
+
 def _queue_rule(table: str, queue_num: int, seq: int, chain: str, meta_key: int, cmp_op: int,
-                ifindex: int) -> bytes:
-    """NEWRULE ``meta <iif|oif> <==|!=> ifindex  xt target NFQUEUE --queue-num queue_num``, appended."""
+                ifindex: int, *more: tuple[int, int, int]) -> bytes:
+    """NEWRULE ``meta <key> <==|!=> value [meta <key> <==|!=> value ...]  xt target NFQUEUE --queue-num
+    queue_num``, appended; the first condition's value is an ifindex (iif, oif) or a group."""
+    conds = []
+    for key, op, value in ((meta_key, cmp_op, ifindex), *more):
+        conds += [_expr("meta", attr_be32(NFTA_META_KEY, key), attr_be32(NFTA_META_DREG, NFT_REG_1)),
+                  _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, op),
+                        nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", value))))]
     exprs = nested(
         NFTA_RULE_EXPRESSIONS,
-        _expr("meta", attr_be32(NFTA_META_KEY, meta_key), attr_be32(NFTA_META_DREG, NFT_REG_1)),
-        _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, cmp_op),
-              nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", ifindex)))),
+        *conds,
         # The native "queue" expression (nft_queue) is often not built; the xtables NFQUEUE target
         # through nft_compat (what iptables-nft uses) is. xt_NFQ_info_v3: queuenum, queues_total,
         # flags (u16 each), padded to 8 bytes.

@@ -324,8 +324,8 @@ class UserspaceShaper(Shaper):
                 self._rx_stamp_failed(nodes[path], rx_fail[0][0].what, os.strerror(rx_fail[0][1]))
         if changed:
             lids = [link_id(p.node, p.ifname) for p, _s, _h in changed]
-            self._live("shape").set_ports([(ns, idx, s.delay_ms, s.loss_pct, ingress, lid)
-                                           for (_p, s, (ns, idx, ingress)), lid in zip(changed, lids)], forget=moved)
+            self._live("shape").set_ports([(ns, idx, s.delay_ms, s.loss_pct, ingress, lid, p.egress_group)
+                                           for (p, s, (ns, idx, ingress)), lid in zip(changed, lids)], forget=moved)
             f = self._fast
             for (port, shape, (path, ifindex, ingress)), lid in zip(changed, lids):
                 self._shaped[port.key] = (shape, (path, ifindex, ingress))

@@ -485,3 +485,86 @@ def test_every_namespace_forwards_and_stays_ipv4_only(make_emulation, backend):
     check("after build")
     assert sum(emu.apply_step(step).moves_in_step for step in (1, 2, 3)) == 1
     check("after the handovers")
+
+
+#: Sends ICMP echo requests from a raw socket asking for kernel receive stamps (SO_TIMESTAMPNS, as ping does),
+#: sleeps before reading each reply, and prints, per echo, stamp - send time (ms) and read - send time (ms).
+_LATE_READER = r"""
+import json, socket, struct, sys, time
+dst, wait_s, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+s.settimeout(2.0)
+
+def csum(b):
+    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    t = (t >> 16) + (t & 0xFFFF)
+    return ~(t + (t >> 16)) & 0xFFFF
+
+out = []
+for seq in range(count):
+    body = struct.pack("!BBHHH", 8, 0, 0, 0x5A7E, seq) + bytes(56)
+    pkt = body[:2] + struct.pack("!H", csum(body)) + body[4:]
+    sent = time.time_ns()
+    s.sendto(pkt, (dst, 0))
+    time.sleep(wait_s)
+    while True:
+        data, anc, _f, _a = s.recvmsg(2048, 256)
+        read = time.time_ns()
+        ihl = (data[0] & 15) * 4
+        typ, _c, _s, ident, sq = struct.unpack_from("!BBHHH", data, ihl)
+        if typ == 0 and ident == 0x5A7E and sq == seq:
+            break
+    (stamp,) = [struct.unpack("=qq", c[:16]) for lvl, kind, c in anc if lvl == socket.SOL_SOCKET and kind == 35]
+    out.append(((stamp[0] * 10**9 + stamp[1] - sent) / 1e6, (read - sent) / 1e6))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("tcp_at", [None, "gw-a"])
+def test_receive_stamps_count_the_network_not_the_reader(make_emulation, backend, tmp_path, tcp_at):
+    """A program that reads its reply late (here 300 ms late, as a ping waiting for a CPU would) still gets the
+    kernel's stamp of when the reply arrived, which is what ping's RTT is: the last hold toward an edge node
+    (gateway to host, satellite to gateway) ends on the sender's side, and the stamp is taken on the veth
+    after it. Where that direction is held at the receiver instead (its sender starts a TCP flow, so a held
+    departure would throttle its socket) the stamp must be cleared before the hold and is taken at the read:
+    the reply then counts the reader's 300 ms."""
+    from emulator import shaping
+    from emulator.network import Emulation
+
+    if tcp_at is not None and backend != "userspace":
+        pytest.skip("where a packet is held is the userspace backend's choice (netem holds on egress)")
+    tl = grid_timeline()
+    shaper, _ = shaping.make_shaper(backend)
+    if tcp_at is None:
+        emu = make_emulation(tl, shaper)
+    else:
+        emu = Emulation(tl, shaper, "shortest-delay")
+        emu.tcp_nodes = {tcp_at}
+        try:
+            emu.build()
+        except BaseException:
+            emu.stop()
+            raise
+    try:
+        script = tmp_path / "late_reader.py"
+        script.write_text(_LATE_READER)
+        snap = tl.snapshot(0)
+        graph = build_graph(tl.link_a, snap, len(tl.nodes))
+        wait_ms = 300.0
+        for src, dst in (("h-a", "h-b"), ("gw-a", "gw-b")):
+            ia, ib = tl.node_index(src), tl.node_index(dst)
+            predicted = path_delay_ms(snap, path(graph, ia, ib)[1]) + path_delay_ms(snap, path(graph, ib, ia)[1])
+            assert predicted < wait_ms / 4
+            out = emu.node(src).cmd(f"{sys.executable} {script} {emu.address_of(dst)} {wait_ms / 1e3} 4")
+            echoes = json.loads(out.strip().splitlines()[-1])
+            assert len(echoes) == 4 and all(read >= wait_ms for _stamp, read in echoes), (src, echoes)
+            stamps = [stamp for stamp, _read in echoes]
+            if tcp_at == "gw-a" and src == "h-a":  # h-a's replies come from gw-a, held at h-a: stamped at the read
+                assert all(s >= wait_ms for s in stamps), (src, stamps, predicted)
+            else:
+                # within the bound of test_rtt_equals_prediction, from below too
+                assert all(abs(s - predicted) <= max(1.0, 0.03 * predicted) for s in stamps), (src, stamps, predicted)
+    finally:
+        if tcp_at is not None:
+            emu.stop()

@@ -232,15 +232,35 @@ def test_parse_gives_the_mark_of_queued_packets():
         (nfnl.NFQNL_MSG_PACKET, 6, nfnl.hold_key(3, True), 0xFFFFFFFE)]
 
 
-def test_catch_all_ingress_rule_queues_every_arrival_but_lo():
+def _conditions(rule_body: bytes) -> list[tuple[int, int, int]]:
+    """(meta key, cmp op, value) of each meta/cmp pair of one NEWRULE, in order."""
+    meta = struct.pack("=HH", 8, nfnl.NFTA_META_KEY)
+    op = struct.pack("=HH", 8, nfnl.NFTA_CMP_OP)
+    value = struct.pack("=HHHH", 12, nfnl.NFTA_CMP_DATA | nfnl.NLA_F_NESTED, 8, nfnl.NFTA_DATA_VALUE)
+    out, i = [], 0
+    while (i := rule_body.find(b"meta\0", i)) >= 0:
+        i = rule_body.index(meta, i)
+        key = struct.unpack_from(">I", rule_body, i + 4)[0]
+        j = rule_body.index(op, rule_body.index(b"cmp\0", i))
+        k = rule_body.index(value, j)
+        out.append((key, struct.unpack_from(">I", rule_body, j + 4)[0], struct.unpack_from("=I", rule_body, k + 8)[0]))
+        i = k
+    return out
+
+
+def test_catch_all_rules_queue_arrivals_but_lo_and_the_pass_group_and_departures_of_the_hold_group():
     data, seqs = nfnl.nft_hold_rules_batch("t", 4711, 1, egress=[], ingress=[], ingress_all=True)
     msgs = _walk_batch(data)[1:-1]
-    assert [t & 0xFF for t, _s, _b in msgs] == [nfnl.NFT_MSG_DELRULE] * 2 + [nfnl.NFT_MSG_NEWRULE]
-    body = msgs[-1][2]
-    assert _meta_key_and_ifindex(body) == (nfnl.NFT_META_IIF, nfnl.LOOPBACK_IFINDEX)
-    assert struct.pack(">I", nfnl.NFT_CMP_NEQ) in body and b"prerouting\0" in body
+    assert [t & 0xFF for t, _s, _b in msgs] == [nfnl.NFT_MSG_DELRULE] * 2 + [nfnl.NFT_MSG_NEWRULE] * 2
+    pre, post = msgs[-2][2], msgs[-1][2]
+    assert b"prerouting\0" in pre and b"postrouting\0" in post
+    assert _conditions(pre) == [(nfnl.NFT_META_IIF, nfnl.NFT_CMP_NEQ, nfnl.LOOPBACK_IFINDEX),
+                                (nfnl.NFT_META_IIFGROUP, nfnl.NFT_CMP_NEQ, nfnl.PASS_INGRESS_GROUP)]
+    assert _conditions(post) == [(nfnl.NFT_META_OIFGROUP, nfnl.NFT_CMP_EQ, nfnl.HOLD_EGRESS_GROUP)]
+    assert nfnl.PASS_INGRESS_GROUP != nfnl.HOLD_EGRESS_GROUP and 0 not in (nfnl.PASS_INGRESS_GROUP,
+                                                                          nfnl.HOLD_EGRESS_GROUP)
     table, _ = nfnl.nft_table_batch("t", 1, ingress_all_queue=4711)
-    assert [t & 0xFF for t, _s, _b in _walk_batch(table)[1:-1]][-1] == nfnl.NFT_MSG_NEWRULE
+    assert [t & 0xFF for t, _s, _b in _walk_batch(table)[1:-1]][-2:] == [nfnl.NFT_MSG_NEWRULE] * 2
 
 
 def test_lateness_quantiles_from_the_histogram():
