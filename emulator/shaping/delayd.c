@@ -810,6 +810,21 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
             D.st.stamped++;
             D.st.read_lag_sum_ns += (int64_t)(now - arrived);
         }
+    } else if (mark && hook == NF_INET_POST_ROUTING) {
+        /* A departure is stamped by its queueing rule: the low 32 bits of CLOCK_REALTIME ns (nft's meta time;
+         * there is no monotonic one), wrapping every 4.3 s: the time since then is read against the realtime
+         * clock now, and taken from the monotonic one. */
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        uint64_t mono = now_ns();
+        uint32_t rt_low = (uint32_t)((uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec);
+        uint64_t ago_ns = (uint32_t)(rt_low - mark);
+        if (ago_ns <= (uint64_t)MAX_READ_LAG_US * 1000 && ago_ns <= mono) {
+            arrived = mono - ago_ns < now ? mono - ago_ns : now;  /* this pass's time if queued during it */
+            stamped = true;
+            D.st.stamped++;
+            D.st.read_lag_sum_ns += (int64_t)(now - arrived);
+        }
     }
     uint32_t ei;
     if (D.pool_free != NIL) {

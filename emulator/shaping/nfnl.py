@@ -75,10 +75,13 @@ NFTA_EXPR_NAME = 1
 NFTA_EXPR_DATA = 2
 NFTA_META_DREG = 1
 NFTA_META_KEY = 2
+NFTA_META_SREG = 3
 NFT_META_IIF = 4
 NFT_META_OIF = 5
+NFT_META_MARK = 3
 NFT_META_IIFGROUP = 21
 NFT_META_OIFGROUP = 22
+NFT_META_TIME_NS = 30
 NFT_REG_1 = 1
 NFTA_CMP_SREG = 1
 NFTA_CMP_OP = 2
@@ -350,13 +353,19 @@ def _catch_all_rules(table: str, queue_num: int, seq: int) -> list[bytes]:
 
 def _queue_rule(table: str, queue_num: int, seq: int, chain: str, meta_key: int, cmp_op: int,
                 ifindex: int, *more: tuple[int, int, int]) -> bytes:
-    """NEWRULE ``meta <key> <==|!=> value [meta <key> <==|!=> value ...]  xt target NFQUEUE --queue-num
-    queue_num``, appended; the first condition's value is an ifindex (iif, oif) or a group."""
+    """NEWRULE ``meta <key> <==|!=> value [meta <key> <==|!=> value ...]  [meta mark set meta time]  xt
+    target NFQUEUE --queue-num queue_num``, appended; the first condition's value is an ifindex (iif, oif) or
+    a group; the mark is set on the egress chain only (the low 32 bits of CLOCK_REALTIME ns)."""
     conds = []
     for key, op, value in ((meta_key, cmp_op, ifindex), *more):
         conds += [_expr("meta", attr_be32(NFTA_META_KEY, key), attr_be32(NFTA_META_DREG, NFT_REG_1)),
                   _expr("cmp", attr_be32(NFTA_CMP_SREG, NFT_REG_1), attr_be32(NFTA_CMP_OP, op),
                         nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, struct.pack("=I", value))))]
+    if chain == EGRESS_CHAIN:
+        # a departure is stamped as it is queued: mark = CLOCK_REALTIME ns (meta time), its low 32 bits, so
+        # that its hold counts from here, not from when the daemon reads it (nothing at tc sees it before)
+        conds += [_expr("meta", attr_be32(NFTA_META_KEY, NFT_META_TIME_NS), attr_be32(NFTA_META_DREG, NFT_REG_1)),
+                  _expr("meta", attr_be32(NFTA_META_KEY, NFT_META_MARK), attr_be32(NFTA_META_SREG, NFT_REG_1))]
     exprs = nested(
         NFTA_RULE_EXPRESSIONS,
         *conds,

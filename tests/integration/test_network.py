@@ -556,15 +556,17 @@ def test_receive_stamps_count_the_network_not_the_reader(make_emulation, backend
             ia, ib = tl.node_index(src), tl.node_index(dst)
             predicted = path_delay_ms(snap, path(graph, ia, ib)[1]) + path_delay_ms(snap, path(graph, ib, ia)[1])
             assert predicted < wait_ms / 4
-            out = emu.node(src).cmd(f"{sys.executable} {script} {emu.address_of(dst)} {wait_ms / 1e3} 4")
+            out = emu.node(src).cmd(f"{sys.executable} {script} {emu.address_of(dst)} {wait_ms / 1e3} 5")
             echoes = json.loads(out.strip().splitlines()[-1])
-            assert len(echoes) == 4 and all(read >= wait_ms for _stamp, read in echoes), (src, echoes)
+            assert len(echoes) == 5 and all(read >= wait_ms for _stamp, read in echoes), (src, echoes)
             stamps = [stamp for stamp, _read in echoes]
             if tcp_at == "gw-a" and src == "h-a":  # h-a's replies come from gw-a, held at h-a: stamped at the read
                 assert all(s >= wait_ms for s in stamps), (src, stamps, predicted)
             else:
-                # within the bound of test_rtt_equals_prediction, from below too
-                assert all(abs(s - predicted) <= max(1.0, 0.03 * predicted) for s in stamps), (src, stamps, predicted)
+                # the median within the bound of test_rtt_equals_prediction; each echo nearer the network's RTT
+                # than the reader's wait by far (beside CPU hogs one echo in a few hundred is a ms or two late)
+                assert abs(median(stamps) - predicted) <= max(1.0, 0.03 * predicted), (src, stamps, predicted)
+                assert all(predicted - 1.0 <= s <= predicted + 10.0 for s in stamps), (src, stamps, predicted)
     finally:
         if tcp_at is not None:
             emu.stop()

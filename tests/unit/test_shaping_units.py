@@ -232,19 +232,25 @@ def test_parse_gives_the_mark_of_queued_packets():
         (nfnl.NFQNL_MSG_PACKET, 6, nfnl.hold_key(3, True), 0xFFFFFFFE)]
 
 
-def _conditions(rule_body: bytes) -> list[tuple[int, int, int]]:
-    """(meta key, cmp op, value) of each meta/cmp pair of one NEWRULE, in order."""
+def _conditions(rule_body: bytes) -> list[tuple]:
+    """The meta expressions of one NEWRULE, in order: (meta key, cmp op, value) for a load compared by the
+    cmp after it, ("load", key) for a load into a register, ("set", key) for a set from one."""
     meta = struct.pack("=HH", 8, nfnl.NFTA_META_KEY)
+    sreg = struct.pack("=HH", 8, nfnl.NFTA_META_SREG)
     op = struct.pack("=HH", 8, nfnl.NFTA_CMP_OP)
     value = struct.pack("=HHHH", 12, nfnl.NFTA_CMP_DATA | nfnl.NLA_F_NESTED, 8, nfnl.NFTA_DATA_VALUE)
-    out, i = [], 0
-    while (i := rule_body.find(b"meta\0", i)) >= 0:
-        i = rule_body.index(meta, i)
-        key = struct.unpack_from(">I", rule_body, i + 4)[0]
-        j = rule_body.index(op, rule_body.index(b"cmp\0", i))
-        k = rule_body.index(value, j)
-        out.append((key, struct.unpack_from(">I", rule_body, j + 4)[0], struct.unpack_from("=I", rule_body, k + 8)[0]))
-        i = k
+    starts = [k for k in range(len(rule_body)) if rule_body.startswith(b"meta\0", k)] + [len(rule_body)]
+    out = []
+    for a, b in zip(starts, starts[1:]):
+        seg = rule_body[a:b]
+        k = seg.index(meta)
+        key = struct.unpack_from(">I", seg, k + 4)[0]
+        if b"cmp\0" in seg:
+            j = seg.index(op, seg.index(b"cmp\0"))
+            v = seg.index(value, j)
+            out.append((key, struct.unpack_from(">I", seg, j + 4)[0], struct.unpack_from("=I", seg, v + 8)[0]))
+        else:
+            out.append(("set" if sreg in seg else "load", key))
     return out
 
 
@@ -256,7 +262,13 @@ def test_catch_all_rules_queue_arrivals_but_lo_and_the_pass_group_and_departures
     assert b"prerouting\0" in pre and b"postrouting\0" in post
     assert _conditions(pre) == [(nfnl.NFT_META_IIF, nfnl.NFT_CMP_NEQ, nfnl.LOOPBACK_IFINDEX),
                                 (nfnl.NFT_META_IIFGROUP, nfnl.NFT_CMP_NEQ, nfnl.PASS_INGRESS_GROUP)]
-    assert _conditions(post) == [(nfnl.NFT_META_OIFGROUP, nfnl.NFT_CMP_EQ, nfnl.HOLD_EGRESS_GROUP)]
+    # a departure is stamped as queued: mark = the realtime clock's ns (the daemon reads its low 32 bits)
+    stamp = [("load", nfnl.NFT_META_TIME_NS), ("set", nfnl.NFT_META_MARK)]
+    assert _conditions(post) == [(nfnl.NFT_META_OIFGROUP, nfnl.NFT_CMP_EQ, nfnl.HOLD_EGRESS_GROUP), *stamp]
+    per_port, _ = nfnl.nft_hold_rules_batch("t", 4711, 1, egress=[9], ingress=[3])
+    msgs = _walk_batch(per_port)[1:-1]
+    assert _conditions(msgs[2][2]) == [(nfnl.NFT_META_OIF, nfnl.NFT_CMP_EQ, 9), *stamp]
+    assert _conditions(msgs[3][2]) == [(nfnl.NFT_META_IIF, nfnl.NFT_CMP_EQ, 3)]
     assert nfnl.PASS_INGRESS_GROUP != nfnl.HOLD_EGRESS_GROUP and 0 not in (nfnl.PASS_INGRESS_GROUP,
                                                                           nfnl.HOLD_EGRESS_GROUP)
     table, _ = nfnl.nft_table_batch("t", 1, ingress_all_queue=4711)
