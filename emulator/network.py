@@ -1371,14 +1371,19 @@ class Emulation:
         return ipr
 
     def _pair_groups(self, na: int, nb: int) -> tuple[int, int]:
-        """Interface groups of a veth pair's ends in ``na`` and ``nb`` (0: none): the forwarder's end holds
-        what leaves it, the other end lets what arrives pass (the shaper's catch-all rules read both)."""
+        """Interface groups of a veth pair's ends in ``na`` and ``nb`` (0: none): the sender's end holds what
+        leaves it, the receiver's lets what arrives pass (the shaper's catch-all rules read both). With route
+        epochs a router's arrivals are still queued, unheld: the daemon's verdict gives them the epoch's
+        mark, which picks the route table (the kernel's arrival stamp is taken before, on the veth)."""
         from .shaping.nfnl import HOLD_EGRESS_GROUP, PASS_INGRESS_GROUP
 
+        def passing(receiver: int) -> int:
+            return 0 if self._epochs and self.is_router[receiver] else PASS_INGRESS_GROUP
+
         if self._grouped(na, nb):
-            return HOLD_EGRESS_GROUP, PASS_INGRESS_GROUP
+            return HOLD_EGRESS_GROUP, passing(nb)
         if self._grouped(nb, na):
-            return PASS_INGRESS_GROUP, HOLD_EGRESS_GROUP
+            return passing(na), HOLD_EGRESS_GROUP
         return 0, 0
 
     def _grouped(self, near: int, far: int) -> bool:
