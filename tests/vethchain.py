@@ -8,7 +8,10 @@ name starts with ``r`` forward), hop i as ``<net>.(i+1).0/24`` with the left end
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -128,3 +131,32 @@ for i in range(n):
     t += interval
     time.sleep(max(0.0, t - time.monotonic()))
 """
+
+
+def udp_stream(c: Chain, dst: str, port: int, count: int, interval_s: float, header: str) -> tuple[Any, Any]:
+    """Start UDP_RECEIVER in h2 (ready when this returns) and UDP_SENDER in h1, both at real-time priority below
+    the delay daemon's (their stamps are taken in user space, and a CPU hog beside a normal process delays them
+    by milliseconds that would count as the network's): (receiver, sender) processes."""
+    rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], "chrt", "-f", "5", sys.executable, "-c",
+                           UDP_RECEIVER, str(port), str(len(header))], stdout=subprocess.PIPE, text=True)
+    assert rx.stdout.readline().strip() == "ready"
+    tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], "chrt", "-f", "5", sys.executable, "-c",
+                           UDP_SENDER, dst, str(port), str(count), str(interval_s), header])
+    return rx, tx
+
+
+def pause_processes(pids: list[int], pause_s: float) -> tuple[int, int]:
+    """Stop ``pids`` for ``pause_s`` (SIGSTOP, SIGCONT), timed from this thread at real-time priority (under a CPU
+    hog a normal thread's 8 ms sleep lasted up to ~50 ms): the pause's (start, end) on CLOCK_MONOTONIC, ns."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+    try:
+        stop_ns = time.monotonic_ns()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(pause_s)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        return stop_ns, time.monotonic_ns()
+    finally:
+        os.sched_setscheduler(0, *before)

@@ -10,14 +10,10 @@ that one early, which the never-early check sees (it did before the IP ID was pa
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from vethchain import UDP_RECEIVER, UDP_SENDER, routed_line
+from vethchain import pause_processes, routed_line, udp_stream
 
 from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
@@ -49,33 +45,11 @@ def one_way_ms(c, peered, dst: str, carry: bool) -> tuple[list[tuple[int, float]
         for n, ipr in c.iprs.items():
             sh.prepare_node(n, c.path(n), ipr)
         sh.set([(p, LinkShape(delay_ms=HOP_DELAY_MS, rate_mbps=1000.0)) for p in peered], lambda n: c.iprs[n])
-        # sender and receiver at real-time priority (below the daemon's): their time stamps are taken in user space, and a CPU hog
-        # beside a normal process delays them by milliseconds that would count as the network's
-        rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], "chrt", "-f", "5", sys.executable, "-c",
-                               UDP_RECEIVER, str(PORT), str(len(HEADER))],
-                              stdout=subprocess.PIPE, text=True)
-        assert rx.stdout.readline().strip() == "ready"
-        count = int(1500 / INTERVAL_MS)
-        tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], "chrt", "-f", "5", sys.executable, "-c",
-                               UDP_SENDER, dst, str(PORT),
-                               str(count), str(INTERVAL_MS / 1e3), HEADER])
+        rx, tx = udp_stream(c, dst, PORT, int(1500 / INTERVAL_MS), INTERVAL_MS / 1e3, HEADER)
         time.sleep(0.75)
         pids = sh._daemon.pids
         assert pids
-        # the pause at real-time priority: under a CPU hog a normal thread's 8 ms sleep lasted up to ~50 ms,
-        # longer than the 3 holds ahead of the judged packets can make up
-        before = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
-        try:
-            stop_ns = time.monotonic_ns()
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
-            time.sleep(PAUSE_MS / 1e3)
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
-            cont_ns = time.monotonic_ns()
-        finally:
-            os.sched_setscheduler(0, *before)
+        stop_ns, cont_ns = pause_processes(pids, PAUSE_MS / 1e3)
         assert tx.wait(timeout=30) == 0
         out, _ = rx.communicate(timeout=30)
         stats = sh.stats()

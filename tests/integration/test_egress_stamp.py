@@ -9,14 +9,10 @@ unread late. Delays are measured by the test itself: send and receive times on C
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from vethchain import UDP_RECEIVER, UDP_SENDER, routed_line
+from vethchain import pause_processes, routed_line, udp_stream
 
 from emulator.shaping.base import LinkShape, Port
 from emulator.shaping.userspace import UserspaceShaper
@@ -39,27 +35,11 @@ def test_an_egress_hold_counts_from_the_queueing_not_the_read():
             for n, ipr in c.iprs.items():
                 sh.prepare_node(n, c.path(n), ipr)
             sh.set([(held, LinkShape(delay_ms=HOLD_MS, rate_mbps=1000.0))], lambda n: c.iprs[n])
-            # sender and receiver at real-time priority (below the daemon's): their stamps are taken in user space
-            rx = subprocess.Popen(["ip", "netns", "exec", c.names["h2"], "chrt", "-f", "5", sys.executable, "-c",
-                                   UDP_RECEIVER, str(PORT), "0"], stdout=subprocess.PIPE, text=True)
-            assert rx.stdout.readline().strip() == "ready"
-            tx = subprocess.Popen(["ip", "netns", "exec", c.names["h1"], "chrt", "-f", "5", sys.executable, "-c",
-                                   UDP_SENDER, dst, str(PORT), "1000", str(INTERVAL_MS / 1e3), ""])
+            rx, tx = udp_stream(c, dst, PORT, 1000, INTERVAL_MS / 1e3, "")
             time.sleep(0.5)
             pids = sh._daemon.pids
             assert pids
-            before = os.sched_getscheduler(0), os.sched_getparam(0)
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
-            try:
-                stop_ns = time.monotonic_ns()
-                for pid in pids:
-                    os.kill(pid, signal.SIGSTOP)
-                time.sleep(PAUSE_MS / 1e3)
-                for pid in pids:
-                    os.kill(pid, signal.SIGCONT)
-                cont_ns = time.monotonic_ns()
-            finally:
-                os.sched_setscheduler(0, *before)
+            stop_ns, cont_ns = pause_processes(pids, PAUSE_MS / 1e3)
             assert tx.wait(timeout=30) == 0
             out, _ = rx.communicate(timeout=30)
             stats = sh.stats()
