@@ -160,3 +160,22 @@ def pause_processes(pids: list[int], pause_s: float) -> tuple[int, int]:
         return stop_ns, time.monotonic_ns()
     finally:
         os.sched_setscheduler(0, *before)
+
+
+def paused_stream(c: Chain, sh: Any, items: list[tuple[Port, Any]], dst: str, port: int, count: int,
+                  interval_s: float, header: str, pause_after_s: float, pause_s: float) -> tuple[list, tuple, dict]:
+    """Shape ``items`` with ``sh`` (a UserspaceShaper; the caller closes it), stream ``count`` datagrams h1 -> h2
+    (:func:`udp_stream`) and stop the delay daemon's shards for ``pause_s`` after ``pause_after_s``: (send time
+    ns, one-way delay ms) of every datagram received, the pause's (start, end) ns, the daemon's counters."""
+    for n, ipr in c.iprs.items():
+        sh.prepare_node(n, c.path(n), ipr)
+    sh.set(items, lambda n: c.iprs[n])
+    rx, tx = udp_stream(c, dst, port, count, interval_s, header)
+    time.sleep(pause_after_s)
+    pids = sh._daemon.pids
+    assert pids
+    pause = pause_processes(pids, pause_s)
+    assert tx.wait(timeout=30) == 0
+    out, _ = rx.communicate(timeout=30)
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    return [(int(r[1]), float(r[2])) for r in rows], pause, sh.stats()

@@ -10,10 +10,8 @@ that one early, which the never-early check sees (it did before the IP ID was pa
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from vethchain import pause_processes, routed_line, udp_stream
+from vethchain import paused_stream, routed_line
 
 from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
@@ -42,21 +40,10 @@ def one_way_ms(c, peered, dst: str, carry: bool) -> tuple[list[tuple[int, float]
     counters."""
     sh = UserspaceShaper(carry=carry, shards=2)  # two: the holds of a path alternate between them
     try:
-        for n, ipr in c.iprs.items():
-            sh.prepare_node(n, c.path(n), ipr)
-        sh.set([(p, LinkShape(delay_ms=HOP_DELAY_MS, rate_mbps=1000.0)) for p in peered], lambda n: c.iprs[n])
-        rx, tx = udp_stream(c, dst, PORT, int(1500 / INTERVAL_MS), INTERVAL_MS / 1e3, HEADER)
-        time.sleep(0.75)
-        pids = sh._daemon.pids
-        assert pids
-        stop_ns, cont_ns = pause_processes(pids, PAUSE_MS / 1e3)
-        assert tx.wait(timeout=30) == 0
-        out, _ = rx.communicate(timeout=30)
-        stats = sh.stats()
+        return paused_stream(c, sh, [(p, LinkShape(delay_ms=HOP_DELAY_MS, rate_mbps=1000.0)) for p in peered], dst,
+                             PORT, int(1500 / INTERVAL_MS), INTERVAL_MS / 1e3, HEADER, 0.75, PAUSE_MS / 1e3)
     finally:
         sh.close()
-    rows = [line.split() for line in out.splitlines() if line.strip()]
-    return [(int(r[1]), float(r[2])) for r in rows], (stop_ns, cont_ns), stats
 
 
 def test_a_late_hop_is_made_up_at_the_next_and_nothing_arrives_early(chain):

@@ -9,10 +9,8 @@ unread late. Delays are measured by the test itself: send and receive times on C
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from vethchain import pause_processes, routed_line, udp_stream
+from vethchain import paused_stream, routed_line
 
 from emulator.shaping.base import LinkShape, Port
 from emulator.shaping.userspace import UserspaceShaper
@@ -32,20 +30,11 @@ def test_an_egress_hold_counts_from_the_queueing_not_the_read():
         held = Port(r1_end.node, r1_end.ns_path, r1_end.ifname, r1_end.ifindex)  # no peer: r1's egress
         sh = UserspaceShaper(carry=False, shards=1)
         try:
-            for n, ipr in c.iprs.items():
-                sh.prepare_node(n, c.path(n), ipr)
-            sh.set([(held, LinkShape(delay_ms=HOLD_MS, rate_mbps=1000.0))], lambda n: c.iprs[n])
-            rx, tx = udp_stream(c, dst, PORT, 1000, INTERVAL_MS / 1e3, "")
-            time.sleep(0.5)
-            pids = sh._daemon.pids
-            assert pids
-            stop_ns, cont_ns = pause_processes(pids, PAUSE_MS / 1e3)
-            assert tx.wait(timeout=30) == 0
-            out, _ = rx.communicate(timeout=30)
-            stats = sh.stats()
+            got, (stop_ns, cont_ns), stats = paused_stream(
+                c, sh, [(held, LinkShape(delay_ms=HOLD_MS, rate_mbps=1000.0))], dst, PORT, 1000, INTERVAL_MS / 1e3,
+                "", 0.5, PAUSE_MS / 1e3)
         finally:
             sh.close()
-    got = [(int(r[1]), float(r[2])) for r in (line.split() for line in out.splitlines() if line.strip())]
     assert len(got) >= 900, len(got)
     pause_ms = (cont_ns - stop_ns) / 1e6
     assert PAUSE_MS <= pause_ms <= HOLD_MS - 4, pause_ms  # queued in the pause means due after it
