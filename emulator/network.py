@@ -418,9 +418,9 @@ class Emulation:
                                   f"host: {why}", key="route_switch")
             self._epochs = True
         self._built = True
-        # what satellites and PoPs send to other nodes is held as it leaves them, with the userspace shaper's
-        # catch-all rules and the interface groups set at creation (see _port) -- unless TCP starts or ends
-        # at a satellite or PoP, whose sockets a held departure would throttle (TCP Small Queues)
+        # what a node sends toward the edge is held as it leaves it, with the userspace shaper's catch-all
+        # rules and the interface groups set at creation (see _port) -- unless TCP starts or ends at that node,
+        # whose sockets a held departure would throttle (TCP Small Queues)
         index = {n: i for i, n in enumerate(self.names)}
         self._sends_tcp[[index[n] for n in self.tcp_nodes if n in index]] = True
         self._egress_groups = getattr(self.shaper, "name", "") == "userspace"

@@ -179,6 +179,7 @@ static struct {
     uint64_t vcarry[VREC_MAX];               /* and their entries' carry words */
     int dirty[VREC_MAX]; int ndirty;
     uint64_t armed_ns, lead_ns, pre_send_ns;
+    uint32_t rt_low_now;  /* CLOCK_REALTIME ns, low 32 bits, read with the receive batch's `now` */
     struct stats st;
     char *ctlbuf; size_t ctllen, ctlcap;
     unsigned char *exit_batch; size_t exit_len;
@@ -198,6 +199,13 @@ static int nwatch;
 static inline void publish_head(void);
 static void pass(const struct epoll_event *evs, int n, bool main_thread);
 static char sendbuf[VERDICTS_PER_SEND * 48];
+
+static inline uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static inline uint64_t now_ns(void)
 {
@@ -813,14 +821,10 @@ static void on_packet(int nsid, const struct nlmsghdr *nlh, uint64_t now)
     } else if (mark && hook == NF_INET_POST_ROUTING) {
         /* A departure is stamped by its queueing rule: the low 32 bits of CLOCK_REALTIME ns (nft's meta time;
          * there is no monotonic one), wrapping every 4.3 s: the time since then is read against the realtime
-         * clock now, and taken from the monotonic one. */
-        struct timespec rt;
-        clock_gettime(CLOCK_REALTIME, &rt);
-        uint64_t mono = now_ns();
-        uint32_t rt_low = (uint32_t)((uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec);
-        uint64_t ago_ns = (uint32_t)(rt_low - mark);
-        if (ago_ns <= (uint64_t)MAX_READ_LAG_US * 1000 && ago_ns <= mono) {
-            arrived = mono - ago_ns < now ? mono - ago_ns : now;  /* this pass's time if queued during it */
+         * clock read with this batch's `now` (once per batch, not per packet), and taken from `now`. */
+        uint64_t ago_ns = (uint32_t)(D.rt_low_now - mark);  /* both clocks read together with `now` */
+        if (ago_ns <= (uint64_t)MAX_READ_LAG_US * 1000 && ago_ns <= now) {
+            arrived = now - ago_ns;
             stamped = true;
             D.st.stamped++;
             D.st.read_lag_sum_ns += (int64_t)(now - arrived);
@@ -919,6 +923,7 @@ static void receive(int nsid)
         if (got <= 0)
             return;
         uint64_t now = now_ns();
+        D.rt_low_now = (uint32_t)realtime_ns();  /* what departures' stamps are read against (on_packet) */
         /* Reading must not starve releasing: under a flood the socket never drains, and every packet held
          * would be released late by as long as reading went on. Stop after this batch once something is due. */
         bool due_break = D.heap_len && head_due(D.heap[0]) <= now + D.lead_ns;

@@ -423,7 +423,7 @@ class DelayDaemon:
 
     def _rules_line(self, n: _Ns) -> str | None:
         """The nft request that makes the namespace's rules name exactly its held interfaces, if needed."""
-        keys = frozenset(k for k in n.keys if not (n.ingress_all and k & 1))
+        keys = frozenset(n.keys)  # set_ports leaves out what the catch-all rules queue
         if keys == n.ruled:
             return None
         egress = [k >> 1 for k in keys if not k & 1]
