@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import networkx as nx
@@ -97,6 +98,22 @@ def _groups_of(pid: int) -> set[str]:
     return {line.split(":", 2)[2] for line in open(f"/proc/{pid}/cgroup").read().splitlines()}
 
 
+def _cmdline_once_running(pid: int, exe: str, timeout_s: float = 10.0) -> str:
+    """The command line of process ``pid`` once it runs ``exe``. Mininet's mnexec execs on to the interpreter
+    with the rank's arguments already in its own command line, and while a process is inside execve the
+    kernel shows an empty one: both the program and the command line are read in the same pass."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            running = os.readlink(f"/proc/{pid}/exe")
+            cmd = open(f"/proc/{pid}/cmdline").read()
+        except OSError:
+            running, cmd = "", ""
+        if (running == exe and cmd) or time.monotonic() > deadline:
+            return cmd
+        time.sleep(0.05)
+
+
 def test_ring_allreduce_round_time_within_rate_and_delay_bounds(tmp_path):
     from emulator.api import open_emulation
     from emulator.flows import FlowStarter
@@ -120,10 +137,7 @@ def test_ring_allreduce_round_time_within_rate_and_delay_bounds(tmp_path):
             flow = starter.start(0, sc.traffic[0], 40.0)
             # each rank is in its own node's groups (cpu and memory), as the kernel says, and nobody else's
             for name, p in zip(RING, flow.procs, strict=True):
-                deadline = time.monotonic() + 10  # setsid and nsenter exec on to the interpreter
-                while "allreduce" not in open(f"/proc/{p.pid}/cmdline").read() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert "allreduce" in open(f"/proc/{p.pid}/cmdline").read()
+                assert "allreduce" in _cmdline_once_running(p.pid, os.path.realpath(sys.executable))
                 mine = {g for g in _groups_of(p.pid) if g.endswith(f"/satnetem-{run_id}/{name}")}
                 assert len(mine) == (1 if svc.groups.v2 else 2), (name, _groups_of(p.pid))
                 assert p.pid in svc.groups.pids(name)
