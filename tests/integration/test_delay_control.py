@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 import pytest
-from vethchain import routed_line
+from vethchain import r1_egress, routed_line
 
-from emulator.shaping.base import LinkShape, Port
+from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
 
 pytestmark = pytest.mark.root
@@ -77,15 +77,14 @@ def _stream(names: dict[str, str], dst: str, count: int) -> tuple[subprocess.Pop
 
 def test_a_long_set_request_does_not_hold_up_released_packets():
     with routed_line("dct", 2, "10.83") as (c, _peered, dst):
-        (_h1_r1, (r1_end, _h2_end)) = c.hops
-        held = Port(r1_end.node, r1_end.ns_path, r1_end.ifname, r1_end.ifindex)  # no peer: r1's egress
+        held = r1_egress(c)
         sh = UserspaceShaper(carry=False, shards=1)
         try:
             for n, ipr in c.iprs.items():
                 sh.prepare_node(n, c.path(n), ipr)
             sh.set([(held, LinkShape(delay_ms=HOLD_MS, rate_mbps=1000.0))], lambda n: c.iprs[n])
             d = sh._daemon
-            shard, nsid = d.where(r1_end.ns_path)
+            shard, nsid = d.where(held.ns_path)
             k = np.arange(N_PORTS, dtype=np.int64)
             args = (np.full(N_PORTS, shard), np.full(N_PORTS, nsid), 100_000 + k, np.zeros(N_PORTS, np.int64),
                     np.full(N_PORTS, 5_000_000, np.int64), np.zeros(N_PORTS), k)

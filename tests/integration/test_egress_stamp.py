@@ -10,9 +10,9 @@ unread late. Delays are measured by the test itself: send and receive times on C
 from __future__ import annotations
 
 import pytest
-from vethchain import paused_stream, routed_line
+from vethchain import paused_stream, r1_egress, routed_line
 
-from emulator.shaping.base import LinkShape, Port
+from emulator.shaping.base import LinkShape
 from emulator.shaping.userspace import UserspaceShaper
 
 pytestmark = pytest.mark.root
@@ -26,8 +26,7 @@ PORT = 47100
 
 def test_an_egress_hold_counts_from_the_queueing_not_the_read():
     with routed_line("egs", 2, "10.82") as (c, _peered, dst):
-        (_h1_r1, (r1_end, _h2_end)) = c.hops
-        held = Port(r1_end.node, r1_end.ns_path, r1_end.ifname, r1_end.ifindex)  # no peer: r1's egress
+        held = r1_egress(c)
         sh = UserspaceShaper(carry=False, shards=1)
         try:
             got, (stop_ns, cont_ns), stats = paused_stream(
