@@ -711,23 +711,6 @@ static inline void publish_head(void)
     atomic_store_explicit(&pub_head, D.heap_len ? head_due(D.heap[0]) : 0, memory_order_relaxed);
 }
 
-/* A pass over the packet path only (the control socket and signals stay the main loop's), by a thread that
- * holds the lock: if a namespace has packets unread, or the first held packet is overdue by more than
- * slack_ns. Returns whether it ran. */
-static bool packet_pass(uint64_t slack_ns)
-{
-    struct epoll_event evs[64];
-    int n = D.running ? epoll_wait(D.ep, evs, 64, 0) : 0;
-    bool ns_ready = false;
-    for (int i = 0; i < n; i++)
-        ns_ready |= evs[i].data.u32 < (uint32_t)D.nns;
-    if (!D.running || !(ns_ready || (D.heap_len && head_due(D.heap[0]) + slack_ns <= now_ns())))
-        return false;
-    pass(evs, n, false);
-    publish_head();
-    return true;
-}
-
 /* A standby thread, pinned to one CPU, with a timer of its own armed from that CPU: it wakes at the earliest
  * due time plus the grace (at most a period from now, so that a head that came since is seen) and, when
  * the main loop has not released by then and is not running, releases what is due itself. What it covers:
@@ -762,11 +745,18 @@ static void *watch_thread(void *arg)
         if (pthread_mutex_trylock(&mu))
             continue;  /* the main loop is at work */
         /* packets the main loop has not read (woken, it waits for a CPU that runs nothing), or held ones
-         * overdue: a pass here, on this CPU */
-        uint64_t before = D.st.released;
-        if (packet_pass(watch_grace_ns)) {
+         * overdue: a pass here, on this CPU (the control socket and signals stay the main loop's) */
+        struct epoll_event evs[64];
+        int n = D.running ? epoll_wait(D.ep, evs, 64, 0) : 0;
+        bool ns_ready = false;
+        for (int i = 0; i < n; i++)
+            ns_ready |= evs[i].data.u32 < (uint32_t)D.nns;
+        if (D.running && (ns_ready || (D.heap_len && head_due(D.heap[0]) + watch_grace_ns <= now_ns()))) {
+            uint64_t before = D.st.released;
+            pass(evs, n, false);
             D.st.watch_passes++;
             D.st.watch_released += D.st.released - before;
+            publish_head();
         }
         pthread_mutex_unlock(&mu);
     }
@@ -1153,8 +1143,8 @@ static bool ns_ok(uint64_t id) { return id < (uint64_t)D.nns && D.ns[id].fd >= 0
 
 struct setport { uint64_t ns, ifindex, ingress, delay_ns, link_id; double loss_pct; };
 
-/* The packet path's work between the parts of a long control request, as a standby thread does it: what is
- * readable is read and what is due released, looked at every SERVE_EVERY_NS at most. The main loop holds the lock
+/* The packet path's work between the parts of a long control request, as a standby pass does it: what is
+ * readable is read and what is due released, at most every SERVE_EVERY_NS. The main loop holds the lock
  * while it handles a request, so the standby threads cannot stand in: every packet of the shard due
  * meanwhile left late by up to the whole request (a "set" of 100,000 ports: 15-25 ms here; the access
  * example's longest "set" took 9.6 ms, most take 0.1 ms). */
@@ -1165,7 +1155,10 @@ static void serve_between(void)
     if (t - served_ns < SERVE_EVERY_NS)
         return;
     served_ns = t;
-    packet_pass(0);
+    struct epoll_event evs[64];
+    int n = D.running ? epoll_wait(D.ep, evs, 64, 0) : 0;
+    pass(evs, n < 0 ? 0 : n, false);
+    publish_head();
 }
 
 static int op_set(char *s)
@@ -1176,7 +1169,7 @@ static int op_set(char *s)
     struct setport *sp = calloc(np + nf + 1, sizeof *sp);
     if (!sp)
         die("out of memory");
-    int rc = 0;
+    int rc = 0, fresh = 0;  /* ports this request makes: what the table must grow by */
     /* every entry is checked before any is applied, so a bad request changes nothing */
     for (uint64_t i = 0; i < np + nf && !rc; i++) {
         if (i % SERVE_CHECK_EVERY == SERVE_CHECK_EVERY - 1)
@@ -1194,6 +1187,8 @@ static int op_set(char *s)
                 rc = fail("set: entry %" PRIu64 ": loss %s not in [0, 100] %%", i, t);
             else if (!ns_ok(q->ns))
                 rc = fail("set: namespace %" PRIu64 " not attached", q->ns);
+            else
+                fresh += port_find((int)q->ns, (uint32_t)(q->ifindex << 1 | q->ingress)) < 0;
         }
     }
     if (!rc) {
@@ -1211,7 +1206,7 @@ static int op_set(char *s)
         int live = 0;
         for (int i = 0; i < D.nports; i++)
             live += D.ports[i].ns >= 0 && D.ports[i].live;
-        table_grow(live + (int)np);
+        table_grow(live + fresh);  /* (a port given twice is counted twice: room to spare) */
         for (uint64_t i = 0; i < np; i++) {
             if (i % SERVE_CHECK_EVERY == SERVE_CHECK_EVERY - 1)
                 serve_between();  /* between whole entries: a packet meets its port's old shape or its new one */
