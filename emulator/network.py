@@ -98,6 +98,11 @@ EPOCH_IN_PLACE_MS = 40.0
 EPOCH_REFUSALS = 3
 #: ... and none of that when the last heavy step's routes took the kernel less than this share of a step
 EPOCH_ONE_STEP_SHARE = 0.4
+#: The time per route sent at full speed (what decides whether a step's routes go in place) is measured on
+#: sends of at least this many routes, unpaced (the build's, a step's in place): on fewer, the per-namespace
+#: Python work and the shaping beside them weigh more than the kernel's (a step's ~5,000 took 8-10 us each
+#: against 2-2.5 us for 400,000). Routes sent ahead are paced (rtnl.AHEAD_PACE) and measured apart.
+ROUTE_COST_MIN = 20_000
 #: niceness of the route worker that computes heavy steps' tables ahead (the one computing each next step's
 #: table, and the delay daemon, come first)
 EARLY_WORKER_NICE = 10
@@ -301,9 +306,11 @@ class Emulation:
         self._active = 0  # the table packets use now (epochs)
         self._ahead: RouteTable | None = None  # the table whose routes are in the idle table ahead of its step
         self._ahead_routes = 0  # routes sent ahead for it
-        self._route_us = 5.0  # kernel time per route sent, us (measured; decides how many fit ahead)
+        self._route_us = 5.0  # time per route sent unpaced, us (ROUTE_COST_MIN; decides what goes in place)
+        self._ahead_us = 1e6 / rtnl.AHEAD_PACE  # time per route sent ahead, paced, us (decides how many fit)
         self._pack_s = 0.0  # how long the last whole-table comparison for packing routes took, s
         self._pack_us = 0.0  # packing time per route packed, beyond that comparison, us (measured)
+        self._spare_up_ms = 1.5  # kernel time to bring one spare pair up with its nexthops, ms (measured)
         self._ahead_last = 0  # routes the last _preinstall wanted to send ahead
         # each record's version (see _inst_version) while it is not the current one; versions are unique
         self._rec_vers = [0, 0]
@@ -618,7 +625,11 @@ class Emulation:
         # The shaping starts once the route thread's own Python is done (held), not interleaved with it.
         # With route epochs: into the idle table if this table's routes went there ahead (the rest now, then
         # the switch); else in place, into the table in use, as without epochs.
-        flip = self._epochs and table is not None and table is self._ahead
+        # A heavy step whose idle table was filled over the steps before it switches even when its own table
+        # is not the one sent ahead (the route worker late at the step before, a failure injected meanwhile):
+        # what differs goes into the idle table now, against that table's record (a few thousand routes, where
+        # in place it would be the whole boundary: 330,000-400,000 in 0.8-1.0 s at 10^4 satellites).
+        flip = self._epochs and table is not None and (table is self._ahead or self._filling == step)
         if self._epochs:
             stats.routes_ahead = self._ahead_routes + (self._filled if self._filling == step else 0) if flip else 0
             self._ahead, self._ahead_routes = None, 0
@@ -747,12 +758,12 @@ class Emulation:
             left = max(0.0, until - time.monotonic())
             share = 0.4 * left
             if self._filling == heavy and self._fill_left is not None:
-                share = min(share, self._fill_left * self._route_us * 1e-6 / max(1, heavy - step - 1) + 0.06)
+                share = min(share, self._fill_left * self._ahead_us * 1e-6 / max(1, heavy - step - 1) + 0.06)
             move_until = until - share
         done = self._move_spares_ahead(step, move_until)
         if self._epochs and until is not None:
             # the worker's table is waited for only while there is time left to send it ahead
-            self.prefetch_routes(step + 1, until - min(0.5, 0.1 + self._ahead_last * self._route_us * 1e-6))
+            self.prefetch_routes(step + 1, until - min(0.5, 0.1 + self._ahead_last * self._ahead_us * 1e-6))
             if not self._fill_for_heavy(step, until):
                 self._preinstall(until)
         else:
@@ -905,7 +916,7 @@ class Emulation:
         """Route epochs, between steps: send the prefetched table's routes into the idle table, except those
         through a link slot that is not up with the same peer now (a handover or a link coming up: their
         nexthop objects do not exist yet; :meth:`apply_step` sends them once it has made them, then switches
-        tables). As many routers' routes as the time left allows (timed at :attr:`_route_us` a route, to
+        tables). As many routers' routes as the time left allows (timed at :attr:`_ahead_us` a route, paced, to
         end 50 ms before ``until``); the step sends the rest. Returns whether it sent any."""
         if self._prefetched is None or self._stopped or self._prefetched[1] is self._ahead:
             return False
@@ -931,19 +942,19 @@ class Emulation:
         for those through a link slot not up with the same peer now (or a spare pair up ahead of its
         handover, :meth:`_spares_ahead`), as many routers' as the time left allows (to end 50 ms before
         ``until``). Returns (routes sent, changes wanted), or (0, -1) when there was no time to start."""
-        if until is not None and until - 0.05 - self._pack_s - time.monotonic() < 100 * self._route_us * 1e-6:
+        if until is not None and until - 0.05 - self._pack_s - time.monotonic() < 100 * self._ahead_us * 1e-6:
             return 0, -1
         now = self.applied
         stable = now.up & (now.peer >= 0) & (snap.peer == now.peer)
         pair_at = None
-        ready = self._spares_ahead(snap)
+        ready = self._spares_ahead(snap, until)
         if len(ready):  # their routes go ahead through the spare pair, up by now
             stable[ready] = True
             pair_at = self.ends.pair.astype(np.int64)
             pair_at[ready] = 1 - pair_at[ready]
         limit = None
         if until is not None:  # what fits with its packing (both timed at the last ones)
-            limit = int((until - 0.05 - self._pack_s - time.monotonic()) / ((self._route_us + self._pack_us) * 1e-6))
+            limit = int((until - 0.05 - self._pack_s - time.monotonic()) / ((self._ahead_us + self._pack_us) * 1e-6))
             if limit < 100:
                 return 0, -1
         t0 = time.perf_counter()
@@ -952,18 +963,22 @@ class Emulation:
         t1 = time.perf_counter()
         if n >= 1000:
             self._pack_us = max(0.0, (t1 - t0 - self._pack_s) * 1e6 / n)
-        self._install_routes(table, pack=pack, current=False)
-        if n >= 1000:  # the kernel's cost per route, for the next decision
-            self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t1) * 1e6 / n
+        self._install_routes(table, pack=pack, current=False, pace=True)
+        if n >= 1000:  # the time per route sent paced (rtnl.AHEAD_PACE), for the next decision
+            self._ahead_us = 0.5 * self._ahead_us + 0.5 * (time.perf_counter() - t1) * 1e6 / n
         return n, pack.wanted
 
-    def _spares_ahead(self, snap: Snapshot) -> np.ndarray:
+    def _spares_ahead(self, snap: Snapshot, until: float | None = None) -> np.ndarray:
         """Route epochs, between steps: the antenna slots that hand over at ``snap``'s step to the satellite
         their spare pair already waits on get that pair up now, with its nexthop objects, so that their
         routes can go into the idle table ahead too (no route in the table in use goes through a spare). The
         spares held up before for another handover go down, and the idle table's record forgets their
         slots' routes (the kernel removed them with the nexthops). Not with multipath tables. Returns the
-        slots (sorted)."""
+        slots (sorted).
+
+        With ``until`` (a ``time.monotonic()`` deadline), the spares not up yet come up in the first third
+        of the time left, at the measured cost of one; the others wait for the next call (at a slot boundary
+        some 400 spares at once took 0.5-0.7 s, past the next step's due time). Their routes wait too."""
         slots = self._antennas
         if not len(slots) or self.routes is None or self.routes.width > 1:
             return np.empty(0, np.int64)
@@ -972,11 +987,20 @@ class Emulation:
         ready = slots[(new >= 0) & snap.up[slots] & (new != now.peer[slots])
                       & (self._pfar[slots, 1 - act] == new) & (self._pfar[slots, act] != new)]
         before = {l for l, p in self._spares_up.items() if p != self.ends.pair[l]}
+        fresh = np.array([l for l in ready.tolist() if l not in before], np.int64)
+        if until is not None and len(fresh):
+            fit = int((until - 0.05 - time.monotonic()) / 3 * 1e3 / self._spare_up_ms)
+            if fit < len(fresh):
+                fresh = fresh[:max(0, fit)]
+                ready = np.array(sorted(before.intersection(ready.tolist()) | set(fresh.tolist())), np.int64)
+        t0 = time.perf_counter()
         self.hold_spares_up(ready)
         for l in sorted(before - set(ready.tolist())):
             self._forget_spare_routes(l)
-        if len(ready):
-            self._make_nexthops(ready, 1 - self.ends.pair[ready].astype(np.int64))
+        if len(fresh):  # a spare held up keeps its nexthops (the kernel removes them only with its carrier)
+            self._make_nexthops(fresh, 1 - self.ends.pair[fresh].astype(np.int64))
+            if len(fresh) >= 20:
+                self._spare_up_ms = 0.5 * self._spare_up_ms + 0.5 * (time.perf_counter() - t0) * 1e3 / len(fresh)
         return ready
 
     def _forget_spare_routes(self, link: int) -> None:
@@ -1809,7 +1833,7 @@ class Emulation:
         return rows, routers, want_nh[rows, routers], want_link[rows, routers]
 
     def _install_routes(self, table: RouteTable, held: Callable[[], None] | None = None,
-                        pack: _RoutePack | None = None, current: bool = True) -> tuple[int, int]:
+                        pack: _RoutePack | None = None, current: bool = True, pace: bool = False) -> tuple[int, int]:
         """Bring the kernel's routes to ``table``: the changed ones, as RTM_NEWROUTE (replace) or
         RTM_DELROUTE. A route with several next hops (a multipath table) is one RTM_NEWROUTE with
         RTA_MULTIPATH. ``held`` is called once this call's Python work is done but for the error reports
@@ -1819,6 +1843,7 @@ class Emulation:
         code per route) and sent without acknowledgements (:func:`rtnl.run_packed_many`); the first
         failure, if any, is raised once every namespace has had its messages. The packing is done ahead,
         between steps, when the table is ready then (:meth:`prefetch_routes`, :meth:`_pack_routes`).
+        With ``pace`` (routes sent ahead of their step), the sends keep to :data:`rtnl.AHEAD_PACE`.
         """
         if current:  # else (route epochs, ahead of its step) the table is not the one packets use yet
             self.routes = table
@@ -1839,17 +1864,21 @@ class Emulation:
                 pack.add_msgs["nh_id"][moved] = nexthop_id(pack.nh_link[moved], now[moved])
         failure: tuple[int, int, int, str] | None = None  # (router, message row, errno, "add"/"del")
         n_fail = 0
+        t_send = time.perf_counter()
         for part, msgs, starts, owners in (("add", pack.add_msgs, pack.add_starts, pack.add_owners),
                                            ("del", pack.del_msgs, pack.del_starts, pack.del_owners)):
             if not owners:
                 continue
             fails = rtnl.run_packed_many([self._rtnl[r] for r in owners], msgs, starts,
-                                         ignore=(errno.ESRCH,) if part == "del" else (), held=held)
+                                         ignore=(errno.ESRCH,) if part == "del" else (), held=held,
+                                         pace=rtnl.ahead_pace() if pace else 0.0)
             held = None
             n_fail += len(fails)
             if fails and failure is None:
                 row, err, i = fails[0]
                 failure = (owners[i], row, err, part)
+        if not pace and len(pack.rows) >= ROUTE_COST_MIN:
+            self._route_us = 0.5 * self._route_us + 0.5 * (time.perf_counter() - t_send) * 1e6 / len(pack.rows)
         if failure is not None:
             r, row, err, part = failure
             if row < 0:

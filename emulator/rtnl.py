@@ -22,6 +22,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,6 +107,27 @@ _NHMSG = struct.Struct("=BBBBI")  # struct nhmsg: family, scope, protocol, reser
 _TCMSG = struct.Struct("=BxxxIIII")  # struct tcmsg: family, ifindex (int, sent as its u32 bits), handle, parent, info
 _RTNH = struct.Struct("=HBBi")  # struct rtnexthop: len, flags, hops (weight - 1), ifindex
 _BATCH = 256
+#: Pace of route sends ahead of their step (:func:`run_packed_many` ``pace``), messages a second per sending
+#: thread, in sends of PACE_CHUNK messages. Each route replaced leaves the kernel an RCU callback to run after
+#: a grace period; above its qhimark (10,000 a CPU) the kernel runs them in softirq unbounded, for up to
+#: rcu_resched_ns (3 ms) at a time, and no thread of that CPU runs meanwhile, the delay daemon's real-time
+#: shards included. ``bench/route_pace.py`` (a SCHED_FIFO thread waking every 1 ms on the CPU of the sends,
+#: 10 s each; 2-core VM, kernel 6.18): wake-ups over 0.5 ms late 923 unpaced (296,000 routes/s), 81 at
+#: 239,000/s, 4 at 146,000/s (two threads at this pace, both on that CPU). By hand, one thread: ~1,200 at
+#: 400,000/s and more; 1 at 200,000/s in sends of 16 routes, 283 in sends of 256; 5 with nothing sent.
+AHEAD_PACE = 100_000
+PACE_CHUNK = 16
+
+
+def ahead_pace() -> float:
+    """:data:`AHEAD_PACE`, or ``$SATNETEM_AHEAD_PACE`` (routes a second per thread; 0: unpaced, for
+    comparisons)."""
+    env = os.environ.get("SATNETEM_AHEAD_PACE", "")
+    if not env:
+        return float(AHEAD_PACE)
+    if not env.isdigit():
+        raise ValueError(f"SATNETEM_AHEAD_PACE must be a whole number of routes a second, got {env!r}")
+    return float(env)
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -526,7 +548,7 @@ class _Pool:
 
 def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
                     ignore: tuple[int, ...] = (),
-                    held: Callable[[], None] | None = None) -> list[tuple[int, int, int]]:
+                    held: Callable[[], None] | None = None, pace: float = 0.0) -> list[tuple[int, int, int]]:
     """Send ``msgs[starts[i]:starts[i + 1]]`` on ``handles[i]``, for every i, without acknowledgements.
 
     rtnetlink handles a request inside ``send``, in the sending thread, and reports a failure with an
@@ -545,6 +567,10 @@ def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
     threads can run Python without slowing this call's own Python down (see ``emulator.network``).
     It is called in any case before this returns or raises.
 
+    ``pace`` (messages a second, 0: as fast as the kernel takes them): each sending thread keeps to it,
+    in sends of at most :data:`PACE_CHUNK` messages (route changes sent ahead of their step,
+    :data:`AHEAD_PACE`).
+
     Returns
     -------
     list of (row, errno, i)
@@ -552,7 +578,7 @@ def run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray,
     """
     once = _Once(held)
     try:
-        return _run_packed_many(handles, msgs, starts, ignore, once)
+        return _run_packed_many(handles, msgs, starts, ignore, once, pace)
     finally:
         once()
 
@@ -571,7 +597,7 @@ class _Once:
 
 
 def _run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray, ignore: tuple[int, ...],
-                     held: _Once) -> list[tuple[int, int, int]]:
+                     held: _Once, pace: float) -> list[tuple[int, int, int]]:
     n = len(msgs)
     if n == 0:
         return []
@@ -596,16 +622,19 @@ def _run_packed_many(handles: list[Rtnl], msgs: np.ndarray, starts: np.ndarray, 
     nthreads = send_threads() if send_many is not None else 1
 
     def send_range(a: int, b: int, first_held: Callable[[], None]) -> None:
+        pacer = _Pacer(pace, size) if pace > 0 else None
         for k in range(a, b, size_g):
             group = items[k:min(k + size_g, b)]
             if send_many is not None:
                 _send_group_c(send_many, group, raw, bounds_a[k:k + len(group) + 1], buf, size, ignore, failures,
-                              first_held if k == a else None)
+                              first_held if k == a else None, pacer)
             else:
                 held()
-                _send_group(group, buf, size, ignore, failures)
+                _send_group(group, buf, size, ignore, failures, pacer)
 
-    if nthreads <= 1 or len(items) < 2 * _POLL_GROUP:
+    # paced, every thread keeps to the pace on its own: two on two CPUs send twice as many (the kernel's RCU
+    # callbacks are queued per CPU)
+    if nthreads <= 1 or len(items) < (2 if pace > 0 else 2 * _POLL_GROUP):
         send_range(0, len(items), held)
         return failures
     cuts = [j * (len(items) // nthreads) for j in range(nthreads)] + [len(items)]
@@ -668,20 +697,23 @@ def _c_sender() -> Any:
             fn = lib.satnetem_send_many
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_void_p]
+                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int64,
+                           ctypes.POINTER(ctypes.c_double)]
         _c_send.append(fn)
     return _c_send[0]
 
 
 def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]], raw: np.ndarray,
                   bounds: np.ndarray, buf: memoryview, size: int, ignore: tuple[int, ...],
-                  failures: list[tuple[int, int, int]], on_held: Callable[[], None] | None = None) -> None:
+                  failures: list[tuple[int, int, int]], on_held: Callable[[], None] | None = None,
+                  pacer: _Pacer | None = None) -> None:
     """:func:`_send_group` with the sends and the poll made in C, without the interpreter lock.
 
     ``raw`` is the bytes of every message of the call (``buf`` views it); ``bounds`` holds the byte
     offsets of the group's slices (one more than ``items``). A slice of more than a batch goes
     through :meth:`Rtnl._send_raw` as before, reading reports between batches. ``on_held`` is called
-    once the group's sockets are held, before the sends."""
+    once the group's sockets are held, before the sends. With ``pacer``, the C loop keeps to its pace
+    (from the group's start) and the batches sent from Python to the pacer's."""
     held: list[tuple[_Conn | None, socket.socket, int]] = []
     step = _BATCH * size
     fds = np.empty(len(items), np.int32)
@@ -699,8 +731,13 @@ def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]]
         errs = np.zeros(len(items), np.int32)
         if on_held is not None:
             on_held()
+        sent = ctypes.c_double(0.0 if pacer is None else pacer.bytes)
         r = send_many(len(items), fds.ctypes.data, raw.ctypes.data, lo.ctypes.data, hi_c.ctypes.data,
-                      readable.ctypes.data, errs.ctypes.data)
+                      readable.ctypes.data, errs.ctypes.data, 0 if pacer is None else PACE_CHUNK * size,
+                      0.0 if pacer is None else pacer.per_byte * 1e9, 0 if pacer is None else pacer.t0_ns,
+                      ctypes.byref(sent))
+        if pacer is not None:
+            pacer.bytes = int(sent.value)
         if r < 0:
             e = ctypes.get_errno()
             raise OSError(e, f"poll on rtnetlink sockets: {os.strerror(e)}")
@@ -708,12 +745,28 @@ def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]]
             raise OSError(int(errs[j]), f"send on rtnetlink socket: {os.strerror(int(errs[j]))}")
         for j in big.tolist():
             _c, sock, i = held[j]
-            Rtnl._send_raw(sock, buf[int(lo[j]):int(hi[j])], size, ignore, failures, i)
+            Rtnl._send_raw(sock, buf[int(lo[j]):int(hi[j])], size, ignore, failures, i, pacer)
         for j in np.flatnonzero(readable).tolist():
             _c, sock, i = held[j]
             Rtnl._reports(sock, ignore, failures, i)
     finally:
         _release(held)
+
+
+class _Pacer:
+    """Keeps one thread's sends to ``rate`` messages a second (of ``size`` bytes) from its creation: sleeps
+    when more than 1 ms ahead (:data:`AHEAD_PACE`)."""
+
+    def __init__(self, rate: float, size: int) -> None:
+        self.per_byte = 1.0 / (rate * size)  # s
+        self.t0_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, as the C sender's
+        self.bytes = 0  # sent since, from Python and from C
+
+    def sent(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        ahead = self.t0_ns * 1e-9 + self.bytes * self.per_byte - time.monotonic()
+        if ahead > 0.001:
+            time.sleep(ahead)
 
 
 #: Namespaces sent to before one poll for error reports (their sockets are held open meanwhile).
@@ -744,7 +797,7 @@ def _release(held: list[tuple[_Conn | None, socket.socket, int]]) -> None:
 
 
 def _send_group(items: list[tuple[int, tuple[Rtnl, int, int]]], buf: memoryview, size: int,
-                ignore: tuple[int, ...], failures: list[tuple[int, int, int]]) -> None:
+                ignore: tuple[int, ...], failures: list[tuple[int, int, int]], pacer: _Pacer | None = None) -> None:
     """Send each handle its slice, then read error reports only from the sockets a single ``poll`` finds
     readable: a read per namespace that finds nothing (EAGAIN) cost 3.3 us of the ~15 us a namespace takes."""
     held: list[tuple[_Conn | None, socket.socket, int]] = []
@@ -753,8 +806,8 @@ def _send_group(items: list[tuple[int, tuple[Rtnl, int, int]]], buf: memoryview,
         for i, (h, lo, hi) in items:
             c, sock = _hold(h)
             held.append((c, sock, i))
-            if hi - lo > step:  # more than a batch: reports read between batches (the receive buffer is finite)
-                Rtnl._send_raw(sock, buf[lo:hi], size, ignore, failures, i)
+            if hi - lo > step or pacer is not None:  # more than a batch: reports read between batches (the
+                Rtnl._send_raw(sock, buf[lo:hi], size, ignore, failures, i, pacer)  # receive buffer is finite)
             else:
                 sock.sendall(buf[lo:hi])
         poller = select.poll()
@@ -932,11 +985,14 @@ class Rtnl:
 
     @classmethod
     def _send_raw(cls, sock: socket.socket, buf: memoryview, size: int, ignore: tuple[int, ...],
-                  failures: list[tuple[int, int, int]], tag: int) -> None:
-        step = _BATCH * size
+                  failures: list[tuple[int, int, int]], tag: int, pacer: _Pacer | None = None) -> None:
+        step = (_BATCH if pacer is None else PACE_CHUNK) * size
         for off in range(0, len(buf), step):
             sock.sendall(buf[off:off + step])
-            cls._reports(sock, ignore, failures, tag)
+            if pacer is not None:
+                pacer.sent(len(buf[off:off + step]))
+            if pacer is None or off // step % (_BATCH // PACE_CHUNK) == 0 or off + step >= len(buf):
+                cls._reports(sock, ignore, failures, tag)
 
     @classmethod
     def _reports(cls, sock: socket.socket, ignore: tuple[int, ...], failures: list[tuple[int, int, int]],
