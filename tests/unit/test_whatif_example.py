@@ -97,4 +97,4 @@ def test_the_regional_outage_is_around_frankfurt_only(planned):
 def test_the_load_is_a_gravity_matrix_over_the_hosts(planned):
     sc, _ = planned
     [m] = [f for f in sc.traffic if f.kind == "matrix"]
-    assert m.aggregate_mbps == 48 and not m.matrix_csv
+    assert m.aggregate_mbps > 0 and not m.matrix_csv  # gravity, not a CSV
