@@ -11,7 +11,7 @@ and over, alternating two gateways, through the product's own sender (rtnl.run_p
 routes) at each --paces value (routes a second per sending thread, as AHEAD_PACE; paced sends go from
 two threads, here both on that CPU, so `sent/s` is up to twice the pace; 0: unpaced, one thread); beside
 it a probe pinned to the same CPU at SCHED_FIFO 11 (above the daemon's 10) sleeps to absolute 1 ms
-deadlines and counts how late it wakes. Root only.
+deadlines and counts how late it wakes (bench/timer_stalls.py's probe). Root only.
 
     sudo .venv/bin/python bench/route_pace.py --paces 0,400000,200000,100000 --seconds 10
 """
@@ -29,28 +29,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timer_stalls import PROBE  # noqa: E402
 
 from emulator import rtnl  # noqa: E402
-
-PROBE = r"""
-import os, sys, time
-cpu, seconds = int(sys.argv[1]), float(sys.argv[2])
-os.sched_setaffinity(0, {cpu})
-os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(11))
-late = []
-t = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-end = t + int(seconds * 1e9)
-while t < end:
-    t += 1_000_000
-    time.sleep(max(0.0, (t - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9))
-    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    late.append(now - t)
-    t = max(t, now - 1_000_000)
-late.sort()
-n = len(late)
-q = lambda f: late[min(n - 1, int(f * n))] / 1e6
-print(n, sum(x > 500_000 for x in late), sum(x > 1_000_000 for x in late), q(0.999), late[-1] / 1e6)
-"""
 
 
 def ip(s: str) -> int:
@@ -97,8 +80,8 @@ def main() -> int:
         h = rtnl.Rtnl(f"/run/netns/{ns}", ns)
         os.sched_setaffinity(0, {cpu})
         for pace in paces:
-            probe = subprocess.Popen([sys.executable, "-c", PROBE, str(cpu), str(a.seconds)], stdout=subprocess.PIPE,
-                                     text=True)
+            probe = subprocess.Popen([sys.executable, "-c", PROBE, str(cpu), str(a.seconds), "11"],
+                                     stdout=subprocess.PIPE, text=True)
             time.sleep(0.2)
             sent, k = 0, 0
             t0 = time.monotonic()
@@ -109,7 +92,7 @@ def main() -> int:
                     return 1
                 sent, k = sent + n, k + 1
             rate = sent / (time.monotonic() - t0)
-            wakes, over05, over1, p999, mx = probe.communicate()[0].split()
+            wakes, over05, over1, _p99, p999, mx = probe.communicate()[0].split()
             print(f"{pace:>8.0f} {rate:>8.0f} {wakes:>6} {over05:>7} {over1:>6} {float(p999):>8.2f} {float(mx):>7.2f}",
                   flush=True)
     finally:

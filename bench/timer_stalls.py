@@ -29,8 +29,9 @@ CLONE_NEWNET = 0x40000000
 PROBE = r"""
 import os, sys, time
 cpu, seconds = int(sys.argv[1]), float(sys.argv[2])
+prio = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 os.sched_setaffinity(0, {cpu})
-os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
 late = []
 t = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 end = t + int(seconds * 1e9)
