@@ -712,8 +712,8 @@ def _send_group_c(send_many: Any, items: list[tuple[int, tuple[Rtnl, int, int]]]
     ``raw`` is the bytes of every message of the call (``buf`` views it); ``bounds`` holds the byte
     offsets of the group's slices (one more than ``items``). A slice of more than a batch goes
     through :meth:`Rtnl._send_raw` as before, reading reports between batches. ``on_held`` is called
-    once the group's sockets are held, before the sends. With ``pacer``, the C loop keeps to its pace
-    (from the group's start) and the batches sent from Python to the pacer's."""
+    once the group's sockets are held, before the sends. With ``pacer``, the C loop and the batches sent
+    from Python keep to the pacer's pace, counted from its creation."""
     held: list[tuple[_Conn | None, socket.socket, int]] = []
     step = _BATCH * size
     fds = np.empty(len(items), np.int32)
@@ -988,11 +988,11 @@ class Rtnl:
                   failures: list[tuple[int, int, int]], tag: int, pacer: _Pacer | None = None) -> None:
         step = (_BATCH if pacer is None else PACE_CHUNK) * size
         for off in range(0, len(buf), step):
-            sock.sendall(buf[off:off + step])
+            piece = buf[off:off + step]
+            sock.sendall(piece)
             if pacer is not None:
-                pacer.sent(len(buf[off:off + step]))
-            if pacer is None or off // step % (_BATCH // PACE_CHUNK) == 0 or off + step >= len(buf):
-                cls._reports(sock, ignore, failures, tag)
+                pacer.sent(len(piece))
+            cls._reports(sock, ignore, failures, tag)
 
     @classmethod
     def _reports(cls, sock: socket.socket, ignore: tuple[int, ...], failures: list[tuple[int, int, int]],

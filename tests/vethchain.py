@@ -96,12 +96,12 @@ def routed_line(tag: str, hops: int, net: str) -> Iterator[tuple[Chain, list[Por
         yield c, peered, f"{net}.{hops}.2"
 
 
-
 def r1_egress(c: Chain) -> Port:
     """r1's end of the hop toward h2 as a Port with no peer: a hold there is on r1's egress, as a satellite
     holds what it sends toward the ground."""
     end = c.hops[1][0]
     return Port(end.node, end.ns_path, end.ifname, end.ifindex)
+
 
 # A UDP stream with its own time stamps, for tests that measure one-way delay through a chain: every datagram
 # is ``header`` (fixed bytes, as a tunnel's outer packets start), then (sequence, CLOCK_MONOTONIC send time

@@ -33,10 +33,10 @@
  *
  * Paced (ns_per_byte > 0): each slice goes in sends of at most chunk bytes (whole messages: the caller
  * passes a multiple of their size), and the loop sleeps whenever it is more than PACE_SLACK_NS ahead of
- * ns_per_byte from t0 (CLOCK_MONOTONIC ns) for the bytes *sent (in and out: the pace's earlier calls'). Route changes sent faster than ~2 x 10^5 a second leave the kernel more RCU
- * callbacks than its qhimark (10,000 a CPU), which it then runs unbounded in softirq for up to
- * rcu_resched_ns (3 ms), holding off every thread of that CPU, real-time ones too (emulator/rtnl.py
- * AHEAD_PACE).
+ * ns_per_byte from t0 (CLOCK_MONOTONIC ns) for the bytes *sent (in and out: the pace's earlier calls').
+ * Route changes sent faster than ~2 x 10^5 a second leave the kernel more RCU callbacks than its qhimark
+ * (10,000 a CPU), which it then runs unbounded in softirq for up to rcu_resched_ns (3 ms), holding off
+ * every thread of that CPU, real-time ones too (emulator/rtnl.py AHEAD_PACE).
  */
 #define PACE_SLACK_NS 200000LL
 
