@@ -123,6 +123,11 @@ SYSCTLS = {
 ROUTER_SYSCTLS = {**SYSCTLS, "net/ipv4/icmp_ratelimit": "0"}
 #: pyroute2 IPRoute objects kept open for shapers that ask for one (``ipr_of``), least recently used closed.
 IPR_CACHE = 64
+#: How long the build waits for the kernel to apply the carrier of the interfaces it brought up, s (its
+#: linkwatch work may defer part of a burst by a second; :meth:`emulator.rtnl.Rtnl.pending_links`). In a CI
+#: run a host's link still dropped its ARP requests 0.34 s after the clock started: every packet of the
+#: first 1.3 s waited for the retransmission.
+LINK_READY_TIMEOUT_S = 5.0
 #: Where the namespace of a node on another host would be (a host's part of a clustered run): never created.
 REMOTE_NS_DIR = "/nonexistent/satnetem-remote"
 #: Tier of each kind of node, from the core of the network to its edge: what a node sends to a node of a
@@ -489,6 +494,7 @@ class Emulation:
             for i, b in enumerate(ups):
                 if b.requests:
                     self._rtnl[i].check(b, "bring interfaces up")
+            up_ends = {i: _up_indexes(b) for i, b in enumerate(ups) if b.requests}
             self._make_nexthops(np.flatnonzero(target.up & (target.peer >= 0)))
             t["shaping"] = _ms(t1)
             t1 = time.perf_counter()
@@ -508,6 +514,9 @@ class Emulation:
                     self._heavy = self._heavy_steps()
                     self._heavy_set = frozenset(self._heavy.tolist())
             t["routes"] = _ms(t1)
+            t1 = time.perf_counter()
+            pending = self._settle_links(up_ends, LINK_READY_TIMEOUT_S)
+            t["links_ready"] = _ms(t1)
             t["total"] = _ms(t0)
             self.build_timings_ms = t
             # counted from /proc, not from what was started: every process and pty the build added
@@ -516,7 +525,9 @@ class Emulation:
                                  "ptys_added": budget.ptys_in_use() - ptys_before,
                                  "namespaces": int(self.local.sum()), "holder_pid": self.holder.pid or 0,
                                  "sockets_open": rtnl.POOL.stats()["open"],
-                                 "socket_budget": rtnl.socket_budget()}
+                                 "socket_budget": rtnl.socket_budget(),
+                                 # interfaces up whose carrier the kernel had not applied when the build asked
+                                 "links_pending": pending}
             # The build leaves ~10^6 long-lived objects (nodes, interfaces, Mininet shells); a full
             # collection that scans them all takes ~50 ms and would land inside some step. Frozen, they
             # are left out of every collection until stop().
@@ -1558,6 +1569,27 @@ class Emulation:
             self.shaper.set(items, self._ipr_of)
             self._number_ports(items, where)
 
+    def _settle_links(self, ends: dict[int, list[int]], wait_s: float = 0.0) -> int:
+        """Ask the kernel for each interface of ``ends`` (``{node: [ifindex, ...]}``, brought up) whether it
+        applied its carrier yet (:meth:`emulator.rtnl.Rtnl.pending_links`; the asking applies it on kernels
+        6.8 and later). With ``wait_s``, ask again every 20 ms until none is pending, and raise ApplyError
+        naming one after ``wait_s``. Returns how many were pending at the first look."""
+        todo = {i: idx for i, idx in ends.items() if idx and self.local[i]}
+        first = -1
+        deadline = time.monotonic() + wait_s
+        while True:
+            todo = {i: p for i, idx in todo.items() if (p := self._rtnl[i].pending_links(idx))}
+            n = sum(len(p) for p in todo.values())
+            first = n if first < 0 else first
+            if not n or wait_s <= 0:
+                return first
+            if time.monotonic() >= deadline:
+                i, idx = next(iter(todo.items()))
+                raise ApplyError(f"{n} interfaces still drop every packet {wait_s:g} s after they came up (the "
+                                 f"kernel has not applied their carrier), e.g. interface {idx[0]}",
+                                 node=self.names[i], operation="bring interfaces up")
+            time.sleep(0.02)
+
     # ------------------------------------------------------------------------------ link changes
     def _set_links(self, links: np.ndarray, up: bool, peer: np.ndarray) -> None:
         """Admin up/down both ends of ``links``' active pairs (``peer``: the slots' peers now; the far
@@ -1581,6 +1613,7 @@ class Emulation:
         for node, b in batches.items():
             self._rtnl[node].check(b, "link up" if up else "link down")
         if up:
+            self._settle_links({node: _up_indexes(b) for node, b in batches.items()})
             self._make_nexthops(links[peer[links] >= 0])
 
     def _pairs_down(self, pairs: list[tuple[int, int]]) -> None:
@@ -1600,6 +1633,8 @@ class Emulation:
                     rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
         for node, b in batches.items():
             self._rtnl[node].check(b, operation)
+        if up:
+            self._settle_links({node: _up_indexes(b) for node, b in batches.items()})
 
     def _start_moves(self, moves: list[tuple[int, int, int]]) -> _Moves | None:
         """Start moving the satellite ends of antenna veth pairs, ``[(link, pair, new namespace), ...]``,
@@ -2084,3 +2119,14 @@ def _raise_fd_limit(want: int) -> None:
         if new < want:  # within budget anyway: namespace sockets are closed and reopened as needed
             log.info("open-file limit %d is below the %d that keeps every namespace socket open: sockets "
                      "will be reopened as needed", new, want)
+
+
+def _up_indexes(batch: rtnl.Batch) -> list[int]:
+    """The interface indices ``batch`` sets up (its RTM_NEWLINK requests with IFF_UP in flags and change)."""
+    out = []
+    for r in batch.requests:
+        if r.msg_type == rtnl.RTM_NEWLINK:
+            _fam, _type, index, flags, change = rtnl._IFINFO.unpack_from(r.body)
+            if flags & change & rtnl.IFF_UP:
+                out.append(index)
+    return out

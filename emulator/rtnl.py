@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,10 @@ TCA_INGRESS_BLOCK = 13
 TCM_IFINDEX_MAGIC_BLOCK = 0xFFFFFFFF
 ETH_P_ALL = 0x0003
 IFF_UP = 0x1
+IFF_RUNNING = 0x40  # the link state the kernel applied (operstate up), in RTM_NEWLINK's ifi_flags
+IFF_LOWER_UP = 0x10000  # carrier on, as the driver set it
+IFLA_EXT_MASK = 29
+RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFLA_IFNAME = 3
 IFLA_LINKINFO = 18
 IFLA_NET_NS_FD = 28
@@ -956,6 +960,62 @@ class Rtnl:
                     else:
                         out.append((mtype, data[off + _HDR.size:off + length]))
                 off += (length + 3) & ~3
+
+    def pending_links(self, ifindexes: Sequence[int]) -> list[int]:
+        """The interfaces among ``ifindexes`` (of this namespace) whose carrier is on while the kernel has not
+        yet applied it: flags ``IFF_LOWER_UP`` without ``IFF_RUNNING``. Until it does, the device sends through
+        the noop qdisc, which drops every packet, ARP requests included (and a lost ARP request holds the
+        packets behind it for the 1 s of its retransmission). The kernel applies carrier changes in its
+        linkwatch work, which takes at most ~200 devices a pass and may leave the rest for a second
+        (net/core/link_watch.c); one of the two ends of every veth pair brought up waits for it.
+
+        Asking the kernel for an interface (RTM_GETLINK, not a dump) applies its pending change at once on
+        kernels 6.8 and later (rtnl_getlink calls linkwatch_sync_dev), so on those this call also clears
+        what it finds; on older ones the caller waits and asks again.
+
+        Raises
+        ------
+        ApplyError
+            An interface is not there (the kernel's error names it).
+        """
+        c = self._conn
+        if c is None:
+            return self._pending_links(self._own_sock(), ifindexes)
+        with c.lock:
+            return self._pending_links(POOL.sock(c), ifindexes)
+
+    def _pending_links(self, sock: socket.socket, ifindexes: Sequence[int]) -> list[int]:
+        pending: list[int] = []
+        mask = _u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        for start in range(0, len(ifindexes), _BATCH):
+            chunk = ifindexes[start:start + _BATCH]
+            asked: dict[int, int] = {}
+            parts = []
+            for index in chunk:
+                self.seq = (self.seq + 1) & 0x7FFFFFFF or 1
+                asked[self.seq] = int(index)
+                body = _IFINFO.pack(0, 0, int(index), 0, 0) + mask
+                parts.append(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST, self.seq, 0) + body)
+            sock.sendall(b"".join(parts))
+            while asked:
+                data = sock.recv(1 << 20)
+                off = 0
+                while off + _HDR.size <= len(data):
+                    length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
+                    if length < _HDR.size:
+                        break
+                    if seq in asked:
+                        index = asked.pop(seq)
+                        if mtype == NLMSG_ERROR:
+                            (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                            raise ApplyError(f"interface {index}: {os.strerror(-err)}", node=self.node,
+                                             operation="link state")
+                        if mtype == RTM_NEWLINK:
+                            flags = _IFINFO.unpack_from(data, off + _HDR.size)[3]
+                            if flags & IFF_LOWER_UP and not flags & IFF_RUNNING:
+                                pending.append(index)
+                    off += (length + 3) & ~3
+        return pending
 
     # ------------------------------------------------------------------------- packed messages
     @staticmethod
