@@ -44,7 +44,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -234,6 +234,7 @@ class Emulation:
         self.is_router = self.addr.is_router
         self.link_a = timeline.link_a.astype(np.int64)
         self.part = part
+        self._underlay_new = False  # set_underlay was called: re-shape the links to other hosts at the next step
         if part is not None:
             if part.host_of.shape != (n,):
                 raise ConfigError(f"the host part places {part.host_of.shape[0]} nodes, the timeline has {n}",
@@ -650,7 +651,11 @@ class Emulation:
         try:
             if installer is not None:
                 installer.held.wait()
-            self._shape(np.setdiff1d(d.param_links, switched), shaped)
+            params = np.setdiff1d(d.param_links, switched)
+            if self._underlay_new:  # measured again: every link to another host gets the new correction
+                self._underlay_new = False
+                params = np.union1d(params, self._cross_links(shaped))
+            self._shape(params, shaped)
             stats.timings_ms["params"] = _ms(t2)
         finally:
             if installer is not None:
@@ -1501,6 +1506,43 @@ class Emulation:
             return shape
         return dataclasses.replace(shape, delay_ms=self.part.sent_delay_ms(shape.delay_ms, receiver))
 
+    def _sent_delays(self, delay_ms: np.ndarray, receiver: np.ndarray) -> np.ndarray:
+        """:meth:`_sent` for many directions: ``delay_ms`` of each, less the underlay's one-way delay to the host
+        of its ``receiver`` where that is another host (never below 0)."""
+        part = self.part
+        if part is None or part.underlay_ms is None:
+            return delay_ms
+        remote = ~self.local[receiver]
+        under = np.asarray(part.underlay_ms, np.float64)[part.host_of[receiver]]
+        return np.where(remote, np.maximum(delay_ms - under, 0.0), delay_ms)
+
+    def set_underlay(self, one_way_ms: Sequence[float]) -> None:
+        """A host's part: the underlay's one-way delay from this host to each host (ms; this host's own entry
+        unused), measured again. From the next step on, every link to another host is shaped with it
+        subtracted, whether the link's own delay changes then or not. Safe to call from another thread than
+        the one applying steps (the part is replaced whole).
+
+        Raises
+        ------
+        ApplyError
+            Not a host's part.
+        ConfigError
+            Not one finite number >= 0 per host.
+        """
+        if self.part is None:
+            raise ApplyError("set_underlay is for one host's part of a clustered run", operation="underlay")
+        self.part = dataclasses.replace(self.part, underlay_ms=tuple(float(x) for x in one_way_ms))
+        self._underlay_new = True
+
+    def _cross_links(self, snap: Snapshot) -> np.ndarray:
+        """The link slots whose active pair joins a node of this host to one of another host at ``snap``."""
+        if self.part is None:
+            return np.empty(0, np.int64)
+        act = self.ends.pair.astype(np.int64)
+        far = self._pfar[np.arange(self.timeline.n_links), act]
+        up = snap.up & (snap.peer >= 0)
+        return np.flatnonzero(up & (self.local[self.link_a] != self.local[far]))
+
     def _shape_fast(self, links: np.ndarray, snap: Snapshot) -> np.ndarray:
         """Shape those of ``links`` whose ports the shaper numbered (``set_delays``, the userspace shaper)
         and whose rate and queue stay: their delay and loss change from arrays, without Python per link
@@ -1520,7 +1562,11 @@ class Emulation:
         ids = np.concatenate([f0[k], f1[k2]])
         ports_of = links[np.concatenate([k, k2])]  # the link of each id
         params = snap.params[ports_of].astype(np.float64)
-        ok = set_delays(ids, params[:, 0], params[:, 2], params[:, 1], self._queue_array(ports_of))
+        delay = params[:, 0]
+        if self.part is not None:  # what goes to another host: less the underlay's delay, as _sent does
+            receiver = np.concatenate([self._pfar[links[k], p[k]], self.link_a[links[k2]]]).astype(np.int64)
+            delay = self._sent_delays(delay, receiver)
+        ok = set_delays(ids, delay, params[:, 2], params[:, 1], self._queue_array(ports_of))
         done = np.zeros(len(links), bool)
         done[k] = ok[:len(k)]
         done[k2] &= ok[len(k):]

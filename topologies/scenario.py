@@ -389,13 +389,15 @@ class ClusterConfig:
     ``placement``: ``plane`` (orbital planes kept whole) or ``partition`` (METIS); ``max_clock_offset_ms``:
     a host whose clock is further than this from the driver's refuses the run; ``vni_base``: the first VXLAN
     id of the run's cross-host links (0: derived from the run id, so that two runs on the same hosts do not
-    share VNIs)."""
+    share VNIs); ``underlay_every_s``: each host measures the underlay's delay to the others again this often
+    while the run plays, and subtracts the new figure from then on (0: only at the start)."""
 
     address: str = ""
     hosts: int = 0
     placement: str = "plane"
     max_clock_offset_ms: float = 5.0
     vni_base: int = 0
+    underlay_every_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or len(self.address) > 300:
@@ -411,6 +413,9 @@ class ClusterConfig:
                 or not 0 <= self.vni_base <= (1 << 24) - 1:
             raise ValueError(f"vni_base must be an integer in [0, {(1 << 24) - 1}] (0: from the run id), "
                              f"got {self.vni_base!r}")
+        u = self.underlay_every_s
+        if isinstance(u, bool) or not isinstance(u, (int, float)) or not (u == 0 or 0.5 <= u <= 86_400):
+            raise ValueError(f"underlay_every_s must be 0 (only at the start) or in [0.5, 86400] s, got {u!r}")
 
 
 TRAFFIC_KINDS = ("ping", "udp-probe", "iperf3-tcp", "iperf3-udp", "path", "request", "matrix", "allreduce")

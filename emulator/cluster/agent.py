@@ -15,16 +15,17 @@ that host removes what it left. The fake hosts of :mod:`emulator.cluster.lab` sh
 run id for all would let one host's teardown end another's holder.
 
 Before building, each agent measures the underlay's one-way delay to the other hosts and shapes what it sends
-there with the link's delay less that (:class:`~emulator.cluster.part.HostPart`, ``underlay_ms``), once, at
-the build.
+there with the link's delay less that (:class:`~emulator.cluster.part.HostPart`, ``underlay_ms``); while it
+plays, it measures again every ``underlay_every_s`` and shapes every link to another host with the new figure
+from the next step on (:meth:`HostAgent.remeasure_underlay`).
 
 One clock (:meth:`Cluster.play`): the driver picks a start instant on CLOCK_REALTIME a little ahead
 (:data:`START_LEAD_S`) once every agent has built, tells each agent once, and then only polls their progress;
 each agent applies step k at start + k x step_s by its own clock, in the single-host run's loop
 (:class:`emulator.clock.Playback`, with ``prepare_ahead`` between steps), and records how late each apply
 began. The hosts' clocks were checked at start (:func:`check_clocks`). :meth:`Cluster.apply_step` applies a
-step when asked instead. Not yet: handovers that span hosts (refused), the periodic re-measurement of the
-underlay. ``satnetem run --cluster`` drives this module from :mod:`emulator.cluster.run`.
+step when asked instead. Not yet: handovers that span hosts (refused). ``satnetem run --cluster`` drives this
+module from :mod:`emulator.cluster.run`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ class HostAgent:
         self._flows_dir: str | None = None
         self._flow_timers: list[threading.Timer] = []
         self._flow_errors: list[str] = []
+        self._underlay: tuple[str, ...] = ()  # every host's underlay address (build)
+        self._one_way: list[float] | None = None  # the underlay's one-way delay to each host in use, ms
+        self._underlay_log: list[dict[str, Any]] = []  # each measurement during play (progress hands it on)
+        self._underlay_stop = threading.Event()
+        self._underlay_thread: threading.Thread | None = None
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -148,6 +154,8 @@ class HostAgent:
                 ms[h] = p.one_way_ms
                 seen[h] = {"one_way_ms": p.one_way_ms, "jitter_ms": p.jitter_ms}
             one_way = tuple(ms)
+            self._one_way = ms
+        self._underlay = tuple(underlay)
         part = HostPart(self.host, np.asarray(host_of, np.int64), tuple(underlay), _ifindex_of(addr),
                         vni_base=vni_base, underlay_ms=one_way)
         sh, why = make_shaper(shaper, seed)
@@ -183,7 +191,7 @@ class HostAgent:
             raise ApplyError(f"host {self.host} has not built", operation="apply_step")
         return dict(self.emu.apply_step(step).as_dict())
 
-    def play(self, start_ns: int, last: int, speed: float = 1.0) -> None:
+    def play(self, start_ns: int, last: int, speed: float = 1.0, underlay_every_s: float = 0.0) -> None:
         """Apply steps 1 .. ``last`` each at ``start_ns`` + k x step_s by this host's clock, in a thread of
         this actor (returns at once; :meth:`progress` tells how far it got, :meth:`stop` ends it).
 
@@ -201,6 +209,9 @@ class HostAgent:
             Last step to apply.
         speed : float
             Playback speed: step k is due at ``start_ns`` + k x step_s / speed.
+        underlay_every_s : float
+            Measure the underlay to the other hosts again this often while playing, s (0: only at the build):
+            :meth:`remeasure_underlay`.
 
         Raises
         ------
@@ -239,6 +250,67 @@ class HostAgent:
 
         self._player = threading.Thread(target=loop, name=f"satnetem-play-h{self.host}", daemon=True)
         self._player.start()
+        if underlay_every_s > 0 and self._one_way is not None:
+            self._underlay_stop.clear()
+            self._underlay_thread = threading.Thread(target=self._remeasure_loop, args=(float(underlay_every_s),),
+                                                     name=f"satnetem-underlay-h{self.host}", daemon=True)
+            self._underlay_thread.start()
+
+    def _remeasure_loop(self, every_s: float) -> None:
+        player = self._player
+        while not self._underlay_stop.wait(every_s) and player is not None and player.is_alive():
+            try:
+                self.remeasure_underlay()
+            except Exception as e:  # noqa: BLE001 - a failed measurement keeps the last one; it is logged
+                log.warning("host %d: the underlay could not be measured again: %s", self.host, e)
+                self._underlay_log.append({"t_ns": time.time_ns(), "error": str(e)})
+
+    def remeasure_underlay(self, count: int = 10) -> list[dict[str, Any]]:
+        """Measure the underlay's one-way delay to every other host again (half the least RTT of ``count``
+        pings each, :func:`emulator.cluster.underlay.measure`) and shape what this host sends there with it from
+        the next step on (:meth:`emulator.network.Emulation.set_underlay`). A host that answers no ping keeps
+        its last figure (recorded with ``received`` 0). Links to another host shorter than the underlay at the
+        step applied last are counted (``too_slow``) and warned of.
+
+        Returns
+        -------
+        list of dict
+            One per other host: ``t_ns`` (this host's CLOCK_REALTIME), ``to`` (host), ``one_way_ms``,
+            ``jitter_ms``, ``received``, ``too_slow``; also appended to what :meth:`progress` hands back.
+        """
+        from .underlay import measure
+
+        if self.emu is None or self._one_way is None:
+            raise ApplyError(f"host {self.host} has not built with the underlay measured", operation="underlay")
+        others = [h for h in range(len(self._underlay)) if h != self.host]
+        paths = measure([self._underlay[h] for h in others], count=count, interval_s=0.01)
+        t_ns = time.time_ns()
+        ms = list(self._one_way)
+        for h, p in zip(others, paths):
+            if p.received:
+                ms[h] = p.one_way_ms
+        self._one_way = ms
+        emu = self.emu
+        emu.set_underlay(ms)
+        snap = emu.applied
+        tl = emu.timeline
+        x = emu._cross_links(snap)  # noqa: SLF001 - the agent reads its own part's links
+        part = emu.part
+        far = snap.peer[x].astype(np.int64)
+        near = tl.link_a[x].astype(np.int64)
+        receiver = np.where(part.local[near], far, near)
+        short = snap.params[x, 0] < np.asarray(ms)[part.host_of[receiver]]
+        rows = []
+        for h, p in zip(others, paths):
+            too_slow = int(short[part.host_of[receiver] == h].sum())
+            rows.append({"t_ns": t_ns, "to": h, "one_way_ms": p.one_way_ms if p.received else None,
+                         "jitter_ms": p.jitter_ms if p.received else None, "received": p.received,
+                         "too_slow": too_slow})
+            if too_slow:
+                log.warning("host %d: %d links to host %d are shorter than the underlay (%.3f ms one way): they "
+                            "carry the underlay's delay", self.host, too_slow, h, ms[h])
+        self._underlay_log.extend(rows)
+        return rows
 
     def start_flows(self, flows: list[tuple[int, Any, float]], start_ns: int, speed: float) -> list[str]:
         """Start, on this host, the flows whose source node is here, each ``start_s`` / ``speed`` after
@@ -321,18 +393,24 @@ class HostAgent:
     def progress(self) -> dict[str, Any]:
         """How far :meth:`play` got: ``host``, ``steps`` (one dict per step applied: ``step``, ``due_ns``,
         ``begin_ns``, ``end_ns`` by this host's CLOCK_REALTIME, ``late_ms`` of the apply's beginning,
-        ``apply_ms``), ``done`` (the loop ended), ``error`` (what ended it early, or None)."""
+        ``apply_ms``), ``done`` (the loop ended), ``error`` (what ended it early, or None), ``underlay`` (the
+        measurements of :meth:`remeasure_underlay` so far)."""
         done = self._player is not None and not self._player.is_alive()
-        return {"host": self.host, "steps": list(self._played), "done": done, "error": self._play_error}
+        return {"host": self.host, "steps": list(self._played), "done": done, "error": self._play_error,
+                "underlay": list(self._underlay_log)}
 
     def stop(self) -> dict[str, Any]:
         """End :meth:`play`'s loop if it runs (after the step it is applying), then tear this host's part down
         (idempotent); returns the pids of the run still alive (none expected)."""
         from ..clean import find_ours
 
+        self._underlay_stop.set()
         if self._player is not None:
             self._playback.stop()
             self._player.join()
+        if self._underlay_thread is not None:
+            self._underlay_thread.join()
+            self._underlay_thread = None
         if self._starter is not None or self._flows_dir is not None:
             self.collect(wait_s=0.0)
         if self.emu is None:
@@ -462,7 +540,7 @@ class Cluster:
         return out
 
     def play(self, last: int, lead_s: float = START_LEAD_S, poll_s: float = 0.2, timeout_s: float = 30.0,
-             on_start: Any = None, speed: float = 1.0) -> list[dict[str, Any]]:
+             on_start: Any = None, speed: float = 1.0, underlay_every_s: float = 0.0) -> list[dict[str, Any]]:
         """Every host applies steps 1 .. ``last``, step k at start + k x step_s by its own clock
         (:meth:`HostAgent.play`); the start is ``lead_s`` after now on this process's CLOCK_REALTIME, told to
         every agent once. Then this only polls each agent's progress every ``poll_s`` until all are done.
@@ -471,6 +549,8 @@ class Cluster:
         ----------
         on_start : callable, optional
             Called with the start (ns since 1970) once every agent has it.
+        underlay_every_s : float
+            Each agent measures the underlay again this often while it plays (:meth:`HostAgent.play`).
 
         Returns
         -------
@@ -488,7 +568,7 @@ class Cluster:
 
         start_ns = time.time_ns() + int(lead_s * 1e9)
         try:
-            ray.get([a.play.remote(start_ns, last, speed) for a in self.agents], timeout=timeout_s)
+            ray.get([a.play.remote(start_ns, last, speed, underlay_every_s) for a in self.agents], timeout=timeout_s)
         except (RayActorError, GetTimeoutError):
             pass  # the poll below names the host
         if on_start is not None:
@@ -601,7 +681,9 @@ def main(argv: list[str]) -> int:
     ``{"error": ...}`` and exit status 1 when an agent is gone); for the line ``play`` every host applies the
     timeline's steps on its own clock (:meth:`Cluster.play`): one line ``{"start_ns", "step_s", "last"}`` once
     every agent has the start, then ``{"played": ...}`` (each host's steps) or ``{"error": ...}`` and exit
-    status 1; any other line (or end of file) stops every agent and prints one JSON line of what each left.
+    status 1; for the line ``underlay`` every agent measures the underlay again (:meth:`HostAgent.
+    remeasure_underlay`; one line ``{"underlay": [rows of each host]}``); any other line (or end of file) stops
+    every agent and prints one JSON line of what each left.
     Ray may print lines of its own to standard output (``(raylet) ...``): the JSON lines are those that start
     with ``{``."""
     import ray
@@ -618,6 +700,10 @@ def main(argv: list[str]) -> int:
               flush=True)
         for line in sys.stdin:
             words = line.split()
+            if words == ["underlay"]:  # every agent measures the underlay again (applied from the next step)
+                print(json.dumps({"underlay": ray.get([a.remeasure_underlay.remote() for a in cluster.agents],
+                                                      timeout=BUILD_TIMEOUT_S)}), flush=True)
+                continue
             if words == ["play"]:
                 try:
                     played = cluster.play(tl.n_steps - 1, on_start=lambda t: print(json.dumps(

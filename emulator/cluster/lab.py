@@ -262,6 +262,23 @@ class FakeHosts:
             ipr = self._ipr[node] = iproute_in(self.path(node), node)
         return ipr
 
+    def set_delay(self, delay_ms: float) -> None:
+        """Change the underlay's one-way delay out of every fake host to ``delay_ms`` (in place, as a link's
+        delay changes in a run): what a real network between hosts may do while a run plays.
+
+        Raises
+        ------
+        ConfigError
+            Not a number in (0, 1000] ms.
+        ApplyError
+            The lab was started without delay (no shaper).
+        """
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float)) or not 0 < delay_ms <= 1000:
+            raise ConfigError(f"delay_ms must be a number in (0, 1000] ms, got {delay_ms!r}", key="delay_ms")
+        if self.shaper is None:
+            raise ApplyError("the lab was started with no underlay delay: nothing shapes it", operation="set_delay")
+        self._shape_hosts(float(delay_ms))
+
     def _shape(self) -> None:
         cfg = self.config
         if cfg.delay_ms == 0:  # nothing to add: no shaper (a 0 ms hold would still cost a daemon round trip)
@@ -270,7 +287,12 @@ class FakeHosts:
         self.shaper, self.shaper_reason = make_shaper(cfg.shaper, cfg.seed)
         hosts = [(self.host_name(h), self.host_path(h)) for h in range(cfg.n_hosts)]
         self.shaper.prepare_nodes(hosts, self.ipr_of)
-        shape = LinkShape(delay_ms=float(cfg.delay_ms), rate_mbps=UNDERLAY_RATE_MBPS)
+        self._shape_hosts(float(cfg.delay_ms))
+
+    def _shape_hosts(self, delay_ms: float) -> None:
+        assert self.shaper is not None
+        hosts = [(self.host_name(h), self.host_path(h)) for h in range(self.config.n_hosts)]
+        shape = LinkShape(delay_ms=delay_ms, rate_mbps=UNDERLAY_RATE_MBPS)
         # held on the sending host's egress (no peer): what leaves ul0, VXLAN frames included, waits delay_ms
         self.shaper.set([(Port(node, path, UNDERLAY_IFNAME, UNDERLAY_IFINDEX), shape) for node, path in hosts],
                         self.ipr_of)

@@ -218,6 +218,29 @@ def _csv_rows(played: list[dict[str, Any]], step_s: float, speed: float) -> tupl
     return rows, per_host
 
 
+def underlay_lines(played: list[dict[str, Any]]) -> list[str]:
+    """What the hosts measured of the underlay while playing (:meth:`HostAgent.remeasure_underlay`), one line
+    per host: how many times, and per other host the one-way delay's range, ms."""
+    out = []
+    for h, p in enumerate(played):
+        rows = p.get("underlay") or []
+        if not rows:
+            continue
+        failed = sum(1 for r in rows if "error" in r)
+        per: dict[int, list[float]] = {}
+        slow: dict[int, int] = {}
+        for r in rows:
+            if "to" in r and r["one_way_ms"] is not None:
+                per.setdefault(int(r["to"]), []).append(float(r["one_way_ms"]))
+                slow[int(r["to"])] = max(slow.get(int(r["to"]), 0), int(r["too_slow"]))
+        times = len({r["t_ns"] for r in rows if "to" in r})
+        parts = [f"to host {to} {min(v):.3f}-{max(v):.3f} ms" + (f" ({slow[to]} links shorter)" if slow[to] else "")
+                 for to, v in sorted(per.items())]
+        out.append(f"host {h}: underlay measured again {times} times while playing" + (": " if parts else "")
+                   + ", ".join(parts) + (f"; {failed} failed" if failed else ""))
+    return out
+
+
 def lateness(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The single-host summary's ``lateness`` over ``records`` (each with ``late_ms`` and ``apply_ms``)."""
     late = np.array([r["late_ms"] for r in records])
@@ -335,7 +358,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                     _say(f"  host {h} runs flows {', '.join(labels)}")
 
         try:
-            played = cluster.play(last, on_start=on_start, speed=speed)
+            played = cluster.play(last, on_start=on_start, speed=speed, underlay_every_s=cfg.underlay_every_s)
             summary["complete"] = True
         except ApplyError as e:
             summary["fault"] = one_line(str(e))
@@ -371,5 +394,9 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                 w.writerows(per_host)
             summary["lateness"] = lateness([r for p in played for r in p["steps"]])
             summary["cluster"]["lateness_by_host"] = [lateness(p["steps"]) for p in played]
+            summary["cluster"]["underlay_every_s"] = cfg.underlay_every_s
+            summary["cluster"]["underlay_measured"] = [p.get("underlay", []) for p in played]
+            for line in underlay_lines(played):
+                _say(f"  {line}")
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return finish(out, summary)

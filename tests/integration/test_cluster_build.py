@@ -305,14 +305,20 @@ def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
                 assert u is None or LAB_DELAY_MS - 0.05 <= u["one_way_ms"] <= LAB_DELAY_MS + 0.3, (b["host"], h, u)
         underlay_ms = statistics.mean(u["one_way_ms"] for b in got["builds"] for u in b["underlay"] if u)
 
+        def step_graph(k: int) -> nx.DiGraph:
+            """Step ``k``'s graph, with each link slot's delay."""
+            sn = tl.snapshot(k)
+            gk = nx.DiGraph()
+            for l in np.flatnonzero((sn.state == 0) & (sn.peer >= 0)).tolist():
+                a, b, d = int(tl.link_a[l]), int(sn.peer[l]), float(sn.params[l, 0])
+                for u, v in ((a, b), (b, a)):
+                    if not gk.has_edge(u, v) or gk[u][v]["delay_ms"] > d:
+                        gk.add_edge(u, v, delay_ms=d)
+            return gk
+
         # the step-0 graph, with each link slot's delay, and which hops cross hosts
         snap = tl.snapshot(0)
-        g = nx.DiGraph()
-        for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0)).tolist():
-            a, b, d = int(tl.link_a[l]), int(snap.peer[l]), float(snap.params[l, 0])
-            for u, v in ((a, b), (b, a)):
-                if not g.has_edge(u, v) or g[u][v]["delay_ms"] > d:
-                    g.add_edge(u, v, delay_ms=d)
+        g = step_graph(0)
 
         # a link between hosts shorter than the underlay carries the underlay's delay: each host says how many
         # directions it sends over one (those at high latitude, where the planes cross, are ~0.9 ms here)
@@ -321,7 +327,7 @@ def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
                  if host_of[tl.link_a[l]] != host_of[snap.peer[l]] and snap.params[l, 0] < underlay_ms]
         assert sum(b["underlay_too_slow"] for b in got["builds"]) == 2 * len(short)
 
-        def predicted(src: int, dst: int) -> tuple[float, int, int]:
+        def predicted(src: int, dst: int, g: nx.DiGraph = g) -> tuple[float, int, int]:
             """(RTT ms, host crossings both ways, hops one way) on the least-delay path."""
             rtt, crossings, hops = 0.0, 0, 0
             for u, v in ((src, dst), (dst, src)):
@@ -332,14 +338,19 @@ def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
                 hops = len(p) - 1
             return rtt, crossings, hops
 
-        # (b1) a laser link across hosts, and its far end's loopback pinged over it
+        # (b1) a laser link across hosts, and its far end's loopback pinged over it; one whose delay changes by
+        # more than the emulator's tolerance (0.01 ms) at step 1, where it is pinged again (b1')
         isl = LINK_CLASSES.index("isl")
+        snap1 = tl.snapshot(1)
         cross = [l for l in np.flatnonzero(up & (tl.link_class == isl)).tolist()
-                 if host_of[tl.link_a[l]] != host_of[snap.peer[l]] and snap.params[l, 0] > 2 * underlay_ms]
+                 if host_of[tl.link_a[l]] != host_of[snap.peer[l]] and snap.params[l, 0] > 2 * underlay_ms
+                 and snap1.state[l] == 0 and snap1.peer[l] == snap.peer[l]
+                 and abs(snap1.params[l, 0] - snap.params[l, 0]) > 0.05]
         assert cross
         l = cross[0]
         a, b = int(tl.link_a[l]), int(snap.peer[l])
         pred, crossings, hops = predicted(a, b)
+        isl_ends, isl_pred = (a, b), pred
         assert (crossings, hops) == (2, 1)
         name_a = single.addr.ifname_a[l]
         (dev,) = json.loads(nsrun(ns[tl.nodes[a].name], ["ip", "-j", "-d", "link", "show", "dev", name_a]).stdout)
@@ -413,6 +424,39 @@ def test_agents_build_their_hosts_nodes(ray_lab, timeline, tmp_path):
         differ = [n for n in want1 if routes_of(ns[n]) != want1[n]]
         assert not differ, f"step 1: {len(differ)} nodes' routes differ, e.g. {differ[0]}"
         print(f"step 1: routes changed in {len(changed)} nodes, every node's table equal to the single host's")
+
+        # (b1') the cross-host link again at step 1: its delay changed, and what its ends send is shaped with the
+        # new delay less the underlay's, as at the build (not the link's whole delay on top of the underlay)
+        a, b = isl_ends
+        pred1, crossings, hops = predicted(a, b, step_graph(1))
+        assert (crossings, hops) == (2, 1)
+        rtts = ping_rtts(ns[tl.nodes[a].name], addr[tl.nodes[b].name])
+        measured1 = statistics.median(rtts)
+        print(f"step 1, the same link: RTT median {measured1:.3f} ms, predicted {pred1:.3f} (step 0: {isl_pred:.3f})")
+        assert abs(measured1 - pred1) <= max(1.0, 0.03 * pred1), (measured1, pred1)
+
+        # (b1'') the underlay slows down to 3 ms each way while the run plays: the link is 2 x 2 ms late until the
+        # hosts measure it again; once they have, the next step (step 1 applied again: only the correction
+        # changes) shapes every link to another host with the new figure, and the RTT is back on the prediction
+        try:
+            lab.set_delay(3.0)
+            rtts = ping_rtts(ns[tl.nodes[a].name], addr[tl.nodes[b].name])
+            stale = statistics.median(rtts)
+            assert stale >= pred1 + 3.0, (stale, pred1)
+            drv.p.stdin.write("underlay\n")
+            drv.p.stdin.flush()
+            rows = drv.line()["underlay"]
+            assert [sorted(r["to"] for r in rs) for rs in rows] == \
+                [[h for h in range(N_HOSTS) if h != me] for me in range(N_HOSTS)], rows
+            assert all(3.0 - 0.05 <= r["one_way_ms"] <= 3.0 + 0.3 for rs in rows for r in rs), rows
+            assert "error" not in drv.step(1)
+            rtts = ping_rtts(ns[tl.nodes[a].name], addr[tl.nodes[b].name])
+            fresh = statistics.median(rtts)
+            print(f"underlay 1 -> 3 ms each way: RTT median {stale:.3f} ms before the hosts measured it again, "
+                  f"{fresh:.3f} after (predicted {pred1:.3f})")
+            assert abs(fresh - pred1) <= max(1.0, 0.03 * pred1), (fresh, pred1)
+        finally:
+            lab.set_delay(LAB_DELAY_MS)
 
         # (c1) the driver stops the agents: nothing left
         stopped = drv.stop()
@@ -639,6 +683,15 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
             low, med = float(np.percentile(got, 20)), statistics.median(got)
             lines.append(f"{m['label']} step {k}: p20 {low:.2f} ms (median {med:.2f}) of {len(got)} against {want:.2f}")
             assert len(got) >= 15 and abs(low - want) <= max(1.0, 0.03 * want), lines[-1]
+    # every host measured the underlay to the others again while playing (every 4 s over the ~10 s of play)
+    measured = summary["cluster"]["underlay_measured"]
+    assert summary["cluster"]["underlay_every_s"] == 4.0 and len(measured) == N_HOSTS
+    for me, rows in enumerate(measured):
+        times = sorted({r["t_ns"] for r in rows})
+        assert len(times) >= 2 and all("error" not in r for r in rows), (me, rows)
+        assert {r["to"] for r in rows} == set(range(N_HOSTS)) - {me}
+        assert all(LAB_DELAY_MS - 0.05 <= r["one_way_ms"] <= LAB_DELAY_MS + 0.3 for r in rows), rows
+    assert "underlay measured again" in out
     assert leftovers(lab, host_ids(run_id)) == []
     print(f"satnetem run --cluster: {took:.1f} s (build {summary['build_s']} s); " + "; ".join(lines))
 
