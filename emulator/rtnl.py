@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -898,14 +898,26 @@ class Rtnl:
     def _run(self, sock: socket.socket, batch: Batch) -> list[tuple[Request, int]]:
         failures: list[tuple[Request, int]] = []
         reqs = batch.requests
-        for start in range(0, len(reqs), _BATCH):
-            chunk = reqs[start:start + _BATCH]
-            pending: dict[int, Request] = {}
+        for i, mtype, data, off in self._exchange(sock, [(r.msg_type, r.flags, r.body) for r in reqs]):
+            if mtype == NLMSG_ERROR:  # the ack (0) or the error of a request sent with NLM_F_ACK
+                (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                if err < 0 and -err not in reqs[i].ignore:
+                    failures.append((reqs[i], -err))
+        return failures
+
+    def _exchange(self, sock: socket.socket, items: Sequence[tuple[int, int, bytes]]
+                  ) -> Iterator[tuple[int, int, bytes, int]]:
+        """Send the requests ``items`` ((message type, flags, body) each) in sends of :data:`_BATCH` and yield
+        the first answer to each: (its position in ``items``, its message type, the buffer it is in, its offset
+        there). An acknowledged request's answer is its NLMSG_ERROR; a get's is the object or an error."""
+        for start in range(0, len(items), _BATCH):
+            pending: dict[int, int] = {}
             parts = []
-            for r in chunk:
+            for i in range(start, min(start + _BATCH, len(items))):
+                msg_type, flags, body = items[i]
                 self.seq = (self.seq + 1) & 0x7FFFFFFF or 1
-                pending[self.seq] = r
-                parts.append(_HDR.pack(_HDR.size + len(r.body), r.msg_type, r.flags, self.seq, 0) + r.body)
+                pending[self.seq] = i
+                parts.append(_HDR.pack(_HDR.size + len(body), msg_type, flags, self.seq, 0) + body)
             sock.sendall(b"".join(parts))
             while pending:
                 data = sock.recv(1 << 20)
@@ -914,13 +926,9 @@ class Rtnl:
                     length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
                     if length < _HDR.size:
                         break
-                    if mtype == NLMSG_ERROR and seq in pending:
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        req = pending.pop(seq)
-                        if err < 0 and -err not in req.ignore:
-                            failures.append((req, -err))
+                    if seq in pending:
+                        yield pending.pop(seq), mtype, data, off
                     off += (length + 3) & ~3
-        return failures
 
     def dump(self, msg_type: int, body: bytes) -> list[tuple[int, bytes]]:
         """One NLM_F_DUMP request (e.g. RTM_GETLINK with an ifinfomsg): every answer as (type, payload
@@ -987,34 +995,16 @@ class Rtnl:
     def _pending_links(self, sock: socket.socket, ifindexes: Sequence[int]) -> list[int]:
         pending: list[int] = []
         mask = _u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
-        for start in range(0, len(ifindexes), _BATCH):
-            chunk = ifindexes[start:start + _BATCH]
-            asked: dict[int, int] = {}
-            parts = []
-            for index in chunk:
-                self.seq = (self.seq + 1) & 0x7FFFFFFF or 1
-                asked[self.seq] = int(index)
-                body = _IFINFO.pack(0, 0, int(index), 0, 0) + mask
-                parts.append(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST, self.seq, 0) + body)
-            sock.sendall(b"".join(parts))
-            while asked:
-                data = sock.recv(1 << 20)
-                off = 0
-                while off + _HDR.size <= len(data):
-                    length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
-                    if length < _HDR.size:
-                        break
-                    if seq in asked:
-                        index = asked.pop(seq)
-                        if mtype == NLMSG_ERROR:
-                            (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                            raise ApplyError(f"interface {index}: {os.strerror(-err)}", node=self.node,
-                                             operation="link state")
-                        if mtype == RTM_NEWLINK:
-                            flags = _IFINFO.unpack_from(data, off + _HDR.size)[3]
-                            if flags & IFF_LOWER_UP and not flags & IFF_RUNNING:
-                                pending.append(index)
-                    off += (length + 3) & ~3
+        asks = [(RTM_GETLINK, NLM_F_REQUEST, _IFINFO.pack(0, 0, int(x), 0, 0) + mask) for x in ifindexes]
+        for i, mtype, data, off in self._exchange(sock, asks):
+            if mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                raise ApplyError(f"interface {ifindexes[i]}: {os.strerror(-err)}", node=self.node,
+                                 operation="link state")
+            if mtype == RTM_NEWLINK:
+                flags = _IFINFO.unpack_from(data, off + _HDR.size)[3]
+                if flags & IFF_LOWER_UP and not flags & IFF_RUNNING:
+                    pending.append(int(ifindexes[i]))
         return pending
 
     # ------------------------------------------------------------------------- packed messages
