@@ -35,6 +35,8 @@ from .timeline import LINK_CLASSES, Timeline
 
 SUNLIGHT_NAMES = {0: "sunlit", 1: "penumbra", 2: "umbra"}
 _GROUND_KINDS = ("gateway", "terminal")
+#: ISO times of steps kept at most (a 2 h run at 1 s asks for 7,200, each once, plus its events' times)
+ISO_CACHE_MAX = 512
 
 
 def _next_after(events: list[np.ndarray], i: int, step: int) -> int | None:
@@ -119,6 +121,8 @@ class WhereAmI:
     def _iso(self, step: int) -> str:
         iso = self._iso_cache.get(step)
         if iso is None:
+            if len(self._iso_cache) >= ISO_CACHE_MAX:  # a long run asks for every step once: bounded, not kept
+                self._iso_cache.clear()
             iso = self._iso_cache[step] = self.tl.time_of(step).isoformat().replace("+00:00", "Z")
         return iso
 
