@@ -32,8 +32,16 @@ class MinHop(RoutingProtocol):
     def compute(self, timeline: Timeline, step: int, snapshot: Snapshot | None = None) -> RouteTable:
         """Route table of ``step``; ``dist`` is the hop count plus a tie-break fraction below 0.5
         (``np.rint(dist)`` is the number of hops)."""
+        return self.compute_for(timeline, step, snapshot)
+
+    def compute_for(self, timeline: Timeline, step: int, snapshot: Snapshot | None = None,
+                    wanted: np.ndarray | None = None) -> RouteTable:
+        """:meth:`compute`'s table with only the rows of the destinations among node indices ``wanted``
+        (None: all), each the full table's row."""
         snap = snapshot if snapshot is not None else timeline.snapshot(step)
         graph = hop_weighted(build_graph(timeline.link_a, snap, len(timeline.nodes), "delay"))
         dest = destinations(timeline, self.all_loopbacks)
+        if wanted is not None:
+            dest = dest[np.isin(dest, wanted)]
         dist, nh, link = next_hops(graph, dest)
         return RouteTable(step, dest, nh, link, np.asarray(dist, np.float64))
