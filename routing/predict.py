@@ -43,11 +43,12 @@ def _compute_for(proto: RoutingProtocol) -> Any:
     """The protocol's ``compute_for(timeline, step, snapshot, wanted)`` (its table with only the destinations
     among ``wanted``), or None: also when a subclass overrides ``compute`` without it, whose table the
     inherited one would not be."""
-    if getattr(proto, "compute_for", None) is None:
+    compute_for = getattr(proto, "compute_for", None)
+    if compute_for is None:
         return None
     mro = type(proto).__mro__
     owner = next(c for c in mro if "compute_for" in c.__dict__)
-    return proto.compute_for if owner is next(c for c in mro if "compute" in c.__dict__) else None  # type: ignore[attr-defined]
+    return compute_for if owner is next(c for c in mro if "compute" in c.__dict__) else None
 
 
 def predict(tl: Timeline, protocol: str | RoutingProtocol, pairs: list[tuple[int, int]],
