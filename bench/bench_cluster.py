@@ -5,8 +5,8 @@
 
 The scenario is the built-in one without its compute node (a clustered run has none yet): 72 x 22 satellites
 at 550 km, two gateways and their hosts (1,588 nodes, 3,171 link slots), a ping h-london -> h-new-york at
-10/s. ``--duration`` 24 s keeps every gateway handover within one host under the ``plane`` placement (New
-York's at step 24 would cross hosts, which a clustered run refuses).
+10/s. ``--duration`` 24 s (the default) ends before New York's gateway hands over to a satellite on another
+host at step 24 (longer runs include it: the spare pair's ends change form, veth or VXLAN, on each host).
 
 One host: ``satnetem run`` as a user runs it. Three hosts: :mod:`emulator.cluster.lab` (namespaces on a
 bridge, 1 ms of underlay delay each way) with a Ray node in each (:mod:`emulator.cluster.raylab`), then

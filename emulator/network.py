@@ -199,8 +199,9 @@ class Emulation:
         Build only one host's part of a clustered run: the namespaces of its nodes, the veth pairs with
         both ends on it, a VXLAN device for each of its ends of a link to another host (same name, index
         and address as the veth end), the shaping of the directions it sends and the routes of its routers
-        (from the same table as a whole run's). :meth:`apply_step` does the same for the step's changes;
-        a handover that spans hosts (a VXLAN end changing host) and routing daemons are refused (not yet).
+        (from the same table as a whole run's). :meth:`apply_step` does the same for the step's changes,
+        handovers included: a spare pair whose ends come to be on two hosts, or back on one, changes form
+        between a veth and VXLAN ends (:meth:`_moves_across`). Routing daemons are refused (not yet).
 
     Raises
     ------
@@ -580,8 +581,8 @@ class Emulation:
         for l, p in zip(d.peer_links.tolist(), d.new_peer.tolist()):
             if p < 0:  # no satellite: the pair goes down where it is (with the state change, step 4)
                 continue
-            if self.part is not None and not self._handover_here(l, p):
-                continue
+            # a host's part books every handover, its ends or not (_moves_across), so that every host agrees
+            # which pair is active and where each pair's far end is
             act = int(self.ends.pair[l])
             if self._pfar[l, act] == p:  # back on the satellite its pair is still at
                 continue
@@ -675,8 +676,10 @@ class Emulation:
         stats.timings_ms["routes"] = (t3 - t2) * 1e3  # includes the overlapped shaping
         # 4. links down, and the pairs handed over from (no route uses them any more)
         self._set_links(d.went_down, False, applied.peer)
-        if self._epochs and flip:
-            # no route of the table in use goes through them: down after the step (_down_deferred)
+        if (self._epochs and flip) or self.part is not None:
+            # no route of the table in use goes through them: down after the step (_down_deferred). A host's
+            # part: at its next step, when every host has switched (another host's routers may still send
+            # over the pair until they apply this step)
             self._deferred_down += old_pairs
         else:
             self._pairs_down(old_pairs)
@@ -694,17 +697,6 @@ class Emulation:
             t4 = time.perf_counter()
         stats.timings_ms["total"] = (t4 - t0) * 1e3
         return stats
-
-    def _handover_here(self, link: int, peer: int) -> bool:
-        """A host's part: whether this host does the handover of ``link`` to ``peer`` (every node it
-        involves is here: True; none: False, another host does it). One that spans hosts (a VXLAN end would
-        have to change host) is refused: not supported yet."""
-        involved = [int(self.link_a[link]), peer, *(int(f) for f in self._pfar[link] if f >= 0)]
-        here = self.local[involved]
-        if here.all() or not here.any():
-            return bool(here.all())
-        raise ApplyError(f"handover of link slot {link} to {self.names[peer]} spans hosts: not supported yet",
-                         node=self.names[int(self.link_a[link])], operation="handover")
 
     def settle(self, speed: float = 1.0) -> int:
         """End the handover gaps the last :meth:`apply_step` began, each when it is due: sleep until
@@ -757,9 +749,15 @@ class Emulation:
         int
             Spare pairs moved.
         """
-        if self.part is not None:  # no spares move across hosts yet (_handover_here): routes only
+        if self.part is not None:
+            # A host's part (no route worker, no route epochs): spares to their next satellites, across hosts
+            # too (_moves_across); those taken over at the next step come up now with their nexthops, so that
+            # whichever host applies the step first finds the other hosts' ends of its new pairs up
+            done = self._move_spares_ahead(step, until)
+            if self.routes is not None and step + 1 < self.timeline.n_steps:
+                self._spares_ahead(self.target(step + 1), until)
             self.prefetch_routes(step + 1, until)
-            return 0
+            return done
         if self._worker is not None:  # the child computes while this thread moves spares
             self.prefetch_routes(step + 1, time.monotonic())
         self._down_deferred()
@@ -802,7 +800,16 @@ class Emulation:
         if not pairs:
             return
         self._pairs_down(pairs)
-        self._forget_pairs(pairs)
+        if self._epochs:
+            self._forget_pairs(pairs)
+
+    def _going_down(self, slots: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """Per slot: whether its pair ``pairs[i]`` was handed over from and waits to go down (a host's part
+        keeps it up until its next step): it is neither moved nor brought up ahead until then."""
+        if not self._deferred_down:
+            return np.zeros(len(slots), bool)
+        waiting = set(self._deferred_down)
+        return np.array([(int(l), int(p)) in waiting for l, p in zip(slots, pairs)], bool)
 
     def _forget_pairs(self, pairs: list[tuple[int, int]]) -> None:
         """The current record (the idle table's, between steps) forgets its routes through the link slots of
@@ -1001,7 +1008,8 @@ class Emulation:
         now, act = self.applied, self.ends.pair[slots].astype(np.int64)
         new = snap.peer[slots].astype(np.int64)
         ready = slots[(new >= 0) & snap.up[slots] & (new != now.peer[slots])
-                      & (self._pfar[slots, 1 - act] == new) & (self._pfar[slots, act] != new)]
+                      & (self._pfar[slots, 1 - act] == new) & (self._pfar[slots, act] != new)
+                      & ~self._going_down(slots, 1 - act)]
         before = {l for l, p in self._spares_up.items() if p != self.ends.pair[l]}
         fresh = np.array([l for l in ready.tolist() if l not in before], np.int64)
         if until is not None and len(fresh):
@@ -1065,7 +1073,7 @@ class Emulation:
         slots = self._antennas
         act = self.ends.pair[slots].astype(np.int64)
         want, at = self._next_peers(slots, step, self._pfar[slots, act])
-        todo = np.flatnonzero((want >= 0) & (want != self._pfar[slots, 1 - act]))
+        todo = np.flatnonzero((want >= 0) & (want != self._pfar[slots, 1 - act]) & ~self._going_down(slots, 1 - act))
         todo = todo[np.argsort(at[todo], kind="stable")]  # the soonest handovers first
         done = 0
         for i in todo.tolist():
@@ -1286,25 +1294,8 @@ class Emulation:
             elif here[na] or here[nb]:
                 cross.append((l, pair, 0 if here[na] else 1))
         for na, todo in enumerate(by_near):
-            if not todo:
-                continue
-            fds: dict[int, int] = {}
-            try:
-                batch = rtnl.Batch()
-                for l, pair in todo:
-                    nb = int(self._pfar[l, pair])
-                    if nb not in fds:
-                        fds[nb] = self._ns_fd(nb)
-                    name_a, index_a, _ = a.pair_end(l, pair, 0)
-                    name_b, index_b, _ = a.pair_end(l, pair, 1)
-                    groups = self._pair_groups(na, nb)
-                    batch.add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
-                              rtnl.veth_body(name_a, index_a, None, name_b, index_b, fds[nb], *groups),
-                              f"veth {self.names[na]}:{name_a} -- {self.names[nb]}:{name_b}")
-                self._rtnl[na].check(batch, "create veth")
-            finally:
-                for fd in fds.values():
-                    os.close(fd)
+            if todo:
+                self._make_veths(na, todo)
         if cross:
             self._create_cross(cross)
         # addresses and link states, one batch per namespace
@@ -1334,6 +1325,28 @@ class Emulation:
             self._rtnl[i].check(batches[i], "configure interfaces")
         self._spares_at = spare_at
         return ups
+
+    def _make_veths(self, near: int, pairs: list[tuple[int, int]]) -> None:
+        """Create the ``(link, pair)`` veth pairs whose near end is in ``near``'s namespace, each far end
+        directly in the namespace of the pair's far node (:attr:`_pfar`), both down."""
+        a = self.addr
+        fds: dict[int, int] = {}
+        try:
+            batch = rtnl.Batch()
+            for l, pair in pairs:
+                nb = int(self._pfar[l, pair])
+                if nb not in fds:
+                    fds[nb] = self._ns_fd(nb)
+                name_a, index_a, _ = a.pair_end(l, pair, 0)
+                name_b, index_b, _ = a.pair_end(l, pair, 1)
+                groups = self._pair_groups(near, nb)
+                batch.add(rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                          rtnl.veth_body(name_a, index_a, None, name_b, index_b, fds[nb], *groups),
+                          f"veth {self.names[near]}:{name_a} -- {self.names[nb]}:{name_b}")
+            self._rtnl[near].check(batch, "create veth")
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def _create_cross(self, ends: list[tuple[int, int, int]]) -> None:
         """A host's part: create this host's ends of pairs whose other end is on another host, ``[(link, pair,
@@ -1694,6 +1707,8 @@ class Emulation:
         the rtnetlink sockets of the source namespaces.
         """
         a = self.addr
+        if self.part is not None:
+            moves = self._moves_across(moves)
         todo: list[tuple[int, int, int, int]] = []  # (link, pair, old ns, new ns)
         for l, pair, new in moves:
             old = int(self._pfar[l, pair])
@@ -1735,6 +1750,96 @@ class Emulation:
         job.thread = threading.Thread(target=send, name="satnetem-handover", daemon=True)
         job.thread.start()
         return job
+
+    def _moves_across(self, moves: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """A host's part: of the spare pairs' moves ``[(link, pair, new far node), ...]``, do those that are
+        not a veth end moving between two namespaces of this host, and return the others (for
+        :meth:`_start_moves`).
+
+        A pair with an end on another host before or after the move changes form: this host deletes the
+        ends it has of it and makes the ends it will have, both down, with the names, indices and addresses
+        the veth ends have on one host: a veth pair when both ends are here now, else this host's end as a
+        VXLAN device towards the other end's host with the pair's VNI (:meth:`_create_cross`). A near end
+        that stays a VXLAN end towards the same host is left as it is. Every host books every move, its
+        ends or not, so that all of them agree where each pair's far end is: each decides from the timeline
+        and the placement alone, with no message between hosts. A deletion here is the run's own (the
+        cluster agents run no :class:`emulator.watchdog.LinkWatch`).
+        """
+        part = self.part
+        assert part is not None
+        here, la, a = self.local, self.link_a, self.addr
+        plain: list[tuple[int, int, int]] = []
+        across: list[tuple[int, int, int, int]] = []  # (link, pair, old far node, new far node)
+        for l, pair, new in moves:
+            old, near = int(self._pfar[l, pair]), int(la[l])
+            if old == new:
+                continue
+            if here[near] and here[old] and here[new]:
+                plain.append((l, pair, new))
+            else:
+                across.append((l, pair, old, int(new)))
+        if not across:
+            return plain
+        gone: dict[int, rtnl.Batch] = {}
+        veths: dict[int, list[tuple[int, int]]] = {}  # near node -> pairs made as veths
+        cross: list[tuple[int, int, int]] = []  # (link, pair, side) made as VXLAN ends
+        for l, pair, old, new in across:
+            near = int(la[l])
+            if self._spares_up.get(l) == pair:
+                del self._spares_up[l]
+            if here[near]:
+                if not here[old] and not here[new] and part.host_of[old] == part.host_of[new]:
+                    continue  # its VXLAN end already goes to that host
+                self._drop_end(gone, l, pair, 0)  # a veth end takes its peer (here, or parked) with it
+                if here[old]:
+                    self._drop_end(None, l, pair, 1)
+                if here[new]:
+                    veths.setdefault(near, []).append((l, pair))
+                else:
+                    cross.append((l, pair, 0))
+            else:
+                if here[old]:
+                    self._drop_end(gone, l, pair, 1)
+                if here[new]:
+                    cross.append((l, pair, 1))
+        for node, b in gone.items():
+            self._rtnl[node].check(b, "handover across hosts")
+        for l, pair, _old, new in across:
+            self._pfar[l, pair] = new
+            if pair == self.ends.pair[l]:
+                self._far[l] = new
+        for near, pairs in veths.items():
+            self._make_veths(near, pairs)
+        if cross:
+            self._create_cross(cross)
+        conf: dict[int, rtnl.Batch] = {}
+        made = [(l, pair, side) for pairs in veths.values() for l, pair in pairs for side in (0, 1)] + cross
+        for l, pair, side in made:
+            node = int(la[l]) if side == 0 else int(self._pfar[l, pair])
+            if side == 1 and node == la[l]:  # parked at its gateway: not addressed
+                name, index, _ = a.pair_end(l, pair, 1)
+                self.nodes[node].add_intf(name, index, None, None)
+            else:
+                self._queue_end(conf.setdefault(node, rtnl.Batch()), node, l, pair, side, False)
+        for node, b in conf.items():
+            self._rtnl[node].check(b, "handover across hosts")
+        return plain
+
+    def _drop_end(self, gone: dict[int, rtnl.Batch] | None, link: int, pair: int, side: int) -> None:
+        """Forget one end of a pair about to be deleted (its shaping, its interface record) and, with ``gone``,
+        queue its deletion in its node's batch there."""
+        node = int(self.link_a[link]) if side == 0 else int(self._pfar[link, pair])
+        got = self._ports.pop((link, pair, side), None)
+        if got is not None:
+            try:
+                self.shaper.forget(got[1])
+            except Exception as e:  # noqa: BLE001 - the port is going away anyway
+                log.warning("shaper.forget(%s) failed: %s", got[1].ifname, e)
+        name, index, _ = self.addr.pair_end(link, pair, side)
+        self.nodes[node].drop_intf(name)
+        if gone is not None:
+            gone.setdefault(node, rtnl.Batch()).add(rtnl.RTM_DELLINK, 0, rtnl.link_set_body(index),
+                                                    f"delete {name} of {self.names[node]}")
 
     def _finish_moves(self, job: _Moves | None) -> None:
         """Wait for the moves of :meth:`_start_moves`, then address the moved ends (down) in their new

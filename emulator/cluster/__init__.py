@@ -19,5 +19,6 @@
 * :mod:`~emulator.cluster.run`: ``satnetem run --cluster ADDRESS`` (or ``[cluster]`` in the scenario) plays
   a scenario over the agents and writes the single-host results folder (what differs: its docstring).
 
-A handover that spans hosts is refused.
+A handover whose link comes to cross hosts, or stops crossing them, changes the spare pair's form between a
+veth and two VXLAN ends, each host for its own ends (:meth:`emulator.network.Emulation._moves_across`).
 """

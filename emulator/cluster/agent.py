@@ -24,8 +24,7 @@ One clock (:meth:`Cluster.play`): the driver picks a start instant on CLOCK_REAL
 each agent applies step k at start + k x step_s by its own clock, in the single-host run's loop
 (:class:`emulator.clock.Playback`, with ``prepare_ahead`` between steps), and records how late each apply
 began. The hosts' clocks were checked at start (:func:`check_clocks`). :meth:`Cluster.apply_step` applies a
-step when asked instead. Not yet: handovers that span hosts (refused). ``satnetem run --cluster`` drives this
-module from :mod:`emulator.cluster.run`.
+step when asked instead. ``satnetem run --cluster`` drives this module from :mod:`emulator.cluster.run`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ What differs from a single-host run (said in the summary's ``cluster.not_recorde
 ``path`` flows run (their programs run in the source node alone; the others need a receiver or a service on
 another host), no compute nodes nor daemon-driven routing, no ``monitor.csv`` (so no validity marking), no
 delay daemon statistics, no link load; ``steps.csv`` has one row per step with the latest host's lateness and
-apply time and the counts added over the hosts (``steps_by_host.csv`` has every host's row). A handover that
-spans hosts is refused (the run stops naming it).
+apply time and the counts added over the hosts (``steps_by_host.csv`` has every host's row). A handover whose
+link crosses hosts is made as on one host (make-before-break), each host making or deleting its own ends.
 """
 
 from __future__ import annotations

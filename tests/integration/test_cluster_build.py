@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
@@ -50,6 +51,7 @@ import pytest
 
 from emulator.cluster.lab import FakeHosts, LabConfig
 from emulator.cluster.raylab import RayLab
+from topologies.timeline import Timeline
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
@@ -708,3 +710,129 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
         assert rc == 2 and len(lines_err) == 1 and said in lines_err[0], (rc, out[-500:], err[-1500:])
     assert leftovers(lab, host_ids("t-cbr2")) == []
     print(f"bad cluster input refused in {time.monotonic() - t1:.1f} s for 3 cases")
+
+
+# ----------------------------------------------------------------------------------------- handovers across hosts
+#: gw-b's antenna, phase by phase over 20 steps of 1 s: (first step, host of the satellite: "home" is gw-b's own
+#: host, "x" and "y" the two others). The two veth pairs of the antenna alternate: pair 0 home -> y -> home (a
+#: veth, then VXLAN ends between gw-b's host and y, then a veth again), pair 1 x -> y (VXLAN ends towards x, then
+#: towards y: gw-b's host makes its end again towards the other host, x deletes its end, y makes one).
+HANDOVER_PHASES = ((0, "home"), (5, "x"), (8, "y"), (11, "y"), (14, "home"))
+HANDOVER_STEPS = 20
+
+
+def handover_timeline(choose: Callable[[int], int]) -> Timeline:
+    """A 4 x 4 +Grid (tests/handmade.py) with gateways gw-a (on sat-0-0 throughout) and gw-b, a host behind
+    each, every link steady over :data:`HANDOVER_STEPS` steps of 1 s but gw-b's one antenna, which is on
+    satellite ``choose(phase)`` in each phase of :data:`HANDOVER_PHASES` (1.6 ms)."""
+    from datetime import UTC, datetime
+
+    from handmade import N_PER_PLANE, N_PLANES, grid_isls, sat_index, sat_name
+
+    from topologies.timeline import LINK_CLASSES, LINK_ROLES, Node
+
+    nodes = [Node(sat_name(p, s), "sat", {"shell": 0, "plane": p, "slot": s})
+             for p in range(N_PLANES) for s in range(N_PER_PLANE)]
+    n_sat = len(nodes)
+    gw_a, gw_b, h_a, h_b = range(n_sat, n_sat + 4)
+    nodes += [Node("gw-a", "gateway", {"antennas": 1}), Node("gw-b", "gateway", {"antennas": 1}),
+              Node("h-a", "host", {"gateway": "gw-a"}), Node("h-b", "host", {"gateway": "gw-b"})]
+    a, b, cls, role, d0 = grid_isls()
+    gsl_b = len(a) + 1
+    a += [gw_a, gw_b, h_a, h_b]
+    b += [sat_index(0, 0), choose(0), gw_a, gw_b]
+    cls += ["gsl", "gsl", "access", "access"]
+    role += ["gsl", "gsl", "access", "access"]
+    d0 += [1.5, 1.6, 0.05, 0.05]
+    n_links, n = len(a), HANDOVER_STEPS
+    peer = np.repeat(np.array(b, np.int32)[:, None], n, axis=1)
+    for i, (k, _) in enumerate(HANDOVER_PHASES):
+        peer[gsl_b, k:] = choose(i)
+    return Timeline(start=datetime(2024, 1, 1, tzinfo=UTC), step_s=1.0, nodes=nodes, link_a=np.array(a, np.int32),
+                    link_class=np.array([LINK_CLASSES.index(c) for c in cls], np.uint8),
+                    link_role=np.array([LINK_ROLES.index(r) for r in role], np.uint8),
+                    state=np.zeros((n_links, n), np.uint8), peer=peer,
+                    delay_ms=np.repeat(np.array(d0, np.float32)[:, None], n, axis=1),
+                    rate_mbps=np.full((n_links, n), 100.0, np.float32), loss_pct=np.zeros((n_links, n), np.float32),
+                    sat_lla=np.zeros((n_sat, n, 3), np.float32))
+
+
+def test_handovers_across_hosts_lose_nothing(ray_lab, tmp_path):
+    """gw-b's only antenna hands over four times while every host plays the timeline on its own clock, each
+    time to a satellite on another host than the one before (HANDOVER_PHASES: its link goes from a veth to VXLAN
+    ends, from VXLAN ends towards one host to ends towards the other, and back to a veth). h-b pings h-a every
+    20 ms throughout: every ping is answered (lost ones counted by icmp_seq), and in the middle of each phase
+    the median RTT is the least-delay path's at that step, found here with networkx on the timeline, within
+    max(1 ms, 3 %). Nothing is left on any host afterwards."""
+    from emulator.cluster.placement import place
+
+    lab, rl = ray_lab
+    # the satellites' hosts do not depend on the gateways (planes are placed first): choose from them
+    probe = place(handover_timeline(lambda i: 0), N_HOSTS).host_of
+    sats_on = {h: [i for i in range(16) if probe[i] == h] for h in range(N_HOSTS)}
+    home = int(probe[0]) if len(sats_on[int(probe[0])]) >= 2 else next(h for h in sats_on if len(sats_on[h]) >= 2)
+    x, y = (h for h in range(N_HOSTS) if h != home)
+    if len(sats_on[y]) < 2:
+        x, y = y, x
+    picks = {"home": iter(sats_on[home]), "x": iter(sats_on[x]), "y": iter(sats_on[y])}
+    chosen = [next(picks[where]) for _, where in HANDOVER_PHASES]
+    tl = handover_timeline(lambda i: chosen[i])
+    host_of = place(tl, N_HOSTS).host_of
+    idx = {nd.name: i for i, nd in enumerate(tl.nodes)}
+    assert int(host_of[idx["gw-b"]]) == home and int(host_of[idx["h-b"]]) == home
+    assert [int(host_of[s]) for s in chosen] == [{"home": home, "x": x, "y": y}[w] for _, w in HANDOVER_PHASES]
+    path = str(tl.save(tmp_path / "handovers.npz"))
+
+    gsl_b = int(np.flatnonzero(tl.link_a == idx["gw-b"])[0])
+    predicted = []  # per phase: the least-delay RTT h-b -> h-a on the timeline, ms
+    for k, _ in HANDOVER_PHASES:
+        g = nx.Graph()
+        for l in range(tl.n_links):
+            g.add_edge(int(tl.link_a[l]), int(tl.peer[l, k]), delay_ms=float(tl.delay_ms[l, k]))
+        predicted.append(2 * nx.dijkstra_path_length(g, idx["h-b"], idx["h-a"], weight="delay_ms"))
+    edges = [k for k, _ in HANDOVER_PHASES] + [HANDOVER_STEPS]
+    assert all((tl.peer[gsl_b, edges[i]:edges[i + 1]] == s).all() for i, s in enumerate(chosen))
+    from emulator.addressing import AddressPlan
+
+    target = AddressPlan().assign(tl).address_of(idx["h-a"])
+
+    run_id = f"t-cbh-{os.getpid()}"
+    drv = Driver(lab, rl, path, run_id, tmp_path / "driver-handover.log")
+    try:
+        got = drv.line()
+        assert got["host_of"] == host_of.tolist()
+        ns = {k: v for bld in got["builds"] for k, v in bld["namespaces"].items()}
+        begun = drv.play()
+        start_s, step_s = begun["start_ns"] / 1e9, begun["step_s"]
+        count = int((start_s + (HANDOVER_STEPS - 0.5) * step_s - time.time()) / 0.02)
+        pinger = lab.popen(lab.host_name(home), ["nsenter", f"--net={ns['h-b']}", "--", "ping", "-n", "-D", "-i",
+                                                 "0.02", "-W", "2", "-c", str(count), target],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        played = drv.line(timeout_s=120)
+        assert "played" in played, played
+        out, err = pinger.communicate(timeout=60)
+        stopped = drv.stop()
+        assert [s["left"] for s in stopped["stopped"]] == [[]] * N_HOSTS
+    finally:
+        if drv.p.poll() is None:
+            drv.p.kill()
+            drv.p.wait()
+            clean_parts(run_id)
+    replies = [(float(t), int(seq), float(ms)) for t, seq, ms in
+               re.findall(r"^\[([\d.]+)\] \d+ bytes from \S+ icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms", out, re.M)]
+    seqs = {seq for _, seq, _ in replies}
+    lost = sorted(set(range(1, count + 1)) - seqs)
+    handed = [k for k, _ in HANDOVER_PHASES[1:]]
+    print(f"gw-b on {', '.join(tl.nodes[s].name + f' (host {host_of[s]})' for s in chosen)} from steps "
+          f"{[k for k, _ in HANDOVER_PHASES]}; {count} pings h-b -> h-a every 20 ms, {len(lost)} lost "
+          f"(icmp_seq {lost[:10]}), handovers at {handed} s after the start")
+    assert count >= 800 and not lost, (count, lost[:20], err[-500:])
+    for i, (k, _) in enumerate(HANDOVER_PHASES):
+        end = HANDOVER_PHASES[i + 1][0] if i + 1 < len(HANDOVER_PHASES) else HANDOVER_STEPS
+        # sent in the phase, away from its edges (a host applies a step up to LATE_BOUND_MS late)
+        rtts = [ms for t, _, ms in replies if start_s + k + 0.3 <= t - ms / 1e3 <= start_s + end - 0.2]
+        med = statistics.median(rtts)
+        print(f"phase {i} (from step {k}, {tl.nodes[chosen[i]].name}): RTT median {med:.3f} ms of {len(rtts)}, "
+              f"predicted {predicted[i]:.3f}")
+        assert len(rtts) >= 50 and abs(med - predicted[i]) <= max(1.0, 0.03 * predicted[i]), (i, med, predicted[i])
+    assert leftovers(lab, host_ids(run_id)) == []
