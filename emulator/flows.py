@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 UDP_PORT_BASE = 20000
 IPERF_PORT_BASE = 5201
 SERVICE_PORT = 8080
+#: flow kinds with a receiving program in the destination node besides the sender in the source node
+TWO_SIDED_KINDS = ("udp-probe", "iperf3-tcp", "iperf3-udp")
 #: traffic matrices: UDP on this port + the entry's index, TCP bulk flows from the second base
 MATRIX_PORT_BASE = 19000
 MATRIX_TCP_PORT_BASE = 6300
@@ -56,6 +58,9 @@ class Flow:
     record: FlowRecord
     procs: list[subprocess.Popen] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
+    #: in the manifest: False for the receiving side of a flow whose sender runs on another host (the sender's
+    #: host lists it)
+    listed: bool = True
 
     def stop(self, grace_s: float = 3.0) -> None:
         """SIGINT each program (they finish their files), then wait; kill what does not stop."""
@@ -136,14 +141,23 @@ class FlowStarter:
             self.services.append(p)
             self._service_handles.append(f)
 
-    def start(self, i: int, spec: TrafficSpec, duration_s: float, schedule: list[dict] | None = None) -> Flow:
-        """Start flow ``i`` now for ``duration_s`` wall-clock seconds."""
+    def start(self, i: int, spec: TrafficSpec, duration_s: float, schedule: list[dict] | None = None,
+              side: str = "both") -> Flow:
+        """Start flow ``i`` now for ``duration_s`` wall-clock seconds.
+
+        ``side``: ``both`` (one host), or on a host of a clustered run, for the kinds with a receiving program
+        (:data:`TWO_SIDED_KINDS`) whose ends are on two hosts, ``recv`` (only the receiver, started now; the
+        flow is not listed here) or ``send`` (only the sender, after the pause a single host leaves between
+        the two, so that the other host's receiver, started at the same instant, is ready)."""
+        if side not in ("both", "send", "recv") or (side != "both" and spec.kind not in TWO_SIDED_KINDS):
+            raise ValueError(f"flow kind {spec.kind!r} cannot start side {side!r}")
         label = spec.label
         d = self.out / "flows" / safe_label(label)
         d.mkdir(parents=True, exist_ok=True)
         rec = FlowRecord(label=label, kind=spec.kind, src=spec.src, dst=spec.dst, start_unix_s=time.time(),
                          duration_s=duration_s, rate_pps=spec.rate_pps, policy=spec.policy)
-        flow = Flow(rec)
+        flow = Flow(rec, listed=side != "recv")
+        recv, send = side != "send", side != "recv"
         dur = f"{duration_s:.3f}"
         if spec.kind == "ping":
             out = d / "ping.txt"
@@ -160,18 +174,20 @@ class FlowStarter:
         elif spec.kind == "udp-probe":
             port = str(UDP_PORT_BASE + i)
             addr = self.emu.address_of(spec.dst)
-            p, f = self._py(spec.dst, "udpprobe", ["recv", "--bind", addr, "--port", port, "--duration",
-                                                   f"{duration_s + 3:.3f}", "--flow", str(i),
-                                                   "--out", str(d / "recv.csv")], d / "recv.log")
-            flow.procs.append(p)
-            flow.handles.append(f)
-            time.sleep(0.2)  # the receiver binds first
-            p, f = self._py(spec.src, "udpprobe", ["send", "--dst", addr, "--port", port, "--rate-pps",
-                                                   f"{spec.rate_pps:g}", "--size", str(spec.size_bytes),
-                                                   "--duration", dur, "--flow", str(i),
-                                                   "--out", str(d / "sent.csv")], d / "send.log")
-            flow.procs.insert(0, p)
-            flow.handles.append(f)
+            if recv:
+                p, f = self._py(spec.dst, "udpprobe", ["recv", "--bind", addr, "--port", port, "--duration",
+                                                       f"{duration_s + 3:.3f}", "--flow", str(i),
+                                                       "--out", str(d / "recv.csv")], d / "recv.log")
+                flow.procs.append(p)
+                flow.handles.append(f)
+            if send:
+                time.sleep(0.2)  # the receiver binds first
+                p, f = self._py(spec.src, "udpprobe", ["send", "--dst", addr, "--port", port, "--rate-pps",
+                                                       f"{spec.rate_pps:g}", "--size", str(spec.size_bytes),
+                                                       "--duration", dur, "--flow", str(i),
+                                                       "--out", str(d / "sent.csv")], d / "send.log")
+                flow.procs.insert(0, p)
+                flow.handles.append(f)
             rec.files = {"sent": "sent.csv", "recv": "recv.csv"}
         elif spec.kind in ("iperf3-tcp", "iperf3-udp"):
             from .traffic.iperf import IperfFlow, client_argv, server_argv
@@ -179,12 +195,12 @@ class FlowStarter:
             fl = IperfFlow(addr=self.emu.address_of(spec.dst), port=IPERF_PORT_BASE + i,
                            duration_s=max(1.0, duration_s), udp=spec.kind == "iperf3-udp",
                            rate_mbps=spec.rate_mbps if spec.kind == "iperf3-udp" else None)
-            srv = self.emu.node(spec.dst).popen(server_argv(fl, str(d / "server.log")),
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.3)
-            cli = self.emu.node(spec.src).popen(client_argv(fl, str(d / "client.json")),
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            flow.procs += [cli, srv]
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            if recv:
+                flow.procs.append(self.emu.node(spec.dst).popen(server_argv(fl, str(d / "server.log")), **quiet))
+            if send:
+                time.sleep(0.3)
+                flow.procs.insert(0, self.emu.node(spec.src).popen(client_argv(fl, str(d / "client.json")), **quiet))
             rec.files = {"client": "client.json", "server": "server.log"}
         elif spec.kind == "path":
             p, f = self._py(spec.src, "pathprobe", ["--dst", self.emu.address_of(spec.dst), "--max-ttl", "64",
@@ -290,7 +306,7 @@ class FlowStarter:
 
     def write_manifest(self) -> None:
         tmp = self.out / "flows.json.tmp"
-        tmp.write_text(json.dumps([asdict(f.record) for f in self.flows], indent=2))
+        tmp.write_text(json.dumps([asdict(f.record) for f in self.flows if f.listed], indent=2))
         tmp.replace(self.out / "flows.json")
 
     def stop_all(self) -> None:

@@ -54,6 +54,24 @@ def _rel_steps(t_unix: np.ndarray, run: dict[str, Any], tl: Timeline) -> tuple[n
     return t, step
 
 
+def clock_skew_ms(folder: Path) -> Any:
+    """A clustered run's folder: ``skew(src, dst)``, the clock of ``dst``'s host minus that of ``src``'s, ms, as
+    measured at start (``summary.json``'s ``cluster.clocks_ms``, each host's offset from the head;
+    ``placement.json``), to take from a one-way delay stamped by two hosts. 0 on one host, or without them."""
+    summary = _load_json(folder / "summary.json", {})
+    placement = _load_json(folder / "placement.json", {})
+    clocks = (summary.get("cluster") or {}).get("clocks_ms") or []
+    offset = [float(c.get("offset") or 0.0) for c in clocks]
+
+    def skew(src: str, dst: str) -> float:
+        hs, hd = placement.get(src), placement.get(dst)
+        if hs is None or hd is None or not (0 <= hs < len(offset) and 0 <= hd < len(offset)):
+            return 0.0
+        return offset[hd] - offset[hs]
+
+    return skew
+
+
 def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Per-sample records of every ping and udp-probe flow, with the predicted and best delays, from the
     raw files in ``flows/``; plus a summary entry per flow of every kind. Writes ``samples.csv``."""
@@ -85,6 +103,7 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
     from .validity import mark_valid
 
     invalid, _, _ = run_validity(folder, run, tl.step_s)
+    skew = clock_skew_ms(folder)
     samples: dict[str, dict[str, Any]] = {}  # arrays per column, and the flow's kind and metric
     flows: list[dict[str, Any]] = []
     for f in manifest:
@@ -101,7 +120,8 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
             else:
                 try:
                     us = udp_samples(str(d / "sent.csv"), str(d / "recv.csv"))
-                    t_unix, seq, meas = us.sent_unix_s, us.seq, us.one_way_ms
+                    # stamped by the sender's host, then by the receiver's: on a cluster, less their clocks' offset
+                    t_unix, seq, meas = us.sent_unix_s, us.seq, us.one_way_ms - skew(f["src"], f["dst"])
                 except ConfigError as e:
                     log.warning("%s: %s", f["label"], e)
                     t_unix = seq = meas = np.array([])

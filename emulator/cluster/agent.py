@@ -312,9 +312,11 @@ class HostAgent:
         return rows
 
     def start_flows(self, flows: list[tuple[int, Any, float]], start_ns: int, speed: float) -> list[str]:
-        """Start, on this host, the flows whose source node is here, each ``start_s`` / ``speed`` after
-        ``start_ns`` (CLOCK_REALTIME), as a single-host run does (:class:`emulator.flows.FlowStarter`), into a
-        folder of this host that :meth:`collect` hands back.
+        """Start, on this host, the programs of the flows whose source or destination node is here, each
+        ``start_s`` / ``speed`` after ``start_ns`` (CLOCK_REALTIME), as a single-host run does
+        (:class:`emulator.flows.FlowStarter`), into a folder of this host that :meth:`collect` hands back. A flow
+        with a receiving program (:data:`emulator.flows.TWO_SIDED_KINDS`) whose two ends are on two hosts runs
+        its receiver on the destination's host and its sender on the source's, which lists it.
 
         Parameters
         ----------
@@ -324,40 +326,52 @@ class HostAgent:
         Returns
         -------
         list of str
-            Labels of the flows started here.
+            Labels of the flows started here (``(receiver)`` after those whose receiver only runs here).
         """
         import tempfile
         from pathlib import Path
 
-        from ..flows import FlowStarter
+        from ..flows import TWO_SIDED_KINDS, FlowStarter
 
         if self.emu is None:
             raise ApplyError(f"host {self.host} has not built", operation="start_flows")
-        mine = [(i, f, d) for i, f, d in flows if self.emu.local[self.emu.timeline.node_index(f.src)]]
+        here, index = self.emu.local, self.emu.timeline.node_index
+        mine = []
+        for i, f, d in flows:
+            src, dst = bool(here[index(f.src)]), bool(here[index(f.dst)])
+            if f.kind not in TWO_SIDED_KINDS or src == dst:
+                if src:
+                    mine.append((i, f, d, "both"))
+            else:
+                mine.append((i, f, d, "send" if src else "recv"))
         if not mine:
             return []
         self._flows_dir = tempfile.mkdtemp(prefix=f"satnetem-{self.emu.run_id}-flows-")
         starter = self._starter = FlowStarter(self.emu, Path(self._flows_dir), speed)
 
-        def start(i: int, f: Any, d: float) -> None:
+        def start(i: int, f: Any, d: float, side: str) -> None:
             try:
-                starter.start(i, f, max(1.0, d))
+                starter.start(i, f, max(1.0, d), side=side)
             except Exception as e:  # noqa: BLE001 - on a timer's thread: said in collect(), by flow
                 log.exception("host %d: flow %s did not start", self.host, f.label)
                 self._flow_errors.append(f"flow {f.label} could not start on host {self.host}: {e}")
 
-        for i, f, d in mine:
+        for i, f, d, side in mine:
             wait_s = (start_ns - time.time_ns()) / 1e9 + f.start_s / speed
-            t = threading.Timer(max(0.0, wait_s), start, (i, f, d))
+            t = threading.Timer(max(0.0, wait_s), start, (i, f, d, side))
             t.daemon = True
             self._flow_timers.append(t)
             t.start()
-        return [f.label for _, f, _ in mine]
+        return [f.label + (" (receiver)" if side == "recv" else "") for _, f, _, side in mine]
 
-    def collect(self, wait_s: float = 5.0) -> dict[str, Any]:
+    def collect(self, wait_s: float = 5.0, receiver_grace_s: float = 3.0) -> dict[str, Any]:
         """End this host's flows (each gets up to ``wait_s`` to finish, as on one host) and hand back what
         they wrote: ``files`` (path relative to the results folder -> bytes), ``errors`` (flows that did not
-        start). The folder on this host is removed."""
+        start). The folder on this host is removed.
+
+        Every host collects at once: the receivers of flows whose sender runs on another host end last, up to
+        ``receiver_grace_s`` after this host's own flows, so that what the senders (stopped at the same
+        deadline on their hosts) sent last is received, as on one host, where a flow stops its sender first."""
         import shutil
         from pathlib import Path
 
@@ -368,7 +382,12 @@ class HostAgent:
         if self._starter is not None:
             deadline = time.monotonic() + wait_s
             for fl in self._starter.flows:
-                fl.wait(timeout_s=max(0.1, deadline - time.monotonic()))
+                if fl.listed:
+                    fl.wait(timeout_s=max(0.1, deadline - time.monotonic()))
+            deadline = max(deadline, time.monotonic() + receiver_grace_s)
+            for fl in self._starter.flows:
+                if not fl.listed:
+                    fl.wait(timeout_s=max(0.1, deadline - time.monotonic()))
             self._starter.stop_all()
             self._starter = None
         if self._flows_dir is not None:

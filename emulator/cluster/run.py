@@ -8,9 +8,11 @@ measured and subtracted), plays the timeline on every host's own clock (:meth:`~
 Cluster.play`), starts each flow on the host of its source node, and gathers what every host wrote into the
 one results folder here (with ``placement.json``: each node's host, and ``steps_by_host.csv``).
 
-What differs from a single-host run (said in the summary's ``cluster.not_recorded``): only ``ping`` and
-``path`` flows run (their programs run in the source node alone; the others need a receiver or a service on
-another host), no compute nodes nor daemon-driven routing, no ``monitor.csv`` (so no validity marking), no
+What differs from a single-host run (said in the summary's ``cluster.not_recorded``): the flows are ``ping``,
+``path``, ``udp-probe`` and ``iperf3`` (a receiver runs on its destination's host, the sender on its source's;
+the one-way delays of a probe between two hosts are corrected by the clock offsets measured at start), no
+matrices, requests or all-reduces (they need services or many endpoints), no compute nodes nor daemon-driven
+routing, no ``monitor.csv`` (so no validity marking), no
 delay daemon statistics, no link load; ``steps.csv`` has one row per step with the latest host's lateness and
 apply time and the counts added over the hosts (``steps_by_host.csv`` has every host's row). A handover whose
 link crosses hosts is made as on one host (make-before-break), each host making or deleting its own ends.
@@ -42,8 +44,9 @@ from .vxlan import VNI_MAX
 
 log = logging.getLogger(__name__)
 
-#: Flow kinds whose programs run in the source node alone, so on one host.
-CLUSTER_FLOW_KINDS = ("ping", "path")
+#: Flow kinds a clustered run starts: their programs run in the source node, and a receiver, if any, in the
+#: destination node (on its own host).
+CLUSTER_FLOW_KINDS = ("ping", "path", "udp-probe", "iperf3-tcp", "iperf3-udp")
 #: How long the driver waits for the head's port to answer before giving up, s.
 CONNECT_TIMEOUT_S = 5.0
 _HOST_RESOURCE = re.compile(r"^satnetem-host-(\d+)$")

@@ -599,6 +599,11 @@ def test_a_dead_agent_ends_the_run_naming_its_host(ray_lab, timeline, tmp_path):
 def least_rtt(tl, step: int, host_of: dict[int, int], underlay_ms: float, src: int, dst: int) -> float:
     """RTT of the least-delay paths both ways at ``step`` (networkx on the timeline), a hop between hosts
     counted at least the underlay's one-way delay (what a link shorter than the underlay carries)."""
+    return sum(least_delay(tl, step, host_of, underlay_ms, u, v) for u, v in ((src, dst), (dst, src)))
+
+
+def least_delay(tl, step: int, host_of: dict[int, int], underlay_ms: float, src: int, dst: int) -> float:
+    """One-way delay of the least-delay path from ``src`` to ``dst`` at ``step``, as :func:`least_rtt` counts."""
     snap = tl.snapshot(step)
     g = nx.DiGraph()
     for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0)).tolist():
@@ -608,7 +613,7 @@ def least_rtt(tl, step: int, host_of: dict[int, int], underlay_ms: float, src: i
                 d = max(d, underlay_ms)
             if not g.has_edge(u, v) or g[u][v]["delay_ms"] > d:
                 g.add_edge(u, v, delay_ms=d)
-    return sum(nx.dijkstra_path_length(g, u, v, weight="delay_ms") for u, v in ((src, dst), (dst, src)))
+    return nx.dijkstra_path_length(g, src, dst, weight="delay_ms")
 
 
 def ping_samples(path: Path) -> list[tuple[float, float]]:
@@ -637,8 +642,11 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
     """``satnetem run --cluster`` on the three fake hosts (examples/cluster.toml): the run completes with the single-host results
     folder; two ping flows, one started on host 0 (h-london -> h-new-york) and one on host 2 (sat-7-7 ->
     sat-0-0, crossing hosts), land in it and their RTTs per step (20th percentile) match networkx's least-delay paths on the
-    timeline (underlay counted on a crossing shorter than it) within max(1 ms, 3 %); every host applied step
-    1 on its clock; nothing is left on any host. Then bad cluster input: one line each, exit status 2."""
+    timeline (underlay counted on a crossing shorter than it) within max(1 ms, 3 %); so do the one-way delays
+    of a UDP probe whose sender runs on host 0 and receiver on host 2 (read from its two files); an iperf3 UDP
+    flow at 2 Mbit/s from host 2 to host 0 delivers its rate (its client's and server's reports); every host
+    applied step 1 on its clock; nothing is left on any host. Then bad cluster input: one line each, exit
+    status 2."""
     from emulator.flows import safe_label
 
     lab, rl = ray_lab
@@ -667,9 +675,15 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
     run = json.loads((res / "run.json").read_text())
     underlay_ms = statistics.mean(u["one_way_ms"] for b in summary["cluster"]["builds"] for u in b["underlay"] if u)
     manifest = json.loads((res / "flows.json").read_text())
-    assert sorted(m["label"] for m in manifest) == ["ping:h-london--h-new-york", "ping:sat-7-7--sat-0-0"], manifest
+    assert sorted(m["label"] for m in manifest) == ["iperf3-udp:sat-7-7--h-new-york", "ping:h-london--h-new-york",
+
+                                                    "ping:sat-7-7--sat-0-0", "udp-probe:h-london--sat-7-7"], manifest
+    assert host_of[tl.node_index("h-london")] != host_of[tl.node_index("sat-7-7")] != \
+        host_of[tl.node_index("h-new-york")]
     lines = []
     for m in manifest:
+        if m["kind"] != "ping":
+            continue
         samples = ping_samples(res / "flows" / safe_label(m["label"]) / "ping.txt")
         # 5/s from the start; as on one host, the flows get 5 s after the last step (step 1, at 10 s) is applied
         assert len(samples) >= 60, (m["label"], len(samples))
@@ -685,6 +699,26 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
             low, med = float(np.percentile(got, 20)), statistics.median(got)
             lines.append(f"{m['label']} step {k}: p20 {low:.2f} ms (median {med:.2f}) of {len(got)} against {want:.2f}")
             assert len(got) >= 15 and abs(low - want) <= max(1.0, 0.03 * want), lines[-1]
+    # the UDP probe (8 s in step 0), from its own files: each datagram's send stamp (host 0's clock) and receive
+    # stamp (host 2's: the fake hosts share one kernel clock), against the least one-way delay
+    d = res / "flows" / safe_label("udp-probe:h-london--sat-7-7")
+    sent = {int(r["seq"]): int(r["sent_ns"]) for r in csv.DictReader(open(d / "sent.csv"))}
+    got = {int(r["seq"]): (int(r["sent_ns"]), int(r["recv_ns"])) for r in csv.DictReader(open(d / "recv.csv"))}
+    assert len(sent) >= 75 and not set(sent) - set(got), (len(sent), sorted(set(sent) - set(got))[:10])
+    ow = [(r - s) / 1e6 for s, r in got.values()]
+    assert all(0 <= s / 1e9 - run["t0_unix"] < tl.step_s for s, _ in got.values())
+    want = least_delay(tl, 0, host_of, underlay_ms, tl.node_index("h-london"), tl.node_index("sat-7-7"))
+    low = float(np.percentile(ow, 20))
+    lines.append(f"udp-probe: one-way p20 {low:.2f} ms (median {statistics.median(ow):.2f}) of {len(ow)} against "
+                 f"{want:.2f}")
+    assert abs(low - want) <= max(1.0, 0.03 * want), lines[-1]
+    # the iperf3 UDP flow (8 s): its client (host 2) sent 2 Mbit/s, and its server (host 0) received it
+    d = res / "flows" / safe_label("iperf3-udp:sat-7-7--h-new-york")
+    end = json.loads((d / "client.json").read_text())["end"]["sum"]
+    assert (d / "server.log").exists()
+    mbps = end["bytes"] * 8 / end["seconds"] / 1e6
+    lines.append(f"iperf3-udp: {mbps:.2f} Mbit/s over {end['seconds']:.1f} s, {end['lost_percent']:.2f} % lost")
+    assert abs(mbps - 2.0) <= 0.1 and end["seconds"] >= 7.5 and end["lost_percent"] <= 1.0, lines[-1]
     # every host measured the underlay to the others again while playing (every 4 s over the ~10 s of play)
     measured = summary["cluster"]["underlay_measured"]
     assert summary["cluster"]["underlay_every_s"] == 4.0 and len(measured) == N_HOSTS

@@ -80,10 +80,13 @@ def test_bad_cluster_section(body, key):
 
 
 def test_what_a_cluster_cannot_play_yet_is_refused_naming_the_key():
-    udp = BASE + '\n[[traffic]]\nkind = "ping"\nsrc = "gs-a"\ndst = "gs-b"\n' \
-                 '\n[[traffic]]\nkind = "udp-probe"\nsrc = "gs-a"\ndst = "gs-b"\n'
-    with pytest.raises(ConfigError, match=r"traffic\[1\].kind.*'udp-probe' flow does not run on a cluster"):
-        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(udp, "s.toml"))
+    two_sided = BASE + '\n[[traffic]]\nkind = "ping"\nsrc = "gs-a"\ndst = "gs-b"\n' \
+                       '\n[[traffic]]\nkind = "udp-probe"\nsrc = "gs-a"\ndst = "gs-b"\n' \
+                       '\n[[traffic]]\nkind = "iperf3-tcp"\nsrc = "gs-b"\ndst = "gs-a"\n'
+    assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(two_sided, "s.toml")) is not None
+    matrix = two_sided + '\n[[traffic]]\nkind = "matrix"\naggregate_mbps = 1.0\n'
+    with pytest.raises(ConfigError, match=r"traffic\[3\].kind.*'matrix' flow does not run on a cluster"):
+        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(matrix, "s.toml"))
     ospf = BASE + '\n[routing]\nprotocol = "ospf"\n'
     with pytest.raises(ConfigError, match=r"routing.protocol.*routing daemons"):
         cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(ospf, "s.toml"))
@@ -130,3 +133,22 @@ def test_steps_rows_count_lateness_as_one_host_does():
     assert rows == [[1, "10.000", "5.00", "4.00", 3, 0, 0, 0, 30, "3.00", 0, "nan"]]
     assert [r[:6] for r in per_host] == [[0, 1, due, "5.00", "1.00", "4.00"], [1, 1, due, "4.00", "3.00", "1.00"]]
     assert lateness([r for p in played for r in p["steps"]])["late_ms_max"] == 5.0
+
+
+def test_one_way_delays_between_hosts_are_corrected_by_their_clock_offsets(tmp_path):
+    """A UDP probe stamped by the sender's host and then by the receiver's: the report takes the offset of the
+    receiver's clock from the sender's (each measured at start against the head) from its one-way delays."""
+    import json
+
+    from emulator.report import clock_skew_ms
+
+    assert clock_skew_ms(tmp_path)("a", "b") == 0.0  # not a clustered run
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"cluster": {"clocks_ms": [{"offset": 0.0, "bound": 0.1}, {"offset": 2.5, "bound": 0.2},
+                                   {"offset": -1.0, "bound": 0.2}]}}))
+    (tmp_path / "placement.json").write_text(json.dumps({"a": 0, "b": 1, "c": 2, "d": 1}))
+    skew = clock_skew_ms(tmp_path)
+    # host 1's clock runs 2.5 ms ahead of host 0's: a's datagram to b looks 2.5 ms longer than it took
+    assert skew("a", "b") == 2.5 and skew("b", "a") == -2.5
+    assert skew("b", "c") == -3.5 and skew("b", "d") == 0.0
+    assert skew("a", "nowhere") == 0.0
