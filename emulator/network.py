@@ -201,7 +201,8 @@ class Emulation:
         and address as the veth end), the shaping of the directions it sends and the routes of its routers
         (from the same table as a whole run's). :meth:`apply_step` does the same for the step's changes,
         handovers included: a spare pair whose ends come to be on two hosts, or back on one, changes form
-        between a veth and VXLAN ends (:meth:`_moves_across`). Routing daemons are refused (not yet).
+        between a veth and VXLAN ends (:meth:`_moves_across`). A daemon-driven protocol runs its daemons in
+        the host's own routers.
 
     Raises
     ------
@@ -240,9 +241,6 @@ class Emulation:
             if part.host_of.shape != (n,):
                 raise ConfigError(f"the host part places {part.host_of.shape[0]} nodes, the timeline has {n}",
                                   key="host_of")
-            if self.daemon_driven:
-                raise ConfigError(f"protocol {self.protocol.name!r} runs routing daemons: a host's part of a "
-                                  f"clustered run installs computed routes only (so far)", key="protocol")
         # the nodes built here: all of them, or this host's in a clustered run
         self.local: np.ndarray = np.ones(n, bool) if part is None else part.local
         # what a node sends to a node of a lower tier is held as it leaves it (see _port), unless a TCP flow

@@ -31,7 +31,9 @@ class DaemonProtocol(RoutingProtocol):
     * :meth:`stop` once, from ``stop()``, before the namespaces go away.
 
     ``emu`` is the :class:`emulator.network.Emulation`; subclasses use its ``nodes`` (``ns_path``),
-    ``addr`` (addresses and interface names), ``link_a`` and ``applied`` (the snapshot the kernel has).
+    ``addr`` (addresses and interface names), ``link_a``, ``applied`` (the snapshot the kernel has),
+    ``is_router`` and ``local`` (the nodes built here: all of them, or on one host of a clustered run that
+    host's, whose routers alone get daemons from this instance; every host runs its own instance).
     """
 
     kind = "daemon"

@@ -587,7 +587,7 @@ class Ospf(DaemonProtocol):
 
         if self.daemons is not None:
             raise ApplyError("this Ospf instance already drives an emulation", operation="ospf start")
-        routers = np.flatnonzero(emu.is_router)
+        routers = np.flatnonzero(emu.is_router & emu.local)  # a host's part of a clustered run: its own
         self.daemons = BirdDaemons(emu.run_id, log_dir=getattr(emu, "log_dir", None))
         self._cost_a = self._cost_b = link_costs(emu.applied.params[:, 0], self.options.cost_per_ms)
         self._counts = dict.fromkeys(self._counts, 0)
@@ -636,7 +636,7 @@ class Ospf(DaemonProtocol):
         touched = [drifted, diff.old_peer, diff.new_peer, emu.link_a[diff.peer_links], spares]
         nodes = np.unique(np.concatenate([np.asarray(t, np.int64) for t in touched]))
         nodes = nodes[nodes >= 0]
-        nodes = nodes[emu.is_router[nodes]]
+        nodes = nodes[emu.is_router[nodes] & emu.local[nodes]]
         texts = self.configs(emu, nodes, applied, cost_a, cost_b)
         push = {r: t for r, t in texts.items() if self._text.get(r) != t}
         # the files are written now and the daemons asked in the background: a step must not wait for

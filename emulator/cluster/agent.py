@@ -694,7 +694,7 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
 
 def main(argv: list[str]) -> int:
     """Driver for tests and benches: ``python -m emulator.cluster.agent HEAD_ADDR:PORT TIMELINE.npz N_HOSTS
-    RUN_ID [STRATEGY]``. Builds and prints one JSON line (placement, underlay, builds); then for each line
+    RUN_ID [STRATEGY [PROTOCOL]]``. Builds and prints one JSON line (placement, underlay, builds); then for each line
     ``step K`` on standard input every agent applies step K and one JSON line gives their counts (or
     ``{"error": ...}`` and exit status 1 when an agent is gone); for the line ``play`` every host applies the
     timeline's steps on its own clock (:meth:`Cluster.play`): one line ``{"start_ns", "step_s", "last"}`` once
@@ -708,10 +708,11 @@ def main(argv: list[str]) -> int:
 
     head, path, n_hosts, run_id = argv[0], argv[1], int(argv[2]), argv[3]
     strategy = argv[4] if len(argv) > 4 else "plane"
+    protocol = argv[5] if len(argv) > 5 else "shortest-delay"
     tl = Timeline.load(path)
     ray.init(address=head, logging_level=logging.WARNING, log_to_driver=False)
     try:
-        cluster = start(head.rsplit(":", 1)[0], tl, n_hosts, run_id, strategy)
+        cluster = start(head.rsplit(":", 1)[0], tl, n_hosts, run_id, strategy, protocol)
         print(json.dumps({"host_of": cluster.placement.host_of.tolist(), "underlay": list(cluster.underlay),
                           "builds": cluster.builds, "timings_s": cluster.timings_s,
                           "clocks": [{"offset_ms": c.offset_ms, "bound_ms": c.bound_ms} for c in cluster.clocks]}),

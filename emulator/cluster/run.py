@@ -11,11 +11,12 @@ one results folder here (with ``placement.json``: each node's host, and ``steps_
 What differs from a single-host run (said in the summary's ``cluster.not_recorded``): the flows are ``ping``,
 ``path``, ``udp-probe`` and ``iperf3`` (a receiver runs on its destination's host, the sender on its source's;
 the one-way delays of a probe between two hosts are corrected by the clock offsets measured at start), no
-matrices, requests or all-reduces (they need services or many endpoints), no compute nodes nor daemon-driven
-routing, no ``monitor.csv`` (so no validity marking), no
-delay daemon statistics, no link load; ``steps.csv`` has one row per step with the latest host's lateness and
-apply time and the counts added over the hosts (``steps_by_host.csv`` has every host's row). A handover whose
-link crosses hosts is made as on one host (make-before-break), each host making or deleting its own ends.
+matrices, requests or all-reduces (they need services or many endpoints), no compute nodes; a daemon-driven
+protocol (ospf) runs its daemons in each host's own routers, without the daemons' statistics in the summary;
+no ``monitor.csv`` (so no validity marking), no delay daemon statistics, no link load; ``steps.csv`` has one
+row per step with the latest host's lateness and apply time and the counts added over the hosts
+(``steps_by_host.csv`` has every host's row). A handover whose link crosses hosts is made as on one host
+(make-before-break), each host making or deleting its own ends.
 """
 
 from __future__ import annotations
@@ -79,12 +80,6 @@ def cluster_config(args: argparse.Namespace, sc: Scenario) -> ClusterConfig | No
         if given is not None:
             raise
         raise scenario_error(sc, e.message, "cluster.address") from None
-    from routing.base import get_protocol
-
-    name = getattr(args, "protocol", None) or sc.routing.protocol
-    if getattr(get_protocol(name), "kind", "") == "daemon":
-        raise scenario_error(sc, f"protocol {name!r} runs routing daemons, which a clustered run does not support "
-                             f"yet", "routing.protocol")
     if sc.compute:
         raise scenario_error(sc, "compute nodes do not run on a cluster yet (their services and requests span "
                              "hosts)", "compute")

@@ -192,10 +192,12 @@ def leftovers(lab: FakeHosts, run_ids: list[str]) -> list[str]:
 class Driver:
     """``python -m emulator.cluster.agent`` in fake host 0 (a Ray driver with the cluster's token)."""
 
-    def __init__(self, lab: FakeHosts, rl: RayLab, tl_path: str, run_id: str, log: Path) -> None:
+    def __init__(self, lab: FakeHosts, rl: RayLab, tl_path: str, run_id: str, log: Path,
+                 protocol: str = "shortest-delay") -> None:
         self.run_id = run_id
         self.err = open(log, "w")
-        argv = [sys.executable, "-m", "emulator.cluster.agent", rl.head, tl_path, str(N_HOSTS), run_id]
+        argv = [sys.executable, "-m", "emulator.cluster.agent", rl.head, tl_path, str(N_HOSTS), run_id, "plane",
+                protocol]
         self.p = lab.popen(lab.host_name(0), argv, env=rl.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            stderr=self.err, text=True, cwd=str(ROOT))
 
@@ -869,4 +871,67 @@ def test_handovers_across_hosts_lose_nothing(ray_lab, tmp_path):
         print(f"phase {i} (from step {k}, {tl.nodes[chosen[i]].name}): RTT median {med:.3f} ms of {len(rtts)}, "
               f"predicted {predicted[i]:.3f}")
         assert len(rtts) >= 50 and abs(med - predicted[i]) <= max(1.0, 0.03 * predicted[i]), (i, med, predicted[i])
+    assert leftovers(lab, host_ids(run_id)) == []
+
+
+def test_ospf_daemons_on_three_hosts_route_across_them(ray_lab, tmp_path):
+    """OSPF (BIRD) in every router of every host: gw-b (on sat-3-1, so on the host of plane 3, with h-b) is
+    reached from h-a (on the host of plane 0) over lasers between hosts (VXLAN ends), so the adjacencies
+    over them must form and their LSAs cross hosts: h-b answers h-a's pings once the daemons converge
+    (within 60 s), at the RTT of the least-delay path found here with networkx within max(1 ms, 3 %) (OSPF
+    costs are the links' delays, and the shaping of a link between hosts subtracts the underlay). Every
+    host's daemons are its routers' only: BIRD processes counted per fake host. Nothing is left afterwards."""
+    from handmade import sat_index
+
+    from emulator.addressing import AddressPlan
+    from emulator.cluster.placement import place
+
+    lab, rl = ray_lab
+    far = sat_index(3, 1)
+    tl = handover_timeline(lambda i: far)
+    host_of = place(tl, N_HOSTS).host_of
+    idx = {nd.name: i for i, nd in enumerate(tl.nodes)}
+    assert host_of[idx["h-b"]] == host_of[far] != host_of[idx["h-a"]] == host_of[sat_index(0, 0)]
+    g = nx.Graph()
+    for l in range(tl.n_links):
+        g.add_edge(int(tl.link_a[l]), int(tl.peer[l, 0]), delay_ms=float(tl.delay_ms[l, 0]))
+    path = nx.dijkstra_path(g, idx["h-b"], idx["h-a"], weight="delay_ms")
+    want = 2 * nx.path_weight(g, path, "delay_ms")
+    crossings = sum(host_of[u] != host_of[v] for u, v in zip(path, path[1:]))
+    assert crossings >= 1
+    target = AddressPlan().assign(tl).address_of(idx["h-a"])
+    routers = {h: sum(1 for i, nd in enumerate(tl.nodes) if nd.kind in ("sat", "gateway") and host_of[i] == h)
+               for h in range(N_HOSTS)}
+    run_id = f"t-cbo-{os.getpid()}"
+    drv = Driver(lab, rl, str(tl.save(tmp_path / "static.npz")), run_id, tmp_path / "driver-ospf.log", "ospf")
+    try:
+        got = drv.line()
+        ns = {k: v for bld in got["builds"] for k, v in bld["namespaces"].items()}
+        bird = dict.fromkeys(range(N_HOSTS), 0)  # BIRD processes with each host part's configuration files
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and (d / "comm").read_text().strip() == "bird":
+                    line = (d / "cmdline").read_bytes().decode(errors="replace")
+                    for h, rid in enumerate(host_ids(run_id)):
+                        bird[h] += f"/{rid}/bird/" in line
+            except OSError:
+                continue
+        assert bird == routers, (bird, routers)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60 and not ping_rtts(ns["h-b"], target, count=1):
+            time.sleep(0.5)
+        converged_s = time.monotonic() - t0
+        rtts = ping_rtts(ns["h-b"], target, count=20)
+        stopped = drv.stop()
+        assert [s["left"] for s in stopped["stopped"]] == [[]] * N_HOSTS
+    finally:
+        if drv.p.poll() is None:
+            drv.p.kill()
+            drv.p.wait()
+            clean_parts(run_id)
+    med = statistics.median(rtts) if rtts else float("nan")
+    print(f"ospf on 3 hosts ({bird} BIRD daemons per host): h-b -> h-a over {len(path) - 1} hops, {crossings} "
+          f"between hosts; answered {converged_s:.1f} s after the build; RTT median {med:.3f} ms of {len(rtts)}, "
+          f"least-delay path {want:.3f} ms")
+    assert len(rtts) >= 18 and abs(med - want) <= max(1.0, 0.03 * want), (rtts, want)
     assert leftovers(lab, host_ids(run_id)) == []

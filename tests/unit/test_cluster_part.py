@@ -59,8 +59,7 @@ def test_emulation_with_a_part():
     host_of = np.arange(n) % 2
     with pytest.raises(ConfigError, match="places 3 nodes"):
         Emulation(tl, None, "shortest-delay", part=HostPart(0, np.zeros(3, np.int64), ADDRS[:2], 2))
-    with pytest.raises(ConfigError, match="routing daemons"):
-        Emulation(tl, None, "ospf", part=HostPart(0, host_of, ADDRS[:2], 2))
+    assert Emulation(tl, None, "ospf", part=HostPart(0, host_of, ADDRS[:2], 2)).daemon_driven
     emu = Emulation(tl, None, "shortest-delay", part=HostPart(1, host_of, ADDRS[:2], 2))
     assert emu.local.tolist() == (host_of == 1).tolist()
     assert Emulation(tl, None, "shortest-delay").local.all()
