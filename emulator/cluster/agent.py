@@ -227,6 +227,11 @@ class HostAgent:
         emu = self.emu
 
         def apply(k: int) -> Any:
+            # a routing daemon of this host that ended fails the step, which stops every host (its routes are
+            # no longer kept; the single-host run's watchdog does the same)
+            ended = emu.protocol.health() if emu.daemon_driven else None
+            if ended:
+                raise ApplyError(f"host {self.host}: {ended}", operation="step")
             # this host's own record: when step k's apply began and ended, by the clock the start is given in
             begin = time.time_ns()
             stats = emu.apply_step(k)

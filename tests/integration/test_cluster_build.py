@@ -880,7 +880,9 @@ def test_ospf_daemons_on_three_hosts_route_across_them(ray_lab, tmp_path):
     over them must form and their LSAs cross hosts: h-b answers h-a's pings once the daemons converge
     (within 60 s), at the RTT of the least-delay path found here with networkx within max(1 ms, 3 %) (OSPF
     costs are the links' delays, and the shaping of a link between hosts subtracts the underlay). Every
-    host's daemons are its routers' only: BIRD processes counted per fake host. Nothing is left afterwards."""
+    host's daemons are its routers' only: BIRD processes counted per fake host. A BIRD of host 1 killed while
+    the hosts play ends the run within 2 s with a line naming host 1 and the daemon, and every host, that one
+    too, tears its part down: nothing is left."""
     from handmade import sat_index
 
     from emulator.addressing import AddressPlan
@@ -922,13 +924,23 @@ def test_ospf_daemons_on_three_hosts_route_across_them(ray_lab, tmp_path):
             time.sleep(0.5)
         converged_s = time.monotonic() - t0
         rtts = ping_rtts(ns["h-b"], target, count=20)
-        stopped = drv.stop()
-        assert [s["left"] for s in stopped["stopped"]] == [[]] * N_HOSTS
+        # a BIRD of host 1 killed while the hosts play: the run ends at host 1's next step, naming it
+        begun = drv.play()
+        time.sleep(max(0.0, begun["start_ns"] / 1e9 + 2.5 - time.time()))
+        victim = next(int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+                      and f"/{host_ids(run_id)[1]}/bird/" in (d / "cmdline").read_bytes().decode(errors="replace"))
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        ended = drv.line(timeout_s=30)
+        stop_s = time.monotonic() - killed
+        drv.p.wait(timeout=60)
     finally:
         if drv.p.poll() is None:
             drv.p.kill()
             drv.p.wait()
             clean_parts(run_id)
+    print(f"a BIRD of host 1 killed while playing: the driver said {ended} {stop_s:.1f} s later")
+    assert "host 1" in ended.get("error", "") and "bird" in ended["error"].lower() and stop_s <= 2.0, ended
     med = statistics.median(rtts) if rtts else float("nan")
     print(f"ospf on 3 hosts ({bird} BIRD daemons per host): h-b -> h-a over {len(path) - 1} hops, {crossings} "
           f"between hosts; answered {converged_s:.1f} s after the build; RTT median {med:.3f} ms of {len(rtts)}, "
