@@ -347,11 +347,12 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
 
 
 def plot_allreduce(flows: list[dict[str, Any]], folder: Path, tl: Timeline | None = None,
-                   run: dict[str, Any] | None = None) -> list[Path]:
+                   run: dict[str, Any] | None = None, events_s: np.ndarray | None = None,
+                   invalid_s: np.ndarray | None = None) -> list[Path]:
     """Every all-reduce flow's rounds, ``allreduce.png``: each round's time (s) as a bar at its start (s from
     the run's start; by round number without the run's clock), the median, and the spans where a node of
     the ring was throttled (orange) or stopped (red) by its battery, which a rank inside the node's cgroup
-    feels as a smaller CPU share."""
+    feels as a smaller CPU share; on the time axis, the scheduled events and the invalid intervals."""
     import matplotlib.pyplot as plt
 
     from topologies.power import STOPPED, THROTTLED
@@ -368,6 +369,8 @@ def plot_allreduce(flows: list[dict[str, Any]], folder: Path, tl: Timeline | Non
             ax.bar(x, f["round_s"], width=np.array(f["round_s"]) * float(run.get("speed", 1.0)), align="edge",
                    color="tab:blue", edgecolor="white", lw=0.3)
             ax.set_xlabel("round start (s from the run's start; bar width: the round)")
+            _mark_scheduled(ax, events_s if events_s is not None else np.array([]))
+            _shade_invalid(ax, invalid_s)
             if tl is not None and tl.compute_power is not None:
                 spans: dict[tuple[float, float, str, str], list[str]] = {}
                 for name in f["nodes"]:
@@ -402,10 +405,11 @@ def _spans(mask: np.ndarray, step_s: float) -> list[tuple[float, float]]:
 
 
 def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[dict[str, Any]],
-                  plots: Path) -> list[Path]:
+                  plots: Path, events_s: np.ndarray | None = None, invalid_s: np.ndarray | None = None) -> list[Path]:
     """Each request flow's latency over time (one colour per serving node, failures as red crosses), over
     the served nodes' penumbra (light grey), umbra (grey), throttled (orange) and stopped (red) spans and
-    the state transfers of its migrations (blue): ``requests.png``."""
+    the state transfers of its migrations (blue), with the scheduled events and the invalid intervals:
+    ``requests.png``."""
     import matplotlib.pyplot as plt
 
     from topologies.power import STOPPED, THROTTLED
@@ -466,6 +470,8 @@ def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[d
                 ax.axvspan(a, b, color="tab:blue", alpha=0.3, lw=0)
                 ax.text(a, 0.02, f" {m['from']} -> {m['to']} {(m.get('bytes') or 0) / 1e6:g} MB",
                         transform=ax.get_xaxis_transform(), fontsize=7, color="tab:blue")
+        _mark_scheduled(ax, events_s if events_s is not None else np.array([]))
+        _shade_invalid(ax, invalid_s)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("request latency (ms)")
         ax.set_yscale("log")  # tens of ms served, seconds when a node or the host is starved
@@ -517,7 +523,8 @@ def compute_availability(tl: Timeline, played: int, folder: Path) -> dict[str, A
             "node_available_pct": {tl.nodes[c].name: round(100.0 * float(x), 1) for c, x in zip(nodes, share)}}
 
 
-def plot_availability(tl: Timeline, played: int, plots: Path, step: int | None = None) -> list[Path]:
+def plot_availability(tl: Timeline, played: int, plots: Path, step: int | None = None,
+                      events_s: np.ndarray | None = None) -> list[Path]:
     """``availability.png``: above, a map at ``step`` (default: where the fewest compute nodes are
     available) of every satellite coloured by its sunlight and of the compute nodes coloured by their share
     of the run available (normal power state), the marker saying their state at that step; below, how many
@@ -578,6 +585,7 @@ def plot_availability(tl: Timeline, played: int, plots: Path, step: int | None =
     ax2.stackplot(t, [(power == c).sum(axis=0) for c in (NORMAL, THROTTLED, STOPPED)],
                   colors=["tab:green", "orange", "tab:red"], labels=["normal", "throttled", "stopped"], alpha=0.8)
     ax2.axvline(k * tl.step_s, color="k", lw=0.8, ls="--")
+    _mark_scheduled(ax2, events_s if events_s is not None else np.array([]))
     ax2.set_xlim(0, max(t[-1], tl.step_s))
     ax2.set_ylim(0, len(nodes))
     ax2.set_xlabel("time (s)")
@@ -964,14 +972,15 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
         written += plot_loss(samples, plots, events_s=scheduled_s(tl, played * tl.step_s if tl is not None else None),
                              invalid_s=invalid_u)
         written += plot_error_cdf(samples, plots)
-    written += plot_allreduce(flows, plots, tl, run)
+    events_s = scheduled_s(tl, played * tl.step_s if tl is not None else None)
+    written += plot_allreduce(flows, plots, tl, run, events_s, invalid_u)
     summary.pop("compute_availability", None)
     if tl is not None:
-        written += plot_requests(folder, tl, run, flows, plots)
+        written += plot_requests(folder, tl, run, flows, plots, events_s, invalid_u)
         avail = compute_availability(tl, played, folder)
         if avail is not None:
             summary["compute_availability"] = avail
-            written += plot_availability(tl, played, plots)
+            written += plot_availability(tl, played, plots, events_s=events_s)
     if tl is not None:
         pairs = list(dict.fromkeys((f["src"], f["dst"]) for f in flows if f.get("dst")))
         if map_at_s:

@@ -139,6 +139,10 @@ def test_availability_from_the_power_events_and_its_map(planned, tmp_path):
     assert avail["normal_pct"] == pytest.approx(100 * sum(normal) / (n * tl.n_steps), abs=0.01)
     (png, svg) = plot_availability(tl, tl.n_steps, tmp_path)
     assert png.name == "availability.png" and png.stat().st_size > 20_000 and svg.is_file()
+    assert "scheduled event" not in svg.read_text()
+    # a scheduled event is marked on the time panel (issue 16: markers on every time plot)
+    (_, svg) = plot_availability(tl, tl.n_steps, tmp_path, events_s=np.array([tl.step_s * 3]))
+    assert "scheduled event" in svg.read_text()
 
 
 def test_migration_cost_hand_built(tmp_path):
