@@ -240,6 +240,26 @@ class Driver:
         self.p.wait(timeout=60)
         return got
 
+    def built(self, host_of: np.ndarray | None = None) -> dict[str, str]:
+        """The build's line: each node's namespace (the placement checked against ``host_of`` if given)."""
+        got = self.line()
+        if host_of is not None:
+            assert got["host_of"] == host_of.tolist()
+        return {k: v for bld in got["builds"] for k, v in bld["namespaces"].items()}
+
+    def stop_all_left_nothing(self) -> None:
+        """Stop every agent; each must say it left nothing."""
+        stopped = self.stop()
+        assert [x["left"] for x in stopped["stopped"]] == [[]] * N_HOSTS, stopped
+
+    def end(self) -> None:
+        """In a test's ``finally``: a driver still running (a failure above) is killed (Ray ends its agents)
+        and every host's part is cleaned."""
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+            clean_parts(self.run_id)
+
 
 def host_ids(run_id: str) -> list[str]:
     from emulator.cluster.agent import host_run_id
@@ -540,17 +560,11 @@ def test_the_same_packets_are_dropped_for_the_same_seed(ray_lab, timeline, tmp_p
     run_id = f"t-cbl2-{os.getpid()}"
     drv = Driver(lab, rl, path, run_id, tmp_path / "driver3.log")
     try:
-        got = drv.line()
-        assert got["host_of"] == host_of.tolist()
-        ns = {k: v for bld in got["builds"] for k, v in bld["namespaces"].items()}
+        ns = drv.built(host_of)
         seen = received_seqs(ns[a], target)
-        stopped = drv.stop()
-        assert [x["left"] for x in stopped["stopped"]] == [[]] * N_HOSTS
+        drv.stop_all_left_nothing()
     finally:
-        if drv.p.poll() is None:
-            drv.p.kill()
-            drv.p.wait()
-            clean_parts(run_id)
+        drv.end()
     print(f"{a} -> {b} (3 hops each way, 2 % loss per link): {200 - len(want)} of 200 lost on one host, "
           f"{200 - len(seen)} over 3 hosts, {len(want ^ seen)} differ")
     assert 0 < len(want) < 200 - 5  # some lost: ~11 % expected
@@ -835,9 +849,7 @@ def test_handovers_across_hosts_lose_nothing(ray_lab, tmp_path):
     run_id = f"t-cbh-{os.getpid()}"
     drv = Driver(lab, rl, path, run_id, tmp_path / "driver-handover.log")
     try:
-        got = drv.line()
-        assert got["host_of"] == host_of.tolist()
-        ns = {k: v for bld in got["builds"] for k, v in bld["namespaces"].items()}
+        ns = drv.built(host_of)
         begun = drv.play()
         start_s, step_s = begun["start_ns"] / 1e9, begun["step_s"]
         count = int((start_s + (HANDOVER_STEPS - 0.5) * step_s - time.time()) / 0.02)
@@ -847,13 +859,9 @@ def test_handovers_across_hosts_lose_nothing(ray_lab, tmp_path):
         played = drv.line(timeout_s=120)
         assert "played" in played, played
         out, err = pinger.communicate(timeout=60)
-        stopped = drv.stop()
-        assert [s["left"] for s in stopped["stopped"]] == [[]] * N_HOSTS
+        drv.stop_all_left_nothing()
     finally:
-        if drv.p.poll() is None:
-            drv.p.kill()
-            drv.p.wait()
-            clean_parts(run_id)
+        drv.end()
     replies = [(float(t), int(seq), float(ms)) for t, seq, ms in
                re.findall(r"^\[([\d.]+)\] \d+ bytes from \S+ icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms", out, re.M)]
     seqs = {seq for _, seq, _ in replies}
@@ -907,8 +915,7 @@ def test_ospf_daemons_on_three_hosts_route_across_them(ray_lab, tmp_path):
     run_id = f"t-cbo-{os.getpid()}"
     drv = Driver(lab, rl, str(tl.save(tmp_path / "static.npz")), run_id, tmp_path / "driver-ospf.log", "ospf")
     try:
-        got = drv.line()
-        ns = {k: v for bld in got["builds"] for k, v in bld["namespaces"].items()}
+        ns = drv.built(host_of)
         bird = dict.fromkeys(range(N_HOSTS), 0)  # BIRD processes with each host part's configuration files
         for d in Path("/proc").iterdir():
             try:
@@ -935,10 +942,7 @@ def test_ospf_daemons_on_three_hosts_route_across_them(ray_lab, tmp_path):
         stop_s = time.monotonic() - killed
         drv.p.wait(timeout=60)
     finally:
-        if drv.p.poll() is None:
-            drv.p.kill()
-            drv.p.wait()
-            clean_parts(run_id)
+        drv.end()
     print(f"a BIRD of host 1 killed while playing: the driver said {ended} {stop_s:.1f} s later")
     assert "host 1" in ended.get("error", "") and "bird" in ended["error"].lower() and stop_s <= 2.0, ended
     med = statistics.median(rtts) if rtts else float("nan")
