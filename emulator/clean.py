@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,17 @@ def clean(run_id: str | None = None) -> CleanReport:
             elif p.is_dir() and not p.is_symlink() and RUN_ID_RE.fullmatch(p.name):
                 shutil.rmtree(p, ignore_errors=True)
                 report.state_files_removed.append(str(p) + "/")
+    # what a cluster agent keeps in the temporary folder while it plays (its flows' files, its monitor rows),
+    # left there if it was killed: satnetem-<run id>-flows-* and satnetem-<run id>-monitor-*
+    for kind in ("flows", "monitor"):
+        for p in sorted(Path(tempfile.gettempdir()).glob(f"{MARK}-{run_id or '*'}-{kind}-*")):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_file() or p.is_symlink():
+                p.unlink(missing_ok=True)
+            else:
+                continue
+            report.state_files_removed.append(str(p))
     cg_left = remove_tree(groups)
     report.cgroups_removed = [str(g) for g in groups if str(g) not in cg_left]
     # a namespace lives on while any process is in it: check none is

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,9 @@ class HostAgent:
         self._underlay_log: list[dict[str, Any]] = []  # each measurement during play (progress hands it on)
         self._underlay_stop = threading.Event()
         self._underlay_thread: threading.Thread | None = None
+        # this host's machine while it plays (emulator.validity.HostMonitor), into a file collect() hands back
+        self._monitor: Any = None
+        self._monitor_path: str | None = None
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -253,12 +257,42 @@ class HostAgent:
                 self._play_error = f"{type(e).__name__}: {e}"
 
         self._player = threading.Thread(target=loop, name=f"satnetem-play-h{self.host}", daemon=True)
+        self._start_monitor(time.monotonic() + (start_ns - time.time_ns()) / 1e9)
         self._player.start()
         if underlay_every_s > 0 and self._one_way is not None:
             self._underlay_stop.clear()
             self._underlay_thread = threading.Thread(target=self._remeasure_loop, args=(float(underlay_every_s),),
                                                      name=f"satnetem-underlay-h{self.host}", daemon=True)
             self._underlay_thread.start()
+
+    def _start_monitor(self, t0: float) -> None:
+        """This host's rows of the run's ``monitor.csv`` (CPU busy and wait, the delay daemon's release
+        lateness; seconds after the run's start ``t0``, this host's CLOCK_MONOTONIC), written from now until
+        :meth:`collect`, which hands them back for the head to merge (:func:`emulator.cluster.run.merge_monitors`)."""
+        import tempfile
+
+        from ..validity import HostMonitor
+
+        fd, path = tempfile.mkstemp(prefix=f"satnetem-{self.emu.run_id}-monitor-", suffix=".csv")
+        os.close(fd)
+        self._monitor_path = path
+        self._monitor = HostMonitor(Path(path), t0, self.emu.shaper)
+        self._monitor.start()
+
+    def _monitor_rows(self) -> bytes:
+        """Stop the monitor; its file's content (removed here), or nothing."""
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+        if self._monitor_path is None:
+            return b""
+        try:
+            return Path(self._monitor_path).read_bytes()
+        except OSError:
+            return b""
+        finally:
+            Path(self._monitor_path).unlink(missing_ok=True)
+            self._monitor_path = None
 
     def _remeasure_loop(self, every_s: float) -> None:
         player = self._player
@@ -334,7 +368,6 @@ class HostAgent:
             Labels of the flows started here (``(receiver)`` after those whose receiver only runs here).
         """
         import tempfile
-        from pathlib import Path
 
         from ..flows import TWO_SIDED_KINDS, FlowStarter
 
@@ -372,13 +405,13 @@ class HostAgent:
     def collect(self, wait_s: float = 5.0, receiver_grace_s: float = 3.0) -> dict[str, Any]:
         """End this host's flows (each gets up to ``wait_s`` to finish, as on one host) and hand back what
         they wrote: ``files`` (path relative to the results folder -> bytes), ``errors`` (flows that did not
-        start). The folder on this host is removed.
+        start), ``monitor`` (this host's ``monitor.csv``, bytes), ``routing_daemons`` (a daemon-driven protocol's
+        ``stats()`` for this host's daemons, else None). The folder on this host is removed.
 
         Every host collects at once: the receivers of flows whose sender runs on another host end last, up to
         ``receiver_grace_s`` after this host's own flows, so that what the senders (stopped at the same
         deadline on their hosts) sent last is received, as on one host, where a flow stops its sender first."""
         import shutil
-        from pathlib import Path
 
         for t in self._flow_timers:
             t.cancel()
@@ -402,7 +435,9 @@ class HostAgent:
                     files[str(p.relative_to(root))] = p.read_bytes()
             shutil.rmtree(root, ignore_errors=True)
             self._flows_dir = None
-        return {"host": self.host, "files": files, "errors": list(self._flow_errors)}
+        routing = self.emu.protocol.stats() if self.emu is not None and self.emu.daemon_driven else None
+        return {"host": self.host, "files": files, "errors": list(self._flow_errors), "monitor": self._monitor_rows(),
+                "routing_daemons": routing}
 
     def addresses(self, steps: int) -> dict[str, dict[str, str]]:
         """Every interface address and its node (:func:`emulator.runner.address_owners`: the same on every
@@ -436,6 +471,7 @@ class HostAgent:
             self._underlay_thread = None
         if self._starter is not None or self._flows_dir is not None:
             self.collect(wait_s=0.0)
+        self._monitor_rows()  # not collected (a fault, an interrupt): stopped, its file removed
         if self.emu is None:
             return {"host": self.host, "left": []}
         rid = self.emu.run_id

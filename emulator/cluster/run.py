@@ -12,8 +12,9 @@ What differs from a single-host run (said in the summary's ``cluster.not_recorde
 ``path``, ``udp-probe`` and ``iperf3`` (a receiver runs on its destination's host, the sender on its source's;
 the one-way delays of a probe between two hosts are corrected by the clock offsets measured at start), no
 matrices, requests or all-reduces (they need services or many endpoints), no compute nodes; a daemon-driven
-protocol (ospf) runs its daemons in each host's own routers, without the daemons' statistics in the summary;
-no ``monitor.csv`` (so no validity marking), no delay daemon statistics, no link load; ``steps.csv`` has one
+protocol (ospf) runs its daemons in each host's own routers (their statistics added over the hosts);
+no delay daemon statistics (each host's release lateness is in ``monitor.csv``, merged from every host, which
+marks samples valid as on one host), no link load; ``steps.csv`` has one
 row per step with the latest host's lateness and apply time and the counts added over the hosts
 (``steps_by_host.csv`` has every host's row). A handover whose link crosses hosts is made as on one host
 (make-before-break), each host making or deleting its own ends.
@@ -272,6 +273,53 @@ def _merge_files(out: Path, collected: list[dict[str, Any]]) -> list[str]:
     return errors
 
 
+def merge_monitors(out: Path, collected: list[dict[str, Any]]) -> int:
+    """Every host's ``monitor.csv`` rows (:meth:`emulator.cluster.agent.HostAgent.collect`) into the run's one
+    ``monitor.csv``, sorted by time. Each row stands for its own interval (:func:`emulator.validity.
+    invalid_intervals`), so a sample is invalid where any host was behind. Returns the rows written."""
+    import io
+
+    from ..validity import MONITOR_COLUMNS
+
+    rows: list[tuple[float, list[str]]] = []
+    for c in collected:
+        lines = list(csv.reader(io.StringIO((c.get("monitor") or b"").decode(errors="replace"))))
+        if not lines or tuple(lines[0]) != MONITOR_COLUMNS:
+            continue
+        for r in lines[1:]:
+            if len(r) != len(MONITOR_COLUMNS):  # a row cut short (the host stopped while writing it)
+                continue
+            try:
+                rows.append((float(r[0]), r))
+            except ValueError:
+                continue
+    rows.sort(key=lambda x: x[0])
+    with open(out / "monitor.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(MONITOR_COLUMNS)
+        w.writerows(r for _, r in rows)
+    return len(rows)
+
+
+def routing_daemons(per_host: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """A daemon-driven protocol's statistics over every host (each host's ``stats()``, as ``ospf`` gives them):
+    the counts and the daemons' CPU time added, the largest update times, the rest as the first host has it;
+    ``by_host`` keeps each. None when no host has any."""
+    got = [h for h in per_host if h]
+    if not got:
+        return None
+    out: dict[str, Any] = dict(got[0])
+    for k in ("reconfigurations", "cost_reconfigurations", "handovers_preformed"):
+        if k in out:
+            out[k] = sum(int(h.get(k) or 0) for h in got)
+    cpu = [float(h["daemons_cpu_s"]) for h in got if h.get("daemons_cpu_s") is not None]
+    out["daemons_cpu_s"] = round(sum(cpu), 1) if cpu else None
+    for k in ("update_ms_p50", "update_ms_max"):
+        out[k] = max((h[k] for h in got if h.get(k) is not None), default=None)
+    out["by_host"] = per_host
+    return out
+
+
 def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str, shaper: str,
                 flows_wanted: list[TrafficSpec], last: int, speed: float, out: Path, run_id: str | None) -> int:
     """Play ``tl`` over the cluster ``cfg`` names and write ``out`` as a single-host run does (module
@@ -286,6 +334,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
     import ray
 
     from ..runner import finish
+    from ..validity import Bounds
     from .agent import start
 
     run_id = run_id or f"{secrets.token_hex(3)}"
@@ -324,7 +373,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             "clocks_ms": [{"offset": c.offset_ms, "bound": c.bound_ms} for c in cluster.clocks],
             "builds": [{k: b.get(k) for k in ("host", "run_id", "address", "nodes", "cross_ends", "underlay",
                                               "underlay_too_slow", "timings_ms")} for b in cluster.builds],
-            "not_recorded": ["monitor.csv and validity", "delay daemon statistics", "link load",
+            "not_recorded": ["delay daemon statistics", "link load",
                              "steps.csv ahead_ms"]}
         (out / "placement.json").write_text(json.dumps(
             {nd.name: int(h) for nd, h in zip(tl.nodes, cluster.placement.host_of.tolist())}))
@@ -346,9 +395,12 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                 flows.append((i, f, dur))
 
         def on_start(start_ns: int) -> None:
+            em = sc.emulation
+            bounds = Bounds(em.valid_step_late_ms, em.valid_release_late_ms, em.valid_cpu_wait_pct)
             (out / "run.json").write_text(json.dumps({
                 "run_id": run_id, "t0_unix": start_ns / 1e9, "speed": speed, "step_s": tl.step_s,
                 "protocol": protocol, "shaper": summary["shaper"], "steps_planned": last + 1,
+                "validity": bounds.as_dict(),
                 "cluster": {"address": cfg.address, "hosts": n_hosts}}))
             started = ray.get([a.start_flows.remote(flows, start_ns, speed) for a in cluster.agents], timeout=60)
             for h, labels in enumerate(started):
@@ -365,6 +417,10 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             collected = ray.get([a.collect.remote() for a in cluster.agents], timeout=120)
             for line in _merge_files(out, collected):
                 _say(f"traffic: {line}")
+            merge_monitors(out, collected)
+            rd = routing_daemons([c.get("routing_daemons") for c in collected])
+            if rd is not None:
+                summary["routing_daemons"] = rd
     except KeyboardInterrupt:
         _say("interrupted: tearing every host's part down")
     finally:

@@ -735,6 +735,13 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
     mbps = end["bytes"] * 8 / end["seconds"] / 1e6
     lines.append(f"iperf3-udp: {mbps:.2f} Mbit/s over {end['seconds']:.1f} s, {end['lost_percent']:.2f} % lost")
     assert abs(mbps - 2.0) <= 0.1 and end["seconds"] >= 7.5 and end["lost_percent"] <= 1.0, lines[-1]
+    # every host's monitor (every 0.5 s: CPU, its delay daemon's release lateness) in the one monitor.csv, so the
+    # run's samples are judged valid as on one host
+    mon = list(csv.DictReader(open(res / "monitor.csv")))
+    released = [float(r["release_p99_us"]) for r in mon if r["release_p99_us"]]
+    lines.append(f"monitor.csv: {len(mon)} rows, release p99 up to {max(released, default=0):.0f} us")
+    assert len(mon) >= N_HOSTS * 2 * 10 and len(released) >= N_HOSTS * 10, lines[-1]
+    assert summary["validity"]["checked"][:2] == ["step-late", "release-late"], summary["validity"]
     # every host measured the underlay to the others again while playing (every 4 s over the ~10 s of play)
     measured = summary["cluster"]["underlay_measured"]
     assert summary["cluster"]["underlay_every_s"] == 4.0 and len(measured) == N_HOSTS

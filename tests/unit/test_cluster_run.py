@@ -151,3 +151,35 @@ def test_one_way_delays_between_hosts_are_corrected_by_their_clock_offsets(tmp_p
     assert skew("a", "b") == 2.5 and skew("b", "a") == -2.5
     assert skew("b", "c") == -3.5 and skew("b", "d") == 0.0
     assert skew("a", "nowhere") == 0.0
+
+
+def test_every_hosts_monitor_rows_judge_the_run(tmp_path):
+    """Each host's monitor.csv rows merged, by time, into the run's: a sample is invalid where any host was
+    behind (host 1's delay daemon released 2.5 ms late from 0.6 to 1.1 s while its CPUs waited 70 %)."""
+    import numpy as np
+
+    from emulator.cluster.run import merge_monitors
+    from emulator.validity import MONITOR_COLUMNS, Bounds, invalid_intervals, read_monitor
+
+    head = ",".join(MONITOR_COLUMNS)
+    h0 = f"{head}\n0.500,0.500,10.0,0.0,200.0,50\n1.000,0.500,10.0,0.0,300.0,50\n".encode()
+    h1 = f"{head}\n0.600,0.500,12.0,0.0,250.0,40\n1.100,0.500,90.0,70.0,2500.0,40\n1.6,0.5\n".encode()  # cut short
+    assert merge_monitors(tmp_path, [{"monitor": h0}, {"monitor": h1}, {"monitor": b""}, {}]) == 4
+    mon = read_monitor(tmp_path)
+    assert mon is not None and mon["t_s"].tolist() == [0.5, 0.6, 1.0, 1.1]
+    got = invalid_intervals(np.array([]), np.array([]), mon, Bounds(), 1.0)
+    assert sorted((round(i.start_s, 3), round(i.end_s, 3), i.reason) for i in got) == \
+        [(0.6, 1.1, "cpu"), (0.6, 1.1, "release-late")]
+
+
+def test_routing_daemons_statistics_added_over_the_hosts():
+    from emulator.cluster.run import routing_daemons
+
+    h0 = {"reconfigurations": 3, "cost_reconfigurations": 1, "handovers_preformed": 0, "daemons_cpu_s": 1.25,
+          "cost_tolerance_pct": 10.0, "cost_push_interval_s": 10.0, "update_ms_p50": 0.5, "update_ms_max": 4.0}
+    h2 = dict(h0, reconfigurations=5, handovers_preformed=2, daemons_cpu_s=2.0, update_ms_max=9.5)
+    got = routing_daemons([h0, None, h2])
+    assert (got["reconfigurations"], got["cost_reconfigurations"], got["handovers_preformed"]) == (8, 2, 2)
+    assert got["daemons_cpu_s"] == 3.2 and got["update_ms_max"] == 9.5 and got["cost_tolerance_pct"] == 10.0
+    assert got["by_host"] == [h0, None, h2]
+    assert routing_daemons([None, None]) is None
