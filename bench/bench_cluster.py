@@ -1,12 +1,12 @@
 """Benchmark: a full shell over three fake hosts (``satnetem run --cluster``) against the same run on one host.
 
-    sudo .venv/bin/python bench/bench_cluster.py                 # Starlink shell 1 + 2 gateways, 24 steps of 1 s
-    sudo .venv/bin/python bench/bench_cluster.py --runs 2 --duration 24 --placement partition
+    sudo .venv/bin/python bench/bench_cluster.py                 # Starlink shell 1 + 2 gateways, 40 steps of 1 s
+    sudo .venv/bin/python bench/bench_cluster.py --runs 2 --duration 40 --placement partition
 
 The scenario is the built-in one without its compute node (a clustered run has none yet): 72 x 22 satellites
 at 550 km, two gateways and their hosts (1,588 nodes, 3,171 link slots), a ping h-london -> h-new-york at
-10/s. ``--duration`` 24 s (the default) ends before New York's gateway hands over to a satellite on another
-host at step 24 (longer runs include it: the spare pair's ends change form, veth or VXLAN, on each host).
+10/s. ``--duration`` 40 s (the default) includes New York's gateway handing over to a satellite on another
+host at step 24 (under ``plane``: the spare pair's ends change form between VXLAN and a veth on each host).
 
 One host: ``satnetem run`` as a user runs it. Three hosts: :mod:`emulator.cluster.lab` (namespaces on a
 bridge, 1 ms of underlay delay each way) with a Ray node in each (:mod:`emulator.cluster.raylab`), then
@@ -120,7 +120,7 @@ def fmt(x: Any, nd: int = 2) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--duration", type=float, default=24.0)
+    ap.add_argument("--duration", type=float, default=40.0)
     ap.add_argument("--placement", choices=("plane", "partition"), default="plane")
     ap.add_argument("--idle-s", type=float, default=20.0)
     ap.add_argument("--rate-pps", type=float, default=10.0)
