@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,6 +98,8 @@ class FlowStarter:
         #: where relative paths of the scenario (a matrix_csv) resolve
         self.base_dir: Path | None = None
         self.flows: list[Flow] = []
+        # flows start from timer threads (a start_s, a cluster host's flows at one instant): one manifest writer
+        self._manifest_lock = threading.Lock()
         #: the compute nodes' cgroups (emulator.kernel.cgroups.RunGroups) while their services run: the
         #: programs that do a compute node's work (the all-reduce's ranks) join its group and its capacity
         self.groups: Any = None
@@ -231,8 +234,9 @@ class FlowStarter:
             self._start_allreduce(i, spec, duration_s, d, flow)
         else:  # the scenario loader only admits the kinds above
             raise ValueError(f"unknown traffic kind {spec.kind!r}")
-        self.flows.append(flow)
-        self.write_manifest()
+        with self._manifest_lock:
+            self.flows.append(flow)
+            self.write_manifest()
         return flow
 
     def _start_matrix(self, i: int, spec: TrafficSpec, duration_s: float, d: Path, flow: Flow) -> None:
