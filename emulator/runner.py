@@ -452,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
             from .validity import Bounds, HostMonitor
 
             em = sc.emulation
-            bounds = Bounds(em.valid_step_late_ms, em.valid_release_late_ms, em.valid_cpu_wait_pct)
+            bounds = Bounds.of(em)
             t0 = time.monotonic()
             t0_unix = time.time()
             monitor = HostMonitor(out / "monitor.csv", t0, shaper)

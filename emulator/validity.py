@@ -57,6 +57,11 @@ class Bounds:
     cpu_wait_pct: float = 50.0
 
     @classmethod
+    def of(cls, emulation: Any) -> Bounds:
+        """The bounds a scenario's ``[emulation]`` section sets (``valid_*`` keys)."""
+        return cls(emulation.valid_step_late_ms, emulation.valid_release_late_ms, emulation.valid_cpu_wait_pct)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Bounds:
         d = d or {}
         return cls(**{k: float(d[k]) for k in ("step_late_ms", "release_late_ms", "cpu_wait_pct") if k in d})

@@ -395,8 +395,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                 flows.append((i, f, dur))
 
         def on_start(start_ns: int) -> None:
-            em = sc.emulation
-            bounds = Bounds(em.valid_step_late_ms, em.valid_release_late_ms, em.valid_cpu_wait_pct)
+            bounds = Bounds.of(sc.emulation)
             (out / "run.json").write_text(json.dumps({
                 "run_id": run_id, "t0_unix": start_ns / 1e9, "speed": speed, "step_s": tl.step_s,
                 "protocol": protocol, "shaper": summary["shaper"], "steps_planned": last + 1,
