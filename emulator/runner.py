@@ -451,8 +451,7 @@ def run(args: argparse.Namespace) -> int:
                                 settle=emu.settle, keep_records=False)
             from .validity import Bounds, HostMonitor
 
-            em = sc.emulation
-            bounds = Bounds.of(em)
+            bounds = Bounds.of(sc.emulation)
             t0 = time.monotonic()
             t0_unix = time.time()
             monitor = HostMonitor(out / "monitor.csv", t0, shaper)
