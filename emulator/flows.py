@@ -97,6 +97,9 @@ class FlowStarter:
         self.speed = speed
         #: where relative paths of the scenario (a matrix_csv) resolve
         self.base_dir: Path | None = None
+        #: a matrix flow's plan by the flow's index, made elsewhere (a cluster's head, which has the scenario's
+        #: files); a flow not in it is planned here
+        self.matrix_plans: dict[int, Any] = {}
         self.flows: list[Flow] = []
         # flows start from timer threads (a start_s, a cluster host's flows at one instant): one manifest writer
         self._manifest_lock = threading.Lock()
@@ -145,13 +148,17 @@ class FlowStarter:
             self._service_handles.append(f)
 
     def start(self, i: int, spec: TrafficSpec, duration_s: float, schedule: list[dict] | None = None,
-              side: str = "both") -> Flow:
+              side: str = "both", at_unix_s: float | None = None) -> Flow:
         """Start flow ``i`` now for ``duration_s`` wall-clock seconds.
 
         ``side``: ``both`` (one host), or on a host of a clustered run, for the kinds with a receiving program
         (:data:`TWO_SIDED_KINDS`) whose ends are on two hosts, ``recv`` (only the receiver, started now; the
         flow is not listed here) or ``send`` (only the sender, after the pause a single host leaves between
-        the two, so that the other host's receiver, started at the same instant, is ready)."""
+        the two, so that the other host's receiver, started at the same instant, is ready).
+
+        A traffic matrix starts the programs of the endpoints built here (``emu.local``: all of them on one
+        host; on a host of a clustered run its own, and the flow is listed by the host of the first endpoint),
+        all sending from ``at_unix_s`` (default: now) + 2 s, an instant every host computes alike."""
         if side not in ("both", "send", "recv") or (side != "both" and spec.kind not in TWO_SIDED_KINDS):
             raise ValueError(f"flow kind {spec.kind!r} cannot start side {side!r}")
         label = spec.label
@@ -229,7 +236,7 @@ class FlowStarter:
             flow.handles.append(f)
             rec.files["requests"] = "requests.csv"
         elif spec.kind == "matrix":
-            self._start_matrix(i, spec, duration_s, d, flow)
+            self._start_matrix(i, spec, duration_s, d, flow, time.time() if at_unix_s is None else at_unix_s)
         elif spec.kind == "allreduce":
             self._start_allreduce(i, spec, duration_s, d, flow)
         else:  # the scenario loader only admits the kinds above
@@ -239,21 +246,28 @@ class FlowStarter:
             self.write_manifest()
         return flow
 
-    def _start_matrix(self, i: int, spec: TrafficSpec, duration_s: float, d: Path, flow: Flow) -> None:
+    def _start_matrix(self, i: int, spec: TrafficSpec, duration_s: float, d: Path, flow: Flow, at: float) -> None:
         """One process per endpoint (sender of its row and sink of its column), and iperf3 TCP bulk flows on
-        the ``tcp_flows`` largest pairs; ``matrix.json`` keeps the rates, the city matches and the files."""
+        the ``tcp_flows`` largest pairs; ``matrix.json`` keeps the rates, the city matches and the files. Only
+        the endpoints built here (:meth:`start`)."""
         from topologies.traffic_matrix import plan_matrix
 
         from .traffic.iperf import IperfFlow, client_argv, server_argv
 
-        plan = plan_matrix(spec, self.emu.timeline, self.base_dir)
+        plan = self.matrix_plans.get(i) or plan_matrix(spec, self.emu.timeline, self.base_dir)
+        index, local = self.emu.timeline.node_index, self.emu.local
+        here = {n for n in plan.endpoints if local[index(n)]}
+        flow.listed = plan.endpoints[0] in here
         addr = {n: self.emu.address_of(n) for n in plan.endpoints}
         port = str(MATRIX_PORT_BASE + i)
         # every sink binds before anyone sends: processes start within this margin under load
-        start_at = time.time() + 2.0
+        start_at = at + 2.0
         send_s = max(0.5, duration_s - 2.0)
         files = {}
         for k, name in enumerate(plan.endpoints):
+            files[name] = f"{name}.csv"
+            if name not in here:
+                continue
             peers = [{"name": m, "addr": addr[m], "rate_mbps": float(plan.rates_mbps[k, j])}
                      for j, m in enumerate(plan.endpoints) if plan.rates_mbps[k, j] > 0]
             (d / f"{name}.peers.json").write_text(json.dumps(peers))
@@ -264,23 +278,25 @@ class FlowStarter:
                                              "--out", str(d / f"{name}.csv")], d / f"{name}.log")
             flow.procs.append(p)
             flow.handles.append(f)
-            files[name] = f"{name}.csv"
         tcp = []
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         for k, (src, dst, _) in enumerate(plan.top_pairs(spec.tcp_flows)):
             fl = IperfFlow(addr=addr[dst], port=MATRIX_TCP_PORT_BASE + 16 * i + k, duration_s=max(1.0, duration_s),
                            udp=False, rate_mbps=None)
-            srv = self.emu.node(dst).popen(server_argv(fl, str(d / f"tcp{k}.server.log")),
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.3)
-            cli = self.emu.node(src).popen(client_argv(fl, str(d / f"tcp{k}.client.json")),
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            flow.procs += [cli, srv]
+            if dst in here:
+                flow.procs.append(self.emu.node(dst).popen(server_argv(fl, str(d / f"tcp{k}.server.log")), **quiet))
+            if src in here:  # the server first (on another host: started at the same instant there)
+                time.sleep(0.3)
+                flow.procs.insert(0, self.emu.node(src).popen(client_argv(fl, str(d / f"tcp{k}.client.json")),
+                                                              **quiet))
             tcp.append({"src": src, "dst": dst, "client": f"tcp{k}.client.json"})
+        flow.record.files = {"matrix": "matrix.json", **files}
+        if not flow.listed:
+            return
         (d / "matrix.json").write_text(json.dumps({
             "source": plan.source, "endpoints": list(plan.endpoints), "rates_mbps": plan.rates_mbps.tolist(),
             "payload_bytes": spec.payload_bytes, "start_unix_s": start_at, "duration_s": send_s,
             "matches": [asdict(m) for m in plan.matches], "files": files, "tcp": tcp}, indent=1))
-        flow.record.files = {"matrix": "matrix.json", **files}
 
     def _start_allreduce(self, i: int, spec: TrafficSpec, duration_s: float, d: Path, flow: Flow) -> None:
         """One rank per node of the ring (emulator.traffic.allreduce); ``allreduce.json`` keeps the ring, the

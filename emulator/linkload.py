@@ -51,7 +51,7 @@ def parse_stats(answers: list[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
 
 
 class LinkCounters:
-    """Byte counters of every link slot's near ends (both veth pairs of an antenna summed).
+    """Byte counters of every link slot's near ends built here (both veth pairs of an antenna summed).
 
     Parameters
     ----------
@@ -70,6 +70,10 @@ class LinkCounters:
         node = np.concatenate([e[0] for e in ends])
         link = np.concatenate([e[1] for e in ends])
         ifindex = np.concatenate([e[2] for e in ends])
+        # on a host of a clustered run, the near ends built here (a link's near end is on one host only: every
+        # host's file together counts each link once)
+        here = np.asarray(emu.local, bool)[node]
+        node, link, ifindex = node[here], link[here], ifindex[here]
         self._by_ns: list[tuple[rtnl.Rtnl, dict[int, int]]] = []
         for ns in np.unique(node).tolist():
             sel = node == ns

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from topologies.errors import ApplyError, ConfigError
+from topologies.errors import ApplyError, ConfigError, SatnetemError
 from topologies.timeline import Timeline
 
 from .placement import Placement, place
@@ -95,6 +95,10 @@ class HostAgent:
         # this host's machine while it plays (emulator.validity.HostMonitor), into a file collect() hands back
         self._monitor: Any = None
         self._monitor_path: str | None = None
+        # bytes through this host's links (emulator.linkload.LinkLoadLog) while a traffic matrix runs, and the
+        # last step play() applies (the final sample is that step's)
+        self._loadlog: Any = None
+        self._last_step = 0
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -229,6 +233,7 @@ class HostAgent:
             raise ApplyError(f"host {self.host} is playing already", operation="play")
         step_ns = int(round(self.emu.timeline.step_s / speed * 1e9))
         emu = self.emu
+        self._last_step = last
 
         def apply(k: int) -> Any:
             # a routing daemon of this host that ended fails the step, which stops every host (its routes are
@@ -244,6 +249,8 @@ class HostAgent:
             self._played.append({"step": k, "due_ns": due, "begin_ns": begin, "end_ns": end,
                                  "late_ms": (begin - due) / 1e6, "apply_ms": (end - begin) / 1e6,
                                  "stats": stats.as_dict()})
+            if self._loadlog is not None:  # after the step's record, as the single-host runner samples
+                self._loadlog.sample(k)
             return stats
 
         pb = Playback(emu.timeline.step_s, 0, last, apply, speed, ahead=emu.prepare_ahead, settle=emu.settle)
@@ -350,22 +357,29 @@ class HostAgent:
         self._underlay_log.extend(rows)
         return rows
 
-    def start_flows(self, flows: list[tuple[int, Any, float]], start_ns: int, speed: float) -> list[str]:
+    def start_flows(self, flows: list[tuple[int, Any, float]], start_ns: int, speed: float,
+                    matrix_plans: dict[int, Any] | None = None) -> list[str]:
         """Start, on this host, the programs of the flows whose source or destination node is here, each
         ``start_s`` / ``speed`` after ``start_ns`` (CLOCK_REALTIME), as a single-host run does
         (:class:`emulator.flows.FlowStarter`), into a folder of this host that :meth:`collect` hands back. A flow
         with a receiving program (:data:`emulator.flows.TWO_SIDED_KINDS`) whose two ends are on two hosts runs
-        its receiver on the destination's host and its sender on the source's, which lists it.
+        its receiver on the destination's host and its sender on the source's, which lists it. A traffic
+        matrix runs the programs of its endpoints on their hosts, all sending from the same instant; with one,
+        this host also records the bytes through the links whose near end it has, after every step, as one
+        host does (:mod:`emulator.linkload`).
 
         Parameters
         ----------
         flows : list of (int, TrafficSpec, float)
             The flow's index in the scenario, its spec and its wall-clock duration, s.
+        matrix_plans : dict of int to topologies.traffic_matrix.MatrixPlan
+            Each matrix flow's plan by its index (made on the head, which has the scenario's files).
 
         Returns
         -------
         list of str
-            Labels of the flows started here (``(receiver)`` after those whose receiver only runs here).
+            Labels of the flows started here (``(receiver)`` after those whose receiver only runs here,
+            ``(part)`` after a matrix listed by another host).
         """
         import tempfile
 
@@ -374,22 +388,37 @@ class HostAgent:
         if self.emu is None:
             raise ApplyError(f"host {self.host} has not built", operation="start_flows")
         here, index = self.emu.local, self.emu.timeline.node_index
+        plans = matrix_plans or {}
         mine = []
         for i, f, d in flows:
+            if f.kind == "matrix":
+                plan = plans.get(i)
+                if plan is None:
+                    raise ApplyError(f"host {self.host}: matrix flow {f.label} comes without its plan",
+                                     operation="start_flows")
+                if any(here[index(n)] for n in plan.endpoints):
+                    mine.append((i, f, d, "part" if not here[index(plan.endpoints[0])] else "both"))
+                continue
             src, dst = bool(here[index(f.src)]), bool(here[index(f.dst)])
             if f.kind not in TWO_SIDED_KINDS or src == dst:
                 if src:
                     mine.append((i, f, d, "both"))
             else:
                 mine.append((i, f, d, "send" if src else "recv"))
-        if not mine:
+        if not mine and not plans:
             return []
         self._flows_dir = tempfile.mkdtemp(prefix=f"satnetem-{self.emu.run_id}-flows-")
         starter = self._starter = FlowStarter(self.emu, Path(self._flows_dir), speed)
+        starter.matrix_plans = dict(plans)
+        if plans:  # background load: bytes per link per step, sampled by play()'s steps
+            from ..linkload import LinkCounters, LinkLoadLog
+
+            self._loadlog = LinkLoadLog(LinkCounters(self.emu), Path(self._flows_dir) / "linkload.csv")
 
         def start(i: int, f: Any, d: float, side: str) -> None:
+            at = start_ns / 1e9 + f.start_s / speed
             try:
-                starter.start(i, f, max(1.0, d), side=side)
+                starter.start(i, f, max(1.0, d), side="both" if side == "part" else side, at_unix_s=at)
             except Exception as e:  # noqa: BLE001 - on a timer's thread: said in collect(), by flow
                 log.exception("host %d: flow %s did not start", self.host, f.label)
                 self._flow_errors.append(f"flow {f.label} could not start on host {self.host}: {e}")
@@ -400,13 +429,15 @@ class HostAgent:
             t.daemon = True
             self._flow_timers.append(t)
             t.start()
-        return [f.label + (" (receiver)" if side == "recv" else "") for _, f, _, side in mine]
+        return [f.label + {"recv": " (receiver)", "part": " (part)"}.get(side, "") for _, f, _, side in mine]
 
     def collect(self, wait_s: float = 5.0, receiver_grace_s: float = 3.0) -> dict[str, Any]:
         """End this host's flows (each gets up to ``wait_s`` to finish, as on one host) and hand back what
         they wrote: ``files`` (path relative to the results folder -> bytes), ``errors`` (flows that did not
         start), ``monitor`` (this host's ``monitor.csv``, bytes), ``routing_daemons`` (a daemon-driven protocol's
-        ``stats()`` for this host's daemons, else None). The folder on this host is removed.
+        ``stats()`` for this host's daemons, else None), ``shaper_stats`` (the shaper's own counters: the delay
+        daemon's, with its lateness histogram; ``{}`` for the kernel's qdiscs). The folder on this host is
+        removed; a traffic matrix's ``linkload.csv`` is among the files.
 
         Every host collects at once: the receivers of flows whose sender runs on another host end last, up to
         ``receiver_grace_s`` after this host's own flows, so that what the senders (stopped at the same
@@ -417,6 +448,13 @@ class HostAgent:
             t.cancel()
         self._flow_timers = []
         files: dict[str, bytes] = {}
+        if self._loadlog is not None:
+            try:  # the last step's bytes; a failure here must not stop the collection
+                self._loadlog.sample(self._last_step + 1)
+            except SatnetemError as e:
+                log.warning("host %d: last link counter sample failed: %s", self.host, e)
+            self._loadlog.close()
+            self._loadlog = None
         if self._starter is not None:
             deadline = time.monotonic() + wait_s
             for fl in self._starter.flows:
@@ -436,8 +474,14 @@ class HostAgent:
             shutil.rmtree(root, ignore_errors=True)
             self._flows_dir = None
         routing = self.emu.protocol.stats() if self.emu is not None and self.emu.daemon_driven else None
+        shaper: dict[str, Any] = {}
+        if self.emu is not None:
+            try:  # the backend's own account (the delay daemon's release times), as one host's summary has it
+                shaper = self.emu.shaper.stats()
+            except SatnetemError as e:
+                log.warning("host %d: shaper statistics unavailable: %s", self.host, e)
         return {"host": self.host, "files": files, "errors": list(self._flow_errors), "monitor": self._monitor_rows(),
-                "routing_daemons": routing}
+                "routing_daemons": routing, "shaper_stats": shaper}
 
     def addresses(self, steps: int) -> dict[str, dict[str, str]]:
         """Every interface address and its node (:func:`emulator.runner.address_owners`: the same on every

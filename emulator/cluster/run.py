@@ -8,15 +8,17 @@ measured and subtracted), plays the timeline on every host's own clock (:meth:`~
 Cluster.play`), starts each flow on the host of its source node, and gathers what every host wrote into the
 one results folder here (with ``placement.json``: each node's host, and ``steps_by_host.csv``).
 
-What differs from a single-host run (said in the summary's ``cluster.not_recorded``): the flows are ``ping``,
-``path``, ``udp-probe`` and ``iperf3`` (a receiver runs on its destination's host, the sender on its source's;
-the one-way delays of a probe between two hosts are corrected by the clock offsets measured at start), no
-matrices, requests or all-reduces (they need services or many endpoints), no compute nodes; a daemon-driven
-protocol (ospf) runs its daemons in each host's own routers (their statistics added over the hosts);
-no delay daemon statistics (each host's release lateness is in ``monitor.csv``, merged from every host, which
-marks samples valid as on one host), no link load; ``steps.csv`` has one
-row per step with the latest host's lateness and apply time and the counts added over the hosts
-(``steps_by_host.csv`` has every host's row). A handover whose link crosses hosts is made as on one host
+What differs from a single-host run: the flows are ``ping``, ``path``, ``udp-probe``, ``iperf3`` (a receiver
+runs on its destination's host, the sender on its source's; the one-way delays of a probe between two hosts
+are corrected by the clock offsets measured at start) and traffic matrices (each endpoint's program on its
+host, from one instant; the plan made here, where the scenario's files are; ``linkload.csv`` from every host's
+near ends), no requests or all-reduces, no compute nodes (their services, barrier and migrations span hosts);
+a daemon-driven protocol (ospf) runs its daemons in each host's own routers (their statistics added over the
+hosts), and the delay daemons' statistics are merged as one daemon's (:func:`emulator.shaping.delayd.
+merge_stats`); each host's release lateness is in ``monitor.csv``, merged from every host, which marks samples
+valid as on one host; ``steps.csv`` has one row per step with the latest host's lateness and apply time and
+the counts added over the hosts (``steps_by_host.csv`` has every host's row; said in the summary's
+``cluster.not_recorded``: no ``ahead_ms``). A handover whose link crosses hosts is made as on one host
 (make-before-break), each host making or deleting its own ends.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import ipaddress
 import json
 import logging
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 #: Flow kinds a clustered run starts: their programs run in the source node, and a receiver, if any, in the
 #: destination node (on its own host).
-CLUSTER_FLOW_KINDS = ("ping", "path", "udp-probe", "iperf3-tcp", "iperf3-udp")
+CLUSTER_FLOW_KINDS = ("ping", "path", "udp-probe", "iperf3-tcp", "iperf3-udp", "matrix")
 #: How long the driver waits for the head's port to answer before giving up, s.
 CONNECT_TIMEOUT_S = 5.0
 _HOST_RESOURCE = re.compile(r"^satnetem-host-(\d+)$")
@@ -257,11 +260,19 @@ def _merge_files(out: Path, collected: list[dict[str, Any]]) -> list[str]:
     label); the flows that did not start."""
     manifest: list[dict[str, Any]] = []
     errors: list[str] = []
+    load: list[list[str]] = []
+    header: list[str] | None = None
     for c in collected:
         errors += c.get("errors", [])
         for rel, data in c.get("files", {}).items():
             if rel == "flows.json":
                 manifest += json.loads(data)
+                continue
+            if rel == "linkload.csv":  # each host's links (those whose near end it has): the rows of all
+                rows = list(csv.reader(io.StringIO(data.decode())))
+                if rows:
+                    header = rows[0]
+                    load += rows[1:]
                 continue
             path = (out / rel).resolve()
             if out.resolve() not in path.parents:  # an agent names files under the folder, nowhere else
@@ -270,6 +281,12 @@ def _merge_files(out: Path, collected: list[dict[str, Any]]) -> list[str]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
     (out / "flows.json").write_text(json.dumps(sorted(manifest, key=lambda m: m["label"]), indent=2))
+    if header is not None:
+        with open(out / "linkload.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            load.sort(key=lambda r: (int(r[0]), int(r[3])))  # by step, then link
+            w.writerows(load)
     return errors
 
 
@@ -277,8 +294,6 @@ def merge_monitors(out: Path, collected: list[dict[str, Any]]) -> int:
     """Every host's ``monitor.csv`` rows (:meth:`emulator.cluster.agent.HostAgent.collect`) into the run's one
     ``monitor.csv``, sorted by time. Each row stands for its own interval (:func:`emulator.validity.
     invalid_intervals`), so a sample is invalid where any host was behind. Returns the rows written."""
-    import io
-
     from ..validity import MONITOR_COLUMNS
 
     rows: list[tuple[float, list[str]]] = []
@@ -338,6 +353,10 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
     from .agent import start
 
     run_id = run_id or f"{secrets.token_hex(3)}"
+    # the traffic matrices' plans, here where the scenario's files are (a matrix_csv): the hosts get them
+    from topologies.traffic_matrix import plan_matrix
+
+    matrix_plans = {i: plan_matrix(f, tl, sc.base_dir) for i, f in enumerate(flows_wanted) if f.kind == "matrix"}
     join(cfg.address)
     summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "protocol": protocol, "speed": speed,
                                "steps_planned": last + 1, "step_s": tl.step_s, "complete": False, "run_id": run_id}
@@ -373,8 +392,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             "clocks_ms": [{"offset": c.offset_ms, "bound": c.bound_ms} for c in cluster.clocks],
             "builds": [{k: b.get(k) for k in ("host", "run_id", "address", "nodes", "cross_ends", "underlay",
                                               "underlay_too_slow", "timings_ms")} for b in cluster.builds],
-            "not_recorded": ["delay daemon statistics", "link load",
-                             "steps.csv ahead_ms"]}
+            "not_recorded": ["steps.csv ahead_ms"]}
         (out / "placement.json").write_text(json.dumps(
             {nd.name: int(h) for nd, h in zip(tl.nodes, cluster.placement.host_of.tolist())}))
         _say(f"  placement: {describe_one(per)}")
@@ -401,7 +419,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                 "protocol": protocol, "shaper": summary["shaper"], "steps_planned": last + 1,
                 "validity": bounds.as_dict(),
                 "cluster": {"address": cfg.address, "hosts": n_hosts}}))
-            started = ray.get([a.start_flows.remote(flows, start_ns, speed) for a in cluster.agents], timeout=60)
+            started = ray.get([a.start_flows.remote(flows, start_ns, speed, matrix_plans) for a in cluster.agents],
+                              timeout=60)
             for h, labels in enumerate(started):
                 if labels:
                     _say(f"  host {h} runs flows {', '.join(labels)}")
@@ -420,6 +439,12 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             rd = routing_daemons([c.get("routing_daemons") for c in collected])
             if rd is not None:
                 summary["routing_daemons"] = rd
+            from ..shaping.delayd import merge_stats
+
+            if counters := merge_stats([c.get("shaper_stats") or {} for c in collected]):
+                counters.pop("late_hist", None)  # 2,201 bins: the quantiles say it (as on one host)
+                counters["hosts"] = sum(1 for c in collected if c.get("shaper_stats"))
+                summary["shaper_stats"] = counters
     except KeyboardInterrupt:
         _say("interrupted: tearing every host's part down")
     finally:

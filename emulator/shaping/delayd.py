@@ -137,6 +137,50 @@ class Stats:
         return None
 
 
+#: keys of :meth:`DelayDaemon.stats` that are the largest over shards (and hosts), not sums
+_LARGEST = ("late_max_us", "busy_max_us", "busy_cpu_us", "lead_us", "rt_priority", "epoch_mark", "carry")
+#: keys worked out from others when daemons' statistics are merged
+_DERIVED = ("late_mean_us", "late_p50_us", "late_p99_us", "read_lag_mean_us", "memory_locked", "backend",
+            "cpu_s_per_shard", "ops", "late_hist")
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several daemons' :meth:`DelayDaemon.stats` (the hosts of a clustered run, each its own daemon) as one
+    daemon's: counters summed, maxima the largest, the means weighted by what they are means of, the lateness
+    quantiles from the summed histograms, every shard's CPU seconds; ``{}`` for none (no daemon ran)."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    out: dict[str, Any] = {}
+    for k in parts[0]:
+        if k in _DERIVED:
+            continue
+        vals = [p[k] for p in parts if p.get(k) is not None]
+        out[k] = max(vals, default=None) if k in _LARGEST else sum(vals)
+    st = Stats()
+    for p in parts:
+        for b, c in enumerate(p.get("late_hist") or []):
+            st.late_hist[b] += int(c)
+    released, stamped = out.get("released", 0), out.get("stamped", 0)
+    out["late_mean_us"] = out.get("late_sum_us", 0.0) / released if released else 0.0
+    out["late_p50_us"], out["late_p99_us"] = st.late_quantile_us(0.5), st.late_quantile_us(0.99)
+    out["read_lag_mean_us"] = (sum(p.get("read_lag_mean_us", 0.0) * p.get("stamped", 0) for p in parts) / stamped
+                               if stamped else 0.0)
+    out["memory_locked"] = all(p.get("memory_locked") for p in parts)
+    out["backend"] = parts[0].get("backend")
+    out["cpu_s_per_shard"] = [x for p in parts for x in p.get("cpu_s_per_shard") or []]
+    ops: dict[str, dict[str, float]] = {}
+    for p in parts:
+        for name, o in (p.get("ops") or {}).items():
+            m = ops.setdefault(name, {"n": 0, "ms": 0.0, "max_ms": 0.0})
+            m["n"] += o["n"]
+            m["ms"] += o["ms"]
+            m["max_ms"] = max(m["max_ms"], o["max_ms"])
+    out["ops"] = ops
+    out["late_hist"] = list(st.late_hist)
+    return out
+
+
 @dataclass(eq=False)
 class _Shard:
     index: int

@@ -691,9 +691,9 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
     run = json.loads((res / "run.json").read_text())
     underlay_ms = statistics.mean(u["one_way_ms"] for b in summary["cluster"]["builds"] for u in b["underlay"] if u)
     manifest = json.loads((res / "flows.json").read_text())
-    assert sorted(m["label"] for m in manifest) == ["iperf3-udp:sat-7-7--h-new-york", "ping:h-london--h-new-york",
-
-                                                    "ping:sat-7-7--sat-0-0", "udp-probe:h-london--sat-7-7"], manifest
+    assert sorted(m["label"] for m in manifest) == ["iperf3-udp:sat-7-7--h-new-york", "matrix:gravity",
+                                                    "ping:h-london--h-new-york", "ping:sat-7-7--sat-0-0",
+                                                    "udp-probe:h-london--sat-7-7"], manifest
     assert host_of[tl.node_index("h-london")] != host_of[tl.node_index("sat-7-7")] != \
         host_of[tl.node_index("h-new-york")]
     lines = []
@@ -735,6 +735,43 @@ def test_satnetem_run_over_the_cluster(ray_lab, timeline, tmp_path):
     mbps = end["bytes"] * 8 / end["seconds"] / 1e6
     lines.append(f"iperf3-udp: {mbps:.2f} Mbit/s over {end['seconds']:.1f} s, {end['lost_percent']:.2f} % lost")
     assert abs(mbps - 2.0) <= 0.1 and end["seconds"] >= 7.5 and end["lost_percent"] <= 1.0, lines[-1]
+    # the traffic matrix between the two ground hosts, on two hosts (8 s, 4 Mbit/s by the gravity model over
+    # one pair each way: 2 each way): each endpoint's program ran on its host, sent its rate and received the
+    # other's, from their files
+    lon, ny = tl.node_index("h-london"), tl.node_index("h-new-york")
+    assert host_of[lon] != host_of[ny]
+    assert re.search(rf"host {host_of[ny]} runs flows .*matrix:gravity \(part\)", out), out
+    d = res / "flows" / safe_label("matrix:gravity")
+    rows = {n: list(csv.DictReader(open(d / f"{n}.csv"))) for n in ("h-london", "h-new-york")}
+    sent_b, sent_s, recv_b = {}, {}, {}
+    for n, rs in rows.items():
+        peer = [r for r in rs if r["peer"] != "other"]
+        sent_b[n] = sum(int(r["sent_bytes"]) for r in peer)
+        sent_s[n] = sum(1 for r in peer if int(r["sent_packets"]) > 0)
+        recv_b[n] = sum(int(r["recv_bytes"]) for r in rs)
+        lines.append(f"matrix {n}: sent {sent_b[n]} B in rows of {sent_s[n]} s, received {recv_b[n]} B")
+        # a row per second: the first and the last that sent may be partial, so the program sent 2 Mbit/s for
+        # between sent_s - 2 and sent_s seconds
+        assert sent_s[n] >= 5 and 0.98 * 250_000 * (sent_s[n] - 2) <= sent_b[n] <= 1.02 * 250_000 * sent_s[n], \
+            lines[-1]
+    assert recv_b["h-new-york"] >= 0.99 * sent_b["h-london"] and recv_b["h-london"] >= 0.99 * sent_b["h-new-york"]
+    # the link load from every host: h-new-york's link to its gateway has its near end on h-new-york's host; the
+    # bytes its interface counted leaving h-new-york are the matrix's (payload + UDP, IP and Ethernet headers)
+    # and little else (ping replies, iperf3's control connection)
+    load = list(csv.DictReader(open(res / "linkload.csv")))
+    gs = tl.node_index("gs-new-york")
+    slots = [k for k in range(tl.n_links) if {int(tl.link_a[k]), int(tl.peer[k, 0])} == {ny, gs}]
+    assert slots, "no link between h-new-york and gs-new-york"
+    out_of_ny = sum(int(r["bytes_ab"]) if int(tl.link_a[int(r["link"])]) == ny else int(r["bytes_ba"])
+                    for r in load if int(r["link"]) in slots)
+    want = sent_b["h-new-york"] * (1200 + 8 + 20 + 14) / 1200
+    lines.append(f"linkload: {out_of_ny} B out of h-new-york against {want:.0f} B sent by its matrix program")
+    assert want <= out_of_ny <= want + 100_000, lines[-1]
+    near_hosts = {host_of[int(tl.link_a[int(r["link"])])] for r in load}
+    assert len(near_hosts) >= 2, near_hosts  # rows from more than one host
+    # the delay daemons of every host, as one
+    sh = summary["shaper_stats"]
+    assert sh["hosts"] == N_HOSTS and sh["released"] > 0 and len(sh["cpu_s_per_shard"]) >= N_HOSTS, sh
     # every host's monitor (every 0.5 s: CPU, its delay daemon's release lateness) in the one monitor.csv, so the
     # run's samples are judged valid as on one host
     mon = list(csv.DictReader(open(res / "monitor.csv")))

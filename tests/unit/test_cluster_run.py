@@ -84,9 +84,12 @@ def test_what_a_cluster_cannot_play_yet_is_refused_naming_the_key():
                        '\n[[traffic]]\nkind = "udp-probe"\nsrc = "gs-a"\ndst = "gs-b"\n' \
                        '\n[[traffic]]\nkind = "iperf3-tcp"\nsrc = "gs-b"\ndst = "gs-a"\n'
     assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(two_sided, "s.toml")) is not None
-    matrix = two_sided + '\n[[traffic]]\nkind = "matrix"\naggregate_mbps = 1.0\n'
-    with pytest.raises(ConfigError, match=r"traffic\[3\].kind.*'matrix' flow does not run on a cluster"):
-        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(matrix, "s.toml"))
+    matrix = two_sided + '\n[[traffic]]\nkind = "matrix"\naggregate_mbps = 1.0\n'  # its endpoints on their hosts
+    assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(matrix, "s.toml")) is not None
+    compute = matrix + '\n[[compute]]\nevery_nth = 4\n'  # services, requests and all-reduces span hosts
+    with pytest.raises(ConfigError, match=r"compute.*compute nodes do not run on a cluster yet") as e:
+        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(compute, "s.toml"))
+    assert "\n" not in str(e.value)
     ospf = BASE + '\n[routing]\nprotocol = "ospf"\n'  # its daemons run in each host's own routers
     assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(ospf, "s.toml")) is not None
 
@@ -183,3 +186,21 @@ def test_routing_daemons_statistics_added_over_the_hosts():
     assert got["daemons_cpu_s"] == 3.2 and got["update_ms_max"] == 9.5 and got["cost_tolerance_pct"] == 10.0
     assert got["by_host"] == [h0, None, h2]
     assert routing_daemons([None, None]) is None
+
+
+def test_every_hosts_link_load_in_one_file(tmp_path):
+    """Each host counts the links whose near end it has: the run's linkload.csv holds every host's rows under
+    one header, by step and link, and what the link load reader reads from it is every row."""
+    from emulator.cluster.run import _merge_files
+    from emulator.linkload import COLUMNS, read_linkload
+
+    head = ",".join(COLUMNS)
+    h0 = f"{head}\n0,1.0,1.0010,7,1000,10\n1,2.0,0.9990,7,1200,12\n".encode()
+    h1 = f"{head}\n0,1.0,1.0002,3,500,0\n1,2.0,1.0001,3,700,5\n1,2.0,1.0001,12,64,64\n".encode()
+    flows = b'[{"label": "matrix:gravity"}]'
+    assert _merge_files(tmp_path, [{"host": 0, "files": {"linkload.csv": h0, "flows.json": flows}},
+                                   {"host": 1, "files": {"linkload.csv": h1}}, {"host": 2, "files": {}}]) == []
+    rows = read_linkload(tmp_path / "linkload.csv")
+    assert [(s, link, ab, ba) for s, _, link, ab, ba in rows] == \
+        [(0, 3, 500, 0), (0, 7, 1000, 10), (1, 3, 700, 5), (1, 7, 1200, 12), (1, 12, 64, 64)]
+    assert (tmp_path / "linkload.csv").read_text().count("step") == 1

@@ -295,6 +295,40 @@ def test_lateness_quantiles_from_the_histogram():
     assert st.late_quantile_us(1.0) is None
 
 
+def test_daemons_statistics_merge_as_one_daemons():
+    """The hosts of a clustered run each have a delay daemon: their statistics as one daemon's, worked out here
+    by hand from two made-up hosts."""
+    from emulator.shaping import delayd
+
+    def host(released: int, late_us: list[int], late_max_us: float, stamped: int, lag_us: float, cpu: list[float],
+             locked: bool) -> dict:
+        hist = [0] * (delayd.LATE_BINS + 1)
+        for us in late_us:
+            hist[(us * 1000 + delayd.LATE_LOW_NS) // delayd.LATE_BIN_NS] += 1
+        return {"queued": released + 1, "dropped": 1, "released": released, "late_sum_us": float(sum(late_us)),
+                "late_mean_us": sum(late_us) / released, "late_max_us": late_max_us, "late_p50_us": 0.0,
+                "late_p99_us": 0.0, "stamped": stamped, "read_lag_mean_us": lag_us, "shards": len(cpu),
+                "cpu_s_per_shard": cpu, "rt_priority": 10, "memory_locked": locked, "backend": "compiled",
+                "ops": {"set": {"n": 2, "ms": 1.0, "max_ms": 0.75}}, "late_hist": hist}
+
+    a = host(4, [10, 10, 10, 10], 12.0, 10, 3.0, [1.5], True)
+    b = host(6, [100] * 6, 240.0, 30, 7.0, [2.0, 0.5], False)
+    m = delayd.merge_stats([a, {}, b])  # {}: a host whose shaper has no daemon
+    assert m["released"] == 10 and m["queued"] == 12 and m["dropped"] == 2 and m["shards"] == 3
+    assert m["late_max_us"] == 240.0 and m["rt_priority"] == 10
+    assert m["late_mean_us"] == pytest.approx((40 + 600) / 10)
+    # 4 packets in the [10, 15) us bin and 6 in [100, 105): the median and p99 are in the second
+    assert m["late_p50_us"] == pytest.approx(102.5) and m["late_p99_us"] == pytest.approx(102.5)
+    assert m["read_lag_mean_us"] == pytest.approx((10 * 3.0 + 30 * 7.0) / 40)
+    assert m["cpu_s_per_shard"] == [1.5, 2.0, 0.5] and m["memory_locked"] is False
+    assert m["ops"] == {"set": {"n": 4, "ms": 2.0, "max_ms": 0.75}}
+    assert sum(m["late_hist"]) == 10
+    assert delayd.merge_stats([{}, {}]) == {}
+    # one daemon merges to itself
+    one = delayd.merge_stats([a])
+    assert one["late_p50_us"] == pytest.approx(12.5) and one["late_mean_us"] == pytest.approx(10.0)
+
+
 def test_shard_count_follows_the_open_file_limit():
     from emulator.shaping.delayd import FD_MARGIN, shards_needed
 
