@@ -20,6 +20,8 @@ apt_packages=(
   libnetfilter-queue-dev libmnl-dev stress-ng
   # routing daemons
   bird2
+  # a clustered run's Ray node: the table that keeps Ray's ports to the cluster's interface (satnetem cluster start)
+  nftables
   # the netem test VM: a stock distribution kernel booted under qemu (the host kernel may lack sch_netem)
   qemu-system-x86 busybox-static cpio
   # checks of the scripts

@@ -109,6 +109,8 @@ def check_args(args: argparse.Namespace) -> None:
         if not RUN_ID_RE.fullmatch(run_id):
             raise ConfigError(f"run id {run_id!r} must be lower-case letters, digits and '-' (at most 41, "
                               f"starting with a letter or digit)", key="--run-id")
+    if getattr(args, "command", None) == "cluster":
+        _check_cluster_args(args)
     if getattr(args, "map_at", None):
         for x in (x for x in args.map_at.split(",") if x.strip()):
             try:
@@ -116,6 +118,30 @@ def check_args(args: argparse.Namespace) -> None:
             except ValueError:
                 raise ConfigError(f"--map-at takes seconds separated by commas, got {args.map_at!r}",
                                   key="--map-at") from None
+
+
+def _check_cluster_args(args: argparse.Namespace) -> None:
+    """``cluster start|stop``: an IPv4 address, the head's IPV4:PORT, a host number that fits the role."""
+    import ipaddress
+
+    address = getattr(args, "address", None)
+    if address is not None:
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise ConfigError(f"--address takes this host's IPv4 address on the cluster's network, got "
+                              f"{address!r}", key="--address") from None
+    if args.action != "start":
+        return
+    if args.join is not None:
+        from .cluster.run import head_addr
+
+        head_addr(args.join, "--join")
+        if args.host is None or not 1 <= args.host <= 4095:
+            raise ConfigError(f"--host must be this worker's number in [1, 4095] (the head is 0), got {args.host}",
+                              key="--host")
+    elif args.host not in (None, 0):
+        raise ConfigError(f"the head is host 0, got --host {args.host}", key="--host")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -475,6 +501,23 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """``satnetem cluster start|stop``: this host's Ray node for clustered runs (emulator.cluster.raynode); the
+    arguments are checked by :func:`check_args`."""
+    from .cluster import raynode
+    from .runner import _require_root
+
+    _require_root()
+    if args.action == "stop":
+        ended, guard = raynode.stop_node(args.address)
+        print(f"satnetem cluster: ended {ended} processes of this host's Ray node"
+              f"{f' ({args.address})' if args.address else ''}; "
+              + (f"removed the nft table inet {raynode.GUARD_TABLE}" if guard else "no guard table was left"))
+        return 0
+    role, host = ("worker", int(args.host)) if args.join is not None else ("head", 0)
+    return raynode.start_node(role, args.address, host, args.token, head=args.join, block=args.block)
+
+
 def cmd_protocols(args: argparse.Namespace) -> int:
     from routing.base import available_protocols
 
@@ -560,6 +603,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("protocols", help="list the routing protocols: built-in and installed plugins (no root)")
     pr.add_argument("--json", action="store_true", help="print the list as JSON")
     pr.set_defaults(func=cmd_protocols)
+
+    cl = sub.add_parser("cluster", help="this host's Ray node for 'run --cluster': started with the token and Ray's "
+                        "ports kept to the cluster's interface, or stopped (root)")
+    csub = cl.add_subparsers(dest="action", required=True)
+    cs = csub.add_parser("start", help="start this host's Ray node (the head, or a worker joining it)")
+    cs.add_argument("--address", required=True, metavar="IPV4",
+                    help="this host's address on the cluster's network: Ray's ports are reachable on its "
+                    "interface (and lo) only")
+    who = cs.add_mutually_exclusive_group(required=True)
+    who.add_argument("--head", action="store_true", help="start the head (host 0)")
+    who.add_argument("--join", metavar="IPV4:PORT", default=None, help="join the head at this address as a worker")
+    cs.add_argument("--host", type=int, default=None, help="this host's number: 0 for the head, 1, 2, ... for "
+                    "the workers (its agent runs on the node offering satnetem-host-<h>)")
+    cs.add_argument("--token", default="/etc/satnetem/ray-token",
+                    help="the cluster's token, a file readable by root only (default /etc/satnetem/ray-token)")
+    cs.add_argument("--block", action="store_true",
+                    help="stay in the foreground until the node ends (for a service manager)")
+    cx = csub.add_parser("stop", help="end this host's Ray node and remove its firewall table")
+    cx.add_argument("--address", default=None, metavar="IPV4", help="only the node started with this address")
+    cl.set_defaults(func=cmd_cluster)
 
     c = sub.add_parser("clean", help="remove everything a crashed run may have left, and nothing else")
     c.add_argument("--run-id", default=None, help="only what this run left (default: every run's leftovers)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provisioner of one host of the multi-machine lab (issue 13): after provision.sh has installed satnetem,
-# start this host's Ray node as a systemd service, with token authentication, no dashboard, bound to the
-# lab's private network, offering the resource satnetem-host-<H>; sync its clock to the head (chrony) and
+# start this host's Ray node as a systemd service (satnetem cluster start: token authentication, no dashboard,
+# Ray's ports reachable on the lab's private network only, offering the resource satnetem-host-<H>); sync its clock to the head (chrony) and
 # give its lab interface an MTU of 1550 (a VXLAN link keeps 1500 inside).
 #
 #   cluster.sh head   NODE_IP HEAD_IP 0
@@ -54,15 +54,13 @@ else
 fi
 systemctl restart chrony
 
-# Ray's node. No CPU reserved (the agents reserve none), a small object store, Ray's memory monitor off (an
-# emulator's memory is kernel namespaces Ray would blame on its workers), no usage statistics.
-resources="{\"satnetem-host-${host}\": 1}"
-args=(start --block "--node-ip-address=${node_ip}" --disable-usage-stats --num-cpus=0
-      --object-store-memory=80000000 --include-log-monitor=false "--resources=${resources}")
+# Ray's node, started by satnetem with the settings the tests run on the fake hosts (emulator/cluster/raynode.py:
+# token authentication, no CPU reserved, no dashboard, a small object store, Ray's memory monitor off, every port
+# fixed) and the nft table that keeps Ray's ports to this lab interface and lo (Ray listens on every address).
 if [ "$role" = head ]; then
-  args+=(--head "--port=${port}" --include-dashboard=false)
+  who=(--head)
 else
-  args+=("--address=${head_ip}:${port}")
+  who=(--join "${head_ip}:${port}" --host "${host}")
 fi
 {
   echo "[Unit]"
@@ -70,11 +68,11 @@ fi
   echo "After=network-online.target chrony.service"
   echo "Wants=network-online.target"
   echo "[Service]"
-  echo "Environment=RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/satnetem/ray-token"
-  echo "Environment=RAY_USAGE_STATS_ENABLED=0 RAY_memory_monitor_refresh_ms=0"
-  printf 'ExecStart=%s/bin/ray' "$venv"
-  for a in "${args[@]}"; do printf " '%s'" "$a"; done
+  printf 'ExecStart=%s/bin/satnetem cluster start --block --address %s --token /etc/satnetem/ray-token' \
+    "$venv" "$node_ip"
+  for a in "${who[@]}"; do printf " '%s'" "$a"; done
   echo
+  printf 'ExecStopPost=%s/bin/satnetem cluster stop --address %s\n' "$venv" "$node_ip"
   echo "Restart=on-failure"
   echo "[Install]"
   echo "WantedBy=multi-user.target"

@@ -3,7 +3,7 @@ side that places the nodes and asks every agent to build.
 
 The driver (:func:`start`, in a process connected to the Ray cluster with :func:`ray.init`) places the
 timeline's nodes on the hosts (:func:`emulator.cluster.placement.place`), starts one :class:`HostAgent`
-actor per host pinned by the host's resource (``satnetem-host-<h>``, :func:`emulator.cluster.raylab.resource`,
+actor per host pinned by the host's resource (``satnetem-host-<h>``, :func:`emulator.cluster.raynode.resource`,
 no CPU reserved), asks each for its underlay address (its source address towards the head), then hands every
 agent the same timeline and placement: each builds, in its own host, an :class:`emulator.network.Emulation`
 given a :class:`~emulator.cluster.part.HostPart` (its nodes' namespaces, veths with both ends on it, a VXLAN
@@ -743,7 +743,7 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
     """
     import ray
 
-    from .raylab import resource
+    from .raynode import resource
 
     t0 = time.perf_counter()
     placement = place(timeline, n_hosts, strategy)

@@ -9,9 +9,11 @@ why:
   readable by root only (``RAY_AUTH_TOKEN_PATH``), never on a command line; a driver without it is refused
   (``AuthenticationError: RPC error: InvalidAuthToken`` from the GCS, whether the client sends a wrong token
   or none);
-* no dashboard (``--include-dashboard=false``), no usage statistics, no log monitor, Ray's memory monitor
-  off (``RAY_memory_monitor_refresh_ms=0``: an emulator's memory is mostly kernel namespaces and qdiscs
-  that Ray would blame on its workers), an 80 MB object store (the agents exchange small messages);
+* each node started as ``satnetem cluster start`` starts a real host's (:mod:`emulator.cluster.raynode`: the
+  same ``ray start`` arguments and environment): no dashboard, no usage statistics, no log monitor, Ray's
+  memory monitor off, an 80 MB object store, every port fixed, and the guard table that drops TCP to Ray's
+  ports arriving on any interface but the fake host's underlay and ``lo`` (in the fake host's own network
+  namespace);
 * ``--num-cpus=0``: nothing reserves a CPU (the agents are ``num_cpus=0`` actors) and Ray starts no idle
   Python worker ahead of time (with one CPU it prestarts one per node: the head then took 21 s to start
   under a load average of 6.7 against 3 s with none);
@@ -22,9 +24,8 @@ Measured here (2 cores shared with other work, load average 3.5-6.7, Ray 2.60): 
 1.9-3.6 s, a driver's connection 0.2-0.8 s, one actor per host placed and answering 1.3-2.5 s. Idle, the
 three nodes are 12 processes (gcs, raylet, dashboard agent and runtime-env agent per node, the autoscaler
 monitor and a minimal dashboard process on the head) holding 817 MB of RSS and 2.7 % of one core. Ray's
-GCS and raylets listen on every address of their namespace (``*:6379`` and two raylet ports); in a fake
-host that is its underlay address and ``lo`` only. A driver without the token is refused after ~20 s of
-the client's retries.
+GCS and raylets listen on every address of their namespace (``*:6379`` and two raylet ports): the guard
+keeps them to the underlay. A driver without the token is refused after ~20 s of the client's retries.
 
 Teardown kills every process inside the lab's namespaces by pid (:meth:`FakeHosts.kill_inside`), never
 ``ray stop``, which kills every Ray process of the machine by name.
@@ -50,19 +51,13 @@ from topologies.errors import ApplyError
 
 from .clocks import offset
 from .lab import FakeHosts
+from .raynode import guard_on, interface_of, node_argv, node_env, resource
 
 log = logging.getLogger(__name__)
 
 #: The GCS port on the head.
 HEAD_PORT = 6379
-#: Object store of each node, bytes (Ray's minimum is 75 MB).
-OBJECT_STORE_BYTES = 80_000_000
 START_TIMEOUT_S = 120.0
-
-
-def resource(h: int) -> str:
-    """The custom resource that pins an actor to fake host ``h``."""
-    return f"satnetem-host-{h}"
 
 
 class RayLab:
@@ -114,12 +109,18 @@ class RayLab:
     def _argv(self, h: int) -> list[str]:
         # a short temporary folder: Ray puts Unix sockets under it, whose paths may not exceed 107 bytes
         assert self._dir is not None
-        argv = [self.ray_bin, "start", f"--node-ip-address={self.lab.address(h)}", "--disable-usage-stats",
-                "--num-cpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}", "--include-log-monitor=false",
-                f"--resources={json.dumps({resource(h): 1})}"]
-        if h == 0:
-            return argv + ["--head", f"--port={HEAD_PORT}", "--include-dashboard=false", f"--temp-dir={self._dir}/ray"]
-        return argv + [f"--address={self.head}"]
+        return node_argv(self.ray_bin, "head" if h == 0 else "worker", self.lab.address(h), h, head=self.head,
+                         temp_dir=f"{self._dir}/ray")
+
+    def _prefix(self, h: int) -> list[str]:
+        return ["nsenter", f"--net={self.lab.host_path(h)}", "--"]
+
+    def guard(self, h: int) -> str:
+        """Put the guard table up in fake host ``h`` (as ``satnetem cluster start`` does on a real host); the
+        interface it leaves Ray's ports reachable on."""
+        iface = interface_of(self.lab.address(h), self._prefix(h))
+        guard_on(iface, prefix=self._prefix(h))
+        return iface
 
     def start(self) -> None:
         """Write the token, start the head in host 0, then the other hosts' nodes one after the other (``ray
@@ -130,6 +131,8 @@ class RayLab:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
         try:
+            for h in range(self.lab.config.n_hosts):
+                self.guard(h)
             t0 = time.perf_counter()
             self._wait([self._popen(0)], "head")
             self.start_s["head"] = time.perf_counter() - t0
@@ -144,7 +147,8 @@ class RayLab:
                  self.start_s["head"], self.start_s["workers"])
 
     def _popen(self, h: int) -> tuple[int, subprocess.Popen[str]]:
-        return h, self.lab.popen(self.lab.host_name(h), self._argv(h), env=self.env(), stdout=subprocess.PIPE,
+        env = node_env(self.token_path, self.lab.address(h), self.env())
+        return h, self.lab.popen(self.lab.host_name(h), self._argv(h), env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
 
     def _wait(self, procs: list[tuple[int, subprocess.Popen[str]]], what: str) -> None:

@@ -4,15 +4,20 @@ with its underlay address, token authentication on, one actor per host pinned by
 Where each actor runs is checked against the lab, not against what Ray says: its source address toward the
 head must be its fake host's underlay address and its network namespace the fake host's (inode of the
 namespace file); a driver without the token must be refused by the cluster (InvalidAuthToken from the GCS);
-after the teardown no process is left in any of the lab's namespaces. 35-50 s, most of it Ray's start and
-the refused driver's retries.
+every port Ray listens on (read with ss) is reachable from another host over the underlay and from no other
+interface (the guard of ``satnetem cluster start``); after the teardown no process is left in any of the lab's
+namespaces. 50-70 s, most of it Ray's start, the refused driver's retries and the refused connections' 1 s
+timeouts.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +69,87 @@ def test_a_driver_without_the_token_is_refused(ray_lab):
     _, rl = ray_lab
     with pytest.raises(ApplyError, match="RPC error: InvalidAuthToken"):
         rl.probe(token="none")
+
+
+#: connects to ADDR at each port given (1 s each) and prints the ports that accepted, as JSON
+CONNECT = """
+import json, socket, sys
+ok = []
+for port in map(int, sys.argv[2:]):
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect((sys.argv[1], port))
+        ok.append(port)
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(json.dumps(ok))
+"""
+
+
+def listening(lab: FakeHosts, h: int) -> set[int]:
+    """TCP ports of the sockets listening in fake host ``h`` on an address other than the loopback's."""
+    out = lab.run(lab.host_name(h), ["ss", "-Hltn"]).stdout
+    ports = set()
+    for line in out.splitlines():
+        local = line.split()[3]
+        addr, _, port = local.rpartition(":")
+        if not addr.startswith(("127.", "[::1]")):
+            ports.add(int(port))
+    return ports
+
+
+def connects(prefix: list[str], addr: str, ports: list[int]) -> set[int]:
+    r = subprocess.run([*prefix, sys.executable, "-c", CONNECT, addr, *map(str, ports)], capture_output=True,
+                       text=True, timeout=5 + 2 * len(ports), check=True)
+    return set(json.loads(r.stdout))
+
+
+def test_rays_ports_are_reachable_on_the_cluster_interface_only(ray_lab):
+    """Ray 2.60 listens on every address of a host; the guard (emulator.cluster.raynode, as ``satnetem cluster
+    start`` puts it up) keeps its ports to the cluster's interface and lo. Host 0 gets a second interface, to an
+    "outside" namespace: every port Ray listens on in host 0 (read with ss: not what Ray or the guard says) is
+    refused from outside and answers from host 1 over the underlay; with the guard taken down, the outside
+    reaches them (the check can fail), and it comes back up."""
+    from emulator.cluster import raynode
+
+    lab, rl = ray_lab
+    ports = sorted(listening(lab, 0))
+    p = raynode.RayPorts()
+    covered = set(p.singles()) | set(range(p.worker_min, p.worker_max + 1))
+    assert ports and raynode.RayPorts().gcs in ports, ports
+    assert set(ports) <= covered, f"Ray listens outside the guarded ports: {sorted(set(ports) - covered)}"
+    outside = f"t-outside-{os.getpid()}"
+    h0 = ["nsenter", f"--net={lab.host_path(0)}", "--"]
+    out_ns = ["ip", "netns", "exec", outside]
+    subprocess.run(["ip", "netns", "add", outside], check=True)
+    try:
+        subprocess.run([*h0, "ip", "link", "add", "out0", "type", "veth", "peer", "name", "in0", "netns", outside],
+                       check=True)
+        subprocess.run([*h0, "ip", "addr", "add", "192.0.2.1/24", "dev", "out0"], check=True)
+        subprocess.run([*h0, "ip", "link", "set", "out0", "up"], check=True)
+        subprocess.run([*out_ns, "ip", "addr", "add", "192.0.2.2/24", "dev", "in0"], check=True)
+        subprocess.run([*out_ns, "ip", "link", "set", "in0", "up"], check=True)
+        subprocess.run([*out_ns, "ip", "link", "set", "lo", "up"], check=True)
+        # the outside aims at host 0's address on its own side and at its cluster address (routed through it)
+        subprocess.run([*out_ns, "ip", "route", "add", lab.address(0), "via", "192.0.2.1"], check=True)
+
+        def from_outside(ports: list[int]) -> set[int]:
+            return connects(out_ns, "192.0.2.1", ports) | connects(out_ns, lab.address(0), ports)
+
+        h1 = ["nsenter", f"--net={lab.host_path(1)}", "--"]
+        assert connects(h1, lab.address(0), ports) == set(ports)  # the cluster's interface: every port
+        assert from_outside(ports) == set()  # another interface: none
+        # broken on purpose: the guard down, the outside reaches Ray (the ports bound to every address at either
+        # address, the runtime-env agent's, bound to the cluster address, there)
+        assert raynode.guard_off(h0)
+        try:
+            assert from_outside(ports) == set(ports)
+        finally:
+            rl.guard(0)
+        assert from_outside([p.gcs]) == set()
+    finally:
+        subprocess.run([*h0, "ip", "link", "del", "out0"], check=False)
+        subprocess.run(["ip", "netns", "del", outside], check=False)

@@ -204,3 +204,64 @@ def test_every_hosts_link_load_in_one_file(tmp_path):
     assert [(s, link, ab, ba) for s, _, link, ab, ba in rows] == \
         [(0, 3, 500, 0), (0, 7, 1000, 10), (1, 3, 700, 5), (1, 7, 1200, 12), (1, 12, 64, 64)]
     assert (tmp_path / "linkload.csv").read_text().count("step") == 1
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["cluster", "start", "--head", "--address", "10.0.0.300"], "--address"),
+    (["cluster", "start", "--head", "--address", "host-a"], "--address"),
+    (["cluster", "start", "--head", "--address", "10.0.0.1", "--host", "2"], "--host"),
+    (["cluster", "start", "--join", "10.0.0.1:6379", "--address", "10.0.0.2"], "--host"),
+    (["cluster", "start", "--join", "10.0.0.1:6379", "--address", "10.0.0.2", "--host", "0"], "--host"),
+    (["cluster", "start", "--join", "head:6379", "--address", "10.0.0.2", "--host", "1"], "--join"),
+    (["cluster", "stop", "--address", "::1"], "--address")])
+def test_bad_cluster_node_arguments_are_one_line(argv, key):
+    from emulator.cli import build_parser, check_args
+
+    with pytest.raises(ConfigError) as e:
+        check_args(build_parser().parse_args(argv))
+    assert e.value.key == key and "\n" not in str(e.value)
+
+
+def test_cluster_node_start_and_guard():
+    """``ray start`` as ``satnetem cluster start`` runs it, and the guard's rules: Ray's ports (every one it is
+    told to use) dropped on any interface but the cluster's and lo; names nft could misread refused."""
+    from emulator.cluster.raynode import RayPorts, guard_ruleset, node_argv
+
+    p = RayPorts()
+    head = node_argv("ray", "head", "10.0.0.1", 0)
+    told = {int(a.split("=")[1]) for a in head if a.split("=")[0].endswith("-port") or a.startswith("--port=")}
+    assert told == {6379, 6380, 6381, 6382, 6383, 6384, 6385, 6400, 6463}
+    rules = guard_ruleset("eth1", p)
+    assert 'iifname { "lo", "eth1" } accept' in rules
+    assert "tcp dport { 6379, 6380, 6381, 6382, 6383, 6384, 6385, 6400-6463 } drop" in rules
+    assert rules.index("accept") < rules.index("drop")  # the cluster's interface first
+    for bad in ('eth1" } accept; #', "a b", "", "x" * 16, "eth1\n"):
+        with pytest.raises(ConfigError):
+            guard_ruleset(bad, p)
+    for bad in ({"gcs": 80}, {"node_manager": 6400}, {"metrics": 6379}, {"worker_max": 6403}, {"gcs": True}):
+        with pytest.raises(ConfigError):
+            RayPorts(**bad)
+
+
+def test_the_token_file_must_be_roots_alone(tmp_path):
+    import os
+
+    from emulator.cluster.raynode import check_token
+
+    t = tmp_path / "token"
+    with pytest.raises(ConfigError, match="cannot read"):
+        check_token(str(t))
+    t.write_text("")
+    t.chmod(0o600)
+    with pytest.raises(ConfigError, match="non-empty"):
+        check_token(str(t))
+    t.write_text("ab" * 32)
+    t.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by root only"):
+        check_token(str(t))
+    t.chmod(0o600)
+    if os.geteuid() == 0:
+        check_token(str(t))
+    else:
+        with pytest.raises(ConfigError, match="owned by root"):
+            check_token(str(t))

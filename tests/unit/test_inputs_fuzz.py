@@ -401,7 +401,9 @@ PARSE_ONLY_LINES = [["run", "{s}", "--duration", "5", "--speed", "2", "--shaper"
                     ["cli", "{s}", "--speed", "1"],
                     ["compare", "{s}", "--protocols", "min-hop,shortest-delay", "--duration", "3"],
                     ["clean", "--run-id", "abc"], ["plan", "--tle", "{tle}", "--shell-inclination", "53"],
-                    ["report", "{d}/results", "--map-at", "0,1"]]
+                    ["report", "{d}/results", "--map-at", "0,1"],
+                    ["cluster", "start", "--join", "10.0.0.1:6379", "--address", "10.0.0.2", "--host", "1"],
+                    ["cluster", "stop", "--address", "10.0.0.2"]]
 
 
 @FUZZ

@@ -34,15 +34,25 @@ def test_vagrantfile_validates(tmp_path, workers):
 
 
 def test_cluster_lab_starts_ray_as_the_fake_hosts_do():
-    """cluster.sh starts each VM's Ray node with the settings the tests run on the fake hosts
-    (emulator.cluster.raylab): token authentication, no CPU reserved, no dashboard, the memory monitor off."""
-    from emulator.cluster.raylab import OBJECT_STORE_BYTES
+    """cluster.sh starts each VM's Ray node with ``satnetem cluster start``, whose ``ray start`` arguments and
+    environment are those of the fake hosts' nodes (emulator.cluster.raynode): token authentication, no CPU
+    reserved, no dashboard, the memory monitor off, and the guard; the service's stop removes the guard."""
+    from emulator.cluster.raynode import OBJECT_STORE_BYTES, node_argv, node_env
 
     text = (ROOT / "vagrant" / "cluster.sh").read_text()
-    for want in ("RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH=/etc/satnetem/ray-token", "RAY_memory_monitor_refresh_ms=0",
-                 "RAY_USAGE_STATS_ENABLED=0", "--num-cpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}",
-                 "--include-dashboard=false", "--include-log-monitor=false", "satnetem-host-${host}", "mtu 1550"):
+    for want in ("/bin/satnetem cluster start --block --address", "--token /etc/satnetem/ray-token",
+                 "(--join \"${head_ip}:${port}\" --host \"${host}\")", "(--head)", "/bin/satnetem cluster stop",
+                 "mtu 1550"):
         assert want in text, want
+    argv = node_argv("ray", "worker", "10.0.0.2", 1, head="10.0.0.1:6379")
+    env = node_env("/etc/satnetem/ray-token", "10.0.0.2", base={})
+    for want in ("--num-cpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}", "--include-log-monitor=false",
+                 '--resources={"satnetem-host-1": 1}', "--address=10.0.0.1:6379"):
+        assert want in argv, (want, argv)
+    assert "--include-dashboard=false" in node_argv("ray", "head", "10.0.0.1", 0)
+    assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/etc/satnetem/ray-token",
+                   "RAY_USAGE_STATS_ENABLED": "0", "RAY_memory_monitor_refresh_ms": "0",
+                   "SATNETEM_RAY_NODE": "10.0.0.2"}
     assert 'path: "cluster.sh"' in (ROOT / "vagrant" / "Vagrantfile").read_text()
 
 
