@@ -16,8 +16,11 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +156,63 @@ def test_rays_ports_are_reachable_on_the_cluster_interface_only(ray_lab):
     finally:
         subprocess.run([*h0, "ip", "link", "del", "out0"], check=False)
         subprocess.run(["ip", "netns", "del", outside], check=False)
+
+
+def test_satnetem_cluster_start_and_stop_a_node(tmp_path):
+    """``satnetem cluster start`` and ``stop`` as a user runs them on a host, here inside a fake host of its own:
+    the node starts with the guard up and listens; ``stop`` ends every process of it and removes the guard; a
+    token readable by others is refused in one line with nothing started; with ``--block`` the command stays
+    until SIGTERM, then leaves nothing."""
+    from emulator.cluster import raynode
+
+    if importlib.util.find_spec("ray") is None or os.geteuid() != 0:
+        pytest.skip("needs ray and root")
+    satnetem = str(Path(sys.executable).with_name("satnetem"))
+    token = tmp_path / "token"
+    token.write_text("ab" * 32)
+    token.chmod(0o600)
+    with FakeHosts(f"t-rn-{os.getpid()}", LabConfig(n_hosts=1, delay_ms=0.0, subnet="172.31.214.0/24")) as lab:
+        addr = lab.address(0)
+        inside = ["nsenter", f"--net={lab.host_path(0)}", "--"]
+        start = [*inside, satnetem, "cluster", "start", "--head", "--address", addr, "--token", str(token)]
+
+        def table() -> bool:
+            return subprocess.run([*inside, "nft", "list", "table", "inet", raynode.GUARD_TABLE],
+                                  capture_output=True, check=False).returncode == 0
+
+        def stop() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*inside, satnetem, "cluster", "stop", "--address", addr], capture_output=True,
+                                  text=True, timeout=60, check=False)
+
+        try:
+            r = subprocess.run(start, capture_output=True, text=True, timeout=120, check=False)
+            assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+            assert "reachable on ul0" in r.stdout and table()
+            assert raynode.RayPorts().gcs in listening(lab, 0)
+            pids = raynode.marked_pids(addr)
+            assert pids and all(os.stat(f"/proc/{p}/ns/net").st_ino == os.stat(lab.host_path(0)).st_ino
+                                for p in pids)
+            r = stop()
+            assert r.returncode == 0 and f"ended {len(pids)} processes" in r.stdout and "removed the nft table" in \
+                r.stdout, r.stdout + r.stderr
+            assert raynode.marked_pids(addr) == [] and not table() and listening(lab, 0) == set()
+            # a token others may read: one line, exit status 2, nothing started, no table
+            token.chmod(0o644)
+            r = subprocess.run(start, capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1 and "readable by root only" in r.stderr, r.stderr
+            assert raynode.marked_pids(addr) == [] and not table()
+            token.chmod(0o600)
+            # --block: in the foreground until SIGTERM, which ends the node and removes the guard
+            p = subprocess.Popen([*start, "--block"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 90
+            while raynode.RayPorts().gcs not in listening(lab, 0) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert raynode.RayPorts().gcs in listening(lab, 0) and table() and p.poll() is None
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+            deadline = time.monotonic() + 20
+            while raynode.marked_pids(addr) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert raynode.marked_pids(addr) == [] and not table()
+        finally:
+            stop()
