@@ -31,6 +31,7 @@ from emulator.cluster.raylab import RayLab
 from topologies.errors import ApplyError
 
 pytestmark = pytest.mark.root
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -159,62 +160,84 @@ def test_rays_ports_are_reachable_on_the_cluster_interface_only(ray_lab):
         subprocess.run(["ip", "netns", "del", outside], check=False)
 
 
-def test_satnetem_cluster_start_and_stop_a_node(tmp_path):
-    """``satnetem cluster start`` and ``stop`` as a user runs them on a host, here inside a fake host of its own:
-    the node starts with the guard up and listens; ``stop`` ends every process of it and removes the guard; a
-    token readable by others is refused in one line with nothing started; with ``--block`` the command stays
-    until SIGTERM, then leaves nothing."""
+def test_the_labs_provisioning_starts_the_nodes_and_cluster_stop_ends_them(tmp_path):
+    """vagrant/cluster.sh, the multi-machine lab's provisioner, run as the lab runs it on two fake hosts of their
+    own (a head and a worker; the fake hosts share this machine's files and have no service manager, so its
+    /etc is a folder here and the node starts without systemd or chrony): it sets the lab interface's MTU to
+    1550, installs the token root-only, and starts each Ray node with the guard up; a driver places an actor on
+    each host by its resource. ``satnetem cluster stop`` on each host ends every process of its node and removes
+    the guard. Then ``satnetem cluster start`` as a user types it: a token readable by others is refused in one
+    line with nothing started; with ``--block`` it stays until SIGTERM, then leaves nothing."""
     from emulator.cluster import raynode
 
     if importlib.util.find_spec("ray") is None or os.geteuid() != 0:
         pytest.skip("needs ray and root")
-    satnetem = str(Path(sys.executable).with_name("satnetem"))
+    venv = Path(sys.executable).parent.parent
+    satnetem = str(venv / "bin" / "satnetem")
     token = tmp_path / "token"
     token.write_text("ab" * 32)
     token.chmod(0o600)
-    with FakeHosts(f"t-rn-{os.getpid()}", LabConfig(n_hosts=1, delay_ms=0.0, subnet="172.31.214.0/24")) as lab:
-        addr = lab.address(0)
-        inside = ["nsenter", f"--net={lab.host_path(0)}", "--"]
-        start = [*inside, satnetem, "cluster", "start", "--head", "--address", addr, "--token", str(token)]
+    etc = tmp_path / "etc"
+    env = {**os.environ, "SATNETEM_VENV": str(venv), "SATNETEM_LAB_TOKEN": str(token), "SATNETEM_LAB_ETC": str(etc),
+           "SATNETEM_LAB_SERVICES": "none"}
+    cfg = LabConfig(n_hosts=2, delay_ms=0.0, mtu_bytes=1600, subnet="172.31.214.0/24")
+    with FakeHosts(f"t-rn-{os.getpid()}", cfg) as lab:
+        inside = [["nsenter", f"--net={lab.host_path(h)}", "--"] for h in range(2)]
+        head = lab.address(0)
 
-        def table() -> bool:
-            return subprocess.run([*inside, "nft", "list", "table", "inet", raynode.GUARD_TABLE],
+        def table(h: int) -> bool:
+            return subprocess.run([*inside[h], "nft", "list", "table", "inet", raynode.GUARD_TABLE],
                                   capture_output=True, check=False).returncode == 0
 
-        def stop() -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*inside, satnetem, "cluster", "stop", "--address", addr], capture_output=True,
-                                  text=True, timeout=60, check=False)
+        def stop(h: int) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*inside[h], satnetem, "cluster", "stop", "--address", lab.address(h)],
+                                  capture_output=True, text=True, timeout=60, check=False)
 
         try:
-            r = subprocess.run(start, capture_output=True, text=True, timeout=120, check=False)
-            assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
-            assert "reachable on ul0" in r.stdout and table()
-            assert raynode.RayPorts().gcs in listening(lab, 0)
-            pids = raynode.marked_pids(addr)
-            assert pids and all(os.stat(f"/proc/{p}/ns/net").st_ino == os.stat(lab.host_path(0)).st_ino
-                                for p in pids)
-            r = stop()
-            ended = re.search(r"ended (\d+) processes", r.stdout)
-            assert r.returncode == 0 and ended and int(ended.group(1)) >= len(pids) and "removed the nft table" in \
-                r.stdout, r.stdout + r.stderr
-            assert raynode.marked_pids(addr) == [] and not table() and listening(lab, 0) == set()
-            # a token others may read: one line, exit status 2, nothing started, no table
+            for h, role in enumerate(("head", "worker")):
+                r = subprocess.run([*inside[h], "bash", str(ROOT / "vagrant" / "cluster.sh"), role, lab.address(h),
+                                    head, str(h)], env=env, capture_output=True, text=True, timeout=180, check=False)
+                assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+                assert "reachable on ul0" in r.stdout and table(h), r.stdout
+                mtu = lab.run(lab.host_name(h), ["cat", "/sys/class/net/ul0/mtu"]).stdout.strip()
+                assert mtu == "1550", mtu
+            assert (etc / "satnetem" / "ray-token").read_text() == token.read_text()
+            assert (etc / "satnetem" / "ray-token").stat().st_mode & 0o777 == 0o600
+            assert (etc / "satnetem").stat().st_mode & 0o777 == 0o700
+            probe = subprocess.run([*inside[0], sys.executable, "-m", "emulator.cluster.raylab", f"{head}:6379", "2"],
+                                   env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)},
+                                   capture_output=True, text=True, timeout=180, check=False, cwd=str(ROOT))
+            assert probe.returncode == 0, probe.stderr[-1500:]
+            got = json.loads(probe.stdout.strip().splitlines()[-1])
+            assert got["nodes"] == 2 and [a["addr"] for a in got["agents"]] == [lab.address(0), lab.address(1)]
+            for h in (1, 0):
+                pids = raynode.marked_pids(lab.address(h))
+                assert pids and all(os.stat(f"/proc/{p}/ns/net").st_ino == os.stat(lab.host_path(h)).st_ino
+                                    for p in pids)
+                r = stop(h)
+                ended = re.search(r"ended (\d+) processes", r.stdout)
+                assert r.returncode == 0 and ended and int(ended.group(1)) >= len(pids) and \
+                    "removed the nft table" in r.stdout, r.stdout + r.stderr
+                assert raynode.marked_pids(lab.address(h)) == [] and not table(h) and listening(lab, h) == set()
+            # satnetem cluster start by hand: a token others may read is refused, nothing started, no table
+            start = [*inside[0], satnetem, "cluster", "start", "--head", "--address", head, "--token", str(token)]
             token.chmod(0o644)
             r = subprocess.run(start, capture_output=True, text=True, timeout=60, check=False)
             assert r.returncode == 2 and r.stderr.count("\n") == 1 and "readable by root only" in r.stderr, r.stderr
-            assert raynode.marked_pids(addr) == [] and not table()
+            assert raynode.marked_pids(head) == [] and not table(0)
             token.chmod(0o600)
             # --block: in the foreground until SIGTERM, which ends the node and removes the guard
             p = subprocess.Popen([*start, "--block"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 90
             while raynode.RayPorts().gcs not in listening(lab, 0) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert raynode.RayPorts().gcs in listening(lab, 0) and table() and p.poll() is None
+            assert raynode.RayPorts().gcs in listening(lab, 0) and table(0) and p.poll() is None
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=60)
             deadline = time.monotonic() + 20
-            while raynode.marked_pids(addr) and time.monotonic() < deadline:
+            while raynode.marked_pids(head) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert raynode.marked_pids(addr) == [] and not table()
+            assert raynode.marked_pids(head) == [] and not table(0)
         finally:
-            stop()
+            for h in range(2):
+                stop(h)

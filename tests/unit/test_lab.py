@@ -40,7 +40,7 @@ def test_cluster_lab_starts_ray_as_the_fake_hosts_do():
     from emulator.cluster.raynode import OBJECT_STORE_BYTES, node_argv, node_env
 
     text = (ROOT / "vagrant" / "cluster.sh").read_text()
-    for want in ("/bin/satnetem cluster start --block --address", "--token /etc/satnetem/ray-token",
+    for want in ("/bin/satnetem cluster start --block --address", "--token %s/satnetem/ray-token",
                  "(--join \"${head_ip}:${port}\" --host \"${host}\")", "(--head)", "/bin/satnetem cluster stop",
                  "mtu 1550"):
         assert want in text, want
