@@ -263,11 +263,11 @@ def stop_node(address: str | None = None, timeout_s: float = 15.0, prefix: Seque
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
         time.sleep(0.1)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    from ..clean import kill_and_wait
+
+    left = kill_and_wait({p for p in pids if os.path.exists(f"/proc/{p}")})
+    if left:
+        log.warning("processes of the Ray node still alive after SIGKILL: %s", left)
     return len(pids), guard_off(prefix)
 
 
