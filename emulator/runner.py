@@ -238,34 +238,49 @@ def _best_policy(emu: Any, tl: Timeline, plan: Any, f: TrafficSpec, i: int, t0_u
                            MIGRATE_PORT_BASE + i)
 
 
-def _count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return 0
+class Tally:
+    """Counts of a pattern in growing files, read incrementally: each call reads only what was appended since
+    the last (up to its last complete line), so the cost of a progress line stays that of the last interval's
+    records however long the run has been going (re-reading whole files every 10 s, a 2-hour run read ~17 MB
+    each time by its end)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[Path, bytes], tuple[int, int]] = {}  # (file, pattern) -> (offset, count)
+
+    def count(self, path: Path, pattern: bytes = b"\n") -> int:
+        """Occurrences of ``pattern`` in the complete lines of ``path`` so far (0 for a file not there yet)."""
+        offset, n = self._seen.get((path, pattern), (0, 0))
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except OSError:
+            return n
+        end = chunk.rfind(b"\n") + 1  # a line still being written is counted once it is complete
+        n += chunk[:end].count(pattern)
+        self._seen[(path, pattern)] = (offset + end, n)
+        return n
 
 
-def flow_progress(flows: list[Any], out: Path) -> str:
-    """'received/sent' of each running flow, read from its files (cheap: line counts)."""
+def flow_progress(flows: list[Any], out: Path, tally: Tally | None = None) -> str:
+    """'received/sent' of each running flow, read from its files (``tally``: kept between calls, so that each
+    reads only what was added since the last)."""
+    from .flows import safe_label
+
+    t = tally or Tally()
     parts = []
     for fl in flows:
         r = fl.record
-        d = out / "flows" / r.label.replace(":", "_")
+        d = out / "flows" / safe_label(r.label)
         sent = int(max(0.0, time.time() - r.start_unix_s) * r.rate_pps)
         if r.kind == "ping":
-            try:
-                text = (d / "ping.txt").read_text(errors="replace")
-            except OSError:
-                text = ""
-            parts.append(f"{r.label} {text.count('bytes from')}/{sent}")
+            parts.append(f"{r.label} {t.count(d / 'ping.txt', b'bytes from')}/{sent}")
         elif r.kind == "udp-probe":
-            parts.append(f"{r.label} {max(0, _count_lines(d / 'recv.csv') - 1)}/"
-                         f"{max(0, _count_lines(d / 'sent.csv') - 1)}")
+            parts.append(f"{r.label} {max(0, t.count(d / 'recv.csv') - 1)}/{max(0, t.count(d / 'sent.csv') - 1)}")
         elif r.kind == "request":
-            parts.append(f"{r.label} {max(0, _count_lines(d / 'requests.csv') - 1)} done")
+            parts.append(f"{r.label} {max(0, t.count(d / 'requests.csv') - 1)} done")
         elif r.kind == "allreduce":  # rounds every node has finished
-            done = min((_count_lines(d / f) - 1 for k, f in r.files.items() if k != "allreduce"), default=0)
+            done = min((t.count(d / f) - 1 for k, f in r.files.items() if k != "allreduce"), default=0)
             parts.append(f"{r.label} {max(0, done)} rounds")
     return "; ".join(parts)
 
@@ -429,6 +444,8 @@ def run(args: argparse.Namespace) -> int:
                                                        sc.power_config().throttle_share)
                 starter.groups = compute_svc.groups  # the all-reduce's ranks run inside their nodes' groups
 
+            tally = Tally()  # the progress lines' counts, read incrementally
+
             def on_step(rec: StepRecord) -> None:
                 s = rec.stats
                 steps_w.writerow([rec.step, f"{rec.due_s:.3f}", f"{rec.late_ms:.2f}", f"{rec.apply_ms:.2f}",
@@ -444,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
                     whereami.post(rec.step)
                 if rec.step % max(1, int(10 / tl.step_s)) == 0:
                     _say(f"  t={rec.step * tl.step_s:7.1f} s  step {rec.step}/{last}  late {rec.late_ms:6.1f} ms"
-                         f"  {flow_progress(starter.flows, out)}")
+                         f"  {flow_progress(starter.flows, out, tally)}")
 
             # keep_records=False: each step's record is in steps.csv (on_step), not held for the whole run
             playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead,

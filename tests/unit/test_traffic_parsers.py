@@ -331,3 +331,32 @@ def test_nearest_schedule_entry_in_force(tmp_path):
         NearestSchedule(write(tmp_path, "c.json", '[{"t_unix_s": 1, "target": "C"}]'), {"A"})
     with pytest.raises(ConfigError, match="JSON"):
         NearestSchedule(write(tmp_path, "t.json", '[{"t_unix_s": 1, "tar'), {"A"})
+
+
+def test_progress_counts_read_only_what_was_appended(tmp_path):
+    """The run's progress line counts received pings and probe records from files that grow for hours: the
+    counts, read incrementally, equal a whole read's of the complete lines at every call, and a call reads
+    only the bytes appended since the last."""
+    from emulator.runner import Tally
+
+    ping, rec = tmp_path / "ping.txt", tmp_path / "recv.csv"
+    t = Tally()
+    assert t.count(ping, b"bytes from") == 0 and t.count(rec) == 0  # not there yet
+    lines = ["PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data."] + [
+        f"[1.{k}] 64 bytes from 10.0.0.2: icmp_seq={k} ttl=60 time=40.{k} ms" if k % 7 else
+        f"no answer yet for icmp_seq={k}" for k in range(1, 200)]
+    text = "\n".join(lines) + "\n"
+    csv_text = "seq,sent_ns,recv_ns\n" + "".join(f"{k},{k * 10},{k * 10 + 5}\n" for k in range(500))
+    written = 0
+    for cut in (0, 1, 57, 58, 900, 901, 4000, len(text)):  # mid-line cuts included
+        with open(ping, "a") as f:
+            f.write(text[written:cut])
+        written = max(written, cut)
+        complete = text[:cut][:text[:cut].rfind("\n") + 1]
+        assert t.count(ping, b"bytes from") == complete.count("bytes from")
+    for cut in (10, 20, 21, 3000, len(csv_text)):
+        rec.write_text(csv_text[:cut])
+        assert t.count(rec) == csv_text[:cut].count("\n")
+    # what the last call read: nothing new, so the offset is at the end and the count unchanged
+    before = dict(t._seen)
+    assert t.count(rec) == 501 and t._seen == before
