@@ -99,6 +99,9 @@ class HostAgent:
         # last step play() applies (the final sample is that step's)
         self._loadlog: Any = None
         self._last_step = 0
+        # this host's compute nodes' services (emulator.traffic.compute.ComputeServices) and their whereami.json
+        self._compute: Any = None
+        self._whereami: Any = None
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -122,8 +125,13 @@ class HostAgent:
 
     def build(self, timeline: Timeline, host_of: np.ndarray, underlay: tuple[str, ...], run_id: str,
               protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0, vni_base: int = 1,
-              queue_packets: dict[str, int] | None = None, correct_underlay: bool = True) -> dict[str, Any]:
+              queue_packets: dict[str, int] | None = None, correct_underlay: bool = True,
+              compute: dict[str, Any] | None = None) -> dict[str, Any]:
         """Build this host's part of ``timeline`` at step 0.
+
+        With ``compute`` (``work_ms``: a request's default work; ``throttle_share``: a throttled node's share,
+        or None), the services of the compute nodes built here start as on one host (their capacity in
+        cgroups, ``whereami.json`` at step 0, each step's power state enforced while playing).
 
         With ``correct_underlay``, the underlay's one-way delay to every other host is measured first (half
         the least RTT of 20 pings, :func:`emulator.cluster.underlay.measure`) and subtracted from what this
@@ -184,12 +192,34 @@ class HostAgent:
             if too_slow:
                 log.warning("host %d: %d links to other hosts are shorter than the underlay between them: they "
                             "carry the underlay's delay", self.host, too_slow)
+        services = self._start_compute(compute) if compute is not None else None
         assert emu.holder is not None
         return {"host": self.host, "run_id": emu.run_id, "holder": emu.holder.pid, "address": addr, "pid": os.getpid(),
+                "compute_services": services,
                 "namespaces": {emu.names[i]: emu.nodes[i].ns_path for i in here.tolist()}, "shaper": why,
                 "shaper_name": sh.name, "nodes": int(len(here)), "vni_base": vni_base,
                 "timings_ms": emu.build_timings_ms, "cross_ends": int(crossing.sum()), "underlay": seen,
                 "underlay_too_slow": too_slow}
+
+    def _start_compute(self, compute: dict[str, Any]) -> dict[str, Any] | None:
+        """The services of this host's compute nodes (None: it has none); what they cost, as the single-host
+        summary's ``compute_services``."""
+        from ..traffic.compute import ComputeServices, WhereamiWriter, node_services
+
+        nodes = node_services(self.emu)
+        if not nodes:
+            return None
+        t = time.monotonic()
+        svc = ComputeServices(self.emu.run_id, work_ms=float(compute.get("work_ms", 5.0)))
+        self._compute = svc
+        svc.start(nodes)
+        self._whereami = WhereamiWriter(svc, self.emu.timeline, compute.get("throttle_share"))
+        self._whereami.post(0)
+        mem = svc.memory()
+        rss = sorted(r for r, _ in mem.values())
+        return {"nodes": len(nodes), "cgroup": svc.groups.layout.version, "start_s": round(time.monotonic() - t, 2),
+                "rss_kb_total": sum(rss), "rss_kb_median": rss[len(rss) // 2],
+                "pss_kb_total": sum(p for _, p in mem.values()), "uid": svc.uid, "capacity": svc.describe()}
 
     def apply_step(self, step: int) -> dict[str, Any]:
         """Bring this host's part to timeline step ``step`` (:meth:`emulator.network.Emulation.apply_step`);
@@ -251,6 +281,8 @@ class HostAgent:
                                  "stats": stats.as_dict()})
             if self._loadlog is not None:  # after the step's record, as the single-host runner samples
                 self._loadlog.sample(k)
+            if self._whereami is not None:
+                self._whereami.post(k)
             return stats
 
         pb = Playback(emu.timeline.step_s, 0, last, apply, speed, ahead=emu.prepare_ahead, settle=emu.settle)
@@ -358,7 +390,8 @@ class HostAgent:
         return rows
 
     def start_flows(self, flows: list[tuple[int, Any, float]], start_ns: int, speed: float,
-                    matrix_plans: dict[int, Any] | None = None) -> list[str]:
+                    matrix_plans: dict[int, Any] | None = None,
+                    schedules: dict[int, list[dict[str, Any]]] | None = None) -> list[str]:
         """Start, on this host, the programs of the flows whose source or destination node is here, each
         ``start_s`` / ``speed`` after ``start_ns`` (CLOCK_REALTIME), as a single-host run does
         (:class:`emulator.flows.FlowStarter`), into a folder of this host that :meth:`collect` hands back. A flow
@@ -374,6 +407,9 @@ class HostAgent:
             The flow's index in the scenario, its spec and its wall-clock duration, s.
         matrix_plans : dict of int to topologies.traffic_matrix.MatrixPlan
             Each matrix flow's plan by its index (made on the head, which has the scenario's files).
+        schedules : dict of int to list of dict
+            A request flow's schedule of targets by its index (policy ``nearest``: made on the head, from the
+            routing protocol's predictions).
 
         Returns
         -------
@@ -418,7 +454,8 @@ class HostAgent:
         def start(i: int, f: Any, d: float, side: str) -> None:
             at = start_ns / 1e9 + f.start_s / speed
             try:
-                starter.start(i, f, max(1.0, d), side="both" if side == "part" else side, at_unix_s=at)
+                starter.start(i, f, max(1.0, d), (schedules or {}).get(i), side="both" if side == "part" else side,
+                              at_unix_s=at)
             except Exception as e:  # noqa: BLE001 - on a timer's thread: said in collect(), by flow
                 log.exception("host %d: flow %s did not start", self.host, f.label)
                 self._flow_errors.append(f"flow {f.label} could not start on host {self.host}: {e}")
@@ -516,13 +553,20 @@ class HostAgent:
         if self._starter is not None or self._flows_dir is not None:
             self.collect(wait_s=0.0)
         self._monitor_rows()  # not collected (a fault, an interrupt): stopped, its file removed
+        cgroups_left: list[str] = []
+        if self._whereami is not None:
+            self._whereami.close()
+            self._whereami = None
+        if self._compute is not None:
+            cgroups_left = list(self._compute.stop() or [])
+            self._compute = None
         if self.emu is None:
             return {"host": self.host, "left": []}
         rid = self.emu.run_id
         self.emu.stop()
         self.emu = None
         pids, _ = find_ours(rid)
-        return {"host": self.host, "left": sorted(pids)}
+        return {"host": self.host, "left": sorted(pids), "cgroups_left": cgroups_left}
 
 
 def _versions() -> dict[str, str]:
@@ -720,7 +764,8 @@ class Cluster:
 def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strategy: str = "plane",
           protocol: str = "shortest-delay", shaper: str = "auto", seed: int = 0,
           max_clock_offset_ms: float = MAX_CLOCK_OFFSET_MS, vni_base: int = 1,
-          queue_packets: dict[str, int] | None = None, say: Any = None) -> Cluster:
+          queue_packets: dict[str, int] | None = None, say: Any = None,
+          compute: dict[str, Any] | None = None) -> Cluster:
     """Place ``timeline`` on ``n_hosts`` hosts and have one agent per host build its part (the caller is a
     Ray driver already: :func:`ray.init` done). Before anything is built, every host must run the driver's
     Python, Ray and satnetem, and its clock must be within ``max_clock_offset_ms`` of the driver's.
@@ -733,6 +778,8 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
         VNI of the first cross-host link (:class:`~emulator.cluster.part.HostPart`).
     say : callable, optional
         Called with a line of progress (the clocks once measured).
+    compute : dict, optional
+        The compute services' settings (:meth:`HostAgent.build`); None: the timeline has no compute node.
 
     Raises
     ------
@@ -760,7 +807,7 @@ def start(head_addr: str, timeline: Timeline, n_hosts: int, run_id: str, strateg
     cluster = Cluster(agents, placement, underlay, clocks=clocks)
     tl_ref = ray.put(timeline)
     calls = [a.build.remote(tl_ref, placement.host_of, underlay, run_id, protocol, shaper, seed, vni_base,
-                            queue_packets) for a in agents]
+                            queue_packets, True, compute) for a in agents]
     builds: list[dict[str, Any]] = []
     failure = None
     for h, c in enumerate(calls):

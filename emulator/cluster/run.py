@@ -12,7 +12,9 @@ What differs from a single-host run: the flows are ``ping``, ``path``, ``udp-pro
 runs on its destination's host, the sender on its source's; the one-way delays of a probe between two hosts
 are corrected by the clock offsets measured at start) and traffic matrices (each endpoint's program on its
 host, from one instant; the plan made here, where the scenario's files are; ``linkload.csv`` from every host's
-near ends), no requests or all-reduces, no compute nodes (their services, barrier and migrations span hosts);
+near ends) and requests (the client on its source's host, each compute node's service on its own host, the
+``nearest`` policy's schedule made here); no all-reduces and no ``best`` policy (their barrier and migrations
+are driven from one process that reaches every node);
 a daemon-driven protocol (ospf) runs its daemons in each host's own routers (their statistics added over the
 hosts), and the delay daemons' statistics are merged as one daemon's (:func:`emulator.shaping.delayd.
 merge_stats`); each host's release lateness is in ``monitor.csv``, merged from every host, which marks samples
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: Flow kinds a clustered run starts: their programs run in the source node, and a receiver, if any, in the
 #: destination node (on its own host).
-CLUSTER_FLOW_KINDS = ("ping", "path", "udp-probe", "iperf3-tcp", "iperf3-udp", "matrix")
+CLUSTER_FLOW_KINDS = ("ping", "path", "udp-probe", "iperf3-tcp", "iperf3-udp", "matrix", "request")
 #: How long the driver waits for the head's port to answer before giving up, s.
 CONNECT_TIMEOUT_S = 5.0
 _HOST_RESOURCE = re.compile(r"^satnetem-host-(\d+)$")
@@ -84,13 +86,15 @@ def cluster_config(args: argparse.Namespace, sc: Scenario) -> ClusterConfig | No
         if given is not None:
             raise
         raise scenario_error(sc, e.message, "cluster.address") from None
-    if sc.compute:
-        raise scenario_error(sc, "compute nodes do not run on a cluster yet (their services and requests span "
-                             "hosts)", "compute")
     for i, f in enumerate(sc.traffic):
         if f.kind not in CLUSTER_FLOW_KINDS:
             raise scenario_error(sc, f"a {f.kind!r} flow does not run on a cluster yet (these do: "
-                                 f"{', '.join(CLUSTER_FLOW_KINDS)})", f"traffic[{i}].kind")
+                                 f"{', '.join(CLUSTER_FLOW_KINDS)}; the all-reduce's ranks meet at a barrier in "
+                                 f"one host's files)", f"traffic[{i}].kind")
+        if f.kind == "request" and f.policy == "best":
+            raise scenario_error(sc, "request policy 'best' does not run on a cluster yet (its migrations move a "
+                                 "node's state from one process that reaches both nodes); 'fixed' and 'nearest' "
+                                 "do", f"traffic[{i}].policy")
     return cfg
 
 
@@ -348,15 +352,24 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
     """
     import ray
 
-    from ..runner import finish
+    from routing.base import scenario_protocol
+
+    from ..runner import finish, nearest_schedule
     from ..validity import Bounds
     from .agent import start
+
+    proto = scenario_protocol(sc, protocol)  # the predictions behind a 'nearest' request's schedule
 
     run_id = run_id or f"{secrets.token_hex(3)}"
     # the traffic matrices' plans, here where the scenario's files are (a matrix_csv): the hosts get them
     from topologies.traffic_matrix import plan_matrix
 
     matrix_plans = {i: plan_matrix(f, tl, sc.base_dir) for i, f in enumerate(flows_wanted) if f.kind == "matrix"}
+    computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
+    compute = None
+    if computes:  # each host starts the services of its own compute nodes, as one host does all of them
+        work_ms = max((f.work_ms for f in flows_wanted if f.kind == "request"), default=5.0)
+        compute = {"work_ms": work_ms, "throttle_share": sc.power_config().throttle_share}
     join(cfg.address)
     summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "protocol": protocol, "speed": speed,
                                "steps_planned": last + 1, "step_s": tl.step_s, "complete": False, "run_id": run_id}
@@ -371,7 +384,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
         _say(f"building {len(tl.nodes)} nodes and {tl.n_links} links over {n_hosts} hosts ...")
         try:
             cluster = start(head_addr(cfg.address)[0], tl, n_hosts, run_id, cfg.placement, protocol, shaper, sc.seed,
-                            cfg.max_clock_offset_ms, vni_base, dict(sc.emulation.queue_packets), say=_say)
+                            cfg.max_clock_offset_ms, vni_base, dict(sc.emulation.queue_packets), say=_say,
+                            compute=compute)
         except ApplyError as e:
             if "exists" in str(e).lower():
                 raise ApplyError(f"{e} (another run on these hosts may use VNIs from {vni_base}: set [cluster] "
@@ -396,6 +410,18 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
         (out / "placement.json").write_text(json.dumps(
             {nd.name: int(h) for nd, h in zip(tl.nodes, cluster.placement.host_of.tolist())}))
         _say(f"  placement: {describe_one(per)}")
+        services = [b["compute_services"] for b in cluster.builds if b.get("compute_services")]
+        if services:
+            rss = sorted(x["rss_kb_median"] for x in services)
+            summary["compute_services"] = {
+                "nodes": sum(x["nodes"] for x in services), "cgroup": services[0]["cgroup"],
+                "start_s": max(x["start_s"] for x in services),
+                "rss_kb_total": sum(x["rss_kb_total"] for x in services),
+                "rss_kb_median": rss[len(rss) // 2], "pss_kb_total": sum(x["pss_kb_total"] for x in services),
+                "by_host": [b.get("compute_services") for b in cluster.builds]}
+            _say(f"  compute capacity: {services[0]['capacity']}")
+            _say("  compute services: " + ", ".join(f"host {b['host']} {b['compute_services']['nodes']}"
+                                                    for b in cluster.builds if b.get("compute_services")))
         for b in cluster.builds:
             ul = ", ".join(f"to host {h} {u['one_way_ms']:.3f} ms (jitter {u['jitter_ms']:.3f})"
                            for h, u in enumerate(b.get("underlay") or []) if u)
@@ -413,14 +439,18 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                 flows.append((i, f, dur))
 
         def on_start(start_ns: int) -> None:
+            schedules = {}
+            for i, f, _ in flows:  # the 'nearest' policy's targets from each step on, as one host computes them
+                if f.kind == "request" and f.policy == "nearest":
+                    schedules[i] = nearest_schedule(tl, proto, f.src, computes, start_ns / 1e9, speed, last + 1)
             bounds = Bounds.of(sc.emulation)
             (out / "run.json").write_text(json.dumps({
                 "run_id": run_id, "t0_unix": start_ns / 1e9, "speed": speed, "step_s": tl.step_s,
                 "protocol": protocol, "shaper": summary["shaper"], "steps_planned": last + 1,
                 "validity": bounds.as_dict(),
                 "cluster": {"address": cfg.address, "hosts": n_hosts}}))
-            started = ray.get([a.start_flows.remote(flows, start_ns, speed, matrix_plans) for a in cluster.agents],
-                              timeout=60)
+            started = ray.get([a.start_flows.remote(flows, start_ns, speed, matrix_plans, schedules)
+                               for a in cluster.agents], timeout=60)
             for h, labels in enumerate(started):
                 if labels:
                     _say(f"  host {h} runs flows {', '.join(labels)}")
@@ -453,6 +483,9 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             try:
                 left = cluster.stop()
                 summary.setdefault("cluster", {})["left"] = {str(x["host"]): x["left"] for x in left}
+                cg = [g for x in left for g in x.get("cgroups_left", [])]
+                if cg:
+                    summary.setdefault("compute_services", {})["cgroups_left"] = cg
             except Exception as e:  # noqa: BLE001 - the summary must still be written
                 _say(f"teardown: {one_line(str(e))}")
         summary["teardown_s"] = round(time.monotonic() - t, 2)

@@ -275,12 +275,14 @@ class ComputeServices:
 
 
 def node_services(emu: Any) -> list[NodeService]:
-    """A :class:`NodeService` for every compute node of the running emulation ``emu``, with the capacity its
-    timeline node carries (``cpu_share``, ``memory_mb`` from its ``[[compute]]`` entry; default one core,
-    no memory limit)."""
+    """A :class:`NodeService` for every compute node of the running emulation ``emu`` built here (on a host
+    of a clustered run, its own: ``emu.local``), with the capacity its timeline node carries (``cpu_share``,
+    ``memory_mb`` from its ``[[compute]]`` entry; default one core, no memory limit)."""
     tl = emu.timeline
     out = []
     for i in tl.nodes_of("compute"):
+        if not emu.local[i]:
+            continue
         node = tl.nodes[i]
         out.append(NodeService(node.name, emu.node(node.name).ns_path, emu.address_of(node.name),
                                float(node.info.get("cpu_share", 1.0)), node.info.get("memory_mb")))

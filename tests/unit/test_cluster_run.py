@@ -86,10 +86,17 @@ def test_what_a_cluster_cannot_play_yet_is_refused_naming_the_key():
     assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(two_sided, "s.toml")) is not None
     matrix = two_sided + '\n[[traffic]]\nkind = "matrix"\naggregate_mbps = 1.0\n'  # its endpoints on their hosts
     assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(matrix, "s.toml")) is not None
-    compute = matrix + '\n[[compute]]\nevery_nth = 4\n'  # services, requests and all-reduces span hosts
-    with pytest.raises(ConfigError, match=r"compute.*compute nodes do not run on a cluster yet") as e:
-        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(compute, "s.toml"))
+    compute = matrix + '\n[[compute]]\nevery_nth = 4\n'  # each host starts its own compute nodes' services
+    for policy in ('policy = "fixed"\ndst = "dc-0-0"', 'policy = "nearest"'):
+        ok = compute + f'\n[[traffic]]\nkind = "request"\nsrc = "h-gs-a"\n{policy}\n'
+        assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(ok, "s.toml")) is not None
+    best = compute + '\n[[traffic]]\nkind = "request"\nsrc = "h-gs-a"\npolicy = "best"\n'
+    with pytest.raises(ConfigError, match=r"traffic\[4\].policy.*'best' does not run on a cluster yet") as e:
+        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(best, "s.toml"))
     assert "\n" not in str(e.value)
+    ring = compute + '\n[[traffic]]\nkind = "allreduce"\nnodes = ["dc-0-0", "dc-1-0"]\nsize_mb = 1\nrounds = 1\n'
+    with pytest.raises(ConfigError, match=r"traffic\[4\].kind.*'allreduce' flow does not run on a cluster yet"):
+        cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(ring, "s.toml"))
     ospf = BASE + '\n[routing]\nprotocol = "ospf"\n'  # its daemons run in each host's own routers
     assert cluster_config(args(cluster="10.1.2.3:6379"), parse_scenario(ospf, "s.toml")) is not None
 
