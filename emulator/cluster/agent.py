@@ -435,7 +435,8 @@ class HostAgent:
                 if any(here[index(n)] for n in plan.endpoints):
                     mine.append((i, f, d, "part" if not here[index(plan.endpoints[0])] else "both"))
                 continue
-            src, dst = bool(here[index(f.src)]), bool(here[index(f.dst)])
+            src = bool(here[index(f.src)])
+            dst = bool(here[index(f.dst)]) if f.dst else src  # a request without dst: its client alone
             if f.kind not in TWO_SIDED_KINDS or src == dst:
                 if src:
                     mine.append((i, f, d, "both"))

@@ -199,8 +199,8 @@ def test_the_labs_provisioning_starts_the_nodes_and_cluster_stop_ends_them(tmp_p
                                     head, str(h)], env=env, capture_output=True, text=True, timeout=180, check=False)
                 assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
                 assert "reachable on ul0" in r.stdout and table(h), r.stdout
-                mtu = lab.run(lab.host_name(h), ["cat", "/sys/class/net/ul0/mtu"]).stdout.strip()
-                assert mtu == "1550", mtu
+                [link] = json.loads(lab.run(lab.host_name(h), ["ip", "-j", "link", "show", "ul0"]).stdout)
+                assert link["mtu"] == 1550, link
             assert (etc / "satnetem" / "ray-token").read_text() == token.read_text()
             assert (etc / "satnetem" / "ray-token").stat().st_mode & 0o777 == 0o600
             assert (etc / "satnetem").stat().st_mode & 0o777 == 0o700
