@@ -298,10 +298,9 @@ def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: di
     at step 0 (and, when the timeline has power states, each step's state enforced: a throttled node at
     ``throttle_share`` of its CPU share, a stopped one refusing work); say how the capacity is enforced and
     what the services cost in memory."""
-    from .traffic.compute import ComputeServices, WhereamiWriter, node_services
+    from .traffic.compute import ComputeServices, WhereamiWriter, node_services, request_work_ms, services_cost
 
-    work_ms = max((f.work_ms for f in flows if f.kind == "request"), default=5.0)
-    svc = ComputeServices(emu.run_id, work_ms=work_ms)
+    svc = ComputeServices(emu.run_id, work_ms=request_work_ms(flows))
     _say(f"  compute capacity: {svc.describe()}")
     nodes = node_services(emu)
     t = time.monotonic()
@@ -312,15 +311,10 @@ def _start_compute(emu: Any, tl: Timeline, flows: list[TrafficSpec], summary: di
         svc.stop()
         raise
     writer.post(0)
-    mem = svc.memory()
-    rss = sorted(r for r, _ in mem.values())
-    pss = sum(p for _, p in mem.values())
-    summary["compute_services"] = {"nodes": len(nodes), "cgroup": svc.groups.layout.version,
-                                   "start_s": round(time.monotonic() - t, 2), "rss_kb_total": sum(rss),
-                                   "rss_kb_median": rss[len(rss) // 2], "pss_kb_total": pss}
-    _say(f"  {len(nodes)} compute services (uid {svc.uid}) started in {summary['compute_services']['start_s']} s: "
-         f"RSS {sum(rss) / 1024:.1f} MB in total ({rss[len(rss) // 2]} kB each; shared pages counted once: "
-         f"PSS {pss / 1024:.1f} MB)")
+    c = summary["compute_services"] = services_cost(svc, time.monotonic() - t)
+    _say(f"  {len(nodes)} compute services (uid {svc.uid}) started in {c['start_s']} s: "
+         f"RSS {c['rss_kb_total'] / 1024:.1f} MB in total ({c['rss_kb_median']} kB each; shared pages counted once: "
+         f"PSS {c['pss_kb_total'] / 1024:.1f} MB)")
     return svc, writer
 
 

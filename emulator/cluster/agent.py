@@ -204,7 +204,7 @@ class HostAgent:
     def _start_compute(self, compute: dict[str, Any]) -> dict[str, Any] | None:
         """The services of this host's compute nodes (None: it has none); what they cost, as the single-host
         summary's ``compute_services``."""
-        from ..traffic.compute import ComputeServices, WhereamiWriter, node_services
+        from ..traffic.compute import ComputeServices, WhereamiWriter, node_services, services_cost
 
         nodes = node_services(self.emu)
         if not nodes:
@@ -215,11 +215,7 @@ class HostAgent:
         svc.start(nodes)
         self._whereami = WhereamiWriter(svc, self.emu.timeline, compute.get("throttle_share"))
         self._whereami.post(0)
-        mem = svc.memory()
-        rss = sorted(r for r, _ in mem.values())
-        return {"nodes": len(nodes), "cgroup": svc.groups.layout.version, "start_s": round(time.monotonic() - t, 2),
-                "rss_kb_total": sum(rss), "rss_kb_median": rss[len(rss) // 2],
-                "pss_kb_total": sum(p for _, p in mem.values()), "uid": svc.uid, "capacity": svc.describe()}
+        return {**services_cost(svc, time.monotonic() - t), "uid": svc.uid, "capacity": svc.describe()}
 
     def apply_step(self, step: int) -> dict[str, Any]:
         """Bring this host's part to timeline step ``step`` (:meth:`emulator.network.Emulation.apply_step`);

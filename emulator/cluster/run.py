@@ -368,8 +368,9 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
     computes = [tl.nodes[i].name for i in tl.nodes_of("compute")]
     compute = None
     if computes:  # each host starts the services of its own compute nodes, as one host does all of them
-        work_ms = max((f.work_ms for f in flows_wanted if f.kind == "request"), default=5.0)
-        compute = {"work_ms": work_ms, "throttle_share": sc.power_config().throttle_share}
+        from ..traffic.compute import request_work_ms
+
+        compute = {"work_ms": request_work_ms(flows_wanted), "throttle_share": sc.power_config().throttle_share}
     join(cfg.address)
     summary: dict[str, Any] = {"scenario": sc.name, "seed": sc.seed, "protocol": protocol, "speed": speed,
                                "steps_planned": last + 1, "step_s": tl.step_s, "complete": False, "run_id": run_id}

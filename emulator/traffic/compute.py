@@ -274,6 +274,21 @@ class ComputeServices:
         return left
 
 
+def request_work_ms(flows: Any) -> float:
+    """A request's default work, ms: the largest ``work_ms`` of the scenario's request flows (5 without any)."""
+    return max((f.work_ms for f in flows if f.kind == "request"), default=5.0)
+
+
+def services_cost(svc: ComputeServices, start_s: float) -> dict[str, Any]:
+    """What the started services cost (a run summary's ``compute_services``): node count, cgroup version, start
+    time, RSS in total and median and PSS in total (kB)."""
+    mem = svc.memory()
+    rss = sorted(r for r, _ in mem.values())
+    return {"nodes": len(svc.services), "cgroup": svc.groups.layout.version, "start_s": round(start_s, 2),
+            "rss_kb_total": sum(rss), "rss_kb_median": rss[len(rss) // 2] if rss else 0,
+            "pss_kb_total": sum(p for _, p in mem.values())}
+
+
 def node_services(emu: Any) -> list[NodeService]:
     """A :class:`NodeService` for every compute node of the running emulation ``emu`` built here (on a host
     of a clustered run, its own: ``emu.local``), with the capacity its timeline node carries (``cpu_share``,
