@@ -57,9 +57,10 @@ MAX_CLOCK_OFFSET_MS = 5.0
 #: Round trips per host for its clock offset (the shortest bounds it).
 CLOCK_SAMPLES = 10
 #: How far ahead of now the driver puts a run's start, s: long enough for one actor call to reach every
-#: agent (one actor call each; an agent told late would apply the overdue steps at once, recorded late), and
-#: short against a run.
-START_LEAD_S = 1.0
+#: agent (one actor call each; an agent told late would apply the overdue steps at once, recorded late) and
+#: for the receivers of flows starting at 0 s to start :data:`emulator.flows.RECEIVER_LEAD_S` ahead of their
+#: senders on other hosts; short against a run.
+START_LEAD_S = 2.0
 
 
 def host_run_id(run_id: str, host: int) -> str:
@@ -415,7 +416,7 @@ class HostAgent:
         """
         import tempfile
 
-        from ..flows import TWO_SIDED_KINDS, FlowStarter
+        from ..flows import RECEIVER_LEAD_S, TWO_SIDED_KINDS, FlowStarter
 
         if self.emu is None:
             raise ApplyError(f"host {self.host} has not built", operation="start_flows")
@@ -458,7 +459,8 @@ class HostAgent:
                 self._flow_errors.append(f"flow {f.label} could not start on host {self.host}: {e}")
 
         for i, f, d, side in mine:
-            wait_s = (start_ns - time.time_ns()) / 1e9 + f.start_s / speed
+            # a receiver whose sender is on another host starts first: that host cannot see when it is ready
+            wait_s = (start_ns - time.time_ns()) / 1e9 + f.start_s / speed - (RECEIVER_LEAD_S if side == "recv" else 0)
             t = threading.Timer(max(0.0, wait_s), start, (i, f, d, side))
             t.daemon = True
             self._flow_timers.append(t)
