@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,25 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def _enter_rt(priority: int) -> tuple[int, int] | None:
+    """Put the calling thread (Linux: ``sched_setscheduler`` on pid 0 is this thread only) at SCHED_FIFO
+    ``priority``; return its policy and priority before, or None (and say why) where it is refused."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as e:
+        log.warning("the clock plays at normal priority: SCHED_FIFO %d refused (%s)", priority, e.strerror)
+        return None
+    return before
+
+
+def _leave_rt(before: tuple[int, int]) -> None:
+    try:
+        os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+    except OSError as e:  # a thread left at SCHED_FIFO does its teardown there: said, not fatal
+        log.warning("the clock's thread stays at SCHED_FIFO: %s", e.strerror)
 
 
 @dataclass
@@ -52,6 +72,12 @@ class Playback:
     _late_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     _apply_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     _n: int = 0
+    #: 1-99: the thread that calls :meth:`run` plays at SCHED_FIFO with this priority (restored after); 0: as
+    #: it is. Below the delay daemon's shards, it preempts only the host's ordinary work
+    rt_priority: int = 0
+    #: after the last step, :meth:`run` returns only at the end of it (a step later, or when stopped): a run of
+    #: n steps lasts n steps; False: at once after the last apply
+    hold_last: bool = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -62,6 +88,14 @@ class Playback:
 
     def run(self, t0: float | None = None) -> list[StepRecord]:
         """Play; ``t0`` (``time.monotonic()``) is the moment step ``first`` counts as applied."""
+        before = _enter_rt(self.rt_priority) if self.rt_priority else None
+        try:
+            return self._run(t0)
+        finally:
+            if before is not None:
+                _leave_rt(before)
+
+    def _run(self, t0: float | None) -> list[StepRecord]:
         self.started_at = t0 = time.monotonic() if t0 is None else t0
         wall_step = self.step_s / self.speed
         n = max(0, self.last - self.first)
@@ -93,6 +127,8 @@ class Playback:
                 self.records.append(rec)
             if self.on_step:
                 self.on_step(rec)
+        if self.hold_last and not self._stop.is_set():  # the last step lasts a step too
+            self._stop.wait(max(0.0, t0 + (self.last - self.first + 1) * wall_step - time.monotonic()))
         return self.records
 
     def lateness_summary(self) -> dict[str, float | int | None]:

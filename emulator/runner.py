@@ -459,7 +459,8 @@ def run(args: argparse.Namespace) -> int:
 
             # keep_records=False: each step's record is in steps.csv (on_step), not held for the whole run
             playback = Playback(tl.step_s, 0, last, emu.apply_step, speed, on_step, emu.prepare_ahead,
-                                settle=emu.settle, keep_records=False)
+                                settle=emu.settle, keep_records=False,
+                                rt_priority=sc.emulation.clock_priority, hold_last=True)
             from .validity import Bounds, HostMonitor
 
             bounds = Bounds.of(sc.emulation)
@@ -840,7 +841,8 @@ def interactive(args: argparse.Namespace) -> int:
 
             link_check, link_watch = link_deletions(emu, [n.name for n in tl.nodes])
             playback = Playback(tl.step_s, 0, tl.n_steps - 1, emu.apply_step, speed, ahead=emu.prepare_ahead,
-                                settle=emu.settle, keep_records=False)
+                                settle=emu.settle, keep_records=False,
+                                rt_priority=sc.emulation.clock_priority)
 
             def on_fault(line: str, stop_clock: Any = playback.stop) -> None:
                 # the user is at the prompt: said now, the clock stopped; the CLI ends at the next command

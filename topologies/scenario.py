@@ -337,6 +337,9 @@ class EmulationConfig:
     #: the userspace delay daemon makes up a late release at the packet's next hold (emulator.shaping.delayd):
     #: the path's delay stays true, each link's own delay is off by what it made up
     carry_lateness: bool = True
+    #: 1-9: the thread that applies the steps plays at SCHED_FIFO with this priority, below the delay daemon's
+    #: shards (10), above the host's ordinary work (emulator.clock.Playback); 0: normal scheduling
+    clock_priority: int = 5
     #: validity bounds (emulator.validity): a sample is invalid while a step is applied later than this
     valid_step_late_ms: float = 100.0
     #: ... while the delay daemon's release lateness p99 over a monitor interval exceeds this (userspace)
@@ -357,6 +360,10 @@ class EmulationConfig:
             raise ValueError(f"route_switch must be one of in-place, epoch; got {self.route_switch!r}")
         if not isinstance(self.keep_cpus_awake, bool):
             raise ValueError(f"keep_cpus_awake must be true or false, got {self.keep_cpus_awake!r}")
+        if isinstance(self.clock_priority, bool) or not isinstance(self.clock_priority, int) or \
+                not 0 <= self.clock_priority <= 9:
+            raise ValueError(f"clock_priority must be an integer in [0, 9] (below the delay daemon's 10), got "
+                             f"{self.clock_priority!r}")
         if not isinstance(self.carry_lateness, bool):
             raise ValueError(f"carry_lateness must be true or false, got {self.carry_lateness!r}")
         if self.shaper not in ("auto", "netem", "userspace"):

@@ -122,3 +122,47 @@ def test_playback_without_records_holds_nothing_per_step_and_summarises_every_st
     assert s["late_ms_median"] == np.median(late) and s["late_ms_p95"] == np.percentile(late, 95)
     assert s["late_ms_max"] == late.max() and s["apply_ms_median"] == np.median(app)
     assert s["apply_ms_p95"] == np.percentile(app, 95)
+
+
+def _policy_of_this_thread() -> int:
+    """This thread's scheduling policy as /proc reads it (field 41 of its stat line), not through Playback."""
+    import threading
+
+    stat = open(f"/proc/self/task/{threading.get_native_id()}/stat").read()
+    return int(stat.rsplit(")", 1)[1].split()[38])
+
+
+def test_playback_applies_at_the_real_time_priority_it_is_given_and_gives_it_back():
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("SCHED_FIFO needs root (CAP_SYS_NICE)")
+    seen: list[tuple[int, int]] = []
+
+    def apply(k: int) -> dict:
+        seen.append((_policy_of_this_thread(), os.sched_getparam(0).sched_priority))
+        return {}
+
+    before = _policy_of_this_thread()
+    Playback(step_s=0.02, first=0, last=3, apply=apply, rt_priority=5).run()
+    assert seen == [(os.SCHED_FIFO, 5)] * 3
+    assert _policy_of_this_thread() == before == os.SCHED_OTHER
+    seen.clear()
+    Playback(step_s=0.02, first=0, last=2, apply=apply).run()  # 0: as it is
+    assert seen == [(os.SCHED_OTHER, 0)] * 2
+
+
+def test_playback_holds_the_last_step_for_a_step_unless_stopped():
+    import threading
+
+    t0 = time.monotonic()
+    Playback(step_s=0.1, first=0, last=2, apply=lambda k: {}, hold_last=True).run(t0)
+    assert time.monotonic() - t0 >= 0.3  # steps 0, 1 and 2 each last 0.1 s
+    pb = Playback(step_s=5.0, first=0, last=1, apply=lambda k: {}, speed=2.5, hold_last=True)
+    threading.Timer(2.5, pb.stop).start()  # in the last step's hold: step 1 is applied at 2 s and lasts to 4 s
+    t0 = time.monotonic()
+    pb.run(t0)
+    took = time.monotonic() - t0
+    assert 2.0 <= took < 3.8, took

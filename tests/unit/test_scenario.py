@@ -64,6 +64,8 @@ gateway = "gs-a"
     ("[emulation]\nshaper = 'magic'\n", "emulation.shaper", 2, "auto, netem, userspace"),
     ("[emulation]\ncarry_lateness = 1\n", "emulation.carry_lateness", 2, "true or false"),
     ("[emulation]\nkeep_cpus_awake = 'no'\n", "emulation.keep_cpus_awake", 2, "true or false"),
+    ("[emulation]\nclock_priority = 10\n", "emulation.clock_priority", 2, "below the delay daemon"),
+    ("[emulation]\nclock_priority = 2.5\n", "emulation.clock_priority", 2, "expected an integer"),
     ("[[ground.sites]]\nname='gs-a'\nlat_deg=1\nlon_deg=1\n[[hosts]]\nname='gs-a'\ngateway='gs-a'\n",
      "hosts[0].name", 6, "used twice"),
     ("[constellation]\ntle = 'nope.tle'\n", "constellation.tle", 2, "does not exist"),
