@@ -120,6 +120,9 @@ class FlowStarter:
         #: a matrix flow's plan by the flow's index, made elsewhere (a cluster's head, which has the scenario's
         #: files); a flow not in it is planned here
         self.matrix_plans: dict[int, Any] = {}
+        #: an all-reduce's start margin by the flow's index where its ranks are on several hosts (their barrier
+        #: files are relayed between the hosts, :meth:`emulator.cluster.agent.HostAgent.start_flows`)
+        self.barrier_margins_s: dict[int, float] = {}
         self.flows: list[Flow] = []
         # flows start from timer threads (a start_s, a cluster host's flows at one instant): one manifest writer
         self._manifest_lock = threading.Lock()
@@ -330,22 +333,30 @@ class FlowStarter:
         size_b = int(round(float(spec.size_mb or 0) * 1e6)) // 4 * 4
         bar = d / "barrier"
         bar.mkdir(exist_ok=True)
+        index, local = self.emu.timeline.node_index, self.emu.local
+        flow.listed = bool(local[index(nodes[0])])
+        margin = self.barrier_margins_s.get(i)
         files = {}
         for r, name in enumerate(nodes):
+            files[name] = f"{name}.csv"
+            if not local[index(name)]:  # another host's rank
+                continue
             p, f = self._py(name, "allreduce", ["--rank", str(r), "--ranks", str(k), "--bind", addr[r],
                                                 "--port", str(ALLREDUCE_PORT_BASE + i), "--succ", addr[(r + 1) % k],
                                                 "--pred", addr[(r - 1) % k], "--size-bytes", str(size_b),
                                                 "--rounds", str(spec.rounds), "--duration", f"{duration_s:.3f}",
-                                                "--barrier", str(bar), "--out", str(d / f"{name}.csv")],
+                                                "--barrier", str(bar), "--out", str(d / f"{name}.csv"),
+                                                *(["--start-margin", f"{margin:g}"] if margin is not None else [])],
                             d / f"{name}.log")
             flow.procs.append(p)
             flow.handles.append(f)
-            files[name] = f"{name}.csv"
             if not self._join_group(name, p):
                 log.info("all-reduce rank on %s runs outside any compute cgroup", name)
+        flow.record.files = {"allreduce": "allreduce.json", **files}
+        if not flow.listed:
+            return
         (d / "allreduce.json").write_text(json.dumps({"nodes": nodes, "addresses": addr, "size_bytes": size_b,
                                                       "rounds": spec.rounds, "files": files}, indent=1))
-        flow.record.files = {"allreduce": "allreduce.json", **files}
 
     def write_manifest(self) -> None:
         tmp = self.out / "flows.json.tmp"

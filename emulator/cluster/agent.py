@@ -61,6 +61,18 @@ CLOCK_SAMPLES = 10
 #: for the receivers of flows starting at 0 s to start :data:`emulator.flows.RECEIVER_LEAD_S` ahead of their
 #: senders on other hosts; short against a run.
 START_LEAD_S = 2.0
+#: An all-reduce whose ranks are on several hosts starts each round this long after its last rank finished the
+#: round before (on one host: :data:`emulator.traffic.allreduce.START_MARGIN_S`): long enough for the barrier's
+#: files to reach the other hosts (a poll of BARRIER_POLL_S, then one actor call)
+BARRIER_MARGIN_S = 0.25
+BARRIER_POLL_S = 0.002
+
+
+def _put_file(folder: Path, name: str, text: str) -> None:
+    """Write ``folder/name`` whole or not at all (a rank polling the folder never reads half of it)."""
+    tmp = folder / f".{name}.relay"
+    tmp.write_text(text)
+    tmp.replace(folder / name)
 
 
 def host_run_id(run_id: str, host: int) -> str:
@@ -103,6 +115,12 @@ class HostAgent:
         # this host's compute nodes' services (emulator.traffic.compute.ComputeServices) and their whereami.json
         self._compute: Any = None
         self._whereami: Any = None
+        # all-reduces whose ranks are on several hosts: their barrier files, copied to the other hosts
+        self._barriers: dict[int, Path] = {}  # the flow's barrier folder here, by the flow's index
+        self._barrier_inbox: dict[int, list[tuple[str, str]]] = {}  # files that came before the folder
+        self._barrier_lock = threading.Lock()
+        self._relay_stop = threading.Event()
+        self._relay: threading.Thread | None = None
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -225,7 +243,8 @@ class HostAgent:
             raise ApplyError(f"host {self.host} has not built", operation="apply_step")
         return dict(self.emu.apply_step(step).as_dict())
 
-    def play(self, start_ns: int, last: int, speed: float = 1.0, underlay_every_s: float = 0.0) -> None:
+    def play(self, start_ns: int, last: int, speed: float = 1.0, underlay_every_s: float = 0.0,
+             clock_priority: int = 0) -> None:
         """Apply steps 1 .. ``last`` each at ``start_ns`` + k x step_s by this host's clock, in a thread of
         this actor (returns at once; :meth:`progress` tells how far it got, :meth:`stop` ends it).
 
@@ -246,6 +265,9 @@ class HostAgent:
         underlay_every_s : float
             Measure the underlay to the other hosts again this often while playing, s (0: only at the build):
             :meth:`remeasure_underlay`.
+        clock_priority : int
+            The loop's thread plays at SCHED_FIFO with this priority (``[emulation] clock_priority``; 0: normal
+            scheduling).
 
         Raises
         ------
@@ -282,7 +304,8 @@ class HostAgent:
                 self._whereami.post(k)
             return stats
 
-        pb = Playback(emu.timeline.step_s, 0, last, apply, speed, ahead=emu.prepare_ahead, settle=emu.settle)
+        pb = Playback(emu.timeline.step_s, 0, last, apply, speed, ahead=emu.prepare_ahead, settle=emu.settle,
+                      rt_priority=clock_priority, hold_last=True)
         self._playback = pb
 
         def loop() -> None:
@@ -388,7 +411,8 @@ class HostAgent:
 
     def start_flows(self, flows: list[tuple[int, Any, float]], start_ns: int, speed: float,
                     matrix_plans: dict[int, Any] | None = None,
-                    schedules: dict[int, list[dict[str, Any]]] | None = None) -> list[str]:
+                    schedules: dict[int, list[dict[str, Any]]] | None = None,
+                    peers: list[Any] | None = None) -> list[str]:
         """Start, on this host, the programs of the flows whose source or destination node is here, each
         ``start_s`` / ``speed`` after ``start_ns`` (CLOCK_REALTIME), as a single-host run does
         (:class:`emulator.flows.FlowStarter`), into a folder of this host that :meth:`collect` hands back. A flow
@@ -407,6 +431,12 @@ class HostAgent:
         schedules : dict of int to list of dict
             A request flow's schedule of targets by its index (policy ``nearest``: made on the head, from the
             routing protocol's predictions).
+        peers : list of ray.actor.ActorHandle
+            Every host's agent, by host: an all-reduce whose ranks are on several hosts runs its ranks on their
+            hosts, and each host copies the files its ranks drop into the round barrier's folder to the other
+            hosts of the ring (:meth:`barrier_put`); the ranks start a round :data:`BARRIER_MARGIN_S` after
+            the last one finished the round before, by their own host's clock. The host of the first rank
+            lists the flow.
 
         Returns
         -------
@@ -421,9 +451,19 @@ class HostAgent:
         if self.emu is None:
             raise ApplyError(f"host {self.host} has not built", operation="start_flows")
         here, index = self.emu.local, self.emu.timeline.node_index
+        host_of = self.emu.part.host_of
         plans = matrix_plans or {}
         mine = []
+        relays: dict[int, tuple[set[str], list[int]]] = {}  # an all-reduce's ranks here, and its other hosts
         for i, f, d in flows:
+            if f.kind == "allreduce":
+                hosts = sorted({int(host_of[index(n)]) for n in f.nodes})
+                if self.host in hosts:
+                    mine.append((i, f, d, "both" if here[index(f.nodes[0])] else "part"))
+                    if len(hosts) > 1:
+                        relays[i] = ({str(r) for r, n in enumerate(f.nodes) if here[index(n)]},
+                                     [h for h in hosts if h != self.host])
+                continue
             if f.kind == "matrix":
                 plan = plans.get(i)
                 if plan is None:
@@ -444,6 +484,27 @@ class HostAgent:
         self._flows_dir = tempfile.mkdtemp(prefix=f"satnetem-{self.emu.run_id}-flows-")
         starter = self._starter = FlowStarter(self.emu, Path(self._flows_dir), speed)
         starter.matrix_plans = dict(plans)
+        if self._compute is not None:
+            starter.groups = self._compute.groups  # the all-reduce's ranks run inside their nodes' groups
+        if relays:
+            if peers is None or len(peers) <= max(h for _, hs in relays.values() for h in hs):
+                raise ApplyError(f"host {self.host}: an all-reduce spans hosts, and the other hosts' agents were not "
+                                 "given", operation="start_flows")
+            from ..flows import safe_label
+
+            labels = {i: f.label for i, f, _ in flows}
+            with self._barrier_lock:
+                for i in relays:
+                    starter.barrier_margins_s[i] = BARRIER_MARGIN_S
+                    folder = Path(self._flows_dir) / "flows" / safe_label(labels[i]) / "barrier"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    self._barriers[i] = folder
+                    for name, text in self._barrier_inbox.pop(i, []):
+                        _put_file(folder, name, text)
+            self._relay_stop.clear()
+            self._relay = threading.Thread(target=self._relay_barriers, args=(relays, peers),
+                                           name=f"satnetem-barrier-h{self.host}", daemon=True)
+            self._relay.start()
         if plans:  # background load: bytes per link per step, sampled by play()'s steps
             from ..linkload import LinkCounters, LinkLoadLog
 
@@ -466,6 +527,51 @@ class HostAgent:
             self._flow_timers.append(t)
             t.start()
         return [f.label + {"recv": " (receiver)", "part": " (part)"}.get(side, "") for _, f, _, side in mine]
+
+    def _relay_barriers(self, relays: dict[int, tuple[set[str], list[int]]], peers: list[Any]) -> None:
+        """Copy each file this host's ranks drop into an all-reduce's barrier folder (``<round>.<rank>``) to
+        the other hosts of its ring, once, until :meth:`collect`."""
+        sent: set[tuple[int, str]] = set()
+        while not self._relay_stop.wait(BARRIER_POLL_S):
+            for i, (ranks, hosts) in relays.items():
+                folder = self._barriers[i]
+                try:
+                    names = os.listdir(folder)
+                except OSError:
+                    continue
+                for name in names:
+                    rnd, _, rank = name.partition(".")
+                    if rank not in ranks or not rnd.isdigit() or (i, name) in sent:
+                        continue  # another host's rank, a rank's temporary file, or copied already
+                    try:
+                        text = (folder / name).read_text()
+                    except OSError:
+                        continue
+                    for h in hosts:
+                        peers[h].barrier_put.remote(i, name, text)  # one way: the rank waits for the answer
+                    sent.add((i, name))
+
+    def barrier_put(self, i: int, name: str, text: str) -> None:
+        """Another host's rank of all-reduce ``i`` finished a round (:meth:`start_flows`): its file
+        ``name`` (``<round>.<rank>``, holding the time) goes into this host's barrier folder of the flow."""
+        rnd, _, rank = name.partition(".")
+        if not (rnd.isdigit() and rank.isdigit()):
+            raise ApplyError(f"host {self.host}: not a barrier file: {name!r}", operation="barrier")
+        with self._barrier_lock:
+            folder = self._barriers.get(i)
+            if folder is None:  # before this host's start_flows
+                self._barrier_inbox.setdefault(i, []).append((name, text))
+                return
+        _put_file(folder, name, text)
+
+    def _stop_relay(self) -> None:
+        self._relay_stop.set()
+        if self._relay is not None:
+            self._relay.join()
+            self._relay = None
+        with self._barrier_lock:
+            self._barriers = {}
+            self._barrier_inbox = {}
 
     def collect(self, wait_s: float = 5.0, receiver_grace_s: float = 3.0) -> dict[str, Any]:
         """End this host's flows (each gets up to ``wait_s`` to finish, as on one host) and hand back what
@@ -500,6 +606,7 @@ class HostAgent:
             for fl in self._starter.flows:
                 if not fl.listed:
                     fl.wait(timeout_s=max(0.1, deadline - time.monotonic()))
+            self._stop_relay()
             self._starter.stop_all()
             self._starter = None
         if self._flows_dir is not None:
@@ -543,6 +650,7 @@ class HostAgent:
         from ..clean import find_ours
 
         self._underlay_stop.set()
+        self._stop_relay()
         if self._player is not None:
             self._playback.stop()
             self._player.join()
@@ -686,7 +794,8 @@ class Cluster:
         return out
 
     def play(self, last: int, lead_s: float = START_LEAD_S, poll_s: float = 0.2, timeout_s: float = 30.0,
-             on_start: Any = None, speed: float = 1.0, underlay_every_s: float = 0.0) -> list[dict[str, Any]]:
+             on_start: Any = None, speed: float = 1.0, underlay_every_s: float = 0.0,
+             clock_priority: int = 0) -> list[dict[str, Any]]:
         """Every host applies steps 1 .. ``last``, step k at start + k x step_s by its own clock
         (:meth:`HostAgent.play`); the start is ``lead_s`` after now on this process's CLOCK_REALTIME, told to
         every agent once. Then this only polls each agent's progress every ``poll_s`` until all are done.
@@ -697,6 +806,8 @@ class Cluster:
             Called with the start (ns since 1970) once every agent has it.
         underlay_every_s : float
             Each agent measures the underlay again this often while it plays (:meth:`HostAgent.play`).
+        clock_priority : int
+            Each agent's loop plays at SCHED_FIFO with this priority (0: normal scheduling).
 
         Returns
         -------
@@ -714,7 +825,8 @@ class Cluster:
 
         start_ns = time.time_ns() + int(lead_s * 1e9)
         try:
-            ray.get([a.play.remote(start_ns, last, speed, underlay_every_s) for a in self.agents], timeout=timeout_s)
+            ray.get([a.play.remote(start_ns, last, speed, underlay_every_s, clock_priority) for a in self.agents],
+                    timeout=timeout_s)
         except (RayActorError, GetTimeoutError):
             pass  # the poll below names the host
         if on_start is not None:

@@ -13,8 +13,9 @@ runs on its destination's host, the sender on its source's; the one-way delays o
 are corrected by the clock offsets measured at start) and traffic matrices (each endpoint's program on its
 host, from one instant; the plan made here, where the scenario's files are; ``linkload.csv`` from every host's
 near ends) and requests (the client on its source's host, each compute node's service on its own host, the
-``nearest`` policy's schedule made here); no all-reduces and no ``best`` policy (their barrier and migrations
-are driven from one process that reaches every node);
+``nearest`` policy's schedule made here) and all-reduces (each rank on its node's host, the files of the rounds'
+barrier copied between the hosts by their agents); no ``best`` policy (its migrations are driven from one
+process that reaches every node);
 a daemon-driven protocol (ospf) runs its daemons in each host's own routers (their statistics added over the
 hosts), and the delay daemons' statistics are merged as one daemon's (:func:`emulator.shaping.delayd.
 merge_stats`); each host's release lateness is in ``monitor.csv``, merged from every host, which marks samples
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: Flow kinds a clustered run starts: their programs run in the source node, and a receiver, if any, in the
 #: destination node (on its own host).
-CLUSTER_FLOW_KINDS = ("ping", "path", "udp-probe", "iperf3-tcp", "iperf3-udp", "matrix", "request")
+CLUSTER_FLOW_KINDS = ("ping", "path", "udp-probe", "iperf3-tcp", "iperf3-udp", "matrix", "request", "allreduce")
 #: How long the driver waits for the head's port to answer before giving up, s.
 CONNECT_TIMEOUT_S = 5.0
 _HOST_RESOURCE = re.compile(r"^satnetem-host-(\d+)$")
@@ -89,8 +90,7 @@ def cluster_config(args: argparse.Namespace, sc: Scenario) -> ClusterConfig | No
     for i, f in enumerate(sc.traffic):
         if f.kind not in CLUSTER_FLOW_KINDS:
             raise scenario_error(sc, f"a {f.kind!r} flow does not run on a cluster yet (these do: "
-                                 f"{', '.join(CLUSTER_FLOW_KINDS)}; the all-reduce's ranks meet at a barrier in "
-                                 f"one host's files)", f"traffic[{i}].kind")
+                                 f"{', '.join(CLUSTER_FLOW_KINDS)})", f"traffic[{i}].kind")
         if f.kind == "request" and f.policy == "best":
             raise scenario_error(sc, "request policy 'best' does not run on a cluster yet (its migrations move a "
                                  "node's state from one process that reaches both nodes); 'fixed' and 'nearest' "
@@ -450,14 +450,15 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                 "protocol": protocol, "shaper": summary["shaper"], "steps_planned": last + 1,
                 "validity": bounds.as_dict(),
                 "cluster": {"address": cfg.address, "hosts": n_hosts}}))
-            started = ray.get([a.start_flows.remote(flows, start_ns, speed, matrix_plans, schedules)
+            started = ray.get([a.start_flows.remote(flows, start_ns, speed, matrix_plans, schedules, cluster.agents)
                                for a in cluster.agents], timeout=60)
             for h, labels in enumerate(started):
                 if labels:
                     _say(f"  host {h} runs flows {', '.join(labels)}")
 
         try:
-            played = cluster.play(last, on_start=on_start, speed=speed, underlay_every_s=cfg.underlay_every_s)
+            played = cluster.play(last, on_start=on_start, speed=speed, underlay_every_s=cfg.underlay_every_s,
+                                  clock_priority=sc.emulation.clock_priority)
             summary["complete"] = True
         except ApplyError as e:
             summary["fault"] = one_line(str(e))

@@ -10,8 +10,10 @@ ends with the element-wise sum of all ``K`` vectors, which it checks against the
 Rounds start together: after a round each node drops a file ``<round>.<rank>`` holding the time it finished
 into a shared barrier folder; when all ``K`` are there, every node waits until the latest of those times plus
 ``START_MARGIN_S`` and starts. The barrier goes through the file system, not the emulated network, so that
-what a round's time measures is the all-reduce alone; it relies on all namespaces sharing one host (one
-clock, one file system), as every node of a run does today.
+what a round's time measures is the all-reduce alone. On one host the ranks share the folder; on a cluster
+each host's agent copies its ranks' files into the other hosts' folders (:meth:`emulator.cluster.agent.
+HostAgent.start_flows`), the ranks start ``--start-margin`` after the last time, long enough for the copies to
+arrive, and each host's clock (checked against the others' at start) reads the common start.
 
 Each node writes ``<node>.csv``: round, start_unix_s (the common start), end_unix_s (its last chunk
 received), bytes sent and received, and the largest error of its result. :func:`summarise_allreduce` takes
@@ -151,9 +153,11 @@ class Ring:
                 s.close()
 
 
-def barrier(folder: Path, rnd: int, rank: int, k: int, deadline: float, stop: threading.Event) -> float | None:
+def barrier(folder: Path, rnd: int, rank: int, k: int, deadline: float, stop: threading.Event,
+            margin_s: float = START_MARGIN_S) -> float | None:
     """Announce that this rank is ready for round ``rnd``; return the common start time (unix s) once all
-    ``k`` ranks are, or None if stopped or past the deadline."""
+    ``k`` ranks are, or None if stopped or past the deadline. The start is ``margin_s`` after the last rank's
+    time; a rank that learns of it later starts late, and says so."""
     tmp = folder / f".{rnd}.{rank}.tmp"
     tmp.write_text(repr(time.time()))
     tmp.replace(folder / f"{rnd}.{rank}")  # whole or absent: a reader never sees half a time
@@ -161,7 +165,10 @@ def barrier(folder: Path, rnd: int, rank: int, k: int, deadline: float, stop: th
     while not all(p.exists() for p in names):
         if stop.wait(BARRIER_POLL_S) or time.monotonic() > deadline:
             return None
-    start = max(float(p.read_text()) for p in names) + START_MARGIN_S
+    start = max(float(p.read_text()) for p in names) + margin_s
+    if time.time() > start:
+        log.warning("round %d: the barrier's last file came %.1f ms after the common start", rnd,
+                    (time.time() - start) * 1e3)
     while (left := start - time.time()) > 0:
         if stop.wait(left):
             return None
@@ -170,6 +177,8 @@ def barrier(folder: Path, rnd: int, rank: int, k: int, deadline: float, stop: th
 
 def run(args: argparse.Namespace, stop: threading.Event) -> None:
     k, rank = args.ranks, args.rank
+    if not 0 <= args.start_margin <= 10:
+        raise ConfigError(f"start margin must be in [0, 10] s, got {args.start_margin}", key="start-margin")
     if not 0 <= rank < k or k < 2:
         raise ConfigError(f"rank {rank} of {k} ranks: need 0 <= rank < ranks and ranks >= 2", key="rank")
     n_floats = args.size_bytes // 4
@@ -188,7 +197,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
     try:
         with CsvLog(args.out, COLUMNS) as out:
             for rnd in range(args.rounds):
-                start = barrier(folder, rnd, rank, k, deadline, stop)
+                start = barrier(folder, rnd, rank, k, deadline, stop, args.start_margin)
                 if start is None:
                     return
                 buf[:] = init
@@ -220,7 +229,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
                 out.row([rnd, f"{start:.6f}", f"{end:.6f}", sent, received, f"{err:g}"])
                 out.flush()
             # the last barrier: no rank closes its sockets while its successor still reads from them
-            barrier(folder, args.rounds, rank, k, deadline, stop)
+            barrier(folder, args.rounds, rank, k, deadline, stop, args.start_margin)
     finally:
         ring.close()
 
@@ -280,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--duration", type=float, required=True, help="give up after this many seconds")
     p.add_argument("--barrier", required=True, help="folder shared by the ranks")
+    p.add_argument("--start-margin", type=float, default=START_MARGIN_S,
+                   help="a round starts this long after the last rank finished the one before, s")
     p.add_argument("--out", required=True)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)

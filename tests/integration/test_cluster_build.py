@@ -902,12 +902,16 @@ def test_handovers_across_hosts_lose_nothing(ray_lab, tmp_path):
         begun = drv.play()
         start_s, step_s = begun["start_ns"] / 1e9, begun["step_s"]
         count = int((start_s + (HANDOVER_STEPS - 0.5) * step_s - time.time()) / 0.02)
-        pinger = lab.popen(lab.host_name(home), ["nsenter", f"--net={ns['h-b']}", "--", "ping", "-n", "-D", "-i",
-                                                 "0.02", "-W", "2", "-c", str(count), target],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # into a file, not a pipe: ~80 bytes a reply fill a pipe's 64 KiB in 16 s, and ping would then wait
+        # for the test to read (the test reads once the hosts have played)
+        with open(tmp_path / "ping.txt", "w") as fo:
+            pinger = lab.popen(lab.host_name(home), ["nsenter", f"--net={ns['h-b']}", "--", "ping", "-n", "-D", "-i",
+                                                     "0.02", "-W", "2", "-c", str(count), target],
+                               stdout=fo, stderr=subprocess.PIPE, text=True)
         played = drv.line(timeout_s=120)
         assert "played" in played, played
-        out, err = pinger.communicate(timeout=60)
+        _, err = pinger.communicate(timeout=60)
+        out = (tmp_path / "ping.txt").read_text()
         drv.stop_all_left_nothing()
     finally:
         drv.end()
@@ -1079,5 +1083,102 @@ def test_compute_nodes_serve_requests_across_hosts(ray_lab, tmp_path):
                if k * tl.step_s + 0.5 <= float(r["t_send_unix_s"]) - run["t0_unix"] < (k + 1) * tl.step_s - 0.5}
         lines.append(f"nearest step {k}: targets {sorted(got)}, networkx's nearest {best} ({rtt[best]:.2f} ms)")
         assert got == {best}, lines[-1]
+    assert leftovers(lab, host_ids(run_id)) == []
+    print("; ".join(lines))
+
+
+RING_MBPS = 40.0
+RING_SIZE_MB = 0.5
+RING_ROUNDS = 4
+RING_TRAFFIC = f"""
+[isl]
+rate_mbps = {RING_MBPS}
+
+[[compute]]
+satellites = ["sat-0-0", "sat-3-0", "sat-6-0"]
+
+[cluster]
+hosts = 0
+
+[[traffic]]
+kind = "allreduce"
+nodes = ["dc-0-0", "dc-3-0", "dc-6-0"]
+size_mb = {RING_SIZE_MB}
+rounds = {RING_ROUNDS}
+"""
+
+
+def ring_hops(tl, step: int, host_of: dict[int, int], underlay_ms: float, names: list[str]) -> tuple[float, list[float]]:
+    """(R in Mbit/s, each hop's one-way delay in ms) of the ring ``names`` at ``step``: networkx's least-delay
+    path of each hop on the timeline (a link between hosts at least the underlay's delay, as least_delay
+    counts), R the least rate of a link divided by the hops whose path crosses it that way."""
+    snap = tl.snapshot(step)
+    g = nx.DiGraph()
+    for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0)).tolist():
+        a, b = int(tl.link_a[l]), int(snap.peer[l])
+        d, r = float(snap.params[l, 0]), float(tl.rate_mbps[l, step])
+        if host_of[a] != host_of[b]:
+            d = max(d, underlay_ms)
+        for u, v in ((a, b), (b, a)):
+            if not g.has_edge(u, v) or g[u][v]["delay_ms"] > d:
+                g.add_edge(u, v, delay_ms=d, rate_mbps=r)
+    idx = [tl.node_index(n) for n in names]
+    use: dict[tuple[int, int], int] = {}
+    delays = []
+    for i, a in enumerate(idx):
+        p = nx.dijkstra_path(g, a, idx[(i + 1) % len(idx)], weight="delay_ms")
+        delays.append(sum(g[u][v]["delay_ms"] for u, v in zip(p, p[1:])))
+        for e in zip(p, p[1:]):
+            use[e] = use.get(e, 0) + 1
+    return min(g[u][v]["rate_mbps"] / n for (u, v), n in use.items()), delays
+
+
+def test_an_allreduce_spans_the_hosts(ray_lab, tmp_path):
+    """A ring all-reduce among compute nodes on three hosts (dc-0-0, dc-3-0, dc-6-0: planes 0, 3 and 6, kept on
+    their hosts by the plane placement): each rank runs on its node's host and the rounds' barrier files go
+    between the hosts. From the ranks' own files: every rank completes every round with the exact sum, and
+    each round (the latest end minus the common start) takes at least ``2 (K - 1) / K x S / R +
+    2 (K - 1) x d_min``, R and the hop delays d computed here with networkx from the timeline (a round's
+    2 (K - 1) chunks travel one hop after the other), and from the second round on at most 1.5 x
+    ``(2 (K - 1) / K x S / R + 2 (K - 1) x d_max)`` + 100 ms. The first round is not held to that: its
+    connections are new, and their windows open from TCP's initial ones over paths of 80-130 ms RTT (the same
+    ring on one host: round 0 1.13 s, rounds 1-3 0.40-0.48 s; 2026-12-05). Nothing is left on any host."""
+    lab, rl = ray_lab
+    scen = tmp_path / "ring.toml"
+    scen.write_text(SCENARIO + RING_TRAFFIC)
+    run_id = "t-cring"
+    res = tmp_path / "res"
+    rc, out, err = satnetem_run(lab, rl, [str(scen), "--cluster", rl.head, "--run-id", run_id, "-o", str(res),
+                                          "--duration", "10"], tmp_path)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    tl = Timeline.load(res / "timeline.npz")
+    placement = json.loads((res / "placement.json").read_text())
+    host_of = {tl.node_index(n): h for n, h in placement.items()}
+    ring = ["dc-0-0", "dc-3-0", "dc-6-0"]
+    assert len({placement[n] for n in ring}) == N_HOSTS, placement
+    summary = json.loads((res / "summary.json").read_text())
+    underlay_ms = statistics.mean(u["one_way_ms"] for b in summary["cluster"]["builds"] for u in b["underlay"] if u)
+    from emulator.flows import safe_label
+
+    manifest = json.loads((res / "flows.json").read_text())
+    labels = [m["label"] for m in manifest if m["kind"] == "allreduce"]
+    assert len(labels) == 1, manifest
+    d = res / "flows" / safe_label(labels[0])
+    rows = {n: list(csv.DictReader(open(d / f"{n}.csv"))) for n in ring}
+    assert all(len(r) == RING_ROUNDS for r in rows.values()), {n: len(r) for n, r in rows.items()}
+    assert all(float(x["max_error"]) == 0.0 for r in rows.values() for x in r), rows
+    k, size_bits = len(ring), RING_SIZE_MB * 8e6
+    lines = []
+    for rnd in range(RING_ROUNDS):
+        starts = {float(rows[n][rnd]["start_unix_s"]) for n in ring}
+        assert len(starts) == 1, starts  # one common start, read by each host's clock from the same files
+        took_s = max(float(rows[n][rnd]["end_unix_s"]) for n in ring) - starts.pop()
+        rate, hops = ring_hops(tl, 0, host_of, underlay_ms, ring)
+        wire_s = 2 * (k - 1) / k * size_bits / (rate * 1e6)
+        low = wire_s + 2 * (k - 1) * min(hops) / 1e3
+        high = 1.5 * (wire_s + 2 * (k - 1) * max(hops) / 1e3) + 0.1
+        lines.append(f"round {rnd}: {took_s * 1e3:.1f} ms, bounds [{low * 1e3:.1f}, {high * 1e3:.1f}] ms "
+                     f"(R {rate:g} Mbit/s, hops {', '.join(f'{h:.2f}' for h in hops)} ms)")
+        assert low <= took_s and (rnd == 0 or took_s <= high), lines[-1]
     assert leftovers(lab, host_ids(run_id)) == []
     print("; ".join(lines))
