@@ -322,19 +322,75 @@ def initial_target(plan: BestPlan) -> str:
     return plan.computes[int(ok[0])] if ok.size else plan.computes[0]
 
 
+class LocalMoves:
+    """Where a :class:`Migrator` runs its transfers on one host: programs in the nodes' namespaces
+    (``emu.node(n).popen``), files in the flow's folder ``out``, the client's schedule file ``schedule``."""
+
+    def __init__(self, emu: Any, out: Path, schedule: Path) -> None:
+        self.emu, self.out, self.schedule = emu, out, schedule
+
+    def address_of(self, node: str) -> str:
+        return str(self.emu.address_of(node))
+
+    def start(self, node: str, args: list[str], log_name: str, out_name: str | None = None) -> subprocess.Popen:
+        """``python -m emulator.traffic.migrate ARGS`` in ``node``'s namespace (``--out`` the flow folder's
+        ``out_name`` when given), its output into ``log_name``."""
+        argv = [sys.executable, "-m", "emulator.traffic.migrate", *args]
+        if out_name is not None:
+            argv += ["--out", str(self.out / out_name)]
+        with open(self.out / log_name, "w") as f:
+            return self.emu.node(node).popen(argv, stdout=f, stderr=subprocess.STDOUT)
+
+    def ended(self, proc: subprocess.Popen) -> bool:
+        return proc.poll() is not None
+
+    def wait(self, proc: subprocess.Popen, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for ``proc`` to end; whether it has."""
+        try:
+            proc.wait(timeout=max(0.0, timeout_s))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def read(self, name: str) -> str | None:
+        try:
+            return (self.out / name).read_text()
+        except OSError:
+            return None
+
+    def switch(self, target: str) -> None:
+        switch_schedule(self.schedule, target)
+
+
+def switch_schedule(schedule: Path, target: str) -> None:
+    """Send a request client's next requests to ``target`` from now: a new entry in its schedule file, which
+    the client re-reads when the file's modification time changes (replaced whole, never half written)."""
+    entries = json.loads(schedule.read_text())
+    entries.append({"t_unix_s": time.time(), "target": target})
+    tmp = schedule.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries))
+    tmp.replace(schedule)
+
+
 class Migrator:
     """Runs a flow's planned migrations in the live network and moves its client's target after each.
 
-    ``schedule`` is the client's schedule file (emulator.traffic.service); ``out`` receives
-    ``migrations.csv`` and each transfer's JSON record.
+    ``hosts`` starts the transfer's programs and switches the client (:class:`LocalMoves` on one host;
+    :class:`emulator.cluster.run.ClusterMoves` over the agents of a cluster); ``out`` receives
+    ``migrations.csv`` (each transfer's JSON record is written where its sender runs, read back by ``hosts``).
     """
 
-    def __init__(self, emu: Any, migrations: list[PlannedMigration], state_bytes: int, t0_unix: float,
-                 step_wall_s: float, schedule: Path, out: Path, port: int) -> None:
-        self.emu, self.migrations, self.state_bytes = emu, migrations, state_bytes
-        self.t0_unix, self.step_wall_s, self.schedule, self.out, self.port = t0_unix, step_wall_s, schedule, out, port
+    def __init__(self, hosts: Any, migrations: list[PlannedMigration], state_bytes: int, t0_unix: float,
+                 step_wall_s: float, out: Path, port: int) -> None:
+        self.hosts, self.migrations, self.state_bytes = hosts, migrations, state_bytes
+        self.t0_unix, self.step_wall_s, self.out, self.port = t0_unix, step_wall_s, out, port
         self.records: list[dict[str, Any]] = []
-        self._procs: list[subprocess.Popen] = []
+        self._procs: list[Any] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="migrator", daemon=True)
 
@@ -345,25 +401,19 @@ class Migrator:
         """Stop waiting for the next migration and end a transfer under way (its record is then not ok)."""
         self._stop.set()
         for p in list(self._procs):
-            if p.poll() is None:
-                p.kill()
+            try:
+                self.hosts.kill(p)
+            except Exception as e:  # noqa: BLE001 - a host gone: its own teardown ends the program
+                log.warning("migration program not ended: %s", e)
         self._thread.join(timeout=10)
 
-    def _switch(self, target: str) -> None:
-        entries = json.loads(self.schedule.read_text())
-        entries.append({"t_unix_s": time.time(), "target": target})
-        tmp = self.schedule.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries))
-        tmp.replace(self.schedule)  # the client re-reads the file when its mtime changes
-
-    def _popen(self, node: str, args: list[str], log_file: Path) -> subprocess.Popen:
-        with open(log_file, "w") as f:
-            p = self.emu.node(node).popen([sys.executable, "-m", "emulator.traffic.migrate", *args],
-                                          stdout=f, stderr=subprocess.STDOUT)
+    def _start(self, node: str, args: list[str], log_name: str, out_name: str | None = None) -> Any:
+        p = self.hosts.start(node, args, log_name, out_name)
         self._procs.append(p)
         return p
 
     def _run(self) -> None:
+        h = self.hosts
         for i, m in enumerate(self.migrations):
             at = self.t0_unix + m.start_step * self.step_wall_s
             if self._stop.wait(max(0.0, at - time.time())):
@@ -373,28 +423,22 @@ class Migrator:
                                    "to": m.dst, "bytes": self.state_bytes, "switched_before_state": False}
             if self.state_bytes:
                 port = str(self.port)
-                recv = self._popen(m.dst, ["recv", "--bind", self.emu.address_of(m.dst), "--port", port,
-                                           "--timeout", f"{timeout_s:.1f}"], self.out / f"migration{i}.recv.log")
-                js = self.out / f"migration{i}.json"
-                send = self._popen(m.src, ["send", "--dst", self.emu.address_of(m.dst), "--port", port, "--bytes",
-                                           str(self.state_bytes), "--timeout", f"{timeout_s:.1f}", "--out", str(js)],
-                                   self.out / f"migration{i}.send.log")
-                try:
-                    send.wait(timeout=max(0.0, self.t0_unix + m.switch_step * self.step_wall_s - time.time()))
-                except subprocess.TimeoutExpired:
+                recv = self._start(m.dst, ["recv", "--bind", h.address_of(m.dst), "--port", port,
+                                           "--timeout", f"{timeout_s:.1f}"], f"migration{i}.recv.log")
+                send = self._start(m.src, ["send", "--dst", h.address_of(m.dst), "--port", port, "--bytes",
+                                           str(self.state_bytes), "--timeout", f"{timeout_s:.1f}"],
+                                   f"migration{i}.send.log", f"migration{i}.json")
+                if not h.wait(send, self.t0_unix + m.switch_step * self.step_wall_s - time.time()):
                     # the planned change has come with the state still on its way: the old node is about to
                     # stop serving (or to be out of reach), so the users move now and their state follows
-                    self._switch(m.dst)
+                    h.switch(m.dst)
                     rec["switched_before_state"] = True
                 for p in (send, recv):
-                    try:
-                        p.wait(timeout=timeout_s + 5)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
+                    if not h.wait(p, timeout_s + 5):
+                        h.kill(p)
                 try:
-                    rec.update(json.loads(js.read_text()))
-                except (OSError, ValueError):
+                    rec.update(json.loads(h.read(f"migration{i}.json") or ""))
+                except ValueError:
                     rec.update({"ok": False})
             else:
                 at = self.t0_unix + m.switch_step * self.step_wall_s
@@ -402,7 +446,7 @@ class Migrator:
                     return
                 rec.update({"ok": True})
             if not rec["switched_before_state"]:
-                self._switch(m.dst)
+                h.switch(m.dst)
             self.records.append(rec)
             with open(self.out / "migrations.csv", "w") as f:
                 f.write(",".join(MIGRATION_COLUMNS) + "\n")

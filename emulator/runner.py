@@ -214,11 +214,12 @@ def nearest_schedule(tl: Timeline, protocol: Any, src: str, computes: list[str],
     return out
 
 
-def _best_policy(emu: Any, tl: Timeline, plan: Any, f: TrafficSpec, i: int, t0_unix: float, speed: float,
+def _best_policy(hosts: Any, tl: Timeline, plan: Any, f: TrafficSpec, i: int, t0_unix: float, speed: float,
                  out: Path) -> tuple[list[dict[str, Any]], Any]:
     """For the 'best' request policy: the client's first schedule (the first serving node), and the
     emulator.migration.Migrator that moves its state and its target at each planned change (``plan``: the
-    flow's emulator.migration.BestPlan)."""
+    flow's emulator.migration.BestPlan). ``hosts(d)`` gives where the transfers run, ``d`` the flow's folder
+    (emulator.migration.LocalMoves on one host)."""
     from .flows import safe_label
     from .migration import MIGRATE_PORT_BASE, Migrator, initial_target, plan_migrations
 
@@ -234,8 +235,7 @@ def _best_policy(emu: Any, tl: Timeline, plan: Any, f: TrafficSpec, i: int, t0_u
         _say(f"  {f.label}: migration {m.src} -> {m.dst} planned, {state_bytes / 1e6:g} MB from step "
              f"{m.start_step}, users switch by step {m.switch_step}")
     sched = [{"t_unix_s": t0_unix, "target": initial_target(plan)}]
-    return sched, Migrator(emu, moves, state_bytes, t0_unix, tl.step_s / speed, d / "schedule.json", d,
-                           MIGRATE_PORT_BASE + i)
+    return sched, Migrator(hosts(d), moves, state_bytes, t0_unix, tl.step_s / speed, d, MIGRATE_PORT_BASE + i)
 
 
 class Tally:
@@ -486,7 +486,10 @@ def run(args: argparse.Namespace) -> int:
                         from .migration import flow_loads
 
                         best_plans = flow_loads(tl, protocol, flows_wanted, computes, last + 1)[1]
-                    sched, moves = _best_policy(emu, tl, best_plans[f.label], f, i, t0_unix, speed, out)
+                    from .migration import LocalMoves
+
+                    sched, moves = _best_policy(lambda d: LocalMoves(emu, d, d / "schedule.json"), tl,
+                                                best_plans[f.label], f, i, t0_unix, speed, out)
 
                 def start(i: int = i, f: TrafficSpec = f, dur: float = dur, sched: Any = sched,
                           moves: Any = moves) -> None:

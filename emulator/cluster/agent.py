@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -121,6 +122,8 @@ class HostAgent:
         self._barrier_lock = threading.Lock()
         self._relay_stop = threading.Event()
         self._relay: threading.Thread | None = None
+        # the programs of 'best' flows' migrations started here for the head (move_start), by key
+        self._moves: list[subprocess.Popen[Any]] = []
 
     def versions(self) -> dict[str, str]:
         """Python, Ray and satnetem versions on this host."""
@@ -564,6 +567,74 @@ class HostAgent:
                 return
         _put_file(folder, name, text)
 
+    def _flow_dir(self, label: str) -> Path:
+        """Flow ``label``'s folder among this host's flow files (made, with the host's folder, if new)."""
+        import tempfile
+
+        from ..flows import safe_label
+
+        if self.emu is None:
+            raise ApplyError(f"host {self.host} has not built", operation="flows")
+        if self._flows_dir is None:
+            self._flows_dir = tempfile.mkdtemp(prefix=f"satnetem-{self.emu.run_id}-flows-")
+        d = Path(self._flows_dir) / "flows" / safe_label(label)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @staticmethod
+    def _file_name(name: str) -> str:
+        if not name or Path(name).name != name or name.startswith("."):
+            raise ApplyError(f"not a file name: {name!r}", operation="migration")
+        return name
+
+    def node_address(self, node: str) -> str:
+        """Node ``node``'s address (the run's address plan, the same on every host)."""
+        if self.emu is None:
+            raise ApplyError(f"host {self.host} has not built", operation="node_address")
+        return str(self.emu.address_of(node))
+
+    def move_start(self, label: str, node: str, args: list[str], log_name: str, out_name: str | None) -> int:
+        """For the head's migration of ``best`` flow ``label`` (:class:`emulator.cluster.run.ClusterMoves`):
+        ``python -m emulator.traffic.migrate ARGS`` in this host's node ``node`` (``--out`` the flow folder's
+        ``out_name`` when given), its output in ``log_name`` there. Returns the program's key."""
+        d = self._flow_dir(label)
+        argv = [sys.executable, "-m", "emulator.traffic.migrate", *[str(a) for a in args]]
+        if out_name is not None:
+            argv += ["--out", str(d / self._file_name(out_name))]
+        with open(d / self._file_name(log_name), "w") as f:
+            self._moves.append(self.emu.node(node).popen(argv, stdout=f, stderr=subprocess.STDOUT))
+        return len(self._moves) - 1
+
+    def move_poll(self, key: int) -> int | None:
+        """The exit status of program ``key`` (:meth:`move_start`), None while it runs."""
+        return self._moves[key].poll()
+
+    def move_kill(self, key: int) -> None:
+        p = self._moves[key]
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+    def move_read(self, label: str, name: str) -> str | None:
+        """The text of ``name`` in flow ``label``'s folder here (a transfer's record), None if absent."""
+        try:
+            return (self._flow_dir(label) / self._file_name(name)).read_text()
+        except OSError:
+            return None
+
+    def move_switch(self, label: str, target: str) -> None:
+        """The client of ``best`` flow ``label`` (here) sends its next requests to ``target``."""
+        from ..migration import switch_schedule
+
+        switch_schedule(self._flow_dir(label) / "schedule.json", target)
+
+    def _end_moves(self) -> None:
+        for p in self._moves:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self._moves = []
+
     def _stop_relay(self) -> None:
         self._relay_stop.set()
         if self._relay is not None:
@@ -609,6 +680,7 @@ class HostAgent:
             self._stop_relay()
             self._starter.stop_all()
             self._starter = None
+        self._end_moves()
         if self._flows_dir is not None:
             root = Path(self._flows_dir)
             for p in sorted(root.rglob("*")):

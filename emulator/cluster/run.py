@@ -13,9 +13,9 @@ runs on its destination's host, the sender on its source's; the one-way delays o
 are corrected by the clock offsets measured at start) and traffic matrices (each endpoint's program on its
 host, from one instant; the plan made here, where the scenario's files are; ``linkload.csv`` from every host's
 near ends) and requests (the client on its source's host, each compute node's service on its own host, the
-``nearest`` policy's schedule made here) and all-reduces (each rank on its node's host, the files of the rounds'
-barrier copied between the hosts by their agents); no ``best`` policy (its migrations are driven from one
-process that reaches every node);
+``nearest`` policy's schedule made here; the ``best`` policy's plan made here, and its migrations driven from
+here through the agents, :class:`ClusterMoves`) and all-reduces (each rank on its node's host, the files of
+the rounds' barrier copied between the hosts by their agents);
 a daemon-driven protocol (ospf) runs its daemons in each host's own routers (their statistics added over the
 hosts), and the delay daemons' statistics are merged as one daemon's (:func:`emulator.shaping.delayd.
 merge_stats`); each host's release lateness is in ``monitor.csv``, merged from every host, which marks samples
@@ -91,10 +91,6 @@ def cluster_config(args: argparse.Namespace, sc: Scenario) -> ClusterConfig | No
         if f.kind not in CLUSTER_FLOW_KINDS:
             raise scenario_error(sc, f"a {f.kind!r} flow does not run on a cluster yet (these do: "
                                  f"{', '.join(CLUSTER_FLOW_KINDS)})", f"traffic[{i}].kind")
-        if f.kind == "request" and f.policy == "best":
-            raise scenario_error(sc, "request policy 'best' does not run on a cluster yet (its migrations move a "
-                                 "node's state from one process that reaches both nodes); 'fixed' and 'nearest' "
-                                 "do", f"traffic[{i}].policy")
     return cfg
 
 
@@ -339,6 +335,66 @@ def routing_daemons(per_host: list[dict[str, Any] | None]) -> dict[str, Any] | N
     return out
 
 
+class ClusterMoves:
+    """Where a ``best`` flow's migrations (:class:`emulator.migration.Migrator`, on the head) run on a cluster:
+    each program on its node's host, through that host's agent (:meth:`emulator.cluster.agent.HostAgent.
+    move_start` and the calls after it), with its files in the flow's folder there (collected with the flows'
+    files at the end); the client's schedule is switched on its source's host. A program's end is polled
+    every ``poll_s``."""
+
+    def __init__(self, agents: list[Any], host_of: Any, node_index: Any, label: str, client: str,
+                 poll_s: float = 0.02) -> None:
+        self.agents, self.host_of, self.index = agents, host_of, node_index
+        self.label, self.client, self.poll_s = label, client, poll_s
+        self._written: dict[str, int] = {}  # a record's name -> the host that writes it
+
+    def _agent(self, node: str) -> tuple[int, Any]:
+        h = int(self.host_of[self.index(node)])
+        return h, self.agents[h]
+
+    def address_of(self, node: str) -> str:
+        import ray
+
+        return str(ray.get(self._agent(node)[1].node_address.remote(node), timeout=60))
+
+    def start(self, node: str, args: list[str], log_name: str, out_name: str | None = None) -> tuple[int, int]:
+        import ray
+
+        h, agent = self._agent(node)
+        if out_name is not None:
+            self._written[out_name] = h
+        return h, int(ray.get(agent.move_start.remote(self.label, node, args, log_name, out_name), timeout=60))
+
+    def ended(self, proc: tuple[int, int]) -> bool:
+        import ray
+
+        return ray.get(self.agents[proc[0]].move_poll.remote(proc[1]), timeout=60) is not None
+
+    def wait(self, proc: tuple[int, int], timeout_s: float) -> bool:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while not self.ended(proc):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.poll_s)
+        return True
+
+    def kill(self, proc: tuple[int, int]) -> None:
+        import ray
+
+        ray.get(self.agents[proc[0]].move_kill.remote(proc[1]), timeout=60)
+
+    def read(self, name: str) -> str | None:
+        import ray
+
+        h = self._written.get(name)
+        return None if h is None else ray.get(self.agents[h].move_read.remote(self.label, name), timeout=60)
+
+    def switch(self, target: str) -> None:
+        import ray
+
+        ray.get(self._agent(self.client)[1].move_switch.remote(self.label, target), timeout=60)
+
+
 def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str, shaper: str,
                 flows_wanted: list[TrafficSpec], last: int, speed: float, out: Path, run_id: str | None) -> int:
     """Play ``tl`` over the cluster ``cfg`` names and write ``out`` as a single-host run does (module
@@ -354,7 +410,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
 
     from routing.base import scenario_protocol
 
-    from ..runner import finish, nearest_schedule
+    from ..runner import _best_policy, finish, nearest_schedule
     from ..validity import Bounds
     from .agent import start
 
@@ -376,6 +432,7 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
                                "steps_planned": last + 1, "step_s": tl.step_s, "complete": False, "run_id": run_id}
     cluster = None
     played: list[dict[str, Any]] = []
+    migrators: list[Any] = []  # the 'best' flows' (emulator.migration.Migrator), driven from here
     try:
         n_hosts = cluster_hosts(cfg.hosts, cfg.address)
         vni_base = cfg.vni_base or vni_base_for(run_id, tl.n_links)
@@ -439,11 +496,24 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             if dur > 0:
                 flows.append((i, f, dur))
 
+        best_plans: dict[str, Any] = {}
+        if any(f.kind == "request" and f.policy == "best" for _, f, _ in flows):
+            from ..migration import flow_loads
+
+            best_plans = flow_loads(tl, proto, flows_wanted, computes, last + 1)[1]
+
         def on_start(start_ns: int) -> None:
             schedules = {}
             for i, f, _ in flows:  # the 'nearest' policy's targets from each step on, as one host computes them
                 if f.kind == "request" and f.policy == "nearest":
                     schedules[i] = nearest_schedule(tl, proto, f.src, computes, start_ns / 1e9, speed, last + 1)
+                if f.kind == "request" and f.policy == "best":  # the state moves between hosts' nodes from here
+                    def hosts(d: Path, f: TrafficSpec = f) -> ClusterMoves:
+                        return ClusterMoves(cluster.agents, cluster.placement.host_of, tl.node_index, f.label,
+                                            f.src)
+
+                    schedules[i], mg = _best_policy(hosts, tl, best_plans[f.label], f, i, start_ns / 1e9, speed, out)
+                    migrators.append(mg)
             bounds = Bounds.of(sc.emulation)
             (out / "run.json").write_text(json.dumps({
                 "run_id": run_id, "t0_unix": start_ns / 1e9, "speed": speed, "step_s": tl.step_s,
@@ -455,6 +525,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             for h, labels in enumerate(started):
                 if labels:
                     _say(f"  host {h} runs flows {', '.join(labels)}")
+            for mg in migrators:
+                mg.start()
 
         try:
             played = cluster.play(last, on_start=on_start, speed=speed, underlay_every_s=cfg.underlay_every_s,
@@ -463,6 +535,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
         except ApplyError as e:
             summary["fault"] = one_line(str(e))
             _say(f"run stopped: {summary['fault']}")
+        for mg in migrators:  # a transfer still under way ends now (its record says so), as on one host
+            mg.stop()
         if summary["complete"]:
             collected = ray.get([a.collect.remote() for a in cluster.agents], timeout=120)
             for line in _merge_files(out, collected):
@@ -480,6 +554,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
     except KeyboardInterrupt:
         _say("interrupted: tearing every host's part down")
     finally:
+        for mg in migrators:  # idempotent; an interrupt may have come while one ran
+            mg.stop()
         t = time.monotonic()
         if cluster is not None and not summary.get("fault"):  # after a fault every live agent has stopped
             try:

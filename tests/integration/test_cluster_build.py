@@ -1182,3 +1182,68 @@ def test_an_allreduce_spans_the_hosts(ray_lab, tmp_path):
         assert low <= took_s and (rnd == 0 or took_s <= high), lines[-1]
     assert leftovers(lab, host_ids(run_id)) == []
     print("; ".join(lines))
+
+
+def test_best_requests_move_their_state_between_hosts(ray_lab, tmp_path):
+    """The ``best`` policy on a cluster: the migration test's scenario (tests/integration/test_migration_live.py)
+    with dc-b on sat-5-3, so that under the plane placement the client (ut-sahara) and dc-a are on one host and
+    dc-b on another. The head drives the migration: 10 MB of state go from dc-a to dc-b over TCP, each end's
+    program on its own node's host, before the client (on its host) switches. From the run's files: the move
+    is dc-a -> dc-b and every byte arrived (the sender's acknowledged count); it took between S/R + RTT and
+    1.5 x S/R + 2 x RTT, R and RTT of the least-delay path computed here with networkx (a link between hosts at
+    least the underlay's delay); no request failed; the requests go to dc-a until the state has arrived and to
+    dc-b from a second after; each program's log came back from its host; nothing is left on any host."""
+    from tests.integration.test_migration_live import SCENARIO as MIGRATION
+    from tests.integration.test_migration_live import STATE_MB
+
+    lab, rl = ray_lab
+    scen = tmp_path / "best.toml"
+    assert 'satellite = "sat-0-3"' in MIGRATION
+    scen.write_text(MIGRATION.replace('satellite = "sat-0-3"', 'satellite = "sat-5-3"') + "\n[cluster]\nhosts = 0\n")
+    run_id = "t-cbest"
+    res = tmp_path / "res"
+    rc, out, err = satnetem_run(lab, rl, [str(scen), "--cluster", rl.head, "--run-id", run_id, "-o", str(res)],
+                                tmp_path)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    tl = Timeline.load(res / "timeline.npz")
+    placement = json.loads((res / "placement.json").read_text())
+    host_of = {tl.node_index(n): h for n, h in placement.items()}
+    assert placement["dc-a"] == placement["ut-sahara"] != placement["dc-b"], placement
+    summary = json.loads((res / "summary.json").read_text())
+    underlay_ms = statistics.mean(u["one_way_ms"] for b in summary["cluster"]["builds"] for u in b["underlay"] if u)
+    t0_unix = json.loads((res / "run.json").read_text())["t0_unix"]
+    d = res / "flows" / "users"
+    moves = list(csv.DictReader(open(d / "migrations.csv")))
+    assert len(moves) == 1 and (moves[0]["from"], moves[0]["to"], moves[0]["ok"]) == ("dc-a", "dc-b", "True"), moves
+    rec = json.loads((d / "migration0.json").read_text())
+    assert rec["bytes_acked"] == STATE_MB * 1_000_000, rec
+    assert (d / "migration0.send.log").exists() and (d / "migration0.recv.log").exists()
+
+    t_connected, t_end = float(rec["t_connected_unix_s"]), float(rec["t_end_unix_s"])
+    step = int((t_connected - t0_unix) // tl.step_s)
+    snap = tl.snapshot(step)
+    g = nx.Graph()
+    for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0)).tolist():
+        a, b = int(tl.link_a[l]), int(snap.peer[l])
+        dl = float(snap.params[l, 0]) if host_of[a] == host_of[b] else max(float(snap.params[l, 0]), underlay_ms)
+        if not g.has_edge(a, b) or g[a][b]["delay_ms"] > dl:
+            g.add_edge(a, b, delay_ms=dl, rate_mbps=float(tl.rate_mbps[l, step]))
+    path = nx.dijkstra_path(g, tl.node_index("dc-a"), tl.node_index("dc-b"), weight="delay_ms")
+    hops = list(zip(path, path[1:]))
+    assert any(host_of[a] != host_of[b] for a, b in hops)
+    r_mbps = min(g[a][b]["rate_mbps"] for a, b in hops)
+    rtt_ms = 2 * sum(g[a][b]["delay_ms"] for a, b in hops)
+    s_over_r = STATE_MB * 8e6 / (r_mbps * 1e6)
+    lo, hi = s_over_r + rtt_ms / 1e3, 1.5 * s_over_r + 2 * rtt_ms / 1e3
+    took = t_end - t_connected
+    line = (f"migration over {[tl.nodes[n].name for n in path]}: R {r_mbps:g} Mbit/s, RTT {rtt_ms:.1f} ms; took "
+            f"{took:.3f} s, bounds [{lo:.3f}, {hi:.3f}] s")
+    assert lo <= took <= hi, line
+
+    reqs = list(csv.DictReader(open(d / "requests.csv")))
+    assert len(reqs) >= 50 and not [r for r in reqs if r["ok"] != "1"], [r for r in reqs if r["ok"] != "1"][:5]
+    before = {r["target"] for r in reqs if float(r["t_send_unix_s"]) < t_end}
+    after = {r["target"] for r in reqs if float(r["t_send_unix_s"]) > t_end + 1.0}
+    assert before == {"dc-a"} and after == {"dc-b"}, (sorted(before), sorted(after))
+    assert leftovers(lab, host_ids(run_id)) == []
+    print(line)
