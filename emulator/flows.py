@@ -306,16 +306,24 @@ class FlowStarter:
             flow.handles.append(f)
         tcp = []
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        later = []  # clients whose server is on another host: they start when the matrix sends
         for k, (src, dst, _) in enumerate(plan.top_pairs(spec.tcp_flows)):
-            fl = IperfFlow(addr=addr[dst], port=MATRIX_TCP_PORT_BASE + 16 * i + k, duration_s=max(1.0, duration_s),
-                           udp=False, rate_mbps=None)
+            # a client that starts when the matrix sends (below) sends as long as the matrix does
+            fl = IperfFlow(addr=addr[dst], port=MATRIX_TCP_PORT_BASE + 16 * i + k,
+                           duration_s=max(1.0, duration_s if dst in here else send_s), udp=False, rate_mbps=None)
             if dst in here:
                 flow.procs.append(self.emu.node(dst).popen(server_argv(fl, str(d / f"tcp{k}.server.log")), **quiet))
-            if src in here:  # the server first (on another host: started at the same instant there)
+            if src in here and dst in here:  # the server first
                 time.sleep(0.3)
                 flow.procs.insert(0, self.emu.node(src).popen(client_argv(fl, str(d / f"tcp{k}.client.json")),
                                                               **quiet))
+            elif src in here:  # the server starts at the same instant on its host, which this one cannot see
+                later.append((src, client_argv(fl, str(d / f"tcp{k}.client.json"))))
             tcp.append({"src": src, "dst": dst, "client": f"tcp{k}.client.json"})
+        if later:
+            time.sleep(max(0.0, start_at - time.time()))
+            for src, argv in later:
+                flow.procs.insert(0, self.emu.node(src).popen(argv, **quiet))
         flow.record.files = {"matrix": "matrix.json", **files}
         if not flow.listed:
             return

@@ -1247,3 +1247,59 @@ def test_best_requests_move_their_state_between_hosts(ray_lab, tmp_path):
     assert before == {"dc-a"} and after == {"dc-b"}, (sorted(before), sorted(after))
     assert leftovers(lab, host_ids(run_id)) == []
     print(line)
+
+
+MATRIX_TCP_TRAFFIC = """
+[cluster]
+hosts = 0
+
+[[traffic]]
+kind = "matrix"
+endpoints = ["h-london", "h-tokyo"]
+aggregate_mbps = 2.0
+duration_s = 8.0
+tcp_flows = 2                  # iperf3 TCP bulk on both pairs: London -> Tokyo and Tokyo -> London
+"""
+
+
+def test_a_matrix_runs_its_tcp_pairs_across_hosts(ray_lab, timeline, tmp_path):
+    """A traffic matrix's TCP bulk flows between London's and Tokyo's hosts (on two fake hosts): each pair's
+    server runs on its destination's host and its client on its source's, from the instant the matrix sends.
+    From iperf3's own reports: both clients connected and ran for the matrix's sending time, and each server
+    received what its client sent, at no more than the path's bottleneck rate (networkx on the timeline) allows;
+    nothing is left on any host."""
+    lab, rl = ray_lab
+    tl, tl_path = timeline
+    scen = tmp_path / "matrix-tcp.toml"
+    scen.write_text(SCENARIO + MATRIX_TCP_TRAFFIC)
+    run_id = "t-cmtcp"
+    res = tmp_path / "res"
+    rc, out, err = satnetem_run(lab, rl, [str(scen), "--timeline", tl_path, "--cluster", rl.head, "--run-id", run_id,
+                                          "-o", str(res), "--duration", "10"], tmp_path)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    placement = json.loads((res / "placement.json").read_text())
+    assert placement["h-london"] != placement["h-tokyo"], placement
+    from emulator.flows import safe_label
+
+    d = res / "flows" / safe_label("matrix:gravity")
+    pairs = json.loads((d / "matrix.json").read_text())["tcp"]
+    assert sorted((p["src"], p["dst"]) for p in pairs) == [("h-london", "h-tokyo"), ("h-tokyo", "h-london")], pairs
+    g = nx.DiGraph()
+    for l in np.flatnonzero((tl.state[:, 0] == 0) & (tl.peer[:, 0] >= 0)).tolist():
+        a, b = int(tl.link_a[l]), int(tl.peer[l, 0])
+        for u, v in ((a, b), (b, a)):
+            g.add_edge(u, v, delay_ms=float(tl.delay_ms[l, 0]), rate_mbps=float(tl.rate_mbps[l, 0]))
+    lines = []
+    for p in pairs:
+        rep = json.loads((d / p["client"]).read_text())
+        assert "error" not in rep, (p, rep.get("error"))
+        sent, got = rep["end"]["sum_sent"], rep["end"]["sum_received"]
+        path = nx.dijkstra_path(g, tl.node_index(p["src"]), tl.node_index(p["dst"]), weight="delay_ms")
+        r_mbps = min(g[u][v]["rate_mbps"] for u, v in zip(path, path[1:]))
+        mbps = got["bytes"] * 8 / got["seconds"] / 1e6
+        lines.append(f"{p['src']} -> {p['dst']}: {got['bytes']} B in {got['seconds']:.2f} s ({mbps:.1f} Mbit/s; "
+                     f"path bottleneck {r_mbps:g} Mbit/s), client sent {sent['bytes']} B")
+        assert got["seconds"] >= 5.0 and 0 < got["bytes"] <= sent["bytes"], lines[-1]
+        assert mbps <= 1.02 * r_mbps, lines[-1]
+    assert leftovers(lab, host_ids(run_id)) == []
+    print("; ".join(lines))
