@@ -24,8 +24,8 @@ apt_packages=(
   nftables
   # the netem test VM: a stock distribution kernel booted under qemu (the host kernel may lack sch_netem)
   qemu-system-x86 busybox-static cpio
-  # checks of the scripts
-  shellcheck
+  # checks of the scripts, and of the lab's systemd unit (systemd-analyze verify)
+  shellcheck systemd
 )
 # The stock kernel image package differs between distributions. Debian also ships vagrant, which the
 # tests use to validate the lab's Vagrantfile (Ubuntu dropped it; there that test skips).

@@ -23,11 +23,12 @@ from topologies.scenario import TrafficSpec
 log = logging.getLogger(__name__)
 
 UDP_PORT_BASE = 20000
-#: on a clustered run, how long before a flow's instant the host of its destination starts the flow's receiver
-#: (the sender's host cannot see when it is ready; under load a program takes this long to start, measured:
-#: 0.6 s late on a test host beside two CPU hogs, where a 0.2 s pause lost the probe's first datagrams)
+#: on a clustered run, how long before a flow's instant the host of its destination starts the flow's receiver,
+#: so that its sender (which waits for the receiver to be ready: emulator.cluster.agent) usually starts on time
 RECEIVER_LEAD_S = 1.0
-#: on one host, how long the sender of a UDP probe waits at most for its receiver to bind
+#: how long a sender waits at most for its receiver to bind its port (beside two CPU hogs on the 2-core
+#: development VM, a probe's receiver on a fake host of a cluster, started up to 1 s ahead, bound 0.8 s after
+#: its sender had begun)
 RECEIVER_READY_S = 10.0
 IPERF_PORT_BASE = 5201
 SERVICE_PORT = 8080
@@ -94,18 +95,25 @@ class Flow:
         self.stop(grace_s=2.0)
 
 
-def _wait_bound(proc: subprocess.Popen, ready: Path, label: str) -> None:
-    """Wait until the receiver ``proc`` has bound its port: it creates ``ready`` (its record) just after.
-    Waits at most :data:`RECEIVER_READY_S`, and not for a receiver that has ended (its log says why); then the
-    sender starts anyway, and what the receiver misses counts as lost."""
-    deadline = time.monotonic() + RECEIVER_READY_S
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.warning("flow %s: its receiver is not ready (%s); the sender starts anyway", label,
-                        f"exit status {proc.returncode}" if proc.returncode is not None
-                        else f"after {RECEIVER_READY_S:g} s")
-            return
-        time.sleep(0.01)
+def receiver_ready(emu: Any, i: int, spec: TrafficSpec, proc: subprocess.Popen | None = None,
+                   timeout_s: float = RECEIVER_READY_S) -> bool:
+    """Wait until flow ``i``'s receiving program (a UDP probe's receiver, an iperf3 server:
+    :data:`TWO_SIDED_KINDS`) has bound its port in its node, as ``ss`` in the node's namespace lists the
+    sockets; True once it has, False after ``timeout_s`` or when ``proc`` (the program) has ended (its log
+    says why), and the sender then starts anyway: what the receiver misses counts as lost."""
+    port, kind = (UDP_PORT_BASE + i, "-Hlnu") if spec.kind == "udp-probe" else (IPERF_PORT_BASE + i, "-Hlnt")
+    argv = ["nsenter", f"--net={emu.node(spec.dst).ns_path}", "--", "ss", kind, "sport", "=", f":{port}"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+        if out.strip():
+            return True
+        why = (f"exit status {proc.returncode}" if proc is not None and proc.poll() is not None
+               else f"after {timeout_s:g} s" if time.monotonic() > deadline else "")
+        if why:
+            log.warning("flow %s: its receiver is not ready (%s); the sender starts anyway", spec.label, why)
+            return False
+        time.sleep(0.02)
 
 
 class FlowStarter:
@@ -174,10 +182,11 @@ class FlowStarter:
               side: str = "both", at_unix_s: float | None = None) -> Flow:
         """Start flow ``i`` now for ``duration_s`` wall-clock seconds.
 
-        ``side``: ``both`` (one host: the sender starts once its receiver is ready), or on a host of a clustered
-        run, for the kinds with a receiving program (:data:`TWO_SIDED_KINDS`) whose ends are on two hosts,
-        ``recv`` (only the receiver, started now, which the caller does :data:`RECEIVER_LEAD_S` before the flow's
-        instant; the flow is not listed here) or ``send`` (only the sender, started now, at the flow's instant).
+        ``side``: ``both`` (one host: the sender starts once its receiver is ready, :func:`receiver_ready`), or on
+        a host of a clustered run, for the kinds with a receiving program (:data:`TWO_SIDED_KINDS`) whose ends
+        are on two hosts, ``recv`` (only the receiver, started now, which the caller does :data:`RECEIVER_LEAD_S`
+        before the flow's instant; the flow is not listed here) or ``send`` (only the sender, started now: the
+        caller waits until the other host says its receiver is ready).
 
         A traffic matrix starts the programs of the endpoints built here (``emu.local``: all of them on one
         host; on a host of a clustered run its own, and the flow is listed by the host of the first endpoint),
@@ -208,14 +217,13 @@ class FlowStarter:
             port = str(UDP_PORT_BASE + i)
             addr = self.emu.address_of(spec.dst)
             if recv:
-                (d / "recv.csv").unlink(missing_ok=True)
                 p, f = self._py(spec.dst, "udpprobe", ["recv", "--bind", addr, "--port", port, "--duration",
                                                        f"{duration_s + 3:.3f}", "--flow", str(i),
                                                        "--out", str(d / "recv.csv")], d / "recv.log")
                 flow.procs.append(p)
                 flow.handles.append(f)
-            if send and recv:  # the receiver binds first (on another host it started RECEIVER_LEAD_S earlier)
-                _wait_bound(p, d / "recv.csv", label)
+            if send and recv:  # the receiver binds first (on another host: the agents wait for it)
+                receiver_ready(self.emu, i, spec, p)
             if send:
                 p, f = self._py(spec.src, "udpprobe", ["send", "--dst", addr, "--port", port, "--rate-pps",
                                                        f"{spec.rate_pps:g}", "--size", str(spec.size_bytes),
@@ -234,8 +242,8 @@ class FlowStarter:
             if recv:
                 flow.procs.append(self.emu.node(spec.dst).popen(server_argv(fl, str(d / "server.log")), **quiet))
             if send:
-                if recv:  # the server listens first (on another host it started RECEIVER_LEAD_S earlier)
-                    time.sleep(0.3)
+                if recv:  # the server listens first (on another host: the agents wait for it)
+                    receiver_ready(self.emu, i, spec, flow.procs[-1])
                 flow.procs.insert(0, self.emu.node(spec.src).popen(client_argv(fl, str(d / "client.json")), **quiet))
             rec.files = {"client": "client.json", "server": "server.log"}
         elif spec.kind == "path":

@@ -13,8 +13,9 @@
 #
 # The tests run it on the fake hosts of one machine (tests/integration/test_cluster_ray.py), which share that
 # machine's file system and have no service manager of their own: SATNETEM_LAB_TOKEN names the token,
-# SATNETEM_LAB_ETC the folder standing for /etc, and SATNETEM_LAB_SERVICES=none skips chrony and systemd and
-# starts the node with `satnetem cluster start` directly.
+# SATNETEM_LAB_ETC the folder standing for /etc, and SATNETEM_LAB_SERVICES=files writes chrony's and systemd's
+# files there as for a lab host and starts nothing (the test checks the unit with systemd-analyze and runs its
+# commands as systemd would); =none starts the node with `satnetem cluster start` directly and writes neither.
 set -euo pipefail
 
 role=${1:?role: head or worker}
@@ -27,7 +28,7 @@ etc=${SATNETEM_LAB_ETC:-/etc}
 services=${SATNETEM_LAB_SERVICES:-systemd}
 port=6379
 
-case "$services" in systemd|none) ;; *) echo "cluster.sh: SATNETEM_LAB_SERVICES must be systemd or none, got '$services'" >&2; exit 2 ;; esac
+case "$services" in systemd|files|none) ;; *) echo "cluster.sh: SATNETEM_LAB_SERVICES must be systemd, files or none, got '$services'" >&2; exit 2 ;; esac
 case "$role" in head|worker) ;; *) echo "cluster.sh: role must be head or worker, got '$role'" >&2; exit 2 ;; esac
 case "$host" in ''|*[!0-9]*) echo "cluster.sh: host number must be an integer, got '$host'" >&2; exit 2 ;; esac
 for a in "$node_ip" "$head_ip"; do
@@ -66,14 +67,19 @@ fi
 
 # One clock: the workers follow the head, which serves the lab's network (the run refuses a host more than
 # [cluster] max_clock_offset_ms, default 5 ms, off the driver's clock).
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q chrony >/dev/null
+if [ "$services" = systemd ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chrony >/dev/null
+fi
+install -d "$etc/chrony/conf.d" "$etc/systemd/system"
 subnet="${head_ip%.*}.0/24"
 if [ "$role" = head ]; then
-  printf 'allow %s\nlocal stratum 10\n' "$subnet" > /etc/chrony/conf.d/satnetem.conf
+  printf 'allow %s\nlocal stratum 10\n' "$subnet" > "$etc/chrony/conf.d/satnetem.conf"
 else
-  printf 'server %s iburst prefer\n' "$head_ip" > /etc/chrony/conf.d/satnetem.conf
+  printf 'server %s iburst prefer\n' "$head_ip" > "$etc/chrony/conf.d/satnetem.conf"
 fi
-systemctl restart chrony
+if [ "$services" = systemd ]; then
+  systemctl restart chrony
+fi
 
 # Ray's node, started by satnetem with the settings the tests run on the fake hosts (emulator/cluster/raynode.py:
 # token authentication, no CPU reserved, no dashboard, a small object store, Ray's memory monitor off, every port
@@ -92,7 +98,11 @@ systemctl restart chrony
   echo "Restart=on-failure"
   echo "[Install]"
   echo "WantedBy=multi-user.target"
-} > /etc/systemd/system/satnetem-ray.service
+} > "$etc/systemd/system/satnetem-ray.service"
+if [ "$services" = files ]; then
+  echo "cluster.sh: host ${host} (${role}, ${node_ip}): wrote $etc/chrony/conf.d/satnetem.conf and $etc/systemd/system/satnetem-ray.service; nothing started"
+  exit 0
+fi
 systemctl daemon-reload
 systemctl enable satnetem-ray.service >/dev/null
 systemctl restart satnetem-ray.service

@@ -122,6 +122,8 @@ class HostAgent:
         self._barrier_lock = threading.Lock()
         self._relay_stop = threading.Event()
         self._relay: threading.Thread | None = None
+        # a two-sided flow whose receiver runs on another host: set when that host says it is ready (flow_ready)
+        self._ready: dict[int, threading.Event] = {}
         # the programs of 'best' flows' migrations started here for the head (move_start), by key
         self._moves: list[subprocess.Popen[Any]] = []
 
@@ -435,11 +437,13 @@ class HostAgent:
             A request flow's schedule of targets by its index (policy ``nearest``: made on the head, from the
             routing protocol's predictions).
         peers : list of ray.actor.ActorHandle
-            Every host's agent, by host: an all-reduce whose ranks are on several hosts runs its ranks on their
-            hosts, and each host copies the files its ranks drop into the round barrier's folder to the other
-            hosts of the ring (:meth:`barrier_put`); the ranks start a round :data:`BARRIER_MARGIN_S` after
-            the last one finished the round before, by their own host's clock. The host of the first rank
-            lists the flow.
+            Every host's agent, by host. A flow whose receiver runs on another host starts its sender once that
+            host has said the receiver is ready (:meth:`flow_ready`; at most
+            :data:`emulator.flows.RECEIVER_READY_S` later). An all-reduce whose ranks are on several hosts
+            runs its ranks on their hosts, and each host copies the files its ranks drop into the round
+            barrier's folder to the other hosts of the ring (:meth:`barrier_put`); the ranks start a round
+            :data:`BARRIER_MARGIN_S` after the last one finished the round before, by their own host's clock.
+            The host of the first rank lists the flow.
 
         Returns
         -------
@@ -449,7 +453,7 @@ class HostAgent:
         """
         import tempfile
 
-        from ..flows import RECEIVER_LEAD_S, TWO_SIDED_KINDS, FlowStarter
+        from ..flows import RECEIVER_LEAD_S, RECEIVER_READY_S, TWO_SIDED_KINDS, FlowStarter, receiver_ready
 
         if self.emu is None:
             raise ApplyError(f"host {self.host} has not built", operation="start_flows")
@@ -516,8 +520,15 @@ class HostAgent:
         def start(i: int, f: Any, d: float, side: str) -> None:
             at = start_ns / 1e9 + f.start_s / speed
             try:
-                starter.start(i, f, max(1.0, d), (schedules or {}).get(i), side="both" if side == "part" else side,
-                              at_unix_s=at)
+                if side == "send" and peers is not None:  # the receiver's host says when it is ready
+                    if not self._ready_event(i).wait(RECEIVER_READY_S):
+                        log.warning("host %d: flow %s: its receiver's host did not say it was ready in %g s; the "
+                                    "sender starts anyway", self.host, f.label, RECEIVER_READY_S)
+                flow = starter.start(i, f, max(1.0, d), (schedules or {}).get(i),
+                                     side="both" if side == "part" else side, at_unix_s=at)
+                if side == "recv" and peers is not None:
+                    receiver_ready(self.emu, i, f, flow.procs[0])
+                    peers[int(host_of[index(f.src)])].flow_ready.remote(i)
             except Exception as e:  # noqa: BLE001 - on a timer's thread: said in collect(), by flow
                 log.exception("host %d: flow %s did not start", self.host, f.label)
                 self._flow_errors.append(f"flow {f.label} could not start on host {self.host}: {e}")
@@ -553,6 +564,15 @@ class HostAgent:
                     for h in hosts:
                         peers[h].barrier_put.remote(i, name, text)  # one way: the rank waits for the answer
                     sent.add((i, name))
+
+    def _ready_event(self, i: int) -> threading.Event:
+        with self._barrier_lock:
+            return self._ready.setdefault(i, threading.Event())
+
+    def flow_ready(self, i: int) -> None:
+        """Flow ``i``'s receiver, on the calling host, has bound its port: this host's sender may start
+        (:meth:`start_flows`)."""
+        self._ready_event(i).set()
 
     def barrier_put(self, i: int, name: str, text: str) -> None:
         """Another host's rank of all-reduce ``i`` finished a round (:meth:`start_flows`): its file

@@ -61,13 +61,18 @@ rounds = {ROUNDS}
 """
 
 
-def ring_bound(tl, names: list[str], step: int) -> tuple[float, float, list[float]]:
+def ring_bound(tl, names: list[str], step: int, host_of: dict[int, int] | None = None,
+               underlay_ms: float = 0.0) -> tuple[float, float, list[float]]:
     """(R in Mbit/s, d_max in s, each hop's delay in s) of the ring ``names`` at ``step``: shortest-delay paths
-    on the timeline's up links; R is the least rate / (hops whose path crosses the link in that direction)."""
+    on the timeline's up links; R is the least rate / (hops whose path crosses the link in that direction).
+    With ``host_of`` (a clustered run's placement), a link between two hosts counts at least ``underlay_ms``
+    (what a link shorter than the hosts' network carries)."""
     g = nx.DiGraph()
     for slot in np.flatnonzero((tl.state[:, step] == 0) & (tl.peer[:, step] >= 0)):
         a, b = int(tl.link_a[slot]), int(tl.peer[slot, step])
         d, r = float(tl.delay_ms[slot, step]), float(tl.rate_mbps[slot, step])
+        if host_of is not None and host_of[a] != host_of[b]:
+            d = max(d, underlay_ms)
         for u, v in ((a, b), (b, a)):
             if not g.has_edge(u, v) or g[u][v]["delay_ms"] > d:
                 g.add_edge(u, v, delay_ms=d, rate_mbps=r)

@@ -1108,31 +1108,6 @@ rounds = {RING_ROUNDS}
 """
 
 
-def ring_hops(tl, step: int, host_of: dict[int, int], underlay_ms: float, names: list[str]) -> tuple[float, list[float]]:
-    """(R in Mbit/s, each hop's one-way delay in ms) of the ring ``names`` at ``step``: networkx's least-delay
-    path of each hop on the timeline (a link between hosts at least the underlay's delay, as least_delay
-    counts), R the least rate of a link divided by the hops whose path crosses it that way."""
-    snap = tl.snapshot(step)
-    g = nx.DiGraph()
-    for l in np.flatnonzero((snap.state == 0) & (snap.peer >= 0)).tolist():
-        a, b = int(tl.link_a[l]), int(snap.peer[l])
-        d, r = float(snap.params[l, 0]), float(tl.rate_mbps[l, step])
-        if host_of[a] != host_of[b]:
-            d = max(d, underlay_ms)
-        for u, v in ((a, b), (b, a)):
-            if not g.has_edge(u, v) or g[u][v]["delay_ms"] > d:
-                g.add_edge(u, v, delay_ms=d, rate_mbps=r)
-    idx = [tl.node_index(n) for n in names]
-    use: dict[tuple[int, int], int] = {}
-    delays = []
-    for i, a in enumerate(idx):
-        p = nx.dijkstra_path(g, a, idx[(i + 1) % len(idx)], weight="delay_ms")
-        delays.append(sum(g[u][v]["delay_ms"] for u, v in zip(p, p[1:])))
-        for e in zip(p, p[1:]):
-            use[e] = use.get(e, 0) + 1
-    return min(g[u][v]["rate_mbps"] / n for (u, v), n in use.items()), delays
-
-
 def test_an_allreduce_spans_the_hosts(ray_lab, tmp_path):
     """A ring all-reduce among compute nodes on three hosts (dc-0-0, dc-3-0, dc-6-0: planes 0, 3 and 6, kept on
     their hosts by the plane placement): each rank runs on its node's host and the rounds' barrier files go
@@ -1143,6 +1118,8 @@ def test_an_allreduce_spans_the_hosts(ray_lab, tmp_path):
     ``(2 (K - 1) / K x S / R + 2 (K - 1) x d_max)`` + 100 ms. The first round is not held to that: its
     connections are new, and their windows open from TCP's initial ones over paths of 80-130 ms RTT (the same
     ring on one host: round 0 1.13 s, rounds 1-3 0.40-0.48 s; 2026-12-05). Nothing is left on any host."""
+    from tests.integration.test_allreduce_live import ring_bound
+
     lab, rl = ray_lab
     scen = tmp_path / "ring.toml"
     scen.write_text(SCENARIO + RING_TRAFFIC)
@@ -1173,12 +1150,12 @@ def test_an_allreduce_spans_the_hosts(ray_lab, tmp_path):
         starts = {float(rows[n][rnd]["start_unix_s"]) for n in ring}
         assert len(starts) == 1, starts  # one common start, read by each host's clock from the same files
         took_s = max(float(rows[n][rnd]["end_unix_s"]) for n in ring) - starts.pop()
-        rate, hops = ring_hops(tl, 0, host_of, underlay_ms, ring)
+        rate, _, hops_s = ring_bound(tl, ring, 0, host_of, underlay_ms)
         wire_s = 2 * (k - 1) / k * size_bits / (rate * 1e6)
-        low = wire_s + 2 * (k - 1) * min(hops) / 1e3
-        high = 1.5 * (wire_s + 2 * (k - 1) * max(hops) / 1e3) + 0.1
+        low = wire_s + 2 * (k - 1) * min(hops_s)
+        high = 1.5 * (wire_s + 2 * (k - 1) * max(hops_s)) + 0.1
         lines.append(f"round {rnd}: {took_s * 1e3:.1f} ms, bounds [{low * 1e3:.1f}, {high * 1e3:.1f}] ms "
-                     f"(R {rate:g} Mbit/s, hops {', '.join(f'{h:.2f}' for h in hops)} ms)")
+                     f"(R {rate:g} Mbit/s, hops {', '.join(f'{h * 1e3:.2f}' for h in hops_s)} ms)")
         assert low <= took_s and (rnd == 0 or took_s <= high), lines[-1]
     assert leftovers(lab, host_ids(run_id)) == []
     print("; ".join(lines))

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -162,12 +163,16 @@ def test_rays_ports_are_reachable_on_the_cluster_interface_only(ray_lab):
 
 def test_the_labs_provisioning_starts_the_nodes_and_cluster_stop_ends_them(tmp_path):
     """vagrant/cluster.sh, the multi-machine lab's provisioner, run as the lab runs it on two fake hosts of their
-    own (a head and a worker; the fake hosts share this machine's files and have no service manager, so its
-    /etc is a folder here and the node starts without systemd or chrony): it sets the lab interface's MTU to
-    1550, installs the token root-only, and starts each Ray node with the guard up; a driver places an actor on
-    each host by its resource. ``satnetem cluster stop`` on each host ends every process of its node and removes
-    the guard. Then ``satnetem cluster start`` as a user types it: a token readable by others is refused in one
-    line with nothing started; with ``--block`` it stays until SIGTERM, then leaves nothing."""
+    own (a head and a worker). The fake hosts share this machine's files and have no service manager, so each
+    one's /etc is a folder here and the script only writes chrony's and systemd's files there: it sets the lab
+    interface's MTU to 1550, installs the token root-only, points the worker's chrony at the head and lets the
+    head serve the lab's subnet, and writes a unit that ``systemd-analyze verify`` passes without a word. The
+    test then does what systemd would: it runs the unit's ExecStart in each host, which starts the Ray node with
+    the guard up, and a driver places an actor on each host by its resource. On the worker the unit's
+    ExecStopPost (``satnetem cluster stop``) ends every process of its node and removes the guard; on the head
+    SIGTERM ends ExecStart's process (the node, the guard), and ExecStopPost finds nothing left. Then
+    ``satnetem cluster start`` as a user types it: a token readable by others is refused in one line with
+    nothing started; with ``--block`` it stays until SIGTERM, then leaves nothing."""
     from emulator.cluster import raynode
 
     if importlib.util.find_spec("ray") is None or os.geteuid() != 0:
@@ -177,9 +182,8 @@ def test_the_labs_provisioning_starts_the_nodes_and_cluster_stop_ends_them(tmp_p
     token = tmp_path / "token"
     token.write_text("ab" * 32)
     token.chmod(0o600)
-    etc = tmp_path / "etc"
-    env = {**os.environ, "SATNETEM_VENV": str(venv), "SATNETEM_LAB_TOKEN": str(token), "SATNETEM_LAB_ETC": str(etc),
-           "SATNETEM_LAB_SERVICES": "none"}
+    etcs = [tmp_path / f"etc{h}" for h in range(2)]  # each fake host's /etc
+    env = {**os.environ, "SATNETEM_VENV": str(venv), "SATNETEM_LAB_TOKEN": str(token), "SATNETEM_LAB_SERVICES": "files"}
     cfg = LabConfig(n_hosts=2, delay_ms=0.0, mtu_bytes=1600, subnet="172.31.214.0/24")
     with FakeHosts(f"t-rn-{os.getpid()}", cfg) as lab:
         inside = [["nsenter", f"--net={lab.host_path(h)}", "--"] for h in range(2)]
@@ -193,17 +197,39 @@ def test_the_labs_provisioning_starts_the_nodes_and_cluster_stop_ends_them(tmp_p
             return subprocess.run([*inside[h], satnetem, "cluster", "stop", "--address", lab.address(h)],
                                   capture_output=True, text=True, timeout=60, check=False)
 
+        services: list[subprocess.Popen[bytes]] = []
+        stop_post: list[list[str]] = []
         try:
             for h, role in enumerate(("head", "worker")):
                 r = subprocess.run([*inside[h], "bash", str(ROOT / "vagrant" / "cluster.sh"), role, lab.address(h),
-                                    head, str(h)], env=env, capture_output=True, text=True, timeout=180, check=False)
-                assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
-                assert "reachable on ul0" in r.stdout and table(h), r.stdout
+                                    head, str(h)], env={**env, "SATNETEM_LAB_ETC": str(etcs[h])}, capture_output=True,
+                                   text=True, timeout=180, check=False)
+                assert r.returncode == 0 and "nothing started" in r.stdout, r.stdout[-1500:] + r.stderr[-1500:]
+                assert not table(h) and raynode.marked_pids(lab.address(h)) == []
                 [link] = json.loads(lab.run(lab.host_name(h), ["ip", "-j", "link", "show", "ul0"]).stdout)
                 assert link["mtu"] == 1550, link
-            assert (etc / "satnetem" / "ray-token").read_text() == token.read_text()
-            assert (etc / "satnetem" / "ray-token").stat().st_mode & 0o777 == 0o600
-            assert (etc / "satnetem").stat().st_mode & 0o777 == 0o700
+                tok = etcs[h] / "satnetem" / "ray-token"
+                assert tok.read_text() == token.read_text() and tok.stat().st_mode & 0o777 == 0o600
+                assert tok.parent.stat().st_mode & 0o777 == 0o700
+                chrony = (etcs[h] / "chrony" / "conf.d" / "satnetem.conf").read_text()
+                assert chrony == ("allow 172.31.214.0/24\nlocal stratum 10\n" if role == "head" else
+                                  f"server {head} iburst prefer\n"), chrony
+                unit = etcs[h] / "systemd" / "system" / "satnetem-ray.service"
+                v = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                                   timeout=60, check=False)
+                assert v.returncode == 0 and not (v.stdout + v.stderr).strip(), v.stdout + v.stderr
+                keys = dict(line.split("=", 1) for line in unit.read_text().splitlines() if "=" in line)
+                start_argv = shlex.split(keys["ExecStart"])
+                assert start_argv[:3] == [satnetem, "cluster", "start"] and "--block" in start_argv, start_argv
+                stop_post.append(shlex.split(keys["ExecStopPost"]))
+                # what systemd does with the unit: its ExecStart in the foreground
+                services.append(subprocess.Popen([*inside[h], *start_argv], stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))
+                port = raynode.RayPorts().gcs if role == "head" else raynode.RayPorts().node_manager
+                deadline = time.monotonic() + 90
+                while port not in listening(lab, h) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                assert port in listening(lab, h) and table(h) and services[h].poll() is None
             probe = subprocess.run([*inside[0], sys.executable, "-m", "emulator.cluster.raylab", f"{head}:6379", "2"],
                                    env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)},
                                    capture_output=True, text=True, timeout=180, check=False, cwd=str(ROOT))
@@ -214,10 +240,20 @@ def test_the_labs_provisioning_starts_the_nodes_and_cluster_stop_ends_them(tmp_p
                 pids = raynode.marked_pids(lab.address(h))
                 assert pids and all(os.stat(f"/proc/{p}/ns/net").st_ino == os.stat(lab.host_path(h)).st_ino
                                     for p in pids)
-                r = stop(h)
+                if h == 0:  # systemctl stop: SIGTERM to the main process, which ends the node and the guard
+                    services[h].send_signal(signal.SIGTERM)
+                    services[h].wait(timeout=60)
+                r = subprocess.run([*inside[h], *stop_post[h]], capture_output=True, text=True, timeout=60,
+                                   check=False)
                 ended = re.search(r"ended (\d+) processes", r.stdout)
-                assert r.returncode == 0 and ended and int(ended.group(1)) >= len(pids) and \
-                    "removed the nft table" in r.stdout, r.stdout + r.stderr
+                assert r.returncode == 0 and ended, r.stdout + r.stderr
+                if h == 1:  # the unit's ExecStopPost alone ends every process of the node (and ExecStart's
+                    # process, its ray start gone, removes the guard too: whichever comes first)
+                    assert int(ended.group(1)) >= len(pids), r.stdout
+                    services[h].wait(timeout=60)
+                deadline = time.monotonic() + 20
+                while raynode.marked_pids(lab.address(h)) and time.monotonic() < deadline:
+                    time.sleep(0.5)
                 assert raynode.marked_pids(lab.address(h)) == [] and not table(h) and listening(lab, h) == set()
             # satnetem cluster start by hand: a token others may read is refused, nothing started, no table
             start = [*inside[0], satnetem, "cluster", "start", "--head", "--address", head, "--token", str(token)]
@@ -239,5 +275,9 @@ def test_the_labs_provisioning_starts_the_nodes_and_cluster_stop_ends_them(tmp_p
                 time.sleep(0.5)
             assert raynode.marked_pids(head) == [] and not table(0)
         finally:
+            for p in services:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
             for h in range(2):
                 stop(h)
