@@ -413,6 +413,13 @@ class Migrator:
         return p
 
     def _run(self) -> None:
+        try:
+            self._migrate()
+        except Exception as e:  # noqa: BLE001 - a thread of its own: a host gone (the run stops for it) or a
+            # program that cannot start; said in one line, and the migrations left are not made
+            log.warning("migrations stopped: %s", str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+
+    def _migrate(self) -> None:
         h = self.hosts
         for i, m in enumerate(self.migrations):
             at = self.t0_unix + m.start_step * self.step_wall_s

@@ -124,6 +124,7 @@ class HostAgent:
         self._relay: threading.Thread | None = None
         # a two-sided flow whose receiver runs on another host: set when that host says it is ready (flow_ready)
         self._ready: dict[int, threading.Event] = {}
+        self._collecting = False  # collect() has begun: a sender still waiting for its receiver does not start
         # the programs of 'best' flows' migrations started here for the head (move_start), by key
         self._moves: list[subprocess.Popen[Any]] = []
 
@@ -524,6 +525,8 @@ class HostAgent:
                     if not self._ready_event(i).wait(RECEIVER_READY_S):
                         log.warning("host %d: flow %s: its receiver's host did not say it was ready in %g s; the "
                                     "sender starts anyway", self.host, f.label, RECEIVER_READY_S)
+                    if self._collecting:  # the run ended meanwhile
+                        return
                 flow = starter.start(i, f, max(1.0, d), (schedules or {}).get(i),
                                      side="both" if side == "part" else side, at_unix_s=at)
                 if side == "recv" and peers is not None:
@@ -677,6 +680,10 @@ class HostAgent:
         deadline on their hosts) sent last is received, as on one host, where a flow stops its sender first."""
         import shutil
 
+        self._collecting = True
+        with self._barrier_lock:
+            for ev in self._ready.values():  # a sender waiting for its receiver wakes, and does not start
+                ev.set()
         for t in self._flow_timers:
             t.cancel()
         self._flow_timers = []
