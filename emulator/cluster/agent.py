@@ -64,9 +64,10 @@ CLOCK_SAMPLES = 10
 START_LEAD_S = 2.0
 #: An all-reduce whose ranks are on several hosts starts each round this long after its last rank finished the
 #: round before (on one host: :data:`emulator.traffic.allreduce.START_MARGIN_S`): long enough for the barrier's
-#: files to reach the other hosts (a poll of BARRIER_POLL_S, then one actor call)
+#: files to reach the other hosts (a poll of BARRIER_POLL_S, then one actor call). The poll runs while the host
+#: plays: 50 a second, not more
 BARRIER_MARGIN_S = 0.25
-BARRIER_POLL_S = 0.002
+BARRIER_POLL_S = 0.02
 
 
 def _put_file(folder: Path, name: str, text: str) -> None:
@@ -452,7 +453,6 @@ class HostAgent:
             Labels of the flows started here (``(receiver)`` after those whose receiver only runs here,
             ``(part)`` after a matrix listed by another host).
         """
-        import tempfile
 
         from ..flows import RECEIVER_LEAD_S, RECEIVER_READY_S, TWO_SIDED_KINDS, FlowStarter, receiver_ready
 
@@ -489,8 +489,7 @@ class HostAgent:
                 mine.append((i, f, d, "send" if src else "recv"))
         if not mine and not plans:
             return []
-        self._flows_dir = tempfile.mkdtemp(prefix=f"satnetem-{self.emu.run_id}-flows-")
-        starter = self._starter = FlowStarter(self.emu, Path(self._flows_dir), speed)
+        starter = self._starter = FlowStarter(self.emu, self._host_dir(), speed)
         starter.matrix_plans = dict(plans)
         if self._compute is not None:
             starter.groups = self._compute.groups  # the all-reduce's ranks run inside their nodes' groups
@@ -498,14 +497,12 @@ class HostAgent:
             if peers is None or len(peers) <= max(h for _, hs in relays.values() for h in hs):
                 raise ApplyError(f"host {self.host}: an all-reduce spans hosts, and the other hosts' agents were not "
                                  "given", operation="start_flows")
-            from ..flows import safe_label
-
             labels = {i: f.label for i, f, _ in flows}
             with self._barrier_lock:
                 for i in relays:
                     starter.barrier_margins_s[i] = BARRIER_MARGIN_S
-                    folder = Path(self._flows_dir) / "flows" / safe_label(labels[i]) / "barrier"
-                    folder.mkdir(parents=True, exist_ok=True)
+                    folder = self._flow_dir(labels[i]) / "barrier"
+                    folder.mkdir(exist_ok=True)
                     self._barriers[i] = folder
                     for name, text in self._barrier_inbox.pop(i, []):
                         _put_file(folder, name, text)
@@ -516,7 +513,7 @@ class HostAgent:
         if plans:  # background load: bytes per link per step, sampled by play()'s steps
             from ..linkload import LinkCounters, LinkLoadLog
 
-            self._loadlog = LinkLoadLog(LinkCounters(self.emu), Path(self._flows_dir) / "linkload.csv")
+            self._loadlog = LinkLoadLog(LinkCounters(self.emu), self._host_dir() / "linkload.csv")
 
         def start(i: int, f: Any, d: float, side: str) -> None:
             at = start_ns / 1e9 + f.start_s / speed
@@ -590,17 +587,21 @@ class HostAgent:
                 return
         _put_file(folder, name, text)
 
-    def _flow_dir(self, label: str) -> Path:
-        """Flow ``label``'s folder among this host's flow files (made, with the host's folder, if new)."""
+    def _host_dir(self) -> Path:
+        """This host's folder of flow files, which :meth:`collect` hands back (made if new)."""
         import tempfile
-
-        from ..flows import safe_label
 
         if self.emu is None:
             raise ApplyError(f"host {self.host} has not built", operation="flows")
         if self._flows_dir is None:
             self._flows_dir = tempfile.mkdtemp(prefix=f"satnetem-{self.emu.run_id}-flows-")
-        d = Path(self._flows_dir) / "flows" / safe_label(label)
+        return Path(self._flows_dir)
+
+    def _flow_dir(self, label: str) -> Path:
+        """Flow ``label``'s folder among this host's flow files (made, with the host's folder, if new)."""
+        from ..flows import safe_label
+
+        d = self._host_dir() / "flows" / safe_label(label)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
