@@ -147,6 +147,21 @@ def tcp_nodes(traffic: Any) -> set[str]:
     return out
 
 
+#: Columns of ``steps.csv`` with where a step's apply time went, ms, and the :attr:`StepStats.timings_ms` key of
+#: each: the pairs left at the step before taken down and the gaps it began ended (``before``); links up, with
+#: the moves and route computation overlapped with them; the links taken over shaped; the links that keep
+#: their pair shaped (overlapped with the route sends, ``routes_ms``); links down.
+PHASE_COLUMNS = (("before_ms", "before"), ("links_up_ms", "links_up"), ("switched_ms", "params_switched"),
+                 ("params_ms", "params"), ("links_down_ms", "links_down"))
+
+
+def phase_cells(timings_ms: dict[str, float] | None) -> list[str]:
+    """A step's phase timings (:attr:`StepStats.timings_ms`), ms, in the order of :data:`PHASE_COLUMNS` (``nan``
+    for a phase it did not time)."""
+    t = timings_ms or {}
+    return [f"{t.get(k, float('nan')):.2f}" for _, k in PHASE_COLUMNS]
+
+
 @dataclass
 class StepStats:
     """What one :meth:`Emulation.apply_step` did; timings in ms."""
@@ -550,12 +565,14 @@ class Emulation:
         """
         if not self._built or self._stopped:
             raise ApplyError("the emulation is not running", operation="apply_step")
+        tb = time.perf_counter()
         self._down_deferred()
         self._end_gap()  # a gap of the step before that settle() did not end (steps played back to back)
         t0 = time.perf_counter()
         target = self.target(step)
         d = diff(self.applied, target, self.delay_tolerance_ms)
         stats = StepStats(step)
+        stats.timings_ms["before"] = (t0 - tb) * 1e3
         new_state = self.applied.state.copy()
         new_state[d.state_links] = d.new_state
         up_now = new_state == 0

@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     from routing.base import scenario_protocol
 
     from .flows import FlowStarter
-    from .network import Emulation, tcp_nodes
+    from .network import PHASE_COLUMNS, Emulation, phase_cells, tcp_nodes
     from .shaping import make_shaper
 
     protocol = scenario_protocol(sc, protocol_name)  # with its [routing.<name>] options
@@ -377,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
     steps_w = csv.writer(steps_csv)
     steps_w.writerow(["step", "due_s", "late_ms", "apply_ms", "links_up", "links_down", "handovers",
                       "param_changes", "routes_changed", "routes_ms", "moves_in_step", "ahead_ms", "routes_ahead",
-                      "route_table"])
+                      "route_table", *(c for c, _ in PHASE_COLUMNS)])
     steps_csv.flush()
     emu = None
     starter: Any = None
@@ -447,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
                                   s.get("param_changes", 0), s.get("routes_changed", 0),
                                   f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}",
                                   s.get("moves_in_step", 0), f"{rec.ahead_ms:.2f}", s.get("routes_ahead", 0),
-                                  s.get("route_table", 0)])
+                                  s.get("route_table", 0), *phase_cells(s.get("timings_ms"))])
                 steps_csv.flush()
                 if loadlog is not None:
                     loadlog.sample(rec.step)

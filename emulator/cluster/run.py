@@ -196,6 +196,8 @@ def done_late(played: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _csv_rows(played: list[dict[str, Any]], step_s: float, speed: float) -> tuple[list[list[Any]], list[list[Any]]]:
     """steps.csv's rows (one per step: the latest host's lateness and apply time, counts added over the
     hosts) and steps_by_host.csv's (one per host and step), from :func:`done_late`'s records."""
+    from ..network import phase_cells
+
     by_step: dict[int, list[dict[str, Any]]] = {}
     per_host = []
     for p in played:
@@ -205,7 +207,9 @@ def _csv_rows(played: list[dict[str, Any]], step_s: float, speed: float) -> tupl
             per_host.append([p["host"], r["step"], r["due_ns"], f"{r['late_ms']:.2f}", f"{r['begin_late_ms']:.2f}",
                              f"{r['apply_ms']:.2f}",
                              s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
-                             s.get("param_changes", 0), s.get("routes_changed", 0)])
+                             s.get("param_changes", 0), s.get("routes_changed", 0),
+                             f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}",
+                             *phase_cells(s.get("timings_ms"))])
     rows = []
     for k in sorted(by_step):
         rs = by_step[k]
@@ -569,6 +573,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
         summary["teardown_s"] = round(time.monotonic() - t, 2)
         ray.shutdown()
         if cluster is not None:
+            from ..network import PHASE_COLUMNS
+
             played = done_late(played)
             rows, per_host = _csv_rows(played, tl.step_s, speed)
             with open(out / "steps.csv", "w", newline="") as fh:
@@ -579,7 +585,8 @@ def run_cluster(cfg: ClusterConfig, sc: Scenario, tl: Timeline, *, protocol: str
             with open(out / "steps_by_host.csv", "w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(["host", "step", "due_ns", "late_ms", "begin_late_ms", "apply_ms", "links_up",
-                            "links_down", "handovers", "param_changes", "routes_changed"])
+                            "links_down", "handovers", "param_changes", "routes_changed", "routes_ms",
+                            *(c for c, _ in PHASE_COLUMNS)])
                 w.writerows(per_host)
             summary["lateness"] = lateness([r for p in played for r in p["steps"]])
             summary["cluster"]["lateness_by_host"] = [lateness(p["steps"]) for p in played]

@@ -3,6 +3,7 @@ real plots, `satnetem report` rebuilds it, Ctrl-C halfway leaves a readable fold
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -64,6 +65,13 @@ def test_campaign_writes_every_file(campaign):
         if f["kind"] == "path":
             assert f["reached"] > 5 and f["matched"] >= 0.8 * f["reached"], f
     assert summary["lateness"]["steps"] >= 25
+    # where each step's apply time went: phases timed inside the apply, which the clock times from outside
+    with open(out / "steps.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    phases = ("before_ms", "links_up_ms", "switched_ms", "routes_ms", "links_down_ms")
+    assert len(rows) >= 25 and all(float(r[c]) >= 0 for r in rows for c in phases)
+    over = [r for r in rows if sum(float(r[c]) for c in phases) > float(r["apply_ms"]) + 0.05]
+    assert not over, over[:3]
 
 
 def least_delay_rtt_ms(tl, src: int, dst: int, step: int) -> float:

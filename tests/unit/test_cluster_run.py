@@ -130,7 +130,8 @@ def test_steps_rows_count_lateness_as_one_host_does():
     rec = [{"host": h, "steps": [{"step": 1, "due_ns": due, "begin_ns": due + b * 1_000_000,
                                   "end_ns": due + e * 1_000_000, "late_ms": float(b), "apply_ms": float(e - b),
                                   "stats": {"links_up": h + 1, "routes_changed": 10 * (h + 1),
-                                            "timings_ms": {"routes": 2.0 + h}}}]}
+                                            "timings_ms": {"routes": 2.0 + h, "before": 0.5,
+                                                           "links_down": 1.25 * h}}}]}
            for h, (b, e) in enumerate(((1, 5), (3, 4)))]
     played = done_late(rec)
     assert [r["late_ms"] for p in played for r in p["steps"]] == [5.0, 4.0]
@@ -139,6 +140,9 @@ def test_steps_rows_count_lateness_as_one_host_does():
     # one row per step: the latest host's lateness (host 0, 5 ms) and apply time (4 ms), counts added
     assert rows == [[1, "10.000", "5.00", "4.00", 3, 0, 0, 0, 30, "3.00", 0, "nan"]]
     assert [r[:6] for r in per_host] == [[0, 1, due, "5.00", "1.00", "4.00"], [1, 1, due, "4.00", "3.00", "1.00"]]
+    # then each host's route phase and the phases of steps.csv's last columns, nan for one not timed
+    assert [r[11:] for r in per_host] == [["2.00", "0.50", "nan", "nan", "nan", "0.00"],
+                                          ["3.00", "0.50", "nan", "nan", "nan", "1.25"]]
     assert lateness([r for p in played for r in p["steps"]])["late_ms_max"] == 5.0
 
 
