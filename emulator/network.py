@@ -1504,7 +1504,10 @@ class Emulation:
         satellite) with ``snap``'s parameters."""
         if len(links) == 0:
             return
-        links = self._shape_fast(np.asarray(links, np.int64), snap)
+        links = np.asarray(links, np.int64)
+        if self.part is not None:  # a host's part: only the links with a direction this host sends
+            links = links[self._sends_here(links, snap).any(axis=1)]
+        links = self._shape_fast(links, snap)
         if len(links) == 0:
             return
         from .shaping import LinkShape
@@ -1580,25 +1583,37 @@ class Emulation:
         if set_delays is None or not len(links):
             return links
         p = self.ends.pair[links].astype(np.int64)
-        two = snap.peer[links] >= 0
+        need = self._sends_here(links, snap)  # the directions to shape: (near -> far, far -> near)
         f0, f1 = self._fast_id[links, p, 0], self._fast_id[links, p, 1]
-        known = (f0 >= 0) & (~two | (f1 >= 0)) & (self._fast_far[links, p] == self._pfar[links, p])
+        known = ((~need[:, 0] | (f0 >= 0)) & (~need[:, 1] | (f1 >= 0)) & need.any(axis=1)
+                 & (self._fast_far[links, p] == self._pfar[links, p]))
         k = np.flatnonzero(known)
         if not len(k):
             return links
-        k2 = k[two[k]]
-        ids = np.concatenate([f0[k], f1[k2]])
-        ports_of = links[np.concatenate([k, k2])]  # the link of each id
+        k0, k1 = k[need[k, 0]], k[need[k, 1]]
+        ids = np.concatenate([f0[k0], f1[k1]])
+        ports_of = links[np.concatenate([k0, k1])]  # the link of each id
         params = snap.params[ports_of].astype(np.float64)
         delay = params[:, 0]
         if self.part is not None:  # what goes to another host: less the underlay's delay, as _sent does
-            receiver = np.concatenate([self._pfar[links[k], p[k]], self.link_a[links[k2]]]).astype(np.int64)
+            receiver = np.concatenate([self._pfar[links[k0], p[k0]], self.link_a[links[k1]]]).astype(np.int64)
             delay = self._sent_delays(delay, receiver)
         ok = set_delays(ids, delay, params[:, 2], params[:, 1], self._queue_array(ports_of))
-        done = np.zeros(len(links), bool)
-        done[k] = ok[:len(k)]
-        done[k2] &= ok[len(k):]
+        done = known.copy()
+        done[k0] &= ok[:len(k0)]
+        done[k1] &= ok[len(k0):]
         return links[~done]
+
+    def _sends_here(self, links: np.ndarray, snap: Snapshot) -> np.ndarray:
+        """Which directions of ``links``' active pairs this emulation shapes, shape (len(links), 2): near end ->
+        far end, and far end -> near end (not while an antenna has no satellite, ``snap.peer`` -1). Each is
+        shaped by the host it leaves from: all of them on one host, a host's part its own ends'."""
+        p = self.ends.pair[links].astype(np.int64)
+        far = self._pfar[links, p].astype(np.int64)
+        two = (snap.peer[links] >= 0) & (far >= 0)
+        if self.part is None:
+            return np.stack([np.ones(len(links), bool), two], axis=1)
+        return np.stack([self.local[self.link_a[links]], two & self.local[np.maximum(far, 0)]], axis=1)
 
     def _queue_array(self, links: np.ndarray) -> np.ndarray:
         """:meth:`_queue_of` of many links, -1 for None."""

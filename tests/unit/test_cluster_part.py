@@ -102,3 +102,64 @@ def test_a_clock_offset_beyond_the_bound_is_refused():
                                           r"max_clock_offset_ms 5"):
         check_clocks([host(0), host(20_000_000)], 5.0)
     check_clocks([host(0), host(5_400_000)], 5.0)  # 5.4 +- 0.5 ms may still be 4.9: not refused
+
+
+class _RecordingShaper:
+    """A shaper that records what it is asked: ``set`` (the general path, one item per port) and ``set_delays``
+    (the fast path, by the numbers ``fast_id`` gave)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.ids: dict = {}
+        self.general: list = []
+        self.fast: list = []
+
+    def fast_id(self, port):
+        return self.ids.setdefault(port, len(self.ids))
+
+    def set(self, items, ipr_of):
+        self.general += [(port, shape.delay_ms) for port, shape in items]
+
+    def set_delays(self, ids, delay_ms, loss_pct, rate_mbps, queue_packets):
+        port_of = {i: p for p, i in self.ids.items()}
+        self.fast += [(port_of[int(i)], float(d)) for i, d in zip(ids, delay_ms)]
+        return np.ones(len(ids), bool)
+
+
+def test_a_part_shapes_the_directions_it_sends_and_no_other():
+    """Each direction of a link is shaped by the host it leaves from, with the link's delay less the underlay's
+    when it goes to another host. On a host's part, the first shaping of every link (the general path) and the
+    next (the fast path, by port numbers) shape exactly those directions; a link's directions sent by other
+    hosts are never asked of this host's shaper, and once numbered none goes the general way again."""
+    from emulator.network import Emulation
+
+    tl = grid_timeline()
+    n = len(tl.nodes)
+    host_of = np.arange(n, dtype=np.int64) % 3
+    under = (0.5, 0.0, 0.25)  # this host (1) to hosts 0, 1, 2, ms
+    sh = _RecordingShaper()
+    emu = Emulation(tl, sh, "shortest-delay", part=HostPart(1, host_of, ADDRS, 2, underlay_ms=under))
+    emu._pfar[:, 0] = tl.peer[:, 0]
+    emu._port = lambda link, side, pair=None: (link, side)  # no namespace: the port is named by its direction
+    links = np.arange(tl.n_links)
+
+    def expected(step: int) -> set:
+        # by hand from the timeline: direction 0 leaves the near end for the far one, direction 1 comes back
+        out = set()
+        for l in range(tl.n_links):
+            a, b = int(tl.link_a[l]), int(tl.peer[l, 0])
+            d = float(tl.delay_ms[l, step])
+            for side, sender, receiver in ((0, a, b), (1, b, a)):
+                if host_of[sender] == 1:
+                    sent = d if host_of[receiver] == 1 else max(d - under[host_of[receiver]], 0.0)
+                    out.add(((l, side), round(sent, 4)))
+        return out
+
+    emu._shape(links, tl.snapshot(0))
+    assert {(p, round(d, 4)) for p, d in sh.general} == expected(0) and not sh.fast
+    assert len(sh.general) == len(expected(0)) > 0
+    sh.general.clear()
+    emu._shape(links, tl.snapshot(1))  # every port numbered by now: all of them the fast way
+    assert not sh.general
+    assert {(p, round(d, 4)) for p, d in sh.fast} == expected(1) and len(sh.fast) == len(expected(1))
