@@ -667,12 +667,13 @@ class Emulation:
         try:
             if installer is not None:
                 installer.held.wait()
+            tp = time.perf_counter()
             params = np.setdiff1d(d.param_links, switched)
             if self._underlay_new:  # measured again: every link to another host gets the new correction
                 self._underlay_new = False
                 params = np.union1d(params, self._cross_links(shaped))
             self._shape(params, shaped)
-            stats.timings_ms["params"] = _ms(t2)
+            stats.timings_ms["params"] = _ms(tp)
         finally:
             if installer is not None:
                 stats.routes_changed, stats.routes_deleted = installer.join()
