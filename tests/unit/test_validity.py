@@ -135,3 +135,41 @@ def test_scenario_rejects_bad_bounds(tmp_path, key, value):
         load_scenario(f)
     msg = str(e.value)
     assert key in msg and "s.toml:4" in msg, msg
+
+
+def test_a_step_of_the_wall_clock_does_not_move_the_samples_onto_other_steps(tmp_path):
+    """Samples are stamped by the wall clock and steps played by the monotonic one. A run whose wall clock
+    jumped 5.4 s forward at 20 s (as an NTP step or a VM's clock set again does): every sample after the jump is
+    still read against its own step, those before it are not moved, and a folder without the record (older, or
+    a clustered run's) is read from the start as before."""
+    import csv as _csv
+
+    from emulator.report import _rel_steps, wall_clock_steps
+    from emulator.validity import MONITOR_COLUMNS
+
+    t0_unix, jump_at, jump = 1_800_000_000.25, 20.0, 5.4
+    with open(tmp_path / "monitor.csv", "w", newline="") as f:
+        w = _csv.writer(f)
+        w.writerow(MONITOR_COLUMNS)
+        for k in range(1, 81):  # a row every 0.5 s, 40 s; the wall clock 3 ms off the monotonic one from the start
+            mono = 0.5 * k
+            wall = t0_unix + 0.003 + mono + (jump if mono > jump_at else 0.0)
+            w.writerow([f"{mono:.3f}", "0.500", "20.0", "1.0", "", 0, f"{wall:.3f}"])
+    run = {"t0_unix": t0_unix, "speed": 1.0}
+
+    class _Tl:  # what _rel_steps reads of a timeline
+        step_s, n_steps = 1.0, 60
+
+    true_mono = np.array([3.5, 19.2, 25.7, 39.1])  # when each probe was sent, by the run's clock
+    stamps = t0_unix + true_mono + np.where(true_mono > jump_at + 0.5, jump, 0.0)  # the wall clock's stamps
+    t, step = _rel_steps(stamps, {**run, "wall_clock_steps": wall_clock_steps(tmp_path)}, _Tl)
+    assert step.tolist() == [3, 19, 25, 39]
+    assert np.allclose(t, true_mono, atol=0.01)
+    # without the record: every stamp after the jump lands 5 steps late (what a run before this read)
+    _, step_old = _rel_steps(stamps, run, _Tl)
+    assert step_old.tolist() == [3, 19, 31, 44]
+    # an older monitor.csv (no wall-clock column): no record, read as before
+    with open(tmp_path / "monitor.csv", "w", newline="") as f:
+        f.write("t_s,interval_s,cpu_busy_pct,cpu_wait_pct,release_p99_us,released\n0.500,0.500,20.0,1.0,,0\n"
+                "1.000,0.500,20.0,1.0,,0\n")
+    assert wall_clock_steps(tmp_path) is None
