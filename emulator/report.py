@@ -47,39 +47,9 @@ def run_validity(folder: Path, run: dict[str, Any], step_s: float) -> tuple[list
             bounds, checked)
 
 
-def wall_clock_steps(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """How far the wall clock moved against the run's own (monotonic) clock while it played, from
-    ``monitor.csv`` (each row: seconds since the start by the monotonic clock, and the wall clock then):
-    (wall-clock instants, seconds the wall clock had gained on the monotonic one since the first row), sorted
-    by wall-clock instant; None without that record (an older folder, a clustered run). Samples are stamped by
-    the wall clock (ping's ``-D``, the UDP probe's stamps), the steps are played by the monotonic one: a step of
-    the wall clock during a run (an NTP step, a VM's clock set again) would otherwise move every later sample
-    onto another step's prediction."""
-    from .validity import read_monitor
-
-    mon = read_monitor(folder)
-    if mon is None:
-        return None
-    ok = np.isfinite(mon["t_unix"]) & np.isfinite(mon["t_s"])
-    if ok.sum() < 2:
-        return None
-    wall, mono = mon["t_unix"][ok], mon["t_s"][ok]
-    gained = (wall - mono) - (wall[0] - mono[0])
-    order = np.argsort(wall, kind="stable")
-    return wall[order], gained[order]
-
-
 def _rel_steps(t_unix: np.ndarray, run: dict[str, Any], tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
-    """Timeline seconds and step index of wall-clock times (the run's clock started at ``t0_unix``), less what
-    the wall clock had gained on the run's own by then (``run["wall_clock_steps"]``, :func:`wall_clock_steps`,
-    when the caller put it there)."""
-    t_wall = np.asarray(t_unix, float)
-    steps_of_clock = run.get("wall_clock_steps")
-    if steps_of_clock is not None and len(t_wall):
-        wall, gained = steps_of_clock
-        i = np.searchsorted(wall, t_wall, side="right") - 1  # the last record at or before each stamp
-        t_wall = t_wall - np.where(i >= 0, gained[np.maximum(i, 0)], 0.0)
-    t = (t_wall - run["t0_unix"]) * run.get("speed", 1.0)
+    """Timeline seconds and step index of wall-clock times (the run's clock started at ``t0_unix``)."""
+    t = (t_unix - run["t0_unix"]) * run.get("speed", 1.0)
     step = np.clip(np.floor(t / tl.step_s), 0, tl.n_steps - 1).astype(int)
     return t, step
 
@@ -117,7 +87,6 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
     manifest = _load_json(folder / "flows.json", [])
     if not run or not manifest:
         return {}, []
-    run = {**run, "wall_clock_steps": wall_clock_steps(folder)}  # in memory only: read by _rel_steps
     steps = played_steps(folder, tl)
     names = {n.name: i for i, n in enumerate(tl.nodes)}
     pairs = sorted({(names[f["src"]], names[f["dst"]]) for f in manifest if f["dst"] in names})

@@ -39,7 +39,7 @@ from .kernel.memory import meminfo_kb
 
 log = logging.getLogger(__name__)
 
-MONITOR_COLUMNS = ("t_s", "interval_s", "cpu_busy_pct", "cpu_wait_pct", "release_p99_us", "released", "t_unix")
+MONITOR_COLUMNS = ("t_s", "interval_s", "cpu_busy_pct", "cpu_wait_pct", "release_p99_us", "released")
 #: the reasons an interval is invalid, in the order the summary lists them
 REASONS = ("step-late", "release-late", "cpu")
 PSI_CPU = Path("/proc/pressure/cpu")
@@ -191,13 +191,9 @@ def read_monitor(folder: Path) -> dict[str, np.ndarray] | None:
         return None
     cols: dict[str, list[float]] = {c: [] for c in MONITOR_COLUMNS}
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        have = set(reader.fieldnames or ())
-        for row in reader:
+        for row in csv.DictReader(f):
             try:  # a missing field (None) is a line cut short by an interrupted run; an empty one: not measured
-                # (a column the file has not at all, from an older version: not measured either)
-                vals = {c: (float(row[c]) if row[c] != "" else math.nan) if c in have else math.nan
-                        for c in MONITOR_COLUMNS}
+                vals = {c: float(row[c]) if row[c] != "" else math.nan for c in MONITOR_COLUMNS}
             except (KeyError, TypeError, ValueError):
                 break
             for c, v in vals.items():
@@ -292,7 +288,7 @@ class HostMonitor:
             t_prev, cpu_prev, wait_prev, hist_prev = time.monotonic(), read_cpu_times(), read_cpu_wait_us(), \
                 self._hist()
             while not self._stop.wait(self.interval_s):
-                now, wall = time.monotonic(), time.time()
+                now = time.monotonic()
                 cpu, wait, hist = read_cpu_times(), read_cpu_wait_us(), self._hist()
                 dt = now - t_prev
                 d_busy, d_total = cpu[0] - cpu_prev[0], cpu[1] - cpu_prev[1]
@@ -304,7 +300,7 @@ class HostMonitor:
                 if "MemAvailable" in mem and mem["MemAvailable"] < self.mem_low.get("MemAvailable", 1 << 62):
                     self.mem_low = mem
                 w.writerow([f"{now - self.t0:.3f}", f"{dt:.3f}", _cell(busy, 1), _cell(min(wait_pct, 100.0), 1),
-                            _cell(p99, 1), n, f"{wall:.3f}"])
+                            _cell(p99, 1), n])
                 fh.flush()
                 t_prev, cpu_prev, wait_prev, hist_prev = now, cpu, wait, hist if hist is not None else hist_prev
 

@@ -308,9 +308,6 @@ def merge_monitors(out: Path, collected: list[dict[str, Any]]) -> int:
         for r in lines[1:]:
             if len(r) != len(MONITOR_COLUMNS):  # a row cut short (the host stopped while writing it)
                 continue
-            # each host's wall clock is its own: no record of one wall clock against the run's (the report
-            # reads the samples' stamps from the run's start, and those of a probe across hosts by the offsets)
-            r[MONITOR_COLUMNS.index("t_unix")] = ""
             try:
                 rows.append((float(r[0]), r))
             except ValueError:
