@@ -155,11 +155,11 @@ PHASE_COLUMNS = (("before_ms", "before"), ("links_up_ms", "links_up"), ("switche
                  ("params_ms", "params"), ("links_down_ms", "links_down"))
 
 
-def phase_cells(timings_ms: dict[str, float] | None) -> list[str]:
-    """A step's phase timings (:attr:`StepStats.timings_ms`), ms, in the order of :data:`PHASE_COLUMNS` (``nan``
-    for a phase it did not time)."""
+def phase_cells(timings_ms: dict[str, float] | None, keys: tuple[str, ...] | None = None) -> list[str]:
+    """A step's phase timings (:attr:`StepStats.timings_ms`), ms, as CSV cells: those of ``keys`` (default: in
+    the order of :data:`PHASE_COLUMNS`), ``nan`` for a phase it did not time."""
     t = timings_ms or {}
-    return [f"{t.get(k, float('nan')):.2f}" for _, k in PHASE_COLUMNS]
+    return [f"{t.get(k, float('nan')):.2f}" for k in (keys or tuple(k for _, k in PHASE_COLUMNS))]
 
 
 @dataclass
@@ -1506,9 +1506,11 @@ class Emulation:
         if len(links) == 0:
             return
         links = np.asarray(links, np.int64)
+        need = self._sends_here(links, snap)  # the directions this host shapes: (near -> far, far -> near)
         if self.part is not None:  # a host's part: only the links with a direction this host sends
-            links = links[self._sends_here(links, snap).any(axis=1)]
-        links = self._shape_fast(links, snap)
+            mine = need.any(axis=1)
+            links, need = links[mine], need[mine]
+        links = self._shape_fast(links, snap, need)
         if len(links) == 0:
             return
         from .shaping import LinkShape
@@ -1575,16 +1577,16 @@ class Emulation:
         up = snap.up & (snap.peer >= 0)
         return np.flatnonzero(up & (self.local[self.link_a] != self.local[far]))
 
-    def _shape_fast(self, links: np.ndarray, snap: Snapshot) -> np.ndarray:
+    def _shape_fast(self, links: np.ndarray, snap: Snapshot, need: np.ndarray) -> np.ndarray:
         """Shape those of ``links`` whose ports the shaper numbered (``set_delays``, the userspace shaper)
         and whose rate and queue stay: their delay and loss change from arrays, without Python per link
         (at 10^4 satellites ~1,000 links change delay every step: ~12 ms of the step's Python through
-        :meth:`_shape`'s general path). Returns the links left for that path."""
+        :meth:`_shape`'s general path). ``need``: the directions of each link this host shapes
+        (:meth:`_sends_here`). Returns the links left for that path."""
         set_delays = getattr(self.shaper, "set_delays", None)
         if set_delays is None or not len(links):
             return links
         p = self.ends.pair[links].astype(np.int64)
-        need = self._sends_here(links, snap)  # the directions to shape: (near -> far, far -> near)
         f0, f1 = self._fast_id[links, p, 0], self._fast_id[links, p, 1]
         known = ((~need[:, 0] | (f0 >= 0)) & (~need[:, 1] | (f1 >= 0)) & need.any(axis=1)
                  & (self._fast_far[links, p] == self._pfar[links, p]))

@@ -445,7 +445,7 @@ def run(args: argparse.Namespace) -> int:
                 steps_w.writerow([rec.step, f"{rec.due_s:.3f}", f"{rec.late_ms:.2f}", f"{rec.apply_ms:.2f}",
                                   s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
                                   s.get("param_changes", 0), s.get("routes_changed", 0),
-                                  f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}",
+                                  *phase_cells(s.get("timings_ms"), ("routes",)),
                                   s.get("moves_in_step", 0), f"{rec.ahead_ms:.2f}", s.get("routes_ahead", 0),
                                   s.get("route_table", 0), *phase_cells(s.get("timings_ms"))])
                 steps_csv.flush()

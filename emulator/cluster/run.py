@@ -208,7 +208,7 @@ def _csv_rows(played: list[dict[str, Any]], step_s: float, speed: float) -> tupl
                              f"{r['apply_ms']:.2f}",
                              s.get("links_up", 0), s.get("links_down", 0), s.get("handovers", 0),
                              s.get("param_changes", 0), s.get("routes_changed", 0),
-                             f"{(s.get('timings_ms') or {}).get('routes', float('nan')):.2f}",
+                             *phase_cells(s.get("timings_ms"), ("routes",)),
                              *phase_cells(s.get("timings_ms"))])
     rows = []
     for k in sorted(by_step):
