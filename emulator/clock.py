@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -13,6 +14,26 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+#: longest wait, s, before a clock other than the monotonic one is read again (:class:`Playback`)
+WAIT_SLICE_S = 0.25
+
+
+def wall_offset_s(tries: int = 5) -> float:
+    """The wall clock less the monotonic one (``time.time() - time.monotonic()``), s: read between two
+    monotonic reads, the closest of ``tries`` pairs, each at its midpoint, so that a preemption between the
+    reads does not move it (a few us here). Constant while no one sets the wall clock (NTP slews both clocks
+    alike): a change in it is a step of the wall clock."""
+    best_gap, best = math.inf, 0.0
+    for _ in range(tries):
+        a = time.monotonic()
+        wall = time.time()
+        b = time.monotonic()
+        if b - a < best_gap:
+            best_gap, best = b - a, wall - (a + b) / 2
+        if best_gap < 20e-6:
+            break
+    return best
 
 
 def _enter_rt(priority: int) -> tuple[int, int] | None:
@@ -55,6 +76,11 @@ class Playback:
     (optional) may prepare later steps until ``next_due`` (``time.monotonic()`` of the next step's due
     time); ``ahead`` is called once before the first step too. Stop early with :meth:`stop` (thread-safe):
     the loop returns at once.
+
+    The steps are due by ``clock``: ``time.monotonic`` (one host: a step of the wall clock cannot move them),
+    or ``time.time`` (a cluster's hosts, which share only the wall clock: each applies step k at its start +
+    k x step by its own). A clock other than the monotonic one is waited for in slices of at most
+    :data:`WAIT_SLICE_S`, read again after each, so that a step of it moves the due times with it.
     """
 
     step_s: float
@@ -78,6 +104,9 @@ class Playback:
     #: after the last step, :meth:`run` returns only at the end of it (a step later, or when stopped): a run of
     #: n steps lasts n steps; False: at once after the last apply
     hold_last: bool = False
+    #: the clock the steps are due by (seconds; ``started_at``, ``run``'s ``t0`` and ``StepRecord`` times are on
+    #: it): ``time.monotonic`` or ``time.time``
+    clock: Callable[[], float] = time.monotonic
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,7 +116,7 @@ class Playback:
         return self._stop.is_set()
 
     def run(self, t0: float | None = None) -> list[StepRecord]:
-        """Play; ``t0`` (``time.monotonic()``) is the moment step ``first`` counts as applied."""
+        """Play; ``t0`` (on :attr:`clock`) is the moment step ``first`` counts as applied."""
         before = _enter_rt(self.rt_priority) if self.rt_priority else None
         try:
             return self._run(t0)
@@ -95,28 +124,42 @@ class Playback:
             if before is not None:
                 _leave_rt(before)
 
+    def _wait_until(self, t: float) -> bool:
+        """Wait until :attr:`clock` reads ``t``; True when stopped (before or while waiting)."""
+        while True:
+            left = t - self.clock()
+            if left <= 0 or self.clock is time.monotonic:
+                return self._stop.wait(max(0.0, left))
+            if self._stop.wait(min(left, WAIT_SLICE_S)):
+                return True
+
+    def _monotonic(self, t: float) -> float:
+        """``t`` on :attr:`clock` as ``time.monotonic()`` (``ahead``'s deadline is on that clock)."""
+        return t if self.clock is time.monotonic else time.monotonic() + (t - self.clock())
+
     def _run(self, t0: float | None) -> list[StepRecord]:
-        self.started_at = t0 = time.monotonic() if t0 is None else t0
+        now = self.clock
+        self.started_at = t0 = now() if t0 is None else t0
         wall_step = self.step_s / self.speed
         n = max(0, self.last - self.first)
         if len(self._late_ms) < self._n + n:  # a second run() keeps the first one's steps in the summary
             self._late_ms = np.concatenate([self._late_ms[:self._n], np.zeros(n)])
             self._apply_ms = np.concatenate([self._apply_ms[:self._n], np.zeros(n)])
         if self.ahead is not None and self.last > self.first:
-            self.ahead(self.first, t0 + wall_step)
+            self.ahead(self.first, self._monotonic(t0 + wall_step))
         for k in range(self.first + 1, self.last + 1):
             due = t0 + (k - self.first) * wall_step
-            if self._stop.wait(max(0.0, due - time.monotonic())):
+            if self._wait_until(due):
                 break
-            begin = time.monotonic()
+            begin = now()
             stats = self.apply(k) or {}
-            end = time.monotonic()
+            end = now()
             if self.settle is not None:
                 self.settle(self.speed)
             ahead_ms = 0.0
             if self.ahead is not None and k < self.last and not self._stop.is_set():
                 t_ahead = time.monotonic()
-                self.ahead(k, due + wall_step)
+                self.ahead(k, self._monotonic(due + wall_step))
                 ahead_ms = (time.monotonic() - t_ahead) * 1e3
             rec = StepRecord(step=k, due_s=due - t0, late_ms=(end - due) * 1e3,
                              apply_ms=(end - begin) * 1e3, ahead_ms=ahead_ms, stats=stats)
@@ -128,7 +171,7 @@ class Playback:
             if self.on_step:
                 self.on_step(rec)
         if self.hold_last and not self._stop.is_set():  # the last step lasts a step too
-            self._stop.wait(max(0.0, t0 + (self.last - self.first + 1) * wall_step - time.monotonic()))
+            self._wait_until(t0 + (self.last - self.first + 1) * wall_step)
         return self.records
 
     def lateness_summary(self) -> dict[str, float | int | None]:

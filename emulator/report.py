@@ -47,9 +47,48 @@ def run_validity(folder: Path, run: dict[str, Any], step_s: float) -> tuple[list
             bounds, checked)
 
 
+def load_run(folder: Path) -> dict[str, Any]:
+    """``run.json`` ({} without it), with ``wall_clock`` (in memory only) for :func:`run_seconds`: where the run
+    recorded the wall clock less its own monotonic one (``run.json``'s ``wall_offset_s`` at the start, and
+    ``monitor.csv``'s every 0.5 s, :class:`emulator.validity.HostMonitor`), (the wall-clock instants of those
+    records, sorted; how far the wall clock had moved from the start's offset by each); None without them (an
+    older folder, a clustered run: its hosts play by the wall clock)."""
+    from .validity import read_monitor
+
+    run = _load_json(folder / "run.json", {})
+    if not run:
+        return run
+    run["wall_clock"] = None
+    mon = read_monitor(folder)
+    if mon is None or run.get("wall_offset_s") is None:
+        return run
+    ok = np.isfinite(mon["wall_offset_s"]) & np.isfinite(mon["t_s"])
+    if not ok.any():
+        return run
+    moved = mon["wall_offset_s"][ok] - float(run["wall_offset_s"])
+    wall = float(run["t0_unix"]) + mon["t_s"][ok] + moved  # the wall clock at each record
+    order = np.argsort(wall, kind="stable")
+    run["wall_clock"] = (wall[order], moved[order])
+    return run
+
+
+def run_seconds(t_unix: Any, run: dict[str, Any]) -> np.ndarray:
+    """Seconds of the timeline (the run's start 0, scaled by its speed) at wall-clock stamps ``t_unix`` (ping's
+    ``-D``, the probes' own): the steps play by the monotonic clock, so a stamp after a step of the wall clock
+    (NTP setting it, a VM's clock set again) is read less what the wall clock had moved by the last record at
+    or before it (:func:`load_run`); stamps within 0.5 s after a step may still be read by the offset before it."""
+    t = np.asarray(t_unix, float)
+    rec = run.get("wall_clock")
+    if rec is not None and t.size:
+        wall, moved = rec
+        i = np.searchsorted(wall, t, side="right") - 1
+        t = t - np.where(i >= 0, moved[np.maximum(i, 0)], 0.0)
+    return (t - run["t0_unix"]) * float(run.get("speed", 1.0))
+
+
 def _rel_steps(t_unix: np.ndarray, run: dict[str, Any], tl: Timeline) -> tuple[np.ndarray, np.ndarray]:
-    """Timeline seconds and step index of wall-clock times (the run's clock started at ``t0_unix``)."""
-    t = (t_unix - run["t0_unix"]) * run.get("speed", 1.0)
+    """Timeline seconds and step index of wall-clock stamps (:func:`run_seconds`)."""
+    t = run_seconds(t_unix, run)
     step = np.clip(np.floor(t / tl.step_s), 0, tl.n_steps - 1).astype(int)
     return t, step
 
@@ -83,7 +122,7 @@ def build_samples(folder: Path, tl: Timeline) -> tuple[dict[str, dict[str, Any]]
     from .traffic.service import summarise_requests
     from .traffic.udpprobe import summarise_udp, udp_samples
 
-    run = _load_json(folder / "run.json", {})
+    run = load_run(folder)
     manifest = _load_json(folder / "flows.json", [])
     if not run or not manifest:
         return {}, []
@@ -365,7 +404,7 @@ def plot_allreduce(flows: list[dict[str, Any]], folder: Path, tl: Timeline | Non
     for ax, f in zip(axes[:, 0], done):
         starts = f.get("round_start_unix_s")
         if run and starts and len(starts) == len(f["round_s"]):
-            x = (np.array(starts) - run["t0_unix"]) * float(run.get("speed", 1.0))
+            x = run_seconds(starts, run)
             ax.bar(x, f["round_s"], width=np.array(f["round_s"]) * float(run.get("speed", 1.0)), align="edge",
                    color="tab:blue", edgecolor="white", lw=0.3)
             ax.set_xlabel("round start (s from the run's start; bar width: the round)")
@@ -426,8 +465,7 @@ def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[d
         rows = read_records(folder / "flows" / f["flow"].replace(":", "_") / "requests.csv",
                             {"t_send_unix_s": float, "target": str, "ok": lambda v: bool(int(v)),
                              "total_ms": lambda v: float(v) if v else np.nan})
-        t = np.array([r["t_send_unix_s"] for r in rows]) - run["t0_unix"]
-        t = t * float(run.get("speed", 1.0))
+        t = run_seconds([r["t_send_unix_s"] for r in rows], run)
         used = list(dict.fromkeys(r["target"] for r in rows))
         n_label = 0
         for k, name in enumerate(used):
@@ -465,8 +503,7 @@ def plot_requests(folder: Path, tl: Timeline, run: dict[str, Any], flows: list[d
                     label=f"failed ({bad.sum()})")
         for m in f.get("migrations", []):
             if m.get("t_connected_unix_s") and m.get("t_end_unix_s"):
-                a, b = ((m[k] - run["t0_unix"]) * float(run.get("speed", 1.0))
-                        for k in ("t_connected_unix_s", "t_end_unix_s"))
+                a, b = run_seconds([m["t_connected_unix_s"], m["t_end_unix_s"]], run)
                 ax.axvspan(a, b, color="tab:blue", alpha=0.3, lw=0)
                 ax.text(a, 0.02, f" {m['from']} -> {m['to']} {(m.get('bytes') or 0) / 1e6:g} MB",
                         transform=ax.get_xaxis_transform(), fontsize=7, color="tab:blue")
@@ -957,7 +994,7 @@ def report(folder: str | Path, map_at_s: list[float] | None = None) -> dict[str,
     written: list[Path] = []
     played = played_steps(folder, tl)
     summary.pop("validity", None)
-    run = _load_json(folder / "run.json", {})
+    run = load_run(folder)
     invalid_u = None
     if run and tl is not None:
         from .validity import merged, summarise

@@ -34,7 +34,7 @@ from topologies.scenario import (
 )
 from topologies.timeline import Timeline
 
-from .clock import Playback, StepRecord
+from .clock import Playback, StepRecord, wall_offset_s
 from .kernel.memory import (
     meminfo_kb,
     net_namespaces,
@@ -465,10 +465,12 @@ def run(args: argparse.Namespace) -> int:
 
             bounds = Bounds.of(sc.emulation)
             t0 = time.monotonic()
-            t0_unix = time.time()
+            offset_s = wall_offset_s()  # the wall clock then: samples are stamped by it (report.load_run)
+            t0_unix = t0 + offset_s
             monitor = HostMonitor(out / "monitor.csv", t0, shaper)
             monitor.start()
             (out / "run.json").write_text(json.dumps({"run_id": emu.run_id, "t0_unix": t0_unix, "speed": speed,
+                                                      "wall_offset_s": offset_s,
                                                       "step_s": tl.step_s,
                                                       "protocol": protocol.name, "shaper": shaper.name,
                                                       "steps_planned": last + 1, "validity": bounds.as_dict(),

@@ -35,11 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from .clock import wall_offset_s
 from .kernel.memory import meminfo_kb
 
 log = logging.getLogger(__name__)
 
-MONITOR_COLUMNS = ("t_s", "interval_s", "cpu_busy_pct", "cpu_wait_pct", "release_p99_us", "released")
+#: ``wall_offset_s``: the wall clock less the monotonic one then (:func:`emulator.clock.wall_offset_s`), to read
+#: the samples' wall-clock stamps on the run's clock across a step of the wall clock (:func:`emulator.report.load_run`)
+MONITOR_COLUMNS = ("t_s", "interval_s", "cpu_busy_pct", "cpu_wait_pct", "release_p99_us", "released",
+                   "wall_offset_s")
 #: the reasons an interval is invalid, in the order the summary lists them
 REASONS = ("step-late", "release-late", "cpu")
 PSI_CPU = Path("/proc/pressure/cpu")
@@ -185,15 +189,19 @@ def read_steps(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_monitor(folder: Path) -> dict[str, np.ndarray] | None:
-    """``monitor.csv``'s columns as float arrays (empty cells NaN), or None without the file."""
+    """``monitor.csv``'s columns as float arrays (empty cells NaN; a column an older version did not write: all
+    NaN), or None without the file."""
     path = folder / "monitor.csv"
     if not path.is_file():
         return None
     cols: dict[str, list[float]] = {c: [] for c in MONITOR_COLUMNS}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        have = [c for c in MONITOR_COLUMNS if c in (reader.fieldnames or ())]
+        for row in reader:
             try:  # a missing field (None) is a line cut short by an interrupted run; an empty one: not measured
-                vals = {c: float(row[c]) if row[c] != "" else math.nan for c in MONITOR_COLUMNS}
+                vals = {c: math.nan for c in MONITOR_COLUMNS}
+                vals.update({c: float(row[c]) if row[c] != "" else math.nan for c in have})
             except (KeyError, TypeError, ValueError):
                 break
             for c, v in vals.items():
@@ -300,7 +308,7 @@ class HostMonitor:
                 if "MemAvailable" in mem and mem["MemAvailable"] < self.mem_low.get("MemAvailable", 1 << 62):
                     self.mem_low = mem
                 w.writerow([f"{now - self.t0:.3f}", f"{dt:.3f}", _cell(busy, 1), _cell(min(wait_pct, 100.0), 1),
-                            _cell(p99, 1), n])
+                            _cell(p99, 1), n, f"{wall_offset_s():.6f}"])
                 fh.flush()
                 t_prev, cpu_prev, wait_prev, hist_prev = now, cpu, wait, hist if hist is not None else hist_prev
 

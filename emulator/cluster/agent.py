@@ -256,10 +256,11 @@ class HostAgent:
         this actor (returns at once; :meth:`progress` tells how far it got, :meth:`stop` ends it).
 
         The loop is the single-host run's (:class:`emulator.clock.Playback` with the emulation's
-        ``apply_step``, ``settle`` and ``prepare_ahead``); only its start is given: CLOCK_REALTIME, the one
-        clock the hosts share (kept in step by NTP/PTP and checked at start, :func:`check_clocks`), turned
-        into this host's CLOCK_MONOTONIC once here. The two advance together (NTP slews both), and Playback
-        waits on the monotonic one, which a step of the wall clock cannot move.
+        ``apply_step``, ``settle`` and ``prepare_ahead``), due by CLOCK_REALTIME, the one clock the hosts
+        share (kept in step by NTP/PTP and checked at start, :func:`check_clocks`): a step of this host's
+        wall clock (NTP setting it again) moves its later steps with it, so that it stays in step with the
+        other hosts' clocks, and its record of each step (``due_ns``, ``begin_ns``, ``end_ns``) is on that
+        one clock.
 
         Parameters
         ----------
@@ -312,12 +313,12 @@ class HostAgent:
             return stats
 
         pb = Playback(emu.timeline.step_s, 0, last, apply, speed, ahead=emu.prepare_ahead, settle=emu.settle,
-                      rt_priority=clock_priority, hold_last=True)
+                      rt_priority=clock_priority, hold_last=True, clock=time.time)
         self._playback = pb
 
         def loop() -> None:
             try:
-                pb.run(time.monotonic() + (start_ns - time.time_ns()) / 1e9)
+                pb.run(start_ns / 1e9)
             except Exception as e:  # noqa: BLE001 - handed to the driver by progress(), which names the host
                 log.exception("host %d: the run failed", self.host)
                 self._play_error = f"{type(e).__name__}: {e}"

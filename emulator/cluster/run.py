@@ -308,6 +308,9 @@ def merge_monitors(out: Path, collected: list[dict[str, Any]]) -> int:
         for r in lines[1:]:
             if len(r) != len(MONITOR_COLUMNS):  # a row cut short (the host stopped while writing it)
                 continue
+            # the hosts play by the wall clock (HostAgent.play), so their samples' stamps need no reading across
+            # its steps (report.load_run); and each host's offset is its own
+            r[MONITOR_COLUMNS.index("wall_offset_s")] = ""
             try:
                 rows.append((float(r[0]), r))
             except ValueError:

@@ -174,11 +174,13 @@ def test_every_hosts_monitor_rows_judge_the_run(tmp_path):
     from emulator.validity import MONITOR_COLUMNS, Bounds, invalid_intervals, read_monitor
 
     head = ",".join(MONITOR_COLUMNS)
-    h0 = f"{head}\n0.500,0.500,10.0,0.0,200.0,50\n1.000,0.500,10.0,0.0,300.0,50\n".encode()
-    h1 = f"{head}\n0.600,0.500,12.0,0.0,250.0,40\n1.100,0.500,90.0,70.0,2500.0,40\n1.6,0.5\n".encode()  # cut short
+    h0 = f"{head}\n0.500,0.500,10.0,0.0,200.0,50,1799995000.5\n1.000,0.500,10.0,0.0,300.0,50,1799995000.5\n".encode()
+    h1 = (f"{head}\n0.600,0.500,12.0,0.0,250.0,40,1799995007.6\n1.100,0.500,90.0,70.0,2500.0,40,1799995007.6\n"
+          "1.6,0.5\n").encode()  # the last row cut short
     assert merge_monitors(tmp_path, [{"monitor": h0}, {"monitor": h1}, {"monitor": b""}, {}]) == 4
     mon = read_monitor(tmp_path)
     assert mon is not None and mon["t_s"].tolist() == [0.5, 0.6, 1.0, 1.1]
+    assert np.isnan(mon["wall_offset_s"]).all()  # each host's wall clock is its own: none kept as the run's
     got = invalid_intervals(np.array([]), np.array([]), mon, Bounds(), 1.0)
     assert sorted((round(i.start_s, 3), round(i.end_s, 3), i.reason) for i in got) == \
         [(0.6, 1.1, "cpu"), (0.6, 1.1, "release-late")]

@@ -166,3 +166,57 @@ def test_playback_holds_the_last_step_for_a_step_unless_stopped():
     pb.run(t0)
     took = time.monotonic() - t0
     assert 2.0 <= took < 3.8, took
+
+
+class _SteppedClock:
+    """A wall clock that is set ``by_s`` at ``at`` (``time.monotonic()``), as NTP setting it does."""
+
+    def __init__(self, at: float, by_s: float) -> None:
+        self.at, self.by_s = at, by_s
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        return 1_800_000_000.0 + now + (self.by_s if now >= self.at else 0.0)
+
+
+def test_playback_by_a_wall_clock_follows_a_step_of_it_back_and_forth():
+    """A cluster's hosts play by the wall clock (each applies step k at start + k x step by its own): when it is
+    set back 0.3 s, the steps after wait those 0.3 s more by the monotonic clock and none is applied before its
+    due time by the wall clock; set forward 0.5 s, the steps it skipped are applied at once, within a wait
+    slice, not 0.5 s later as a start turned into the monotonic clock once would have them."""
+    from emulator.clock import WAIT_SLICE_S
+
+    step_s = 0.1
+    for by_s in (-0.3, 0.5):
+        applied: list[tuple[int, float, float]] = []
+        t0_mono = time.monotonic()
+        clock = _SteppedClock(t0_mono + 0.35, by_s)  # between steps 3 and 4
+
+        def apply(k: int, clock=clock, applied=applied) -> dict:
+            applied.append((k, time.monotonic(), clock()))
+            return {}
+
+        t0 = clock()
+        Playback(step_s=step_s, first=0, last=10, apply=apply, clock=clock).run(t0)
+        assert [k for k, _, _ in applied] == list(range(1, 11))
+        for k, _, wall in applied:
+            assert wall >= t0 + k * step_s - 1e-6, (by_s, k)  # never early by the wall clock
+        mono = {k: m - t0_mono for k, m, _ in applied}
+        if by_s < 0:
+            assert mono[3] < 0.35 and all(mono[k] >= k * step_s - by_s - 1e-3 for k in range(4, 11)), mono
+        else:
+            # steps 4 to 8 were due by the wall clock at or before 0.35 s + 0.5 s: applied at 0.35 s, not 0.4-0.8 s
+            assert all(mono[k] <= 0.35 + WAIT_SLICE_S + 0.05 for k in range(4, 9)), mono
+            assert all(mono[k] >= k * step_s - by_s - 1e-3 for k in (9, 10)), mono
+
+
+def test_playback_by_a_wall_clock_is_stopped_within_a_slice():
+    import threading
+
+    from emulator.clock import WAIT_SLICE_S
+
+    pb = Playback(step_s=5.0, first=0, last=3, apply=lambda k: {}, clock=time.time)
+    threading.Timer(0.3, pb.stop).start()
+    t = time.monotonic()
+    pb.run()
+    assert time.monotonic() - t < 0.3 + WAIT_SLICE_S, time.monotonic() - t

@@ -135,3 +135,80 @@ def test_scenario_rejects_bad_bounds(tmp_path, key, value):
         load_scenario(f)
     msg = str(e.value)
     assert key in msg and "s.toml:4" in msg, msg
+
+
+def _write_run(folder, t0_unix, offset_s, rows):
+    """A results folder's run.json and monitor.csv: ``rows`` of (seconds since the start, wall clock less the
+    monotonic one then)."""
+    import csv
+    import json
+
+    from emulator.validity import MONITOR_COLUMNS
+
+    (folder / "run.json").write_text(json.dumps({"t0_unix": t0_unix, "speed": 1.0, "wall_offset_s": offset_s}))
+    with open(folder / "monitor.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(MONITOR_COLUMNS)
+        for t_s, off in rows:
+            w.writerow([f"{t_s:.3f}", "0.500", "20.0", "1.0", "", 0, f"{off:.6f}"])
+
+
+def test_a_step_of_the_wall_clock_does_not_move_the_samples_onto_other_steps(tmp_path):
+    """Samples are stamped by the wall clock and steps played by the monotonic one. The wall clock is set 5.4 s
+    forward at 20 s of a run (an NTP step, a VM's clock set again): every sample after it is read against its own
+    step, those before it are not moved, and a folder without the record (older, or a
+    clustered run's) is read from the start as before."""
+    from emulator.report import _rel_steps, load_run
+
+    mono0, off0, jump_at, jump = 5_000.123456, 1_799_995_000.004321, 20.0, 5.4
+    t0_unix = mono0 + off0
+
+    def off(t_s):
+        return off0 + (jump if t_s > jump_at else 0.0)
+
+    _write_run(tmp_path, t0_unix, off0, [(0.5 * k, off(0.5 * k)) for k in range(1, 81)])
+    run = load_run(tmp_path)
+
+    class _Tl:  # what _rel_steps reads of a timeline
+        step_s, n_steps = 1.0, 60
+
+    sent = np.array([0.0004, 3.5, 19.2, 19.99995, 25.7, 39.1])  # when each probe was sent, by the run's clock
+    stamps = t0_unix + sent + np.where(sent > jump_at + 0.5, jump, 0.0)  # the wall clock's stamps
+    t, step = _rel_steps(stamps, run, _Tl)
+    assert step.tolist() == [0, 3, 19, 19, 25, 39]
+    assert np.abs(t - sent).max() < 1e-5  # 1e-5 s: the float of a wall-clock instant, not the record's rounding
+    # without the record: every stamp after the jump lands 5 steps late (how a folder before it is read)
+    _, step_old = _rel_steps(stamps, {k: v for k, v in run.items() if k != "wall_clock"}, _Tl)
+    assert step_old.tolist() == [0, 3, 19, 19, 31, 44]
+    # an older monitor.csv (no wall-clock column) and run.json: no record, read as before
+    (tmp_path / "monitor.csv").write_text("t_s,interval_s,cpu_busy_pct,cpu_wait_pct,release_p99_us,released\n"
+                                          "0.500,0.500,20.0,1.0,,0\n1.000,0.500,20.0,1.0,,0\n")
+    mon = read_monitor(tmp_path)
+    assert mon is not None and mon["cpu_busy_pct"].tolist() == [20.0, 20.0] and np.isnan(mon["wall_offset_s"]).all()
+    assert load_run(tmp_path)["wall_clock"] is None
+
+
+def test_the_monitors_record_of_the_wall_clock_moves_no_sample_where_the_clock_was_not_set(tmp_path):
+    """The live record, as a run writes it: where no one set the wall clock, reading a stamp through it moves the
+    stamp by less than the 0.1 ms the recovery figures are held to (a record rounded to 1 ms on either clock
+    moved them by 1 ms)."""
+    import json
+    import time
+
+    from emulator.clock import wall_offset_s
+    from emulator.report import load_run, run_seconds
+    from emulator.validity import HostMonitor
+
+    t0 = time.monotonic()
+    offset_s = wall_offset_s()
+    (tmp_path / "run.json").write_text(json.dumps({"t0_unix": t0 + offset_s, "speed": 1.0,
+                                                   "wall_offset_s": offset_s}))
+    mon = HostMonitor(tmp_path / "monitor.csv", t0, interval_s=0.05)
+    mon.start()
+    time.sleep(0.6)
+    mon.stop()
+    run = load_run(tmp_path)
+    assert run["wall_clock"] is not None and len(run["wall_clock"][0]) >= 5
+    stamps = np.array([time.time() - 0.6 + 0.01 * k for k in range(60)])
+    moved = run_seconds(stamps, run) - (stamps - run["t0_unix"])
+    assert np.abs(moved).max() < 1e-4, moved
