@@ -1,8 +1,9 @@
 """The routing protocol's route computation in a child process, so that a step only installs routes.
 
-On 10,744 satellites a shortest-delay table takes 250-450 ms of numpy and scipy (a Dijkstra run per
-destination), and scipy holds the GIL while it runs: in the emulator's own process the computation of
-the next step competes with the installation of this one. :class:`RouteWorker` forks a child before
+On 10,744 satellites a shortest-delay table took 250-450 ms of numpy and scipy (a Dijkstra run per
+destination; the C trees of routing/dijkstra.c take ~0.6x that), and numpy's and scipy's parts hold the GIL
+while they run: in the emulator's own process the computation of the next step would compete with the
+installation of this one. :class:`RouteWorker` forks a child before
 the emulation opens any namespace (the child holds no namespace, socket or shaper descriptor, and a
 copy-on-write view of the timeline), sends it each snapshot to compute (a few hundred kB), and reads the
 table back from a shared memory file (``memfd``) the child writes: 35 MB of table through a pipe took

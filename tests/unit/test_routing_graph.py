@@ -10,9 +10,21 @@ import numpy as np
 import pytest
 from handmade import GSL_A, OUTAGE_ISL, grid_timeline
 
+from routing import graph as graph_mod
 from routing.base import destinations, get_protocol
 from routing.graph import HOP_EPSILON, build_graph, next_hops, path, path_delay_ms
 from topologies.errors import ConfigError
+
+
+@pytest.fixture(params=["c", "scipy"])
+def backend(request, monkeypatch):
+    """Each shortest-path test runs on the C trees (routing/dijkstra.c, built by install.sh) and on scipy's."""
+    monkeypatch.setenv("SATNETEM_DIJKSTRA", "" if request.param == "c" else "scipy")
+    monkeypatch.setattr(graph_mod, "_c_trees", [])
+    if request.param == "c":
+        assert graph_mod._c_dijkstra() is not None, f"{graph_mod.DIJKSTRA_LIBRARY} not built: run ./install.sh"
+    yield request.param
+    monkeypatch.setattr(graph_mod, "_c_trees", [])
 
 
 def reference(tl, step):
@@ -25,7 +37,7 @@ def reference(tl, step):
 
 
 @pytest.mark.parametrize("step", range(5))
-def test_distances_and_next_hops_match_networkx(step):
+def test_distances_and_next_hops_match_networkx(step, backend):
     tl = grid_timeline()
     snap = tl.snapshot(step)
     graph = build_graph(tl.link_a, snap, len(tl.nodes))
@@ -85,7 +97,7 @@ def test_routing_imports_without_pyroute2_or_mininet():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_leaf_destinations_match_networkx_on_random_graphs():
+def test_leaf_destinations_match_networkx_on_random_graphs(backend):
     # next_hops reaches a one-neighbour destination through its neighbour's tree: check it where leaves
     # share a neighbour, a leaf's neighbour is itself a destination, two nodes are joined only to each
     # other, and a leaf hangs off an unreachable island
@@ -128,3 +140,58 @@ def test_leaf_destinations_match_networkx_on_random_graphs():
                 assert dist[i, v] == pytest.approx(g[v][x]["weight"] + dist[i, x], abs=1e-6)
                 l = int(link[i, v])
                 assert {int(a[l]), int(b[l])} == {v, x}
+
+
+def random_snapshot(rng, n, m):
+    """A random multigraph snapshot: m link slots among n nodes, some down, some parallel, one isolated pair."""
+    from topologies.timeline import Snapshot
+
+    a = rng.integers(0, n - 2, m)
+    b = rng.integers(0, n - 2, m)
+    keep = a != b
+    a, b = np.concatenate([a[keep], a[:5], [n - 2]]), np.concatenate([b[keep], b[:5], [n - 1]])  # 5 parallel
+    w = rng.choice([1.0, 2.0, 2.5, 4.0], len(a)) if rng.random() < 0.5 else rng.uniform(0.1, 20.0, len(a))
+    state = (rng.random(len(a)) < 0.1).astype(np.uint8)  # 10 % down
+    params = np.stack([w, np.full(len(a), 100.0), np.zeros(len(a))], axis=1).astype(np.float32)
+    return a, Snapshot(0, state, b.astype(np.int32), params)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_c_trees_equal_scipy_trees(monkeypatch, threads):
+    # The C trees against scipy's Dijkstra on the same graphs: equal distances everywhere, and each next hop
+    # on a shortest path by scipy's distances, over the link slot the graph keeps between the two nodes
+    monkeypatch.setenv("SATNETEM_ROUTE_THREADS", threads)
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        n = int(rng.integers(30, 400))
+        a, snap = random_snapshot(rng, n, int(rng.integers(n, 4 * n)))
+        graph = build_graph(a, snap, n)
+        sources = np.unique(rng.integers(0, n, 25))
+        monkeypatch.setattr(graph_mod, "_c_trees", [])
+        monkeypatch.setenv("SATNETEM_DIJKSTRA", "")
+        assert graph_mod._c_dijkstra() is not None, f"{graph_mod.DIJKSTRA_LIBRARY} not built: run ./install.sh"
+        dist, nh, link = graph_mod.trees(graph, sources)
+        monkeypatch.setattr(graph_mod, "_c_trees", [])
+        monkeypatch.setenv("SATNETEM_DIJKSTRA", "scipy")
+        ref_dist, _, _ = graph_mod.trees(graph, sources)
+        assert np.array_equal(np.isfinite(dist), np.isfinite(ref_dist))
+        fin = np.isfinite(ref_dist)
+        assert np.allclose(dist[fin], ref_dist[fin], rtol=0, atol=1e-9)
+        rows, nodes = np.nonzero(fin & (nh >= 0))
+        hop = nh[rows, nodes]
+        w = graph.matrix()[nodes, hop].A1  # the edge node -> next hop
+        assert np.allclose(dist[rows, nodes], w + ref_dist[rows, hop], rtol=0, atol=1e-9)
+        assert np.array_equal(link[rows, nodes], graph.link_between(nodes, hop))
+        # -1 exactly at the sources and where unreachable
+        assert np.array_equal(nh < 0, ~fin | (np.arange(n)[None, :] == sources[:, None]))
+        assert np.array_equal(link < 0, nh < 0)
+    monkeypatch.setattr(graph_mod, "_c_trees", [])
+
+
+def test_route_threads_setting(monkeypatch):
+    monkeypatch.setenv("SATNETEM_ROUTE_THREADS", "2")
+    assert graph_mod.route_threads() == 2
+    for bad in ("0", "two", "65"):
+        monkeypatch.setenv("SATNETEM_ROUTE_THREADS", bad)
+        with pytest.raises(ConfigError, match="SATNETEM_ROUTE_THREADS"):
+            graph_mod.route_threads()
