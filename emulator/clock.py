@@ -107,6 +107,7 @@ class Playback:
     #: the clock the steps are due by (seconds; ``started_at``, ``run``'s ``t0`` and ``StepRecord`` times are on
     #: it): ``time.monotonic`` or ``time.time``
     clock: Callable[[], float] = time.monotonic
+    _rt_before: tuple[int, int] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,11 +119,28 @@ class Playback:
     def run(self, t0: float | None = None) -> list[StepRecord]:
         """Play; ``t0`` (on :attr:`clock`) is the moment step ``first`` counts as applied."""
         before = _enter_rt(self.rt_priority) if self.rt_priority else None
+        self._rt_before = before
         try:
             return self._run(t0)
         finally:
+            self._rt_before = None
             if before is not None:
                 _leave_rt(before)
+
+    def _ahead(self, step: int, until: float) -> None:
+        """``ahead`` at the thread's priority before :meth:`run` (normal): its work between steps is bulk
+        kernel work (spare moves, routes sent ahead, from threads it starts, which inherit the policy); at
+        SCHED_FIFO it kept the host's ordinary threads, the kernel's RCU and softirq workers among them, off a
+        CPU for most of each step (docs/model.md, "The clock's priority")."""
+        assert self.ahead is not None
+        before = self._rt_before
+        if before is not None:
+            _leave_rt(before)
+        try:
+            self.ahead(step, until)
+        finally:
+            if before is not None and _enter_rt(self.rt_priority) is None:
+                self._rt_before = None
 
     def _wait_until(self, t: float) -> bool:
         """Wait until :attr:`clock` reads ``t``; True when stopped (before or while waiting)."""
@@ -146,7 +164,7 @@ class Playback:
             self._late_ms = np.concatenate([self._late_ms[:self._n], np.zeros(n)])
             self._apply_ms = np.concatenate([self._apply_ms[:self._n], np.zeros(n)])
         if self.ahead is not None and self.last > self.first:
-            self.ahead(self.first, self._monotonic(t0 + wall_step))
+            self._ahead(self.first, self._monotonic(t0 + wall_step))
         for k in range(self.first + 1, self.last + 1):
             due = t0 + (k - self.first) * wall_step
             if self._wait_until(due):
@@ -159,7 +177,7 @@ class Playback:
             ahead_ms = 0.0
             if self.ahead is not None and k < self.last and not self._stop.is_set():
                 t_ahead = time.monotonic()
-                self.ahead(k, self._monotonic(due + wall_step))
+                self._ahead(k, self._monotonic(due + wall_step))
                 ahead_ms = (time.monotonic() - t_ahead) * 1e3
             rec = StepRecord(step=k, due_s=due - t0, late_ms=(end - due) * 1e3,
                              apply_ms=(end - begin) * 1e3, ahead_ms=ahead_ms, stats=stats)

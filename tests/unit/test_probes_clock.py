@@ -134,6 +134,7 @@ def _policy_of_this_thread() -> int:
 
 def test_playback_applies_at_the_real_time_priority_it_is_given_and_gives_it_back():
     import os
+    import threading
 
     import pytest
 
@@ -145,9 +146,20 @@ def test_playback_applies_at_the_real_time_priority_it_is_given_and_gives_it_bac
         seen.append((_policy_of_this_thread(), os.sched_getparam(0).sched_priority))
         return {}
 
+    ahead_seen: list[tuple[int, int, int]] = []
+    spawned: list[int] = []
+
+    def ahead(k: int, until: float) -> None:  # the bulk work between steps, and a thread it starts
+        ahead_seen.append((k, _policy_of_this_thread(), os.sched_getparam(0).sched_priority))
+        t = threading.Thread(target=lambda: spawned.append(_policy_of_this_thread()))
+        t.start()
+        t.join()
+
     before = _policy_of_this_thread()
-    Playback(step_s=0.02, first=0, last=3, apply=apply, rt_priority=5).run()
+    Playback(step_s=0.02, first=0, last=3, apply=apply, rt_priority=5, ahead=ahead).run()
     assert seen == [(os.SCHED_FIFO, 5)] * 3
+    assert ahead_seen == [(k, os.SCHED_OTHER, 0) for k in range(3)]
+    assert spawned == [os.SCHED_OTHER] * 3
     assert _policy_of_this_thread() == before == os.SCHED_OTHER
     seen.clear()
     Playback(step_s=0.02, first=0, last=2, apply=apply).run()  # 0: as it is
@@ -220,3 +232,36 @@ def test_playback_by_a_wall_clock_is_stopped_within_a_slice():
     t = time.monotonic()
     pb.run()
     assert time.monotonic() - t < 0.3 + WAIT_SLICE_S, time.monotonic() - t
+
+
+def test_route_sender_thread_runs_at_normal_priority_under_a_real_time_clock():
+    # a step's routes go from a thread (emulator.network._Installer) that a SCHED_FIFO clock thread starts:
+    # it must not inherit the real-time policy (bulk kernel work there kept the kernel's own workers off the CPUs)
+    import os
+    import threading
+
+    import pytest
+
+    from emulator.network import _Installer
+
+    if os.geteuid() != 0:
+        pytest.skip("SCHED_FIFO needs root (CAP_SYS_NICE)")
+    seen: list[int] = []
+
+    class Emu:
+        def _install_routes(self, table, held):
+            seen.append(_policy_of_this_thread())
+            held()
+            return 3, 0
+
+    result: list[tuple[int, int]] = []
+
+    def clock_thread() -> None:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+        seen.append(_policy_of_this_thread())
+        result.append(_Installer(Emu(), None).join())
+
+    t = threading.Thread(target=clock_thread)
+    t.start()
+    t.join()
+    assert seen == [os.SCHED_FIFO, os.SCHED_OTHER] and result == [(3, 0)]
