@@ -48,6 +48,17 @@ def _enter_rt(priority: int) -> tuple[int, int] | None:
     return before
 
 
+def normal_priority() -> None:
+    """Put the calling thread at normal priority (SCHED_OTHER) if it runs at a real-time one. For bulk kernel
+    work started from the clock's thread (a thread inherits its creator's policy): at SCHED_FIFO it kept the
+    host's ordinary threads, the kernel's RCU and softirq workers among them, off the CPUs."""
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError as e:
+        log.warning("a thread of bulk kernel work stays at a real-time priority: %s", e.strerror)
+
+
 def _leave_rt(before: tuple[int, int]) -> None:
     try:
         os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
@@ -131,7 +142,7 @@ class Playback:
         """``ahead`` at the thread's priority before :meth:`run` (normal): its work between steps is bulk
         kernel work (spare moves, routes sent ahead, from threads it starts, which inherit the policy); at
         SCHED_FIFO it kept the host's ordinary threads, the kernel's RCU and softirq workers among them, off a
-        CPU for most of each step (docs/model.md, "The clock's priority")."""
+        CPU for most of each step (README, "The thread that applies the steps")."""
         assert self.ahead is not None
         before = self._rt_before
         if before is not None:

@@ -59,6 +59,7 @@ from topologies.timeline import LINK_CLASSES, Snapshot, Timeline, diff
 from . import rtnl
 from .addressing import Addressing, AddressPlan, LinkEnds, ip_str
 from .clean import STATE_DIR, find_ours, kill_and_wait
+from .clock import normal_priority
 from .cluster.part import HostPart
 from .kernel import budget
 from .kernel.cpulatency import CpuLatencyHold
@@ -2238,17 +2239,6 @@ class _RoutePack:
     wanted: int = 0  # changes found before a limit cut them (_pack_routes)
 
 
-def normal_priority() -> None:
-    """Put the calling thread at normal priority (SCHED_OTHER) if it runs at a real-time one: the route
-    sends are bulk kernel work; from threads at SCHED_FIFO (a thread inherits the clock's policy) they kept
-    the host's ordinary threads, the kernel's RCU and softirq workers among them, off the CPUs."""
-    try:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except OSError as e:
-        log.warning("route sender stays at a real-time priority: %s", e.strerror)
-
-
 class _Installer:
     """:meth:`Emulation._install_routes` of one table in a thread; :meth:`join` returns its counts or
     raises its error. :attr:`held` is set when the thread's own Python work is done and its sends run
@@ -2266,7 +2256,7 @@ class _Installer:
 
     def _run(self, emu: Emulation, table: RouteTable) -> None:
         try:
-            normal_priority()
+            normal_priority()  # bulk kernel work: not at the clock's SCHED_FIFO, which a thread inherits
             self._result = emu._install_routes(table, self.held.set)
         except BaseException as e:  # handed to join(), in the step's thread
             self._error = e
