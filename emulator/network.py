@@ -67,6 +67,7 @@ from .kernel.holder import Holder, HolderError
 from .netns import entered, iproute_in
 from .nodes import EmulatedNet, EmuNode, make_nodes, stop_nodes
 from .routeworker import RouteWorker
+from .spares import Remake, Remaker, remake_job
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,13 @@ class Emulation:
         self._gap_t0 = 0.0
         # antenna slot -> its spare pair, held up ahead of a handover at a routing daemon's request
         self._spares_up: dict[int, int] = {}
+        # antenna slot -> its spare pair being deleted and made again at its next satellite by the worker
+        # threads of emulator/spares.py (one host; a clustered run's part moves them, _start_moves)
+        self._remaker: Remaker | None = None
+        self._remaking: dict[int, Remake] = {}
+        #: told each interface the run is about to delete itself, (node name, interface name): the run's
+        #: watch for interfaces deleted from outside (set by :func:`emulator.watchdog.link_deletions`)
+        self.expect_deleted: Callable[[str, str], None] | None = None
         # Route epochs (route_switch "epoch", see _preinstall): every router has two route tables; packets use
         # the one the delay daemon's mark names (EPOCH_MARKS), the other is filled with the next step's
         # routes between steps, and the step switches marks. _recs holds the installed record of each table;
@@ -600,14 +608,18 @@ class Emulation:
             # a host's part books every handover, its ends or not (_moves_across), so that every host agrees
             # which pair is active and where each pair's far end is
             act = int(self.ends.pair[l])
+            remade = self._remaking.get(l)
+            if remade is not None and remade.new != p:  # its spare is being remade for another satellite
+                self._collect([remade], wait=True)
             if self._pfar[l, act] == p:  # back on the satellite its pair is still at
                 continue
             if self._pfar[l, 1 - act] != p:
                 moves.append((l, 1 - act, p))
             switch.append(l)
         stats.moves_in_step = len(moves)
-        # Each move keeps the kernel busy ~20 ms (rcu_barrier under the rtnl lock) in a send that releases
-        # the GIL: the route computation and the shaping of links that stay where they are run meanwhile.
+        # Each move keeps the kernel busy ~15-20 ms (the deletion's RCU barrier, or a clustered run's move
+        # under the rtnl lock) in threads that release the GIL: the route computation and the shaping of
+        # links that stay where they are run meanwhile.
         job = self._start_moves(moves)
         switched = np.asarray(switch, np.int64)
         table = None
@@ -764,7 +776,7 @@ class Emulation:
         Returns
         -------
         int
-            Spare pairs moved.
+            Spare pairs moved, or handed to the worker threads that remake them (:meth:`_move_spares_ahead`).
         """
         if self.part is not None:
             # A host's part (no route worker, no route epochs): spares to their next satellites, across hosts
@@ -778,20 +790,9 @@ class Emulation:
         if self._worker is not None:  # the child computes while this thread moves spares
             self.prefetch_routes(step + 1, time.monotonic())
         self._down_deferred()
-        move_until = until
-        heavy = self._heavy_after(step + 1) if self._epochs else None
-        if heavy is not None and not self._fill_wanted(heavy):
-            heavy = None
-        if heavy is not None and until is not None and (self._filling != heavy or self._fill_left != 0):
-            # moves and the heavy step's routes share the steps before it (both hold the kernel's rtnl lock):
-            # the moves stop when what is left of this step's time is the heavy step's routes' share of it
-            # (unknown before they are first counted: 40 %)
-            left = max(0.0, until - time.monotonic())
-            share = 0.4 * left
-            if self._filling == heavy and self._fill_left is not None:
-                share = min(share, self._fill_left * self._ahead_us * 1e-6 / max(1, heavy - step - 1) + 0.06)
-            move_until = until - share
-        done = self._move_spares_ahead(step, move_until)
+        # on one host the spares are handed to worker threads (their deletions' waits do not hold the kernel's
+        # rtnl lock): this takes no share of the time the heavy step's routes are sent ahead in
+        done = self._move_spares_ahead(step, until)
         if self._epochs and until is not None:
             # the worker's table is waited for only while there is time left to send it ahead
             self.prefetch_routes(step + 1, until - min(0.5, 0.1 + self._ahead_last * self._ahead_us * 1e-6))
@@ -1026,7 +1027,7 @@ class Emulation:
         new = snap.peer[slots].astype(np.int64)
         ready = slots[(new >= 0) & snap.up[slots] & (new != now.peer[slots])
                       & (self._pfar[slots, 1 - act] == new) & (self._pfar[slots, act] != new)
-                      & ~self._going_down(slots, 1 - act)]
+                      & ~self._going_down(slots, 1 - act) & ~self._being_remade(slots)]
         before = {l for l, p in self._spares_up.items() if p != self.ends.pair[l]}
         fresh = np.array([l for l in ready.tolist() if l not in before], np.int64)
         if until is not None and len(fresh):
@@ -1074,7 +1075,7 @@ class Emulation:
         as usual, already up. Returns the slots whose spare is up now (sorted).
         """
         want = {int(l) for l in np.asarray(slots, np.int64).tolist()
-                if self._pfar[l, 1 - int(self.ends.pair[l])] != self.link_a[l]}
+                if self._pfar[l, 1 - int(self.ends.pair[l])] != self.link_a[l] and l not in self._remaking}
         # a spare that took over at a handover is the active pair now; one moved since went down with the move
         held = {l: p for l, p in self._spares_up.items() if p != self.ends.pair[l]}
         down = [(l, p) for l, p in held.items() if l not in want]
@@ -1085,22 +1086,45 @@ class Emulation:
         return np.array(sorted(want), np.int64)
 
     def _move_spares_ahead(self, step: int, until: float | None) -> int:
+        """Put spares at their next satellites (see :meth:`prepare_ahead`); returns how many it started.
+
+        On one host the worker threads remake them (:meth:`_remake`): the spares remade since the last call
+        are recorded and shaped now, the others are handed over, the soonest handovers first, and recorded
+        at a later call (or by the step that needs one, which waits for it); without ``until``, waited for
+        and recorded before it returns. A clustered run's part moves them here, one by one, until
+        ``until``."""
         if not self._built or self._stopped or not len(self._antennas):
             return 0
+        one_host = self.part is None
+        if one_host:
+            self._collect()
         slots = self._antennas
         act = self.ends.pair[slots].astype(np.int64)
         want, at = self._next_peers(slots, step, self._pfar[slots, act])
-        todo = np.flatnonzero((want >= 0) & (want != self._pfar[slots, 1 - act]) & ~self._going_down(slots, 1 - act))
+        todo = np.flatnonzero((want >= 0) & (want != self._pfar[slots, 1 - act]) & ~self._going_down(slots, 1 - act)
+                              & ~self._being_remade(slots))
         todo = todo[np.argsort(at[todo], kind="stable")]  # the soonest handovers first
         done = 0
+        jobs = []
         for i in todo.tolist():
             if until is not None and time.monotonic() > until - 0.05:
                 break
             l = int(slots[i])
-            self._finish_moves(self._start_moves([(l, 1 - int(act[i]), int(want[i]))]))
-            self._shape_spares([l], [int(at[i])])
+            if one_host:
+                jobs.append(self._remake(l, 1 - int(act[i]), int(want[i]), int(at[i])))
+            else:
+                self._finish_moves(self._start_moves([(l, 1 - int(act[i]), int(want[i]))]))
+                self._shape_spares([l], [int(at[i])])
             done += 1
+        if jobs and until is None:
+            self._collect(jobs, wait=True)
         return done
+
+    def _being_remade(self, slots: np.ndarray) -> np.ndarray:
+        """Per antenna slot: whether its spare is being remade (:meth:`_remake`), not yet collected."""
+        if not self._remaking:
+            return np.zeros(len(slots), bool)
+        return np.isin(slots, np.fromiter(self._remaking, np.int64, len(self._remaking)))
 
     def prefetch_routes(self, step: int, until: float | None = None) -> bool:
         """Between steps: compute the route table of ``step`` on the very snapshot :meth:`apply_step`
@@ -1180,6 +1204,9 @@ class Emulation:
         if self._gc_frozen:
             gc.unfreeze()
             self._gc_frozen = False
+        if self._remaker is not None:  # before the sockets and namespaces its threads use go
+            self._remaker.close()
+            self._remaker = None
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -1730,19 +1757,31 @@ class Emulation:
             self._settle_links({node: _up_indexes(b) for node, b in batches.items()})
 
     def _start_moves(self, moves: list[tuple[int, int, int]]) -> _Moves | None:
-        """Start moving the satellite ends of antenna veth pairs, ``[(link, pair, new namespace), ...]``,
-        in a worker thread; :meth:`_finish_moves` waits for it and does the rest. Only pairs that carry
-        no traffic (down) are moved.
+        """Start putting the satellite ends of antenna veth pairs, ``[(link, pair, new namespace), ...]``,
+        at their new namespaces in worker threads; :meth:`_finish_moves` waits for them and does the rest.
+        Only pairs that carry no traffic (down) are moved.
 
-        Each move costs the kernel 15-20 ms (dev_change_net_namespace waits in rcu_barrier) under the
-        rtnl lock: sending the moves out of different namespaces from concurrent threads was measured to
-        gain nothing, so the worker sends them one batch per source namespace, in turn. Until
-        :meth:`_finish_moves`, the caller may do pure work and shaping of other links, but must not use
-        the rtnetlink sockets of the source namespaces.
+        On one host each pair is remade there (:meth:`_remake`, urgent: ahead of the spares remade between
+        steps). A clustered run's part moves the ends instead (``IFLA_NET_NS_FD``): each move costs the
+        kernel 15-20 ms (dev_change_net_namespace waits in rcu_barrier) under the rtnl lock, and sending
+        them out of different namespaces from concurrent threads was measured to gain nothing, so one
+        thread sends them one batch per source namespace, in turn. Until :meth:`_finish_moves`, the caller
+        may do pure work and shaping of other links, but must not use the rtnetlink sockets of the source
+        namespaces.
         """
         a = self.addr
-        if self.part is not None:
-            moves = self._moves_across(moves)
+        if self.part is None:
+            remakes = []
+            for l, pair, new in moves:
+                rj = self._remaking.get(l)
+                if rj is None and int(self._pfar[l, pair]) != new:
+                    rj = self._remake(l, pair, int(new), -1, urgent=True)
+                elif rj is not None:  # remade for this step's satellite already (apply_step waited for others)
+                    self._remaker_hurry(rj)
+                if rj is not None:
+                    remakes.append(rj)
+            return _Moves([], remakes=remakes) if remakes else None
+        moves = self._moves_across(moves)
         todo: list[tuple[int, int, int, int]] = []  # (link, pair, old ns, new ns)
         for l, pair, new in moves:
             old = int(self._pfar[l, pair])
@@ -1880,6 +1919,10 @@ class Emulation:
         namespaces, or record them parked at their gateway."""
         if job is None:
             return
+        if job.remakes:
+            self._collect(job.remakes, wait=True, shape=False)
+            job.kernel_ms = sum(r.kernel_ms for r in job.remakes)
+            return
         assert job.thread is not None
         job.thread.join()
         job.close_fds()
@@ -1898,6 +1941,79 @@ class Emulation:
                 self.nodes[new].add_intf(name, index, None, None)
         for node, b in after.items():
             self._rtnl[node].check(b, "handover")
+
+    def _remake(self, link: int, pair: int, new: int, at: int, urgent: bool = False) -> Remake:
+        """Hand spare pair ``pair`` of antenna ``link`` to the worker threads (:mod:`emulator.spares`), to be
+        deleted where it is and made again with its far end at node ``new`` (its gateway: parked), for
+        timeline step ``at`` (-1: the step being applied). The pair is forgotten now (its shaping, its
+        interface records, routes through it held up ahead) and recorded again by :meth:`_collect`."""
+        a = self.addr
+        near, old = int(self.link_a[link]), int(self._pfar[link, pair])
+        if self._spares_up.get(link) == pair:  # the kernel takes it down with the deletion
+            del self._spares_up[link]
+            self._forget_spare_routes(link)
+        self._drop_end(None, link, pair, 0)
+        self._drop_end(None, link, pair, 1)
+        job = remake_job(link, pair, at, (near, self.names[near], self.nodes[near].ns_path), (old, self.names[old]),
+                         (new, self.names[new], self.nodes[new].ns_path),
+                         (a.pair_end(link, pair, 0), a.pair_end(link, pair, 1)), int(a.link_prefix_len[link]),
+                         (bool(self.is_router[near]), bool(self.is_router[new])), self._pair_groups(near, new))
+        if self._remaker is None:
+            self._remaker = Remaker(expect=self._expect_deleted)
+        self._remaking[link] = job
+        self._remaker.submit(job, urgent)
+        return job
+
+    def _expect_deleted(self, node: str, ifname: str) -> None:
+        if self.expect_deleted is not None:
+            self.expect_deleted(node, ifname)
+
+    def _remaker_hurry(self, job: Remake) -> None:
+        if self._remaker is not None:
+            self._remaker.hurry(job)
+
+    def _collect(self, jobs: list[Remake] | None = None, wait: bool = False, shape: bool = True) -> int:
+        """Record the spare pairs the worker threads remade (``jobs``, waited for with ``wait``; default:
+        every one done now): where each far end is, the interfaces of both ends; then, with ``shape``, shape
+        them for the step each is wanted at. Returns how many it recorded.
+
+        Raises
+        ------
+        ApplyError
+            A worker's request failed (the first failure; the others are recorded).
+        """
+        if jobs is None:
+            jobs = [j for j in self._remaking.values() if j.done.is_set()]
+        a = self.addr
+        done: list[Remake] = []
+        error: BaseException | None = None
+        for job in jobs:
+            if wait:
+                job.done.wait()
+            elif not job.done.is_set():
+                continue
+            if self._remaking.get(job.link) is job:
+                del self._remaking[job.link]
+            if job.error is not None:
+                error = error or job.error
+                continue
+            l, pair = job.link, job.pair
+            self._pfar[l, pair] = job.new
+            plen = int(a.link_prefix_len[l])
+            name0, index0, addr0 = a.pair_end(l, pair, 0)
+            self.nodes[job.near].add_intf(name0, index0, ip_str(addr0), plen)
+            name1, index1, addr1 = a.pair_end(l, pair, 1)
+            if job.new == job.near:
+                self.nodes[job.new].add_intf(name1, index1, None, None)
+            else:
+                self.nodes[job.new].add_intf(name1, index1, ip_str(addr1), plen)
+            done.append(job)
+        if error is not None:
+            raise error
+        shaped = [j for j in done if j.at >= 0 and j.pair != self.ends.pair[j.link]]
+        if shape and shaped:
+            self._shape_spares([j.link for j in shaped], [j.at for j in shaped])
+        return len(done)
 
     # ------------------------------------------------------------------------------ routes
     def _routes_init(self) -> None:
@@ -2275,6 +2391,7 @@ class _Moves:
     """Handovers under way in a worker thread (see :meth:`Emulation._start_moves`)."""
 
     moves: list[tuple[int, int, int, int]]  # (link, pair, old namespace, new namespace)
+    remakes: list[Remake] = field(default_factory=list)  # on one host: the pairs remade instead
     by_old: dict[int, rtnl.Batch] = field(default_factory=dict)
     fds: list[int] = field(default_factory=list)
     thread: threading.Thread | None = None

@@ -170,15 +170,19 @@ class LinkWatch:
 
     One netlink socket in the host's namespace, listening to every namespace that has an id there
     (``NETLINK_LISTEN_ALL_NSID``); the constructor gives each of the run's namespaces an id (as ``ip netns
-    set NAME auto`` does). The run itself never deletes an interface while it plays: it moves spares between
-    namespaces, and the kernel marks such a removal with the namespace it went to (``IFLA_NEW_NETNSID``).
-    A removal without that mark, in one of the run's namespaces, is someone else's. One descriptor whatever
-    the constellation's size; the build pays two netlink round trips per namespace.
+    set NAME auto`` does). While it plays, the run deletes only the spare pairs it remakes at their next
+    satellite (:mod:`emulator.spares`), and says so first (:meth:`expect`); a spare moved to another
+    namespace (a clustered run's part) leaves with the mark of the namespace it went to
+    (``IFLA_NEW_NETNSID``). Any other removal, in one of the run's namespaces, is someone else's. One
+    descriptor whatever the constellation's size; the build pays two netlink round trips per namespace.
     """
 
     def __init__(self, ns_paths: dict[str, str], rcvbuf_bytes: int = 16 << 20) -> None:
         self.node_of: dict[int, str] = {}
         self.lost_events = False
+        # (node, interface) -> deletions the run announced and the watch has not seen yet
+        self._expected: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf_bytes)  # SO_RCVBUFFORCE (root): bursts of moves
@@ -221,6 +225,25 @@ class LinkWatch:
             os.close(fd)
         return struct.unpack_from("=i", self._attrs(attrs)[_NETNSA_NSID])[0]
 
+    def expect(self, node: str, ifname: str) -> None:
+        """The run is about to delete interface ``ifname`` of ``node`` itself: its removal is not a fault.
+        Thread-safe (the deleting thread is not the watchdog's)."""
+        with self._lock:
+            key = (node, ifname)
+            self._expected[key] = self._expected.get(key, 0) + 1
+
+    def _announced(self, node: str, ifname: str) -> bool:
+        with self._lock:
+            key = (node, ifname)
+            n = self._expected.get(key, 0)
+            if not n:
+                return False
+            if n == 1:
+                del self._expected[key]
+            else:
+                self._expected[key] = n - 1
+            return True
+
     def check(self) -> str | None:
         """A line naming the first interface deleted from outside since the last call, or None."""
         while True:
@@ -248,8 +271,9 @@ class LinkWatch:
                     attrs = self._attrs(data[off + _HDR.size + 16:off + length])  # after struct ifinfomsg
                     if _IFLA_NEW_NETNSID not in attrs:
                         name = attrs.get(_IFLA_IFNAME, b"?").rstrip(b"\0").decode(errors="replace")
-                        return (f"interface {name} of {self.node_of[nsid]} was deleted from outside the run: "
-                                f"its link and routes are gone")
+                        if not self._announced(self.node_of[nsid], name):
+                            return (f"interface {name} of {self.node_of[nsid]} was deleted from outside the "
+                                    f"run: its link and routes are gone")
                 off += (length + 3) & ~3
 
     @staticmethod
@@ -275,6 +299,8 @@ def link_deletions(emu: Any, names: Sequence[str]) -> tuple[Check | None, LinkWa
     except OSError as e:
         log.warning("interfaces deleted from outside will not be noticed: %s", e)
         return None, None
+    if hasattr(emu, "expect_deleted"):  # the emulation deletes and remakes spare pairs: it says which
+        emu.expect_deleted = watch.expect
     return watch.check, watch
 
 

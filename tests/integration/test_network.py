@@ -211,6 +211,61 @@ def test_spares_moved_ahead_or_during_the_step_carry_the_predicted_rtt(make_emul
     assert err <= max(1.0, 0.03 * predicted), (err, predicted)
 
 
+def _end_view(emu, node: str, ifname: str) -> dict:
+    """What the kernel says of one interface of ``node``, less what a move or a handover changes (its
+    state, counters, link ids): index, group, MTU, addresses, IPv6 address generation, IPv4 forwarding,
+    the kinds of its qdiscs."""
+    nd = emu.node(node)
+    link = json.loads(nd.cmd(f"ip -d -j link show dev {ifname}"))[0]
+    addrs = json.loads(nd.cmd(f"ip -j addr show dev {ifname}"))[0].get("addr_info", [])
+    qdiscs = json.loads(nd.cmd(f"tc -j qdisc show dev {ifname}") or "[]")
+    return {"ifindex": link["ifindex"], "group": link.get("group"), "mtu": link["mtu"],
+            "addrs": sorted((a["family"], a["local"], a["prefixlen"]) for a in addrs),
+            "addrgenmode": link.get("inet6_addr_gen_mode"), "kind": link.get("linkinfo", {}).get("info_kind"),
+            "forwarding": nd.cmd(f"cat /proc/sys/net/ipv4/conf/{ifname}/forwarding").strip(),
+            "qdiscs": sorted(q["kind"] for q in qdiscs)}
+
+
+@pytest.mark.realtime
+def test_remade_spares_are_the_pairs_as_built_and_not_deletions_from_outside(make_emulation):
+    """A spare pair is deleted where it waits and made again at its antenna's next satellite (emulator/spares.py),
+    during a step or ahead of it. The kernel's view of both ends after it (index, group, addresses,
+    forwarding, qdiscs once shaped) is its view of the same ends before; the old satellite has no end left;
+    the run's watch for interfaces deleted from outside takes those deletions as the run's own, and still
+    names one deleted from outside."""
+    from handmade import sat_index
+
+    from emulator import shaping
+    from emulator.watchdog import link_deletions
+
+    tl = grid_timeline()
+    tl.peer[GSL_B, 2] = sat_index(2, 0)  # sat-2-2, sat-2-3, sat-2-0, sat-2-3, sat-2-2
+    emu = make_emulation(tl, shaping.make_shaper("userspace")[0])
+    check, watch = link_deletions(emu, [n.name for n in tl.nodes])
+    assert check is not None and watch is not None
+    try:
+        near, far = "ant0", f"g{GSL_B}"  # pair 0 of gw-b's antenna: sat-2-2 at steps 0-1 (up, then down)
+        emu.apply_step(1)
+        before = (_end_view(emu, "gw-b", near), _end_view(emu, "sat-2-2", far))
+        assert emu.apply_step(2).moves_in_step == 1  # remade at sat-2-0 during the step, and taken over
+        assert far not in intf_names(emu, "sat-2-2") and oper_up(emu, "sat-2-0", far)
+        assert (_end_view(emu, "gw-b", near), _end_view(emu, "sat-2-0", far)) == before
+        emu.apply_step(3)  # back to sat-2-3, where pair 1 waited
+        assert emu.prepare_ahead(3) == 1  # pair 0 remade at sat-2-2 ahead of step 4
+        assert far not in intf_names(emu, "sat-2-0") and not oper_up(emu, "sat-2-2", far)
+        assert emu.apply_step(4).moves_in_step == 0
+        assert (_end_view(emu, "gw-b", near), _end_view(emu, "sat-2-2", far)) == before
+        assert ping(emu, "h-a", emu.address_of("h-b"))[0] == 3
+        assert check() is None  # four deletions (both ends, twice), all the run's own
+        emu.node("sat-0-0").cmd(f"ip link del {sorted(intf_names(emu, 'sat-0-0') - {'lo'})[0]}")
+        deadline = time.monotonic() + 2
+        while (said := check()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert said is not None and "of sat-0-0 was deleted from outside the run" in said, said
+    finally:
+        watch.close()
+
+
 def test_isl_in_outage_carries_nothing(make_emulation, backend):
     from emulator import shaping
 
