@@ -1,8 +1,11 @@
 """Bytes through every shaped link, step by step, read from the kernel's interface counters.
 
-Each link slot's veth pairs have their near end (``link_a``'s side) in one namespace, which keeps its
-counters for the whole run (a handover moves the far end, never the near one): the near end's transmit
-bytes are what went from ``a`` to ``b``, its receive bytes what came back. A sample is one RTM_GETSTATS
+Each link slot's veth pairs have their near end (``link_a``'s side) in one namespace for the whole run: the
+near end's transmit bytes are what went from ``a`` to ``b``, its receive bytes what came back. A spare pair
+is remade at its next satellite (emulator/spares.py; a clustered run's part moves it, or remakes it across
+hosts), which starts its counters again from zero: so each end's counters are followed on their own, and a
+reading below the last one counts from zero (a remade pair is down, and carries nothing, until its handover,
+after which the counters only grow). A sample is one RTM_GETSTATS
 dump (only the 64-bit link statistics, ~200 bytes per interface, not the ~1.5 kB of a full RTM_GETLINK
 answer) per namespace that holds near ends, not one request per link.
 
@@ -81,18 +84,28 @@ class LinkCounters:
             self._by_ns.append((rtnl.Rtnl(nd.ns_path, nd.name),
                                 dict(zip(ifindex[sel].tolist(), link[sel].tolist()))))
         self._request = _STATS_REQ.pack(0, 0, 0, 0, 1 << (IFLA_STATS_LINK_64 - 1))
+        self._last: dict[tuple[int, int], tuple[int, int]] = {}  # (namespace #, ifindex) -> (tx, rx) read last
+        self._total = np.zeros((self.n_links, 2), np.int64)
 
     def read(self) -> np.ndarray:
         """Bytes so far per link, shape ``(n_links, 2)``: column 0 sent by ``a`` (a -> b), column 1 received
-        by ``a`` (b -> a)."""
-        out = np.zeros((self.n_links, 2), np.int64)
-        for conn, links in self._by_ns:
+        by ``a`` (b -> a); counted from the first read, across remade pairs (a counter below its last reading
+        started again from zero)."""
+        out = self._total
+        for i, (conn, links) in enumerate(self._by_ns):
             for ifindex, (rx, tx) in parse_stats(conn.dump(RTM_GETSTATS, self._request)).items():
                 k = links.get(ifindex)
-                if k is not None:
+                if k is None:
+                    continue
+                last = self._last.get((i, ifindex))
+                self._last[(i, ifindex)] = (tx, rx)
+                if last is None:  # first sight: counted from here, as before any read
                     out[k, 0] += tx
                     out[k, 1] += rx
-        return out
+                    continue
+                out[k, 0] += tx - last[0] if tx >= last[0] else tx
+                out[k, 1] += rx - last[1] if rx >= last[1] else rx
+        return out.copy()
 
     def close(self) -> None:
         for conn, _ in self._by_ns:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from emulator.linkload import link_utilisation, parse_stats
+from emulator.linkload import LinkCounters, link_utilisation, parse_stats
 from emulator.traffic import read_records
 from emulator.traffic.matrix import summarise_matrix
 
@@ -31,6 +31,34 @@ def stats_msg(ifindex: int, rx_bytes: int, tx_bytes: int) -> bytes:
 def test_parse_stats_reads_bytes_per_interface():
     got = parse_stats([(92, stats_msg(7, 1000, 2000)), (92, stats_msg(9, 5, 6)), (92, b"\x00" * 4)])
     assert got == {7: (1000, 2000), 9: (5, 6)}
+
+
+class Dumps:
+    """One namespace's answers to successive RTM_GETSTATS dumps, as the kernel would give them."""
+
+    def __init__(self, readings: list[dict[int, tuple[int, int]]]) -> None:
+        self.readings = readings
+
+    def dump(self, _kind: int, _body: bytes) -> list[tuple[int, bytes]]:
+        return [(92, stats_msg(ix, rx, tx)) for ix, (rx, tx) in self.readings.pop(0).items()]
+
+
+def test_link_counters_go_on_across_a_remade_pair():
+    """Link 0's two pairs (ifindex 5 and 6, near end here): pair 6 carries traffic, goes down at a handover,
+    is remade at the next satellite (its counters back to zero) and carries again after the next handover.
+    The link's bytes only grow, by what each interface counted since the reading before."""
+    counters = LinkCounters.__new__(LinkCounters)
+    counters.n_links = 1
+    counters._last, counters._total, counters._request = {}, np.zeros((1, 2), np.int64), b""
+    counters._by_ns = [(Dumps([{5: (100, 1000), 6: (0, 0)},
+                               {5: (150, 1500), 6: (0, 0)},  # a handover to pair 6
+                               {5: (150, 1500), 6: (40, 400)},
+                               {5: (0, 0), 6: (60, 600)},  # pair 5 remade meanwhile (down, at zero)
+                               {5: (7, 70), 6: (60, 600)}]),  # and taken over again
+                        {5: 0, 6: 0})]
+    got = [counters.read().tolist() for _ in range(5)]
+    # column 0: sent by a (tx), column 1: received by a (rx)
+    assert got == [[[1000, 100]], [[1500, 150]], [[1900, 190]], [[2100, 210]], [[2170, 217]]]
 
 
 def test_link_utilisation_from_bytes_and_rates(tmp_path):
