@@ -150,25 +150,20 @@ def main() -> int:
         with Probe() as p:
             time.sleep(0.5)
         print(f"nothing beside: {p.line()}")
+        trials = [("moves", lambda to: moves(args.pairs, gw, to))]
+        for threads in [int(x) for x in args.threads.split(",")]:
+            trials.append((f"remakes on {threads} thread(s)", lambda to, k=threads: remakes(args.pairs, k, to)))
         at = "sp-sat-a"
         for rnd in range(args.rounds):
-            to = "sp-sat-b" if at == "sp-sat-a" else "sp-sat-a"
-            with Probe() as p:
-                t = time.perf_counter()
-                moves(args.pairs, gw, to)
-                el = time.perf_counter() - t
-            at = to
-            print(f"round {rnd + 1}: {args.pairs} moves in {el * 1e3:.0f} ms ({el / args.pairs * 1e3:.1f} ms each); "
-                  f"{p.line()}")
-            for threads in [int(x) for x in args.threads.split(",")]:
+            for label, trip in trials:
                 to = "sp-sat-b" if at == "sp-sat-a" else "sp-sat-a"
                 with Probe() as p:
                     t = time.perf_counter()
-                    remakes(args.pairs, threads, to)
+                    trip(to)
                     el = time.perf_counter() - t
                 at = to
-                print(f"round {rnd + 1}: {args.pairs} remakes on {threads} thread(s) in {el * 1e3:.0f} ms "
-                      f"({el / args.pairs * 1e3:.1f} ms each); {p.line()}")
+                each = el / args.pairs * 1e3
+                print(f"round {rnd + 1}: {args.pairs} {label} in {el * 1e3:.0f} ms ({each:.1f} ms each); {p.line()}")
         gw.close()
     finally:
         for ns in NS:
