@@ -14,7 +14,7 @@ originated at its failure, which reached no one while it was cut off: the exchan
 satellite, which floods it on over its ISLs, and the gateway's LSA with the new link follows it
 everywhere just under MinLSArrival too, is dropped by routers beyond the satellite, and comes again
 ``retransmit_s`` (the ISLs', 5 s) later (BIRD's debug log, 2026-12-06: Full 1.0 s after the restore, the
-new LSA flooded 1.0 s later, installed then by 6 routers and 5.0 s later by the other 11, gw-a among
+new LSA flooded 1.0 s later, installed then by 8 routers and 5.0 s later by the other 9, gw-a among
 them: 7.97 s; 6.43-7.95 s in 6 other runs of 24, 2.5-5.0 s in the rest). Then SPF at the next ``tick``:
 2 ``hello_s`` + ``retransmit_s`` +
 ``tick_s`` = 8 s, and 0.1 s for the floods, the SPF runs and the routes into the kernel (milliseconds in
