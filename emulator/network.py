@@ -43,7 +43,7 @@ import resource
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -105,6 +105,12 @@ EPOCH_ONE_STEP_SHARE = 0.4
 #: Python work and the shaping beside them weigh more than the kernel's (a step's ~5,000 took 8-10 us each
 #: against 2-2.5 us for 400,000). Routes sent ahead are paced (rtnl.AHEAD_PACE) and measured apart.
 ROUTE_COST_MIN = 20_000
+#: A heavy step's parts sent ahead are sized at the slowest time per route of this many sends ahead (with the
+#: average, if higher): parts differ in cost (on the access example most took 5.1-5.9 us a route, the
+#: boundary's last part 7.7 us, 74,104 routes in 570 ms against ~405 ms planned), and sized at the average
+#: the slow one overran the next step's due time (steps 50-144 ms late, 2-9 a run; 0-2 after, worst 47 ms).
+#: Enough to span the parts of one boundary (about a minute of steps between boundaries, one send a step).
+AHEAD_RATES_KEPT = 16
 #: niceness of the route worker that computes heavy steps' tables ahead (the one computing each next step's
 #: table, and the delay daemon, come first)
 EARLY_WORKER_NICE = 10
@@ -336,7 +342,8 @@ class Emulation:
         self._ahead: RouteTable | None = None  # the table whose routes are in the idle table ahead of its step
         self._ahead_routes = 0  # routes sent ahead for it
         self._route_us = 5.0  # time per route sent unpaced, us (ROUTE_COST_MIN; decides what goes in place)
-        self._ahead_us = 1e6 / rtnl.AHEAD_PACE  # time per route sent ahead, paced, us (decides how many fit)
+        self._ahead_us = 1e6 / rtnl.AHEAD_PACE  # time per route sent ahead, paced, us (the average)
+        self._ahead_rates: deque[float] = deque(maxlen=AHEAD_RATES_KEPT)  # the last sends' own, us
         self._pack_s = 0.0  # how long the last whole-table comparison for packing routes took, s
         self._pack_us = 0.0  # packing time per route packed, beyond that comparison, us (measured)
         self._spare_up_ms = 1.5  # kernel time to bring one spare pair up with its nexthops, ms (measured)
@@ -957,8 +964,8 @@ class Emulation:
         """Route epochs, between steps: send the prefetched table's routes into the idle table, except those
         through a link slot that is not up with the same peer now (a handover or a link coming up: their
         nexthop objects do not exist yet; :meth:`apply_step` sends them once it has made them, then switches
-        tables). As many routers' routes as the time left allows (timed at :attr:`_ahead_us` a route, paced, to
-        end 50 ms before ``until``); the step sends the rest. Returns whether it sent any."""
+        tables). As many routers' routes as the time left allows (timed at :meth:`ahead_route_us` a route,
+        paced, to end 50 ms before ``until``); the step sends the rest. Returns whether it sent any."""
         if self._prefetched is None or self._stopped or self._prefetched[1] is self._ahead:
             return False
         snap, table = self._prefetched
@@ -995,7 +1002,8 @@ class Emulation:
             pair_at[ready] = 1 - pair_at[ready]
         limit = None
         if until is not None:  # what fits with its packing (both timed at the last ones)
-            limit = int((until - 0.05 - self._pack_s - time.monotonic()) / ((self._ahead_us + self._pack_us) * 1e-6))
+            per_route_s = (self.ahead_route_us() + self._pack_us) * 1e-6
+            limit = int((until - 0.05 - self._pack_s - time.monotonic()) / per_route_s)
             if limit < 100:
                 return 0, -1
         t0 = time.perf_counter()
@@ -1006,8 +1014,18 @@ class Emulation:
             self._pack_us = max(0.0, (t1 - t0 - self._pack_s) * 1e6 / n)
         self._install_routes(table, pack=pack, current=False, pace=True)
         if n >= 1000:  # the time per route sent paced (rtnl.AHEAD_PACE), for the next decision
-            self._ahead_us = 0.5 * self._ahead_us + 0.5 * (time.perf_counter() - t1) * 1e6 / n
+            self.record_ahead_rate((time.perf_counter() - t1) * 1e6 / n)
         return n, pack.wanted
+
+    def record_ahead_rate(self, us: float) -> None:
+        """Record one send ahead's time per route (``us``), for :meth:`ahead_route_us`."""
+        self._ahead_us = 0.5 * self._ahead_us + 0.5 * us
+        self._ahead_rates.append(us)
+
+    def ahead_route_us(self) -> float:
+        """The time per route that sizes a part sent ahead: the slowest of the last AHEAD_RATES_KEPT sends'
+        (the average if higher), so that a slow part of a heavy step does not overrun the next step."""
+        return max(self._ahead_us, max(self._ahead_rates, default=0.0))
 
     def _spares_ahead(self, snap: Snapshot, until: float | None = None) -> np.ndarray:
         """Route epochs, between steps: the antenna slots that hand over at ``snap``'s step to the satellite
