@@ -108,8 +108,9 @@ ROUTE_COST_MIN = 20_000
 #: A heavy step's parts sent ahead are sized at the slowest time per route of this many sends ahead (with the
 #: average, if higher): parts differ in cost (on the access example most took 5.1-5.9 us a route, the
 #: boundary's last part 7.7 us, 74,104 routes in 570 ms against ~405 ms planned), and sized at the average
-#: the slow one overran the next step's due time (steps 50-144 ms late, 2-9 a run; 0-2 after, worst 47 ms).
-#: Enough to span the parts of one boundary (about a minute of steps between boundaries, one send a step).
+#: the slow one overran the next step's due time. Three alternated runs each (2026-12-06): steps that started
+#: over 20 ms late 2-5 a run, the worst 61-134 ms, before; 1-2, the worst 43-61 ms, after. Sixteen sends
+#: span the parts of one boundary (its 15 s slot, one send a step).
 AHEAD_RATES_KEPT = 16
 #: niceness of the route worker that computes heavy steps' tables ahead (the one computing each next step's
 #: table, and the delay daemon, come first)
