@@ -376,6 +376,21 @@ def _shade_invalid(ax: Any, invalid_s: np.ndarray | None) -> None:
         ax.axvspan(a, b, color="0.6", alpha=0.3, lw=0, label="invalid (machine behind)" if i == 0 else None)
 
 
+#: Flows drawn on one axes beyond this many get their legend beside the axes: inside, 24 terminals' legend
+#: covered most of the curves (the access example's error CDF and loss plots).
+LEGEND_INSIDE_MAX = 6
+
+
+def _flow_legend(ax) -> None:
+    """The legend of the flows drawn on ``ax``: inside the axes for a few entries, beside them (two columns
+    from 17 on) for more, where it hides no curve."""
+    n = len(ax.get_legend_handles_labels()[1])
+    if n <= LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=7)
+    else:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if n <= 16 else 2)
+
+
 def _save(fig, folder: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
@@ -691,7 +706,7 @@ def plot_loss(samples, folder: Path, bin_s: float = 1.0, events_s: np.ndarray | 
     ax.set_xlabel("time (s)")
     ax.set_ylabel(f"loss per {bin_s:g} s (%)")
     ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7)
+    _flow_legend(ax)
     paths = _save(fig, folder, "loss")
     plt.close(fig)
     return paths
@@ -709,7 +724,7 @@ def plot_error_cdf(samples, folder: Path) -> list[Path]:
     ax.set_xlabel("measured - predicted delay (ms)")
     ax.set_ylabel("CDF")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _flow_legend(ax)
     paths = _save(fig, folder, "rtt_error_cdf")
     plt.close(fig)
     return paths
