@@ -1438,8 +1438,7 @@ class Emulation:
         instead."""
         name, index, addr = self.addr.pair_end(link, pair, side)
         plen = int(self.addr.link_prefix_len[link])
-        batch.add(rtnl.RTM_NEWLINK, 0, rtnl.link_conf_body(index, bool(self.is_router[node])), f"{name} conf")
-        batch.add(rtnl.RTM_NEWADDR, _CREATE, rtnl.addr_body(index, addr, plen), f"address of {name}")
+        batch.add_end_conf(name, index, addr, plen, bool(self.is_router[node]))
         if later is None:
             batch.add(rtnl.RTM_NEWLINK, 0, rtnl.link_set_body(index, up), f"{name} {'up' if up else 'down'}")
         elif up:

@@ -432,6 +432,12 @@ class Batch:
         that hot paths format descriptions only when something failed)."""
         self.requests.append(Request(msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, body, what, ignore))
 
+    def add_end_conf(self, name: str, ifindex: int, addr: int, prefix_len: int, forwarding: bool) -> None:
+        """Queue the configuration of one veth end: IPv4 forwarding and IPv6 (:func:`link_conf_body`), then
+        its IPv4 address. The one recipe for an end, built or remade."""
+        self.add(RTM_NEWLINK, 0, link_conf_body(ifindex, forwarding), f"{name} conf")
+        self.add(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, addr_body(ifindex, addr, prefix_len), f"address of {name}")
+
     def __len__(self) -> int:
         return len(self.requests)
 

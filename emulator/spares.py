@@ -28,8 +28,6 @@ from topologies.errors import ApplyError
 
 from . import rtnl
 
-_CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
-
 #: worker threads. Each spends most of a job asleep in the deletion's RCU barrier, and concurrent barriers
 #: share grace periods: 80 pairs deleted on the dev machine took 16.2-16.6 ms each on one thread, 8.2-8.4 on
 #: two, 5.4-6.5 on four (creating one: 0.7-1.7 ms)
@@ -77,13 +75,11 @@ def remake_job(link: int, pair: int, at: int, near: tuple[int, str, str], old: t
         return rtnl.veth_body(name0, index0, None, name1, index1, fd, *groups)
 
     near_conf = rtnl.Batch()
-    near_conf.add(rtnl.RTM_NEWLINK, 0, rtnl.link_conf_body(index0, forwarding[0]), f"{name0} conf")
-    near_conf.add(rtnl.RTM_NEWADDR, _CREATE, rtnl.addr_body(index0, addr0, prefix_len), f"address of {name0}")
+    near_conf.add_end_conf(name0, index0, addr0, prefix_len, forwarding[0])
     far_conf = None
     if new[0] != near[0]:
         far_conf = rtnl.Batch()
-        far_conf.add(rtnl.RTM_NEWLINK, 0, rtnl.link_conf_body(index1, forwarding[1]), f"{name1} conf")
-        far_conf.add(rtnl.RTM_NEWADDR, _CREATE, rtnl.addr_body(index1, addr1, prefix_len), f"address of {name1}")
+        far_conf.add_end_conf(name1, index1, addr1, prefix_len, forwarding[1])
     return Remake(link=link, pair=pair, near=near[0], old=old[0], new=new[0], at=at, near_path=near[2],
                   near_name=near[1], new_path=new[2], new_name=new[1], gone=gone, make_veth=make_veth,
                   make_what=f"veth {near[1]}:{name0} -- {new[1]}:{name1}", near_conf=near_conf, far_conf=far_conf,
